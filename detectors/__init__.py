@@ -1,0 +1,1 @@
+"""Detectors: pure, river-style scorers (`learn_one`, `score_one`) over feature dicts."""

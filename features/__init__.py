@@ -1,0 +1,1 @@
+"""Per-transaction features: pure `(state, event) -> (state, features)` logic, no I/O."""

@@ -1,0 +1,103 @@
+"""The feature engine: everything known about a transaction's context, at its ts.
+
+Pure and synchronous: the same object serves the live worker (fed per batch) and replay (fed
+from files), so the model sees identical features on both paths. `transaction()` returns the
+features *before* the transaction itself is added to state (score before learn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.windows import WindowDistinct, WindowSum
+from streams.records import PAYMENT, Signup, Transaction
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+Features = dict[str, float | None]
+
+FEATURE_NAMES = (
+    "amount_cents",
+    "rebate_rate",
+    "is_refund",
+    "user_tx_count_24h",
+    "user_amount_sum_24h",
+    "seconds_since_prev_payment",
+    "user_account_age_s",
+    "device_user_count_7d",
+    "ip_user_count_24h",
+)
+
+
+@dataclass
+class UserState:
+    payments_24h: WindowSum = field(default_factory=lambda: WindowSum(DAY_MS))
+    last_payment_ts: int | None = None
+    signup_ts: int | None = None
+
+
+@dataclass
+class FeatureEngine:
+    users: dict[str, UserState] = field(default_factory=dict)
+    devices: dict[str, WindowDistinct] = field(default_factory=dict)
+    ips: dict[str, WindowDistinct] = field(default_factory=dict)
+
+    def _user(self, user_id: str) -> UserState:
+        state = self.users.get(user_id)
+        if state is None:
+            state = self.users[user_id] = UserState()
+        return state
+
+    def signup(self, event: Signup) -> None:
+        self._user(event.user_id).signup_ts = event.ts
+        _seen(self.devices, event.device_id, 7 * DAY_MS, event.ts, event.user_id)
+        _seen(self.ips, event.ip, DAY_MS, event.ts, event.user_id)
+
+    def transaction(self, tx: Transaction) -> Features:
+        user = self._user(tx.user_id)
+        user.payments_24h.expire(tx.ts)
+        features: Features = {
+            "amount_cents": float(tx.amount_cents),
+            "rebate_rate": tx.rebate_rate,
+            "is_refund": 0.0 if tx.kind == PAYMENT else 1.0,
+            "user_tx_count_24h": float(user.payments_24h.count),
+            "user_amount_sum_24h": float(user.payments_24h.total),
+            "seconds_since_prev_payment": (
+                None if user.last_payment_ts is None else (tx.ts - user.last_payment_ts) / 1000
+            ),
+            "user_account_age_s": (
+                None if user.signup_ts is None else (tx.ts - user.signup_ts) / 1000
+            ),
+            "device_user_count_7d": _distinct_with(self.devices, tx.device_id, tx.ts, tx.user_id),
+            "ip_user_count_24h": _distinct_with(self.ips, tx.ip, tx.ts, tx.user_id),
+        }
+        if tx.kind == PAYMENT:
+            user.payments_24h.add(tx.ts, tx.amount_cents)
+            user.last_payment_ts = tx.ts
+            _seen(self.devices, tx.device_id, 7 * DAY_MS, tx.ts, tx.user_id)
+            _seen(self.ips, tx.ip, DAY_MS, tx.ts, tx.user_id)
+        return features
+
+
+def _distinct_with(
+    index: dict[str, WindowDistinct], key: str | None, ts: int, member: str
+) -> float | None:
+    if key is None:
+        return None
+    window = index.get(key)
+    if window is None:
+        return 1.0
+    window.expire(ts)
+    return float(window.count_with(member))
+
+
+def _seen(
+    index: dict[str, WindowDistinct], key: str | None, width_ms: int, ts: int, member: str
+) -> None:
+    if key is None:
+        return
+    window = index.get(key)
+    if window is None:
+        window = index[key] = WindowDistinct(width_ms)
+    window.add(ts, member)

@@ -1,0 +1,54 @@
+"""Event-time window primitives used by the feature families.
+
+Events arrive in ts order per key (the ordering contract of the engine); each structure keeps
+only what its window needs, so memory per key is bounded by activity inside the window.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WindowSum:
+    """Count and sum of values with ts in (t - width, t], for non-decreasing t."""
+
+    width_ms: int
+    items: deque[tuple[int, int]] = field(default_factory=deque)
+    total: int = 0
+
+    def expire(self, now_ms: int) -> None:
+        horizon = now_ms - self.width_ms
+        items = self.items
+        while items and items[0][0] <= horizon:
+            self.total -= items.popleft()[1]
+
+    def add(self, ts_ms: int, value: int) -> None:
+        self.items.append((ts_ms, value))
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class WindowDistinct:
+    """Distinct members seen with ts in (t - width, t], for non-decreasing t."""
+
+    width_ms: int
+    last_seen: dict[str, int] = field(default_factory=dict)
+
+    def expire(self, now_ms: int) -> None:
+        horizon = now_ms - self.width_ms
+        stale = [m for m, ts in self.last_seen.items() if ts <= horizon]
+        for member in stale:
+            del self.last_seen[member]
+
+    def add(self, ts_ms: int, member: str) -> None:
+        self.last_seen[member] = ts_ms
+
+    def count_with(self, member: str) -> int:
+        """Distinct count including `member` (the current event's entity)."""
+        return len(self.last_seen) + (0 if member in self.last_seen else 1)

@@ -1,0 +1,1 @@
+"""Entity graph and ring detection (referral farms, collusion, pyramids, cash-out)."""

@@ -1,0 +1,3 @@
+"""RebateGuard: trust-weighted rebates for cashback platforms."""
+
+__version__ = "0.1.0"

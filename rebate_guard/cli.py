@@ -1,0 +1,146 @@
+"""`rebate-guard`: one command, subcommands for each job.
+
+up        the main job: local broker + Redis, worker, simulator and dashboard
+worker    a Faust worker (scale by running more; partitions split between them)
+simulate  a seeded rebate-platform world, to files or to the broker at a rate
+replay    contract files through the scoring path, offline (backtests)
+topics    create the contract topics (idempotent)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rebate_guard.settings import Settings, SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"rebate-guard: configuration error: {exc}", file=sys.stderr)
+        return 2
+    handler = args.handler
+    try:
+        return int(handler(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"rebate-guard {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rebate-guard", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole pipeline locally (Ctrl-C stops it)")
+    up.add_argument("--rate", type=float, help="simulated transactions per second")
+    up.add_argument("--workers", type=int, default=1, help="worker processes")
+    up.add_argument("--seed", type=int, default=7)
+    up.set_defaults(handler=_up)
+
+    worker = sub.add_parser("worker", help="run a Faust worker")
+    worker.set_defaults(handler=_worker)
+
+    sim = sub.add_parser("simulate", help="generate a simulated world")
+    sim.add_argument("--out", type=Path, help="write contract files into this directory")
+    sim.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
+    sim.add_argument("--transactions", type=int, default=100_000, help="about this many")
+    sim.add_argument("--days", type=int, default=28)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--produce", action="store_true", help="produce to the broker instead")
+    sim.add_argument("--rate", type=float, help="events per second when producing")
+    sim.set_defaults(handler=_simulate)
+
+    rep = sub.add_parser("replay", help="run contract files through the scoring path")
+    rep.add_argument("--transactions", type=Path, required=True)
+    rep.add_argument("--signups", type=Path)
+    rep.add_argument("--labels", type=Path)
+    rep.add_argument("--out", type=Path, required=True, help="output directory")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(handler=_replay)
+
+    topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
+    topics.set_defaults(handler=_topics)
+    return parser
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.runner import run_worker
+
+    return run_worker(settings)
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.runner import run_up
+
+    if args.rate is not None:
+        settings = settings.replace(simulate_rate=args.rate)
+    return run_up(settings, workers=args.workers, seed=args.seed)
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+
+    config = WorldConfig(seed=args.seed, days=args.days, target_transactions=args.transactions)
+    if args.produce:
+        from rebate_guard.producer import produce_world
+
+        rate = args.rate if args.rate is not None else settings.simulate_rate
+        world = simulate_world(config)
+        sent = asyncio.run(produce_world(settings, world, rate=rate))
+        print(f"produced {sent:,} events at up to {rate:,.0f}/s")
+        return 0
+    if args.out is None:
+        print("rebate-guard simulate: give --out DIR or --produce", file=sys.stderr)
+        return 2
+    world = simulate_world(config)
+    paths = write_world(world, args.out, args.format)
+    for name, path in paths.items():
+        print(f"{name:>14}: {path}")
+    print(
+        f"{world.transactions.height:,} transactions, {world.signups.height:,} signups, "
+        f"{world.labels.height:,} labels"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.replay import replay
+
+    summary = replay(
+        transactions=args.transactions,
+        signups=args.signups,
+        labels=args.labels,
+        out_dir=args.out,
+        progress=None if args.quiet else sys.stderr,
+    )
+    print(
+        f"{summary.events:,} events in {summary.seconds:.1f}s ({summary.events_per_s:,.0f}/s): "
+        f"{summary.decisions:,} decisions, {summary.duplicates:,} duplicate tx_ids, "
+        f"{summary.dead_letters:,} dead letters"
+    )
+    for name, path in summary.outputs.items():
+        print(f"{name:>14}: {path}")
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.topics import ensure_topics
+
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(ensure_topics(settings))
+    print(f"topics ready on {settings.kafka_bootstrap}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""One frozen settings object for every process RebateGuard runs.
+
+`os.environ` is read here and nowhere else. Every field has an environment variable named
+``RG_<FIELD>`` (upper case); the table in the README is generated from `SETTINGS_DOC`.
+The same code points at the embedded local stack or at a production Kafka cluster and Redis
+only through these values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = field(
+        default="127.0.0.1:9092",
+        metadata=_doc("Kafka bootstrap servers, comma separated host:port."),
+    )
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_doc("Redis URL for serving state (decisions by tx_id, stats)."),
+    )
+    app_id: str = field(
+        default="rebate-guard",
+        metadata=_doc("Faust application id: the consumer group and internal topic prefix."),
+    )
+    topic_prefix: str = field(
+        default="",
+        metadata=_doc("Prefix for every topic name (e.g. `prod.`), to share a cluster."),
+    )
+    partitions: int = field(
+        default=4,
+        metadata=_doc("Partitions of the input topics when RebateGuard creates them."),
+    )
+    replication_factor: int = field(
+        default=1,
+        metadata=_doc("Replication factor of topics RebateGuard creates (3 in production)."),
+    )
+    batch_max: int = field(
+        default=1000,
+        metadata=_doc("Most events the worker scores in one batch."),
+    )
+    batch_within_s: float = field(
+        default=0.05,
+        metadata=_doc("Longest the worker waits to fill a batch, in seconds."),
+    )
+    decision_ttl_s: int = field(
+        default=35 * 24 * 3600,
+        metadata=_doc(
+            "How long a decision is kept in Redis by tx_id; redeliveries within it are "
+            "answered with the stored decision (idempotency horizon)."
+        ),
+    )
+    web_host: str = field(
+        default="127.0.0.1",
+        metadata=_doc("Interface the worker's web server (status page, API) binds to."),
+    )
+    web_port: int = field(
+        default=6066,
+        metadata=_doc("Port of the worker's web server."),
+    )
+    broker_session_timeout_s: float = field(
+        default=6.0,
+        metadata=_doc(
+            "Consumer group session timeout. Tansu finishes joins only after half of it, "
+            "so the local default is short; 30-45 is usual on a Kafka cluster."
+        ),
+    )
+    broker_heartbeat_interval_s: float = field(
+        default=1.0,
+        metadata=_doc("Consumer group heartbeat interval, in seconds."),
+    )
+    broker_rebalance_timeout_s: float = field(
+        default=6.0,
+        metadata=_doc("Consumer group rebalance timeout, in seconds."),
+    )
+    data_dir: Path = field(
+        default=Path(".rebate-guard"),
+        metadata=_doc("Where the local stack, Faust and checkpoints keep their files."),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_doc("Log level of the worker: debug, info, warning, error."),
+    )
+    simulate_rate: float = field(
+        default=500.0,
+        metadata=_doc("Transactions per second `rebate-guard up` feeds into the pipeline."),
+    )
+
+    # --- derived values -------------------------------------------------------------------
+    @property
+    def faust_broker_url(self) -> str:
+        return ";".join(f"kafka://{hp.strip()}" for hp in self.kafka_bootstrap.split(","))
+
+    def topic(self, name: str) -> str:
+        """The full name of one of the contract topics (see docs/events.md)."""
+        return f"{self.topic_prefix}{name}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``RG_*`` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, f.default, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RG_*`` variables, to hand to a child process."""
+        return {env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+    def validate(self) -> None:
+        if self.partitions < 1:
+            raise SettingsError("RG_PARTITIONS must be at least 1")
+        if self.batch_max < 1:
+            raise SettingsError("RG_BATCH_MAX must be at least 1")
+        if self.batch_within_s <= 0:
+            raise SettingsError("RG_BATCH_WITHIN_S must be positive")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise SettingsError("RG_LOG_LEVEL must be one of debug, info, warning, error")
+
+
+def env_name(field_name: str) -> str:
+    return f"RG_{field_name.upper()}"
+
+
+def _coerce(name: str, default: Any, raw: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{env_name(name)}={raw!r}: {exc}") from None
+    return raw
+
+
+def settings_table() -> str:
+    """The README's configuration table, from the field metadata."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        rows.append(f"| `{env_name(f.name)}` | `{f.default}` | {f.metadata.get('doc', '')} |")
+    return "\n".join(rows)

@@ -1,0 +1,40 @@
+"""A seeded, vectorised rebate-platform world generator (legit population, abuse, look-alikes).
+
+See docs/simulator.md. The public API::
+
+    world = simulate_world(WorldConfig(seed=7, target_transactions=1_000_000))
+    write_world(world, Path("out/world"), fmt="parquet")
+    for topic, key, payload in event_stream(world): ...
+"""
+
+from rebate_guard.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS
+from rebate_guard.simulator.config import WorldConfig
+from rebate_guard.simulator.world import (
+    CONTRACT_SCHEMAS,
+    LABEL_SCHEMA,
+    SIGNUP_SCHEMA,
+    TRANSACTION_SCHEMA,
+    TRUTH_SCHEMAS,
+    World,
+    event_stream,
+    read_world,
+    simulate_world,
+    write_world,
+)
+
+__all__ = [
+    "ABUSE_SCENARIOS",
+    "CONTRACT_SCHEMAS",
+    "LABEL_SCHEMA",
+    "LOOKALIKES",
+    "SCENARIOS",
+    "SIGNUP_SCHEMA",
+    "TRANSACTION_SCHEMA",
+    "TRUTH_SCHEMAS",
+    "World",
+    "WorldConfig",
+    "event_stream",
+    "read_world",
+    "simulate_world",
+    "write_world",
+]

@@ -1,0 +1,132 @@
+"""The generator's mutable state: id counters and the user / merchant / transaction tables.
+
+Everything is an integer index until `world.py` turns the finished tables into frames: users,
+merchants, devices, cards and phones are counters here, IPs are int64, -1 means null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rebate_guard.simulator._common import MOBILE_A, Columns, random_ips
+
+USER_COLUMNS = ("signup_ts", "referrer", "device", "ip", "phone", "scenario", "ring", "look")
+MERCHANT_COLUMNS = ("category", "rate_pct", "median", "popularity", "scenario", "ring")
+TX_COLUMNS = (
+    "ts",
+    "user",
+    "merchant",
+    "amount",
+    "refund",
+    "ref",
+    "device",
+    "ip",
+    "card",
+    "scenario",
+    "ring",
+    "look",
+)
+
+
+@dataclass
+class Ring:
+    index: int
+    scenario: int
+    users: np.ndarray
+    merchants: np.ndarray  # merchants the ring owns or targets (tx add more)
+
+
+@dataclass
+class Builder:
+    start: int
+    end: int
+    mobile_pool: np.ndarray
+    users: Columns = field(default_factory=lambda: Columns(USER_COLUMNS))
+    merchants: Columns = field(default_factory=lambda: Columns(MERCHANT_COLUMNS))
+    tx: Columns = field(default_factory=lambda: Columns(TX_COLUMNS))
+    rings: list[Ring] = field(default_factory=list)
+    n_devices: int = 0
+    n_cards: int = 0
+    n_phones: int = 0
+
+    @classmethod
+    def create(cls, rng: np.random.Generator, start: int, end: int, n_users: int) -> Builder:
+        pool = np.unique(random_ips(rng, max(2_000, n_users // 4), MOBILE_A))
+        return cls(start=start, end=end, mobile_pool=pool)
+
+    def new_devices(self, n: int) -> np.ndarray:
+        idx = np.arange(self.n_devices, self.n_devices + n, dtype=np.int64)
+        self.n_devices += n
+        return idx
+
+    def new_cards(self, n: int) -> np.ndarray:
+        idx = np.arange(self.n_cards, self.n_cards + n, dtype=np.int64)
+        self.n_cards += n
+        return idx
+
+    def new_phones(self, n: int) -> np.ndarray:
+        idx = np.arange(self.n_phones, self.n_phones + n, dtype=np.int64)
+        self.n_phones += n
+        return idx
+
+    def mobile_ips(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return self.mobile_pool[rng.integers(0, len(self.mobile_pool), n)]
+
+    def new_ring(self, scenario: int, users: np.ndarray, merchants: np.ndarray) -> Ring:
+        ring = Ring(len(self.rings), scenario, users, merchants)
+        self.rings.append(ring)
+        return ring
+
+    def add_abuse_users(
+        self,
+        ring_index: int,
+        scenario: int,
+        signup_ts: np.ndarray,
+        referrer: np.ndarray,
+        device: np.ndarray,
+        ip: np.ndarray,
+        phone: np.ndarray,
+    ) -> np.ndarray:
+        return self.users.add(
+            signup_ts=signup_ts.astype(np.int64),
+            referrer=referrer.astype(np.int64),
+            device=device.astype(np.int64),
+            ip=ip.astype(np.int64),
+            phone=phone.astype(np.int64),
+            scenario=scenario,
+            ring=ring_index,
+            look=-1,
+        )
+
+    def add_abuse_tx(
+        self,
+        ring_index: int,
+        scenario: int,
+        ts: np.ndarray,
+        user: np.ndarray,
+        merchant: np.ndarray,
+        amount: np.ndarray,
+        device: np.ndarray,
+        ip: np.ndarray,
+        card: np.ndarray,
+        refund_of: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Payments, or refunds when refund_of (global tx indices) is given."""
+        n = len(ts)
+        ref = np.full(n, -1, dtype=np.int64) if refund_of is None else refund_of
+        return self.tx.add(
+            ts=ts.astype(np.int64),
+            user=user.astype(np.int64),
+            merchant=merchant.astype(np.int64),
+            amount=amount.astype(np.int64),
+            refund=np.full(n, refund_of is not None),
+            ref=ref.astype(np.int64),
+            device=device.astype(np.int64),
+            ip=ip.astype(np.int64),
+            card=card.astype(np.int64),
+            scenario=scenario,
+            ring=ring_index,
+            look=-1,
+        )

@@ -1,0 +1,524 @@
+"""A seeded, vectorised rebate-platform world: contract streams plus the ground truth.
+
+`simulate_world(WorldConfig(...))` returns a `World` with the three contract frames
+(transactions, signups, labels) and the truth frames (tx_truth, user_truth, rings_truth,
+merchant_truth). `write_world` / `read_world` move it to and from files, `event_stream`
+replays the contract frames as one event-time ordered stream. docs/simulator.md describes
+the population, every abuse scenario, the look-alikes and the labels.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from rebate_guard.simulator import _abuse, _legit
+from rebate_guard.simulator._builder import Builder
+from rebate_guard.simulator._common import (
+    BRUSHING,
+    CASH_OUT,
+    CATEGORIES,
+    COLLUSION_RING,
+    LOOKALIKES,
+    LUNCH_RUSH,
+    NO_LOOK,
+    ORDINARY_REFUND,
+    PYRAMID,
+    REFERRAL_FARM,
+    SCENARIOS,
+)
+from rebate_guard.simulator._labels import SOURCES, make_labels
+from rebate_guard.simulator.config import WorldConfig
+
+TRANSACTION_SCHEMA: dict[str, Any] = {
+    "tx_id": pl.String,
+    "ts": pl.Int64,
+    "user_id": pl.String,
+    "merchant_id": pl.String,
+    "amount_cents": pl.Int64,
+    "rebate_rate": pl.Float64,
+    "kind": pl.String,
+    "ref_tx_id": pl.String,
+    "device_id": pl.String,
+    "ip": pl.String,
+    "card_id": pl.String,
+}
+SIGNUP_SCHEMA: dict[str, Any] = {
+    "user_id": pl.String,
+    "ts": pl.Int64,
+    "referrer_id": pl.String,
+    "device_id": pl.String,
+    "ip": pl.String,
+    "phone_hash": pl.String,
+}
+LABEL_SCHEMA: dict[str, Any] = {
+    "ts": pl.Int64,
+    "tx_id": pl.String,
+    "user_id": pl.String,
+    "label": pl.String,
+    "source": pl.String,
+}
+TX_TRUTH_SCHEMA: dict[str, Any] = {
+    "tx_id": pl.String,
+    "is_fraud": pl.Boolean,
+    "scenario": pl.String,
+    "group": pl.String,
+}
+USER_TRUTH_SCHEMA: dict[str, Any] = {"user_id": pl.String, "role": pl.String, "ring_id": pl.String}
+RINGS_TRUTH_SCHEMA: dict[str, Any] = {
+    "ring_id": pl.String,
+    "kind": pl.String,
+    "users": pl.List(pl.String),
+    "merchants": pl.List(pl.String),
+    "devices": pl.List(pl.String),
+    "fifth_member_joined_ts": pl.Int64,
+}
+MERCHANT_TRUTH_SCHEMA: dict[str, Any] = {
+    "merchant_id": pl.String,
+    "category": pl.String,
+    "rebate_rate": pl.Float64,
+    "role": pl.String,
+    "ring_id": pl.String,
+}
+CONTRACT_SCHEMAS = {
+    "transactions": TRANSACTION_SCHEMA,
+    "signups": SIGNUP_SCHEMA,
+    "labels": LABEL_SCHEMA,
+}
+TRUTH_SCHEMAS = {
+    "tx_truth": TX_TRUTH_SCHEMA,
+    "user_truth": USER_TRUTH_SCHEMA,
+    "rings_truth": RINGS_TRUTH_SCHEMA,
+    "merchant_truth": MERCHANT_TRUTH_SCHEMA,
+}
+FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
+LIST_SEPARATOR = "|"
+
+
+def _empty(schema: dict[str, Any]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+@dataclass(frozen=True)
+class World:
+    transactions: pl.DataFrame  # sorted by ts
+    signups: pl.DataFrame  # sorted by ts
+    labels: pl.DataFrame  # sorted by ts
+    tx_truth: pl.DataFrame  # tx_id, is_fraud, scenario, group
+    user_truth: pl.DataFrame  # user_id, role, ring_id
+    rings_truth: pl.DataFrame  # ring_id, kind, users, merchants, devices, fifth_member_joined_ts
+    # merchant_id, category, rebate_rate, role ("legit" or the abuse scenario), ring_id
+    merchant_truth: pl.DataFrame = field(default_factory=lambda: _empty(MERCHANT_TRUTH_SCHEMA))
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        return {
+            "transactions": self.transactions,
+            "signups": self.signups,
+            "labels": self.labels,
+            "tx_truth": self.tx_truth,
+            "user_truth": self.user_truth,
+            "rings_truth": self.rings_truth,
+            "merchant_truth": self.merchant_truth,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Simulation
+
+
+def _group_counts(cfg: WorldConfig, expected_legit: float) -> dict[int, int]:
+    per_100k = _per_100k(cfg)
+    counts = {}
+    for scenario, rate in per_100k.items():
+        x = cfg.fraud_scale * rate * expected_legit / 100_000
+        counts[scenario] = 0 if x <= 0 else max(1, round(x))
+    return counts
+
+
+def _per_100k(cfg: WorldConfig) -> dict[int, float]:
+    return {
+        BRUSHING: cfg.brushing_per_100k,
+        REFERRAL_FARM: cfg.referral_farm_per_100k,
+        COLLUSION_RING: cfg.collusion_ring_per_100k,
+        CASH_OUT: cfg.cash_out_per_100k,
+        PYRAMID: cfg.pyramid_per_100k,
+    }
+
+
+def simulate_world(config: WorldConfig) -> World:
+    """Generate the world described by `config`; the same config gives identical frames."""
+    cfg = config
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(8)]
+    start, end = cfg.start_ts_ms, cfg.end_ts_ms
+    b = Builder.create(rngs[0], start, end, cfg.n_users)
+    _legit.build_merchants(rngs[1], b, cfg)
+    pop = _legit.build_population(rngs[2], b, cfg)
+    a, c = _legit.expected_legit(pop, start, end, cfg.refund_rate)
+    scale = 1.0
+    if cfg.target_transactions is not None:
+        fraud_ratio = cfg.fraud_scale * sum(
+            rate * _abuse.MEAN_TX_PER_GROUP[s] / 100_000 for s, rate in _per_100k(cfg).items()
+        )
+        scale = max(0.01, (cfg.target_transactions / (1.0 + fraud_ratio) - c) / a)
+    groups = _group_counts(cfg, a * scale + c)
+    _abuse.inject(rngs[3], b, groups, cfg.n_merchants)
+    _legit.legit_transactions(rngs[4], b, pop, cfg, scale)
+    return _assemble(rngs[5], rngs[6], b, pop, cfg)
+
+
+def _perm(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Public number of each internal index (so ids carry no hint of how they were made)."""
+    return rng.permutation(n).astype(np.int64)
+
+
+def _mapped(numbers: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.where(idx >= 0, numbers[np.maximum(idx, 0)], -1)
+
+
+def _id(col: str, prefix: str) -> pl.Expr:
+    c = pl.col(col)
+    return pl.when(c >= 0).then(pl.concat_str([pl.lit(prefix), c.cast(pl.String)]))
+
+
+def _ip(col: str) -> pl.Expr:
+    c = pl.col(col)
+    octets = [((c // (1 << s)) % 256).cast(pl.String) for s in (24, 16, 8, 0)]
+    return pl.when(c >= 0).then(pl.concat_str(octets, separator="."))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _phone_hashes(phone: np.ndarray, salt: int) -> pl.Series:
+    """16 hex digits per phone (null where phone < 0), vectorised."""
+    with np.errstate(over="ignore"):
+        h = _splitmix64(np.maximum(phone, 0).astype(np.uint64) ^ np.uint64(salt))
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    nibbles = ((h[:, None] >> shifts) & np.uint64(15)).astype(np.uint8)
+    chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)[nibbles]
+    text = np.ascontiguousarray(chars).view("S16").ravel().astype("U16")
+    series = pl.Series("phone_hash", text, dtype=pl.String)
+    return series.scatter(np.flatnonzero(phone < 0), None) if (phone < 0).any() else series
+
+
+def _lookup(names: list[str], codes: np.ndarray) -> pl.Series:
+    """names[code], null where code < 0."""
+    idx = pl.DataFrame({"c": codes.astype(np.int64)}).select(
+        pl.when(pl.col("c") >= 0).then(pl.col("c"))
+    )
+    return pl.Series(names, dtype=pl.String).gather(idx.to_series())
+
+
+def _names(codes: np.ndarray, names: tuple[str, ...]) -> pl.Series:
+    return pl.Series(codes, dtype=pl.Int64).replace_strict(
+        list(range(len(names))), list(names), return_dtype=pl.String
+    )
+
+
+def _assemble(
+    id_rng: np.random.Generator,
+    label_rng: np.random.Generator,
+    b: Builder,
+    pop: _legit.Population,
+    cfg: WorldConfig,
+) -> World:
+    p = cfg.id_prefix
+    start, end = b.start, b.end
+    tx = {name: b.tx.col(name) for name in b.tx.names}
+    users = {name: b.users.col(name) for name in b.users.names}
+    merchants = {name: b.merchants.col(name) for name in b.merchants.names}
+    n_tx, n_users, n_merch = b.tx.n, b.users.n, b.merchants.n
+
+    # Public numbering: tx and users in time order (like database sequences); merchants,
+    # devices and cards shuffled.
+    order = np.argsort(tx["ts"], kind="stable")
+    rank = np.empty(n_tx, dtype=np.int64)
+    rank[order] = np.arange(n_tx)
+    s = {name: col[order] for name, col in tx.items()}
+    s["ref"] = _mapped(rank, s["ref"])
+    u_order = np.argsort(users["signup_ts"], kind="stable")
+    u_num = np.empty(n_users, dtype=np.int64)
+    u_num[u_order] = np.arange(n_users)
+    m_num = _perm(id_rng, n_merch)
+    d_num = _perm(id_rng, b.n_devices)
+    c_num = _perm(id_rng, b.n_cards)
+
+    numeric = pl.DataFrame(
+        {
+            "n": np.arange(n_tx, dtype=np.int64),
+            "ts": s["ts"],
+            "user": u_num[s["user"]],
+            "merchant": m_num[s["merchant"]],
+            "amount_cents": s["amount"],
+            "rate_pct": merchants["rate_pct"][s["merchant"]].astype(np.int64),
+            "refund": s["refund"].astype(bool),
+            "ref": s["ref"],
+            "device": _mapped(d_num, s["device"]),
+            "ip": s["ip"],
+            "card": _mapped(c_num, s["card"]),
+        }
+    )
+    transactions = numeric.select(
+        _id("n", p + "t").alias("tx_id"),
+        pl.col("ts"),
+        _id("user", p + "u").alias("user_id"),
+        _id("merchant", p + "m").alias("merchant_id"),
+        pl.col("amount_cents"),
+        (pl.col("rate_pct") / 100).alias("rebate_rate"),
+        pl.when(pl.col("refund")).then(pl.lit("refund")).otherwise(pl.lit("payment")).alias("kind"),
+        _id("ref", p + "t").alias("ref_tx_id"),
+        _id("device", p + "d").alias("device_id"),
+        _ip("ip"),
+        _id("card", p + "c").alias("card_id"),
+    )
+
+    ring_ids = [f"{p}ring{r.index}" for r in b.rings]
+    group_code = np.where(
+        s["scenario"] > 0, s["ring"], np.where(s["look"] >= 0, len(ring_ids) + s["look"], -1)
+    )
+    tx_truth = pl.DataFrame(
+        {
+            "tx_id": transactions["tx_id"],
+            "is_fraud": s["scenario"] > 0,
+            "scenario": _names(s["scenario"], SCENARIOS),
+            "group": _lookup(ring_ids + list(LOOKALIKES), group_code),
+        }
+    )
+
+    # Signups, in signup order.
+    salt = zlib.crc32(f"{cfg.seed}:{p}".encode()) * 2_654_435_761 % (1 << 63)
+    su = {name: col[u_order] for name, col in users.items()}
+    signups = pl.DataFrame(
+        {
+            "user": np.arange(n_users, dtype=np.int64),
+            "ts": su["signup_ts"],
+            "referrer": _mapped(u_num, su["referrer"]),
+            "device": _mapped(d_num, su["device"]),
+            "ip": su["ip"],
+        }
+    ).select(
+        _id("user", p + "u").alias("user_id"),
+        pl.col("ts"),
+        _id("referrer", p + "u").alias("referrer_id"),
+        _id("device", p + "d").alias("device_id"),
+        _ip("ip"),
+        _phone_hashes(su["phone"], salt),
+    )
+
+    # Roles: abuse scenario, else the user's look-alike, else tx-level look-alikes.
+    role = users["look"].copy()
+    legit_tx = s["scenario"] == 0
+    no_role = role == NO_LOOK
+    rush_users = np.unique(s["user"][legit_tx & (s["look"] == LUNCH_RUSH)])
+    role[rush_users[no_role[rush_users]]] = LUNCH_RUSH
+    no_role = role == NO_LOOK
+    refunders = np.unique(s["user"][legit_tx & s["refund"]])
+    role[refunders[no_role[refunders]]] = ORDINARY_REFUND
+    role_code = np.where(users["scenario"] > 0, users["scenario"], np.where(role >= 0, 6 + role, 0))
+    ring_of = users["ring"]
+    user_truth = pl.DataFrame(
+        {
+            "user_id": signups["user_id"],
+            "role": _names(role_code[u_order], SCENARIOS + LOOKALIKES),
+            "ring_id": _lookup(ring_ids, ring_of[u_order]),
+        }
+    )
+
+    rings_truth = _rings_truth(b, s, users, u_num, m_num, d_num, ring_ids, p, start)
+
+    m_order = np.argsort(m_num, kind="stable")
+    merchant_truth = pl.DataFrame(
+        {
+            "m": m_num[m_order],
+            "category": _names(merchants["category"][m_order].astype(np.int64), CATEGORIES),
+            "rate_pct": merchants["rate_pct"][m_order].astype(np.int64),
+            "role": _names(merchants["scenario"][m_order].astype(np.int64), SCENARIOS),
+            "ring": merchants["ring"][m_order].astype(np.int64),
+        }
+    ).select(
+        _id("m", p + "m").alias("merchant_id"),
+        pl.col("category"),
+        (pl.col("rate_pct") / 100).alias("rebate_rate"),
+        pl.col("role"),
+        pl.when(pl.col("ring") >= 0)
+        .then(pl.concat_str([pl.lit(p + "ring"), pl.col("ring").cast(pl.String)]))
+        .alias("ring_id"),
+    )
+
+    lab = make_labels(label_rng, cfg, end, s["ts"], s["user"], s["scenario"], s["look"], s["card"])
+    labels = pl.DataFrame(
+        {
+            "ts": lab.ts,
+            "tx": lab.tx,
+            "user": u_num[lab.user],
+            "label": np.where(lab.label == 0, "fraud", "legit"),
+            "source": np.array(SOURCES)[lab.source] if len(lab.source) else np.array([], str),
+        },
+        schema_overrides={"label": pl.String, "source": pl.String},
+    ).select(
+        pl.col("ts"),
+        _id("tx", p + "t").alias("tx_id"),
+        _id("user", p + "u").alias("user_id"),
+        pl.col("label"),
+        pl.col("source"),
+    )
+    return World(
+        transactions=_cast(transactions, TRANSACTION_SCHEMA),
+        signups=_cast(signups, SIGNUP_SCHEMA),
+        labels=_cast(labels, LABEL_SCHEMA),
+        tx_truth=_cast(tx_truth, TX_TRUTH_SCHEMA),
+        user_truth=_cast(user_truth, USER_TRUTH_SCHEMA),
+        rings_truth=_cast(rings_truth, RINGS_TRUTH_SCHEMA),
+        merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA),
+    )
+
+
+def _cast(df: pl.DataFrame, schema: dict[str, Any]) -> pl.DataFrame:
+    return df.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+
+def _rings_truth(
+    b: Builder,
+    s: dict[str, np.ndarray],
+    users: dict[str, np.ndarray],
+    u_num: np.ndarray,
+    m_num: np.ndarray,
+    d_num: np.ndarray,
+    ring_ids: list[str],
+    p: str,
+    start: int,
+) -> pl.DataFrame:
+    fraud = np.flatnonzero(s["scenario"] > 0)
+    f_ring = s["ring"][fraud]
+    by_ring = np.argsort(f_ring, kind="stable")
+    bounds = np.searchsorted(f_ring[by_ring], np.arange(len(b.rings) + 1))
+    first_tx = np.full(len(u_num), np.iinfo(np.int64).max)
+    np.minimum.at(first_tx, s["user"][fraud], s["ts"][fraud])
+    rows: dict[str, list[Any]] = {name: [] for name in RINGS_TRUTH_SCHEMA}
+    for ring in b.rings:
+        idx = fraud[by_ring[bounds[ring.index] : bounds[ring.index + 1]]]
+        members = ring.users
+        merch = np.union1d(ring.merchants, s["merchant"][idx])
+        devs = np.union1d(s["device"][idx], users["device"][members])
+        devs = devs[devs >= 0]
+        signup = users["signup_ts"][members]
+        joined = np.where(signup >= start, signup, first_tx[members])
+        joined = np.sort(joined[joined < np.iinfo(np.int64).max])
+        rows["ring_id"].append(ring_ids[ring.index])
+        rows["kind"].append(SCENARIOS[ring.scenario])
+        rows["users"].append(sorted(f"{p}u{n}" for n in u_num[members]))
+        rows["merchants"].append(sorted(f"{p}m{n}" for n in m_num[merch]))
+        rows["devices"].append(sorted(f"{p}d{n}" for n in d_num[devs]))
+        rows["fifth_member_joined_ts"].append(int(joined[4]) if len(joined) >= 5 else None)
+    return pl.DataFrame(rows, schema=RINGS_TRUTH_SCHEMA)
+
+
+# --------------------------------------------------------------------------------------
+# Files
+
+
+def _ext(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def _write(df: pl.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        df.write_parquet(path)
+    elif fmt == "csv":
+        lists = [n for n, t in df.schema.items() if isinstance(t, pl.List)]
+        df.with_columns(pl.col(n).list.join(LIST_SEPARATOR) for n in lists).write_csv(path)
+    else:
+        df.write_ndjson(path)
+
+
+def _read(path: Path, fmt: str, schema: dict[str, Any]) -> pl.DataFrame:
+    if fmt == "parquet":
+        df = pl.read_parquet(path)
+    elif fmt == "jsonl":
+        df = pl.read_ndjson(path, schema=schema)
+    else:
+        flat = {n: (pl.String if isinstance(t, pl.List) else t) for n, t in schema.items()}
+        df = pl.read_csv(path, schema=flat)
+        lists = [n for n, t in schema.items() if isinstance(t, pl.List)]
+        df = df.with_columns(
+            pl.when(pl.col(n).is_null() | (pl.col(n) == ""))
+            .then(pl.lit([], dtype=pl.List(pl.String)))
+            .otherwise(pl.col(n).str.split(LIST_SEPARATOR))
+            .alias(n)
+            for n in lists
+        )
+    return _cast(df, schema)
+
+
+def write_world(world: World, out_dir: Path, fmt: str = "parquet") -> dict[str, Path]:
+    """Contract files into out_dir, ground truth into out_dir/truth/; returns name -> path.
+
+    fmt is "parquet", "csv" or "jsonl". CSV has no list type: rings_truth's list columns are
+    joined with "|" there (`read_world` splits them again).
+    """
+    ext = _ext(fmt)
+    out_dir = Path(out_dir)
+    truth_dir = out_dir / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, df in world.frames().items():
+        path = (out_dir if name in CONTRACT_SCHEMAS else truth_dir) / f"{name}.{ext}"
+        _write(df, path, fmt)
+        paths[name] = path
+    return paths
+
+
+def read_world(out_dir: Path, fmt: str = "parquet") -> World:
+    """Read back what `write_world` wrote, with the exact schemas."""
+    ext = _ext(fmt)
+    out_dir = Path(out_dir)
+    frames: dict[str, pl.DataFrame] = {}
+    for name, schema in {**CONTRACT_SCHEMAS, **TRUTH_SCHEMAS}.items():
+        path = (out_dir if name in CONTRACT_SCHEMAS else out_dir / "truth") / f"{name}.{ext}"
+        if name == "merchant_truth" and not path.exists():
+            frames[name] = _empty(schema)
+            continue
+        frames[name] = _read(path, fmt, schema)
+    return World(**frames)
+
+
+# --------------------------------------------------------------------------------------
+# Streaming
+
+TOPIC_ORDER = ("signups", "transactions", "labels")  # tie order at equal ts
+
+
+def _topic_events(world: World, topic: str) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    df: pl.DataFrame = getattr(world, topic)
+    for row in df.iter_rows(named=True):
+        if topic == "labels":
+            key = row["tx_id"] if row["tx_id"] is not None else row["user_id"]
+        else:
+            key = row["user_id"]
+        yield row["ts"], topic, key, row
+
+
+def event_stream(world: World) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Every contract event in event-time order as (topic, key, payload).
+
+    key is the user_id for transactions and signups, the tx_id (or the user_id when tx_id is
+    null) for labels; payload has exactly the contract columns, None for nulls. At equal ts
+    signups come first, then transactions, then labels; within a topic, frame order.
+    """
+    streams = [_topic_events(world, topic) for topic in TOPIC_ORDER]
+    # heapq.merge breaks key ties by iterable position: the tie order above.
+    for _, topic, key, payload in heapq.merge(*streams, key=lambda e: e[0]):
+        yield topic, key, payload

@@ -1,0 +1,1 @@
+"""Faust side of RebateGuard: the event contract, the worker app and its agents."""

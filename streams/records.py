@@ -1,0 +1,128 @@
+"""The event contract, declared once. docs/events.md documents each record with an example.
+
+Timestamps are epoch milliseconds (UTC) on the wire and in memory; files may carry either a UTC
+timestamp column or epoch ms (see `rebate_guard.io`). Money is integer minor units (cents).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import faust
+
+# Topic names of the contract; `Settings.topic()` adds the configured prefix.
+TRANSACTIONS = "transactions"
+SIGNUPS = "signups"
+LABELS = "labels"
+DECISIONS = "decisions"
+RINGS = "rings"
+DEAD_LETTERS = "dead-letters"
+INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
+OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS)
+
+PAYMENT = "payment"
+REFUND = "refund"
+TX_KINDS = (PAYMENT, REFUND)
+
+FRAUD = "fraud"
+LEGIT = "legit"
+LABEL_VALUES = (FRAUD, LEGIT)
+
+ALLOW = "allow"
+SCALE = "scale"
+HOLD = "hold"
+BLOCK = "block"
+ACTIONS = (ALLOW, SCALE, HOLD, BLOCK)
+
+MAX_REBATE_RATE = 0.30
+
+
+class Transaction(faust.Record, serializer="json", include_metadata=False):
+    """A payment or a refund; the rebate requested is floor(amount_cents x rebate_rate)."""
+
+    tx_id: str
+    ts: int
+    user_id: str
+    merchant_id: str
+    amount_cents: int
+    rebate_rate: float
+    kind: str
+    ref_tx_id: Optional[str] = None  # noqa: UP045
+    device_id: Optional[str] = None  # noqa: UP045
+    ip: Optional[str] = None  # noqa: UP045
+    card_id: Optional[str] = None  # noqa: UP045
+
+
+class Signup(faust.Record, serializer="json", include_metadata=False):
+    user_id: str
+    ts: int
+    referrer_id: Optional[str] = None  # noqa: UP045
+    device_id: Optional[str] = None  # noqa: UP045
+    ip: Optional[str] = None  # noqa: UP045
+    phone_hash: Optional[str] = None  # noqa: UP045
+
+
+class Label(faust.Record, serializer="json", include_metadata=False):
+    """Delayed feedback (review, chargeback): ts is when it became known, not the tx's ts."""
+
+    ts: int
+    label: str
+    source: str
+    tx_id: Optional[str] = None  # noqa: UP045
+    user_id: Optional[str] = None  # noqa: UP045
+
+
+class Decision(faust.Record, serializer="json", include_metadata=False):
+    """The answer for one transaction; rebate engines read it by tx_id."""
+
+    tx_id: str
+    ts: int
+    user_id: str
+    merchant_id: str
+    risk: float
+    trust_weight: float
+    action: str
+    rebate_requested_cents: int
+    rebate_granted_cents: int
+    reasons: list[str]
+    model_version: str
+    decided_at: int
+    policy_version: str = ""
+
+
+class Ring(faust.Record, serializer="json", include_metadata=False):
+    ring_id: str
+    kind: str
+    users: list[str]
+    merchants: list[str]
+    devices: list[str]
+    score: float
+    detected_at: int
+    rebate_at_risk_cents: int
+    evidence: dict[str, Any]
+
+
+class DeadLetter(faust.Record, serializer="json", include_metadata=False):
+    """An input event that could not be used, with why; `payload` is the raw bytes as text."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    payload: str
+    received_at: int
+
+
+def requested_rebate_cents(amount_cents: int, rebate_rate: float) -> int:
+    """floor(amount_cents x rebate_rate), exact: the rate is honoured to six decimal places.
+
+    Multiplying by the float directly would floor 100 x 0.29 to 28; scaling the rate to an
+    integer number of millionths first keeps the arithmetic in integers.
+    """
+    rate_ppm = round(rebate_rate * 1_000_000)
+    return (amount_cents * rate_ppm) // 1_000_000
+
+
+def scale_cents(cents: int, weight: float) -> int:
+    """floor(cents x weight) in integers (weight honoured to six decimal places)."""
+    return (cents * round(weight * 1_000_000)) // 1_000_000

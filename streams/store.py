@@ -1,0 +1,167 @@
+"""Serving state in Redis: one decision per tx_id, written once, plus live counters.
+
+`put_new` is one Lua script per batch: for each decision `SET key value NX EX ttl`; only a
+decision that was really new bumps the counters. A decision already stored (by an earlier
+delivery, or by another worker after a rebalance) is returned instead and wins, so a
+redelivered transaction is always answered with the first decision: never a second grant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from rebate_guard.settings import Settings
+
+RECENT_KEEP = 100
+
+_PUT_DECISIONS = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 3, #KEYS do
+  local value = ARGV[i]
+  if redis.call('SET', KEYS[i], value, 'NX', 'EX', ttl) then
+    local d = cjson.decode(value)
+    redis.call('HINCRBY', KEYS[1], 'decisions', 1)
+    redis.call('HINCRBY', KEYS[1], 'action:' .. d['action'], 1)
+    redis.call('HINCRBY', KEYS[1], 'rebate_requested_cents', d['rebate_requested_cents'])
+    redis.call('HINCRBY', KEYS[1], 'rebate_granted_cents', d['rebate_granted_cents'])
+    redis.call('LPUSH', KEYS[2], value)
+    out[#out + 1] = false
+  else
+    out[#out + 1] = redis.call('GET', KEYS[i])
+  end
+end
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+return out
+"""
+
+_COUNT_DEAD_LETTERS = """
+local ttl = tonumber(ARGV[1])
+local fresh = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then fresh = fresh + 1 end
+end
+if fresh > 0 then redis.call('HINCRBY', KEYS[1], 'dead_letters', fresh) end
+return fresh
+"""
+
+
+class Keys:
+    """Redis key layout, under a prefix derived from the app id (one deployment per prefix)."""
+
+    def __init__(self, app_id: str) -> None:
+        self.prefix = f"{app_id}:"
+        self.stats = f"{self.prefix}stats"
+        self.recent = f"{self.prefix}recent"
+
+    def decision(self, tx_id: str) -> str:
+        return f"{self.prefix}decision:{tx_id}"
+
+    def dead_letter(self, topic: str, partition: int, offset: int) -> str:
+        return f"{self.prefix}dead:{topic}:{partition}:{offset}"
+
+
+class DecisionStore(Protocol):
+    async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]: ...
+
+    async def put_new(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        """Store each (tx_id, decision JSON) unless one exists; None = stored now,
+        bytes = the decision that was already there (and stands)."""
+        ...
+
+    async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+
+class RedisDecisionStore:
+    def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
+        self.keys = Keys(settings.app_id)
+        self.ttl = settings.decision_ttl_s
+        self.client = client or aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        self._put = self.client.register_script(_PUT_DECISIONS)
+        self._dead = self.client.register_script(_COUNT_DEAD_LETTERS)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
+        if not tx_ids:
+            return {}
+        values = await self.client.mget([self.keys.decision(t) for t in tx_ids])
+        return {t: _bytes(v) for t, v in zip(tx_ids, values, strict=True) if v is not None}
+
+    async def put_new(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        if not items:
+            return []
+        keys = [self.keys.stats, self.keys.recent] + [self.keys.decision(t) for t, _ in items]
+        args: list[Any] = [self.ttl, RECENT_KEEP] + [v for _, v in items]
+        result = await self._put(keys=keys, args=args)
+        return list(result)
+
+    async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
+        if not positions:
+            return 0
+        keys = [self.keys.stats] + [self.keys.dead_letter(*p) for p in positions]
+        return int(await self._dead(keys=keys, args=[self.ttl]))
+
+    async def get(self, tx_id: str) -> bytes | None:
+        value = await self.client.get(self.keys.decision(tx_id))
+        return None if value is None else _bytes(value)
+
+    async def stats(self) -> dict[str, Any]:
+        raw = await self.client.hgetall(self.keys.stats)
+        recent = await self.client.lrange(self.keys.recent, 0, 19)
+        counters = {_bytes(k).decode(): int(v) for k, v in raw.items()}
+        return {"counters": counters, "recent": [json.loads(r) for r in recent]}
+
+
+def _bytes(value: bytes | str) -> bytes:
+    # The client is created without decode_responses, so Redis answers bytes.
+    return value.encode() if isinstance(value, str) else value
+
+
+@dataclass
+class MemoryDecisionStore:
+    """The same semantics in process memory, for broker-free unit tests of the agents."""
+
+    decisions: dict[str, bytes] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    dead: set[tuple[str, int, int]] = field(default_factory=set)
+
+    async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
+        return {t: self.decisions[t] for t in tx_ids if t in self.decisions}
+
+    async def put_new(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for tx_id, value in items:
+            if tx_id in self.decisions:
+                out.append(self.decisions[tx_id])
+                continue
+            self.decisions[tx_id] = value
+            d = json.loads(value)
+            for name, amount in (
+                ("decisions", 1),
+                (f"action:{d['action']}", 1),
+                ("rebate_requested_cents", d["rebate_requested_cents"]),
+                ("rebate_granted_cents", d["rebate_granted_cents"]),
+            ):
+                self.counters[name] = self.counters.get(name, 0) + amount
+            out.append(None)
+        return out
+
+    async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
+        fresh = [p for p in positions if p not in self.dead]
+        self.dead.update(fresh)
+        self.counters["dead_letters"] = self.counters.get("dead_letters", 0) + len(fresh)
+        return len(fresh)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"counters": dict(self.counters), "recent": []}

@@ -1,0 +1,161 @@
+"""Turning untrusted input (topic bytes, file rows) into contract records, or a clear reason.
+
+Pure functions, shared by the worker, replay and the HTTP API, so that what is rejected (and
+why) does not depend on the path an event took. Unknown extra fields are ignored so producers
+can add fields before consumers know them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+from streams.records import (
+    LABEL_VALUES,
+    MAX_REBATE_RATE,
+    REFUND,
+    TX_KINDS,
+    Label,
+    Signup,
+    Transaction,
+)
+
+MAX_ID_LENGTH = 200
+# 2000-01-01 .. 2100-01-01 in epoch ms: anything outside is a unit mistake (seconds, µs).
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+
+
+class InvalidEvent(ValueError):
+    """The event breaks the contract; the message is the dead-letter reason."""
+
+
+def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidEvent("empty message (no value)")
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _required_id(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing field {name!r}")
+    return _id_value(name, value)
+
+
+def _optional_id(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    return None if value is None else _id_value(name, value)
+
+
+def _id_value(name: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent(f"field {name!r} must be a string, got {type(value).__name__}")
+    text = str(value)
+    if not text or len(text) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"field {name!r} must have 1..{MAX_ID_LENGTH} characters")
+    return text
+
+
+def parse_ts(value: Any, name: str = "ts") -> int:
+    """Epoch ms (int) or an ISO-8601 timestamp with a zone; returns epoch ms."""
+    if value is None:
+        raise InvalidEvent(f"missing field {name!r}")
+    if isinstance(value, bool):
+        raise InvalidEvent(f"field {name!r} must be epoch ms or an ISO-8601 timestamp")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, float) and value.is_integer():
+        ms = int(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(f"field {name!r}: unreadable timestamp {value!r}") from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent(f"field {name!r}: timestamp {value!r} has no time zone")
+        ms = int(parsed.timestamp() * 1000)
+    else:
+        raise InvalidEvent(f"field {name!r} must be epoch ms or an ISO-8601 timestamp")
+    if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        raise InvalidEvent(f"field {name!r}={ms} is not epoch milliseconds in 2000..2100")
+    return ms
+
+
+def parse_transaction(data: Mapping[str, Any]) -> Transaction:
+    amount = data.get("amount_cents")
+    if isinstance(amount, float) and amount.is_integer():
+        amount = int(amount)
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidEvent("field 'amount_cents' must be an integer number of minor units")
+    if amount <= 0:
+        raise InvalidEvent(f"field 'amount_cents' must be positive, got {amount}")
+    rate = data.get("rebate_rate")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate):
+        raise InvalidEvent("field 'rebate_rate' must be a number")
+    if not 0.0 <= rate <= MAX_REBATE_RATE:
+        raise InvalidEvent(f"field 'rebate_rate'={rate} outside 0..{MAX_REBATE_RATE}")
+    kind = data.get("kind")
+    if kind not in TX_KINDS:
+        raise InvalidEvent(f"field 'kind' must be one of {', '.join(TX_KINDS)}, got {kind!r}")
+    ref_tx_id = _optional_id(data, "ref_tx_id")
+    if kind == REFUND and ref_tx_id is None:
+        raise InvalidEvent("a refund needs 'ref_tx_id' (the refunded payment)")
+    return Transaction(
+        tx_id=_required_id(data, "tx_id"),
+        ts=parse_ts(data.get("ts")),
+        user_id=_required_id(data, "user_id"),
+        merchant_id=_required_id(data, "merchant_id"),
+        amount_cents=amount,
+        rebate_rate=float(rate),
+        kind=kind,
+        ref_tx_id=ref_tx_id,
+        device_id=_optional_id(data, "device_id"),
+        ip=_optional_id(data, "ip"),
+        card_id=_optional_id(data, "card_id"),
+    )
+
+
+def parse_signup(data: Mapping[str, Any]) -> Signup:
+    return Signup(
+        user_id=_required_id(data, "user_id"),
+        ts=parse_ts(data.get("ts")),
+        referrer_id=_optional_id(data, "referrer_id"),
+        device_id=_optional_id(data, "device_id"),
+        ip=_optional_id(data, "ip"),
+        phone_hash=_optional_id(data, "phone_hash"),
+    )
+
+
+def parse_label(data: Mapping[str, Any]) -> Label:
+    label = data.get("label")
+    if label not in LABEL_VALUES:
+        raise InvalidEvent(f"field 'label' must be one of {', '.join(LABEL_VALUES)}, got {label!r}")
+    tx_id = _optional_id(data, "tx_id")
+    user_id = _optional_id(data, "user_id")
+    if tx_id is None and user_id is None:
+        raise InvalidEvent("a label needs 'tx_id' or 'user_id'")
+    source = data.get("source")
+    return Label(
+        ts=parse_ts(data.get("ts")),
+        label=label,
+        source=_id_value("source", source) if source is not None else "unknown",
+        tx_id=tx_id,
+        user_id=user_id,
+    )
+
+
+R = TypeVar("R")
+
+
+def parse_bytes(raw: bytes | str | None, parser: Callable[[Mapping[str, Any]], R]) -> R:
+    return parser(decode_json_object(raw))

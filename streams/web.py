@@ -1,0 +1,38 @@
+"""The worker's web server: a live status page, JSON stats and decisions by tx_id."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+
+if TYPE_CHECKING:
+    from streams.app import Runtime
+
+STATUS_PAGE = (resources.files("streams") / "static" / "status.html").read_text("utf-8")
+
+
+def register_views(app: faust.App, runtime: Runtime) -> None:
+    @app.page("/")
+    class StatusPage(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(STATUS_PAGE)
+
+    @app.page("/api/stats")
+    class Stats(View):
+        async def get(self, request: Request) -> Response:
+            stats: dict[str, Any] = await runtime.store.stats()
+            stats["worker"] = dataclasses.asdict(runtime.processor.counters)
+            return self.json(stats)
+
+    @app.page("/decisions/{tx_id}")
+    class DecisionByTx(View):
+        async def get(self, request: Request, tx_id: str) -> Response:
+            found = await runtime.store.get_many([tx_id])
+            if tx_id not in found:
+                return self.json({"error": f"no decision for tx_id {tx_id!r}"}, status=404)
+            return self.json(json.loads(found[tx_id]))

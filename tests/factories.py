@@ -1,0 +1,53 @@
+"""Small builders for contract events used across tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in epoch ms
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def tx(tx_id: str = "t1", ts: int = T0, **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "tx_id": tx_id,
+        "ts": ts,
+        "user_id": "u1",
+        "merchant_id": "m1",
+        "amount_cents": 10_000,
+        "rebate_rate": 0.1,
+        "kind": "payment",
+        "ref_tx_id": None,
+        "device_id": "d1",
+        "ip": "10.0.0.1",
+        "card_id": "c1",
+    }
+    event.update(overrides)
+    return event
+
+
+def signup(user_id: str = "u1", ts: int = T0 - DAY, **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "user_id": user_id,
+        "ts": ts,
+        "referrer_id": None,
+        "device_id": "d1",
+        "ip": "10.0.0.1",
+        "phone_hash": "ph1",
+    }
+    event.update(overrides)
+    return event
+
+
+def label(tx_id: str | None = "t1", ts: int = T0 + 3 * DAY, **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "ts": ts,
+        "tx_id": tx_id,
+        "user_id": None,
+        "label": "fraud",
+        "source": "review",
+    }
+    event.update(overrides)
+    return event

@@ -1,0 +1,85 @@
+"""One contract for both decision stores: the Redis one (real server) and the in-memory twin
+used by broker-free unit tests, so the twin cannot drift from what production does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from rebate_guard.settings import Settings
+from streams.records import Decision
+from streams.store import DecisionStore, MemoryDecisionStore, RedisDecisionStore
+from tests.factories import T0
+
+pytestmark = pytest.mark.integration
+
+
+def _decision(tx_id: str, granted: int, action: str = "allow") -> bytes:
+    return Decision(
+        tx_id=tx_id,
+        ts=T0,
+        user_id="u",
+        merchant_id="m",
+        risk=0.1,
+        trust_weight=0.9,
+        action=action,
+        rebate_requested_cents=granted + 5,
+        rebate_granted_cents=granted,
+        reasons=[],
+        model_version="v",
+        decided_at=1,
+    ).dumps()
+
+
+@pytest.fixture(params=["redis", "memory"])
+def run_with_store(
+    request: pytest.FixtureRequest, stack_settings: Settings
+) -> Callable[[Callable[[DecisionStore], Awaitable[Any]]], Any]:
+    def run(body: Callable[[DecisionStore], Awaitable[Any]]) -> Any:
+        async def go() -> Any:
+            store: Any = (
+                RedisDecisionStore(stack_settings)
+                if request.param == "redis"
+                else MemoryDecisionStore()
+            )
+            try:
+                return await body(store)
+            finally:
+                if isinstance(store, RedisDecisionStore):
+                    await store.close()
+
+        return asyncio.run(go())
+
+    return run
+
+
+def test_first_write_wins_and_counts_once(run_with_store) -> None:
+    async def body(store: DecisionStore) -> None:
+        first = [("a", _decision("a", 10)), ("b", _decision("b", 20, "scale"))]
+        assert await store.put_new(first) == [None, None]
+        again = await store.put_new([("a", _decision("a", 99)), ("c", _decision("c", 1))])
+        assert again == [first[0][1], None]
+        assert await store.get_many(["a", "b", "c", "zz"]) == {
+            "a": first[0][1],
+            "b": first[1][1],
+            "c": _decision("c", 1),
+        }
+        counters = (await store.stats())["counters"]
+        assert counters["decisions"] == 3
+        assert counters["rebate_granted_cents"] == 31
+        assert counters["rebate_requested_cents"] == 46
+        assert counters["action:allow"] == 2 and counters["action:scale"] == 1
+
+    run_with_store(body)
+
+
+def test_dead_letters_are_counted_once_per_position(run_with_store) -> None:
+    async def body(store: DecisionStore) -> None:
+        assert await store.count_dead_letters([("t", 0, 1), ("t", 0, 2)]) == 2
+        assert await store.count_dead_letters([("t", 0, 2), ("t", 1, 2)]) == 1
+        assert (await store.stats())["counters"]["dead_letters"] == 3
+
+    run_with_store(body)

@@ -1,0 +1,155 @@
+"""The worker on a real Tansu broker and Redis: decisions exactly once, dead letters, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from rebate_guard.producer import produce_events
+from rebate_guard.settings import Settings
+from rebate_guard.topics import ensure_topics
+from streams.records import Decision
+from streams.sink import KafkaSink
+from tests.factories import MINUTE, T0, signup, tx
+from tests.integration.helpers import (
+    read_topic,
+    redis_counters,
+    running_worker,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _traffic(n: int, users: int = 200) -> list[tuple[str, str, dict]]:
+    events: list[tuple[str, str, dict]] = []
+    for u in range(users):
+        events.append(
+            ("signups", f"u{u}", signup(f"u{u}", T0 - u * MINUTE, device_id=f"d{u % 150}"))
+        )
+    for i in range(n):
+        user = f"u{i % users}"
+        event = tx(
+            f"t{i}",
+            T0 + i * 1000,
+            user_id=user,
+            amount_cents=500 + (i * 37) % 9000,
+            device_id=f"d{(i % users) % 150}",
+            rebate_rate=0.06 + (i % 25) / 100,
+        )
+        events.append(("transactions", user, event))
+    return events
+
+
+def _produce_raw(settings: Settings, topic: str, values: list[bytes]) -> None:
+    async def run() -> None:
+        sink = KafkaSink(settings)
+        await sink.start()
+        try:
+            await sink.send_many(settings.topic(topic), [(b"k", v) for v in values])
+        finally:
+            await sink.stop()
+
+    asyncio.run(run())
+
+
+def _stored_decisions(settings: Settings) -> dict[str, Decision]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(f"{settings.app_id}:decision:*", count=5000))
+        values = client.mget(keys) if keys else []
+        return {Decision.loads(v).tx_id: Decision.loads(v) for v in values}
+    finally:
+        client.close()
+
+
+def test_every_transaction_decided_exactly_once_in_topic_and_redis(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings
+    asyncio.run(ensure_topics(settings))
+    events = _traffic(3000)
+    # The same transactions again (a producer retry storm): they must not be decided twice.
+    events += [e for e in events if e[0] == "transactions"][:500]
+    asyncio.run(produce_events(settings, events))
+    bad = [b"{not json", json.dumps(tx("neg", amount_cents=-3)).encode(), b"[]"]
+    _produce_raw(settings, "transactions", bad)
+
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        wait_for(
+            lambda: (
+                redis_counters(settings).get("decisions", 0) >= 3000
+                and redis_counters(settings).get("dead_letters", 0) >= 3
+            ),
+            timeout=120,
+            what="3000 decisions and 3 dead letters",
+            worker=worker,
+        )
+        decisions = read_topic(settings, settings.topic("decisions"), expect=3000)
+        letters = read_topic(settings, settings.topic("dead-letters"), expect=3)
+        assert worker.stop() == 0, worker.log()
+
+    counters = redis_counters(settings)
+    assert counters["decisions"] == 3000
+    stored = _stored_decisions(settings)
+    assert sorted(stored) == sorted(f"t{i}" for i in range(3000))
+    assert counters["rebate_granted_cents"] == sum(d.rebate_granted_cents for d in stored.values())
+    topic_ids = [Decision.loads(v).tx_id for _, v in decisions]
+    assert set(topic_ids) == set(stored)
+    # In a run without crashes, a repeated transaction is answered once per delivery, always
+    # with the stored decision.
+    for key, value in decisions:
+        assert key is not None and Decision.loads(value) == stored[key.decode()]
+    reasons = sorted(json.loads(v)["reason"] for _, v in letters)
+    assert len(reasons) == 3
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("must be positive" in r for r in reasons)
+    assert any("expected a JSON object" in r for r in reasons)
+
+
+def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings.replace(batch_max=200)
+    asyncio.run(ensure_topics(settings))
+    total = 20_000
+    asyncio.run(produce_events(settings, _traffic(total)))
+    log = tmp_path / "worker.log"
+
+    with running_worker(settings, log) as first:
+        wait_for(
+            lambda: redis_counters(settings).get("decisions", 0) >= 2000,
+            timeout=120,
+            what="the first worker to be mid-stream",
+            worker=first,
+        )
+        first.kill9()
+    at_kill = redis_counters(settings).get("decisions", 0)
+    assert at_kill < total, "the worker finished before it was killed; kill earlier"
+
+    with running_worker(settings, log) as second:
+        wait_for(
+            lambda: redis_counters(settings).get("decisions", 0) >= total,
+            timeout=180,
+            what=f"{total} decisions after restart",
+            worker=second,
+        )
+        decisions = read_topic(settings, settings.topic("decisions"), expect=total)
+        assert second.stop() == 0, second.log()
+
+    counters = redis_counters(settings)
+    stored = _stored_decisions(settings)
+    assert len(stored) == total and counters["decisions"] == total
+    # Granted money counted once per transaction, never for a redelivery.
+    assert counters["rebate_granted_cents"] == sum(d.rebate_granted_cents for d in stored.values())
+    seen: dict[str, int] = {}
+    for key, value in decisions:
+        assert key is not None
+        decision = Decision.loads(value)
+        assert decision == stored[key.decode()], "a re-produced decision differs from Redis"
+        seen[decision.tx_id] = seen.get(decision.tx_id, 0) + 1
+    assert len(seen) == total, f"{total - len(seen)} decisions missing from the topic"

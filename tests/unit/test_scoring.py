@@ -1,0 +1,64 @@
+import pickle
+
+from rebate_guard.scoring import Scorer, order_key
+from streams.validation import parse_label, parse_signup, parse_transaction
+from tests.factories import DAY, T0, label, signup, tx
+
+
+def test_a_quiet_payment_is_allowed_in_full() -> None:
+    scorer = Scorer()
+    scorer.signup(parse_signup(signup("u1", T0 - 30 * DAY)))
+    d = scorer.transaction(parse_transaction(tx(amount_cents=10_000, rebate_rate=0.15)), 1)
+    assert d.action == "allow"
+    assert d.rebate_requested_cents == d.rebate_granted_cents == 1500
+    assert d.reasons == [] and d.model_version and d.policy_version
+
+
+def test_a_farm_on_one_device_loses_its_rebate_with_reasons() -> None:
+    scorer = Scorer()
+    for n in range(8):
+        scorer.signup(parse_signup(signup(f"f{n}", T0 - 60_000, device_id="farm")))
+    d = scorer.transaction(parse_transaction(tx("t", T0, user_id="f0", device_id="farm")), 1)
+    assert d.action in {"hold", "block"}
+    assert d.rebate_granted_cents == 0
+    assert "device_shared_7d" in d.reasons and "young_account" in d.reasons
+
+
+def test_deep_referral_chains_carry_a_ring_reason() -> None:
+    scorer = Scorer()
+    parent = None
+    for n in range(6):
+        scorer.signup(
+            parse_signup(signup(f"p{n}", T0 - DAY, referrer_id=parent, device_id=f"d{n}"))
+        )
+        parent = f"p{n}"
+    d = scorer.transaction(parse_transaction(tx("t", T0, user_id="p5", device_id="d5")), 1)
+    assert d.reasons[0] == "ring:pyramid_depth"
+    assert d.trust_weight < 0.5
+    shallow = scorer.transaction(parse_transaction(tx("s", T0, user_id="p2", device_id="d2")), 1)
+    assert "ring:pyramid_depth" not in shallow.reasons
+
+
+def test_refunds_request_no_rebate() -> None:
+    d = Scorer().transaction(parse_transaction(tx("r", kind="refund", ref_tx_id="t1")), 1)
+    assert d.rebate_requested_cents == d.rebate_granted_cents == 0
+
+
+def test_events_order_by_time_then_kind_then_input() -> None:
+    s = parse_signup(signup("u", T0))
+    t = parse_transaction(tx("t", T0))
+    lab = parse_label(label("t", T0))
+    assert sorted([(lab, 0), (t, 1), (s, 2)], key=lambda p: order_key(*p)) == [
+        (s, 2),
+        (t, 1),
+        (lab, 0),
+    ]
+
+
+def test_scorer_state_pickles_and_resumes_identically() -> None:
+    scorer = Scorer()
+    scorer.signup(parse_signup(signup("u1", T0 - DAY)))
+    scorer.transaction(parse_transaction(tx("a", T0)), 1)
+    clone = pickle.loads(pickle.dumps(scorer))
+    nxt = parse_transaction(tx("b", T0 + 1000))
+    assert clone.transaction(nxt, 1) == scorer.transaction(nxt, 1)

@@ -1,0 +1,530 @@
+"""Behavioural tests of the world simulator (small worlds: the whole file runs in seconds)."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from rebate_guard.simulator import (
+    ABUSE_SCENARIOS,
+    LOOKALIKES,
+    World,
+    WorldConfig,
+    event_stream,
+    read_world,
+    simulate_world,
+    write_world,
+)
+
+SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
+DAY_MS = 86_400_000
+
+TX_SCHEMA = {
+    "tx_id": pl.String,
+    "ts": pl.Int64,
+    "user_id": pl.String,
+    "merchant_id": pl.String,
+    "amount_cents": pl.Int64,
+    "rebate_rate": pl.Float64,
+    "kind": pl.String,
+    "ref_tx_id": pl.String,
+    "device_id": pl.String,
+    "ip": pl.String,
+    "card_id": pl.String,
+}
+SIGNUP_SCHEMA = {
+    "user_id": pl.String,
+    "ts": pl.Int64,
+    "referrer_id": pl.String,
+    "device_id": pl.String,
+    "ip": pl.String,
+    "phone_hash": pl.String,
+}
+LABEL_SCHEMA = {
+    "ts": pl.Int64,
+    "tx_id": pl.String,
+    "user_id": pl.String,
+    "label": pl.String,
+    "source": pl.String,
+}
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return simulate_world(SMALL)
+
+
+@pytest.fixture(scope="module")
+def default_world() -> World:
+    """The default 20k-user, 28-day world (about 165k transactions, well under a second)."""
+    return simulate_world(WorldConfig())
+
+
+def _tx_with_truth(w: World) -> pl.DataFrame:
+    return w.transactions.join(w.tx_truth, on="tx_id", how="left")
+
+
+def _depth_within(parent: dict[str, str | None], members: set[str]) -> int:
+    """Longest referral chain (edges) inside members."""
+    best = 0
+    for user in members:
+        depth, cur = 0, user
+        while parent.get(cur) in members:
+            cur = parent[cur]
+            depth += 1
+        best = max(best, depth)
+    return best
+
+
+# --- determinism and schema ---------------------------------------------------------------
+
+
+def test_same_config_gives_identical_frames(world: World) -> None:
+    again = simulate_world(SMALL)
+    for name, df in world.frames().items():
+        assert_frame_equal(df, again.frames()[name])
+
+
+def test_different_seed_gives_different_data(world: World) -> None:
+    other = simulate_world(WorldConfig(seed=12, n_users=3_000, n_merchants=120, days=14))
+    assert not other.transactions.equals(world.transactions)
+    assert not other.signups.equals(world.signups)
+
+
+def test_contract_and_truth_schemas_are_exact(world: World) -> None:
+    assert world.transactions.schema == pl.Schema(TX_SCHEMA)
+    assert world.signups.schema == pl.Schema(SIGNUP_SCHEMA)
+    assert world.labels.schema == pl.Schema(LABEL_SCHEMA)
+    assert world.tx_truth.schema == pl.Schema(
+        {"tx_id": pl.String, "is_fraud": pl.Boolean, "scenario": pl.String, "group": pl.String}
+    )
+    assert world.user_truth.schema == pl.Schema(
+        {"user_id": pl.String, "role": pl.String, "ring_id": pl.String}
+    )
+    assert world.rings_truth.schema == pl.Schema(
+        {
+            "ring_id": pl.String,
+            "kind": pl.String,
+            "users": pl.List(pl.String),
+            "merchants": pl.List(pl.String),
+            "devices": pl.List(pl.String),
+            "fifth_member_joined_ts": pl.Int64,
+        }
+    )
+    assert world.tx_truth["tx_id"].equals(world.transactions["tx_id"])
+
+
+def test_values_respect_the_contract(world: World) -> None:
+    tx = world.transactions
+    assert tx["ts"].is_sorted()
+    assert world.signups["ts"].is_sorted()
+    assert world.labels["ts"].is_sorted()
+    assert tx["tx_id"].n_unique() == tx.height
+    assert tx["amount_cents"].min() > 0
+    assert tx["rebate_rate"].min() >= 0.06
+    assert tx["rebate_rate"].max() <= 0.30
+    cents = (tx["rebate_rate"] * 100).round(0) / 100
+    assert (tx["rebate_rate"] - cents).abs().max() < 1e-12
+    assert set(tx["kind"].unique()) == {"payment", "refund"}
+    assert (
+        tx.filter(pl.col("kind") == "payment")["ref_tx_id"].null_count()
+        == (tx["kind"] == "payment").sum()
+    )
+    assert (
+        tx.select(pl.col("tx_id", "ts", "user_id", "merchant_id").null_count()).sum_horizontal()[0]
+        == 0
+    )
+    # A merchant has one rate.
+    assert (
+        tx.group_by("merchant_id").agg(pl.col("rebate_rate").n_unique())["rebate_rate"].max() == 1
+    )
+    ips = pl.concat([tx["ip"], world.signups["ip"]]).drop_nulls().unique()
+    octets = ips.str.split(".").explode().cast(pl.Int64)
+    assert ips.str.count_matches(r"^\d+\.\d+\.\d+\.\d+$").min() == 1
+    assert octets.min() >= 0 and octets.max() <= 255
+    phones = world.signups["phone_hash"].drop_nulls()
+    assert phones.str.contains(r"^[0-9a-f]{16}$").all()
+    assert set(world.labels["label"].unique()) <= {"fraud", "legit"}
+    assert set(world.labels["source"].unique()) <= {"review", "chargeback", "user_report"}
+    # Merchants are not users.
+    assert not set(tx["merchant_id"]) & set(world.signups["user_id"])
+
+
+def test_id_prefix_is_applied_to_every_generated_id() -> None:
+    w = simulate_world(WorldConfig(seed=3, n_users=400, n_merchants=30, days=4, id_prefix="w2."))
+    tx, su = w.transactions, w.signups
+    patterns = {
+        "tx_id": r"^w2\.t\d+$",
+        "ref_tx_id": r"^w2\.t\d+$",
+        "user_id": r"^w2\.u\d+$",
+        "merchant_id": r"^w2\.m\d+$",
+        "device_id": r"^w2\.d\d+$",
+        "card_id": r"^w2\.c\d+$",
+    }
+    for col, pattern in patterns.items():
+        assert tx[col].drop_nulls().str.contains(pattern).all(), col
+    assert su["referrer_id"].drop_nulls().str.contains(r"^w2\.u\d+$").all()
+    assert w.rings_truth["ring_id"].str.starts_with("w2.").all()
+    plain = simulate_world(WorldConfig(seed=3, n_users=400, n_merchants=30, days=4))
+    # Chained worlds do not share phone hashes by accident.
+    assert not set(plain.signups["phone_hash"].drop_nulls()) & set(su["phone_hash"].drop_nulls())
+
+
+# --- causality ----------------------------------------------------------------------------
+
+
+def test_every_user_signs_up_once_before_their_first_transaction(world: World) -> None:
+    su = world.signups
+    assert su["user_id"].n_unique() == su.height
+    assert set(su["user_id"]) == set(world.user_truth["user_id"])
+    first = world.transactions.group_by("user_id").agg(pl.col("ts").min().alias("first_ts"))
+    joined = first.join(su, on="user_id", how="left")
+    assert joined["ts"].null_count() == 0
+    assert (joined["ts"] < joined["first_ts"]).all()
+
+
+def test_referrers_signed_up_before_their_referees(world: World) -> None:
+    su = world.signups
+    refs = su.filter(pl.col("referrer_id").is_not_null()).join(
+        su.select(pl.col("user_id").alias("referrer_id"), pl.col("ts").alias("referrer_ts")),
+        on="referrer_id",
+        how="left",
+    )
+    assert refs.height > 0.1 * su.height
+    assert refs["referrer_ts"].null_count() == 0
+    assert (refs["referrer_ts"] < refs["ts"]).all()
+
+
+def test_refunds_reference_an_earlier_payment_of_same_user_merchant_amount(world: World) -> None:
+    tx = world.transactions
+    payments = tx.filter(pl.col("kind") == "payment").select(
+        pl.col("tx_id").alias("ref_tx_id"),
+        pl.col("ts").alias("p_ts"),
+        pl.col("user_id").alias("p_user"),
+        pl.col("merchant_id").alias("p_merchant"),
+        pl.col("amount_cents").alias("p_amount"),
+    )
+    refunds = tx.filter(pl.col("kind") == "refund").join(payments, on="ref_tx_id", how="left")
+    assert refunds.height > 50
+    assert refunds["p_ts"].null_count() == 0
+    assert (refunds["p_ts"] < refunds["ts"]).all()
+    assert (refunds["p_user"] == refunds["user_id"]).all()
+    assert (refunds["p_merchant"] == refunds["merchant_id"]).all()
+    assert (refunds["p_amount"] == refunds["amount_cents"]).all()
+    assert refunds["ref_tx_id"].n_unique() == refunds.height  # refunded at most once
+
+
+# --- abuse and look-alikes ----------------------------------------------------------------
+
+
+def test_every_scenario_and_lookalike_is_present_with_members(world: World) -> None:
+    roles = world.user_truth.group_by("role").len()
+    counts = dict(zip(roles["role"], roles["len"], strict=True))
+    for name in (*ABUSE_SCENARIOS, *LOOKALIKES):
+        assert counts.get(name, 0) > 0, name
+    truth = world.tx_truth
+    assert set(truth["scenario"].unique()) == {"legit", *ABUSE_SCENARIOS}
+    legit_groups = set(truth.filter(~pl.col("is_fraud"))["group"].drop_nulls())
+    assert legit_groups == set(LOOKALIKES)
+    assert (truth["is_fraud"] == (truth["scenario"] != "legit")).all()
+    assert set(world.rings_truth["kind"]) == set(ABUSE_SCENARIOS)
+
+
+def test_truth_tables_agree(world: World) -> None:
+    rings = world.rings_truth
+    kind_of = dict(zip(rings["ring_id"], rings["kind"], strict=True))
+    fraud = _tx_with_truth(world).filter(pl.col("is_fraud"))
+    assert fraud["group"].null_count() == 0
+    assert all(kind_of[g] == s for g, s in zip(fraud["group"], fraud["scenario"], strict=True))
+    members = rings.select("ring_id", "users").explode("users")
+    ut = world.user_truth.filter(pl.col("ring_id").is_not_null())
+    assert set(zip(members["ring_id"], members["users"], strict=True)) == set(
+        zip(ut["ring_id"], ut["user_id"], strict=True)
+    )
+    assert all(kind_of[r] == role for r, role in zip(ut["ring_id"], ut["role"], strict=True))
+    # Fraud tx are made by the ring's own members, at merchants listed for the ring.
+    ring_of_user = dict(zip(ut["user_id"], ut["ring_id"], strict=True))
+    assert all(ring_of_user[u] == g for u, g in zip(fraud["user_id"], fraud["group"], strict=True))
+    listed = {r: set(m) for r, m in zip(rings["ring_id"], rings["merchants"], strict=True)}
+    assert all(m in listed[g] for m, g in zip(fraud["merchant_id"], fraud["group"], strict=True))
+    for row in rings.iter_rows(named=True):
+        assert row["devices"] and row["merchants"]
+        if len(row["users"]) < 5:
+            assert row["fifth_member_joined_ts"] is None
+
+
+def test_fraud_is_a_few_percent(world: World, default_world: World) -> None:
+    small_share = world.tx_truth["is_fraud"].mean()
+    assert 0.005 < small_share < 0.15
+    share = default_world.tx_truth["is_fraud"].mean()
+    assert 0.01 < share < 0.06
+
+
+def test_scenario_signatures(world: World) -> None:
+    tx = _tx_with_truth(world)
+    rings = world.rings_truth
+    by_kind = {k: rings.filter(pl.col("kind") == k) for k in ABUSE_SCENARIOS}
+    # brushing: one merchant, mostly round amounts, bursts.
+    brushing = tx.filter(pl.col("scenario") == "brushing")
+    assert brushing["merchant_id"].n_unique() == by_kind["brushing"].height
+    assert (brushing["amount_cents"] % 100 == 0).mean() > 0.5
+    # referral_farm: many accounts per device and shared phones, buying soon after signup.
+    farm_users = world.user_truth.filter(pl.col("role") == "referral_farm")["user_id"]
+    farm_signups = world.signups.filter(pl.col("user_id").is_in(farm_users.implode()))
+    assert farm_signups.height / farm_signups["device_id"].n_unique() >= 5
+    assert farm_signups.height / farm_signups["phone_hash"].n_unique() >= 2
+    first = (
+        tx.filter(pl.col("scenario") == "referral_farm")
+        .group_by("user_id")
+        .agg(pl.col("ts").min())
+        .join(farm_signups.select("user_id", pl.col("ts").alias("signup_ts")), on="user_id")
+    )
+    assert ((first["ts"] - first["signup_ts"]) < 6 * 3_600_000).all()
+    # collusion_ring: high rates, repeated identical amounts.
+    ring_tx = tx.filter(pl.col("scenario") == "collusion_ring")
+    assert ring_tx["rebate_rate"].min() >= 0.25
+    assert ring_tx["amount_cents"].n_unique() < 0.5 * ring_tx.height
+    # cash_out: refunds within hours of the payment.
+    cash = tx.filter(pl.col("scenario") == "cash_out")
+    refunds = cash.filter(pl.col("kind") == "refund").join(
+        cash.select(pl.col("tx_id").alias("ref_tx_id"), pl.col("ts").alias("p_ts")),
+        on="ref_tx_id",
+    )
+    assert refunds.height > 0
+    assert ((refunds["ts"] - refunds["p_ts"]) <= 8 * 3_600_000).all()
+
+
+def test_pyramid_trees_are_deeper_than_three_tiers(world: World) -> None:
+    parent = dict(zip(world.signups["user_id"], world.signups["referrer_id"], strict=True))
+    pyramids = world.rings_truth.filter(pl.col("kind") == "pyramid")
+    assert pyramids.height >= 1
+    for users in pyramids["users"]:
+        assert _depth_within(parent, set(users)) > 3
+
+
+def test_family_members_share_device_and_home_ip(world: World) -> None:
+    fam = world.user_truth.filter(pl.col("role") == "family_device")["user_id"]
+    su = world.signups.filter(pl.col("user_id").is_in(fam.implode()))
+    groups = su.group_by("device_id").agg(pl.len(), pl.col("ip").n_unique().alias("ips"))
+    assert groups.height >= 5
+    assert groups["len"].min() >= 2 and groups["len"].max() <= 5
+    assert (groups["ips"] == 1).all()
+    # And they really transact on the shared device.
+    shared = set(groups["device_id"])
+    fam_tx = world.transactions.filter(pl.col("user_id").is_in(fam.implode()))
+    assert fam_tx["device_id"].is_in(list(shared)).mean() > 0.5
+
+
+def test_office_workers_share_one_ip_at_work(world: World) -> None:
+    office = world.user_truth.filter(pl.col("role") == "office_ip")["user_id"]
+    tx = world.transactions.filter(pl.col("user_id").is_in(office.implode()))
+    per_ip = tx.drop_nulls("ip").group_by("ip").agg(pl.col("user_id").n_unique().alias("users"))
+    office_ips = set(per_ip.filter(pl.col("users") >= 30)["ip"])
+    assert office_ips
+    on_office_ip = tx.filter(pl.col("ip").is_in(list(office_ips)))
+    assert on_office_ip["user_id"].n_unique() >= 0.7 * office.len()
+    hours = (on_office_ip["ts"] % DAY_MS) // 3_600_000
+    assert ((hours >= 9) & (hours < 18)).all()
+
+
+def test_viral_referrer_refers_hundreds_of_normal_users(world: World) -> None:
+    viral = world.user_truth.filter(pl.col("role") == "viral_referrer")["user_id"]
+    su = world.signups.filter(pl.col("user_id").is_in(viral.implode()))
+    top = su.group_by("referrer_id").len().sort("len", descending=True).row(0)
+    assert top[0] in set(viral) and top[1] >= 100
+    referees = su.filter(pl.col("referrer_id") == top[0])
+    assert referees["device_id"].n_unique() == referees.height  # their own phones
+
+
+def test_loyal_daily_users_come_back_daily(world: World) -> None:
+    loyal = world.user_truth.filter(pl.col("role") == "loyal_daily")["user_id"]
+    tx = _tx_with_truth(world).filter(
+        pl.col("user_id").is_in(loyal.implode()) & (pl.col("group") == "loyal_daily")
+    )
+    days = tx.group_by("user_id").agg(
+        pl.col("merchant_id").n_unique().alias("merchants"),
+        (pl.col("ts") // DAY_MS).n_unique().alias("days"),
+    )
+    assert (days["merchants"] == 1).all()
+    assert days["days"].median() >= 7
+
+
+# --- labels -------------------------------------------------------------------------------
+
+
+def _label_coverage(w: World) -> float:
+    fraud = _tx_with_truth(w).filter(pl.col("is_fraud"))
+    fraud_labels = w.labels.filter(pl.col("label") == "fraud")
+    by_tx = set(fraud_labels["tx_id"].drop_nulls())
+    by_user = set(fraud_labels.filter(pl.col("tx_id").is_null())["user_id"])
+    covered = [
+        t in by_tx or u in by_user for t, u in zip(fraud["tx_id"], fraud["user_id"], strict=True)
+    ]
+    return sum(covered) / len(covered)
+
+
+def test_labels_cover_under_the_label_fraction_and_come_later(default_world: World) -> None:
+    w = default_world
+    coverage = _label_coverage(w)
+    assert 0.1 < coverage <= WorldConfig().label_fraction + 0.05
+    lab = w.labels
+    end = WorldConfig().end_ts_ms
+    assert lab["ts"].max() < end
+    tx_labels = lab.filter(pl.col("tx_id").is_not_null()).join(
+        w.transactions.select("tx_id", pl.col("ts").alias("tx_ts"), pl.col("user_id").alias("u")),
+        on="tx_id",
+        how="left",
+    )
+    assert tx_labels["tx_ts"].null_count() == 0
+    assert (tx_labels["ts"] > tx_labels["tx_ts"]).all()
+    assert (tx_labels["u"] == tx_labels["user_id"]).all()
+    delay = tx_labels["ts"] - tx_labels["tx_ts"]
+    assert delay.min() >= DAY_MS
+    review = delay.filter(tx_labels["source"] == "review")
+    chargeback = delay.filter(tx_labels["source"] == "chargeback")
+    assert chargeback.len() > 0 and chargeback.min() > review.max()
+    user_labels = lab.filter(pl.col("tx_id").is_null())
+    assert 0 < user_labels.height < 0.5 * lab.height  # mostly tx-level
+    assert user_labels["user_id"].null_count() == 0
+    # Legit labels: only on legit tx, some of them on look-alikes.
+    truth = w.tx_truth
+    legit_labels = lab.filter((pl.col("label") == "legit") & pl.col("tx_id").is_not_null()).join(
+        truth, on="tx_id"
+    )
+    assert legit_labels.height > 0
+    assert not legit_labels["is_fraud"].any()
+    assert legit_labels["group"].drop_nulls().len() > 0
+    fraud_labels = lab.filter((pl.col("label") == "fraud") & pl.col("tx_id").is_not_null())
+    assert fraud_labels.join(truth, on="tx_id")["is_fraud"].all()
+
+
+def test_label_fraction_zero_gives_no_fraud_labels() -> None:
+    w = simulate_world(WorldConfig(seed=5, n_users=500, n_merchants=40, days=7, label_fraction=0.0))
+    assert w.labels.filter(pl.col("label") == "fraud").height == 0
+
+
+# --- sizing knobs -------------------------------------------------------------------------
+
+
+def test_target_transactions_scales_the_world() -> None:
+    cfg = WorldConfig(seed=2, n_users=1_000, n_merchants=60, days=7, target_transactions=40_000)
+    w = simulate_world(cfg)
+    assert 0.85 * 40_000 < w.transactions.height < 1.15 * 40_000
+    assert w.signups.height < 1.5 * cfg.n_users  # more activity, not more users
+
+
+def test_fraud_scale_zero_gives_a_clean_world() -> None:
+    w = simulate_world(WorldConfig(seed=4, n_users=500, n_merchants=40, days=5, fraud_scale=0))
+    assert not w.tx_truth["is_fraud"].any()
+    assert w.rings_truth.height == 0
+    assert (w.user_truth["ring_id"].null_count()) == w.user_truth.height
+
+
+def test_invalid_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="n_users"):
+        WorldConfig(n_users=10)
+    with pytest.raises(ValueError, match="label_fraction"):
+        WorldConfig(label_fraction=1.5)
+
+
+# --- stream and files ---------------------------------------------------------------------
+
+
+TOPIC_RANK = {"signups": 0, "transactions": 1, "labels": 2}
+COLUMNS = {"transactions": TX_SCHEMA, "signups": SIGNUP_SCHEMA, "labels": LABEL_SCHEMA}
+
+
+def test_event_stream_is_ordered_and_complete(world: World) -> None:
+    events = list(event_stream(world))
+    assert len(events) == world.transactions.height + world.signups.height + world.labels.height
+    prev = (-(2**63), -1)
+    seen: dict[str, list[dict]] = defaultdict(list)
+    for topic, key, payload in events:
+        order = (payload["ts"], TOPIC_RANK[topic])
+        assert order >= prev
+        prev = order
+        assert list(payload) == list(COLUMNS[topic])
+        assert type(payload["ts"]) is int
+        if topic == "labels":
+            assert key == (payload["tx_id"] if payload["tx_id"] is not None else payload["user_id"])
+        else:
+            assert key == payload["user_id"]
+        seen[topic].append(payload)
+    for topic in COLUMNS:
+        frame = getattr(world, topic)
+        assert seen[topic] == frame.to_dicts()
+    assert all(type(p["amount_cents"]) is int for p in seen["transactions"])
+
+
+def test_event_stream_tie_order_is_signups_transactions_labels() -> None:
+    ts = 1_767_225_600_000
+    tx = pl.DataFrame(
+        [
+            {"tx_id": "t0", "ts": ts, "user_id": "u0", "merchant_id": "m0", "amount_cents": 100,
+             "rebate_rate": 0.1, "kind": "payment", "ref_tx_id": None, "device_id": None,
+             "ip": None, "card_id": None},
+        ],
+        schema=TX_SCHEMA,
+    )  # fmt: skip
+    su = pl.DataFrame(
+        [
+            {"user_id": "u0", "ts": ts - 5, "referrer_id": None, "device_id": "d0",
+             "ip": "1.2.3.4", "phone_hash": None},
+            {"user_id": "u1", "ts": ts, "referrer_id": "u0", "device_id": "d1", "ip": None,
+             "phone_hash": "ab"},
+        ],
+        schema=SIGNUP_SCHEMA,
+    )  # fmt: skip
+    lab = pl.DataFrame(
+        [
+            {"ts": ts, "tx_id": None, "user_id": "u0", "label": "fraud", "source": "review"},
+            {"ts": ts + 1, "tx_id": "t0", "user_id": "u0", "label": "legit", "source": "review"},
+        ],
+        schema=LABEL_SCHEMA,
+    )
+    empty = pl.DataFrame()
+    w = World(tx, su, lab, empty, empty, empty)
+    got = [(topic, key, p["ts"] - ts) for topic, key, p in event_stream(w)]
+    assert got == [
+        ("signups", "u0", -5),
+        ("signups", "u1", 0),
+        ("transactions", "u0", 0),
+        ("labels", "u0", 0),
+        ("labels", "t0", 1),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_write_world_round_trips(world: World, tmp_path: Path, fmt: str) -> None:
+    paths = write_world(world, tmp_path, fmt)
+    ext = fmt
+    for name in ("transactions", "signups", "labels"):
+        assert paths[name] == tmp_path / f"{name}.{ext}"
+    for name in ("tx_truth", "user_truth", "rings_truth"):
+        assert paths[name] == tmp_path / "truth" / f"{name}.{ext}"
+    # Plain polars readers get the contract frames back.
+    for name, schema in COLUMNS.items():
+        path = paths[name]
+        if fmt == "parquet":
+            df = pl.read_parquet(path)
+        elif fmt == "csv":
+            df = pl.read_csv(path, schema=schema)
+        else:
+            df = pl.read_ndjson(path, schema=schema)
+        assert_frame_equal(df, getattr(world, name))
+    if fmt == "csv":
+        raw = pl.read_csv(paths["rings_truth"], infer_schema=False)
+        assert raw["users"].str.contains(re.escape("|")).any()
+    back = read_world(tmp_path, fmt)
+    for name, df in world.frames().items():
+        assert_frame_equal(df, back.frames()[name])
+
+
+def test_write_world_rejects_unknown_format(world: World, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="format"):
+        write_world(world, tmp_path, "xml")
