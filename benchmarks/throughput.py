@@ -89,7 +89,10 @@ async def _raw_relay(settings: Settings, source: str, n: int) -> float:
 
 def _bare_faust(settings: Settings, source: str, n: int) -> float:
     import faust
+    import uvloop
 
+    uvloop.install()  # as the worker does, so the comparison is like for like
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.app_id}-bare",
         broker=settings.faust_broker_url,
@@ -130,9 +133,10 @@ def _run_baseline(kind: str, settings: Settings, source: str, n: int) -> float:
         timeout=900,
         cwd=ROOT,
     )
-    for line in out.stdout.splitlines():
-        if line.startswith("{"):
-            return float(json.loads(line)["rate"])
+    # Faust routes a child's stdout through its logger, so the JSON may carry a log prefix.
+    for line in (out.stdout + out.stderr).splitlines():
+        if '{"rate"' in line:
+            return float(json.loads(line[line.index('{"rate"') :])["rate"])
     raise RuntimeError(f"{kind} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
 
 

@@ -56,6 +56,8 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
     from rebate_guard.stack import LocalStack
 
     configure_logging("info")
+    # `kill`, systemd and CI send SIGTERM: shut down as gracefully as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with LocalStack(settings) as stack:
         live = stack.settings(settings)
         from rebate_guard.topics import ensure_topics
@@ -74,37 +76,45 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
     return 0
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
+    from rebate_guard.stack import child_setup
+
     env = {**os.environ, **settings.replace(web_port=settings.web_port + index).to_env()}
     env["RG_DATA_DIR"] = str(Path(settings.data_dir) / f"worker-{index}")
-    return subprocess.Popen([sys.executable, "-m", "rebate_guard.cli", "worker"], env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rebate_guard.cli", "worker"], env=env, preexec_fn=child_setup()
+    )
 
 
 async def _feed_forever(
     settings: Settings, seed: int, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    """Simulated days back to back, each a fresh seeded world continuing the timeline."""
+    """Simulated weeks back to back, each a fresh seeded world continuing the timeline."""
     from rebate_guard.producer import produce_world
     from rebate_guard.simulator import WorldConfig, simulate_world
 
     start_ms = int(time.time() * 1000)
-    day = 0
+    week = 0
     while True:
         config = WorldConfig(
-            seed=seed + day,
+            seed=seed + week,
             n_users=5_000,
             n_merchants=300,
-            days=1,
-            start_ts_ms=start_ms + day * 86_400_000,
-            id_prefix=f"d{day}-",
+            days=7,
+            start_ts_ms=start_ms + week * 7 * 86_400_000,
+            id_prefix=f"w{week}-",
         )
         world = simulate_world(config)
-        log.info("feeding simulated day %d: %d transactions", day, world.transactions.height)
+        log.info("feeding simulated week %d: %d transactions", week, world.transactions.height)
         await produce_world(settings, world, rate=settings.simulate_rate)
         for proc in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}")
-        day += 1
+        week += 1
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

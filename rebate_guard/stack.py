@@ -136,7 +136,7 @@ def _libc_prctl() -> Callable[..., int] | None:
 _PRCTL = _libc_prctl()
 
 
-def _child_setup() -> Callable[[], None] | None:
+def child_setup() -> Callable[[], None] | None:
     """A `preexec_fn` that makes the child die with this process (Linux only).
 
     PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so it is only used
@@ -230,7 +230,7 @@ class _Service:
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_child_setup(),  # only prctl + getppid: fork-safe enough
+                preexec_fn=child_setup(),  # only prctl + getppid: fork-safe enough
             )
         except OSError as exc:
             self._close_log()

@@ -1,0 +1,111 @@
+"""`rebate-guard up`, the main job, as a user runs it: live dashboard, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rebate_guard.stack import free_port
+from tests.integration.helpers import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and ") Z " not in stat.read_text()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_up_serves_live_decisions_and_stops_everything(tmp_path: Path, stop_signal) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RG_WEB_PORT": str(port),
+        "RG_DATA_DIR": str(tmp_path / "data"),
+        "RG_PARTITIONS": "2",
+    }
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "rebate_guard.cli", "up", "--rate", "400"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        stats: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            try:
+                status, body = _get(f"{base}/api/stats")
+                stats = json.loads(body) if status == 200 else {}
+            except OSError:
+                stats = {}
+            if stats.get("counters", {}).get("decisions", 0) >= 200:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError((tmp_path / "up.log").read_text()[-3000:])
+        status, page = _get(f"{base}/")
+        assert status == 200 and b"RebateGuard" in page
+        recent = stats["recent"][0]
+        status, body = _get(f"{base}/decisions/{recent['tx_id']}")
+        assert status == 200 and json.loads(body) == recent
+        status, body = _get(f"{base}/decisions/no-such-tx")
+        assert status == 404 and "no decision" in json.loads(body)["error"]
+        family = _descendants(up.pid)
+        assert len(family) >= 3  # broker, Redis, worker
+    finally:
+        up.send_signal(stop_signal)
+        try:
+            code = up.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in family if _alive(p)], "processes left behind after up stopped"

@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from rebate_guard.cli import main
+
+
+def test_simulate_then_replay_decides_every_transaction(tmp_path: Path, capsys) -> None:
+    world = tmp_path / "world"
+    args = ["simulate", "--out", str(world), "--transactions", "5000", "--days", "3"]
+    assert main(args) == 0
+    assert (world / "truth" / "tx_truth.parquet").exists()  # ground truth kept apart
+    assert (
+        main(
+            [
+                "replay",
+                "--transactions",
+                str(world / "transactions.parquet"),
+                "--signups",
+                str(world / "signups.parquet"),
+                "--labels",
+                str(world / "labels.parquet"),
+                "--out",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    txs = pl.read_parquet(world / "transactions.parquet")
+    decisions = pl.read_parquet(tmp_path / "out" / "decisions.parquet")
+    assert decisions.height == txs.height
+    assert set(decisions["tx_id"]) == set(txs["tx_id"])
+    assert "decisions" in capsys.readouterr().out
+
+
+def test_csv_and_jsonl_worlds_replay_the_same_as_parquet(tmp_path: Path) -> None:
+    results = {}
+    for fmt in ("parquet", "csv", "jsonl"):
+        world = tmp_path / fmt
+        assert (
+            main(
+                [
+                    "simulate",
+                    "--out",
+                    str(world),
+                    "--transactions",
+                    "3000",
+                    "--days",
+                    "3",
+                    "--format",
+                    fmt,
+                ]
+            )
+            == 0
+        )
+        ext = fmt
+        assert (
+            main(
+                [
+                    "replay",
+                    "--transactions",
+                    str(world / f"transactions.{ext}"),
+                    "--signups",
+                    str(world / f"signups.{ext}"),
+                    "--out",
+                    str(tmp_path / f"out-{fmt}"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        results[fmt] = pl.read_parquet(tmp_path / f"out-{fmt}" / "decisions.parquet").drop(
+            "decided_at"
+        )
+    assert results["csv"].equals(results["parquet"])
+    assert results["jsonl"].equals(results["parquet"])
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys) -> None:
+    code = main(
+        ["replay", "--transactions", str(tmp_path / "missing.parquet"), "--out", str(tmp_path)]
+    )
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])
+
+
+def test_bad_environment_is_reported_not_raised(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("RG_PARTITIONS", "zero")
+    assert main(["topics"]) == 2
+    assert "RG_PARTITIONS" in capsys.readouterr().err
