@@ -35,18 +35,26 @@ class WindowSum:
 
 @dataclass
 class WindowDistinct:
-    """Distinct members seen with ts in (t - width, t], for non-decreasing t."""
+    """Distinct members seen with ts in (t - width, t], for non-decreasing t.
+
+    `last_seen` is kept in last-seen order (a member seen again moves to the end), so expiry
+    pops from the front and stops at the first member still inside the window.
+    """
 
     width_ms: int
     last_seen: dict[str, int] = field(default_factory=dict)
 
     def expire(self, now_ms: int) -> None:
         horizon = now_ms - self.width_ms
-        stale = [m for m, ts in self.last_seen.items() if ts <= horizon]
-        for member in stale:
-            del self.last_seen[member]
+        last_seen = self.last_seen
+        while last_seen:
+            member = next(iter(last_seen))
+            if last_seen[member] > horizon:
+                return
+            del last_seen[member]
 
     def add(self, ts_ms: int, member: str) -> None:
+        self.last_seen.pop(member, None)
         self.last_seen[member] = ts_ms
 
     def count_with(self, member: str) -> int:

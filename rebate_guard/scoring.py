@@ -22,6 +22,7 @@ from streams.records import (
     Label,
     Signup,
     Transaction,
+    build,
     requested_rebate_cents,
 )
 
@@ -86,7 +87,8 @@ class Scorer:
             requested = 0
             action, granted = self.policy.decide(weight, 0)
         self._remember(tx.tx_id, x)
-        return Decision(
+        return build(
+            Decision,
             tx_id=tx.tx_id,
             ts=tx.ts,
             user_id=tx.user_id,

@@ -6,7 +6,7 @@ timestamp column or epoch ms (see `rebate_guard.io`). Money is integer minor uni
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import faust
 
@@ -111,6 +111,27 @@ class DeadLetter(faust.Record, serializer="json", include_metadata=False):
     reason: str
     payload: str
     received_at: int
+
+
+R = TypeVar("R", bound=faust.Record)
+
+
+def build(cls: type[R], **values: Any) -> R:
+    """A record from values that are already validated, every field given.
+
+    Equal to `cls(**values)` (tests hold it to that), without faust's per-field descriptor
+    calls, which are about a third of the worker's own CPU per event. Only for values that
+    passed `streams.validation` or come from our own code.
+    """
+    names = cls._options.fields
+    if len(values) != len(names):
+        missing = set(names) - set(values)
+        extra = set(values) - set(names)
+        raise TypeError(f"{cls.__name__}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    record = cls.__new__(cls)
+    record.__dict__.update(values)
+    record.__evaluated_fields__ = set()
+    return record
 
 
 def requested_rebate_cents(amount_cents: int, rebate_rate: float) -> int:

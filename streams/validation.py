@@ -21,6 +21,7 @@ from streams.records import (
     Label,
     Signup,
     Transaction,
+    build,
 )
 
 MAX_ID_LENGTH = 200
@@ -110,7 +111,8 @@ def parse_transaction(data: Mapping[str, Any]) -> Transaction:
     ref_tx_id = _optional_id(data, "ref_tx_id")
     if kind == REFUND and ref_tx_id is None:
         raise InvalidEvent("a refund needs 'ref_tx_id' (the refunded payment)")
-    return Transaction(
+    return build(
+        Transaction,
         tx_id=_required_id(data, "tx_id"),
         ts=parse_ts(data.get("ts")),
         user_id=_required_id(data, "user_id"),
@@ -126,7 +128,8 @@ def parse_transaction(data: Mapping[str, Any]) -> Transaction:
 
 
 def parse_signup(data: Mapping[str, Any]) -> Signup:
-    return Signup(
+    return build(
+        Signup,
         user_id=_required_id(data, "user_id"),
         ts=parse_ts(data.get("ts")),
         referrer_id=_optional_id(data, "referrer_id"),
@@ -145,7 +148,8 @@ def parse_label(data: Mapping[str, Any]) -> Label:
     if tx_id is None and user_id is None:
         raise InvalidEvent("a label needs 'tx_id' or 'user_id'")
     source = data.get("source")
-    return Label(
+    return build(
+        Label,
         ts=parse_ts(data.get("ts")),
         label=label,
         source=_id_value("source", source) if source is not None else "unknown",

@@ -48,3 +48,17 @@ def test_account_age_from_signup() -> None:
     engine.signup(parse_signup(signup("u2", T0 - HOUR)))
     x = engine.transaction(parse_transaction(tx("b", T0, user_id="u2")))
     assert x["user_account_age_s"] == 3600
+
+
+def test_distinct_window_expires_by_last_sighting_not_first() -> None:
+    from features.windows import WindowDistinct
+
+    window = WindowDistinct(width_ms=10)
+    window.add(0, "a")
+    window.add(1, "b")
+    window.add(5, "a")  # "a" seen again: it must outlive "b"
+    window.expire(11)
+    assert list(window.last_seen) == ["a"]
+    assert window.count_with("a") == 1 and window.count_with("c") == 2
+    window.expire(15)
+    assert window.last_seen == {}

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.records import Transaction, requested_rebate_cents, scale_cents
+from streams.records import Transaction, build, requested_rebate_cents, scale_cents
 from streams.validation import (
     InvalidEvent,
     decode_json_object,
@@ -94,3 +94,12 @@ def test_requested_rebate_is_floor_of_exact_product(amount: int, rate_ppm: int) 
 def test_scaled_cents_never_exceed_the_original(cents: int, weight: float) -> None:
     scaled = scale_cents(cents, weight)
     assert 0 <= scaled <= cents
+
+
+def test_fast_built_records_equal_normally_constructed_ones() -> None:
+    data = tx(card_id=None, ref_tx_id=None)
+    fast = parse_transaction(data)
+    slow = Transaction(**{**data, "ts": T0})
+    assert fast == slow and fast.dumps() == slow.dumps() and fast.asdict() == slow.asdict()
+    with pytest.raises(TypeError, match="missing \\['card_id'\\]"):
+        build(Transaction, **{k: v for k, v in data.items() if k != "card_id"})
