@@ -33,7 +33,6 @@ from streams.records import (
     SIGNUPS,
     TRANSACTIONS,
     DeadLetter,
-    Decision,
     Transaction,
 )
 from streams.sink import Sink
@@ -190,7 +189,3 @@ class BatchProcessor:
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
-
-
-def decision_from_json(value: bytes) -> Decision:
-    return Decision.loads(value)
