@@ -8,6 +8,7 @@ features *before* the transaction itself is added to state (score before learn).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from features.windows import WindowDistinct, WindowSum
 from streams.records import PAYMENT, Signup, Transaction
@@ -27,6 +28,9 @@ FEATURE_NAMES = (
     "user_account_age_s",
     "device_user_count_7d",
     "ip_user_count_24h",
+    "card_user_count_30d",
+    "merchant_tx_count_1h",
+    "user_merchant_tx_count_7d",
 )
 
 
@@ -42,6 +46,9 @@ class FeatureEngine:
     users: dict[str, UserState] = field(default_factory=dict)
     devices: dict[str, WindowDistinct] = field(default_factory=dict)
     ips: dict[str, WindowDistinct] = field(default_factory=dict)
+    cards: dict[str, WindowDistinct] = field(default_factory=dict)
+    merchant_payments_1h: dict[str, WindowSum] = field(default_factory=dict)
+    pair_payments_7d: dict[tuple[str, str], WindowSum] = field(default_factory=dict)
 
     def _user(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
@@ -57,6 +64,7 @@ class FeatureEngine:
     def transaction(self, tx: Transaction) -> Features:
         user = self._user(tx.user_id)
         user.payments_24h.expire(tx.ts)
+        pair = (tx.user_id, tx.merchant_id)
         features: Features = {
             "amount_cents": float(tx.amount_cents),
             "rebate_rate": tx.rebate_rate,
@@ -71,12 +79,18 @@ class FeatureEngine:
             ),
             "device_user_count_7d": _distinct_with(self.devices, tx.device_id, tx.ts, tx.user_id),
             "ip_user_count_24h": _distinct_with(self.ips, tx.ip, tx.ts, tx.user_id),
+            "card_user_count_30d": _distinct_with(self.cards, tx.card_id, tx.ts, tx.user_id),
+            "merchant_tx_count_1h": _count(self.merchant_payments_1h, tx.merchant_id, tx.ts),
+            "user_merchant_tx_count_7d": _count(self.pair_payments_7d, pair, tx.ts),
         }
         if tx.kind == PAYMENT:
             user.payments_24h.add(tx.ts, tx.amount_cents)
             user.last_payment_ts = tx.ts
             _seen(self.devices, tx.device_id, 7 * DAY_MS, tx.ts, tx.user_id)
             _seen(self.ips, tx.ip, DAY_MS, tx.ts, tx.user_id)
+            _seen(self.cards, tx.card_id, 30 * DAY_MS, tx.ts, tx.user_id)
+            _add(self.merchant_payments_1h, tx.merchant_id, HOUR_MS, tx.ts, tx.amount_cents)
+            _add(self.pair_payments_7d, pair, 7 * DAY_MS, tx.ts, tx.amount_cents)
         return features
 
 
@@ -101,3 +115,21 @@ def _seen(
     if window is None:
         window = index[key] = WindowDistinct(width_ms)
     window.add(ts, member)
+
+
+K = TypeVar("K")
+
+
+def _count(index: dict[K, WindowSum], key: K, ts: int) -> float:
+    window = index.get(key)
+    if window is None:
+        return 0.0
+    window.expire(ts)
+    return float(window.count)
+
+
+def _add(index: dict[K, WindowSum], key: K, width_ms: int, ts: int, value: int) -> None:
+    window = index.get(key)
+    if window is None:
+        window = index[key] = WindowSum(width_ms)
+    window.add(ts, value)

@@ -62,3 +62,35 @@ def test_distinct_window_expires_by_last_sighting_not_first() -> None:
     assert window.count_with("a") == 1 and window.count_with("c") == 2
     window.expire(15)
     assert window.last_seen == {}
+
+
+def test_merchant_pair_and_card_windows_have_half_open_edges() -> None:
+    engine = FeatureEngine()
+
+    def pay(tx_id: str, ts: int, **kw) -> dict:
+        return engine.transaction(parse_transaction(tx(tx_id, ts, **kw)))
+
+    pay("a", T0, user_id="u1", merchant_id="m", card_id="c")
+    pay("b", T0 + 1, user_id="u2", merchant_id="m", card_id="c")
+    x = pay("c", T0 + HOUR, user_id="u1", merchant_id="m", card_id="c")
+    # "a" is exactly 1 h old: outside (t - 1 h, t]; "b" is inside.
+    assert x["merchant_tx_count_1h"] == 1
+    assert x["user_merchant_tx_count_7d"] == 1  # only "a" (u1 at m) precedes it
+    assert x["card_user_count_30d"] == 2  # u1 and u2
+    later = pay("d", T0 + 7 * DAY, user_id="u1", merchant_id="m", card_id="c")
+    # "a" left the 7 d window exactly at 7 d; "c" is still in it.
+    assert later["user_merchant_tx_count_7d"] == 1
+    assert later["merchant_tx_count_1h"] == 0
+    refund = pay(
+        "r",
+        T0 + 7 * DAY + 1,
+        user_id="u1",
+        merchant_id="m",
+        card_id="c",
+        kind="refund",
+        ref_tx_id="d",
+    )
+    after = pay("e", T0 + 7 * DAY + 2, user_id="u1", merchant_id="m", card_id="c")
+    # The refund is not a payment: it does not count for the next transaction.
+    assert refund["merchant_tx_count_1h"] == 1 and after["merchant_tx_count_1h"] == 1
+    assert pay("n", T0 + 8 * DAY, card_id=None)["card_user_count_30d"] is None
