@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from features.windows import WindowDistinct, WindowSum
-from streams.records import PAYMENT, Signup, Transaction
+from features.windows import LabelledWindow, WindowDistinct, WindowSum
+from streams.records import FRAUD, PAYMENT, Label, Signup, Transaction
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -31,6 +31,7 @@ FEATURE_NAMES = (
     "card_user_count_30d",
     "merchant_tx_count_1h",
     "user_merchant_tx_count_7d",
+    "merchant_fraud_rate_30d",
 )
 
 
@@ -49,6 +50,10 @@ class FeatureEngine:
     cards: dict[str, WindowDistinct] = field(default_factory=dict)
     merchant_payments_1h: dict[str, WindowSum] = field(default_factory=dict)
     pair_payments_7d: dict[tuple[str, str], WindowSum] = field(default_factory=dict)
+    merchant_labels_30d: dict[str, LabelledWindow] = field(default_factory=dict)
+    #: tx_id -> merchant of payments still inside some merchant's 30 d window, so a label can
+    #: find its payment; entries leave with the payment.
+    payment_merchant: dict[str, str] = field(default_factory=dict)
 
     def _user(self, user_id: str) -> UserState:
         state = self.users.get(user_id)
@@ -60,6 +65,14 @@ class FeatureEngine:
         self._user(event.user_id).signup_ts = event.ts
         _seen(self.devices, event.device_id, 7 * DAY_MS, event.ts, event.user_id)
         _seen(self.ips, event.ip, DAY_MS, event.ts, event.user_id)
+
+    def label(self, event: Label) -> None:
+        """A tx-level label, applied at its ts (user-level labels are the detectors' concern)."""
+        if event.tx_id is None:
+            return
+        merchant = self.payment_merchant.get(event.tx_id)
+        if merchant is not None:
+            self.merchant_labels_30d[merchant].label(event.tx_id, event.label == FRAUD)
 
     def transaction(self, tx: Transaction) -> Features:
         user = self._user(tx.user_id)
@@ -82,6 +95,7 @@ class FeatureEngine:
             "card_user_count_30d": _distinct_with(self.cards, tx.card_id, tx.ts, tx.user_id),
             "merchant_tx_count_1h": _count(self.merchant_payments_1h, tx.merchant_id, tx.ts),
             "user_merchant_tx_count_7d": _count(self.pair_payments_7d, pair, tx.ts),
+            "merchant_fraud_rate_30d": self._merchant_fraud_rate(tx.merchant_id, tx.ts),
         }
         if tx.kind == PAYMENT:
             user.payments_24h.add(tx.ts, tx.amount_cents)
@@ -91,7 +105,20 @@ class FeatureEngine:
             _seen(self.cards, tx.card_id, 30 * DAY_MS, tx.ts, tx.user_id)
             _add(self.merchant_payments_1h, tx.merchant_id, HOUR_MS, tx.ts, tx.amount_cents)
             _add(self.pair_payments_7d, pair, 7 * DAY_MS, tx.ts, tx.amount_cents)
+            labels = self.merchant_labels_30d.get(tx.merchant_id)
+            if labels is None:
+                labels = self.merchant_labels_30d[tx.merchant_id] = LabelledWindow(30 * DAY_MS)
+            labels.add(tx.ts, tx.tx_id)
+            self.payment_merchant[tx.tx_id] = tx.merchant_id
         return features
+
+    def _merchant_fraud_rate(self, merchant_id: str, ts: int) -> float | None:
+        window = self.merchant_labels_30d.get(merchant_id)
+        if window is None:
+            return None
+        for tx_id in window.expire(ts):
+            self.payment_merchant.pop(tx_id, None)
+        return window.fraud_rate()
 
 
 def _distinct_with(

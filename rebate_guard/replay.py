@@ -25,8 +25,8 @@ Parser = Callable[[Mapping[str, Any]], Signup | Transaction | Label]
 # Rank = position in this tuple: the tie order at equal ts (see scoring.order_key).
 KINDS: tuple[tuple[str, Parser], ...] = (
     ("signups", parse_signup),
-    ("transactions", parse_transaction),
     ("labels", parse_label),
+    ("transactions", parse_transaction),
 )
 
 Schema = dict[str, pl.DataType | type[pl.DataType]]

@@ -28,9 +28,10 @@ from streams.records import (
 
 Event = Signup | Transaction | Label
 
-# At equal ts: signups first (an account exists before it pays), labels last (a label known at
-# t must not influence a transaction at t: no leakage).
-_RANK = {Signup: 0, Transaction: 1, Label: 2}
+# At equal ts: signups first (an account exists before it pays), then labels, then transactions.
+# A label with ts t has "arrived by t" (the features' definition), and it is not later than a
+# transaction at t, so applying it first leaks nothing from the future.
+_RANK = {Signup: 0, Label: 1, Transaction: 2}
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
@@ -67,6 +68,7 @@ class Scorer:
         self.referrals.signup(event)
 
     def label(self, event: Label) -> None:
+        self.features.label(event)
         if event.tx_id is None:
             return
         x = self.remembered.get(event.tx_id)

@@ -94,3 +94,28 @@ def test_merchant_pair_and_card_windows_have_half_open_edges() -> None:
     # The refund is not a payment: it does not count for the next transaction.
     assert refund["merchant_tx_count_1h"] == 1 and after["merchant_tx_count_1h"] == 1
     assert pay("n", T0 + 8 * DAY, card_id=None)["card_user_count_30d"] is None
+
+
+def test_merchant_fraud_rate_counts_only_labels_arrived_for_payments_in_30d() -> None:
+    from streams.validation import parse_label
+    from tests.factories import label
+
+    engine = FeatureEngine()
+
+    def pay(tx_id: str, ts: int) -> dict:
+        return engine.transaction(parse_transaction(tx(tx_id, ts, merchant_id="m")))
+
+    assert pay("a", T0)["merchant_fraud_rate_30d"] is None
+    pay("b", T0 + HOUR)
+    pay("c", T0 + 2 * HOUR)
+    assert pay("x", T0 + DAY)["merchant_fraud_rate_30d"] is None  # no label has arrived yet
+    engine.label(parse_label(label("a", T0 + 2 * DAY, label="fraud")))
+    engine.label(parse_label(label("b", T0 + 2 * DAY, label="legit")))
+    engine.label(parse_label(label("unknown-tx", T0 + 2 * DAY)))  # ignored
+    assert pay("y", T0 + 2 * DAY)["merchant_fraud_rate_30d"] == 0.5
+    engine.label(parse_label(label("b", T0 + 3 * DAY, label="fraud")))  # a review reversed
+    assert pay("z", T0 + 3 * DAY)["merchant_fraud_rate_30d"] == 1.0
+    # "a" leaves the window at exactly 30 d; "b" (fraud) is still inside.
+    assert pay("w", T0 + 30 * DAY)["merchant_fraud_rate_30d"] == 1.0
+    assert pay("v", T0 + 30 * DAY + 2 * HOUR)["merchant_fraud_rate_30d"] is None
+    assert "a" not in engine.payment_merchant  # bounded: expired payments are forgotten

@@ -50,9 +50,15 @@ def test_events_order_by_time_then_kind_then_input() -> None:
     lab = parse_label(label("t", T0))
     assert sorted([(lab, 0), (t, 1), (s, 2)], key=lambda p: order_key(*p)) == [
         (s, 2),
-        (t, 1),
         (lab, 0),
+        (t, 1),
     ]
+    # Replay ranks kinds by their position in KINDS: it must agree with order_key.
+    from rebate_guard.replay import KINDS
+
+    by_kind = {"signups": s, "labels": lab, "transactions": t}
+    ranks = [order_key(by_kind[kind], 0)[1] for kind, _ in KINDS]
+    assert ranks == sorted(ranks)
 
 
 def test_scorer_state_pickles_and_resumes_identically() -> None:
