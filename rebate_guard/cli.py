@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(handler=_replay)
 
+    feats = sub.add_parser("features", help="feature vectors per transaction, offline")
+    feats.add_argument("--transactions", type=Path, required=True)
+    feats.add_argument("--signups", type=Path)
+    feats.add_argument("--labels", type=Path)
+    feats.add_argument("--out", type=Path, required=True, help="e.g. features.parquet")
+    feats.add_argument("--quiet", action="store_true", help="no progress bar")
+    feats.set_defaults(handler=_features)
+
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
     topics.set_defaults(handler=_topics)
     return parser
@@ -130,6 +138,23 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name, path in summary.outputs.items():
         print(f"{name:>14}: {path}")
+    return 0
+
+
+def _features(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.replay import compute_features
+
+    summary = compute_features(
+        transactions=args.transactions,
+        signups=args.signups,
+        labels=args.labels,
+        out=args.out,
+        progress=None if args.quiet else sys.stderr,
+    )
+    print(
+        f"{summary.events:,} events in {summary.seconds:.1f}s ({summary.events_per_s:,.0f}/s): "
+        f"{summary.decisions:,} feature rows -> {args.out}"
+    )
     return 0
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import polars as pl
 
-from rebate_guard.io import read_frame
-from rebate_guard.scoring import Scorer
+from features.engine import FEATURE_NAMES, FeatureEngine
+from rebate_guard.io import read_frame, write_frame
+from rebate_guard.scoring import Event, Scorer
 from streams.records import Decision, Label, Signup, Transaction
 from streams.validation import InvalidEvent, parse_label, parse_signup, parse_transaction
 
@@ -83,6 +84,78 @@ class Progress:
         self.stream.flush()
 
 
+@dataclass
+class EventFiles:
+    """Contract files merged into one event-time-ordered stream of parsed events.
+
+    What cannot be read (unreadable ts, contract violations) is collected in `dead`; a repeated
+    tx_id is counted in `duplicates` and skipped (idempotent by tx_id: the first stands).
+    Shared by `replay` (decisions) and `compute_features` (feature vectors).
+    """
+
+    transactions: Path
+    signups: Path | None = None
+    labels: Path | None = None
+    progress: TextIO | None = sys.stderr
+    events: int = 0
+    duplicates: int = 0
+    dead: dict[str, list[Any]] = field(
+        default_factory=lambda: {"file": [], "row": [], "reason": []}
+    )
+
+    def __iter__(self) -> Iterator[Event]:
+        paths = {"signups": self.signups, "transactions": self.transactions, "labels": self.labels}
+        frames: list[pl.DataFrame] = []
+        columns: list[dict[str, list[Any]]] = []
+        for rank, (kind, _) in enumerate(KINDS):
+            path = paths[kind]
+            frame = (
+                read_frame(path) if path is not None else pl.DataFrame({"ts": []}, {"ts": pl.Int64})
+            )
+            columns.append({c: frame[c].to_list() for c in frame.columns})
+            order = frame.select(
+                pl.col("ts"),
+                pl.lit(rank, pl.Int8).alias("rank"),
+                pl.int_range(pl.len()).alias("row"),
+            )
+            for row in order.filter(pl.col("ts").is_null())["row"]:
+                self._dead(path, row, "missing or unreadable 'ts'")
+            frames.append(order.filter(pl.col("ts").is_not_null()))
+        merged = pl.concat(frames).sort(["ts", "rank", "row"], maintain_order=True)
+        self.events = merged.height
+        seen: set[str] = set()
+        bar = Progress(merged.height, self.progress)
+        for done, (rank, row) in enumerate(zip(merged["rank"], merged["row"], strict=True)):
+            kind, parser = KINDS[rank]
+            cols = columns[rank]
+            if done % 4096 == 0:
+                bar.update(done)
+            try:
+                event = parser({name: values[row] for name, values in cols.items()})
+            except InvalidEvent as exc:
+                self._dead(paths[kind], row, str(exc))
+                continue
+            if isinstance(event, Transaction):
+                if event.tx_id in seen:
+                    self.duplicates += 1
+                    continue
+                seen.add(event.tx_id)
+            yield event
+        bar.update(merged.height, force=True)
+
+    def _dead(self, path: Path | None, row: int, reason: str) -> None:
+        self.dead["file"].append(str(path))
+        self.dead["row"].append(row)
+        self.dead["reason"].append(reason)
+
+    def write_dead_letters(self, out_dir: Path, outputs: dict[str, Path]) -> None:
+        if self.dead["row"]:
+            outputs["dead_letters"] = out_dir / "dead_letters.parquet"
+            pl.DataFrame(self.dead, schema=DEAD_LETTER_SCHEMA).write_parquet(
+                outputs["dead_letters"]
+            )
+
+
 def replay(
     transactions: Path,
     out_dir: Path,
@@ -93,66 +166,62 @@ def replay(
 ) -> ReplaySummary:
     started = time.perf_counter()
     scorer = scorer or Scorer()
-    paths = {"signups": signups, "transactions": transactions, "labels": labels}
-    frames: list[pl.DataFrame] = []
-    columns: list[dict[str, list[Any]]] = []
-    dead: dict[str, list[Any]] = {"file": [], "row": [], "reason": []}
-    for rank, (kind, _) in enumerate(KINDS):
-        path = paths[kind]
-        frame = read_frame(path) if path is not None else pl.DataFrame({"ts": []}, {"ts": pl.Int64})
-        columns.append({c: frame[c].to_list() for c in frame.columns})
-        order = frame.select(
-            pl.col("ts"), pl.lit(rank, pl.Int8).alias("rank"), pl.int_range(pl.len()).alias("row")
-        )
-        for row in order.filter(pl.col("ts").is_null())["row"]:
-            _dead(dead, path, row, "missing or unreadable 'ts'")
-        frames.append(order.filter(pl.col("ts").is_not_null()))
-    merged = pl.concat(frames).sort(["ts", "rank", "row"], maintain_order=True)
-
+    files = EventFiles(transactions, signups, labels, progress)
     out: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
-    seen: set[str] = set()
-    duplicates = 0
-    bar = Progress(merged.height, progress)
-    for done, (rank, row) in enumerate(zip(merged["rank"], merged["row"], strict=True)):
-        kind, parser = KINDS[rank]
-        cols = columns[rank]
-        try:
-            event = parser({name: values[row] for name, values in cols.items()})
-        except InvalidEvent as exc:
-            _dead(dead, paths[kind], row, str(exc))
-            continue
-        if isinstance(event, Transaction):
-            if event.tx_id in seen:
-                duplicates += 1  # idempotent by tx_id: the first decision stands
-                continue
-            seen.add(event.tx_id)
+    for event in files:
         decision = scorer.apply(event, decided_at=int(time.time() * 1000))
         if decision is not None:
             _append_decision(out, decision)
-        if done % 4096 == 0:
-            bar.update(done)
-    bar.update(merged.height, force=True)
-
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"decisions": out_dir / "decisions.parquet"}
     pl.DataFrame(out, schema=DECISION_SCHEMA).write_parquet(outputs["decisions"])
-    if dead["row"]:
-        outputs["dead_letters"] = out_dir / "dead_letters.parquet"
-        pl.DataFrame(dead, schema=DEAD_LETTER_SCHEMA).write_parquet(outputs["dead_letters"])
+    files.write_dead_letters(out_dir, outputs)
     return ReplaySummary(
-        events=merged.height,
+        events=files.events,
         decisions=len(out["tx_id"]),
-        duplicates=duplicates,
-        dead_letters=len(dead["row"]),
+        duplicates=files.duplicates,
+        dead_letters=len(files.dead["row"]),
         seconds=time.perf_counter() - started,
         outputs=outputs,
     )
 
 
-def _dead(dead: dict[str, list[Any]], path: Path | None, row: int, reason: str) -> None:
-    dead["file"].append(str(path))
-    dead["row"].append(row)
-    dead["reason"].append(reason)
+def compute_features(
+    transactions: Path,
+    out: Path,
+    signups: Path | None = None,
+    labels: Path | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> ReplaySummary:
+    """One row per transaction: tx_id and every feature the detectors see, computed by the
+    same `FeatureEngine` as the worker, in the same event-time order as replay."""
+    started = time.perf_counter()
+    engine = FeatureEngine()
+    files = EventFiles(transactions, signups, labels, progress)
+    rows: dict[str, list[Any]] = {"tx_id": [], **{name: [] for name in FEATURE_NAMES}}
+    for event in files:
+        if isinstance(event, Transaction):
+            x = engine.transaction(event)
+            rows["tx_id"].append(event.tx_id)
+            for name in FEATURE_NAMES:
+                rows[name].append(x[name])
+        elif isinstance(event, Signup):
+            engine.signup(event)
+        else:
+            engine.label(event)
+    schema: Schema = {"tx_id": pl.String, **{name: pl.Float64 for name in FEATURE_NAMES}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_frame(pl.DataFrame(rows, schema=schema), out)
+    outputs = {"features": out}
+    files.write_dead_letters(out.parent, outputs)
+    return ReplaySummary(
+        events=files.events,
+        decisions=len(rows["tx_id"]),
+        duplicates=files.duplicates,
+        dead_letters=len(files.dead["row"]),
+        seconds=time.perf_counter() - started,
+        outputs=outputs,
+    )
 
 
 def _append_decision(out: dict[str, list[Any]], decision: Decision) -> None:

@@ -92,3 +92,31 @@ def test_bad_environment_is_reported_not_raised(monkeypatch, capsys) -> None:
     monkeypatch.setenv("RG_PARTITIONS", "zero")
     assert main(["topics"]) == 2
     assert "RG_PARTITIONS" in capsys.readouterr().err
+
+
+def test_features_command_writes_one_row_per_transaction(tmp_path: Path, capsys) -> None:
+    from features.engine import FEATURE_NAMES
+
+    world = tmp_path / "world"
+    assert main(["simulate", "--out", str(world), "--transactions", "3000", "--days", "3"]) == 0
+    out = tmp_path / "f" / "features.parquet"
+    assert (
+        main(
+            [
+                "features",
+                "--transactions",
+                str(world / "transactions.parquet"),
+                "--signups",
+                str(world / "signups.parquet"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    frame = pl.read_parquet(out)
+    txs = pl.read_parquet(world / "transactions.parquet")
+    assert frame.columns == ["tx_id", *FEATURE_NAMES]
+    assert frame["tx_id"].to_list() == txs.sort("ts", maintain_order=True)["tx_id"].to_list()
+    assert "feature rows" in capsys.readouterr().out
