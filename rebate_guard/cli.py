@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     feats.add_argument("--labels", type=Path)
     feats.add_argument("--out", type=Path, required=True, help="e.g. features.parquet")
     feats.add_argument("--quiet", action="store_true", help="no progress bar")
-    feats.set_defaults(handler=_features)
+    feats.set_defaults(handler=_replay)
 
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
     topics.set_defaults(handler=_topics)
@@ -122,39 +122,22 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.replay import replay
+    from rebate_guard.replay import compute_features, replay
 
-    summary = replay(
-        transactions=args.transactions,
-        signups=args.signups,
-        labels=args.labels,
-        out_dir=args.out,
-        progress=None if args.quiet else sys.stderr,
-    )
+    inputs = {"transactions": args.transactions, "signups": args.signups, "labels": args.labels}
+    progress = None if args.quiet else sys.stderr
+    if args.command == "features":
+        summary = compute_features(**inputs, out=args.out, progress=progress)
+    else:
+        summary = replay(**inputs, out_dir=args.out, progress=progress)
+    rows = "feature rows" if args.command == "features" else "decisions"
     print(
         f"{summary.events:,} events in {summary.seconds:.1f}s ({summary.events_per_s:,.0f}/s): "
-        f"{summary.decisions:,} decisions, {summary.duplicates:,} duplicate tx_ids, "
+        f"{summary.decisions:,} {rows}, {summary.duplicates:,} duplicate tx_ids, "
         f"{summary.dead_letters:,} dead letters"
     )
     for name, path in summary.outputs.items():
         print(f"{name:>14}: {path}")
-    return 0
-
-
-def _features(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.replay import compute_features
-
-    summary = compute_features(
-        transactions=args.transactions,
-        signups=args.signups,
-        labels=args.labels,
-        out=args.out,
-        progress=None if args.quiet else sys.stderr,
-    )
-    print(
-        f"{summary.events:,} events in {summary.seconds:.1f}s ({summary.events_per_s:,.0f}/s): "
-        f"{summary.decisions:,} feature rows -> {args.out}"
-    )
     return 0
 
 

@@ -59,6 +59,19 @@ class ReplaySummary:
     seconds: float
     outputs: dict[str, Path]
 
+    @classmethod
+    def of(
+        cls, files: EventFiles, rows: int, started: float, outputs: dict[str, Path]
+    ) -> ReplaySummary:
+        return cls(
+            events=files.events,
+            decisions=rows,
+            duplicates=files.duplicates,
+            dead_letters=len(files.dead["row"]),
+            seconds=time.perf_counter() - started,
+            outputs=outputs,
+        )
+
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
@@ -176,14 +189,7 @@ def replay(
     outputs = {"decisions": out_dir / "decisions.parquet"}
     pl.DataFrame(out, schema=DECISION_SCHEMA).write_parquet(outputs["decisions"])
     files.write_dead_letters(out_dir, outputs)
-    return ReplaySummary(
-        events=files.events,
-        decisions=len(out["tx_id"]),
-        duplicates=files.duplicates,
-        dead_letters=len(files.dead["row"]),
-        seconds=time.perf_counter() - started,
-        outputs=outputs,
-    )
+    return ReplaySummary.of(files, len(out["tx_id"]), started, outputs)
 
 
 def compute_features(
@@ -214,14 +220,7 @@ def compute_features(
     write_frame(pl.DataFrame(rows, schema=schema), out)
     outputs = {"features": out}
     files.write_dead_letters(out.parent, outputs)
-    return ReplaySummary(
-        events=files.events,
-        decisions=len(rows["tx_id"]),
-        duplicates=files.duplicates,
-        dead_letters=len(files.dead["row"]),
-        seconds=time.perf_counter() - started,
-        outputs=outputs,
-    )
+    return ReplaySummary.of(files, len(rows["tx_id"]), started, outputs)
 
 
 def _append_decision(out: dict[str, list[Any]], decision: Decision) -> None:
