@@ -60,21 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, help="events per second when producing")
     sim.set_defaults(handler=_simulate)
 
-    rep = sub.add_parser("replay", help="run contract files through the scoring path")
-    rep.add_argument("--transactions", type=Path, required=True)
-    rep.add_argument("--signups", type=Path)
-    rep.add_argument("--labels", type=Path)
-    rep.add_argument("--out", type=Path, required=True, help="output directory")
-    rep.add_argument("--quiet", action="store_true", help="no progress bar")
-    rep.set_defaults(handler=_replay)
-
-    feats = sub.add_parser("features", help="feature vectors per transaction, offline")
-    feats.add_argument("--transactions", type=Path, required=True)
-    feats.add_argument("--signups", type=Path)
-    feats.add_argument("--labels", type=Path)
-    feats.add_argument("--out", type=Path, required=True, help="e.g. features.parquet")
-    feats.add_argument("--quiet", action="store_true", help="no progress bar")
-    feats.set_defaults(handler=_replay)
+    offline = (
+        ("replay", "run contract files through the scoring path", "output directory"),
+        ("features", "feature vectors per transaction, offline", "e.g. features.parquet"),
+    )
+    for name, help_text, out_help in offline:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--transactions", type=Path, required=True)
+        cmd.add_argument("--signups", type=Path)
+        cmd.add_argument("--labels", type=Path)
+        cmd.add_argument("--out", type=Path, required=True, help=out_help)
+        cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+        cmd.set_defaults(handler=_replay)
 
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
     topics.set_defaults(handler=_topics)

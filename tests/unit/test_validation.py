@@ -103,3 +103,6 @@ def test_fast_built_records_equal_normally_constructed_ones() -> None:
     assert fast == slow and fast.dumps() == slow.dumps() and fast.asdict() == slow.asdict()
     with pytest.raises(TypeError, match="missing \\['card_id'\\]"):
         build(Transaction, **{k: v for k, v in data.items() if k != "card_id"})
+    misspelled = {("card" if k == "card_id" else k): v for k, v in data.items()}
+    with pytest.raises(TypeError, match="unexpected \\['card'\\]"):
+        build(Transaction, **misspelled)
