@@ -1,68 +1,119 @@
 """Event-time window primitives used by the feature families.
 
-Events arrive in ts order per key (the ordering contract of the engine); each structure keeps
-only what its window needs, so memory per key is bounded by activity inside the window.
+Events reach a key in processing order, which is event-time order (the engine's contract), so
+every structure here is a queue that grows at the back and expires from the front: memory per
+key is bounded by the activity inside its longest window, and each event is added and expired
+once (amortised O(1)). Windows are half-open on the left: (t - width, t].
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from itertools import islice
+from typing import Protocol, TypeVar
 
 
-@dataclass
-class WindowSum:
-    """Count and sum of values with ts in (t - width, t], for non-decreasing t."""
+class PaymentLog:
+    """Count and sum of values over several trailing horizons at once, e.g. 1 h/24 h/7 d/30 d.
 
-    width_ms: int
-    items: deque[tuple[int, int]] = field(default_factory=deque)
-    total: int = 0
+    One list of (ts, value) spans the longest horizon; each horizon keeps the index of its
+    oldest item still inside and its running sum, so four windows cost one append and four
+    cursor checks instead of four queues.
+    """
+
+    __slots__ = ("heads", "sums", "ts", "values", "widths")
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        self.widths = widths  # longest first: heads[0] is the smallest index
+        self.ts: list[int] = []
+        self.values: list[int] = []
+        self.heads = [0] * len(widths)
+        self.sums = [0] * len(widths)
 
     def expire(self, now_ms: int) -> None:
-        horizon = now_ms - self.width_ms
-        items = self.items
-        while items and items[0][0] <= horizon:
-            self.total -= items.popleft()[1]
+        ts, values, heads, sums = self.ts, self.values, self.heads, self.sums
+        n = len(ts)
+        for i, width in enumerate(self.widths):
+            head = heads[i]
+            horizon = now_ms - width
+            if head < n and ts[head] <= horizon:
+                total = sums[i]
+                while head < n and ts[head] <= horizon:
+                    total -= values[head]
+                    head += 1
+                heads[i], sums[i] = head, total
+        # Compact once the expired prefix dominates, so the lists stay O(items in window).
+        first = heads[0]
+        if first > 64 and first * 2 > n:
+            del ts[:first], values[:first]
+            self.heads = [h - first for h in heads]
 
     def add(self, ts_ms: int, value: int) -> None:
-        self.items.append((ts_ms, value))
-        self.total += value
+        self.ts.append(ts_ms)
+        self.values.append(value)
+        sums = self.sums
+        for i in range(len(sums)):
+            sums[i] += value
 
-    @property
-    def count(self) -> int:
-        return len(self.items)
+    def count(self, horizon: int) -> int:
+        return len(self.ts) - self.heads[horizon]
+
+    def __len__(self) -> int:
+        return len(self.ts) - self.heads[0]
 
 
-@dataclass
 class WindowDistinct:
-    """Distinct members seen with ts in (t - width, t], for non-decreasing t.
+    """Distinct members seen with ts in (t - width, t].
 
     `last_seen` is kept in last-seen order (a member seen again moves to the end), so expiry
     pops from the front and stops at the first member still inside the window.
     """
 
-    width_ms: int
-    last_seen: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("last_seen", "width_ms")
+
+    def __init__(self, width_ms: int) -> None:
+        self.width_ms = width_ms
+        self.last_seen: dict[str, int] = {}
 
     def expire(self, now_ms: int) -> None:
-        horizon = now_ms - self.width_ms
-        last_seen = self.last_seen
-        while last_seen:
-            member = next(iter(last_seen))
-            if last_seen[member] > horizon:
-                return
-            del last_seen[member]
+        drop_oldest(self.last_seen, now_ms - self.width_ms)
 
     def add(self, ts_ms: int, member: str) -> None:
-        self.last_seen.pop(member, None)
-        self.last_seen[member] = ts_ms
+        last_seen = self.last_seen
+        last_seen.pop(member, None)
+        last_seen[member] = ts_ms
 
     def count_with(self, member: str) -> int:
         """Distinct count including `member` (the current event's entity)."""
-        return len(self.last_seen) + (0 if member in self.last_seen else 1)
+        return len(self.last_seen) + (member not in self.last_seen)
+
+    def __len__(self) -> int:
+        return len(self.last_seen)
 
 
-@dataclass
+class WindowCount:
+    """How many events have ts in (t - width, t]."""
+
+    __slots__ = ("items", "width_ms")
+
+    def __init__(self, width_ms: int) -> None:
+        self.width_ms = width_ms
+        self.items: deque[int] = deque()
+
+    def expire(self, now_ms: int) -> None:
+        horizon = now_ms - self.width_ms
+        items = self.items
+        while items and items[0] <= horizon:
+            items.popleft()
+
+    def add(self, ts_ms: int) -> None:
+        self.items.append(ts_ms)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class LabelledWindow:
     """Payments with ts in (t - width, t] and the labels that have arrived for them.
 
@@ -70,10 +121,13 @@ class LabelledWindow:
     one). A later label for the same payment replaces the earlier one.
     """
 
-    width_ms: int
-    items: deque[tuple[int, str]] = field(default_factory=deque)
-    labels: dict[str, bool] = field(default_factory=dict)
-    fraud: int = 0
+    __slots__ = ("fraud", "items", "labels", "width_ms")
+
+    def __init__(self, width_ms: int) -> None:
+        self.width_ms = width_ms
+        self.items: deque[tuple[int, str]] = deque()
+        self.labels: dict[str, bool] = {}
+        self.fraud = 0
 
     def add(self, ts_ms: int, tx_id: str) -> None:
         self.items.append((ts_ms, tx_id))
@@ -100,3 +154,104 @@ class LabelledWindow:
 
     def fraud_rate(self) -> float | None:
         return self.fraud / len(self.labels) if self.labels else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class TopShare:
+    """Multiset of members with O(1) add, remove and "share of the most frequent member".
+
+    `freq[c]` counts members that occur exactly c times, so the maximum only ever moves by one
+    when a member at the maximum is removed.
+    """
+
+    __slots__ = ("counts", "freq", "top", "total")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.freq: dict[int, int] = {}
+        self.top = 0
+        self.total = 0
+
+    def add(self, member: str) -> None:
+        counts, freq = self.counts, self.freq
+        c = counts.get(member, 0) + 1
+        counts[member] = c
+        if c > 1:
+            freq[c - 1] -= 1
+        freq[c] = freq.get(c, 0) + 1
+        if c > self.top:
+            self.top = c
+        self.total += 1
+
+    def remove(self, member: str) -> None:
+        counts, freq = self.counts, self.freq
+        c = counts[member]
+        freq[c] -= 1
+        if c > 1:
+            counts[member] = c - 1
+            freq[c - 1] += 1
+        else:
+            del counts[member]
+        if c == self.top and not freq[c]:
+            self.top = c - 1
+        self.total -= 1
+
+    def __len__(self) -> int:
+        """Distinct members."""
+        return len(self.counts)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def drop_oldest(last_seen: dict[K, int], horizon: int) -> None:
+    """Delete the leading entries whose value (a ts, in non-decreasing order) is <= horizon.
+
+    Counts first, then deletes: calling next(iter(d)) per deletion would rescan the deleted
+    slots at the front each time (CPython compacts a dict only when it resizes).
+    """
+    stale = 0
+    for seen in last_seen.values():
+        if seen > horizon:
+            break
+        stale += 1
+    if stale == len(last_seen):
+        last_seen.clear()
+    elif stale:
+        for key in list(islice(last_seen, stale)):
+            del last_seen[key]
+
+
+class Keyed(Protocol):
+    last_ts: int
+
+
+KS = TypeVar("KS", bound=Keyed)
+
+
+def touch(state: dict[K, KS], key: K, ts: int, new: Callable[[], KS]) -> KS:
+    """The state of `key`, moved to the back of `state` (which is kept in last-activity order
+    so idle keys can be swept from the front without a full scan)."""
+    value = state.pop(key, None)
+    if value is None:
+        value = new()
+    value.last_ts = ts
+    state[key] = value
+    return value
+
+
+def sweep_idle(state: dict[K, KS], horizon: int) -> list[KS]:
+    """Remove and return the states idle since `horizon` or earlier (from the front)."""
+    gone: list[KS] = []
+    stale = []
+    for key, value in state.items():
+        if value.last_ts > horizon:
+            break
+        stale.append(key)
+        gone.append(value)
+    for key in stale:
+        del state[key]
+    return gone

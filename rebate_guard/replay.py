@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import polars as pl
 
-from features.engine import FEATURE_NAMES, FeatureEngine
+from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
 from rebate_guard.io import read_frame, write_frame
 from rebate_guard.scoring import Event, Scorer
 from streams.records import Decision, Label, Signup, Transaction
@@ -198,29 +198,32 @@ def compute_features(
     signups: Path | None = None,
     labels: Path | None = None,
     progress: TextIO | None = sys.stderr,
+    config: EngineConfig | None = None,
 ) -> ReplaySummary:
     """One row per transaction: tx_id and every feature the detectors see, computed by the
     same `FeatureEngine` as the worker, in the same event-time order as replay."""
     started = time.perf_counter()
-    engine = FeatureEngine()
+    engine = FeatureEngine(config)
     files = EventFiles(transactions, signups, labels, progress)
-    rows: dict[str, list[Any]] = {"tx_id": [], **{name: [] for name in FEATURE_NAMES}}
+    tx_ids: list[str] = []
+    vectors: list[list[float | None]] = []
     for event in files:
         if isinstance(event, Transaction):
-            x = engine.transaction(event)
-            rows["tx_id"].append(event.tx_id)
-            for name in FEATURE_NAMES:
-                rows[name].append(x[name])
+            tx_ids.append(event.tx_id)
+            vectors.append(engine.vector(event))
         elif isinstance(event, Signup):
             engine.signup(event)
         else:
             engine.label(event)
-    schema: Schema = {"tx_id": pl.String, **{name: pl.Float64 for name in FEATURE_NAMES}}
+    schema: Schema = {name: pl.Float64 for name in FEATURE_NAMES}
+    frame = pl.DataFrame(vectors, schema=schema, orient="row").insert_column(
+        0, pl.Series("tx_id", tx_ids, pl.String)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_frame(pl.DataFrame(rows, schema=schema), out)
+    write_frame(frame, out)
     outputs = {"features": out}
     files.write_dead_letters(out.parent, outputs)
-    return ReplaySummary.of(files, len(rows["tx_id"]), started, outputs)
+    return ReplaySummary.of(files, len(tx_ids), started, outputs)
 
 
 def _append_decision(out: dict[str, list[Any]], decision: Decision) -> None:

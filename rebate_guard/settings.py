@@ -13,7 +13,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from features.engine import EngineConfig
 
 
 class SettingsError(ValueError):
@@ -100,6 +103,20 @@ class Settings:
         default=500.0,
         metadata=_doc("Transactions per second `rebate-guard up` feeds into the pipeline."),
     )
+    local_utc_offset_minutes: int = field(
+        default=0,
+        metadata=_doc(
+            "The platform's local time minus UTC, in minutes (480 for China), for the night "
+            "and weekend features."
+        ),
+    )
+    user_ttl_days: int = field(
+        default=730,
+        metadata=_doc(
+            "Feature state forgets a user idle this long (their account age restarts). "
+            "Windowed state is dropped as soon as its windows expire."
+        ),
+    )
 
     # --- derived values -------------------------------------------------------------------
     @property
@@ -109,6 +126,14 @@ class Settings:
     def topic(self, name: str) -> str:
         """The full name of one of the contract topics (see docs/events.md)."""
         return f"{self.topic_prefix}{name}"
+
+    def engine_config(self) -> EngineConfig:
+        from features.engine import DAY_MS, EngineConfig
+
+        return EngineConfig(
+            utc_offset_minutes=self.local_utc_offset_minutes,
+            user_ttl_ms=self.user_ttl_days * DAY_MS,
+        )
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -140,6 +165,10 @@ class Settings:
             raise SettingsError("RG_BATCH_WITHIN_S must be positive")
         if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
             raise SettingsError("RG_LOG_LEVEL must be one of debug, info, warning, error")
+        if not -14 * 60 <= self.local_utc_offset_minutes <= 14 * 60:
+            raise SettingsError("RG_LOCAL_UTC_OFFSET_MINUTES must be within -840..840")
+        if self.user_ttl_days < 31:
+            raise SettingsError("RG_USER_TTL_DAYS must be at least 31 (the longest window)")
 
 
 def env_name(field_name: str) -> str:

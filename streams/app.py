@@ -18,6 +18,7 @@ import faust
 from faust.types import EventT
 from mode import Service
 
+from features.engine import FeatureEngine
 from rebate_guard.scoring import Scorer
 from rebate_guard.settings import Settings
 from streams.processor import BatchOutcome, BatchProcessor, RawEvent
@@ -35,7 +36,9 @@ class Runtime:
         self.settings = settings
         self.store = store
         self.sink = sink
-        self.processor = BatchProcessor(Scorer(), store, sink, settings)
+        self.processor = BatchProcessor(
+            Scorer(features=FeatureEngine(settings.engine_config())), store, sink, settings
+        )
         self.ready = asyncio.Event()
         if not isinstance(sink, KafkaSink):
             self.ready.set()

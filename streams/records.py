@@ -51,6 +51,7 @@ class Transaction(faust.Record, serializer="json", include_metadata=False):
     device_id: Optional[str] = None  # noqa: UP045
     ip: Optional[str] = None  # noqa: UP045
     card_id: Optional[str] = None  # noqa: UP045
+    merchant_category: Optional[str] = None  # noqa: UP045
 
 
 class Signup(faust.Record, serializer="json", include_metadata=False):

@@ -124,6 +124,7 @@ def parse_transaction(data: Mapping[str, Any]) -> Transaction:
         device_id=_optional_id(data, "device_id"),
         ip=_optional_id(data, "ip"),
         card_id=_optional_id(data, "card_id"),
+        merchant_category=_optional_id(data, "merchant_category"),
     )
 
 

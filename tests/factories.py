@@ -23,6 +23,7 @@ def tx(tx_id: str = "t1", ts: int = T0, **overrides: Any) -> dict[str, Any]:
         "device_id": "d1",
         "ip": "10.0.0.1",
         "card_id": "c1",
+        "merchant_category": "restaurant",
     }
     event.update(overrides)
     return event

@@ -49,6 +49,7 @@ TRANSACTION_SCHEMA: dict[str, Any] = {
     "device_id": pl.String,
     "ip": pl.String,
     "card_id": pl.String,
+    "merchant_category": pl.String,
 }
 SIGNUP_SCHEMA: dict[str, Any] = {
     "user_id": pl.String,
@@ -267,6 +268,7 @@ def _assemble(
             "device": _mapped(d_num, s["device"]),
             "ip": s["ip"],
             "card": _mapped(c_num, s["card"]),
+            "category": _names(merchants["category"][s["merchant"]].astype(np.int64), CATEGORIES),
         }
     )
     transactions = numeric.select(
@@ -281,6 +283,7 @@ def _assemble(
         _id("device", p + "d").alias("device_id"),
         _ip("ip"),
         _id("card", p + "c").alias("card_id"),
+        pl.col("category").alias("merchant_category"),
     )
 
     ring_ids = [f"{p}ring{r.index}" for r in b.rings]

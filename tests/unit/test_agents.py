@@ -44,7 +44,7 @@ def test_transactions_agent_decides_and_dead_letters() -> None:
 def test_signups_agent_updates_shared_state() -> None:
     async def run() -> None:
         worker, _, _ = _worker()
-        users = worker.runtime.processor.scorer.features.users
+        users = worker.runtime.processor.scorer.features.user.profiles
         async with worker.agents["signups"].test_context() as agent:
             await agent.put(json.dumps(signup("u7", T0)).encode())
             await _until(lambda: "u7" in users)

@@ -1,4 +1,9 @@
-from features.engine import FeatureEngine
+from pathlib import Path
+
+from features.engine import EngineConfig, FeatureEngine
+from rebate_guard.replay import EventFiles
+from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from streams.records import Signup, Transaction
 from streams.validation import parse_signup, parse_transaction
 from tests.factories import DAY, HOUR, T0, signup, tx
 
@@ -118,4 +123,33 @@ def test_merchant_fraud_rate_counts_only_labels_arrived_for_payments_in_30d() ->
     # "a" leaves the window at exactly 30 d; "b" (fraud) is still inside.
     assert pay("w", T0 + 30 * DAY)["merchant_fraud_rate_30d"] == 1.0
     assert pay("v", T0 + 30 * DAY + 2 * HOUR)["merchant_fraud_rate_30d"] is None
-    assert "a" not in engine.payment_merchant  # bounded: expired payments are forgotten
+    assert "a" not in engine.merchant.payment_merchant  # bounded: expired payments are forgotten
+
+
+def test_sweeping_idle_keys_changes_no_feature_and_bounds_the_state(tmp_path: Path) -> None:
+    world = simulate_world(
+        WorldConfig(seed=4, n_users=300, n_merchants=30, days=40, target_transactions=3_000)
+    )
+    paths = write_world(world, tmp_path)
+    events = list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
+    swept = FeatureEngine(EngineConfig(sweep_every_ms=HOUR))
+    kept = FeatureEngine(EngineConfig(sweep_every_ms=10_000 * DAY))
+    for event in events:
+        if isinstance(event, Transaction):
+            assert swept.vector(event) == kept.vector(event), event.tx_id
+        else:
+            for engine in (swept, kept):
+                (engine.signup if isinstance(event, Signup) else engine.label)(event)
+    assert swept.swept > 0
+    small, big = swept.key_counts(), kept.key_counts()
+    for family in ("user_activity", "devices", "ips", "cards"):
+        assert small[family] < big[family], family
+
+
+def test_a_user_idle_past_the_ttl_starts_afresh() -> None:
+    engine = FeatureEngine(EngineConfig(user_ttl_ms=60 * DAY))
+    engine.signup(parse_signup(signup("u1", T0)))
+    assert engine.transaction(parse_transaction(tx("a", T0 + DAY)))["user_account_age_s"] == 86_400
+    engine.signup(parse_signup(signup("u2", T0 + 61 * DAY)))  # time passes; u1 stays idle
+    later = engine.transaction(parse_transaction(tx("b", T0 + 62 * DAY)))
+    assert later["user_account_age_s"] is None and later["seconds_since_prev_payment"] is None

@@ -80,8 +80,7 @@ def test_repeats_inside_one_batch_are_scored_once() -> None:
     batch = [raw("p.transactions", i, tx("same", T0)) for i in range(3)]
     outcome = asyncio.run(proc.handle("transactions", batch))
     assert outcome.decided == 1 and store.counters["decisions"] == 1
-    user = proc.scorer.features.users["u1"]
-    assert user.payments_24h.count == 1
+    assert len(proc.scorer.features.user.activity["u1"].payments) == 1
 
 
 def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow() -> None:
@@ -109,7 +108,7 @@ def test_signups_feed_state_used_by_later_transactions() -> None:
     proc, _, _ = make()
     asyncio.run(proc.handle("signups", [raw("p.signups", 0, signup("u1", T0 - 1000))]))
     asyncio.run(proc.handle("transactions", [raw("p.transactions", 0, tx("t", T0))]))
-    assert proc.scorer.features.users["u1"].signup_ts == T0 - 1000
+    assert proc.scorer.features.user.profiles["u1"].signup_ts == T0 - 1000
 
 
 def test_storage_failures_are_retried_not_dropped() -> None:

@@ -36,6 +36,7 @@ TX_SCHEMA = {
     "device_id": pl.String,
     "ip": pl.String,
     "card_id": pl.String,
+    "merchant_category": pl.String,
 }
 SIGNUP_SCHEMA = {
     "user_id": pl.String,
@@ -467,7 +468,7 @@ def test_event_stream_tie_order_is_signups_transactions_labels() -> None:
         [
             {"tx_id": "t0", "ts": ts, "user_id": "u0", "merchant_id": "m0", "amount_cents": 100,
              "rebate_rate": 0.1, "kind": "payment", "ref_tx_id": None, "device_id": None,
-             "ip": None, "card_id": None},
+             "ip": None, "card_id": None, "merchant_category": None},
         ],
         schema=TX_SCHEMA,
     )  # fmt: skip

@@ -1,0 +1,119 @@
+"""Identity families: devices, IPs and cards shared between users, keyed by the identifier.
+
+Referral farms and cash-out crews run many accounts from few phones, networks and cards; the
+number of distinct users behind one identifier (payments and signups alike) is the signal.
+"Including the current user": a first-time identifier already counts 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+
+from features.windows import WindowCount, WindowDistinct, sweep_idle, touch
+from streams.records import PAYMENT, Signup, Transaction
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class IdentityState:
+    __slots__ = ("last_ts", "signups", "users")
+
+    def __init__(self, widths: tuple[int, ...], signup_window_ms: int | None) -> None:
+        self.users = tuple(WindowDistinct(w) for w in widths)
+        self.signups = None if signup_window_ms is None else WindowCount(signup_window_ms)
+        self.last_ts = 0
+
+
+class IdentityFamily:
+    """Distinct users per identifier over each window in `widths`, and (optionally) signups
+    from it over `signup_window_ms`."""
+
+    def __init__(
+        self,
+        entity: str,
+        read: Callable[[Signup | Transaction], str | None],
+        widths: dict[str, int],
+        signup_window: tuple[str, int] | None = None,
+    ) -> None:
+        self.entity = entity
+        self.read = read
+        self.widths = tuple(widths.values())
+        self.longest_ms = max(self.widths + ((signup_window[1],) if signup_window else ()))
+        self.signup_window_ms = None if signup_window is None else signup_window[1]
+        self.names = tuple(f"{entity}_user_count_{label}" for label in widths) + (
+            () if signup_window is None else (f"{entity}_signup_count_{signup_window[0]}",)
+        )
+        self.state: dict[str, IdentityState] = {}
+
+    def _touch(self, key: str, ts: int) -> IdentityState:
+        return touch(self.state, key, ts, self._new)
+
+    def _new(self) -> IdentityState:
+        return IdentityState(self.widths, self.signup_window_ms)
+
+    def signup(self, event: Signup) -> None:
+        key = self.read(event)
+        if key is None:
+            return
+        state = self._touch(key, event.ts)
+        for window in state.users:
+            window.add(event.ts, event.user_id)
+        if state.signups is not None:
+            state.signups.expire(event.ts)
+            state.signups.add(event.ts)
+
+    def transaction(self, tx: Transaction, out: list[float | None]) -> None:
+        key = self.read(tx)
+        if key is None:
+            out.extend((None,) * len(self.names))
+            return
+        ts = tx.ts
+        state = self.state.get(key)
+        if state is None:
+            out.extend((1,) * len(self.widths))
+            if self.signup_window_ms is not None:
+                out.append(0)
+            if tx.kind != PAYMENT:
+                return
+        else:
+            for window in state.users:
+                window.expire(ts)
+                out.append(window.count_with(tx.user_id))
+            signups = state.signups
+            if signups is not None:
+                signups.expire(ts)
+                out.append(len(signups))
+        if tx.kind == PAYMENT:
+            state = self._touch(key, ts)
+            for window in state.users:
+                window.add(ts, tx.user_id)
+
+    def sweep(self, now_ms: int) -> int:
+        """Drop identifiers idle for the longest window: all their state has expired anyway."""
+        return len(sweep_idle(self.state, now_ms - self.longest_ms))
+
+
+def device_family() -> IdentityFamily:
+    return IdentityFamily(
+        "device",
+        attrgetter("device_id"),
+        {"24h": DAY_MS, "7d": 7 * DAY_MS},
+        ("7d", 7 * DAY_MS),
+    )
+
+
+def ip_family() -> IdentityFamily:
+    return IdentityFamily(
+        "ip", attrgetter("ip"), {"24h": DAY_MS, "7d": 7 * DAY_MS}, ("7d", 7 * DAY_MS)
+    )
+
+
+def card_family() -> IdentityFamily:
+    # Signups carry no card; cards are seen only at payment.
+    return IdentityFamily("card", _card_id, {"30d": 30 * DAY_MS})
+
+
+def _card_id(event: Signup | Transaction) -> str | None:
+    return event.card_id if isinstance(event, Transaction) else None

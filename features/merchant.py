@@ -1,0 +1,225 @@
+"""Merchant family: who pays at a merchant, how, and what is known about it, keyed by
+merchant_id. Brushing and collusion show here first: bursts of round or repeated amounts from
+a few young accounts, refunds, and labels arriving for its earlier payments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import ClassVar
+
+from features.windows import (
+    LabelledWindow,
+    PaymentLog,
+    TopShare,
+    WindowCount,
+    sweep_idle,
+    touch,
+)
+from streams.records import FRAUD, PAYMENT, Label, Transaction
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+MERCHANT_HORIZONS = (DAY_MS, HOUR_MS)
+LONG_WINDOW_MS = 30 * DAY_MS
+YOUNG_ACCOUNT_MS = 7 * DAY_MS
+# Whole currency units (100 minor units): typed-in amounts, typical of scripted brushing.
+ROUND_UNIT_CENTS = 100
+
+MERCHANT_FEATURES = (
+    "merchant_tx_count_24h",
+    "merchant_tx_count_1h",
+    "merchant_amount_sum_24h",
+    "merchant_amount_sum_1h",
+    "merchant_user_count_24h",
+    "merchant_top_user_share_24h",
+    "merchant_young_account_share_24h",
+    "merchant_amount_cv_24h",
+    "merchant_round_amount_share_24h",
+    "merchant_repeat_amount_share_24h",
+    "merchant_refund_rate_30d",
+    "merchant_fraud_rate_30d",
+)
+
+
+class MerchantState:
+    __slots__ = (
+        "amounts",
+        "day",
+        "labelled",
+        "last_ts",
+        "payments",
+        "refunds_30d",
+        "round",
+        "square_sum",
+        "users",
+        "young",
+    )
+
+    def __init__(self) -> None:
+        self.payments = PaymentLog(MERCHANT_HORIZONS)
+        # Per payment in the last 24 h: (ts, user, amount, young), for the 24 h aggregates.
+        self.day: deque[tuple[int, str, int, bool]] = deque()
+        self.users = TopShare()
+        self.amounts: dict[int, int] = {}
+        self.square_sum = 0
+        self.young = 0
+        self.round = 0
+        self.labelled = LabelledWindow(LONG_WINDOW_MS)
+        self.refunds_30d = WindowCount(LONG_WINDOW_MS)
+        self.last_ts = 0
+
+    def expire_day(self, now_ms: int) -> None:
+        horizon = now_ms - DAY_MS
+        day = self.day
+        while day and day[0][0] <= horizon:
+            _, user, amount, young = day.popleft()
+            self.users.remove(user)
+            left = self.amounts[amount] - 1
+            if left:
+                self.amounts[amount] = left
+            else:
+                del self.amounts[amount]
+            self.square_sum -= amount * amount
+            self.young -= young
+            self.round -= amount % ROUND_UNIT_CENTS == 0
+
+
+class MerchantFamily:
+    names: ClassVar[tuple[str, ...]] = MERCHANT_FEATURES
+
+    def __init__(self) -> None:
+        self.state: dict[str, MerchantState] = {}
+        #: tx_id -> merchant for payments still in some merchant's 30 d labelled window, so a
+        #: label (which names only its tx_id) finds its merchant; entries leave with them.
+        self.payment_merchant: dict[str, str] = {}
+
+    def label(self, event: Label) -> None:
+        """A tx-level label, applied at its ts (user-level labels are the detectors' concern)."""
+        if event.tx_id is None:
+            return
+        merchant = self.payment_merchant.get(event.tx_id)
+        if merchant is not None:
+            self.state[merchant].labelled.label(event.tx_id, event.label == FRAUD)
+
+    def transaction(
+        self, tx: Transaction, account_age_ms: int | None, out: list[float | None]
+    ) -> None:
+        ts = tx.ts
+        merchant = touch(self.state, tx.merchant_id, ts, MerchantState)
+        log = merchant.payments
+        log.expire(ts)
+        merchant.expire_day(ts)
+        n_items = len(log.ts)
+        n_day = n_items - log.heads[0]
+        out.extend((n_day, n_items - log.heads[1], *log.sums))
+        users = merchant.users
+        out.append(len(users) + (tx.user_id not in users.counts))
+        if n_day:
+            out.append(users.top / n_day)
+            out.append(merchant.young / n_day)
+            total = log.sums[0]
+            spread = n_day * merchant.square_sum - total * total
+            out.append(math.sqrt(spread) / total if n_day >= 2 else None)
+            out.append(merchant.round / n_day)
+            out.append((n_day - len(merchant.amounts)) / n_day)
+        else:
+            out.extend((None, None, None, None, None))
+        labelled = merchant.labelled
+        for gone in labelled.expire(ts):
+            self.payment_merchant.pop(gone, None)
+        refunds = merchant.refunds_30d
+        refunds.expire(ts)
+        out.append(len(refunds) / len(labelled) if labelled.items else None)
+        out.append(labelled.fraud_rate())
+        if tx.kind == PAYMENT:
+            amount = tx.amount_cents
+            young = account_age_ms is not None and account_age_ms < YOUNG_ACCOUNT_MS
+            log.add(ts, amount)
+            merchant.day.append((ts, tx.user_id, amount, young))
+            users.add(tx.user_id)
+            merchant.amounts[amount] = merchant.amounts.get(amount, 0) + 1
+            merchant.square_sum += amount * amount
+            merchant.young += young
+            merchant.round += amount % ROUND_UNIT_CENTS == 0
+            labelled.add(ts, tx.tx_id)
+            self.payment_merchant[tx.tx_id] = tx.merchant_id
+        else:
+            refunds.add(ts)
+
+    def sweep(self, now_ms: int) -> int:
+        """Drop merchants idle for the longest window: all their state has expired anyway."""
+        gone = sweep_idle(self.state, now_ms - LONG_WINDOW_MS)
+        for merchant in gone:
+            for _, tx_id in merchant.labelled.items:
+                self.payment_merchant.pop(tx_id, None)
+        return len(gone)
+
+
+CATEGORY_FEATURES = ("rebate_rate_vs_category",)
+CATEGORY_WINDOW_MS = 30 * DAY_MS
+
+
+class CategoryRates:
+    """Latest rebate rate (in millionths) of each merchant of a category seen in 30 d."""
+
+    __slots__ = ("last_seen", "total_ppm")
+
+    def __init__(self) -> None:
+        # merchant -> (ts, rate_ppm), in last-seen order so expiry pops from the front.
+        self.last_seen: dict[str, tuple[int, int]] = {}
+        self.total_ppm = 0
+
+    def expire(self, now_ms: int) -> None:
+        horizon = now_ms - CATEGORY_WINDOW_MS
+        last_seen = self.last_seen
+        stale = []
+        for merchant, (seen, rate) in last_seen.items():
+            if seen > horizon:
+                break
+            stale.append(merchant)
+            self.total_ppm -= rate
+        for merchant in stale:
+            del last_seen[merchant]
+
+
+class CategoryFamily:
+    """A merchant's rebate rate against its category's: merchants that buy traffic with a far
+    higher discount than their peers are typical brushing and collusion fronts."""
+
+    names: ClassVar[tuple[str, ...]] = CATEGORY_FEATURES
+
+    def __init__(self) -> None:
+        self.state: dict[str, CategoryRates] = {}
+
+    def transaction(self, tx: Transaction, out: list[float | None]) -> None:
+        category = tx.merchant_category
+        if category is None:
+            out.append(None)
+            return
+        rates = self.state.get(category)
+        if rates is None:
+            rates = self.state[category] = CategoryRates()
+        rates.expire(tx.ts)
+        rate_ppm = round(tx.rebate_rate * 1_000_000)
+        last_seen = rates.last_seen
+        own = last_seen.get(tx.merchant_id)
+        others_total = rates.total_ppm - (0 if own is None else own[1])
+        others = len(last_seen) - (own is not None)
+        out.append((rate_ppm - others_total / others) / 1_000_000 if others else None)
+        if tx.kind == PAYMENT:  # a refund does not refresh the merchant's rate
+            if own is not None:
+                del last_seen[tx.merchant_id]
+            last_seen[tx.merchant_id] = (tx.ts, rate_ppm)
+            rates.total_ppm = others_total + rate_ppm
+
+    def sweep(self, now_ms: int) -> int:
+        gone = 0
+        for category, rates in list(self.state.items()):
+            before = len(rates.last_seen)
+            rates.expire(now_ms)
+            gone += before - len(rates.last_seen)
+            if not rates.last_seen:
+                del self.state[category]
+        return gone

@@ -1,0 +1,202 @@
+"""User family: a user's own recent activity, keyed by user_id.
+
+Also holds the user x merchant pair counts and the user's recent payments by tx_id (for the
+time since a refunded payment): both are per-user facts, so they live where the user's events
+are, and need no other key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import ClassVar
+
+from features.windows import PaymentLog, WindowDistinct, drop_oldest, sweep_idle, touch
+from streams.records import PAYMENT, Signup, Transaction
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# Longest first (PaymentLog's contract); names below follow the same order.
+USER_HORIZONS = (30 * DAY_MS, 7 * DAY_MS, DAY_MS, HOUR_MS)
+PAIR_WINDOW_MS = 7 * DAY_MS
+REFUND_LOOKBACK_MS = 30 * DAY_MS
+
+USER_FEATURES = (
+    "user_tx_count_30d",
+    "user_tx_count_7d",
+    "user_tx_count_24h",
+    "user_tx_count_1h",
+    "user_amount_sum_30d",
+    "user_amount_sum_7d",
+    "user_amount_sum_24h",
+    "user_amount_sum_1h",
+    "user_merchant_count_24h",
+    "user_device_count_24h",
+    "user_ip_count_24h",
+    "seconds_since_prev_payment",
+    "user_amount_zscore",
+    "user_amount_to_mean",
+    "user_account_age_s",
+    "signup_to_first_payment_s",
+    "user_merchant_tx_count_7d",
+    "refund_delay_s",
+)
+
+
+class UserProfile:
+    """Lifetime facts of a user: tiny, kept until the user is idle past the user TTL."""
+
+    __slots__ = ("first_payment_ts", "last_payment_ts", "last_ts", "m2", "mean", "n", "signup_ts")
+
+    def __init__(self) -> None:
+        self.signup_ts: int | None = None
+        self.first_payment_ts: int | None = None
+        self.last_payment_ts: int | None = None
+        # Welford's running mean and spread of payment amounts.
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.last_ts = 0
+
+
+class UserActivity:
+    """Windowed activity of a user: dropped after 30 d without a transaction, when every
+    window in it has expired anyway (so dropping it changes no feature)."""
+
+    __slots__ = (
+        "devices_24h",
+        "ips_24h",
+        "last_ts",
+        "merchants_24h",
+        "pairs_7d",
+        "payments",
+        "recent_payments",
+    )
+
+    def __init__(self) -> None:
+        self.payments = PaymentLog(USER_HORIZONS)
+        self.merchants_24h = WindowDistinct(DAY_MS)
+        self.devices_24h = WindowDistinct(DAY_MS)
+        self.ips_24h = WindowDistinct(DAY_MS)
+        #: merchant -> payment ts in the last 7 d, merchants in last-payment order.
+        self.pairs_7d: dict[str, deque[int]] = {}
+        #: tx_id -> ts of this user's payments in the refund lookback, oldest first.
+        self.recent_payments: dict[str, int] = {}
+        self.last_ts = 0
+
+
+ACTIVITY_TTL_MS = max(USER_HORIZONS[0], PAIR_WINDOW_MS, REFUND_LOOKBACK_MS)
+
+
+class UserFamily:
+    names: ClassVar[tuple[str, ...]] = USER_FEATURES
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, UserProfile] = {}
+        self.activity: dict[str, UserActivity] = {}
+
+    def signup(self, event: Signup) -> bool:
+        """Records the signup; False (and no change) if the user's signup is already known."""
+        profile = self.profiles.get(event.user_id)
+        if profile is not None and profile.signup_ts is not None:
+            return False
+        touch(self.profiles, event.user_id, event.ts, UserProfile).signup_ts = event.ts
+        return True
+
+    def account_age_ms(self, user_id: str, ts: int) -> int | None:
+        profile = self.profiles.get(user_id)
+        if profile is None or profile.signup_ts is None:
+            return None
+        return ts - profile.signup_ts
+
+    def transaction(self, tx: Transaction, out: list[float | None]) -> None:
+        ts = tx.ts
+        amount = tx.amount_cents
+        profile = touch(self.profiles, tx.user_id, ts, UserProfile)
+        user = touch(self.activity, tx.user_id, ts, UserActivity)
+        log = user.payments
+        log.expire(ts)
+        n_items = len(log.ts)
+        heads = log.heads
+        out.extend(
+            (
+                n_items - heads[0],
+                n_items - heads[1],
+                n_items - heads[2],
+                n_items - heads[3],
+                *log.sums,
+            )
+        )
+        merchants, devices, ips = user.merchants_24h, user.devices_24h, user.ips_24h
+        merchants.expire(ts)
+        devices.expire(ts)
+        ips.expire(ts)
+        out.append(merchants.count_with(tx.merchant_id))
+        out.append(None if tx.device_id is None else devices.count_with(tx.device_id))
+        out.append(None if tx.ip is None else ips.count_with(tx.ip))
+        last = profile.last_payment_ts
+        out.append(None if last is None else (ts - last) / 1000)
+        n = profile.n
+        if n >= 2 and profile.m2 > 0.0:
+            out.append((amount - profile.mean) / math.sqrt(profile.m2 / n))
+        else:
+            out.append(None)
+        out.append(amount / profile.mean if n else None)
+        signup = profile.signup_ts
+        out.append(None if signup is None else (ts - signup) / 1000)
+        first = profile.first_payment_ts
+        if signup is None:
+            out.append(None)
+        else:
+            out.append(((ts if first is None else first) - signup) / 1000)
+        pairs = user.pairs_7d
+        horizon = ts - PAIR_WINDOW_MS
+        # Pairs are kept in last-payment order: merchants not paid for a week leave first.
+        stale = 0
+        for payments in pairs.values():
+            if payments[-1] > horizon:
+                break
+            stale += 1
+        for _ in range(stale):
+            del pairs[next(iter(pairs))]
+        pair = pairs.get(tx.merchant_id)
+        if pair is None:
+            out.append(0)
+        else:
+            while pair[0] <= horizon:
+                pair.popleft()
+            out.append(len(pair))
+        recent = user.recent_payments
+        drop_oldest(recent, ts - REFUND_LOOKBACK_MS)
+        if tx.kind == PAYMENT:
+            out.append(None)
+            log.add(ts, amount)
+            merchants.add(ts, tx.merchant_id)
+            if tx.device_id is not None:
+                devices.add(ts, tx.device_id)
+            if tx.ip is not None:
+                ips.add(ts, tx.ip)
+            if pair is None:
+                pair = deque()
+            else:
+                del pairs[tx.merchant_id]
+            pair.append(ts)
+            pairs[tx.merchant_id] = pair
+            recent[tx.tx_id] = ts
+            profile.last_payment_ts = ts
+            if first is None:
+                profile.first_payment_ts = ts
+            n += 1
+            delta = amount - profile.mean
+            profile.mean += delta / n
+            profile.m2 += delta * (amount - profile.mean)
+            profile.n = n
+        else:
+            paid = recent.get(tx.ref_tx_id) if tx.ref_tx_id is not None else None
+            out.append(None if paid is None else (ts - paid) / 1000)
+
+    def sweep(self, now_ms: int, ttl_ms: int) -> int:
+        """Drop expired activity, and profiles of users idle past the TTL (whose lifetime
+        facts then restart)."""
+        sweep_idle(self.activity, now_ms - ACTIVITY_TTL_MS)
+        return len(sweep_idle(self.profiles, now_ms - ttl_ms))

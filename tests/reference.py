@@ -1,0 +1,194 @@
+"""A brute-force reference for every feature: each value recomputed from the whole history of
+processed events by its written definition (O(n^2), for small inputs only).
+
+Shares nothing with `features/` but the definitions in docs/features.md: no windows, no
+incremental state. Events are given in processing order (event time, ties as the engine's).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.records import FRAUD, PAYMENT, Label, Signup, Transaction
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+YOUNG = 7 * DAY
+
+
+@dataclass
+class Paid:
+    tx: Transaction
+    young: bool  # the payer's account was younger than 7 days at the payment
+
+
+@dataclass
+class History:
+    utc_offset_minutes: int = 0
+    signups: dict[str, Signup] = field(default_factory=dict)  # first signup per user
+    signup_order: list[Signup] = field(default_factory=list)
+    payments: list[Paid] = field(default_factory=list)
+    refunds: list[Transaction] = field(default_factory=list)
+    labels: dict[str, bool] = field(default_factory=dict)  # tx_id -> fraud, latest wins
+
+    def apply(self, event: Signup | Transaction | Label) -> dict[str, Any] | None:
+        if isinstance(event, Signup):
+            if event.user_id not in self.signups:
+                self.signups[event.user_id] = event
+                self.signup_order.append(event)
+            return None
+        if isinstance(event, Label):
+            if event.tx_id is not None and any(p.tx.tx_id == event.tx_id for p in self.payments):
+                self.labels[event.tx_id] = event.label == FRAUD
+            return None
+        x = self.features(event)
+        if event.kind == PAYMENT:
+            age = self._age(event.user_id, event.ts)
+            self.payments.append(Paid(event, age is not None and age < YOUNG))
+        else:
+            self.refunds.append(event)
+        return x
+
+    def _age(self, user: str, t: int) -> int | None:
+        s = self.signups.get(user)
+        return None if s is None else t - s.ts
+
+    def features(self, tx: Transaction) -> dict[str, Any]:
+        t, u, m = tx.ts, tx.user_id, tx.merchant_id
+        x: dict[str, Any] = {
+            "amount_cents": tx.amount_cents,
+            "rebate_rate": tx.rebate_rate,
+            "is_refund": int(tx.kind != PAYMENT),
+        }
+        local = t + self.utc_offset_minutes * 60_000
+        x["is_night"] = int(local % DAY < 6 * HOUR)
+        x["is_weekend"] = int(((local // DAY) + 3) % 7 >= 5)
+
+        mine = [p.tx for p in self.payments if p.tx.user_id == u]
+        for label, width in (("30d", 30 * DAY), ("7d", 7 * DAY), ("24h", DAY), ("1h", HOUR)):
+            x[f"user_tx_count_{label}"] = sum(1 for p in mine if p.ts > t - width)
+        for label, width in (("30d", 30 * DAY), ("7d", 7 * DAY), ("24h", DAY), ("1h", HOUR)):
+            x[f"user_amount_sum_{label}"] = sum(p.amount_cents for p in mine if p.ts > t - width)
+        day = [p for p in mine if p.ts > t - DAY]
+        x["user_merchant_count_24h"] = len({p.merchant_id for p in day} | {m})
+        for name, attr in (("device", "device_id"), ("ip", "ip")):
+            current = getattr(tx, attr)
+            seen = {getattr(p, attr) for p in day} - {None}
+            x[f"user_{name}_count_24h"] = None if current is None else len(seen | {current})
+        x["seconds_since_prev_payment"] = (t - mine[-1].ts) / 1000 if mine else None
+        amounts = [p.amount_cents for p in mine]
+        if amounts:
+            mean = sum(amounts) / len(amounts)
+            var = sum((a - mean) ** 2 for a in amounts) / len(amounts)
+            x["user_amount_zscore"] = (
+                (tx.amount_cents - mean) / math.sqrt(var) if len(amounts) >= 2 and var else None
+            )
+            x["user_amount_to_mean"] = tx.amount_cents / mean
+        else:
+            x["user_amount_zscore"] = x["user_amount_to_mean"] = None
+        signup = self.signups.get(u)
+        x["user_account_age_s"] = None if signup is None else (t - signup.ts) / 1000
+        if signup is None:
+            x["signup_to_first_payment_s"] = None
+        else:
+            x["signup_to_first_payment_s"] = ((mine[0].ts if mine else t) - signup.ts) / 1000
+        x["user_merchant_tx_count_7d"] = sum(
+            1 for p in mine if p.merchant_id == m and p.ts > t - 7 * DAY
+        )
+        refunded = [p for p in mine if p.tx_id == tx.ref_tx_id and p.ts > t - 30 * DAY]
+        x["refund_delay_s"] = (
+            (t - refunded[0].ts) / 1000 if tx.kind != PAYMENT and refunded else None
+        )
+
+        at_m = [p for p in self.payments if p.tx.merchant_id == m]
+        m_day = [p for p in at_m if p.tx.ts > t - DAY]
+        m_hour = [p for p in at_m if p.tx.ts > t - HOUR]
+        x["merchant_tx_count_24h"] = len(m_day)
+        x["merchant_tx_count_1h"] = len(m_hour)
+        x["merchant_amount_sum_24h"] = sum(p.tx.amount_cents for p in m_day)
+        x["merchant_amount_sum_1h"] = sum(p.tx.amount_cents for p in m_hour)
+        x["merchant_user_count_24h"] = len({p.tx.user_id for p in m_day} | {u})
+        n = len(m_day)
+        if n:
+            per_user: dict[str, int] = {}
+            for p in m_day:
+                per_user[p.tx.user_id] = per_user.get(p.tx.user_id, 0) + 1
+            a = [p.tx.amount_cents for p in m_day]
+            mean = sum(a) / n
+            x["merchant_top_user_share_24h"] = max(per_user.values()) / n
+            x["merchant_young_account_share_24h"] = sum(p.young for p in m_day) / n
+            x["merchant_amount_cv_24h"] = (
+                math.sqrt(sum((v - mean) ** 2 for v in a) / n) / mean if n >= 2 else None
+            )
+            x["merchant_round_amount_share_24h"] = sum(v % 100 == 0 for v in a) / n
+            x["merchant_repeat_amount_share_24h"] = (n - len(set(a))) / n
+        else:
+            for name in ("top_user", "young_account", "amount_cv", "round_amount", "repeat_amount"):
+                key = (
+                    f"merchant_{name}_24h" if name == "amount_cv" else f"merchant_{name}_share_24h"
+                )
+                x[key] = None
+        m_30 = [p.tx for p in at_m if p.tx.ts > t - 30 * DAY]
+        refunds = [r for r in self.refunds if r.merchant_id == m and r.ts > t - 30 * DAY]
+        x["merchant_refund_rate_30d"] = len(refunds) / len(m_30) if m_30 else None
+        known = [self.labels[p.tx_id] for p in m_30 if p.tx_id in self.labels]
+        x["merchant_fraud_rate_30d"] = sum(known) / len(known) if known else None
+
+        x["rebate_rate_vs_category"] = self._vs_category(tx)
+
+        for name, attr, widths, signup_window in (
+            ("device", "device_id", (("24h", DAY), ("7d", 7 * DAY)), 7 * DAY),
+            ("ip", "ip", (("24h", DAY), ("7d", 7 * DAY)), 7 * DAY),
+            ("card", "card_id", (("30d", 30 * DAY),), None),
+        ):
+            key = getattr(tx, attr)
+            seen = [(p.tx.ts, p.tx.user_id) for p in self.payments if getattr(p.tx, attr) == key]
+            signups = [s for s in self.signup_order if getattr(s, attr, None) == key]
+            seen += [(s.ts, s.user_id) for s in signups]
+            for label, width in widths:
+                x[f"{name}_user_count_{label}"] = (
+                    None if key is None else len({w for ts, w in seen if ts > t - width} | {u})
+                )
+            if signup_window is not None:
+                x[f"{name}_signup_count_7d"] = (
+                    None if key is None else sum(1 for s in signups if s.ts > t - signup_window)
+                )
+
+        x.update(self._referral(u, t))
+        return x
+
+    def _vs_category(self, tx: Transaction) -> float | None:
+        if tx.merchant_category is None:
+            return None
+        latest: dict[str, float] = {}
+        for p in self.payments:
+            q = p.tx
+            if q.merchant_category == tx.merchant_category and q.ts > tx.ts - 30 * DAY:
+                latest[q.merchant_id] = q.rebate_rate
+        latest.pop(tx.merchant_id, None)
+        if not latest:
+            return None
+        return tx.rebate_rate - sum(latest.values()) / len(latest)
+
+    def _referral(self, user: str, t: int) -> dict[str, Any]:
+        none = {"referral_depth": None, "referrer_downline_size": None}
+        none["referrer_signups_24h"] = None
+        if user not in self.signups:
+            return none
+        depth: dict[str, int] = {}
+        for s in self.signup_order:  # depth fixed at signup: referrer's depth then, plus one
+            r = s.referrer_id
+            depth[s.user_id] = 0 if r is None or r == s.user_id else depth.get(r, 0) + 1
+        referrer = self.signups[user].referrer_id
+        if referrer is None or referrer == user:
+            return {**none, "referral_depth": depth[user]}
+        downline = [
+            s for s in self.signup_order if s.referrer_id == referrer and s.user_id != referrer
+        ]
+        return {
+            "referral_depth": depth[user],
+            "referrer_downline_size": len(downline),
+            "referrer_signups_24h": sum(1 for s in downline if s.ts > t - DAY),
+        }
