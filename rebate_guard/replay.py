@@ -30,6 +30,9 @@ KINDS: tuple[tuple[str, Parser], ...] = (
     ("transactions", parse_transaction),
 )
 
+# The tie-breaking id of each kind, first non-null wins (see scoring.order_key).
+ID_COLUMNS = {"signups": ("user_id",), "labels": ("tx_id", "user_id"), "transactions": ("tx_id",)}
+
 Schema = dict[str, pl.DataType | type[pl.DataType]]
 
 DECISION_SCHEMA: Schema = {
@@ -126,15 +129,17 @@ class EventFiles:
                 read_frame(path) if path is not None else pl.DataFrame({"ts": []}, {"ts": pl.Int64})
             )
             columns.append({c: frame[c].to_list() for c in frame.columns})
+            ids = [pl.col(c).cast(pl.String) for c in ID_COLUMNS[kind] if c in frame.columns]
             order = frame.select(
                 pl.col("ts"),
                 pl.lit(rank, pl.Int8).alias("rank"),
+                pl.coalesce(*ids, pl.lit("")).alias("id"),
                 pl.int_range(pl.len()).alias("row"),
             )
             for row in order.filter(pl.col("ts").is_null())["row"]:
                 self._dead(path, row, "missing or unreadable 'ts'")
             frames.append(order.filter(pl.col("ts").is_not_null()))
-        merged = pl.concat(frames).sort(["ts", "rank", "row"], maintain_order=True)
+        merged = pl.concat(frames).sort(["ts", "rank", "id", "row"], maintain_order=True)
         self.events = merged.height
         seen: set[str] = set()
         bar = Progress(merged.height, self.progress)

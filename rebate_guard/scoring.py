@@ -37,9 +37,23 @@ _RANK = {Signup: 0, Label: 1, Transaction: 2}
 MAX_REMEMBERED_FEATURES = 200_000
 
 
-def order_key(event: Event, seq: int) -> tuple[int, int, int]:
-    """Event-time order with ties broken by kind, then by input order `seq`."""
-    return (event.ts, _RANK[type(event)], seq)
+def order_key(event: Event, seq: int) -> tuple[int, int, str, int]:
+    """Event-time order: ts, then kind, then the event's id, then input order `seq`.
+
+    The id (tx_id; user_id for a signup; tx_id or else user_id for a label) breaks ties
+    because a partitioned log has no input order across partitions: it is the one order that
+    replay, one worker and N workers over any partitioning all reproduce. Input order only
+    separates events with the same id (a repeated tx_id: the first stands).
+    """
+    return (event.ts, _RANK[type(event)], event_id(event), seq)
+
+
+def event_id(event: Event) -> str:
+    if isinstance(event, Transaction):
+        return event.tx_id
+    if isinstance(event, Signup):
+        return event.user_id
+    return event.tx_id if event.tx_id is not None else (event.user_id or "")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 The engine keeps incremental windows; this recomputes each feature from scratch by joining every
 transaction with all earlier events and filtering to the window, so the two share no logic
 beyond the definitions: "earlier" is the replay order (ts, then signups < labels <
-transactions, then input row); windows are (t - width, t]; payments only, refunds excluded.
+transactions, then the event's id, then input row); windows are (t - width, t]; payments
+only, refunds excluded.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ DAY = 24 * HOUR
 def _ordered(
     tx: pl.DataFrame, signups: pl.DataFrame, labels: pl.DataFrame
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    ids = {0: pl.col("user_id"), 1: pl.coalesce("tx_id", "user_id", pl.lit("")), 2: pl.col("tx_id")}
     parts = [
-        f.select("ts", pl.lit(rank).alias("rank"), pl.int_range(pl.len()).alias("row"))
+        f.select(
+            "ts",
+            pl.lit(rank).alias("rank"),
+            ids[rank].cast(pl.String).alias("id"),
+            pl.int_range(pl.len()).alias("row"),
+        )
         for rank, f in ((0, signups), (1, labels), (2, tx))
     ]
     order = (
         pl.concat(parts)
-        .sort("ts", "rank", "row")
+        .sort("ts", "rank", "id", "row")
         .with_row_index("seq")
         .select("rank", "row", "seq")
     )

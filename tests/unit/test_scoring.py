@@ -44,7 +44,7 @@ def test_refunds_request_no_rebate() -> None:
     assert d.rebate_requested_cents == d.rebate_granted_cents == 0
 
 
-def test_events_order_by_time_then_kind_then_input() -> None:
+def test_events_order_by_time_then_kind_then_id() -> None:
     s = parse_signup(signup("u", T0))
     t = parse_transaction(tx("t", T0))
     lab = parse_label(label("t", T0))
@@ -53,6 +53,10 @@ def test_events_order_by_time_then_kind_then_input() -> None:
         (lab, 0),
         (t, 1),
     ]
+    # Same ts and kind: the id decides, whatever the input order.
+    t2 = parse_transaction(tx("a2", T0))
+    t1 = parse_transaction(tx("a1", T0))
+    assert sorted([(t2, 0), (t1, 1)], key=lambda p: order_key(*p)) == [(t1, 1), (t2, 0)]
     # Replay ranks kinds by their position in KINDS: it must agree with order_key.
     from rebate_guard.replay import KINDS
 
