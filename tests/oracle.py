@@ -42,17 +42,35 @@ def _ordered(
     return with_seq(tx, 2), with_seq(signups, 0), with_seq(labels, 1)
 
 
+def _near(frame: pl.DataFrame, width: int) -> pl.DataFrame:
+    """Each earlier event twice, tagged with its own time bucket and the next one.
+
+    A window (t - width, t] touches only t's bucket and the one before it (buckets are `width`
+    long), so joining on the bucket as well as the key bounds the join to about two windows of
+    events per row instead of the key's whole history (which explodes at 1M transactions).
+    """
+    bucket = pl.col("ts") // width
+    return pl.concat(
+        [frame.with_columns(bucket.alias("b")), frame.with_columns((bucket + 1).alias("b"))]
+    )
+
+
+def _bucketed(frame: pl.DataFrame, width: int) -> pl.DataFrame:
+    return frame.with_columns((pl.col("ts") // width).alias("b"))
+
+
 def _window_count_sum(
     cur: pl.DataFrame, prev: pl.DataFrame, on: list[str], width: int, prefix: str
 ) -> pl.DataFrame:
-    joined = cur.select("tx_id", "ts", "seq", *on).join(
-        prev.select(
+    joined = _bucketed(cur.select("tx_id", "ts", "seq", *on), width).join(
+        _near(prev.select(*on, "ts", "seq", "amount_cents"), width).select(
             *on,
+            "b",
             pl.col("ts").alias("p_ts"),
             pl.col("seq").alias("p_seq"),
             pl.col("amount_cents").alias("p_amount"),
         ),
-        on=on,
+        on=[*on, "b"],
     )
     inside = joined.filter(
         (pl.col("p_seq") < pl.col("seq")) & (pl.col("p_ts") > pl.col("ts") - width)
@@ -68,14 +86,17 @@ def _distinct_users(
     cur: pl.DataFrame, sightings: pl.DataFrame, key: str, width: int, name: str
 ) -> pl.DataFrame:
     mine = cur.filter(pl.col(key).is_not_null()).select("tx_id", "ts", "seq", "user_id", key)
-    joined = mine.join(
-        sightings.select(
-            key,
-            pl.col("user_id").alias("s_user"),
-            pl.col("ts").alias("s_ts"),
-            pl.col("seq").alias("s_seq"),
-        ),
-        on=key,
+    joined = (
+        _bucketed(mine, width).join(
+            _near(sightings.filter(pl.col(key).is_not_null()), width).select(
+                key,
+                "b",
+                pl.col("user_id").alias("s_user"),
+                pl.col("ts").alias("s_ts"),
+                pl.col("seq").alias("s_seq"),
+            ),
+            on=[key, "b"],
+        )
     ).filter((pl.col("s_seq") < pl.col("seq")) & (pl.col("s_ts") > pl.col("ts") - width))
     members = pl.concat(
         [
@@ -138,7 +159,7 @@ def named_features(
         .filter(pl.col("s_seq") < pl.col("seq"))
         .sort("s_seq")
         .group_by("tx_id")
-        .agg((pl.col("ts") - pl.col("s_ts")).last().alias("age_ms"))
+        .agg((pl.col("ts") - pl.col("s_ts")).first().alias("age_ms"))
     )
     # Polars divides by a constant through its reciprocal (not correctly rounded); seconds are
     # defined as the exact quotient, so divide in Python.
@@ -148,25 +169,27 @@ def named_features(
     out = out.join(age, on="tx_id", how="left")
     # merchant_fraud_rate_30d: previous payments at the merchant in (t - 30 d, t] whose label
     # has arrived by t (the latest such label per payment), share labelled fraud.
-    prev = (
-        tx.select("tx_id", "merchant_id", "ts", "seq")
-        .join(
-            pay.select(
-                "merchant_id",
-                pl.col("tx_id").alias("p_tx"),
-                pl.col("ts").alias("p_ts"),
-                pl.col("seq").alias("p_seq"),
-            ),
-            on="merchant_id",
-        )
-        .filter((pl.col("p_seq") < pl.col("seq")) & (pl.col("p_ts") > pl.col("ts") - 30 * DAY))
-    )
+    # Only payments that ever get a label matter: join those (few) rather than every payment.
     tx_labels = lb.filter(pl.col("tx_id").is_not_null()).select(
         pl.col("tx_id").alias("p_tx"), pl.col("seq").alias("l_seq"), "label"
     )
+    labelled = pay.select(
+        "merchant_id", pl.col("tx_id").alias("p_tx"), "ts", pl.col("seq").alias("p_seq")
+    ).join(tx_labels, on="p_tx")
+    width = 30 * DAY
     latest = (
-        prev.join(tx_labels, on="p_tx")
-        .filter(pl.col("l_seq") < pl.col("seq"))
+        _bucketed(tx.select("tx_id", "merchant_id", "ts", "seq"), width)
+        .join(
+            _near(labelled, width).select(
+                "merchant_id", "b", "p_tx", pl.col("ts").alias("p_ts"), "p_seq", "l_seq", "label"
+            ),
+            on=["merchant_id", "b"],
+        )
+        .filter(
+            (pl.col("p_seq") < pl.col("seq"))
+            & (pl.col("p_ts") > pl.col("ts") - width)
+            & (pl.col("l_seq") < pl.col("seq"))
+        )
         .sort("l_seq")
         .group_by("tx_id", "p_tx")
         .agg(pl.col("label").last())
