@@ -90,6 +90,10 @@ class Scorer:
             self.detector.learn_one(x, event.label == FRAUD)
 
     def transaction(self, tx: Transaction, decided_at: int) -> Decision:
+        return self.decide(tx, decided_at)[0]
+
+    def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
+        """The decision on `tx` and the feature vector it was made from."""
         x = self.features.transaction(tx)
         risk = self.detector.score_one(x)
         reasons = self.detector.explain_one(x)
@@ -103,7 +107,7 @@ class Scorer:
             requested = 0
             action, granted = self.policy.decide(weight, 0)
         self._remember(tx.tx_id, x)
-        return build(
+        decision = build(
             Decision,
             tx_id=tx.tx_id,
             ts=tx.ts,
@@ -119,6 +123,7 @@ class Scorer:
             decided_at=decided_at,
             policy_version=self.policy.version,
         )
+        return decision, x
 
     def _remember(self, tx_id: str, x: Features) -> None:
         self.remembered[tx_id] = x

@@ -103,6 +103,31 @@ class Settings:
         default=500.0,
         metadata=_doc("Transactions per second `rebate-guard up` feeds into the pipeline."),
     )
+    checkpoint_interval_s: float = field(
+        default=10.0,
+        metadata=_doc(
+            "How often the worker checkpoints its feature state with its input offsets to "
+            "Redis; input is acknowledged only once a checkpoint covers it."
+        ),
+    )
+    allowed_lateness_ms: int = field(
+        default=2000,
+        metadata=_doc(
+            "How far out of event-time order one input partition may deliver; events later "
+            "than that are processed on arrival and counted as late."
+        ),
+    )
+    source_idle_s: float = field(
+        default=2.0,
+        metadata=_doc(
+            "A partition silent this long stops holding back event time (e.g. a quiet labels "
+            "partition); it rejoins when it delivers again."
+        ),
+    )
+    log_features: bool = field(
+        default=True,
+        metadata=_doc("Publish every transaction's feature vector to the `features` topic."),
+    )
     local_utc_offset_minutes: int = field(
         default=0,
         metadata=_doc(
@@ -167,6 +192,10 @@ class Settings:
             raise SettingsError("RG_LOG_LEVEL must be one of debug, info, warning, error")
         if not -14 * 60 <= self.local_utc_offset_minutes <= 14 * 60:
             raise SettingsError("RG_LOCAL_UTC_OFFSET_MINUTES must be within -840..840")
+        if self.checkpoint_interval_s <= 0 or self.source_idle_s <= 0:
+            raise SettingsError("RG_CHECKPOINT_INTERVAL_S and RG_SOURCE_IDLE_S must be positive")
+        if self.allowed_lateness_ms < 0:
+            raise SettingsError("RG_ALLOWED_LATENESS_MS must not be negative")
         if self.user_ttl_days < 31:
             raise SettingsError("RG_USER_TTL_DAYS must be at least 31 (the longest window)")
 

@@ -14,8 +14,11 @@ releases them in that order once no source can still send anything earlier:
 An event that arrives with ts below the watermark already passed is *late*: its place in the
 order has been given away. It is released at once, in arrival order, and counted; its features
 then reflect what was known when it arrived rather than its own ts (documented in
-docs/features.md). A source that has never delivered holds the watermark back; `finish` (end of
-input, e.g. a replay or a drained topic) releases everything.
+docs/features.md). A source that has never delivered holds the watermark back, until the
+caller declares it `idle` (the worker does so after `RG_SOURCE_IDLE_S` of silence, e.g. a
+quiet labels partition); an idle source is left out of the watermark until it delivers again.
+When every source is idle everything buffered is released. `finish` (end of input) does the
+same unconditionally.
 
 Pure: `(state, event) -> (state, released events)` with no I/O and no clock, so the same input
 gives the same output whatever the batch boundaries, and the state pickles into checkpoints.
@@ -47,6 +50,7 @@ class Aligner(Generic[S]):
     sources: frozenset[S]
     lateness_ms: int = 0
     high: dict[S, int] = field(default_factory=dict)
+    idle_sources: set[S] = field(default_factory=set)
     #: (order key, arrival number, event): the arrival number keeps equal keys in arrival order.
     buffer: list[tuple[tuple[int, int, str, int], int, Event]] = field(default_factory=list)
     watermark: int = _START
@@ -58,6 +62,8 @@ class Aligner(Generic[S]):
         if source not in self.sources:
             raise KeyError(f"unknown source {source!r}")
         self.arrivals += 1
+        woke = source in self.idle_sources
+        self.idle_sources.discard(source)
         if event.ts < self.watermark:
             self.late += 1
             return [Released(event, late=True)]
@@ -66,7 +72,21 @@ class Aligner(Generic[S]):
         if event.ts > self.high.get(source, _START):
             self.high[source] = event.ts
             return self._advance()
-        return []
+        return self._advance() if woke else []
+
+    def idle(self, source: S) -> list[Released]:
+        """`source` is quiet: stop waiting for it (until it delivers again)."""
+        if source not in self.sources or source in self.idle_sources:
+            return []
+        self.idle_sources.add(source)
+        return self._advance()
+
+    def set_sources(self, sources: frozenset[S]) -> list[Released]:
+        """The sources changed (partitions assigned or revoked)."""
+        self.sources = sources
+        self.high = {s: h for s, h in self.high.items() if s in sources}
+        self.idle_sources &= sources
+        return self._advance()
 
     def offer_many(self, source: S, events: Iterable[Event]) -> list[Released]:
         out: list[Released] = []
@@ -86,9 +106,12 @@ class Aligner(Generic[S]):
         return len(self.buffer)
 
     def _advance(self) -> list[Released]:
-        if len(self.high) < len(self.sources):
+        active = self.sources - self.idle_sources
+        if not active:
+            return self.finish() if self.buffer else []
+        if any(s not in self.high for s in active):
             return []  # a source not heard from yet could still send anything
-        watermark = min(self.high.values()) - self.lateness_ms
+        watermark = min(self.high[s] for s in active) - self.lateness_ms
         if watermark <= self.watermark:
             return []
         self.watermark = watermark

@@ -1,21 +1,30 @@
 """The Faust worker: thin agents over the input topics, delegating to `BatchProcessor`.
 
-One agent per input topic (transactions, signups, labels), all sharing one `Scorer`. The
-input topics are co-partitioned and keyed by user_id, so one worker sees a user's signup and
-payments. Agents batch with `take_events` and acknowledge a batch only after its decisions
-are stored and produced (see streams/processor.py).
+One agent per input topic (transactions, signups, labels), all sharing one processor, which
+merges them into event-time order (streams/alignment.py). Agents batch with `take_events`.
+
+Recovery is by checkpoint, not by Faust's changelogs (which Tansu's ListOffsets bug breaks):
+every `RG_CHECKPOINT_INTERVAL_S` the processor's whole state, with the next input offset of
+every partition, is written to Redis; only then are the input messages it covers acknowledged
+(each message holds an extra reference until that point), so the committed offsets never run
+ahead of the checkpoint. After a crash the worker restores the checkpoint for its partitions
+and Faust re-delivers from the committed offsets; what the checkpoint already covers is skipped
+by offset. The state after recovery is therefore exactly that of an uninterrupted run.
+Checkpoints are per set of assigned partitions: exact recovery holds for a worker that gets the
+same partitions back (always, with one worker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT, Message
 from mode import Service
 
 from features.engine import FeatureEngine
@@ -29,8 +38,14 @@ from streams.store import DecisionStore, RedisDecisionStore
 log = logging.getLogger(__name__)
 
 
+def checkpoint_name(sources: frozenset[tuple[str, int]]) -> str:
+    """Checkpoints are named by the exact set of input partitions whose state they hold."""
+    listing = ",".join(f"{t}:{p}" for t, p in sorted(sources))
+    return "features-" + hashlib.sha1(listing.encode()).hexdigest()[:16]
+
+
 class Runtime:
-    """What the agents share: the processor and the I/O clients it uses."""
+    """What the agents share: the processor, the I/O clients it uses, and the checkpoints."""
 
     def __init__(self, settings: Settings, store: DecisionStore, sink: Sink) -> None:
         self.settings = settings
@@ -39,23 +54,75 @@ class Runtime:
         self.processor = BatchProcessor(
             Scorer(features=FeatureEngine(settings.engine_config())), store, sink, settings
         )
+        # The processor's state is touched by three agents, a timer and rebalances: one at a
+        # time, and never in the middle of a batch.
+        self.lock = asyncio.Lock()
         self.ready = asyncio.Event()
-        if not isinstance(sink, KafkaSink):
+        #: With a real broker, input is acknowledged only once a checkpoint covers it; the
+        #: in-memory test contexts have no broker to commit to.
+        self.hold_acks = isinstance(sink, KafkaSink)
+        self.held: list[Message] = []
+        self.ack: Any = None  # set by create_worker: acknowledges one held message
+        self.checkpoint_name: str | None = None
+        if not self.hold_acks:
             self.ready.set()
 
     async def start(self) -> None:
         if isinstance(self.sink, KafkaSink):
             await self.sink.start()
-        self.ready.set()
 
     async def stop(self) -> None:
+        if self.checkpoint_name is not None:
+            await self.checkpoint()
         if isinstance(self.sink, KafkaSink):
             await self.sink.stop()
         if isinstance(self.store, RedisDecisionStore):
             await self.store.close()
 
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        inputs = {self.settings.topic(k) for k in INPUT_TOPICS}
+        sources = frozenset((tp.topic, tp.partition) for tp in assigned if tp.topic in inputs)
+        async with self.lock:
+            name = checkpoint_name(sources)
+            if name != self.checkpoint_name:
+                blob = await self.store.load_checkpoint(name)
+                if blob is not None:
+                    self.processor.restore(blob)
+                    log.info("restored checkpoint %s (%d bytes)", name, len(blob))
+                elif self.checkpoint_name is not None:
+                    log.warning(
+                        "no checkpoint for the new partition set %s: feature state carries "
+                        "over from the previous assignment",
+                        sorted(sources),
+                    )
+                self.checkpoint_name = name
+            await self.processor.assign(sources)
+        self.ready.set()
+
+    async def checkpoint(self) -> None:
+        """Save the state with its offsets, then acknowledge the input it covers."""
+        async with self.lock:
+            if self.checkpoint_name is None:
+                return
+            blob = self.processor.snapshot()
+            await self.processor._retry(
+                "save checkpoint",
+                lambda: self.store.save_checkpoint(self.checkpoint_name or "", blob),
+            )
+            held, self.held = self.held, []
+        for message in held:
+            self.ack(message)
+        self.processor.counters.checkpoints += 1
+
+    async def tick(self) -> None:
+        async with self.lock:
+            await self.processor.tick()
+
     async def handle(self, kind: str, events: Sequence[EventT]) -> BatchOutcome:
         await self.ready.wait()
+        if self.hold_acks:
+            for event in events:  # take_events acks the batch; this keeps it unacked
+                event.message.incref()
         raw = [
             RawEvent(
                 topic=e.message.topic,
@@ -69,12 +136,21 @@ class Runtime:
         # Faust acknowledges a `take_events` batch in a `finally`, even when the agent is
         # cancelled mid-batch (shutdown, rebalance). Finish the batch first, so what is
         # acknowledged has really been decided, stored and produced.
-        task = asyncio.ensure_future(self.processor.handle(kind, raw))
+        task = asyncio.ensure_future(self._handle(kind, raw, [e.message for e in events]))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             await task
             raise
+
+    async def _handle(
+        self, kind: str, raw: list[RawEvent], messages: list[Message]
+    ) -> BatchOutcome:
+        async with self.lock:
+            outcome = await self.processor.handle(kind, raw)
+            if self.hold_acks:
+                self.held.extend(messages)
+            return outcome
 
 
 @dataclass
@@ -103,12 +179,17 @@ def create_worker(
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Input stays unacknowledged until a checkpoint covers it, so Faust must not wait for
+        # "all acked" before a rebalance or shutdown; the checkpoint offsets make that safe.
+        stream_wait_empty=False,
     )
     runtime = Runtime(
         settings,
         store if store is not None else RedisDecisionStore(settings),
         sink if sink is not None else KafkaSink(settings),
     )
+
+    runtime.ack = lambda message: message.ack(app.consumer)
 
     @app.service
     class PipelineService(Service):
@@ -117,6 +198,22 @@ def create_worker(
 
         async def on_stop(self) -> None:
             await runtime.stop()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await runtime.on_assigned(set(args[0]))  # the signal sends the assigned TPs
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await runtime.checkpoint()  # whoever gets the partitions next resumes from here
+
+    @app.timer(interval=settings.checkpoint_interval_s)
+    async def checkpoint() -> None:
+        await runtime.checkpoint()
+
+    @app.timer(interval=min(0.5, settings.source_idle_s / 2))
+    async def release_idle_sources() -> None:
+        await runtime.tick()
 
     agents: dict[str, Any] = {}
     for kind in INPUT_TOPICS:

@@ -1,38 +1,45 @@
-"""One batch of raw input events -> state updates, decisions, dead letters. Agents call this.
+"""Raw input batches -> event-time-ordered state updates, decisions, dead letters.
 
-Per transaction batch (at-least-once input, exactly-once effects):
-1. parse every event; what breaks the contract becomes a dead letter with the reason;
-2. drop repeats of a tx_id inside the batch, and look up which tx_ids already have a
-   decision in Redis (a redelivery): those are answered with the stored decision, and do not
-   touch scoring state again;
-3. score the new ones in event-time order (pure `Scorer`);
-4. store them first-write-wins in Redis (one Lua call); a decision some other delivery stored
-   meanwhile wins over ours;
-5. produce the standing decision of every transaction in the batch, and the dead letters,
-   and wait until the broker has them. Only then does the agent acknowledge the batch.
-A crash anywhere before 5 completes means redelivery, which lands in step 2.
-Failures of Redis or the broker are retried (with backoff) rather than raised: an exception
-would make Faust acknowledge the batch unprocessed.
+At-least-once input, exactly-once effects:
+1. every message is parsed; what breaks the contract becomes a dead letter with the reason;
+2. a message at an offset the state already covers (re-read after a restart) is skipped;
+3. valid events go through the `Aligner`, which releases them in replay order across all
+   assigned partitions of the three input topics (event time, then kind, then id);
+4. released events update the `Scorer` in that order; a transaction whose tx_id was already
+   seen (a second message for it) keeps its first decision and does not touch state again;
+5. new decisions are stored first-write-wins in Redis (one Lua call; after a restart from a
+   checkpoint a re-decided transaction finds its earlier decision there, which stands), then
+   the standing decisions, their feature vectors and the dead letters are produced and
+   awaited.
+The state (scorer, aligner buffer, offsets, seen tx_ids) is checkpointed with `snapshot()`;
+`restore()` plus re-reading input from the checkpoint's offsets gives exactly the state of an
+uninterrupted run. Failures of Redis or the broker are retried (with backoff), never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rebate_guard.scoring import Event, Scorer, order_key
+from features.windows import drop_oldest
+from rebate_guard.scoring import Event, Scorer
 from rebate_guard.settings import Settings
+from streams.alignment import Aligner, Released
 from streams.records import (
     DEAD_LETTERS,
     DECISIONS,
+    FEATURES,
     LABELS,
     SIGNUPS,
     TRANSACTIONS,
     DeadLetter,
+    Decision,
+    FeatureVector,
     Transaction,
 )
 from streams.sink import Sink
@@ -55,6 +62,8 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
 
 T = TypeVar("T")
 
+Source = tuple[str, int]  # (topic, partition)
+
 
 @dataclass(frozen=True)
 class RawEvent:
@@ -73,6 +82,8 @@ class BatchOutcome:
     redelivered: int = 0
     dead_letters: int = 0
     applied: int = 0
+    skipped: int = 0  # offsets the state already covered
+    late: int = 0
 
 
 @dataclass
@@ -85,6 +96,20 @@ class Counters:
     redelivered: int = 0
     dead_letters: int = 0
     retries: int = 0
+    late: int = 0
+    checkpoints: int = 0
+
+
+@dataclass
+class ProcessorState:
+    """Everything a checkpoint must carry to resume exactly."""
+
+    scorer: Scorer
+    aligner: Aligner[Source]
+    #: Next offset to read per source: everything before it is in the state.
+    next_offset: dict[Source, int] = field(default_factory=dict)
+    #: tx_id -> ts of transactions decided, oldest first, kept for the decision TTL.
+    seen: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,52 +122,136 @@ class BatchProcessor:
     counters: Counters = field(default_factory=Counters)
     retry_base_s: float = 0.2
     retry_max_s: float = 5.0
+    #: Wall-clock time each source last delivered (not checkpointed: a clock, not state).
+    heard: dict[Source, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        aligner: Aligner[Source] = Aligner(frozenset(), self.settings.allowed_lateness_ms)
+        self.state = ProcessorState(self.scorer, aligner)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes) -> None:
+        state = pickle.loads(blob)
+        if not isinstance(state, ProcessorState):
+            raise TypeError(f"not a processor checkpoint: {type(state).__name__}")
+        self.state = state
+        self.scorer = state.scorer
+
+    @property
+    def offsets(self) -> dict[Source, int]:
+        return dict(self.state.next_offset)
+
+    async def assign(self, sources: frozenset[Source]) -> BatchOutcome:
+        """The partitions this worker reads changed (a rebalance)."""
+        now = self.clock()
+        for source in sources:
+            self.heard.setdefault(source, now)
+        outcome = BatchOutcome()
+        await self._apply(self.state.aligner.set_sources(sources), outcome)
+        return outcome
+
+    # --- input ----------------------------------------------------------------------------
     async def handle(self, kind: str, raw: Sequence[RawEvent]) -> BatchOutcome:
         """Process one batch from the input topic `kind` (a contract name, no prefix)."""
         parser = PARSERS[kind]
-        events: list[tuple[Event, RawEvent]] = []
+        state = self.state
+        aligner = state.aligner
+        outcome = BatchOutcome()
         dead: list[DeadLetter] = []
+        released: list[Released] = []
+        now = self.clock()
         for message in raw:
+            source = (message.topic, message.partition)
+            if message.offset < state.next_offset.get(source, 0):
+                outcome.skipped += 1
+                continue
+            state.next_offset[source] = message.offset + 1
+            self.heard[source] = now
             try:
-                events.append((parser(decode_json_object(message.value)), message))
+                event = parser(decode_json_object(message.value))
             except InvalidEvent as exc:
                 dead.append(self._dead_letter(message, str(exc)))
-        outcome = BatchOutcome(dead_letters=len(dead))
-        if kind == TRANSACTIONS:
-            await self._transactions(events, outcome)
-        else:
-            ordered = sorted(enumerate(e for e, _ in events), key=lambda p: order_key(p[1], p[0]))
-            for _, event in ordered:
-                self.scorer.apply(event, decided_at=self._now_ms())
-            outcome.applied = len(events)
+                continue
+            if source not in aligner.sources:  # delivered before its assignment was seen
+                released += aligner.set_sources(aligner.sources | {source})
+            released += aligner.offer(source, event)
+        outcome.dead_letters = len(dead)
+        await self._apply(released, outcome)
         if dead:
             await self._dead_letters(dead)
         self._count(len(raw), outcome)
         return outcome
 
-    async def _transactions(
-        self, events: list[tuple[Event, RawEvent]], outcome: BatchOutcome
+    async def tick(self) -> BatchOutcome:
+        """Called periodically: sources silent for `source_idle_s` stop holding event time."""
+        now = self.clock()
+        idle_after = self.settings.source_idle_s
+        released: list[Released] = []
+        for source in self.state.aligner.sources:
+            if now - self.heard.get(source, now) >= idle_after:
+                released += self.state.aligner.idle(source)
+        outcome = BatchOutcome()
+        await self._apply(released, outcome)
+        self._count(0, outcome)
+        return outcome
+
+    async def _apply(self, released: list[Released], outcome: BatchOutcome) -> None:
+        scorer, seen = self.scorer, self.state.seen
+        decisions: list[tuple[Decision, dict[str, Any]]] = []
+        repeats: list[str] = []
+        order: list[str] = []
+        for item in released:
+            event = item.event
+            outcome.late += item.late
+            if not isinstance(event, Transaction):
+                scorer.apply(event, decided_at=self._now_ms())
+                outcome.applied += 1
+                continue
+            order.append(event.tx_id)
+            if event.tx_id in seen:
+                repeats.append(event.tx_id)  # a second message for it: the first stands
+                continue
+            seen[event.tx_id] = event.ts
+            decisions.append(scorer.decide(event, decided_at=self._now_ms()))
+        if decisions:
+            # Forget tx_ids once their decisions' idempotency horizon has passed.
+            horizon = decisions[-1][0].ts - self.settings.decision_ttl_s * 1000
+            drop_oldest(seen, horizon)
+        if order:
+            await self._publish(decisions, repeats, order, outcome)
+
+    async def _publish(
+        self,
+        decisions: list[tuple[Decision, dict[str, Any]]],
+        repeats: list[str],
+        order: list[str],
+        outcome: BatchOutcome,
     ) -> None:
-        batch: dict[str, Transaction] = {}
-        for event, _ in events:
-            assert isinstance(event, Transaction)
-            batch.setdefault(event.tx_id, event)  # a repeat inside the batch: first stands
-        tx_ids = list(batch)
-        stored = await self._retry("read decisions", lambda: self.store.get_many(tx_ids))
-        fresh = [tx for tx in batch.values() if tx.tx_id not in stored]
-        ordered = sorted(enumerate(fresh), key=lambda p: order_key(p[1], p[0]))
-        decisions = [self.scorer.transaction(tx, decided_at=self._now_ms()) for _, tx in ordered]
-        items = [(d.tx_id, d.dumps()) for d in decisions]
+        items = [(d.tx_id, d.dumps()) for d, _ in decisions]
         existing = await self._retry("store decisions", lambda: self.store.put_new(items))
-        standing: dict[str, bytes] = dict(stored)
+        standing: dict[str, bytes] = {}
         for (tx_id, value), prior in zip(items, existing, strict=True):
             standing[tx_id] = value if prior is None else prior
+        earlier = [t for t in repeats if t not in standing]
+        if earlier:  # decided in an earlier batch: answer with what Redis holds
+            standing.update(
+                await self._retry("read decisions", lambda: self.store.get_many(earlier))
+            )
         outcome.decided = sum(1 for prior in existing if prior is None)
-        outcome.redelivered = len(events) - outcome.decided
-        records = [(tx_id.encode(), standing[tx_id]) for tx_id in tx_ids]
+        outcome.redelivered = len(order) - outcome.decided
+        records = [(tx_id.encode(), standing[tx_id]) for tx_id in order if tx_id in standing]
         topic = self.settings.topic(DECISIONS)
         await self._retry("produce decisions", lambda: self.sink.send_many(topic, records))
+        if self.settings.log_features and decisions:
+            vectors = [
+                (d.tx_id.encode(), FeatureVector(tx_id=d.tx_id, ts=d.ts, features=x).dumps())
+                for d, x in decisions
+            ]
+            topic = self.settings.topic(FEATURES)
+            await self._retry("produce features", lambda: self.sink.send_many(topic, vectors))
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         topic = self.settings.topic(DEAD_LETTERS)
@@ -186,6 +295,7 @@ class BatchProcessor:
         c.decided += outcome.decided
         c.redelivered += outcome.redelivered
         c.dead_letters += outcome.dead_letters
+        c.late += outcome.late
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -17,8 +17,9 @@ LABELS = "labels"
 DECISIONS = "decisions"
 RINGS = "rings"
 DEAD_LETTERS = "dead-letters"
+FEATURES = "features"
 INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
-OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS)
+OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES)
 
 PAYMENT = "payment"
 REFUND = "refund"
@@ -101,6 +102,14 @@ class Ring(faust.Record, serializer="json", include_metadata=False):
     detected_at: int
     rebate_at_risk_cents: int
     evidence: dict[str, Any]
+
+
+class FeatureVector(faust.Record, serializer="json", include_metadata=False):
+    """What the models saw for one transaction: the training log, free of serving skew."""
+
+    tx_id: str
+    ts: int
+    features: dict[str, Any]
 
 
 class DeadLetter(faust.Record, serializer="json", include_metadata=False):

@@ -9,6 +9,7 @@ redelivered transaction is always answered with the first decision: never a seco
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +66,9 @@ class Keys:
     def dead_letter(self, topic: str, partition: int, offset: int) -> str:
         return f"{self.prefix}dead:{topic}:{partition}:{offset}"
 
+    def checkpoint(self, name: str) -> str:
+        return f"{self.prefix}checkpoint:{name}"
+
 
 class DecisionStore(Protocol):
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]: ...
@@ -77,6 +81,16 @@ class DecisionStore(Protocol):
     async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int: ...
 
     async def stats(self) -> dict[str, Any]: ...
+
+    async def save_checkpoint(self, name: str, blob: bytes) -> None:
+        """Replace checkpoint `name` atomically: a reader sees the old one or the new one."""
+        ...
+
+    async def load_checkpoint(self, name: str) -> bytes | None: ...
+
+
+# Redis strings hold at most 512 MB; checkpoints are written in chunks well below that.
+CHECKPOINT_CHUNK = 64 * 1024 * 1024
 
 
 class RedisDecisionStore:
@@ -112,6 +126,37 @@ class RedisDecisionStore:
         keys = [self.keys.stats] + [self.keys.dead_letter(*p) for p in positions]
         return int(await self._dead(keys=keys, args=[self.ttl]))
 
+    async def save_checkpoint(self, name: str, blob: bytes) -> None:
+        # New chunks under a fresh generation first, then one SET flips the pointer, then the
+        # old generation goes: a crash at any point leaves a complete checkpoint readable.
+        base = self.keys.checkpoint(name)
+        old = await self.client.get(base)
+        generation = uuid.uuid4().hex
+        chunks = [blob[i : i + CHECKPOINT_CHUNK] for i in range(0, len(blob), CHECKPOINT_CHUNK)]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i, chunk in enumerate(chunks or [b""]):
+                pipe.set(f"{base}:{generation}:{i}", chunk)
+            await pipe.execute()
+        pointer = json.dumps({"generation": generation, "chunks": max(len(chunks), 1)})
+        await self.client.set(base, pointer)
+        if old is not None:
+            previous = json.loads(old)
+            stale = [f"{base}:{previous['generation']}:{i}" for i in range(previous["chunks"])]
+            await self.client.delete(*stale)
+
+    async def load_checkpoint(self, name: str) -> bytes | None:
+        base = self.keys.checkpoint(name)
+        pointer = await self.client.get(base)
+        if pointer is None:
+            return None
+        meta = json.loads(pointer)
+        keys = [f"{base}:{meta['generation']}:{i}" for i in range(meta["chunks"])]
+        parts = await self.client.mget(keys)
+        present = [_bytes(p) for p in parts if p is not None]
+        if len(present) != len(parts):
+            raise RuntimeError(f"checkpoint {name!r} is incomplete in Redis")
+        return b"".join(present)
+
     async def get(self, tx_id: str) -> bytes | None:
         value = await self.client.get(self.keys.decision(tx_id))
         return None if value is None else _bytes(value)
@@ -135,6 +180,7 @@ class MemoryDecisionStore:
     decisions: dict[str, bytes] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     dead: set[tuple[str, int, int]] = field(default_factory=set)
+    checkpoints: dict[str, bytes] = field(default_factory=dict)
 
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
         return {t: self.decisions[t] for t in tx_ids if t in self.decisions}
@@ -165,3 +211,9 @@ class MemoryDecisionStore:
 
     async def stats(self) -> dict[str, Any]:
         return {"counters": dict(self.counters), "recent": []}
+
+    async def save_checkpoint(self, name: str, blob: bytes) -> None:
+        self.checkpoints[name] = blob
+
+    async def load_checkpoint(self, name: str) -> bytes | None:
+        return self.checkpoints.get(name)

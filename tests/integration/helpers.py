@@ -89,6 +89,18 @@ def wait_for(
         time.sleep(0.2)
 
 
+def wait_for_decisions(
+    settings: Settings, at_least: int, worker: WorkerProcess, timeout: float = 180
+) -> None:
+    """Until Redis counts `at_least` stored decisions (fails early if the worker dies)."""
+    wait_for(
+        lambda: redis_counters(settings).get("decisions", 0) >= at_least,
+        timeout=timeout,
+        what=f"{at_least} decisions",
+        worker=worker,
+    )
+
+
 def redis_counters(settings: Settings) -> dict[str, int]:
     client = redis.Redis.from_url(settings.redis_url)
     try:

@@ -83,3 +83,28 @@ def test_dead_letters_are_counted_once_per_position(run_with_store) -> None:
         assert (await store.stats())["counters"]["dead_letters"] == 3
 
     run_with_store(body)
+
+
+def test_checkpoints_replace_whole_and_read_back_byte_for_byte(
+    run_with_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streams.store
+
+    monkeypatch.setattr(streams.store, "CHECKPOINT_CHUNK", 1000)  # force several chunks
+
+    async def body(store: DecisionStore) -> None:
+        assert await store.load_checkpoint("w") is None
+        first = bytes(range(256)) * 17
+        await store.save_checkpoint("w", first)
+        assert await store.load_checkpoint("w") == first
+        second = b"x" * 2500
+        await store.save_checkpoint("w", second)
+        assert await store.load_checkpoint("w") == second
+        await store.save_checkpoint("empty", b"")
+        assert await store.load_checkpoint("empty") == b""
+        assert await store.load_checkpoint("w") == second  # names are independent
+        if isinstance(store, RedisDecisionStore):  # the old generation's chunks are gone
+            keys = await store.client.keys(store.keys.checkpoint("w") + ":*")
+            assert len(keys) == 3
+
+    run_with_store(body)

@@ -20,6 +20,7 @@ from tests.integration.helpers import (
     redis_counters,
     running_worker,
     wait_for,
+    wait_for_decisions,
 )
 
 pytestmark = pytest.mark.integration
@@ -121,23 +122,13 @@ def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
     log = tmp_path / "worker.log"
 
     with running_worker(settings, log) as first:
-        wait_for(
-            lambda: redis_counters(settings).get("decisions", 0) >= 2000,
-            timeout=120,
-            what="the first worker to be mid-stream",
-            worker=first,
-        )
+        wait_for_decisions(settings, 2000, first, timeout=120)
         first.kill9()
     at_kill = redis_counters(settings).get("decisions", 0)
     assert at_kill < total, "the worker finished before it was killed; kill earlier"
 
     with running_worker(settings, log) as second:
-        wait_for(
-            lambda: redis_counters(settings).get("decisions", 0) >= total,
-            timeout=180,
-            what=f"{total} decisions after restart",
-            worker=second,
-        )
+        wait_for_decisions(settings, total, second)
         decisions = read_topic(settings, settings.topic("decisions"), expect=total)
         assert second.stop() == 0, second.log()
 

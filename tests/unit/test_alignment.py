@@ -91,3 +91,18 @@ def test_state_pickles_mid_stream_and_resumes_identically() -> None:
     a = [r.event for r in aligner.offer_many("a", rest) + aligner.finish()]
     b = [r.event for r in clone.offer_many("a", rest) + clone.finish()]
     assert first == [] and a == b and len(a) == 8
+
+
+def test_an_idle_source_stops_holding_the_watermark_until_it_speaks_again() -> None:
+    aligner: Aligner[str] = Aligner(frozenset({"tx", "labels"}))
+    assert aligner.offer("tx", parse_transaction(tx("t1", T0))) == []
+    assert aligner.offer("tx", parse_transaction(tx("t2", T0 + 10))) == []
+    assert [r.event.ts for r in aligner.idle("labels")] == [T0]
+    assert [r.event.ts for r in aligner.idle("tx")] == [T0 + 10]  # all idle: release all
+    # The labels source wakes up with an event behind the watermark: late, not lost.
+    late = aligner.offer("labels", parse_label(label("t1", T0 + 5)))
+    assert [(r.event.ts, r.late) for r in late] == [(T0 + 5, True)]
+    assert aligner.offer("labels", parse_label(label("t2", T0 + 20))) == []
+    assert aligner.offer("tx", parse_transaction(tx("t3", T0 + 30))) == []  # a tie may come
+    released = aligner.offer("labels", parse_label(label("t4", T0 + 40)))
+    assert [r.event.ts for r in released] == [T0 + 20]
