@@ -5,13 +5,15 @@
 The world comes from `rebate-guard simulate --out DIR`. Times the three phases of
 `rebate-guard features` separately (reading and parsing the files; the engine alone; nothing
 else), then measures each family's state at the end of the world: keys held and bytes per key
-(every object reachable from the family's state, counted once).
+(every object reachable from the family's state, counted once), and what a checkpoint of
+that state costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -92,6 +94,17 @@ def main() -> int:
     per_key = size / max(len(label_map), 1)
     print(f"| tx -> merchant (labels) | {len(label_map):,} | {size / 1e6:,.1f} | {per_key:,.0f} |")
     print(f"\nkeys swept while running: {engine.swept:,}")
+    # What a worker checkpoint costs at this state size (the worker pickles all of it).
+    started = time.perf_counter()
+    blob = pickle.dumps(engine, protocol=pickle.HIGHEST_PROTOCOL)
+    dump_s = time.perf_counter() - started
+    started = time.perf_counter()
+    pickle.loads(blob)
+    load_s = time.perf_counter() - started
+    print(
+        f"checkpoint of the feature state: {len(blob) / 1e6:,.1f} MB, "
+        f"pickled in {dump_s:.2f}s, restored in {load_s:.2f}s"
+    )
     return 0
 
 

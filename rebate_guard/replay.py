@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 import polars as pl
 
-from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
+from features.engine import EngineConfig, FeatureEngine
 from rebate_guard.io import read_frame, write_frame
-from rebate_guard.scoring import Event, Scorer
+from rebate_guard.scoring import ALL_FEATURE_NAMES, Event, Scorer
 from streams.records import Decision, Label, Signup, Transaction
 from streams.validation import InvalidEvent, parse_label, parse_signup, parse_transaction
 
@@ -206,21 +206,21 @@ def compute_features(
     config: EngineConfig | None = None,
 ) -> ReplaySummary:
     """One row per transaction: tx_id and every feature the detectors see, computed by the
-    same `FeatureEngine` as the worker, in the same event-time order as replay."""
+    same `Scorer` as the worker and replay, in the same event-time order (decision-context
+    features need the decisions, so the scorer decides too; only the features are written)."""
     started = time.perf_counter()
-    engine = FeatureEngine(config)
+    scorer = Scorer(features=FeatureEngine(config))
     files = EventFiles(transactions, signups, labels, progress)
     tx_ids: list[str] = []
     vectors: list[list[float | None]] = []
     for event in files:
         if isinstance(event, Transaction):
+            _, x = scorer.decide(event, decided_at=0)
             tx_ids.append(event.tx_id)
-            vectors.append(engine.vector(event))
-        elif isinstance(event, Signup):
-            engine.signup(event)
+            vectors.append([x[name] for name in ALL_FEATURE_NAMES])
         else:
-            engine.label(event)
-    schema: Schema = {name: pl.Float64 for name in FEATURE_NAMES}
+            scorer.apply(event, decided_at=0)
+    schema: Schema = {name: pl.Float64 for name in ALL_FEATURE_NAMES}
     frame = pl.DataFrame(vectors, schema=schema, orient="row").insert_column(
         0, pl.Series("tx_id", tx_ids, pl.String)
     )

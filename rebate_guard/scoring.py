@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
 
 from detectors.base import Detector, Features
 from detectors.rules import RuleScore
-from features.engine import FeatureEngine
+from features.engine import FEATURE_NAMES, FeatureEngine
+from features.user import REFUND_LOOKBACK_MS
 from graph.referrals import ReferralTree
 from rebate_guard.policy import Policy, trust_weight
 from streams.records import (
@@ -35,6 +37,12 @@ _RANK = {Signup: 0, Label: 1, Transaction: 2}
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
+
+# Features of the decision context, added by the scorer: they depend on earlier *decisions*,
+# which the feature engine does not make.
+DECISION_FEATURES = ("refund_of_granted_rebate",)
+#: Every feature the detectors see, in order: the engine's, then the decision context.
+ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES
 
 
 def order_key(event: Event, seq: int) -> tuple[int, int, str, int]:
@@ -63,6 +71,8 @@ class Scorer:
     referrals: ReferralTree = field(default_factory=ReferralTree)
     policy: Policy = field(default_factory=Policy)
     remembered: OrderedDict[str, Features] = field(default_factory=OrderedDict)
+    #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback.
+    granted: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
     @property
     def model_version(self) -> str:
@@ -95,6 +105,7 @@ class Scorer:
     def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
         """The decision on `tx` and the feature vector it was made from."""
         x = self.features.transaction(tx)
+        x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         risk = self.detector.score_one(x)
         reasons = self.detector.explain_one(x)
         ring_score, ring_reasons = self.referrals.ring_score(tx.user_id)
@@ -107,6 +118,8 @@ class Scorer:
             requested = 0
             action, granted = self.policy.decide(weight, 0)
         self._remember(tx.tx_id, x)
+        if tx.kind == PAYMENT:
+            self.granted[tx.tx_id] = (tx.ts, granted > 0)
         decision = build(
             Decision,
             tx_id=tx.tx_id,
@@ -124,6 +137,22 @@ class Scorer:
             policy_version=self.policy.version,
         )
         return decision, x
+
+    def _refund_of_granted(self, tx: Transaction) -> float | None:
+        """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only
+        then), 0 if it was not, None when that payment is unknown or older than 30 d."""
+        granted, horizon = self.granted, tx.ts - REFUND_LOOKBACK_MS
+        stale = 0  # insertion order is event-time order: the stale ones lead
+        for ts, _ in granted.values():
+            if ts > horizon:
+                break
+            stale += 1
+        for tx_id in list(islice(granted, stale)):
+            del granted[tx_id]
+        if tx.kind == PAYMENT or tx.ref_tx_id is None:
+            return None
+        known = self.granted.get(tx.ref_tx_id)
+        return None if known is None else float(known[1])
 
     def _remember(self, tx_id: str, x: Features) -> None:
         self.remembered[tx_id] = x

@@ -95,7 +95,7 @@ def test_bad_environment_is_reported_not_raised(monkeypatch, capsys) -> None:
 
 
 def test_features_command_writes_one_row_per_transaction(tmp_path: Path, capsys) -> None:
-    from features.engine import FEATURE_NAMES
+    from rebate_guard.scoring import ALL_FEATURE_NAMES
 
     world = tmp_path / "world"
     assert main(["simulate", "--out", str(world), "--transactions", "3000", "--days", "3"]) == 0
@@ -117,6 +117,6 @@ def test_features_command_writes_one_row_per_transaction(tmp_path: Path, capsys)
     )
     frame = pl.read_parquet(out)
     txs = pl.read_parquet(world / "transactions.parquet")
-    assert frame.columns == ["tx_id", *FEATURE_NAMES]
+    assert frame.columns == ["tx_id", *ALL_FEATURE_NAMES]
     assert frame["tx_id"].to_list() == txs.sort("ts", maintain_order=True)["tx_id"].to_list()
     assert "feature rows" in capsys.readouterr().out

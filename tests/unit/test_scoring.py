@@ -72,3 +72,24 @@ def test_scorer_state_pickles_and_resumes_identically() -> None:
     clone = pickle.loads(pickle.dumps(scorer))
     nxt = parse_transaction(tx("b", T0 + 1000))
     assert clone.transaction(nxt, 1) == scorer.transaction(nxt, 1)
+
+
+def test_a_refund_sees_whether_its_payment_was_granted_a_rebate() -> None:
+    scorer = Scorer()
+    paid = scorer.transaction(parse_transaction(tx("p1", T0)), 1)
+    free = scorer.transaction(parse_transaction(tx("p2", T0 + 1, rebate_rate=0.0)), 1)
+    assert paid.rebate_granted_cents > 0 and free.rebate_granted_cents == 0
+
+    def refund(tx_id: str, ref: str, ts: int) -> object:
+        event = parse_transaction(tx(tx_id, ts, kind="refund", ref_tx_id=ref))
+        return scorer.decide(event, 1)[1]["refund_of_granted_rebate"]
+
+    assert refund("r1", "p1", T0 + 10) == 1.0
+    assert refund("r2", "p2", T0 + 11) == 0.0
+    assert refund("r3", "nope", T0 + 12) is None
+    assert (
+        scorer.decide(parse_transaction(tx("p3", T0 + 13)), 1)[1]["refund_of_granted_rebate"]
+        is None
+    )
+    # Past the 30-day lookback the payment is forgotten (and the map stays bounded).
+    assert refund("r4", "p1", T0 + 31 * DAY) is None and "p1" not in scorer.granted
