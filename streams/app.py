@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +34,15 @@ from rebate_guard.settings import Settings
 from streams.processor import BatchOutcome, BatchProcessor, RawEvent
 from streams.records import INPUT_TOPICS
 from streams.sink import KafkaSink, Sink
-from streams.store import DecisionStore, RedisDecisionStore
+from streams.store import DecisionStore, RedisDecisionStore, save_checkpoint_sync
 
 log = logging.getLogger(__name__)
+
+
+async def _exited_cleanly(pid: int) -> bool:
+    loop = asyncio.get_running_loop()
+    _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def checkpoint_name(sources: frozenset[tuple[str, int]]) -> str:
@@ -64,6 +71,9 @@ class Runtime:
         self.held: list[Message] = []
         self.ack: Any = None  # set by create_worker: acknowledges one held message
         self.checkpoint_name: str | None = None
+        self.checkpointing = False
+        # Forking needs the real Redis (the child opens its own connection to it).
+        self.fork_checkpoints = isinstance(store, RedisDecisionStore)
         if not self.hold_acks:
             self.ready.set()
 
@@ -101,18 +111,52 @@ class Runtime:
 
     async def checkpoint(self) -> None:
         """Save the state with its offsets, then acknowledge the input it covers."""
-        async with self.lock:
-            if self.checkpoint_name is None:
+        if self.checkpointing:
+            return  # the previous one is still being written
+        self.checkpointing = True
+        try:
+            async with self.lock:
+                name = self.checkpoint_name
+                if name is None:
+                    return
+                held, self.held = self.held, []
+                writer = self._fork_writer(name) if self.fork_checkpoints else None
+                if writer is None:
+                    blob = self.processor.snapshot()
+            if writer is None:
+                await self.processor._retry(
+                    "save checkpoint", lambda: self.store.save_checkpoint(name, blob)
+                )
+            elif not await _exited_cleanly(writer):
+                log.warning("checkpoint writer %d failed; retrying at the next interval", writer)
+                self.held = held + self.held
                 return
+            for message in held:
+                self.ack(message)
+            self.processor.counters.checkpoints += 1
+        finally:
+            self.checkpointing = False
+
+    def _fork_writer(self, name: str) -> int | None:
+        """Write the checkpoint from a forked child, as Redis's BGSAVE does.
+
+        Pickling the whole state blocks for seconds at a few hundred MB (benchmarks/
+        README.md); the child gets a copy-on-write image of the state as it is now, between
+        batches, and pickles and writes it while this process goes on. Returns the child's
+        pid, or None where fork is unavailable (then the caller pickles inline).
+        """
+        if not hasattr(os, "fork"):
+            return None
+        pid = os.fork()
+        if pid:
+            return pid
+        status = 1
+        try:  # the child: no event loop, no logging, no shared connections; exit hard
             blob = self.processor.snapshot()
-            await self.processor._retry(
-                "save checkpoint",
-                lambda: self.store.save_checkpoint(self.checkpoint_name or "", blob),
-            )
-            held, self.held = self.held, []
-        for message in held:
-            self.ack(message)
-        self.processor.counters.checkpoints += 1
+            save_checkpoint_sync(self.settings.redis_url, self.settings.app_id, name, blob)
+            status = 0
+        finally:
+            os._exit(status)
 
     async def tick(self) -> None:
         async with self.lock:

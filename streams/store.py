@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis as syncredis
 import redis.asyncio as aioredis
 
 from rebate_guard.settings import Settings
@@ -127,31 +128,23 @@ class RedisDecisionStore:
         return int(await self._dead(keys=keys, args=[self.ttl]))
 
     async def save_checkpoint(self, name: str, blob: bytes) -> None:
-        # New chunks under a fresh generation first, then one SET flips the pointer, then the
-        # old generation goes: a crash at any point leaves a complete checkpoint readable.
         base = self.keys.checkpoint(name)
         old = await self.client.get(base)
-        generation = uuid.uuid4().hex
-        chunks = [blob[i : i + CHECKPOINT_CHUNK] for i in range(0, len(blob), CHECKPOINT_CHUNK)]
+        chunks, pointer = _checkpoint_plan(base, blob)
         async with self.client.pipeline(transaction=False) as pipe:
-            for i, chunk in enumerate(chunks or [b""]):
-                pipe.set(f"{base}:{generation}:{i}", chunk)
+            for key, chunk in chunks.items():
+                pipe.set(key, chunk)
             await pipe.execute()
-        pointer = json.dumps({"generation": generation, "chunks": max(len(chunks), 1)})
         await self.client.set(base, pointer)
         if old is not None:
-            previous = json.loads(old)
-            stale = [f"{base}:{previous['generation']}:{i}" for i in range(previous["chunks"])]
-            await self.client.delete(*stale)
+            await self.client.delete(*_chunk_keys(base, old))
 
     async def load_checkpoint(self, name: str) -> bytes | None:
         base = self.keys.checkpoint(name)
         pointer = await self.client.get(base)
         if pointer is None:
             return None
-        meta = json.loads(pointer)
-        keys = [f"{base}:{meta['generation']}:{i}" for i in range(meta["chunks"])]
-        parts = await self.client.mget(keys)
+        parts = await self.client.mget(_chunk_keys(base, pointer))
         present = [_bytes(p) for p in parts if p is not None]
         if len(present) != len(parts):
             raise RuntimeError(f"checkpoint {name!r} is incomplete in Redis")
@@ -166,6 +159,42 @@ class RedisDecisionStore:
         recent = await self.client.lrange(self.keys.recent, 0, 19)
         counters = {_bytes(k).decode(): int(v) for k, v in raw.items()}
         return {"counters": counters, "recent": [json.loads(r) for r in recent]}
+
+
+def save_checkpoint_sync(redis_url: str, app_id: str, name: str, blob: bytes) -> None:
+    """`RedisDecisionStore.save_checkpoint` with a blocking client of its own: for a forked
+    checkpoint writer, which must not touch the parent's event loop or connections."""
+    client = syncredis.Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=5)
+    try:
+        base = Keys(app_id).checkpoint(name)
+        old = client.get(base)
+        chunks, pointer = _checkpoint_plan(base, blob)
+        pipe = client.pipeline(transaction=False)
+        for key, chunk in chunks.items():
+            pipe.set(key, chunk)
+        pipe.execute()
+        client.set(base, pointer)
+        if old is not None:
+            client.delete(*_chunk_keys(base, old))
+    finally:
+        client.close()
+
+
+def _checkpoint_plan(base: str, blob: bytes) -> tuple[dict[str, bytes], str]:
+    """Chunks under a fresh generation, and the pointer that makes them current.
+
+    Writers store the chunks first, then flip the pointer with one SET, then delete the old
+    generation: a crash at any point leaves one complete checkpoint readable.
+    """
+    generation = uuid.uuid4().hex
+    pieces = [blob[i : i + CHECKPOINT_CHUNK] for i in range(0, len(blob), CHECKPOINT_CHUNK)]
+    chunks = {f"{base}:{generation}:{i}": piece for i, piece in enumerate(pieces or [b""])}
+    return chunks, json.dumps({"generation": generation, "chunks": len(chunks)})
+
+
+def _chunk_keys(base: str, pointer: bytes | str) -> list[str]:
+    meta = json.loads(pointer)
+    return [f"{base}:{meta['generation']}:{i}" for i in range(meta["chunks"])]
 
 
 def _bytes(value: bytes | str) -> bytes:

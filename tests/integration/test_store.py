@@ -11,7 +11,12 @@ import pytest
 
 from rebate_guard.settings import Settings
 from streams.records import Decision
-from streams.store import DecisionStore, MemoryDecisionStore, RedisDecisionStore
+from streams.store import (
+    DecisionStore,
+    MemoryDecisionStore,
+    RedisDecisionStore,
+    save_checkpoint_sync,
+)
 from tests.factories import T0
 
 pytestmark = pytest.mark.integration
@@ -86,7 +91,7 @@ def test_dead_letters_are_counted_once_per_position(run_with_store) -> None:
 
 
 def test_checkpoints_replace_whole_and_read_back_byte_for_byte(
-    run_with_store, monkeypatch: pytest.MonkeyPatch
+    run_with_store, monkeypatch: pytest.MonkeyPatch, stack_settings: Settings
 ) -> None:
     import streams.store
 
@@ -106,5 +111,10 @@ def test_checkpoints_replace_whole_and_read_back_byte_for_byte(
         if isinstance(store, RedisDecisionStore):  # the old generation's chunks are gone
             keys = await store.client.keys(store.keys.checkpoint("w") + ":*")
             assert len(keys) == 3
+            # The blocking writer (used by the forked checkpoint process) is the same format.
+            third = b"y" * 2100
+            save_checkpoint_sync(stack_settings.redis_url, stack_settings.app_id, "w", third)
+            assert await store.load_checkpoint("w") == third
+            assert len(await store.client.keys(store.keys.checkpoint("w") + ":*")) == 3
 
     run_with_store(body)
