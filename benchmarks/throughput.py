@@ -5,7 +5,8 @@
 Rows (all consume the same pre-loaded topic of simulated transactions):
 - raw relay: a plain aiokafka consumer producing one record per event (no Faust, no work);
 - bare Faust agent: `take_events(1000, 0.05)`, no work, no output (Faust's own ceiling);
-- pipeline, 1 worker: `rebate-guard worker`, from first to last decision stored in Redis;
+- pipeline, 1 worker: `rebate-guard worker`, decisions stored in Redis per second, timed from
+  the 20% mark to the last (steady state, past the start-up burst);
 - pipeline, N workers: as many worker processes as partitions (split by the consumer group);
 - replay: the same scoring code offline, from Parquet files.
 Rates are events per second of wall time; ratios are against the bare Faust agent.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from rebate_guard.producer import produce_events  # noqa: E402
 from rebate_guard.replay import replay  # noqa: E402
-from rebate_guard.settings import Settings  # noqa: E402
+from rebate_guard.settings import Settings, env_name  # noqa: E402
 from rebate_guard.simulator import WorldConfig, event_stream, simulate_world, write_world  # noqa: E402
 from rebate_guard.stack import LocalStack  # noqa: E402
 from rebate_guard.topics import ensure_topics  # noqa: E402
@@ -143,6 +144,9 @@ def _run_baseline(kind: str, settings: Settings, source: str, n: int) -> float:
 # --- the pipeline ------------------------------------------------------------------------------
 
 
+WARM_UP = 0.2  # share of decisions before the pipeline clock starts
+
+
 def _pipeline(settings: Settings, n: int, workers: int, log_dir: Path) -> float:
     client = redis.Redis.from_url(settings.redis_url)
     stats_key = f"{settings.app_id}:stats"
@@ -165,7 +169,9 @@ def _pipeline(settings: Settings, n: int, workers: int, log_dir: Path) -> float:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             done = int(client.hget(stats_key, "decisions") or 0)
-            if started is None and done > 0:
+            # Steady state only: the first decisions come in a burst, released together once
+            # the empty signups/labels partitions count as idle (RG_SOURCE_IDLE_S).
+            if started is None and done >= n * WARM_UP:
                 started, first = time.perf_counter(), done
             if done >= n:
                 assert started is not None
@@ -188,7 +194,21 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--child", choices=("relay", "bare"))
     parser.add_argument("--source")
+    parser.add_argument(
+        "--worker-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a worker setting for the pipeline rows, e.g. log_features=false (repeatable)",
+    )
+    parser.add_argument("--pipeline-only", action="store_true", help="skip the other rows")
     args = parser.parse_args()
+    overrides = Settings.from_env(
+        {env_name(k): v for k, _, v in (item.partition("=") for item in args.worker_setting)}
+    )
+    changed = {
+        k.partition("=")[0]: getattr(overrides, k.partition("=")[0]) for k in args.worker_setting
+    }
 
     if args.child:
         settings = Settings.from_env()
@@ -214,19 +234,23 @@ def main() -> None:
         produce_rate = n / (time.perf_counter() - t0)
         source = loaded.topic("transactions")
         rows.append(("produce (simulator -> broker)", produce_rate))
-        rows.append(
-            ("raw aiokafka relay (consume -> produce)", _run_baseline("relay", loaded, source, n))
-        )
-        rows.append(
-            ("bare Faust agent (take_events, no work)", _run_baseline("bare", loaded, source, n))
-        )
+        if not args.pipeline_only:
+            relay = _run_baseline("relay", loaded, source, n)
+            rows.append(("raw aiokafka relay (consume -> produce)", relay))
+            bare = _run_baseline("bare", loaded, source, n)
+            rows.append(("bare Faust agent (take_events, no work)", bare))
         # Each pipeline run reads the same pre-loaded topic under its own consumer group and
         # Redis prefix: a fresh app id (topic prefix stays, so the input is shared).
         for workers in sorted({1, args.partitions}):
-            run = loaded.replace(app_id=f"bench-pipeline-{workers}")
+            run = loaded.replace(app_id=f"bench-pipeline-{workers}", **changed)
             rate = _pipeline(run, n, workers, Path(tmp))
             rows.append((f"pipeline, {workers} worker process(es) (to Redis)", rate))
+    if changed:
+        print(f"worker settings: {changed}")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.pipeline_only:
+            _print(rows, n, args.partitions, bare=None)
+            return
         paths = write_world(world, Path(tmp) / "world")
         summary = replay(
             transactions=paths["transactions"],
@@ -237,12 +261,16 @@ def main() -> None:
         )
         rows.append(("replay (files, all events incl. signups/labels)", summary.events_per_s))
 
-    bare = dict(rows)["bare Faust agent (take_events, no work)"]
-    print(f"\n{n:,} transactions, {args.partitions} partitions, {os.cpu_count()} cores\n")
+    _print(rows, n, args.partitions, bare=dict(rows)["bare Faust agent (take_events, no work)"])
+
+
+def _print(rows: list[tuple[str, float]], n: int, partitions: int, bare: float | None) -> None:
+    print(f"\n{n:,} transactions, {partitions} partitions, {os.cpu_count()} cores\n")
     print(f"| {'path':<52} | {'events/s':>10} | {'vs bare Faust':>13} |")
     print(f"|{'-' * 54}|{'-' * 12}|{'-' * 15}|")
     for name, rate in rows:
-        print(f"| {name:<52} | {rate:>10,.0f} | {rate / bare:>12.0%} |")
+        ratio = f"{rate / bare:>12.0%}" if bare else f"{'':>12}"
+        print(f"| {name:<52} | {rate:>10,.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -104,10 +104,12 @@ class Settings:
         metadata=_doc("Transactions per second `rebate-guard up` feeds into the pipeline."),
     )
     checkpoint_interval_s: float = field(
-        default=10.0,
+        default=30.0,
         metadata=_doc(
-            "How often the worker checkpoints its feature state with its input offsets to "
-            "Redis; input is acknowledged only once a checkpoint covers it."
+            "How often the worker checkpoints its state with its input offsets to Redis; "
+            "input is acknowledged only once a checkpoint covers it, and after a crash the "
+            "work since the last one is redone. Each checkpoint pickles the whole state in a "
+            "forked child (~3 s of CPU per 30 MB)."
         ),
     )
     allowed_lateness_ms: int = field(
@@ -125,8 +127,12 @@ class Settings:
         ),
     )
     log_features: bool = field(
-        default=True,
-        metadata=_doc("Publish every transaction's feature vector to the `features` topic."),
+        default=False,
+        metadata=_doc(
+            "Publish every transaction's feature vector to the `features` topic (the training "
+            "log). About 5x the bytes of the decisions: it cost ~30% of worker throughput on "
+            "the shared 2-core local stack (benchmarks/README.md)."
+        ),
     )
     local_utc_offset_minutes: int = field(
         default=0,

@@ -152,6 +152,7 @@ class Runtime:
             return pid
         status = 1
         try:  # the child: no event loop, no logging, no shared connections; exit hard
+            os.nice(10)  # the worker and the broker come first; this uses what is spare
             blob = self.processor.snapshot()
             save_checkpoint_sync(self.settings.redis_url, self.settings.app_id, name, blob)
             status = 0

@@ -66,7 +66,7 @@ def _assert_same(replayed: dict[str, dict[str, Any]], live: dict[str, list[dict[
 def test_the_worker_computes_exactly_the_features_of_replay(
     stack_settings: Settings, tmp_path: Path, partitions: int
 ) -> None:
-    settings = stack_settings.replace(partitions=partitions)
+    settings = stack_settings.replace(partitions=partitions, log_features=True)
     world = _world(seed=21, transactions=10_000)
     replayed = _replay_features(world, tmp_path)
     asyncio.run(ensure_topics(settings))
@@ -83,7 +83,7 @@ def test_the_worker_computes_exactly_the_features_of_replay(
 def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=1.0)
+    settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=1.0, log_features=True)
     world = _world(seed=22, transactions=20_000)
     replayed = _replay_features(world, tmp_path)
     asyncio.run(ensure_topics(settings))

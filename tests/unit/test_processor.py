@@ -10,7 +10,7 @@ from typing import Any
 from rebate_guard.scoring import Scorer
 from rebate_guard.settings import Settings
 from streams.processor import BatchOutcome, BatchProcessor, RawEvent
-from streams.records import Decision
+from streams.records import Decision, FeatureVector
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
 from tests.factories import HOUR, T0, signup, tx
@@ -35,7 +35,7 @@ def make(
     store: MemoryDecisionStore | None = None, **settings: Any
 ) -> tuple[BatchProcessor, MemoryDecisionStore, MemorySink]:
     store, sink = store or MemoryDecisionStore(), MemorySink()
-    config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, **settings)
+    config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, log_features=True, **settings)
     proc = BatchProcessor(Scorer(), store, sink, config, clock=Clock())
     return proc, store, sink
 
@@ -232,3 +232,13 @@ def test_restoring_a_checkpoint_and_rereading_from_its_offsets_is_exact() -> Non
     assert {**before, **after} == _features(whole_sink)
     # Nothing was granted twice: one stored decision per transaction.
     assert len(store.decisions) == 40 and store.counters["decisions"] == 40
+
+
+def test_feature_vectors_are_valid_records_of_the_contract() -> None:
+    proc, _, sink = make()
+    handle(proc, "transactions", [raw("p.transactions", 0, tx("t1", T0))])
+    drain(proc)
+    ((key, value),) = sink.sent["p.features"]
+    record = FeatureVector.loads(value)
+    assert key == b"t1" and record.tx_id == "t1" and record.ts == T0
+    assert record.features["amount_cents"] == 10_000 and record.features["is_night"] == 1  # 00:00
