@@ -77,7 +77,12 @@ class WindowDistinct:
         self.last_seen: dict[str, int] = {}
 
     def expire(self, now_ms: int) -> None:
-        drop_oldest(self.last_seen, now_ms - self.width_ms)
+        last_seen = self.last_seen
+        horizon = now_ms - self.width_ms
+        for oldest in last_seen.values():  # usually nothing has expired: look at one entry
+            if oldest <= horizon:
+                drop_oldest(last_seen, horizon)
+            return
 
     def add(self, ts_ms: int, member: str) -> None:
         last_seen = self.last_seen
