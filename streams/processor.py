@@ -147,6 +147,17 @@ class BatchProcessor:
         self.state = state
         self.scorer = state.scorer
 
+    def event_time(self) -> dict[str, Any]:
+        """Where event time stands: the watermark, and what waits behind it."""
+        aligner = self.state.aligner
+        return {
+            "watermark": aligner.watermark if aligner.watermark > 0 else None,
+            "pending": aligner.pending(),
+            "sources": len(aligner.sources),
+            "idle_sources": len(aligner.idle_sources),
+            "late": aligner.late,
+        }
+
     @property
     def offsets(self) -> dict[Source, int]:
         return dict(self.state.next_offset)

@@ -27,6 +27,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
         async def get(self, request: Request) -> Response:
             stats: dict[str, Any] = await runtime.store.stats()
             stats["worker"] = dataclasses.asdict(runtime.processor.counters)
+            stats["event_time"] = runtime.processor.event_time()
             return self.json(stats)
 
     @app.page("/decisions/{tx_id}")

@@ -89,6 +89,8 @@ def test_up_serves_live_decisions_and_stops_everything(tmp_path: Path, stop_sign
             raise AssertionError((tmp_path / "up.log").read_text()[-3000:])
         status, page = _get(f"{base}/")
         assert status == 200 and b"RebateGuard" in page
+        event_time = stats["event_time"]  # the worker's watermark has moved into the traffic
+        assert event_time["watermark"] is not None and event_time["sources"] >= 3
         recent = stats["recent"][0]
         status, body = _get(f"{base}/decisions/{recent['tx_id']}")
         assert status == 200 and json.loads(body) == recent

@@ -242,3 +242,16 @@ def test_feature_vectors_are_valid_records_of_the_contract() -> None:
     record = FeatureVector.loads(value)
     assert key == b"t1" and record.tx_id == "t1" and record.ts == T0
     assert record.features["amount_cents"] == 10_000 and record.features["is_night"] == 1  # 00:00
+
+
+def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
+    proc, _, _ = make(allowed_lateness_ms=0)
+    asyncio.run(proc.assign(frozenset({("p.transactions", 0), ("p.signups", 0)})))
+    handle(proc, "transactions", [raw("p.transactions", 0, tx("t1", T0))])
+    before = proc.event_time()
+    assert before == {"watermark": None, "pending": 1, "sources": 2, "idle_sources": 0, "late": 0}
+    handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 + 5))])
+    after = proc.event_time()
+    assert after["watermark"] == T0 and after["pending"] == 2  # both wait: ties may come
+    drain(proc)
+    assert proc.event_time()["pending"] == 0 and proc.event_time()["idle_sources"] == 2
