@@ -48,6 +48,8 @@ def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
 
 def _required_id(data: Mapping[str, Any], name: str) -> str:
     value = data.get(name)
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:  # the common case, fast
+        return value
     if value is None:
         raise InvalidEvent(f"missing field {name!r}")
     return _id_value(name, value)
@@ -55,7 +57,9 @@ def _required_id(data: Mapping[str, Any], name: str) -> str:
 
 def _optional_id(data: Mapping[str, Any], name: str) -> str | None:
     value = data.get(name)
-    return None if value is None else _id_value(name, value)
+    if value is None or (type(value) is str and 0 < len(value) <= MAX_ID_LENGTH):
+        return value
+    return _id_value(name, value)
 
 
 def _id_value(name: str, value: Any) -> str:

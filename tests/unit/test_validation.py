@@ -37,6 +37,11 @@ def test_a_valid_transaction_becomes_a_record() -> None:
         ({"tx_id": ""}, "must have 1..200 characters"),
         ({"tx_id": None}, "missing field 'tx_id'"),
         ({"user_id": ["u"]}, "must be a string"),
+        ({"user_id": True}, "must be a string"),
+        ({"merchant_id": "m" * 201}, "must have 1..200 characters"),
+        ({"device_id": ""}, "must have 1..200 characters"),
+        ({"card_id": "c" * 201}, "must have 1..200 characters"),
+        ({"ip": False}, "must be a string"),
         ({"ts": 1_767_225_600}, "not epoch milliseconds"),
         ({"ts": "2026-01-01T00:00:00"}, "has no time zone"),
         ({"ts": "yesterday"}, "unreadable timestamp"),
@@ -45,6 +50,11 @@ def test_a_valid_transaction_becomes_a_record() -> None:
 def test_contract_violations_are_rejected_with_the_reason(change: dict, reason: str) -> None:
     with pytest.raises(InvalidEvent, match=reason.replace("(", r"\(").replace(".", r"\.")):
         parse_transaction(tx(**change))
+
+
+def test_integer_ids_are_read_as_text_and_the_longest_id_is_accepted() -> None:
+    record = parse_transaction(tx(tx_id=42, user_id="u" * 200, device_id=7))
+    assert (record.tx_id, record.user_id, record.device_id) == ("42", "u" * 200, "7")
 
 
 def test_iso_timestamps_with_a_zone_are_read_as_epoch_ms() -> None:
