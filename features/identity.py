@@ -20,9 +20,11 @@ DAY_MS = 24 * HOUR_MS
 class IdentityState:
     __slots__ = ("last_ts", "signups", "users")
 
-    def __init__(self, widths: tuple[int, ...], signup_window_ms: int | None) -> None:
+    def __init__(self, widths: tuple[int, ...]) -> None:
         self.users = tuple(WindowDistinct(w) for w in widths)
-        self.signups = None if signup_window_ms is None else WindowCount(signup_window_ms)
+        # Signups from this identifier; most are only ever seen paying, so the queue (an empty
+        # deque is ~600 bytes) is created with the first signup.
+        self.signups: WindowCount | None = None
         self.last_ts = 0
 
 
@@ -51,7 +53,7 @@ class IdentityFamily:
         return touch(self.state, key, ts, self._new)
 
     def _new(self) -> IdentityState:
-        return IdentityState(self.widths, self.signup_window_ms)
+        return IdentityState(self.widths)
 
     def signup(self, event: Signup) -> None:
         key = self.read(event)
@@ -60,9 +62,12 @@ class IdentityFamily:
         state = self._touch(key, event.ts)
         for window in state.users:
             window.add(event.ts, event.user_id)
-        if state.signups is not None:
-            state.signups.expire(event.ts)
-            state.signups.add(event.ts)
+        if self.signup_window_ms is not None:
+            signups = state.signups
+            if signups is None:
+                signups = state.signups = WindowCount(self.signup_window_ms)
+            signups.expire(event.ts)
+            signups.add(event.ts)
 
     def transaction(self, tx: Transaction, out: list[float | None]) -> None:
         key = self.read(tx)
@@ -81,10 +86,11 @@ class IdentityFamily:
             for window in state.users:
                 window.expire(ts)
                 out.append(window.count_with(tx.user_id))
-            signups = state.signups
-            if signups is not None:
-                signups.expire(ts)
-                out.append(len(signups))
+            if self.signup_window_ms is not None:
+                signups = state.signups
+                if signups is not None:
+                    signups.expire(ts)
+                out.append(0 if signups is None else len(signups))
         if tx.kind == PAYMENT:
             state = self._touch(key, ts)
             for window in state.users:

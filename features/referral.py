@@ -24,7 +24,9 @@ class ReferralNode:
         self.referrer: str | None = None
         self.depth: int | None = None  # None until the user's own signup is seen
         self.downline = 0
-        self.recent = WindowCount(DAY_MS)
+        # Referees' signups in the last 24 h; most users refer nobody, so it is created (an
+        # empty deque is ~600 bytes) only with the first referee.
+        self.recent: WindowCount | None = None
         self.last_ts = 0
 
 
@@ -42,8 +44,11 @@ class ReferralFamily:
             return
         referrer = touch(self.state, referrer_id, event.ts, ReferralNode)
         referrer.downline += 1
-        referrer.recent.expire(event.ts)
-        referrer.recent.add(event.ts)
+        recent = referrer.recent
+        if recent is None:
+            recent = referrer.recent = WindowCount(DAY_MS)
+        recent.expire(event.ts)
+        recent.add(event.ts)
         node.referrer = referrer_id
         node.depth = (referrer.depth or 0) + 1
 
@@ -58,9 +63,11 @@ class ReferralFamily:
         if referrer is None:
             out.extend((None, None))
             return
-        referrer.recent.expire(tx.ts)
+        recent = referrer.recent
+        if recent is not None:
+            recent.expire(tx.ts)
         out.append(referrer.downline)
-        out.append(len(referrer.recent))
+        out.append(0 if recent is None else len(recent))
 
     def sweep(self, now_ms: int, ttl_ms: int) -> int:
         """Drop users idle (no signup, referee or payment) for longer than the TTL."""
