@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
 from typing import ClassVar
 
 from features.windows import PaymentLog, WindowDistinct, drop_oldest, sweep_idle, touch
@@ -157,8 +158,8 @@ class UserFamily:
             if payments[-1] > horizon:
                 break
             stale += 1
-        for _ in range(stale):
-            del pairs[next(iter(pairs))]
+        for merchant in list(islice(pairs, stale)):  # one pass (see windows.drop_oldest)
+            del pairs[merchant]
         pair = pairs.get(tx.merchant_id)
         if pair is None:
             out.append(0)

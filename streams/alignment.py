@@ -51,8 +51,8 @@ class Aligner(Generic[S]):
     lateness_ms: int = 0
     high: dict[S, int] = field(default_factory=dict)
     idle_sources: set[S] = field(default_factory=set)
-    #: (order key, arrival number, event): the arrival number keeps equal keys in arrival order.
-    buffer: list[tuple[tuple[int, int, str, int], int, Event]] = field(default_factory=list)
+    #: (order key, event); the key ends with the arrival number, so keys never tie.
+    buffer: list[tuple[tuple[int, int, str, int], Event]] = field(default_factory=list)
     watermark: int = _START
     arrivals: int = 0
     late: int = 0
@@ -67,8 +67,7 @@ class Aligner(Generic[S]):
         if event.ts < self.watermark:
             self.late += 1
             return [Released(event, late=True)]
-        key = order_key(event, self.arrivals)
-        heapq.heappush(self.buffer, (key, self.arrivals, event))
+        heapq.heappush(self.buffer, (order_key(event, self.arrivals), event))
         if event.ts > self.high.get(source, _START):
             self.high[source] = event.ts
             return self._advance()
@@ -96,7 +95,7 @@ class Aligner(Generic[S]):
 
     def finish(self) -> list[Released]:
         """End of input: release everything still buffered."""
-        out = [Released(e) for _, _, e in sorted(self.buffer)]
+        out = [Released(e) for _, e in sorted(self.buffer)]
         self.buffer.clear()
         if out:
             self.watermark = max(self.watermark, out[-1].event.ts)
@@ -118,5 +117,5 @@ class Aligner(Generic[S]):
         out: list[Released] = []
         buffer = self.buffer
         while buffer and buffer[0][0][0] < watermark:
-            out.append(Released(heapq.heappop(buffer)[2]))
+            out.append(Released(heapq.heappop(buffer)[1]))
         return out

@@ -124,7 +124,7 @@ class Runtime:
                 if writer is None:
                     blob = self.processor.snapshot()
             if writer is None:
-                await self.processor._retry(
+                await self.processor.retry(
                     "save checkpoint", lambda: self.store.save_checkpoint(name, blob)
                 )
             elif not await _exited_cleanly(writer):

@@ -212,8 +212,9 @@ class BatchProcessor:
             if now - self.heard.get(source, now) >= idle_after:
                 released += self.state.aligner.idle(source)
         outcome = BatchOutcome()
-        await self._apply(released, outcome)
-        self._count(0, outcome)
+        if released:
+            await self._apply(released, outcome)
+            self._count(0, outcome)
         return outcome
 
     async def _apply(self, released: list[Released], outcome: BatchOutcome) -> None:
@@ -249,31 +250,31 @@ class BatchProcessor:
         outcome: BatchOutcome,
     ) -> None:
         items = [(d.tx_id, d.dumps()) for d, _ in decisions]
-        existing = await self._retry("store decisions", lambda: self.store.put_new(items))
+        existing = await self.retry("store decisions", lambda: self.store.put_new(items))
         standing: dict[str, bytes] = {}
         for (tx_id, value), prior in zip(items, existing, strict=True):
             standing[tx_id] = value if prior is None else prior
         earlier = [t for t in repeats if t not in standing]
         if earlier:  # decided in an earlier batch: answer with what Redis holds
             standing.update(
-                await self._retry("read decisions", lambda: self.store.get_many(earlier))
+                await self.retry("read decisions", lambda: self.store.get_many(earlier))
             )
         outcome.decided = sum(1 for prior in existing if prior is None)
         outcome.redelivered = len(order) - outcome.decided
         records = [(tx_id.encode(), standing[tx_id]) for tx_id in order if tx_id in standing]
         topic = self.settings.topic(DECISIONS)
-        await self._retry("produce decisions", lambda: self.sink.send_many(topic, records))
+        await self.retry("produce decisions", lambda: self.sink.send_many(topic, records))
         if self.settings.log_features and decisions:
             vectors = [(d.tx_id.encode(), feature_vector_json(d, x)) for d, x in decisions]
             topic = self.settings.topic(FEATURES)
-            await self._retry("produce features", lambda: self.sink.send_many(topic, vectors))
+            await self.retry("produce features", lambda: self.sink.send_many(topic, vectors))
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         topic = self.settings.topic(DEAD_LETTERS)
         records = [(None, d.dumps()) for d in dead]
-        await self._retry("produce dead letters", lambda: self.sink.send_many(topic, records))
+        await self.retry("produce dead letters", lambda: self.sink.send_many(topic, records))
         positions = [(d.topic, d.partition, d.offset) for d in dead]
-        await self._retry("count dead letters", lambda: self.store.count_dead_letters(positions))
+        await self.retry("count dead letters", lambda: self.store.count_dead_letters(positions))
         for d in dead:
             log.warning("dead letter %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.reason)
 
@@ -288,7 +289,7 @@ class BatchProcessor:
             received_at=self._now_ms(),
         )
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         delay = self.retry_base_s
         while True:
             try:
