@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+import redis
 
 from rebate_guard.producer import produce_world
 from rebate_guard.replay import compute_features
@@ -17,6 +19,7 @@ from rebate_guard.settings import Settings
 from rebate_guard.simulator import World, WorldConfig, simulate_world, write_world
 from rebate_guard.topics import ensure_topics
 from tests.integration.helpers import (
+    WorkerProcess,
     read_topic,
     redis_counters,
     running_worker,
@@ -62,6 +65,28 @@ def _assert_same(replayed: dict[str, dict[str, Any]], live: dict[str, list[dict[
             assert vector == replayed[tx_id], f"{tx_id}: worker {vector} != replay"
 
 
+def _wait_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerProcess) -> None:
+    """Until `decisions` more were stored after the newest checkpoint (still the newest), so
+    a kill now leaves work after the checkpoint that the restart must redo."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        deadline = time.monotonic() + 120
+        pointer, since = None, 0
+        while time.monotonic() < deadline:
+            assert worker.alive(), worker.log()
+            keys = client.keys(f"{settings.app_id}:checkpoint:features-*")
+            current = [client.get(k) for k in keys if k.count(b":") == 2]
+            done = redis_counters(settings).get("decisions", 0)
+            if current != pointer:  # a (new) checkpoint: count from here
+                pointer, since = current, done
+            elif pointer and done - since >= decisions:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no checkpoint followed by {decisions} decisions\n{worker.log()}")
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("partitions", [1, 4])
 def test_the_worker_computes_exactly_the_features_of_replay(
     stack_settings: Settings, tmp_path: Path, partitions: int
@@ -83,7 +108,7 @@ def test_the_worker_computes_exactly_the_features_of_replay(
 def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=1.0, log_features=True)
+    settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=4.0, log_features=True)
     world = _world(seed=22, transactions=20_000)
     replayed = _replay_features(world, tmp_path)
     asyncio.run(ensure_topics(settings))
@@ -92,6 +117,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     log = tmp_path / "worker.log"
     with running_worker(settings, log) as first:
         wait_for_decisions(settings, n // 3, first, timeout=120)
+        _wait_past_a_checkpoint(settings, decisions=1500, worker=first)
         first.kill9()
     assert redis_counters(settings).get("decisions", 0) < n, "finished before the kill"
     with running_worker(settings, log) as second:
