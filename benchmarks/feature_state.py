@@ -76,11 +76,12 @@ def main() -> int:
         "user profiles": engine.user.profiles,
         "user activity": engine.user.activity,
         "merchants": engine.merchant.state,
-        "categories": engine.category.state,
-        "devices": engine.device.state,
-        "ips": engine.ip.state,
-        "cards": engine.card.state,
-        "referral nodes": engine.referral.state,
+        "categories": engine.entities.category.state,
+        "devices": engine.entities.device.state,
+        "ips": engine.entities.ip.state,
+        "cards": engine.entities.card.state,
+        "referrers": engine.entities.referral.state,
+        "referral tree": engine.tree.entries,
     }
     print()
     print("| state | keys | MB | bytes/key |")

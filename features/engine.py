@@ -14,21 +14,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from features.identity import card_family, device_family, ip_family
-from features.merchant import CategoryFamily, MerchantFamily
-from features.referral import ReferralFamily
+from features.merchant import MerchantFamily
+from features.referral import ReferralTree
+from features.stages import (
+    TRANSACTION_FEATURES,
+    EntityStage,
+    SweepClock,
+    UserStage,
+    family_names,
+)
 from features.user import UserFamily
-from streams.records import PAYMENT, Label, Signup, Transaction
+from streams.records import Label, Signup, Transaction
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-WEEK_MS = 7 * DAY_MS
-# 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0).
-_EPOCH_WEEKDAY = 3
 
 Features = dict[str, float | None]
-
-TRANSACTION_FEATURES = ("amount_cents", "rebate_rate", "is_refund", "is_night", "is_weekend")
 
 
 @dataclass(frozen=True)
@@ -45,17 +46,14 @@ class EngineConfig:
 
 
 class FeatureEngine:
+    """Both stages in one process (see `features.stages`), with the referral tree in a dict."""
+
     def __init__(self, config: EngineConfig | None = None) -> None:
-        self.config = config or EngineConfig()
-        self.user = UserFamily()
-        self.merchant = MerchantFamily()
-        self.category = CategoryFamily()
-        self.device = device_family()
-        self.ip = ip_family()
-        self.card = card_family()
-        self.referral = ReferralFamily()
-        self._offset_ms = self.config.utc_offset_minutes * 60_000
-        self._next_sweep: int | None = None
+        self.config = config = config or EngineConfig()
+        self.users = UserStage(config.utc_offset_minutes, config.user_ttl_ms)
+        self.entities = EntityStage(config.user_ttl_ms)
+        self.tree = ReferralTree()
+        self.sweeps = SweepClock(config.sweep_every_ms)
         self.swept = 0
 
     @property
@@ -64,89 +62,62 @@ class FeatureEngine:
 
     def signup(self, event: Signup) -> None:
         self._maybe_sweep(event.ts)
-        if not self.user.signup(event):
+        if not self.users.signup(event):
             return  # redelivered or repeated: the first signup stands
-        self.device.signup(event)
-        self.ip.signup(event)
-        self.referral.signup(event)
+        self.tree.signup(event)
+        self.entities.signup(event)
 
     def label(self, event: Label) -> None:
         self._maybe_sweep(event.ts)
-        self.merchant.label(event)
+        self.entities.label(event)
 
     def vector(self, tx: Transaction) -> list[float | None]:
         """The feature values of `tx` in `FEATURE_NAMES` order; then learns `tx`."""
-        ts = tx.ts
-        self._maybe_sweep(ts)
-        local = ts + self._offset_ms
-        local_day = local // DAY_MS
-        out: list[float | None] = [
-            tx.amount_cents,
-            tx.rebate_rate,
-            0 if tx.kind == PAYMENT else 1,
-            1 if local % DAY_MS < 6 * HOUR_MS else 0,
-            1 if (local_day + _EPOCH_WEEKDAY) % 7 >= 5 else 0,
-        ]
-        # The merchant family needs the account age *before* the user family learns this tx.
-        age = self.user.account_age_ms(tx.user_id, ts)
-        self.user.transaction(tx, out)
-        self.merchant.transaction(tx, age, out)
-        self.category.transaction(tx, out)
-        self.device.transaction(tx, out)
-        self.ip.transaction(tx, out)
-        self.card.transaction(tx, out)
-        self.referral.transaction(tx, out)
+        self._maybe_sweep(tx.ts)
+        out, context = self.users.transaction(tx)
+        context.depth = self.tree.depth(tx.user_id, context)
+        self.entities.transaction(tx, context, out)
         return out
 
     def transaction(self, tx: Transaction) -> Features:
         return dict(zip(FEATURE_NAMES, self.vector(tx), strict=True))
 
     def _maybe_sweep(self, ts: int) -> None:
-        due = self._next_sweep
-        if due is None:
-            self._next_sweep = ts + self.config.sweep_every_ms
-        elif ts >= due:
+        if self.sweeps.due(ts):
             self.sweep(ts)
-            self._next_sweep = ts + self.config.sweep_every_ms
 
     def sweep(self, now_ms: int) -> int:
         """Forget keys whose windows have all expired (and users past their TTL)."""
-        ttl = self.config.user_ttl_ms
-        gone = (
-            self.user.sweep(now_ms, ttl)
-            + self.merchant.sweep(now_ms)
-            + self.category.sweep(now_ms)
-            + self.device.sweep(now_ms)
-            + self.ip.sweep(now_ms)
-            + self.card.sweep(now_ms)
-            + self.referral.sweep(now_ms, ttl)
-        )
+        gone = self.users.sweep(now_ms) + self.entities.sweep(now_ms)
         self.swept += gone
         return gone
 
+    # The families, for tests and the state benchmark.
+    @property
+    def user(self) -> UserFamily:
+        return self.users.user
+
+    @property
+    def merchant(self) -> MerchantFamily:
+        return self.entities.merchant
+
     def key_counts(self) -> dict[str, int]:
+        entities = self.entities
         return {
             "user_profiles": len(self.user.profiles),
             "user_activity": len(self.user.activity),
-            "merchants": len(self.merchant.state),
-            "categories": len(self.category.state),
-            "devices": len(self.device.state),
-            "ips": len(self.ip.state),
-            "cards": len(self.card.state),
-            "referral_nodes": len(self.referral.state),
+            "merchants": len(entities.merchant.state),
+            "categories": len(entities.category.state),
+            "devices": len(entities.device.state),
+            "ips": len(entities.ip.state),
+            "cards": len(entities.card.state),
+            "referrers": len(entities.referral.state),
+            "referral_tree": len(self.tree.entries),
         }
 
 
 def _names() -> tuple[str, ...]:
-    families = (
-        UserFamily.names,
-        MerchantFamily.names,
-        CategoryFamily.names,
-        device_family().names,
-        ip_family().names,
-        card_family().names,
-        ReferralFamily.names,
-    )
+    families = (UserFamily.names, *family_names())
     return TRANSACTION_FEATURES + tuple(name for names in families for name in names)
 
 

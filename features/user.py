@@ -47,10 +47,21 @@ USER_FEATURES = (
 class UserProfile:
     """Lifetime facts of a user: tiny, kept until the user is idle past the user TTL."""
 
-    __slots__ = ("first_payment_ts", "last_payment_ts", "last_ts", "m2", "mean", "n", "signup_ts")
+    __slots__ = (
+        "first_payment_ts",
+        "last_payment_ts",
+        "last_ts",
+        "m2",
+        "mean",
+        "n",
+        "referrer",
+        "signup_ts",
+    )
 
     def __init__(self) -> None:
         self.signup_ts: int | None = None
+        #: Who referred the user (None for none, or for a self-referral), from the signup.
+        self.referrer: str | None = None
         self.first_payment_ts: int | None = None
         self.last_payment_ts: int | None = None
         # Welford's running mean and spread of payment amounts.
@@ -89,30 +100,62 @@ class UserActivity:
 ACTIVITY_TTL_MS = max(USER_HORIZONS[0], PAIR_WINDOW_MS, REFUND_LOOKBACK_MS)
 
 
+class TxContext:
+    """What the other families need to know about a transaction's user, as of its ts: the
+    user stage works it out, and the entity stage (another partition, perhaps) receives it."""
+
+    __slots__ = ("account_age_ms", "depth", "referrer", "signup_ts")
+
+    def __init__(
+        self,
+        account_age_ms: int | None,
+        signup_ts: int | None,
+        referrer: str | None,
+        depth: int | None = None,
+    ) -> None:
+        self.account_age_ms = account_age_ms
+        self.signup_ts = signup_ts
+        self.referrer = referrer
+        #: The user's referral depth; filled in from the referral tree by whoever holds it.
+        self.depth = depth
+
+    def as_tuple(self) -> tuple[int | None, int | None, str | None, int | None]:
+        return (self.account_age_ms, self.signup_ts, self.referrer, self.depth)
+
+
 class UserFamily:
     names: ClassVar[tuple[str, ...]] = USER_FEATURES
 
-    def __init__(self) -> None:
+    def __init__(self, ttl_ms: int) -> None:
+        self.ttl_ms = ttl_ms
         self.profiles: dict[str, UserProfile] = {}
         self.activity: dict[str, UserActivity] = {}
 
+    def _profile(self, user_id: str, ts: int) -> UserProfile | None:
+        """The user's profile unless idle past the TTL. Checked on every read, so a user's
+        lifetime facts restart at the same moment however often (or whether) sweeps run."""
+        profile = self.profiles.get(user_id)
+        if profile is not None and profile.last_ts <= ts - self.ttl_ms:
+            del self.profiles[user_id]
+            return None
+        return profile
+
     def signup(self, event: Signup) -> bool:
         """Records the signup; False (and no change) if the user's signup is already known."""
-        profile = self.profiles.get(event.user_id)
+        profile = self._profile(event.user_id, event.ts)
         if profile is not None and profile.signup_ts is not None:
             return False
-        touch(self.profiles, event.user_id, event.ts, UserProfile).signup_ts = event.ts
+        profile = touch(self.profiles, event.user_id, event.ts, UserProfile)
+        profile.signup_ts = event.ts
+        referrer = event.referrer_id
+        profile.referrer = None if referrer == event.user_id else referrer
         return True
 
-    def account_age_ms(self, user_id: str, ts: int) -> int | None:
-        profile = self.profiles.get(user_id)
-        if profile is None or profile.signup_ts is None:
-            return None
-        return ts - profile.signup_ts
-
-    def transaction(self, tx: Transaction, out: list[float | None]) -> None:
+    def transaction(self, tx: Transaction, out: list[float | None]) -> TxContext:
+        """Appends the user features of `tx`, learns it, and returns its user context."""
         ts = tx.ts
         amount = tx.amount_cents
+        self._profile(tx.user_id, ts)
         profile = touch(self.profiles, tx.user_id, ts, UserProfile)
         user = touch(self.activity, tx.user_id, ts, UserActivity)
         log = user.payments
@@ -144,6 +187,7 @@ class UserFamily:
             out.append(None)
         out.append(amount / profile.mean if n else None)
         signup = profile.signup_ts
+        context = TxContext(None if signup is None else ts - signup, signup, profile.referrer)
         out.append(None if signup is None else (ts - signup) / 1000)
         first = profile.first_payment_ts
         if signup is None:
@@ -195,9 +239,10 @@ class UserFamily:
         else:
             paid = recent.get(tx.ref_tx_id) if tx.ref_tx_id is not None else None
             out.append(None if paid is None else (ts - paid) / 1000)
+        return context
 
-    def sweep(self, now_ms: int, ttl_ms: int) -> int:
+    def sweep(self, now_ms: int) -> int:
         """Drop expired activity, and profiles of users idle past the TTL (whose lifetime
         facts then restart)."""
         sweep_idle(self.activity, now_ms - ACTIVITY_TTL_MS)
-        return len(sweep_idle(self.profiles, now_ms - ttl_ms))
+        return len(sweep_idle(self.profiles, now_ms - self.ttl_ms))

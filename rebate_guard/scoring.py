@@ -15,7 +15,7 @@ from detectors.base import Detector, Features
 from detectors.rules import RuleScore
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
-from graph.referrals import ReferralTree
+from graph.referrals import pyramid_score
 from rebate_guard.policy import Policy, trust_weight
 from streams.records import (
     FRAUD,
@@ -65,50 +65,40 @@ def event_id(event: Event) -> str:
 
 
 @dataclass
-class Scorer:
-    features: FeatureEngine = field(default_factory=FeatureEngine)
+class Decider:
+    """Everything after the features: detectors, trust weight, policy, and the decision
+    context. Lives where a user's transactions are decided (the user-stage partition)."""
+
     detector: Detector = field(default_factory=RuleScore)
-    referrals: ReferralTree = field(default_factory=ReferralTree)
     policy: Policy = field(default_factory=Policy)
     remembered: OrderedDict[str, Features] = field(default_factory=OrderedDict)
     #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback.
     granted: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    #: How many feature vectors to keep for delayed labels (a worker's partitions share
+    #: `MAX_REMEMBERED_FEATURES`).
+    remember_limit: int = MAX_REMEMBERED_FEATURES
 
     @property
     def model_version(self) -> str:
         return f"{self.detector.name}-1"
 
-    def apply(self, event: Event, decided_at: int) -> Decision | None:
-        if isinstance(event, Transaction):
-            return self.transaction(event, decided_at)
-        if isinstance(event, Signup):
-            self.signup(event)
-        else:
-            self.label(event)
-        return None
-
-    def signup(self, event: Signup) -> None:
-        self.features.signup(event)
-        self.referrals.signup(event)
-
     def label(self, event: Label) -> None:
-        self.features.label(event)
         if event.tx_id is None:
             return
         x = self.remembered.get(event.tx_id)
         if x is not None:
             self.detector.learn_one(x, event.label == FRAUD)
 
-    def transaction(self, tx: Transaction, decided_at: int) -> Decision:
-        return self.decide(tx, decided_at)[0]
-
-    def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
-        """The decision on `tx` and the feature vector it was made from."""
-        x = self.features.transaction(tx)
+    def decide(
+        self, tx: Transaction, vector: list[float | None], decided_at: int
+    ) -> tuple[Decision, Features]:
+        """The decision on `tx` from its engine features (`FEATURE_NAMES` order), and the
+        full feature vector it was made from."""
+        x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         risk = self.detector.score_one(x)
         reasons = self.detector.explain_one(x)
-        ring_score, ring_reasons = self.referrals.ring_score(tx.user_id)
+        ring_score, ring_reasons = pyramid_score(x["referral_depth"])
         weight = trust_weight(risk, ring_score)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
         if tx.kind == PAYMENT:
@@ -156,5 +146,27 @@ class Scorer:
 
     def _remember(self, tx_id: str, x: Features) -> None:
         self.remembered[tx_id] = x
-        if len(self.remembered) > MAX_REMEMBERED_FEATURES:
+        if len(self.remembered) > self.remember_limit:
             self.remembered.popitem(last=False)
+
+
+@dataclass
+class Scorer:
+    """Features and decisions in one process: replay, and the reference for the worker."""
+
+    features: FeatureEngine = field(default_factory=FeatureEngine)
+    decider: Decider = field(default_factory=Decider)
+
+    def apply(self, event: Event, decided_at: int) -> Decision | None:
+        if isinstance(event, Transaction):
+            return self.decide(event, decided_at)[0]
+        if isinstance(event, Signup):
+            self.features.signup(event)
+        else:
+            self.features.label(event)
+            self.decider.label(event)
+        return None
+
+    def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
+        """The decision on `tx` and the feature vector it was made from."""
+        return self.decider.decide(tx, self.features.vector(tx), decided_at)

@@ -47,7 +47,11 @@ class Settings:
     )
     partitions: int = field(
         default=4,
-        metadata=_doc("Partitions of the input topics when RebateGuard creates them."),
+        metadata=_doc(
+            "Partitions of every topic RebateGuard creates; the input topics must have "
+            "exactly this many (the worker checks), and it bounds how many workers share "
+            "the work."
+        ),
     )
     replication_factor: int = field(
         default=1,

@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
 from rebate_guard.settings import Settings
-from streams.records import INPUT_TOPICS, OUTPUT_TOPICS
+from streams.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ class TopicError(RuntimeError):
 def contract_topics(settings: Settings) -> list[str]:
     """Full names (with the configured prefix) of every contract topic."""
     return [settings.topic(name) for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)]
+
+
+def pipeline_topics(settings: Settings) -> list[str]:
+    """The contract topics and the worker's internal ones (between its feature stages)."""
+    return contract_topics(settings) + [settings.topic(name) for name in INTERNAL_TOPICS]
 
 
 def _admin(settings: Settings, timeout_s: float) -> AIOKafkaAdminClient:
@@ -162,12 +167,14 @@ async def ensure_topics(
     partitions: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Create every contract topic (prefixed, `partitions or settings.partitions` partitions,
-    `settings.replication_factor` replicas) unless it exists; wait until all are in metadata.
+    """Create every contract and internal topic (prefixed, `partitions or
+    settings.partitions` partitions, `settings.replication_factor` replicas) unless it
+    exists; wait until all are in metadata.
 
-    Existing topics are left alone (a differing partition count is logged, not changed).
+    Existing topics are left alone (a differing partition count is logged, not changed; the
+    worker refuses to start on one, see `streams.app`).
     """
-    await create_topics(settings, contract_topics(settings), partitions, timeout_s)
+    await create_topics(settings, pipeline_topics(settings), partitions, timeout_s)
 
 
 async def topic_partitions(
@@ -196,11 +203,11 @@ async def delete_topics(
     topics: Sequence[str] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
-    """Delete `topics` (full names; default: the contract topics); missing ones are fine.
+    """Delete `topics` (full names; default: all of the pipeline's); missing ones are fine.
 
     Waits until metadata no longer lists them.
     """
-    names = list(topics) if topics is not None else contract_topics(settings)
+    names = list(topics) if topics is not None else pipeline_topics(settings)
     deadline = time.monotonic() + timeout_s
     admin = await _started_admin(settings, deadline)
     try:

@@ -29,20 +29,22 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from rebate_guard.scoring import Event, order_key
 
 S = TypeVar("S", bound=Hashable)
 
 # Far below any valid ts (validation accepts 2000..2100): "nothing released yet".
-_START = -(2**62)
+START = -(2**62)
 
 
 @dataclass
 class Released:
     event: Event
     late: bool = False
+    #: Whatever the caller attached to the event when offering it (where it came from).
+    tag: Any = None
 
 
 @dataclass
@@ -51,13 +53,13 @@ class Aligner(Generic[S]):
     lateness_ms: int = 0
     high: dict[S, int] = field(default_factory=dict)
     idle_sources: set[S] = field(default_factory=set)
-    #: (order key, event); the key ends with the arrival number, so keys never tie.
-    buffer: list[tuple[tuple[int, int, str, int], Event]] = field(default_factory=list)
-    watermark: int = _START
+    #: (order key, event, tag); the key ends with the arrival number, so keys never tie.
+    buffer: list[tuple[tuple[int, int, str, int], Event, Any]] = field(default_factory=list)
+    watermark: int = START
     arrivals: int = 0
     late: int = 0
 
-    def offer(self, source: S, event: Event) -> list[Released]:
+    def offer(self, source: S, event: Event, tag: Any = None) -> list[Released]:
         """Take one event from `source`; returns what can be released now, in order."""
         if source not in self.sources:
             raise KeyError(f"unknown source {source!r}")
@@ -66,10 +68,21 @@ class Aligner(Generic[S]):
         self.idle_sources.discard(source)
         if event.ts < self.watermark:
             self.late += 1
-            return [Released(event, late=True)]
-        heapq.heappush(self.buffer, (order_key(event, self.arrivals), event))
-        if event.ts > self.high.get(source, _START):
+            return [Released(event, True, tag)]
+        heapq.heappush(self.buffer, (order_key(event, self.arrivals), event, tag))
+        if event.ts > self.high.get(source, START):
             self.high[source] = event.ts
+            return self._advance()
+        return self._advance() if woke else []
+
+    def advance(self, source: S, ts: int) -> list[Released]:
+        """`source` promises nothing earlier than `ts` from now on (a watermark it sent)."""
+        if source not in self.sources:
+            raise KeyError(f"unknown source {source!r}")
+        woke = source in self.idle_sources
+        self.idle_sources.discard(source)
+        if ts > self.high.get(source, START):
+            self.high[source] = ts
             return self._advance()
         return self._advance() if woke else []
 
@@ -95,7 +108,7 @@ class Aligner(Generic[S]):
 
     def finish(self) -> list[Released]:
         """End of input: release everything still buffered."""
-        out = [Released(e) for _, e in sorted(self.buffer)]
+        out = [Released(e, False, tag) for _, e, tag in sorted(self.buffer)]
         self.buffer.clear()
         if out:
             self.watermark = max(self.watermark, out[-1].event.ts)
@@ -117,5 +130,6 @@ class Aligner(Generic[S]):
         out: list[Released] = []
         buffer = self.buffer
         while buffer and buffer[0][0][0] < watermark:
-            out.append(Released(heapq.heappop(buffer)[1]))
+            _, event, tag = heapq.heappop(buffer)
+            out.append(Released(event, False, tag))
         return out

@@ -1,38 +1,45 @@
-"""The Faust worker: thin agents over the input topics, delegating to `BatchProcessor`.
+"""The Faust worker: thin agents over the input and internal topics, delegating to
+`BatchProcessor`.
 
-One agent per input topic (transactions, signups, labels), all sharing one processor, which
-merges them into event-time order (streams/alignment.py). Agents batch with `take_events`.
+One agent per input topic (transactions, signups, labels) feeds the user shards; one per
+internal topic carries envelopes between the feature stages (streams/shards.py). All topics
+have the same partition count, so Faust co-partitions them: partition i of every topic, and
+so user shard i and entity shard i, belong to the same worker. Agents batch with
+`take_events`.
 
 Recovery is by checkpoint, not by Faust's changelogs (which Tansu's ListOffsets bug breaks):
-every `RG_CHECKPOINT_INTERVAL_S` the processor's whole state, with the next input offset of
-every partition, is written to Redis; only then are the input messages it covers acknowledged
-(each message holds an extra reference until that point), so the committed offsets never run
-ahead of the checkpoint. After a crash the worker restores the checkpoint for its partitions
-and Faust re-delivers from the committed offsets; what the checkpoint already covers is skipped
-by offset. The state after recovery is therefore exactly that of an uninterrupted run.
-Checkpoints are per set of assigned partitions: exact recovery holds for a worker that gets the
-same partitions back (always, with one worker).
+every `RG_CHECKPOINT_INTERVAL_S` each shard's state, with the next offset of each partition
+it reads, is written to Redis under the shard's own name; only then are the messages it
+covers acknowledged (each holds an extra reference until that point), so committed offsets
+never run ahead of a checkpoint. A worker that is assigned a partition restores that shard's
+checkpoint, and Faust re-delivers from the committed offsets; what the checkpoint already
+covers is skipped by offset. So the state after a crash, a restart or a rebalance is exactly
+that of an uninterrupted run, however the partitions move between workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import faust
 from faust.types import TP, EventT, Message
 from mode import Service
 
-from features.engine import FeatureEngine
-from rebate_guard.scoring import Scorer
 from rebate_guard.settings import Settings
-from streams.processor import BatchOutcome, BatchProcessor, RawEvent
-from streams.records import INPUT_TOPICS
+from streams.processor import (
+    BatchOutcome,
+    BatchProcessor,
+    RawEvent,
+    entity_unit,
+    user_unit,
+)
+from streams.records import ENTITY_REQUESTS, ENTITY_RESULTS, INPUT_TOPICS, INTERNAL_TOPICS
 from streams.sink import KafkaSink, Sink
 from streams.store import DecisionStore, RedisDecisionStore, save_checkpoint_sync
 
@@ -45,12 +52,6 @@ async def _exited_cleanly(pid: int) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def checkpoint_name(sources: frozenset[tuple[str, int]]) -> str:
-    """Checkpoints are named by the exact set of input partitions whose state they hold."""
-    listing = ",".join(f"{t}:{p}" for t, p in sorted(sources))
-    return "features-" + hashlib.sha1(listing.encode()).hexdigest()[:16]
-
-
 class Runtime:
     """What the agents share: the processor, the I/O clients it uses, and the checkpoints."""
 
@@ -58,87 +59,108 @@ class Runtime:
         self.settings = settings
         self.store = store
         self.sink = sink
-        self.processor = BatchProcessor(
-            Scorer(features=FeatureEngine(settings.engine_config())), store, sink, settings
-        )
-        # The processor's state is touched by three agents, a timer and rebalances: one at a
-        # time, and never in the middle of a batch.
+        with_broker = isinstance(sink, KafkaSink)
+        self.processor = BatchProcessor(store, sink, settings, loopback=not with_broker)
+        # The shards are touched by five agents, two timers and rebalances: one at a time,
+        # and never in the middle of a batch.
         self.lock = asyncio.Lock()
         self.ready = asyncio.Event()
         #: With a real broker, input is acknowledged only once a checkpoint covers it; the
         #: in-memory test contexts have no broker to commit to.
-        self.hold_acks = isinstance(sink, KafkaSink)
+        self.hold_acks = with_broker
         self.held: list[Message] = []
         self.ack: Any = None  # set by create_worker: acknowledges one held message
-        self.checkpoint_name: str | None = None
         self.checkpointing = False
         # Forking needs the real Redis (the child opens its own connection to it).
         self.fork_checkpoints = isinstance(store, RedisDecisionStore)
-        if not self.hold_acks:
+        if not with_broker:
+            self.processor.own_all()  # no broker, no assignment: every partition is ours
             self.ready.set()
 
     async def start(self) -> None:
         if isinstance(self.sink, KafkaSink):
             await self.sink.start()
+            await self._check_partitions(self.sink)
+
+    async def _check_partitions(self, sink: KafkaSink) -> None:
+        """Refuse to run on topics whose partition counts differ: co-partitioning (and the
+        user shards' routing) needs them all equal to `RG_PARTITIONS`."""
+        wrong = {}
+        for name in (*INPUT_TOPICS, *INTERNAL_TOPICS):
+            topic = self.settings.topic(name)
+            count = await sink.partition_count(topic)
+            if count != self.settings.partitions:
+                wrong[topic] = count
+        if wrong:
+            raise RuntimeError(
+                f"RG_PARTITIONS is {self.settings.partitions} but these topics have other "
+                f"partition counts: {wrong}; all input and internal topics need the same count"
+            )
 
     async def stop(self) -> None:
-        if self.checkpoint_name is not None:
-            await self.checkpoint()
+        if self.processor.units():
+            await self.handover()
         if isinstance(self.sink, KafkaSink):
             await self.sink.stop()
         if isinstance(self.store, RedisDecisionStore):
             await self.store.close()
 
     async def on_assigned(self, assigned: set[TP]) -> None:
-        inputs = {self.settings.topic(k) for k in INPUT_TOPICS}
-        sources = frozenset((tp.topic, tp.partition) for tp in assigned if tp.topic in inputs)
+        s = self.settings
+        user_topics = {s.topic(k) for k in INPUT_TOPICS} | {s.topic(ENTITY_RESULTS)}
+        units = {user_unit(tp.partition) for tp in assigned if tp.topic in user_topics}
+        units |= {
+            entity_unit(tp.partition) for tp in assigned if tp.topic == s.topic(ENTITY_REQUESTS)
+        }
         async with self.lock:
-            name = checkpoint_name(sources)
-            if name != self.checkpoint_name:
-                blob = await self.store.load_checkpoint(name)
+            current = set(self.processor.units())
+            self.processor.release(current - units)
+            for unit in sorted(units - current):
+                blob = await self.store.load_checkpoint(unit)
+                self.processor.install(unit, blob)
                 if blob is not None:
-                    self.processor.restore(blob)
-                    log.info("restored checkpoint %s (%d bytes)", name, len(blob))
-                elif self.checkpoint_name is not None:
-                    log.warning(
-                        "no checkpoint for the new partition set %s: feature state carries "
-                        "over from the previous assignment",
-                        sorted(sources),
-                    )
-                self.checkpoint_name = name
-            await self.processor.assign(sources)
+                    log.info("restored %s from its checkpoint (%d bytes)", unit, len(blob))
+        log.info("shards assigned: %s", ", ".join(sorted(units)) or "none")
         self.ready.set()
 
+    async def handover(self) -> None:
+        """Partitions are being revoked: their next owner must find them checkpointed as of
+        now, and Faust commits what the checkpoint acknowledged. So wait out a checkpoint
+        already being written (it holds older state) and write a fresh one."""
+        while self.checkpointing:
+            await asyncio.sleep(0.05)
+        await self.checkpoint()
+
     async def checkpoint(self) -> None:
-        """Save the state with its offsets, then acknowledge the input it covers."""
+        """Save every shard with its offsets, then acknowledge the input they cover."""
         if self.checkpointing:
             return  # the previous one is still being written
         self.checkpointing = True
         try:
             async with self.lock:
-                name = self.checkpoint_name
-                if name is None:
+                snapshots, written = self.processor.checkpoints()
+                if not snapshots:
                     return
                 held, self.held = self.held, []
-                writer = self._fork_writer(name) if self.fork_checkpoints else None
-                if writer is None:
-                    blob = self.processor.snapshot()
-            if writer is None:
-                await self.processor.retry(
-                    "save checkpoint", lambda: self.store.save_checkpoint(name, blob)
-                )
-            elif not await _exited_cleanly(writer):
+                writer = self._fork_writer(snapshots) if self.fork_checkpoints else None
+                blobs = None if writer is not None else {n: f() for n, f in snapshots.items()}
+            if blobs is not None:
+                for name, blob in blobs.items():
+                    save = partial(self.store.save_checkpoint, name, blob)
+                    await self.processor.retry("save checkpoint", save)
+            elif writer is not None and not await _exited_cleanly(writer):
                 log.warning("checkpoint writer %d failed; retrying at the next interval", writer)
                 self.held = held + self.held
                 return
+            written()
             for message in held:
                 self.ack(message)
             self.processor.counters.checkpoints += 1
         finally:
             self.checkpointing = False
 
-    def _fork_writer(self, name: str) -> int | None:
-        """Write the checkpoint from a forked child, as Redis's BGSAVE does.
+    def _fork_writer(self, snapshots: dict[str, Callable[[], bytes]]) -> int | None:
+        """Write the checkpoints from a forked child, as Redis's BGSAVE does.
 
         Pickling the whole state blocks for seconds at a few hundred MB (benchmarks/
         README.md); the child gets a copy-on-write image of the state as it is now, between
@@ -153,8 +175,10 @@ class Runtime:
         status = 1
         try:  # the child: no event loop, no logging, no shared connections; exit hard
             os.nice(10)  # the worker and the broker come first; this uses what is spare
-            blob = self.processor.snapshot()
-            save_checkpoint_sync(self.settings.redis_url, self.settings.app_id, name, blob)
+            for name, snapshot in snapshots.items():
+                save_checkpoint_sync(
+                    self.settings.redis_url, self.settings.app_id, name, snapshot()
+                )
             status = 0
         finally:
             os._exit(status)
@@ -163,7 +187,8 @@ class Runtime:
         async with self.lock:
             await self.processor.tick()
 
-    async def handle(self, kind: str, events: Sequence[EventT]) -> BatchOutcome:
+    async def handle(self, kind: str, events: Sequence[EventT]) -> BatchOutcome | None:
+        """One batch from `kind`: an input topic, or an internal one."""
         await self.ready.wait()
         if self.hold_acks:
             for event in events:  # take_events acks the batch; this keeps it unacked
@@ -190,9 +215,15 @@ class Runtime:
 
     async def _handle(
         self, kind: str, raw: list[RawEvent], messages: list[Message]
-    ) -> BatchOutcome:
+    ) -> BatchOutcome | None:
         async with self.lock:
-            outcome = await self.processor.handle(kind, raw)
+            outcome: BatchOutcome | None = None
+            if kind == ENTITY_REQUESTS:
+                await self.processor.handle_requests(raw)
+            elif kind == ENTITY_RESULTS:
+                outcome = await self.processor.handle_results(raw)
+            else:
+                outcome = await self.processor.handle(kind, raw)
             if self.hold_acks:
                 self.held.extend(messages)
             return outcome
@@ -250,7 +281,7 @@ def create_worker(
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        await runtime.checkpoint()  # whoever gets the partitions next resumes from here
+        await runtime.handover()  # whoever gets the partitions next resumes from here
 
     @app.timer(interval=settings.checkpoint_interval_s)
     async def checkpoint() -> None:
@@ -261,7 +292,7 @@ def create_worker(
         await runtime.tick()
 
     agents: dict[str, Any] = {}
-    for kind in INPUT_TOPICS:
+    for kind in (*INPUT_TOPICS, *INTERNAL_TOPICS):
         agents[kind] = _make_agent(app, settings, runtime, kind)
 
     from streams.web import register_views

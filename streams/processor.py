@@ -1,19 +1,23 @@
-"""Raw input batches -> event-time-ordered state updates, decisions, dead letters.
+"""Raw message batches -> shard state machines -> decisions, dead letters, envelopes.
 
-At-least-once input, exactly-once effects:
-1. every message is parsed; what breaks the contract becomes a dead letter with the reason;
-2. a message at an offset the state already covers (re-read after a restart) is skipped;
-3. valid events go through the `Aligner`, which releases them in replay order across all
-   assigned partitions of the three input topics (event time, then kind, then id);
-4. released events update the `Scorer` in that order; a transaction whose tx_id was already
-   seen (a second message for it) keeps its first decision and does not touch state again;
-5. new decisions are stored first-write-wins in Redis (one Lua call; after a restart from a
-   checkpoint a re-decided transaction finds its earlier decision there, which stands), then
-   the standing decisions, their feature vectors and the dead letters are produced and
-   awaited.
-The state (scorer, aligner buffer, offsets, seen tx_ids) is checkpointed with `snapshot()`;
-`restore()` plus re-reading input from the checkpoint's offsets gives exactly the state of an
-uninterrupted run. Failures of Redis or the broker are retried (with backoff), never dropped.
+The async driver of `streams.shards`: it owns this worker's user and entity shards (one per
+assigned partition), parses input, moves envelopes between the stages, walks the referral
+tree in Redis, and publishes decisions. At-least-once input, exactly-once effects:
+1. every input message is parsed; what breaks the contract becomes a dead letter with the
+   reason;
+2. a message at an offset its shard already covers (re-read after a restart) is skipped;
+3. user shards order their input by event time and send entity requests; new referral-tree
+   entries are written to Redis *before* the envelopes that advance event time past them, so
+   an entity shard that walks the tree at ts t finds every signup before t;
+4. decisions are stored first-write-wins in Redis (one Lua call; after a restart a
+   re-decided transaction finds its earlier decision there, which stands), then the standing
+   decisions, their feature vectors and the dead letters are produced and awaited.
+Each shard is checkpointed with its own offsets (`checkpoints()`); restoring one and
+re-reading its input from those offsets gives exactly the state of an uninterrupted run.
+Failures of Redis or the broker are retried (with backoff), never dropped.
+
+Without a broker (Faust's test contexts, unit tests) envelopes are delivered to the local
+shards directly, so the same protocol runs end to end in one process.
 """
 
 from __future__ import annotations
@@ -23,25 +27,29 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
-from features.windows import drop_oldest
-from rebate_guard.scoring import Event, Scorer
+from features.referral import DepthWalk, TreeEntry
+from features.stages import EntityStage, UserStage
+from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
 from rebate_guard.settings import Settings
-from streams.alignment import Aligner, Released
+from streams.alignment import START, Released
 from streams.records import (
     DEAD_LETTERS,
     DECISIONS,
+    ENTITY_REQUESTS,
+    ENTITY_RESULTS,
     FEATURES,
     LABELS,
     SIGNUPS,
     TRANSACTIONS,
     DeadLetter,
     Decision,
-    Transaction,
 )
+from streams.shards import TOPIC_CODES, Completed, EntityShard, UserShard
 from streams.sink import Sink
 from streams.store import DecisionStore
 from streams.validation import (
@@ -62,12 +70,10 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
 
 T = TypeVar("T")
 
-Source = tuple[str, int]  # (topic, partition)
-
 
 @dataclass(frozen=True)
 class RawEvent:
-    """An input message as it came off the broker (value still bytes)."""
+    """A message as it came off the broker (value still bytes)."""
 
     topic: str
     partition: int
@@ -81,9 +87,7 @@ class BatchOutcome:
     decided: int = 0
     redelivered: int = 0
     dead_letters: int = 0
-    applied: int = 0
     skipped: int = 0  # offsets the state already covered
-    late: int = 0
 
 
 @dataclass
@@ -96,8 +100,10 @@ class Counters:
     redelivered: int = 0
     dead_letters: int = 0
     retries: int = 0
-    late: int = 0
     checkpoints: int = 0
+    envelopes_sent: int = 0
+    envelopes_received: int = 0
+    stray: int = 0
 
 
 def feature_vector_json(decision: Decision, x: dict[str, Any]) -> bytes:
@@ -107,161 +113,309 @@ def feature_vector_json(decision: Decision, x: dict[str, Any]) -> bytes:
     return json.dumps(vector, separators=(",", ":"), allow_nan=False).encode()
 
 
-@dataclass
-class ProcessorState:
-    """Everything a checkpoint must carry to resume exactly."""
+async def run_walks(
+    walks: dict[tuple[str, int], DepthWalk],
+    fetch: Callable[[list[str]], Awaitable[dict[str, TreeEntry]]],
+) -> dict[tuple[str, int], int]:
+    """Drives referral-depth walks against an async lookup: one round trip per tree level
+    for all of them together."""
+    done: dict[tuple[str, int], int] = {}
+    asking = {key: next(walk) for key, walk in walks.items()}
+    while asking:
+        entries = await fetch(sorted(set(asking.values())))
+        still: dict[tuple[str, int], str] = {}
+        for key, user in asking.items():
+            try:
+                still[key] = walks[key].send(entries.get(user))
+            except StopIteration as finished:
+                done[key] = finished.value
+        asking = still
+    return done
 
-    scorer: Scorer
-    aligner: Aligner[Source]
-    #: Next offset to read per source: everything before it is in the state.
-    next_offset: dict[Source, int] = field(default_factory=dict)
-    #: tx_id -> ts of transactions decided, oldest first, kept for the decision TTL.
-    seen: dict[str, int] = field(default_factory=dict)
+
+def user_unit(partition: int) -> str:
+    return f"user-{partition}"
+
+
+def entity_unit(partition: int) -> str:
+    return f"entity-{partition}"
 
 
 @dataclass
 class BatchProcessor:
-    scorer: Scorer
     store: DecisionStore
     sink: Sink
     settings: Settings
     clock: Callable[[], float] = time.time
+    #: Deliver envelopes to this process's own shards instead of producing them (no broker).
+    loopback: bool = False
     counters: Counters = field(default_factory=Counters)
     retry_base_s: float = 0.2
     retry_max_s: float = 5.0
-    #: Wall-clock time each source last delivered (not checkpointed: a clock, not state).
-    heard: dict[Source, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        aligner: Aligner[Source] = Aligner(frozenset(), self.settings.allowed_lateness_ms)
-        self.state = ProcessorState(self.scorer, aligner)
-
-    # --- checkpoints ----------------------------------------------------------------------
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def restore(self, blob: bytes) -> None:
-        state = pickle.loads(blob)
-        if not isinstance(state, ProcessorState):
-            raise TypeError(f"not a processor checkpoint: {type(state).__name__}")
-        self.state = state
-        self.scorer = state.scorer
-
-    def event_time(self) -> dict[str, Any]:
-        """Where event time stands: the watermark, and what waits behind it."""
-        aligner = self.state.aligner
-        return {
-            "watermark": aligner.watermark if aligner.watermark > 0 else None,
-            "pending": aligner.pending(),
-            "sources": len(aligner.sources),
-            "idle_sources": len(aligner.idle_sources),
-            "late": aligner.late,
-        }
+    users: dict[int, UserShard] = field(default_factory=dict)
+    entities: dict[int, EntityShard] = field(default_factory=dict)
+    #: Wall-clock time each (user partition, topic code) last delivered (not checkpointed).
+    heard: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: Loopback only: envelopes produced and not yet taken in, per internal topic.
+    _looped: dict[str, list[RawEvent]] = field(default_factory=dict)
 
     @property
-    def offsets(self) -> dict[Source, int]:
-        return dict(self.state.next_offset)
+    def n_partitions(self) -> int:
+        return self.settings.partitions
 
-    async def assign(self, sources: frozenset[Source]) -> BatchOutcome:
-        """The partitions this worker reads changed (a rebalance)."""
-        now = self.clock()
-        for source in sources:
-            self.heard.setdefault(source, now)
-        outcome = BatchOutcome()
-        await self._apply(self.state.aligner.set_sources(sources), outcome)
-        return outcome
+    # --- shards and checkpoints -----------------------------------------------------------
+    def new_user_shard(self, partition: int) -> UserShard:
+        s = self.settings
+        engine = s.engine_config()
+        return UserShard(
+            partition,
+            self.n_partitions,
+            UserStage(engine.utc_offset_minutes, engine.user_ttl_ms),
+            Decider(remember_limit=MAX_REMEMBERED_FEATURES // self.n_partitions),
+            s.decision_ttl_s * 1000,
+            engine.sweep_every_ms,
+            s.allowed_lateness_ms,
+        )
+
+    def new_entity_shard(self, partition: int) -> EntityShard:
+        engine = self.settings.engine_config()
+        return EntityShard(
+            partition, self.n_partitions, EntityStage(engine.user_ttl_ms), engine.sweep_every_ms
+        )
+
+    def install(self, unit: str, blob: bytes | None) -> None:
+        """Take over a shard: from its checkpoint, or fresh."""
+        kind, _, number = unit.partition("-")
+        partition = int(number)
+        state = None if blob is None else pickle.loads(blob)
+        if kind == "user":
+            if state is not None and not isinstance(state, UserShard):
+                raise TypeError(f"{unit}: not a user shard checkpoint: {type(state).__name__}")
+            self.users[partition] = state or self.new_user_shard(partition)
+            now = self.clock()
+            for code in TOPIC_CODES.values():
+                self.heard[(partition, code)] = now
+        else:
+            if state is not None and not isinstance(state, EntityShard):
+                raise TypeError(f"{unit}: not an entity shard checkpoint: {type(state).__name__}")
+            self.entities[partition] = state or self.new_entity_shard(partition)
+
+    def own_all(self) -> None:
+        """Take every partition, fresh: a process with no broker (and no assignment)."""
+        for partition in range(self.n_partitions):
+            self.install(user_unit(partition), None)
+            self.install(entity_unit(partition), None)
+
+    def release(self, units: Iterable[str]) -> None:
+        """Forget shards this worker no longer owns (after their checkpoint)."""
+        for unit in units:
+            kind, _, number = unit.partition("-")
+            (self.users if kind == "user" else self.entities).pop(int(number), None)
+
+    def units(self) -> list[str]:
+        return [user_unit(p) for p in self.users] + [entity_unit(q) for q in self.entities]
+
+    def checkpoints(self) -> tuple[dict[str, Callable[[], bytes]], Callable[[], None]]:
+        """Per unit, a function that pickles it as of now (call it now, or in a forked
+        child), and what to do once every one of them is durably written."""
+        floors = {p: shard.floor() for p, shard in self.users.items()}
+        users = dict(self.users)
+        snapshots: dict[str, Callable[[], bytes]] = {}
+        for p, shard in users.items():
+            snapshots[user_unit(p)] = partial(shard.snapshot, floors[p])
+        for q, entity in self.entities.items():
+            snapshots[entity_unit(q)] = entity.snapshot
+
+        def written() -> None:
+            for p, shard in users.items():
+                shard.durable_floor = floors[p]  # entity shards may now forget below it
+
+        return snapshots, written
+
+    def event_time(self) -> dict[str, Any]:
+        """Where event time stands: the lowest user-shard watermark, and what waits."""
+        marks = [s.aligner.watermark for s in self.users.values() if s.aligner.watermark > START]
+        return {
+            "watermark": min(marks) if marks else None,
+            "pending": sum(len(s.aligner.buffer) + len(s.queue) for s in self.users.values()),
+            "sources": sum(len(s.aligner.sources) for s in self.users.values()),
+            "idle_sources": sum(len(s.aligner.idle_sources) for s in self.users.values()),
+            "late": sum(s.late for s in self.users.values())
+            + sum(s.late for s in self.entities.values()),
+        }
+
+    def _user(self, partition: int) -> UserShard | None:
+        shard = self.users.get(partition)
+        if shard is None and self.loopback:  # no broker: every partition is ours
+            self.install(user_unit(partition), None)
+            shard = self.users[partition]
+        return shard
+
+    def _entity(self, partition: int) -> EntityShard | None:
+        shard = self.entities.get(partition)
+        if shard is None and self.loopback:
+            self.install(entity_unit(partition), None)
+            shard = self.entities[partition]
+        return shard
+
+    def _stray(self, message: RawEvent) -> None:
+        """A message for a partition this worker does not own (still buffered when it was
+        revoked): left alone, the owner reads it from the committed offset."""
+        self.counters.stray += 1
+        log.debug("stray message %s[%d]@%d", message.topic, message.partition, message.offset)
 
     # --- input ----------------------------------------------------------------------------
     async def handle(self, kind: str, raw: Sequence[RawEvent]) -> BatchOutcome:
         """Process one batch from the input topic `kind` (a contract name, no prefix)."""
-        parser = PARSERS[kind]
-        state = self.state
-        aligner = state.aligner
+        parser, code = PARSERS[kind], TOPIC_CODES[kind]
         outcome = BatchOutcome()
         dead: list[DeadLetter] = []
-        released: list[Released] = []
+        touched: set[int] = set()
         now = self.clock()
         for message in raw:
-            source = (message.topic, message.partition)
-            if message.offset < state.next_offset.get(source, 0):
+            shard = self._user(message.partition)
+            if shard is None:
+                self._stray(message)
+                continue
+            if message.offset < shard.next_offset.get(code, 0):
                 outcome.skipped += 1
                 continue
-            state.next_offset[source] = message.offset + 1
-            self.heard[source] = now
+            self.heard[(message.partition, code)] = now
             try:
-                event = parser(decode_json_object(message.value))
+                event: Event | None = parser(decode_json_object(message.value))
             except InvalidEvent as exc:
                 dead.append(self._dead_letter(message, str(exc)))
-                continue
-            if source not in aligner.sources:  # delivered before its assignment was seen
-                released += aligner.set_sources(aligner.sources | {source})
-            released += aligner.offer(source, event)
+                event = None
+            shard.offer(code, message.offset, event)
+            touched.add(message.partition)
         outcome.dead_letters = len(dead)
-        await self._apply(released, outcome)
         if dead:
             await self._dead_letters(dead)
+        await self._after_users(touched, outcome)
         self._count(len(raw), outcome)
         return outcome
 
     async def tick(self) -> BatchOutcome:
-        """Called periodically: sources silent for `source_idle_s` stop holding event time."""
+        """Called periodically: inputs silent for `source_idle_s` stop holding event time."""
         now = self.clock()
         idle_after = self.settings.source_idle_s
-        released: list[Released] = []
-        for source in self.state.aligner.sources:
-            if now - self.heard.get(source, now) >= idle_after:
-                released += self.state.aligner.idle(source)
+        for (p, code), heard in self.heard.items():
+            shard = self.users.get(p)
+            if shard is not None and now - heard >= idle_after:
+                shard.idle(code)
         outcome = BatchOutcome()
-        if released:
-            await self._apply(released, outcome)
-            self._count(0, outcome)
+        await self._after_users(set(self.users), outcome)
+        self.counters.decided += outcome.decided
+        self.counters.redelivered += outcome.redelivered
         return outcome
 
-    async def _apply(self, released: list[Released], outcome: BatchOutcome) -> None:
-        scorer, seen = self.scorer, self.state.seen
-        decisions: list[tuple[Decision, dict[str, Any]]] = []
-        repeats: list[str] = []
-        order: list[str] = []
-        for item in released:
-            event = item.event
-            outcome.late += item.late
-            if not isinstance(event, Transaction):
-                scorer.apply(event, decided_at=self._now_ms())
-                outcome.applied += 1
+    async def handle_requests(self, raw: Sequence[RawEvent]) -> None:
+        """Envelopes from user shards, for this worker's entity shards."""
+        by_shard: dict[int, list[Released]] = {}
+        for message in raw:
+            entity = self._entity(message.partition)
+            if entity is None:
+                self._stray(message)
                 continue
-            order.append(event.tx_id)
-            if event.tx_id in seen:
-                repeats.append(event.tx_id)  # a second message for it: the first stands
-                continue
-            seen[event.tx_id] = event.ts
-            decisions.append(scorer.decide(event, decided_at=self._now_ms()))
-        if decisions:
-            # Forget tx_ids once their decisions' idempotency horizon has passed.
-            horizon = decisions[-1][0].ts - self.settings.decision_ttl_s * 1000
-            drop_oldest(seen, horizon)
-        if order:
-            await self._publish(decisions, repeats, order, outcome)
+            released = entity.offer(message.offset, message.value or b"")
+            if released is not None:
+                by_shard.setdefault(message.partition, []).extend(released)
+        self.counters.envelopes_received += len(raw)
+        results: list[tuple[int, bytes]] = []
+        for q, released in by_shard.items():
+            shard = self.entities[q]
+            depths = {}
+            if shard.depth_walks(released):
+                # Fresh walks per attempt: a failed one may have consumed its generators.
+                walk = partial(self._walk, shard, released)
+                depths = await self.retry("walk the referral tree", walk)
+            shard.apply(released, depths)
+            results += shard.envelopes()
+        await self._send(ENTITY_RESULTS, results)
 
-    async def _publish(
-        self,
-        decisions: list[tuple[Decision, dict[str, Any]]],
-        repeats: list[str],
-        order: list[str],
-        outcome: BatchOutcome,
-    ) -> None:
+    async def _walk(
+        self, shard: EntityShard, released: list[Released]
+    ) -> dict[tuple[str, int], int]:
+        return await run_walks(shard.depth_walks(released), self.store.get_referrals)
+
+    async def handle_results(self, raw: Sequence[RawEvent]) -> BatchOutcome:
+        """Entity results coming back to this worker's user shards."""
+        outcome = BatchOutcome()
+        await self._after_users(self._take_results(raw), outcome)
+        self.counters.decided += outcome.decided
+        self.counters.redelivered += outcome.redelivered
+        return outcome
+
+    def _take_results(self, raw: Iterable[RawEvent]) -> set[int]:
+        touched: set[int] = set()
+        for message in raw:
+            self.counters.envelopes_received += 1
+            shard = self._user(message.partition)
+            if shard is None:
+                self._stray(message)
+            elif shard.results(message.offset, message.value or b""):
+                touched.add(message.partition)
+        return touched
+
+    async def _after_users(self, partitions: Iterable[int], outcome: BatchOutcome) -> None:
+        """What user shards produced: tree writes first, then envelopes, then decisions."""
+        touched = set(partitions)
+        while touched:
+            shards = [self.users[p] for p in sorted(touched) if p in self.users]
+            writes = [w for shard in shards for w in shard.take_tree_writes()]
+            if writes:
+                write = partial(self.store.put_referrals, writes)
+                await self.retry("write the referral tree", write)
+            await self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()])
+            for shard in shards:
+                await self._publish(shard.complete(self._now_ms()), outcome)
+            # Without a broker the results are already back: take them in now.
+            touched = self._take_results(self._looped.pop(ENTITY_RESULTS, []))
+
+    async def _send(self, kind: str, envelopes: list[tuple[int, bytes]]) -> None:
+        if not envelopes:
+            return
+        self.counters.envelopes_sent += len(envelopes)
+        if not self.loopback:
+            topic = self.settings.topic(kind)
+            await self.retry(
+                f"produce {kind}", lambda: self.sink.send_to_partitions(topic, envelopes)
+            )
+            return
+        # No broker: the local shards take the envelopes in order, at their next offsets.
+        messages = self._looped.setdefault(kind, [])
+        for partition, value in envelopes:
+            if kind == ENTITY_REQUESTS:
+                entity = self._entity(partition)
+                assert entity is not None
+                offset = entity.next_offset
+            else:
+                user = self._user(partition)
+                assert user is not None
+                offset = user.next_result_offset
+            offset += sum(1 for m in messages if m.partition == partition)
+            messages.append(RawEvent(kind, partition, offset, None, value))
+        if kind == ENTITY_REQUESTS:
+            await self.handle_requests(self._looped.pop(kind))
+
+    async def _publish(self, done: Completed, outcome: BatchOutcome) -> None:
+        if not done.order:
+            return
+        decisions = done.decisions
         items = [(d.tx_id, d.dumps()) for d, _ in decisions]
         existing = await self.retry("store decisions", lambda: self.store.put_new(items))
         standing: dict[str, bytes] = {}
         for (tx_id, value), prior in zip(items, existing, strict=True):
             standing[tx_id] = value if prior is None else prior
-        earlier = [t for t in repeats if t not in standing]
+        earlier = [t for t in done.repeats if t not in standing]
         if earlier:  # decided in an earlier batch: answer with what Redis holds
             standing.update(
                 await self.retry("read decisions", lambda: self.store.get_many(earlier))
             )
-        outcome.decided = sum(1 for prior in existing if prior is None)
-        outcome.redelivered = len(order) - outcome.decided
-        records = [(tx_id.encode(), standing[tx_id]) for tx_id in order if tx_id in standing]
+        decided = sum(1 for prior in existing if prior is None)
+        outcome.decided += decided
+        outcome.redelivered += len(done.order) - decided
+        records = [(t.encode(), standing[t]) for t in done.order if t in standing]
         topic = self.settings.topic(DECISIONS)
         await self.retry("produce decisions", lambda: self.sink.send_many(topic, records))
         if self.settings.log_features and decisions:
@@ -311,7 +465,6 @@ class BatchProcessor:
         c.decided += outcome.decided
         c.redelivered += outcome.redelivered
         c.dead_letters += outcome.dead_letters
-        c.late += outcome.late
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -20,6 +20,10 @@ DEAD_LETTERS = "dead-letters"
 FEATURES = "features"
 INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
 OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES)
+# Between the two feature stages (streams/shards.py): not part of the contract.
+ENTITY_REQUESTS = "entity-requests"
+ENTITY_RESULTS = "entity-results"
+INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS)
 
 PAYMENT = "payment"
 REFUND = "refund"
@@ -145,6 +149,18 @@ def build(cls: type[R], **values: Any) -> R:
     record.__dict__.update(values)
     record.__evaluated_fields__ = set()
     return record
+
+
+def to_row(record: faust.Record) -> list[Any]:
+    """A record's field values in declaration order: the compact form of events on the
+    pipeline's internal topics (`from_row` reads it back)."""
+    values = record.__dict__
+    return [values[name] for name in record._options.fields]
+
+
+def from_row(cls: type[R], row: list[Any]) -> R:
+    """The record `to_row` wrote; only for rows our own workers produced."""
+    return build(cls, **dict(zip(cls._options.fields, row, strict=True)))
 
 
 def requested_rebate_cents(amount_cents: int, rebate_rate: float) -> int:

@@ -24,6 +24,10 @@ Record = tuple[bytes | None, bytes]  # (key, value)
 class Sink(Protocol):
     async def send_many(self, topic: str, records: Sequence[Record]) -> None: ...
 
+    async def send_to_partitions(self, topic: str, values: Sequence[tuple[int, bytes]]) -> None:
+        """Unkeyed values to chosen partitions (the internal topics route by themselves)."""
+        ...
+
 
 class KafkaSink:
     def __init__(self, settings: Settings) -> None:
@@ -51,6 +55,9 @@ class KafkaSink:
         if self._producer is not None:
             await self._producer.stop()
 
+    async def partition_count(self, topic: str) -> int:
+        return len(await self.producer.partitions_for(topic))
+
     async def send_many(self, topic: str, records: Sequence[Record]) -> None:
         if not records:
             return
@@ -58,6 +65,15 @@ class KafkaSink:
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for key, value in records:
             by_partition[self._partitioner(key, partitions, partitions)].append((key, value))
+        await self._send(topic, by_partition)
+
+    async def send_to_partitions(self, topic: str, values: Sequence[tuple[int, bytes]]) -> None:
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        for partition, value in values:
+            by_partition[partition].append((None, value))
+        await self._send(topic, by_partition)
+
+    async def _send(self, topic: str, by_partition: dict[int, list[Record]]) -> None:
         deliveries = []
         for partition, items in by_partition.items():
             batch = self.producer.create_batch()
@@ -77,6 +93,12 @@ class MemorySink:
     """Collects what would be produced, for broker-free unit tests."""
 
     sent: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
+    to_partitions: dict[str, list[tuple[int, bytes]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
     async def send_many(self, topic: str, records: Sequence[Record]) -> None:
         self.sent[topic].extend(records)
+
+    async def send_to_partitions(self, topic: str, values: Sequence[tuple[int, bytes]]) -> None:
+        self.to_partitions[topic].extend(values)

@@ -70,6 +70,9 @@ class Keys:
     def checkpoint(self, name: str) -> str:
         return f"{self.prefix}checkpoint:{name}"
 
+    def referral(self, user_id: str) -> str:
+        return f"{self.prefix}referral:{user_id}"
+
 
 class DecisionStore(Protocol):
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]: ...
@@ -89,6 +92,14 @@ class DecisionStore(Protocol):
 
     async def load_checkpoint(self, name: str) -> bytes | None: ...
 
+    async def put_referrals(self, writes: Sequence[tuple[str, str, int]]) -> None:
+        """Record first signups in the referral tree: (user, referrer, signup ts)."""
+        ...
+
+    async def get_referrals(self, user_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """The tree entries (referrer, signup ts) of those users that have one."""
+        ...
+
 
 # Redis strings hold at most 512 MB; checkpoints are written in chunks well below that.
 CHECKPOINT_CHUNK = 64 * 1024 * 1024
@@ -98,6 +109,7 @@ class RedisDecisionStore:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.keys = Keys(settings.app_id)
         self.ttl = settings.decision_ttl_s
+        self.tree_ttl_ms = settings.user_ttl_days * 86_400_000
         self.client = client or aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
@@ -106,6 +118,28 @@ class RedisDecisionStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    async def put_referrals(self, writes: Sequence[tuple[str, str, int]]) -> None:
+        if not writes:
+            return
+        # The tree is shared by every worker: entity partitions walk it for referral depths.
+        # Entries expire a user TTL after they are written (wall clock) only to bound Redis;
+        # an entry is immutable, so a rewrite after a restart is harmless.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for user, referrer, ts in writes:
+                pipe.set(self.keys.referral(user), f"{ts}:{referrer}", px=self.tree_ttl_ms)
+            await pipe.execute()
+
+    async def get_referrals(self, user_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        if not user_ids:
+            return {}
+        values = await self.client.mget([self.keys.referral(u) for u in user_ids])
+        out = {}
+        for user, value in zip(user_ids, values, strict=True):
+            if value is not None:
+                ts, _, referrer = _bytes(value).decode().partition(":")
+                out[user] = (referrer, int(ts))
+        return out
 
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
         if not tx_ids:
@@ -210,6 +244,14 @@ class MemoryDecisionStore:
     counters: dict[str, int] = field(default_factory=dict)
     dead: set[tuple[str, int, int]] = field(default_factory=set)
     checkpoints: dict[str, bytes] = field(default_factory=dict)
+    referrals: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    async def put_referrals(self, writes: Sequence[tuple[str, str, int]]) -> None:
+        for user, referrer, ts in writes:
+            self.referrals[user] = (referrer, ts)
+
+    async def get_referrals(self, user_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        return {u: self.referrals[u] for u in user_ids if u in self.referrals}
 
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
         return {t: self.decisions[t] for t in tx_ids if t in self.decisions}

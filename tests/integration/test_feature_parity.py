@@ -1,11 +1,13 @@
 """Feature vectors from the live worker (real broker and Redis) equal those of replay: with one
-partition or four, and across a kill -9 and restart mid-stream."""
+partition or four, across a kill -9 and restart mid-stream, and with two workers sharing the
+partitions (one of them killed, the other taking its shards over)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tests.integration.helpers import (
     read_topic,
     redis_counters,
     running_worker,
+    wait_for,
     wait_for_decisions,
 )
 
@@ -74,7 +77,7 @@ def _wait_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerPr
         pointer, since = None, 0
         while time.monotonic() < deadline:
             assert worker.alive(), worker.log()
-            keys = client.keys(f"{settings.app_id}:checkpoint:features-*")
+            keys = client.keys(f"{settings.app_id}:checkpoint:*")
             current = [client.get(k) for k in keys if k.count(b":") == 2]
             done = redis_counters(settings).get("decisions", 0)
             if current != pointer:  # a (new) checkpoint: count from here
@@ -124,9 +127,46 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
         wait_for_decisions(settings, n, second)
         live = _worker_features(settings, expect=n)
         assert second.stop() == 0, second.log()
-    assert "restored checkpoint" in log.read_text()
+    assert "from its checkpoint" in log.read_text()
     # Work after the last checkpoint was redone: those transactions were published twice,
     # and both copies (like every other vector) equal the uninterrupted replay.
     assert any(len(copies) > 1 for copies in live.values())
+    _assert_same(replayed, live)
+    assert redis_counters(settings)["decisions"] == n
+
+
+def _events_seen(worker: WorkerProcess) -> int:
+    url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(json.loads(response.read())["worker"]["events"])
+    except OSError:
+        return 0
+
+
+def test_two_workers_split_the_partitions_and_survive_losing_one(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings.replace(
+        partitions=4, batch_max=200, checkpoint_interval_s=4.0, log_features=True
+    )
+    world = _world(seed=23, transactions=20_000)
+    replayed = _replay_features(world, tmp_path)
+    asyncio.run(ensure_topics(settings))
+    n = world.transactions.height
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    with running_worker(settings, log_a) as a, running_worker(settings, log_b) as b:
+        # Both in the group before the traffic, so each starts with its share.
+        for worker in (a, b):
+            wait_for(lambda w=worker: "shards assigned: " in w.log(), 60, "an assignment", worker)
+        asyncio.run(produce_world(settings, world))
+        wait_for(lambda: _events_seen(a) > 0 and _events_seen(b) > 0, 120, "both workers busy", b)
+        wait_for_decisions(settings, n // 3, b, timeout=120)
+        a.kill9()
+        # b takes over a's shards from their checkpoints and finishes the world.
+        wait_for_decisions(settings, n, b)
+        live = _worker_features(settings, expect=n)
+        assert b.stop() == 0, b.log()
+    assert "from its checkpoint" in log_b.read_text()
     _assert_same(replayed, live)
     assert redis_counters(settings)["decisions"] == n

@@ -23,7 +23,7 @@ from rebate_guard.topics import (
     list_topics,
     topic_partitions,
 )
-from streams.records import INPUT_TOPICS, OUTPUT_TOPICS, TRANSACTIONS
+from streams.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, TRANSACTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -57,8 +57,9 @@ def test_stack_runs_and_redis_set_get(local_stack: LocalStack, stack_settings: S
 
 
 def test_ensure_topics_creates_partitions_and_is_idempotent(stack_settings: Settings) -> None:
-    expected = [stack_settings.topic(n) for n in (*INPUT_TOPICS, *OUTPUT_TOPICS)]
-    assert contract_topics(stack_settings) == expected
+    contract = [stack_settings.topic(n) for n in (*INPUT_TOPICS, *OUTPUT_TOPICS)]
+    assert contract_topics(stack_settings) == contract
+    expected = contract + [stack_settings.topic(n) for n in INTERNAL_TOPICS]
 
     async def scenario() -> None:
         assert await topic_partitions(stack_settings, expected[0]) == 0  # does not create it

@@ -19,9 +19,10 @@ async def _until(worker, condition, timeout: float = 5.0) -> None:
         await worker.runtime.tick()  # what the worker's timer does: release idle sources
 
 
-def _worker():
+def _worker(partitions: int = 1):
     store, sink = MemoryDecisionStore(), MemorySink()
-    worker = create_worker(Settings(batch_within_s=0.01, source_idle_s=0.05), store, sink)
+    settings = Settings(batch_within_s=0.01, source_idle_s=0.05, partitions=partitions)
+    worker = create_worker(settings, store, sink)
     return worker, store, sink
 
 
@@ -47,7 +48,7 @@ def test_transactions_agent_decides_and_dead_letters() -> None:
 def test_signups_agent_updates_shared_state() -> None:
     async def run() -> None:
         worker, _, _ = _worker()
-        users = worker.runtime.processor.scorer.features.user.profiles
+        users = worker.runtime.processor.users[0].users.user.profiles
         async with worker.agents["signups"].test_context() as agent:
             await agent.put(json.dumps(signup("u7", T0)).encode())
             await _until(worker, lambda: "u7" in users)
@@ -66,5 +67,43 @@ def test_labels_agent_accepts_labels_and_rejects_bad_ones() -> None:
             await _until(worker, lambda: counters.events == 2)
         assert counters.dead_letters == 1
         assert "needs 'tx_id' or 'user_id'" in json.loads(sink.sent["dead-letters"][0][1])["reason"]
+
+    asyncio.run(run())
+
+
+def test_internal_agents_carry_envelopes_between_the_feature_stages() -> None:
+    """With the memory sink standing in for the broker: what the user stage produces on the
+    requests topic, the requests agent takes; what the entity stage answers on the results
+    topic, the results agent takes; and then the transaction is decided."""
+
+    async def run() -> None:
+        worker, store, sink = _worker(partitions=2)
+        worker.runtime.processor.loopback = False  # envelopes go to the sink, as to Kafka
+        moved = {"entity-requests": 0, "entity-results": 0}
+
+        async def forward(kind: str, agent) -> None:
+            for partition, value in sink.to_partitions[kind][moved[kind] :]:
+                await agent.put(value, partition=partition)
+                moved[kind] += 1
+
+        async with (
+            worker.agents["transactions"].test_context() as transactions,
+            worker.agents["entity-requests"].test_context() as requests,
+            worker.agents["entity-results"].test_context() as results,
+        ):
+            await transactions.put(json.dumps(tx("t1", T0, user_id="u1")).encode(), partition=1)
+            for _ in range(100):
+                if store.decisions:
+                    break
+                await worker.runtime.tick()  # the idle timer: quiet inputs release
+                await forward("entity-requests", requests)
+                await forward("entity-results", results)
+                await asyncio.sleep(0.01)
+        assert list(store.decisions) == ["t1"]
+        assert moved["entity-requests"] >= 2 and moved["entity-results"] >= 1
+        counters = worker.runtime.processor.counters
+        assert counters.envelopes_received == sum(moved.values())
+        (decision,) = [Decision.loads(v) for _, v in sink.sent["decisions"]]
+        assert decision.tx_id == "t1" and decision.user_id == "u1"
 
     asyncio.run(run())

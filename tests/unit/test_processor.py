@@ -1,5 +1,6 @@
-"""The batch processor with in-memory store and sink: idempotency, dead letters, event-time
-order across topics and partitions, and exact resumption from checkpoints."""
+"""The batch processor with in-memory store and sink (its shards talk in-process, the
+loopback): idempotency, dead letters, event-time order across topics and partitions, and
+exact resumption from checkpoints."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import asyncio
 import json
 from typing import Any
 
-from rebate_guard.scoring import Scorer
 from rebate_guard.settings import Settings
 from streams.processor import BatchOutcome, BatchProcessor, RawEvent
 from streams.records import Decision, FeatureVector
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
-from tests.factories import HOUR, T0, signup, tx
+from tests.factories import HOUR, T0, label, signup, tx
 
 IDLE_S = 2.0
 
@@ -35,9 +35,16 @@ def make(
     store: MemoryDecisionStore | None = None, **settings: Any
 ) -> tuple[BatchProcessor, MemoryDecisionStore, MemorySink]:
     store, sink = store or MemoryDecisionStore(), MemorySink()
-    config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, log_features=True, **settings)
-    proc = BatchProcessor(Scorer(), store, sink, config, clock=Clock())
+    config = Settings(
+        topic_prefix="p.", source_idle_s=IDLE_S, log_features=True, partitions=2, **settings
+    )
+    proc = BatchProcessor(store, sink, config, clock=Clock(), loopback=True)
+    proc.own_all()
     return proc, store, sink
+
+
+def payments_of(proc: BatchProcessor, user: str, partition: int = 0) -> int:
+    return len(proc.users[partition].users.user.activity[user].payments)
 
 
 def handle(proc: BatchProcessor, kind: str, batch: list[RawEvent]) -> BatchOutcome:
@@ -74,7 +81,7 @@ def test_offsets_already_in_the_state_are_skipped_and_grant_nothing() -> None:
     again = handle(proc, "transactions", batch)
     assert again.skipped == 3 and again.decided == 0 and drain(proc).decided == 0
     assert store.decisions == first and store.counters["rebate_granted_cents"] == granted
-    assert len(proc.scorer.features.user.activity["u1"].payments) == 3
+    assert payments_of(proc, "u1") == 3
 
 
 def test_a_second_message_for_a_tx_id_gets_the_first_decision_and_changes_no_state() -> None:
@@ -85,7 +92,7 @@ def test_a_second_message_for_a_tx_id_gets_the_first_decision_and_changes_no_sta
     outcome = drain(proc)
     assert outcome.decided == 0 and outcome.redelivered == 1
     assert sink.sent["p.decisions"][1] == sink.sent["p.decisions"][0]
-    assert len(proc.scorer.features.user.activity["u1"].payments) == 1
+    assert payments_of(proc, "u1") == 1
 
 
 def test_a_decision_already_in_redis_stands_over_a_recomputed_one() -> None:
@@ -116,7 +123,7 @@ def test_repeats_inside_one_batch_are_scored_once() -> None:
     handle(proc, "transactions", [raw("p.transactions", i, tx("same", T0)) for i in range(3)])
     outcome = drain(proc)
     assert outcome.decided == 1 and outcome.redelivered == 2 and store.counters["decisions"] == 1
-    assert len(proc.scorer.features.user.activity["u1"].payments) == 1
+    assert payments_of(proc, "u1") == 1
 
 
 def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow() -> None:
@@ -140,7 +147,6 @@ def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow() -> No
 
 def test_a_signup_arriving_after_the_payment_in_wall_time_still_counts_in_event_time() -> None:
     proc, _, sink = make()
-    asyncio.run(proc.assign(frozenset({("p.transactions", 0), ("p.signups", 0)})))
     handle(proc, "transactions", [raw("p.transactions", 0, tx("t", T0))])
     assert "p.decisions" not in sink.sent  # held: the signups partition has not spoken yet
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 - 1000))])
@@ -194,11 +200,9 @@ def _features(sink: MemorySink) -> dict[str, bytes]:
 
 
 def test_batch_boundaries_do_not_change_any_feature() -> None:
-    sources = frozenset({("p.transactions", 0), ("p.transactions", 1), ("p.signups", 0)})
     results = []
     for batch in (1, 7, 100):
         proc, _, sink = make(allowed_lateness_ms=0)
-        asyncio.run(proc.assign(sources))
         _run(proc, _traffic(), batch)
         drain(proc)
         results.append(_features(sink))
@@ -206,27 +210,27 @@ def test_batch_boundaries_do_not_change_any_feature() -> None:
 
 
 def test_restoring_a_checkpoint_and_rereading_from_its_offsets_is_exact() -> None:
-    sources = frozenset({("p.transactions", 0), ("p.transactions", 1), ("p.signups", 0)})
     traffic = _traffic()
     whole, _, whole_sink = make(allowed_lateness_ms=0)
-    asyncio.run(whole.assign(sources))
     _run(whole, traffic, 5)
     drain(whole)
 
     store = MemoryDecisionStore()
     first, _, first_sink = make(store, allowed_lateness_ms=0)
-    asyncio.run(first.assign(sources))
     _run(first, traffic[:20], 5)
-    blob, offsets = first.snapshot(), first.offsets
+    snapshots, written = first.checkpoints()
+    blobs = {unit: snapshot() for unit, snapshot in snapshots.items()}
+    written()
     _run(first, traffic[20:30], 5)  # processed, then lost in a crash: not in the checkpoint
 
     resumed, _, resumed_sink = make(store, allowed_lateness_ms=0)
-    resumed.restore(blob)
-    asyncio.run(resumed.assign(sources))
+    for unit, blob in blobs.items():
+        resumed.install(unit, blob)
     # Input is re-read from the checkpoint's offsets (earlier ones too, as a broker may).
     _run(resumed, traffic, 5)
     drain(resumed)
-    assert all(offsets[(r.topic, r.partition)] > 0 for _, r in traffic[:20])
+    assert set(blobs) == {"user-0", "user-1", "entity-0", "entity-1"}
+    assert resumed.users[0].next_offset[0] > 0 and resumed.users[1].next_offset[0] > 0
     before, after = _features(first_sink), _features(resumed_sink)
     assert all(after[t] == v for t, v in before.items() if t in after)  # re-decided: identical
     assert {**before, **after} == _features(whole_sink)
@@ -246,12 +250,12 @@ def test_feature_vectors_are_valid_records_of_the_contract() -> None:
 
 def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
     proc, _, _ = make(allowed_lateness_ms=0)
-    asyncio.run(proc.assign(frozenset({("p.transactions", 0), ("p.signups", 0)})))
     handle(proc, "transactions", [raw("p.transactions", 0, tx("t1", T0))])
     before = proc.event_time()
-    assert before == {"watermark": None, "pending": 1, "sources": 2, "idle_sources": 0, "late": 0}
+    assert before == {"watermark": None, "pending": 1, "sources": 6, "idle_sources": 0, "late": 0}
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 + 5))])
+    handle(proc, "labels", [raw("p.labels", 0, label("x", T0 + 9))])
     after = proc.event_time()
-    assert after["watermark"] == T0 and after["pending"] == 2  # both wait: ties may come
+    assert after["watermark"] == T0 and after["pending"] == 3  # all wait: ties may come
     drain(proc)
-    assert proc.event_time()["pending"] == 0 and proc.event_time()["idle_sources"] == 2
+    assert proc.event_time()["pending"] == 0 and proc.event_time()["idle_sources"] == 6

@@ -7,8 +7,8 @@ from tests.factories import DAY, T0, label, signup, tx
 
 def test_a_quiet_payment_is_allowed_in_full() -> None:
     scorer = Scorer()
-    scorer.signup(parse_signup(signup("u1", T0 - 30 * DAY)))
-    d = scorer.transaction(parse_transaction(tx(amount_cents=10_000, rebate_rate=0.15)), 1)
+    scorer.apply(parse_signup(signup("u1", T0 - 30 * DAY)), 0)
+    d = scorer.apply(parse_transaction(tx(amount_cents=10_000, rebate_rate=0.15)), 1)
     assert d.action == "allow"
     assert d.rebate_requested_cents == d.rebate_granted_cents == 1500
     assert d.reasons == [] and d.model_version and d.policy_version
@@ -17,8 +17,8 @@ def test_a_quiet_payment_is_allowed_in_full() -> None:
 def test_a_farm_on_one_device_loses_its_rebate_with_reasons() -> None:
     scorer = Scorer()
     for n in range(8):
-        scorer.signup(parse_signup(signup(f"f{n}", T0 - 60_000, device_id="farm")))
-    d = scorer.transaction(parse_transaction(tx("t", T0, user_id="f0", device_id="farm")), 1)
+        scorer.apply(parse_signup(signup(f"f{n}", T0 - 60_000, device_id="farm")), 0)
+    d = scorer.apply(parse_transaction(tx("t", T0, user_id="f0", device_id="farm")), 1)
     assert d.action in {"hold", "block"}
     assert d.rebate_granted_cents == 0
     assert "device_shared_7d" in d.reasons and "young_account" in d.reasons
@@ -28,19 +28,19 @@ def test_deep_referral_chains_carry_a_ring_reason() -> None:
     scorer = Scorer()
     parent = None
     for n in range(6):
-        scorer.signup(
-            parse_signup(signup(f"p{n}", T0 - DAY, referrer_id=parent, device_id=f"d{n}"))
+        scorer.apply(
+            parse_signup(signup(f"p{n}", T0 - DAY, referrer_id=parent, device_id=f"d{n}")), 0
         )
         parent = f"p{n}"
-    d = scorer.transaction(parse_transaction(tx("t", T0, user_id="p5", device_id="d5")), 1)
+    d = scorer.apply(parse_transaction(tx("t", T0, user_id="p5", device_id="d5")), 1)
     assert d.reasons[0] == "ring:pyramid_depth"
     assert d.trust_weight < 0.5
-    shallow = scorer.transaction(parse_transaction(tx("s", T0, user_id="p2", device_id="d2")), 1)
+    shallow = scorer.apply(parse_transaction(tx("s", T0, user_id="p2", device_id="d2")), 1)
     assert "ring:pyramid_depth" not in shallow.reasons
 
 
 def test_refunds_request_no_rebate() -> None:
-    d = Scorer().transaction(parse_transaction(tx("r", kind="refund", ref_tx_id="t1")), 1)
+    d = Scorer().apply(parse_transaction(tx("r", kind="refund", ref_tx_id="t1")), 1)
     assert d.rebate_requested_cents == d.rebate_granted_cents == 0
 
 
@@ -67,17 +67,17 @@ def test_events_order_by_time_then_kind_then_id() -> None:
 
 def test_scorer_state_pickles_and_resumes_identically() -> None:
     scorer = Scorer()
-    scorer.signup(parse_signup(signup("u1", T0 - DAY)))
-    scorer.transaction(parse_transaction(tx("a", T0)), 1)
+    scorer.apply(parse_signup(signup("u1", T0 - DAY)), 0)
+    scorer.apply(parse_transaction(tx("a", T0)), 1)
     clone = pickle.loads(pickle.dumps(scorer))
     nxt = parse_transaction(tx("b", T0 + 1000))
-    assert clone.transaction(nxt, 1) == scorer.transaction(nxt, 1)
+    assert clone.apply(nxt, 1) == scorer.apply(nxt, 1)
 
 
 def test_a_refund_sees_whether_its_payment_was_granted_a_rebate() -> None:
     scorer = Scorer()
-    paid = scorer.transaction(parse_transaction(tx("p1", T0)), 1)
-    free = scorer.transaction(parse_transaction(tx("p2", T0 + 1, rebate_rate=0.0)), 1)
+    paid = scorer.apply(parse_transaction(tx("p1", T0)), 1)
+    free = scorer.apply(parse_transaction(tx("p2", T0 + 1, rebate_rate=0.0)), 1)
     assert paid.rebate_granted_cents > 0 and free.rebate_granted_cents == 0
 
     def refund(tx_id: str, ref: str, ts: int) -> object:
@@ -92,4 +92,4 @@ def test_a_refund_sees_whether_its_payment_was_granted_a_rebate() -> None:
         is None
     )
     # Past the 30-day lookback the payment is forgotten (and the map stays bounded).
-    assert refund("r4", "p1", T0 + 31 * DAY) is None and "p1" not in scorer.granted
+    assert refund("r4", "p1", T0 + 31 * DAY) is None and "p1" not in scorer.decider.granted

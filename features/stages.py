@@ -1,0 +1,228 @@
+"""The feature engine's two keyed stages, so that N workers can share the work exactly.
+
+A transaction's features come from state under several keys: its user, merchant, category,
+device, IP, card and referrer. No one partitioning of the input puts all of them together, so
+the engine runs as two stages (the README's "Partitioning" section says why this shape):
+
+- the **user stage**, keyed by user_id (the key of the input topics): the transaction's own
+  features, the user family, and the context the other families need from the user
+  (`TxContext`: account age, signup time, referrer);
+- the **entity stage**, keyed by entity: the merchant, category, device, IP, card and referral
+  families. Each family reads and writes only the state under its own key, so a partition of
+  the entity stage may hold any subset of the keys. A transaction goes to the partition of
+  each of its keys with the families whose key lives there (`transaction_routes`); a first
+  signup to its device, IP and referrer; a label to every partition (it names only a tx_id,
+  and each partition knows its own merchants' payments).
+
+`families` masks say which families a call computes; the values come back in `FAMILIES`
+order, so the caller splices the parts into `FEATURE_NAMES` order. In one process (replay,
+the oracle, the tests) one `EntityStage` computes every family, and `FeatureEngine` is just
+the two stages side by side. Both layouts run the same family code on the same per-key event
+sequence, so they give the same numbers (tests/unit/test_stages.py).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+from features.identity import card_family, device_family, ip_family
+from features.merchant import CategoryFamily, MerchantFamily
+from features.referral import ReferralFamily
+from features.user import TxContext, UserFamily
+from streams.records import PAYMENT, Label, Signup, Transaction
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0).
+_EPOCH_WEEKDAY = 3
+
+TRANSACTION_FEATURES = ("amount_cents", "rebate_rate", "is_refund", "is_night", "is_weekend")
+
+#: The entity-stage families, in vector order, and the bit of each in a `families` mask.
+FAMILIES = ("merchant", "category", "device", "ip", "card", "referral")
+MERCHANT, CATEGORY, DEVICE, IP, CARD, REFERRAL = (1 << i for i in range(len(FAMILIES)))
+ALL_FAMILIES = (1 << len(FAMILIES)) - 1
+#: Families a first signup feeds (the referral family: the referrer's downline).
+SIGNUP_FAMILIES = DEVICE | IP | REFERRAL
+
+
+def family_names() -> tuple[tuple[str, ...], ...]:
+    """The feature names of each entity-stage family, in `FAMILIES` order."""
+    return (
+        MerchantFamily.names,
+        CategoryFamily.names,
+        device_family().names,
+        ip_family().names,
+        card_family().names,
+        ReferralFamily.names,
+    )
+
+
+FAMILY_WIDTHS = tuple(len(names) for names in family_names())
+
+
+class UserStage:
+    """The user-keyed stage: the transaction's own features and the user family."""
+
+    def __init__(self, utc_offset_minutes: int, user_ttl_ms: int) -> None:
+        self.user = UserFamily(user_ttl_ms)
+        self._offset_ms = utc_offset_minutes * 60_000
+
+    def signup(self, event: Signup) -> bool:
+        """True for the user's first signup, which the other families then see; a repeated
+        or redelivered one changes nothing."""
+        return self.user.signup(event)
+
+    def transaction(self, tx: Transaction) -> tuple[list[float | None], TxContext]:
+        """The transaction and user features of `tx` (learning it), and its user context."""
+        local = tx.ts + self._offset_ms
+        local_day = local // DAY_MS
+        out: list[float | None] = [
+            tx.amount_cents,
+            tx.rebate_rate,
+            0 if tx.kind == PAYMENT else 1,
+            1 if local % DAY_MS < 6 * HOUR_MS else 0,
+            1 if (local_day + _EPOCH_WEEKDAY) % 7 >= 5 else 0,
+        ]
+        return out, self.user.transaction(tx, out)
+
+    def sweep(self, now_ms: int) -> int:
+        return self.user.sweep(now_ms)
+
+
+class EntityStage:
+    """The entity-keyed families, for whichever keys this partition holds."""
+
+    def __init__(self, user_ttl_ms: int) -> None:
+        self.merchant = MerchantFamily()
+        self.category = CategoryFamily()
+        self.device = device_family()
+        self.ip = ip_family()
+        self.card = card_family()
+        self.referral = ReferralFamily(user_ttl_ms)
+
+    def signup(self, event: Signup, families: int = SIGNUP_FAMILIES) -> None:
+        """A user's first signup (the user stage filters repeats)."""
+        if families & DEVICE:
+            self.device.signup(event)
+        if families & IP:
+            self.ip.signup(event)
+        if families & REFERRAL:
+            self.referral.signup(event)
+
+    def label(self, event: Label) -> None:
+        self.merchant.label(event)
+
+    def transaction(
+        self,
+        tx: Transaction,
+        context: TxContext,
+        out: list[float | None],
+        families: int = ALL_FAMILIES,
+    ) -> None:
+        """Appends the features of the `families` of `tx`, in `FAMILIES` order, then learns
+        it. `context.depth` must be filled in first when `families` has `REFERRAL`."""
+        if families & MERCHANT:
+            self.merchant.transaction(tx, context.account_age_ms, out)
+        if families & CATEGORY:
+            self.category.transaction(tx, out)
+        if families & DEVICE:
+            self.device.transaction(tx, out)
+        if families & IP:
+            self.ip.transaction(tx, out)
+        if families & CARD:
+            self.card.transaction(tx, out)
+        if families & REFERRAL:
+            self.referral.transaction(tx, context, out)
+
+    def sweep(self, now_ms: int) -> int:
+        """Forget keys whose windows have all expired (referrers: past the user TTL)."""
+        return (
+            self.merchant.sweep(now_ms)
+            + self.category.sweep(now_ms)
+            + self.device.sweep(now_ms)
+            + self.ip.sweep(now_ms)
+            + self.card.sweep(now_ms)
+            + self.referral.sweep(now_ms)
+        )
+
+
+class SweepClock:
+    """When a partition sweeps idle keys: every `every_ms` of its own event time. Sweeps
+    change no feature (expiry is also checked on read), so partitions need not agree."""
+
+    __slots__ = ("every_ms", "next_ms")
+
+    def __init__(self, every_ms: int) -> None:
+        self.every_ms = every_ms
+        self.next_ms: int | None = None
+
+    def due(self, ts: int) -> bool:
+        if self.next_ms is None:
+            self.next_ms = ts + self.every_ms
+            return False
+        if ts < self.next_ms:
+            return False
+        self.next_ms = ts + self.every_ms
+        return True
+
+
+def partition_of(family: int, key: str, n_partitions: int) -> int:
+    """The entity-stage partition of a key: stable across processes and restarts (CRC-32,
+    not Python's salted `hash`), and kind-prefixed so that, say, a device and an IP with the
+    same string land independently."""
+    return zlib.crc32(f"{family}:{key}".encode()) % n_partitions
+
+
+def transaction_routes(
+    tx: Transaction, context: TxContext, n_partitions: int
+) -> Iterator[tuple[int, int]]:
+    """(partition, families) pairs that together cover every family of `tx` once.
+
+    A family whose key is missing (no device, say) reads no state: it goes with the
+    merchant's partition, which every transaction visits, so its null values come from the
+    same code as everywhere else."""
+    home = partition_of(MERCHANT, tx.merchant_id, n_partitions)
+    routes = {home: MERCHANT}
+    for family, key in (
+        (CATEGORY, tx.merchant_category),
+        (DEVICE, tx.device_id),
+        (IP, tx.ip),
+        (CARD, tx.card_id),
+        (REFERRAL, context.referrer),
+    ):
+        partition = home if key is None else partition_of(family, key, n_partitions)
+        routes[partition] = routes.get(partition, 0) | family
+    return iter(routes.items())
+
+
+def signup_routes(event: Signup, n_partitions: int) -> Iterator[tuple[int, int]]:
+    """(partition, families) pairs for a first signup: its device, IP and referrer."""
+    routes: dict[int, int] = {}
+    referrer = event.referrer_id
+    for family, key in (
+        (DEVICE, event.device_id),
+        (IP, event.ip),
+        (REFERRAL, None if referrer == event.user_id else referrer),
+    ):
+        if key is not None:
+            partition = partition_of(family, key, n_partitions)
+            routes[partition] = routes.get(partition, 0) | family
+    return iter(routes.items())
+
+
+def splice(parts: dict[int, list[float | None]], out: list[float | None]) -> None:
+    """Appends partial results (families mask -> values in `FAMILIES` order) to `out` in
+    vector order."""
+    pending: list[list[float | None] | None] = [None] * len(FAMILIES)
+    for families, values in parts.items():
+        at = 0
+        for index, width in enumerate(FAMILY_WIDTHS):
+            if families & (1 << index):
+                pending[index] = values[at : at + width]
+                at += width
+    for index, part in enumerate(pending):
+        if part is None:
+            raise ValueError(f"no values for the {FAMILIES[index]} family")
+        out.extend(part)
