@@ -267,6 +267,20 @@ def create_worker(
 
     runtime.ack = lambda message: message.ack(app.consumer)
 
+    def caught_up(topic: str, partition: int, next_offset: int) -> bool:
+        # The high-water mark comes with fetch responses: unknown (None) until the first
+        # one, so a partition is never idle before this worker has fetched from it. (Tansu
+        # reports the last batch's base offset + 1; reads are whole batches, so "at or past
+        # it" still means "read everything".)
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned (any more), or no consumer yet
+            return False
+        return highwater is not None and next_offset >= highwater
+
+    if runtime.hold_acks:  # with a broker; the in-memory test contexts are always caught up
+        runtime.processor.caught_up = caught_up
+
     @app.service
     class PipelineService(Service):
         async def on_start(self) -> None:

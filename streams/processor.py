@@ -156,6 +156,11 @@ class BatchProcessor:
     entities: dict[int, EntityShard] = field(default_factory=dict)
     #: Wall-clock time each (user partition, topic code) last delivered (not checkpointed).
     heard: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: Whether this worker has read all a partition holds: (topic, partition, next offset) ->
+    #: bool. An input counts as idle only when silent *and* caught up: silence alone also
+    #: happens while a (re)started consumer has not begun fetching, and idling a source that
+    #: still has data would make its events late. Without a broker everything is caught up.
+    caught_up: Callable[[str, int, int], bool] = lambda topic, partition, offset: True
     #: Loopback only: envelopes produced and not yet taken in, per internal topic.
     _looped: dict[str, list[RawEvent]] = field(default_factory=dict)
 
@@ -299,9 +304,12 @@ class BatchProcessor:
         """Called periodically: inputs silent for `source_idle_s` stop holding event time."""
         now = self.clock()
         idle_after = self.settings.source_idle_s
+        topics = {code: self.settings.topic(kind) for kind, code in TOPIC_CODES.items()}
         for (p, code), heard in self.heard.items():
             shard = self.users.get(p)
-            if shard is not None and now - heard >= idle_after:
+            if shard is None or now - heard < idle_after or code in shard.aligner.idle_sources:
+                continue
+            if self.caught_up(topics[code], p, shard.next_offset.get(code, 0)):
                 shard.idle(code)
         outcome = BatchOutcome()
         await self._after_users(set(self.users), outcome)

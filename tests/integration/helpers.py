@@ -38,13 +38,16 @@ class WorkerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            start_new_session=True,  # its own process group, checkpoint writers included
         )
         log.close()
         return self
 
     def kill9(self) -> None:
+        """SIGKILL to the worker and its children, as when the machine goes: a checkpoint
+        writer it forked dies with it rather than finishing after the 'crash'."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 20) -> int | None:

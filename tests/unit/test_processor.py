@@ -259,3 +259,20 @@ def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
     assert after["watermark"] == T0 and after["pending"] == 3  # all wait: ties may come
     drain(proc)
     assert proc.event_time()["pending"] == 0 and proc.event_time()["idle_sources"] == 6
+
+
+def test_a_silent_input_is_idle_only_once_caught_up() -> None:
+    """Silence also happens while a restarted consumer has not begun fetching; idling such
+    an input would let the others' events overtake its own, which would then be late."""
+    proc, _, sink = make()
+    behind = {"p.signups"}
+    proc.caught_up = lambda topic, partition, offset: topic not in behind
+    handle(proc, "transactions", [raw("p.transactions", 0, tx("t", T0))])
+    drain(proc)
+    assert "p.decisions" not in sink.sent  # signups may still hold an earlier event
+    assert proc.event_time()["late"] == 0
+    handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 - 1000))])
+    behind.clear()
+    drain(proc)
+    features = json.loads(sink.sent["p.features"][0][1])["features"]
+    assert features["user_account_age_s"] == 1.0 and proc.event_time()["late"] == 0
