@@ -8,6 +8,7 @@ not probabilities; `detectors.risk` decides how much they count.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ class AnomalyScore:
     height: int = 8
     window_size: int = 250
     seed: int = 42
+    #: The features it looks at (None: all). A few telling ones beat all of them: each tree
+    #: splits on random features, so fewer and stronger ones make better splits, and cheaper.
+    features: tuple[str, ...] | None = None
     name: str = "hst"
     model: Any = field(init=False, repr=False)
     n_learned: int = 0
@@ -36,13 +40,87 @@ class AnomalyScore:
         )
         self.model = compose.Pipeline(preprocessing.MinMaxScaler(), trees)
 
+    def _view(self, x: Features) -> dict[str, float]:
+        if self.features is None:
+            return encode(x)
+        return encode({name: x.get(name) for name in self.features})
+
     def score_one(self, x: Features) -> float:
-        return float(self.model.score_one(encode(x)))
+        return float(self.model.score_one(self._view(x)))
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """Learns the transaction's features; the label, if any, is not used."""
-        self.model.learn_one(encode(x))
+        self.model.learn_one(self._view(x))
         self.n_learned += 1
 
     def explain_one(self, x: Features) -> list[str]:
         return ["anomaly"] if self.score_one(x) > 0.8 else []
+
+
+#: What the Gaussian detector watches by default: the features that describe how a payment,
+#: its user and its identifiers usually behave (velocity, sharing, account age, referral
+#: shape, merchant mix). docs/detectors.md says why each is there.
+TELLING_FEATURES = (
+    "amount_cents",
+    "is_refund",
+    "user_tx_count_24h",
+    "seconds_since_prev_payment",
+    "user_account_age_s",
+    "device_user_count_7d",
+    "ip_user_count_24h",
+    "card_user_count_30d",
+    "merchant_top_user_share_24h",
+    "merchant_young_account_share_24h",
+    "merchant_round_amount_share_24h",
+    "merchant_repeat_amount_share_24h",
+    "merchant_refund_rate_30d",
+    "rebate_rate_vs_category",
+    "referral_depth",
+    "referrer_signups_24h",
+)
+
+
+@dataclass
+class GaussianAnomaly:
+    """How far a transaction sits from the usual, in standard deviations.
+
+    Each watched feature is put on a signed log scale (counts and amounts are heavy-tailed)
+    and standardised with River's running mean and variance. With m the mean squared z over
+    the features present (about 1 for a typical transaction), the score is
+    1 - exp(-max(0, m - 1) / 2): 0 for the typical, 0.63 at m = 3, -> 1 for a transaction
+    many deviations out on several features at once. A diagonal
+    Gaussian is crude next to Half-Space Trees, but on these features it ranked fraud better
+    (AUC 0.98 against 0.87 on the simulated world) at a fifth of the cost (benchmarks/
+    README.md), so it is the default.
+    """
+
+    features: tuple[str, ...] = TELLING_FEATURES
+    name: str = "gaussian"
+    scaler: Any = field(default_factory=preprocessing.StandardScaler, repr=False)
+    n_learned: int = 0
+
+    def _view(self, x: Features) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in self.features:
+            value = x.get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            out[name] = math.copysign(math.log1p(abs(value)), value)
+        return out
+
+    def score_one(self, x: Features) -> float:
+        z = self.scaler.transform_one(self._view(x))
+        if not z or self.n_learned < 2:
+            return 0.0
+        excess = sum(v * v for v in z.values()) / len(z) - 1.0
+        return 1.0 - math.exp(-excess / 2.0) if excess > 0.0 else 0.0
+
+    def learn_one(self, x: Features, y: bool | None = None) -> None:
+        """Learns the transaction's features; the label, if any, is not used."""
+        self.scaler.learn_one(self._view(x))
+        self.n_learned += 1
+
+    def explain_one(self, x: Features, top: int = 2) -> list[str]:
+        z = self.scaler.transform_one(self._view(x))
+        far = sorted(((abs(v), name) for name, v in z.items() if abs(v) > 3.0), reverse=True)
+        return [f"unusual:{name}" for _, name in far[:top]]

@@ -5,6 +5,7 @@ worker    a Faust worker (scale by running more; partitions split between them)
 simulate  a seeded rebate-platform world, to files or to the broker at a rate
 replay    contract files through the scoring path, offline (backtests)
 features  the feature vector of every transaction, offline (same code as the worker)
+evaluate  ROC AUC, average precision, top-k users per day, per scenario, of decisions
 topics    create the contract topics (idempotent)
 """
 
@@ -86,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
         cmd.set_defaults(handler=_replay)
 
+    ev = sub.add_parser("evaluate", help="how well decisions rank fraud (labels or truth)")
+    ev.add_argument("--decisions", type=Path, required=True, help="decisions.parquet (replay)")
+    against = ev.add_mutually_exclusive_group(required=True)
+    against.add_argument("--labels", type=Path, help="labels.parquet: labelled sample only")
+    against.add_argument("--truth", type=Path, help="the world's truth dir or tx_truth.parquet")
+    ev.add_argument("--top-k", type=int, default=10, help="users per day in the review queue")
+    ev.add_argument("--json", type=Path, help="also write the figures here")
+    ev.set_defaults(handler=_evaluate)
+
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
     topics.set_defaults(handler=_topics)
     return parser
@@ -152,6 +162,17 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name, path in summary.outputs.items():
         print(f"{name:>14}: {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.evaluate import evaluate, write_json
+
+    result = evaluate(args.decisions, labels=args.labels, truth=args.truth, top_k=args.top_k)
+    print(result.table())
+    if args.json is not None:
+        write_json(result, args.json)
+        print(f"\njson: {args.json}")
     return 0
 
 

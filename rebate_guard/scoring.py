@@ -7,12 +7,13 @@ both paths give the same decision for the same event sequence.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
-from detectors.base import Detector, Features
-from detectors.rules import RuleScore
+from detectors.base import Features
+from detectors.risk import RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from graph.referrals import pyramid_score
@@ -69,9 +70,12 @@ class Decider:
     """Everything after the features: detectors, trust weight, policy, and the decision
     context. Lives where a user's transactions are decided (the user-stage partition)."""
 
-    detector: Detector = field(default_factory=RuleScore)
+    model: RiskModel = field(default_factory=RiskModel)
     policy: Policy = field(default_factory=Policy)
-    remembered: OrderedDict[str, Features] = field(default_factory=OrderedDict)
+    #: tx_id -> (user, the enriched vector it was scored with), oldest first, for labels.
+    remembered: OrderedDict[str, tuple[str, Features]] = field(default_factory=OrderedDict)
+    #: user -> their remembered tx_ids, oldest first: a user-level label applies to these.
+    by_user: dict[str, deque[str]] = field(default_factory=dict)
     #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback.
     granted: dict[str, tuple[int, bool]] = field(default_factory=dict)
     #: How many feature vectors to keep for delayed labels (a worker's partitions share
@@ -80,14 +84,22 @@ class Decider:
 
     @property
     def model_version(self) -> str:
-        return f"{self.detector.name}-1"
+        return self.model.version
 
     def label(self, event: Label) -> None:
-        if event.tx_id is None:
+        """Learns a label from the vector its transaction was scored with: a tx-level label
+        from that transaction's, a user-level one from each of the user's remembered ones."""
+        if event.tx_id is not None:
+            tx_ids: Iterable[str] = (event.tx_id,)
+        elif event.user_id is not None:
+            tx_ids = tuple(self.by_user.get(event.user_id, ()))
+        else:
             return
-        x = self.remembered.get(event.tx_id)
-        if x is not None:
-            self.detector.learn_one(x, event.label == FRAUD)
+        fraud = event.label == FRAUD
+        for tx_id in tx_ids:
+            kept = self.remembered.get(tx_id)
+            if kept is not None:
+                self.model.learn_one(kept[1], fraud)
 
     def decide(
         self, tx: Transaction, vector: list[float | None], decided_at: int
@@ -96,8 +108,11 @@ class Decider:
         full feature vector it was made from."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
-        risk = self.detector.score_one(x)
-        reasons = self.detector.explain_one(x)
+        version = self.model.version  # the state that scores, before it learns this one
+        enriched = self.model.enrich(x)
+        risk = self.model.score_one(enriched)
+        reasons = self.model.explain_one(enriched)
+        self.model.learn_one(x)  # unsupervised, after scoring
         ring_score, ring_reasons = pyramid_score(x["referral_depth"])
         weight = trust_weight(risk, ring_score)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
@@ -107,7 +122,7 @@ class Decider:
             # A refund earns no rebate; its decision records the risk for the refund itself.
             requested = 0
             action, granted = self.policy.decide(weight, 0)
-        self._remember(tx.tx_id, x)
+        self._remember(tx.tx_id, tx.user_id, enriched)
         if tx.kind == PAYMENT:
             self.granted[tx.tx_id] = (tx.ts, granted > 0)
         decision = build(
@@ -122,7 +137,7 @@ class Decider:
             rebate_requested_cents=requested,
             rebate_granted_cents=granted,
             reasons=ring_reasons + reasons,
-            model_version=self.model_version,
+            model_version=version,
             decided_at=decided_at,
             policy_version=self.policy.version,
         )
@@ -144,10 +159,18 @@ class Decider:
         known = self.granted.get(tx.ref_tx_id)
         return None if known is None else float(known[1])
 
-    def _remember(self, tx_id: str, x: Features) -> None:
-        self.remembered[tx_id] = x
+    def _remember(self, tx_id: str, user_id: str, x: Features) -> None:
+        self.remembered[tx_id] = (user_id, x)
+        mine = self.by_user.get(user_id)
+        if mine is None:
+            mine = self.by_user[user_id] = deque()
+        mine.append(tx_id)
         if len(self.remembered) > self.remember_limit:
-            self.remembered.popitem(last=False)
+            _, (user, _) = self.remembered.popitem(last=False)
+            theirs = self.by_user[user]
+            theirs.popleft()  # the oldest remembered is the oldest of its user's too
+            if not theirs:
+                del self.by_user[user]
 
 
 @dataclass

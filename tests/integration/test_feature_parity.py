@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 import redis
 
+from features.engine import FEATURE_NAMES
 from rebate_guard.producer import produce_world
 from rebate_guard.replay import compute_features
 from rebate_guard.settings import Settings
@@ -61,11 +62,33 @@ def _worker_features(settings: Settings, expect: int) -> dict[str, list[dict[str
     return out
 
 
-def _assert_same(replayed: dict[str, dict[str, Any]], live: dict[str, list[dict[str, Any]]]):
+def _assert_same(
+    replayed: dict[str, dict[str, Any]],
+    live: dict[str, list[dict[str, Any]]],
+    settings: Settings,
+    world: World,
+) -> None:
+    """Every engine feature equals replay's. The decision context (was a refunded payment's
+    rebate granted?) reports the decisions the worker made, as stored in Redis: its models
+    learn per partition, so they may decide otherwise than replay's one process."""
     assert set(live) == set(replayed), "the worker and replay decided different transactions"
     for tx_id, copies in live.items():
         for vector in copies:
-            assert vector == replayed[tx_id], f"{tx_id}: worker {vector} != replay"
+            got = {n: vector[n] for n in FEATURE_NAMES}
+            want = {n: replayed[tx_id][n] for n in FEATURE_NAMES}
+            assert got == want, f"{tx_id}: worker {got} != replay"
+    refunds = world.transactions.filter(pl.col("ref_tx_id").is_not_null())
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        for tx_id, ref in refunds.select("tx_id", "ref_tx_id").iter_rows():
+            reported = live[tx_id][0]["refund_of_granted_rebate"]
+            stored = client.get(f"{settings.app_id}:decision:{ref}")
+            if reported is not None:
+                assert stored is not None, f"{tx_id}: refunds {ref}, never decided"
+                granted = json.loads(stored)["rebate_granted_cents"] > 0
+                assert reported == float(granted), f"{tx_id}: {reported} but {ref} {granted=}"
+    finally:
+        client.close()
 
 
 def _wait_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerProcess) -> None:
@@ -106,7 +129,7 @@ def test_the_worker_computes_exactly_the_features_of_replay(
         live = _worker_features(settings, expect=n)
         assert worker.stop() == 0, worker.log()
     assert all(len(copies) == 1 for copies in live.values())
-    _assert_same(replayed, live)
+    _assert_same(replayed, live, settings, world)
 
 
 def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
@@ -135,7 +158,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     restores = [line for line in log.read_text().splitlines() if "checkpoint" in line]
     published = sum(len(copies) for copies in live.values())
     assert any(len(copies) > 1 for copies in live.values()), (at_kill, published, restores)
-    _assert_same(replayed, live)
+    _assert_same(replayed, live, settings, world)
     assert redis_counters(settings)["decisions"] == n
 
 
@@ -172,5 +195,5 @@ def test_two_workers_split_the_partitions_and_survive_losing_one(
         live = _worker_features(settings, expect=n)
         assert b.stop() == 0, b.log()
     assert "from its checkpoint" in log_b.read_text()
-    _assert_same(replayed, live)
+    _assert_same(replayed, live, settings, world)
     assert redis_counters(settings)["decisions"] == n

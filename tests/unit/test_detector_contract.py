@@ -18,15 +18,18 @@ from collections.abc import Callable
 
 import pytest
 
-from detectors.anomaly import AnomalyScore
+from detectors.anomaly import AnomalyScore, GaussianAnomaly
 from detectors.base import Detector, Features
 from detectors.online import OnlineClassifier
+from detectors.risk import RiskModel
 from detectors.rules import RuleScore
 
 DETECTORS: dict[str, Callable[[], Detector]] = {
     "rules": RuleScore,
     "logreg": OnlineClassifier,
     "hst": lambda: AnomalyScore(seed=7),
+    "gaussian": GaussianAnomaly,
+    "risk": lambda: RiskModel(trust_after_fraud_labels=5),
 }
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import random
 
-from detectors.anomaly import AnomalyScore
+import pytest
+
+from detectors.anomaly import AnomalyScore, GaussianAnomaly
 from detectors.base import Features
 from detectors.online import OnlineClassifier
 
@@ -50,9 +52,14 @@ def test_explanations_name_the_features_that_raised_the_score() -> None:
     assert "model:a" not in model.explain_one({"a": -3.0, "b": 0.0, "noise": 0.5})
 
 
-def test_anomalies_score_above_the_usual_traffic_before_any_label() -> None:
+@pytest.mark.parametrize(
+    "make",
+    [lambda: AnomalyScore(seed=1), lambda: GaussianAnomaly(features=("amount", "count"))],
+    ids=["hst", "gaussian"],
+)
+def test_anomalies_score_above_the_usual_traffic_before_any_label(make) -> None:
     rng = random.Random(5)
-    detector = AnomalyScore(seed=1)
+    detector = make()
     for _ in range(3_000):
         x: Features = {"amount": rng.gauss(5_000, 1_000), "count": rng.randint(0, 5)}
         detector.learn_one(x)

@@ -1,0 +1,161 @@
+"""How good are the decisions? Ranking quality of `risk` against labels or ground truth.
+
+- ROC AUC (Mann-Whitney, ties averaged) and average precision (the area under the
+  precision-recall curve, as the mean precision at each fraud) over transactions;
+- precision among the top-k riskiest users of each day (what a review team working a daily
+  queue of k users would find), averaged over days;
+- with ground truth that names scenarios: the same per scenario, each scenario's
+  transactions against all legitimate ones, and per look-alike group (the share of the group's
+  legitimate transactions that were held or blocked).
+
+With `--labels` only labelled transactions count (a tx-level label; the latest one wins), so
+the figures describe the labelled sample, not the whole traffic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+DAY_MS = 86_400_000
+WITHHELD = ("hold", "block")
+
+
+@dataclass
+class Ranking:
+    transactions: int
+    fraud: int
+    roc_auc: float | None
+    average_precision: float | None
+
+
+@dataclass
+class Evaluation:
+    source: str  # "truth" or "labels"
+    overall: Ranking
+    top_k: int
+    precision_top_k_users_per_day: float | None
+    days: int
+    per_scenario: dict[str, Ranking] = field(default_factory=dict)
+    #: look-alike group -> share of its legitimate transactions held or blocked
+    lookalikes_withheld: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = [("all transactions", self.overall), *sorted(self.per_scenario.items())]
+        lines = [
+            f"evaluated against {self.source}",
+            "",
+            "| slice | transactions | fraud | ROC AUC | average precision |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in rows:
+            lines.append(
+                f"| {name} | {r.transactions:,} | {r.fraud:,} | {_fmt(r.roc_auc)} "
+                f"| {_fmt(r.average_precision)} |"
+            )
+        lines += [
+            "",
+            f"precision among the top {self.top_k} riskiest users per day: "
+            f"{_fmt(self.precision_top_k_users_per_day)} (over {self.days} days)",
+        ]
+        if self.lookalikes_withheld:
+            lines += ["", "| look-alike group | legitimate transactions held or blocked |"]
+            lines.append("|---|---|")
+            for group, share in sorted(self.lookalikes_withheld.items()):
+                lines.append(f"| {group} | {share:.2%} |")
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def ranking(frame: pl.DataFrame) -> Ranking:
+    """ROC AUC and average precision of `risk` for the boolean `fraud` column."""
+    n = frame.height
+    positives = int(frame["fraud"].sum()) if n else 0
+    negatives = n - positives
+    if positives == 0 or negatives == 0:
+        return Ranking(n, positives, None, None)
+    ranks = frame.select(pl.col("risk").rank("average").alias("r"), "fraud")
+    rank_sum = float(ranks.filter(pl.col("fraud"))["r"].sum())
+    auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    ordered = frame.sort("risk", descending=True, maintain_order=True).with_columns(
+        hits=pl.col("fraud").cast(pl.Int64).cum_sum(),
+        seen=pl.int_range(1, n + 1),
+    )
+    precision_at_hits = ordered.filter(pl.col("fraud")).select(pl.col("hits") / pl.col("seen"))
+    ap = float(precision_at_hits.to_series().mean())  # type: ignore[arg-type]
+    return Ranking(n, positives, auc, ap)
+
+
+def _top_k_users(frame: pl.DataFrame, k: int) -> tuple[float | None, int]:
+    """Mean over days of the share of fraudulent users among the day's k riskiest."""
+    by_user_day = frame.group_by(pl.col("ts") // DAY_MS, "user_id").agg(
+        pl.col("risk").max(), pl.col("fraud").any()
+    )
+    top = by_user_day.sort("risk", descending=True).group_by("ts").head(k)
+    per_day = top.group_by("ts").agg(pl.col("fraud").mean())
+    if per_day.is_empty():
+        return None, 0
+    return float(per_day["fraud"].mean()), per_day.height  # type: ignore[arg-type]
+
+
+def evaluate(
+    decisions: Path,
+    labels: Path | None = None,
+    truth: Path | None = None,
+    top_k: int = 10,
+) -> Evaluation:
+    if (labels is None) == (truth is None):
+        raise ValueError("give exactly one of --labels or --truth")
+    decided = pl.read_parquet(decisions).select("tx_id", "ts", "user_id", "risk", "action")
+    if truth is not None:
+        source = "truth"
+        facts = pl.read_parquet(_truth_file(truth)).select(
+            "tx_id", pl.col("is_fraud").alias("fraud"), "scenario", "group"
+        )
+        frame = decided.join(facts, on="tx_id", how="inner")
+    else:
+        source = "labels"
+        assert labels is not None
+        latest = (
+            pl.read_parquet(labels)
+            .filter(pl.col("tx_id").is_not_null())
+            .sort("ts")
+            .group_by("tx_id")
+            .last()
+            .select("tx_id", (pl.col("label") == "fraud").alias("fraud"))
+        )
+        frame = decided.join(latest, on="tx_id", how="inner")
+    if frame.is_empty():
+        raise ValueError(f"no decision in {decisions} matches the {source}")
+    precision, days = _top_k_users(frame, top_k)
+    result = Evaluation(source, ranking(frame), top_k, precision, days)
+    if "scenario" in frame.columns:
+        legit = frame.filter(~pl.col("fraud"))
+        for scenario in sorted(set(frame.filter(pl.col("fraud"))["scenario"].to_list())):
+            mine = frame.filter(pl.col("fraud") & (pl.col("scenario") == scenario))
+            result.per_scenario[scenario] = ranking(pl.concat([mine, legit]))
+        groups = legit.filter(pl.col("group").is_not_null() & (pl.col("group") != "legit"))
+        for (group,), rows in groups.group_by("group"):
+            withheld = rows["action"].is_in(WITHHELD).mean()
+            result.lookalikes_withheld[str(group)] = float(withheld)  # type: ignore[arg-type]
+    return result
+
+
+def _truth_file(truth: Path) -> Path:
+    """`--truth` may name the world's truth directory or its tx_truth.parquet."""
+    return truth / "tx_truth.parquet" if truth.is_dir() else truth
+
+
+def write_json(evaluation: Evaluation, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(evaluation.to_json(), indent=2) + "\n")

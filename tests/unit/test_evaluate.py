@@ -1,0 +1,85 @@
+"""`rebate-guard evaluate`: the figures on hand-checkable inputs, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from rebate_guard.cli import main
+from rebate_guard.evaluate import evaluate, ranking
+from tests.factories import DAY, T0
+
+
+def test_auc_and_average_precision_by_hand() -> None:
+    frame = pl.DataFrame({"risk": [0.9, 0.8, 0.3, 0.1], "fraud": [True, False, True, False]})
+    r = ranking(frame)
+    assert r.roc_auc == pytest.approx(3 / 4)  # 3 of the 4 (fraud, legit) pairs in order
+    assert r.average_precision == pytest.approx((1 + 2 / 3) / 2)
+    tied = ranking(pl.DataFrame({"risk": [0.5, 0.5], "fraud": [True, False]}))
+    assert tied.roc_auc == pytest.approx(0.5)
+    assert ranking(pl.DataFrame({"risk": [0.5], "fraud": [True]})).roc_auc is None
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    decisions = pl.DataFrame(
+        {
+            "tx_id": ["a", "b", "c", "d", "e", "f"],
+            "ts": [T0, T0, T0, T0 + DAY, T0 + DAY, T0 + DAY],
+            "user_id": ["u1", "u2", "u3", "u1", "u4", "u5"],
+            "risk": [0.95, 0.2, 0.7, 0.9, 0.1, 0.05],
+            "action": ["block", "allow", "hold", "block", "allow", "hold"],
+        }
+    )
+    truth = pl.DataFrame(
+        {
+            "tx_id": ["a", "b", "c", "d", "e", "f"],
+            "is_fraud": [True, False, False, True, False, False],
+            "scenario": ["brushing", "legit", "legit", "cash_out", "legit", "legit"],
+            "group": [None, None, "office_ip", None, None, "office_ip"],
+        }
+    )
+    labels = pl.DataFrame(
+        {
+            "ts": [T0 + 3 * DAY, T0 + 3 * DAY, T0 + 4 * DAY],
+            "tx_id": ["a", "c", "c"],
+            "user_id": ["u1", "u3", "u3"],
+            "label": ["fraud", "fraud", "legit"],  # c: a review reversed the first label
+            "source": ["review"] * 3,
+        }
+    )
+    paths = tmp_path / "decisions.parquet", tmp_path / "tx_truth.parquet", tmp_path / "l.parquet"
+    for frame, path in zip((decisions, truth, labels), paths, strict=True):
+        frame.write_parquet(path)
+    return paths
+
+
+def test_against_truth_per_scenario_top_k_and_lookalikes(tmp_path: Path) -> None:
+    decisions, truth, _ = _files(tmp_path)
+    result = evaluate(decisions, truth=truth, top_k=1)
+    assert result.overall.roc_auc == 1.0 and result.overall.fraud == 2
+    assert set(result.per_scenario) == {"brushing", "cash_out"}
+    assert result.per_scenario["brushing"].transactions == 5  # its 1 fraud + 4 legit
+    assert result.precision_top_k_users_per_day == 1.0 and result.days == 2
+    assert result.lookalikes_withheld == {"office_ip": 1.0}  # c held, f held
+
+
+def test_against_labels_uses_the_latest_label_of_each_labelled_tx(tmp_path: Path) -> None:
+    decisions, _, labels = _files(tmp_path)
+    result = evaluate(decisions, labels=labels)
+    assert result.overall.transactions == 2 and result.overall.fraud == 1  # a fraud, c legit
+    assert result.overall.roc_auc == 1.0 and not result.per_scenario
+
+
+def test_the_command_prints_a_table_and_writes_json(tmp_path: Path, capsys) -> None:
+    decisions, truth, _ = _files(tmp_path)
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--decisions", str(decisions), "--truth", str(truth), "--json", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| all transactions | 6 | 2 | 1.0000 |" in printed and "office_ip" in printed
+    assert json.loads(out.read_text())["overall"]["roc_auc"] == 1.0
+    wrong = ["evaluate", "--decisions", str(tmp_path / "none.parquet"), "--truth", str(truth)]
+    assert main(wrong) == 2
