@@ -101,26 +101,41 @@ class GaussianAnomaly:
 
     def _view(self, x: Features) -> dict[str, float]:
         out: dict[str, float] = {}
+        log1p, copysign = math.log1p, math.copysign
         for name in self.features:
             value = x.get(name)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if value is None or value != value:  # missing, or NaN
                 continue
-            out[name] = math.copysign(math.log1p(abs(value)), value)
+            out[name] = copysign(log1p(abs(value)), value)
         return out
 
+    def view(self, x: Features) -> dict[str, float]:
+        """The watched features on their signed log scale (compute once, score and learn)."""
+        return self._view(x)
+
     def score_one(self, x: Features) -> float:
-        z = self.scaler.transform_one(self._view(x))
+        return self.score_view(self._view(x))[0]
+
+    def score_view(self, view: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The score, and the z values behind it (for `explain_z`)."""
+        z: dict[str, float] = self.scaler.transform_one(view)
         if not z or self.n_learned < 2:
-            return 0.0
+            return 0.0, z
         excess = sum(v * v for v in z.values()) / len(z) - 1.0
-        return 1.0 - math.exp(-excess / 2.0) if excess > 0.0 else 0.0
+        return (1.0 - math.exp(-excess / 2.0) if excess > 0.0 else 0.0), z
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """Learns the transaction's features; the label, if any, is not used."""
-        self.scaler.learn_one(self._view(x))
+        self.learn_view(self._view(x))
+
+    def learn_view(self, view: dict[str, float]) -> None:
+        self.scaler.learn_one(view)
         self.n_learned += 1
 
     def explain_one(self, x: Features, top: int = 2) -> list[str]:
-        z = self.scaler.transform_one(self._view(x))
+        return self.explain_z(self.score_view(self._view(x))[1], top)
+
+    @staticmethod
+    def explain_z(z: dict[str, float], top: int = 2) -> list[str]:
         far = sorted(((abs(v), name) for name, v in z.items() if abs(v) > 3.0), reverse=True)
         return [f"unusual:{name}" for _, name in far[:top]]

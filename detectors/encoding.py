@@ -9,17 +9,25 @@ copy is returned; the caller's vector is never touched.
 
 from __future__ import annotations
 
-import math
-
 from detectors.base import Features
+
+# Vectors come with the same few key sets over and over: sort each set once.
+_ORDER: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+_ORDER_LIMIT = 1_024
 
 
 def encode(x: Features) -> dict[str, float]:
+    keys = tuple(x)
+    order = _ORDER.get(keys)
+    if order is None:
+        if len(_ORDER) >= _ORDER_LIMIT:
+            _ORDER.clear()
+        order = _ORDER[keys] = tuple((name, f"{name}_missing") for name in sorted(keys))
     out: dict[str, float] = {}
-    for name in sorted(x):
+    for name, missing in order:
         value = x[name]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            out[f"{name}_missing"] = 1.0
+        if value is None or value != value:  # NaN is the one value unequal to itself
+            out[missing] = 1.0
         else:
             out[name] = float(value)
     return out

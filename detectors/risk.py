@@ -24,11 +24,23 @@ from dataclasses import dataclass, field
 
 from detectors.anomaly import GaussianAnomaly
 from detectors.base import Features
+from detectors.encoding import encode
 from detectors.online import OnlineClassifier
 from detectors.rules import RuleScore
 
 RULE_RISK = "rule_risk"
 ANOMALY_SCORE = "anomaly_score"
+#: The classifier's probability from which its reasons are given.
+EXPLAIN_FROM = 0.05
+
+
+@dataclass
+class Assessment:
+    risk: float
+    reasons: list[str]
+    #: The vector plus the rule and anomaly scores: what a later label trains on.
+    enriched: Features
+    anomaly_view: dict[str, float]
 
 
 @dataclass
@@ -45,21 +57,37 @@ class RiskModel:
         """Which state scores: the labels and transactions learned so far."""
         return f"{self.name}.l{self.classifier.n_learned}.t{self.anomaly.n_learned}"
 
-    def enrich(self, x: Features) -> Features:
-        """`x` plus the rule and anomaly scores, as of now (a new dict)."""
-        return {**x, RULE_RISK: self.rules.score_one(x), ANOMALY_SCORE: self.anomaly.score_one(x)}
-
     def confidence(self) -> float:
         return min(1.0, self.classifier.n_fraud / self.trust_after_fraud_labels)
 
-    def score_one(self, x: Features) -> float:
-        enriched = x if ANOMALY_SCORE in x else self.enrich(x)
-        rule, anomaly = enriched[RULE_RISK] or 0.0, enriched[ANOMALY_SCORE] or 0.0
-        prior = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly)
+    def assess(self, x: Features) -> Assessment:
+        """Everything about one transaction in one pass (each detector's work done once):
+        its risk, reasons, the enriched vector to remember for labels, and the anomaly
+        detector's view of it to learn."""
+        rule, reasons = self.rules.assess(x)
+        view = self.anomaly.view(x)
+        anomaly, z = self.anomaly.score_view(view)
+        enriched = {**x, RULE_RISK: rule, ANOMALY_SCORE: anomaly}
+        risk = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly)  # the prior
         c = self.confidence()
-        if c == 0.0:
-            return prior
-        return c * self.classifier.predict_proba_one(enriched) + (1.0 - c) * prior
+        if c > 0.0:
+            scaled = self.classifier.scale(encode(enriched))
+            p = self.classifier.proba(scaled)
+            risk = c * p + (1.0 - c) * risk
+            # The model's reasons once it is trusted, and only where it sees some risk: most
+            # transactions are plainly fine, and naming contributors costs a pass over all.
+            if c >= 0.5 and p >= EXPLAIN_FROM:
+                reasons += self.classifier.explain_scaled(scaled)
+        if anomaly > 0.5:
+            reasons += self.anomaly.explain_z(z)
+        return Assessment(risk, reasons, enriched, view)
+
+    def enrich(self, x: Features) -> Features:
+        """`x` plus the rule and anomaly scores, as of now (a new dict)."""
+        return self.assess(x).enriched
+
+    def score_one(self, x: Features) -> float:
+        return self.assess(x).risk
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """y None: a transaction just scored (the anomaly detector learns it); y a label:
@@ -69,11 +97,9 @@ class RiskModel:
         else:
             self.classifier.learn_one(x if ANOMALY_SCORE in x else self.enrich(x), y)
 
+    def learn_scored(self, assessment: Assessment) -> None:
+        """The unsupervised update after scoring, from the view `assess` already made."""
+        self.anomaly.learn_view(assessment.anomaly_view)
+
     def explain_one(self, x: Features) -> list[str]:
-        enriched = x if ANOMALY_SCORE in x else self.enrich(x)
-        reasons = self.rules.explain_one(enriched)
-        if self.confidence() >= 0.5:
-            reasons += self.classifier.explain_one(enriched)
-        if (enriched[ANOMALY_SCORE] or 0.0) > 0.5:
-            reasons += self.anomaly.explain_one(enriched)
-        return reasons
+        return self.assess(x).reasons

@@ -48,13 +48,17 @@ class RuleScore:
     name: str = "rules"
 
     def score_one(self, x: Features) -> float:
-        z = self.base_log_odds + sum(r.log_odds for r in self.rules if r.fires(x))
-        return 1.0 / (1.0 + math.exp(-z))
+        return self.assess(x)[0]
+
+    def assess(self, x: Features) -> tuple[float, list[str]]:
+        """The score and the reason codes, from one pass over the rules."""
+        fired = [r for r in self.rules if r.fires(x)]
+        z = self.base_log_odds + sum(r.log_odds for r in fired)
+        fired.sort(key=lambda r: -r.log_odds)
+        return 1.0 / (1.0 + math.exp(-z)), [r.code for r in fired]
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """Rules do not learn; thresholds are tuned by risk teams."""
 
     def explain_one(self, x: Features) -> list[str]:
-        fired = [r for r in self.rules if r.fires(x)]
-        fired.sort(key=lambda r: -r.log_odds)
-        return [r.code for r in fired]
+        return self.assess(x)[1]

@@ -109,10 +109,9 @@ class Decider:
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         version = self.model.version  # the state that scores, before it learns this one
-        enriched = self.model.enrich(x)
-        risk = self.model.score_one(enriched)
-        reasons = self.model.explain_one(enriched)
-        self.model.learn_one(x)  # unsupervised, after scoring
+        assessment = self.model.assess(x)
+        risk, reasons, enriched = assessment.risk, assessment.reasons, assessment.enriched
+        self.model.learn_scored(assessment)  # unsupervised, after scoring
         ring_score, ring_reasons = pyramid_score(x["referral_depth"])
         weight = trust_weight(risk, ring_score)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)

@@ -44,3 +44,18 @@ def test_labels_after_a_transaction_never_change_its_decision(events: list[Event
     no_labels = _decide([e for e in events if not isinstance(e, Label)])
     assert any(no_labels[t] != everything[t] for t in before_cut)
     assert len(before_cut) > 1_000
+
+
+def test_models_checkpointed_mid_stream_resume_identically(events: list[Event]) -> None:
+    """The models travel in the scorer's pickle (the worker's checkpoints): a scorer restored
+    halfway makes exactly the decisions of one that never stopped, labels included."""
+    import pickle
+
+    half = len(events) // 2
+    scorer = Scorer()
+    for event in events[:half]:
+        scorer.apply(event, decided_at=0)
+    assert scorer.decider.model.classifier.n_learned > 0  # labels were learned before the cut
+    clone = pickle.loads(pickle.dumps(scorer))
+    for event in events[half:]:
+        assert clone.apply(event, decided_at=0) == scorer.apply(event, decided_at=0)
