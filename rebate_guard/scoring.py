@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from detectors.base import Features
+from detectors.drift import DriftWatch
 from detectors.risk import RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
@@ -72,8 +73,9 @@ class Decider:
 
     model: RiskModel = field(default_factory=RiskModel)
     policy: Policy = field(default_factory=Policy)
-    #: tx_id -> (user, the enriched vector it was scored with), oldest first, for labels.
-    remembered: OrderedDict[str, tuple[str, Features]] = field(default_factory=OrderedDict)
+    drift: DriftWatch = field(default_factory=DriftWatch)
+    #: tx_id -> (user, the enriched vector it was scored with, its risk), oldest first.
+    remembered: OrderedDict[str, tuple[str, Features, float]] = field(default_factory=OrderedDict)
     #: user -> their remembered tx_ids, oldest first: a user-level label applies to these.
     by_user: dict[str, deque[str]] = field(default_factory=dict)
     #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback.
@@ -99,6 +101,7 @@ class Decider:
         for tx_id in tx_ids:
             kept = self.remembered.get(tx_id)
             if kept is not None:
+                self.drift.labelled(kept[2], fraud, event.ts)
                 self.model.learn_one(kept[1], fraud)
 
     def decide(
@@ -112,6 +115,7 @@ class Decider:
         assessment = self.model.assess(x)
         risk, reasons, enriched = assessment.risk, assessment.reasons, assessment.enriched
         self.model.learn_scored(assessment)  # unsupervised, after scoring
+        self.drift.scored(risk, tx.ts)
         ring_score, ring_reasons = pyramid_score(x["referral_depth"])
         weight = trust_weight(risk, ring_score)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
@@ -121,7 +125,7 @@ class Decider:
             # A refund earns no rebate; its decision records the risk for the refund itself.
             requested = 0
             action, granted = self.policy.decide(weight, 0)
-        self._remember(tx.tx_id, tx.user_id, enriched)
+        self._remember(tx.tx_id, tx.user_id, enriched, risk)
         if tx.kind == PAYMENT:
             self.granted[tx.tx_id] = (tx.ts, granted > 0)
         decision = build(
@@ -158,14 +162,14 @@ class Decider:
         known = self.granted.get(tx.ref_tx_id)
         return None if known is None else float(known[1])
 
-    def _remember(self, tx_id: str, user_id: str, x: Features) -> None:
-        self.remembered[tx_id] = (user_id, x)
+    def _remember(self, tx_id: str, user_id: str, x: Features, risk: float) -> None:
+        self.remembered[tx_id] = (user_id, x, risk)
         mine = self.by_user.get(user_id)
         if mine is None:
             mine = self.by_user[user_id] = deque()
         mine.append(tx_id)
         if len(self.remembered) > self.remember_limit:
-            _, (user, _) = self.remembered.popitem(last=False)
+            _, (user, _, _) = self.remembered.popitem(last=False)
             theirs = self.by_user[user]
             theirs.popleft()  # the oldest remembered is the oldest of its user's too
             if not theirs:

@@ -161,6 +161,8 @@ class BatchProcessor:
     #: happens while a (re)started consumer has not begun fetching, and idling a source that
     #: still has data would make its events late. Without a broker everything is caught up.
     caught_up: Callable[[str, int, int], bool] = lambda topic, partition, offset: True
+    #: Drift counts already logged, per user partition (a log line when they change).
+    _drift_logged: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Loopback only: envelopes produced and not yet taken in, per internal topic.
     _looped: dict[str, list[RawEvent]] = field(default_factory=dict)
 
@@ -248,6 +250,30 @@ class BatchProcessor:
             "late": sum(s.late for s in self.users.values())
             + sum(s.late for s in self.entities.values()),
         }
+
+    def models(self) -> dict[str, Any]:
+        """The models of this worker's user shards: the state that scores, and drift."""
+        return {
+            user_unit(p): {"version": s.decider.model_version, **s.decider.drift.summary()}
+            for p, s in sorted(self.users.items())
+        }
+
+    def _log_drift(self, shard: UserShard) -> None:
+        watch = shard.decider.drift
+        counts = (watch.score_drifts, watch.error_drifts)
+        before = self._drift_logged.get(shard.partition, (0, 0))
+        if counts != before:
+            self._drift_logged[shard.partition] = counts
+            log.warning(
+                "drift on %s (model %s): score distribution %d time(s), latest at ts %s; "
+                "error rate %d time(s), latest at ts %s",
+                user_unit(shard.partition),
+                shard.decider.model_version,
+                counts[0],
+                watch.last_score_drift_ts,
+                counts[1],
+                watch.last_error_drift_ts,
+            )
 
     def _user(self, partition: int) -> UserShard | None:
         shard = self.users.get(partition)
@@ -377,6 +403,7 @@ class BatchProcessor:
             await self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()])
             for shard in shards:
                 await self._publish(shard.complete(self._now_ms()), outcome)
+                self._log_drift(shard)
             # Without a broker the results are already back: take them in now.
             touched = self._take_results(self._looped.pop(ENTITY_RESULTS, []))
 

@@ -28,6 +28,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             stats: dict[str, Any] = await runtime.store.stats()
             stats["worker"] = dataclasses.asdict(runtime.processor.counters)
             stats["event_time"] = runtime.processor.event_time()
+            stats["models"] = runtime.processor.models()
             return self.json(stats)
 
     @app.page("/decisions/{tx_id}")

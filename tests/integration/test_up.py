@@ -91,6 +91,9 @@ def test_up_serves_live_decisions_and_stops_everything(tmp_path: Path, stop_sign
         assert status == 200 and b"RebateGuard" in page
         event_time = stats["event_time"]  # the worker's watermark has moved into the traffic
         assert event_time["watermark"] is not None and event_time["sources"] >= 3
+        # Each user shard's models: the state that scores (it has learned transactions).
+        versions = [m["version"] for m in stats["models"].values()]
+        assert versions and any(not v.endswith(".t0") for v in versions)
         recent = stats["recent"][0]
         status, body = _get(f"{base}/decisions/{recent['tx_id']}")
         assert status == 200 and json.loads(body) == recent

@@ -276,3 +276,13 @@ def test_a_silent_input_is_idle_only_once_caught_up() -> None:
     drain(proc)
     features = json.loads(sink.sent["p.features"][0][1])["features"]
     assert features["user_account_age_s"] == 1.0 and proc.event_time()["late"] == 0
+
+
+def test_model_state_and_drift_are_reported_per_shard() -> None:
+    proc, _, _ = make()
+    handle(proc, "transactions", [raw("p.transactions", i, tx(f"t{i}", T0 + i)) for i in range(3)])
+    drain(proc)
+    models = proc.models()
+    assert set(models) == {"user-0", "user-1"}
+    assert models["user-0"]["version"] == "risk.l0.t3"  # 3 transactions learned, no label
+    assert models["user-0"]["score_drifts"] == 0 and models["user-1"]["version"] == "risk.l0.t0"
