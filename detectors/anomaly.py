@@ -99,7 +99,8 @@ class GaussianAnomaly:
     scaler: Any = field(default_factory=preprocessing.StandardScaler, repr=False)
     n_learned: int = 0
 
-    def _view(self, x: Features) -> dict[str, float]:
+    def view(self, x: Features) -> dict[str, float]:
+        """The watched features on their signed log scale (compute once, score and learn)."""
         out: dict[str, float] = {}
         log1p, copysign = math.log1p, math.copysign
         for name in self.features:
@@ -109,12 +110,8 @@ class GaussianAnomaly:
             out[name] = copysign(log1p(abs(value)), value)
         return out
 
-    def view(self, x: Features) -> dict[str, float]:
-        """The watched features on their signed log scale (compute once, score and learn)."""
-        return self._view(x)
-
     def score_one(self, x: Features) -> float:
-        return self.score_view(self._view(x))[0]
+        return self.score_view(self.view(x))[0]
 
     def score_view(self, view: dict[str, float]) -> tuple[float, dict[str, float]]:
         """The score, and the z values behind it (for `explain_z`)."""
@@ -126,14 +123,14 @@ class GaussianAnomaly:
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """Learns the transaction's features; the label, if any, is not used."""
-        self.learn_view(self._view(x))
+        self.learn_view(self.view(x))
 
     def learn_view(self, view: dict[str, float]) -> None:
         self.scaler.learn_one(view)
         self.n_learned += 1
 
     def explain_one(self, x: Features, top: int = 2) -> list[str]:
-        return self.explain_z(self.score_view(self._view(x))[1], top)
+        return self.explain_z(self.score_view(self.view(x))[1], top)
 
     @staticmethod
     def explain_z(z: dict[str, float], top: int = 2) -> list[str]:

@@ -13,9 +13,9 @@ learned (n): with c = min(1, n / trust_after_fraud_labels),
     prior = 1 - (1 - r) * (1 - anomaly_weight * a)      (noisy-OR: either can raise it)
     risk  = c * p + (1 - c) * prior.
 
-risk is monotone in r, a and p (c is fixed between labels). The `Decider` calls `enrich` once
-per transaction and keeps the enriched vector, so a label arriving days later trains the
-classifier on exactly the inputs it was scored with.
+risk is monotone in r, a and p (c is fixed between labels). The `Decider` calls `assess` once
+per transaction (each detector's work done once) and keeps the enriched vector, so a label
+arriving days later trains the classifier on exactly the inputs it was scored with.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from features.referral import DepthWalk, TreeEntry
+from features.referral import TreeEntry, depth_walk
 from features.stages import EntityStage, UserStage
 from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
 from rebate_guard.settings import Settings
@@ -49,7 +49,14 @@ from streams.records import (
     DeadLetter,
     Decision,
 )
-from streams.shards import TOPIC_CODES, Completed, EntityShard, UserShard
+from streams.shards import (
+    TOPIC_CODES,
+    Completed,
+    DepthKey,
+    DepthRequest,
+    EntityShard,
+    UserShard,
+)
 from streams.sink import Sink
 from streams.store import DecisionStore
 from streams.validation import (
@@ -114,12 +121,14 @@ def feature_vector_json(decision: Decision, x: dict[str, Any]) -> bytes:
 
 
 async def run_walks(
-    walks: dict[tuple[str, int], DepthWalk],
+    requests: dict[DepthKey, DepthRequest],
     fetch: Callable[[list[str]], Awaitable[dict[str, TreeEntry]]],
-) -> dict[tuple[str, int], int]:
-    """Drives referral-depth walks against an async lookup: one round trip per tree level
-    for all of them together."""
-    done: dict[tuple[str, int], int] = {}
+) -> dict[DepthKey, int]:
+    """Walks the referral tree for each request against an async lookup: one round trip
+    per tree level for all of them together. Fresh walks each call, so a retry after a
+    failed lookup starts over cleanly."""
+    walks = {key: depth_walk(*request) for key, request in requests.items()}
+    done: dict[DepthKey, int] = {}
     asking = {key: next(walk) for key, walk in walks.items()}
     while asking:
         entries = await fetch(sorted(set(asking.values())))
@@ -359,18 +368,13 @@ class BatchProcessor:
         for q, released in by_shard.items():
             shard = self.entities[q]
             depths = {}
-            if shard.depth_walks(released):
-                # Fresh walks per attempt: a failed one may have consumed its generators.
-                walk = partial(self._walk, shard, released)
+            requests = shard.depth_requests(released)
+            if requests:
+                walk = partial(run_walks, requests, self.store.get_referrals)
                 depths = await self.retry("walk the referral tree", walk)
             shard.apply(released, depths)
             results += shard.envelopes()
         await self._send(ENTITY_RESULTS, results)
-
-    async def _walk(
-        self, shard: EntityShard, released: list[Released]
-    ) -> dict[tuple[str, int], int]:
-        return await run_walks(shard.depth_walks(released), self.store.get_referrals)
 
     async def handle_results(self, raw: Sequence[RawEvent]) -> BatchOutcome:
         """Entity results coming back to this worker's user shards."""
@@ -419,6 +423,9 @@ class BatchProcessor:
             return
         # No broker: the local shards take the envelopes in order, at their next offsets.
         messages = self._looped.setdefault(kind, [])
+        queued: dict[int, int] = {}
+        for m in messages:
+            queued[m.partition] = queued.get(m.partition, 0) + 1
         for partition, value in envelopes:
             if kind == ENTITY_REQUESTS:
                 entity = self._entity(partition)
@@ -428,8 +435,9 @@ class BatchProcessor:
                 user = self._user(partition)
                 assert user is not None
                 offset = user.next_result_offset
-            offset += sum(1 for m in messages if m.partition == partition)
-            messages.append(RawEvent(kind, partition, offset, None, value))
+            ahead = queued.get(partition, 0)
+            queued[partition] = ahead + 1
+            messages.append(RawEvent(kind, partition, offset + ahead, None, value))
         if kind == ENTITY_REQUESTS:
             await self.handle_requests(self._looped.pop(kind))
 

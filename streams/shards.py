@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.referral import DepthMemo, DepthWalk, depth_walk, tree_entry
+from features.referral import DepthMemo, tree_entry
 from features.stages import (
     REFERRAL,
     EntityStage,
@@ -70,6 +70,9 @@ TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2}
 Identity = tuple[int, int]  # (topic code, offset): one input message of a user partition
 #: What a referral-tree write is: (user, referrer, signup ts).
 TreeWrite = tuple[str, str, int]
+#: A referral depth to find: keyed by (user, signup ts), asked as (referrer, user, signup ts).
+DepthKey = tuple[str, int]
+DepthRequest = tuple[str, str, int]
 
 _KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
     "t": Transaction,
@@ -364,9 +367,10 @@ class EntityShard:
             released += aligner.advance(p, envelope["wm"])
         return released
 
-    def depth_walks(self, released: list[Released]) -> dict[tuple[str, int], DepthWalk]:
-        """The referral-tree walks `apply` needs for `released` that are not memoised."""
-        walks: dict[tuple[str, int], DepthWalk] = {}
+    def depth_requests(self, released: list[Released]) -> dict[DepthKey, DepthRequest]:
+        """The referral depths `apply` needs for `released` that are not memoised: per
+        (user, signup ts), the arguments of its `depth_walk`."""
+        requests: dict[DepthKey, DepthRequest] = {}
         for item in released:
             _, request = item.tag
             if request[0] != "t" or not request[4] & REFERRAL:
@@ -377,15 +381,15 @@ class EntityShard:
             key = (user, signup_ts)
             if (
                 referrer is not None
-                and key not in walks
+                and key not in requests
                 and self.depths.get(user, signup_ts) is None
             ):
-                walks[key] = depth_walk(referrer, user, signup_ts)
-        return walks
+                requests[key] = (referrer, user, signup_ts)
+        return requests
 
-    def apply(self, released: list[Released], depths: dict[tuple[str, int], int]) -> None:
+    def apply(self, released: list[Released], depths: dict[DepthKey, int]) -> None:
         """Applies released items in order; a transaction's values go to the outbox of
-        the user partition that sent it. `depths`: the results of `depth_walks`."""
+        the user partition that sent it. `depths`: the answers to `depth_requests`."""
         entities, memo = self.entities, self.depths
         for item in released:
             event = item.event

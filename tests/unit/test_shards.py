@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
-from features.referral import run_walk
+from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
 from rebate_guard.replay import EventFiles
 from rebate_guard.scoring import Decider, Event, Scorer
@@ -100,8 +100,8 @@ class Cluster:
         for offset in range(start, min(start + n, len(queue))):
             released = shard.offer(offset, queue[offset])
             assert released is not None
-            walks = shard.depth_walks(released)
-            depths = {key: run_walk(walk, self.tree.get) for key, walk in walks.items()}
+            asked = shard.depth_requests(released)
+            depths = {key: run_walk(depth_walk(*a), self.tree.get) for key, a in asked.items()}
             shard.apply(released, depths)
         for p, payload in shard.envelopes():
             self.results[p].append(payload)
