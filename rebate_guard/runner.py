@@ -112,8 +112,12 @@ async def _feed_forever(
         log.info("feeding simulated week %d: %d transactions", week, world.transactions.height)
         await produce_world(settings, world, rate=settings.simulate_rate)
         for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}")
+            code = proc.poll()
+            if code == 0:  # stopped cleanly: Ctrl-C reaches the workers too
+                log.info("worker %d has stopped; so does the feed", proc.pid)
+                return
+            if code is not None:
+                raise RuntimeError(f"worker {proc.pid} exited with {code}")
         week += 1
 
 
