@@ -35,7 +35,7 @@ Event = Signup | Transaction | Label
 # At equal ts: signups first (an account exists before it pays), then labels, then transactions.
 # A label with ts t has "arrived by t" (the features' definition), and it is not later than a
 # transaction at t, so applying it first leaks nothing from the future.
-_RANK = {Signup: 0, Label: 1, Transaction: 2}
+KIND_RANK = {Signup: 0, Label: 1, Transaction: 2}
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
@@ -55,7 +55,7 @@ def order_key(event: Event, seq: int) -> tuple[int, int, str, int]:
     replay, one worker and N workers over any partitioning all reproduce. Input order only
     separates events with the same id (a repeated tx_id: the first stands).
     """
-    return (event.ts, _RANK[type(event)], event_id(event), seq)
+    return (event.ts, KIND_RANK[type(event)], event_id(event), seq)
 
 
 def event_id(event: Event) -> str:
@@ -64,6 +64,18 @@ def event_id(event: Event) -> str:
     if isinstance(event, Signup):
         return event.user_id
     return event.tx_id if event.tx_id is not None else (event.user_id or "")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A labelled transaction to learn from: the enriched vector and risk it was scored with,
+    the label's verdict, and the label's ts (when the verdict became known)."""
+
+    tx_id: str
+    x: Features
+    fraud: bool
+    risk: float
+    ts: int
 
 
 @dataclass
@@ -88,27 +100,48 @@ class Decider:
     def model_version(self) -> str:
         return self.model.version
 
-    def label(self, event: Label) -> None:
-        """Learns a label from the vector its transaction was scored with: a tx-level label
-        from that transaction's, a user-level one from each of the user's remembered ones."""
+    def examples(self, event: Label) -> list[Example]:
+        """What a label teaches, joined to the vectors its transactions were scored with: a
+        tx-level label's transaction, or each of a user-level label's user's remembered ones.
+        Empty where none of them is remembered here (decided elsewhere, or forgotten)."""
         if event.tx_id is not None:
             tx_ids: Iterable[str] = (event.tx_id,)
         elif event.user_id is not None:
             tx_ids = tuple(self.by_user.get(event.user_id, ()))
         else:
-            return
+            return []
         fraud = event.label == FRAUD
+        found = []
         for tx_id in tx_ids:
             kept = self.remembered.get(tx_id)
             if kept is not None:
-                self.drift.labelled(kept[2], fraud, event.ts)
-                self.model.learn_one(kept[1], fraud)
+                found.append(Example(tx_id, kept[1], fraud, kept[2], event.ts))
+        return found
+
+    def learn(self, example: Example) -> None:
+        """The classifier learns one labelled transaction (this decider's or another's)."""
+        self.drift.labelled(example.risk, example.fraud, example.ts)
+        self.model.learn_one(example.x, example.fraud)
+
+    def label(self, event: Label) -> list[Example]:
+        """Learns a label from the vectors its transactions were scored with; returns the
+        examples learned (for other deciders to learn too)."""
+        found = self.examples(event)
+        for example in found:
+            self.learn(example)
+        return found
 
     def decide(
-        self, tx: Transaction, vector: list[float | None], decided_at: int
+        self,
+        tx: Transaction,
+        vector: list[float | None],
+        decided_at: int,
+        standing_grant: bool | None = None,
     ) -> tuple[Decision, Features]:
         """The decision on `tx` from its engine features (`FEATURE_NAMES` order), and the
-        full feature vector it was made from."""
+        full feature vector it was made from. `standing_grant`: whether an earlier decision
+        on `tx` that stands (a re-run after a restart) granted a rebate; the decision
+        context then follows it, as the rebate engine did."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         version = self.model.version  # the state that scores, before it learns this one
@@ -127,7 +160,8 @@ class Decider:
             action, granted = self.policy.decide(weight, 0)
         self._remember(tx.tx_id, tx.user_id, enriched, risk)
         if tx.kind == PAYMENT:
-            self.granted[tx.tx_id] = (tx.ts, granted > 0)
+            was_granted = granted > 0 if standing_grant is None else standing_grant
+            self.granted[tx.tx_id] = (tx.ts, was_granted)
         decision = build(
             Decision,
             tx_id=tx.tx_id,

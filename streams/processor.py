@@ -191,6 +191,7 @@ class BatchProcessor:
             s.decision_ttl_s * 1000,
             engine.sweep_every_ms,
             s.allowed_lateness_ms,
+            n_user=self.n_partitions,
         )
 
     def new_entity_shard(self, partition: int) -> EntityShard:
@@ -207,7 +208,9 @@ class BatchProcessor:
         if kind == "user":
             if state is not None and not isinstance(state, UserShard):
                 raise TypeError(f"{unit}: not a user shard checkpoint: {type(state).__name__}")
-            self.users[partition] = state or self.new_user_shard(partition)
+            shard = state or self.new_user_shard(partition)
+            shard.redo = True  # it may re-decide what was decided after its checkpoint
+            self.users[partition] = shard
             now = self.clock()
             for code in TOPIC_CODES.values():
                 self.heard[(partition, code)] = now
@@ -406,8 +409,11 @@ class BatchProcessor:
                 await self.retry("write the referral tree", write)
             await self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()])
             for shard in shards:
-                await self._publish(shard.complete(self._now_ms()), outcome)
+                standing = await self._standing(shard) if shard.redo else None
+                await self._publish(shard.complete(self._now_ms(), standing), outcome)
                 self._log_drift(shard)
+            # Labels and examples for the other user shards (models learn every label).
+            await self._send(ENTITY_RESULTS, [e for s in shards for e in s.peer_envelopes()])
             # Without a broker the results are already back: take them in now.
             touched = self._take_results(self._looped.pop(ENTITY_RESULTS, []))
 
@@ -440,6 +446,15 @@ class BatchProcessor:
             messages.append(RawEvent(kind, partition, offset + ahead, None, value))
         if kind == ENTITY_REQUESTS:
             await self.handle_requests(self._looped.pop(kind))
+
+    async def _standing(self, shard: UserShard) -> dict[str, bool] | None:
+        """For a shard that may be re-deciding: which of the transactions it is about to
+        decide already have a decision in Redis (it stands), and whether it granted."""
+        ready = shard.ready()
+        if not ready:
+            return None
+        stored = await self.retry("read decisions", lambda: self.store.get_many(ready))
+        return {t: json.loads(v)["rebate_granted_cents"] > 0 for t, v in stored.items()}
 
     async def _publish(self, done: Completed, outcome: BatchOutcome) -> None:
         if not done.order:

@@ -16,6 +16,10 @@ cooperate over topics so that N workers give exactly the one-process features:
 - An `EntityShard` owns requests partition q. Its aligner's sources are the user shards: an
   envelope's watermark says that shard will send nothing earlier, so entity state also
   advances in exact event-time order across all user partitions.
+- User shards also talk to each other on the results topic: a label keyed by tx_id goes to
+  every user shard (any of them may have decided that transaction), and the one that did
+  sends the labelled vectors (`Example`s) to the others, so every shard's classifier learns
+  every label. A peer's message waits until the receiver's own event time has passed it.
 
 Exactly once across restarts (each shard is checkpointed on its own, with its input offsets):
 - every item carries its identity (input topic code, offset) in partition p;
@@ -32,9 +36,11 @@ Pure: no I/O, no clock; the async driver (`streams.processor`) moves the bytes.
 
 from __future__ import annotations
 
+import heapq
 import json
 import pickle
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +56,7 @@ from features.stages import (
 )
 from features.user import TxContext
 from features.windows import drop_oldest
-from rebate_guard.scoring import Decider, Event, Features
+from rebate_guard.scoring import KIND_RANK, Decider, Event, Example, Features, order_key
 from streams.alignment import START as _START
 from streams.alignment import Aligner, Released
 from streams.records import (
@@ -68,6 +74,8 @@ from streams.records import (
 #: Input topics by the code that identifies them inside a user partition.
 TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2}
 Identity = tuple[int, int]  # (topic code, offset): one input message of a user partition
+#: Where an event sits in event-time order: `order_key` without the input order.
+OrderKey = tuple[int, int, str]
 #: What a referral-tree write is: (user, referrer, signup ts).
 TreeWrite = tuple[str, str, int]
 #: A referral depth to find: keyed by (user, signup ts), asked as (referrer, user, signup ts).
@@ -94,14 +102,37 @@ def _chunks(items: list[list[Any]]) -> list[list[list[Any]]]:
     return [items[i : i + ENVELOPE_ITEMS] for i in range(0, len(items), ENVELOPE_ITEMS)] or [[]]
 
 
+def _drain(outbox: dict[int, list[list[Any]]], header: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """(partition, envelope) pairs with every item in `outbox`, which is left empty."""
+    out = [
+        (partition, _dumps({**header, "items": chunk}))
+        for partition, items in outbox.items()
+        for chunk in _chunks(items)
+    ]
+    outbox.clear()
+    return out
+
+
 class Entry:
-    """A released event in a user shard's completion queue."""
+    """A released event in a user shard's completion queue, or an example to learn that
+    another user shard sent (placed where its label sits in event-time order)."""
 
-    __slots__ = ("event", "head", "identity", "missing", "parts", "repeat")
+    __slots__ = ("event", "head", "identity", "key", "missing", "origin", "parts", "repeat")
 
-    def __init__(self, event: Event, identity: Identity) -> None:
+    def __init__(
+        self,
+        event: Event | Example,
+        identity: Identity,
+        origin: int,
+        key: OrderKey | None = None,
+    ) -> None:
         self.event = event
         self.identity = identity
+        self.origin = origin  # the user partition whose input `identity` names
+        if key is None:
+            assert not isinstance(event, Example), "an example sits where its label does"
+            key = order_key(event, 0)[:3]
+        self.key = key
         self.head: list[float | None] = []  # the user-stage features
         self.parts: dict[int, list[float | None]] = {}  # families mask -> values
         self.missing = 0  # entity results still to come
@@ -132,6 +163,8 @@ class UserShard:
     decision_ttl_ms: int
     sweep_every_ms: int
     lateness_ms: int
+    #: User partitions in all (this one's peers share labels and examples with it).
+    n_user: int = 1
     aligner: Aligner[int] = field(init=False)
     #: Next offset to read per topic code: everything before it is in the state.
     next_offset: dict[int, int] = field(default_factory=dict)
@@ -146,10 +179,22 @@ class UserShard:
     durable_floor: list[int] = field(default_factory=lambda: [0, 0, 0])
     #: Per entity partition, the (watermark, idle, floor) it was last told.
     told: dict[int, tuple[int, bool, tuple[int, ...]]] = field(default_factory=dict)
+    #: What peers sent and this shard's event time has not reached yet: (key, arrival,
+    #: entry) in a heap. Placing it in the queue earlier could let a transaction that
+    #: this shard has not released yet be scored after learning from its future.
+    held: list[tuple[OrderKey, int, Entry]] = field(default_factory=list)
+    #: Identities of peer items taken in -> their ts, kept for the decision TTL (a peer
+    #: restored from its checkpoint sends some again).
+    peer_seen: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    peer_arrivals: int = 0
+    #: Possibly re-deciding transactions already decided (set on every (re)start): the
+    #: driver then looks up their standing decisions (see `complete`).
+    redo: bool = True
     late: int = 0
     swept: int = 0
     # Output for the driver, drained after every call (so empty in any checkpoint).
     outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
+    peer_outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
     tree_writes: list[TreeWrite] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -165,11 +210,13 @@ class UserShard:
         self.next_offset[code] = offset + 1
         if event is not None:
             self._release(self.aligner.offer(code, event, (code, offset)))
+            self._admit()
         return True
 
     def idle(self, code: int) -> None:
         """Input `code` has been silent for a while: stop holding event time for it."""
         self._release(self.aligner.idle(code))
+        self._admit()
 
     def _release(self, released: list[Released]) -> None:
         for item in released:
@@ -182,10 +229,27 @@ class UserShard:
             elif isinstance(event, Signup):
                 self._signup(event, item.tag)
             else:
-                row = to_row(event)
-                for q in range(self.n_entity):  # it names no merchant: every partition looks
-                    self._send(q, ["l", *item.tag, row])
-                self.queue.append(Entry(event, item.tag))  # the decider learns it in order
+                assert isinstance(event, Label)
+                self._label(event, item.tag)
+
+    def _label(self, event: Label, identity: Identity) -> None:
+        row = to_row(event)
+        for q in range(self.n_entity):  # it names no merchant: every partition looks
+            self._send(q, ["l", *identity, row])
+        # The decider learns it in order. A user-level label is keyed by its user, so this
+        # shard decided the user's transactions; a tx-level one is keyed by tx_id, and any
+        # user shard may have decided that transaction: each looks.
+        self.queue.append(Entry(event, identity, self.partition))
+        if event.tx_id is not None:
+            self._tell_peers(["l", *identity, row])
+
+    def _tell_peers(self, item: list[Any]) -> None:
+        for peer in range(self.n_user):
+            if peer != self.partition:
+                items = self.peer_outbox.get(peer)
+                if items is None:
+                    items = self.peer_outbox[peer] = []
+                items.append(item)
 
     def _signup(self, event: Signup, identity: Identity) -> None:
         if not self.users.signup(event):
@@ -198,7 +262,7 @@ class UserShard:
             self._send(q, ["s", *identity, row, families])
 
     def _transaction(self, tx: Transaction, identity: Identity) -> None:
-        entry = Entry(tx, identity)
+        entry = Entry(tx, identity, self.partition)
         self.queue.append(entry)
         if tx.tx_id in self.seen:
             entry.repeat = True
@@ -224,11 +288,16 @@ class UserShard:
         items.append(item)
 
     def results(self, offset: int, payload: bytes) -> bool:
-        """A results envelope from an entity shard. False if already covered."""
+        """A results envelope from an entity shard, or labels and examples from a peer.
+        False if already covered."""
         if offset < self.next_result_offset:
             return False
         self.next_result_offset = offset + 1
-        for code, item_offset, families, values in json.loads(payload)["items"]:
+        envelope = json.loads(payload)
+        if "from" in envelope:
+            self._from_peer(envelope["from"], envelope["items"])
+            return True
+        for code, item_offset, families, values in envelope["items"]:
             identity = (code, item_offset)
             entry = self.pending.get(identity)
             if entry is not None:
@@ -237,16 +306,82 @@ class UserShard:
                 self.orphans.setdefault(identity, {})[families] = values
         return True
 
+    def _from_peer(self, peer: int, items: list[list[Any]]) -> None:
+        """Labels and examples from user shard `peer`, each taken in once."""
+        identity: tuple[Any, ...]
+        for item in items:
+            if item[0] == "l":  # ["l", code, offset, label row]
+                identity = ("l", peer, item[1], item[2])
+                if identity in self.peer_seen:
+                    continue
+                label = from_row(Label, item[3])
+                self.peer_seen[identity] = label.ts
+                self._hold(Entry(label, (item[1], item[2]), peer))
+            else:  # ["x", origin, code, offset, label id, tx_id, fraud, risk, ts, x]
+                _, origin, code, offset, label_id, tx_id, fraud, risk, ts, x = item
+                identity = ("x", origin, code, offset, tx_id)
+                if identity in self.peer_seen:
+                    continue
+                self.peer_seen[identity] = ts
+                example = Example(tx_id, x, fraud, risk, ts)
+                key = (ts, KIND_RANK[Label], label_id)  # where its label sits
+                self._hold(Entry(example, (code, offset), origin, key))
+        self._admit()
+
+    def _hold(self, entry: Entry) -> None:
+        self.peer_arrivals += 1
+        heapq.heappush(self.held, (entry.key, self.peer_arrivals, entry))
+
+    def _admit(self) -> None:
+        """Queue the held peer items that event time has reached, each where it sits in
+        event-time order: every own event before it has been released by then."""
+        held = self.held
+        if not held:
+            return
+        aligner = self.aligner
+        drained = not aligner.buffer and aligner.idle_sources == aligner.sources
+        queue = self.queue
+        while held and (drained or held[0][0][0] < aligner.watermark):
+            entry = heapq.heappop(held)[2]
+            at = len(queue)
+            while at and queue[at - 1].key > entry.key:
+                at -= 1
+            queue.insert(at, entry)
+
     # --- output ---------------------------------------------------------------------------
-    def complete(self, decided_at: int) -> Completed:
-        """Decide every transaction at the head of the queue whose parts are all in."""
+    def ready(self) -> list[str]:
+        """The tx_ids `complete` would decide now."""
+        out = []
+        for entry in self.queue:
+            if entry.missing:
+                break
+            event = entry.event
+            if isinstance(event, Transaction) and not entry.repeat:
+                out.append(event.tx_id)
+        return out
+
+    def complete(self, decided_at: int, standing: Mapping[str, bool] | None = None) -> Completed:
+        """Decide every transaction at the head of the queue whose parts are all in, and
+        learn the labels and examples among them in their turn.
+
+        After a restart the shard re-decides what it decided after its checkpoint; those
+        decisions stand (first write wins), and the re-run may decide otherwise (its models
+        learned other shards' examples at other moments). `standing`, for a shard that
+        may be re-deciding (`redo`): tx_id -> whether its standing decision granted a
+        rebate, for those of `ready()` decided before, so later refunds see what was
+        really paid. Decisions are stored in order, so once one was not decided before,
+        none after it was: `redo` ends."""
         done = Completed()
+        grants = standing or {}
         queue, decider = self.queue, self.decider
         while queue and not queue[0].missing:
             entry = queue.popleft()
             event = entry.event
+            if isinstance(event, Example):
+                decider.learn(event)
+                continue
             if isinstance(event, Label):
-                decider.label(event)
+                self._learn_label(entry, event)
                 continue
             assert isinstance(event, Transaction)
             done.order.append(event.tx_id)
@@ -256,11 +391,35 @@ class UserShard:
             del self.pending[entry.identity]
             vector = entry.head
             splice(entry.parts, vector)
-            done.decisions.append(decider.decide(event, vector, decided_at))
+            standing_grant = grants.get(event.tx_id)
+            if standing is not None and standing_grant is None:
+                self.redo = False
+            done.decisions.append(decider.decide(event, vector, decided_at, standing_grant))
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.
-            drop_oldest(self.seen, done.decisions[-1][0].ts - self.decision_ttl_ms)
+            horizon = done.decisions[-1][0].ts - self.decision_ttl_ms
+            drop_oldest(self.seen, horizon)
+            drop_oldest(self.peer_seen, horizon)
         return done
+
+    def _learn_label(self, entry: Entry, label: Label) -> None:
+        """Learns what `label` teaches from the transactions decided here, and sends the
+        examples to every peer: each user shard's classifier learns from every label."""
+        examples = self.decider.label(label)
+        if not examples or self.n_user == 1:
+            return
+        code, offset = entry.identity
+        label_id = entry.key[2]
+        for e in examples:
+            # Examples carry the identity of the label's input message, as sent by its
+            # origin: a peer that hears of it twice (after a restore) takes it once.
+            self._tell_peers(
+                ["x", entry.origin, code, offset, label_id, e.tx_id, e.fraud, e.risk, e.ts, e.x]
+            )
+
+    def peer_envelopes(self) -> list[tuple[int, bytes]]:
+        """(user partition, envelope) pairs for the results topic: labels and examples."""
+        return _drain(self.peer_outbox, {"from": self.partition})
 
     def envelopes(self) -> list[tuple[int, bytes]]:
         """(entity partition, envelope) pairs to send now: new items, and where this shard's
@@ -426,13 +585,7 @@ class EntityShard:
 
     def envelopes(self) -> list[tuple[int, bytes]]:
         """(user partition, envelope) pairs: the results to send back."""
-        out = [
-            (p, _dumps({"q": self.partition, "items": chunk}))
-            for p, items in self.outbox.items()
-            for chunk in _chunks(items)
-        ]
-        self.outbox.clear()
-        return out
+        return _drain(self.outbox, {"q": self.partition})
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,6 +1,11 @@
 """Feature vectors from the live worker (real broker and Redis) equal those of replay: with one
 partition or four, across a kill -9 and restart mid-stream, and with two workers sharing the
-partitions (one of them killed, the other taking its shards over)."""
+partitions (one of them killed, the other taking its shards over).
+
+The models too: every user shard's model ends having learned every transaction of its
+partition once and every label's examples once (what one process learns), so a model
+restored from its checkpoint resumes where it stood, and labels reach every partition.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ import redis
 
 from features.engine import FEATURE_NAMES
 from rebate_guard.producer import produce_world
-from rebate_guard.replay import compute_features
+from rebate_guard.replay import EventFiles, compute_features
+from rebate_guard.scoring import Scorer
 from rebate_guard.settings import Settings
 from rebate_guard.simulator import World, WorldConfig, simulate_world, write_world
 from rebate_guard.topics import ensure_topics
@@ -51,6 +57,54 @@ def _replay_features(world: World, tmp_path: Path) -> dict[str, dict[str, Any]]:
     compute_features(paths["transactions"], out, paths["signups"], paths["labels"], progress=None)
     frame = pl.read_parquet(out)
     return {row.pop("tx_id"): row for row in frame.to_dicts()}
+
+
+def _replay_examples(tmp_path: Path) -> int:
+    """How many labelled examples one process learns from the world `_replay_features` wrote."""
+    world = tmp_path / "world"
+    scorer = Scorer()
+    for event in EventFiles(
+        world / "transactions.parquet",
+        world / "signups.parquet",
+        world / "labels.parquet",
+        progress=None,
+    ):
+        scorer.apply(event, decided_at=0)
+    learned = scorer.decider.model.classifier.n_learned
+    assert learned > 0
+    return int(learned)
+
+
+def _model_counts(worker: WorkerProcess) -> dict[str, tuple[int, int]]:
+    """Per user shard: (labelled examples, transactions) its model has learned."""
+    url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        models = json.loads(response.read())["models"]
+    out = {}
+    for unit, model in models.items():
+        _, labels, txs = model["version"].split(".")  # risk.l<labels>.t<transactions>
+        out[unit] = (int(labels[1:]), int(txs[1:]))
+    return out
+
+
+def _assert_models_learned_everything(
+    worker: WorkerProcess, partitions: int, examples: int, transactions: int
+) -> None:
+    """Each of the `partitions` user shards learns all `examples` (labels are shared), and
+    together they learn each transaction once (each decided once, by its own shard)."""
+
+    counts: dict[str, tuple[int, int]] = {}
+
+    def done() -> bool:
+        counts.update(_model_counts(worker))
+        return len(counts) == partitions and all(n == examples for n, _ in counts.values())
+
+    # Labels after the last transaction wait for their partitions to go idle.
+    try:
+        wait_for(done, 60, f"every model to learn {examples} examples", worker)
+    except AssertionError:
+        raise AssertionError(f"models learned (examples, transactions): {counts}") from None
+    assert sum(t for _, t in counts.values()) == transactions
 
 
 def _worker_features(settings: Settings, expect: int) -> dict[str, list[dict[str, Any]]]:
@@ -151,6 +205,11 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     with running_worker(settings, log) as second:
         wait_for_decisions(settings, n, second)
         live = _worker_features(settings, expect=n)
+        # The model came back from the checkpoint: what it learned before the kill is not
+        # lost, and what it learned after is not learned twice.
+        _assert_models_learned_everything(
+            second, settings.partitions, _replay_examples(tmp_path), n
+        )
         assert second.stop() == 0, second.log()
     assert "from its checkpoint" in log.read_text()
     # Work after the last checkpoint was redone: those transactions were published twice,
@@ -193,6 +252,7 @@ def test_two_workers_split_the_partitions_and_survive_losing_one(
         # b takes over a's shards from their checkpoints and finishes the world.
         wait_for_decisions(settings, n, b)
         live = _worker_features(settings, expect=n)
+        _assert_models_learned_everything(b, 4, _replay_examples(tmp_path), n)
         assert b.stop() == 0, b.log()
     assert "from its checkpoint" in log_b.read_text()
     _assert_same(replayed, live, settings, world)
