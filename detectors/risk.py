@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from detectors.anomaly import GaussianAnomaly
+from detectors.anomaly import GaussianAnomaly, View
 from detectors.base import Features
-from detectors.encoding import encode
 from detectors.online import OnlineClassifier
 from detectors.rules import RuleScore
 
@@ -40,7 +39,7 @@ class Assessment:
     reasons: list[str]
     #: The vector plus the rule and anomaly scores: what a later label trains on.
     enriched: Features
-    anomaly_view: dict[str, float]
+    anomaly_view: View
 
 
 @dataclass
@@ -71,13 +70,12 @@ class RiskModel:
         risk = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly)  # the prior
         c = self.confidence()
         if c > 0.0:
-            scaled = self.classifier.scale(encode(enriched))
-            p = self.classifier.proba(scaled)
+            p = self.classifier.predict_proba_one(enriched)
             risk = c * p + (1.0 - c) * risk
             # The model's reasons once it is trusted, and only where it sees some risk: most
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:
-                reasons += self.classifier.explain_scaled(scaled)
+                reasons += self.classifier.explain_one(enriched)
         if anomaly > 0.5:
             reasons += self.anomaly.explain_z(z)
         return Assessment(risk, reasons, enriched, view)

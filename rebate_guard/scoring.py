@@ -184,13 +184,14 @@ class Decider:
         """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only
         then), 0 if it was not, None when that payment is unknown or older than 30 d."""
         granted, horizon = self.granted, tx.ts - REFUND_LOOKBACK_MS
-        stale = 0  # insertion order is event-time order: the stale ones lead
-        for ts, _ in granted.values():
-            if ts > horizon:
-                break
-            stale += 1
-        for tx_id in list(islice(granted, stale)):
-            del granted[tx_id]
+        if granted and next(iter(granted.values()))[0] <= horizon:
+            stale = 0  # insertion order is event-time order: the stale ones lead
+            for ts, _ in granted.values():
+                if ts > horizon:
+                    break
+                stale += 1
+            for tx_id in list(islice(granted, stale)):
+                del granted[tx_id]
         if tx.kind == PAYMENT or tx.ref_tx_id is None:
             return None
         known = self.granted.get(tx.ref_tx_id)

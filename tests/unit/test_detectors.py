@@ -7,9 +7,11 @@ import math
 import random
 
 import pytest
+from river import preprocessing
 
 from detectors.anomaly import AnomalyScore, GaussianAnomaly
 from detectors.base import Features
+from detectors.encoding import encode
 from detectors.online import OnlineClassifier
 
 
@@ -73,3 +75,49 @@ def test_anomalies_score_above_the_usual_traffic_before_any_label(make) -> None:
     ]
     wins = sum(o > u for o, u in zip(sorted(odd), sorted(usual), strict=True))
     assert wins > 0.9 * len(odd)
+
+
+def _sparse_vectors(rng: random.Random, n: int) -> list[Features]:
+    """Vectors with missing values, NaN and a feature that appears only later."""
+    out: list[Features] = []
+    for i in range(n):
+        x: Features = {
+            "a": rng.gauss(2, 3),
+            "b": None if rng.random() < 0.3 else rng.expovariate(0.1),
+            "c": float("nan") if rng.random() < 0.1 else rng.random(),
+        }
+        if i > n // 2:
+            x["late"] = rng.gauss(0, 1)
+        out.append(x)
+    return out
+
+
+def test_the_folded_classifier_scores_what_rivers_pipeline_scores() -> None:
+    """Scoring folds scaler and weights into one pass; it must give River's own numbers."""
+    rng = random.Random(9)
+    model = OnlineClassifier()
+    data = _sparse_vectors(rng, 3_000)
+    for i, x in enumerate(data):
+        if i % 3 == 0:  # learn a third, score the rest as they come (the fold is rebuilt)
+            model.learn_one(x, rng.random() < 0.2 + 0.1 * (x["a"] > 4))
+            continue
+        river = model.proba(model.scale(encode(x)))
+        assert model.predict_proba_one(x) == pytest.approx(river, rel=1e-9, abs=1e-12)
+    assert model.n_fraud > 50
+
+
+def test_the_gaussian_detector_keeps_rivers_running_statistics_bit_for_bit() -> None:
+    names = ("a", "b", "c", "late")
+    detector = GaussianAnomaly(features=names)
+    scaler = preprocessing.StandardScaler()
+    for x in _sparse_vectors(random.Random(10), 2_000):
+        view = detector.view(x)
+        present = {n: v for n, v in zip(names, view, strict=True) if v is not None}
+        expected_z = scaler.transform_one(present)
+        _, z = detector.score_view(view)
+        assert {n: v for n, v in zip(names, z, strict=True) if v is not None} == expected_z
+        detector.learn_view(view)
+        scaler.learn_one(present)
+    assert detector.means == [scaler.means[n] for n in names]
+    assert detector.variances == [scaler.vars[n] for n in names]
+    assert detector.counts == [scaler.counts[n] for n in names]
