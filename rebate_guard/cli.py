@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     against.add_argument("--truth", type=Path, help="the world's truth dir or tx_truth.parquet")
     ev.add_argument("--top-k", type=int, default=10, help="users per day in the review queue")
     ev.add_argument("--json", type=Path, help="also write the figures here")
+    ev.add_argument(
+        "--rings",
+        type=Path,
+        help="rings.parquet (replay): also rate ring detection against the truth's rings "
+        "(needs --truth DIR of a simulated world)",
+    )
     ev.set_defaults(handler=_evaluate)
 
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
@@ -143,6 +149,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from features.engine import FeatureEngine
+    from graph.layer import GraphLayer
     from rebate_guard.replay import compute_features, replay
     from rebate_guard.scoring import Scorer
 
@@ -152,7 +159,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         config = settings.engine_config()
         summary = compute_features(**inputs, out=args.out, progress=progress, config=config)
     else:
-        scorer = Scorer(features=FeatureEngine(settings.engine_config()))
+        scorer = Scorer(features=FeatureEngine(settings.engine_config()), graph=GraphLayer())
         summary = replay(**inputs, out_dir=args.out, progress=progress, scorer=scorer)
     rows = "feature rows" if args.command == "features" else "decisions"
     print(
@@ -173,6 +180,21 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.json is not None:
         write_json(result, args.json)
         print(f"\njson: {args.json}")
+    if args.rings is not None:
+        import polars as pl
+
+        from rebate_guard import ring_quality
+
+        truth = args.truth
+        if truth is None or not (truth / "rings_truth.parquet").exists():
+            print("--rings needs --truth: a simulated world's truth directory", file=sys.stderr)
+            return 2
+        quality = ring_quality.ring_quality(pl.read_parquet(args.rings), truth.parent)
+        print("\n" + quality.table())
+        if args.json is not None:
+            rings_json = args.json.with_name(args.json.stem + ".rings.json")
+            ring_quality.write_json(quality, rings_json)
+            print(f"\njson: {rings_json}")
     return 0
 
 

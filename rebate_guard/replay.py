@@ -7,6 +7,7 @@ the backtest engine: it streams row by row and keeps only the outputs in memory.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,7 @@ from typing import Any, TextIO
 import polars as pl
 
 from features.engine import EngineConfig, FeatureEngine
+from graph.layer import GraphLayer, RingEvent
 from rebate_guard.io import read_frame, write_frame
 from rebate_guard.scoring import ALL_FEATURE_NAMES, Event, Scorer
 from streams.records import Decision, Label, Signup, Transaction
@@ -51,6 +53,29 @@ DECISION_SCHEMA: Schema = {
     "policy_version": pl.String,
 }
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
+RING_SCHEMA: Schema = {
+    "ring_id": pl.String,
+    "kind": pl.String,
+    "version": pl.Int64,
+    "users": pl.List(pl.String),
+    "merchants": pl.List(pl.String),
+    "score": pl.Float64,
+    "detected_at": pl.Int64,
+    "ts": pl.Int64,
+    "evidence": pl.String,  # JSON
+    "rebate_at_risk_cents": pl.Int64,
+    "status": pl.String,  # active, or retired (superseded by another ring)
+}
+
+
+def ring_frame(events: list[RingEvent]) -> pl.DataFrame:
+    """Ring events as rows (`rings.parquet`): every version of every ring, in order."""
+    rows: dict[str, list[Any]] = {name: [] for name in RING_SCHEMA}
+    for event in events:
+        for name in RING_SCHEMA:
+            value = getattr(event, name)
+            rows[name].append(json.dumps(value, sort_keys=True) if name == "evidence" else value)
+    return pl.DataFrame(rows, schema=RING_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -183,16 +208,23 @@ def replay(
     progress: TextIO | None = sys.stderr,
 ) -> ReplaySummary:
     started = time.perf_counter()
-    scorer = scorer or Scorer()
+    scorer = scorer or Scorer(graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
     out: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+    last_ts = None
     for event in files:
         decision = scorer.apply(event, decided_at=int(time.time() * 1000))
+        last_ts = event.ts
         if decision is not None:
             _append_decision(out, decision)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {"decisions": out_dir / "decisions.parquet"}
     pl.DataFrame(out, schema=DECISION_SCHEMA).write_parquet(outputs["decisions"])
+    if scorer.graph is not None:
+        if last_ts is not None:  # what changed since the last scan
+            scorer.ring_events += scorer.graph.scan(last_ts)
+        outputs["rings"] = out_dir / "rings.parquet"
+        ring_frame(scorer.ring_events).write_parquet(outputs["rings"])
     files.write_dead_letters(out_dir, outputs)
     return ReplaySummary.of(files, len(out["tx_id"]), started, outputs)
 

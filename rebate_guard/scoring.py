@@ -17,6 +17,7 @@ from detectors.drift import DriftWatch
 from detectors.risk import RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
+from graph.layer import GraphLayer, RingEvent
 from graph.referrals import pyramid_score
 from rebate_guard.policy import Policy, trust_weight
 from streams.records import (
@@ -137,11 +138,13 @@ class Decider:
         vector: list[float | None],
         decided_at: int,
         standing_grant: bool | None = None,
+        ring: tuple[float, list[str]] | None = None,
     ) -> tuple[Decision, Features]:
         """The decision on `tx` from its engine features (`FEATURE_NAMES` order), and the
         full feature vector it was made from. `standing_grant`: whether an earlier decision
         on `tx` that stands (a re-run after a restart) granted a rebate; the decision
-        context then follows it, as the rebate engine did."""
+        context then follows it, as the rebate engine did. `ring`: the score and reason of
+        the strongest ring the user or merchant is in (`graph.layer`), if known."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         version = self.model.version  # the state that scores, before it learns this one
@@ -150,6 +153,8 @@ class Decider:
         self.model.learn_scored(assessment)  # unsupervised, after scoring
         self.drift.scored(risk, tx.ts)
         ring_score, ring_reasons = pyramid_score(x["referral_depth"])
+        if ring is not None and ring[0] > ring_score:
+            ring_score, ring_reasons = ring
         weight = trust_weight(risk, ring_score)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
         if tx.kind == PAYMENT:
@@ -217,17 +222,32 @@ class Scorer:
 
     features: FeatureEngine = field(default_factory=FeatureEngine)
     decider: Decider = field(default_factory=Decider)
+    #: The graph layer (ring detection), when this scorer runs it; its ring events collect
+    #: in `ring_events` for the caller to take.
+    graph: GraphLayer | None = None
+    ring_events: list[RingEvent] = field(default_factory=list)
 
     def apply(self, event: Event, decided_at: int) -> Decision | None:
         if isinstance(event, Transaction):
             return self.decide(event, decided_at)[0]
         if isinstance(event, Signup):
             self.features.signup(event)
+            if self.graph is not None:
+                self.ring_events += self.graph.signup(event)
         else:
             self.features.label(event)
             self.decider.label(event)
         return None
 
     def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
-        """The decision on `tx` and the feature vector it was made from."""
-        return self.decider.decide(tx, self.features.vector(tx), decided_at)
+        """The decision on `tx` and the feature vector it was made from. With a graph
+        layer, the transaction is scored with the rings known before it, then joins the
+        graph (as the features: score first, then learn)."""
+        graph = self.graph
+        if graph is None:
+            return self.decider.decide(tx, self.features.vector(tx), decided_at)
+        self.ring_events += graph.due(tx.ts)
+        ring = graph.ring_score(tx.user_id, tx.merchant_id)
+        out = self.decider.decide(tx, self.features.vector(tx), decided_at, ring=ring)
+        self.ring_events += graph.transaction(tx)
+        return out

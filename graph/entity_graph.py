@@ -1,0 +1,224 @@
+"""The windowed entity graph: who pays whom, who shares which identifier, who referred whom.
+
+Nodes are strings with a kind prefix: `u:` user, `m:` merchant, `d:` device, `ip:` IP,
+`c:` card, `ph:` phone hash. Edges join a user to something:
+
+- payment and refund edges user-merchant, with counts, money and the rebate requested;
+- identifier edges user-device, user-IP, user-card, user-phone (seen together);
+- referral edges user-referrer (from first signups).
+
+Each edge remembers when it was first and last seen; `expire(now)` drops edges not seen for
+`window_ms` (default 30 days), and nodes left without edges. Updates are incremental (a few
+dict operations per edge), so the graph follows the stream; what reads it (candidates,
+detectors) reads only the small parts it needs. Pure: no I/O, no clock; pickles into the
+owner's checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import islice
+
+from streams.records import PAYMENT, Signup, Transaction, requested_rebate_cents
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+#: A refund this soon after its payment is the cash-out pattern (pay, take the rebate, refund).
+QUICK_REFUND_MS = 24 * HOUR_MS
+
+USER, MERCHANT, DEVICE, IP, CARD, PHONE = "u:", "m:", "d:", "ip:", "c:", "ph:"
+IDENTIFIER_KINDS = (DEVICE, IP, CARD, PHONE)
+
+
+def kind_of(node: str) -> str:
+    return node[: node.index(":") + 1]
+
+
+class Edge:
+    """One user's relation to one other node, within the window."""
+
+    __slots__ = (
+        "first_ts",
+        "last_ts",
+        "money",
+        "payments",
+        "quick_refunds",
+        "rebate",
+        "referral",
+        "refund_money",
+        "refunds",
+        "round_payments",
+    )
+
+    def __init__(self, ts: int) -> None:
+        self.first_ts = ts
+        self.last_ts = ts
+        self.payments = 0
+        self.money = 0  # cents paid
+        self.rebate = 0  # cents of rebate requested on those payments
+        self.refunds = 0
+        self.refund_money = 0
+        self.quick_refunds = 0  # refunds of a payment made within QUICK_REFUND_MS
+        self.round_payments = 0  # amounts that are whole multiples of 10.00
+        self.referral = False  # user -> referrer
+
+    def __getstate__(self) -> tuple[int | bool, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[int | bool, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+@dataclass
+class UserInfo:
+    signup_ts: int | None = None
+    referrer: str | None = None  # user id
+
+
+@dataclass
+class EntityGraph:
+    window_ms: int = 30 * DAY_MS
+    #: (user node, other node) -> edge.
+    edges: dict[tuple[str, str], Edge] = field(default_factory=dict)
+    #: node -> its neighbours.
+    adjacent: dict[str, set[str]] = field(default_factory=dict)
+    users: dict[str, UserInfo] = field(default_factory=dict)
+    #: merchant id -> its rebate rate as last seen.
+    rebate_rates: dict[str, float] = field(default_factory=dict)
+    #: payment tx_id -> (user node, merchant node, ts), for refunds within the window.
+    payments: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    edges_added: int = 0
+    updates: int = 0
+    #: How many of `edges` join a user to a merchant (the rest are links).
+    merchant_edges: int = 0
+    #: Day (ts // DAY_MS) -> edges last touched that day (an edge touched again on a later
+    #: day is listed again there): `expire` looks only at days past the window.
+    touched_days: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+
+    # --- input ----------------------------------------------------------------------------
+    def signup(self, event: Signup) -> list[tuple[str, str]]:
+        """A first signup; returns the edges it touched (user node, other node)."""
+        user = USER + event.user_id
+        info = self.users.get(event.user_id)
+        if info is not None and info.signup_ts is not None:
+            return []  # a repeated signup: the first stands
+        if info is None:
+            info = self.users[event.user_id] = UserInfo()
+        info.signup_ts = event.ts
+        touched = []
+        if event.referrer_id and event.referrer_id != event.user_id:
+            info.referrer = event.referrer_id
+            edge = self._touch(user, USER + event.referrer_id, event.ts)
+            edge.referral = True
+            touched.append((user, USER + event.referrer_id))
+        for prefix, value in ((DEVICE, event.device_id), (IP, event.ip), (PHONE, event.phone_hash)):
+            if value:
+                self._touch(user, prefix + value, event.ts)
+                touched.append((user, prefix + value))
+        return touched
+
+    def transaction(self, tx: Transaction) -> list[tuple[str, str]]:
+        """A payment or refund; returns the edges it touched."""
+        user, merchant = USER + tx.user_id, MERCHANT + tx.merchant_id
+        if tx.user_id not in self.users:
+            self.users[tx.user_id] = UserInfo()
+        edge = self._touch(user, merchant, tx.ts)
+        if tx.kind == PAYMENT:
+            edge.payments += 1
+            edge.money += tx.amount_cents
+            edge.rebate += requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
+            if tx.amount_cents % 1_000 == 0:
+                edge.round_payments += 1
+            self.rebate_rates[tx.merchant_id] = tx.rebate_rate
+            self.payments[tx.tx_id] = (user, merchant, tx.ts)
+        else:
+            edge.refunds += 1
+            edge.refund_money += tx.amount_cents
+            paid = self.payments.get(tx.ref_tx_id or "")
+            if paid is not None and tx.ts - paid[2] <= QUICK_REFUND_MS:
+                edge.quick_refunds += 1
+        touched = [(user, merchant)]
+        for prefix, value in ((DEVICE, tx.device_id), (IP, tx.ip), (CARD, tx.card_id)):
+            if value:
+                self._touch(user, prefix + value, tx.ts)
+                touched.append((user, prefix + value))
+        return touched
+
+    def _touch(self, a: str, b: str, ts: int) -> Edge:
+        self.updates += 1
+        key = (a, b)
+        edge = self.edges.get(key)
+        if edge is None:
+            edge = self.edges[key] = Edge(ts)
+            self.edges_added += 1
+            if b.startswith(MERCHANT):
+                self.merchant_edges += 1
+            self._adjacent(a).add(b)
+            self._adjacent(b).add(a)
+            self._on_day(ts, key)
+        elif ts > edge.last_ts:
+            if ts // DAY_MS != edge.last_ts // DAY_MS:
+                self._on_day(ts, key)
+            edge.last_ts = ts
+        return edge
+
+    def _on_day(self, ts: int, key: tuple[str, str]) -> None:
+        day = ts // DAY_MS
+        keys = self.touched_days.get(day)
+        if keys is None:
+            keys = self.touched_days[day] = []
+        keys.append(key)
+
+    def _adjacent(self, node: str) -> set[str]:
+        out = self.adjacent.get(node)
+        if out is None:
+            out = self.adjacent[node] = set()
+        return out
+
+    # --- window ---------------------------------------------------------------------------
+    def expire(self, now: int) -> list[tuple[str, str]]:
+        """Drops edges last seen before the window, now - window_ms (to the day: an edge may
+        outlive it by up to a day), and nodes left alone; returns the edges dropped. Looks
+        only at the days that left the window, not at every edge."""
+        horizon_day = (now - self.window_ms) // DAY_MS
+        horizon = horizon_day * DAY_MS
+        stale = []
+        edges = self.edges
+        for day in sorted(d for d in self.touched_days if d < horizon_day):
+            for key in self.touched_days.pop(day):
+                edge = edges.get(key)
+                if edge is not None and edge.last_ts < horizon:
+                    stale.append(key)
+        adjacent = self.adjacent
+        for a, b in stale:
+            del self.edges[(a, b)]
+            if b.startswith(MERCHANT):
+                self.merchant_edges -= 1
+            for x, y in ((a, b), (b, a)):
+                near = adjacent.get(x)
+                if near is not None:
+                    near.discard(y)
+                    if not near:
+                        del adjacent[x]
+        old = 0  # payments arrive in event-time order: the old ones lead
+        for _, _, ts in self.payments.values():
+            if ts >= horizon:
+                break
+            old += 1
+        for tx_id in list(islice(self.payments, old)):
+            del self.payments[tx_id]
+        return stale
+
+    # --- reading --------------------------------------------------------------------------
+    def degree(self, node: str, kind: str = USER) -> int:
+        """How many neighbours of `kind` `node` has (e.g. the users of a device)."""
+        near = self.adjacent.get(node)
+        if not near:
+            return 0
+        if kind == USER and kind_of(node) != USER:
+            return len(near)  # an identifier's or merchant's neighbours are all users
+        return sum(1 for n in near if n.startswith(kind))
+
+    def edge(self, user: str, other: str) -> Edge | None:
+        return self.edges.get((user, other))

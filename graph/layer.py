@@ -1,0 +1,299 @@
+"""The graph layer: entity graph, candidate groups, ring detectors and the rings found so far.
+
+`(state, event) -> (state, ring events)`: events go in in event-time order (the scorer's
+order), and every `scan_every_ms` of event time the groups that changed are analysed; a ring
+found for the first time, or found again with other members or a score that moved by at least
+`RESCORE_STEP`, is a `RingEvent` (the `rings` topic, `rings.parquet`). `ring_score(user,
+merchant)` is what the trust weight reads: the strongest ring each is a member of, with a
+reason code naming its kind. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from graph.candidates import Candidates, Limits
+from graph.entity_graph import DAY_MS, MERCHANT, USER, EntityGraph
+from graph.rings import (
+    BRUSHING,
+    COLLUSION,
+    Finding,
+    analyse_identity_group,
+    analyse_merchant_group,
+)
+from streams.records import Signup, Transaction
+
+MINUTE_MS = 60_000
+#: A ring is re-announced when its score moves by this much (or its members change).
+RESCORE_STEP = 0.05
+#: Only findings at least this strong are rings.
+FLAG_AT = 0.5
+ACTIVE, RETIRED = "active", "retired"
+#: Kinds whose merchants are members (they take part), not just where the ring shopped: a
+#: farm's or a cash-out's purchases happen at ordinary merchants, whose other customers
+#: must not inherit the ring's score.
+MERCHANT_RINGS = frozenset({COLLUSION, BRUSHING})
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    window_ms: int = 30 * DAY_MS
+    scan_every_ms: int = 10 * MINUTE_MS
+    rebuild_every_ms: int = DAY_MS
+    limits: Limits = field(default_factory=Limits)
+    #: Groups larger than this are not analysed (counted in `oversized`): a group that big
+    #: is a sign a limit is too loose, not a ring.
+    max_group_nodes: int = 20_000
+
+
+@dataclass
+class Ring:
+    ring_id: str
+    kind: str
+    users: frozenset[str]
+    merchants: frozenset[str]
+    score: float
+    detected_at: int
+    updated_at: int
+    evidence: dict[str, Any]
+    rebate_at_risk_cents: int
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class RingEvent:
+    """One announcement of a ring (first detection or an update), as published."""
+
+    ring_id: str
+    kind: str
+    version: int
+    users: list[str]
+    merchants: list[str]
+    score: float
+    detected_at: int
+    ts: int  # event time of this version
+    evidence: dict[str, Any]
+    rebate_at_risk_cents: int
+    #: ACTIVE, or RETIRED (another ring took its accounts: no longer flagged).
+    status: str = "active"
+
+    @classmethod
+    def of(cls, ring: Ring, status: str = "active") -> RingEvent:
+        return cls(
+            ring.ring_id,
+            ring.kind,
+            ring.version,
+            sorted(ring.users),
+            sorted(ring.merchants),
+            round(ring.score, 4),
+            ring.detected_at,
+            ring.updated_at,
+            ring.evidence,
+            ring.rebate_at_risk_cents,
+            status,
+        )
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+@dataclass
+class RingBook:
+    """The rings found so far, and each member's strongest ring."""
+
+    rings: dict[str, Ring] = field(default_factory=dict)
+    by_user: dict[str, set[str]] = field(default_factory=dict)
+    by_merchant: dict[str, set[str]] = field(default_factory=dict)
+    counter: int = 0
+
+    def record(self, finding: Finding, now: int) -> list[RingEvent]:
+        """Takes a finding in: a new ring, a new version of one, or nothing new. Rings of
+        another kind it now mostly contains, and does not score below, are retired: one
+        set of accounts is one ring (a farm seen early as a deep referral chain)."""
+        event = self._record(finding, now)
+        if event is None:
+            return []
+        out = [event]
+        ring = self.rings[event.ring_id]
+        others = {r for u in ring.users for r in self.by_user.get(u, ())} - {ring.ring_id}
+        for other_id in sorted(others):
+            other = self.rings[other_id]
+            inside = len(other.users & ring.users) >= 0.5 * len(other.users)
+            if other.kind != ring.kind and inside and other.score <= ring.score:
+                self._unindex(other)
+                del self.rings[other_id]
+                other.updated_at, other.version = now, other.version + 1
+                other.evidence = {**other.evidence, "superseded_by": ring.ring_id}
+                out.append(RingEvent.of(other, status=RETIRED))
+        return out
+
+    def _record(self, finding: Finding, now: int) -> RingEvent | None:
+        ring = self._match(finding)
+        if ring is None:
+            self.counter += 1
+            ring = Ring(
+                f"{finding.kind}-{self.counter}",
+                finding.kind,
+                finding.users,
+                finding.merchants,
+                finding.score,
+                now,
+                now,
+                finding.evidence,
+                finding.rebate_at_risk_cents,
+            )
+            self.rings[ring.ring_id] = ring
+            self._index(ring)
+            return RingEvent.of(ring)
+        same_members = ring.users == finding.users and ring.merchants == finding.merchants
+        if same_members and abs(ring.score - finding.score) < RESCORE_STEP:
+            return None
+        self._unindex(ring)
+        ring.users, ring.merchants = finding.users, finding.merchants
+        ring.score, ring.evidence = finding.score, finding.evidence
+        ring.rebate_at_risk_cents = finding.rebate_at_risk_cents
+        ring.updated_at, ring.version = now, ring.version + 1
+        self._index(ring)
+        return RingEvent.of(ring)
+
+    def _match(self, finding: Finding) -> Ring | None:
+        """The ring of the same kind this finding is a new view of: the one sharing most
+        of its users (at least half of either side)."""
+        candidates = {r for u in finding.users for r in self.by_user.get(u, ())}
+        best, best_overlap = None, 0.0
+        for ring_id in sorted(candidates):
+            ring = self.rings[ring_id]
+            if ring.kind != finding.kind:
+                continue
+            shared = len(ring.users & finding.users)
+            overlap = shared / min(len(ring.users), len(finding.users))
+            if overlap >= 0.5 and overlap > best_overlap:
+                best, best_overlap = ring, overlap
+        return best
+
+    def _index(self, ring: Ring) -> None:
+        for user in ring.users:
+            self.by_user.setdefault(user, set()).add(ring.ring_id)
+        if ring.kind in MERCHANT_RINGS:
+            for merchant in ring.merchants:
+                self.by_merchant.setdefault(merchant, set()).add(ring.ring_id)
+
+    def _unindex(self, ring: Ring) -> None:
+        for index, keys in ((self.by_user, ring.users), (self.by_merchant, ring.merchants)):
+            for key in keys:
+                ids = index.get(key)
+                if ids is not None:
+                    ids.discard(ring.ring_id)
+                    if not ids:
+                        del index[key]
+
+    def strongest(self, user_id: str, merchant_id: str) -> Ring | None:
+        ids = self.by_user.get(user_id, set()) | self.by_merchant.get(merchant_id, set())
+        rings = [self.rings[i] for i in sorted(ids)]
+        return max(rings, key=lambda r: r.score, default=None)
+
+
+@dataclass
+class GraphLayer:
+    config: GraphConfig = field(default_factory=GraphConfig)
+    graph: EntityGraph = field(init=False)
+    candidates: Candidates = field(init=False)
+    book: RingBook = field(default_factory=RingBook)
+    next_scan: int | None = None
+    next_rebuild: int | None = None
+    #: Links (non-merchant edges) expired since the groups were last rebuilt.
+    expired_links: int = 0
+    #: Group root or merchant -> (users, touches) when it was last analysed.
+    analysed_as: dict[str, tuple[int, int]] = field(default_factory=dict)
+    analysed: int = 0
+    skipped: int = 0
+    oversized: int = 0
+
+    def __post_init__(self) -> None:
+        self.graph = EntityGraph(self.config.window_ms)
+        self.candidates = Candidates(self.config.limits)
+
+    def signup(self, event: Signup) -> list[RingEvent]:
+        out = self.due(event.ts)
+        self.candidates.observe(self.graph, self.graph.signup(event))
+        return out
+
+    def transaction(self, tx: Transaction) -> list[RingEvent]:
+        out = self.due(tx.ts)
+        self.candidates.observe(self.graph, self.graph.transaction(tx))
+        return out
+
+    def ring_score(self, user_id: str, merchant_id: str) -> tuple[float, list[str]]:
+        """The strongest ring the user or the merchant belongs to: its score, and a reason
+        code naming its kind (none when neither is in a ring)."""
+        ring = self.book.strongest(user_id, merchant_id)
+        if ring is None:
+            return 0.0, []
+        return ring.score, [f"ring:{ring.kind}"]
+
+    def due(self, now: int) -> list[RingEvent]:
+        """Event time has reached `now`: the scan (and rebuild) due by then, if any."""
+        config = self.config
+        if self.next_scan is None:
+            self.next_scan = now + config.scan_every_ms
+            self.next_rebuild = now + config.rebuild_every_ms
+            return []
+        if now < self.next_scan:
+            return []
+        assert self.next_rebuild is not None
+        if now >= self.next_rebuild:
+            gone = self.graph.expire(now)
+            self.expired_links += sum(1 for _, other in gone if not other.startswith(MERCHANT))
+            # Stale links only make groups larger than they are (the detectors read the live
+            # graph), so the union-find is rebuilt once they are a tenth of all links.
+            if self.expired_links * 10 > len(self.graph.edges) - self.graph.merchant_edges:
+                self.candidates.rebuild(self.graph)
+                self.analysed_as.clear()
+                self.expired_links = 0
+            self.next_rebuild = now + config.rebuild_every_ms
+        self.next_scan = now + config.scan_every_ms
+        return self.scan(now)
+
+    def scan(self, now: int) -> list[RingEvent]:
+        """Analyse every group that changed since the last scan."""
+        candidates, graph = self.candidates, self.graph
+        keys = [(analyse_identity_group, root) for root in candidates.take_dirty(min_users=2)]
+        keys += [(analyse_merchant_group, m) for m in candidates.take_dirty_merchants(graph)]
+        out = []
+        for analyse, key in keys:
+            if not self._changed_enough(key):
+                self.skipped += 1
+                continue
+            if analyse is analyse_identity_group:
+                nodes = candidates.group(key)
+            else:
+                nodes = candidates.merchant_group(graph, key)
+            if len(nodes) > self.config.max_group_nodes:
+                self.oversized += 1
+                continue
+            self.analysed += 1
+            for finding in analyse(graph, nodes, now):
+                if finding.score >= FLAG_AT:
+                    out += self.book.record(finding, now)
+        return out
+
+    def _changed_enough(self, key: str) -> bool:
+        """Whether a group (root or merchant) changed enough since its last analysis to
+        be worth another: a new member, or a quarter more edge updates (and at least 3)."""
+        candidates = self.candidates
+        if key.startswith(MERCHANT):
+            users = self.graph.degree(key)
+        else:
+            users = candidates.user_count.get(key, 0)
+        touches = candidates.touches.get(key, 0)
+        before = self.analysed_as.get(key)
+        if before is not None and users == before[0] and touches < before[1] * 1.25 + 3:
+            return False
+        self.analysed_as[key] = (users, touches)
+        return True
+
+
+__all__ = ["USER", "GraphConfig", "GraphLayer", "RingEvent"]

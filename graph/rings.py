@@ -1,0 +1,407 @@
+"""Ring detectors: what a candidate group (`graph.candidates`) looks like when it is a ring.
+
+Each detector reads one group's part of the entity graph, builds the NetworkX graph it needs,
+and returns `Finding`s: the members, a score in [0, 1] and the evidence behind it. A score is
+a fuzzy AND of the kind's defining traits: each trait maps to [0, 1] by a linear ramp between
+"not at all" and "fully" (`ramp`), and the score is the smallest of them, so a ring must show
+every trait and the evidence says which one was weakest. The traits, per kind:
+
+- referral farm: referrals among the accounts, many accounts per device or phone, accounts
+  buying within a day of signing up, few merchants between them;
+- pyramid: a referral tree more than three tiers deep, growing fast (days between tiers);
+- collusion: a dense user x merchant block (greedy peeling for the densest subgraph) whose
+  merchants are paid almost only by the block, users paying at several of them, high
+  rebate rates;
+- brushing: a merchant paid almost only by accounts that share devices, each buying often;
+- cash-out cluster: accounts linked by a card or device, most payments refunded within a
+  day, large amounts.
+
+Look-alikes stay below the thresholds by construction: a family on one device has no
+referrals and its own merchants (no farm, no brushing); an office IP links nobody (too
+common, `Limits`); a viral referrer's tree is wide but shallow and its referees have their
+own devices; a loyal daily customer pays one busy merchant (no block, no closed merchant);
+an ordinary refund is one account's, once in a while.
+"""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from graph.entity_graph import (
+    CARD,
+    DAY_MS,
+    DEVICE,
+    MERCHANT,
+    PHONE,
+    USER,
+    EntityGraph,
+)
+
+REFERRAL_FARM = "referral_farm"
+PYRAMID = "pyramid"
+COLLUSION = "collusion"
+BRUSHING = "brushing"
+CASH_OUT = "cash_out"
+KINDS = (REFERRAL_FARM, PYRAMID, COLLUSION, BRUSHING, CASH_OUT)
+
+#: Referral tiers a legitimate programme pays; deeper is the pyramid's shape.
+MAX_LEGIT_TIERS = 3
+
+
+@dataclass
+class Finding:
+    kind: str
+    users: frozenset[str]  # user ids
+    merchants: frozenset[str]  # merchant ids
+    score: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+    rebate_at_risk_cents: int = 0
+
+
+def ramp(value: float, none: float, full: float) -> float:
+    """0 at `none`, 1 at `full`, linear between (either direction), clamped."""
+    if full == none:
+        return 1.0 if value >= full else 0.0
+    return min(1.0, max(0.0, (value - none) / (full - none)))
+
+
+def _strip(nodes: Iterable[str]) -> frozenset[str]:
+    return frozenset(n[n.index(":") + 1 :] for n in nodes)
+
+
+@dataclass
+class Group:
+    """One candidate group's view of the graph, with what several detectors need."""
+
+    graph: EntityGraph
+    users: list[str]  # user nodes
+    merchants: list[str]  # merchant nodes in the group (small merchants)
+    now: int
+    _paid: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+
+    def paid(self, user: str) -> list[tuple[str, Any]]:
+        """(merchant node, edge) for each merchant `user` has paid or refunded, any size."""
+        out = self._paid.get(user)
+        if out is None:
+            graph = self.graph
+            out = self._paid[user] = []
+            for other in graph.adjacent.get(user, ()):
+                if other.startswith(MERCHANT):
+                    edge = graph.edges.get((user, other))
+                    if edge is not None:
+                        out.append((other, edge))
+        return out
+
+    def identifiers(self, user: str, prefix: str) -> list[str]:
+        return [n for n in self.graph.adjacent.get(user, ()) if n.startswith(prefix)]
+
+    def finding(
+        self,
+        kind: str,
+        users: Iterable[str],
+        merchants: Iterable[str],
+        traits: dict[str, float],
+        evidence: dict[str, Any],
+    ) -> Finding | None:
+        """A finding scored as the fuzzy AND of `traits` (the weakest), with the traits in
+        its evidence; None when a trait is absent altogether."""
+        score = min(traits.values())
+        if score <= 0.0:
+            return None
+        users = list(users)
+        evidence["traits"] = {name: round(value, 3) for name, value in traits.items()}
+        return Finding(
+            kind, _strip(users), _strip(merchants), score, evidence, self.rebate_at_risk(users)
+        )
+
+    def rebate_at_risk(self, users: Iterable[str]) -> int:
+        return sum(edge.rebate for user in users for _, edge in self.paid(user))
+
+    def per_identifier(self, users: list[str], prefix: str) -> float:
+        """Accounts per distinct identifier of kind `prefix` among `users`."""
+        seen = {n for user in users for n in self.identifiers(user, prefix)}
+        return len(users) / len(seen) if seen else 0.0
+
+
+def analyse_identity_group(graph: EntityGraph, nodes: list[str], now: int) -> list[Finding]:
+    """The rings an identity group (users linked by referrals and identifiers) may be."""
+    return _analyse(graph, nodes, now, (referral_farm, pyramid, cash_out))
+
+
+def analyse_merchant_group(graph: EntityGraph, nodes: list[str], now: int) -> list[Finding]:
+    """The rings a merchant group (small merchants and their payers) may be."""
+    return _analyse(graph, nodes, now, (collusion, brushing))
+
+
+def _analyse(
+    graph: EntityGraph, nodes: list[str], now: int, detectors: tuple[Any, ...]
+) -> list[Finding]:
+    users = [n for n in nodes if n.startswith(USER)]
+    merchants = [n for n in nodes if n.startswith(MERCHANT)]
+    group = Group(graph, users, merchants, now)
+    found: list[Finding] = []
+    for detect in detectors:
+        found.extend(detect(group))
+    # One kind per set of accounts: a farm that refers in a chain is also a deep tree, but
+    # it is one ring. The stronger finding wins; at equal scores, the order of `KINDS`.
+    found.sort(key=lambda f: (-f.score, KINDS.index(f.kind)))
+    kept: list[Finding] = []
+    for finding in found:
+        if all(not _same_accounts(finding, k) for k in kept):
+            kept.append(finding)
+    return kept
+
+
+def _same_accounts(a: Finding, b: Finding) -> bool:
+    shared = len(a.users & b.users)
+    return shared >= 0.5 * min(len(a.users), len(b.users))
+
+
+# --- referral trees -----------------------------------------------------------------------
+def _referral_tree(group: Group) -> nx.DiGraph:
+    """referrer -> referee, for the referrals inside the group."""
+    tree = nx.DiGraph()
+    members = set(group.users)
+    users = group.graph.users
+    for node in group.users:
+        info = users.get(node[2:])
+        if info is not None and info.referrer is not None:
+            referrer = USER + info.referrer
+            if referrer in members:
+                tree.add_edge(referrer, node)
+    return tree
+
+
+def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
+    users = group.users
+    if len(users) < min_users:
+        return []
+    tree = _referral_tree(group)
+    referred = tree.number_of_edges() / len(users)
+    concentration = max(group.per_identifier(users, DEVICE), group.per_identifier(users, PHONE))
+    info = group.graph.users
+    delays = []
+    merchants: set[str] = set()
+    for user in users:
+        paid = group.paid(user)
+        merchants.update(m for m, e in paid if e.payments)
+        first = min((e.first_ts for _, e in paid if e.payments), default=None)
+        signup = info[user[2:]].signup_ts if user[2:] in info else None
+        if first is not None and signup is not None:
+            delays.append(first - signup)
+    if not delays:
+        return []
+    to_first_buy = statistics.median(delays)
+    merchants_per_user = len(merchants) / len(users)
+    traits = {
+        "referred_share": ramp(referred, 0.3, 0.6),
+        "accounts_per_device_or_phone": ramp(concentration, 1.2, 2.5),
+        "buys_soon_after_signup": ramp(to_first_buy, 3 * DAY_MS, DAY_MS),
+        "few_merchants": ramp(merchants_per_user, 0.5, 0.15),
+    }
+    evidence = {
+        "accounts": len(users),
+        "referred_share": round(referred, 3),
+        "accounts_per_device_or_phone": round(concentration, 2),
+        "median_hours_to_first_buy": round(to_first_buy / 3_600_000, 1),
+        "merchants": len(merchants),
+    }
+    found = group.finding(REFERRAL_FARM, users, merchants, traits, evidence)
+    return [found] if found else []
+
+
+def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
+    tree = _referral_tree(group)
+    if tree.number_of_nodes() < min_users:
+        return []
+    info = group.graph.users
+    out = []
+    for root in [n for n, d in tree.in_degree() if d == 0]:
+        layers = list(nx.bfs_layers(tree, root))
+        tiers = len(layers) - 1
+        if tiers <= MAX_LEGIT_TIERS:
+            continue
+        members = [n for layer in layers for n in layer]
+        if len(members) < min_users:
+            continue
+        gaps = []
+        for referrer, referee in nx.bfs_edges(tree, root):
+            a = info[referrer[2:]].signup_ts
+            b = info[referee[2:]].signup_ts
+            if a is not None and b is not None:
+                gaps.append(b - a)
+        gap = statistics.median(gaps) if gaps else float("inf")
+        traits = {
+            "tiers": ramp(tiers, MAX_LEGIT_TIERS, MAX_LEGIT_TIERS + 2),
+            "fast_growth": ramp(gap, 5 * DAY_MS, 2 * DAY_MS),
+        }
+        merchants = {m for user in members for m, e in group.paid(user) if e.payments}
+        evidence = {
+            "accounts": len(members),
+            "tiers": tiers,
+            "median_hours_between_tiers": round(gap / 3_600_000, 1),
+            "root": root[2:],
+        }
+        found = group.finding(PYRAMID, members, merchants, traits, evidence)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+# --- money blocks --------------------------------------------------------------------------
+def densest_block(block: nx.Graph) -> set[str]:
+    """Greedy peeling (Charikar): repeatedly drop the node of least weighted degree, keep
+    the densest stage (weight / nodes); a 2-approximation of the densest subgraph. A heap
+    with lazy deletion makes it O(E log V)."""
+    degree: dict[str, float] = dict(block.degree(weight="weight"))
+    heap = [(d, n) for n, d in degree.items()]
+    heapq.heapify(heap)
+    total = block.size(weight="weight")
+    left = len(degree)
+    removed: list[str] = []
+    gone: set[str] = set()
+    best_density, best_cut = total / max(1, left), 0
+    while left > 2:
+        d, node = heapq.heappop(heap)
+        if node in gone or d != degree[node]:
+            continue  # a stale entry: the node went, or its degree fell since
+        gone.add(node)
+        removed.append(node)
+        total -= d
+        left -= 1
+        for other, data in block[node].items():
+            if other not in gone:
+                degree[other] -= data["weight"]
+                heapq.heappush(heap, (degree[other], other))
+        if total / left > best_density:
+            best_density, best_cut = total / left, len(removed)
+    return set(block) - set(removed[:best_cut])
+
+
+#: Below this rebate rate a merchant pays too little to be worth colluding with.
+COLLUSION_MIN_RATE = 0.12
+
+
+def collusion(group: Group) -> list[Finding]:
+    rates = group.graph.rebate_rates
+    small = {m for m in group.merchants if rates.get(m[2:], 0.0) >= COLLUSION_MIN_RATE}
+    if len(small) < 2 or len(group.users) < 3:
+        return []
+    block = nx.Graph()
+    for user in group.users:
+        for merchant, edge in group.paid(user):
+            if merchant in small and edge.payments:
+                block.add_edge(user, merchant, weight=edge.payments)
+    if block.number_of_edges() < 4:
+        return []
+    dense = densest_block(block)
+    users = sorted(n for n in dense if n.startswith(USER))
+    merchants = sorted(n for n in dense if n.startswith(MERCHANT))
+    if len(users) < 2 or len(merchants) < 2:
+        return []
+    graph = group.graph
+    inside = set(users)
+    from_block = everyone = 0
+    for merchant in merchants:
+        for payer in graph.adjacent.get(merchant, ()):
+            edge = graph.edges.get((payer, merchant))
+            if edge is not None:
+                everyone += edge.payments
+                from_block += edge.payments if payer in inside else 0
+    closed = from_block / everyone if everyone else 0.0
+    cross = sum(1 for u in users if sum(1 for m in block[u] if m in dense) >= 2) / len(users)
+    rate = statistics.mean(rates.get(m[2:], 0.0) for m in merchants)
+    traits = {
+        "merchants": ramp(len(merchants), 1, 2),
+        "users": ramp(len(users), 2, 3),
+        "closed_money": ramp(closed, 0.3, 0.6),
+        "cross_paying": ramp(cross, 0.2, 0.5),
+        "high_rebate_rate": ramp(rate, COLLUSION_MIN_RATE, 0.2),
+    }
+    evidence = {
+        "users": len(users),
+        "merchants": len(merchants),
+        "closed_share": round(closed, 3),
+        "cross_paying_share": round(cross, 3),
+        "mean_rebate_rate": round(rate, 3),
+        "payments": from_block,
+    }
+    found = group.finding(COLLUSION, users, merchants, traits, evidence)
+    return [found] if found else []
+
+
+def brushing(group: Group, min_accounts: int = 5, repeat: int = 3) -> list[Finding]:
+    """Per merchant of the group: its *repeat* payers (at least `repeat` payments there; the
+    occasional real customer of a brushed shop is not one of the accounts)."""
+    graph = group.graph
+    members = set(group.users)
+    out = []
+    for merchant in group.merchants:
+        payers, payments, everyone = [], 0, 0
+        for payer in graph.adjacent.get(merchant, ()):
+            edge = graph.edges.get((payer, merchant))
+            if edge is None or not edge.payments:
+                continue
+            everyone += edge.payments
+            if payer in members and edge.payments >= repeat:
+                payers.append(payer)
+                payments += edge.payments
+        if len(payers) < min_accounts:
+            continue
+        shared = group.per_identifier(payers, DEVICE)
+        per_account = payments / len(payers)
+        closed = payments / everyone if everyone else 0.0
+        traits = {
+            "accounts_per_device": ramp(shared, 1.5, 3.0),
+            "payments_per_account": ramp(per_account, 3.0, 8.0),
+            "closed_money": ramp(closed, 0.5, 0.8),
+        }
+        evidence = {
+            "accounts": len(payers),
+            "accounts_per_device": round(shared, 2),
+            "payments_per_account": round(per_account, 1),
+            "closed_share": round(closed, 3),
+        }
+        found = group.finding(BRUSHING, payers, [merchant], traits, evidence)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def cash_out(group: Group, min_accounts: int = 2) -> list[Finding]:
+    accounts, payments, quick, money = [], 0, 0, 0
+    merchants: set[str] = set()
+    for user in group.users:
+        paid = group.paid(user)
+        q = sum(e.quick_refunds for _, e in paid)
+        if q < 2:
+            continue
+        accounts.append(user)
+        quick += q
+        payments += sum(e.payments for _, e in paid)
+        money += sum(e.money for _, e in paid)
+        merchants.update(m for m, e in paid if e.quick_refunds)
+    if len(accounts) < min_accounts or not payments:
+        return []
+    linked = max(group.per_identifier(accounts, CARD), group.per_identifier(accounts, DEVICE))
+    refunded = quick / payments
+    mean_amount = money / payments
+    traits = {
+        "accounts_share_card_or_device": ramp(linked, 1.0, 1.5),
+        "refunded_within_a_day": ramp(refunded, 0.2, 0.5),
+        "large_amounts": ramp(mean_amount, 10_000, 30_000),
+    }
+    evidence = {
+        "accounts": len(accounts),
+        "accounts_per_card_or_device": round(linked, 2),
+        "quick_refund_share": round(refunded, 3),
+        "mean_amount_cents": round(mean_amount),
+    }
+    found = group.finding(CASH_OUT, accounts, merchants, traits, evidence)
+    return [found] if found else []

@@ -1,0 +1,422 @@
+"""The graph layer: the windowed entity graph, candidate groups, and each ring detector on a
+small hand-built ring and on the look-alike that must stay unflagged."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import polars as pl
+import pytest
+
+from graph.candidates import Candidates
+from graph.entity_graph import DAY_MS, EntityGraph
+from graph.layer import GraphConfig, GraphLayer, RingEvent
+from graph.rings import densest_block
+from rebate_guard.replay import replay
+from rebate_guard.ring_quality import ring_quality
+from rebate_guard.scoring import Event, Scorer, order_key
+from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from streams.records import Signup, Transaction
+from streams.validation import parse_signup, parse_transaction
+from tests.factories import HOUR, MINUTE, T0, signup, tx
+
+Stream = list[Event]
+
+
+class World:
+    """Builds an event stream; ids are unique per world."""
+
+    def __init__(self) -> None:
+        self.events: Stream = []
+        self.n = 0
+
+    def user(self, user_id: str, ts: int, **fields: Any) -> None:
+        fields.setdefault("device_id", f"dev-{user_id}")
+        fields.setdefault("phone_hash", f"ph-{user_id}")
+        fields.setdefault("ip", f"ip-{user_id}")
+        self.events.append(parse_signup(signup(user_id, ts, **fields)))
+
+    def pay(self, user_id: str, merchant: str, ts: int, **fields: Any) -> str:
+        self.n += 1
+        tx_id = f"t{self.n}"
+        fields.setdefault("device_id", f"dev-{user_id}")
+        fields.setdefault("ip", f"ip-{user_id}")
+        fields.setdefault("card_id", f"card-{user_id}")
+        fields.setdefault("rebate_rate", 0.1)
+        self.events.append(
+            parse_transaction(tx(tx_id, ts, user_id=user_id, merchant_id=merchant, **fields))
+        )
+        return tx_id
+
+    def busy_merchant(self, merchant: str, start: int, customers: int = 60) -> None:
+        """A merchant with many one-off customers (too busy to link anyone)."""
+        for i in range(customers):
+            self.user(f"{merchant}-c{i}", start - 400 * DAY_MS)
+            self.pay(f"{merchant}-c{i}", merchant, start + i * MINUTE, amount_cents=2_345)
+
+    def run(self, layer: GraphLayer | None = None) -> tuple[GraphLayer, list[RingEvent]]:
+        layer = layer or GraphLayer()
+        out: list[RingEvent] = []
+        events = sorted(self.events, key=lambda e: order_key(e, 0))
+        for event in events:
+            if isinstance(event, Transaction):
+                out += layer.transaction(event)
+            elif isinstance(event, Signup):
+                out += layer.signup(event)
+        out += layer.scan(events[-1].ts)
+        return layer, out
+
+
+def _rings(events: list[RingEvent]) -> dict[str, RingEvent]:
+    """The final version of each ring."""
+    return {e.ring_id: e for e in events}
+
+
+def _flagged(events: list[RingEvent]) -> set[str]:
+    return {u for e in events for u in e.users}
+
+
+# --- scenarios ------------------------------------------------------------------------------
+def referral_farm(w: World, start: int = T0) -> set[str]:
+    members = {f"farm{i}" for i in range(8)}
+    for i in range(8):
+        ts = start + i * 10 * MINUTE
+        referrer = f"farm{i - 1}" if i else None
+        w.user(f"farm{i}", ts, referrer_id=referrer, device_id=f"farmdev{i % 2}", phone_hash="fp")
+        w.pay(
+            f"farm{i}", "grocer", ts + 20 * MINUTE, amount_cents=1_000, device_id=f"farmdev{i % 2}"
+        )
+    w.busy_merchant("grocer", start - DAY_MS)
+    return members
+
+
+def viral_referrer(w: World, start: int = T0) -> None:
+    w.user("star", start - 300 * DAY_MS)
+    for i in range(30):
+        ts = start + i * 3 * HOUR
+        w.user(f"fan{i}", ts, referrer_id="star")
+        w.pay(f"fan{i}", f"shop{i % 3}", ts + 20 * MINUTE, amount_cents=1_000)
+    for i in range(3):
+        w.busy_merchant(f"shop{i}", start - DAY_MS)
+
+
+def pyramid(w: World, start: int = T0) -> set[str]:
+    members, tier = ["p0"], ["p0"]
+    w.user("p0", start)
+    for depth in range(1, 6):  # five tiers below the root, each recruiting two
+        nxt = []
+        for parent in tier[:3]:
+            for k in range(2):
+                child = f"{parent}.{k}"
+                w.user(child, start + depth * 8 * HOUR + k * MINUTE, referrer_id=parent)
+                w.pay(child, "scheme", start + depth * 8 * HOUR + HOUR, amount_cents=99_900)
+                nxt.append(child)
+        members += nxt
+        tier = nxt
+    w.busy_merchant("scheme", start - DAY_MS)
+    return set(members)
+
+
+def collusion(w: World, start: int = T0) -> set[str]:
+    users = [f"col{i}" for i in range(4)]
+    for u in users:
+        w.user(u, start - 200 * DAY_MS)
+    for day in range(8):
+        for i, u in enumerate(users):
+            for m in ("salonA", "salonB", "salonC"):
+                ts = start + day * DAY_MS + i * HOUR + hash(m) % 30 * MINUTE
+                w.pay(u, m, ts, amount_cents=66_600, rebate_rate=0.28)
+    return set(users)
+
+
+def loyal_daily(w: World, start: int = T0) -> None:
+    w.user("loyal", start - 300 * DAY_MS)
+    for day in range(20):
+        w.pay("loyal", "cafe", start + day * DAY_MS + 8 * HOUR, amount_cents=1_800)
+    w.busy_merchant("cafe", start - DAY_MS)
+
+
+def brushing(w: World, start: int = T0) -> set[str]:
+    accounts = [f"br{i}" for i in range(10)]
+    for i, a in enumerate(accounts):
+        w.user(a, start - 2 * DAY_MS + i * MINUTE, device_id=f"brdev{i % 2}")
+    for burst in range(3):
+        for k in range(60):
+            a = accounts[k % 10]
+            ts = start + burst * DAY_MS + k * MINUTE
+            w.pay(a, "brushed", ts, amount_cents=5_000, rebate_rate=0.25, device_id=f"brdev{k % 2}")
+    return set(accounts)
+
+
+def family_device(w: World, start: int = T0) -> None:
+    for i in range(4):
+        w.user(f"fam{i}", start - (500 + 100 * i) * DAY_MS, device_id="famdev")
+        for day in range(6):
+            merchant = f"mall{(i + day) % 3}"
+            w.pay(f"fam{i}", merchant, start + day * DAY_MS + i * HOUR, device_id="famdev")
+    for i in range(3):
+        w.busy_merchant(f"mall{i}", start - DAY_MS)
+
+
+def cash_out(w: World, start: int = T0) -> set[str]:
+    accounts = [f"co{i}" for i in range(3)]
+    for a in accounts:
+        w.user(a, start - 30 * DAY_MS)
+    for round_ in range(4):
+        for i, a in enumerate(accounts):
+            ts = start + round_ * DAY_MS + i * HOUR
+            paid = w.pay(a, "electronics", ts, amount_cents=60_000, card_id="shared-card")
+            w.pay(
+                a,
+                "electronics",
+                ts + 40 * MINUTE,
+                amount_cents=60_000,
+                kind="refund",
+                ref_tx_id=paid,
+                card_id="shared-card",
+            )
+    w.busy_merchant("electronics", start - DAY_MS)
+    return set(accounts)
+
+
+def ordinary_refund(w: World, start: int = T0) -> None:
+    w.user("buyer", start - 300 * DAY_MS)
+    paid = w.pay("buyer", "electronics2", start, amount_cents=60_000)
+    w.pay("buyer", "electronics2", start + HOUR, amount_cents=60_000, kind="refund", ref_tx_id=paid)
+    w.busy_merchant("electronics2", start - DAY_MS)
+
+
+RINGS = {
+    "referral_farm": referral_farm,
+    "pyramid": pyramid,
+    "collusion": collusion,
+    "brushing": brushing,
+    "cash_out": cash_out,
+}
+LOOKALIKES = [viral_referrer, loyal_daily, family_device, ordinary_refund]
+
+
+@pytest.mark.parametrize("kind", sorted(RINGS))
+def test_each_detector_finds_its_ring_and_names_it(kind: str) -> None:
+    world = World()
+    members = RINGS[kind](world)
+    _, events = world.run()
+    rings = [r for r in _rings(events).values() if r.kind == kind]
+    assert len(rings) == 1, [(e.kind, e.users) for e in events]
+    ring = rings[0]
+    assert set(ring.users) == members
+    assert 0.5 <= ring.score <= 1.0
+    assert ring.evidence["traits"]  # which traits, and how strongly
+    assert ring.rebate_at_risk_cents > 0
+
+
+@pytest.mark.parametrize("lookalike", LOOKALIKES, ids=lambda f: f.__name__)
+def test_look_alikes_stay_unflagged(lookalike: Any) -> None:
+    world = World()
+    lookalike(world)
+    _, events = world.run()
+    assert events == []
+
+
+def test_rings_are_found_among_look_alikes_without_flagging_them() -> None:
+    world = World()
+    members = set().union(*(make(world) for make in RINGS.values()))
+    for lookalike in LOOKALIKES:
+        lookalike(world)
+    _, events = world.run()
+    assert _flagged(events) == members
+    assert {e.kind for e in events} == set(RINGS)
+
+
+def test_an_identifier_shared_by_many_links_nobody_and_ips_never_link() -> None:
+    graph, candidates = EntityGraph(), Candidates()
+    for i in range(30):
+        event = parse_transaction(
+            tx(f"t{i}", T0 + i, user_id=f"u{i}", device_id="office-pc", ip="10.0.0.1")
+        )
+        candidates.observe(graph, graph.transaction(event))
+    groups = {candidates.find(f"u:u{i}") for i in range(30)}
+    # The first dozen shared the device before it became common; no IP linked anyone.
+    assert candidates.user_count[candidates.find("u:u0")] == candidates.limits.device
+    assert all(candidates.find(f"u:u{i}") == f"u:u{i}" for i in range(13, 30))
+    assert len(groups) == 30 - candidates.limits.device + 1
+
+
+def test_edges_expire_with_the_window_and_rebuilt_groups_forget_them() -> None:
+    graph, candidates = EntityGraph(window_ms=10 * DAY_MS), Candidates()
+    for i, ts in enumerate((T0, T0 + 9 * DAY_MS)):
+        event = parse_transaction(tx(f"t{i}", ts, user_id=f"u{i}", device_id="d", card_id=None))
+        candidates.observe(graph, graph.transaction(event))
+    assert candidates.find("u:u0") == candidates.find("u:u1")
+    gone = graph.expire(T0 + 12 * DAY_MS)
+    assert ("u:u0", "d:d") in gone and ("u:u0", "m:m1") in gone
+    assert "u:u0" not in graph.adjacent and ("u:u1", "d:d") in graph.edges
+    candidates.rebuild(graph)
+    assert candidates.find("u:u0") != candidates.find("u:u1")
+
+
+def test_greedy_peeling_finds_the_planted_dense_block() -> None:
+    block = nx.Graph()
+    for u in ("a", "b", "c"):
+        for m in ("x", "y", "z"):
+            block.add_edge(u, m, weight=5)
+    for i in range(20):  # a sparse fringe
+        block.add_edge(f"f{i}", "x" if i % 2 else f"g{i}", weight=1)
+    assert densest_block(block) == {"a", "b", "c", "x", "y", "z"}
+
+
+def test_a_growing_ring_keeps_its_id_and_each_change_is_a_new_version() -> None:
+    world = World()
+    referral_farm(world)
+    for i in range(8, 12):  # four more accounts join the same farm a day later
+        ts = T0 + DAY_MS + i * 10 * MINUTE
+        world.user(
+            f"farm{i}", ts, referrer_id=f"farm{i - 1}", device_id="farmdev0", phone_hash="fp"
+        )
+        world.pay(f"farm{i}", "grocer", ts + 20 * MINUTE, amount_cents=1_000, device_id="farmdev0")
+    layer, events = world.run()
+    farm = [e for e in events if e.kind == "referral_farm"]
+    assert len({e.ring_id for e in farm}) == 1
+    assert [e.version for e in farm] == list(range(1, len(farm) + 1)) and len(farm) >= 2
+    assert len(farm[-1].users) == 12 and farm[-1].detected_at == farm[0].ts
+    assert layer.ring_score("farm11", "grocer") == (farm[-1].score, ["ring:referral_farm"])
+    # A farm's merchant is where it shopped, not a member: its customers are not scored.
+    assert layer.ring_score("grocer-c1", "grocer") == (0.0, [])
+
+
+def test_a_brushed_merchant_scores_every_payment_to_it() -> None:
+    world = World()
+    brushing(world)
+    layer, _ = world.run()
+    score, reasons = layer.ring_score("a-new-account", "brushed")
+    assert score >= 0.5 and reasons == ["ring:brushing"]
+
+
+def test_the_layer_resumes_identically_from_a_pickle() -> None:
+    world = World()
+    for make in RINGS.values():
+        make(world)
+    events = sorted(world.events, key=lambda e: order_key(e, 0))
+    cut = len(events) // 2
+
+    def feed(layer: GraphLayer, part: Stream) -> list[RingEvent]:
+        out: list[RingEvent] = []
+        for event in part:
+            if isinstance(event, Transaction):
+                out += layer.transaction(event)
+            elif isinstance(event, Signup):
+                out += layer.signup(event)
+        return out
+
+    straight = GraphLayer(GraphConfig())
+    expected = feed(straight, events)
+    resumed = GraphLayer(GraphConfig())
+    got = feed(resumed, events[:cut])
+    got += feed(pickle.loads(pickle.dumps(resumed)), events[cut:])
+    assert got == expected and expected
+
+
+def test_a_ring_members_next_payment_is_trusted_less_with_the_rings_reason() -> None:
+    world = World()
+    members = cash_out(world)
+    after = max(e.ts for e in world.events) + DAY_MS
+    member = sorted(members)[0]
+    scorer = Scorer(graph=GraphLayer())
+    events = sorted(world.events, key=lambda e: order_key(e, 0))
+    for event in events:
+        scorer.apply(event, decided_at=0)
+    probe = parse_transaction(
+        tx("probe", after, user_id=member, merchant_id="elsewhere", amount_cents=60_000)
+    )
+    clean = parse_transaction(
+        tx("clean", after, user_id="stranger", merchant_id="elsewhere", amount_cents=60_000)
+    )
+    flagged = scorer.apply(probe, decided_at=0)
+    unflagged = scorer.apply(clean, decided_at=0)
+    assert flagged is not None and unflagged is not None
+    assert "ring:cash_out" in flagged.reasons and "ring:cash_out" not in unflagged.reasons
+    assert flagged.trust_weight < unflagged.trust_weight
+    assert any(e.kind == "cash_out" for e in scorer.ring_events)
+
+
+def test_replay_of_a_simulated_world_finds_every_ring_and_no_look_alike(tmp_path: Path) -> None:
+    config = WorldConfig(
+        seed=3, n_users=3_000, n_merchants=120, days=14, target_transactions=25_000
+    )
+    paths = write_world(simulate_world(config), tmp_path / "world")
+    summary = replay(
+        paths["transactions"], tmp_path / "out", paths["signups"], paths["labels"], progress=None
+    )
+    rings = pl.read_parquet(summary.outputs["rings"])
+    quality = ring_quality(rings, tmp_path / "world")
+    assert quality.true_rings == 5 and set(quality.per_kind) == {
+        "brushing",
+        "cash_out",
+        "collusion_ring",
+        "pyramid",
+        "referral_farm",
+    }
+    assert quality.found == quality.true_rings
+    assert quality.precise == quality.flagged
+    assert quality.lookalike_share <= 0.01
+    decisions = pl.read_parquet(summary.outputs["decisions"])
+    ring_reasons = decisions.filter(
+        pl.col("reasons").list.eval(pl.element().str.starts_with("ring:")).list.any()
+    )
+    assert ring_reasons.height > 0  # the rings reached the trust weights
+
+
+def _quality_world(tmp_path: Path) -> Path:
+    """A hand-made world: two true rings, one look-alike group, users joining at known ts."""
+    world = tmp_path / "hand"
+    (world / "truth").mkdir(parents=True)
+    users = [f"a{i}" for i in range(12)] + [f"b{i}" for i in range(4)]
+    pl.DataFrame(
+        {
+            "ring_id": ["r1", "r2"],
+            "kind": ["referral_farm", "cash_out"],
+            "users": [users[:12], users[12:]],
+            "fifth_member_joined_ts": [T0 + 4 * HOUR, None],
+        }
+    ).write_parquet(world / "truth" / "rings_truth.parquet")
+    roles = {u: "referral_farm" for u in users[:12]} | {u: "cash_out" for u in users[12:]}
+    roles |= {f"fam{i}": "family_device" for i in range(10)}
+    pl.DataFrame({"user_id": list(roles), "role": list(roles.values())}).write_parquet(
+        world / "truth" / "user_truth.parquet"
+    )
+    pl.DataFrame({"tx_id": ["t0"], "ts": [T0], "user_id": ["x"]}).write_parquet(
+        world / "transactions.parquet"
+    )
+    pl.DataFrame({"tx_id": ["t0"], "is_fraud": [False]}).write_parquet(
+        world / "truth" / "tx_truth.parquet"
+    )
+    pl.DataFrame(  # a{i} joins at T0 + i hours
+        {"user_id": users[:12], "ts": [T0 + i * HOUR for i in range(12)]}
+    ).write_parquet(world / "signups.parquet")
+    return world
+
+
+def test_ring_quality_by_hand(tmp_path: Path) -> None:
+    world = _quality_world(tmp_path)
+    farm_early = ["a0", "a1", "a2", "a3", "a4"]  # all five who had joined by T0 + 4.5 h
+    rows = [  # ring_id, version, users, ts, status
+        ("x1", 1, farm_early, T0 + 4 * HOUR + 30 * MINUTE, "active"),
+        ("x1", 2, [f"a{i}" for i in range(12)], T0 + 13 * HOUR, "active"),
+        ("x2", 1, ["fam0", "fam1"], T0, "active"),  # a false ring on look-alikes ...
+        ("x2", 2, ["fam0", "fam1"], T0 + HOUR, "retired"),  # ... retired later
+        ("x3", 1, ["b0", "zz1", "zz2", "zz3", "zz4"], T0, "active"),  # J = 1/8: not b's
+    ]
+    rings = pl.DataFrame(
+        [{"ring_id": r, "version": v, "users": u, "ts": ts, "status": s} for r, v, u, ts, s in rows]
+    )
+    q = ring_quality(rings, world)
+    assert (q.true_rings, q.found) == (2, 1)  # r2 matched by nothing
+    assert (q.flagged, q.precise) == (2, 1)  # x1 and x3 stand; x2 was retired
+    assert q.lookalikes["family_device"] == (2, 10)  # flagged once counts
+    # Matched the members joined by then 30 min after the fifth joined; the final
+    # membership (twelve) only at T0 + 13 h, nine hours after the fifth joined.
+    assert q.median_delay_min == 30.0
+    assert q.median_delay_final_min == 9 * 60.0
