@@ -293,13 +293,21 @@ def collusion(group: Group) -> list[Finding]:
     small = {m for m in group.merchants if rates.get(m[2:], 0.0) >= COLLUSION_MIN_RATE}
     if len(small) < 2 or len(group.users) < 3:
         return []
-    block = nx.Graph()
-    for user in group.users:
-        for merchant, edge in group.paid(user):
-            if merchant in small and edge.payments:
-                block.add_edge(user, merchant, weight=edge.payments)
-    if block.number_of_edges() < 4:
+    edges = [
+        (user, merchant, edge.payments)
+        for user in group.users
+        for merchant, edge in group.paid(user)
+        if merchant in small and edge.payments
+    ]
+    # A block needs 3+ users, and with at most one of them paying at two of its merchants
+    # the cross-paying trait stays below 1/3 -> 0.44, under the flag: skip the peeling.
+    spread: dict[str, int] = {}
+    for user, _, _ in edges:
+        spread[user] = spread.get(user, 0) + 1
+    if sum(1 for n in spread.values() if n >= 2) < 2:
         return []
+    block = nx.Graph()
+    block.add_weighted_edges_from(edges)
     dense = densest_block(block)
     users = sorted(n for n in dense if n.startswith(USER))
     merchants = sorted(n for n in dense if n.startswith(MERCHANT))
