@@ -254,13 +254,17 @@ class BatchProcessor:
     def event_time(self) -> dict[str, Any]:
         """Where event time stands: the lowest user-shard watermark, and what waits."""
         marks = [s.aligner.watermark for s in self.users.values() if s.aligner.watermark > START]
+        late_user = sum(s.late for s in self.users.values())
+        late_entity = sum(s.late for s in self.entities.values())
         return {
             "watermark": min(marks) if marks else None,
             "pending": sum(len(s.aligner.buffer) + len(s.queue) for s in self.users.values()),
             "sources": sum(len(s.aligner.sources) for s in self.users.values()),
             "idle_sources": sum(len(s.aligner.idle_sources) for s in self.users.values()),
-            "late": sum(s.late for s in self.users.values())
-            + sum(s.late for s in self.entities.values()),
+            # Events released after event time had passed them, counted in each stage they
+            # reached late (an input event at its user shard; a request at an entity shard).
+            "late": late_user + late_entity,
+            "late_by_stage": {"user": late_user, "entity": late_entity},
         }
 
     def models(self) -> dict[str, Any]:

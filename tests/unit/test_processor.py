@@ -252,7 +252,14 @@ def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
     proc, _, _ = make(allowed_lateness_ms=0)
     handle(proc, "transactions", [raw("p.transactions", 0, tx("t1", T0))])
     before = proc.event_time()
-    assert before == {"watermark": None, "pending": 1, "sources": 6, "idle_sources": 0, "late": 0}
+    assert before == {
+        "watermark": None,
+        "pending": 1,
+        "sources": 6,
+        "idle_sources": 0,
+        "late": 0,
+        "late_by_stage": {"user": 0, "entity": 0},
+    }
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 + 5))])
     handle(proc, "labels", [raw("p.labels", 0, label("x", T0 + 9))])
     after = proc.event_time()
@@ -276,6 +283,18 @@ def test_a_silent_input_is_idle_only_once_caught_up() -> None:
     drain(proc)
     features = json.loads(sink.sent["p.features"][0][1])["features"]
     assert features["user_account_age_s"] == 1.0 and proc.event_time()["late"] == 0
+
+
+def test_late_events_are_counted_by_the_stage_they_reached_late() -> None:
+    proc, _, _ = make()
+    handle(proc, "transactions", [raw("p.transactions", 0, tx("t", T0))])
+    drain(proc)  # every input caught up and silent: event time moves past T0
+    handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 - 1000))])
+    drain(proc)
+    late = proc.event_time()
+    assert late["late_by_stage"]["user"] == 1  # the signup, behind its shard's event time
+    assert late["late_by_stage"]["entity"] >= 1  # and its device, IP, referrer requests
+    assert late["late"] == late["late_by_stage"]["user"] + late["late_by_stage"]["entity"]
 
 
 def test_model_state_and_drift_are_reported_per_shard() -> None:
