@@ -27,7 +27,6 @@ HOUR_MS = 3_600_000
 QUICK_REFUND_MS = 24 * HOUR_MS
 
 USER, MERCHANT, DEVICE, IP, CARD, PHONE = "u:", "m:", "d:", "ip:", "c:", "ph:"
-IDENTIFIER_KINDS = (DEVICE, IP, CARD, PHONE)
 
 
 def kind_of(node: str) -> str:
@@ -88,7 +87,6 @@ class EntityGraph:
     rebate_rates: dict[str, float] = field(default_factory=dict)
     #: payment tx_id -> (user node, merchant node, ts), for refunds within the window.
     payments: dict[str, tuple[str, str, int]] = field(default_factory=dict)
-    edges_added: int = 0
     updates: int = 0
     #: How many of `edges` join a user to a merchant (the rest are links).
     merchant_edges: int = 0
@@ -151,7 +149,6 @@ class EntityGraph:
         edge = self.edges.get(key)
         if edge is None:
             edge = self.edges[key] = Edge(ts)
-            self.edges_added += 1
             if b.startswith(MERCHANT):
                 self.merchant_edges += 1
             self._adjacent(a).add(b)
@@ -211,14 +208,8 @@ class EntityGraph:
         return stale
 
     # --- reading --------------------------------------------------------------------------
-    def degree(self, node: str, kind: str = USER) -> int:
-        """How many neighbours of `kind` `node` has (e.g. the users of a device)."""
+    def degree(self, node: str) -> int:
+        """How many users an identifier or merchant has been seen with (every edge joins a
+        user to something, so all its neighbours are users)."""
         near = self.adjacent.get(node)
-        if not near:
-            return 0
-        if kind == USER and kind_of(node) != USER:
-            return len(near)  # an identifier's or merchant's neighbours are all users
-        return sum(1 for n in near if n.startswith(kind))
-
-    def edge(self, user: str, other: str) -> Edge | None:
-        return self.edges.get((user, other))
+        return len(near) if near else 0
