@@ -11,8 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rebate_guard.settings import Settings
+
+if TYPE_CHECKING:
+    from rebate_guard.simulator import World, WorldConfig
 
 log = logging.getLogger("rebate_guard")
 
@@ -58,17 +62,29 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
     configure_logging("info")
     # `kill`, systemd and CI send SIGTERM: shut down as gracefully as on Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    start_ms = int(time.time() * 1000)
+    from rebate_guard.simulator import simulate_world
+
+    first = simulate_world(episode_config(seed, 0, start_ms))
     with LocalStack(settings) as stack:
         live = stack.settings(settings)
         from rebate_guard.topics import ensure_topics
 
         asyncio.run(ensure_topics(live))
-        procs = [_spawn_worker(live, index) for index in range(workers)]
+        lateness_ms = compressed_lateness_ms(first, settings)
+        log.info(
+            "the feed runs event time ~%.0fx faster than the clock: allowed lateness %d ms "
+            "(one second of wall-clock skew between partitions)",
+            lateness_ms / 1000,
+            lateness_ms,
+        )
+        workers_settings = live.replace(allowed_lateness_ms=lateness_ms)
+        procs = [_spawn_worker(workers_settings, index) for index in range(workers)]
         url = f"http://{live.web_host}:{live.web_port}/"
         print(f"\nRebateGuard is up: dashboard {url}  (Ctrl-C stops)\n", flush=True)
         print(f"  Kafka bootstrap {live.kafka_bootstrap}   Redis {live.redis_url}", flush=True)
         try:
-            asyncio.run(_feed_forever(live, seed, procs))
+            asyncio.run(_feed_forever(live, seed, start_ms, first, procs))
         except KeyboardInterrupt:
             pass
         finally:
@@ -90,26 +106,83 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
 
 
-async def _feed_forever(
-    settings: Settings, seed: int, procs: list[subprocess.Popen[bytes]]
-) -> None:
-    """Simulated weeks back to back, each a fresh seeded world continuing the timeline."""
-    from rebate_guard.producer import produce_world
-    from rebate_guard.simulator import WorldConfig, simulate_world
+DAY_MS = 86_400_000
+#: Each episode of the feed is a fresh simulated world of this many days...
+EPISODE_DAYS = 14
+#: ...whose older accounts signed up up to this many days before it starts.
+HISTORY_DAYS = 90
+#: Validation rejects timestamps from 2100 on: the feed stops before its timeline gets there
+#: (2099-01-01, hours of feeding away).
+LAST_START_MS = 4_070_908_800_000
 
-    start_ms = int(time.time() * 1000)
-    week = 0
-    while True:
-        config = WorldConfig(
-            seed=seed + week,
+
+def episode_config(seed: int, episode: int, start_ms: int) -> WorldConfig:
+    """Episode `episode` of the feed, continuing the timeline from `start_ms`.
+
+    Episodes are fresh worlds (new ids), so each brings its own history of accounts that
+    signed up before it starts. Starting every episode that history's length after the
+    previous one ends keeps those signups after everything already fed: the stream stays
+    in event-time order, as a platform's would, instead of every episode arriving late.
+    """
+    from rebate_guard.simulator import WorldConfig
+
+    def config(start_ts_ms: int) -> WorldConfig:
+        return WorldConfig(
+            seed=seed + episode,
             n_users=5_000,
             n_merchants=300,
-            days=7,
-            start_ts_ms=start_ms + week * 7 * 86_400_000,
-            id_prefix=f"w{week}-",
+            days=EPISODE_DAYS,
+            history_days=HISTORY_DAYS,
+            start_ts_ms=start_ts_ms,
+            id_prefix=f"e{episode}-",
         )
-        world = simulate_world(config)
-        log.info("feeding simulated week %d: %d transactions", week, world.transactions.height)
+
+    history_ms = start_ms - config(start_ms).history_start_ms
+    return config(start_ms + episode * (history_ms + EPISODE_DAYS * DAY_MS))
+
+
+def compressed_lateness_ms(world: World, settings: Settings, wall_skew_s: float = 1.0) -> int:
+    """The allowed lateness for a feed that plays episode `world` at `RG_SIMULATE_RATE`
+    events per second.
+
+    The feed compresses weeks of event time into a minute or two, so a few milliseconds of
+    skew between how far the worker has read each partition (normal: each is fetched on its
+    own) span hours of event time. With the default lateness (2 s of event time) most events
+    of a sparse source (signups, labels) that went idle would arrive late. Allowing
+    `wall_skew_s` of wall-clock skew at the feed's speed-up keeps the one order.
+    """
+    events = world.transactions.height + world.signups.height + world.labels.height
+    span_s = EPISODE_DAYS * DAY_MS / 1000
+    speedup = span_s / max(events / settings.simulate_rate, 1e-9)
+    return max(int(speedup * wall_skew_s * 1000), settings.allowed_lateness_ms)
+
+
+async def _feed_forever(
+    settings: Settings,
+    seed: int,
+    start_ms: int,
+    first: World,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """Simulated episodes back to back, until the workers stop (or the timeline nears
+    the year 2100, hours from now: then the workers go on serving without new input)."""
+    from rebate_guard.producer import produce_world
+    from rebate_guard.simulator import simulate_world
+
+    episode, world = 0, first
+    while True:
+        if episode:
+            config = episode_config(seed, episode, start_ms)
+            if config.start_ts_ms > LAST_START_MS:
+                log.info("the simulated timeline is near the year 2100: the feed stops here")
+                return
+            world = simulate_world(config)
+        log.info(
+            "feeding simulated episode %d (%d days): %d transactions",
+            episode,
+            EPISODE_DAYS,
+            world.transactions.height,
+        )
         await produce_world(settings, world, rate=settings.simulate_rate)
         for proc in procs:
             code = proc.poll()
@@ -118,7 +191,7 @@ async def _feed_forever(
                 return
             if code is not None:
                 raise RuntimeError(f"worker {proc.pid} exited with {code}")
-        week += 1
+        episode += 1
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

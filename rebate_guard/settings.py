@@ -105,7 +105,9 @@ class Settings:
     )
     simulate_rate: float = field(
         default=500.0,
-        metadata=_doc("Transactions per second `rebate-guard up` feeds into the pipeline."),
+        metadata=_doc(
+            "Events per second (transactions, signups, labels) `rebate-guard up` feeds in."
+        ),
     )
     checkpoint_interval_s: float = field(
         default=30.0,

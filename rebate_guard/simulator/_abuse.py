@@ -62,7 +62,7 @@ def _legit_merchants(
 
 
 def _older_signup(rng: np.random.Generator, b: Builder, n: int) -> np.ndarray:
-    return b.start - rng.integers(30 * DAY_MS, 400 * DAY_MS, n)
+    return b.start - rng.integers(30 * DAY_MS, b.start - b.history_start, n)
 
 
 def _window_start(rng: np.random.Generator, b: Builder, min_left_ms: int) -> int:

@@ -43,6 +43,8 @@ class Builder:
     start: int
     end: int
     mobile_pool: np.ndarray
+    #: No account signed up before this (`WorldConfig.history_start_ms`).
+    history_start: int
     users: Columns = field(default_factory=lambda: Columns(USER_COLUMNS))
     merchants: Columns = field(default_factory=lambda: Columns(MERCHANT_COLUMNS))
     tx: Columns = field(default_factory=lambda: Columns(TX_COLUMNS))
@@ -52,9 +54,11 @@ class Builder:
     n_phones: int = 0
 
     @classmethod
-    def create(cls, rng: np.random.Generator, start: int, end: int, n_users: int) -> Builder:
+    def create(
+        cls, rng: np.random.Generator, start: int, end: int, n_users: int, history_start: int
+    ) -> Builder:
         pool = np.unique(random_ips(rng, max(2_000, n_users // 4), MOBILE_A))
-        return cls(start=start, end=end, mobile_pool=pool)
+        return cls(start=start, end=end, mobile_pool=pool, history_start=history_start)
 
     def new_devices(self, n: int) -> np.ndarray:
         idx = np.arange(self.n_devices, self.n_devices + n, dtype=np.int64)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Abusers' aged accounts may predate the legit history by up to this many days.
+AGED_ACCOUNT_EXTRA_DAYS = 35
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -85,6 +88,12 @@ class WorldConfig:
                 problems.append(f"{name} must be >= 0")
         if problems:
             raise ValueError("invalid WorldConfig: " + "; ".join(problems))
+
+    @property
+    def history_start_ms(self) -> int:
+        """No account signed up before this: the legit history, and aged accounts bought
+        by abusers up to `AGED_ACCOUNT_EXTRA_DAYS` older."""
+        return self.start_ts_ms - (self.history_days + AGED_ACCOUNT_EXTRA_DAYS) * 86_400_000
 
     @property
     def end_ts_ms(self) -> int:

@@ -158,7 +158,7 @@ def simulate_world(config: WorldConfig) -> World:
     cfg = config
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(8)]
     start, end = cfg.start_ts_ms, cfg.end_ts_ms
-    b = Builder.create(rngs[0], start, end, cfg.n_users)
+    b = Builder.create(rngs[0], start, end, cfg.n_users, cfg.history_start_ms)
     _legit.build_merchants(rngs[1], b, cfg)
     pop = _legit.build_population(rngs[2], b, cfg)
     a, c = _legit.expected_legit(pop, start, end, cfg.refund_rate)

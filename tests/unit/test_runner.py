@@ -1,0 +1,33 @@
+"""The `up` feed: episodes of simulated traffic that keep the stream in event-time order."""
+
+from __future__ import annotations
+
+from rebate_guard.runner import compressed_lateness_ms, episode_config
+from rebate_guard.settings import Settings
+from rebate_guard.simulator import simulate_world
+
+
+def test_each_episode_starts_after_everything_the_previous_one_fed() -> None:
+    """Backdated signups of a fresh episode must not arrive behind the watermark."""
+    first, second = (simulate_world(episode_config(3, k, 1_800_000_000_000)) for k in (0, 1))
+    last_of_first = max(
+        frame["ts"].max() for frame in (first.transactions, first.signups, first.labels)
+    )
+    earliest_of_second = min(
+        frame["ts"].min() for frame in (second.transactions, second.signups, second.labels)
+    )
+    assert earliest_of_second > last_of_first
+    assert second.signups["ts"].min() < second.transactions["ts"].min()  # it has a history
+    assert not set(first.signups["user_id"]) & set(second.signups["user_id"])
+
+
+def test_lateness_covers_a_second_of_skew_at_the_feed_speed() -> None:
+    world = simulate_world(episode_config(3, 0, 1_800_000_000_000))
+    events = world.transactions.height + world.signups.height + world.labels.height
+    slow, fast = Settings(simulate_rate=100.0), Settings(simulate_rate=1000.0)
+    # At 100 events/s the episode takes events/100 seconds of wall time to feed.
+    span_ms = 14 * 86_400_000
+    assert compressed_lateness_ms(world, slow) == int(span_ms / (events / 100.0))
+    assert compressed_lateness_ms(world, fast) > 9 * compressed_lateness_ms(world, slow)
+    # Never below what the settings allow anyway.
+    assert compressed_lateness_ms(world, Settings(simulate_rate=1e-6)) == 2000
