@@ -10,7 +10,8 @@ reason code naming its kind. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graph.candidates import Candidates, Limits
@@ -34,6 +35,11 @@ ACTIVE, RETIRED = "active", "retired"
 #: farm's or a cash-out's purchases happen at ordinary merchants, whose other customers
 #: must not inherit the ring's score.
 MERCHANT_RINGS = frozenset({COLLUSION, BRUSHING})
+
+
+#: What the scoring path reads about a user or merchant's strongest ring: (score, kind,
+#: ring id), or None when it is in no ring (any more).
+RingScore = tuple[float, str, str] | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,10 @@ class RingEvent:
     rebate_at_risk_cents: int
     #: ACTIVE, or RETIRED (another ring took its accounts: no longer flagged).
     status: str = "active"
+
+    def dumps(self) -> bytes:
+        """The event as JSON, as published on the rings topic."""
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def of(cls, ring: Ring, status: str = "active") -> RingEvent:

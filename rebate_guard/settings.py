@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from features.engine import EngineConfig
+    from graph.layer import GraphConfig
 
 
 class SettingsError(ValueError):
@@ -147,6 +148,24 @@ class Settings:
             "and weekend features."
         ),
     )
+    graph: bool = field(
+        default=True,
+        metadata=_doc(
+            "Run ring detection: a graph shard (on the worker owning partition 0) reads every "
+            "signup and transaction, publishes rings on the `rings` topic and ring scores in "
+            "Redis, which every decision reads. Off: no ring scores (only referral depth)."
+        ),
+    )
+    graph_window_days: int = field(
+        default=30,
+        metadata=_doc("Edges of the entity graph expire this many days after last seen."),
+    )
+    graph_scan_minutes: int = field(
+        default=10,
+        metadata=_doc(
+            "Event time between ring scans: a changed group is analysed at most this often."
+        ),
+    )
     user_ttl_days: int = field(
         default=730,
         metadata=_doc(
@@ -170,6 +189,14 @@ class Settings:
         return EngineConfig(
             utc_offset_minutes=self.local_utc_offset_minutes,
             user_ttl_ms=self.user_ttl_days * DAY_MS,
+        )
+
+    def graph_config(self) -> GraphConfig:
+        from graph.layer import MINUTE_MS, GraphConfig
+
+        return GraphConfig(
+            window_ms=self.graph_window_days * 86_400_000,
+            scan_every_ms=self.graph_scan_minutes * MINUTE_MS,
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -208,6 +235,8 @@ class Settings:
             raise SettingsError("RG_CHECKPOINT_INTERVAL_S and RG_SOURCE_IDLE_S must be positive")
         if self.allowed_lateness_ms < 0:
             raise SettingsError("RG_ALLOWED_LATENESS_MS must not be negative")
+        if self.graph_window_days < 1 or self.graph_scan_minutes < 1:
+            raise SettingsError("RG_GRAPH_WINDOW_DAYS and RG_GRAPH_SCAN_MINUTES must be >= 1")
         if self.user_ttl_days < 31:
             raise SettingsError("RG_USER_TTL_DAYS must be at least 31 (the longest window)")
 

@@ -2,7 +2,8 @@
 `BatchProcessor`.
 
 One agent per input topic (transactions, signups, labels) feeds the user shards; one per
-internal topic carries envelopes between the feature stages (streams/shards.py). All topics
+internal topic carries envelopes between the feature stages and to the graph shard
+(streams/shards.py). All topics
 have the same partition count, so Faust co-partitions them: partition i of every topic, and
 so user shard i and entity shard i, belong to the same worker. Agents batch with
 `take_events`.
@@ -37,9 +38,17 @@ from streams.processor import (
     BatchProcessor,
     RawEvent,
     entity_unit,
+    graph_unit,
     user_unit,
 )
-from streams.records import ENTITY_REQUESTS, ENTITY_RESULTS, INPUT_TOPICS, INTERNAL_TOPICS
+from streams.records import (
+    ENTITY_REQUESTS,
+    ENTITY_RESULTS,
+    GRAPH_EVENTS,
+    INPUT_TOPICS,
+    INTERNAL_TOPICS,
+)
+from streams.shards import GRAPH_PARTITION
 from streams.sink import KafkaSink, Sink
 from streams.store import DecisionStore, RedisDecisionStore, save_checkpoint_sync
 
@@ -112,6 +121,8 @@ class Runtime:
         units |= {
             entity_unit(tp.partition) for tp in assigned if tp.topic == s.topic(ENTITY_REQUESTS)
         }
+        if s.graph and TP(s.topic(GRAPH_EVENTS), GRAPH_PARTITION) in assigned:
+            units.add(graph_unit(GRAPH_PARTITION))
         async with self.lock:
             current = set(self.processor.units())
             self.processor.release(current - units)
@@ -220,6 +231,8 @@ class Runtime:
             outcome: BatchOutcome | None = None
             if kind == ENTITY_REQUESTS:
                 await self.processor.handle_requests(raw)
+            elif kind == GRAPH_EVENTS:
+                await self.processor.handle_graph(raw)
             elif kind == ENTITY_RESULTS:
                 outcome = await self.processor.handle_results(raw)
             else:

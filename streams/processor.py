@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from features.referral import TreeEntry, depth_walk
 from features.stages import EntityStage, UserStage
+from graph.layer import GraphLayer, RingScore
 from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
@@ -43,22 +44,27 @@ from streams.records import (
     ENTITY_REQUESTS,
     ENTITY_RESULTS,
     FEATURES,
+    GRAPH_EVENTS,
     LABELS,
+    RINGS,
     SIGNUPS,
     TRANSACTIONS,
     DeadLetter,
     Decision,
+    Transaction,
 )
 from streams.shards import (
+    GRAPH_PARTITION,
     TOPIC_CODES,
     Completed,
     DepthKey,
     DepthRequest,
     EntityShard,
+    GraphShard,
     UserShard,
 )
 from streams.sink import Sink
-from streams.store import DecisionStore
+from streams.store import DecisionStore, RingKey
 from streams.validation import (
     InvalidEvent,
     decode_json_object,
@@ -76,6 +82,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
 }
 
 T = TypeVar("T")
+S = TypeVar("S", UserShard, EntityShard, GraphShard)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,10 @@ def entity_unit(partition: int) -> str:
     return f"entity-{partition}"
 
 
+def graph_unit(partition: int) -> str:
+    return f"graph-{partition}"
+
+
 @dataclass
 class BatchProcessor:
     store: DecisionStore
@@ -163,6 +174,7 @@ class BatchProcessor:
     retry_max_s: float = 5.0
     users: dict[int, UserShard] = field(default_factory=dict)
     entities: dict[int, EntityShard] = field(default_factory=dict)
+    graphs: dict[int, GraphShard] = field(default_factory=dict)
     #: Wall-clock time each (user partition, topic code) last delivered (not checkpointed).
     heard: dict[tuple[int, int], float] = field(default_factory=dict)
     #: Whether this worker has read all a partition holds: (topic, partition, next offset) ->
@@ -192,6 +204,7 @@ class BatchProcessor:
             engine.sweep_every_ms,
             s.allowed_lateness_ms,
             n_user=self.n_partitions,
+            feeds_graph=s.graph,
         )
 
     def new_entity_shard(self, partition: int) -> EntityShard:
@@ -199,6 +212,9 @@ class BatchProcessor:
         return EntityShard(
             partition, self.n_partitions, EntityStage(engine.user_ttl_ms), engine.sweep_every_ms
         )
+
+    def new_graph_shard(self, partition: int) -> GraphShard:
+        return GraphShard(partition, self.n_partitions, GraphLayer(self.settings.graph_config()))
 
     def install(self, unit: str, blob: bytes | None) -> None:
         """Take over a shard: from its checkpoint, or fresh."""
@@ -214,6 +230,10 @@ class BatchProcessor:
             now = self.clock()
             for code in TOPIC_CODES.values():
                 self.heard[(partition, code)] = now
+        elif kind == "graph":
+            if state is not None and not isinstance(state, GraphShard):
+                raise TypeError(f"{unit}: not a graph shard checkpoint: {type(state).__name__}")
+            self.graphs[partition] = state or self.new_graph_shard(partition)
         else:
             if state is not None and not isinstance(state, EntityShard):
                 raise TypeError(f"{unit}: not an entity shard checkpoint: {type(state).__name__}")
@@ -224,15 +244,26 @@ class BatchProcessor:
         for partition in range(self.n_partitions):
             self.install(user_unit(partition), None)
             self.install(entity_unit(partition), None)
+        if self.settings.graph:
+            self.install(graph_unit(GRAPH_PARTITION), None)
 
     def release(self, units: Iterable[str]) -> None:
         """Forget shards this worker no longer owns (after their checkpoint)."""
+        shards: dict[str, dict[int, Any]] = {
+            "user": self.users,
+            "entity": self.entities,
+            "graph": self.graphs,
+        }
         for unit in units:
             kind, _, number = unit.partition("-")
-            (self.users if kind == "user" else self.entities).pop(int(number), None)
+            shards[kind].pop(int(number), None)
 
     def units(self) -> list[str]:
-        return [user_unit(p) for p in self.users] + [entity_unit(q) for q in self.entities]
+        return (
+            [user_unit(p) for p in self.users]
+            + [entity_unit(q) for q in self.entities]
+            + [graph_unit(g) for g in self.graphs]
+        )
 
     def checkpoints(self) -> tuple[dict[str, Callable[[], bytes]], Callable[[], None]]:
         """Per unit, a function that pickles it as of now (call it now, or in a forked
@@ -244,6 +275,8 @@ class BatchProcessor:
             snapshots[user_unit(p)] = partial(shard.snapshot, floors[p])
         for q, entity in self.entities.items():
             snapshots[entity_unit(q)] = entity.snapshot
+        for g, graph in self.graphs.items():
+            snapshots[graph_unit(g)] = graph.snapshot
 
         def written() -> None:
             for p, shard in users.items():
@@ -256,6 +289,7 @@ class BatchProcessor:
         marks = [s.aligner.watermark for s in self.users.values() if s.aligner.watermark > START]
         late_user = sum(s.late for s in self.users.values())
         late_entity = sum(s.late for s in self.entities.values())
+        late_graph = sum(s.late for s in self.graphs.values())
         return {
             "watermark": min(marks) if marks else None,
             "pending": sum(len(s.aligner.buffer) + len(s.queue) for s in self.users.values()),
@@ -263,8 +297,8 @@ class BatchProcessor:
             "idle_sources": sum(len(s.aligner.idle_sources) for s in self.users.values()),
             # Events released after event time had passed them, counted in each stage they
             # reached late (an input event at its user shard; a request at an entity shard).
-            "late": late_user + late_entity,
-            "late_by_stage": {"user": late_user, "entity": late_entity},
+            "late": late_user + late_entity + late_graph,
+            "late_by_stage": {"user": late_user, "entity": late_entity, "graph": late_graph},
         }
 
     def models(self) -> dict[str, Any]:
@@ -292,18 +326,37 @@ class BatchProcessor:
             )
 
     def _user(self, partition: int) -> UserShard | None:
-        shard = self.users.get(partition)
-        if shard is None and self.loopback:  # no broker: every partition is ours
-            self.install(user_unit(partition), None)
-            shard = self.users[partition]
-        return shard
+        return self._shard(self.users, user_unit, partition)
 
     def _entity(self, partition: int) -> EntityShard | None:
-        shard = self.entities.get(partition)
-        if shard is None and self.loopback:
-            self.install(entity_unit(partition), None)
-            shard = self.entities[partition]
+        return self._shard(self.entities, entity_unit, partition)
+
+    def _graph(self, partition: int) -> GraphShard | None:
+        return self._shard(self.graphs, graph_unit, partition)
+
+    def _shard(self, shards: dict[int, S], unit: Callable[[int], str], partition: int) -> S | None:
+        shard = shards.get(partition)
+        if shard is None and self.loopback:  # no broker: every partition is ours
+            self.install(unit(partition), None)
+            shard = shards[partition]
         return shard
+
+    def graph_state(self) -> dict[str, Any] | None:
+        """The graph shard this worker owns, if any: its size and what it has found."""
+        if not self.graphs:
+            return None
+        shard = next(iter(self.graphs.values()))
+        layer = shard.layer
+        return {
+            "unit": graph_unit(shard.partition),
+            "watermark": shard.aligner.watermark if shard.aligner.watermark > START else None,
+            "edges": len(layer.graph.edges),
+            "users": len(layer.graph.users),
+            "rings": len(layer.book.rings),
+            "groups_analysed": layer.analysed,
+            "groups_skipped": layer.skipped,
+            "groups_oversized": layer.oversized,
+        }
 
     def _stray(self, message: RawEvent) -> None:
         """A message for a partition this worker does not own (still buffered when it was
@@ -383,6 +436,43 @@ class BatchProcessor:
             results += shard.envelopes()
         await self._send(ENTITY_RESULTS, results)
 
+    async def handle_graph(self, raw: Sequence[RawEvent]) -> None:
+        """Envelopes from user shards for this worker's graph shard: the graph advances,
+        and what it found is published (rings topic, ring scores in Redis)."""
+        touched: set[int] = set()
+        for message in raw:
+            shard = self._graph(message.partition)
+            if shard is None:
+                self._stray(message)
+                continue
+            released = shard.offer(message.offset, message.value or b"")
+            if released:
+                shard.apply(released)
+                touched.add(message.partition)
+        self.counters.envelopes_received += len(raw)
+        for g in sorted(touched):
+            events, scores = self.graphs[g].take()
+            if not events and not scores:
+                continue
+            # Redis first: once the event is on the topic, a reader may look the scores up.
+            # A re-run after a restore publishes the same again (at-least-once, same values).
+            latest = {e.ring_id: (None if e.status != "active" else e.dumps()) for e in events}
+            put = partial(self.store.put_rings, list(latest.items()), scores)
+            await self.retry("store ring scores", put)
+            records = [(e.ring_id.encode(), e.dumps()) for e in events]
+            send = partial(self.sink.send_many, self.settings.topic(RINGS), records)
+            await self.retry("produce rings", send)
+            for event in events:
+                log.info(
+                    "ring %s v%d %s: %d users, %d merchants, score %.2f",
+                    event.ring_id,
+                    event.version,
+                    event.status,
+                    len(event.users),
+                    len(event.merchants),
+                    event.score,
+                )
+
     async def handle_results(self, raw: Sequence[RawEvent]) -> BatchOutcome:
         """Entity results coming back to this worker's user shards."""
         outcome = BatchOutcome()
@@ -412,9 +502,13 @@ class BatchProcessor:
                 write = partial(self.store.put_referrals, writes)
                 await self.retry("write the referral tree", write)
             await self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()])
+            await self._send(GRAPH_EVENTS, [e for s in shards for e in s.graph_envelopes()])
             for shard in shards:
-                standing = await self._standing(shard) if shard.redo else None
-                await self._publish(shard.complete(self._now_ms(), standing), outcome)
+                ready = shard.ready()
+                standing = await self._standing(ready) if shard.redo else None
+                rings = await self._ring_scores(ready) if shard.feeds_graph else None
+                done = shard.complete(self._now_ms(), standing, rings)
+                await self._publish(done, outcome)
                 self._log_drift(shard)
             # Labels and examples for the other user shards (models learn every label).
             await self._send(ENTITY_RESULTS, [e for s in shards for e in s.peer_envelopes()])
@@ -441,6 +535,10 @@ class BatchProcessor:
                 entity = self._entity(partition)
                 assert entity is not None
                 offset = entity.next_offset
+            elif kind == GRAPH_EVENTS:
+                graph = self._graph(partition)
+                assert graph is not None
+                offset = graph.next_offset
             else:
                 user = self._user(partition)
                 assert user is not None
@@ -450,15 +548,25 @@ class BatchProcessor:
             messages.append(RawEvent(kind, partition, offset + ahead, None, value))
         if kind == ENTITY_REQUESTS:
             await self.handle_requests(self._looped.pop(kind))
+        elif kind == GRAPH_EVENTS:
+            await self.handle_graph(self._looped.pop(kind))
 
-    async def _standing(self, shard: UserShard) -> dict[str, bool] | None:
+    async def _standing(self, ready: list[Transaction]) -> dict[str, bool] | None:
         """For a shard that may be re-deciding: which of the transactions it is about to
         decide already have a decision in Redis (it stands), and whether it granted."""
-        ready = shard.ready()
         if not ready:
             return None
-        stored = await self.retry("read decisions", lambda: self.store.get_many(ready))
+        tx_ids = [tx.tx_id for tx in ready]
+        stored = await self.retry("read decisions", lambda: self.store.get_many(tx_ids))
         return {t: json.loads(v)["rebate_granted_cents"] > 0 for t, v in stored.items()}
+
+    async def _ring_scores(self, ready: list[Transaction]) -> dict[RingKey, RingScore] | None:
+        """The strongest rings of the users and merchants about to be decided, as the graph
+        shard last published them (one round trip for the batch)."""
+        if not ready:
+            return None
+        keys = sorted({("u", tx.user_id) for tx in ready} | {("m", tx.merchant_id) for tx in ready})
+        return await self.retry("read ring scores", lambda: self.store.get_ring_scores(keys))
 
     async def _publish(self, done: Completed, outcome: BatchOutcome) -> None:
         if not done.order:

@@ -23,7 +23,9 @@ OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES)
 # Between the two feature stages (streams/shards.py): not part of the contract.
 ENTITY_REQUESTS = "entity-requests"
 ENTITY_RESULTS = "entity-results"
-INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS)
+# From the user shards to the graph shard (streams/shards.py: `GraphShard`).
+GRAPH_EVENTS = "graph-events"
+INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS, GRAPH_EVENTS)
 
 PAYMENT = "payment"
 REFUND = "refund"

@@ -16,6 +16,11 @@ cooperate over topics so that N workers give exactly the one-process features:
 - An `EntityShard` owns requests partition q. Its aligner's sources are the user shards: an
   envelope's watermark says that shard will send nothing earlier, so entity state also
   advances in exact event-time order across all user partitions.
+- A `GraphShard` owns the whole entity graph (`graph.layer`): every user shard sends it
+  its released signups and transactions on the graph-events topic's partition
+  `GRAPH_PARTITION`, in envelopes with watermarks like the requests, so the graph too
+  advances in exact event-time order, the order replay gives it: the same ring events.
+  Ring scores reach the user shards through Redis (see `streams.processor`).
 - User shards also talk to each other on the results topic: a label keyed by tx_id goes to
   every user shard (any of them may have decided that transaction), and the one that did
   sends the labelled vectors (`Example`s) to the others, so every shard's classifier learns
@@ -56,6 +61,7 @@ from features.stages import (
 )
 from features.user import TxContext
 from features.windows import drop_oldest
+from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
 from rebate_guard.scoring import KIND_RANK, Decider, Event, Example, Features, order_key
 from streams.alignment import START as _START
 from streams.alignment import Aligner, Released
@@ -91,6 +97,20 @@ _KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
 
 #: Items per envelope: keeps messages far below Kafka's 1 MB default request size.
 ENVELOPE_ITEMS = 256
+#: The graph-events partition the graph shard reads; the topic has `RG_PARTITIONS` like
+#: every internal topic (co-partitioning), the others stay empty. README.md "Scaling the
+#: graph" says how the graph would split past one partition.
+GRAPH_PARTITION = 0
+
+
+def strongest(scores: list[RingScore]) -> tuple[float, list[str]] | None:
+    """The ring score and reason a transaction gets from its user's and merchant's
+    entries: the strongest ring, ties to the first ring id (as `RingBook.strongest`)."""
+    found = [s for s in scores if s is not None]
+    if not found:
+        return None
+    score, kind, _ = min(found, key=lambda s: (-s[0], s[2]))
+    return score, [f"ring:{kind}"]
 
 
 def _dumps(message: dict[str, Any]) -> bytes:
@@ -165,6 +185,8 @@ class UserShard:
     lateness_ms: int
     #: User partitions in all (this one's peers share labels and examples with it).
     n_user: int = 1
+    #: Whether a graph shard takes this shard's signups and transactions.
+    feeds_graph: bool = True
     aligner: Aligner[int] = field(init=False)
     #: Next offset to read per topic code: everything before it is in the state.
     next_offset: dict[int, int] = field(default_factory=dict)
@@ -195,6 +217,9 @@ class UserShard:
     # Output for the driver, drained after every call (so empty in any checkpoint).
     outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
     peer_outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
+    graph_outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
+    #: What the graph shard was last told: (watermark, idle, floor).
+    graph_told: tuple[int, bool, tuple[int, ...]] | None = None
     tree_writes: list[TreeWrite] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -252,12 +277,14 @@ class UserShard:
                 items.append(item)
 
     def _signup(self, event: Signup, identity: Identity) -> None:
+        row = to_row(event)
+        if self.feeds_graph:  # every signup, as replay gives them (the graph's clock moves)
+            self.graph_outbox.setdefault(GRAPH_PARTITION, []).append(["s", *identity, row])
         if not self.users.signup(event):
             return  # repeated or redelivered: the first signup stands
         entry = tree_entry(event)
         if entry is not None:
             self.tree_writes.append((event.user_id, *entry))
-        row = to_row(event)
         for q, families in signup_routes(event, self.n_entity):
             self._send(q, ["s", *identity, row, families])
 
@@ -275,6 +302,8 @@ class UserShard:
         user_context = [context.account_age_ms, context.signup_ts, context.referrer]
         for q, families in routes:
             self._send(q, ["t", *identity, row, families, user_context])
+        if self.feeds_graph:
+            self.graph_outbox.setdefault(GRAPH_PARTITION, []).append(["t", *identity, row])
         self.pending[identity] = entry
         early = self.orphans.pop(identity, None)
         if early:
@@ -349,18 +378,23 @@ class UserShard:
             queue.insert(at, entry)
 
     # --- output ---------------------------------------------------------------------------
-    def ready(self) -> list[str]:
-        """The tx_ids `complete` would decide now."""
+    def ready(self) -> list[Transaction]:
+        """The transactions `complete` would decide now."""
         out = []
         for entry in self.queue:
             if entry.missing:
                 break
             event = entry.event
             if isinstance(event, Transaction) and not entry.repeat:
-                out.append(event.tx_id)
+                out.append(event)
         return out
 
-    def complete(self, decided_at: int, standing: Mapping[str, bool] | None = None) -> Completed:
+    def complete(
+        self,
+        decided_at: int,
+        standing: Mapping[str, bool] | None = None,
+        ring_scores: Mapping[tuple[str, str], RingScore] | None = None,
+    ) -> Completed:
         """Decide every transaction at the head of the queue whose parts are all in, and
         learn the labels and examples among them in their turn.
 
@@ -370,8 +404,12 @@ class UserShard:
         may be re-deciding (`redo`): tx_id -> whether its standing decision granted a
         rebate, for those of `ready()` decided before, so later refunds see what was
         really paid. Decisions are stored in order, so once one was not decided before,
-        none after it was: `redo` ends."""
+        none after it was: `redo` ends.
+
+        `ring_scores`: the strongest ring of each user ("u", id) and merchant ("m", id) of
+        `ready()` that is in one, as the graph shard last published (`GraphShard.take`)."""
         done = Completed()
+        rings = ring_scores or {}
         grants = standing or {}
         queue, decider = self.queue, self.decider
         while queue and not queue[0].missing:
@@ -394,7 +432,8 @@ class UserShard:
             standing_grant = grants.get(event.tx_id)
             if standing is not None and standing_grant is None:
                 self.redo = False
-            done.decisions.append(decider.decide(event, vector, decided_at, standing_grant))
+            ring = strongest([rings.get(("u", event.user_id)), rings.get(("m", event.merchant_id))])
+            done.decisions.append(decider.decide(event, vector, decided_at, standing_grant, ring))
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.
             horizon = done.decisions[-1][0].ts - self.decision_ttl_ms
@@ -421,27 +460,50 @@ class UserShard:
         """(user partition, envelope) pairs for the results topic: labels and examples."""
         return _drain(self.peer_outbox, {"from": self.partition})
 
+    def _mark(self) -> tuple[int, bool, tuple[int, ...]]:
+        """Where this shard's event time stands: (watermark, idle, durable floor)."""
+        aligner = self.aligner
+        idle = not aligner.buffer and aligner.idle_sources == aligner.sources
+        return (aligner.watermark, idle, tuple(self.durable_floor))
+
     def envelopes(self) -> list[tuple[int, bytes]]:
         """(entity partition, envelope) pairs to send now: new items, and where this shard's
         event time stands whenever that moved."""
-        aligner = self.aligner
-        idle = not aligner.buffer and aligner.idle_sources == aligner.sources
-        mark = (aligner.watermark, idle, tuple(self.durable_floor))
+        mark = self._mark()
         out: list[tuple[int, bytes]] = []
         for q in range(self.n_entity):
             items = self.outbox.pop(q, None)
             told = self.told.get(q)
-            if items is None and told == mark:
-                continue
-            chunks = _chunks(items or [])
-            for chunk in chunks[:-1]:
-                # Only the last chunk moves the watermark: its items are not sent yet.
-                held = _START if told is None else told[0]
-                out.append((q, self._envelope(held, False, mark[2], chunk)))
-            out.append((q, self._envelope(*mark, chunks[-1])))
-            self.told[q] = mark
+            if items is not None or told != mark:
+                out += [(q, e) for e in self._marked(items, told, mark)]
+                self.told[q] = mark
         if self.orphans:
             self._drop_stale_orphans()
+        return out
+
+    def graph_envelopes(self) -> list[tuple[int, bytes]]:
+        """(graph partition, envelope) pairs: signups and transactions for the graph shard,
+        with this shard's event time (the same protocol as `envelopes`)."""
+        if not self.feeds_graph:
+            return []
+        mark = self._mark()
+        items = self.graph_outbox.pop(GRAPH_PARTITION, None)
+        if items is None and self.graph_told == mark:
+            return []
+        told, self.graph_told = self.graph_told, mark
+        return [(GRAPH_PARTITION, e) for e in self._marked(items, told, mark)]
+
+    def _marked(
+        self,
+        items: list[list[Any]] | None,
+        told: tuple[int, bool, tuple[int, ...]] | None,
+        mark: tuple[int, bool, tuple[int, ...]],
+    ) -> list[bytes]:
+        chunks = _chunks(items or [])
+        # Only the last chunk moves the watermark: the later chunks' items are not sent yet.
+        held = _START if told is None else told[0]
+        out = [self._envelope(held, False, mark[2], chunk) for chunk in chunks[:-1]]
+        out.append(self._envelope(*mark, chunks[-1]))
         return out
 
     def _envelope(
@@ -482,28 +544,26 @@ class UserShard:
 
 
 @dataclass
-class EntityShard:
+class Inbox:
+    """What a stage fed by every user shard shares (entity shards, the graph shard): an
+    aligner over the user partitions, exactly-once intake by item identity, and the input
+    offset. Subclasses are dataclasses whose first fields are `partition` and `n_user`."""
+
     partition: int
     n_user: int
-    entities: EntityStage
-    sweep_every_ms: int
-    aligner: Aligner[int] = field(init=False)
-    next_offset: int = 0
-    #: Per user partition, identities of the items applied and not yet below its floor.
-    applied: dict[int, set[Identity]] = field(default_factory=dict)
-    floors: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    depths: DepthMemo = field(default_factory=DepthMemo)
-    late: int = 0
-    swept: int = 0
-    outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # No lateness: user shards send in order, with explicit watermarks.
-        self.aligner = Aligner(frozenset(range(self.n_user)))
-        self.sweeps = SweepClock(self.sweep_every_ms)
+        self.aligner: Aligner[int] = Aligner(frozenset(range(self.n_user)))
+        self.next_offset = 0
+        #: Per user partition, identities of the items applied and not yet below its floor.
+        self.applied: dict[int, set[Identity]] = {}
+        self.floors: dict[int, tuple[int, ...]] = {}
+        self.late = 0
 
     def offer(self, offset: int, payload: bytes) -> list[Released] | None:
-        """A requests envelope; returns what is released (None: already covered)."""
+        """An envelope from a user shard; returns what is released (None: already
+        covered). Each released item is tagged (user partition, item)."""
         if offset < self.next_offset:
             return None
         self.next_offset = offset + 1
@@ -525,6 +585,30 @@ class EntityShard:
         else:
             released += aligner.advance(p, envelope["wm"])
         return released
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _forget_below(self, p: int, floor: tuple[int, ...]) -> None:
+        if self.floors.get(p) == floor:
+            return
+        self.floors[p] = floor
+        applied = self.applied.get(p)
+        if applied:
+            self.applied[p] = {i for i in applied if i[1] >= floor[i[0]]}
+
+
+@dataclass
+class EntityShard(Inbox):
+    entities: EntityStage
+    sweep_every_ms: int
+    depths: DepthMemo = field(default_factory=DepthMemo)
+    swept: int = 0
+    outbox: dict[int, list[list[Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sweeps = SweepClock(self.sweep_every_ms)
 
     def depth_requests(self, released: list[Released]) -> dict[DepthKey, DepthRequest]:
         """The referral depths `apply` needs for `released` that are not memoised: per
@@ -587,13 +671,50 @@ class EntityShard:
         """(user partition, envelope) pairs: the results to send back."""
         return _drain(self.outbox, {"q": self.partition})
 
-    def snapshot(self) -> bytes:
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def _forget_below(self, p: int, floor: tuple[int, ...]) -> None:
-        if self.floors.get(p) == floor:
-            return
-        self.floors[p] = floor
-        applied = self.applied.get(p)
-        if applied:
-            self.applied[p] = {i for i in applied if i[1] >= floor[i[0]]}
+@dataclass
+class GraphShard(Inbox):
+    """The entity graph and the rings found in it, fed in event-time order by every user
+    shard. Outputs, drained by the driver: ring events, and the ring score of every user
+    and merchant whose strongest ring changed."""
+
+    layer: GraphLayer
+    ring_events: list[RingEvent] = field(default_factory=list)
+    #: ("u" or "m", id) -> its strongest ring now, for those that changed.
+    scores: dict[tuple[str, str], RingScore] = field(default_factory=dict)
+
+    def apply(self, released: list[Released]) -> None:
+        layer = self.layer
+        for item in released:
+            event = item.event
+            self.late += item.late
+            if isinstance(event, Transaction):
+                events = layer.transaction(event)
+            else:
+                assert isinstance(event, Signup)
+                events = layer.signup(event)
+            if events:
+                self._changed(events)
+                self.ring_events += events
+
+    def _changed(self, events: list[RingEvent]) -> None:
+        book = self.layer.book
+        for event in events:
+            for user in event.users:
+                self.scores[("u", user)] = self._score(book.by_user.get(user))
+            if event.kind in MERCHANT_RINGS:
+                for merchant in event.merchants:
+                    self.scores[("m", merchant)] = self._score(book.by_merchant.get(merchant))
+
+    def _score(self, ring_ids: set[str] | None) -> RingScore:
+        if not ring_ids:
+            return None
+        rings = self.layer.book.rings
+        best = min(ring_ids, key=lambda r: (-rings[r].score, r))
+        return rings[best].score, rings[best].kind, best
+
+    def take(self) -> tuple[list[RingEvent], dict[tuple[str, str], RingScore]]:
+        """The ring events and score changes since the last call."""
+        out = self.ring_events, self.scores
+        self.ring_events, self.scores = [], {}
+        return out

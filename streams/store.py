@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis as syncredis
 import redis.asyncio as aioredis
 
+from graph.layer import RingScore
 from rebate_guard.settings import Settings
 
 RECENT_KEEP = 100
+#: A user ("u", id) or a merchant ("m", id), as ring scores are keyed.
+RingKey = tuple[str, str]
 
 _PUT_DECISIONS = """
 local ttl = tonumber(ARGV[1])
@@ -60,6 +63,8 @@ class Keys:
         self.prefix = f"{app_id}:"
         self.stats = f"{self.prefix}stats"
         self.recent = f"{self.prefix}recent"
+        #: Hash: ring id -> its latest event (JSON), for the rings that stand.
+        self.rings = f"{self.prefix}rings"
 
     def decision(self, tx_id: str) -> str:
         return f"{self.prefix}decision:{tx_id}"
@@ -72,6 +77,10 @@ class Keys:
 
     def referral(self, user_id: str) -> str:
         return f"{self.prefix}referral:{user_id}"
+
+    def ring_score(self, key: tuple[str, str]) -> str:
+        """A user's ("u", id) or merchant's ("m", id) strongest ring."""
+        return f"{self.prefix}ring:{key[0]}:{key[1]}"
 
 
 class DecisionStore(Protocol):
@@ -98,6 +107,21 @@ class DecisionStore(Protocol):
 
     async def get_referrals(self, user_ids: Sequence[str]) -> dict[str, tuple[str, int]]:
         """The tree entries (referrer, signup ts) of those users that have one."""
+        ...
+
+    async def put_rings(
+        self, rings: Sequence[tuple[str, bytes | None]], scores: Mapping[RingKey, RingScore]
+    ) -> None:
+        """Publish the graph's state: each (ring id, latest event JSON, or None once the
+        ring is retired), and each user's or merchant's strongest ring (None: none)."""
+        ...
+
+    async def get_ring_scores(self, keys: Sequence[RingKey]) -> dict[RingKey, RingScore]:
+        """The strongest ring of each of those users and merchants that is in one."""
+        ...
+
+    async def rings(self) -> list[dict[str, Any]]:
+        """The latest event of every ring that stands."""
         ...
 
 
@@ -140,6 +164,34 @@ class RedisDecisionStore:
                 ts, _, referrer = _bytes(value).decode().partition(":")
                 out[user] = (referrer, int(ts))
         return out
+
+    async def put_rings(
+        self, rings: Sequence[tuple[str, bytes | None]], scores: Mapping[RingKey, RingScore]
+    ) -> None:
+        if not rings and not scores:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            for ring_id, event in rings:
+                if event is None:
+                    pipe.hdel(self.keys.rings, ring_id)
+                else:
+                    pipe.hset(self.keys.rings, ring_id, event)
+            for key, score in scores.items():
+                if score is None:
+                    pipe.delete(self.keys.ring_score(key))
+                else:
+                    pipe.set(self.keys.ring_score(key), json.dumps(score))
+            await pipe.execute()
+
+    async def get_ring_scores(self, keys: Sequence[RingKey]) -> dict[RingKey, RingScore]:
+        if not keys:
+            return {}
+        values = await self.client.mget([self.keys.ring_score(k) for k in keys])
+        return {k: _ring_score(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def rings(self) -> list[dict[str, Any]]:
+        raw = await self.client.hvals(self.keys.rings)
+        return [json.loads(v) for v in raw]
 
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
         if not tx_ids:
@@ -195,6 +247,11 @@ class RedisDecisionStore:
         return {"counters": counters, "recent": [json.loads(r) for r in recent]}
 
 
+def _ring_score(value: bytes | str) -> RingScore:
+    score, kind, ring_id = json.loads(value)
+    return float(score), str(kind), str(ring_id)
+
+
 def save_checkpoint_sync(redis_url: str, app_id: str, name: str, blob: bytes) -> None:
     """`RedisDecisionStore.save_checkpoint` with a blocking client of its own: for a forked
     checkpoint writer, which must not touch the parent's event loop or connections."""
@@ -245,6 +302,28 @@ class MemoryDecisionStore:
     dead: set[tuple[str, int, int]] = field(default_factory=set)
     checkpoints: dict[str, bytes] = field(default_factory=dict)
     referrals: dict[str, tuple[str, int]] = field(default_factory=dict)
+    ring_events: dict[str, bytes] = field(default_factory=dict)
+    ring_scores: dict[RingKey, RingScore] = field(default_factory=dict)
+
+    async def put_rings(
+        self, rings: Sequence[tuple[str, bytes | None]], scores: Mapping[RingKey, RingScore]
+    ) -> None:
+        for ring_id, event in rings:
+            if event is None:
+                self.ring_events.pop(ring_id, None)
+            else:
+                self.ring_events[ring_id] = event
+        for key, score in scores.items():
+            if score is None:
+                self.ring_scores.pop(key, None)
+            else:
+                self.ring_scores[key] = score
+
+    async def get_ring_scores(self, keys: Sequence[RingKey]) -> dict[RingKey, RingScore]:
+        return {k: self.ring_scores[k] for k in keys if k in self.ring_scores}
+
+    async def rings(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in self.ring_events.values()]
 
     async def put_referrals(self, writes: Sequence[tuple[str, str, int]]) -> None:
         for user, referrer, ts in writes:

@@ -1,4 +1,5 @@
-"""The worker's web server: a live status page, JSON stats and decisions by tx_id."""
+"""The worker's web server: a live status page, JSON stats, flagged rings and decisions
+by tx_id."""
 
 from __future__ import annotations
 
@@ -29,7 +30,27 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             stats["worker"] = dataclasses.asdict(runtime.processor.counters)
             stats["event_time"] = runtime.processor.event_time()
             stats["models"] = runtime.processor.models()
+            stats["graph"] = runtime.processor.graph_state()
             return self.json(stats)
+
+    @app.page("/api/rings")
+    class Rings(View):
+        """The rings that stand (from Redis: whichever worker owns the graph), newest
+        first; `?kind=` filters by kind, `?limit=` caps the list (default 100)."""
+
+        async def get(self, request: Request) -> Response:
+            kind = request.query.get("kind")
+            try:
+                limit = int(request.query.get("limit", "100"))
+                if limit < 1:
+                    raise ValueError
+            except ValueError:
+                return self.json({"error": "limit must be a positive integer"}, status=400)
+            rings = await runtime.store.rings()
+            if kind:
+                rings = [r for r in rings if r["kind"] == kind]
+            rings.sort(key=lambda r: (-r["ts"], r["ring_id"]))
+            return self.json({"count": len(rings), "rings": rings[:limit]})
 
     @app.page("/decisions/{tx_id}")
     class DecisionByTx(View):

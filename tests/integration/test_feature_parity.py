@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from features.engine import FEATURE_NAMES
+from graph.layer import GraphLayer
 from rebate_guard.producer import produce_world
 from rebate_guard.replay import EventFiles, compute_features
 from rebate_guard.scoring import Scorer
@@ -59,10 +60,12 @@ def _replay_features(world: World, tmp_path: Path) -> dict[str, dict[str, Any]]:
     return {row.pop("tx_id"): row for row in frame.to_dicts()}
 
 
-def _replay_examples(tmp_path: Path) -> int:
-    """How many labelled examples one process learns from the world `_replay_features` wrote."""
+def _replay_reference(tmp_path: Path) -> tuple[int, list[dict[str, Any]]]:
+    """What one process makes of the world `_replay_features` wrote: how many labelled
+    examples it learns, and the ring events it announces (no end-of-input scan: a live
+    stream has no end), as published JSON."""
     world = tmp_path / "world"
-    scorer = Scorer()
+    scorer = Scorer(graph=GraphLayer())
     for event in EventFiles(
         world / "transactions.parquet",
         world / "signups.parquet",
@@ -72,7 +75,31 @@ def _replay_examples(tmp_path: Path) -> int:
         scorer.apply(event, decided_at=0)
     learned = scorer.decider.model.classifier.n_learned
     assert learned > 0
-    return int(learned)
+    assert scorer.ring_events, "the world should hold rings"
+    return int(learned), [json.loads(e.dumps()) for e in scorer.ring_events]
+
+
+def _assert_rings_as_replay(settings: Settings, want: list[dict[str, Any]]) -> None:
+    """The rings topic holds replay's ring events (each at least once: a graph shard
+    restored from its checkpoint announces what came after it again), and Redis holds
+    each standing ring's latest version."""
+    got: dict[tuple[str, int], dict[str, Any]] = {}
+    for _, value in read_topic(settings, settings.topic("rings"), expect=len(want)):
+        event = json.loads(value)
+        got[(event["ring_id"], event["version"])] = event
+    assert sorted(got.values(), key=_ring_order) == sorted(want, key=_ring_order)
+    latest = {e["ring_id"]: e for e in sorted(want, key=_ring_order)}
+    standing = {i: e for i, e in latest.items() if e["status"] == "active"}
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        stored = client.hgetall(f"{settings.app_id}:rings")
+    finally:
+        client.close()
+    assert {k.decode(): json.loads(v) for k, v in stored.items()} == standing
+
+
+def _ring_order(event: dict[str, Any]) -> tuple[str, int]:
+    return event["ring_id"], event["version"]
 
 
 def _model_counts(worker: WorkerProcess) -> dict[str, tuple[int, int]]:
@@ -175,6 +202,7 @@ def test_the_worker_computes_exactly_the_features_of_replay(
     settings = stack_settings.replace(partitions=partitions, log_features=True)
     world = _world(seed=21, transactions=10_000)
     replayed = _replay_features(world, tmp_path)
+    _, rings = _replay_reference(tmp_path)
     asyncio.run(ensure_topics(settings))
     asyncio.run(produce_world(settings, world))
     n = world.transactions.height
@@ -184,6 +212,7 @@ def test_the_worker_computes_exactly_the_features_of_replay(
         assert worker.stop() == 0, worker.log()
     assert all(len(copies) == 1 for copies in live.values())
     _assert_same(replayed, live, settings, world)
+    _assert_rings_as_replay(settings, rings)
 
 
 def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
@@ -192,6 +221,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=4.0, log_features=True)
     world = _world(seed=22, transactions=20_000)
     replayed = _replay_features(world, tmp_path)
+    examples, rings = _replay_reference(tmp_path)
     asyncio.run(ensure_topics(settings))
     asyncio.run(produce_world(settings, world))
     n = world.transactions.height
@@ -207,9 +237,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
         live = _worker_features(settings, expect=n)
         # The model came back from the checkpoint: what it learned before the kill is not
         # lost, and what it learned after is not learned twice.
-        _assert_models_learned_everything(
-            second, settings.partitions, _replay_examples(tmp_path), n
-        )
+        _assert_models_learned_everything(second, settings.partitions, examples, n)
         assert second.stop() == 0, second.log()
     assert "from its checkpoint" in log.read_text()
     # Work after the last checkpoint was redone: those transactions were published twice,
@@ -219,6 +247,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     assert any(len(copies) > 1 for copies in live.values()), (at_kill, published, restores)
     _assert_same(replayed, live, settings, world)
     assert redis_counters(settings)["decisions"] == n
+    _assert_rings_as_replay(settings, rings)
 
 
 def _events_seen(worker: WorkerProcess) -> int:
@@ -238,6 +267,7 @@ def test_two_workers_split_the_partitions_and_survive_losing_one(
     )
     world = _world(seed=23, transactions=20_000)
     replayed = _replay_features(world, tmp_path)
+    examples, rings = _replay_reference(tmp_path)
     asyncio.run(ensure_topics(settings))
     n = world.transactions.height
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
@@ -252,8 +282,9 @@ def test_two_workers_split_the_partitions_and_survive_losing_one(
         # b takes over a's shards from their checkpoints and finishes the world.
         wait_for_decisions(settings, n, b)
         live = _worker_features(settings, expect=n)
-        _assert_models_learned_everything(b, 4, _replay_examples(tmp_path), n)
+        _assert_models_learned_everything(b, 4, examples, n)
         assert b.stop() == 0, b.log()
     assert "from its checkpoint" in log_b.read_text()
     _assert_same(replayed, live, settings, world)
     assert redis_counters(settings)["decisions"] == n
+    _assert_rings_as_replay(settings, rings)

@@ -107,3 +107,59 @@ def test_internal_agents_carry_envelopes_between_the_feature_stages() -> None:
         assert decision.tx_id == "t1" and decision.user_id == "u1"
 
     asyncio.run(run())
+
+
+def test_graph_agent_publishes_rings_that_later_decisions_name() -> None:
+    """The graph-events agent takes what the user stage sends it, publishes the referral
+    farm it finds (rings topic, ring scores in the store), and a member's next payment is
+    decided with the ring's reason code."""
+    from streams.records import Signup, Transaction
+    from tests.unit.test_graph import World, referral_farm
+
+    world = World()
+    members = referral_farm(world)
+    events = sorted(world.events, key=lambda e: e.ts)
+    last = events[-1].ts
+
+    async def run() -> None:
+        worker, store, sink = _worker()
+        worker.runtime.processor.loopback = False  # envelopes go to the sink, as to Kafka
+        kinds = ("entity-requests", "entity-results", "graph-events")
+        moved = dict.fromkeys(kinds, 0)
+
+        async def forward(agents) -> None:
+            for kind, agent in zip(kinds, agents, strict=True):
+                for partition, value in sink.to_partitions[kind][moved[kind] :]:
+                    await agent.put(value, partition=partition)
+                    moved[kind] += 1
+
+        async with (
+            worker.agents["transactions"].test_context() as transactions,
+            worker.agents["signups"].test_context() as signups,
+            worker.agents["entity-requests"].test_context() as requests,
+            worker.agents["entity-results"].test_context() as results,
+            worker.agents["graph-events"].test_context() as graph,
+        ):
+            for event in events:
+                agent = transactions if isinstance(event, Transaction) else signups
+                assert isinstance(event, Transaction | Signup)
+                await agent.put(event.dumps())
+            # A member pays again after the next scan is due (10 minutes of event time).
+            again = tx("again", last + 11 * 60_000, user_id="farm3", merchant_id="grocer")
+            await transactions.put(json.dumps(again).encode())
+            for _ in range(300):
+                if "again" in store.decisions:
+                    break
+                await worker.runtime.tick()
+                await forward((requests, results, graph))
+                await asyncio.sleep(0.01)
+        rings = [json.loads(v) for _, v in sink.sent["rings"]]
+        assert rings and rings[0]["kind"] == "referral_farm"
+        assert set(rings[0]["users"]) <= members
+        assert store.ring_scores[("u", "farm3")][1] == "referral_farm"
+        assert [r["ring_id"] for r in await store.rings()] == [rings[-1]["ring_id"]]
+        decision = Decision.loads(store.decisions["again"])
+        assert "ring:referral_farm" in decision.reasons
+        assert moved["graph-events"] >= 1
+
+    asyncio.run(run())

@@ -24,6 +24,7 @@ import pytest
 from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
 from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
+from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
 from rebate_guard.replay import EventFiles
 from rebate_guard.scoring import Decider, Event, Example, Features, Scorer
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
@@ -36,7 +37,7 @@ from streams.records import (
     Signup,
     Transaction,
 )
-from streams.shards import TOPIC_CODES, EntityShard, UserShard
+from streams.shards import GRAPH_PARTITION, TOPIC_CODES, EntityShard, GraphShard, UserShard
 from streams.validation import parse_transaction
 from tests import factories
 
@@ -61,10 +62,11 @@ class RecordingDecider(Decider):
         vector: list[float | None],
         decided_at: int,
         standing_grant: bool | None = None,
+        ring: tuple[float, list[str]] | None = None,
     ) -> tuple[Decision, Features]:
         newest = max((ts for _, ts, _ in self.learned), default=None)
         assert newest is None or newest <= tx.ts, f"{tx.tx_id} scored after a later label"
-        return super().decide(tx, vector, decided_at, standing_grant)
+        return super().decide(tx, vector, decided_at, standing_grant, ring)
 
 
 def _partition(key: str, n: int) -> int:
@@ -85,10 +87,17 @@ class Cluster:
     checkpoints: dict[str, bytes] = field(default_factory=dict)
     crashes: int = 0
     duplicates: int = 0
+    #: With a graph shard: what it is sent, what it published, and the ring reasons given.
+    with_graph: bool = False
+    graph_events: list[bytes] = field(default_factory=list)
+    ring_events: list[RingEvent] = field(default_factory=list)
+    ring_scores: dict[tuple[str, str], RingScore] = field(default_factory=dict)
+    ring_reasons: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.users = {p: self._new_user(p) for p in range(self.n_user)}
         self.entities = {q: self._new_entity(q) for q in range(self.n_entity)}
+        self.graph = self._new_graph()
 
     def _new_user(self, p: int) -> UserShard:
         stage = UserStage(CONFIG.utc_offset_minutes, CONFIG.user_ttl_ms)
@@ -101,7 +110,11 @@ class Cluster:
             CONFIG.sweep_every_ms,
             LATENESS_MS,
             n_user=self.n_user,
+            feeds_graph=self.with_graph,
         )
+
+    def _new_graph(self) -> GraphShard:
+        return GraphShard(GRAPH_PARTITION, self.n_user, GraphLayer())
 
     def _new_entity(self, q: int) -> EntityShard:
         return EntityShard(q, self.n_user, EntityStage(CONFIG.user_ttl_ms), CONFIG.sweep_every_ms)
@@ -115,13 +128,25 @@ class Cluster:
             if self.rng.random() < 0.02:
                 self.requests[q].append(payload)  # a producer retry
                 self.duplicates += 1
+        for g, payload in shard.graph_envelopes():
+            assert g == GRAPH_PARTITION
+            self.graph_events.append(payload)
+            if self.rng.random() < 0.02:
+                self.graph_events.append(payload)  # a producer retry
+                self.duplicates += 1
         standing = None
+        ready = shard.ready()
         if shard.redo:  # as the worker does: look up which are decided already
-            standing = {t: self.granted[t] for t in shard.ready() if t in self.granted}
-        for decision, x in shard.complete(0, standing).decisions:
+            standing = {t.tx_id: self.granted[t.tx_id] for t in ready if t.tx_id in self.granted}
+        keys = {("u", t.user_id) for t in ready} | {("m", t.merchant_id) for t in ready}
+        rings = {k: self.ring_scores[k] for k in keys if k in self.ring_scores}
+        for decision, x in shard.complete(0, standing, rings).decisions:
             if decision.tx_id not in self.decided:  # first write wins, as in Redis
                 self.decided[decision.tx_id] = x
                 self.granted[decision.tx_id] = decision.rebate_granted_cents > 0
+                self.ring_reasons[decision.tx_id] = [
+                    r for r in decision.reasons if r.startswith("ring:")
+                ]
         for peer, payload in shard.peer_envelopes():
             self.results[peer].append(payload)
             if self.rng.random() < 0.02:
@@ -155,6 +180,24 @@ class Cluster:
             self.results[p].append(payload)
         return True
 
+    def deliver_graph(self, n: int) -> bool:
+        shard = self.graph
+        start = shard.next_offset
+        if start >= len(self.graph_events):
+            return False
+        for offset in range(start, min(start + n, len(self.graph_events))):
+            released = shard.offer(offset, self.graph_events[offset])
+            assert released is not None
+            shard.apply(released)
+        events, scores = shard.take()
+        self.ring_events += events
+        for key, score in scores.items():  # as `put_rings` does in Redis
+            if score is None:
+                self.ring_scores.pop(key, None)
+            else:
+                self.ring_scores[key] = score
+        return True
+
     def deliver_results(self, p: int, n: int) -> bool:
         shard = self.users[p]
         queue = self.results[p]
@@ -182,6 +225,8 @@ class Cluster:
             floor = shard.floor()
             self.checkpoints[name] = shard.snapshot(floor)
             shard.durable_floor = floor  # the write succeeded
+        elif kind == "graph":
+            self.checkpoints[name] = self.graph.snapshot()
         else:
             self.checkpoints[name] = self.entities[int(number)].snapshot()
 
@@ -195,12 +240,16 @@ class Cluster:
             p = int(number)
             self.users[p] = pickle.loads(blob) if blob else self._new_user(p)
             self.users[p].redo = True
+        elif kind == "graph":
+            self.graph = pickle.loads(blob) if blob else self._new_graph()
         else:
             q = int(number)
             self.entities[q] = pickle.loads(blob) if blob else self._new_entity(q)
 
     def run(self, crash_rate: float) -> None:
         names = [f"user-{p}" for p in self.users] + [f"entity-{q}" for q in self.entities]
+        if self.with_graph:
+            names.append(f"graph-{GRAPH_PARTITION}")
         idle_steps = 0
         while idle_steps < 50:
             roll = self.rng.random()
@@ -211,8 +260,10 @@ class Cluster:
                 self.checkpoint(self.rng.choice(names))
                 continue
             n = self.rng.choice((1, 3, 20, 200))
-            action = self.rng.randrange(3)
-            if action == 0:
+            action = self.rng.randrange(4 if self.with_graph else 3)
+            if action == 3:
+                moved = self.deliver_graph(n)
+            elif action == 0:
                 code = self.rng.choice(list(TOPIC_CODES.values()))
                 moved = self.deliver_input(self.rng.randrange(self.n_user), code, n)
             elif action == 1:
@@ -237,6 +288,7 @@ class Cluster:
                 moved |= self.deliver_requests(q, 10**6)
             for p in self.users:
                 moved |= self.deliver_results(p, 10**6)
+            moved |= self.with_graph and self.deliver_graph(10**6)
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +318,10 @@ def expected(
     return replayed[0]
 
 
-def _cluster(world: list[Event], n_user: int, n_entity: int, seed: int) -> Cluster:
-    cluster = Cluster(n_user, n_entity, random.Random(seed))
+def _cluster(
+    world: list[Event], n_user: int, n_entity: int, seed: int, with_graph: bool = False
+) -> Cluster:
+    cluster = Cluster(n_user, n_entity, random.Random(seed), with_graph=with_graph)
     for event in world:  # keyed as the contract says; each partition in ts order
         if isinstance(event, Transaction):
             key, topic = event.user_id, TRANSACTIONS
@@ -369,3 +423,50 @@ def test_a_re_decided_payment_keeps_its_standing_grant_for_later_refunds(
     expected = 1.0 if decided_before is None else float(decided_before)
     assert cluster.decided["r1"]["refund_of_granted_rebate"] == expected
     assert not cluster.users[0].redo  # the refund was new: re-deciding is over
+
+
+@pytest.fixture(scope="module")
+def ring_world(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
+    """A small world with many abuse groups (so with rings to find)."""
+    config = WorldConfig(
+        seed=11, n_users=400, n_merchants=30, days=20, target_transactions=4_000, fraud_scale=25
+    )
+    paths = write_world(simulate_world(config), tmp_path_factory.mktemp("ring_world"))
+    return list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
+
+
+@pytest.mark.parametrize(
+    ("n_user", "seed", "crash_rate"), [(1, 9, 0.0), (3, 10, 0.0), (4, 12, 0.006)]
+)
+def test_the_graph_shard_finds_exactly_the_rings_of_replay(
+    ring_world: list[Event], n_user: int, seed: int, crash_rate: float
+) -> None:
+    """Fed by every user shard in event-time order, the graph shard announces the same
+    ring events as replay's one process (repeats after a restore aside: at-least-once),
+    and decisions made after a ring was published carry its reason code."""
+    scorer = Scorer(graph=GraphLayer())
+    for event in ring_world:
+        scorer.apply(event, decided_at=0)
+    want = scorer.ring_events
+    assert len({e.ring_id for e in want}) >= 3, "the world should hold rings"
+    cluster = _cluster(ring_world, n_user, 2, seed, with_graph=True)
+    cluster.run(crash_rate)
+    got = list({(e.ring_id, e.version): e for e in cluster.ring_events}.values())
+    assert got == want
+    assert cluster.graph.late == 0
+    if crash_rate:
+        assert cluster.crashes >= 3
+    # Ring scores reached the decisions: members' later transactions name the ring.
+    flagged = {u for e in want if e.status == "active" for u in e.users}
+    named = {
+        tx.user_id
+        for tx in ring_world
+        if isinstance(tx, Transaction) and cluster.ring_reasons.get(tx.tx_id)
+    }
+    assert named and named <= flagged | _merchant_ring_customers(ring_world, want)
+
+
+def _merchant_ring_customers(world: list[Event], rings: list[RingEvent]) -> set[str]:
+    """Users who paid a merchant flagged as a member of a ring (they get its score)."""
+    merchants = {m for e in rings if e.kind in MERCHANT_RINGS for m in e.merchants}
+    return {t.user_id for t in world if isinstance(t, Transaction) and t.merchant_id in merchants}
