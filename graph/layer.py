@@ -19,6 +19,8 @@ from graph.entity_graph import DAY_MS, MERCHANT, USER, EntityGraph
 from graph.rings import (
     BRUSHING,
     COLLUSION,
+    NEW_ACCOUNT_MS,
+    SIGNUP_BATCH,
     Finding,
     analyse_identity_group,
     analyse_merchant_group,
@@ -169,6 +171,21 @@ class RingBook:
         self._index(ring)
         return RingEvent.of(ring)
 
+    def retire_stale_batches(self, now: int) -> list[RingEvent]:
+        """Signup batches whose accounts are no longer new: had they abused, a specific
+        kind would have taken them over by now; what is left is a group that signed up
+        together and behaved (a family joining on one phone), no longer held back."""
+        out = []
+        for ring_id in sorted(self.rings):
+            ring = self.rings[ring_id]
+            if ring.kind == SIGNUP_BATCH and now - ring.detected_at > NEW_ACCOUNT_MS:
+                self._unindex(ring)
+                del self.rings[ring_id]
+                ring.updated_at, ring.version = now, ring.version + 1
+                ring.evidence = {**ring.evidence, "expired": True}
+                out.append(RingEvent.of(ring, status=RETIRED))
+        return out
+
     def _match(self, finding: Finding) -> Ring | None:
         """The ring of the same kind this finding is a new view of: the one sharing most
         of its users (at least half of either side)."""
@@ -264,8 +281,11 @@ class GraphLayer:
                 self.analysed_as.clear()
                 self.expired_links = 0
             self.next_rebuild = now + config.rebuild_every_ms
+            retired = self.book.retire_stale_batches(now)
+        else:
+            retired = []
         self.next_scan = now + config.scan_every_ms
-        return self.scan(now)
+        return retired + self.scan(now)
 
     def scan(self, now: int) -> list[RingEvent]:
         """Analyse every group that changed since the last scan."""

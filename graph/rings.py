@@ -14,7 +14,12 @@ every trait and the evidence says which one was weakest. The traits, per kind:
   rebate rates;
 - brushing: a merchant paid almost only by accounts that share devices, each buying often;
 - cash-out cluster: accounts linked by a card or device, most payments refunded within a
-  day, large amounts.
+  day, large amounts;
+- signup batch: five or more accounts registered within a day or two on a few devices or
+  phones, before they do anything: how farms, brushing crews and cash-out teams start. It is
+  the earliest warning and the weakest (its score is capped at `SIGNUP_BATCH_MAX`, so the
+  trust weight reduces rather than blocks); a specific kind found later on the same
+  accounts, scoring at least as high, retires it.
 
 Look-alikes stay below the thresholds by construction: a family on one device has no
 referrals and its own merchants (no farm, no brushing); an office IP links nobody (too
@@ -48,7 +53,9 @@ PYRAMID = "pyramid"
 COLLUSION = "collusion"
 BRUSHING = "brushing"
 CASH_OUT = "cash_out"
-KINDS = (REFERRAL_FARM, PYRAMID, COLLUSION, BRUSHING, CASH_OUT)
+SIGNUP_BATCH = "signup_batch"
+#: In order of precedence at equal scores: the specific kinds first.
+KINDS = (REFERRAL_FARM, PYRAMID, COLLUSION, BRUSHING, CASH_OUT, SIGNUP_BATCH)
 
 #: Referral tiers a legitimate programme pays; deeper is the pyramid's shape.
 MAX_LEGIT_TIERS = 3
@@ -131,7 +138,7 @@ class Group:
 
 def analyse_identity_group(graph: EntityGraph, nodes: list[str], now: int) -> list[Finding]:
     """The rings an identity group (users linked by referrals and identifiers) may be."""
-    return _analyse(graph, nodes, now, (referral_farm, pyramid, cash_out))
+    return _analyse(graph, nodes, now, (referral_farm, pyramid, cash_out, signup_batch))
 
 
 def analyse_merchant_group(graph: EntityGraph, nodes: list[str], now: int) -> list[Finding]:
@@ -413,3 +420,50 @@ def cash_out(group: Group, min_accounts: int = 2) -> list[Finding]:
     }
     found = group.finding(CASH_OUT, accounts, merchants, traits, evidence)
     return [found] if found else []
+
+
+#: A signup batch is evidence of intent, not of abuse yet: its score stays below this.
+SIGNUP_BATCH_MAX = 0.7
+#: Accounts younger than this count as new.
+NEW_ACCOUNT_MS = 7 * DAY_MS
+
+
+def signup_batch(group: Group, min_accounts: int = 5) -> list[Finding]:
+    """New accounts of the group, when `min_accounts` of them were registered close together
+    on shared devices or phones. A family shares a device too, but its members did not all
+    sign up within days of each other; an office IP links nobody (`Limits`)."""
+    info, now = group.graph.users, group.now
+    young: list[tuple[int, str]] = []
+    for user in group.users:
+        record = info.get(user[2:])
+        signup = None if record is None else record.signup_ts
+        if signup is not None and now - signup <= NEW_ACCOUNT_MS:
+            young.append((signup, user))
+    if len(young) < min_accounts:
+        return []
+    young.sort()
+    times = [ts for ts, _ in young]
+    # The tightest run of `min_accounts` consecutive signups.
+    spread = min(
+        times[i + min_accounts - 1] - times[i] for i in range(len(times) - min_accounts + 1)
+    )
+    accounts = [user for _, user in young]
+    concentration = max(
+        group.per_identifier(accounts, DEVICE), group.per_identifier(accounts, PHONE)
+    )
+    traits = {
+        "accounts_per_device_or_phone": ramp(concentration, 1.2, 2.0),
+        "registered_together": ramp(spread, 3 * DAY_MS, DAY_MS),
+    }
+    evidence = {
+        "new_accounts": len(accounts),
+        "accounts_per_device_or_phone": round(concentration, 2),
+        f"hours_for_{min_accounts}_signups": round(spread / 3_600_000, 1),
+    }
+    merchants = {m for user in accounts for m, e in group.paid(user) if e.payments}
+    found = group.finding(SIGNUP_BATCH, accounts, merchants, traits, evidence)
+    if found is None:
+        return []
+    found.score *= SIGNUP_BATCH_MAX
+    found.evidence["score_cap"] = SIGNUP_BATCH_MAX
+    return [found]

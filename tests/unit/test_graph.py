@@ -14,7 +14,7 @@ import pytest
 from graph.candidates import Candidates
 from graph.entity_graph import DAY_MS, EntityGraph
 from graph.layer import GraphConfig, GraphLayer, RingEvent
-from graph.rings import densest_block
+from graph.rings import NEW_ACCOUNT_MS, SIGNUP_BATCH, SIGNUP_BATCH_MAX, densest_block
 from rebate_guard.replay import replay
 from rebate_guard.ring_quality import ring_quality
 from rebate_guard.scoring import Event, Scorer, order_key
@@ -189,14 +189,32 @@ def ordinary_refund(w: World, start: int = T0) -> None:
     w.busy_merchant("electronics2", start - DAY_MS)
 
 
+def signup_batch(w: World, start: int = T0) -> set[str]:
+    """Six accounts registered within hours on two phones, one phone number: nothing
+    bought yet."""
+    accounts = {f"sb{i}" for i in range(6)}
+    for i in range(6):
+        w.user(f"sb{i}", start + i * 40 * MINUTE, device_id=f"sbdev{i % 2}", phone_hash="sbph")
+    w.busy_merchant("corner", start)  # the clock moves on
+    return accounts
+
+
+def family_joins_over_months(w: World, start: int = T0) -> None:
+    """A family of five registering on one phone, months apart: not a batch."""
+    for i in range(5):
+        w.user(f"fj{i}", start - (200 - 30 * i) * DAY_MS, device_id="fjdev")
+    w.busy_merchant("kiosk", start)
+
+
 RINGS = {
     "referral_farm": referral_farm,
     "pyramid": pyramid,
     "collusion": collusion,
     "brushing": brushing,
     "cash_out": cash_out,
+    "signup_batch": signup_batch,
 }
-LOOKALIKES = [viral_referrer, loyal_daily, family_device, ordinary_refund]
+LOOKALIKES = [viral_referrer, loyal_daily, family_device, ordinary_refund, family_joins_over_months]
 
 
 @pytest.mark.parametrize("kind", sorted(RINGS))
@@ -210,7 +228,10 @@ def test_each_detector_finds_its_ring_and_names_it(kind: str) -> None:
     assert set(ring.users) == members
     assert 0.5 <= ring.score <= 1.0
     assert ring.evidence["traits"]  # which traits, and how strongly
-    assert ring.rebate_at_risk_cents > 0
+    if kind == SIGNUP_BATCH:  # nothing bought yet: a warning, never a block
+        assert ring.score <= SIGNUP_BATCH_MAX and ring.rebate_at_risk_cents == 0
+    else:
+        assert ring.rebate_at_risk_cents > 0
 
 
 @pytest.mark.parametrize("lookalike", LOOKALIKES, ids=lambda f: f.__name__)
@@ -420,3 +441,39 @@ def test_ring_quality_by_hand(tmp_path: Path) -> None:
     # membership (twelve) only at T0 + 13 h, nine hours after the fifth joined.
     assert q.median_delay_min == 30.0
     assert q.median_delay_final_min == 9 * 60.0
+
+
+def test_a_farm_is_first_a_signup_batch_then_a_farm_that_retires_it() -> None:
+    """The farm's accounts are flagged as a batch at signup, before any purchase; once
+    the farm shows (its accounts buy the next day), the farm ring takes them over."""
+    world = World()
+    members = {f"farm{i}" for i in range(8)}
+    for i in range(8):
+        ts = T0 + i * 10 * MINUTE
+        referrer = f"farm{i - 1}" if i else None
+        device = f"farmdev{i % 2}"
+        world.user(f"farm{i}", ts, referrer_id=referrer, device_id=device, phone_hash="fp")
+        world.pay(f"farm{i}", "grocer", ts + 20 * HOUR, amount_cents=1_000, device_id=device)
+    world.busy_merchant("grocer", T0 - DAY_MS)
+    _, events = world.run()
+    first = events[0]
+    assert first.kind == SIGNUP_BATCH and set(first.users) <= members
+    farm = next(e for e in events if e.kind == "referral_farm")
+    assert first.ts < farm.ts
+    final = _rings(events)
+    assert final[first.ring_id].status == "retired"
+    assert final[first.ring_id].evidence["superseded_by"] == farm.ring_id
+
+
+def test_a_batch_that_never_abuses_is_retired_once_its_accounts_are_not_new() -> None:
+    world = World()
+    members = signup_batch(world)
+    for day in range(1, 10):  # a quiet week and more: ordinary shopping elsewhere
+        world.busy_merchant(f"shop{day}", T0 + day * DAY_MS, customers=3)
+    layer, events = world.run()
+    batch = [e for e in events if e.kind == SIGNUP_BATCH]
+    assert batch[0].status == "active" and set(batch[0].users) <= members
+    assert set(batch[-1].users) == members  # grown to the sixth account
+    assert batch[-1].status == "retired" and batch[-1].evidence["expired"]
+    assert batch[-1].ts - batch[0].detected_at > NEW_ACCOUNT_MS
+    assert layer.ring_score("sb0", "any") == (0.0, [])
