@@ -91,6 +91,7 @@ class Group:
     merchants: list[str]  # merchant nodes in the group (small merchants)
     now: int
     _paid: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    _members: set[str] | None = None
 
     def paid(self, user: str) -> list[tuple[str, Any]]:
         """(merchant node, edge) for each merchant `user` has paid or refunded, any size."""
@@ -104,6 +105,12 @@ class Group:
                     if edge is not None:
                         out.append((other, edge))
         return out
+
+    def members(self) -> set[str]:
+        """The group's user nodes, as a set (cached)."""
+        if self._members is None:
+            self._members = set(self.users)
+        return self._members
 
     def identifiers(self, user: str, prefix: str) -> list[str]:
         return [n for n in self.graph.adjacent.get(user, ()) if n.startswith(prefix)]
@@ -300,12 +307,16 @@ def collusion(group: Group) -> list[Finding]:
     small = {m for m in group.merchants if rates.get(m[2:], 0.0) >= COLLUSION_MIN_RATE}
     if len(small) < 2 or len(group.users) < 3:
         return []
-    edges = [
-        (user, merchant, edge.payments)
-        for user in group.users
-        for merchant, edge in group.paid(user)
-        if merchant in small and edge.payments
-    ]
+    # From the merchants' side: each has at most `Limits.merchant` payers, while a payer
+    # may have paid hundreds of merchants.
+    graph = group.graph
+    members = group.members()
+    edges = []
+    for merchant in sorted(small):
+        for payer in graph.adjacent.get(merchant, ()):
+            edge = graph.edges.get((payer, merchant))
+            if edge is not None and edge.payments and payer in members:
+                edges.append((payer, merchant, edge.payments))
     # A block needs 3+ users, and with at most one of them paying at two of its merchants
     # the cross-paying trait stays below 1/3 -> 0.44, under the flag: skip the peeling.
     spread: dict[str, int] = {}
@@ -320,7 +331,6 @@ def collusion(group: Group) -> list[Finding]:
     merchants = sorted(n for n in dense if n.startswith(MERCHANT))
     if len(users) < 2 or len(merchants) < 2:
         return []
-    graph = group.graph
     inside = set(users)
     from_block = everyone = 0
     for merchant in merchants:
@@ -355,7 +365,7 @@ def brushing(group: Group, min_accounts: int = 5, repeat: int = 3) -> list[Findi
     """Per merchant of the group: its *repeat* payers (at least `repeat` payments there; the
     occasional real customer of a brushed shop is not one of the accounts)."""
     graph = group.graph
-    members = set(group.users)
+    members = group.members()
     out = []
     for merchant in group.merchants:
         payers, payments, everyone = [], 0, 0
