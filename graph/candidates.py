@@ -16,6 +16,11 @@ most `Limits.merchant` payers in the window) that was paid since the last analys
 candidate with its payers, the other small merchants they pay repeatedly, and those
 merchants' payers (`merchant_group`): one hop, bounded by the limit.
 
+**Signup IPs.** An IP links nobody, but new accounts registered from one address are what a
+farm or a brushing crew looks like before it buys anything: every IP with a signup since the
+last analysis is a candidate with the accounts registered there within `new_account_ms`
+(`take_signup_ips`); the detector then asks whether they are most of the address's users.
+
 Union-find cannot forget, so when edges expire the groups are rebuilt from the live window
 (`rebuild`, the full candidate scan, daily by default); between rebuilds they only grow. Every
 group touched since the last analysis is *dirty*; the ring detectors look only at those.
@@ -57,6 +62,11 @@ class Candidates:
     user_count: dict[str, int] = field(default_factory=dict)
     #: Group root or merchant -> edges touched in it so far: how much it has changed.
     touches: dict[str, int] = field(default_factory=dict)
+    #: IP node -> (signup ts, user node) of the accounts registered from it, oldest first,
+    #: kept while they are new (`forget_signups`).
+    signup_ips: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    #: IPs with a signup since the last `take_signup_ips`.
+    dirty_ips: set[str] = field(default_factory=set)
     #: Nodes whose group changed since the last `take_dirty`.
     dirty: set[str] = field(default_factory=set)
     #: Merchants paid since the last `take_dirty_merchants`.
@@ -106,6 +116,27 @@ class Candidates:
             root = self.union(user, other) if self.strong(graph, other) else self.find(user)
             self.dirty.add(root)
             touches[root] = touches.get(root, 0) + 1
+
+    def signed_up(self, user: str, ip: str, ts: int) -> None:
+        """A first signup of `user` from `ip`."""
+        self.signup_ips.setdefault(ip, []).append((ts, user))
+        self.dirty_ips.add(ip)
+
+    def take_signup_ips(self, min_accounts: int) -> list[str]:
+        """The IPs registered from since the last call with `min_accounts` new accounts."""
+        ips = self.signup_ips
+        out = sorted(ip for ip in self.dirty_ips if len(ips.get(ip, ())) >= min_accounts)
+        self.dirty_ips.clear()
+        return out
+
+    def forget_signups(self, before: int) -> None:
+        """Accounts registered before `before` are no longer new."""
+        for ip in list(self.signup_ips):
+            kept = [s for s in self.signup_ips[ip] if s[0] >= before]
+            if kept:
+                self.signup_ips[ip] = kept
+            else:
+                del self.signup_ips[ip]
 
     def take_dirty_merchants(self, graph: EntityGraph) -> list[str]:
         """The small merchants paid since the last call that could anchor a money ring:

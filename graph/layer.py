@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graph.candidates import Candidates, Limits
-from graph.entity_graph import DAY_MS, MERCHANT, USER, EntityGraph
+from graph.entity_graph import DAY_MS, IP, MERCHANT, USER, EntityGraph
 from graph.rings import (
     BRUSHING,
     COLLUSION,
@@ -24,6 +24,7 @@ from graph.rings import (
     Finding,
     analyse_identity_group,
     analyse_merchant_group,
+    analyse_signup_ip,
 )
 from streams.records import Signup, Transaction
 
@@ -125,6 +126,8 @@ class RingBook:
         """Takes a finding in: a new ring, a new version of one, or nothing new. Rings of
         another kind it now mostly contains, and does not score below, are retired: one
         set of accounts is one ring (a farm seen early as a deep referral chain)."""
+        if finding.kind == SIGNUP_BATCH and self._held_elsewhere(finding):
+            return []
         event = self._record(finding, now)
         if event is None:
             return []
@@ -170,6 +173,17 @@ class RingBook:
         ring.updated_at, ring.version = now, ring.version + 1
         self._index(ring)
         return RingEvent.of(ring)
+
+    def _held_elsewhere(self, finding: Finding) -> bool:
+        """Whether a ring of a specific kind, at least as strong, already holds most of
+        these accounts: the early warning has nothing to add to it."""
+        others = {r for u in finding.users for r in self.by_user.get(u, ())}
+        for ring_id in others:
+            ring = self.rings[ring_id]
+            inside = len(ring.users & finding.users) >= 0.5 * len(finding.users)
+            if ring.kind != SIGNUP_BATCH and inside and ring.score >= finding.score:
+                return True
+        return False
 
     def retire_stale_batches(self, now: int) -> list[RingEvent]:
         """Signup batches whose accounts are no longer new: had they abused, a specific
@@ -245,7 +259,10 @@ class GraphLayer:
 
     def signup(self, event: Signup) -> list[RingEvent]:
         out = self.due(event.ts)
-        self.candidates.observe(self.graph, self.graph.signup(event))
+        touched = self.graph.signup(event)
+        self.candidates.observe(self.graph, touched)
+        if touched and event.ip:  # a first signup
+            self.candidates.signed_up(USER + event.user_id, IP + event.ip, event.ts)
         return out
 
     def transaction(self, tx: Transaction) -> list[RingEvent]:
@@ -281,6 +298,7 @@ class GraphLayer:
                 self.analysed_as.clear()
                 self.expired_links = 0
             self.next_rebuild = now + config.rebuild_every_ms
+            self.candidates.forget_signups(now - NEW_ACCOUNT_MS)
             retired = self.book.retire_stale_batches(now)
         else:
             retired = []
@@ -288,7 +306,8 @@ class GraphLayer:
         return retired + self.scan(now)
 
     def scan(self, now: int) -> list[RingEvent]:
-        """Analyse every group that changed since the last scan."""
+        """Analyse every group that changed since the last scan: identity groups, merchant
+        groups, and IPs with new accounts (a new signup there is always worth a look)."""
         candidates, graph = self.candidates, self.graph
         keys = [(analyse_identity_group, root) for root in candidates.take_dirty(min_users=2)]
         keys += [(analyse_merchant_group, m) for m in candidates.take_dirty_merchants(graph)]
@@ -305,9 +324,17 @@ class GraphLayer:
                 self.oversized += 1
                 continue
             self.analysed += 1
-            for finding in analyse(graph, nodes, now):
-                if finding.score >= FLAG_AT:
-                    out += self.book.record(finding, now)
+            out += self._record(analyse(graph, nodes, now), now)
+        for ip in candidates.take_signup_ips(min_accounts=5):
+            self.analysed += 1
+            out += self._record(analyse_signup_ip(graph, ip, candidates.signup_ips[ip], now), now)
+        return out
+
+    def _record(self, findings: list[Finding], now: int) -> list[RingEvent]:
+        out = []
+        for finding in findings:
+            if finding.score >= FLAG_AT:
+                out += self.book.record(finding, now)
         return out
 
     def _changed_enough(self, key: str) -> bool:

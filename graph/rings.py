@@ -439,9 +439,11 @@ NEW_ACCOUNT_MS = 7 * DAY_MS
 
 
 def signup_batch(group: Group, min_accounts: int = 5) -> list[Finding]:
-    """New accounts of the group, when `min_accounts` of them were registered close together
-    on shared devices or phones. A family shares a device too, but its members did not all
-    sign up within days of each other; an office IP links nobody (`Limits`)."""
+    """New accounts of the identity group, when `min_accounts` of them were registered close
+    together and are linked: on shared devices or phones (1.2 -> 2 accounts each), or
+    referring each other (share referred by another of them 0.3 -> 0.6). A family shares a
+    device too, but its members did not all sign up within days of each other; an office IP
+    links nobody (`Limits`)."""
     info, now = group.graph.users, group.now
     young: list[tuple[int, str]] = []
     for user in group.users:
@@ -451,23 +453,63 @@ def signup_batch(group: Group, min_accounts: int = 5) -> list[Finding]:
             young.append((signup, user))
     if len(young) < min_accounts:
         return []
-    young.sort()
+    accounts = [user for _, user in young]
+    concentration = max(
+        group.per_identifier(accounts, DEVICE), group.per_identifier(accounts, PHONE)
+    )
+    # New accounts referring each other as they register: a chain farm or a pyramid being
+    # built (a viral referrer's fans are referred by an old account, not by each other).
+    new = set(accounts)
+    referred = sum(1 for user in accounts if _referrer(group, user) in new) / len(accounts)
+    linked = max(ramp(concentration, 1.2, 2.0), ramp(referred, 0.3, 0.6))
+    return _batch(group, young, min_accounts, "linked", linked, 0.0, 1.0)
+
+
+def _referrer(group: Group, user: str) -> str | None:
+    record = group.graph.users.get(user[2:])
+    return None if record is None or record.referrer is None else USER + record.referrer
+
+
+def analyse_signup_ip(
+    graph: EntityGraph, ip: str, signups: list[tuple[int, str]], now: int
+) -> list[Finding]:
+    """New accounts registered from one IP (`Candidates.take_signup_ips`), when they are
+    most of the address's users: a crew registering from its own line. An office or a
+    carrier's NAT address has many other users, so a handful of new accounts there are a
+    small share of them."""
+    young = [(ts, user) for ts, user in signups if now - ts <= NEW_ACCOUNT_MS]
+    if len(young) < 5:
+        return []
+    group = Group(graph, sorted({user for _, user in young}), [], now)
+    share = len(group.users) / max(1, graph.degree(ip))
+    return _batch(group, young, 5, "share_of_the_ips_users", share, 0.3, 0.6)
+
+
+def _batch(
+    group: Group,
+    young: list[tuple[int, str]],
+    min_accounts: int,
+    link: str,
+    linked: float,
+    none: float,
+    full: float,
+) -> list[Finding]:
+    """A signup-batch finding over `young` (signup ts, user node) accounts linked by `link`
+    (its value `linked`, ramped from `none` to `full`), scored at most `SIGNUP_BATCH_MAX`."""
+    young = sorted(young)
     times = [ts for ts, _ in young]
     # The tightest run of `min_accounts` consecutive signups.
     spread = min(
         times[i + min_accounts - 1] - times[i] for i in range(len(times) - min_accounts + 1)
     )
     accounts = [user for _, user in young]
-    concentration = max(
-        group.per_identifier(accounts, DEVICE), group.per_identifier(accounts, PHONE)
-    )
     traits = {
-        "accounts_per_device_or_phone": ramp(concentration, 1.2, 2.0),
+        link: ramp(linked, none, full),
         "registered_together": ramp(spread, 3 * DAY_MS, DAY_MS),
     }
     evidence = {
         "new_accounts": len(accounts),
-        "accounts_per_device_or_phone": round(concentration, 2),
+        link: round(linked, 2),
         f"hours_for_{min_accounts}_signups": round(spread / 3_600_000, 1),
     }
     merchants = {m for user in accounts for m, e in group.paid(user) if e.payments}

@@ -199,6 +199,36 @@ def signup_batch(w: World, start: int = T0) -> set[str]:
     return accounts
 
 
+def crew_on_one_line(w: World, start: int = T0) -> set[str]:
+    """Seven accounts registered within a day from one home line, each on its own phone:
+    nothing links them but the address, which nobody else uses."""
+    accounts = {f"crew{i}" for i in range(7)}
+    for i in range(7):
+        w.user(f"crew{i}", start + i * 3 * HOUR, ip="crewline")
+    w.busy_merchant("bakery", start)
+    return accounts
+
+
+def new_hires_on_the_office_ip(w: World, start: int = T0) -> None:
+    """Six new accounts in a day from an office IP that 60 colleagues use: not a batch."""
+    for i in range(60):
+        w.user(f"colleague{i}", start - (100 + i) * DAY_MS, ip="office")
+        w.pay(f"colleague{i}", f"canteen{i % 5}", start - DAY_MS + i * MINUTE, ip="office")
+    for i in range(6):
+        w.user(f"hire{i}", start + i * HOUR, ip="office")
+    for i in range(5):
+        w.busy_merchant(f"canteen{i}", start - 2 * DAY_MS)
+
+
+def fans_of_a_star_in_a_day(w: World, start: int = T0) -> None:
+    """A viral post: eight new accounts in a day, all referred by one old account, each on
+    its own phone: referred, but not by each other."""
+    w.user("star2", start - 300 * DAY_MS)
+    for i in range(8):
+        w.user(f"fan2_{i}", start + i * 2 * HOUR, referrer_id="star2")
+    w.busy_merchant("cafe", start)
+
+
 def family_joins_over_months(w: World, start: int = T0) -> None:
     """A family of five registering on one phone, months apart: not a batch."""
     for i in range(5):
@@ -214,7 +244,17 @@ RINGS = {
     "cash_out": cash_out,
     "signup_batch": signup_batch,
 }
-LOOKALIKES = [viral_referrer, loyal_daily, family_device, ordinary_refund, family_joins_over_months]
+#: Other shapes a batch is found in (kind `signup_batch`): an address, a referral chain.
+BATCHES = [crew_on_one_line]
+LOOKALIKES = [
+    viral_referrer,
+    loyal_daily,
+    family_device,
+    ordinary_refund,
+    family_joins_over_months,
+    new_hires_on_the_office_ip,
+    fans_of_a_star_in_a_day,
+]
 
 
 @pytest.mark.parametrize("kind", sorted(RINGS))
@@ -477,3 +517,25 @@ def test_a_batch_that_never_abuses_is_retired_once_its_accounts_are_not_new() ->
     assert batch[-1].status == "retired" and batch[-1].evidence["expired"]
     assert batch[-1].ts - batch[0].detected_at > NEW_ACCOUNT_MS
     assert layer.ring_score("sb0", "any") == (0.0, [])
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda f: f.__name__)
+def test_a_batch_is_found_by_what_links_it(batch: Any) -> None:
+    world = World()
+    members = batch(world)
+    _, events = world.run()
+    assert {e.kind for e in events} == {SIGNUP_BATCH}
+    assert set(_rings(events)[events[0].ring_id].users) == members
+
+
+def test_new_accounts_referring_each_other_are_a_batch_before_they_buy() -> None:
+    """A pyramid being built: each new account refers the next, on its own phone."""
+    world = World()
+    for i in range(6):
+        referrer = f"chain{i - 1}" if i else None
+        world.user(f"chain{i}", T0 + i * 2 * HOUR, referrer_id=referrer)
+    world.busy_merchant("deli", T0)
+    _, events = world.run()
+    assert [e.kind for e in events][:1] == [SIGNUP_BATCH]
+    assert events[0].evidence["traits"]["linked"] == 1.0
+    assert set(events[-1].users) == {f"chain{i}" for i in range(6)}
