@@ -185,11 +185,12 @@ class EntityGraph:
         for day in sorted(d for d in self.touched_days if d < horizon_day):
             for key in self.touched_days.pop(day):
                 edge = edges.get(key)
+                # An edge touched on several days is listed on each: dropped once.
                 if edge is not None and edge.last_ts < horizon:
+                    del edges[key]
                     stale.append(key)
         adjacent = self.adjacent
         for a, b in stale:
-            del self.edges[(a, b)]
             if b.startswith(MERCHANT):
                 self.merchant_edges -= 1
             for x, y in ((a, b), (b, a)):

@@ -55,6 +55,15 @@ from streams.store import DecisionStore, RedisDecisionStore, save_checkpoint_syn
 log = logging.getLogger(__name__)
 
 
+#: The exit status of a worker stopped by a processing failure (EX_SOFTWARE).
+FAILED_BATCH_EXIT = 70
+
+
+def _exit_hard() -> None:
+    logging.shutdown()
+    os._exit(FAILED_BATCH_EXIT)
+
+
 async def _exited_cleanly(pid: int) -> bool:
     loop = asyncio.get_running_loop()
     _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
@@ -80,6 +89,9 @@ class Runtime:
         self.held: list[Message] = []
         self.ack: Any = None  # set by create_worker: acknowledges one held message
         self.checkpointing = False
+        #: Called when a batch fails for a reason other than bad input or I/O (a bug):
+        #: ends the process at once (see `_handle`); tests replace it.
+        self.fail_stop: Callable[[], None] = _exit_hard
         # Forking needs the real Redis (the child opens its own connection to it).
         self.fork_checkpoints = isinstance(store, RedisDecisionStore)
         if not with_broker:
@@ -229,14 +241,31 @@ class Runtime:
     ) -> BatchOutcome | None:
         async with self.lock:
             outcome: BatchOutcome | None = None
-            if kind == ENTITY_REQUESTS:
-                await self.processor.handle_requests(raw)
-            elif kind == GRAPH_EVENTS:
-                await self.processor.handle_graph(raw)
-            elif kind == ENTITY_RESULTS:
-                outcome = await self.processor.handle_results(raw)
-            else:
-                outcome = await self.processor.handle(kind, raw)
+            try:
+                if kind == ENTITY_REQUESTS:
+                    await self.processor.handle_requests(raw)
+                elif kind == GRAPH_EVENTS:
+                    await self.processor.handle_graph(raw)
+                elif kind == ENTITY_RESULTS:
+                    outcome = await self.processor.handle_results(raw)
+                else:
+                    outcome = await self.processor.handle(kind, raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Bad input never gets here (it is a dead letter); I/O failures are retried
+                # inside. What is left is a bug, and the shards may be half way through the
+                # batch. Faust would restart the agent over that state, and a graceful stop
+                # would checkpoint it: stop hard instead, so the worker restarts from its
+                # last checkpoint, as after a kill -9 (exact, tested).
+                log.critical(
+                    "processing a %s batch failed; stopping this worker without a checkpoint "
+                    "so it restarts from its last one",
+                    kind,
+                    exc_info=True,
+                )
+                self.fail_stop()
+                raise
             if self.hold_acks:
                 self.held.extend(messages)
             return outcome

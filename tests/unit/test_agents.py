@@ -163,3 +163,24 @@ def test_graph_agent_publishes_rings_that_later_decisions_name() -> None:
         assert moved["graph-events"] >= 1
 
     asyncio.run(run())
+
+
+def test_a_failing_batch_stops_the_worker_instead_of_going_on_with_half_applied_state() -> None:
+    """A bug mid-batch (not bad input, not I/O) must not leave the agent running over
+    half-updated shards: the worker stops hard, to restart from its last checkpoint."""
+
+    async def run() -> None:
+        worker, store, _ = _worker()
+        stops: list[bool] = []
+        worker.runtime.fail_stop = lambda: stops.append(True)
+
+        async def broken(kind, raw):  # a bug inside the processor
+            raise KeyError("half way through")
+
+        worker.runtime.processor.handle = broken
+        async with worker.agents["transactions"].test_context() as agent:
+            await agent.put(json.dumps(tx("t1")).encode())
+            await _until(worker, lambda: bool(stops))
+        assert stops == [True] and not store.decisions
+
+    asyncio.run(run())

@@ -319,6 +319,23 @@ def test_edges_expire_with_the_window_and_rebuilt_groups_forget_them() -> None:
     assert candidates.find("u:u0") != candidates.find("u:u1")
 
 
+def test_an_edge_touched_on_several_days_expires_once() -> None:
+    """Found by `rebate-guard up`, whose episodes leave the window whole: an edge listed on
+    each day it was touched, all of them past the window, is dropped once."""
+    graph = EntityGraph(window_ms=10 * DAY_MS)
+    for day in range(3):
+        event = parse_transaction(tx(f"t{day}", T0 + day * DAY_MS, user_id="u0", device_id="d"))
+        graph.transaction(event)
+    gone = graph.expire(T0 + 30 * DAY_MS)
+    assert sorted(gone) == [
+        ("u:u0", "c:c1"),
+        ("u:u0", "d:d"),
+        ("u:u0", "ip:10.0.0.1"),
+        ("u:u0", "m:m1"),
+    ]
+    assert not graph.edges and not graph.adjacent and graph.merchant_edges == 0
+
+
 def test_greedy_peeling_finds_the_planted_dense_block() -> None:
     block = nx.Graph()
     for u in ("a", "b", "c"):
