@@ -199,6 +199,8 @@ class EntityGraph:
                     near.discard(y)
                     if not near:
                         del adjacent[x]
+                        if x.startswith(USER):  # nothing of the user is left in the window
+                            self.users.pop(x[2:], None)
         old = 0  # payments arrive in event-time order: the old ones lead
         for _, _, ts in self.payments.values():
             if ts >= horizon:

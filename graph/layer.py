@@ -185,14 +185,16 @@ class RingBook:
                 return True
         return False
 
-    def retire_stale_batches(self, now: int) -> list[RingEvent]:
-        """Signup batches whose accounts are no longer new: had they abused, a specific
-        kind would have taken them over by now; what is left is a group that signed up
-        together and behaved (a family joining on one phone), no longer held back."""
+    def retire_expired(self, now: int, graph: EntityGraph) -> list[RingEvent]:
+        """Rings that no longer stand on the window: signup batches whose accounts are no
+        longer new (had they abused, a specific kind would have taken them over by now;
+        what is left is a group that signed up together and behaved, such as a family
+        joining on one phone), and rings none of whose accounts is left in the window."""
         out = []
         for ring_id in sorted(self.rings):
             ring = self.rings[ring_id]
-            if ring.kind == SIGNUP_BATCH and now - ring.detected_at > NEW_ACCOUNT_MS:
+            stale_batch = ring.kind == SIGNUP_BATCH and now - ring.detected_at > NEW_ACCOUNT_MS
+            if stale_batch or not any(u in graph.users for u in ring.users):
                 self._unindex(ring)
                 del self.rings[ring_id]
                 ring.updated_at, ring.version = now, ring.version + 1
@@ -299,7 +301,7 @@ class GraphLayer:
                 self.expired_links = 0
             self.next_rebuild = now + config.rebuild_every_ms
             self.candidates.forget_signups(now - NEW_ACCOUNT_MS)
-            retired = self.book.retire_stale_batches(now)
+            retired = self.book.retire_expired(now, self.graph)
         else:
             retired = []
         self.next_scan = now + config.scan_every_ms

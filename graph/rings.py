@@ -46,6 +46,7 @@ from graph.entity_graph import (
     PHONE,
     USER,
     EntityGraph,
+    UserInfo,
 )
 
 REFERRAL_FARM = "referral_farm"
@@ -246,8 +247,9 @@ def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
             continue
         gaps = []
         for referrer, referee in nx.bfs_edges(tree, root):
-            a = info[referrer[2:]].signup_ts
-            b = info[referee[2:]].signup_ts
+            # Between rebuilds a group may still hold accounts that left the window.
+            a = _signup_ts(info.get(referrer[2:]))
+            b = _signup_ts(info.get(referee[2:]))
             if a is not None and b is not None:
                 gaps.append(b - a)
         gap = statistics.median(gaps) if gaps else float("inf")
@@ -463,6 +465,10 @@ def signup_batch(group: Group, min_accounts: int = 5) -> list[Finding]:
     referred = sum(1 for user in accounts if _referrer(group, user) in new) / len(accounts)
     linked = max(ramp(concentration, 1.2, 2.0), ramp(referred, 0.3, 0.6))
     return _batch(group, young, min_accounts, "linked", linked, 0.0, 1.0)
+
+
+def _signup_ts(record: UserInfo | None) -> int | None:
+    return None if record is None else record.signup_ts
 
 
 def _referrer(group: Group, user: str) -> str | None:

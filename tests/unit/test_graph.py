@@ -334,6 +334,19 @@ def test_an_edge_touched_on_several_days_expires_once() -> None:
         ("u:u0", "m:m1"),
     ]
     assert not graph.edges and not graph.adjacent and graph.merchant_edges == 0
+    assert "u0" not in graph.users  # nothing of the user is left: its record goes too
+
+
+def test_a_ring_whose_accounts_all_left_the_window_is_retired() -> None:
+    world = World()
+    members = cash_out(world)
+    world.busy_merchant("far-later", T0 + 45 * DAY_MS, customers=3)  # the clock moves on
+    layer, events = world.run()
+    final = _rings(events)
+    (ring,) = [r for r in final.values() if r.kind == "cash_out"]
+    assert set(ring.users) == members
+    assert ring.status == "retired" and ring.evidence["expired"]
+    assert not layer.book.rings and layer.ring_score("co0", "electronics") == (0.0, [])
 
 
 def test_greedy_peeling_finds_the_planted_dense_block() -> None:
