@@ -43,6 +43,15 @@ class WorkerProcess:
         log.close()
         return self
 
+    def freeze(self) -> None:
+        """SIGSTOP to the worker and its children (a checkpoint writer stops where it is)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill9(self) -> None:
         """SIGKILL to the worker and its children, as when the machine goes: a checkpoint
         writer it forked dies with it rather than finishing after the 'crash'."""

@@ -172,23 +172,36 @@ def _assert_same(
         client.close()
 
 
-def _wait_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerProcess) -> None:
-    """Until `decisions` more were stored after the newest checkpoint (still the newest), so
-    a kill now leaves work after the checkpoint that the restart must redo."""
+def _kill_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerProcess) -> None:
+    """kill -9 the worker once `decisions` more were stored after its newest checkpoint, so
+    the restart must redo work. Checked with the worker frozen (SIGSTOP, its checkpoint
+    writer too): a checkpoint finishing between the last look and the kill would otherwise
+    cover that work and leave nothing to redo."""
     client = redis.Redis.from_url(settings.redis_url)
+
+    def look() -> tuple[dict[bytes, bytes | None], int]:
+        keys = client.keys(f"{settings.app_id}:checkpoint:*")
+        # One pointer per shard (name -> current generation); chunk keys have more parts.
+        current = {k: client.get(k) for k in sorted(keys) if k.count(b":") == 2}
+        return current, redis_counters(settings).get("decisions", 0)
+
     try:
         deadline = time.monotonic() + 120
-        pointer, since = None, 0
+        pointer: dict[bytes, bytes | None] | None = None
+        since = 0
         while time.monotonic() < deadline:
             assert worker.alive(), worker.log()
-            keys = client.keys(f"{settings.app_id}:checkpoint:*")
-            # One pointer per shard (name -> current generation); chunk keys have more parts.
-            current = {k: client.get(k) for k in sorted(keys) if k.count(b":") == 2}
-            done = redis_counters(settings).get("decisions", 0)
+            current, done = look()
             if current != pointer:  # a (new) checkpoint: count from here
                 pointer, since = current, done
             elif pointer and done - since >= decisions:
-                return
+                worker.freeze()
+                current, done = look()
+                if current == pointer and done - since >= decisions:
+                    worker.kill9()
+                    return
+                worker.thaw()  # a checkpoint landed meanwhile: count from it
+                pointer, since = current, done
             time.sleep(0.02)
         raise AssertionError(f"no checkpoint followed by {decisions} decisions\n{worker.log()}")
     finally:
@@ -228,8 +241,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
     log = tmp_path / "worker.log"
     with running_worker(settings, log) as first:
         wait_for_decisions(settings, n // 3, first, timeout=120)
-        _wait_past_a_checkpoint(settings, decisions=1500, worker=first)
-        first.kill9()
+        _kill_past_a_checkpoint(settings, decisions=1500, worker=first)
     at_kill = redis_counters(settings).get("decisions", 0)
     assert at_kill < n, "finished before the kill"
     with running_worker(settings, log) as second:
