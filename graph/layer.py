@@ -138,12 +138,17 @@ class RingBook:
             other = self.rings[other_id]
             inside = len(other.users & ring.users) >= 0.5 * len(other.users)
             if other.kind != ring.kind and inside and other.score <= ring.score:
-                self._unindex(other)
-                del self.rings[other_id]
-                other.updated_at, other.version = now, other.version + 1
-                other.evidence = {**other.evidence, "superseded_by": ring.ring_id}
-                out.append(RingEvent.of(other, status=RETIRED))
+                out.append(self._retire(other, now, superseded_by=ring.ring_id))
         return out
+
+    def _retire(self, ring: Ring, now: int, **why: Any) -> RingEvent:
+        """No longer flagged: out of the book, announced once more as retired, `why` in
+        its evidence."""
+        self._unindex(ring)
+        del self.rings[ring.ring_id]
+        ring.updated_at, ring.version = now, ring.version + 1
+        ring.evidence = {**ring.evidence, **why}
+        return RingEvent.of(ring, status=RETIRED)
 
     def _record(self, finding: Finding, now: int) -> RingEvent | None:
         ring = self._match(finding)
@@ -195,11 +200,7 @@ class RingBook:
             ring = self.rings[ring_id]
             stale_batch = ring.kind == SIGNUP_BATCH and now - ring.detected_at > NEW_ACCOUNT_MS
             if stale_batch or not any(u in graph.users for u in ring.users):
-                self._unindex(ring)
-                del self.rings[ring_id]
-                ring.updated_at, ring.version = now, ring.version + 1
-                ring.evidence = {**ring.evidence, "expired": True}
-                out.append(RingEvent.of(ring, status=RETIRED))
+                out.append(self._retire(ring, now, expired=True))
         return out
 
     def _match(self, finding: Finding) -> Ring | None:
@@ -235,8 +236,14 @@ class RingBook:
 
     def strongest(self, user_id: str, merchant_id: str) -> Ring | None:
         ids = self.by_user.get(user_id, set()) | self.by_merchant.get(merchant_id, set())
-        rings = [self.rings[i] for i in sorted(ids)]
-        return max(rings, key=lambda r: r.score, default=None)
+        return self.best(ids)
+
+    def best(self, ring_ids: set[str] | None) -> Ring | None:
+        """The highest-scoring of `ring_ids`, ties to the first id: the one order the live
+        ring scores (`streams.shards.strongest`) reproduce."""
+        if not ring_ids:
+            return None
+        return self.rings[min(ring_ids, key=lambda r: (-self.rings[r].score, r))]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from features.referral import TreeEntry, depth_walk
 from features.stages import EntityStage, UserStage
-from graph.layer import GraphLayer, RingScore
+from graph.layer import ACTIVE, GraphLayer, RingScore
 from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
@@ -61,6 +61,7 @@ from streams.shards import (
     DepthRequest,
     EntityShard,
     GraphShard,
+    Inbox,
     UserShard,
 )
 from streams.sink import Sink
@@ -412,20 +413,27 @@ class BatchProcessor:
         self.counters.redelivered += outcome.redelivered
         return outcome
 
-    async def handle_requests(self, raw: Sequence[RawEvent]) -> None:
-        """Envelopes from user shards, for this worker's entity shards."""
+    def _offer(
+        self, raw: Sequence[RawEvent], shard_of: Callable[[int], Inbox | None]
+    ) -> dict[int, list[Released]]:
+        """Envelopes from user shards into the entity or graph shards that own them: what
+        each shard's aligner releases, by partition."""
         by_shard: dict[int, list[Released]] = {}
         for message in raw:
-            entity = self._entity(message.partition)
-            if entity is None:
+            shard = shard_of(message.partition)
+            if shard is None:
                 self._stray(message)
                 continue
-            released = entity.offer(message.offset, message.value or b"")
+            released = shard.offer(message.offset, message.value or b"")
             if released is not None:
                 by_shard.setdefault(message.partition, []).extend(released)
         self.counters.envelopes_received += len(raw)
+        return by_shard
+
+    async def handle_requests(self, raw: Sequence[RawEvent]) -> None:
+        """Envelopes from user shards, for this worker's entity shards."""
         results: list[tuple[int, bytes]] = []
-        for q, released in by_shard.items():
+        for q, released in self._offer(raw, self._entity).items():
             shard = self.entities[q]
             depths = {}
             requests = shard.depth_requests(released)
@@ -439,27 +447,21 @@ class BatchProcessor:
     async def handle_graph(self, raw: Sequence[RawEvent]) -> None:
         """Envelopes from user shards for this worker's graph shard: the graph advances,
         and what it found is published (rings topic, ring scores in Redis)."""
-        touched: set[int] = set()
-        for message in raw:
-            shard = self._graph(message.partition)
-            if shard is None:
-                self._stray(message)
-                continue
-            released = shard.offer(message.offset, message.value or b"")
-            if released:
-                shard.apply(released)
-                touched.add(message.partition)
-        self.counters.envelopes_received += len(raw)
-        for g in sorted(touched):
-            events, scores = self.graphs[g].take()
+        for g, released in sorted(self._offer(raw, self._graph).items()):
+            shard = self.graphs[g]
+            shard.apply(released)
+            events, scores = shard.take()
             if not events and not scores:
                 continue
             # Redis first: once the event is on the topic, a reader may look the scores up.
             # A re-run after a restore publishes the same again (at-least-once, same values).
-            latest = {e.ring_id: (None if e.status != "active" else e.dumps()) for e in events}
+            records = [(e.ring_id.encode(), e.dumps()) for e in events]
+            latest = {
+                e.ring_id: (value if e.status == ACTIVE else None)
+                for e, (_, value) in zip(events, records, strict=True)
+            }
             put = partial(self.store.put_rings, list(latest.items()), scores)
             await self.retry("store ring scores", put)
-            records = [(e.ring_id.encode(), e.dumps()) for e in events]
             send = partial(self.sink.send_many, self.settings.topic(RINGS), records)
             await self.retry("produce rings", send)
             for event in events:

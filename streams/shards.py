@@ -707,11 +707,8 @@ class GraphShard(Inbox):
                     self.scores[("m", merchant)] = self._score(book.by_merchant.get(merchant))
 
     def _score(self, ring_ids: set[str] | None) -> RingScore:
-        if not ring_ids:
-            return None
-        rings = self.layer.book.rings
-        best = min(ring_ids, key=lambda r: (-rings[r].score, r))
-        return rings[best].score, rings[best].kind, best
+        ring = self.layer.book.best(ring_ids)
+        return None if ring is None else (ring.score, ring.kind, ring.ring_id)
 
     def take(self) -> tuple[list[RingEvent], dict[tuple[str, str], RingScore]]:
         """The ring events and score changes since the last call."""
