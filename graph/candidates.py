@@ -11,10 +11,13 @@ graph took 75 s here). Two kinds of candidates instead, both cheap to keep up to
   unrelated people behind one address (the detectors still read them as evidence).
 
 **Merchant groups.** Money rings (brushing, collusion) meet at merchants, but linking every
-customer of every merchant would chain the whole graph together. So a *small* merchant (at
-most `Limits.merchant` payers in the window) that was paid since the last analysis is a
-candidate with its payers, the other small merchants they pay repeatedly, and those
-merchants' payers (`merchant_group`): one hop, bounded by the limit.
+customer of every merchant would chain the whole graph together, and a ring's merchant
+also serves ordinary customers (tens to thousands of them). What a ring adds is *regular
+payers* (two or more payments each in the window, `EntityGraph.regular_payers`, kept as
+payments arrive): a merchant paid since the last analysis with at most `Limits.merchant`
+of them, and either a high rebate rate or repeat payers bringing most of its money, is a
+candidate with its regular payers, plus, for collusion, the other high-rate merchants they
+share (`merchant_group`): one hop, bounded by the limit.
 
 **Signup IPs.** An IP links nobody, but new accounts registered from one address are what a
 farm or a brushing crew looks like before it buys anything: every IP with a signup since the
@@ -40,11 +43,14 @@ class Limits:
     device: int = 12
     card: int = 6
     phone: int = 12
+    #: The most *regular payers* (`EntityGraph.regular_at` payments or more) a merchant may
+    #: have and still anchor a merchant group.
     merchant: int = 40
-    #: Payments by one user that make a merchant one of "theirs" (a merchant group's hop;
-    #: also the payments per payer from which a small merchant is worth a look).
+    #: Payments by one payer that make them one of a brushed merchant's accounts.
     repeat_payments: int = 3
-    #: From this rebate rate a small merchant is worth a look whatever its payers do.
+    #: Such payers from which a merchant may be a brushing crew's (`rings.brushing`).
+    brushing_accounts: int = 5
+    #: From this rebate rate a merchant is worth a look as a colluding ring's.
     money_ring_rate: float = 0.12
 
     def of(self, kind: str) -> int:
@@ -139,41 +145,56 @@ class Candidates:
                 del self.signup_ips[ip]
 
     def take_dirty_merchants(self, graph: EntityGraph) -> list[str]:
-        """The small merchants paid since the last call that could anchor a money ring:
-        a high rebate rate (what collusion farms), or payers who each pay often (what
-        brushing looks like). Most small merchants are neither, and cost nothing more."""
-        limits = self.limits
+        """The merchants paid since the last call that could anchor a money ring, read from
+        their *regular payers* only (`EntityGraph.regular_payers`, kept incrementally), so a
+        shop's size costs nothing: at most `Limits.merchant` of them, and either a high
+        rebate rate with two or more (what collusion farms), or `brushing_accounts` paying
+        `repeat_payments` times or more and bringing at least half its payments (what
+        brushing looks like: below that the brushing detector's closed-money trait is
+        zero). Most merchants are neither."""
+        limits, edges = self.limits, graph.edges
         out = []
         for merchant in sorted(self.dirty_merchants):
-            payers = graph.adjacent.get(merchant, ())
-            if not payers or len(payers) > limits.merchant:
+            regulars = graph.regular_payers.get(merchant)
+            if not regulars or len(regulars) > limits.merchant:
                 continue
             if graph.rebate_rates.get(merchant[2:], 0.0) >= limits.money_ring_rate:
-                out.append(merchant)
+                if len(regulars) >= 2:
+                    out.append(merchant)
                 continue
-            payments = 0
-            for payer in payers:
-                edge = graph.edges.get((payer, merchant))
-                payments += edge.payments if edge is not None else 0
-            if payments >= limits.repeat_payments * len(payers):
+            repeated = [edges[(payer, merchant)].payments for payer in regulars]
+            repeated = [n for n in repeated if n >= limits.repeat_payments]
+            if len(repeated) >= limits.brushing_accounts and 2 * sum(
+                repeated
+            ) >= graph.merchant_payments.get(merchant, 0):
                 out.append(merchant)
         self.dirty_merchants.clear()
         return out
 
     def merchant_group(self, graph: EntityGraph, merchant: str) -> list[str]:
-        """`merchant`, its payers, the other small merchants they pay repeatedly, and
-        those merchants' payers."""
-        limit, repeat = self.limits.merchant, self.limits.repeat_payments
-        adjacent, edges = graph.adjacent, graph.edges
+        """`merchant` and its regular payers; for a high-rate merchant also the other
+        high-rate merchants that two or more of them pay regularly (a colluding ring
+        cycles money through several), with their regular payers. Bounded by the limit."""
+        limits, rates = self.limits, graph.rebate_rates
+        regular_payers, edges = graph.regular_payers, graph.edges
         merchants = {merchant}
-        for payer in adjacent.get(merchant, ()):
-            for other in adjacent.get(payer, ()):
-                if other.startswith(MERCHANT) and other not in merchants:
-                    edge = edges.get((payer, other))
-                    repeated = edge is not None and edge.payments >= repeat
-                    if repeated and graph.degree(other) <= limit:
-                        merchants.add(other)
-        payers = {p for m in merchants for p in adjacent.get(m, ())}
+        if rates.get(merchant[2:], 0.0) >= limits.money_ring_rate:
+            shared: dict[str, int] = {}
+            for payer in regular_payers.get(merchant, ()):
+                for other in graph.adjacent.get(payer, ()):
+                    if (
+                        other.startswith(MERCHANT)
+                        and other != merchant
+                        and edges[(payer, other)].payments >= graph.regular_at
+                        and rates.get(other[2:], 0.0) >= limits.money_ring_rate
+                    ):
+                        shared[other] = shared.get(other, 0) + 1
+            merchants.update(
+                other
+                for other, payers in shared.items()
+                if payers >= 2 and len(regular_payers.get(other, ())) <= limits.merchant
+            )
+        payers = {p for m in merchants for p in regular_payers.get(m, ())}
         return sorted(merchants) + sorted(payers)
 
     def take_dirty(self, min_users: int) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 from streams.records import PAYMENT, Signup, Transaction, requested_rebate_cents
 
@@ -90,9 +91,31 @@ class EntityGraph:
     updates: int = 0
     #: How many of `edges` join a user to a merchant (the rest are links).
     merchant_edges: int = 0
+    #: Payments one user makes at one merchant (in the window) that make them one of its
+    #: *regular payers*: what brushing crews and colluding rings are made of, and what
+    #: candidate generation reads instead of every payer (a busy shop has thousands).
+    regular_at: int = 2
+    #: merchant node -> its regular payers (user nodes), kept as payments arrive and expire.
+    regular_payers: dict[str, set[str]] = field(default_factory=dict)
+    #: merchant node -> payments at it in the window.
+    merchant_payments: dict[str, int] = field(default_factory=dict)
     #: Day (ts // DAY_MS) -> edges last touched that day (an edge touched again on a later
     #: day is listed again there): `expire` looks only at days past the window.
     touched_days: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint; one written before the regular-payer index existed gets
+        the index built from its edges (the same as if it had been kept all along)."""
+        self.__dict__.update(state)
+        if "regular_payers" not in state:
+            self.regular_at = EntityGraph.regular_at
+            self.regular_payers, self.merchant_payments = {}, {}
+            for (user, other), edge in self.edges.items():
+                if other.startswith(MERCHANT) and edge.payments:
+                    paid = self.merchant_payments.get(other, 0)
+                    self.merchant_payments[other] = paid + edge.payments
+                    if edge.payments >= self.regular_at:
+                        self.regular_payers.setdefault(other, set()).add(user)
 
     # --- input ----------------------------------------------------------------------------
     def signup(self, event: Signup) -> list[tuple[str, str]]:
@@ -124,6 +147,9 @@ class EntityGraph:
         edge = self._touch(user, merchant, tx.ts)
         if tx.kind == PAYMENT:
             edge.payments += 1
+            self.merchant_payments[merchant] = self.merchant_payments.get(merchant, 0) + 1
+            if edge.payments == self.regular_at:
+                self.regular_payers.setdefault(merchant, set()).add(user)
             edge.money += tx.amount_cents
             edge.rebate += requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
             if tx.amount_cents % 1_000 == 0:
@@ -189,10 +215,10 @@ class EntityGraph:
                 if edge is not None and edge.last_ts < horizon:
                     del edges[key]
                     stale.append(key)
+                    if key[1].startswith(MERCHANT):
+                        self._forget_payments(key, edge)
         adjacent = self.adjacent
         for a, b in stale:
-            if b.startswith(MERCHANT):
-                self.merchant_edges -= 1
             for x, y in ((a, b), (b, a)):
                 near = adjacent.get(x)
                 if near is not None:
@@ -209,6 +235,20 @@ class EntityGraph:
         for tx_id in list(islice(self.payments, old)):
             del self.payments[tx_id]
         return stale
+
+    def _forget_payments(self, key: tuple[str, str], edge: Edge) -> None:
+        user, merchant = key
+        self.merchant_edges -= 1
+        left = self.merchant_payments.get(merchant, 0) - edge.payments
+        if left > 0:
+            self.merchant_payments[merchant] = left
+        else:
+            self.merchant_payments.pop(merchant, None)
+        repeaters = self.regular_payers.get(merchant)
+        if repeaters is not None:
+            repeaters.discard(user)
+            if not repeaters:
+                del self.regular_payers[merchant]
 
     # --- reading --------------------------------------------------------------------------
     def degree(self, node: str) -> int:

@@ -351,7 +351,7 @@ class GraphLayer:
         be worth another: a new member, or a quarter more edge updates (and at least 3)."""
         candidates = self.candidates
         if key.startswith(MERCHANT):
-            users = self.graph.degree(key)
+            users = len(self.graph.regular_payers.get(key, ()))
         else:
             users = candidates.user_count.get(key, 0)
         touches = candidates.touches.get(key, 0)

@@ -309,16 +309,15 @@ def collusion(group: Group) -> list[Finding]:
     small = {m for m in group.merchants if rates.get(m[2:], 0.0) >= COLLUSION_MIN_RATE}
     if len(small) < 2 or len(group.users) < 3:
         return []
-    # From the merchants' side: each has at most `Limits.merchant` payers, while a payer
-    # may have paid hundreds of merchants.
+    # From the group's users (each merchant's regular payers, a few dozen at most), never
+    # from a merchant's whole clientele.
     graph = group.graph
-    members = group.members()
     edges = []
-    for merchant in sorted(small):
-        for payer in graph.adjacent.get(merchant, ()):
-            edge = graph.edges.get((payer, merchant))
-            if edge is not None and edge.payments and payer in members:
-                edges.append((payer, merchant, edge.payments))
+    for user in group.users:
+        for merchant in sorted(small):
+            edge = graph.edges.get((user, merchant))
+            if edge is not None and edge.payments:
+                edges.append((user, merchant, edge.payments))
     # A block needs 3+ users, and with at most one of them paying at two of its merchants
     # the cross-paying trait stays below 1/3 -> 0.44, under the flag: skip the peeling.
     spread: dict[str, int] = {}
@@ -333,15 +332,19 @@ def collusion(group: Group) -> list[Finding]:
     merchants = sorted(n for n in dense if n.startswith(MERCHANT))
     if len(users) < 2 or len(merchants) < 2:
         return []
+    # Closed money among the merchants' *regular* payers: a colluding merchant also takes
+    # one-off payments from passers-by (the busier the platform, the more), but its regular
+    # custom is the ring's; a lunch place's regulars are dozens of unrelated people.
     inside = set(users)
-    from_block = everyone = 0
-    for merchant in merchants:
-        for payer in graph.adjacent.get(merchant, ()):
-            edge = graph.edges.get((payer, merchant))
-            if edge is not None:
-                everyone += edge.payments
-                from_block += edge.payments if payer in inside else 0
-    closed = from_block / everyone if everyone else 0.0
+    from_block = sum(block[u][m]["weight"] for u in users for m in merchants if m in block[u])
+    from_others = sum(
+        graph.edges[(payer, m)].payments
+        for m in merchants
+        for payer in graph.regular_payers.get(m, ())
+        if payer not in inside
+    )
+    closed = from_block / (from_block + from_others) if from_block else 0.0
+    everyone = sum(graph.merchant_payments.get(m, 0) for m in merchants)
     cross = sum(1 for u in users if sum(1 for m in block[u] if m in dense) >= 2) / len(users)
     rate = statistics.mean(rates.get(m[2:], 0.0) for m in merchants)
     traits = {
@@ -355,6 +358,7 @@ def collusion(group: Group) -> list[Finding]:
         "users": len(users),
         "merchants": len(merchants),
         "closed_share": round(closed, 3),
+        "share_of_all_payments": round(from_block / everyone, 3) if everyone else 0.0,
         "cross_paying_share": round(cross, 3),
         "mean_rebate_rate": round(rate, 3),
         "payments": from_block,
@@ -370,15 +374,13 @@ def brushing(group: Group, min_accounts: int = 5, repeat: int = 3) -> list[Findi
     members = group.members()
     out = []
     for merchant in group.merchants:
-        payers, payments, everyone = [], 0, 0
-        for payer in graph.adjacent.get(merchant, ()):
-            edge = graph.edges.get((payer, merchant))
-            if edge is None or not edge.payments:
-                continue
-            everyone += edge.payments
+        payers, payments = [], 0
+        for payer in sorted(graph.regular_payers.get(merchant, ())):
+            edge = graph.edges[(payer, merchant)]
             if payer in members and edge.payments >= repeat:
                 payers.append(payer)
                 payments += edge.payments
+        everyone = graph.merchant_payments.get(merchant, 0)
         if len(payers) < min_accounts:
             continue
         shared = group.per_identifier(payers, DEVICE)

@@ -7,11 +7,13 @@
   device, offices on one IP, viral referrers, loyal daily customers, ...) that appear in any
   version of any flagged ring.
 - **Detection delay**, for rings of five or more: from the fifth member joining (the truth's
-  `fifth_member_joined_ts`) to the first flagged version that matches, with Jaccard >= 0.5,
-  the members who had joined by then (a member joins at signup, or at their first fraudulent
-  transaction when they signed up before the world starts, as the truth defines it). A ring
-  still recruiting cannot be matched against members it does not have yet; the delay
-  against the final membership is reported beside it.
+  `fifth_member_joined_ts`) to the first moment a flagged ring standing then (its latest
+  version so far, not retired) matches, with Jaccard >= 0.5, the members who had joined by
+  then: 0 when a ring flagged earlier already matches them as the fifth joins. A member joins
+  at signup, or at their first fraudulent transaction when they signed up before the world
+  starts, as the truth defines it. A ring still recruiting cannot be matched against members
+  it does not have yet; the delay against the final membership (its first matching version,
+  negative when flagged before the fifth joined) is reported beside it.
 """
 
 from __future__ import annotations
@@ -134,6 +136,34 @@ def join_times(world: Path, users: set[str]) -> dict[str, int]:
     return joined
 
 
+def _delay(
+    members: frozenset[str],
+    fifth: int,
+    joined: dict[str, int],
+    every_version: list[tuple[str, int, frozenset[str], bool]],
+) -> float | None:
+    """Minutes from `fifth` to the first moment a standing flagged ring matches the members
+    joined by then; None if none ever does. The match can only start when a member joins or
+    a ring is (re-)announced, so only those moments (and `fifth` itself) are looked at."""
+    relevant = [v for v in every_version if v[2] & members]  # in ts order
+    joins = [ts for u in members if (ts := joined.get(u)) is not None and ts > fifth]
+    moments = sorted({fifth, *joins, *(v[1] for v in relevant if v[1] > fifth)})
+    standing: dict[str, frozenset[str]] = {}
+    applied = 0
+    for now in moments:
+        while applied < len(relevant) and relevant[applied][1] <= now:
+            ring_id, _, users, active = relevant[applied]
+            if active:
+                standing[ring_id] = users
+            else:
+                standing.pop(ring_id, None)
+            applied += 1
+        present = frozenset(u for u in members if joined.get(u, now + 1) <= now)
+        if len(present) >= 5 and any(jaccard(u, present) >= MATCH for u in standing.values()):
+            return (now - fifth) / MINUTE_MS
+    return None
+
+
 def ring_quality(rings: pl.DataFrame, world: Path) -> RingQuality:
     """`rings`: every version of every flagged ring (`rings.parquet`); `world`: the world's
     directory (its files and `truth/`)."""
@@ -145,11 +175,11 @@ def ring_quality(rings: pl.DataFrame, world: Path) -> RingQuality:
     if "status" not in rings.columns:
         rings = rings.with_columns(pl.lit("active").alias("status"))
     ordered = rings.sort("ts", "ring_id", "version")
-    versions = [
-        (r["ring_id"], r["ts"], frozenset(r["users"]))
+    every_version = [
+        (r["ring_id"], r["ts"], frozenset(r["users"]), r["status"] == "active")
         for r in ordered.iter_rows(named=True)
-        if r["status"] == "active"
     ]
+    versions = [(ring_id, ts, users) for ring_id, ts, users, active in every_version if active]
     final: dict[str, frozenset[str]] = {}
     for ring_id, _, users in versions:
         final[ring_id] = users
@@ -162,11 +192,7 @@ def ring_quality(rings: pl.DataFrame, world: Path) -> RingQuality:
         found = any(jaccard(users, members) >= MATCH for users in final.values())
         delay = delay_final = None
         if fifth is not None:
-            for _, ts, users in versions:
-                present = frozenset(u for u in members if joined.get(u, ts + 1) <= ts)
-                if len(present) >= 5 and jaccard(users, present) >= MATCH:
-                    delay = (ts - fifth) / MINUTE_MS
-                    break
+            delay = _delay(members, fifth, joined, every_version)
             for _, ts, users in versions:
                 if jaccard(users, members) >= MATCH:
                     delay_final = (ts - fifth) / MINUTE_MS

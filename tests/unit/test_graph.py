@@ -51,11 +51,12 @@ class World:
         )
         return tx_id
 
-    def busy_merchant(self, merchant: str, start: int, customers: int = 60) -> None:
+    def busy_merchant(self, merchant: str, start: int, customers: int = 60, **fields: Any) -> None:
         """A merchant with many one-off customers (too busy to link anyone)."""
+        fields.setdefault("amount_cents", 2_345)
         for i in range(customers):
             self.user(f"{merchant}-c{i}", start - 400 * DAY_MS)
-            self.pay(f"{merchant}-c{i}", merchant, start + i * MINUTE, amount_cents=2_345)
+            self.pay(f"{merchant}-c{i}", merchant, start + i * MINUTE, **fields)
 
     def run(self, layer: GraphLayer | None = None) -> tuple[GraphLayer, list[RingEvent]]:
         layer = layer or GraphLayer()
@@ -292,6 +293,55 @@ def test_rings_are_found_among_look_alikes_without_flagging_them() -> None:
     assert {e.kind for e in events} == set(RINGS)
 
 
+def test_money_rings_at_busy_merchants_are_found_by_their_regular_payers() -> None:
+    """A ring's merchants also serve passers-by: 60 one-off customers at the brushed shop
+    (its crew still brings three quarters of the payments) and 150 at each salon (the ring's
+    payments are a fifth of theirs). Neither hides the ring: candidates and the collusion
+    score read the merchants' regular payers, and one-off customers are none."""
+    world = World()
+    crew, ring = brushing(world), collusion(world)
+    world.busy_merchant("brushed", T0 + HOUR, customers=60, rebate_rate=0.25)
+    for salon in ("salonA", "salonB", "salonC"):
+        world.busy_merchant(salon, T0 + 2 * HOUR, customers=150, rebate_rate=0.28)
+    layer, events = world.run()
+    assert layer.graph.degree("m:salonA") > 150 > layer.config.limits.merchant
+    found = {r.kind: set(r.users) for r in _rings(events).values() if r.status == "active"}
+    assert found == {"brushing": crew, "collusion": ring}
+    assert (
+        _rings(events)[next(e.ring_id for e in events if e.kind == "collusion")].evidence[
+            "share_of_all_payments"
+        ]
+        < 0.25
+    )
+
+
+def test_regular_payers_follow_payments_and_the_window() -> None:
+    graph = EntityGraph(window_ms=10 * DAY_MS)
+    for i, (user, day) in enumerate([("a", 0), ("a", 1), ("b", 1), ("c", 8), ("c", 9)]):
+        graph.transaction(parse_transaction(tx(f"t{i}", T0 + day * DAY_MS, user_id=user)))
+    assert graph.regular_payers["m:m1"] == {"u:a", "u:c"}  # b paid once
+    assert graph.merchant_payments["m:m1"] == 5
+    graph.expire(T0 + 13 * DAY_MS)  # a's and b's payments left the window, c's did not
+    assert graph.regular_payers["m:m1"] == {"u:c"}
+    assert graph.merchant_payments["m:m1"] == 2
+    graph.expire(T0 + 30 * DAY_MS)
+    assert "m:m1" not in graph.regular_payers and "m:m1" not in graph.merchant_payments
+
+
+def test_a_graph_checkpointed_before_the_regular_payer_index_restores_with_it() -> None:
+    graph = EntityGraph()
+    for i, user in enumerate(["a", "a", "a", "b"]):
+        graph.transaction(parse_transaction(tx(f"t{i}", T0 + i, user_id=user)))
+    state = dict(graph.__dict__)  # what a checkpoint of an older version held
+    for name in ("regular_at", "regular_payers", "merchant_payments"):
+        del state[name]
+    restored = EntityGraph.__new__(EntityGraph)
+    restored.__setstate__(state)
+    assert restored.regular_payers == graph.regular_payers == {"m:m1": {"u:a"}}
+    assert restored.merchant_payments == graph.merchant_payments == {"m:m1": 4}
+    assert pickle.loads(pickle.dumps(graph)).regular_payers == graph.regular_payers
+
+
 def test_an_identifier_shared_by_many_links_nobody_and_ips_never_link() -> None:
     graph, candidates = EntityGraph(), Candidates()
     for i in range(30):
@@ -490,6 +540,13 @@ def _quality_world(tmp_path: Path) -> Path:
     return world
 
 
+def _ring_versions(rows: list[tuple[str, int, list[str], int, str]]) -> pl.DataFrame:
+    """`rings.parquet` rows from (ring_id, version, users, ts, status)."""
+    return pl.DataFrame(
+        [{"ring_id": r, "version": v, "users": u, "ts": ts, "status": s} for r, v, u, ts, s in rows]
+    )
+
+
 def test_ring_quality_by_hand(tmp_path: Path) -> None:
     world = _quality_world(tmp_path)
     farm_early = ["a0", "a1", "a2", "a3", "a4"]  # all five who had joined by T0 + 4.5 h
@@ -500,10 +557,7 @@ def test_ring_quality_by_hand(tmp_path: Path) -> None:
         ("x2", 2, ["fam0", "fam1"], T0 + HOUR, "retired"),  # ... retired later
         ("x3", 1, ["b0", "zz1", "zz2", "zz3", "zz4"], T0, "active"),  # J = 1/8: not b's
     ]
-    rings = pl.DataFrame(
-        [{"ring_id": r, "version": v, "users": u, "ts": ts, "status": s} for r, v, u, ts, s in rows]
-    )
-    q = ring_quality(rings, world)
+    q = ring_quality(_ring_versions(rows), world)
     assert (q.true_rings, q.found) == (2, 1)  # r2 matched by nothing
     assert (q.flagged, q.precise) == (2, 1)  # x1 and x3 stand; x2 was retired
     assert q.lookalikes["family_device"] == (2, 10)  # flagged once counts
@@ -511,6 +565,28 @@ def test_ring_quality_by_hand(tmp_path: Path) -> None:
     # membership (twelve) only at T0 + 13 h, nine hours after the fifth joined.
     assert q.median_delay_min == 30.0
     assert q.median_delay_final_min == 9 * 60.0
+
+
+def test_ring_quality_counts_a_ring_flagged_before_the_fifth_member_joined(
+    tmp_path: Path,
+) -> None:
+    """A ring flagged with three members an hour before the fifth joins (and never
+    re-announced) is detected as the fifth joins: 3 of 5 present, Jaccard 0.6. A flag
+    retired before then does not count."""
+    world = _quality_world(tmp_path)
+    early = ["a0", "a1", "a2"]
+    standing = [("x1", 1, early, T0 + 3 * HOUR, "active")]
+    assert ring_quality(_ring_versions(standing), world).median_delay_min == 0.0
+    # Retired at 3.5 h, then flagged again at 5 h: detected when it was flagged again,
+    # with six members present (3/6 = 0.5).
+    again = [
+        ("x1", 2, early, T0 + 3 * HOUR + 30 * MINUTE, "retired"),
+        ("x9", 1, early, T0 + 5 * HOUR, "active"),
+    ]
+    assert ring_quality(_ring_versions(standing + again), world).median_delay_min == 60.0
+    # Never matching the members present: three of the eight present at 7 h is J < 0.5.
+    late = [("x1", 1, early, T0 + 7 * HOUR, "active")]
+    assert ring_quality(_ring_versions(late), world).median_delay_min is None
 
 
 def test_a_farm_is_first_a_signup_batch_then_a_farm_that_retires_it() -> None:
