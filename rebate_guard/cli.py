@@ -6,6 +6,7 @@ simulate  a seeded rebate-platform world, to files or to the broker at a rate
 replay    contract files through the scoring path, offline (backtests)
 features  the feature vector of every transaction, offline (same code as the worker)
 evaluate  ROC AUC, average precision, top-k users per day, per scenario, of decisions
+policy    check a policy file, push it live (hot reload), show the live one
 topics    create the contract topics (idempotent)
 """
 
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--labels", type=Path)
         cmd.add_argument("--out", type=Path, required=True, help=out_help)
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "replay":
+            cmd.add_argument(
+                "--policy",
+                type=Path,
+                help="rebate policy file (TOML or JSON; default: RG_POLICY_FILE or the "
+                "shipped one)",
+            )
         cmd.set_defaults(handler=_replay)
 
     ev = sub.add_parser("evaluate", help="how well decisions rank fraud (labels or truth)")
@@ -101,6 +109,20 @@ def _parser() -> argparse.ArgumentParser:
         "(needs --truth DIR of a simulated world)",
     )
     ev.set_defaults(handler=_evaluate)
+
+    policy = sub.add_parser("policy", help="check, push (hot reload) or show the rebate policy")
+    actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="validate a policy file (TOML or JSON)")
+    check.add_argument("file", type=Path)
+    push = actions.add_parser(
+        "push",
+        help="validate a policy file and make it the live one: workers take it up within "
+        "RG_POLICY_POLL_S, without a restart",
+    )
+    push.add_argument("file", type=Path)
+    show = actions.add_parser("show", help="print the live policy (JSON)")
+    show.add_argument("--version", help="a past version's document instead")
+    policy.set_defaults(handler=_policy)
 
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
     topics.set_defaults(handler=_topics)
@@ -150,8 +172,9 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from features.engine import FeatureEngine
     from graph.layer import GraphLayer
+    from rebate_guard.policy import Policy
     from rebate_guard.replay import compute_features, replay
-    from rebate_guard.scoring import Scorer
+    from rebate_guard.scoring import Decider, Scorer
 
     inputs = {"transactions": args.transactions, "signups": args.signups, "labels": args.labels}
     progress = None if args.quiet else sys.stderr
@@ -159,7 +182,12 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         config = settings.engine_config()
         summary = compute_features(**inputs, out=args.out, progress=progress, config=config)
     else:
-        scorer = Scorer(features=FeatureEngine(settings.engine_config()), graph=GraphLayer())
+        policy = Policy.load(args.policy) if args.policy else settings.policy()
+        scorer = Scorer(
+            features=FeatureEngine(settings.engine_config()),
+            decider=Decider(policy=policy),
+            graph=GraphLayer(),
+        )
         summary = replay(**inputs, out_dir=args.out, progress=progress, scorer=scorer)
     rows = "feature rows" if args.command == "features" else "decisions"
     print(
@@ -196,6 +224,53 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
             ring_quality.write_json(quality, rings_json)
             print(f"\njson: {rings_json}")
     return 0
+
+
+def _policy(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from redis.exceptions import RedisError
+
+    from rebate_guard.policy import Policy
+    from streams.store import RedisDecisionStore
+
+    if args.action == "check":
+        policy = Policy.load(args.file)  # PolicyError (a ValueError): printed, exit 2
+        print(f"{args.file}: valid, version {policy.version}")
+        return 0
+
+    async def talk() -> int:
+        store = RedisDecisionStore(settings)
+        try:
+            return await act(store)
+        except (OSError, RedisError) as exc:
+            print(f"rebate-guard policy: Redis at {settings.redis_url}: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+
+    async def act(store: RedisDecisionStore) -> int:
+        if args.action == "push":
+            policy = Policy.load(args.file)
+            before = await store.push_policy(policy.version, policy.to_json())
+            was = Policy.from_text(before).version if before else "none"
+            print(
+                f"policy {policy.version} is live (was {was}); workers take it up "
+                f"within {settings.policy_poll_s:g} s"
+            )
+            return 0
+        if args.version:
+            text = await store.client.get(store.keys.policy_version(args.version))
+        else:
+            text = await store.get_policy()
+        if text is None:
+            what = f"version {args.version}" if args.version else "live policy"
+            print(f"rebate-guard policy: no {what} in Redis", file=sys.stderr)
+            return 1
+        print(json.dumps(json.loads(text), indent=2, sort_keys=True))
+        return 0
+
+    return asyncio.run(talk())
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:

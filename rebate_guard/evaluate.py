@@ -6,7 +6,11 @@
   queue of k users would find), averaged over days;
 - with ground truth that names scenarios: the same per scenario, each scenario's
   transactions against all legitimate ones, and per look-alike group (the share of the group's
-  legitimate transactions that were held or blocked).
+  legitimate transactions that were held or blocked);
+- with ground truth, the **money outcome**: the share of the rebate money fraudulent payments
+  requested that was withheld (not granted at decision time: scaled down, held or blocked),
+  against the share of legitimate rebate money withheld, overall, per scenario and per
+  look-alike group. Held money counts as withheld (it is not paid when the decision is made).
 
 With `--labels` only labelled transactions count (a tx-level label; the latest one wins), so
 the figures describe the labelled sample, not the whole traffic.
@@ -43,6 +47,9 @@ class Evaluation:
     per_scenario: dict[str, Ranking] = field(default_factory=dict)
     #: look-alike group -> share of its legitimate transactions held or blocked
     lookalikes_withheld: dict[str, float] = field(default_factory=dict)
+    #: Money outcome (truth only): share of requested rebate money withheld, by slice:
+    #: "fraud", "legit", "fraud:<scenario>", "legit:<look-alike group>".
+    money_withheld: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +77,10 @@ class Evaluation:
             lines.append("|---|---|")
             for group, share in sorted(self.lookalikes_withheld.items()):
                 lines.append(f"| {group} | {share:.2%} |")
+        if self.money_withheld:
+            lines += ["", "| rebate money | withheld at decision |", "|---|---|"]
+            for name, share in self.money_withheld.items():
+                lines.append(f"| {name} | {share:.2%} |")
         return "\n".join(lines)
 
 
@@ -116,7 +127,15 @@ def evaluate(
 ) -> Evaluation:
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
-    decided = pl.read_parquet(decisions).select("tx_id", "ts", "user_id", "risk", "action")
+    decided = pl.read_parquet(decisions).select(
+        "tx_id",
+        "ts",
+        "user_id",
+        "risk",
+        "action",
+        "rebate_requested_cents",
+        "rebate_granted_cents",
+    )
     if truth is not None:
         source = "truth"
         facts = pl.read_parquet(_truth_file(truth)).select(
@@ -148,7 +167,28 @@ def evaluate(
         for (group,), rows in groups.group_by("group"):
             withheld = rows["action"].is_in(WITHHELD).mean()
             result.lookalikes_withheld[str(group)] = float(withheld)  # type: ignore[arg-type]
+        result.money_withheld = money_withheld(frame)
     return result
+
+
+def money_withheld(frame: pl.DataFrame) -> dict[str, float]:
+    """Share of requested rebate money not granted, for fraud and legit overall, each
+    scenario's fraud and each look-alike group's legitimate payments."""
+    paid = frame.filter(pl.col("rebate_requested_cents") > 0)
+
+    def share(rows: pl.DataFrame) -> float:
+        requested = int(rows["rebate_requested_cents"].sum())
+        granted = int(rows["rebate_granted_cents"].sum())
+        return 1.0 - granted / requested if requested else 0.0
+
+    fraud, legit = paid.filter(pl.col("fraud")), paid.filter(~pl.col("fraud"))
+    out = {"fraud": share(fraud), "legit": share(legit)}
+    for (scenario,), rows in sorted(fraud.group_by("scenario"), key=lambda g: str(g[0][0])):
+        out[f"fraud:{scenario}"] = share(rows)
+    groups = legit.filter(pl.col("group").is_not_null() & (pl.col("group") != "legit"))
+    for (group,), rows in sorted(groups.group_by("group"), key=lambda g: str(g[0][0])):
+        out[f"legit:{group}"] = share(rows)
+    return out
 
 
 def _truth_file(truth: Path) -> Path:

@@ -1,47 +1,351 @@
 """Trust weight and rebate policy: from risk signals to an action and exact granted money.
 
-Trust weight w = (1 - model risk) x (1 - ring score): in [0, 1], monotone (non-increasing) in
-each risk signal, 1 only when nothing is suspicious. Thresholds on w pick the action:
-  w >= allow_at  -> allow  (full rebate)
-  w >= scale_at  -> scale  (rebate x w, rounded down to whole cents)
-  w >= hold_at   -> hold   (nothing granted now; escrowed until a label or timeout)
-  otherwise      -> block  (nothing)
+**Trust weight** w = (1 - model risk) x (1 - ring score), in [0, 1]: non-increasing in each
+risk signal, 1 only when nothing is suspicious. Model risk already combines the rules, the
+anomaly score and the online classifier (`detectors.risk`); the ring score is the strongest
+ring the user or merchant is in (`graph.layer`).
+
+**Policy**: a versioned document (TOML or JSON; the default,
+`rebate_guard/policies/default.toml`, documents every key) that maps w to an action, per
+merchant category and per campaign:
+
+    w >= allow_at  -> allow  (full rebate)
+    w >= scale_at  -> scale  (rebate x w, rounded down to whole cents)
+    w >= hold_at   -> hold   (nothing granted now; escrowed until a label or timeout)
+    otherwise      -> block  (nothing)
+
+Money-aware: an action that pays also needs its *expected loss*, (1 - w) x the cents it
+pays, within `max_expected_loss_cents`; otherwise the next stricter action is taken, so
+the larger the rebate, the more trust it needs. Block and allow lists (users, devices,
+cards, merchants) come before the weight: a block list entry blocks, an allow list entry
+(and no block entry) allows in full.
+
+A document is validated as a whole before use (`PolicyError` names the offending key and
+value); the worker keeps the policy it has when a new one is rejected. Every decision
+records the version of the policy that made it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
-from streams.records import ALLOW, BLOCK, HOLD, SCALE, scale_cents
+from streams.records import ALLOW, BLOCK, HOLD, SCALE, Transaction, scale_cents
+
+PPM = 1_000_000
+#: Reason codes of the policy's own rules.
+EXPECTED_LOSS = "expected_loss_over_limit"
+LIST_KINDS = ("users", "devices", "cards", "merchants")
 
 
 class PolicyError(ValueError):
-    """A policy that cannot be used; the message says which value is wrong."""
+    """A policy that cannot be used; the message says which key is wrong and why."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    allow_at: float = 0.85
+    scale_at: float = 0.5
+    hold_at: float = 0.2
+    #: The most expected loss, (1 - w) x cents paid, an allow or scale may carry; None: any.
+    max_expected_loss_cents: int | None = None
+
+    def check(self, where: str) -> None:
+        for name in ("allow_at", "scale_at", "hold_at"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise PolicyError(f"{where}.{name}: expected a number, got {value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise PolicyError(f"{where}.{name}: must be within [0, 1], got {value}")
+        if not self.hold_at <= self.scale_at <= self.allow_at:
+            raise PolicyError(
+                f"{where}: thresholds must satisfy hold_at <= scale_at <= allow_at, got "
+                f"hold_at={self.hold_at}, scale_at={self.scale_at}, allow_at={self.allow_at}"
+            )
+        limit = self.max_expected_loss_cents
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise PolicyError(
+                f"{where}.max_expected_loss_cents: expected whole cents >= 0, got {limit!r}"
+            )
+
+    def decide(self, weight: float, requested_cents: int) -> tuple[str, int, list[str]]:
+        """The action, the cents granted now, and the policy's reasons (`EXPECTED_LOSS`
+        when it stepped down for the money at stake)."""
+        w_ppm = round(weight * PPM)
+        stepped = False
+        if weight >= self.allow_at:
+            if self._affordable(w_ppm, requested_cents):
+                return ALLOW, requested_cents, []
+            stepped = True
+        if weight >= self.scale_at:
+            scaled = scale_cents(requested_cents, weight)
+            if self._affordable(w_ppm, scaled):
+                return SCALE, scaled, [EXPECTED_LOSS] if stepped else []
+            stepped = True
+        reasons = [EXPECTED_LOSS] if stepped else []
+        return (HOLD if weight >= self.hold_at else BLOCK), 0, reasons
+
+    def _affordable(self, w_ppm: int, cents: int) -> bool:
+        limit = self.max_expected_loss_cents
+        # (1 - w) x cents <= limit, in integers (w to six decimals, as the weight is kept).
+        return limit is None or (PPM - w_ppm) * cents <= limit * PPM
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """Thresholds for payments at `merchants` between `starts_ms` and `ends_ms` (event time;
+    either end open when None)."""
+
+    name: str
+    merchants: frozenset[str]
+    thresholds: Thresholds
+    starts_ms: int | None = None
+    ends_ms: int | None = None
+
+    def covers(self, tx: Transaction) -> bool:
+        return (
+            tx.merchant_id in self.merchants
+            and (self.starts_ms is None or tx.ts >= self.starts_ms)
+            and (self.ends_ms is None or tx.ts < self.ends_ms)
+        )
+
+
+@dataclass(frozen=True)
+class Lists:
+    block_users: frozenset[str] = frozenset()
+    block_devices: frozenset[str] = frozenset()
+    block_cards: frozenset[str] = frozenset()
+    block_merchants: frozenset[str] = frozenset()
+    allow_users: frozenset[str] = frozenset()
+    allow_devices: frozenset[str] = frozenset()
+    allow_cards: frozenset[str] = frozenset()
+    allow_merchants: frozenset[str] = frozenset()
+
+    def hits(self, tx: Transaction, which: str) -> list[str]:
+        """Reason codes (`blocklist:device`, ...) of the `which` ("block"/"allow") lists
+        that name the transaction's user, device, card or merchant."""
+        ids = (tx.user_id, tx.device_id, tx.card_id, tx.merchant_id)
+        return [
+            f"{which}list:{kind[:-1]}"
+            for kind, value in zip(LIST_KINDS, ids, strict=True)
+            if value is not None and value in getattr(self, f"{which}_{kind}")
+        ]
 
 
 @dataclass(frozen=True)
 class Policy:
     version: str = "default-1"
-    allow_at: float = 0.85
-    scale_at: float = 0.5
-    hold_at: float = 0.2
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    #: merchant_category -> thresholds for its transactions.
+    categories: Mapping[str, Thresholds] = field(default_factory=dict)
+    #: The first campaign covering a transaction sets its thresholds (before its category).
+    campaigns: tuple[Campaign, ...] = ()
+    lists: Lists = field(default_factory=Lists)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.hold_at <= self.scale_at <= self.allow_at <= 1.0:
-            raise PolicyError(
-                "thresholds must satisfy 0 <= hold_at <= scale_at <= allow_at <= 1, got "
-                f"hold_at={self.hold_at}, scale_at={self.scale_at}, allow_at={self.allow_at}"
-            )
+        if not isinstance(self.version, str) or not self.version.strip():
+            raise PolicyError(f"version: expected a non-empty string, got {self.version!r}")
+        self.thresholds.check("thresholds")
+        for name, thresholds in self.categories.items():
+            thresholds.check(f"categories.{name}")
+        for i, campaign in enumerate(self.campaigns):
+            campaign.thresholds.check(f"campaigns[{i}] ({campaign.name})")
 
-    def decide(self, trust_weight: float, requested_cents: int) -> tuple[str, int]:
-        """The action and the cents granted now for a rebate of `requested_cents`."""
-        if trust_weight >= self.allow_at:
-            return ALLOW, requested_cents
-        if trust_weight >= self.scale_at:
-            return SCALE, scale_cents(requested_cents, trust_weight)
-        if trust_weight >= self.hold_at:
-            return HOLD, 0
-        return BLOCK, 0
+    def thresholds_for(self, tx: Transaction) -> Thresholds:
+        for campaign in self.campaigns:
+            if campaign.covers(tx):
+                return campaign.thresholds
+        if tx.merchant_category is not None:
+            return self.categories.get(tx.merchant_category, self.thresholds)
+        return self.thresholds
+
+    def decide(
+        self, tx: Transaction, weight: float, requested_cents: int
+    ) -> tuple[str, int, list[str]]:
+        """The action, the cents granted now, and the policy's own reason codes."""
+        blocked = self.lists.hits(tx, "block")
+        if blocked:
+            return BLOCK, 0, blocked
+        allowed = self.lists.hits(tx, "allow")
+        if allowed:
+            return ALLOW, requested_cents, allowed
+        return self.thresholds_for(tx).decide(weight, requested_cents)
+
+    # --- documents ------------------------------------------------------------------------
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> Policy:
+        """A policy from its document (parsed TOML or JSON); `PolicyError` if invalid."""
+        if not isinstance(doc, Mapping):
+            raise PolicyError(f"a policy is a table of keys, got {type(doc).__name__}")
+        _known(doc, "policy", ("version", "thresholds", "categories", "campaigns", "lists"))
+        if "version" not in doc:
+            raise PolicyError("version: missing (every policy names its version)")
+        default = _thresholds(doc.get("thresholds", {}), "thresholds", Thresholds())
+        categories = {
+            str(name): _thresholds(table, f"categories.{name}", default)
+            for name, table in _table(doc.get("categories", {}), "categories").items()
+        }
+        raw_campaigns = doc.get("campaigns", [])
+        if not isinstance(raw_campaigns, list):
+            raise PolicyError("campaigns: expected a list of tables ([[campaigns]])")
+        campaigns = tuple(
+            _campaign(c, f"campaigns[{i}]", default) for i, c in enumerate(raw_campaigns)
+        )
+        return cls(
+            version=doc["version"],
+            thresholds=default,
+            categories=categories,
+            campaigns=campaigns,
+            lists=_lists(doc.get("lists", {})),
+        )
+
+    @classmethod
+    def from_text(cls, text: str | bytes, fmt: str = "json") -> Policy:
+        """From a document's text: `fmt` "toml" or "json"."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        try:
+            doc = tomllib.loads(text) if fmt == "toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise PolicyError(f"not valid {fmt.upper()}: {err}") from None
+        return cls.from_document(doc)
+
+    @classmethod
+    def load(cls, path: Path) -> Policy:
+        """From a file: `.toml`, or JSON otherwise."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise PolicyError(f"cannot read {path}: {err.strerror}") from None
+        try:
+            return cls.from_text(text, "toml" if path.suffix == ".toml" else "json")
+        except PolicyError as err:
+            raise PolicyError(f"{path}: {err}") from None
+
+    def document(self) -> dict[str, Any]:
+        """The policy as a JSON-ready document (`from_document` reads it back)."""
+
+        def thresholds(t: Thresholds) -> dict[str, Any]:
+            return {k: v for k, v in asdict(t).items() if v is not None}
+
+        return {
+            "version": self.version,
+            "thresholds": thresholds(self.thresholds),
+            "categories": {name: thresholds(t) for name, t in sorted(self.categories.items())},
+            "campaigns": [
+                {
+                    "name": c.name,
+                    "merchants": sorted(c.merchants),
+                    **({"starts_ms": c.starts_ms} if c.starts_ms is not None else {}),
+                    **({"ends_ms": c.ends_ms} if c.ends_ms is not None else {}),
+                    **thresholds(c.thresholds),
+                }
+                for c in self.campaigns
+            ],
+            "lists": {f.name: sorted(getattr(self.lists, f.name)) for f in fields(Lists)},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
+
+
+THRESHOLD_KEYS = tuple(f.name for f in fields(Thresholds))
+
+
+def _known(table: Mapping[str, Any], where: str, keys: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(keys))
+    if unknown:
+        raise PolicyError(
+            f"{where}: unknown key {unknown[0]!r} (expected one of: {', '.join(keys)})"
+        )
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"{where}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _thresholds(value: Any, where: str, base: Thresholds) -> Thresholds:
+    """Thresholds from a table; keys it leaves out are `base`'s."""
+    table = _table(value, where)
+    _known(table, where, THRESHOLD_KEYS)
+    merged = {**asdict(base), **{k: table[k] for k in THRESHOLD_KEYS if k in table}}
+    thresholds = Thresholds(**merged)
+    thresholds.check(where)
+    return thresholds
+
+
+def _campaign(value: Any, where: str, base: Thresholds) -> Campaign:
+    table = _table(value, where)
+    _known(
+        table,
+        where,
+        ("name", "merchants", "starts", "ends", "starts_ms", "ends_ms", *THRESHOLD_KEYS),
+    )
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise PolicyError(f"{where}.name: expected a non-empty string, got {name!r}")
+    where = f"campaigns.{name}"
+    merchants = _ids(table.get("merchants"), f"{where}.merchants")
+    if not merchants:
+        raise PolicyError(f"{where}.merchants: a campaign names at least one merchant")
+    starts = _instant(table, "starts", where)
+    ends = _instant(table, "ends", where)
+    if starts is not None and ends is not None and ends <= starts:
+        raise PolicyError(f"{where}: ends must be after starts")
+    thresholds = _thresholds({k: table[k] for k in THRESHOLD_KEYS if k in table}, where, base)
+    return Campaign(name, merchants, thresholds, starts, ends)
+
+
+def _instant(table: Mapping[str, Any], key: str, where: str) -> int | None:
+    """Epoch ms from `key` (an ISO-8601 time with zone, or a TOML datetime) or `key_ms`."""
+    if f"{key}_ms" in table:
+        value = table[f"{key}_ms"]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise PolicyError(f"{where}.{key}_ms: expected epoch milliseconds, got {value!r}")
+        return value
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise PolicyError(f"{where}.{key}: not an ISO-8601 time: {value!r}") from None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise PolicyError(
+            f"{where}.{key}: expected a time with its zone (e.g. ...Z), got {value!r}"
+        )
+    return int(value.timestamp() * 1000)
+
+
+def _ids(value: Any, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PolicyError(f"{where}: expected a list of ids (strings), got {value!r}")
+    return frozenset(value)
+
+
+def _lists(value: Any) -> Lists:
+    table = _table(value, "lists")
+    names = tuple(f.name for f in fields(Lists))
+    _known(table, "lists", names)
+    return Lists(**{name: _ids(table[name], f"lists.{name}") for name in names if name in table})
+
+
+DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
+
+
+def default_policy() -> Policy:
+    """The policy shipped with RebateGuard (`rebate_guard/policies/default.toml`)."""
+    return Policy.load(DEFAULT_POLICY)
 
 
 def trust_weight(risk: float, ring_score: float) -> float:

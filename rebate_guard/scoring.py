@@ -19,7 +19,7 @@ from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from graph.layer import GraphLayer, RingEvent
 from graph.referrals import pyramid_score
-from rebate_guard.policy import Policy, trust_weight
+from rebate_guard.policy import Policy, default_policy, trust_weight
 from streams.records import (
     FRAUD,
     PAYMENT,
@@ -85,7 +85,7 @@ class Decider:
     context. Lives where a user's transactions are decided (the user-stage partition)."""
 
     model: RiskModel = field(default_factory=RiskModel)
-    policy: Policy = field(default_factory=Policy)
+    policy: Policy = field(default_factory=default_policy)
     drift: DriftWatch = field(default_factory=DriftWatch)
     #: tx_id -> (user, the enriched vector it was scored with, its risk), oldest first.
     remembered: OrderedDict[str, tuple[str, Features, float]] = field(default_factory=OrderedDict)
@@ -157,12 +157,9 @@ class Decider:
             ring_score, ring_reasons = ring
         weight = trust_weight(risk, ring_score)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
-        if tx.kind == PAYMENT:
-            action, granted = self.policy.decide(weight, requested)
-        else:
-            # A refund earns no rebate; its decision records the risk for the refund itself.
-            requested = 0
-            action, granted = self.policy.decide(weight, 0)
+        if tx.kind != PAYMENT:
+            requested = 0  # a refund earns no rebate; its decision records the refund's risk
+        action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
         self._remember(tx.tx_id, tx.user_id, enriched, risk)
         if tx.kind == PAYMENT:
             was_granted = granted > 0 if standing_grant is None else standing_grant
@@ -178,7 +175,7 @@ class Decider:
             action=action,
             rebate_requested_cents=requested,
             rebate_granted_cents=granted,
-            reasons=ring_reasons + reasons,
+            reasons=policy_reasons + ring_reasons + reasons,
             model_version=version,
             decided_at=decided_at,
             policy_version=self.policy.version,

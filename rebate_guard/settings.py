@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from features.engine import EngineConfig
     from graph.layer import GraphConfig
+    from rebate_guard.policy import Policy
 
 
 class SettingsError(ValueError):
@@ -166,6 +167,20 @@ class Settings:
             "Event time between ring scans: a changed group is analysed at most this often."
         ),
     )
+    policy_file: str = field(
+        default="",
+        metadata=_doc(
+            "Rebate policy (TOML or JSON) a worker starts with when Redis holds none yet; "
+            "empty: the shipped `rebate_guard/policies/default.toml`. The live policy is "
+            "the one in Redis: change it with `rebate-guard policy push FILE`."
+        ),
+    )
+    policy_poll_s: float = field(
+        default=1.0,
+        metadata=_doc(
+            "How often the worker looks for a new policy in Redis (hot reload, no restart)."
+        ),
+    )
     user_ttl_days: int = field(
         default=730,
         metadata=_doc(
@@ -198,6 +213,12 @@ class Settings:
             window_ms=self.graph_window_days * 86_400_000,
             scan_every_ms=self.graph_scan_minutes * MINUTE_MS,
         )
+
+    def policy(self) -> Policy:
+        """The policy a worker starts with (`policy_file`, or the shipped default)."""
+        from rebate_guard.policy import Policy, default_policy
+
+        return Policy.load(Path(self.policy_file)) if self.policy_file else default_policy()
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -237,6 +258,8 @@ class Settings:
             raise SettingsError("RG_ALLOWED_LATENESS_MS must not be negative")
         if self.graph_window_days < 1 or self.graph_scan_minutes < 1:
             raise SettingsError("RG_GRAPH_WINDOW_DAYS and RG_GRAPH_SCAN_MINUTES must be >= 1")
+        if self.policy_poll_s <= 0:
+            raise SettingsError("RG_POLICY_POLL_S must be positive")
         if self.user_ttl_days < 31:
             raise SettingsError("RG_USER_TTL_DAYS must be at least 31 (the longest window)")
 

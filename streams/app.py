@@ -32,6 +32,7 @@ import faust
 from faust.types import TP, EventT, Message
 from mode import Service
 
+from rebate_guard.policy import Policy, PolicyError
 from rebate_guard.settings import Settings
 from streams.processor import (
     BatchOutcome,
@@ -79,7 +80,7 @@ class Runtime:
         self.sink = sink
         with_broker = isinstance(sink, KafkaSink)
         self.processor = BatchProcessor(store, sink, settings, loopback=not with_broker)
-        # The shards are touched by five agents, two timers and rebalances: one at a time,
+        # The shards are touched by five agents, three timers and rebalances: one at a time,
         # and never in the middle of a batch.
         self.lock = asyncio.Lock()
         self.ready = asyncio.Event()
@@ -94,14 +95,51 @@ class Runtime:
         self.fail_stop: Callable[[], None] = _exit_hard
         # Forking needs the real Redis (the child opens its own connection to it).
         self.fork_checkpoints = isinstance(store, RedisDecisionStore)
+        #: The policy document last taken from Redis, and what the status page shows.
+        self._policy_text: bytes | None = None
+        self.policy_status: dict[str, Any] = {
+            "version": self.processor.policy.version,
+            "source": "start",
+            "rejected": None,
+        }
         if not with_broker:
             self.processor.own_all()  # no broker, no assignment: every partition is ours
             self.ready.set()
 
     async def start(self) -> None:
+        await self.refresh_policy()
         if isinstance(self.sink, KafkaSink):
             await self.sink.start()
             await self._check_partitions(self.sink)
+
+    async def refresh_policy(self) -> None:
+        """Takes up a new live policy from Redis (hot reload, between batches). It is
+        validated first: one that fails is logged and reported, and the current policy
+        stays. With no policy in Redis yet, this worker's starting one becomes the live
+        one. Redis being down only delays this to the next poll."""
+        start = self.processor.policy
+        try:
+            text = await self.store.get_policy()
+            if text is None:
+                await self.store.seed_policy(start.version, start.to_json())
+                text = await self.store.get_policy()
+        except Exception as exc:  # I/O: the next poll tries again
+            log.warning("cannot read the policy from Redis (%s); keeping %s", exc, start.version)
+            return
+        if text is None or text == self._policy_text:
+            return
+        self._policy_text = text
+        try:
+            policy = Policy.from_text(text)
+        except PolicyError as exc:
+            log.error("rejected the policy in Redis, keeping %s: %s", start.version, exc)
+            self.policy_status["rejected"] = str(exc)
+            return
+        if policy != start:
+            async with self.lock:
+                self.processor.set_policy(policy)
+            log.info("policy %s -> %s (from Redis)", start.version, policy.version)
+        self.policy_status = {"version": policy.version, "source": "redis", "rejected": None}
 
     async def _check_partitions(self, sink: KafkaSink) -> None:
         """Refuse to run on topics whose partition counts differ: co-partitioning (and the
@@ -342,6 +380,10 @@ def create_worker(
     @app.timer(interval=settings.checkpoint_interval_s)
     async def checkpoint() -> None:
         await runtime.checkpoint()
+
+    @app.timer(interval=settings.policy_poll_s)
+    async def refresh_policy() -> None:
+        await runtime.refresh_policy()
 
     @app.timer(interval=min(0.5, settings.source_idle_s / 2))
     async def release_idle_sources() -> None:

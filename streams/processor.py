@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from features.referral import TreeEntry, depth_walk
 from features.stages import EntityStage, UserStage
 from graph.layer import ACTIVE, GraphLayer, RingScore
+from rebate_guard.policy import Policy
 from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
@@ -187,6 +188,18 @@ class BatchProcessor:
     _drift_logged: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Loopback only: envelopes produced and not yet taken in, per internal topic.
     _looped: dict[str, list[RawEvent]] = field(default_factory=dict)
+    #: The policy every user shard decides with (`set_policy` swaps it, between batches).
+    policy: Policy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = self.settings.policy()
+
+    def set_policy(self, policy: Policy) -> None:
+        """Decide with `policy` from the next batch on (hot reload): every user shard,
+        and any installed later, including from a checkpoint made under another."""
+        self.policy = policy
+        for shard in self.users.values():
+            shard.decider.policy = policy
 
     @property
     def n_partitions(self) -> int:
@@ -200,7 +213,10 @@ class BatchProcessor:
             partition,
             self.n_partitions,
             UserStage(engine.utc_offset_minutes, engine.user_ttl_ms),
-            Decider(remember_limit=MAX_REMEMBERED_FEATURES // self.n_partitions),
+            Decider(
+                policy=self.policy,
+                remember_limit=MAX_REMEMBERED_FEATURES // self.n_partitions,
+            ),
             s.decision_ttl_s * 1000,
             engine.sweep_every_ms,
             s.allowed_lateness_ms,
@@ -226,6 +242,7 @@ class BatchProcessor:
             if state is not None and not isinstance(state, UserShard):
                 raise TypeError(f"{unit}: not a user shard checkpoint: {type(state).__name__}")
             shard = state or self.new_user_shard(partition)
+            shard.decider.policy = self.policy  # the live one, not the checkpoint's
             shard.redo = True  # it may re-decide what was decided after its checkpoint
             self.users[partition] = shard
             now = self.clock()

@@ -56,6 +56,23 @@ return fresh
 """
 
 
+_PUSH_POLICY = """
+local taken = redis.call('GET', KEYS[2])
+if taken and taken ~= ARGV[1] then
+  return redis.error_reply('policy version ' .. ARGV[2] .. ' is already taken by another ' ..
+    'policy: give this one a new version')
+end
+local before = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1])
+return before or false
+"""
+
+
+class PolicyConflict(ValueError):
+    """A policy was pushed under a version another policy already has."""
+
+
 class Keys:
     """Redis key layout, under a prefix derived from the app id (one deployment per prefix)."""
 
@@ -65,6 +82,12 @@ class Keys:
         self.recent = f"{self.prefix}recent"
         #: Hash: ring id -> its latest event (JSON), for the rings that stand.
         self.rings = f"{self.prefix}rings"
+        #: The live policy document (JSON), read by every worker.
+        self.policy = f"{self.prefix}policy"
+
+    def policy_version(self, version: str) -> str:
+        """Every version's document, kept: a decision's `policy_version` can be looked up."""
+        return f"{self.prefix}policy:version:{version}"
 
     def decision(self, tx_id: str) -> str:
         return f"{self.prefix}decision:{tx_id}"
@@ -124,6 +147,19 @@ class DecisionStore(Protocol):
         """The latest event of every ring that stands."""
         ...
 
+    async def get_policy(self) -> bytes | None:
+        """The live policy document, if any."""
+        ...
+
+    async def push_policy(self, version: str, document: str) -> bytes | None:
+        """Make `document` the live policy (and keep it under its version); returns the
+        document it replaced. `PolicyConflict` if `version` names another document."""
+        ...
+
+    async def seed_policy(self, version: str, document: str) -> bool:
+        """Make `document` the live policy only if there is none yet; whether it did."""
+        ...
+
 
 # Redis strings hold at most 512 MB; checkpoints are written in chunks well below that.
 CHECKPOINT_CHUNK = 64 * 1024 * 1024
@@ -139,6 +175,7 @@ class RedisDecisionStore:
         )
         self._put = self.client.register_script(_PUT_DECISIONS)
         self._dead = self.client.register_script(_COUNT_DEAD_LETTERS)
+        self._push_policy = self.client.register_script(_PUSH_POLICY)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -192,6 +229,24 @@ class RedisDecisionStore:
     async def rings(self) -> list[dict[str, Any]]:
         raw = await self.client.hvals(self.keys.rings)
         return [json.loads(v) for v in raw]
+
+    async def get_policy(self) -> bytes | None:
+        value = await self.client.get(self.keys.policy)
+        return None if value is None else _bytes(value)
+
+    async def push_policy(self, version: str, document: str) -> bytes | None:
+        keys = [self.keys.policy, self.keys.policy_version(version)]
+        try:
+            before = await self._push_policy(keys=keys, args=[document, version])
+        except syncredis.ResponseError as err:
+            if "already taken" in str(err):
+                raise PolicyConflict(str(err)) from None
+            raise
+        return None if before is None else _bytes(before)
+
+    async def seed_policy(self, version: str, document: str) -> bool:
+        await self.client.set(self.keys.policy_version(version), document, nx=True)
+        return bool(await self.client.set(self.keys.policy, document, nx=True))
 
     async def get_many(self, tx_ids: Sequence[str]) -> dict[str, bytes]:
         if not tx_ids:
@@ -304,6 +359,30 @@ class MemoryDecisionStore:
     referrals: dict[str, tuple[str, int]] = field(default_factory=dict)
     ring_events: dict[str, bytes] = field(default_factory=dict)
     ring_scores: dict[RingKey, RingScore] = field(default_factory=dict)
+    #: The live policy document, and every version's.
+    policy: bytes | None = None
+    policies: dict[str, bytes] = field(default_factory=dict)
+
+    async def get_policy(self) -> bytes | None:
+        return self.policy
+
+    async def push_policy(self, version: str, document: str) -> bytes | None:
+        text = document.encode()
+        if self.policies.get(version, text) != text:
+            raise PolicyConflict(
+                f"policy version {version} is already taken by another policy: give this "
+                "one a new version"
+            )
+        before, self.policy = self.policy, text
+        self.policies[version] = text
+        return before
+
+    async def seed_policy(self, version: str, document: str) -> bool:
+        self.policies.setdefault(version, document.encode())
+        if self.policy is not None:
+            return False
+        self.policy = document.encode()
+        return True
 
     async def put_rings(
         self, rings: Sequence[tuple[str, bytes | None]], scores: Mapping[RingKey, RingScore]

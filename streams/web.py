@@ -31,6 +31,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             stats["event_time"] = runtime.processor.event_time()
             stats["models"] = runtime.processor.models()
             stats["graph"] = runtime.processor.graph_state()
+            stats["policy"] = runtime.policy_status
             return self.json(stats)
 
     @app.page("/api/rings")

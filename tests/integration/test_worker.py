@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from rebate_guard.settings import Settings
 from rebate_guard.topics import ensure_topics
 from streams.records import Decision
 from streams.sink import KafkaSink
-from tests.factories import MINUTE, T0, signup, tx
+from tests.factories import DAY, MINUTE, T0, signup, tx
 from tests.integration.helpers import (
     read_topic,
     redis_counters,
@@ -144,3 +148,67 @@ def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
         assert decision == stored[key.decode()], "a re-produced decision differs from Redis"
         seen[decision.tx_id] = seen.get(decision.tx_id, 0) + 1
     assert len(seen) == total, f"{total - len(seen)} decisions missing from the topic"
+
+
+def _policy_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env()}
+    command = [sys.executable, "-m", "rebate_guard.cli", "policy", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _live_policy_version(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=5) as r:
+            return str(json.loads(r.read())["policy"]["version"])
+    except OSError:
+        return None
+
+
+def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings
+    asyncio.run(ensure_topics(settings))
+    first = _traffic(300, users=50)
+    asyncio.run(produce_events(settings, first))
+    blocking = tmp_path / "blocking.toml"
+    blocking.write_text('version = "it-2"\n[lists]\nblock_users = ["u1"]\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text('version = "it-3"\n[thresholds]\nhold_at = 2\n')
+    later = [
+        (topic, key, {**event, "tx_id": f"late-{event['tx_id']}", "ts": event["ts"] + DAY})
+        for topic, key, event in first
+        if topic == "transactions"
+    ]
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        wait_for_decisions(settings, 300, worker)
+        rejected = _policy_cli(settings, "push", str(broken))
+        assert rejected.returncode == 2 and "hold_at: must be within [0, 1]" in rejected.stderr
+        pushed = _policy_cli(settings, "push", str(blocking))
+        assert pushed.returncode == 0, pushed.stderr
+        assert "policy it-2 is live (was default-1)" in pushed.stdout
+        port = worker.settings.web_port
+        wait_for(
+            lambda: _live_policy_version(port) == "it-2",
+            timeout=30,
+            what="the worker to take up policy it-2",
+            worker=worker,
+        )
+        asyncio.run(produce_events(settings, later))
+        wait_for_decisions(settings, 300 + len(later), worker)
+        assert worker.stop() == 0, worker.log()
+
+    stored = _stored_decisions(settings)
+    before = [d for tx_id, d in stored.items() if not tx_id.startswith("late-")]
+    after = [d for tx_id, d in stored.items() if tx_id.startswith("late-")]
+    assert len(before) == 300 and len(after) == len(later)
+    assert {d.policy_version for d in before} == {"default-1"}
+    assert {d.policy_version for d in after} == {"it-2"}
+    assert all(
+        d.action == "block" and d.reasons[0] == "blocklist:user" for d in after if d.user_id == "u1"
+    )
+    others = [d for d in after if d.user_id != "u1"]
+    assert all("blocklist:user" not in d.reasons for d in others)
+    assert any(d.action != "block" for d in others)
+    shown = _policy_cli(settings, "show", "--version", "default-1")
+    assert shown.returncode == 0 and '"version": "default-1"' in shown.stdout

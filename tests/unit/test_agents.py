@@ -3,6 +3,7 @@
 import asyncio
 import json
 
+from rebate_guard.policy import Policy
 from rebate_guard.settings import Settings
 from streams.app import create_worker
 from streams.records import Decision
@@ -182,5 +183,42 @@ def test_a_failing_batch_stops_the_worker_instead_of_going_on_with_half_applied_
             await agent.put(json.dumps(tx("t1")).encode())
             await _until(worker, lambda: bool(stops))
         assert stops == [True] and not store.decisions
+
+    asyncio.run(run())
+
+
+def test_a_policy_pushed_to_the_store_takes_effect_without_a_restart() -> None:
+    """What the worker's policy timer does (`refresh_policy`): the first worker seeds the
+    store with its starting policy; a pushed policy decides the next transactions and is
+    recorded in them; a broken one is rejected with its reason and the last good one stays."""
+
+    async def run() -> None:
+        worker, store, sink = _worker()
+        runtime = worker.runtime
+        await runtime.refresh_policy()
+        start = runtime.processor.policy
+        assert store.policy == start.to_json().encode()  # seeded: now the live one
+        async with worker.agents["transactions"].test_context() as agent:
+
+            async def decide(tx_id: str) -> Decision:
+                before = len(sink.sent["decisions"])
+                await agent.put(json.dumps(tx(tx_id, user_id="u1")).encode())
+                await _until(worker, lambda: len(sink.sent["decisions"]) == before + 1)
+                return Decision.loads(sink.sent["decisions"][-1][1])
+
+            first = await decide("t1")
+            assert first.policy_version == start.version and first.action != "block"
+            blocking = Policy.from_document({"version": "v2", "lists": {"block_users": ["u1"]}})
+            await store.push_policy(blocking.version, blocking.to_json())
+            await runtime.refresh_policy()
+            second = await decide("t2")
+            assert (second.policy_version, second.action) == ("v2", "block")
+            assert second.rebate_granted_cents == 0 and second.reasons[0] == "blocklist:user"
+
+            store.policy = b'{"version": "v3", "thresholds": {"allow_at": 2}}'  # not checked
+            await runtime.refresh_policy()
+            assert "allow_at: must be within [0, 1]" in runtime.policy_status["rejected"]
+            assert runtime.policy_status["version"] == "v2"
+            assert (await decide("t3")).policy_version == "v2"
 
     asyncio.run(run())

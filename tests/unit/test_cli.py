@@ -120,3 +120,31 @@ def test_features_command_writes_one_row_per_transaction(tmp_path: Path, capsys)
     assert frame.columns == ["tx_id", *ALL_FEATURE_NAMES]
     assert frame["tx_id"].to_list() == txs.sort("ts", maintain_order=True)["tx_id"].to_list()
     assert "feature rows" in capsys.readouterr().out
+
+
+def test_policy_check_accepts_a_valid_file_and_names_the_error_in_a_bad_one(
+    tmp_path: Path, capsys
+) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('version = "v9"\n[thresholds]\nallow_at = 0.9\n')
+    assert main(["policy", "check", str(good)]) == 0
+    assert "valid, version v9" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = "v9"\n[thresholds]\nscale_at = 0.95\n')
+    assert main(["policy", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "hold_at <= scale_at <= allow_at" in err
+
+
+def test_replay_records_the_policy_it_was_given(tmp_path: Path) -> None:
+    world = tmp_path / "world"
+    assert main(["simulate", "--out", str(world), "--transactions", "3000", "--days", "3"]) == 0
+    policy = tmp_path / "strict.toml"
+    policy.write_text('version = "strict-1"\n[thresholds]\nallow_at = 1.0\nscale_at = 1.0\n')
+    out = tmp_path / "out"
+    args = ["replay", "--transactions", str(world / "transactions.parquet"), "--out", str(out)]
+    assert main([*args, "--policy", str(policy), "--quiet"]) == 0
+    decisions = pl.read_parquet(out / "decisions.parquet")
+    assert set(decisions["policy_version"]) == {"strict-1"}
+    # Nothing is fully trusted under it: no rebate is granted in full.
+    assert decisions.filter(pl.col("action") == "allow").height == 0

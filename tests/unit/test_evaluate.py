@@ -31,6 +31,8 @@ def _files(tmp_path: Path) -> tuple[Path, Path, Path]:
             "user_id": ["u1", "u2", "u3", "u1", "u4", "u5"],
             "risk": [0.95, 0.2, 0.7, 0.9, 0.1, 0.05],
             "action": ["block", "allow", "hold", "block", "allow", "hold"],
+            "rebate_requested_cents": [1000, 500, 300, 2000, 700, 0],
+            "rebate_granted_cents": [0, 500, 0, 0, 350, 0],
         }
     )
     truth = pl.DataFrame(
@@ -64,6 +66,15 @@ def test_against_truth_per_scenario_top_k_and_lookalikes(tmp_path: Path) -> None
     assert result.per_scenario["brushing"].transactions == 5  # its 1 fraud + 4 legit
     assert result.precision_top_k_users_per_day == 1.0 and result.days == 2
     assert result.lookalikes_withheld == {"office_ip": 1.0}  # c held, f held
+    # Money: fraud a + d requested 3,000, none granted; legit b + c + e requested 1,500
+    # (f requested nothing), 850 granted; office_ip's c held its 300.
+    assert result.money_withheld == {
+        "fraud": 1.0,
+        "legit": pytest.approx(650 / 1500),
+        "fraud:brushing": 1.0,
+        "fraud:cash_out": 1.0,
+        "legit:office_ip": 1.0,
+    }
 
 
 def test_against_labels_uses_the_latest_label_of_each_labelled_tx(tmp_path: Path) -> None:

@@ -1,10 +1,24 @@
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rebate_guard.policy import Policy, PolicyError, trust_weight
+from rebate_guard.policy import (
+    EXPECTED_LOSS,
+    Policy,
+    PolicyError,
+    Thresholds,
+    default_policy,
+    trust_weight,
+)
+from streams.validation import parse_transaction
+from tests.factories import T0, tx
 
 unit = st.floats(0, 1)
+DAY = 86_400_000
 
 
 @given(unit, unit, unit)
@@ -16,13 +30,153 @@ def test_trust_weight_is_monotone_in_each_signal(risk: float, ring: float, bump:
 
 
 def test_actions_follow_thresholds_and_money_is_whole_cents() -> None:
-    policy = Policy(allow_at=0.8, scale_at=0.5, hold_at=0.2)
-    assert policy.decide(0.9, 1000) == ("allow", 1000)
-    assert policy.decide(0.6667, 1000) == ("scale", 666)
-    assert policy.decide(0.3, 1000) == ("hold", 0)
-    assert policy.decide(0.1, 1000) == ("block", 0)
+    t = Thresholds(allow_at=0.8, scale_at=0.5, hold_at=0.2)
+    assert t.decide(0.9, 1000) == ("allow", 1000, [])
+    assert t.decide(0.6667, 1000) == ("scale", 666, [])
+    assert t.decide(0.3, 1000) == ("hold", 0, [])
+    assert t.decide(0.1, 1000) == ("block", 0, [])
 
 
-def test_inconsistent_thresholds_are_rejected_with_a_clear_message() -> None:
-    with pytest.raises(PolicyError, match="hold_at <= scale_at <= allow_at"):
-        Policy(allow_at=0.4, scale_at=0.5, hold_at=0.2)
+def test_the_larger_the_rebate_the_more_trust_it_needs() -> None:
+    t = Thresholds(allow_at=0.8, scale_at=0.5, hold_at=0.2, max_expected_loss_cents=100)
+    # w = 0.9: a 1,000-cent rebate risks 100 (allowed); 1,001 risks 100.1: scaled to 900.
+    assert t.decide(0.9, 1000) == ("allow", 1000, [])
+    assert t.decide(0.9, 1001) == ("scale", 900, [EXPECTED_LOSS])
+    # 1,200 x 0.9 = 1,080 still risks 108: held, nothing paid; a weak weight is not helped.
+    assert t.decide(0.9, 1200) == ("hold", 0, [EXPECTED_LOSS])
+    assert t.decide(0.6, 200) == ("scale", 120, [])
+    assert t.decide(0.6, 500) == ("hold", 0, [EXPECTED_LOSS])
+    assert t.decide(0.1, 10) == ("block", 0, [])
+
+
+ORDER = {"block": 0, "hold": 1, "scale": 2, "allow": 3}
+
+
+@given(unit, unit, st.integers(0, 200_000), st.integers(0, 200_000))
+def test_decisions_are_monotone_in_trust_and_in_money(
+    w1: float, w2: float, r1: int, r2: int
+) -> None:
+    t = Thresholds(max_expected_loss_cents=3_000)
+    lo_w, hi_w = sorted((round(w1, 6), round(w2, 6)))
+    small, large = sorted((r1, r2))
+    # More trust never gets a stricter action; a larger rebate never a more generous one.
+    assert ORDER[t.decide(lo_w, small)[0]] <= ORDER[t.decide(hi_w, small)[0]]
+    assert ORDER[t.decide(lo_w, large)[0]] <= ORDER[t.decide(lo_w, small)[0]]
+    action, granted, _ = t.decide(hi_w, large)
+    assert 0 <= granted <= large and (granted > 0) == (action in ("allow", "scale") and large > 0)
+
+
+def _payment(**fields: Any) -> Any:
+    fields.setdefault("merchant_category", "restaurant")
+    return parse_transaction(tx("p1", T0, **fields))
+
+
+def test_campaigns_come_before_categories_and_categories_before_the_default() -> None:
+    policy = Policy.from_document(
+        {
+            "version": "v7",
+            "thresholds": {"allow_at": 0.8},
+            "categories": {"beauty": {"allow_at": 0.95}},
+            "campaigns": [
+                {
+                    "name": "double-11",
+                    "merchants": ["m9"],
+                    "starts_ms": T0,
+                    "ends_ms": T0 + DAY,
+                    "allow_at": 0.99,
+                }
+            ],
+        }
+    )
+    at = policy.thresholds_for
+    assert at(_payment()).allow_at == 0.8  # restaurants: no override
+    assert at(_payment(merchant_category="beauty")).allow_at == 0.95
+    assert at(_payment(merchant_id="m9", merchant_category="beauty")).allow_at == 0.99
+    after = parse_transaction(tx("p2", T0 + DAY, merchant_id="m9", merchant_category="beauty"))
+    assert at(after).allow_at == 0.95  # the campaign ended
+    assert at(_payment(merchant_category="beauty")).scale_at == 0.5  # the rest inherited
+
+
+def test_block_lists_win_over_allow_lists_and_the_weight() -> None:
+    policy = Policy.from_document(
+        {
+            "version": "v1",
+            "lists": {"block_devices": ["d-bad"], "allow_users": ["vip", "u1"]},
+        }
+    )
+    vip = _payment(user_id="vip", device_id="d-ok")
+    assert policy.decide(vip, 0.0, 500) == ("allow", 500, ["allowlist:user"])
+    on_bad_device = _payment(user_id="vip", device_id="d-bad")
+    assert policy.decide(on_bad_device, 1.0, 500) == ("block", 0, ["blocklist:device"])
+    assert policy.decide(_payment(user_id="u2", device_id="d-ok"), 0.9, 500)[0] == "allow"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"thresholds": {}}, "version: missing"),
+        ({"version": ""}, "version: expected a non-empty string"),
+        ({"version": "v", "tresholds": {}}, "unknown key 'tresholds'"),
+        ({"version": "v", "thresholds": {"alow_at": 0.9}}, "thresholds: unknown key 'alow_at'"),
+        ({"version": "v", "thresholds": {"allow_at": "high"}}, "allow_at: expected a number"),
+        ({"version": "v", "thresholds": {"hold_at": 1.5}}, r"hold_at: must be within \[0, 1\]"),
+        (
+            {"version": "v", "categories": {"beauty": {"scale_at": 0.9}}},
+            "categories.beauty: thresholds must satisfy hold_at <= scale_at <= allow_at",
+        ),
+        (
+            {"version": "v", "thresholds": {"max_expected_loss_cents": 12.5}},
+            "max_expected_loss_cents: expected whole cents",
+        ),
+        ({"version": "v", "campaigns": [{"name": "c", "merchants": []}]}, "at least one merchant"),
+        (
+            {"version": "v", "campaigns": [{"name": "c", "merchants": ["m"], "starts": "soon"}]},
+            "campaigns.c.starts: not an ISO-8601 time",
+        ),
+        (
+            {
+                "version": "v",
+                "campaigns": [
+                    {
+                        "name": "c",
+                        "merchants": ["m"],
+                        "starts": "2026-11-12T00:00:00Z",
+                        "ends": "2026-11-11T00:00:00Z",
+                    }
+                ],
+            },
+            "campaigns.c: ends must be after starts",
+        ),
+        ({"version": "v", "lists": {"block_users": "u1"}}, "lists.block_users: expected a list"),
+        ({"version": "v", "lists": {"block_phones": []}}, "lists: unknown key 'block_phones'"),
+    ],
+)
+def test_invalid_policies_are_rejected_naming_the_key(
+    document: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_document(document)
+
+
+def test_policy_files_load_as_toml_or_json_and_round_trip(tmp_path: Path) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        'version = "v2"\n[thresholds]\nallow_at = 0.9\n'
+        '[[campaigns]]\nname = "c"\nmerchants = ["m1"]\nstarts = 2026-11-11T00:00:00Z\n'
+    )
+    policy = Policy.load(toml)
+    assert policy.version == "v2" and policy.thresholds.allow_at == 0.9
+    assert policy.campaigns[0].starts_ms == datetime(2026, 11, 11, tzinfo=UTC).timestamp() * 1000
+    as_json = tmp_path / "p.json"
+    as_json.write_text(policy.to_json())
+    assert Policy.load(as_json) == policy
+    broken = tmp_path / "broken.toml"
+    broken.write_text("version = \n")
+    with pytest.raises(PolicyError, match=r"broken.toml: not valid TOML"):
+        Policy.load(broken)
+
+
+def test_the_shipped_default_policy_is_valid_and_money_aware() -> None:
+    policy = default_policy()
+    assert policy.version and policy.thresholds.max_expected_loss_cents is not None
+    assert Policy.from_text(policy.to_json()) == policy
