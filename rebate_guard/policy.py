@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from streams.records import ALLOW, BLOCK, HOLD, SCALE, Transaction, scale_cents
+from streams.records import ALLOW, BLOCK, HOLD, RELEASE, SCALE, VOID, Transaction, scale_cents
 
 PPM = 1_000_000
 #: Reason codes of the policy's own rules.
@@ -139,6 +139,53 @@ class Lists:
         ]
 
 
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class LedgerTerms:
+    """What happens to a rebate after its decision (`rebate_guard.ledger`)."""
+
+    #: A held rebate with no label this long after its payment is resolved...
+    hold_timeout_hours: float = 72.0
+    #: ...by RELEASE (paid: doubt is not proof) or VOID (dropped).
+    hold_timeout_action: str = RELEASE
+    #: A refund this soon after its payment voids the payment's rebate (held: voided,
+    #: granted: clawed back); later refunds leave it.
+    refund_voids_within_hours: float = 72.0
+    #: A fraud label this soon after the payment claws back a granted rebate; past it the
+    #: transaction is settled (and forgotten).
+    clawback_within_days: float = 30.0
+
+    def check(self) -> None:
+        for name in ("hold_timeout_hours", "refund_voids_within_hours", "clawback_within_days"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise PolicyError(f"ledger.{name}: expected a positive number, got {value!r}")
+        if self.hold_timeout_action not in (RELEASE, VOID):
+            raise PolicyError(
+                f"ledger.hold_timeout_action: expected {RELEASE!r} or {VOID!r}, got "
+                f"{self.hold_timeout_action!r}"
+            )
+        if self.hold_timeout_hours > self.clawback_within_days * 24:
+            raise PolicyError(
+                "ledger: hold_timeout_hours must not exceed clawback_within_days (a hold is "
+                "kept until it is resolved)"
+            )
+
+    @property
+    def hold_timeout_ms(self) -> int:
+        return round(self.hold_timeout_hours * HOUR_MS)
+
+    @property
+    def refund_window_ms(self) -> int:
+        return round(self.refund_voids_within_hours * HOUR_MS)
+
+    @property
+    def settled_after_ms(self) -> int:
+        return round(self.clawback_within_days * 24 * HOUR_MS)
+
+
 @dataclass(frozen=True)
 class Policy:
     version: str = "default-1"
@@ -148,6 +195,7 @@ class Policy:
     #: The first campaign covering a transaction sets its thresholds (before its category).
     campaigns: tuple[Campaign, ...] = ()
     lists: Lists = field(default_factory=Lists)
+    ledger: LedgerTerms = field(default_factory=LedgerTerms)
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
@@ -157,6 +205,7 @@ class Policy:
             thresholds.check(f"categories.{name}")
         for i, campaign in enumerate(self.campaigns):
             campaign.thresholds.check(f"campaigns[{i}] ({campaign.name})")
+        self.ledger.check()
 
     def thresholds_for(self, tx: Transaction) -> Thresholds:
         for campaign in self.campaigns:
@@ -184,7 +233,9 @@ class Policy:
         """A policy from its document (parsed TOML or JSON); `PolicyError` if invalid."""
         if not isinstance(doc, Mapping):
             raise PolicyError(f"a policy is a table of keys, got {type(doc).__name__}")
-        _known(doc, "policy", ("version", "thresholds", "categories", "campaigns", "lists"))
+        _known(
+            doc, "policy", ("version", "thresholds", "categories", "campaigns", "lists", "ledger")
+        )
         if "version" not in doc:
             raise PolicyError("version: missing (every policy names its version)")
         default = _thresholds(doc.get("thresholds", {}), "thresholds", Thresholds())
@@ -204,6 +255,7 @@ class Policy:
             categories=categories,
             campaigns=campaigns,
             lists=_lists(doc.get("lists", {})),
+            ledger=_ledger(doc.get("ledger", {})),
         )
 
     @classmethod
@@ -250,6 +302,7 @@ class Policy:
                 for c in self.campaigns
             ],
             "lists": {f.name: sorted(getattr(self.lists, f.name)) for f in fields(Lists)},
+            "ledger": asdict(self.ledger),
         }
 
     def to_json(self) -> str:
@@ -346,6 +399,15 @@ DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
 def default_policy() -> Policy:
     """The policy shipped with RebateGuard (`rebate_guard/policies/default.toml`)."""
     return Policy.load(DEFAULT_POLICY)
+
+
+def _ledger(value: Any) -> LedgerTerms:
+    table = _table(value, "ledger")
+    names = tuple(f.name for f in fields(LedgerTerms))
+    _known(table, "ledger", names)
+    terms = LedgerTerms(**{name: table[name] for name in names if name in table})
+    terms.check()
+    return terms
 
 
 def trust_weight(risk: float, ring_score: float) -> float:

@@ -52,6 +52,21 @@ DECISION_SCHEMA: Schema = {
     "decided_at": pl.Int64,
     "policy_version": pl.String,
 }
+ADJUSTMENT_SCHEMA: Schema = {
+    "adjustment_id": pl.String,
+    "tx_id": pl.String,
+    "user_id": pl.String,
+    "ts": pl.Int64,
+    "kind": pl.String,
+    "cents": pl.Int64,
+    "cause": pl.String,
+    "requested_cents": pl.Int64,
+    "granted_cents": pl.Int64,
+    "held_cents": pl.Int64,
+    "voided_cents": pl.Int64,
+    "policy_version": pl.String,
+    "decided_at": pl.Int64,
+}
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
 RING_SCHEMA: Schema = {
     "ring_id": pl.String,
@@ -218,8 +233,15 @@ def replay(
         if decision is not None:
             _append_decision(out, decision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {"decisions": out_dir / "decisions.parquet"}
+    outputs = {
+        "decisions": out_dir / "decisions.parquet",
+        "adjustments": out_dir / "adjustments.parquet",
+    }
     pl.DataFrame(out, schema=DECISION_SCHEMA).write_parquet(outputs["decisions"])
+    adjustments = {
+        name: [getattr(a, name) for a in scorer.adjustments] for name in ADJUSTMENT_SCHEMA
+    }
+    pl.DataFrame(adjustments, schema=ADJUSTMENT_SCHEMA).write_parquet(outputs["adjustments"])
     if scorer.graph is not None:
         if last_ts is not None:  # what changed since the last scan
             scorer.ring_events += scorer.graph.scan(last_ts)

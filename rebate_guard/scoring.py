@@ -19,12 +19,14 @@ from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from graph.layer import GraphLayer, RingEvent
 from graph.referrals import pyramid_score
+from rebate_guard.ledger import Ledger
 from rebate_guard.policy import Policy, default_policy, trust_weight
 from streams.records import (
     FRAUD,
     PAYMENT,
     Decision,
     Label,
+    RebateAdjustment,
     Signup,
     Transaction,
     build,
@@ -96,6 +98,14 @@ class Decider:
     #: How many feature vectors to keep for delayed labels (a worker's partitions share
     #: `MAX_REMEMBERED_FEATURES`).
     remember_limit: int = MAX_REMEMBERED_FEATURES
+    #: What happens to each rebate after its decision (labels, refunds, hold timeouts).
+    ledger: Ledger = field(default_factory=Ledger)
+    #: Ledger adjustments made and not yet taken by the caller (`take_adjustments`).
+    adjustments: list[RebateAdjustment] = field(default_factory=list)
+
+    def take_adjustments(self) -> list[RebateAdjustment]:
+        out, self.adjustments = self.adjustments, []
+        return out
 
     @property
     def model_version(self) -> str:
@@ -124,9 +134,13 @@ class Decider:
         self.drift.labelled(example.risk, example.fraud, example.ts)
         self.model.learn_one(example.x, example.fraud)
 
-    def label(self, event: Label) -> list[Example]:
+    def label(self, event: Label, decided_at: int = 0) -> list[Example]:
         """Learns a label from the vectors its transactions were scored with; returns the
-        examples learned (for other deciders to learn too)."""
+        examples learned (for other deciders to learn too). The ledger releases, voids or
+        claws back what the label settles among the payments decided here."""
+        terms = self.policy.ledger
+        self.adjustments += self.ledger.due(event.ts, terms, decided_at)
+        self.adjustments += self.ledger.label(event, terms, decided_at)
         found = self.examples(event)
         for example in found:
             self.learn(example)
@@ -137,14 +151,16 @@ class Decider:
         tx: Transaction,
         vector: list[float | None],
         decided_at: int,
-        standing_grant: bool | None = None,
+        standing: Decision | None = None,
         ring: tuple[float, list[str]] | None = None,
     ) -> tuple[Decision, Features]:
         """The decision on `tx` from its engine features (`FEATURE_NAMES` order), and the
-        full feature vector it was made from. `standing_grant`: whether an earlier decision
-        on `tx` that stands (a re-run after a restart) granted a rebate; the decision
-        context then follows it, as the rebate engine did. `ring`: the score and reason of
-        the strongest ring the user or merchant is in (`graph.layer`), if known."""
+        full feature vector it was made from. `standing`: an earlier decision on `tx` that
+        stands (a re-run after a restart); the decision context and the ledger then follow
+        it, as the rebate engine did. `ring`: the score and reason of the strongest ring
+        the user or merchant is in (`graph.layer`), if known."""
+        terms = self.policy.ledger
+        self.adjustments += self.ledger.due(tx.ts, terms, decided_at)
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         version = self.model.version  # the state that scores, before it learns this one
@@ -161,9 +177,6 @@ class Decider:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
         action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
         self._remember(tx.tx_id, tx.user_id, enriched, risk)
-        if tx.kind == PAYMENT:
-            was_granted = granted > 0 if standing_grant is None else standing_grant
-            self.granted[tx.tx_id] = (tx.ts, was_granted)
         decision = build(
             Decision,
             tx_id=tx.tx_id,
@@ -180,6 +193,12 @@ class Decider:
             decided_at=decided_at,
             policy_version=self.policy.version,
         )
+        stands = decision if standing is None else standing
+        if tx.kind == PAYMENT:
+            self.granted[tx.tx_id] = (tx.ts, stands.rebate_granted_cents > 0)
+            self.ledger.record(stands, terms)
+        else:
+            self.adjustments += self.ledger.refund(tx, terms, decided_at)
         return decision, x
 
     def _refund_of_granted(self, tx: Transaction) -> float | None:
@@ -223,6 +242,8 @@ class Scorer:
     #: in `ring_events` for the caller to take.
     graph: GraphLayer | None = None
     ring_events: list[RingEvent] = field(default_factory=list)
+    #: The ledger's adjustments, in order, for the caller to take.
+    adjustments: list[RebateAdjustment] = field(default_factory=list)
 
     def apply(self, event: Event, decided_at: int) -> Decision | None:
         if isinstance(event, Transaction):
@@ -233,18 +254,21 @@ class Scorer:
                 self.ring_events += self.graph.signup(event)
         else:
             self.features.label(event)
-            self.decider.label(event)
+            self.decider.label(event, decided_at)
+            self.adjustments += self.decider.take_adjustments()
         return None
 
     def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
         """The decision on `tx` and the feature vector it was made from. With a graph
         layer, the transaction is scored with the rings known before it, then joins the
         graph (as the features: score first, then learn)."""
-        graph = self.graph
+        graph, decider = self.graph, self.decider
         if graph is None:
-            return self.decider.decide(tx, self.features.vector(tx), decided_at)
-        self.ring_events += graph.due(tx.ts)
-        ring = graph.ring_score(tx.user_id, tx.merchant_id)
-        out = self.decider.decide(tx, self.features.vector(tx), decided_at, ring=ring)
-        self.ring_events += graph.transaction(tx)
+            out = decider.decide(tx, self.features.vector(tx), decided_at)
+        else:
+            self.ring_events += graph.due(tx.ts)
+            ring = graph.ring_score(tx.user_id, tx.merchant_id)
+            out = decider.decide(tx, self.features.vector(tx), decided_at, ring=ring)
+            self.ring_events += graph.transaction(tx)
+        self.adjustments += decider.take_adjustments()
         return out

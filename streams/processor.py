@@ -47,11 +47,13 @@ from streams.records import (
     FEATURES,
     GRAPH_EVENTS,
     LABELS,
+    REBATE_ADJUSTMENTS,
     RINGS,
     SIGNUPS,
     TRANSACTIONS,
     DeadLetter,
     Decision,
+    RebateAdjustment,
     Transaction,
 )
 from streams.shards import (
@@ -149,6 +151,11 @@ async def run_walks(
                 done[key] = finished.value
         asking = still
     return done
+
+
+def _balances(a: RebateAdjustment) -> tuple[str, int, int, int]:
+    """What an adjustment did, apart from when it was made (`decided_at`)."""
+    return a.kind, a.granted_cents, a.held_cents, a.voided_cents
 
 
 def user_unit(partition: int) -> str:
@@ -528,6 +535,7 @@ class BatchProcessor:
                 rings = await self._ring_scores(ready) if shard.feeds_graph else None
                 done = shard.complete(self._now_ms(), standing, rings)
                 await self._publish(done, outcome)
+                await self._adjust(shard, done.adjustments)
                 self._log_drift(shard)
             # Labels and examples for the other user shards (models learn every label).
             await self._send(ENTITY_RESULTS, [e for s in shards for e in s.peer_envelopes()])
@@ -570,14 +578,14 @@ class BatchProcessor:
         elif kind == GRAPH_EVENTS:
             await self.handle_graph(self._looped.pop(kind))
 
-    async def _standing(self, ready: list[Transaction]) -> dict[str, bool] | None:
-        """For a shard that may be re-deciding: which of the transactions it is about to
-        decide already have a decision in Redis (it stands), and whether it granted."""
+    async def _standing(self, ready: list[Transaction]) -> dict[str, Decision] | None:
+        """For a shard that may be re-deciding: the decisions already in Redis (they stand)
+        of the transactions it is about to decide."""
         if not ready:
             return None
         tx_ids = [tx.tx_id for tx in ready]
         stored = await self.retry("read decisions", lambda: self.store.get_many(tx_ids))
-        return {t: json.loads(v)["rebate_granted_cents"] > 0 for t, v in stored.items()}
+        return {t: Decision.loads(v) for t, v in stored.items()}
 
     async def _ring_scores(self, ready: list[Transaction]) -> dict[RingKey, RingScore] | None:
         """The strongest rings of the users and merchants about to be decided, as the graph
@@ -611,6 +619,24 @@ class BatchProcessor:
             vectors = [(d.tx_id.encode(), feature_vector_json(d, x)) for d, x in decisions]
             topic = self.settings.topic(FEATURES)
             await self.retry("produce features", lambda: self.sink.send_many(topic, vectors))
+
+    async def _adjust(self, shard: UserShard, adjustments: list[RebateAdjustment]) -> None:
+        """Store the ledger's adjustments first-write-wins by id (a re-run after a restart
+        finds the ones it made before, which stand, and the ledger follows them), then
+        produce the standing ones on the adjustments topic, keyed by tx_id."""
+        if not adjustments:
+            return
+        items = [(a.adjustment_id, a.tx_id, a.dumps()) for a in adjustments]
+        existing = await self.retry("store adjustments", lambda: self.store.put_adjustments(items))
+        records = []
+        for a, (_, tx_id, value), prior in zip(adjustments, items, existing, strict=True):
+            if prior is not None and prior != value:
+                standing = RebateAdjustment.loads(prior)
+                if _balances(standing) != _balances(a):
+                    shard.decider.ledger.follow(standing)
+            records.append((tx_id.encode(), value if prior is None else prior))
+        topic = self.settings.topic(REBATE_ADJUSTMENTS)
+        await self.retry("produce adjustments", lambda: self.sink.send_many(topic, records))
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         topic = self.settings.topic(DEAD_LETTERS)

@@ -18,8 +18,9 @@ DECISIONS = "decisions"
 RINGS = "rings"
 DEAD_LETTERS = "dead-letters"
 FEATURES = "features"
+REBATE_ADJUSTMENTS = "rebate-adjustments"
 INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
-OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES)
+OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES, REBATE_ADJUSTMENTS)
 # Between the two feature stages (streams/shards.py): not part of the contract.
 ENTITY_REQUESTS = "entity-requests"
 ENTITY_RESULTS = "entity-results"
@@ -40,6 +41,13 @@ SCALE = "scale"
 HOLD = "hold"
 BLOCK = "block"
 ACTIONS = (ALLOW, SCALE, HOLD, BLOCK)
+
+#: What a rebate adjustment does: a held rebate paid out, a held rebate dropped, or a
+#: granted rebate taken back.
+RELEASE = "release"
+VOID = "void"
+CLAWBACK = "clawback"
+ADJUSTMENT_KINDS = (RELEASE, VOID, CLAWBACK)
 
 MAX_REBATE_RATE = 0.30
 
@@ -96,6 +104,26 @@ class Decision(faust.Record, serializer="json", include_metadata=False):
     model_version: str
     decided_at: int
     policy_version: str = ""
+
+
+class RebateAdjustment(faust.Record, serializer="json", include_metadata=False):
+    """A change to a transaction's rebate after its decision, with the balances after it:
+    granted + held + voided = requested, always. At most one per (tx_id, slot): a hold is
+    resolved once (`<tx_id>:hold`), a grant clawed back once (`<tx_id>:clawback`)."""
+
+    adjustment_id: str
+    tx_id: str
+    user_id: str
+    ts: int  # event time of its cause (a label, a refund, the hold's timeout)
+    kind: str  # RELEASE, VOID or CLAWBACK
+    cents: int  # moved by this adjustment
+    cause: str  # "label:fraud", "label:legit", "refund:<tx_id>", "hold_timeout"
+    requested_cents: int
+    granted_cents: int
+    held_cents: int
+    voided_cents: int
+    policy_version: str
+    decided_at: int
 
 
 class Ring(faust.Record, serializer="json", include_metadata=False):

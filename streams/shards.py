@@ -71,6 +71,7 @@ from streams.records import (
     TRANSACTIONS,
     Decision,
     Label,
+    RebateAdjustment,
     Signup,
     Transaction,
     from_row,
@@ -172,6 +173,8 @@ class Completed:
     decisions: list[tuple[Decision, Features]] = field(default_factory=list)
     repeats: list[str] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
+    #: The ledger's adjustments (labels, refunds, hold timeouts), in order.
+    adjustments: list[RebateAdjustment] = field(default_factory=list)
 
 
 @dataclass
@@ -392,7 +395,7 @@ class UserShard:
     def complete(
         self,
         decided_at: int,
-        standing: Mapping[str, bool] | None = None,
+        standing: Mapping[str, Decision] | None = None,
         ring_scores: Mapping[tuple[str, str], RingScore] | None = None,
     ) -> Completed:
         """Decide every transaction at the head of the queue whose parts are all in, and
@@ -401,16 +404,16 @@ class UserShard:
         After a restart the shard re-decides what it decided after its checkpoint; those
         decisions stand (first write wins), and the re-run may decide otherwise (its models
         learned other shards' examples at other moments). `standing`, for a shard that
-        may be re-deciding (`redo`): tx_id -> whether its standing decision granted a
-        rebate, for those of `ready()` decided before, so later refunds see what was
-        really paid. Decisions are stored in order, so once one was not decided before,
+        may be re-deciding (`redo`): tx_id -> its standing decision, for those of
+        `ready()` decided before, so the ledger and later refunds follow what was really
+        paid. Decisions are stored in order, so once one was not decided before,
         none after it was: `redo` ends.
 
         `ring_scores`: the strongest ring of each user ("u", id) and merchant ("m", id) of
         `ready()` that is in one, as the graph shard last published (`GraphShard.take`)."""
         done = Completed()
         rings = ring_scores or {}
-        grants = standing or {}
+        stood = standing or {}
         queue, decider = self.queue, self.decider
         while queue and not queue[0].missing:
             entry = queue.popleft()
@@ -419,7 +422,7 @@ class UserShard:
                 decider.learn(event)
                 continue
             if isinstance(event, Label):
-                self._learn_label(entry, event)
+                self._learn_label(entry, event, decided_at)
                 continue
             assert isinstance(event, Transaction)
             done.order.append(event.tx_id)
@@ -429,11 +432,12 @@ class UserShard:
             del self.pending[entry.identity]
             vector = entry.head
             splice(entry.parts, vector)
-            standing_grant = grants.get(event.tx_id)
-            if standing is not None and standing_grant is None:
+            earlier = stood.get(event.tx_id)
+            if standing is not None and earlier is None:
                 self.redo = False
             ring = strongest([rings.get(("u", event.user_id)), rings.get(("m", event.merchant_id))])
-            done.decisions.append(decider.decide(event, vector, decided_at, standing_grant, ring))
+            done.decisions.append(decider.decide(event, vector, decided_at, earlier, ring))
+        done.adjustments = decider.take_adjustments()
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.
             horizon = done.decisions[-1][0].ts - self.decision_ttl_ms
@@ -441,10 +445,10 @@ class UserShard:
             drop_oldest(self.peer_seen, horizon)
         return done
 
-    def _learn_label(self, entry: Entry, label: Label) -> None:
+    def _learn_label(self, entry: Entry, label: Label, decided_at: int) -> None:
         """Learns what `label` teaches from the transactions decided here, and sends the
         examples to every peer: each user shard's classifier learns from every label."""
-        examples = self.decider.label(label)
+        examples = self.decider.label(label, decided_at)
         if not examples or self.n_user == 1:
             return
         code, offset = entry.identity

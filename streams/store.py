@@ -45,6 +45,28 @@ redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 return out
 """
 
+_PUT_ADJUSTMENTS = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i = 2, #KEYS, 2 do
+  local value = ARGV[i]
+  if redis.call('SET', KEYS[i], value, 'NX', 'EX', ttl) then
+    local a = cjson.decode(value)
+    redis.call('HINCRBY', KEYS[1], 'adjustments', 1)
+    redis.call('HINCRBY', KEYS[1], 'adjustments:' .. a['kind'], 1)
+    redis.call('HINCRBY', KEYS[1], 'adjusted_cents:' .. a['kind'], a['cents'])
+    redis.call('HSET', KEYS[i + 1], 'requested_cents', a['requested_cents'],
+      'granted_cents', a['granted_cents'], 'held_cents', a['held_cents'],
+      'voided_cents', a['voided_cents'], 'last_adjustment', a['adjustment_id'])
+    redis.call('EXPIRE', KEYS[i + 1], ttl)
+    out[#out + 1] = false
+  else
+    out[#out + 1] = redis.call('GET', KEYS[i])
+  end
+end
+return out
+"""
+
 _COUNT_DEAD_LETTERS = """
 local ttl = tonumber(ARGV[1])
 local fresh = 0
@@ -92,6 +114,13 @@ class Keys:
     def decision(self, tx_id: str) -> str:
         return f"{self.prefix}decision:{tx_id}"
 
+    def adjustment(self, adjustment_id: str) -> str:
+        return f"{self.prefix}adjustment:{adjustment_id}"
+
+    def ledger(self, tx_id: str) -> str:
+        """A transaction's rebate balances after its latest adjustment (hash)."""
+        return f"{self.prefix}ledger:{tx_id}"
+
     def dead_letter(self, topic: str, partition: int, offset: int) -> str:
         return f"{self.prefix}dead:{topic}:{partition}:{offset}"
 
@@ -115,6 +144,16 @@ class DecisionStore(Protocol):
         ...
 
     async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int: ...
+
+    async def put_adjustments(self, items: Sequence[tuple[str, str, bytes]]) -> list[bytes | None]:
+        """Store each (adjustment id, tx_id, adjustment JSON) unless one with that id
+        exists, and the transaction's balances after it; None = stored now, bytes = the
+        adjustment that was already there (and stands)."""
+        ...
+
+    async def get_ledger(self, tx_id: str) -> dict[str, Any] | None:
+        """A transaction's rebate balances after its latest adjustment, if it had one."""
+        ...
 
     async def stats(self) -> dict[str, Any]: ...
 
@@ -176,6 +215,7 @@ class RedisDecisionStore:
         self._put = self.client.register_script(_PUT_DECISIONS)
         self._dead = self.client.register_script(_COUNT_DEAD_LETTERS)
         self._push_policy = self.client.register_script(_PUSH_POLICY)
+        self._adjust = self.client.register_script(_PUT_ADJUSTMENTS)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -262,6 +302,20 @@ class RedisDecisionStore:
         result = await self._put(keys=keys, args=args)
         return list(result)
 
+    async def put_adjustments(self, items: Sequence[tuple[str, str, bytes]]) -> list[bytes | None]:
+        if not items:
+            return []
+        keys = [self.keys.stats]
+        args: list[Any] = [self.ttl]
+        for adjustment_id, tx_id, value in items:
+            keys += [self.keys.adjustment(adjustment_id), self.keys.ledger(tx_id)]
+            args += [value, ""]
+        return list(await self._adjust(keys=keys, args=args))
+
+    async def get_ledger(self, tx_id: str) -> dict[str, Any] | None:
+        raw = await self.client.hgetall(self.keys.ledger(tx_id))
+        return _ledger(raw) if raw else None
+
     async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
         if not positions:
             return 0
@@ -300,6 +354,14 @@ class RedisDecisionStore:
         recent = await self.client.lrange(self.keys.recent, 0, 19)
         counters = {_bytes(k).decode(): int(v) for k, v in raw.items()}
         return {"counters": counters, "recent": [json.loads(r) for r in recent]}
+
+
+def _ledger(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name, text = _bytes(key).decode(), _bytes(value).decode()
+        out[name] = int(text) if name.endswith("_cents") else text
+    return out
 
 
 def _ring_score(value: bytes | str) -> RingScore:
@@ -359,6 +421,8 @@ class MemoryDecisionStore:
     referrals: dict[str, tuple[str, int]] = field(default_factory=dict)
     ring_events: dict[str, bytes] = field(default_factory=dict)
     ring_scores: dict[RingKey, RingScore] = field(default_factory=dict)
+    adjustments: dict[str, bytes] = field(default_factory=dict)
+    ledgers: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The live policy document, and every version's.
     policy: bytes | None = None
     policies: dict[str, bytes] = field(default_factory=dict)
@@ -431,6 +495,30 @@ class MemoryDecisionStore:
                 self.counters[name] = self.counters.get(name, 0) + amount
             out.append(None)
         return out
+
+    async def put_adjustments(self, items: Sequence[tuple[str, str, bytes]]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for adjustment_id, tx_id, value in items:
+            if adjustment_id in self.adjustments:
+                out.append(self.adjustments[adjustment_id])
+                continue
+            self.adjustments[adjustment_id] = value
+            a = json.loads(value)
+            for name, amount in (
+                ("adjustments", 1),
+                (f"adjustments:{a['kind']}", 1),
+                (f"adjusted_cents:{a['kind']}", a["cents"]),
+            ):
+                self.counters[name] = self.counters.get(name, 0) + amount
+            self.ledgers[tx_id] = {
+                name: a[name]
+                for name in ("requested_cents", "granted_cents", "held_cents", "voided_cents")
+            } | {"last_adjustment": adjustment_id}
+            out.append(None)
+        return out
+
+    async def get_ledger(self, tx_id: str) -> dict[str, Any] | None:
+        return self.ledgers.get(tx_id)
 
     async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
         fresh = [p for p in positions if p not in self.dead]

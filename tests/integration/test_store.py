@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rebate_guard.settings import Settings
-from streams.records import Decision
+from streams.records import Decision, RebateAdjustment
 from streams.store import (
     DecisionStore,
     MemoryDecisionStore,
@@ -77,6 +77,50 @@ def test_first_write_wins_and_counts_once(run_with_store) -> None:
         assert counters["rebate_granted_cents"] == 31
         assert counters["rebate_requested_cents"] == 46
         assert counters["action:allow"] == 2 and counters["action:scale"] == 1
+
+    run_with_store(body)
+
+
+def _adjustment(tx_id: str, slot: str, kind: str, cents: int, after: tuple[int, int, int]) -> bytes:
+    granted, held, voided = after
+    return RebateAdjustment(
+        adjustment_id=f"{tx_id}:{slot}",
+        tx_id=tx_id,
+        user_id="u",
+        ts=T0,
+        kind=kind,
+        cents=cents,
+        cause="label:fraud",
+        requested_cents=granted + held + voided,
+        granted_cents=granted,
+        held_cents=held,
+        voided_cents=voided,
+        policy_version="p",
+        decided_at=1,
+    ).dumps()
+
+
+def test_adjustments_first_write_wins_and_the_ledger_follows_them(run_with_store) -> None:
+    async def body(store: DecisionStore) -> None:
+        void = _adjustment("a", "hold", "void", 100, (0, 0, 100))
+        claw = _adjustment("b", "clawback", "clawback", 40, (0, 0, 50))
+        assert await store.put_adjustments([("a:hold", "a", void), ("b:clawback", "b", claw)]) == [
+            None,
+            None,
+        ]
+        release = _adjustment("a", "hold", "release", 100, (100, 0, 0))  # a re-run's other idea
+        assert await store.put_adjustments([("a:hold", "a", release)]) == [void]
+        assert await store.get_ledger("a") == {
+            "requested_cents": 100,
+            "granted_cents": 0,
+            "held_cents": 0,
+            "voided_cents": 100,
+            "last_adjustment": "a:hold",
+        }
+        assert await store.get_ledger("zz") is None
+        counters = (await store.stats())["counters"]
+        assert counters["adjustments"] == 2
+        assert counters["adjusted_cents:void"] == 100 and counters["adjusted_cents:clawback"] == 40
 
     run_with_store(body)
 
