@@ -3,6 +3,11 @@
 Referral farms and cash-out crews run many accounts from few phones, networks and cards; the
 number of distinct users behind one identifier (payments and signups alike) is the signal.
 "Including the current user": a first-time identifier already counts 1.
+
+Devices also sum the rebate money their payments requested over the last 24 h (before the
+current payment): what the policy's per-device daily cap reads. A device's payments come from
+users decided on different partitions, so the money *requested* (known from each payment, in
+event-time order here) is counted rather than the money granted (decided elsewhere).
 """
 
 from __future__ import annotations
@@ -10,27 +15,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from operator import attrgetter
 
-from features.windows import WindowCount, WindowDistinct, sweep_idle, touch
-from streams.records import PAYMENT, Signup, Transaction
+from features.windows import PaymentLog, WindowCount, WindowDistinct, sweep_idle, touch
+from streams.records import PAYMENT, Signup, Transaction, requested_rebate_cents
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
 
 class IdentityState:
-    __slots__ = ("last_ts", "signups", "users")
+    __slots__ = ("last_ts", "rebate", "signups", "users")
 
     def __init__(self, widths: tuple[int, ...]) -> None:
         self.users = tuple(WindowDistinct(w) for w in widths)
         # Signups from this identifier; most are only ever seen paying, so the queue (an empty
         # deque is ~600 bytes) is created with the first signup.
         self.signups: WindowCount | None = None
+        # Rebate requested by payments on it (families with a rebate window), from the first.
+        self.rebate: PaymentLog | None = None
         self.last_ts = 0
 
 
 class IdentityFamily:
     """Distinct users per identifier over each window in `widths`, and (optionally) signups
-    from it over `signup_window_ms`."""
+    from it over `signup_window_ms` and the rebate its payments requested over
+    `rebate_window_ms`."""
 
     def __init__(
         self,
@@ -38,14 +46,19 @@ class IdentityFamily:
         read: Callable[[Signup | Transaction], str | None],
         widths: dict[str, int],
         signup_window: tuple[str, int] | None = None,
+        rebate_window: tuple[str, int] | None = None,
     ) -> None:
         self.entity = entity
         self.read = read
         self.widths = tuple(widths.values())
-        self.longest_ms = max(self.widths + ((signup_window[1],) if signup_window else ()))
+        extra = tuple(w[1] for w in (signup_window, rebate_window) if w is not None)
+        self.longest_ms = max(self.widths + extra)
         self.signup_window_ms = None if signup_window is None else signup_window[1]
-        self.names = tuple(f"{entity}_user_count_{label}" for label in widths) + (
-            () if signup_window is None else (f"{entity}_signup_count_{signup_window[0]}",)
+        self.rebate_window_ms = None if rebate_window is None else rebate_window[1]
+        self.names = (
+            tuple(f"{entity}_user_count_{label}" for label in widths)
+            + (() if signup_window is None else (f"{entity}_signup_count_{signup_window[0]}",))
+            + (() if rebate_window is None else (f"{entity}_rebate_requested_{rebate_window[0]}",))
         )
         self.state: dict[str, IdentityState] = {}
 
@@ -80,6 +93,8 @@ class IdentityFamily:
             out.extend((1,) * len(self.widths))
             if self.signup_window_ms is not None:
                 out.append(0)
+            if self.rebate_window_ms is not None:
+                out.append(0)
             if tx.kind != PAYMENT:
                 return
         else:
@@ -91,10 +106,19 @@ class IdentityFamily:
                 if signups is not None:
                     signups.expire(ts)
                 out.append(0 if signups is None else len(signups))
+            if self.rebate_window_ms is not None:
+                rebate = state.rebate
+                if rebate is not None:
+                    rebate.expire(ts)
+                out.append(0 if rebate is None else rebate.sums[0])
         if tx.kind == PAYMENT:
             state = self._touch(key, ts)
             for window in state.users:
                 window.add(ts, tx.user_id)
+            if self.rebate_window_ms is not None:
+                if state.rebate is None:
+                    state.rebate = PaymentLog((self.rebate_window_ms,))
+                state.rebate.add(ts, requested_rebate_cents(tx.amount_cents, tx.rebate_rate))
 
     def sweep(self, now_ms: int) -> int:
         """Drop identifiers idle for the longest window: all their state has expired anyway."""
@@ -107,6 +131,7 @@ def device_family() -> IdentityFamily:
         attrgetter("device_id"),
         {"24h": DAY_MS, "7d": 7 * DAY_MS},
         ("7d", 7 * DAY_MS),
+        ("24h", DAY_MS),
     )
 
 

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.records import ALLOW, BLOCK, HOLD, RELEASE, SCALE, VOID, Transaction, scale_cents
 
@@ -186,6 +186,38 @@ class LedgerTerms:
         return round(self.clawback_within_days * 24 * HOUR_MS)
 
 
+#: Referral commissions are paid at most this many tiers up, whatever a policy says.
+MAX_COMMISSION_TIERS = 3
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Money limits beside the weight: caps per rolling 24 h, commission depth."""
+
+    #: Rebate granted to one user in 24 h (at decision time); None: no cap.
+    user_daily_rebate_cents: int | None = None
+    #: Rebate requested by one device's payments in 24 h, whoever paid; None: no cap.
+    device_daily_rebate_cents: int | None = None
+    #: Upline tiers a payment may pay referral commissions to (0..3).
+    max_commission_tiers: int = MAX_COMMISSION_TIERS
+
+    def check(self) -> None:
+        for name in ("user_daily_rebate_cents", "device_daily_rebate_cents"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise PolicyError(f"limits.{name}: expected whole cents >= 0, got {value!r}")
+        tiers = self.max_commission_tiers
+        if not isinstance(tiers, int) or isinstance(tiers, bool):
+            raise PolicyError(f"limits.max_commission_tiers: expected 0..3, got {tiers!r}")
+        if not 0 <= tiers <= MAX_COMMISSION_TIERS:
+            raise PolicyError(
+                f"limits.max_commission_tiers: commissions are never paid more than "
+                f"{MAX_COMMISSION_TIERS} tiers deep, got {tiers}"
+            )
+
+
 @dataclass(frozen=True)
 class Policy:
     version: str = "default-1"
@@ -196,6 +228,7 @@ class Policy:
     campaigns: tuple[Campaign, ...] = ()
     lists: Lists = field(default_factory=Lists)
     ledger: LedgerTerms = field(default_factory=LedgerTerms)
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
@@ -206,6 +239,7 @@ class Policy:
         for i, campaign in enumerate(self.campaigns):
             campaign.thresholds.check(f"campaigns[{i}] ({campaign.name})")
         self.ledger.check()
+        self.limits.check()
 
     def thresholds_for(self, tx: Transaction) -> Thresholds:
         for campaign in self.campaigns:
@@ -234,7 +268,9 @@ class Policy:
         if not isinstance(doc, Mapping):
             raise PolicyError(f"a policy is a table of keys, got {type(doc).__name__}")
         _known(
-            doc, "policy", ("version", "thresholds", "categories", "campaigns", "lists", "ledger")
+            doc,
+            "policy",
+            ("version", "thresholds", "categories", "campaigns", "lists", "ledger", "limits"),
         )
         if "version" not in doc:
             raise PolicyError("version: missing (every policy names its version)")
@@ -255,7 +291,8 @@ class Policy:
             categories=categories,
             campaigns=campaigns,
             lists=_lists(doc.get("lists", {})),
-            ledger=_ledger(doc.get("ledger", {})),
+            ledger=_section(doc.get("ledger", {}), "ledger", LedgerTerms),
+            limits=_section(doc.get("limits", {}), "limits", Limits),
         )
 
     @classmethod
@@ -303,6 +340,7 @@ class Policy:
             ],
             "lists": {f.name: sorted(getattr(self.lists, f.name)) for f in fields(Lists)},
             "ledger": asdict(self.ledger),
+            "limits": {k: v for k, v in asdict(self.limits).items() if v is not None},
         }
 
     def to_json(self) -> str:
@@ -401,13 +439,17 @@ def default_policy() -> Policy:
     return Policy.load(DEFAULT_POLICY)
 
 
-def _ledger(value: Any) -> LedgerTerms:
-    table = _table(value, "ledger")
-    names = tuple(f.name for f in fields(LedgerTerms))
-    _known(table, "ledger", names)
-    terms = LedgerTerms(**{name: table[name] for name in names if name in table})
-    terms.check()
-    return terms
+Section = TypeVar("Section", Limits, LedgerTerms)
+
+
+def _section(value: Any, where: str, cls: type[Section]) -> Section:
+    """A table of plain keys (`[limits]`, `[ledger]`) as its dataclass, checked."""
+    table = _table(value, where)
+    names = tuple(f.name for f in fields(cls))
+    _known(table, where, names)
+    section = cls(**{name: table[name] for name in names if name in table})
+    section.check()
+    return section
 
 
 def trust_weight(risk: float, ring_score: float) -> float:

@@ -51,6 +51,7 @@ DECISION_SCHEMA: Schema = {
     "model_version": pl.String,
     "decided_at": pl.Int64,
     "policy_version": pl.String,
+    "commission_tiers": pl.Int64,
 }
 ADJUSTMENT_SCHEMA: Schema = {
     "adjustment_id": pl.String,

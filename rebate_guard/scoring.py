@@ -17,13 +17,16 @@ from detectors.drift import DriftWatch
 from detectors.risk import RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
+from features.windows import PaymentLog
 from graph.layer import GraphLayer, RingEvent
 from graph.referrals import pyramid_score
 from rebate_guard.ledger import Ledger
 from rebate_guard.policy import Policy, default_policy, trust_weight
 from streams.records import (
+    BLOCK,
     FRAUD,
     PAYMENT,
+    SCALE,
     Decision,
     Label,
     RebateAdjustment,
@@ -39,6 +42,8 @@ Event = Signup | Transaction | Label
 # A label with ts t has "arrived by t" (the features' definition), and it is not later than a
 # transaction at t, so applying it first leaks nothing from the future.
 KIND_RANK = {Signup: 0, Label: 1, Transaction: 2}
+
+DAY_MS = 86_400_000
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
@@ -100,6 +105,8 @@ class Decider:
     remember_limit: int = MAX_REMEMBERED_FEATURES
     #: What happens to each rebate after its decision (labels, refunds, hold timeouts).
     ledger: Ledger = field(default_factory=Ledger)
+    #: user -> rebate granted to them in the last 24 h, for the daily cap (latest last).
+    granted_24h: OrderedDict[str, PaymentLog] = field(default_factory=OrderedDict)
     #: Ledger adjustments made and not yet taken by the caller (`take_adjustments`).
     adjustments: list[RebateAdjustment] = field(default_factory=list)
 
@@ -176,6 +183,11 @@ class Decider:
         if tx.kind != PAYMENT:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
         action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
+        if granted:
+            action, granted = self._cap(tx, x, action, granted, policy_reasons)
+        depth = x["referral_depth"]
+        tiers = self.policy.limits.max_commission_tiers
+        commission_tiers = min(int(depth), tiers) if granted and depth else 0
         self._remember(tx.tx_id, tx.user_id, enriched, risk)
         decision = build(
             Decision,
@@ -192,14 +204,58 @@ class Decider:
             model_version=version,
             decided_at=decided_at,
             policy_version=self.policy.version,
+            commission_tiers=commission_tiers,
         )
         stands = decision if standing is None else standing
         if tx.kind == PAYMENT:
             self.granted[tx.tx_id] = (tx.ts, stands.rebate_granted_cents > 0)
             self.ledger.record(stands, terms)
+            if stands.rebate_granted_cents:
+                self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
         else:
             self.adjustments += self.ledger.refund(tx, terms, decided_at)
         return decision, x
+
+    def _cap(
+        self, tx: Transaction, x: Features, action: str, granted: int, reasons: list[str]
+    ) -> tuple[str, int]:
+        """The policy's daily caps: what is left of the user's (granted) and the device's
+        (requested) rebate money in the last 24 h bounds what this payment gets."""
+        limits = self.policy.limits
+        room = granted
+        if limits.user_daily_rebate_cents is not None:
+            used = self._granted_today(tx.user_id, tx.ts).sums[0]
+            left = max(0, limits.user_daily_rebate_cents - used)
+            if left < room:
+                room = left
+                reasons.insert(0, "cap:user_day")
+        device_used = x["device_rebate_requested_24h"]
+        if limits.device_daily_rebate_cents is not None and device_used is not None:
+            left = max(0, limits.device_daily_rebate_cents - int(device_used))
+            if left < room:
+                room = left
+                reasons.insert(0, "cap:device_day")
+        if room == granted:
+            return action, granted
+        return (SCALE, room) if room else (BLOCK, 0)
+
+    def _granted_today(self, user_id: str, now: int) -> PaymentLog:
+        """The user's rebate granted in the 24 h before `now`. Users are kept in order of
+        their latest grant, so those with nothing left in the window leave from the front."""
+        today = self.granted_24h
+        while today:
+            oldest, stale = next(iter(today.items()))
+            if stale.ts and stale.ts[-1] > now - DAY_MS:
+                break
+            del today[oldest]
+        log = today.get(user_id)
+        if log is None:
+            log = PaymentLog((DAY_MS,))
+            today[user_id] = log
+        else:
+            today.move_to_end(user_id)
+        log.expire(now)
+        return log
 
     def _refund_of_granted(self, tx: Transaction) -> float | None:
         """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only

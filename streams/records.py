@@ -104,6 +104,10 @@ class Decision(faust.Record, serializer="json", include_metadata=False):
     model_version: str
     decided_at: int
     policy_version: str = ""
+    #: Upline tiers that may be paid referral commission on this payment: the buyer's
+    #: referral depth, at most the policy's `max_commission_tiers` (never more than 3), and
+    #: 0 when no rebate is granted now.
+    commission_tiers: int = 0
 
 
 class RebateAdjustment(faust.Record, serializer="json", include_metadata=False):

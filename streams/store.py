@@ -314,7 +314,7 @@ class RedisDecisionStore:
 
     async def get_ledger(self, tx_id: str) -> dict[str, Any] | None:
         raw = await self.client.hgetall(self.keys.ledger(tx_id))
-        return _ledger(raw) if raw else None
+        return ledger_balances(raw) if raw else None
 
     async def count_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
         if not positions:
@@ -356,7 +356,9 @@ class RedisDecisionStore:
         return {"counters": counters, "recent": [json.loads(r) for r in recent]}
 
 
-def _ledger(raw: Mapping[Any, Any]) -> dict[str, Any]:
+def ledger_balances(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """A transaction's ledger hash as Redis returns it (bytes), as cents and the id of the
+    adjustment that set them."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name, text = _bytes(key).decode(), _bytes(value).decode()

@@ -4,12 +4,13 @@ by tx_id."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.web import Request, Response, View
+
+from rebate_guard.client import rebate_status
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -55,8 +56,12 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
 
     @app.page("/decisions/{tx_id}")
     class DecisionByTx(View):
+        """The decision on a transaction and its rebate's balances now (after labels,
+        refunds and hold timeouts): what `rebate_guard.client.get_decision` returns."""
+
         async def get(self, request: Request, tx_id: str) -> Response:
             found = await runtime.store.get_many([tx_id])
             if tx_id not in found:
                 return self.json({"error": f"no decision for tx_id {tx_id!r}"}, status=404)
-            return self.json(json.loads(found[tx_id]))
+            ledger = await runtime.store.get_ledger(tx_id)
+            return self.json(rebate_status(found[tx_id], ledger).to_json())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.records import Decision, build
+
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in epoch ms
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -52,3 +54,34 @@ def label(tx_id: str | None = "t1", ts: int = T0 + 3 * DAY, **overrides: Any) ->
     }
     event.update(overrides)
     return event
+
+
+def decision(
+    tx_id: str = "t1",
+    action: str = "allow",
+    requested: int = 1_000,
+    granted: int | None = None,
+    **overrides: Any,
+) -> Decision:
+    """A decision as the worker stores it; `granted` defaults to what `action` pays in full
+    (allow), half (scale) or nothing (hold, block)."""
+    if granted is None:
+        granted = {"allow": requested, "scale": requested // 2}.get(action, 0)
+    fields: dict[str, Any] = {
+        "tx_id": tx_id,
+        "ts": T0,
+        "user_id": "u1",
+        "merchant_id": "m1",
+        "risk": 0.5,
+        "trust_weight": 0.5,
+        "action": action,
+        "rebate_requested_cents": requested,
+        "rebate_granted_cents": granted,
+        "reasons": [],
+        "model_version": "m",
+        "decided_at": 0,
+        "policy_version": "p1",
+        "commission_tiers": 0,
+    }
+    fields.update(overrides)
+    return build(Decision, **fields)

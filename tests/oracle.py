@@ -127,6 +127,22 @@ def named_features(
     out = out.join(
         pair.select("tx_id", pl.col("p_count").alias("user_merchant_tx_count_7d")), on="tx_id"
     )
+    # Rebate requested (exact: the rate in millionths, as `requested_rebate_cents`) by the
+    # device's earlier payments in 24 h; null where the transaction names no device.
+    rebate = (pl.col("amount_cents") * (pl.col("rebate_rate") * 1_000_000).round()) // 1_000_000
+    device_money = _window_count_sum(
+        tx, pay.with_columns(amount_cents=rebate.cast(pl.Int64)), ["device_id"], DAY, "d"
+    )
+    out = out.join(
+        device_money.join(tx.select("tx_id", "device_id"), on="tx_id").select(
+            "tx_id",
+            pl.when(pl.col("device_id").is_null())
+            .then(None)
+            .otherwise(pl.col("d_sum"))
+            .alias("device_rebate_requested_24h"),
+        ),
+        on="tx_id",
+    )
     device_seen = pl.concat(
         [
             pay.select("device_id", "user_id", "ts", "seq"),

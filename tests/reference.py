@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.records import FRAUD, PAYMENT, Label, Signup, Transaction
+from streams.records import FRAUD, PAYMENT, Label, Signup, Transaction, requested_rebate_cents
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -155,6 +155,16 @@ class History:
                 x[f"{name}_signup_count_7d"] = (
                     None if key is None else sum(1 for s in signups if s.ts > t - signup_window)
                 )
+        device = tx.device_id
+        x["device_rebate_requested_24h"] = (
+            None
+            if device is None
+            else sum(
+                requested_rebate_cents(p.tx.amount_cents, p.tx.rebate_rate)
+                for p in self.payments
+                if p.tx.device_id == device and p.tx.ts > t - DAY
+            )
+        )
 
         x.update(self._referral(u, t))
         return x

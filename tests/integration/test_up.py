@@ -96,7 +96,14 @@ def test_up_serves_live_decisions_and_stops_everything(tmp_path: Path, stop_sign
         assert versions and any(not v.endswith(".t0") for v in versions)
         recent = stats["recent"][0]
         status, body = _get(f"{base}/decisions/{recent['tx_id']}")
-        assert status == 200 and json.loads(body) == recent
+        answer = json.loads(body)
+        assert status == 200 and answer["decision"] == recent
+        rebate = answer["rebate"]  # the balances now add up to what was requested
+        assert rebate["requested_cents"] == recent["rebate_requested_cents"]
+        assert (
+            rebate["granted_cents"] + rebate["held_cents"] + rebate["voided_cents"]
+            == (rebate["requested_cents"])
+        )
         status, body = _get(f"{base}/decisions/no-such-tx")
         assert status == 404 and "no decision" in json.loads(body)["error"]
         family = _descendants(up.pid)

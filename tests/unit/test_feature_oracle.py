@@ -14,6 +14,7 @@ NAMED = [
     "merchant_tx_count_1h",
     "user_merchant_tx_count_7d",
     "device_user_count_7d",
+    "device_rebate_requested_24h",
     "ip_user_count_24h",
     "card_user_count_30d",
     "user_account_age_s",
@@ -46,3 +47,4 @@ def test_named_features_match_the_polars_oracle_exactly(tmp_path: Path) -> None:
     # The world exercises what the windows are about.
     assert joined["merchant_fraud_rate_30d"].drop_nulls().max() > 0
     assert joined["device_user_count_7d"].max() > 2
+    assert joined["device_rebate_requested_24h"].max() > 0

@@ -17,7 +17,7 @@ from rebate_guard.replay import replay
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.records import Decision, Label, RebateAdjustment, build
 from streams.validation import parse_transaction
-from tests.factories import DAY, HOUR, T0, tx
+from tests.factories import DAY, HOUR, T0, decision, tx
 
 TERMS = LedgerTerms(hold_timeout_hours=72, refund_voids_within_hours=24, clawback_within_days=30)
 
@@ -30,24 +30,7 @@ def _decision(
     user: str = "u1",
     ts: int = T0,
 ) -> Decision:
-    if granted is None:
-        granted = {"allow": requested, "scale": requested // 2}.get(action, 0)
-    return build(
-        Decision,
-        tx_id=tx_id,
-        ts=ts,
-        user_id=user,
-        merchant_id="m1",
-        risk=0.5,
-        trust_weight=0.5,
-        action=action,
-        rebate_requested_cents=requested,
-        rebate_granted_cents=granted,
-        reasons=[],
-        model_version="m",
-        decided_at=0,
-        policy_version="p1",
-    )
+    return decision(tx_id, action, requested, granted, user_id=user, ts=ts)
 
 
 def _label(ts: int, verdict: str, tx_id: str | None = None, user: str | None = None) -> Label:

@@ -1,8 +1,9 @@
 import pickle
 
-from rebate_guard.scoring import Scorer, order_key
+from rebate_guard.policy import Policy
+from rebate_guard.scoring import Decider, Scorer, order_key
 from streams.validation import parse_label, parse_signup, parse_transaction
-from tests.factories import DAY, T0, label, signup, tx
+from tests.factories import DAY, HOUR, T0, label, signup, tx
 
 
 def test_a_quiet_payment_is_allowed_in_full() -> None:
@@ -93,3 +94,71 @@ def test_a_refund_sees_whether_its_payment_was_granted_a_rebate() -> None:
     )
     # Past the 30-day lookback the payment is forgotten (and the map stays bounded).
     assert refund("r4", "p1", T0 + 31 * DAY) is None and "p1" not in scorer.decider.granted
+
+
+def _capped(user_cap: int | None, device_cap: int | None) -> Scorer:
+    policy = Policy.from_document(
+        {
+            "version": "caps",
+            "thresholds": {"allow_at": 0.0, "scale_at": 0.0, "hold_at": 0.0},  # all allowed
+            "limits": {
+                k: v
+                for k, v in (
+                    ("user_daily_rebate_cents", user_cap),
+                    ("device_daily_rebate_cents", device_cap),
+                )
+                if v is not None
+            },
+        }
+    )
+    return Scorer(decider=Decider(policy=policy))
+
+
+def test_a_users_daily_cap_cuts_then_stops_their_rebates_for_24_hours() -> None:
+    scorer = _capped(700, None)
+    pay = [tx(f"p{i}", T0 + i * HOUR, amount_cents=3_000, rebate_rate=0.1) for i in range(4)]
+    got = [scorer.apply(parse_transaction(p), 0) for p in pay]
+    assert [(d.action, d.rebate_granted_cents) for d in got] == [
+        ("allow", 300),
+        ("allow", 300),
+        ("scale", 100),
+        ("block", 0),
+    ]
+    assert got[2].reasons[0] == got[3].reasons[0] == "cap:user_day"
+    # Another user is not held to it; and 24 h after the first grant, room comes back.
+    other = tx("o", T0 + 4 * HOUR, user_id="u2", amount_cents=3_000)
+    assert scorer.apply(parse_transaction(other), 0).rebate_granted_cents == 300
+    later = scorer.apply(parse_transaction(tx("p9", T0 + DAY, amount_cents=3_000)), 0)
+    assert (later.action, later.rebate_granted_cents) == ("allow", 300)
+
+
+def test_a_devices_daily_cap_counts_every_users_requests_on_it() -> None:
+    scorer = _capped(None, 500)
+    first = tx("a", T0, user_id="u1", device_id="shared", amount_cents=4_000, rebate_rate=0.1)
+    second = tx("b", T0 + HOUR, user_id="u2", device_id="shared", amount_cents=4_000)
+    third = tx("c", T0 + 2 * HOUR, user_id="u3", device_id="shared", amount_cents=4_000)
+    got = [scorer.apply(parse_transaction(p), 0) for p in (first, second, third)]
+    assert [(d.action, d.rebate_granted_cents) for d in got] == [
+        ("allow", 400),
+        ("scale", 100),
+        ("block", 0),
+    ]
+    assert got[1].reasons[0] == "cap:device_day"
+
+
+def test_commissions_are_paid_at_most_three_tiers_up_and_only_with_a_rebate() -> None:
+    scorer = _capped(None, None)
+    parent = None
+    for n in range(6):
+        scorer.apply(
+            parse_signup(signup(f"p{n}", T0 - DAY, referrer_id=parent, device_id=f"d{n}")), 0
+        )
+        parent = f"p{n}"
+    tiers = {
+        n: scorer.apply(parse_transaction(tx(f"t{n}", T0, user_id=f"p{n}")), 0).commission_tiers
+        for n in range(6)
+    }
+    assert tiers == {0: 0, 1: 1, 2: 2, 3: 3, 4: 3, 5: 3}
+    blocked = Policy.from_document({"version": "b", "lists": {"block_users": ["p2"]}})
+    scorer.decider.policy = blocked
+    assert scorer.apply(parse_transaction(tx("x", T0, user_id="p2")), 0).commission_tiers == 0

@@ -38,7 +38,6 @@ from streams.records import (
     RebateAdjustment,
     Signup,
     Transaction,
-    build,
 )
 from streams.shards import GRAPH_PARTITION, TOPIC_CODES, EntityShard, GraphShard, UserShard
 from streams.validation import parse_transaction
@@ -429,22 +428,8 @@ def test_a_re_decided_payment_keeps_its_standing_grant_for_later_refunds(
     if decided_before is not None:  # as if the crashed run had stored this decision
         cluster.decided["p1"] = {}
         cluster.granted["p1"] = decided_before
-        granted = 1_000 if decided_before else 0
-        cluster.stood["p1"] = build(
-            Decision,
-            tx_id="p1",
-            ts=payment.ts,
-            user_id=payment.user_id,
-            merchant_id=payment.merchant_id,
-            risk=0.5,
-            trust_weight=0.5,
-            action="allow" if decided_before else "block",
-            rebate_requested_cents=1_000,
-            rebate_granted_cents=granted,
-            reasons=[],
-            model_version="m",
-            decided_at=0,
-            policy_version="p",
+        cluster.stood["p1"] = factories.decision(
+            "p1", "allow" if decided_before else "block", ts=payment.ts
         )
     cluster.run(crash_rate=0.0)
     # A fresh model grants a first small payment in full: what it sees without a standing
