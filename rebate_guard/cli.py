@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-k", type=int, default=10, help="users per day in the review queue")
     ev.add_argument("--json", type=Path, help="also write the figures here")
     ev.add_argument(
+        "--adjustments",
+        type=Path,
+        help="adjustments.parquet (replay): also the money withheld in the end, after labels, "
+        "refunds and hold timeouts",
+    )
+    ev.add_argument(
         "--rings",
         type=Path,
         help="rings.parquet (replay): also rate ring detection against the truth's rings "
@@ -203,7 +209,13 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from rebate_guard.evaluate import evaluate, write_json
 
-    result = evaluate(args.decisions, labels=args.labels, truth=args.truth, top_k=args.top_k)
+    result = evaluate(
+        args.decisions,
+        labels=args.labels,
+        truth=args.truth,
+        top_k=args.top_k,
+        adjustments=args.adjustments,
+    )
     print(result.table())
     if args.json is not None:
         write_json(result, args.json)

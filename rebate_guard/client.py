@@ -45,9 +45,13 @@ class RebateStatus:
     voided_cents: int
     #: The adjustment that set these balances (None: as decided).
     last_adjustment: str | None
+    #: A fail-closed answer of `POST /score` (nothing granted, nothing stored): the
+    #: pipeline's decision follows by tx_id and on the decisions topic.
+    provisional: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "provisional": self.provisional,
             "decision": self.decision.asdict(),
             "rebate": {
                 "requested_cents": self.requested_cents,
@@ -59,7 +63,9 @@ class RebateStatus:
         }
 
 
-def rebate_status(decision_json: bytes, ledger: dict[str, Any] | None) -> RebateStatus:
+def rebate_status(
+    decision_json: bytes, ledger: dict[str, Any] | None, provisional: bool = False
+) -> RebateStatus:
     """A decision with its rebate's balances now: as decided, or after its latest
     adjustment (`ledger`, the hash `RedisDecisionStore.get_ledger` returns)."""
     decision = Decision.loads(decision_json)
@@ -67,7 +73,8 @@ def rebate_status(decision_json: bytes, ledger: dict[str, Any] | None) -> Rebate
         requested = decision.rebate_requested_cents
         granted = decision.rebate_granted_cents
         held = requested if decision.action == "hold" else 0
-        return RebateStatus(decision, requested, granted, held, requested - granted - held, None)
+        voided = requested - granted - held
+        return RebateStatus(decision, requested, granted, held, voided, None, provisional)
     return RebateStatus(
         decision,
         ledger["requested_cents"],

@@ -11,6 +11,9 @@
   requested that was withheld (not granted at decision time: scaled down, held or blocked),
   against the share of legitimate rebate money withheld, overall, per scenario and per
   look-alike group. Held money counts as withheld (it is not paid when the decision is made).
+  With the ledger's adjustments (`--adjustments`), also the share withheld in the end:
+  after labels, refunds and hold timeouts released, voided or clawed back money (a refunded
+  legitimate payment is owed no rebate and leaves the legitimate side).
 
 With `--labels` only labelled transactions count (a tx-level label; the latest one wins), so
 the figures describe the labelled sample, not the whole traffic.
@@ -50,6 +53,8 @@ class Evaluation:
     #: Money outcome (truth only): share of requested rebate money withheld, by slice:
     #: "fraud", "legit", "fraud:<scenario>", "legit:<look-alike group>".
     money_withheld: dict[str, float] = field(default_factory=dict)
+    #: The same in the end, after the ledger's adjustments (when given).
+    money_withheld_final: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,9 +83,12 @@ class Evaluation:
             for group, share in sorted(self.lookalikes_withheld.items()):
                 lines.append(f"| {group} | {share:.2%} |")
         if self.money_withheld:
-            lines += ["", "| rebate money | withheld at decision |", "|---|---|"]
+            final = self.money_withheld_final
+            head = "| rebate money | withheld at decision |" + (" in the end |" if final else "")
+            lines += ["", head, "|---|---|" + ("---|" if final else "")]
             for name, share in self.money_withheld.items():
-                lines.append(f"| {name} | {share:.2%} |")
+                end = f" {final[name]:.2%} |" if final else ""
+                lines.append(f"| {name} | {share:.2%} |{end}")
         return "\n".join(lines)
 
 
@@ -124,6 +132,7 @@ def evaluate(
     labels: Path | None = None,
     truth: Path | None = None,
     top_k: int = 10,
+    adjustments: Path | None = None,
 ) -> Evaluation:
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
@@ -168,7 +177,31 @@ def evaluate(
             withheld = rows["action"].is_in(WITHHELD).mean()
             result.lookalikes_withheld[str(group)] = float(withheld)  # type: ignore[arg-type]
         result.money_withheld = money_withheld(frame)
+        if adjustments is not None:
+            result.money_withheld_final = money_withheld(_after_ledger(frame, adjustments))
     return result
+
+
+def _after_ledger(frame: pl.DataFrame, adjustments: Path) -> pl.DataFrame:
+    """`frame` with each transaction's granted money as its last adjustment left it. A
+    legitimate payment that was refunded is owed no rebate (the refund voided it): it leaves
+    the legitimate side; a fraudulent one stays (its rebate is withheld either way)."""
+    made = pl.read_parquet(adjustments, columns=["tx_id", "ts", "granted_cents", "cause"])
+    refunded = made.filter(pl.col("cause").str.starts_with("refund:"))["tx_id"].unique()
+    last = (
+        made.sort("ts", maintain_order=True)
+        .group_by("tx_id")
+        .last()
+        .select("tx_id", pl.col("granted_cents").alias("granted_in_the_end"))
+    )
+    return (
+        frame.filter(pl.col("fraud") | ~pl.col("tx_id").is_in(refunded.implode()))
+        .join(last, on="tx_id", how="left")
+        .with_columns(
+            pl.coalesce("granted_in_the_end", "rebate_granted_cents").alias("rebate_granted_cents")
+        )
+        .drop("granted_in_the_end")
+    )
 
 
 def money_withheld(frame: pl.DataFrame) -> dict[str, float]:

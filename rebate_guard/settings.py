@@ -181,6 +181,20 @@ class Settings:
             "How often the worker looks for a new policy in Redis (hot reload, no restart)."
         ),
     )
+    score_wait_ms: int = field(
+        default=250,
+        metadata=_doc(
+            "How long `POST /score` waits for the pipeline's decision before answering with "
+            "a provisional fail-closed one (nothing granted now)."
+        ),
+    )
+    fail_closed_action: str = field(
+        default="hold",
+        metadata=_doc(
+            "What `POST /score` answers when it cannot get the decision in time (Redis or "
+            "the broker down, the pipeline behind): `hold` or `block`; never an allow."
+        ),
+    )
     user_ttl_days: int = field(
         default=730,
         metadata=_doc(
@@ -258,6 +272,10 @@ class Settings:
             raise SettingsError("RG_ALLOWED_LATENESS_MS must not be negative")
         if self.graph_window_days < 1 or self.graph_scan_minutes < 1:
             raise SettingsError("RG_GRAPH_WINDOW_DAYS and RG_GRAPH_SCAN_MINUTES must be >= 1")
+        if self.fail_closed_action not in ("hold", "block"):
+            raise SettingsError("RG_FAIL_CLOSED_ACTION must be hold or block (never allow)")
+        if self.score_wait_ms < 0:
+            raise SettingsError("RG_SCORE_WAIT_MS must not be negative")
         if self.policy_poll_s <= 0:
             raise SettingsError("RG_POLICY_POLL_S must be positive")
         if self.user_ttl_days < 31:

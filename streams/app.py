@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +33,7 @@ import faust
 from faust.types import TP, EventT, Message
 from mode import Service
 
+from rebate_guard.client import RebateStatus, rebate_status
 from rebate_guard.policy import Policy, PolicyError
 from rebate_guard.settings import Settings
 from streams.processor import (
@@ -48,6 +50,12 @@ from streams.records import (
     GRAPH_EVENTS,
     INPUT_TOPICS,
     INTERNAL_TOPICS,
+    PAYMENT,
+    TRANSACTIONS,
+    Decision,
+    Transaction,
+    build,
+    requested_rebate_cents,
 )
 from streams.shards import GRAPH_PARTITION
 from streams.sink import KafkaSink, Sink
@@ -111,6 +119,75 @@ class Runtime:
         if isinstance(self.sink, KafkaSink):
             await self.sink.start()
             await self._check_partitions(self.sink)
+
+    async def score(self, tx: Transaction, value: bytes, wait_s: float) -> RebateStatus:
+        """A decision at payment time (`POST /score`): the stored one if `tx` was decided
+        already (same tx_id, same answer); else `tx` goes into the pipeline (the same
+        logic, idempotent by tx_id) and its decision is awaited for up to `wait_s`. If it
+        cannot be had in time, a provisional fail-closed answer that grants nothing: the
+        real decision follows on the decisions topic and by tx_id."""
+        try:
+            status = await self._stored_status(tx.tx_id)
+        except Exception as exc:
+            return self._fail_closed(tx, "redis", exc)
+        if status is not None:
+            return status
+        try:
+            topic = self.settings.topic(TRANSACTIONS)
+            await self.sink.send_many(topic, [(tx.user_id.encode(), value)])
+        except Exception as exc:
+            return self._fail_closed(tx, "broker", exc)
+        deadline = time.monotonic() + wait_s
+        pause = 0.001
+        while True:
+            try:
+                status = await self._stored_status(tx.tx_id)
+            except Exception as exc:
+                return self._fail_closed(tx, "redis", exc)
+            if status is not None:
+                return status
+            if time.monotonic() >= deadline:
+                return self._fail_closed(tx, "timeout", None)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.01)
+
+    async def _stored_status(self, tx_id: str) -> RebateStatus | None:
+        found = await self.store.get_many([tx_id])
+        if tx_id not in found:
+            return None
+        return rebate_status(found[tx_id], await self.store.get_ledger(tx_id))
+
+    def _fail_closed(self, tx: Transaction, part: str, exc: Exception | None) -> RebateStatus:
+        if exc is not None:
+            log.warning(
+                "POST /score %s: %s unavailable (%s); answering %s",
+                tx.tx_id,
+                part,
+                exc,
+                self.settings.fail_closed_action,
+            )
+        self.processor.counters.fail_closed += 1
+        requested = (
+            requested_rebate_cents(tx.amount_cents, tx.rebate_rate) if tx.kind == PAYMENT else 0
+        )
+        decision = build(
+            Decision,
+            tx_id=tx.tx_id,
+            ts=tx.ts,
+            user_id=tx.user_id,
+            merchant_id=tx.merchant_id,
+            risk=1.0,
+            trust_weight=0.0,
+            action=self.settings.fail_closed_action,
+            rebate_requested_cents=requested,
+            rebate_granted_cents=0,
+            reasons=[f"fail_closed:{part}"],
+            model_version="",
+            decided_at=int(time.time() * 1000),
+            policy_version=self.processor.policy.version,
+            commission_tiers=0,
+        )
+        return rebate_status(decision.dumps(), None, provisional=True)
 
     async def refresh_policy(self) -> None:
         """Takes up a new live policy from Redis (hot reload, between batches). It is

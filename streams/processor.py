@@ -122,6 +122,8 @@ class Counters:
     envelopes_sent: int = 0
     envelopes_received: int = 0
     stray: int = 0
+    #: `POST /score` answers that were provisional (fail closed: nothing granted).
+    fail_closed: int = 0
 
 
 def feature_vector_json(decision: Decision, x: dict[str, Any]) -> bytes:

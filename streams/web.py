@@ -11,6 +11,7 @@ import faust
 from faust.web import Request, Response, View
 
 from rebate_guard.client import rebate_status
+from streams.validation import InvalidEvent, decode_json_object, parse_transaction
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -53,6 +54,25 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
                 rings = [r for r in rings if r["kind"] == kind]
             rings.sort(key=lambda r: (-r["ts"], r["ring_id"]))
             return self.json({"count": len(rings), "rings": rings[:limit]})
+
+    @app.page("/score")
+    class Score(View):
+        """A decision at payment time: POST the transaction (the contract's JSON); the
+        answer is `GET /decisions/{tx_id}`'s, or a provisional fail-closed one (`hold`,
+        nothing granted) when the decision cannot be had within `RG_SCORE_WAIT_MS`
+        (`?wait_ms=` overrides, up to 10 s). Bad input: 400 with the reason."""
+
+        async def post(self, request: Request) -> Response:
+            body = await request.read()
+            try:
+                tx = parse_transaction(decode_json_object(body))
+                wait_ms = int(request.query.get("wait_ms", runtime.settings.score_wait_ms))
+                if not 0 <= wait_ms <= 10_000:
+                    raise InvalidEvent("wait_ms must be within 0..10000")
+            except ValueError as exc:  # InvalidEvent, or a wait_ms that is not a number
+                return self.json({"error": str(exc)}, status=400)
+            status = await runtime.score(tx, body, wait_ms / 1000)
+            return self.json(status.to_json())
 
     @app.page("/decisions/{tx_id}")
     class DecisionByTx(View):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from rebate_guard.settings import Settings
 from rebate_guard.topics import ensure_topics
 from streams.records import Decision, RebateAdjustment
 from streams.sink import KafkaSink
-from tests.factories import DAY, MINUTE, T0, label, signup, tx
+from tests.factories import DAY, HOUR, MINUTE, T0, label, signup, tx
 from tests.integration.helpers import (
     read_topic,
     redis_counters,
@@ -260,3 +261,39 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
     assert any(d.action != "block" for d in others)
     shown = _policy_cli(settings, "show", "--version", "default-1")
     assert shown.returncode == 0 and '"version": "default-1"' in shown.stdout
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_score_decides_at_payment_time_once_per_tx_id(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(produce_events(settings, _traffic(50, users=10)))
+    payment = tx("pay-1", T0 + HOUR, user_id="u3", amount_cents=4_200, rebate_rate=0.12)
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        wait_for_decisions(settings, 50, worker)
+        url = f"http://127.0.0.1:{worker.settings.web_port}/score"
+        status, first = _post(f"{url}?wait_ms=10000", json.dumps(payment).encode())
+        assert status == 200 and first["provisional"] is False, first
+        assert first["decision"]["tx_id"] == "pay-1"
+        assert first["rebate"]["requested_cents"] == 504
+        stored = _stored_decisions(settings)["pay-1"]
+        assert first["decision"] == stored.asdict()
+        status, again = _post(url, json.dumps(payment).encode())  # a retry: the same answer
+        assert status == 200 and again == first
+        status, bad = _post(url, b"{not json")
+        assert status == 400 and "not valid JSON" in bad["error"]
+        status, bad = _post(url, json.dumps({**payment, "amount_cents": -5}).encode())
+        assert status == 400 and "must be positive" in bad["error"]
+        wait_for_decisions(settings, 51, worker)
+        assert worker.stop() == 0, worker.log()
+    assert redis_counters(settings)["decisions"] == 51  # decided once, for both requests

@@ -9,7 +9,8 @@ from streams.app import create_worker
 from streams.records import Decision
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
-from tests.factories import T0, label, signup, tx
+from streams.validation import parse_transaction
+from tests.factories import T0, decision, label, signup, tx
 
 
 async def _until(worker, condition, timeout: float = 5.0) -> None:
@@ -220,5 +221,42 @@ def test_a_policy_pushed_to_the_store_takes_effect_without_a_restart() -> None:
             assert "allow_at: must be within [0, 1]" in runtime.policy_status["rejected"]
             assert runtime.policy_status["version"] == "v2"
             assert (await decide("t3")).policy_version == "v2"
+
+    asyncio.run(run())
+
+
+class _RedisDown(MemoryDecisionStore):
+    async def get_many(self, tx_ids):  # type: ignore[no-untyped-def]
+        raise ConnectionError("Redis is down")
+
+
+def test_score_answers_the_stored_decision_or_fails_closed_never_allowing() -> None:
+    """`POST /score`'s logic (`Runtime.score`), broker-free: a decided tx_id gets its stored
+    decision back; an undecided one goes into the pipeline and, with no decision in time or
+    with Redis down, gets a provisional hold that grants nothing."""
+
+    async def run() -> None:
+        worker, store, sink = _worker()
+        runtime = worker.runtime
+        stored = decision("t1", "allow", 700)
+        await store.put_new([("t1", stored.dumps())])
+        payment = parse_transaction(tx("t1"))
+        answer = await runtime.score(payment, json.dumps(tx("t1")).encode(), 1.0)
+        assert not answer.provisional and answer.decision == stored
+        assert "transactions" not in sink.sent  # decided already: nothing produced
+
+        fresh = parse_transaction(tx("t2", amount_cents=5_000))
+        answer = await runtime.score(fresh, json.dumps(tx("t2")).encode(), 0.05)
+        assert answer.provisional and answer.decision.action == "hold"
+        assert answer.decision.reasons == ["fail_closed:timeout"]
+        assert (answer.granted_cents, answer.held_cents) == (0, 500)
+        assert [k for k, _ in sink.sent["transactions"]] == [b"u1"]  # into the pipeline
+        assert "t2" not in store.decisions  # a provisional answer is never stored
+
+        down = create_worker(Settings(fail_closed_action="block"), _RedisDown(), MemorySink())
+        answer = await down.runtime.score(fresh, b"{}", 1.0)
+        assert answer.provisional and answer.decision.action == "block"
+        assert answer.decision.reasons == ["fail_closed:redis"] and answer.granted_cents == 0
+        assert down.runtime.processor.counters.fail_closed == 1
 
     asyncio.run(run())
