@@ -32,7 +32,7 @@ from streams.records import (
     RebateAdjustment,
     Signup,
     Transaction,
-    build,
+    decision_on,
     requested_rebate_cents,
 )
 
@@ -189,12 +189,8 @@ class Decider:
         tiers = self.policy.limits.max_commission_tiers
         commission_tiers = min(int(depth), tiers) if granted and depth else 0
         self._remember(tx.tx_id, tx.user_id, enriched, risk)
-        decision = build(
-            Decision,
-            tx_id=tx.tx_id,
-            ts=tx.ts,
-            user_id=tx.user_id,
-            merchant_id=tx.merchant_id,
+        decision = decision_on(
+            tx,
             risk=round(max(risk, ring_score), 6),
             trust_weight=weight,
             action=action,

@@ -52,9 +52,8 @@ from streams.records import (
     INTERNAL_TOPICS,
     PAYMENT,
     TRANSACTIONS,
-    Decision,
     Transaction,
-    build,
+    decision_on,
     requested_rebate_cents,
 )
 from streams.shards import GRAPH_PARTITION
@@ -126,17 +125,7 @@ class Runtime:
         logic, idempotent by tx_id) and its decision is awaited for up to `wait_s`. If it
         cannot be had in time, a provisional fail-closed answer that grants nothing: the
         real decision follows on the decisions topic and by tx_id."""
-        try:
-            status = await self._stored_status(tx.tx_id)
-        except Exception as exc:
-            return self._fail_closed(tx, "redis", exc)
-        if status is not None:
-            return status
-        try:
-            topic = self.settings.topic(TRANSACTIONS)
-            await self.sink.send_many(topic, [(tx.user_id.encode(), value)])
-        except Exception as exc:
-            return self._fail_closed(tx, "broker", exc)
+        produced = False
         deadline = time.monotonic() + wait_s
         pause = 0.001
         while True:
@@ -146,7 +135,14 @@ class Runtime:
                 return self._fail_closed(tx, "redis", exc)
             if status is not None:
                 return status
-            if time.monotonic() >= deadline:
+            if not produced:
+                try:
+                    topic = self.settings.topic(TRANSACTIONS)
+                    await self.sink.send_many(topic, [(tx.user_id.encode(), value)])
+                except Exception as exc:
+                    return self._fail_closed(tx, "broker", exc)
+                produced = True
+            elif time.monotonic() >= deadline:
                 return self._fail_closed(tx, "timeout", None)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.01)
@@ -170,12 +166,8 @@ class Runtime:
         requested = (
             requested_rebate_cents(tx.amount_cents, tx.rebate_rate) if tx.kind == PAYMENT else 0
         )
-        decision = build(
-            Decision,
-            tx_id=tx.tx_id,
-            ts=tx.ts,
-            user_id=tx.user_id,
-            merchant_id=tx.merchant_id,
+        decision = decision_on(
+            tx,
             risk=1.0,
             trust_weight=0.0,
             action=self.settings.fail_closed_action,

@@ -185,6 +185,18 @@ def build(cls: type[R], **values: Any) -> R:
     return record
 
 
+def decision_on(tx: Transaction, **values: Any) -> Decision:
+    """The decision on `tx` (its ids and ts copied) with the other fields from `values`."""
+    return build(
+        Decision,
+        tx_id=tx.tx_id,
+        ts=tx.ts,
+        user_id=tx.user_id,
+        merchant_id=tx.merchant_id,
+        **values,
+    )
+
+
 def to_row(record: faust.Record) -> list[Any]:
     """A record's field values in declaration order: the compact form of events on the
     pipeline's internal topics (`from_row` reads it back)."""
