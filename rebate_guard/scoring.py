@@ -7,6 +7,7 @@ both paths give the same decision for the same event sequence.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from itertools import islice
 
 from detectors.base import Features
 from detectors.drift import DriftWatch
-from detectors.risk import RiskModel
+from detectors.risk import Assessment, RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from features.windows import PaymentLog
@@ -25,6 +26,7 @@ from rebate_guard.policy import Policy, default_policy, trust_weight
 from streams.records import (
     BLOCK,
     FRAUD,
+    HOLD,
     PAYMENT,
     SCALE,
     Decision,
@@ -44,6 +46,9 @@ Event = Signup | Transaction | Label
 KIND_RANK = {Signup: 0, Label: 1, Transaction: 2}
 
 DAY_MS = 86_400_000
+#: The reason code of a decision the model could not score.
+FAIL_CLOSED_MODEL = "fail_closed:model"
+log = logging.getLogger(__name__)
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
@@ -105,6 +110,10 @@ class Decider:
     remember_limit: int = MAX_REMEMBERED_FEATURES
     #: What happens to each rebate after its decision (labels, refunds, hold timeouts).
     ledger: Ledger = field(default_factory=Ledger)
+    #: What a transaction the model cannot score gets (HOLD or BLOCK; never an allow).
+    fail_closed_action: str = HOLD
+    #: Transactions the model could not score (each decided `fail_closed_action`).
+    model_failures: int = 0
     #: user -> rebate granted to them in the last 24 h, for the daily cap (latest last).
     granted_24h: OrderedDict[str, PaymentLog] = field(default_factory=OrderedDict)
     #: Ledger adjustments made and not yet taken by the caller (`take_adjustments`).
@@ -171,10 +180,18 @@ class Decider:
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         version = self.model.version  # the state that scores, before it learns this one
-        assessment = self.model.assess(x)
-        risk, reasons, enriched = assessment.risk, assessment.reasons, assessment.enriched
-        self.model.learn_scored(assessment)  # unsupervised, after scoring
-        self.drift.scored(risk, tx.ts)
+        try:
+            assessment: Assessment | None = self.model.assess(x)
+        except Exception:  # scoring is pure: nothing was changed; this one cannot be trusted
+            log.exception("the model could not score %s: %s it", tx.tx_id, self.fail_closed_action)
+            self.model_failures += 1
+            assessment = None
+        if assessment is None:
+            risk, reasons, enriched = 1.0, [FAIL_CLOSED_MODEL], x
+        else:
+            risk, reasons, enriched = assessment.risk, assessment.reasons, assessment.enriched
+            self.model.learn_scored(assessment)  # unsupervised, after scoring
+            self.drift.scored(risk, tx.ts)
         ring_score, ring_reasons = pyramid_score(x["referral_depth"])
         if ring is not None and ring[0] > ring_score:
             ring_score, ring_reasons = ring
@@ -183,12 +200,15 @@ class Decider:
         if tx.kind != PAYMENT:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
         action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
+        if assessment is None and not self.policy.lists.hits(tx, "block"):
+            action, granted, policy_reasons = self.fail_closed_action, 0, []  # fail closed
         if granted:
             action, granted = self._cap(tx, x, action, granted, policy_reasons)
         depth = x["referral_depth"]
         tiers = self.policy.limits.max_commission_tiers
         commission_tiers = min(int(depth), tiers) if granted and depth else 0
-        self._remember(tx.tx_id, tx.user_id, enriched, risk)
+        if assessment is not None:  # a label can teach only what was scored
+            self._remember(tx.tx_id, tx.user_id, enriched, risk)
         decision = decision_on(
             tx,
             risk=round(max(risk, ring_score), 6),

@@ -191,8 +191,9 @@ class Settings:
     fail_closed_action: str = field(
         default="hold",
         metadata=_doc(
-            "What `POST /score` answers when it cannot get the decision in time (Redis or "
-            "the broker down, the pipeline behind): `hold` or `block`; never an allow."
+            "What a decision is when a part is unavailable: `POST /score` without the "
+            "pipeline's decision in time (Redis or the broker down, the pipeline behind), or "
+            "a transaction the model cannot score: `hold` or `block`; never an allow."
         ),
     )
     user_ttl_days: int = field(

@@ -225,6 +225,7 @@ class BatchProcessor:
             Decider(
                 policy=self.policy,
                 remember_limit=MAX_REMEMBERED_FEATURES // self.n_partitions,
+                fail_closed_action=s.fail_closed_action,
             ),
             s.decision_ttl_s * 1000,
             engine.sweep_every_ms,

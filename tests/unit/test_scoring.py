@@ -1,5 +1,6 @@
 import pickle
 
+from detectors.risk import RiskModel
 from rebate_guard.policy import Policy
 from rebate_guard.scoring import Decider, Scorer, order_key
 from streams.validation import parse_label, parse_signup, parse_transaction
@@ -162,3 +163,22 @@ def test_commissions_are_paid_at_most_three_tiers_up_and_only_with_a_rebate() ->
     blocked = Policy.from_document({"version": "b", "lists": {"block_users": ["p2"]}})
     scorer.decider.policy = blocked
     assert scorer.apply(parse_transaction(tx("x", T0, user_id="p2")), 0).commission_tiers == 0
+
+
+class _BrokenOnSomeAmounts(RiskModel):
+    def assess(self, x):  # type: ignore[no-untyped-def]
+        if x["amount_cents"] == 13_131:
+            raise FloatingPointError("a bug in scoring")
+        return super().assess(x)
+
+
+def test_a_transaction_the_model_cannot_score_is_held_not_allowed_and_the_next_is_scored() -> None:
+    scorer = Scorer(decider=Decider(model=_BrokenOnSomeAmounts()))
+    scorer.apply(parse_signup(signup("u1", T0 - 30 * DAY)), 0)
+    broken = scorer.apply(parse_transaction(tx("bad", T0, amount_cents=13_131)), 0)
+    assert (broken.action, broken.rebate_granted_cents) == ("hold", 0)
+    assert broken.reasons == ["fail_closed:model"] and broken.trust_weight == 0.0
+    assert scorer.decider.model_failures == 1
+    fine = scorer.apply(parse_transaction(tx("ok", T0 + HOUR, amount_cents=10_000)), 0)
+    assert fine.action == "allow" and fine.reasons == []
+    assert "bad" not in scorer.decider.remembered  # nothing to learn from a label on it
