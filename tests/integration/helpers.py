@@ -48,6 +48,22 @@ class WorkerProcess:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGSTOP)
 
+    def children(self) -> list[int]:
+        """The worker's child processes (a forked checkpoint writer), from /proc."""
+        assert self.proc is not None
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+            if int(stat.rpartition(")")[2].split()[1]) == self.proc.pid:
+                out.append(int(entry))
+        return out
+
     def thaw(self) -> None:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGCONT)

@@ -175,8 +175,9 @@ def _assert_same(
 def _kill_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerProcess) -> None:
     """kill -9 the worker once `decisions` more were stored after its newest checkpoint, so
     the restart must redo work. Checked with the worker frozen (SIGSTOP, its checkpoint
-    writer too): a checkpoint finishing between the last look and the kill would otherwise
-    cover that work and leave nothing to redo."""
+    writer too) and no checkpoint writer alive: a checkpoint finishing between the last
+    look and the kill, or a writer's last Redis command still on its way when it was
+    frozen, would otherwise cover that work and leave nothing to redo."""
     client = redis.Redis.from_url(settings.redis_url)
 
     def look() -> tuple[dict[bytes, bytes | None], int]:
@@ -197,7 +198,7 @@ def _kill_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerPr
             elif pointer and done - since >= decisions:
                 worker.freeze()
                 current, done = look()
-                if current == pointer and done - since >= decisions:
+                if current == pointer and done - since >= decisions and not worker.children():
                     worker.kill9()
                     return
                 worker.thaw()  # a checkpoint landed meanwhile: count from it
