@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import socket
 import subprocess
@@ -36,6 +35,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._worker import start_worker  # noqa: E402
 from rebate_guard.settings import Settings, env_name  # noqa: E402
 from rebate_guard.stack import LocalStack  # noqa: E402
 from rebate_guard.topics import ensure_topics  # noqa: E402
@@ -213,15 +213,7 @@ def main() -> None:
         )
         asyncio.run(ensure_topics(settings))
         log = Path(tmp) / "worker.log"
-        env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "rebate_guard.cli", "worker"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+        proc = start_worker(settings, log)
         try:
             _wait_ready(settings.web_port, proc, log)
             url = f"http://127.0.0.1:{settings.web_port}/score"

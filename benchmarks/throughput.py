@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._worker import start_worker  # noqa: E402
 from rebate_guard.producer import produce_events  # noqa: E402
 from rebate_guard.replay import replay  # noqa: E402
 from rebate_guard.settings import Settings, env_name  # noqa: E402
@@ -152,18 +153,10 @@ def _pipeline(settings: Settings, n: int, workers: int, log_dir: Path) -> float:
     stats_key = f"{settings.app_id}:stats"
     procs = []
     for index in range(workers):
-        env = _child_env(settings.replace(web_port=settings.web_port + index))
-        env["RG_DATA_DIR"] = str(settings.data_dir / f"w{index}")
-        log = (log_dir / f"{settings.app_id}-{index}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "rebate_guard.cli", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
+        mine = settings.replace(
+            web_port=settings.web_port + index, data_dir=settings.data_dir / f"w{index}"
         )
+        procs.append(start_worker(mine, log_dir / f"{settings.app_id}-{index}.log"))
     try:
         started = None
         deadline = time.monotonic() + 900

@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from rebate_guard.ledger import opening_balances
 from rebate_guard.settings import Settings
 from streams.records import Decision
 from streams.store import Keys, ledger_balances
@@ -64,17 +65,12 @@ class RebateStatus:
 
 
 def rebate_status(
-    decision_json: bytes, ledger: dict[str, Any] | None, provisional: bool = False
+    decision: Decision, ledger: dict[str, Any] | None, provisional: bool = False
 ) -> RebateStatus:
     """A decision with its rebate's balances now: as decided, or after its latest
     adjustment (`ledger`, the hash `RedisDecisionStore.get_ledger` returns)."""
-    decision = Decision.loads(decision_json)
     if ledger is None:
-        requested = decision.rebate_requested_cents
-        granted = decision.rebate_granted_cents
-        held = requested if decision.action == "hold" else 0
-        voided = requested - granted - held
-        return RebateStatus(decision, requested, granted, held, voided, None, provisional)
+        return RebateStatus(decision, *opening_balances(decision), None, provisional)
     return RebateStatus(
         decision,
         ledger["requested_cents"],
@@ -111,7 +107,8 @@ class DecisionClient:
             pipe.hgetall(self.keys.ledger(tx_id))
             value, ledger = pipe.execute()
             if value is not None:
-                return rebate_status(value, ledger_balances(ledger) if ledger else None)
+                balances = ledger_balances(ledger) if ledger else None
+                return rebate_status(Decision.loads(value), balances)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None

@@ -44,6 +44,18 @@ from streams.records import (
 )
 
 HOLD_SLOT, CLAWBACK_SLOT = "hold", "clawback"
+#: A rebate's balances: (requested, granted, held, voided), granted + held + voided = requested.
+Balances = tuple[int, int, int, int]
+
+
+def opening_balances(decision: Decision) -> Balances:
+    """How a decision leaves its rebate, before any adjustment: a hold escrows all of it,
+    and what is not granted otherwise is voided (scaled away or blocked)."""
+    requested, granted = decision.rebate_requested_cents, decision.rebate_granted_cents
+    held = requested if decision.action == HOLD else 0
+    return requested, granted, held, requested - granted - held
+
+
 TIMEOUT = "hold_timeout"
 
 
@@ -64,10 +76,7 @@ class Entry:
     def __init__(self, decision: Decision, hold_until: int | None) -> None:
         self.user_id = decision.user_id
         self.ts = decision.ts
-        self.requested = decision.rebate_requested_cents
-        self.granted = decision.rebate_granted_cents
-        self.held = self.requested if decision.action == HOLD else 0
-        self.voided = self.requested - self.granted - self.held
+        self.requested, self.granted, self.held, self.voided = opening_balances(decision)
         self.hold_until = hold_until
         self.policy_version = decision.policy_version
 
@@ -223,21 +232,12 @@ def _adjustment(
 
 def reconcile(
     decisions: Iterable[Decision], adjustments: Iterable[RebateAdjustment]
-) -> dict[str, tuple[int, int, int, int]]:
+) -> dict[str, Balances]:
     """Rebuild every transaction's rebate from its decision and its adjustments (in the
     order they were made) and check each step: an adjustment moves exactly what it says,
     from where it says, and its balances are what the moves give. Returns tx_id ->
     (requested, granted, held, voided); `LedgerMismatch` names the first step that is off."""
-    books: dict[str, list[int]] = {}
-    for d in decisions:
-        held = d.rebate_requested_cents if d.action == HOLD else 0
-        granted = d.rebate_granted_cents
-        books[d.tx_id] = [
-            d.rebate_requested_cents,
-            granted,
-            held,
-            d.rebate_requested_cents - granted - held,
-        ]
+    books = {d.tx_id: list(opening_balances(d)) for d in decisions}
     slots: set[str] = set()
     for a in adjustments:
         book = books.get(a.tx_id)

@@ -128,15 +128,25 @@ class Lists:
     allow_cards: frozenset[str] = frozenset()
     allow_merchants: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        # Per transaction only the lists in use are looked at (usually none): (reason code,
+        # the transaction's field, the ids) for each non-empty list, by "block"/"allow".
+        fields_of = {"users": "user_id", "devices": "device_id", "cards": "card_id"}
+        in_use = {
+            which: tuple(
+                (f"{which}list:{kind[:-1]}", fields_of.get(kind, "merchant_id"), ids)
+                for kind in LIST_KINDS
+                if (ids := getattr(self, f"{which}_{kind}"))
+            )
+            for which in ("block", "allow")
+        }
+        object.__setattr__(self, "_in_use", in_use)
+
     def hits(self, tx: Transaction, which: str) -> list[str]:
         """Reason codes (`blocklist:device`, ...) of the `which` ("block"/"allow") lists
         that name the transaction's user, device, card or merchant."""
-        ids = (tx.user_id, tx.device_id, tx.card_id, tx.merchant_id)
-        return [
-            f"{which}list:{kind[:-1]}"
-            for kind, value in zip(LIST_KINDS, ids, strict=True)
-            if value is not None and value in getattr(self, f"{which}_{kind}")
-        ]
+        in_use: dict[str, tuple[tuple[str, str, frozenset[str]], ...]] = self._in_use  # type: ignore[attr-defined]
+        return [code for code, name, ids in in_use[which] if getattr(tx, name) in ids]
 
 
 HOUR_MS = 3_600_000

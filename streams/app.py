@@ -52,6 +52,7 @@ from streams.records import (
     INTERNAL_TOPICS,
     PAYMENT,
     TRANSACTIONS,
+    Decision,
     Transaction,
     decision_on,
     requested_rebate_cents,
@@ -151,7 +152,7 @@ class Runtime:
         found = await self.store.get_many([tx_id])
         if tx_id not in found:
             return None
-        return rebate_status(found[tx_id], await self.store.get_ledger(tx_id))
+        return rebate_status(Decision.loads(found[tx_id]), await self.store.get_ledger(tx_id))
 
     def _fail_closed(self, tx: Transaction, part: str, exc: Exception | None) -> RebateStatus:
         if exc is not None:
@@ -179,7 +180,7 @@ class Runtime:
             policy_version=self.processor.policy.version,
             commission_tiers=0,
         )
-        return rebate_status(decision.dumps(), None, provisional=True)
+        return rebate_status(decision, None, provisional=True)
 
     async def refresh_policy(self) -> None:
         """Takes up a new live policy from Redis (hot reload, between batches). It is

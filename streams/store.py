@@ -46,22 +46,23 @@ return out
 """
 
 _PUT_ADJUSTMENTS = """
+-- KEYS: stats, then (adjustment key, ledger key) per adjustment; ARGV: ttl, then its JSON.
 local ttl = tonumber(ARGV[1])
 local out = {}
-for i = 2, #KEYS, 2 do
-  local value = ARGV[i]
-  if redis.call('SET', KEYS[i], value, 'NX', 'EX', ttl) then
+for j = 2, #ARGV do
+  local value, key, ledger = ARGV[j], KEYS[2 * j - 2], KEYS[2 * j - 1]
+  if redis.call('SET', key, value, 'NX', 'EX', ttl) then
     local a = cjson.decode(value)
     redis.call('HINCRBY', KEYS[1], 'adjustments', 1)
     redis.call('HINCRBY', KEYS[1], 'adjustments:' .. a['kind'], 1)
     redis.call('HINCRBY', KEYS[1], 'adjusted_cents:' .. a['kind'], a['cents'])
-    redis.call('HSET', KEYS[i + 1], 'requested_cents', a['requested_cents'],
+    redis.call('HSET', ledger, 'requested_cents', a['requested_cents'],
       'granted_cents', a['granted_cents'], 'held_cents', a['held_cents'],
       'voided_cents', a['voided_cents'], 'last_adjustment', a['adjustment_id'])
-    redis.call('EXPIRE', KEYS[i + 1], ttl)
+    redis.call('EXPIRE', ledger, ttl)
     out[#out + 1] = false
   else
-    out[#out + 1] = redis.call('GET', KEYS[i])
+    out[#out + 1] = redis.call('GET', key)
   end
 end
 return out
@@ -309,7 +310,7 @@ class RedisDecisionStore:
         args: list[Any] = [self.ttl]
         for adjustment_id, tx_id, value in items:
             keys += [self.keys.adjustment(adjustment_id), self.keys.ledger(tx_id)]
-            args += [value, ""]
+            args.append(value)
         return list(await self._adjust(keys=keys, args=args))
 
     async def get_ledger(self, tx_id: str) -> dict[str, Any] | None:

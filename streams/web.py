@@ -11,6 +11,7 @@ import faust
 from faust.web import Request, Response, View
 
 from rebate_guard.client import rebate_status
+from streams.records import Decision
 from streams.validation import InvalidEvent, decode_json_object, parse_transaction
 
 if TYPE_CHECKING:
@@ -84,4 +85,5 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             if tx_id not in found:
                 return self.json({"error": f"no decision for tx_id {tx_id!r}"}, status=404)
             ledger = await runtime.store.get_ledger(tx_id)
-            return self.json(rebate_status(found[tx_id], ledger).to_json())
+            decision = Decision.loads(found[tx_id])
+            return self.json(rebate_status(decision, ledger).to_json())

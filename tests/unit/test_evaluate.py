@@ -96,31 +96,29 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path: Path, capsys) -> N
     assert main(wrong) == 2
 
 
-def test_money_in_the_end_follows_the_ledgers_last_adjustment(tmp_path: Path) -> None:
-    decisions, truth, _ = _files(tmp_path)
-    adjustments = tmp_path / "adjustments.parquet"
-    pl.DataFrame(  # c's hold released by a legit label; e's grant clawed back by a label
-        {
-            "tx_id": ["c", "e"],
-            "ts": [T0 + DAY, T0 + 2 * DAY],
-            "granted_cents": [300, 0],
-            "cause": ["label:legit", "label:fraud"],
-        }
-    ).write_parquet(adjustments)
-    result = evaluate(decisions, truth=truth, adjustments=adjustments)
-    assert result.money_withheld["legit"] == pytest.approx(650 / 1500)
-    # Legit granted in the end: b 500 + c 300 + e 0 = 800 of 1,500.
-    assert result.money_withheld_final["legit"] == pytest.approx(700 / 1500)
-    # Had e been refunded instead, it would be owed nothing: 800 of 800 (b, c) paid.
+def _adjusted(tmp_path: Path, e_cause: str) -> Path:
+    """c's hold released by a legit label at T0 + 1 d; e's grant taken back at T0 + 2 d
+    (`e_cause`)."""
+    path = tmp_path / "adjustments.parquet"
     pl.DataFrame(
         {
             "tx_id": ["c", "e"],
             "ts": [T0 + DAY, T0 + 2 * DAY],
             "granted_cents": [300, 0],
-            "cause": ["label:legit", "refund:r9"],
+            "cause": ["label:legit", e_cause],
         }
-    ).write_parquet(adjustments)
-    refunded = evaluate(decisions, truth=truth, adjustments=adjustments)
+    ).write_parquet(path)
+    return path
+
+
+def test_money_in_the_end_follows_the_ledgers_last_adjustment(tmp_path: Path) -> None:
+    decisions, truth, _ = _files(tmp_path)
+    result = evaluate(decisions, truth=truth, adjustments=_adjusted(tmp_path, "label:fraud"))
+    assert result.money_withheld["legit"] == pytest.approx(650 / 1500)
+    # Legit granted in the end: b 500 + c 300 + e 0 = 800 of 1,500.
+    assert result.money_withheld_final["legit"] == pytest.approx(700 / 1500)
+    # Had e been refunded instead, it would be owed nothing: 800 of 800 (b, c) paid.
+    refunded = evaluate(decisions, truth=truth, adjustments=_adjusted(tmp_path, "refund:r9"))
     assert refunded.money_withheld_final["legit"] == pytest.approx(0.0)
     assert result.money_withheld_final["legit:office_ip"] == 0.0
     assert result.money_withheld_final["fraud"] == 1.0
