@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     """Start one worker with `settings` (its environment), logging to `log`."""
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **settings.to_env(), "PYTHONPATH": path}
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "rebate_guard.cli", "worker"],

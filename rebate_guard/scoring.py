@@ -48,6 +48,7 @@ KIND_RANK = {Signup: 0, Label: 1, Transaction: 2}
 DAY_MS = 86_400_000
 #: The reason code of a decision the model could not score.
 FAIL_CLOSED_MODEL = "fail_closed:model"
+FAIL_CLOSED_GRAPH = "fail_closed:graph"
 log = logging.getLogger(__name__)
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
@@ -114,6 +115,8 @@ class Decider:
     fail_closed_action: str = HOLD
     #: Transactions the model could not score (each decided `fail_closed_action`).
     model_failures: int = 0
+    #: Transactions decided while the graph's ring scores were unavailable (likewise).
+    graph_failures: int = 0
     #: user -> rebate granted to them in the last 24 h, for the daily cap (latest last).
     granted_24h: OrderedDict[str, PaymentLog] = field(default_factory=OrderedDict)
     #: Ledger adjustments made and not yet taken by the caller (`take_adjustments`).
@@ -169,12 +172,14 @@ class Decider:
         decided_at: int,
         standing: Decision | None = None,
         ring: tuple[float, list[str]] | None = None,
+        graph_down: bool = False,
     ) -> tuple[Decision, Features]:
         """The decision on `tx` from its engine features (`FEATURE_NAMES` order), and the
         full feature vector it was made from. `standing`: an earlier decision on `tx` that
         stands (a re-run after a restart); the decision context and the ledger then follow
         it, as the rebate engine did. `ring`: the score and reason of the strongest ring
-        the user or merchant is in (`graph.layer`), if known."""
+        the user or merchant is in (`graph.layer`), if known. `graph_down`: the ring
+        scores could not be had (the graph shard is not running): fail closed."""
         terms = self.policy.ledger
         self.adjustments += self.ledger.due(tx.ts, terms, decided_at)
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
@@ -200,7 +205,10 @@ class Decider:
         if tx.kind != PAYMENT:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
         action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
-        if assessment is None and not self.policy.lists.hits(tx, "block"):
+        if graph_down:
+            self.graph_failures += 1
+            reasons = [FAIL_CLOSED_GRAPH, *reasons]
+        if (assessment is None or graph_down) and not self.policy.lists.hits(tx, "block"):
             action, granted, policy_reasons = self.fail_closed_action, 0, []  # fail closed
         if granted:
             action, granted = self._cap(tx, x, action, granted, policy_reasons)

@@ -63,6 +63,15 @@ class Settings:
         default=1000,
         metadata=_doc("Most events the worker scores in one batch."),
     )
+    consumer_fetch_wait_ms: int = field(
+        default=10,
+        metadata=_doc(
+            "Longest a consumer fetch waits on the broker for new data. Kafka answers as "
+            "soon as data arrives, so there this only bounds idle polling (Faust's fixed "
+            "value is 1500); Tansu waits the whole time on a quiet partition, so each hop "
+            "through the broker costs up to this much decision latency."
+        ),
+    )
     batch_within_s: float = field(
         default=0.05,
         metadata=_doc("Longest the worker waits to fill a batch, in seconds."),
@@ -165,6 +174,15 @@ class Settings:
         default=10,
         metadata=_doc(
             "Event time between ring scans: a changed group is analysed at most this often."
+        ),
+    )
+    graph_stale_after_s: float = field(
+        default=30.0,
+        metadata=_doc(
+            "With the graph on, a worker deciding without the graph shard in its own process "
+            "takes ring scores from Redis; if the graph shard has not shown it is running "
+            "for this long (wall clock), decisions fail closed (`fail_closed:graph`) until "
+            "it has."
         ),
     )
     policy_file: str = field(
@@ -277,6 +295,10 @@ class Settings:
             raise SettingsError("RG_FAIL_CLOSED_ACTION must be hold or block (never allow)")
         if self.score_wait_ms < 0:
             raise SettingsError("RG_SCORE_WAIT_MS must not be negative")
+        if self.consumer_fetch_wait_ms < 1:
+            raise SettingsError("RG_CONSUMER_FETCH_WAIT_MS must be at least 1")
+        if self.graph_stale_after_s <= 0:
+            raise SettingsError("RG_GRAPH_STALE_AFTER_S must be positive")
         if self.policy_poll_s <= 0:
             raise SettingsError("RG_POLICY_POLL_S must be positive")
         if self.user_ttl_days < 31:

@@ -60,12 +60,16 @@ from streams.records import (
 from streams.shards import GRAPH_PARTITION
 from streams.sink import KafkaSink, Sink
 from streams.store import DecisionStore, RedisDecisionStore, save_checkpoint_sync
+from streams.transport import RebateGuardApp
 
 log = logging.getLogger(__name__)
 
 
 #: The exit status of a worker stopped by a processing failure (EX_SOFTWARE).
 FAILED_BATCH_EXIT = 70
+
+#: How often a waiting `POST /score` asks Redis for a decision another worker made.
+SCORE_POLL_S = 0.05
 
 
 def _exit_hard() -> None:
@@ -105,6 +109,9 @@ class Runtime:
         self.fork_checkpoints = isinstance(store, RedisDecisionStore)
         #: The policy document last taken from Redis, and what the status page shows.
         self._policy_text: bytes | None = None
+        #: `POST /score` requests waiting for a decision, by tx_id.
+        self._score_waiters: dict[str, list[asyncio.Future[bytes]]] = {}
+        self.processor.on_decided = self._wake_score_waiters
         self.policy_status: dict[str, Any] = {
             "version": self.processor.policy.version,
             "source": "start",
@@ -125,34 +132,63 @@ class Runtime:
         already (same tx_id, same answer); else `tx` goes into the pipeline (the same
         logic, idempotent by tx_id) and its decision is awaited for up to `wait_s`. If it
         cannot be had in time, a provisional fail-closed answer that grants nothing: the
-        real decision follows on the decisions topic and by tx_id."""
-        produced = False
+        real decision follows on the decisions topic and by tx_id.
+
+        The wait wakes when this worker stores the decision (its user partition is
+        usually here); Redis is asked only every `SCORE_POLL_S`, for a decision made by
+        another worker: many waiting requests must not crowd the worker's own loop."""
         deadline = time.monotonic() + wait_s
-        pause = 0.001
-        while True:
-            try:
-                status = await self._stored_status(tx.tx_id)
-            except Exception as exc:
-                return self._fail_closed(tx, "redis", exc)
-            if status is not None:
-                return status
-            if not produced:
+        decided = asyncio.get_running_loop().create_future()
+        self._score_waiters.setdefault(tx.tx_id, []).append(decided)
+        produced = False
+        try:
+            while not decided.done():
                 try:
-                    topic = self.settings.topic(TRANSACTIONS)
-                    await self.sink.send_many(topic, [(tx.user_id.encode(), value)])
+                    status = await self._stored_status(tx.tx_id)
                 except Exception as exc:
-                    return self._fail_closed(tx, "broker", exc)
-                produced = True
-            elif time.monotonic() >= deadline:
-                return self._fail_closed(tx, "timeout", None)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.01)
+                    return self._fail_closed(tx, "redis", exc)
+                if status is not None:
+                    return status
+                if not produced:
+                    try:
+                        topic = self.settings.topic(TRANSACTIONS)
+                        await self.sink.send_one(topic, tx.user_id.encode(), value)
+                    except Exception as exc:
+                        return self._fail_closed(tx, "broker", exc)
+                    produced = True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self._fail_closed(tx, "timeout", None)
+                await asyncio.wait([decided], timeout=min(left, SCORE_POLL_S))
+            return await self._status_of(decided.result())
+        finally:
+            waiters = self._score_waiters.get(tx.tx_id, [])
+            if decided in waiters:
+                waiters.remove(decided)
+            if not waiters:
+                self._score_waiters.pop(tx.tx_id, None)
+
+    def _wake_score_waiters(self, standing: dict[str, bytes]) -> None:
+        if not self._score_waiters:
+            return
+        for tx_id, value in standing.items():
+            for waiter in self._score_waiters.get(tx_id, ()):
+                if not waiter.done():
+                    waiter.set_result(value)
+
+    async def _status_of(self, value: bytes) -> RebateStatus:
+        decision = Decision.loads(value)
+        try:
+            ledger = await self.store.get_ledger(decision.tx_id)
+        except Exception:  # the decision stands; only the ledger's later changes are unknown
+            ledger = None
+        return rebate_status(decision, ledger)
 
     async def _stored_status(self, tx_id: str) -> RebateStatus | None:
         found = await self.store.get_many([tx_id])
         if tx_id not in found:
             return None
-        return rebate_status(Decision.loads(found[tx_id]), await self.store.get_ledger(tx_id))
+        return await self._status_of(found[tx_id])
 
     def _fail_closed(self, tx: Transaction, part: str, exc: Exception | None) -> RebateStatus:
         if exc is not None:
@@ -389,8 +425,9 @@ class Worker:
 def create_worker(
     settings: Settings, store: DecisionStore | None = None, sink: Sink | None = None
 ) -> Worker:
-    app = faust.App(
+    app = RebateGuardApp(
         settings.app_id,
+        consumer_fetch_wait_ms=settings.consumer_fetch_wait_ms,
         broker=settings.faust_broker_url,
         store="memory://",
         datadir=str(settings.data_dir / "faust"),

@@ -193,10 +193,15 @@ class BatchProcessor:
     #: happens while a (re)started consumer has not begun fetching, and idling a source that
     #: still has data would make its events late. Without a broker everything is caught up.
     caught_up: Callable[[str, int, int], bool] = lambda topic, partition, offset: True
+    #: Told the standing decision (tx_id -> JSON) of every transaction a batch decided or
+    #: re-answered, once stored: `POST /score` requests waiting on this worker wake from it.
+    on_decided: Callable[[dict[str, bytes]], None] = lambda standing: None
     #: Drift counts already logged, per user partition (a log line when they change).
     _drift_logged: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Loopback only: envelopes produced and not yet taken in, per internal topic.
     _looped: dict[str, list[RawEvent]] = field(default_factory=dict)
+    #: When this worker last wrote its graph shard's heartbeat (clock seconds).
+    _graph_beat: float = float("-inf")
     #: The policy every user shard decides with (`set_policy` swaps it, between batches).
     policy: Policy = field(init=False)
 
@@ -434,6 +439,7 @@ class BatchProcessor:
                 continue
             if self.caught_up(topics[code], p, shard.next_offset.get(code, 0)):
                 shard.idle(code)
+        await self.beat_graph()
         outcome = BatchOutcome()
         await self._after_users(set(self.users), outcome)
         self.counters.decided += outcome.decided
@@ -474,6 +480,7 @@ class BatchProcessor:
     async def handle_graph(self, raw: Sequence[RawEvent]) -> None:
         """Envelopes from user shards for this worker's graph shard: the graph advances,
         and what it found is published (rings topic, ring scores in Redis)."""
+        await self.beat_graph()
         for g, released in sorted(self._offer(raw, self._graph).items()):
             shard = self.graphs[g]
             shard.apply(released)
@@ -536,7 +543,8 @@ class BatchProcessor:
                 ready = shard.ready()
                 standing = await self._standing(ready) if shard.redo else None
                 rings = await self._ring_scores(ready) if shard.feeds_graph else None
-                done = shard.complete(self._now_ms(), standing, rings)
+                graph_down = rings is not None and not await self._graph_running()
+                done = shard.complete(self._now_ms(), standing, rings, graph_down)
                 await self._publish(done, outcome)
                 await self._adjust(shard, done.adjustments)
                 self._log_drift(shard)
@@ -590,6 +598,22 @@ class BatchProcessor:
         stored = await self.retry("read decisions", lambda: self.store.get_many(tx_ids))
         return {t: Decision.loads(v) for t, v in stored.items()}
 
+    async def _graph_running(self) -> bool:
+        """Whether the graph shard runs: here, or elsewhere with a recent heartbeat."""
+        if self.graphs or not self.settings.graph:
+            return True
+        beat = await self.retry("read the graph heartbeat", self.store.graph_heartbeat)
+        return beat is not None and self.clock() - beat / 1000 <= self.settings.graph_stale_after_s
+
+    async def beat_graph(self) -> None:
+        """The graph shard's heartbeat (at most once a second), for user shards elsewhere."""
+        now = self.clock()
+        if not self.graphs or now - self._graph_beat < 1.0:
+            return
+        self._graph_beat = now
+        beat = partial(self.store.put_graph_heartbeat, int(now * 1000))
+        await self.retry("write the graph heartbeat", beat)
+
     async def _ring_scores(self, ready: list[Transaction]) -> dict[RingKey, RingScore] | None:
         """The strongest rings of the users and merchants about to be decided, as the graph
         shard last published them (one round trip for the batch)."""
@@ -612,6 +636,7 @@ class BatchProcessor:
             standing.update(
                 await self.retry("read decisions", lambda: self.store.get_many(earlier))
             )
+        self.on_decided(standing)
         decided = sum(1 for prior in existing if prior is None)
         outcome.decided += decided
         outcome.redelivered += len(done.order) - decided

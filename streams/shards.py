@@ -397,6 +397,7 @@ class UserShard:
         decided_at: int,
         standing: Mapping[str, Decision] | None = None,
         ring_scores: Mapping[tuple[str, str], RingScore] | None = None,
+        graph_down: bool = False,
     ) -> Completed:
         """Decide every transaction at the head of the queue whose parts are all in, and
         learn the labels and examples among them in their turn.
@@ -410,7 +411,9 @@ class UserShard:
         none after it was: `redo` ends.
 
         `ring_scores`: the strongest ring of each user ("u", id) and merchant ("m", id) of
-        `ready()` that is in one, as the graph shard last published (`GraphShard.take`)."""
+        `ready()` that is in one, as the graph shard last published (`GraphShard.take`);
+        `graph_down`: that graph shard is not running, so those scores may be stale and
+        the decisions fail closed."""
         done = Completed()
         rings = ring_scores or {}
         stood = standing or {}
@@ -436,7 +439,8 @@ class UserShard:
             if standing is not None and earlier is None:
                 self.redo = False
             ring = strongest([rings.get(("u", event.user_id)), rings.get(("m", event.merchant_id))])
-            done.decisions.append(decider.decide(event, vector, decided_at, earlier, ring))
+            decision = decider.decide(event, vector, decided_at, earlier, ring, graph_down)
+            done.decisions.append(decision)
         done.adjustments = decider.take_adjustments()
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.

@@ -107,6 +107,8 @@ class Keys:
         self.rings = f"{self.prefix}rings"
         #: The live policy document (JSON), read by every worker.
         self.policy = f"{self.prefix}policy"
+        #: Wall-clock ms at which the graph shard last showed it was running.
+        self.graph_heartbeat = f"{self.prefix}graph:heartbeat"
 
     def policy_version(self, version: str) -> str:
         """Every version's document, kept: a decision's `policy_version` can be looked up."""
@@ -189,6 +191,14 @@ class DecisionStore(Protocol):
 
     async def get_policy(self) -> bytes | None:
         """The live policy document, if any."""
+        ...
+
+    async def put_graph_heartbeat(self, at_ms: int) -> None:
+        """The graph shard is running (wall-clock ms): its ring scores are current."""
+        ...
+
+    async def graph_heartbeat(self) -> int | None:
+        """When the graph shard last said it was running (wall-clock ms), if ever."""
         ...
 
     async def push_policy(self, version: str, document: str) -> bytes | None:
@@ -274,6 +284,13 @@ class RedisDecisionStore:
     async def get_policy(self) -> bytes | None:
         value = await self.client.get(self.keys.policy)
         return None if value is None else _bytes(value)
+
+    async def put_graph_heartbeat(self, at_ms: int) -> None:
+        await self.client.set(self.keys.graph_heartbeat, at_ms)
+
+    async def graph_heartbeat(self) -> int | None:
+        value = await self.client.get(self.keys.graph_heartbeat)
+        return None if value is None else int(value)
 
     async def push_policy(self, version: str, document: str) -> bytes | None:
         keys = [self.keys.policy, self.keys.policy_version(version)]
@@ -429,9 +446,16 @@ class MemoryDecisionStore:
     #: The live policy document, and every version's.
     policy: bytes | None = None
     policies: dict[str, bytes] = field(default_factory=dict)
+    graph_beat_ms: int | None = None
 
     async def get_policy(self) -> bytes | None:
         return self.policy
+
+    async def put_graph_heartbeat(self, at_ms: int) -> None:
+        self.graph_beat_ms = at_ms
+
+    async def graph_heartbeat(self) -> int | None:
+        return self.graph_beat_ms
 
     async def push_policy(self, version: str, document: str) -> bytes | None:
         text = document.encode()

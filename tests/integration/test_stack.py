@@ -213,3 +213,26 @@ def test_a_taken_port_is_retried_elsewhere(tmp_path: Path, monkeypatch: pytest.M
             assert stack.is_running()
     finally:
         squatter.close()
+
+
+def test_worker_consumer_fetches_with_the_configured_wait(stack_settings: Settings) -> None:
+    """Faust fixes the consumer's fetch wait at 1.5 s, which Tansu waits out on every quiet
+    partition; the worker's consumer, started against the real broker, fetches with
+    `RG_CONSUMER_FETCH_WAIT_MS` instead."""
+    from streams.app import create_worker
+    from streams.sink import MemorySink
+    from streams.store import MemoryDecisionStore
+
+    settings = stack_settings.replace(consumer_fetch_wait_ms=7)
+    app = create_worker(settings, MemoryDecisionStore(), MemorySink()).app
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+
+    async def started_fetch_wait() -> int:
+        consumer = thread._create_worker_consumer(app.transport)
+        await consumer.start()
+        try:
+            return int(consumer._fetcher._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(started_fetch_wait()) == 7

@@ -225,6 +225,31 @@ def test_a_policy_pushed_to_the_store_takes_effect_without_a_restart() -> None:
     asyncio.run(run())
 
 
+def test_score_wakes_when_this_worker_decides_without_polling_redis(monkeypatch) -> None:
+    """A waiting `POST /score` is answered from the worker's own stored decision as soon as
+    the batch that decided it is stored; Redis polling (made slower than the wait here) is
+    only the fallback for decisions made by other workers."""
+    monkeypatch.setattr("streams.app.SCORE_POLL_S", 60.0)
+
+    async def run() -> None:
+        worker, store, sink = _worker()
+        body = json.dumps(tx("t5", amount_cents=4_000)).encode()
+        async with worker.agents["transactions"].test_context() as agent:
+            answer = asyncio.ensure_future(
+                worker.runtime.score(parse_transaction(tx("t5")), body, 5.0)
+            )
+            await _until(worker, lambda: "transactions" in sink.sent)
+            for _, value in sink.sent["transactions"]:  # the broker delivering it
+                await agent.put(value)
+            await _until(worker, answer.done)
+        status = answer.result()
+        assert not status.provisional
+        assert status.decision == Decision.loads(store.decisions["t5"])
+        assert worker.runtime._score_waiters == {}
+
+    asyncio.run(run())
+
+
 class _RedisDown(MemoryDecisionStore):
     async def get_many(self, tx_ids):  # type: ignore[no-untyped-def]
         raise ConnectionError("Redis is down")

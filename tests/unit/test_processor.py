@@ -8,8 +8,9 @@ import asyncio
 import json
 from typing import Any
 
+from rebate_guard.policy import Policy
 from rebate_guard.settings import Settings
-from streams.processor import BatchOutcome, BatchProcessor, RawEvent
+from streams.processor import BatchOutcome, BatchProcessor, RawEvent, entity_unit, user_unit
 from streams.records import Decision, FeatureVector
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
@@ -305,3 +306,59 @@ def test_model_state_and_drift_are_reported_per_shard() -> None:
     assert set(models) == {"user-0", "user-1"}
     assert models["user-0"]["version"] == "risk.l0.t3"  # 3 transactions learned, no label
     assert models["user-0"]["score_drifts"] == 0 and models["user-1"]["version"] == "risk.l0.t0"
+
+
+def _without_the_graph_shard(store: MemoryDecisionStore) -> tuple[BatchProcessor, MemorySink]:
+    """A worker owning user and entity shards while the graph shard runs elsewhere: the
+    entity stage's envelopes are carried between the stages by hand, as a broker would."""
+    sink = MemorySink()
+    config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, partitions=1)
+    proc = BatchProcessor(store, sink, config, clock=Clock())
+    proc.install(user_unit(0), None)
+    proc.install(entity_unit(0), None)
+    return proc, sink
+
+
+def _decide_through_the_stages(proc: BatchProcessor, sink: MemorySink, payment: RawEvent) -> None:
+    handle(proc, "transactions", [payment])
+    drain(proc)
+    requests = sink.to_partitions.pop("p.entity-requests")
+    first = proc.entities[0].next_offset
+    batch = [RawEvent("r", q, first + i, None, v) for i, (q, v) in enumerate(requests)]
+    asyncio.run(proc.handle_requests(batch))
+    results = sink.to_partitions.pop("p.entity-results")
+    first = proc.users[0].next_result_offset
+    batch = [RawEvent("s", p, first + i, None, v) for i, (p, v) in enumerate(results)]
+    asyncio.run(proc.handle_results(batch))
+
+
+def test_decisions_fail_closed_while_the_graph_shard_is_not_running() -> None:
+    """With the graph shard on another worker, ring scores come from Redis; while that
+    shard shows no sign of running (no heartbeat within RG_GRAPH_STALE_AFTER_S) a payment
+    is held, not allowed without its ring check, and decisions recover once it beats."""
+    store = MemoryDecisionStore()
+    proc, sink = _without_the_graph_shard(store)
+    assert isinstance(proc.clock, Clock)
+    stale_after = proc.settings.graph_stale_after_s
+
+    def decided(tx_id: str, offset: int) -> Decision:
+        _decide_through_the_stages(
+            proc, sink, raw("p.transactions", offset, tx(tx_id, T0 + offset))
+        )
+        return Decision.loads(store.decisions[tx_id])
+
+    never = decided("t0", 0)  # no heartbeat ever
+    assert (never.action, never.rebate_granted_cents) == ("hold", 0)
+    assert never.reasons[0] == "fail_closed:graph"
+
+    asyncio.run(store.put_graph_heartbeat(int(proc.clock.now * 1000)))
+    running = decided("t1", 1)
+    assert "fail_closed:graph" not in running.reasons and running.rebate_granted_cents > 0
+
+    proc.clock.now += stale_after + 1  # the graph shard's worker stopped beating
+    stale = decided("t2", 2)
+    assert stale.action == "hold" and stale.reasons[0] == "fail_closed:graph"
+    assert proc.users[0].decider.graph_failures == 2
+    proc.set_policy(Policy.from_document({"version": "b", "lists": {"block_users": ["u1"]}}))
+    blocked = decided("t3", 3)  # failing closed never loosens a block
+    assert blocked.action == "block" and "blocklist:user" in blocked.reasons

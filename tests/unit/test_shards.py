@@ -65,10 +65,11 @@ class RecordingDecider(Decider):
         decided_at: int,
         standing: Decision | None = None,
         ring: tuple[float, list[str]] | None = None,
+        graph_down: bool = False,
     ) -> tuple[Decision, Features]:
         newest = max((ts for _, ts, _ in self.learned), default=None)
         assert newest is None or newest <= tx.ts, f"{tx.tx_id} scored after a later label"
-        return super().decide(tx, vector, decided_at, standing, ring)
+        return super().decide(tx, vector, decided_at, standing, ring, graph_down)
 
 
 def _partition(key: str, n: int) -> int:
