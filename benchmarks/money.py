@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from rebate_guard.policy import Thresholds, default_policy  # noqa: E402
 
-ALLOW_AT = (0.9, 0.85, 0.7, 0.5, 0.4, 0.35, 0.3, 0.25)
-SCALE_AT = (0.5, 0.3, 0.25, 0.2, 0.15)
+ALLOW_AT = (0.9, 0.85, 0.7, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15)
+SCALE_AT = (0.5, 0.3, 0.25, 0.2, 0.15, 0.1)
 HOLD_AT = (0.2, 0.1, 0.05)
-LOSS_LIMIT = (3_000, 10_000, 20_000, None)
+LOSS_LIMIT = (3_000, 10_000, 20_000, 50_000, None)
 
 
 def withheld(thresholds: Thresholds, payments: pl.DataFrame) -> tuple[float, float]:
