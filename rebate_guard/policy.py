@@ -50,8 +50,8 @@ class PolicyError(ValueError):
 @dataclass(frozen=True)
 class Thresholds:
     allow_at: float = 0.85
-    scale_at: float = 0.5
-    hold_at: float = 0.2
+    scale_at: float = 0.8
+    hold_at: float = 0.5
     #: The most expected loss, (1 - w) x cents paid, an allow or scale may carry; None: any.
     max_expected_loss_cents: int | None = None
 
