@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from rebate_guard.ledger import reconcile
+from rebate_guard.policy import default_policy
 from rebate_guard.producer import produce_events
 from rebate_guard.settings import Settings
 from rebate_guard.topics import ensure_topics
@@ -121,7 +122,13 @@ def test_every_transaction_decided_exactly_once_in_topic_and_redis(
 def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = stack_settings.replace(batch_max=200)
+    # A policy that holds whatever it does not pay (no blocks): this traffic is bursty new
+    # accounts, so the ledger gets holds to release and void across the kill.
+    holding = tmp_path / "holding.json"
+    holding.write_text(
+        json.dumps({"version": "it-holds", "thresholds": {"scale_at": 0.5, "hold_at": 0.0}})
+    )
+    settings = stack_settings.replace(batch_max=200, policy_file=str(holding))
     asyncio.run(ensure_topics(settings))
     traffic = _traffic(19_000)
     # Refunds (every 10th payment, within the hour: the rebate is voided) and labels (every
@@ -172,8 +179,8 @@ def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
     # once, and the topic carries exactly the standing ones.
     adjustments = _stored_adjustments(settings)
     books = reconcile(stored.values(), sorted(adjustments.values(), key=_made_order))
-    # (This traffic is bursty new accounts: held, not granted; clawbacks across crashes are
-    # the shard-protocol test's, tests/unit/test_shards.py.)
+    # (Held, not granted, under that policy; clawbacks across crashes are the shard-protocol
+    # test's, tests/unit/test_shards.py.)
     assert {a.kind for a in adjustments.values()} >= {"release", "void"}
     assert sum(1 for b in books.values() if b[2]) < sum(1 for b in books.values() if b[0])
     on_topic = read_topic(settings, settings.topic("rebate-adjustments"), expect=len(adjustments))
@@ -220,8 +227,12 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
     asyncio.run(ensure_topics(settings))
     first = _traffic(300, users=50)
     asyncio.run(produce_events(settings, first))
+    shipped = default_policy().version  # what the worker starts with, Redis holding none
     blocking = tmp_path / "blocking.toml"
-    blocking.write_text('version = "it-2"\n[lists]\nblock_users = ["u1"]\n')
+    # Thresholds that block nothing: only the list can block.
+    blocking.write_text(
+        'version = "it-2"\n[thresholds]\nhold_at = 0.0\n[lists]\nblock_users = ["u1"]\n'
+    )
     broken = tmp_path / "broken.toml"
     broken.write_text('version = "it-3"\n[thresholds]\nhold_at = 2\n')
     later = [
@@ -235,7 +246,7 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
         assert rejected.returncode == 2 and "hold_at: must be within [0, 1]" in rejected.stderr
         pushed = _policy_cli(settings, "push", str(blocking))
         assert pushed.returncode == 0, pushed.stderr
-        assert "policy it-2 is live (was default-1)" in pushed.stdout
+        assert f"policy it-2 is live (was {shipped})" in pushed.stdout
         port = worker.settings.web_port
         wait_for(
             lambda: _live_policy_version(port) == "it-2",
@@ -251,16 +262,16 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
     before = [d for tx_id, d in stored.items() if not tx_id.startswith("late-")]
     after = [d for tx_id, d in stored.items() if tx_id.startswith("late-")]
     assert len(before) == 300 and len(after) == len(later)
-    assert {d.policy_version for d in before} == {"default-1"}
+    assert {d.policy_version for d in before} == {shipped}
     assert {d.policy_version for d in after} == {"it-2"}
     assert all(
         d.action == "block" and d.reasons[0] == "blocklist:user" for d in after if d.user_id == "u1"
     )
     others = [d for d in after if d.user_id != "u1"]
     assert all("blocklist:user" not in d.reasons for d in others)
-    assert any(d.action != "block" for d in others)
-    shown = _policy_cli(settings, "show", "--version", "default-1")
-    assert shown.returncode == 0 and '"version": "default-1"' in shown.stdout
+    assert others and all(d.action != "block" for d in others)
+    shown = _policy_cli(settings, "show", "--version", shipped)
+    assert shown.returncode == 0 and f'"version": "{shipped}"' in shown.stdout
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
