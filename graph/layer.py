@@ -234,8 +234,10 @@ class RingBook:
                     if not ids:
                         del index[key]
 
-    def strongest(self, user_id: str, merchant_id: str) -> Ring | None:
-        ids = self.by_user.get(user_id, set()) | self.by_merchant.get(merchant_id, set())
+    def strongest(self, user_id: str, merchant_id: str | None) -> Ring | None:
+        ids = self.by_user.get(user_id, set())
+        if merchant_id is not None:
+            ids = ids | self.by_merchant.get(merchant_id, set())
         return self.best(ids)
 
     def best(self, ring_ids: set[str] | None) -> Ring | None:
@@ -244,6 +246,14 @@ class RingBook:
         if not ring_ids:
             return None
         return self.rings[min(ring_ids, key=lambda r: (-self.rings[r].score, r))]
+
+
+def merchant_ring_counts(user_merchant_payments_7d: float | None) -> bool:
+    """Whether a merchant's ring weighs on a payment there by a user in no ring: only for a
+    returning customer. Rings cycle money through repeat payments; a first-time customer
+    of a flagged merchant is a passer-by (on the 1M world, legitimate customers of ring
+    merchants were the largest share of legitimate rebate money withheld)."""
+    return bool(user_merchant_payments_7d)
 
 
 @dataclass
@@ -279,9 +289,10 @@ class GraphLayer:
         self.candidates.observe(self.graph, self.graph.transaction(tx))
         return out
 
-    def ring_score(self, user_id: str, merchant_id: str) -> tuple[float, list[str]]:
+    def ring_score(self, user_id: str, merchant_id: str | None) -> tuple[float, list[str]]:
         """The strongest ring the user or the merchant belongs to: its score, and a reason
-        code naming its kind (none when neither is in a ring)."""
+        code naming its kind (none when neither is in a ring). `merchant_id` None: the
+        merchant's rings do not count (see `merchant_ring_counts`)."""
         ring = self.book.strongest(user_id, merchant_id)
         if ring is None:
             return 0.0, []

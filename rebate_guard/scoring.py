@@ -19,7 +19,7 @@ from detectors.risk import Assessment, RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from features.windows import PaymentLog
-from graph.layer import GraphLayer, RingEvent
+from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
 from graph.referrals import pyramid_score
 from rebate_guard.ledger import Ledger
 from rebate_guard.policy import Policy, default_policy, trust_weight
@@ -59,6 +59,8 @@ MAX_REMEMBERED_FEATURES = 200_000
 DECISION_FEATURES = ("refund_of_granted_rebate",)
 #: Every feature the detectors see, in order: the engine's, then the decision context.
 ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES
+#: Where the user's previous payments at this merchant (7 d) sit in an engine vector.
+REPEAT_AT_MERCHANT = FEATURE_NAMES.index("user_merchant_tx_count_7d")
 
 
 def order_key(event: Event, seq: int) -> tuple[int, int, str, int]:
@@ -347,8 +349,10 @@ class Scorer:
             out = decider.decide(tx, self.features.vector(tx), decided_at)
         else:
             self.ring_events += graph.due(tx.ts)
-            ring = graph.ring_score(tx.user_id, tx.merchant_id)
-            out = decider.decide(tx, self.features.vector(tx), decided_at, ring=ring)
+            vector = self.features.vector(tx)
+            regular = merchant_ring_counts(vector[REPEAT_AT_MERCHANT])
+            ring = graph.ring_score(tx.user_id, tx.merchant_id if regular else None)
+            out = decider.decide(tx, vector, decided_at, ring=ring)
             self.ring_events += graph.transaction(tx)
         self.adjustments += decider.take_adjustments()
         return out

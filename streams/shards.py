@@ -61,8 +61,16 @@ from features.stages import (
 )
 from features.user import TxContext
 from features.windows import drop_oldest
-from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
-from rebate_guard.scoring import KIND_RANK, Decider, Event, Example, Features, order_key
+from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
+from rebate_guard.scoring import (
+    KIND_RANK,
+    REPEAT_AT_MERCHANT,
+    Decider,
+    Event,
+    Example,
+    Features,
+    order_key,
+)
 from streams.alignment import START as _START
 from streams.alignment import Aligner, Released
 from streams.records import (
@@ -438,7 +446,10 @@ class UserShard:
             earlier = stood.get(event.tx_id)
             if standing is not None and earlier is None:
                 self.redo = False
-            ring = strongest([rings.get(("u", event.user_id)), rings.get(("m", event.merchant_id))])
+            at_merchant = None
+            if merchant_ring_counts(vector[REPEAT_AT_MERCHANT]):
+                at_merchant = rings.get(("m", event.merchant_id))
+            ring = strongest([rings.get(("u", event.user_id)), at_merchant])
             decision = decider.decide(event, vector, decided_at, earlier, ring, graph_down)
             done.decisions.append(decision)
         done.adjustments = decider.take_adjustments()

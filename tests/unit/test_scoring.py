@@ -1,6 +1,7 @@
 import pickle
 
 from detectors.risk import RiskModel
+from graph.layer import GraphLayer
 from rebate_guard.policy import Policy
 from rebate_guard.scoring import Decider, Scorer, order_key
 from streams.validation import parse_label, parse_signup, parse_transaction
@@ -182,3 +183,22 @@ def test_a_transaction_the_model_cannot_score_is_held_not_allowed_and_the_next_i
     fine = scorer.apply(parse_transaction(tx("ok", T0 + HOUR, amount_cents=10_000)), 0)
     assert fine.action == "allow" and fine.reasons == []
     assert "bad" not in scorer.decider.remembered  # nothing to learn from a label on it
+
+
+class _RingMerchant(GraphLayer):
+    """A graph whose merchant m1 is in a collusion ring (and no user is)."""
+
+    def ring_score(self, user_id: str, merchant_id: str | None) -> tuple[float, list[str]]:
+        return (0.9, ["ring:collusion"]) if merchant_id == "m1" else (0.0, [])
+
+
+def test_a_ring_merchants_score_weighs_on_its_returning_customers_not_on_passers_by() -> None:
+    """Rings cycle money through repeat payments: a first payment at a flagged merchant by
+    a user in no ring carries no ring score; the same user's next payment there does."""
+    scorer = Scorer(graph=_RingMerchant())
+    scorer.apply(parse_signup(signup("u1", T0 - 30 * DAY)), 0)
+    first = scorer.apply(parse_transaction(tx("t1", T0, merchant_id="m1")), 0)
+    again = scorer.apply(parse_transaction(tx("t2", T0 + HOUR, merchant_id="m1")), 0)
+    assert first is not None and again is not None
+    assert "ring:collusion" not in first.reasons and first.action == "allow"
+    assert again.reasons[0] == "ring:collusion" and again.rebate_granted_cents == 0
