@@ -539,11 +539,14 @@ class BatchProcessor:
                 await self.retry("write the referral tree", write)
             await self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()])
             await self._send(GRAPH_EVENTS, [e for s in shards for e in s.graph_envelopes()])
+            graph_running: bool | None = None  # asked once for all the shards, if needed
             for shard in shards:
                 ready = shard.ready()
                 standing = await self._standing(ready) if shard.redo else None
                 rings = await self._ring_scores(ready) if shard.feeds_graph else None
-                graph_down = rings is not None and not await self._graph_running()
+                if rings is not None and graph_running is None:
+                    graph_running = await self._graph_running()
+                graph_down = rings is not None and not graph_running
                 done = shard.complete(self._now_ms(), standing, rings, graph_down)
                 await self._publish(done, outcome)
                 await self._adjust(shard, done.adjustments)
