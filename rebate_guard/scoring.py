@@ -177,13 +177,46 @@ class Decider:
         graph_down: bool = False,
     ) -> tuple[Decision, Features]:
         """The decision on `tx` from its engine features (`FEATURE_NAMES` order), and the
-        full feature vector it was made from. `standing`: an earlier decision on `tx` that
-        stands (a re-run after a restart); the decision context and the ledger then follow
+        full feature vector it was made from; then the decision context learns it.
+        `standing`: an earlier decision on `tx` that stands (a re-run after a restart, or
+        a decision made at payment time); the decision context and the ledger then follow
         it, as the rebate engine did. `ring`: the score and reason of the strongest ring
         the user or merchant is in (`graph.layer`), if known. `graph_down`: the ring
         scores could not be had (the graph shard is not running): fail closed."""
         terms = self.policy.ledger
         self.adjustments += self.ledger.due(tx.ts, terms, decided_at)
+        self._forget_old_payments(tx.ts)
+        decision, x, assessment = self.assess(tx, vector, decided_at, ring, graph_down)
+        if assessment is None:
+            self.model_failures += 1
+        else:
+            self.model.learn_scored(assessment)  # unsupervised, after scoring
+            self.drift.scored(assessment.risk, tx.ts)
+            # A label can teach only what was scored.
+            self._remember(tx.tx_id, tx.user_id, assessment.enriched, assessment.risk)
+        if graph_down:
+            self.graph_failures += 1
+        stands = decision if standing is None else standing
+        if tx.kind == PAYMENT:
+            self.granted[tx.tx_id] = (tx.ts, stands.rebate_granted_cents > 0)
+            self.ledger.record(stands, terms)
+            if stands.rebate_granted_cents:
+                self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
+        else:
+            self.adjustments += self.ledger.refund(tx, terms, decided_at)
+        return decision, x
+
+    def assess(
+        self,
+        tx: Transaction,
+        vector: list[float | None],
+        decided_at: int,
+        ring: tuple[float, list[str]] | None = None,
+        graph_down: bool = False,
+    ) -> tuple[Decision, Features, Assessment | None]:
+        """What `decide` decides, changing nothing (the decision at payment time uses it
+        alone): the decision, the full feature vector, and the model's assessment (None:
+        the model could not score, and the decision fails closed)."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
         version = self.model.version  # the state that scores, before it learns this one
@@ -191,14 +224,11 @@ class Decider:
             assessment: Assessment | None = self.model.assess(x)
         except Exception:  # scoring is pure: nothing was changed; this one cannot be trusted
             log.exception("the model could not score %s: %s it", tx.tx_id, self.fail_closed_action)
-            self.model_failures += 1
             assessment = None
         if assessment is None:
-            risk, reasons, enriched = 1.0, [FAIL_CLOSED_MODEL], x
+            risk, reasons = 1.0, [FAIL_CLOSED_MODEL]
         else:
-            risk, reasons, enriched = assessment.risk, assessment.reasons, assessment.enriched
-            self.model.learn_scored(assessment)  # unsupervised, after scoring
-            self.drift.scored(risk, tx.ts)
+            risk, reasons = assessment.risk, assessment.reasons
         ring_score, ring_reasons = pyramid_score(x["referral_depth"])
         if ring is not None and ring[0] > ring_score:
             ring_score, ring_reasons = ring
@@ -208,7 +238,6 @@ class Decider:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
         action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
         if graph_down:
-            self.graph_failures += 1
             reasons = [FAIL_CLOSED_GRAPH, *reasons]
         if (assessment is None or graph_down) and not self.policy.lists.hits(tx, "block"):
             action, granted, policy_reasons = self.fail_closed_action, 0, []  # fail closed
@@ -217,8 +246,6 @@ class Decider:
         depth = x["referral_depth"]
         tiers = self.policy.limits.max_commission_tiers
         commission_tiers = min(int(depth), tiers) if granted and depth else 0
-        if assessment is not None:  # a label can teach only what was scored
-            self._remember(tx.tx_id, tx.user_id, enriched, risk)
         decision = decision_on(
             tx,
             risk=round(max(risk, ring_score), 6),
@@ -232,15 +259,7 @@ class Decider:
             policy_version=self.policy.version,
             commission_tiers=commission_tiers,
         )
-        stands = decision if standing is None else standing
-        if tx.kind == PAYMENT:
-            self.granted[tx.tx_id] = (tx.ts, stands.rebate_granted_cents > 0)
-            self.ledger.record(stands, terms)
-            if stands.rebate_granted_cents:
-                self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
-        else:
-            self.adjustments += self.ledger.refund(tx, terms, decided_at)
-        return decision, x
+        return decision, x, assessment
 
     def _cap(
         self, tx: Transaction, x: Features, action: str, granted: int, reasons: list[str]
@@ -250,7 +269,7 @@ class Decider:
         limits = self.policy.limits
         room = granted
         if limits.user_daily_rebate_cents is not None:
-            used = self._granted_today(tx.user_id, tx.ts).sums[0]
+            used = self._granted_in_day(tx.user_id, tx.ts)
             left = max(0, limits.user_daily_rebate_cents - used)
             if left < room:
                 room = left
@@ -283,18 +302,37 @@ class Decider:
         log.expire(now)
         return log
 
-    def _refund_of_granted(self, tx: Transaction) -> float | None:
-        """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only
-        then), 0 if it was not, None when that payment is unknown or older than 30 d."""
-        granted, horizon = self.granted, tx.ts - REFUND_LOOKBACK_MS
+    def _granted_in_day(self, user_id: str, now: int) -> int:
+        """The user's rebate granted in the 24 h before `now` (reads; `_granted_today`
+        keeps the window)."""
+        log = self.granted_24h.get(user_id)
+        if log is None:
+            return 0
+        # What `PaymentLog.expire` would drop, without dropping it.
+        horizon, ts, values = now - DAY_MS, log.ts, log.values
+        head, total = log.heads[0], log.sums[0]
+        while head < len(ts) and ts[head] <= horizon:
+            total -= values[head]
+            head += 1
+        return total
+
+    def _forget_old_payments(self, now: int) -> None:
+        """Payments older than the refund lookback leave `granted` (insertion order is
+        event-time order: the stale ones lead)."""
+        granted, horizon = self.granted, now - REFUND_LOOKBACK_MS
         if granted and next(iter(granted.values()))[0] <= horizon:
-            stale = 0  # insertion order is event-time order: the stale ones lead
+            stale = 0
             for ts, _ in granted.values():
                 if ts > horizon:
                     break
                 stale += 1
             for tx_id in list(islice(granted, stale)):
                 del granted[tx_id]
+
+    def _refund_of_granted(self, tx: Transaction) -> float | None:
+        """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only
+        then), 0 if it was not, None when that payment is unknown or older than 30 d
+        (`_forget_old_payments` runs first)."""
         if tx.kind == PAYMENT or tx.ref_tx_id is None:
             return None
         known = self.granted.get(tx.ref_tx_id)

@@ -199,6 +199,14 @@ class Settings:
             "How often the worker looks for a new policy in Redis (hot reload, no restart)."
         ),
     )
+    score_at_payment: bool = field(
+        default=True,
+        metadata=_doc(
+            "`POST /score` decides at once from the state as it stands when this worker "
+            "holds the transaction's user and entity partitions (docs/policy.md, \"Decisions "
+            "at payment time\"); otherwise, or off, it waits for the stream's decision."
+        ),
+    )
     score_wait_ms: int = field(
         default=250,
         metadata=_doc(

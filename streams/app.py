@@ -130,9 +130,11 @@ class Runtime:
     async def score(self, tx: Transaction, value: bytes, wait_s: float) -> RebateStatus:
         """A decision at payment time (`POST /score`): the stored one if `tx` was decided
         already (same tx_id, same answer); else `tx` goes into the pipeline (the same
-        logic, idempotent by tx_id) and its decision is awaited for up to `wait_s`. If it
-        cannot be had in time, a provisional fail-closed answer that grants nothing: the
-        real decision follows on the decisions topic and by tx_id.
+        logic, idempotent by tx_id) and is decided at once from the state as it stands
+        where this worker can (`BatchProcessor.decide_at_payment`), or else its decision
+        is awaited for up to `wait_s`. If it cannot be had in time, a provisional
+        fail-closed answer that grants nothing: the real decision follows on the
+        decisions topic and by tx_id.
 
         The wait wakes when this worker stores the decision (its user partition is
         usually here); Redis is asked only every `SCORE_POLL_S`, for a decision made by
@@ -150,9 +152,16 @@ class Runtime:
                 if status is not None:
                     return status
                 if not produced:
+                    topic = self.settings.topic(TRANSACTIONS)
+                    produce = partial(self.sink.send_one, topic, tx.user_id.encode(), value)
                     try:
-                        topic = self.settings.topic(TRANSACTIONS)
-                        await self.sink.send_one(topic, tx.user_id.encode(), value)
+                        if self.settings.score_at_payment:
+                            at_payment = self.processor.decide_at_payment
+                            produced, now = await at_payment(tx, produce)
+                            if now is not None:
+                                return await self._status_of(now)
+                        if not produced:
+                            await produce()
                     except Exception as exc:
                         return self._fail_closed(tx, "broker", exc)
                     produced = True

@@ -33,7 +33,14 @@ from functools import partial
 from typing import Any, TypeVar
 
 from features.referral import TreeEntry, depth_walk
-from features.stages import EntityStage, UserStage
+from features.stages import (
+    REFERRAL,
+    EntityStage,
+    UserStage,
+    partition_of,
+    splice,
+    transaction_routes,
+)
 from graph.layer import ACTIVE, GraphLayer, RingScore
 from rebate_guard.policy import Policy
 from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
@@ -66,8 +73,9 @@ from streams.shards import (
     GraphShard,
     Inbox,
     UserShard,
+    ring_of,
 )
-from streams.sink import Sink
+from streams.sink import Sink, key_partition
 from streams.store import DecisionStore, RingKey
 from streams.validation import (
     InvalidEvent,
@@ -124,6 +132,11 @@ class Counters:
     stray: int = 0
     #: `POST /score` answers that were provisional (fail closed: nothing granted).
     fail_closed: int = 0
+    #: `POST /score` transactions decided at payment time, and those left to the stream
+    #: (by why: not here, event time past them, a payment of the same user or identifier
+    #: still in flight, already in the stream, or a failure).
+    decided_at_payment: int = 0
+    left_to_stream: dict[str, int] = field(default_factory=dict)
 
 
 def feature_vector_json(decision: Decision, x: dict[str, Any]) -> bytes:
@@ -173,6 +186,35 @@ def graph_unit(partition: int) -> str:
 
 
 @dataclass
+class AtPayment:
+    """A transaction being decided at payment time here, until its user shard completes it:
+    the decision (None: left to the stream) resolves the stream's wait for it."""
+
+    tx: Transaction
+    partition: int
+    #: The user and identifiers whose features it would change (see `in_flight_keys`).
+    keys: tuple[str, ...]
+    decided: asyncio.Future[bytes | None]
+
+
+def in_flight_keys(tx: Transaction) -> tuple[str, ...]:
+    """What a payment decided at payment time counts in before the stream has it: its
+    user's and identifiers' windows. A second payment on one of them waits for the stream
+    (which then has the first), so bursts are counted exactly. Merchant and category
+    figures aggregate many users; a payment in flight moves them little and is not waited
+    for (docs/policy.md)."""
+    keys = [f"u:{tx.user_id}"]
+    for kind, key in (("d", tx.device_id), ("i", tx.ip), ("c", tx.card_id)):
+        if key is not None:
+            keys.append(f"{kind}:{key}")
+    return tuple(keys)
+
+
+class LeftToStream(Exception):
+    """Why a transaction cannot be decided at payment time (a counter name)."""
+
+
+@dataclass
 class BatchProcessor:
     store: DecisionStore
     sink: Sink
@@ -204,6 +246,10 @@ class BatchProcessor:
     _graph_beat: float = float("-inf")
     #: The policy every user shard decides with (`set_policy` swaps it, between batches).
     policy: Policy = field(init=False)
+    #: Transactions decided (or being decided) at payment time, by tx_id, until their user
+    #: shard completes them; and how many of them hold each key (`in_flight_keys`).
+    at_payment: dict[str, AtPayment] = field(default_factory=dict)
+    _busy_keys: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = self.settings.policy()
@@ -290,6 +336,9 @@ class BatchProcessor:
         for unit in units:
             kind, _, number = unit.partition("-")
             shards[kind].pop(int(number), None)
+            if kind == "user":  # its new owner decides what is still in flight
+                for entry in [e for e in self.at_payment.values() if e.partition == int(number)]:
+                    self._settled(entry.tx.tx_id)
 
     def units(self) -> list[str]:
         return (
@@ -542,7 +591,14 @@ class BatchProcessor:
             graph_running: bool | None = None  # asked once for all the shards, if needed
             for shard in shards:
                 ready = shard.ready()
-                standing = await self._standing(ready) if shard.redo else None
+                # Decisions made at payment time stand too, and may precede the stream's
+                # (here, or before a restart or a rebalance): then every batch asks Redis.
+                ask = shard.redo or self.settings.score_at_payment
+                standing = await self._standing(ready) if ask else None
+                if self.at_payment:
+                    paid = await self._decided_at_payment(ready)
+                    if paid:
+                        standing = {**(standing or {}), **paid}
                 rings = await self._ring_scores(ready) if shard.feeds_graph else None
                 if rings is not None and graph_running is None:
                     graph_running = await self._graph_running()
@@ -592,6 +648,148 @@ class BatchProcessor:
         elif kind == GRAPH_EVENTS:
             await self.handle_graph(self._looped.pop(kind))
 
+    # --- decisions at payment time ---------------------------------------------------------
+    async def decide_at_payment(
+        self, tx: Transaction, produce: Callable[[], Awaitable[None]]
+    ) -> tuple[bool, bytes | None]:
+        """`POST /score`'s fast path: (whether `tx` was produced, its standing decision or
+        None). Decides `tx` from the state as it stands, without waiting for the stream,
+        when this worker holds its user shard and every entity shard its features come
+        from, and event time has not passed it (the state then holds only events before
+        it, as the stream's decision would, less what is still in flight: see
+        `in_flight_keys`). The decision is stored first-write-wins like the stream's,
+        and when the stream reaches `tx` its user shard follows it (ledger, caps) as it
+        follows any standing decision. `tx` is produced first (a decision is never made
+        on a transaction the log may not have): a failure to produce propagates, with
+        nothing decided. Not decided here (False, None): the caller produces and waits."""
+        try:
+            entry = self._claim(tx)
+        except LeftToStream as why:
+            self._left_to_stream(str(why))
+            return False, None
+        try:
+            await produce()
+        except BaseException:
+            self._settled(tx.tx_id)  # never entered the stream
+            raise
+        value = None
+        try:
+            value = await self._decide_now(entry)
+            self.counters.decided_at_payment += 1
+        except LeftToStream as why:
+            self._left_to_stream(str(why))
+        except Exception:
+            log.exception("deciding %s at payment time failed; the stream decides it", tx.tx_id)
+            self._left_to_stream("failed")
+        finally:  # the stream waits for this (`_decided_at_payment`): always resolve it
+            if not entry.decided.done():
+                entry.decided.set_result(value)
+        return True, value
+
+    def _claim(self, tx: Transaction) -> AtPayment:
+        partition = key_partition(tx.user_id.encode(), self.n_partitions)
+        shard = self.users.get(partition)
+        if shard is None:
+            raise LeftToStream("not_here")
+        if tx.tx_id in self.at_payment or tx.tx_id in shard.seen:
+            raise LeftToStream("in_stream")
+        if shard.aligner.watermark > tx.ts:
+            raise LeftToStream("event_time_past")
+        keys = in_flight_keys(tx)
+        if any(key in self._busy_keys for key in keys):
+            raise LeftToStream("in_flight")
+        decided: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        entry = self.at_payment[tx.tx_id] = AtPayment(tx, partition, keys, decided)
+        for key in keys:
+            self._busy_keys[key] = self._busy_keys.get(key, 0) + 1
+        return entry
+
+    def _settled(self, tx_id: str) -> None:
+        """The stream has `tx_id` decided (or it never entered it): its keys are free."""
+        entry = self.at_payment.pop(tx_id, None)
+        if entry is None:
+            return
+        if not entry.decided.done():
+            entry.decided.set_result(None)
+        for key in entry.keys:
+            left = self._busy_keys[key] - 1
+            if left:
+                self._busy_keys[key] = left
+            else:
+                del self._busy_keys[key]
+
+    def _left_to_stream(self, why: str) -> None:
+        counts = self.counters.left_to_stream
+        counts[why] = counts.get(why, 0) + 1
+
+    def _shards_of(self, entry: AtPayment) -> UserShard:
+        """The user shard deciding `entry` if its state still holds only events before it."""
+        tx = entry.tx
+        shard = self.users.get(entry.partition)
+        if shard is None:
+            raise LeftToStream("not_here")
+        if tx.tx_id in shard.seen:
+            raise LeftToStream("in_stream")
+        if shard.aligner.watermark > tx.ts:
+            raise LeftToStream("event_time_past")
+        return shard
+
+    async def _decide_now(self, entry: AtPayment) -> bytes:
+        tx = entry.tx
+        _, context = self._shards_of(entry).users.peek(tx)
+        referral = (context.referrer, context.signup_ts)
+        # What needs I/O first; then the features, from state as it is at that moment.
+        depth = await self._depth_now(tx, context.referrer, context.signup_ts)
+        shard = self._shards_of(entry)
+        rings = await self._ring_scores([tx]) if shard.feeds_graph else None
+        graph_down = rings is not None and not await self._graph_running()
+        shard = self._shards_of(entry)
+        vector, context = shard.users.peek(tx)
+        if (context.referrer, context.signup_ts) != referral:
+            raise LeftToStream("in_flight")  # the user's signup came in meanwhile
+        context.depth = depth
+        parts: dict[int, list[float | None]] = {}
+        for q, families in transaction_routes(tx, context, self.n_partitions):
+            entity = self.entities.get(q)
+            if entity is None:
+                raise LeftToStream("not_here")
+            if entity.aligner.watermark > tx.ts:
+                raise LeftToStream("event_time_past")
+            parts[families] = entity.entities.peek(tx, context, families)
+        splice(parts, vector)
+        ring = ring_of(tx, vector, rings or {})
+        decision, _, _ = shard.decider.assess(tx, vector, self._now_ms(), ring, graph_down)
+        value = decision.dumps()
+        [prior] = await self.store.put_new([(tx.tx_id, value)])
+        return value if prior is None else prior
+
+    async def _depth_now(self, tx: Transaction, referrer: str | None, signup: int | None) -> int:
+        """The user's referral depth: memoised by the entity shard of its referrer, or
+        walked in Redis's referral tree as the entity shard would."""
+        if referrer is None or signup is None:
+            return 0  # not read: the referral family reads depth only with a referrer
+        entity = self.entities.get(partition_of(REFERRAL, referrer, self.n_partitions))
+        if entity is None:
+            raise LeftToStream("not_here")
+        known = entity.depths.get(tx.user_id, signup)
+        if known is not None:
+            return known
+        key = (tx.user_id, signup)
+        walked = await run_walks({key: (referrer, tx.user_id, signup)}, self.store.get_referrals)
+        return walked[key]
+
+    async def _decided_at_payment(self, ready: list[Transaction]) -> dict[str, Decision]:
+        """The decisions made at payment time among `ready` (waiting for any still being
+        made: they stand, and the ledger must follow them)."""
+        out: dict[str, Decision] = {}
+        for tx in ready:
+            entry = self.at_payment.get(tx.tx_id)
+            if entry is not None:
+                value = await asyncio.shield(entry.decided)
+                if value is not None:
+                    out[tx.tx_id] = Decision.loads(value)
+        return out
+
     async def _standing(self, ready: list[Transaction]) -> dict[str, Decision] | None:
         """For a shard that may be re-deciding: the decisions already in Redis (they stand)
         of the transactions it is about to decide."""
@@ -640,6 +838,9 @@ class BatchProcessor:
                 await self.retry("read decisions", lambda: self.store.get_many(earlier))
             )
         self.on_decided(standing)
+        if self.at_payment:
+            for tx_id in done.order:
+                self._settled(tx_id)
         decided = sum(1 for prior in existing if prior is None)
         outcome.decided += decided
         outcome.redelivered += len(done.order) - decided

@@ -122,6 +122,19 @@ def strongest(scores: list[RingScore]) -> tuple[float, list[str]] | None:
     return score, [f"ring:{kind}"]
 
 
+def ring_of(
+    tx: Transaction,
+    vector: list[float | None],
+    ring_scores: Mapping[tuple[str, str], RingScore],
+) -> tuple[float, list[str]] | None:
+    """The ring score and reason `tx` is decided with: its user's strongest ring, or its
+    merchant's for a returning customer (`graph.layer.merchant_ring_counts`)."""
+    at_merchant = None
+    if merchant_ring_counts(vector[REPEAT_AT_MERCHANT]):
+        at_merchant = ring_scores.get(("m", tx.merchant_id))
+    return strongest([ring_scores.get(("u", tx.user_id)), at_merchant])
+
+
 def _dumps(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
@@ -446,10 +459,7 @@ class UserShard:
             earlier = stood.get(event.tx_id)
             if standing is not None and earlier is None:
                 self.redo = False
-            at_merchant = None
-            if merchant_ring_counts(vector[REPEAT_AT_MERCHANT]):
-                at_merchant = rings.get(("m", event.merchant_id))
-            ring = strongest([rings.get(("u", event.user_id)), at_merchant])
+            ring = ring_of(event, vector, rings)
             decision = decider.decide(event, vector, decided_at, earlier, ring, graph_down)
             done.decisions.append(decision)
         done.adjustments = decider.take_adjustments()

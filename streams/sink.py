@@ -21,6 +21,16 @@ from rebate_guard.settings import Settings
 Record = tuple[bytes | None, bytes]  # (key, value)
 
 
+def key_partition(key: bytes, n_partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives `key`, as `KafkaSink`."""
+    partitions = list(range(n_partitions))
+    partition: int = _PARTITIONER(key, partitions, partitions)
+    return partition
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
 class Sink(Protocol):
     async def send_many(self, topic: str, records: Sequence[Record]) -> None: ...
 

@@ -21,9 +21,9 @@ async def _until(worker, condition, timeout: float = 5.0) -> None:
         await worker.runtime.tick()  # what the worker's timer does: release idle sources
 
 
-def _worker(partitions: int = 1):
+def _worker(partitions: int = 1, **overrides):
     store, sink = MemoryDecisionStore(), MemorySink()
-    settings = Settings(batch_within_s=0.01, source_idle_s=0.05, partitions=partitions)
+    settings = Settings(batch_within_s=0.01, source_idle_s=0.05, partitions=partitions, **overrides)
     worker = create_worker(settings, store, sink)
     return worker, store, sink
 
@@ -232,7 +232,7 @@ def test_score_wakes_when_this_worker_decides_without_polling_redis(monkeypatch)
     monkeypatch.setattr("streams.app.SCORE_POLL_S", 60.0)
 
     async def run() -> None:
-        worker, store, sink = _worker()
+        worker, store, sink = _worker(score_at_payment=False)  # the stream decides
         body = json.dumps(tx("t5", amount_cents=4_000)).encode()
         async with worker.agents["transactions"].test_context() as agent:
             answer = asyncio.ensure_future(
@@ -261,7 +261,7 @@ def test_score_answers_the_stored_decision_or_fails_closed_never_allowing() -> N
     with Redis down, gets a provisional hold that grants nothing."""
 
     async def run() -> None:
-        worker, store, sink = _worker()
+        worker, store, sink = _worker(score_at_payment=False)  # the stream decides
         runtime = worker.runtime
         stored = decision("t1", "allow", 700)
         await store.put_new([("t1", stored.dumps())])
@@ -283,5 +283,26 @@ def test_score_answers_the_stored_decision_or_fails_closed_never_allowing() -> N
         assert answer.provisional and answer.decision.action == "block"
         assert answer.decision.reasons == ["fail_closed:redis"] and answer.granted_cents == 0
         assert down.runtime.processor.counters.fail_closed == 1
+
+    asyncio.run(run())
+
+
+def test_score_decides_at_payment_time_without_waiting_for_the_stream() -> None:
+    """With the transaction's partitions here, `POST /score` answers at once (no agent
+    running: the stream has not seen it), the decision stored and the transaction produced
+    once; the same tx_id again gets the same answer and is not produced again."""
+
+    async def run() -> None:
+        worker, store, sink = _worker(partitions=2)
+        runtime = worker.runtime
+        body = tx("p1", amount_cents=4_000)
+        answer = await runtime.score(parse_transaction(body), json.dumps(body).encode(), 0.0)
+        assert not answer.provisional
+        assert answer.decision == Decision.loads(store.decisions["p1"])
+        assert answer.requested_cents == 400 and answer.decision.reasons != ["fail_closed:timeout"]
+        assert [k for k, _ in sink.sent["transactions"]] == [b"u1"]
+        assert runtime.processor.counters.decided_at_payment == 1
+        again = await runtime.score(parse_transaction(body), json.dumps(body).encode(), 0.0)
+        assert again.decision == answer.decision and len(sink.sent["transactions"]) == 1
 
     asyncio.run(run())

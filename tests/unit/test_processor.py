@@ -36,9 +36,8 @@ def make(
     store: MemoryDecisionStore | None = None, **settings: Any
 ) -> tuple[BatchProcessor, MemoryDecisionStore, MemorySink]:
     store, sink = store or MemoryDecisionStore(), MemorySink()
-    config = Settings(
-        topic_prefix="p.", source_idle_s=IDLE_S, log_features=True, partitions=2, **settings
-    )
+    defaults: dict[str, Any] = {"topic_prefix": "p.", "source_idle_s": IDLE_S, "partitions": 2}
+    config = Settings(**{**defaults, "log_features": True, **settings})
     proc = BatchProcessor(store, sink, config, clock=Clock(), loopback=True)
     proc.own_all()
     return proc, store, sink

@@ -135,3 +135,30 @@ def test_splice_refuses_a_missing_family() -> None:
 
     with pytest.raises(ValueError, match="category"):
         splice({MERCHANT: [0.0] * 12}, [])
+
+
+def test_a_peek_gives_the_next_vector_and_changes_nothing(world_events: list[Event]) -> None:
+    # The decision at payment time computes a transaction's features from the state as it
+    # stands, without applying it: the same numbers the transaction then gets, and the state
+    # byte for byte what it was (windows must not expire early: an event still in flight
+    # with an earlier ts would find them gone).
+    import pickle
+
+    config = EngineConfig(user_ttl_ms=4 * DAY, sweep_every_ms=HOUR)
+    engine = FeatureEngine(config)
+    peeked = 0
+    for i, event in enumerate(world_events):
+        if isinstance(event, Transaction):
+            before = pickle.dumps((engine.users, engine.entities)) if i % 50 == 0 else None
+            head, context = engine.users.peek(event)
+            context.depth = engine.tree.depth(event.user_id, context)
+            head += engine.entities.peek(event, context)
+            if before is not None:
+                assert pickle.dumps((engine.users, engine.entities)) == before
+            assert head == engine.vector(event), event.tx_id
+            peeked += 1
+        elif isinstance(event, Signup):
+            engine.signup(event)
+        else:
+            engine.label(event)
+    assert peeked > 3_000

@@ -1,0 +1,260 @@
+"""Decisions at payment time (`BatchProcessor.decide_at_payment`, `POST /score`'s fast path):
+the stream's decision, made from the state as it stands, without waiting for the stream;
+the stream then follows it; and what cannot be decided exactly that way is left to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from rebate_guard.policy import Policy
+from rebate_guard.replay import EventFiles
+from rebate_guard.scoring import Event
+from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from streams.processor import BatchProcessor, RawEvent, user_unit
+from streams.records import Decision, Label, Signup, Transaction
+from streams.sink import key_partition
+from streams.store import MemoryDecisionStore
+from streams.validation import parse_transaction
+from tests.factories import T0, tx
+from tests.unit.test_processor import IDLE_S, Clock, make
+
+
+class Feed:
+    """Input messages into a loopback processor, keyed as the contract says."""
+
+    def __init__(self, proc: BatchProcessor) -> None:
+        self.proc = proc
+        self.n = proc.n_partitions
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    async def put(self, event: Event | dict[str, Any], kind: str = "transactions") -> None:
+        if isinstance(event, dict):
+            payload, key = event, event["user_id"]
+        else:
+            payload = event.asdict()
+            if isinstance(event, Transaction):
+                kind, key = "transactions", event.user_id
+            elif isinstance(event, Signup):
+                kind, key = "signups", event.user_id
+            else:
+                assert isinstance(event, Label)
+                kind, key = "labels", event.tx_id or event.user_id or ""
+        partition = key_partition(key.encode(), self.n)
+        offset = self.offsets.get((kind, partition), 0)
+        self.offsets[(kind, partition)] = offset + 1
+        value = json.dumps(payload).encode()
+        message = RawEvent(f"p.{kind}", partition, offset, key.encode(), value)
+        await self.proc.handle(kind, [message])
+
+    async def settle(self) -> None:
+        """Every source falls idle: the stream decides all it has."""
+        assert isinstance(self.proc.clock, Clock)
+        self.proc.clock.now += IDLE_S + 1
+        await self.proc.tick()
+
+
+def _nothing_produced() -> Callable[[], Awaitable[None]]:
+    async def produce() -> None:
+        return None
+
+    return produce
+
+
+def _payload(d: Decision) -> dict[str, Any]:
+    out = d.asdict()
+    out.pop("decided_at")
+    return out
+
+
+@pytest.fixture(scope="module")
+def world() -> list[Event]:
+    config = WorldConfig(seed=5, n_users=200, n_merchants=20, days=12, target_transactions=1_500)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_world(simulate_world(config), Path(tmp))
+        return list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
+
+
+@pytest.mark.parametrize(("n", "labels"), [(1, True), (2, False)])
+def test_a_decision_at_payment_time_is_the_streams_and_the_stream_follows_it(
+    world: list[Event], n: int, labels: bool
+) -> None:
+    """With the stream caught up, the decision made at payment time is, field for field,
+    the one the stream makes of the same transaction (same features, same models, same
+    policy); stored once; and the stream, reaching it, publishes it and books it in the
+    ledger (even under a policy that would decide otherwise by then).
+
+    With 2 partitions the entity families come from both entity shards; labels are left
+    out there because a user shard's classifier learns its peers' examples when they
+    arrive, which the stream may place after a transaction that the caught-up state at
+    payment time has them before (the model differs, not the features)."""
+    if not labels:
+        world = [e for e in world if not isinstance(e, Label)]
+
+    async def run() -> None:
+        proc, store, sink = make(partitions=n)
+        ref, ref_store, _ = make(partitions=n, score_at_payment=False)
+        feed, ref_feed = Feed(proc), Feed(ref)
+        tail = [e for e in world if isinstance(e, Transaction)][-40:]
+        compared = 0
+        for event in world:
+            if event in tail:
+                await feed.settle()
+                produced, value = await proc.decide_at_payment(event, _nothing_produced())
+                assert produced and value is not None, event.tx_id
+                now = Decision.loads(value)
+                await ref_feed.put(event)
+                await ref_feed.settle()
+                streamed = Decision.loads(ref_store.decisions[event.tx_id])
+                assert _payload(now) == _payload(streamed), event.tx_id
+                compared += 1
+            await feed.put(event)
+            await ref_feed.put(event) if event not in tail else None
+        await feed.settle()
+        await ref_feed.settle()
+        assert compared == 40 and proc.counters.decided_at_payment == 40
+        assert proc.at_payment == {} and proc._busy_keys == {}  # all settled
+        # Stored once, the same everywhere; the decisions topic carries each once.
+        assert store.decisions == ref_store.decisions
+        published = [Decision.loads(v).tx_id for _, v in sink.sent["p.decisions"]]
+        assert sorted(published) == sorted(store.decisions)
+
+        # A policy blocking the user now: the stream would block, but the decision made at
+        # payment time stands, and the ledger books what it granted.
+        paid = [t for t in tail if Decision.loads(store.decisions[t.tx_id]).action == "allow"]
+        again = {**paid[-1].asdict(), "tx_id": "late-1", "ts": world[-1].ts + 3_600_000}
+        payment = parse_transaction(again)
+        produced, value = await proc.decide_at_payment(payment, _nothing_produced())
+        assert value is not None
+        granted = Decision.loads(value)
+        assert granted.action != "block" and granted.rebate_granted_cents > 0
+        blocking = Policy.from_document(
+            {"version": "block-u", "lists": {"block_users": [payment.user_id]}}
+        )
+        proc.set_policy(blocking)
+        await feed.put(payment)
+        await feed.settle()
+        assert Decision.loads(store.decisions["late-1"]) == granted
+        assert Decision.loads(sink.sent["p.decisions"][-1][1]) == granted
+        shard = proc.users[key_partition(payment.user_id.encode(), n)]
+        entry = shard.decider.ledger.entries["late-1"]
+        assert entry.granted == granted.rebate_granted_cents
+
+    asyncio.run(run())
+
+
+def test_what_cannot_be_decided_exactly_now_is_left_to_the_stream() -> None:
+    """A second payment of a user (or on a device, IP or card) while the first is still in
+    flight, a transaction behind event time, one already in the stream, and one whose user
+    partition is not here: all waiting for the stream, counted by why."""
+
+    async def run() -> None:
+        proc, store, _ = make()
+        feed = Feed(proc)
+        first = tx("a1", T0)
+        produced, value = await proc.decide_at_payment(
+            parse_transaction(first), lambda: feed.put(first)
+        )
+        assert produced and value is not None
+        same_user = tx("a2", T0 + 1, device_id="d9", ip="10.0.0.9", card_id="c9")
+        same_device = tx("a3", T0 + 2, user_id="u2", ip="10.0.0.8", card_id="c8")
+        for other in (same_user, same_device):
+            got = await proc.decide_at_payment(parse_transaction(other), _nothing_produced())
+            assert got == (False, None)
+        assert proc.counters.left_to_stream == {"in_flight": 2}
+
+        await feed.settle()  # the stream decides a1: its user and identifiers are free
+        assert proc.at_payment == {}
+        again = await proc.decide_at_payment(parse_transaction(same_user), _nothing_produced())
+        assert again[1] is not None
+
+        await feed.put(tx("b1", T0 + 10_000, user_id="u3"))
+        await feed.settle()
+        assert await proc.decide_at_payment(
+            parse_transaction(tx("b1", T0 + 10_000, user_id="u3")), _nothing_produced()
+        ) == (False, None)  # already in the stream: it answers
+        behind = tx("b2", T0 + 5_000, user_id="u3", device_id="d5", ip="1.1.1.5", card_id="c5")
+        assert await proc.decide_at_payment(parse_transaction(behind), _nothing_produced()) == (
+            False,
+            None,
+        )
+        proc.release([user_unit(key_partition(b"u4", proc.n_partitions))])
+        away = tx("b3", T0 + 20_000, user_id="u4", device_id="d6", ip="1.1.1.6", card_id="c6")
+        assert await proc.decide_at_payment(parse_transaction(away), _nothing_produced()) == (
+            False,
+            None,
+        )
+        assert proc.counters.left_to_stream == {
+            "in_flight": 2,
+            "in_stream": 1,
+            "event_time_past": 1,
+            "not_here": 1,
+        }
+        assert "b2" not in store.decisions and "b3" not in store.decisions
+
+    asyncio.run(run())
+
+
+def test_a_failed_produce_decides_nothing_and_frees_the_user() -> None:
+    async def run() -> None:
+        proc, store, _ = make()
+        payment = parse_transaction(tx("f1", T0))
+
+        async def broker_down() -> None:
+            raise ConnectionError("broker down")
+
+        with pytest.raises(ConnectionError):
+            await proc.decide_at_payment(payment, broker_down)
+        assert store.decisions == {} and proc.at_payment == {} and proc._busy_keys == {}
+
+    asyncio.run(run())
+
+
+def test_after_a_restart_the_ledger_follows_what_was_answered_at_payment_time() -> None:
+    """A decision made at payment time that the stream had not reached when the worker
+    died: the worker restarted from an earlier checkpoint re-decides what came after it
+    and, reaching that transaction, books what was answered, even after deciding another
+    transaction anew first and under a policy that would now decide otherwise."""
+
+    async def run() -> None:
+        store = MemoryDecisionStore()
+        proc, _, _ = make(store, partitions=1)
+        feed = Feed(proc)
+        await feed.put(tx("h1", T0))
+        await feed.settle()
+        snapshots, written = proc.checkpoints()
+        blobs = {unit: snapshot() for unit, snapshot in snapshots.items()}
+        written()
+        offsets = dict(feed.offsets)
+        fresh = tx("c1", T0 + 1_000, user_id="u2", device_id="d2", ip="10.0.0.2", card_id="c2")
+        paid = tx("d1", T0 + 2_000, user_id="u3", device_id="d3", ip="10.0.0.3", card_id="c3")
+        await feed.put(fresh)  # in the stream, waiting for event time (allowed lateness)
+        _, value = await proc.decide_at_payment(parse_transaction(paid), lambda: feed.put(paid))
+        assert value is not None and "c1" not in store.decisions
+        answered = Decision.loads(value)
+        assert answered.rebate_granted_cents > 0
+
+        resumed, _, sink = make(store, partitions=1)  # after a crash
+        for unit, blob in blobs.items():
+            resumed.install(unit, blob)
+        blocking = {"version": "block-u3", "lists": {"block_users": ["u3"]}}
+        resumed.set_policy(Policy.from_document(blocking))
+        again = Feed(resumed)
+        again.offsets = offsets  # input re-read from the checkpoint's offsets
+        await again.put(fresh)
+        await again.settle()  # c1 decided anew, in a batch of its own
+        await again.put(paid)
+        await again.settle()
+        assert "c1" in store.decisions and Decision.loads(store.decisions["d1"]) == answered
+        entry = resumed.users[0].decider.ledger.entries["d1"]
+        assert entry.granted == answered.rebate_granted_cents
+        assert Decision.loads(sink.sent["p.decisions"][-1][1]) == answered
+
+    asyncio.run(run())
