@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -213,12 +213,15 @@ class Decider:
         decided_at: int,
         ring: tuple[float, list[str]] | None = None,
         graph_down: bool = False,
+        pending: Sequence[Decision] = (),
     ) -> tuple[Decision, Features, Assessment | None]:
         """What `decide` decides, changing nothing (the decision at payment time uses it
         alone): the decision, the full feature vector, and the model's assessment (None:
-        the model could not score, and the decision fails closed)."""
+        the model could not score, and the decision fails closed). `pending`: decisions
+        made before `tx` that this decider has not taken in yet (made at payment time,
+        still in flight): they count in the daily cap and for refunds as if it had."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
-        x["refund_of_granted_rebate"] = self._refund_of_granted(tx)
+        x["refund_of_granted_rebate"] = self._refund_of_granted(tx, pending)
         version = self.model.version  # the state that scores, before it learns this one
         try:
             assessment: Assessment | None = self.model.assess(x)
@@ -242,7 +245,7 @@ class Decider:
         if (assessment is None or graph_down) and not self.policy.lists.hits(tx, "block"):
             action, granted, policy_reasons = self.fail_closed_action, 0, []  # fail closed
         if granted:
-            action, granted = self._cap(tx, x, action, granted, policy_reasons)
+            action, granted = self._cap(tx, x, action, granted, policy_reasons, pending)
         depth = x["referral_depth"]
         tiers = self.policy.limits.max_commission_tiers
         commission_tiers = min(int(depth), tiers) if granted and depth else 0
@@ -262,14 +265,24 @@ class Decider:
         return decision, x, assessment
 
     def _cap(
-        self, tx: Transaction, x: Features, action: str, granted: int, reasons: list[str]
+        self,
+        tx: Transaction,
+        x: Features,
+        action: str,
+        granted: int,
+        reasons: list[str],
+        pending: Sequence[Decision] = (),
     ) -> tuple[str, int]:
         """The policy's daily caps: what is left of the user's (granted) and the device's
         (requested) rebate money in the last 24 h bounds what this payment gets."""
         limits = self.policy.limits
         room = granted
         if limits.user_daily_rebate_cents is not None:
-            used = self._granted_in_day(tx.user_id, tx.ts)
+            used = self._granted_in_day(tx.user_id, tx.ts) + sum(
+                d.rebate_granted_cents
+                for d in pending
+                if d.user_id == tx.user_id and d.ts > tx.ts - DAY_MS
+            )
             left = max(0, limits.user_daily_rebate_cents - used)
             if left < room:
                 room = left
@@ -329,14 +342,19 @@ class Decider:
             for tx_id in list(islice(granted, stale)):
                 del granted[tx_id]
 
-    def _refund_of_granted(self, tx: Transaction) -> float | None:
+    def _refund_of_granted(self, tx: Transaction, pending: Sequence[Decision] = ()) -> float | None:
         """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only
         then), 0 if it was not, None when that payment is unknown or older than 30 d
         (`_forget_old_payments` runs first)."""
         if tx.kind == PAYMENT or tx.ref_tx_id is None:
             return None
         known = self.granted.get(tx.ref_tx_id)
-        return None if known is None else float(known[1])
+        if known is None:
+            for d in pending:
+                if d.tx_id == tx.ref_tx_id:
+                    return float(d.rebate_granted_cents > 0)
+            return None
+        return float(known[1])
 
     def _remember(self, tx_id: str, user_id: str, x: Features, risk: float) -> None:
         self.remembered[tx_id] = (user_id, x, risk)

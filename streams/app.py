@@ -142,33 +142,41 @@ class Runtime:
         deadline = time.monotonic() + wait_s
         decided = asyncio.get_running_loop().create_future()
         self._score_waiters.setdefault(tx.tx_id, []).append(decided)
-        produced = False
+        at_payment = self.settings.score_at_payment
         try:
+            try:  # decided already? (and, to decide now, the ring scores: one round trip)
+                ring_keys = self.processor.ring_keys([tx]) if at_payment else []
+                stored, rings = await self.store.decision_and_rings(tx.tx_id, ring_keys)
+            except Exception as exc:
+                return self._fail_closed(tx, "redis", exc)
+            if stored is not None:
+                return await self._status_of(stored)
+            topic = self.settings.topic(TRANSACTIONS)
+            produce = partial(self.sink.send_one, topic, tx.user_id.encode(), value)
+            try:
+                produced = False
+                if at_payment:
+                    known = rings if ring_keys else None
+                    produced, now = await self.processor.decide_at_payment(tx, produce, known)
+                    if now is not None:  # just decided: no ledger change yet
+                        return rebate_status(Decision.loads(now), None)
+                if not produced:
+                    await produce()
+            except Exception as exc:
+                return self._fail_closed(tx, "broker", exc)
             while not decided.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self._fail_closed(tx, "timeout", None)
+                await asyncio.wait([decided], timeout=min(left, SCORE_POLL_S))
+                if decided.done():
+                    break
                 try:
                     status = await self._stored_status(tx.tx_id)
                 except Exception as exc:
                     return self._fail_closed(tx, "redis", exc)
                 if status is not None:
                     return status
-                if not produced:
-                    topic = self.settings.topic(TRANSACTIONS)
-                    produce = partial(self.sink.send_one, topic, tx.user_id.encode(), value)
-                    try:
-                        if self.settings.score_at_payment:
-                            at_payment = self.processor.decide_at_payment
-                            produced, now = await at_payment(tx, produce)
-                            if now is not None:
-                                return await self._status_of(now)
-                        if not produced:
-                            await produce()
-                    except Exception as exc:
-                        return self._fail_closed(tx, "broker", exc)
-                    produced = True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return self._fail_closed(tx, "timeout", None)
-                await asyncio.wait([decided], timeout=min(left, SCORE_POLL_S))
             return await self._status_of(decided.result())
         finally:
             waiters = self._score_waiters.get(tx.tx_id, [])

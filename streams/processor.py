@@ -41,9 +41,10 @@ from features.stages import (
     splice,
     transaction_routes,
 )
+from features.user import TxContext
 from graph.layer import ACTIVE, GraphLayer, RingScore
 from rebate_guard.policy import Policy
-from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event
+from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event, Features, order_key
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
 from streams.records import (
@@ -192,26 +193,61 @@ class AtPayment:
 
     tx: Transaction
     partition: int
-    #: The user and identifiers whose features it would change (see `in_flight_keys`).
+    #: The user and identifiers whose features it changes (see `in_flight_keys`).
     keys: tuple[str, ...]
     decided: asyncio.Future[bytes | None]
+    #: Resolved once the stream has it (or it never entered the stream).
+    settled: asyncio.Future[None]
+    #: Once decided: its user context, decision and full feature vector (what later
+    #: payments on its keys apply before their own, while the stream has not got it).
+    context: TxContext | None = None
+    decision: Decision | None = None
+    x: Features | None = None
+    #: The entity partitions that have applied it (the stream under way).
+    applied_at: set[int] = field(default_factory=set)
 
 
 def in_flight_keys(tx: Transaction) -> tuple[str, ...]:
-    """What a payment decided at payment time counts in before the stream has it: its
-    user's and identifiers' windows. A second payment on one of them waits for the stream
-    (which then has the first), so bursts are counted exactly. Merchant and category
-    figures aggregate many users; a payment in flight moves them little and is not waited
-    for (docs/policy.md)."""
+    """The keys a transaction decided at payment time is found by, until the stream has
+    it: its user and identifiers. A later payment on one of them is decided with it applied
+    first (on the copies of the state it reads), so bursts count exactly. Merchant and
+    category figures aggregate many users: another user's payment in flight there, on none
+    of these keys, is not applied (docs/policy.md)."""
     keys = [f"u:{tx.user_id}"]
-    for kind, key in (("d", tx.device_id), ("i", tx.ip), ("c", tx.card_id)):
+    for kind, key in (("m", tx.merchant_id), ("d", tx.device_id), ("i", tx.ip), ("c", tx.card_id)):
         if key is not None:
             keys.append(f"{kind}:{key}")
     return tuple(keys)
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    referral: tuple[str | None, int | None]
+    depth: int
+    rings: dict[RingKey, RingScore] | None
+    graph_down: bool
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Marks a background task's exception as seen (its awaiter may have gone)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class LeftToStream(Exception):
     """Why a transaction cannot be decided at payment time (a counter name)."""
+
+
+class _Waiting(Exception):
+    """A transaction before this one cannot be placed yet: wait for `until`."""
+
+    def __init__(self, until: asyncio.Future[Any]) -> None:
+        self.until = until
+
+
+#: How long a decision at payment time waits for a transaction before it, on one of its
+#: keys, that is half-way into the stream (or still being decided) to be placeable.
+EARLIER_WAIT_S = 0.1
 
 
 @dataclass
@@ -249,7 +285,7 @@ class BatchProcessor:
     #: Transactions decided (or being decided) at payment time, by tx_id, until their user
     #: shard completes them; and how many of them hold each key (`in_flight_keys`).
     at_payment: dict[str, AtPayment] = field(default_factory=dict)
-    _busy_keys: dict[str, int] = field(default_factory=dict)
+    _in_flight: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.policy = self.settings.policy()
@@ -523,6 +559,8 @@ class BatchProcessor:
                 walk = partial(run_walks, requests, self.store.get_referrals)
                 depths = await self.retry("walk the referral tree", walk)
             shard.apply(released, depths)
+            if self.at_payment:
+                self._applied_at(q, released)
             results += shard.envelopes()
         await self._send(ENTITY_RESULTS, results)
 
@@ -604,6 +642,9 @@ class BatchProcessor:
                     graph_running = await self._graph_running()
                 graph_down = rings is not None and not graph_running
                 done = shard.complete(self._now_ms(), standing, rings, graph_down)
+                if self.at_payment:  # all of the stream's state has them now
+                    for tx_id in done.order:
+                        self._settled(tx_id)
                 await self._publish(done, outcome)
                 await self._adjust(shard, done.adjustments)
                 self._log_drift(shard)
@@ -650,7 +691,10 @@ class BatchProcessor:
 
     # --- decisions at payment time ---------------------------------------------------------
     async def decide_at_payment(
-        self, tx: Transaction, produce: Callable[[], Awaitable[None]]
+        self,
+        tx: Transaction,
+        produce: Callable[[], Awaitable[None]],
+        rings: dict[RingKey, RingScore] | None = None,
     ) -> tuple[bool, bytes | None]:
         """`POST /score`'s fast path: (whether `tx` was produced, its standing decision or
         None). Decides `tx` from the state as it stands, without waiting for the stream,
@@ -661,20 +705,25 @@ class BatchProcessor:
         and when the stream reaches `tx` its user shard follows it (ledger, caps) as it
         follows any standing decision. `tx` is produced first (a decision is never made
         on a transaction the log may not have): a failure to produce propagates, with
-        nothing decided. Not decided here (False, None): the caller produces and waits."""
+        nothing decided. Not decided here (False, None): the caller produces and waits.
+        `rings`: the ring scores of `ring_keys([tx])` if the caller has read them."""
         try:
             entry = self._claim(tx)
         except LeftToStream as why:
             self._left_to_stream(str(why))
             return False, None
+        # What the decision reads from Redis is fetched while the broker acknowledges.
+        fetching = asyncio.ensure_future(self._fetch(entry, rings))
+        fetching.add_done_callback(_retrieved)
         try:
             await produce()
         except BaseException:
+            fetching.cancel()
             self._settled(tx.tx_id)  # never entered the stream
             raise
         value = None
         try:
-            value = await self._decide_now(entry)
+            value = await self._decide_now(entry, await fetching)
             self.counters.decided_at_payment += 1
         except LeftToStream as why:
             self._left_to_stream(str(why))
@@ -696,12 +745,12 @@ class BatchProcessor:
         if shard.aligner.watermark > tx.ts:
             raise LeftToStream("event_time_past")
         keys = in_flight_keys(tx)
-        if any(key in self._busy_keys for key in keys):
-            raise LeftToStream("in_flight")
-        decided: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        entry = self.at_payment[tx.tx_id] = AtPayment(tx, partition, keys, decided)
+        loop = asyncio.get_running_loop()
+        decided: asyncio.Future[bytes | None] = loop.create_future()
+        entry = AtPayment(tx, partition, keys, decided, loop.create_future())
+        self.at_payment[tx.tx_id] = entry
         for key in keys:
-            self._busy_keys[key] = self._busy_keys.get(key, 0) + 1
+            self._in_flight.setdefault(key, []).append(tx.tx_id)
         return entry
 
     def _settled(self, tx_id: str) -> None:
@@ -711,12 +760,20 @@ class BatchProcessor:
             return
         if not entry.decided.done():
             entry.decided.set_result(None)
+        entry.settled.set_result(None)
         for key in entry.keys:
-            left = self._busy_keys[key] - 1
-            if left:
-                self._busy_keys[key] = left
-            else:
-                del self._busy_keys[key]
+            others = self._in_flight[key]
+            others.remove(tx_id)
+            if not others:
+                del self._in_flight[key]
+
+    def _applied_at(self, q: int, released: list[Released]) -> None:
+        for item in released:
+            event = item.event
+            if isinstance(event, Transaction):
+                entry = self.at_payment.get(event.tx_id)
+                if entry is not None:
+                    entry.applied_at.add(q)
 
     def _left_to_stream(self, why: str) -> None:
         counts = self.counters.left_to_stream
@@ -734,17 +791,47 @@ class BatchProcessor:
             raise LeftToStream("event_time_past")
         return shard
 
-    async def _decide_now(self, entry: AtPayment) -> bytes:
+    async def _fetch(
+        self, entry: AtPayment, rings: dict[RingKey, RingScore] | None = None
+    ) -> _Fetched:
+        """What deciding `entry` needs from Redis: its referral depth (for the referrer and
+        signup it has now), ring scores, whether the graph shard runs."""
         tx = entry.tx
         _, context = self._shards_of(entry).users.peek(tx)
         referral = (context.referrer, context.signup_ts)
-        # What needs I/O first; then the features, from state as it is at that moment.
         depth = await self._depth_now(tx, context.referrer, context.signup_ts)
-        shard = self._shards_of(entry)
-        rings = await self._ring_scores([tx]) if shard.feeds_graph else None
+        if not self._shards_of(entry).feeds_graph:
+            rings = None
+        elif rings is None:
+            rings = await self._ring_scores([tx])
         graph_down = rings is not None and not await self._graph_running()
-        shard = self._shards_of(entry)
-        vector, context = shard.users.peek(tx)
+        return _Fetched(referral, depth, rings, graph_down)
+
+    async def _decide_now(self, entry: AtPayment, fetched: _Fetched) -> bytes:
+        """The decision from the state as it is now (after what it waits for, if any)."""
+        tx = entry.tx
+        referral, depth, rings, graph_down = (
+            fetched.referral,
+            fetched.depth,
+            fetched.rings,
+            fetched.graph_down,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EARLIER_WAIT_S
+        while True:
+            shard = self._shards_of(entry)
+            try:
+                earlier = self._earlier(entry)
+                break
+            except _Waiting as waiting:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise LeftToStream("in_flight") from None
+                await asyncio.wait([waiting.until], timeout=left)
+        mine = [
+            e.tx for e in earlier if e.tx.user_id == tx.user_id and e.tx.tx_id not in shard.seen
+        ]
+        vector, context = shard.users.peek(tx, mine)
         if (context.referrer, context.signup_ts) != referral:
             raise LeftToStream("in_flight")  # the user's signup came in meanwhile
         context.depth = depth
@@ -755,13 +842,41 @@ class BatchProcessor:
                 raise LeftToStream("not_here")
             if entity.aligner.watermark > tx.ts:
                 raise LeftToStream("event_time_past")
-            parts[families] = entity.entities.peek(tx, context, families)
+            before = [(e.tx, e.context) for e in earlier if e.context and q not in e.applied_at]
+            parts[families] = entity.entities.peek(tx, context, families, before)
         splice(parts, vector)
         ring = ring_of(tx, vector, rings or {})
-        decision, _, _ = shard.decider.assess(tx, vector, self._now_ms(), ring, graph_down)
+        pending = [e.decision for e in earlier if e.decision is not None]
+        decision, x, _ = shard.decider.assess(tx, vector, self._now_ms(), ring, graph_down, pending)
+        entry.context, entry.decision, entry.x = context, decision, x
         value = decision.dumps()
         [prior] = await self.store.put_new([(tx.tx_id, value)])
+        if prior is not None:
+            entry.decision = Decision.loads(prior)
         return value if prior is None else prior
+
+    def _earlier(self, entry: AtPayment) -> list[AtPayment]:
+        """The transactions decided here at payment time, not yet in the stream, that share
+        a key with `entry` and come before it in event time, in that order: its features
+        count them, where the stream's state does not have them yet (the stream may have
+        begun: its user shard released it, some entity shards applied it; its decider gets
+        it last, when the user shard completes it, and it is settled then). One still being
+        decided cannot be placed yet: `_Waiting` for it."""
+        found: dict[str, AtPayment] = {}
+        mine = order_key(entry.tx, 0)
+        for key in entry.keys:
+            for tx_id in self._in_flight.get(key, ()):
+                if tx_id == entry.tx.tx_id or tx_id in found:
+                    continue
+                other = self.at_payment[tx_id]
+                if order_key(other.tx, 0) > mine:
+                    continue  # after it in event time: not in its features
+                if other.partition not in self.users:
+                    raise _Waiting(other.settled)  # its shard is moving to another worker
+                if other.context is None:  # being decided, or left to the stream
+                    raise _Waiting(other.settled if other.decided.done() else other.decided)
+                found[tx_id] = other
+        return sorted(found.values(), key=lambda e: order_key(e.tx, 0))
 
     async def _depth_now(self, tx: Transaction, referrer: str | None, signup: int | None) -> int:
         """The user's referral depth: memoised by the entity shard of its referrer, or
@@ -820,8 +935,14 @@ class BatchProcessor:
         shard last published them (one round trip for the batch)."""
         if not ready:
             return None
-        keys = sorted({("u", tx.user_id) for tx in ready} | {("m", tx.merchant_id) for tx in ready})
+        keys = self.ring_keys(ready)
         return await self.retry("read ring scores", lambda: self.store.get_ring_scores(keys))
+
+    def ring_keys(self, ready: Sequence[Transaction]) -> list[RingKey]:
+        """Whose ring scores deciding `ready` reads: their users' and merchants'."""
+        if not self.settings.graph:
+            return []
+        return sorted({("u", tx.user_id) for tx in ready} | {("m", tx.merchant_id) for tx in ready})
 
     async def _publish(self, done: Completed, outcome: BatchOutcome) -> None:
         if not done.order:
@@ -838,9 +959,6 @@ class BatchProcessor:
                 await self.retry("read decisions", lambda: self.store.get_many(earlier))
             )
         self.on_decided(standing)
-        if self.at_payment:
-            for tx_id in done.order:
-                self._settled(tx_id)
         decided = sum(1 for prior in existing if prior is None)
         outcome.decided += decided
         outcome.redelivered += len(done.order) - decided

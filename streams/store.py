@@ -185,6 +185,12 @@ class DecisionStore(Protocol):
         """The strongest ring of each of those users and merchants that is in one."""
         ...
 
+    async def decision_and_rings(
+        self, tx_id: str, keys: Sequence[RingKey]
+    ) -> tuple[bytes | None, dict[RingKey, RingScore]]:
+        """`get_many([tx_id])` and `get_ring_scores(keys)` in one round trip."""
+        ...
+
     async def rings(self) -> list[dict[str, Any]]:
         """The latest event of every ring that stands."""
         ...
@@ -211,6 +217,8 @@ class DecisionStore(Protocol):
         ...
 
 
+#: Connections a worker keeps to Redis at most (one per command in flight).
+REDIS_CONNECTIONS = 64
 # Redis strings hold at most 512 MB; checkpoints are written in chunks well below that.
 CHECKPOINT_CHUNK = 64 * 1024 * 1024
 
@@ -220,9 +228,19 @@ class RedisDecisionStore:
         self.keys = Keys(settings.app_id)
         self.ttl = settings.decision_ttl_s
         self.tree_ttl_ms = settings.user_ttl_days * 86_400_000
-        self.client = client or aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-        )
+        if client is None:
+            # Many `POST /score` requests at once share the pool: past its size they wait
+            # for a connection (up to the socket timeout) instead of failing, which the
+            # default pool does at 100 ("Too many connections").
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=5,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+            )
+            client = aioredis.Redis(connection_pool=pool)
+        self.client = client
         self._put = self.client.register_script(_PUT_DECISIONS)
         self._dead = self.client.register_script(_COUNT_DEAD_LETTERS)
         self._push_policy = self.client.register_script(_PUSH_POLICY)
@@ -276,6 +294,14 @@ class RedisDecisionStore:
             return {}
         values = await self.client.mget([self.keys.ring_score(k) for k in keys])
         return {k: _ring_score(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def decision_and_rings(
+        self, tx_id: str, keys: Sequence[RingKey]
+    ) -> tuple[bytes | None, dict[RingKey, RingScore]]:
+        names = [self.keys.decision(tx_id)] + [self.keys.ring_score(k) for k in keys]
+        decision, *scores = await self.client.mget(names)
+        rings = {k: _ring_score(v) for k, v in zip(keys, scores, strict=True) if v is not None}
+        return (None if decision is None else _bytes(decision)), rings
 
     async def rings(self) -> list[dict[str, Any]]:
         raw = await self.client.hvals(self.keys.rings)
@@ -491,6 +517,11 @@ class MemoryDecisionStore:
 
     async def get_ring_scores(self, keys: Sequence[RingKey]) -> dict[RingKey, RingScore]:
         return {k: self.ring_scores[k] for k in keys if k in self.ring_scores}
+
+    async def decision_and_rings(
+        self, tx_id: str, keys: Sequence[RingKey]
+    ) -> tuple[bytes | None, dict[RingKey, RingScore]]:
+        return self.decisions.get(tx_id), await self.get_ring_scores(keys)
 
     async def rings(self) -> list[dict[str, Any]]:
         return [json.loads(v) for v in self.ring_events.values()]

@@ -254,6 +254,12 @@ class _RedisDown(MemoryDecisionStore):
     async def get_many(self, tx_ids):  # type: ignore[no-untyped-def]
         raise ConnectionError("Redis is down")
 
+    async def decision_and_rings(self, tx_id, keys):  # type: ignore[no-untyped-def]
+        raise ConnectionError("Redis is down")
+
+    async def put_new(self, items):  # type: ignore[no-untyped-def]
+        raise ConnectionError("Redis is down")
+
 
 def test_score_answers_the_stored_decision_or_fails_closed_never_allowing() -> None:
     """`POST /score`'s logic (`Runtime.score`), broker-free: a decided tx_id gets its stored

@@ -14,8 +14,9 @@ import pytest
 from rebate_guard.policy import Policy
 from rebate_guard.replay import EventFiles
 from rebate_guard.scoring import Event
+from rebate_guard.settings import Settings
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from streams.processor import BatchProcessor, RawEvent, user_unit
+from streams.processor import BatchProcessor, RawEvent, in_flight_keys, user_unit
 from streams.records import Decision, Label, Signup, Transaction
 from streams.sink import key_partition
 from streams.store import MemoryDecisionStore
@@ -120,7 +121,7 @@ def test_a_decision_at_payment_time_is_the_streams_and_the_stream_follows_it(
         await feed.settle()
         await ref_feed.settle()
         assert compared == 40 and proc.counters.decided_at_payment == 40
-        assert proc.at_payment == {} and proc._busy_keys == {}  # all settled
+        assert proc.at_payment == {} and proc._in_flight == {}  # all settled
         # Stored once, the same everywhere; the decisions topic carries each once.
         assert store.decisions == ref_store.decisions
         published = [Decision.loads(v).tx_id for _, v in sink.sent["p.decisions"]]
@@ -150,31 +151,54 @@ def test_a_decision_at_payment_time_is_the_streams_and_the_stream_follows_it(
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_payments_in_flight_count_in_the_features_of_those_after_them(
+    world: list[Event], n: int
+) -> None:
+    """A burst decided at payment time before the stream has any of it (the world's last
+    transactions: the same users, devices and merchants again and again): each one's
+    features are the stream's for it, as if those before it were in the state already."""
+
+    async def run() -> None:
+        proc, _, _ = make(partitions=n)
+        ref, _, ref_sink = make(partitions=n, score_at_payment=False)
+        feed, ref_feed = Feed(proc), Feed(ref)
+        # The last 80 payments, without the signups and labels among them (for both).
+        at = [i for i, e in enumerate(world) if isinstance(e, Transaction)][-80]
+        tail = [e for e in world[at:] if isinstance(e, Transaction)]
+        for event in world[:at]:
+            await feed.put(event)
+        for event in world[:at] + tail:
+            await ref_feed.put(event)
+        await feed.settle()
+        await ref_feed.settle()
+        streamed = {}
+        for _, value in ref_sink.sent["p.features"]:
+            vector = json.loads(value)
+            streamed[vector["tx_id"]] = vector["features"]
+        keys_before: set[str] = set()
+        sharing = 0
+        for payment in tail:
+            _, value = await proc.decide_at_payment(payment, _nothing_produced())
+            assert value is not None, payment.tx_id
+            assert proc.at_payment[payment.tx_id].x == streamed[payment.tx_id], payment.tx_id
+            keys = set(in_flight_keys(payment))
+            sharing += bool(keys & keys_before)
+            keys_before |= keys
+        assert len(tail) == 80 and sharing >= 40, sharing  # bursts on shared keys
+        assert proc.counters.decided_at_payment == 80 and not proc.counters.left_to_stream
+
+    asyncio.run(run())
+
+
 def test_what_cannot_be_decided_exactly_now_is_left_to_the_stream() -> None:
-    """A second payment of a user (or on a device, IP or card) while the first is still in
-    flight, a transaction behind event time, one already in the stream, and one whose user
-    partition is not here: all waiting for the stream, counted by why."""
+    """A transaction already in the stream, one behind event time, and one whose user
+    partition is not here wait for the stream's decision, counted by why; one after a
+    payment half-way into the stream waits for it to be placeable."""
 
     async def run() -> None:
         proc, store, _ = make()
         feed = Feed(proc)
-        first = tx("a1", T0)
-        produced, value = await proc.decide_at_payment(
-            parse_transaction(first), lambda: feed.put(first)
-        )
-        assert produced and value is not None
-        same_user = tx("a2", T0 + 1, device_id="d9", ip="10.0.0.9", card_id="c9")
-        same_device = tx("a3", T0 + 2, user_id="u2", ip="10.0.0.8", card_id="c8")
-        for other in (same_user, same_device):
-            got = await proc.decide_at_payment(parse_transaction(other), _nothing_produced())
-            assert got == (False, None)
-        assert proc.counters.left_to_stream == {"in_flight": 2}
-
-        await feed.settle()  # the stream decides a1: its user and identifiers are free
-        assert proc.at_payment == {}
-        again = await proc.decide_at_payment(parse_transaction(same_user), _nothing_produced())
-        assert again[1] is not None
-
         await feed.put(tx("b1", T0 + 10_000, user_id="u3"))
         await feed.settle()
         assert await proc.decide_at_payment(
@@ -192,7 +216,6 @@ def test_what_cannot_be_decided_exactly_now_is_left_to_the_stream() -> None:
             None,
         )
         assert proc.counters.left_to_stream == {
-            "in_flight": 2,
             "in_stream": 1,
             "event_time_past": 1,
             "not_here": 1,
@@ -212,7 +235,7 @@ def test_a_failed_produce_decides_nothing_and_frees_the_user() -> None:
 
         with pytest.raises(ConnectionError):
             await proc.decide_at_payment(payment, broker_down)
-        assert store.decisions == {} and proc.at_payment == {} and proc._busy_keys == {}
+        assert store.decisions == {} and proc.at_payment == {} and proc._in_flight == {}
 
     asyncio.run(run())
 
@@ -256,5 +279,96 @@ def test_after_a_restart_the_ledger_follows_what_was_answered_at_payment_time() 
         entry = resumed.users[0].decider.ledger.entries["d1"]
         assert entry.granted == answered.rebate_granted_cents
         assert Decision.loads(sink.sent["p.decisions"][-1][1]) == answered
+
+    asyncio.run(run())
+
+
+class _GatedRings(MemoryDecisionStore):
+    """Ring scores wait at a gate for the first caller only: a decision caught mid-way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def get_ring_scores(self, keys):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        return await super().get_ring_scores(keys)
+
+
+def test_a_payment_waits_for_one_before_it_still_being_decided() -> None:
+    """A second payment of a user while the first is still being decided waits for it (up
+    to `EARLIER_WAIT_S`) and counts it; past that wait it is left to the stream."""
+
+    async def run() -> None:
+        store = _GatedRings()
+        proc, _, _ = make(store)
+        first = parse_transaction(tx("w1", T0))
+        second = parse_transaction(tx("w2", T0 + 1_000, merchant_id="m2"))
+        deciding = asyncio.ensure_future(proc.decide_at_payment(first, _nothing_produced()))
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(proc.decide_at_payment(second, _nothing_produced()))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()  # w1 has no features yet: w2 cannot be placed
+        store.gate.set()
+        assert (await deciding)[1] is not None and (await waiting)[1] is not None
+        assert proc.at_payment["w2"].x is not None
+        assert proc.at_payment["w2"].x["user_tx_count_24h"] == 1  # w1 counted
+
+        late = _GatedRings()
+        proc, _, _ = make(late)
+        deciding = asyncio.ensure_future(proc.decide_at_payment(first, _nothing_produced()))
+        await asyncio.sleep(0)
+        assert await proc.decide_at_payment(second, _nothing_produced()) == (True, None)
+        assert proc.counters.left_to_stream == {"in_flight": 1}
+        late.gate.set()
+        await deciding
+
+    asyncio.run(run())
+
+
+def test_a_payment_half_way_into_the_stream_counts_once() -> None:
+    """The stream under way with a payment decided at payment time: its user shard has
+    released it, then its entity shard has applied it, and only then does the user shard
+    complete it. Later payments on its keys decided meanwhile count it exactly once in
+    every family: from the state where the state has it, applied to the copies elsewhere."""
+    from streams.processor import entity_unit
+    from streams.records import FeatureVector
+    from streams.sink import MemorySink
+
+    async def run() -> None:
+        sink = MemorySink()
+        config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, partitions=1, graph=False)
+        proc = BatchProcessor(MemoryDecisionStore(), sink, config, clock=Clock())
+        proc.install(user_unit(0), None)
+        proc.install(entity_unit(0), None)
+        feed = Feed(proc)
+        payments = [parse_transaction(tx(f"h{i}", T0 + i * 1_000)) for i in range(3)]
+        _, first = await proc.decide_at_payment(payments[0], lambda: feed.put(payments[0]))
+        await feed.settle()  # released by the user shard: its requests are on their way
+        assert "h0" in proc.users[0].seen and first is not None
+        _, second = await proc.decide_at_payment(payments[1], _nothing_produced())
+        requests = sink.to_partitions.pop("p.entity-requests")
+        await proc.handle_requests(
+            [RawEvent("r", q, i, None, v) for i, (q, v) in enumerate(requests)]
+        )
+        assert proc.at_payment["h0"].applied_at == {0}  # applied; its results not back yet
+        _, third = await proc.decide_at_payment(payments[2], _nothing_produced())
+        assert second is not None and third is not None
+        got = {t.tx_id: proc.at_payment[t.tx_id].x for t in payments}
+
+        ref, _, ref_sink = make(partitions=1, graph=False)
+        ref_feed = Feed(ref)
+        for payment in payments:
+            await ref_feed.put(payment)
+        await ref_feed.settle()
+        want = {}
+        for _, value in ref_sink.sent["p.features"]:
+            vector = FeatureVector.loads(value)
+            want[vector.tx_id] = vector.features
+        assert got == want
+        assert got["h2"]["user_tx_count_24h"] == 2 and got["h2"]["device_user_count_24h"] == 1
 
     asyncio.run(run())
