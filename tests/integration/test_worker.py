@@ -299,6 +299,14 @@ def test_score_decides_at_payment_time_once_per_tx_id(
         assert first["rebate"]["requested_cents"] == 504
         stored = _stored_decisions(settings)["pay-1"]
         assert first["decision"] == stored.asdict()
+        stats_url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
+        with urllib.request.urlopen(stats_url, timeout=5) as response:
+            counted = json.loads(response.read())["worker"]
+        assert counted["decided_at_payment"] == 1, counted  # not the stream's wait
+        # The stream reaches it later and publishes the decision made at payment time, once.
+        decisions = read_topic(settings, settings.topic("decisions"), expect=51)
+        published = [Decision.loads(v) for k, v in decisions if k == b"pay-1"]
+        assert [d.asdict() for d in published] == [first["decision"]]
         status, again = _post(url, json.dumps(payment).encode())  # a retry: the same answer
         assert status == 200 and again == first
         status, bad = _post(url, b"{not json")
