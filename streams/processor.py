@@ -800,11 +800,13 @@ class BatchProcessor:
         _, context = self._shards_of(entry).users.peek(tx)
         referral = (context.referrer, context.signup_ts)
         depth = await self._depth_now(tx, context.referrer, context.signup_ts)
+        # No retries here: a Redis failure leaves the transaction to the stream, and the
+        # request to its fail-closed answer, rather than waiting for Redis to come back.
         if not self._shards_of(entry).feeds_graph:
             rings = None
         elif rings is None:
-            rings = await self._ring_scores([tx])
-        graph_down = rings is not None and not await self._graph_running()
+            rings = await self.store.get_ring_scores(self.ring_keys([tx]))
+        graph_down = rings is not None and not await self._graph_running(retry=False)
         return _Fetched(referral, depth, rings, graph_down)
 
     async def _decide_now(self, entry: AtPayment, fetched: _Fetched) -> bytes:
@@ -914,11 +916,13 @@ class BatchProcessor:
         stored = await self.retry("read decisions", lambda: self.store.get_many(tx_ids))
         return {t: Decision.loads(v) for t, v in stored.items()}
 
-    async def _graph_running(self) -> bool:
-        """Whether the graph shard runs: here, or elsewhere with a recent heartbeat."""
+    async def _graph_running(self, retry: bool = True) -> bool:
+        """Whether the graph shard runs: here, or elsewhere with a recent heartbeat.
+        `retry` False: a Redis failure raises (at payment time nothing waits for Redis)."""
         if self.graphs or not self.settings.graph:
             return True
-        beat = await self.retry("read the graph heartbeat", self.store.graph_heartbeat)
+        read = self.store.graph_heartbeat
+        beat = await (self.retry("read the graph heartbeat", read) if retry else read())
         return beat is not None and self.clock() - beat / 1000 <= self.settings.graph_stale_after_s
 
     async def beat_graph(self) -> None:

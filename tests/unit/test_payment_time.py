@@ -372,3 +372,28 @@ def test_a_payment_half_way_into_the_stream_counts_once() -> None:
         assert got["h2"]["user_tx_count_24h"] == 2 and got["h2"]["device_user_count_24h"] == 1
 
     asyncio.run(run())
+
+
+class _HeartbeatDown(MemoryDecisionStore):
+    async def graph_heartbeat(self):  # type: ignore[no-untyped-def]
+        raise ConnectionError("Redis is down")
+
+
+def test_redis_failing_at_payment_time_leaves_it_to_the_stream_at_once() -> None:
+    """The stream retries Redis until it is back; a decision at payment time must not wait
+    for that (the request has a fail-closed answer to give): it is left to the stream."""
+    from streams.processor import entity_unit
+    from streams.sink import MemorySink
+
+    async def run() -> None:
+        store = _HeartbeatDown()
+        config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, partitions=1)
+        proc = BatchProcessor(store, MemorySink(), config, clock=Clock())
+        proc.install(user_unit(0), None)
+        proc.install(entity_unit(0), None)  # the graph shard runs elsewhere: its heartbeat
+        payment = parse_transaction(tx("r1"))
+        got = await asyncio.wait_for(proc.decide_at_payment(payment, _nothing_produced()), 2.0)
+        assert got == (True, None) and "r1" not in store.decisions
+        assert proc.counters.left_to_stream == {"failed": 1}
+
+    asyncio.run(run())
