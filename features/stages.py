@@ -91,6 +91,14 @@ class UserStage:
         ]
         return out, self.user.transaction(tx, out)
 
+    def referral(self, user_id: str, ts: int) -> tuple[str | None, int | None]:
+        """The user's (referrer, signup ts) as `transaction` at `ts` would see them (a
+        profile idle past the TTL restarts empty), changing nothing."""
+        profile = self.user.profiles.get(user_id)
+        if profile is None or profile.last_ts <= ts - self.user.ttl_ms:
+            return None, None
+        return profile.referrer, profile.signup_ts
+
     def peek(
         self, tx: Transaction, earlier: Sequence[Transaction] = ()
     ) -> tuple[list[float | None], TxContext]:

@@ -49,6 +49,17 @@ class PaymentLog:
             del ts[:first], values[:first]
             self.heads = [h - first for h in heads]
 
+    def total_at(self, now_ms: int, horizon: int = 0) -> int:
+        """What `sums[horizon]` would be after `expire(now_ms)`, without expiring (a read
+        that must change nothing)."""
+        ts, values = self.ts, self.values
+        head, total = self.heads[horizon], self.sums[horizon]
+        cutoff = now_ms - self.widths[horizon]
+        while head < len(ts) and ts[head] <= cutoff:
+            total -= values[head]
+            head += 1
+        return total
+
     def add(self, ts_ms: int, value: int) -> None:
         self.ts.append(ts_ms)
         self.values.append(value)

@@ -319,15 +319,7 @@ class Decider:
         """The user's rebate granted in the 24 h before `now` (reads; `_granted_today`
         keeps the window)."""
         log = self.granted_24h.get(user_id)
-        if log is None:
-            return 0
-        # What `PaymentLog.expire` would drop, without dropping it.
-        horizon, ts, values = now - DAY_MS, log.ts, log.values
-        head, total = log.heads[0], log.sums[0]
-        while head < len(ts) and ts[head] <= horizon:
-            total -= values[head]
-            head += 1
-        return total
+        return 0 if log is None else log.total_at(now)
 
     def _forget_old_payments(self, now: int) -> None:
         """Payments older than the refund lookback leave `granted` (insertion order is

@@ -134,8 +134,8 @@ class Counters:
     #: `POST /score` answers that were provisional (fail closed: nothing granted).
     fail_closed: int = 0
     #: `POST /score` transactions decided at payment time, and those left to the stream
-    #: (by why: not here, event time past them, a payment of the same user or identifier
-    #: still in flight, already in the stream, or a failure).
+    #: (by why: partitions not here, already in the stream, event time past them, a payment
+    #: before them on a shared key not placeable in time, or a failure).
     decided_at_payment: int = 0
     left_to_stream: dict[str, int] = field(default_factory=dict)
 
@@ -283,7 +283,7 @@ class BatchProcessor:
     #: The policy every user shard decides with (`set_policy` swaps it, between batches).
     policy: Policy = field(init=False)
     #: Transactions decided (or being decided) at payment time, by tx_id, until their user
-    #: shard completes them; and how many of them hold each key (`in_flight_keys`).
+    #: shard completes them; and their tx_ids by key (`in_flight_keys`).
     at_payment: dict[str, AtPayment] = field(default_factory=dict)
     _in_flight: dict[str, list[str]] = field(default_factory=dict)
 
@@ -736,14 +736,10 @@ class BatchProcessor:
         return True, value
 
     def _claim(self, tx: Transaction) -> AtPayment:
-        partition = key_partition(tx.user_id.encode(), self.n_partitions)
-        shard = self.users.get(partition)
-        if shard is None:
-            raise LeftToStream("not_here")
-        if tx.tx_id in self.at_payment or tx.tx_id in shard.seen:
+        if tx.tx_id in self.at_payment:
             raise LeftToStream("in_stream")
-        if shard.aligner.watermark > tx.ts:
-            raise LeftToStream("event_time_past")
+        partition = key_partition(tx.user_id.encode(), self.n_partitions)
+        self._user_shard_for(tx, partition)
         keys = in_flight_keys(tx)
         loop = asyncio.get_running_loop()
         decided: asyncio.Future[bytes | None] = loop.create_future()
@@ -779,10 +775,10 @@ class BatchProcessor:
         counts = self.counters.left_to_stream
         counts[why] = counts.get(why, 0) + 1
 
-    def _shards_of(self, entry: AtPayment) -> UserShard:
-        """The user shard deciding `entry` if its state still holds only events before it."""
-        tx = entry.tx
-        shard = self.users.get(entry.partition)
+    def _user_shard_for(self, tx: Transaction, partition: int) -> UserShard:
+        """The user shard to decide `tx` if it is here and its state still holds only
+        events before `tx`."""
+        shard = self.users.get(partition)
         if shard is None:
             raise LeftToStream("not_here")
         if tx.tx_id in shard.seen:
@@ -797,12 +793,11 @@ class BatchProcessor:
         """What deciding `entry` needs from Redis: its referral depth (for the referrer and
         signup it has now), ring scores, whether the graph shard runs."""
         tx = entry.tx
-        _, context = self._shards_of(entry).users.peek(tx)
-        referral = (context.referrer, context.signup_ts)
-        depth = await self._depth_now(tx, context.referrer, context.signup_ts)
+        referral = self._user_shard_for(entry.tx, entry.partition).users.referral(tx.user_id, tx.ts)
+        depth = await self._depth_now(tx, *referral)
         # No retries here: a Redis failure leaves the transaction to the stream, and the
         # request to its fail-closed answer, rather than waiting for Redis to come back.
-        if not self._shards_of(entry).feeds_graph:
+        if not self._user_shard_for(entry.tx, entry.partition).feeds_graph:
             rings = None
         elif rings is None:
             rings = await self.store.get_ring_scores(self.ring_keys([tx]))
@@ -812,16 +807,10 @@ class BatchProcessor:
     async def _decide_now(self, entry: AtPayment, fetched: _Fetched) -> bytes:
         """The decision from the state as it is now (after what it waits for, if any)."""
         tx = entry.tx
-        referral, depth, rings, graph_down = (
-            fetched.referral,
-            fetched.depth,
-            fetched.rings,
-            fetched.graph_down,
-        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EARLIER_WAIT_S
         while True:
-            shard = self._shards_of(entry)
+            shard = self._user_shard_for(entry.tx, entry.partition)
             try:
                 earlier = self._earlier(entry)
                 break
@@ -834,9 +823,9 @@ class BatchProcessor:
             e.tx for e in earlier if e.tx.user_id == tx.user_id and e.tx.tx_id not in shard.seen
         ]
         vector, context = shard.users.peek(tx, mine)
-        if (context.referrer, context.signup_ts) != referral:
+        if (context.referrer, context.signup_ts) != fetched.referral:
             raise LeftToStream("in_flight")  # the user's signup came in meanwhile
-        context.depth = depth
+        context.depth = fetched.depth
         parts: dict[int, list[float | None]] = {}
         for q, families in transaction_routes(tx, context, self.n_partitions):
             entity = self.entities.get(q)
@@ -847,9 +836,12 @@ class BatchProcessor:
             before = [(e.tx, e.context) for e in earlier if e.context and q not in e.applied_at]
             parts[families] = entity.entities.peek(tx, context, families, before)
         splice(parts, vector)
-        ring = ring_of(tx, vector, rings or {})
+        ring = ring_of(tx, vector, fetched.rings or {})
         pending = [e.decision for e in earlier if e.decision is not None]
-        decision, x, _ = shard.decider.assess(tx, vector, self._now_ms(), ring, graph_down, pending)
+        decider = shard.decider
+        decision, x, _ = decider.assess(
+            tx, vector, self._now_ms(), ring, fetched.graph_down, pending
+        )
         entry.context, entry.decision, entry.x = context, decision, x
         value = decision.dumps()
         [prior] = await self.store.put_new([(tx.tx_id, value)])

@@ -153,3 +153,17 @@ def test_a_user_idle_past_the_ttl_starts_afresh() -> None:
     engine.signup(parse_signup(signup("u2", T0 + 61 * DAY)))  # time passes; u1 stays idle
     later = engine.transaction(parse_transaction(tx("b", T0 + 62 * DAY)))
     assert later["user_account_age_s"] is None and later["seconds_since_prev_payment"] is None
+
+
+def test_a_payment_log_total_at_a_time_is_its_expired_sum_and_changes_nothing() -> None:
+    from features.windows import PaymentLog
+
+    log = PaymentLog((DAY, HOUR))
+    for i in range(100):
+        log.add(T0 + i * 20 * 60_000, i + 1)  # every 20 minutes over ~33 h
+    for now in (T0 + 30 * HOUR, T0 + 40 * HOUR, T0 + 80 * HOUR):
+        before = (list(log.ts), list(log.heads), list(log.sums))
+        got = [log.total_at(now, 0), log.total_at(now, 1)]
+        assert (log.ts, log.heads, log.sums) == before
+        log.expire(now)
+        assert got == log.sums
