@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import subprocess
@@ -165,6 +166,28 @@ def _e2e(settings: Settings, ids: list[str], grace_s: float) -> tuple[list[float
     return list(found.values()), len(ids) - len(found)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU time each process spends over a phase: what one request or transaction costs
+    each part of the stack, and how many of the machine's cores the phase kept busy."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        self.started = time.perf_counter()
+
+    def report(self, n: int) -> str:
+        wall = time.perf_counter() - self.started
+        spent = {name: _cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        per = ", ".join(f"{name} {1000 * cpu / max(n, 1):.2f}" for name, cpu in spent.items())
+        return f"{per}; {sum(spent.values()) / wall:.2f} of {os.cpu_count()} cores busy"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -207,7 +230,7 @@ def main() -> None:
     changed = {
         k.partition("=")[0]: getattr(overrides, k.partition("=")[0]) for k in args.worker_setting
     }
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(workdir=Path(tmp) / "stack") as stack:
         settings = stack.settings(
             Settings(
@@ -226,9 +249,12 @@ def main() -> None:
         try:
             _wait_ready(settings.web_port, proc, log)
             url = f"http://127.0.0.1:{settings.web_port}/score"
+            pids = {"worker": proc.pid, **stack.pids(), "client": os.getpid()}
+            meter = CpuMeter(pids)
             lat, provisional, errors, achieved = asyncio.run(
                 _score(url, args.score_rate, args.seconds)
             )
+            cpu = meter.report(int(args.score_rate * args.seconds))
             p50, p99, worst = _percentiles(lat)
             rows.append(
                 (
@@ -236,25 +262,29 @@ def main() -> None:
                     f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms over {len(lat):,} "
                     f"decided; {sum(provisional.values()):,} provisional (fail closed: "
                     f"{dict(provisional) or 'none'}), {errors:,} errors",
+                    cpu,
                 )
             )
+            meter = CpuMeter(pids)
             ids, sent_rate = asyncio.run(_produce(settings, args.e2e_rate, args.seconds))
             e2e, undecided = _e2e(settings, ids, grace_s=120)
+            cpu = meter.report(len(ids))  # until the last decision or the grace's end
             p50, p99, worst = _percentiles(e2e)
             rows.append(
                 (
                     f"produce -> decision at {args.e2e_rate:,.0f}/s (sent {sent_rate:,.0f}/s)",
                     f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms, max {worst:,.0f} ms over "
                     f"{len(e2e):,}; {undecided:,} not decided within 120 s after",
+                    cpu,
                 )
             )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     print(f"worker settings: {changed or 'defaults'}; {args.partitions} partitions, 1 worker")
-    print("| what | latency |\n|---|---|")
-    for what, result in rows:
-        print(f"| {what} | {result} |")
+    print("| what | latency | CPU ms per request or transaction |\n|---|---|---|")
+    for what, result, cpu in rows:
+        print(f"| {what} | {result} | {cpu} |")
 
 
 if __name__ == "__main__":

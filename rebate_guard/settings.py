@@ -214,6 +214,16 @@ class Settings:
             "a provisional fail-closed one (nothing granted now)."
         ),
     )
+    score_max_in_flight: int = field(
+        default=0,
+        metadata=_doc(
+            "Load shedding: `POST /score` requests one worker works on at once (0: no "
+            "limit). Past it a request is answered at once, provisional "
+            "(`fail_closed:overload`, nothing granted), its transaction still produced for "
+            "the stream to decide. Past a worker's capacity this trades decided answers for "
+            "a shorter tail (benchmarks/README.md, session 9)."
+        ),
+    )
     fail_closed_action: str = field(
         default="hold",
         metadata=_doc(
@@ -303,6 +313,8 @@ class Settings:
             raise SettingsError("RG_FAIL_CLOSED_ACTION must be hold or block (never allow)")
         if self.score_wait_ms < 0:
             raise SettingsError("RG_SCORE_WAIT_MS must not be negative")
+        if self.score_max_in_flight < 0:
+            raise SettingsError("RG_SCORE_MAX_IN_FLIGHT must not be negative")
         if self.consumer_fetch_wait_ms < 1:
             raise SettingsError("RG_CONSUMER_FETCH_WAIT_MS must be at least 1")
         if self.graph_stale_after_s <= 0:

@@ -516,6 +516,10 @@ class LocalStack:
         )
         return self
 
+    def pids(self) -> dict[str, int]:
+        """The running parts' process ids, by name (benchmarks account their CPU time)."""
+        return {s.name: s.pid for s in (self._broker, self._redis) if s.pid is not None}
+
     def stop(self) -> None:
         """Terminate both processes (SIGTERM, wait, SIGKILL). Idempotent."""
         if os.getpid() != self._owner_pid:  # a forked copy of the owner: not our children

@@ -111,6 +111,8 @@ class Runtime:
         self._policy_text: bytes | None = None
         #: `POST /score` requests waiting for a decision, by tx_id.
         self._score_waiters: dict[str, list[asyncio.Future[bytes]]] = {}
+        #: `POST /score` requests being worked on (admission: `RG_SCORE_MAX_IN_FLIGHT`).
+        self.scoring = 0
         self.processor.on_decided = self._wake_score_waiters
         self.policy_status: dict[str, Any] = {
             "version": self.processor.policy.version,
@@ -138,7 +140,31 @@ class Runtime:
 
         The wait wakes when this worker stores the decision (its user partition is
         usually here); Redis is asked only every `SCORE_POLL_S`, for a decision made by
-        another worker: many waiting requests must not crowd the worker's own loop."""
+        another worker: many waiting requests must not crowd the worker's own loop.
+
+        Past `RG_SCORE_MAX_IN_FLIGHT` requests in flight the transaction is only produced
+        and the answer provisional at once: a worker past its capacity would otherwise
+        queue every request until all of them time out (benchmarks/README.md)."""
+        limit = self.settings.score_max_in_flight
+        if limit and self.scoring >= limit:
+            return await self._overloaded(tx, value)
+        self.scoring += 1
+        try:
+            return await self._score(tx, value, wait_s)
+        finally:
+            self.scoring -= 1
+
+    async def _overloaded(self, tx: Transaction, value: bytes) -> RebateStatus:
+        # Not even the stored-decision check: a repeated tx_id gets a provisional answer,
+        # which grants nothing; the stream dedupes the transaction by tx_id.
+        self.processor.counters.overload += 1
+        try:
+            await self._produce(tx, value)
+        except Exception as exc:
+            return self._fail_closed(tx, "broker", exc)
+        return self._fail_closed(tx, "overload", None)
+
+    async def _score(self, tx: Transaction, value: bytes, wait_s: float) -> RebateStatus:
         deadline = time.monotonic() + wait_s
         decided = asyncio.get_running_loop().create_future()
         self._score_waiters.setdefault(tx.tx_id, []).append(decided)
@@ -151,15 +177,14 @@ class Runtime:
                 return self._fail_closed(tx, "redis", exc)
             if stored is not None:
                 return await self._status_of(stored)
-            topic = self.settings.topic(TRANSACTIONS)
-            produce = partial(self.sink.send_one, topic, tx.user_id.encode(), value)
+            produce = partial(self._produce, tx, value)
             try:
                 produced = False
                 if at_payment:
                     known = rings if ring_keys else None
                     produced, now = await self.processor.decide_at_payment(tx, produce, known)
                     if now is not None:  # just decided: no ledger change yet
-                        return rebate_status(Decision.loads(now), None)
+                        return rebate_status(now, None)
                 if not produced:
                     await produce()
             except Exception as exc:
@@ -184,6 +209,9 @@ class Runtime:
                 waiters.remove(decided)
             if not waiters:
                 self._score_waiters.pop(tx.tx_id, None)
+
+    async def _produce(self, tx: Transaction, value: bytes) -> None:
+        await self.sink.send_one(self.settings.topic(TRANSACTIONS), tx.user_id.encode(), value)
 
     def _wake_score_waiters(self, standing: dict[str, bytes]) -> None:
         if not self._score_waiters:

@@ -133,6 +133,9 @@ class Counters:
     stray: int = 0
     #: `POST /score` answers that were provisional (fail closed: nothing granted).
     fail_closed: int = 0
+    #: ... of which answered at once because `RG_SCORE_MAX_IN_FLIGHT` requests were in
+    #: flight (their transactions produced all the same).
+    overload: int = 0
     #: `POST /score` transactions decided at payment time, and those left to the stream
     #: (by why: partitions not here, already in the stream, event time past them, a payment
     #: before them on a shared key not placeable in time, or a failure).
@@ -195,7 +198,7 @@ class AtPayment:
     partition: int
     #: The user and identifiers whose features it changes (see `in_flight_keys`).
     keys: tuple[str, ...]
-    decided: asyncio.Future[bytes | None]
+    decided: asyncio.Future[Decision | None]
     #: Resolved once the stream has it (or it never entered the stream).
     settled: asyncio.Future[None]
     #: Once decided: its user context, decision and full feature vector (what later
@@ -695,7 +698,7 @@ class BatchProcessor:
         tx: Transaction,
         produce: Callable[[], Awaitable[None]],
         rings: dict[RingKey, RingScore] | None = None,
-    ) -> tuple[bool, bytes | None]:
+    ) -> tuple[bool, Decision | None]:
         """`POST /score`'s fast path: (whether `tx` was produced, its standing decision or
         None). Decides `tx` from the state as it stands, without waiting for the stream,
         when this worker holds its user shard and every entity shard its features come
@@ -742,7 +745,7 @@ class BatchProcessor:
         self._user_shard_for(tx, partition)
         keys = in_flight_keys(tx)
         loop = asyncio.get_running_loop()
-        decided: asyncio.Future[bytes | None] = loop.create_future()
+        decided: asyncio.Future[Decision | None] = loop.create_future()
         entry = AtPayment(tx, partition, keys, decided, loop.create_future())
         self.at_payment[tx.tx_id] = entry
         for key in keys:
@@ -804,7 +807,7 @@ class BatchProcessor:
         graph_down = rings is not None and not await self._graph_running(retry=False)
         return _Fetched(referral, depth, rings, graph_down)
 
-    async def _decide_now(self, entry: AtPayment, fetched: _Fetched) -> bytes:
+    async def _decide_now(self, entry: AtPayment, fetched: _Fetched) -> Decision:
         """The decision from the state as it is now (after what it waits for, if any)."""
         tx = entry.tx
         loop = asyncio.get_running_loop()
@@ -843,11 +846,10 @@ class BatchProcessor:
             tx, vector, self._now_ms(), ring, fetched.graph_down, pending
         )
         entry.context, entry.decision, entry.x = context, decision, x
-        value = decision.dumps()
-        [prior] = await self.store.put_new([(tx.tx_id, value)])
+        [prior] = await self.store.put_new([(tx.tx_id, decision.dumps())])
         if prior is not None:
             entry.decision = Decision.loads(prior)
-        return value if prior is None else prior
+        return entry.decision
 
     def _earlier(self, entry: AtPayment) -> list[AtPayment]:
         """The transactions decided here at payment time, not yet in the stream, that share
@@ -894,9 +896,9 @@ class BatchProcessor:
         for tx in ready:
             entry = self.at_payment.get(tx.tx_id)
             if entry is not None:
-                value = await asyncio.shield(entry.decided)
-                if value is not None:
-                    out[tx.tx_id] = Decision.loads(value)
+                decision = await asyncio.shield(entry.decided)
+                if decision is not None:
+                    out[tx.tx_id] = decision
         return out
 
     async def _standing(self, ready: list[Transaction]) -> dict[str, Decision] | None:

@@ -312,3 +312,51 @@ def test_score_decides_at_payment_time_without_waiting_for_the_stream() -> None:
         assert again.decision == answer.decision and len(sink.sent["transactions"]) == 1
 
     asyncio.run(run())
+
+
+class _SlowBroker(MemorySink):
+    """A sink whose acknowledgements, while `holding`, wait until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = True
+        self.released = asyncio.Event()
+
+    async def send_one(self, topic, key, value):  # type: ignore[no-untyped-def]
+        await super().send_one(topic, key, value)
+        if self.holding:
+            await self.released.wait()
+
+
+def test_score_past_its_in_flight_limit_answers_provisional_at_once_and_still_produces() -> None:
+    """Admission control: with `RG_SCORE_MAX_IN_FLIGHT` requests in flight, the next one is
+    answered at once (`fail_closed:overload`, nothing granted) instead of queueing, and its
+    transaction still goes into the pipeline; once one finishes, requests are decided again."""
+
+    async def run() -> None:
+        sink = _SlowBroker()
+        store = MemoryDecisionStore()
+        worker = create_worker(Settings(partitions=1, score_max_in_flight=2), store, sink)
+        runtime = worker.runtime
+
+        def score(tx_id: str):  # type: ignore[no-untyped-def]
+            body = tx(tx_id, amount_cents=4_000)
+            return runtime.score(parse_transaction(body), json.dumps(body).encode(), 5.0)
+
+        first, second = asyncio.ensure_future(score("a1")), asyncio.ensure_future(score("a2"))
+        await _until(worker, lambda: len(sink.sent.get("transactions", [])) == 2)
+        assert runtime.scoring == 2 and not first.done()
+        sink.holding = False  # the next produce is acknowledged at once
+        shed = await asyncio.wait_for(score("a3"), 1.0)
+        assert shed.provisional and shed.decision.reasons == ["fail_closed:overload"]
+        assert shed.decision.action == "hold" and shed.granted_cents == 0
+        assert [json.loads(v)["tx_id"] for _, v in sink.sent["transactions"]][2] == "a3"
+        assert "a3" not in store.decisions and not first.done()
+        sink.released.set()
+        for answered in await asyncio.gather(first, second):
+            assert not answered.provisional
+        assert runtime.scoring == 0 and runtime.processor.counters.overload == 1
+        after = await score("a4")
+        assert not after.provisional and after.decision == Decision.loads(store.decisions["a4"])
+
+    asyncio.run(run())

@@ -31,3 +31,27 @@ def test_lateness_covers_a_second_of_skew_at_the_feed_speed() -> None:
     assert compressed_lateness_ms(world, fast) > 9 * compressed_lateness_ms(world, slow)
     # Never below what the settings allow anyway.
     assert compressed_lateness_ms(world, Settings(simulate_rate=1e-6)) == 2000
+
+
+def test_the_worker_keeps_the_log_level_asked_for_instead_of_faust_s_debug() -> None:
+    """Faust's spinner turns the root logger to DEBUG at WARNING and above, so every
+    library's debug call builds a record; the worker keeps the level it was given."""
+    import logging
+
+    import faust
+
+    from rebate_guard.runner import quiet_worker
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    app = faust.App("log-level-test", broker="memory://", web_enabled=False)
+    try:
+        for worker_class, debug_on in ((faust.Worker, True), (quiet_worker(faust), False)):
+            worker = worker_class(app, loglevel="WARNING", quiet=True)
+            worker._setup_logging()
+            assert root.level == (logging.DEBUG if debug_on else logging.WARNING)
+            assert logging.getLogger("probe.library").isEnabledFor(logging.DEBUG) is debug_on
+            root.handlers[:] = saved[1]
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
