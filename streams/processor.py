@@ -619,7 +619,9 @@ class BatchProcessor:
         return touched
 
     async def _after_users(self, partitions: Iterable[int], outcome: BatchOutcome) -> None:
-        """What user shards produced: tree writes first, then envelopes, then decisions."""
+        """What user shards produced: tree writes first, then envelopes, then decisions.
+        The shards' reads, writes and produces go together, one of each per batch: a batch
+        holds the lock through its round trips (benchmarks/README.md, session 9)."""
         touched = set(partitions)
         while touched:
             shards = [self.users[p] for p in sorted(touched) if p in self.users]
@@ -627,29 +629,43 @@ class BatchProcessor:
             if writes:
                 write = partial(self.store.put_referrals, writes)
                 await self.retry("write the referral tree", write)
-            await self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()])
-            await self._send(GRAPH_EVENTS, [e for s in shards for e in s.graph_envelopes()])
-            graph_running: bool | None = None  # asked once for all the shards, if needed
-            for shard in shards:
-                ready = shard.ready()
-                # Decisions made at payment time stand too, and may precede the stream's
-                # (here, or before a restart or a rebalance): then every batch asks Redis.
-                ask = shard.redo or self.settings.score_at_payment
-                standing = await self._standing(ready) if ask else None
-                if self.at_payment:
-                    paid = await self._decided_at_payment(ready)
-                    if paid:
-                        standing = {**(standing or {}), **paid}
-                rings = await self._ring_scores(ready) if shard.feeds_graph else None
-                if rings is not None and graph_running is None:
-                    graph_running = await self._graph_running()
-                graph_down = rings is not None and not graph_running
-                done = shard.complete(self._now_ms(), standing, rings, graph_down)
+            await asyncio.gather(
+                self._send(ENTITY_REQUESTS, [e for shard in shards for e in shard.envelopes()]),
+                self._send(GRAPH_EVENTS, [e for s in shards for e in s.graph_envelopes()]),
+            )
+            readies = [(shard, shard.ready()) for shard in shards]
+            # Decisions made at payment time stand too, and may precede the stream's (here,
+            # or before a restart or a rebalance): then every batch asks Redis.
+            asking = [
+                tx
+                for shard, ready in readies
+                if shard.redo or self.settings.score_at_payment
+                for tx in ready
+            ]
+            stored = await self._standing(asking)
+            paid = await self._decided_at_payment([tx for _, r in readies for tx in r])
+            rings = await self._ring_scores([tx for s, r in readies if s.feeds_graph for tx in r])
+            graph_down = rings is not None and not await self._graph_running()
+            finished: list[tuple[UserShard, Completed]] = []
+            for shard, ready in readies:
+                standing = None
+                if ready and (shard.redo or self.settings.score_at_payment):
+                    assert stored is not None
+                    standing = {tx.tx_id: stored[tx.tx_id] for tx in ready if tx.tx_id in stored}
+                mine = {tx.tx_id: paid[tx.tx_id] for tx in ready if tx.tx_id in paid}
+                if mine:
+                    standing = {**(standing or {}), **mine}
+                shard_rings = rings if ready and shard.feeds_graph else None
+                done = shard.complete(
+                    self._now_ms(), standing, shard_rings, shard_rings is not None and graph_down
+                )
                 if self.at_payment:  # all of the stream's state has them now
                     for tx_id in done.order:
                         self._settled(tx_id)
-                await self._publish(done, outcome)
-                await self._adjust(shard, done.adjustments)
+                finished.append((shard, done))
+            await self._publish([done for _, done in finished], outcome)
+            await self._adjust([(shard, a) for shard, done in finished for a in done.adjustments])
+            for shard in shards:
                 self._log_drift(shard)
             # Labels and examples for the other user shards (models learn every label).
             await self._send(ENTITY_RESULTS, [e for s in shards for e in s.peer_envelopes()])
@@ -893,6 +909,8 @@ class BatchProcessor:
         """The decisions made at payment time among `ready` (waiting for any still being
         made: they stand, and the ledger must follow them)."""
         out: dict[str, Decision] = {}
+        if not self.at_payment:
+            return out
         for tx in ready:
             entry = self.at_payment.get(tx.tx_id)
             if entry is not None:
@@ -942,16 +960,17 @@ class BatchProcessor:
             return []
         return sorted({("u", tx.user_id) for tx in ready} | {("m", tx.merchant_id) for tx in ready})
 
-    async def _publish(self, done: Completed, outcome: BatchOutcome) -> None:
-        if not done.order:
+    async def _publish(self, finished: list[Completed], outcome: BatchOutcome) -> None:
+        order = [tx_id for done in finished for tx_id in done.order]
+        if not order:
             return
-        decisions = done.decisions
+        decisions = [decided for done in finished for decided in done.decisions]
         items = [(d.tx_id, d.dumps()) for d, _ in decisions]
         existing = await self.retry("store decisions", lambda: self.store.put_new(items))
         standing: dict[str, bytes] = {}
         for (tx_id, value), prior in zip(items, existing, strict=True):
             standing[tx_id] = value if prior is None else prior
-        earlier = [t for t in done.repeats if t not in standing]
+        earlier = [t for done in finished for t in done.repeats if t not in standing]
         if earlier:  # decided in an earlier batch: answer with what Redis holds
             standing.update(
                 await self.retry("read decisions", lambda: self.store.get_many(earlier))
@@ -959,32 +978,35 @@ class BatchProcessor:
         self.on_decided(standing)
         decided = sum(1 for prior in existing if prior is None)
         outcome.decided += decided
-        outcome.redelivered += len(done.order) - decided
-        records = [(t.encode(), standing[t]) for t in done.order if t in standing]
-        topic = self.settings.topic(DECISIONS)
-        await self.retry("produce decisions", lambda: self.sink.send_many(topic, records))
+        outcome.redelivered += len(order) - decided
+        records = [(t.encode(), standing[t]) for t in order if t in standing]
+        produced = [self._produce(DECISIONS, records)]
         if self.settings.log_features and decisions:
             vectors = [(d.tx_id.encode(), feature_vector_json(d, x)) for d, x in decisions]
-            topic = self.settings.topic(FEATURES)
-            await self.retry("produce features", lambda: self.sink.send_many(topic, vectors))
+            produced.append(self._produce(FEATURES, vectors))
+        await asyncio.gather(*produced)
 
-    async def _adjust(self, shard: UserShard, adjustments: list[RebateAdjustment]) -> None:
+    async def _produce(self, kind: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        topic = self.settings.topic(kind)
+        await self.retry(f"produce {kind}", lambda: self.sink.send_many(topic, records))
+
+    async def _adjust(self, adjustments: list[tuple[UserShard, RebateAdjustment]]) -> None:
         """Store the ledger's adjustments first-write-wins by id (a re-run after a restart
-        finds the ones it made before, which stand, and the ledger follows them), then
-        produce the standing ones on the adjustments topic, keyed by tx_id."""
+        finds the ones it made before, which stand, and the ledger of the shard that made
+        each follows them), then produce the standing ones on the adjustments topic, keyed
+        by tx_id."""
         if not adjustments:
             return
-        items = [(a.adjustment_id, a.tx_id, a.dumps()) for a in adjustments]
+        items = [(a.adjustment_id, a.tx_id, a.dumps()) for _, a in adjustments]
         existing = await self.retry("store adjustments", lambda: self.store.put_adjustments(items))
-        records = []
-        for a, (_, tx_id, value), prior in zip(adjustments, items, existing, strict=True):
+        records: list[tuple[bytes | None, bytes]] = []
+        for (shard, a), (_, tx_id, value), prior in zip(adjustments, items, existing, strict=True):
             if prior is not None and prior != value:
                 standing = RebateAdjustment.loads(prior)
                 if _balances(standing) != _balances(a):
                     shard.decider.ledger.follow(standing)
             records.append((tx_id.encode(), value if prior is None else prior))
-        topic = self.settings.topic(REBATE_ADJUSTMENTS)
-        await self.retry("produce adjustments", lambda: self.sink.send_many(topic, records))
+        await self._produce(REBATE_ADJUSTMENTS, records)
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         topic = self.settings.topic(DEAD_LETTERS)
