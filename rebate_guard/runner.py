@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,7 +196,7 @@ async def _feed_forever(
             EPISODE_DAYS,
             world.transactions.height,
         )
-        await produce_world(settings, world, rate=settings.simulate_rate)
+        await _while_workers_run(procs, produce_world(settings, world, rate=settings.simulate_rate))
         for proc in procs:
             code = proc.poll()
             if code == 0:  # stopped cleanly: Ctrl-C reaches the workers too
@@ -204,6 +205,29 @@ async def _feed_forever(
             if code is not None:
                 raise RuntimeError(f"worker {proc.pid} exited with {code}")
         episode += 1
+
+
+#: How often the feed looks whether the workers still run.
+WORKER_POLL_S = 0.5
+
+
+async def _while_workers_run(procs: Sequence[Any], work: Coroutine[Any, Any, Any]) -> bool:
+    """Runs `work` until it is done (True) or a worker process exits (False, `work`
+    cancelled): an episode takes about a minute to feed, and a worker stopped by Ctrl-C or
+    by a failure must not wait for it to end before `up` notices."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            if any(proc.poll() is not None for proc in procs):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return False
+            await asyncio.wait([task], timeout=WORKER_POLL_S)
+        task.result()  # its failure, if any
+        return True
+    finally:
+        task.cancel()
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -98,6 +98,8 @@ def parse_ts(value: Any, name: str = "ts") -> int:
 
 def parse_transaction(data: Mapping[str, Any]) -> Transaction:
     amount = data.get("amount_cents")
+    if amount is None:
+        raise InvalidEvent("missing field 'amount_cents'")
     if isinstance(amount, float) and amount.is_integer():
         amount = int(amount)
     if isinstance(amount, bool) or not isinstance(amount, int):

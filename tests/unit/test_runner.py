@@ -55,3 +55,42 @@ def test_the_worker_keeps_the_log_level_asked_for_instead_of_faust_s_debug() -> 
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+class _Proc:
+    """A worker process as `up` sees it: running until `code` is set."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+def test_the_feed_stops_when_a_worker_exits_without_finishing_its_episode() -> None:
+    import asyncio
+
+    from rebate_guard.runner import _while_workers_run
+
+    async def run() -> None:
+        running, stopping = _Proc(), _Proc()
+        episode = asyncio.Event()
+        cancelled = []
+
+        async def feed() -> None:
+            try:
+                await episode.wait()  # an episode that never ends by itself
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        asyncio.get_running_loop().call_later(0.1, setattr, stopping, "code", 0)
+        done = await asyncio.wait_for(_while_workers_run([running, stopping], feed()), 30)
+        assert done is False and cancelled == [True]
+
+        async def short_feed() -> int:
+            return 7
+
+        assert await _while_workers_run([_Proc()], short_feed()) is True
+
+    asyncio.run(run())

@@ -28,6 +28,7 @@ def test_a_valid_transaction_becomes_a_record() -> None:
         ({"amount_cents": "100"}, "integer number of minor units"),
         ({"amount_cents": 0}, "must be positive"),
         ({"amount_cents": True}, "integer number of minor units"),
+        ({"amount_cents": None}, "missing field 'amount_cents'"),
         ({"rebate_rate": 0.31}, "outside 0..0.3"),
         ({"rebate_rate": -0.01}, "outside 0..0.3"),
         ({"rebate_rate": "0.1"}, "must be a number"),
