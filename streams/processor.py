@@ -636,20 +636,17 @@ class BatchProcessor:
             readies = [(shard, shard.ready()) for shard in shards]
             # Decisions made at payment time stand too, and may precede the stream's (here,
             # or before a restart or a rebalance): then every batch asks Redis.
-            asking = [
-                tx
-                for shard, ready in readies
-                if shard.redo or self.settings.score_at_payment
-                for tx in ready
-            ]
-            stored = await self._standing(asking)
+            asks = {s.partition for s in shards if s.redo or self.settings.score_at_payment}
+            stored = await self._standing(
+                [tx for s, r in readies if s.partition in asks for tx in r]
+            )
             paid = await self._decided_at_payment([tx for _, r in readies for tx in r])
             rings = await self._ring_scores([tx for s, r in readies if s.feeds_graph for tx in r])
             graph_down = rings is not None and not await self._graph_running()
             finished: list[tuple[UserShard, Completed]] = []
             for shard, ready in readies:
                 standing = None
-                if ready and (shard.redo or self.settings.score_at_payment):
+                if ready and shard.partition in asks:
                     assert stored is not None
                     standing = {tx.tx_id: stored[tx.tx_id] for tx in ready if tx.tx_id in stored}
                 mine = {tx.tx_id: paid[tx.tx_id] for tx in ready if tx.tx_id in paid}
@@ -1009,9 +1006,7 @@ class BatchProcessor:
         await self._produce(REBATE_ADJUSTMENTS, records)
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
-        topic = self.settings.topic(DEAD_LETTERS)
-        records = [(None, d.dumps()) for d in dead]
-        await self.retry("produce dead letters", lambda: self.sink.send_many(topic, records))
+        await self._produce(DEAD_LETTERS, [(None, d.dumps()) for d in dead])
         positions = [(d.topic, d.partition, d.offset) for d in dead]
         await self.retry("count dead letters", lambda: self.store.count_dead_letters(positions))
         for d in dead:
