@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -68,8 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="generate a simulated world")
     sim.add_argument("--out", type=Path, help="write contract files into this directory")
     sim.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
-    sim.add_argument("--transactions", type=int, default=100_000, help="about this many")
-    sim.add_argument("--days", type=int, default=28)
+    sim.add_argument(
+        "--profile",
+        choices=("default", "random"),
+        default="default",
+        help="the world family: today's world, or every knob randomised by the seed",
+    )
+    sim.add_argument(
+        "--transactions", type=int, help="about this many (default: the profile's, 100k / 80k)"
+    )
+    sim.add_argument("--days", type=int, help="window length (default: the profile's, 28 / 45)")
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--produce", action="store_true", help="produce to the broker instead")
     sim.add_argument("--rate", type=float, help="events per second when producing")
@@ -150,9 +159,11 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+    from rebate_guard.simulator import config_json, simulate_world, world_config, write_world
 
-    config = WorldConfig(seed=args.seed, days=args.days, target_transactions=args.transactions)
+    config = world_config(
+        args.profile, seed=args.seed, transactions=args.transactions, days=args.days
+    )
     if args.produce:
         from rebate_guard.producer import produce_world
 
@@ -166,6 +177,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     world = simulate_world(config)
     paths = write_world(world, args.out, args.format)
+    paths["config"] = args.out / "truth" / "config.json"
+    paths["config"].write_text(json.dumps(config_json(config), indent=2) + "\n")
     for name, path in paths.items():
         print(f"{name:>14}: {path}")
     print(

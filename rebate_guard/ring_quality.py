@@ -26,14 +26,8 @@ from typing import Any
 
 import polars as pl
 
-LOOKALIKES = (
-    "family_device",
-    "office_ip",
-    "viral_referrer",
-    "loyal_daily",
-    "ordinary_refund",
-    "lunch_rush",
-)
+from rebate_guard.simulator import LOOKALIKES
+
 MATCH = 0.5
 MINUTE_MS = 60_000
 

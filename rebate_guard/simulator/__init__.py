@@ -3,12 +3,14 @@
 See docs/simulator.md. The public API::
 
     world = simulate_world(WorldConfig(seed=7, target_transactions=1_000_000))
+    world = simulate_world(world_config("random", seed=3))  # a randomised platform
     write_world(world, Path("out/world"), fmt="parquet")
     for topic, key, payload in event_stream(world): ...
 """
 
 from rebate_guard.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS
 from rebate_guard.simulator.config import WorldConfig
+from rebate_guard.simulator.profiles import PROFILES, config_json, world_config
 from rebate_guard.simulator.world import (
     CONTRACT_SCHEMAS,
     LABEL_SCHEMA,
@@ -27,14 +29,17 @@ __all__ = [
     "CONTRACT_SCHEMAS",
     "LABEL_SCHEMA",
     "LOOKALIKES",
+    "PROFILES",
     "SCENARIOS",
     "SIGNUP_SCHEMA",
     "TRANSACTION_SCHEMA",
     "TRUTH_SCHEMAS",
     "World",
     "WorldConfig",
+    "config_json",
     "event_stream",
     "read_world",
     "simulate_world",
+    "world_config",
     "write_world",
 ]

@@ -30,11 +30,13 @@ from rebate_guard.simulator._common import (
     SERVICES,
     lognormal_amounts,
     lognormal_delay,
+    midnight,
     random_ips,
     sample_ts,
     weighted_choice,
 )
 from rebate_guard.simulator._legit import add_abuse_merchants
+from rebate_guard.simulator.config import WorldConfig
 
 ROUND_AMOUNTS = np.array([1_000, 2_000, 3_000, 5_000, 6_800, 8_800, 9_900, 10_000, 20_000])
 RING_AMOUNTS = np.array([10_000, 20_000, 30_000, 50_000, 66_600, 88_800, 100_000])
@@ -48,6 +50,16 @@ MEAN_TX_PER_GROUP = {
     CASH_OUT: 145.0,
     PYRAMID: 400.0,
 }
+LONE_PAIRS = (2, 7)  # a lone cash-out account's purchase-refund pairs (2-6)
+LONE_CASH_OUT_TX = 8.0
+BRUSHING_START_HOURS = {"night": (0, 3), "day": (9, 18)}  # burst start, local hour range
+
+
+def mean_tx_per_group(cfg: WorldConfig) -> dict[int, float]:
+    """`MEAN_TX_PER_GROUP` under the config's tactics (lone cash-out groups are small)."""
+    lone = cfg.cash_out_lone_share
+    cash_out = MEAN_TX_PER_GROUP[CASH_OUT] * (1 - lone) + LONE_CASH_OUT_TX * lone
+    return {**MEAN_TX_PER_GROUP, CASH_OUT: cash_out}
 
 
 def _legit_merchants(
@@ -72,10 +84,12 @@ def _window_start(rng: np.random.Generator, b: Builder, min_left_ms: int) -> int
     return int(rng.integers(b.start, max(b.start + 1, latest)))
 
 
-def brushing(rng: np.random.Generator, b: Builder, ring: int) -> None:
+def brushing(rng: np.random.Generator, b: Builder, ring: int, cfg: WorldConfig) -> None:
     """A merchant plus accounts it controls buying there in bursts, often round amounts."""
     category = np.array([rng.choice([RETAIL, BEAUTY, SERVICES])])
-    merchant = add_abuse_merchants(rng, b, category, 18, 30, BRUSHING, ring)
+    merchant = add_abuse_merchants(
+        rng, b, category, 18, 30, BRUSHING, ring, cfg.ring_merchant_popularity
+    )
     n_acc = int(rng.integers(8, 31))
     devices = b.new_devices(int(rng.integers(2, 7)))
     ips = random_ips(rng, int(rng.integers(1, 4)), RESIDENTIAL_A)
@@ -95,6 +109,11 @@ def brushing(rng: np.random.Generator, b: Builder, ring: int) -> None:
         rng, np.full(n_bursts, first), np.full(n_bursts, b.end - 3 * HOUR_MS), PROFILE_FLAT
     )
     b_start[0] = first
+    if cfg.brushing_hours != "any":  # bursts moved to the night or the working day
+        lo_h, hi_h = BRUSHING_START_HOURS[cfg.brushing_hours]
+        b_start = midnight(b_start) + rng.integers(lo_h * HOUR_MS, hi_h * HOUR_MS, n_bursts)
+        b_start = np.where(b_start < b.start, b_start + DAY_MS, b_start)
+        b_start = np.where(b_start >= b.end - 3 * HOUR_MS, b_start - DAY_MS, b_start)
     duration = rng.integers(30 * MINUTE_MS, 3 * HOUR_MS, n_bursts)
     sizes = rng.integers(30, 151, n_bursts)
     burst = np.repeat(np.arange(n_bursts), sizes)
@@ -105,7 +124,7 @@ def brushing(rng: np.random.Generator, b: Builder, ring: int) -> None:
     n_tx = len(ts)
     median = b.merchants.col("median")[merchant]
     amount = lognormal_amounts(rng, np.full(n_tx, median[0]), np.full(n_tx, 0.4))
-    round_ = rng.random(n_tx) < 0.6
+    round_ = rng.random(n_tx) < cfg.brushing_round_share
     amount[round_] = ROUND_AMOUNTS[rng.integers(0, len(ROUND_AMOUNTS), int(round_.sum()))]
     card = cards[rng.integers(0, len(cards), n_tx)]
     card[rng.random(n_tx) < 0.15] = -1
@@ -146,7 +165,7 @@ def brushing(rng: np.random.Generator, b: Builder, ring: int) -> None:
     b.new_ring(BRUSHING, users, merchant)
 
 
-def referral_farm(rng: np.random.Generator, b: Builder, ring: int, n_legit: int) -> None:
+def referral_farm(rng: np.random.Generator, b: Builder, ring: int, cfg: WorldConfig) -> None:
     """Young accounts on few devices/IPs/phones referring each other, small qualifying buys."""
     n_acc = int(rng.integers(30, 121))
     devices = b.new_devices(int(rng.integers(2, 6)))
@@ -164,6 +183,9 @@ def referral_farm(rng: np.random.Generator, b: Builder, ring: int, n_legit: int)
     hub = np.minimum(rng.integers(0, n_hubs, n_acc - 1), i - 1)
     local_ref[1:] = np.where(rng.random(n_acc - 1) < 0.6, hub, i - 1)
     acc_device = devices[rng.integers(0, len(devices), n_acc)]
+    if cfg.farm_devices == "rotating":  # a fresh handset id every 1-3 accounts
+        per = int(rng.integers(1, 4))
+        acc_device = b.new_devices(-(-n_acc // per))[np.arange(n_acc) // per]
     users = b.add_abuse_users(
         ring,
         REFERRAL_FARM,
@@ -176,7 +198,9 @@ def referral_farm(rng: np.random.Generator, b: Builder, ring: int, n_legit: int)
     has_ref = local_ref >= 0
     b.users.set("referrer", users[has_ref], users[local_ref[has_ref]])
 
-    merchants = _legit_merchants(rng, b, n_legit, (RESTAURANT, GROCERY), int(rng.integers(1, 4)))
+    merchants = _legit_merchants(
+        rng, b, cfg.n_merchants, (RESTAURANT, GROCERY), int(rng.integers(1, 4))
+    )
     n_buys = 1 + (rng.random(n_acc) < 0.35) + (rng.random(n_acc) < 0.1)
     acc = np.repeat(np.arange(n_acc), n_buys)
     nth = np.arange(len(acc)) - np.repeat(np.cumsum(n_buys) - n_buys, n_buys)
@@ -203,12 +227,14 @@ def referral_farm(rng: np.random.Generator, b: Builder, ring: int, n_legit: int)
     b.new_ring(REFERRAL_FARM, users, merchants)
 
 
-def collusion_ring(rng: np.random.Generator, b: Builder, ring: int) -> None:
+def collusion_ring(rng: np.random.Generator, b: Builder, ring: int, cfg: WorldConfig) -> None:
     """A closed set of users x high-rate merchants cycling money with repeated round amounts."""
     n_users = int(rng.integers(3, 9))
     n_merch = int(rng.integers(2, 5))
     categories = rng.choice(np.array([SERVICES, BEAUTY, ENTERTAINMENT]), n_merch)
-    merchants = add_abuse_merchants(rng, b, categories, 25, 30, COLLUSION_RING, ring)
+    merchants = add_abuse_merchants(
+        rng, b, categories, 25, 30, COLLUSION_RING, ring, cfg.ring_merchant_popularity
+    )
     a = _window_start(rng, b, 7 * DAY_MS)
     z = min(b.end, a + int(rng.integers(7, 22)) * DAY_MS)
     older = rng.random(n_users) < 0.7
@@ -226,12 +252,17 @@ def collusion_ring(rng: np.random.Generator, b: Builder, ring: int) -> None:
         ring, COLLUSION_RING, signup, np.full(n_users, -1), devices, home, b.new_phones(n_users)
     )
     lo = np.maximum(a, signup + HOUR_MS)
-    counts = rng.poisson(1.5 * np.maximum(0, z - lo) / DAY_MS)
-    acc = np.repeat(np.arange(n_users), counts)
-    n_tx = len(acc)
-    merchant = merchants[rng.integers(0, n_merch, n_tx)]
     m_cat = b.merchants.col("category")
-    ts = sample_ts(rng, lo[acc], np.full(n_tx, z), m_cat[merchant])
+    if cfg.collusion_pattern == "rounds":
+        acc, ts = _payment_rounds(rng, lo, a, z)
+        n_tx = len(acc)
+        merchant = merchants[rng.integers(0, n_merch, n_tx)]
+    else:  # steady: ~1.5 payments a day each, at the merchants' usual hours
+        counts = rng.poisson(1.5 * np.maximum(0, z - lo) / DAY_MS)
+        acc = np.repeat(np.arange(n_users), counts)
+        n_tx = len(acc)
+        merchant = merchants[rng.integers(0, n_merch, n_tx)]
+        ts = sample_ts(rng, lo[acc], np.full(n_tx, z), m_cat[merchant])
     values = rng.choice(RING_AMOUNTS, int(rng.integers(2, 4)), replace=False)
     amount = values[rng.integers(0, len(values), n_tx)]
     other = rng.random(n_tx) < 0.2
@@ -244,14 +275,34 @@ def collusion_ring(rng: np.random.Generator, b: Builder, ring: int) -> None:
     b.new_ring(COLLUSION_RING, users, merchants)
 
 
-def cash_out(rng: np.random.Generator, b: Builder, ring: int, n_legit: int) -> None:
-    """Big purchases refunded minutes to hours later, on cards/devices shared by a few accounts."""
-    n_acc = int(rng.integers(2, 7))
-    cards = b.new_cards(int(rng.integers(1, 3)))
-    devices = b.new_devices(int(rng.integers(1, 4)))
-    ips = random_ips(rng, int(rng.integers(1, 3)), RESIDENTIAL_A)
+def _payment_rounds(
+    rng: np.random.Generator, lo: np.ndarray, a: int, z: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Members pay in rounds: every 1-4 days all active members pay 1+ times within one
+    10-60 minute window, then nothing until the next round (about 1.5 payments a day each)."""
+    gap = int(rng.integers(DAY_MS, 4 * DAY_MS))
+    n_rounds = max(1, (z - a) // gap)
+    opens = a + np.arange(n_rounds) * gap + rng.integers(0, 12 * HOUR_MS, n_rounds)
+    window = rng.integers(10 * MINUTE_MS, HOUR_MS, n_rounds)
+    member = np.tile(np.arange(len(lo)), n_rounds)
+    round_of = np.repeat(np.arange(n_rounds), len(lo))
+    times = 1 + rng.poisson(max(0.0, 1.5 * gap / DAY_MS - 1.0), len(member))
+    acc, round_of = np.repeat(member, times), np.repeat(round_of, times)
+    ts = opens[round_of] + (rng.random(len(acc)) * window[round_of]).astype(np.int64)
+    keep = (ts >= lo[acc]) & (ts < z)
+    return acc[keep], ts[keep]
+
+
+def cash_out(rng: np.random.Generator, b: Builder, ring: int, cfg: WorldConfig) -> None:
+    """Big purchases refunded minutes to hours later, on cards/devices shared by a few accounts
+    (organised), or by one account on its own card (lone, `cash_out_lone_share`)."""
+    lone = cfg.cash_out_lone_share > 0 and rng.random() < cfg.cash_out_lone_share
+    n_acc = 1 if lone else int(rng.integers(2, 7))
+    cards = b.new_cards(1 if lone else int(rng.integers(1, 3)))
+    devices = b.new_devices(1 if lone else int(rng.integers(1, 4)))
+    ips = random_ips(rng, 1 if lone else int(rng.integers(1, 3)), RESIDENTIAL_A)
     merchants = _legit_merchants(
-        rng, b, n_legit, (RETAIL, ENTERTAINMENT, BEAUTY), int(rng.integers(1, 4))
+        rng, b, cfg.n_merchants, (RETAIL, ENTERTAINMENT, BEAUTY), int(rng.integers(1, 4))
     )
     a = _window_start(rng, b, 5 * DAY_MS)
     z = min(b.end, a + int(rng.integers(5, 16)) * DAY_MS)
@@ -270,7 +321,7 @@ def cash_out(rng: np.random.Generator, b: Builder, ring: int, n_legit: int) -> N
         b.new_phones(n_acc),
     )
     lo = np.maximum(a, signup + HOUR_MS)
-    pairs = rng.integers(8, 26, n_acc)
+    pairs = rng.integers(*LONE_PAIRS, n_acc) if lone else rng.integers(8, 26, n_acc)
     acc = np.repeat(np.arange(n_acc), pairs)
     n_tx = len(acc)
     m_cat = b.merchants.col("category")
@@ -320,7 +371,7 @@ def _pyramid_tree(rng: np.random.Generator, depth: int, size: int) -> tuple[np.n
     return np.array(parent, dtype=np.int64), np.array(tier, dtype=np.int64)
 
 
-def pyramid(rng: np.random.Generator, b: Builder, ring: int, n_legit: int) -> None:
+def pyramid(rng: np.random.Generator, b: Builder, ring: int, cfg: WorldConfig) -> None:
     """A referral tree deeper than 3 tiers growing fast; members buy packages to qualify."""
     depth = int(rng.integers(4, 7))
     parent, tier = _pyramid_tree(rng, depth, int(rng.integers(40, 201)))
@@ -354,11 +405,20 @@ def pyramid(rng: np.random.Generator, b: Builder, ring: int, n_legit: int) -> No
     b.users.set("referrer", users[has_parent], users[parent[has_parent]])
 
     scheme = add_abuse_merchants(
-        rng, b, np.array([rng.choice([BEAUTY, SERVICES])]), 20, 30, PYRAMID, ring
+        rng,
+        b,
+        np.array([rng.choice([BEAUTY, SERVICES])]),
+        20,
+        30,
+        PYRAMID,
+        ring,
+        cfg.ring_merchant_popularity,
     )
     merchants = scheme
     if rng.random() < 0.5:
-        merchants = np.concatenate([scheme, _legit_merchants(rng, b, n_legit, (BEAUTY,), 1)])
+        merchants = np.concatenate(
+            [scheme, _legit_merchants(rng, b, cfg.n_merchants, (BEAUTY,), 1)]
+        )
     first = active + lognormal_delay(rng, n, 2 * HOUR_MS, 0.8, 10 * MINUTE_MS, DAY_MS)
     period = rng.integers(5 * DAY_MS, 9 * DAY_MS, n)
     n_buys = np.where(first < b.end, 1 + np.maximum(0, b.end - 1 - first) // period, 0)
@@ -378,20 +438,17 @@ def pyramid(rng: np.random.Generator, b: Builder, ring: int, n_legit: int) -> No
     b.new_ring(PYRAMID, users, merchants)
 
 
-def inject(rng: np.random.Generator, b: Builder, groups: dict[int, int], n_legit: int) -> None:
+SCENARIO_GROUPS = {
+    BRUSHING: brushing,
+    REFERRAL_FARM: referral_farm,
+    COLLUSION_RING: collusion_ring,
+    CASH_OUT: cash_out,
+    PYRAMID: pyramid,
+}
+
+
+def inject(rng: np.random.Generator, b: Builder, groups: dict[int, int], cfg: WorldConfig) -> None:
     """Add `groups[scenario]` groups of each scenario, in scenario order."""
     for scenario in sorted(groups):
         for _ in range(groups[scenario]):
-            ring = len(b.rings)
-            if scenario == BRUSHING:
-                brushing(rng, b, ring)
-            elif scenario == REFERRAL_FARM:
-                referral_farm(rng, b, ring, n_legit)
-            elif scenario == COLLUSION_RING:
-                collusion_ring(rng, b, ring)
-            elif scenario == CASH_OUT:
-                cash_out(rng, b, ring, n_legit)
-            elif scenario == PYRAMID:
-                pyramid(rng, b, ring, n_legit)
-            else:  # pragma: no cover - guarded by the caller
-                raise ValueError(f"unknown scenario {scenario}")
+            SCENARIO_GROUPS[scenario](rng, b, len(b.rings), cfg)

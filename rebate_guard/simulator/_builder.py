@@ -13,7 +13,7 @@ import numpy as np
 from rebate_guard.simulator._common import MOBILE_A, Columns, random_ips
 
 USER_COLUMNS = ("signup_ts", "referrer", "device", "ip", "phone", "scenario", "ring", "look")
-MERCHANT_COLUMNS = ("category", "rate_pct", "median", "popularity", "scenario", "ring")
+MERCHANT_COLUMNS = ("category", "rate_pct", "median", "popularity", "scenario", "ring", "look")
 TX_COLUMNS = (
     "ts",
     "user",

@@ -21,6 +21,7 @@ LEGIT, BRUSHING, REFERRAL_FARM, COLLUSION_RING, CASH_OUT, PYRAMID = range(6)
 ABUSE_SCENARIOS = SCENARIOS[1:]
 
 # Legit look-alike codes (tx_truth.group / user_truth.role of legit users); -1 is none.
+# Append only: the codes are stable.
 LOOKALIKES = (
     "family_device",
     "office_ip",
@@ -28,9 +29,19 @@ LOOKALIKES = (
     "lunch_rush",
     "loyal_daily",
     "ordinary_refund",
+    "nat_pool",
+    "big_purchase",
+    "quick_refund",
+    "deep_referral",
+    "ring_merchant_customer",
+    "high_rate_merchant",
 )
 NO_LOOK = -1
 FAMILY_DEVICE, OFFICE_IP, VIRAL_REFERRER, LUNCH_RUSH, LOYAL_DAILY, ORDINARY_REFUND = range(6)
+NAT_POOL, BIG_PURCHASE, QUICK_REFUND, DEEP_REFERRAL, RING_MERCHANT_CUSTOMER = range(6, 11)
+HIGH_RATE_MERCHANT = 11
+#: A legit user referred this many links deep is a `deep_referral` (if no other role).
+DEEP_REFERRAL_DEPTH = 4
 
 # Merchant categories and their economics.
 CATEGORIES = ("restaurant", "grocery", "retail", "beauty", "services", "entertainment")
@@ -41,6 +52,7 @@ AMOUNT_SIGMA = np.array([0.45, 0.60, 0.80, 0.50, 0.60, 0.55])
 # Inclusive rebate-rate ranges in whole percent, by category.
 RATE_PCT = np.array([[6, 14], [6, 10], [8, 18], [12, 25], [10, 20], [10, 22]])
 MIN_RATE_PCT, MAX_RATE_PCT = 6, 30
+HIGH_RATE_PCT = (20, 30)  # legit merchants made high-rate by `high_rate_merchant_fraction`
 
 # Time-of-day profiles: 96 bins of 15 minutes. 0..5 are the categories, then these two.
 PROFILE_SIGNUP = 6

@@ -9,24 +9,33 @@ import numpy as np
 from rebate_guard.simulator._builder import Builder
 from rebate_guard.simulator._common import (
     AMOUNT_SIGMA,
+    BIG_PURCHASE,
     CATEGORY_SHARE,
     DAY_MS,
+    DEEP_REFERRAL,
+    DEEP_REFERRAL_DEPTH,
     FAMILY_DEVICE,
     GROCERY,
+    HIGH_RATE_MERCHANT,
+    HIGH_RATE_PCT,
     HOUR_MS,
     LEGIT,
     LOYAL_DAILY,
     LUNCH_RUSH,
     MEDIAN_CENTS,
     MINUTE_MS,
+    MOBILE_A,
+    NAT_POOL,
     NO_LOOK,
     OFFICE_A,
     OFFICE_IP,
     ORDINARY_REFUND,
     PROFILE_SIGNUP,
+    QUICK_REFUND,
     RATE_PCT,
     RESIDENTIAL_A,
     RESTAURANT,
+    RING_MERCHANT_CUSTOMER,
     VIRAL_REFERRER,
     day_of_week,
     hour_of_day,
@@ -40,6 +49,8 @@ from rebate_guard.simulator._common import (
 from rebate_guard.simulator.config import WorldConfig
 
 RATE_SIGMA = 0.9  # log-normal spread of users' activity rates
+REFERRAL_BATCHES = 64  # preferential attachment: referees placed in this many signup batches
+BIG_PURCHASE_TAIL = 1.2  # Pareto index of a big purchase's multiple (5x upwards, capped 50x)
 RUSH_SHARE = 0.08  # share of a rush restaurant's regulars in its weekday lunch burst (x activity)
 MIN_CROWD = 20
 
@@ -74,6 +85,8 @@ class Population:
     loyal_merchant: np.ndarray
     loyal_tod: np.ndarray
     loyal_price: np.ndarray
+    nat_ip: np.ndarray | None = None  # per user, their carrier-NAT public IP (None: no NAT)
+    nat_share: float = 0.0  # share of their mobile traffic leaving through it
 
 
 def build_merchants(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> None:
@@ -81,13 +94,22 @@ def build_merchants(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> N
     cat = weighted_choice(rng, CATEGORY_SHARE, n)
     cat[: max(3, n // 20)] = RESTAURANT  # a city always has restaurants
     cat = rng.permutation(cat)
+    rate_pct = rng.integers(RATE_PCT[cat, 0], RATE_PCT[cat, 1] + 1)
+    median = MEDIAN_CENTS[cat] * np.exp(0.35 * rng.standard_normal(n))
+    popularity = rng.lognormal(0.0, 1.1, n)
+    look = np.full(n, NO_LOOK, dtype=np.int64)
+    if cfg.high_rate_merchant_fraction > 0:  # drawn last: default worlds keep their streams
+        high = rng.random(n) < cfg.high_rate_merchant_fraction
+        rate_pct[high] = rng.integers(HIGH_RATE_PCT[0], HIGH_RATE_PCT[1] + 1, int(high.sum()))
+        look[high] = HIGH_RATE_MERCHANT
     b.merchants.add(
         category=cat,
-        rate_pct=rng.integers(RATE_PCT[cat, 0], RATE_PCT[cat, 1] + 1),
-        median=MEDIAN_CENTS[cat] * np.exp(0.35 * rng.standard_normal(n)),
-        popularity=rng.lognormal(0.0, 1.1, n),
+        rate_pct=rate_pct,
+        median=median,
+        popularity=popularity,
         scenario=LEGIT,
         ring=-1,
+        look=look,
     )
 
 
@@ -99,16 +121,19 @@ def add_abuse_merchants(
     rate_hi: int,
     scenario: int,
     ring: int,
+    legit_pull: float,
 ) -> np.ndarray:
-    """Merchants run by (or colluding with) an abuse group: high rates, a little legit traffic."""
+    """Merchants run by (or colluding with) an abuse group: high rates, a little legit traffic
+    (`legit_pull`: `WorldConfig.ring_merchant_popularity`)."""
     n = len(categories)
     return b.merchants.add(
         category=categories,
         rate_pct=rng.integers(rate_lo, rate_hi + 1, n),
         median=MEDIAN_CENTS[categories] * np.exp(0.3 * rng.standard_normal(n)),
-        popularity=0.2 * rng.lognormal(0.0, 0.5, n),
+        popularity=legit_pull * rng.lognormal(0.0, 0.5, n),
         scenario=scenario,
         ring=ring,
+        look=NO_LOOK,
     )
 
 
@@ -180,7 +205,8 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
         dev1[members] = dev1[head]
         home_ip[members] = home_ip[head]
         p_home_ip[members] = np.maximum(p_home_ip[members], 0.75)
-        share_card = (rng.random(len(sizes)) < 0.4)[fam] & other & (cards[head, 0] >= 0)
+        share_card = (rng.random(len(sizes)) < cfg.family_card_share)[fam]
+        share_card &= other & (cards[head, 0] >= 0)
         cards[members[share_card], 0] = cards[head[share_card], 0]
         n_cards[members[share_card]] = np.maximum(n_cards[members[share_card]], 1)
         refers = (rng.random(len(sizes)) < 0.5)[fam] & other
@@ -193,7 +219,8 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
     target = round(cfg.office_fraction * n)
     office_sizes: list[int] = []
     while target - sum(office_sizes) >= 10:
-        office_sizes.append(min(int(rng.integers(30, 301)), target - sum(office_sizes)))
+        size = int(rng.integers(30, cfg.office_max_size + 1))
+        office_sizes.append(min(size, target - sum(office_sizes)))
     n_off = len(office_sizes)
     office_ips = random_ips(rng, n_off, OFFICE_A)
     office_rest = np.full((n_off, 5), -1, dtype=np.int64)
@@ -262,16 +289,11 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
 
     # Ordinary referrals: a referrer who signed up earlier, rarely one who was referred.
     referred = (rng.random(n) < cfg.referral_fraction) & (referrer < 0)
-    weight = np.where(referred | (referrer >= 0), 0.1, 1.0) * rng.lognormal(0.0, 1.0, n)
-    order = np.argsort(signup, kind="stable")
-    pos = np.empty(n, dtype=np.int64)
-    pos[order] = np.arange(n)
-    cw = np.cumsum(weight[order])
-    who = np.flatnonzero(referred & (pos > 0))
-    pick = np.searchsorted(cw, rng.random(len(who)) * cw[pos[who] - 1], side="right")
-    ref = order[np.minimum(pick, pos[who] - 1)]
-    ok = signup[ref] < signup[who]
-    referrer[who[ok]] = ref[ok]
+    weight = np.where(referred | (referrer >= 0), cfg.referred_referrer_weight, 1.0)
+    weight = weight * rng.lognormal(0.0, 1.0, n)
+    _ordinary_referrals(rng, cfg.referral_attachment, signup, referred, weight, referrer)
+    depth = referral_depth(referrer)
+    look[(look == NO_LOOK) & (depth >= DEEP_REFERRAL_DEPTH)] = DEEP_REFERRAL
 
     r = rng.random(n)
     signup_ip = np.where(r < 0.6, home_ip, b.mobile_ips(rng, n))
@@ -290,6 +312,15 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
     )
     gap = rng.integers(2 * MINUTE_MS, 3 * HOUR_MS, n)
     lo = np.maximum(start, signup + gap)
+    office_lunch = np.where(office_of >= 0, rng.beta(2.0, 4.0, n), 0.0)
+    nat_ip = None
+    if cfg.nat_pool_share > 0:  # drawn last: default worlds keep their random streams
+        pool = random_ips(rng, max(1, round(n / cfg.nat_pool_users)), MOBILE_A)
+        nat_ip = pool[rng.integers(0, len(pool), n)]
+        via = (r >= 0.6) & (signup_ip != office_ip) & (rng.random(n) < cfg.nat_pool_share)
+        via &= look != FAMILY_DEVICE
+        signup_ip[via] = nat_ip[via]
+        b.users.set("ip", np.arange(b.users.n - n, b.users.n), signup_ip)
     return Population(
         n=n,
         n_legit_merchants=n_m,
@@ -302,7 +333,7 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
         p_home_ip=p_home_ip,
         office_of=office_of,
         office_ip=office_ip,
-        office_lunch=np.where(office_of >= 0, rng.beta(2.0, 4.0, n), 0.0),
+        office_lunch=office_lunch,
         cards=cards,
         n_cards=n_cards,
         homes=homes,
@@ -317,7 +348,57 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
         loyal_merchant=loyal_merchant,
         loyal_tod=loyal_tod,
         loyal_price=loyal_price,
+        nat_ip=nat_ip,
+        nat_share=cfg.nat_pool_share,
     )
+
+
+def _ordinary_referrals(
+    rng: np.random.Generator,
+    attachment: float,
+    signup: np.ndarray,
+    referred: np.ndarray,
+    weight: np.ndarray,
+    referrer: np.ndarray,
+) -> None:
+    """Give each `referred` user a referrer who signed up earlier, drawn by `weight` (in place).
+
+    With `attachment` > 0 the draw is preferential: a referrer's weight is multiplied by
+    1 + attachment x the referees it got so far, updated between `REFERRAL_BATCHES` batches
+    of referees in signup order (one vectorised draw per batch).
+    """
+    n = len(signup)
+    order = np.argsort(signup, kind="stable")
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    who = np.flatnonzero(referred & (pos > 0))
+    u = rng.random(len(who))
+    if attachment > 0:
+        by_time = np.argsort(pos[who], kind="stable")
+        batches = np.array_split(by_time, REFERRAL_BATCHES)
+    else:
+        batches = [np.arange(len(who))]
+    referees = np.zeros(n)
+    for batch in batches:
+        w = weight * (1.0 + attachment * referees) if attachment > 0 else weight
+        cw = np.cumsum(w[order])
+        new = who[batch]
+        pick = np.searchsorted(cw, u[batch] * cw[pos[new] - 1], side="right")
+        ref = order[np.minimum(pick, pos[new] - 1)]
+        ok = signup[ref] < signup[new]
+        referrer[new[ok]] = ref[ok]
+        referees += np.bincount(ref[ok], minlength=n)
+
+
+def referral_depth(referrer: np.ndarray) -> np.ndarray:
+    """Links from each user up to the root of their referral tree (0: not referred)."""
+    depth = np.zeros(len(referrer), dtype=np.int64)
+    cur = referrer.copy()
+    while (cur >= 0).any():
+        up = cur >= 0
+        depth[up] += 1
+        cur[up] = referrer[cur[up]]
+    return depth
 
 
 def _weekdays(start: int, end: int) -> np.ndarray:
@@ -355,7 +436,11 @@ def _context(
     use2 = (second >= 0) & (rng.random(n) < 0.25)
     device[use2] = second[use2]
     device[rng.random(n) < 0.003] = -1
-    ip = np.where(rng.random(n) < pop.p_home_ip[user], pop.home_ip[user], b.mobile_ips(rng, n))
+    home = rng.random(n) < pop.p_home_ip[user]
+    ip = np.where(home, pop.home_ip[user], b.mobile_ips(rng, n))
+    if pop.nat_ip is not None:  # carrier NAT: a share of mobile traffic on the pool's IP
+        via = ~home & (rng.random(n) < pop.nat_share)
+        ip[via] = pop.nat_ip[user[via]]
     office = pop.office_ip[user]
     hour = hour_of_day(ts)
     at_office = (
@@ -475,31 +560,46 @@ def legit_transactions(
             np.full(len(r_user), LUNCH_RUSH),
         ]
     ).astype(np.int64)
+    big = np.zeros(len(amount), dtype=bool)
+    if cfg.big_purchase_rate > 0:  # drawn only when on: default worlds keep their streams
+        big = rng.random(len(amount)) < cfg.big_purchase_rate
+        multiple = np.minimum(50.0, 5.0 * (1.0 + rng.pareto(BIG_PURCHASE_TAIL, int(big.sum()))))
+        amount[big] = np.minimum(5_000_000, np.round(amount[big] * multiple)).astype(np.int64)
     device, ip, card = _context(rng, b, pop, user, ts)
 
-    # Ordinary refunds: hours to days later (a few quick cancellations), same card.
+    # Ordinary refunds: hours to days later (some quick cancellations), same card.
     k = len(user)
     refunded = rng.random(k) < cfg.refund_rate
     pay = np.flatnonzero(refunded)
-    quick = rng.random(len(pay)) < 0.15
+    quick = rng.random(len(pay)) < cfg.quick_refund_share
+    median = cfg.refund_delay_median_hours * HOUR_MS
     delay = np.where(
         quick,
         rng.integers(8 * MINUTE_MS, 2 * HOUR_MS, len(pay)),
-        lognormal_delay(rng, len(pay), 30 * HOUR_MS, 0.9, HOUR_MS, 12 * DAY_MS),
+        lognormal_delay(rng, len(pay), median, 0.9, HOUR_MS, 12 * DAY_MS),
     )
     f_ts = ts[pay] + delay
     ok = f_ts < end
-    pay, f_ts = pay[ok], f_ts[ok]
-    refunded[:] = False
-    refunded[pay] = True
+    pay, f_ts, quick = pay[ok], f_ts[ok], quick[ok]
+    refund_look = np.where(quick, QUICK_REFUND, ORDINARY_REFUND)
+    refunded = np.full(k, NO_LOOK, dtype=np.int64)
+    refunded[pay] = refund_look
 
     # Look-alike group of each payment, by precedence (later assignments win).
-    look = np.where(pop.look[user] == VIRAL_REFERRER, VIRAL_REFERRER, NO_LOOK)
+    m_look = b.merchants.col("look")
+    ring_merchant = b.merchants.col("scenario") != LEGIT
+    look = np.where(pop.look[user] == DEEP_REFERRAL, DEEP_REFERRAL, NO_LOOK)
+    look = np.where(ring_merchant[merchant], RING_MERCHANT_CUSTOMER, look)
+    look = np.where(m_look[merchant] == HIGH_RATE_MERCHANT, HIGH_RATE_MERCHANT, look)
+    look = np.where(pop.look[user] == VIRAL_REFERRER, VIRAL_REFERRER, look)
     look = np.where(flag == LUNCH_RUSH, LUNCH_RUSH, look)
     look = np.where(flag == LOYAL_DAILY, LOYAL_DAILY, look)
     look = np.where(np.isin(device, pop.family_devices), FAMILY_DEVICE, look)
+    if pop.nat_ip is not None:
+        look = np.where((ip >= 0) & np.isin(ip, pop.nat_ip), NAT_POOL, look)
     look = np.where((ip >= 0) & np.isin(ip, pop.office_ips), OFFICE_IP, look)
-    look = np.where(refunded, ORDINARY_REFUND, look)
+    look = np.where(big, BIG_PURCHASE, look)
+    look = np.where(refunded >= 0, refunded, look)
     offset = (
         b.tx.add(
             ts=ts,
@@ -535,5 +635,5 @@ def legit_transactions(
             card=card[pay],
             scenario=LEGIT,
             ring=-1,
-            look=ORDINARY_REFUND,
+            look=refund_look,
         )

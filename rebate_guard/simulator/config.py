@@ -7,6 +7,11 @@ from dataclasses import dataclass
 #: Abusers' aged accounts may predate the legit history by up to this many days.
 AGED_ACCOUNT_EXTRA_DAYS = 35
 
+#: Allowed values of the tactic knobs that are choices rather than numbers.
+BRUSHING_HOURS = ("any", "night", "day")
+COLLUSION_PATTERNS = ("steady", "rounds")
+FARM_DEVICES = ("few", "rotating")
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -25,9 +30,22 @@ class WorldConfig:
     new_user_fraction: float = 0.2  # legit users who sign up inside the window
     history_days: int = 365  # the others signed up up to this many days before the start
     referral_fraction: float = 0.25  # legit users who signed up through a referrer
+    # Propensity to refer of a user who was referred, relative to one who was not (0.1:
+    # shallow trees; >= 1 with attachment: chains 5-9 deep).
+    referred_referrer_weight: float = 0.1
+    # Preferential attachment: a referrer's weight grows by this x the referees it already has.
+    referral_attachment: float = 0.0
     refund_rate: float = 0.015  # share of legit payments refunded (hours to days later)
+    quick_refund_share: float = 0.15  # of those, refunded 8 min-2 h later (cancelled orders)
+    refund_delay_median_hours: float = 30.0  # median delay of the other refunds
+    big_purchase_rate: float = 0.0  # legit payments 5-50x the usual price (heavy-tailed)
     family_fraction: float = 0.04  # legit users living in families sharing a device/home IP
+    family_card_share: float = 0.4  # families whose members also pay with the head's card
     office_fraction: float = 0.04  # legit users working in offices sharing one IP
+    office_max_size: int = 300  # offices have 30..this members (campuses: thousands)
+    nat_pool_share: float = 0.0  # share of legit mobile traffic leaving via carrier NAT IPs
+    nat_pool_users: int = 1_000  # users behind one carrier-NAT public IP
+    high_rate_merchant_fraction: float = 0.0  # legit merchants at 20-30 % rebate rates
     loyal_fraction: float = 0.015  # legit users buying daily at the same merchant
     influencers: int | None = None  # viral referrers; default one per 20k users (at least 1)
     lunch_rush_fraction: float = 0.04  # share of restaurants with weekday lunch rushes
@@ -38,10 +56,25 @@ class WorldConfig:
     collusion_ring_per_100k: float = 3.0
     cash_out_per_100k: float = 3.5
     pyramid_per_100k: float = 1.5
+    min_groups_per_scenario: int = 1  # 0 lets a rare scenario round away (low fraud shares)
+    # Legit pull of abuse-run merchants: their popularity is this x a log-normal(0, 0.5)
+    # (legit merchants: log-normal(0, 1.1), mean ~1.8), so they get a little legit traffic.
+    ring_merchant_popularity: float = 0.2
+
+    # Abuse tactics.
+    brushing_hours: str = "any"  # bursts start at any hour, at "night" (00-03) or by "day"
+    brushing_round_share: float = 0.6  # brushing purchases at round amounts (rest jittered)
+    collusion_pattern: str = "steady"  # or "rounds": all members pay within minutes, pause
+    cash_out_lone_share: float = 0.0  # cash-out groups that are one account on its own card
+    farm_devices: str = "few"  # or "rotating": a new device per 1-3 farm accounts
 
     # Labels.
     user_label_share: float = 0.1  # share of abusive accounts labelled at the user level
     legit_review_rate: float = 0.002  # legit tx reviewed and labelled "legit" (x6 look-alikes)
+    review_delay_min_days: float = 2.0  # reviews land this many days after the tx ...
+    review_delay_max_days: float = 9.0  # ... up to this many
+    legit_mislabel_rate: float = 0.0  # reviews of legit tx that wrongly say "fraud"
+    fraud_mislabel_rate: float = 0.0  # reviews of fraud tx that wrongly say "legit"
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +94,25 @@ class WorldConfig:
             problems.append("history_days must be >= 1")
         if self.influencers is not None and self.influencers < 0:
             problems.append("influencers must be >= 0")
+        if self.referred_referrer_weight < 0 or self.referral_attachment < 0:
+            problems.append("referred_referrer_weight and referral_attachment must be >= 0")
+        if self.ring_merchant_popularity <= 0 or self.refund_delay_median_hours <= 0:
+            problems.append("ring_merchant_popularity and refund_delay_median_hours must be > 0")
+        if self.office_max_size < 30:
+            problems.append("office_max_size must be >= 30")
+        if self.min_groups_per_scenario < 0:
+            problems.append("min_groups_per_scenario must be >= 0")
+        if self.nat_pool_users < 2:
+            problems.append("nat_pool_users must be >= 2")
+        if not 0 < self.review_delay_min_days <= self.review_delay_max_days:
+            problems.append("review delays need 0 < min <= max days")
+        for name, allowed in (
+            ("brushing_hours", BRUSHING_HOURS),
+            ("collusion_pattern", COLLUSION_PATTERNS),
+            ("farm_devices", FARM_DEVICES),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}")
         for name in (
             "label_fraction",
             "new_user_fraction",
@@ -72,6 +124,15 @@ class WorldConfig:
             "lunch_rush_fraction",
             "user_label_share",
             "legit_review_rate",
+            "quick_refund_share",
+            "big_purchase_rate",
+            "family_card_share",
+            "nat_pool_share",
+            "high_rate_merchant_fraction",
+            "brushing_round_share",
+            "cash_out_lone_share",
+            "legit_mislabel_rate",
+            "fraud_mislabel_rate",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be within 0..1")

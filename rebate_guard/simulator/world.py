@@ -22,16 +22,20 @@ import polars as pl
 from rebate_guard.simulator import _abuse, _legit
 from rebate_guard.simulator._builder import Builder
 from rebate_guard.simulator._common import (
+    BIG_PURCHASE,
     BRUSHING,
     CASH_OUT,
     CATEGORIES,
     COLLUSION_RING,
     LOOKALIKES,
     LUNCH_RUSH,
+    NAT_POOL,
     NO_LOOK,
     ORDINARY_REFUND,
     PYRAMID,
+    QUICK_REFUND,
     REFERRAL_FARM,
+    RING_MERCHANT_CUSTOMER,
     SCENARIOS,
 )
 from rebate_guard.simulator._labels import SOURCES, make_labels
@@ -135,11 +139,15 @@ class World:
 
 
 def _group_counts(cfg: WorldConfig, expected_legit: float) -> dict[int, int]:
-    per_100k = _per_100k(cfg)
-    counts = {}
-    for scenario, rate in per_100k.items():
-        x = cfg.fraud_scale * rate * expected_legit / 100_000
-        counts[scenario] = 0 if x <= 0 else max(1, round(x))
+    expected = {
+        scenario: cfg.fraud_scale * rate * expected_legit / 100_000
+        for scenario, rate in _per_100k(cfg).items()
+    }
+    counts = {
+        s: 0 if x <= 0 else max(cfg.min_groups_per_scenario, round(x)) for s, x in expected.items()
+    }
+    if not any(counts.values()) and any(x > 0 for x in expected.values()):
+        counts[max(expected, key=lambda s: expected[s])] = 1  # abuse on: at least one group
     return counts
 
 
@@ -164,12 +172,13 @@ def simulate_world(config: WorldConfig) -> World:
     a, c = _legit.expected_legit(pop, start, end, cfg.refund_rate)
     scale = 1.0
     if cfg.target_transactions is not None:
+        mean_tx = _abuse.mean_tx_per_group(cfg)
         fraud_ratio = cfg.fraud_scale * sum(
-            rate * _abuse.MEAN_TX_PER_GROUP[s] / 100_000 for s, rate in _per_100k(cfg).items()
+            rate * mean_tx[s] / 100_000 for s, rate in _per_100k(cfg).items()
         )
         scale = max(0.01, (cfg.target_transactions / (1.0 + fraud_ratio) - c) / a)
     groups = _group_counts(cfg, a * scale + c)
-    _abuse.inject(rngs[3], b, groups, cfg.n_merchants)
+    _abuse.inject(rngs[3], b, groups, cfg)
     _legit.legit_transactions(rngs[4], b, pop, cfg, scale)
     return _assemble(rngs[5], rngs[6], b, pop, cfg)
 
@@ -319,15 +328,21 @@ def _assemble(
         _phone_hashes(su["phone"], salt),
     )
 
-    # Roles: abuse scenario, else the user's look-alike, else tx-level look-alikes.
+    # Roles: abuse scenario, else the user's look-alike, else tx-level look-alikes in order.
     role = users["look"].copy()
     legit_tx = s["scenario"] == 0
-    no_role = role == NO_LOOK
-    rush_users = np.unique(s["user"][legit_tx & (s["look"] == LUNCH_RUSH)])
-    role[rush_users[no_role[rush_users]]] = LUNCH_RUSH
-    no_role = role == NO_LOOK
-    refunders = np.unique(s["user"][legit_tx & s["refund"]])
-    role[refunders[no_role[refunders]]] = ORDINARY_REFUND
+    at_ring_merchant = merchants["scenario"][s["merchant"]] > 0
+    for code, their_tx in (
+        (LUNCH_RUSH, s["look"] == LUNCH_RUSH),
+        (QUICK_REFUND, s["look"] == QUICK_REFUND),
+        (ORDINARY_REFUND, s["refund"]),
+        (BIG_PURCHASE, s["look"] == BIG_PURCHASE),
+        (RING_MERCHANT_CUSTOMER, at_ring_merchant),
+        (NAT_POOL, s["look"] == NAT_POOL),
+    ):
+        no_role = role == NO_LOOK
+        members = np.unique(s["user"][legit_tx & their_tx])
+        role[members[no_role[members]]] = code
     role_code = np.where(users["scenario"] > 0, users["scenario"], np.where(role >= 0, 6 + role, 0))
     ring_of = users["ring"]
     user_truth = pl.DataFrame(

@@ -148,3 +148,23 @@ def test_replay_records_the_policy_it_was_given(tmp_path: Path) -> None:
     assert set(decisions["policy_version"]) == {"strict-1"}
     # Nothing is fully trusted under it: no rebate is granted in full.
     assert decisions.filter(pl.col("action") == "allow").height == 0
+
+
+def test_simulate_random_profile_writes_the_drawn_config(tmp_path: Path) -> None:
+    import json
+
+    from rebate_guard.simulator import config_json, read_world, world_config
+
+    world = tmp_path / "world"
+    args = ["simulate", "--profile", "random", "--seed", "5", "--transactions", "4000"]
+    assert main([*args, "--days", "6", "--out", str(world)]) == 0
+    written = json.loads((world / "truth" / "config.json").read_text())
+    expected = world_config("random", seed=5, transactions=4000, days=6)
+    assert written == config_json(expected)
+    assert written["nat_pool_share"] == expected.nat_pool_share  # every knob is there
+    assert read_world(world).transactions.height > 2_000
+    default = tmp_path / "default"
+    assert main(["simulate", "--seed", "5", "--days", "4", "--out", str(default)]) == 0
+    assert json.loads((default / "truth" / "config.json").read_text())["target_transactions"] == (
+        100_000
+    )

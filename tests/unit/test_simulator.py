@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -13,16 +16,49 @@ from polars.testing import assert_frame_equal
 from rebate_guard.simulator import (
     ABUSE_SCENARIOS,
     LOOKALIKES,
+    PROFILES,
     World,
     WorldConfig,
     event_stream,
     read_world,
     simulate_world,
+    world_config,
     write_world,
 )
+from rebate_guard.simulator._legit import referral_depth
+from rebate_guard.simulator.profiles import FRAUD_SHARE, PER_100K, RANDOM_RANGES
 
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+#: Every new behaviour on (and strong enough to show in a small world).
+VARIED = replace(
+    SMALL,
+    n_users=4_000,
+    referral_fraction=0.33,
+    referred_referrer_weight=2.5,
+    referral_attachment=2.0,
+    family_card_share=0.9,
+    nat_pool_share=0.3,
+    nat_pool_users=1_000,
+    big_purchase_rate=0.01,
+    high_rate_merchant_fraction=0.1,
+    refund_rate=0.03,
+    quick_refund_share=0.5,
+    ring_merchant_popularity=2.0,
+    brushing_hours="night",
+    brushing_round_share=0.0,
+    collusion_pattern="rounds",
+    cash_out_lone_share=1.0,
+    farm_devices="rotating",
+    review_delay_min_days=1.0,
+    review_delay_max_days=3.0,
+    legit_mislabel_rate=0.05,
+    fraud_mislabel_rate=0.05,
+)
+#: sha256 of a small default world's contract frames (CSV), recorded on main before the
+#: simulator family: the defaults must keep generating exactly today's worlds.
+DEFAULT_WORLD_SHA256 = "cdf8514697a34bf53515b15f077a331a70ddf7517cf5126d28a811be63a666b4"
 
 TX_SCHEMA = {
     "tx_id": pl.String,
@@ -64,6 +100,11 @@ def world() -> World:
 def default_world() -> World:
     """The default 20k-user, 28-day world (about 165k transactions, well under a second)."""
     return simulate_world(WorldConfig())
+
+
+@pytest.fixture(scope="module")
+def varied() -> World:
+    return simulate_world(VARIED)
 
 
 def _tx_with_truth(w: World) -> pl.DataFrame:
@@ -223,15 +264,25 @@ def test_refunds_reference_an_earlier_payment_of_same_user_merchant_amount(world
 # --- abuse and look-alikes ----------------------------------------------------------------
 
 
-def test_every_scenario_and_lookalike_is_present_with_members(world: World) -> None:
-    roles = world.user_truth.group_by("role").len()
-    counts = dict(zip(roles["role"], roles["len"], strict=True))
-    for name in (*ABUSE_SCENARIOS, *LOOKALIKES):
-        assert counts.get(name, 0) > 0, name
+#: Look-alike groups only the family's knobs create (absent from default worlds).
+KNOB_ONLY = {"nat_pool", "big_purchase", "high_rate_merchant"}
+
+
+def test_every_scenario_and_lookalike_is_present_with_members(world: World, varied: World) -> None:
+    for w, expected in (
+        (world, set(LOOKALIKES) - KNOB_ONLY - {"deep_referral"}),
+        (varied, set(LOOKALIKES)),
+    ):
+        roles = w.user_truth.group_by("role").len()
+        counts = dict(zip(roles["role"], roles["len"], strict=True))
+        for name in (*ABUSE_SCENARIOS, *(expected - {"high_rate_merchant"})):
+            assert counts.get(name, 0) > 0, name
+        legit_groups = set(w.tx_truth.filter(~pl.col("is_fraud"))["group"].drop_nulls())
+        assert expected <= legit_groups
+        if w is world:
+            assert not legit_groups & KNOB_ONLY
     truth = world.tx_truth
     assert set(truth["scenario"].unique()) == {"legit", *ABUSE_SCENARIOS}
-    legit_groups = set(truth.filter(~pl.col("is_fraud"))["group"].drop_nulls())
-    assert legit_groups == set(LOOKALIKES)
     assert (truth["is_fraud"] == (truth["scenario"] != "legit")).all()
     assert set(world.rings_truth["kind"]) == set(ABUSE_SCENARIOS)
 
@@ -431,6 +482,177 @@ def test_invalid_config_is_rejected() -> None:
         WorldConfig(n_users=10)
     with pytest.raises(ValueError, match="label_fraction"):
         WorldConfig(label_fraction=1.5)
+    with pytest.raises(ValueError, match="brushing_hours"):
+        WorldConfig(brushing_hours="noon")
+    with pytest.raises(ValueError, match="nat_pool_share"):
+        WorldConfig(nat_pool_share=-0.1)
+    with pytest.raises(ValueError, match="review delays"):
+        WorldConfig(review_delay_min_days=5, review_delay_max_days=2)
+    with pytest.raises(ValueError, match="unknown profile"):
+        world_config("hard", seed=1)
+
+
+# --- the simulator family -----------------------------------------------------------------
+
+
+def test_default_worlds_are_unchanged() -> None:
+    w = simulate_world(WorldConfig(seed=5, n_users=1_000, n_merchants=60, days=7))
+    digest = hashlib.sha256()
+    for name in ("transactions", "signups", "labels"):
+        digest.update(getattr(w, name).write_csv().encode())
+    assert digest.hexdigest() == DEFAULT_WORLD_SHA256
+
+
+def test_default_profile_is_todays_world() -> None:
+    assert world_config("default", seed=3) == WorldConfig(
+        seed=3, days=28, target_transactions=100_000
+    )
+    assert world_config("default", seed=3, transactions=5_000, days=4) == WorldConfig(
+        seed=3, days=4, target_transactions=5_000
+    )
+
+
+def test_random_profile_is_deterministic_varied_and_in_range() -> None:
+    assert PROFILES == ("default", "random")
+    configs = [world_config("random", seed=s) for s in range(12)]
+    assert configs[0] == world_config("random", seed=0)
+    assert len(set(configs)) == len(configs)
+    for cfg in configs:
+        assert (cfg.days, cfg.target_transactions) == (45, 80_000)
+        assert cfg.referred_referrer_weight > 1  # referred users refer: deep chains
+        for name, spec in RANDOM_RANGES.items():
+            value = getattr(cfg, name)
+            if isinstance(spec[0], str):
+                assert value in spec, name
+            else:
+                assert spec[0] <= value <= spec[1], name
+        per_100k = [getattr(cfg, name) for name in PER_100K.values()]
+        assert min(per_100k) >= 0 and sum(per_100k) > 0
+    for name in RANDOM_RANGES:  # every knob actually varies
+        assert len({getattr(c, name) for c in configs}) > 1, name
+    mixes = set()
+    for cfg in configs:  # and so does the mix of abuse kinds
+        rates = np.array([getattr(cfg, name) for name in PER_100K.values()])
+        mixes.add(tuple(np.round(rates / rates.sum(), 3)))
+    assert len(mixes) == len(configs)
+    assert FRAUD_SHARE == (0.005, 0.05)
+
+
+def test_random_world_fraud_share_is_in_a_plausible_range() -> None:
+    w = simulate_world(world_config("random", seed=4, transactions=20_000, days=20))
+    assert 0.002 < w.tx_truth["is_fraud"].mean() < 0.12
+
+
+def _legit_depths(w: World) -> np.ndarray:
+    legit = w.signups.join(w.user_truth, on="user_id").filter(
+        ~pl.col("role").is_in(ABUSE_SCENARIOS)
+    )
+    index = {u: i for i, u in enumerate(legit["user_id"])}
+    referrer = np.array([index.get(r, -1) for r in legit["referrer_id"]], dtype=np.int64)
+    return referral_depth(referrer)
+
+
+def test_preferential_referrals_build_deep_legit_chains(world: World, varied: World) -> None:
+    assert _legit_depths(varied).max() >= 5
+    assert _legit_depths(world).max() <= 4  # today's shallow trees
+    deep = varied.user_truth.filter(pl.col("role") == "deep_referral")
+    assert deep.height > 0
+
+
+def test_nat_pool_ips_carry_hundreds_of_users(varied: World) -> None:
+    nat = _tx_with_truth(varied).filter(pl.col("group") == "nat_pool")
+    per_ip = nat.group_by("ip").agg(pl.col("user_id").n_unique())
+    assert per_ip.height >= 1
+    assert per_ip["user_id"].min() >= 200
+
+
+def test_mislabelled_reviews_exist_when_the_rates_are_on(varied: World, world: World) -> None:
+    for w, present in ((varied, True), (world, False)):
+        labels = w.labels.join(w.tx_truth, on="tx_id")
+        legit_said_fraud = labels.filter(~pl.col("is_fraud") & (pl.col("label") == "fraud"))
+        fraud_said_legit = labels.filter(pl.col("is_fraud") & (pl.col("label") == "legit"))
+        assert (legit_said_fraud.height > 0) == present
+        assert (fraud_said_legit.height > 0) == present
+
+
+def test_big_purchases_are_heavy_tailed(varied: World) -> None:
+    tx = _tx_with_truth(varied).filter(~pl.col("is_fraud") & (pl.col("kind") == "payment"))
+    usual = (
+        tx.filter(pl.col("group") != "big_purchase")
+        .group_by("merchant_id")
+        .agg(pl.col("amount_cents").median().alias("usual"))
+    )
+    big = tx.filter(pl.col("group") == "big_purchase").join(usual, on="merchant_id")
+    ratio = big["amount_cents"] / big["usual"]
+    assert big.height > 20
+    assert ratio.median() > 4
+    assert ratio.max() > 25
+
+
+def test_quick_refunds_come_within_two_hours(varied: World) -> None:
+    tx = _tx_with_truth(varied)
+    refunds = tx.filter((pl.col("kind") == "refund") & ~pl.col("is_fraud")).join(
+        tx.select(pl.col("tx_id").alias("ref_tx_id"), pl.col("ts").alias("paid")), on="ref_tx_id"
+    )
+    delay = refunds["ts"] - refunds["paid"]
+    quick = refunds["group"] == "quick_refund"
+    assert quick.sum() > 20
+    assert (delay.filter(quick) <= 2 * HOUR_MS).all()
+    assert (delay.filter(~quick) >= HOUR_MS).all()
+
+
+def test_high_rate_legit_merchants_and_ring_merchant_customers(varied: World) -> None:
+    tx = _tx_with_truth(varied)
+    high = tx.filter(pl.col("group") == "high_rate_merchant")
+    assert high.height > 0 and high["rebate_rate"].min() >= 0.2
+    customers = tx.filter(pl.col("group") == "ring_merchant_customer")
+    ring_merchants = varied.merchant_truth.filter(pl.col("role") != "legit")["merchant_id"]
+    assert customers.height > 0
+    assert customers["merchant_id"].is_in(ring_merchants.implode()).all()
+
+
+def _hours(tx: pl.DataFrame) -> pl.Series:
+    return (tx["ts"] % DAY_MS) / HOUR_MS
+
+
+def test_brushing_hours_knob(varied: World, world: World) -> None:
+    night = _tx_with_truth(varied).filter(pl.col("scenario") == "brushing")
+    assert (_hours(night) < 6).mean() > 0.9
+    assert (night["amount_cents"] % 100 == 0).mean() < 0.3  # jittered, not round
+    anytime = _tx_with_truth(world).filter(pl.col("scenario") == "brushing")
+    assert (_hours(anytime) < 6).mean() < 0.6
+    day = simulate_world(replace(SMALL, brushing_hours="day"))
+    by_day = _tx_with_truth(day).filter(pl.col("scenario") == "brushing")
+    assert ((_hours(by_day) >= 9) & (_hours(by_day) < 21)).mean() > 0.9
+
+
+def _ring_gaps(w: World, kind: str) -> list[pl.Series]:
+    tx = _tx_with_truth(w).filter(pl.col("scenario") == kind)
+    return [g.sort("ts")["ts"].diff().drop_nulls() for _, g in tx.group_by("group")]
+
+
+def test_collusion_in_rounds_is_bursty(varied: World, world: World) -> None:
+    for gaps in _ring_gaps(varied, "collusion_ring"):
+        assert gaps.median() < 30 * 60_000  # members pay within minutes of each other ...
+        assert gaps.max() > 12 * HOUR_MS  # ... then pause until the next round
+    steady = [g.median() for g in _ring_gaps(world, "collusion_ring")]
+    assert np.median(steady) > 30 * 60_000
+
+
+def test_lone_cash_out_and_rotating_farm_devices(varied: World, world: World) -> None:
+    tx = _tx_with_truth(varied)
+    for kind, w in (("cash_out", varied),):
+        rings = w.rings_truth.filter(pl.col("kind") == kind)
+        assert rings.height > 0
+        assert (rings["users"].list.len() == 1).all()
+    cash = tx.filter(pl.col("scenario") == "cash_out")
+    assert cash.group_by("group").agg(pl.col("card_id").n_unique())["card_id"].max() == 1
+    for w, rotating in ((varied, True), (world, False)):
+        farms = w.signups.join(w.user_truth, on="user_id").filter(pl.col("role") == "referral_farm")
+        per_device = farms.group_by("ring_id").agg(
+            (pl.len() / pl.col("device_id").n_unique()).alias("accounts_per_device")
+        )["accounts_per_device"]
+        assert (per_device.max() <= 3) if rotating else (per_device.min() > 5)
 
 
 # --- stream and files ---------------------------------------------------------------------

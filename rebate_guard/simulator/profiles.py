@@ -1,0 +1,137 @@
+"""A simulator family: named profiles that turn a seed into a `WorldConfig`.
+
+- ``"default"``: today's world, ``WorldConfig(seed=seed, days=days, target_transactions=...)``.
+- ``"random"``: domain randomisation. Every knob is drawn from its own generator seeded by the
+  seed (`RANDOM_RANGES` lists the ranges), so tuning on some seeds and reporting on others
+  measures how a pipeline does on platforms it never saw. The same profile and seed always
+  give the same config, hence the same world.
+
+See docs/simulator.md, "A simulator family".
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from rebate_guard.simulator._abuse import mean_tx_per_group
+from rebate_guard.simulator._common import (
+    BRUSHING,
+    CASH_OUT,
+    COLLUSION_RING,
+    PYRAMID,
+    REFERRAL_FARM,
+)
+from rebate_guard.simulator.config import (
+    BRUSHING_HOURS,
+    COLLUSION_PATTERNS,
+    FARM_DEVICES,
+    WorldConfig,
+)
+
+PROFILES = ("default", "random")
+#: (days, transactions) a profile uses when the caller gives none.
+PROFILE_SIZE = {"default": (28, 100_000), "random": (45, 80_000)}
+RANDOM_SALT = 0x5EED
+
+#: The random profile's knobs: (low, high) drawn uniformly (ints inclusive), or a tuple of
+#: choices drawn with equal odds. Fraud (fraud_share, the per-scenario mix) is drawn apart.
+RANDOM_RANGES: dict[str, tuple[Any, ...]] = {
+    "n_users": (10_000, 30_000),
+    "n_merchants": (400, 1_500),
+    "new_user_fraction": (0.1, 0.3),
+    "referral_fraction": (0.1, 0.4),
+    "referral_attachment": (0.5, 3.0),
+    "refund_rate": (0.005, 0.05),
+    "quick_refund_share": (0.1, 0.5),
+    "refund_delay_median_hours": (6.0, 72.0),
+    "big_purchase_rate": (0.002, 0.02),
+    "family_fraction": (0.02, 0.08),
+    "family_card_share": (0.3, 0.9),
+    "office_fraction": (0.0, 0.08),
+    "office_max_size": (300, 2_000),
+    "nat_pool_share": (0.0, 0.3),
+    "nat_pool_users": (500, 2_000),
+    "high_rate_merchant_fraction": (0.0, 0.15),
+    "loyal_fraction": (0.005, 0.03),
+    "lunch_rush_fraction": (0.02, 0.08),
+    "ring_merchant_popularity": (0.1, 2.0),
+    "brushing_hours": BRUSHING_HOURS,
+    "brushing_round_share": (0.0, 0.9),
+    "collusion_pattern": COLLUSION_PATTERNS,
+    "cash_out_lone_share": (0.0, 1.0),
+    "farm_devices": FARM_DEVICES,
+    "label_fraction": (0.1, 0.5),
+    "user_label_share": (0.05, 0.2),
+    "legit_review_rate": (0.001, 0.004),
+    "review_delay_min_days": (1.0, 3.0),
+    "review_delay_max_days": (5.0, 14.0),
+    "legit_mislabel_rate": (0.0, 0.01),
+    "fraud_mislabel_rate": (0.0, 0.01),
+}
+#: Chance that a referrer is itself a referred user; `referred_referrer_weight` is derived
+#: from it and the drawn `referral_fraction`, so chains run 5-9 deep at any referral share.
+REFERRED_REFERRER = (0.5, 0.7)
+FRAUD_SHARE = (0.005, 0.05)  # of transactions (tiny worlds run higher: >= 1 group per kind)
+MIX_ALPHA = 1.0  # Dirichlet concentration of the per-scenario mix of abuse groups
+MIX_FLOOR = 0.02  # no scenario's share of the mix drops below this
+PYRAMID_SIZED_DAYS = 28  # the window `MEAN_TX_PER_GROUP` was measured on
+PER_100K = {
+    BRUSHING: "brushing_per_100k",
+    REFERRAL_FARM: "referral_farm_per_100k",
+    COLLUSION_RING: "collusion_ring_per_100k",
+    CASH_OUT: "cash_out_per_100k",
+    PYRAMID: "pyramid_per_100k",
+}
+
+
+def world_config(
+    profile: str, *, seed: int, transactions: int | None = None, days: int | None = None
+) -> WorldConfig:
+    """The `WorldConfig` of `profile` for `seed` (days / transactions: the profile's if None)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    default_days, default_tx = PROFILE_SIZE[profile]
+    size: dict[str, Any] = {
+        "seed": seed,
+        "days": default_days if days is None else days,
+        "target_transactions": default_tx if transactions is None else transactions,
+    }
+    if profile == "default":
+        return WorldConfig(**size)
+    rng = np.random.default_rng([seed, RANDOM_SALT])
+    return WorldConfig(**size, **_random_knobs(rng, size["days"]))
+
+
+def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:
+    knobs: dict[str, Any] = {}
+    for name, spec in RANDOM_RANGES.items():
+        if isinstance(spec[0], str):
+            knobs[name] = spec[int(rng.integers(0, len(spec)))]
+        elif isinstance(spec[0], int):
+            knobs[name] = int(rng.integers(spec[0], spec[1] + 1))
+        else:
+            knobs[name] = float(rng.uniform(spec[0], spec[1]))
+    f, p = knobs["referral_fraction"], float(rng.uniform(*REFERRED_REFERRER))
+    knobs["referred_referrer_weight"] = p * (1.0 - f) / (f * (1.0 - p))
+    # Abuse: a fraud share, split over the scenarios by a Dirichlet mix; groups per 100k
+    # legit tx follow from each scenario's transactions per group under the drawn tactics.
+    share = float(rng.uniform(*FRAUD_SHARE))
+    mix = np.maximum(rng.dirichlet(np.full(len(PER_100K), MIX_ALPHA)), MIX_FLOOR)
+    mix = mix / mix.sum()
+    mean_tx = mean_tx_per_group(WorldConfig(cash_out_lone_share=knobs["cash_out_lone_share"]))
+    mean_tx[PYRAMID] *= days / PYRAMID_SIZED_DAYS  # members rebuy until the window ends
+    per_tx = sum(w * mean_tx[s] for w, s in zip(mix, PER_100K, strict=True))
+    groups = share / (1.0 - share) * 100_000 / per_tx
+    for w, (_, name) in zip(mix, PER_100K.items(), strict=True):
+        knobs[name] = float(groups * w)
+    knobs["fraud_scale"] = 1.0
+    knobs["min_groups_per_scenario"] = 0
+    return knobs
+
+
+def config_json(config: WorldConfig) -> dict[str, Any]:
+    """Every knob of a config by name (JSON-ready), so a written world says what it is."""
+    return {f.name: getattr(config, f.name) for f in fields(config)}
