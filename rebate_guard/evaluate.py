@@ -30,6 +30,8 @@ import polars as pl
 
 DAY_MS = 86_400_000
 WITHHELD = ("hold", "block")
+#: The legitimate friction at which `capture_at_friction` is reported by `evaluate`.
+CAPTURE_AT_FRICTION = 0.01
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Evaluation:
     money_withheld: dict[str, float] = field(default_factory=dict)
     #: The same in the end, after the ledger's adjustments (when given).
     money_withheld_final: dict[str, float] = field(default_factory=dict)
+    #: Truth only, decisions with trust weights: the share of fraud money the best single
+    #: weight cut withholds at `CAPTURE_AT_FRICTION` legitimate friction (`capture_at_friction`).
+    fraud_capture_at_friction: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +94,12 @@ class Evaluation:
             for name, share in self.money_withheld.items():
                 end = f" {final[name]:.2%} |" if final else ""
                 lines.append(f"| {name} | {share:.2%} |{end}")
+        if self.fraud_capture_at_friction is not None:
+            lines += [
+                "",
+                f"best fraud money withheld by any weight cut at {CAPTURE_AT_FRICTION:.0%} "
+                f"legitimate friction: {self.fraud_capture_at_friction:.2%}",
+            ]
         return "\n".join(lines)
 
 
@@ -136,7 +147,8 @@ def evaluate(
 ) -> Evaluation:
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
-    decided = pl.read_parquet(decisions).select(
+    decided = pl.read_parquet(decisions)
+    decided = decided.select(
         "tx_id",
         "ts",
         "user_id",
@@ -144,6 +156,7 @@ def evaluate(
         "action",
         "rebate_requested_cents",
         "rebate_granted_cents",
+        *(["trust_weight"] if "trust_weight" in decided.columns else []),
     )
     if truth is not None:
         source = "truth"
@@ -177,6 +190,8 @@ def evaluate(
             withheld = rows["action"].is_in(WITHHELD).mean()
             result.lookalikes_withheld[str(group)] = float(withheld)  # type: ignore[arg-type]
         result.money_withheld = money_withheld(frame)
+        if "trust_weight" in frame.columns:
+            result.fraud_capture_at_friction = capture_at_friction(frame, CAPTURE_AT_FRICTION)
         if adjustments is not None:
             result.money_withheld_final = money_withheld(_after_ledger(frame, adjustments))
     return result
@@ -222,6 +237,36 @@ def money_withheld(frame: pl.DataFrame) -> dict[str, float]:
     for (group,), rows in sorted(groups.group_by("group"), key=lambda g: str(g[0][0])):
         out[f"legit:{group}"] = share(rows)
     return out
+
+
+def capture_at_friction(frame: pl.DataFrame, friction: float) -> float | None:
+    """The best any single trust-weight cut could do: the share of fraudulent rebate money
+    withheld when payments are withheld lowest weight first until the legitimate rebate
+    money withheld reaches `friction` of all legitimate rebate money. It measures the
+    ranking where the money is, whatever the policy: a weight that puts legitimate money
+    among the fraud can capture little at a small friction however its thresholds are set.
+
+    `frame`: payments with `trust_weight`, `rebate_requested_cents` and boolean `fraud`.
+    Payments with equal weights are withheld together (a cut cannot split them), so a tie
+    that would overshoot the friction is left out. None when there is no money of either
+    class."""
+    paid = frame.filter(pl.col("rebate_requested_cents") > 0)
+    by_weight = paid.group_by("trust_weight").agg(
+        pl.col("rebate_requested_cents").filter(pl.col("fraud")).sum().alias("fraud_cents"),
+        pl.col("rebate_requested_cents").filter(~pl.col("fraud")).sum().alias("legit_cents"),
+    )
+    fraud_total = int(by_weight["fraud_cents"].sum())
+    legit_total = int(by_weight["legit_cents"].sum())
+    if fraud_total == 0 or legit_total == 0:
+        return None
+    cut = by_weight.sort("trust_weight").with_columns(
+        pl.col("fraud_cents").cum_sum().alias("fraud_withheld"),
+        pl.col("legit_cents").cum_sum().alias("legit_withheld"),
+    )
+    within = cut.filter(pl.col("legit_withheld") <= friction * legit_total)
+    if within.is_empty():
+        return 0.0
+    return int(within["fraud_withheld"].max()) / fraud_total  # type: ignore[arg-type]
 
 
 def _truth_file(truth: Path) -> Path:

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from rebate_guard.cli import main
-from rebate_guard.evaluate import evaluate, ranking
+from rebate_guard.evaluate import capture_at_friction, evaluate, ranking
 from tests.factories import DAY, T0
 
 
@@ -123,3 +123,36 @@ def test_money_in_the_end_follows_the_ledgers_last_adjustment(tmp_path: Path) ->
     assert result.money_withheld_final["legit:office_ip"] == 0.0
     assert result.money_withheld_final["fraud"] == 1.0
     assert "in the end" in result.table()
+
+
+def test_capture_at_friction_withholds_lowest_weights_first_within_the_friction() -> None:
+    frame = pl.DataFrame(
+        {
+            "trust_weight": [0.1, 0.2, 0.3, 0.4, 0.9, 0.95],
+            "rebate_requested_cents": [300, 100, 200, 600, 9_000, 400],
+            "fraud": [True, False, True, True, False, False],
+        }
+    )
+    # Legit money 9,500: 1% is 95 cents, less than the 100 legit cents at 0.2, so the cut
+    # stops after 0.1 and captures 300 of the 1,100 fraud cents.
+    assert capture_at_friction(frame, 0.01) == pytest.approx(300 / 1_100)
+    # 2% (190 cents) admits the 100 at 0.2: the cut runs on to 0.4 (all fraud).
+    assert capture_at_friction(frame, 0.02) == pytest.approx(1.0)
+    # Payments with equal weights go together: a tie that would overshoot is left out.
+    tied = frame.with_columns(pl.Series("trust_weight", [0.1, 0.1, 0.3, 0.4, 0.9, 0.95]))
+    assert capture_at_friction(tied, 0.01) == pytest.approx(0.0)
+    assert capture_at_friction(frame.filter(~pl.col("fraud")), 0.01) is None
+
+
+def test_evaluate_reports_capture_at_friction_when_decisions_carry_weights(
+    tmp_path: Path,
+) -> None:
+    decisions, truth, _ = _files(tmp_path)
+    weighted = pl.read_parquet(decisions).with_columns(
+        pl.Series("trust_weight", [0.05, 0.8, 0.3, 0.1, 0.9, 0.95])
+    )
+    weighted.write_parquet(decisions)
+    result = evaluate(decisions, truth=truth)
+    # Fraud a (1,000 cents at 0.05) and d (2,000 at 0.1) are the two lowest weights.
+    assert result.fraud_capture_at_friction == pytest.approx(1.0)
+    assert "legitimate friction: 100.00%" in result.table()

@@ -1,0 +1,310 @@
+"""Held-out evaluation: how RebateGuard does on simulated platforms it was never tuned on.
+
+A world of the simulator family (`rebate_guard.simulator.world_config`, profile "random":
+every knob of the platform, its look-alikes, labels and abuse tactics drawn from the seed)
+is generated, replayed through the scoring path with a policy, and evaluated against its
+truth: ranking (AP, ROC AUC), money (fraud and legitimate rebate money withheld at
+decision, per look-alike group; the best capture any weight cut reaches at 1% friction),
+and rings (found, precision, look-alike users flagged, detection delay).
+
+Seeds are split once and for all: `TUNING_SEEDS` are the only worlds anything may be tuned
+on; `HELDOUT_SEEDS` are reported on and never used for tuning. `benchmarks/generalization.py`
+runs the split and prints the table; `tests/unit/test_generalization.py` runs a small
+version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+#: The only worlds thresholds, models or the simulator's realism may be tuned on.
+TUNING_SEEDS: tuple[int, ...] = tuple(range(10))
+#: Reported on, never tuned on.
+HELDOUT_SEEDS: tuple[int, ...] = tuple(range(100, 120))
+#: Look-alike groups' friction is reported only where the group has this much legit money
+#: (cents) in a world: a handful of payments says nothing.
+MIN_GROUP_CENTS = 10_000
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Issue #17's targets: means over the held-out worlds, worst world within 1.5x."""
+
+    legit_friction_max: float = 0.01
+    fraud_withheld_min: float = 0.90
+    capture_at_friction_min: float = 0.90
+    average_precision_min: float = 0.85
+    ring_recall_min: float = 0.90
+    ring_precision_min: float = 0.90
+    lookalike_flagged_max: float = 0.005
+    ring_delay_max_min: float = 60.0
+    worst_factor: float = 1.5
+
+
+@dataclass
+class WorldResult:
+    profile: str
+    seed: int
+    transactions: int
+    fraud_tx_share: float
+    fraud_money_share: float
+    roc_auc: float | None
+    average_precision: float | None
+    fraud_withheld: float
+    legit_withheld: float
+    capture_at_friction: float | None
+    #: look-alike group -> legitimate rebate money withheld at decision.
+    lookalike_friction: dict[str, float] = field(default_factory=dict)
+    true_rings: int = 0
+    ring_recall: float = 0.0
+    ring_precision: float = 0.0
+    lookalike_flagged: float = 0.0
+    ring_delay_min: float | None = None
+    seconds: float = 0.0
+
+
+def run_world(
+    seed: int,
+    *,
+    profile: str = "random",
+    transactions: int | None = None,
+    days: int | None = None,
+    policy: Path | None = None,
+    workdir: Path | None = None,
+) -> WorldResult:
+    """Simulate, replay and evaluate one world of the family (files in `workdir`, or a
+    temporary directory removed afterwards)."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix=f"rg-world-{seed}-") as tmp:
+            return _run(seed, profile, transactions, days, policy, Path(tmp))
+    return _run(seed, profile, transactions, days, policy, workdir)
+
+
+def _run(
+    seed: int,
+    profile: str,
+    transactions: int | None,
+    days: int | None,
+    policy: Path | None,
+    workdir: Path,
+) -> WorldResult:
+    import time
+
+    from features.engine import FeatureEngine
+    from graph.layer import GraphLayer
+    from rebate_guard.evaluate import evaluate
+    from rebate_guard.policy import Policy, default_policy
+    from rebate_guard.replay import replay
+    from rebate_guard.ring_quality import ring_quality
+    from rebate_guard.scoring import Decider, Scorer
+    from rebate_guard.simulator import simulate_world, world_config, write_world
+
+    started = time.perf_counter()
+    world_dir, out = workdir / "world", workdir / "replay"
+    config = world_config(profile, seed=seed, transactions=transactions, days=days)
+    world = simulate_world(config)
+    write_world(world, world_dir)
+    scorer = Scorer(
+        features=FeatureEngine(),
+        decider=Decider(policy=Policy.load(policy) if policy else default_policy()),
+        graph=GraphLayer(),
+    )
+    replay(
+        world_dir / "transactions.parquet",
+        out,
+        signups=world_dir / "signups.parquet",
+        labels=world_dir / "labels.parquet",
+        scorer=scorer,
+        progress=None,
+    )
+    result = evaluate(out / "decisions.parquet", truth=world_dir / "truth")
+    rings = ring_quality(pl.read_parquet(out / "rings.parquet"), world_dir)
+    return WorldResult(
+        profile=profile,
+        seed=seed,
+        transactions=world.transactions.height,
+        fraud_tx_share=float(world.tx_truth["is_fraud"].mean() or 0.0),  # type: ignore[arg-type]
+        fraud_money_share=_fraud_money_share(out / "decisions.parquet", world_dir / "truth"),
+        roc_auc=result.overall.roc_auc,
+        average_precision=result.overall.average_precision,
+        fraud_withheld=result.money_withheld.get("fraud", 0.0),
+        legit_withheld=result.money_withheld.get("legit", 0.0),
+        capture_at_friction=result.fraud_capture_at_friction,
+        lookalike_friction=_group_friction(out / "decisions.parquet", world_dir / "truth"),
+        true_rings=rings.true_rings,
+        ring_recall=rings.recall,
+        ring_precision=rings.precision,
+        lookalike_flagged=rings.lookalike_share,
+        ring_delay_min=rings.median_delay_min,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _payments(decisions: Path, truth: Path) -> pl.DataFrame:
+    return (
+        pl.read_parquet(
+            decisions, columns=["tx_id", "rebate_requested_cents", "rebate_granted_cents"]
+        )
+        .filter(pl.col("rebate_requested_cents") > 0)
+        .join(pl.read_parquet(truth / "tx_truth.parquet"), on="tx_id")
+    )
+
+
+def _fraud_money_share(decisions: Path, truth: Path) -> float:
+    paid = _payments(decisions, truth)
+    total = int(paid["rebate_requested_cents"].sum())
+    fraud = int(paid.filter(pl.col("is_fraud"))["rebate_requested_cents"].sum())
+    return fraud / total if total else 0.0
+
+
+def _group_friction(decisions: Path, truth: Path) -> dict[str, float]:
+    """Legitimate money withheld per look-alike group, where the group has enough money."""
+    legit = _payments(decisions, truth).filter(~pl.col("is_fraud") & pl.col("group").is_not_null())
+    sums = legit.group_by("group").agg(
+        pl.col("rebate_requested_cents").sum().alias("asked"),
+        pl.col("rebate_granted_cents").sum().alias("granted"),
+    )
+    return {
+        str(group): 1.0 - granted / asked
+        for group, asked, granted in sums.sort("group").iter_rows()
+        if asked >= MIN_GROUP_CENTS
+    }
+
+
+# --- the summary --------------------------------------------------------------------------
+
+#: (label, how to read it from a world, lower is better, the target's attribute).
+Metric = tuple[str, Callable[[WorldResult], float | None], bool, str | None]
+METRICS: tuple[Metric, ...] = (
+    ("legit money withheld at decision", lambda r: r.legit_withheld, True, "legit_friction_max"),
+    ("fraud money withheld at decision", lambda r: r.fraud_withheld, False, "fraud_withheld_min"),
+    (
+        "best fraud capture at 1% friction",
+        lambda r: r.capture_at_friction,
+        False,
+        "capture_at_friction_min",
+    ),
+    ("transaction AP", lambda r: r.average_precision, False, "average_precision_min"),
+    ("transaction ROC AUC", lambda r: r.roc_auc, False, None),
+    ("rings found (Jaccard >= 0.5)", lambda r: r.ring_recall, False, "ring_recall_min"),
+    ("flagged rings that are real", lambda r: r.ring_precision, False, "ring_precision_min"),
+    ("look-alike users flagged", lambda r: r.lookalike_flagged, True, "lookalike_flagged_max"),
+    ("median ring detection delay (min)", lambda r: r.ring_delay_min, True, "ring_delay_max_min"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    mean: float | None
+    worst: float | None
+    worst_seed: int | None
+    target: float | None
+    lower_is_better: bool
+
+    @property
+    def met(self) -> bool | None:
+        """Mean at or past the target and the worst world within `worst_factor` of it."""
+        if self.target is None or self.mean is None or self.worst is None:
+            return None
+        factor = Targets().worst_factor
+        if self.lower_is_better:
+            return self.mean <= self.target and self.worst <= self.target * factor
+        return self.mean >= self.target and self.worst >= self.target / factor
+
+
+def summarise(results: Sequence[WorldResult], targets: Targets | None = None) -> list[Row]:
+    targets = targets or Targets()
+    rows = []
+    for label, read, lower, attr in METRICS:
+        values = [(v, r.seed) for r in results if (v := read(r)) is not None and not math.isnan(v)]
+        target = getattr(targets, attr) if attr else None
+        if not values:
+            rows.append(Row(label, None, None, None, target, lower))
+            continue
+        worst, seed = (max if lower else min)(values, key=lambda vs: vs[0])
+        mean = statistics.fmean(v for v, _ in values)
+        rows.append(Row(label, mean, worst, seed, target, lower))
+    return rows
+
+
+def lookalike_rows(results: Sequence[WorldResult]) -> list[tuple[str, float, float, int, int]]:
+    """Per look-alike group: (group, mean friction, worst friction, worst seed, worlds)."""
+    by_group: dict[str, list[tuple[float, int]]] = {}
+    for r in results:
+        for group, friction in r.lookalike_friction.items():
+            by_group.setdefault(group, []).append((friction, r.seed))
+    rows = []
+    for group, values in sorted(by_group.items()):
+        worst, seed = max(values)
+        rows.append((group, statistics.fmean(v for v, _ in values), worst, seed, len(values)))
+    return rows
+
+
+def _fmt(value: float | None, label: str) -> str:
+    if value is None:
+        return "n/a"
+    if "(min)" in label:
+        return f"{value:,.0f}"
+    return f"{value:.3f}" if label.startswith("transaction") else f"{value:.2%}"
+
+
+def table(results: Sequence[WorldResult], targets: Targets | None = None) -> str:
+    """The summary (mean, worst world, target, met) and the look-alike groups' friction."""
+    lines = [
+        "| measure | mean | worst world (seed) | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for row in summarise(results, targets):
+        sign = "<=" if row.lower_is_better else ">="
+        target = f"{sign} {_fmt(row.target, row.label)}" if row.target is not None else ""
+        met = {None: "", True: "yes", False: "**no**"}[row.met]
+        lines.append(
+            f"| {row.label} | {_fmt(row.mean, row.label)} | {_fmt(row.worst, row.label)} "
+            f"({row.worst_seed}) | {target} | {met} |"
+        )
+    lines += [
+        "",
+        "| look-alike group (legit money withheld) | mean | worst world (seed) | worlds |",
+        "|---|---|---|---|",
+    ]
+    for group, mean, worst, seed, n in lookalike_rows(results):
+        lines.append(f"| {group} | {mean:.2%} | {worst:.2%} ({seed}) | {n} |")
+    return "\n".join(lines)
+
+
+def per_world_table(results: Sequence[WorldResult]) -> str:
+    lines = [
+        "| seed | transactions | fraud tx | fraud money | AP | legit withheld | fraud withheld "
+        "| capture @1% | rings found | ring precision | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r.seed):
+        ap = "n/a" if r.average_precision is None else f"{r.average_precision:.3f}"
+        capture = "n/a" if r.capture_at_friction is None else f"{r.capture_at_friction:.1%}"
+        lines.append(
+            f"| {r.seed} | {r.transactions:,} | {r.fraud_tx_share:.2%} | "
+            f"{r.fraud_money_share:.1%} | {ap} | {r.legit_withheld:.2%} | "
+            f"{r.fraud_withheld:.1%} | {capture} | {r.ring_recall:.0%} of {r.true_rings} | "
+            f"{r.ring_precision:.0%} | {r.seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(results: Sequence[WorldResult], out: Path, **meta: Any) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        **meta,
+        "worlds": [asdict(r) for r in results],
+        "summary": [asdict(row) | {"met": row.met} for row in summarise(results)],
+    }
+    out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,56 @@
+"""The held-out evaluation in small: a world of the simulator family, replayed with the shipped
+policy, evaluated against its truth, summarised against issue #17's targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from rebate_guard.generalization import (
+    HELDOUT_SEEDS,
+    TUNING_SEEDS,
+    Targets,
+    WorldResult,
+    run_world,
+    summarise,
+)
+
+#: Seeds outside both splits: a test tunes nothing and must not spend the held-out worlds.
+TEST_SEED = 900
+
+
+def test_the_splits_never_overlap() -> None:
+    assert not set(TUNING_SEEDS) & set(HELDOUT_SEEDS)
+    assert TEST_SEED not in set(TUNING_SEEDS) | set(HELDOUT_SEEDS)
+    assert len(HELDOUT_SEEDS) >= 20
+
+
+def test_a_random_world_is_replayed_and_its_money_measured(tmp_path: Path) -> None:
+    result = run_world(TEST_SEED, profile="random", transactions=20_000, workdir=tmp_path)
+    assert result.transactions > 12_000 and 0 < result.fraud_tx_share < 0.2
+    decided = pl.read_parquet(tmp_path / "replay" / "decisions.parquet")
+    truth = pl.read_parquet(tmp_path / "world" / "truth" / "tx_truth.parquet")
+    legit = (
+        decided.join(truth, on="tx_id")
+        .filter(~pl.col("is_fraud") & (pl.col("rebate_requested_cents") > 0))
+        .select(pl.col("rebate_requested_cents").sum(), pl.col("rebate_granted_cents").sum())
+    )
+    asked, granted = legit.row(0)
+    assert abs(result.legit_withheld - (1 - granted / asked)) < 1e-12
+    assert result.capture_at_friction is not None and 0 <= result.capture_at_friction <= 1
+    assert result.true_rings > 0
+
+
+def test_summary_takes_the_mean_and_the_worst_world_against_the_targets() -> None:
+    def world(seed: int, legit: float) -> WorldResult:
+        return WorldResult("random", seed, 1, 0.02, 0.1, 0.9, 0.9, 0.95, legit, 0.9)
+
+    rows = {row.label: row for row in summarise([world(1, 0.004), world(2, 0.014)])}
+    friction = rows["legit money withheld at decision"]
+    assert abs(friction.mean - 0.009) < 1e-12  # type: ignore[operator]
+    assert (friction.worst, friction.worst_seed) == (0.014, 2)
+    assert friction.met is True  # mean 0.9% <= 1%, worst 1.4% <= 1.5 x 1%
+    worse = summarise([world(1, 0.004), world(2, 0.016)])[0]
+    assert worse.met is False  # the worst world past 1.5x the budget
+    assert Targets().worst_factor == 1.5
