@@ -127,19 +127,20 @@ def _run(
         progress=None,
     )
     result = evaluate(out / "decisions.parquet", truth=world_dir / "truth")
+    payments = _payments(out / "decisions.parquet", world_dir / "truth")
     rings = ring_quality(pl.read_parquet(out / "rings.parquet"), world_dir)
     return WorldResult(
         profile=profile,
         seed=seed,
         transactions=world.transactions.height,
         fraud_tx_share=float(world.tx_truth["is_fraud"].mean() or 0.0),  # type: ignore[arg-type]
-        fraud_money_share=_fraud_money_share(out / "decisions.parquet", world_dir / "truth"),
+        fraud_money_share=_fraud_money_share(payments),
         roc_auc=result.overall.roc_auc,
         average_precision=result.overall.average_precision,
         fraud_withheld=result.money_withheld.get("fraud", 0.0),
         legit_withheld=result.money_withheld.get("legit", 0.0),
         capture_at_friction=result.fraud_capture_at_friction,
-        lookalike_friction=_group_friction(out / "decisions.parquet", world_dir / "truth"),
+        lookalike_friction=_group_friction(payments),
         true_rings=rings.true_rings,
         ring_recall=rings.recall,
         ring_precision=rings.precision,
@@ -159,16 +160,15 @@ def _payments(decisions: Path, truth: Path) -> pl.DataFrame:
     )
 
 
-def _fraud_money_share(decisions: Path, truth: Path) -> float:
-    paid = _payments(decisions, truth)
+def _fraud_money_share(paid: pl.DataFrame) -> float:
     total = int(paid["rebate_requested_cents"].sum())
     fraud = int(paid.filter(pl.col("is_fraud"))["rebate_requested_cents"].sum())
     return fraud / total if total else 0.0
 
 
-def _group_friction(decisions: Path, truth: Path) -> dict[str, float]:
+def _group_friction(paid: pl.DataFrame) -> dict[str, float]:
     """Legitimate money withheld per look-alike group, where the group has enough money."""
-    legit = _payments(decisions, truth).filter(~pl.col("is_fraud") & pl.col("group").is_not_null())
+    legit = paid.filter(~pl.col("is_fraud") & pl.col("group").is_not_null())
     sums = legit.group_by("group").agg(
         pl.col("rebate_requested_cents").sum().alias("asked"),
         pl.col("rebate_granted_cents").sum().alias("granted"),
