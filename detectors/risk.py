@@ -1,31 +1,41 @@
 """`risk` in [0, 1]: the detectors combined, from the first minute to a well-trained model.
 
-Three signals, each in [0, 1]:
+Four signals, each in [0, 1]:
 - r, the rules (`detectors.rules`): transparent thresholds the risk team sets;
 - a, the anomaly score (`detectors.anomaly.GaussianAnomaly`): learns from every transaction,
   so it is useful before any label exists;
+- g, the ring's say (`detectors.ring_say`): the score of the ring the transaction was scored
+  with times its kind's precision, learned from the labels of payments scored with that kind;
 - p, the online classifier's calibrated fraud probability (`detectors.online`), trained on
-  delayed labels. r and a are inputs to it as well, so it learns how far to trust them.
+  delayed labels. r, a and the ring features (`graph.evidence`) are inputs to it as well, so
+  it learns how far to trust them.
 
 Before labels the classifier knows nothing, so its say grows with the fraud labels it has
 learned (n): with c = min(1, n / trust_after_fraud_labels),
 
-    prior = 1 - (1 - r) * (1 - anomaly_weight * a)      (noisy-OR: either can raise it)
-    risk  = c * q + (1 - c) * prior,   q = logistic(logit(p) + label_bias_log_odds).
+    prior = 1 - (1 - r) * (1 - anomaly_weight * a) * (1 - g)   (noisy-OR: any can raise it)
+    risk  = c * q + (1 - c) * prior,   q = logistic(alpha * logit(p) + beta + shift).
 
-q puts the classifier on the prior's scale. Labels over-represent fraud: a platform labels
+The ring counts once: through g while the classifier is not trusted, through the ring
+features the classifier sees as it takes over.
+
+q puts the classifier on the traffic's scale. Labels over-represent fraud: a platform labels
 most of the fraud it finds (chargebacks, reports, reviews of the suspicious) and very few
-legitimate payments (in the simulated worlds 73% of labels are fraud against ~3% of
+legitimate payments (in the simulated worlds 60-73% of labels are fraud against ~3% of
 payments), so p is the fraud probability *among labelled payments*, far above the rate among
-all payments. The textbook prior-shift correction adds log P(labelled | legit) / P(labelled |
-fraud) to the log-odds (about -5.4 in those worlds); `label_bias_log_odds` defaults to -3,
-the value that with the shipped thresholds withholds >= 90% of fraudulent and <= 1% of
-legitimate rebate money on two simulated worlds (benchmarks/money.py, benchmarks/README.md),
-while the rules keep their own scale for the time before labels.
+all payments. alpha and beta calibrate the classifier on the labels (Platt scaling of its
+out-of-sample log-odds), and `shift` = logit(pi) - logit(pi_L) is the prior-shift
+correction, with pi_L the labels' fraud share and pi the traffic's, estimated by EM from the
+calibrated scores of the recent scored traffic (`detectors.prior_shift`): alpha = 1, beta = 0,
+shift = 0 until the first estimate, then whatever the data say; no number in it is fitted
+to a world. The ring's say uses the same shift (a labelled legitimate payment stands for
+exp(-shift) of them).
 
-risk is monotone in r, a and p (c is fixed between labels). The `Decider` calls `assess` once
-per transaction (each detector's work done once) and keeps the enriched vector, so a label
-arriving days later trains the classifier on exactly the inputs it was scored with.
+risk is monotone in r, a, g and p (c, the calibration and the shift are fixed between
+updates, and the calibration never reverses the classifier's order). The `Decider`
+calls `assess` once per transaction (each detector's work done once) and keeps the enriched
+vector, so a label arriving days later trains the classifier and the ring kinds' says on
+exactly the inputs it was scored with.
 """
 
 from __future__ import annotations
@@ -36,12 +46,16 @@ from dataclasses import dataclass, field
 from detectors.anomaly import GaussianAnomaly, View
 from detectors.base import Features
 from detectors.online import OnlineClassifier
+from detectors.prior_shift import PriorShift
+from detectors.ring_say import RingSay
 from detectors.rules import RuleScore
 
 RULE_RISK = "rule_risk"
 ANOMALY_SCORE = "anomaly_score"
 #: The classifier's probability from which its reasons are given.
 EXPLAIN_FROM = 0.05
+#: Probabilities are kept this far from 0 and 1 before taking log-odds.
+_EDGE = 1e-12
 
 
 @dataclass
@@ -51,6 +65,8 @@ class Assessment:
     #: The vector plus the rule and anomaly scores: what a later label trains on.
     enriched: Features
     anomaly_view: View
+    #: The classifier's log-odds (labels' scale) on it; None when it was not consulted.
+    log_odds: float | None = None
 
 
 @dataclass
@@ -58,10 +74,11 @@ class RiskModel:
     rules: RuleScore = field(default_factory=RuleScore)
     anomaly: GaussianAnomaly = field(default_factory=GaussianAnomaly)
     classifier: OnlineClassifier = field(default_factory=OnlineClassifier)
+    ring_say: RingSay = field(default_factory=RingSay)
+    #: The labels' prior shift, estimated from the scored traffic (module docstring).
+    prior_shift: PriorShift = field(default_factory=PriorShift)
     trust_after_fraud_labels: int = 50
     anomaly_weight: float = 0.5
-    #: Added to the classifier's log-odds (see the module docstring); 0: p as learnt.
-    label_bias_log_odds: float = -3.0
     name: str = "risk"
 
     @property
@@ -80,18 +97,23 @@ class RiskModel:
         view = self.anomaly.view(x)
         anomaly, z = self.anomaly.score_view(view)
         enriched = {**x, RULE_RISK: rule, ANOMALY_SCORE: anomaly}
-        risk = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly)  # the prior
+        shift = self.prior_shift.shift
+        ring = self.ring_say.score(x, shift)
+        # The prior: a noisy-OR of the rules, the anomaly score and the ring's say.
+        risk = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly) * (1.0 - ring)
         c = self.confidence()
+        log_odds = None
         if c > 0.0:
             p = self.classifier.predict_proba_one(enriched)
-            risk = c * _shift_log_odds(p, self.label_bias_log_odds) + (1.0 - c) * risk
+            log_odds = _log_odds(p)
+            risk = c * _logistic(self.prior_shift.adjusted(log_odds)) + (1.0 - c) * risk
             # The model's reasons once it is trusted, and only where it sees some risk: most
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:
                 reasons += self.classifier.explain_one(enriched)
         if anomaly > 0.5:
             reasons += self.anomaly.explain_z(z)
-        return Assessment(risk, reasons, enriched, view)
+        return Assessment(risk, reasons, enriched, view, log_odds)
 
     def enrich(self, x: Features) -> Features:
         """`x` plus the rule and anomaly scores, as of now (a new dict)."""
@@ -101,23 +123,33 @@ class RiskModel:
         return self.assess(x).risk
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
-        """y None: a transaction just scored (the anomaly detector learns it); y a label:
-        the classifier learns the vector (enriched when it was scored)."""
+        """y None: a transaction just scored (`learn_scored`); y a label: the classifier
+        and the ring kinds' says learn the vector (enriched when it was scored)."""
         if y is None:
-            self.anomaly.learn_one(x)
+            self.learn_scored(self.assess(x))
         else:
-            self.classifier.learn_one(x if ANOMALY_SCORE in x else self.enrich(x), y)
+            enriched = x if ANOMALY_SCORE in x else self.enrich(x)
+            # Scored before it learns it: an out-of-sample log-odds for the calibration.
+            before = _log_odds(self.classifier.predict_proba_one(enriched))
+            self.prior_shift.labelled(before, bool(y))
+            self.classifier.learn_one(enriched, y)
+            self.ring_say.learn_one(x, y)
 
     def learn_scored(self, assessment: Assessment) -> None:
-        """The unsupervised update after scoring, from the view `assess` already made."""
+        """The unsupervised update after scoring, from what `assess` already computed: the
+        anomaly detector learns the transaction, the prior-shift estimate its log-odds."""
         self.anomaly.learn_view(assessment.anomaly_view)
+        if assessment.log_odds is not None:
+            self.prior_shift.observe(assessment.log_odds)
 
     def explain_one(self, x: Features) -> list[str]:
         return self.assess(x).reasons
 
 
-def _shift_log_odds(p: float, by: float) -> float:
-    if by == 0.0:
-        return p
-    p = min(max(p, 1e-12), 1.0 - 1e-12)
-    return 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + by)))
+def _log_odds(p: float) -> float:
+    p = min(max(p, _EDGE), 1.0 - _EDGE)
+    return math.log(p / (1.0 - p))
+
+
+def _logistic(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))

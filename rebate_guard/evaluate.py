@@ -15,6 +15,12 @@
   after labels, refunds and hold timeouts released, voided or clawed back money (a refunded
   legitimate payment is owed no rebate and leaves the legitimate side).
 
+- **calibration**: does `risk` mean what it says? A reliability table over ten equal-width
+  bins of risk (each bin's transactions, mean risk and observed fraud rate) and the expected
+  calibration error, ECE = sum over bins of (bin's share of transactions) x |mean risk -
+  fraud rate| (0: risk is the fraud probability; a risk that ranks well can still be far
+  off, which matters because the trust weight, 1 - risk, turns it into money).
+
 With `--labels` only labelled transactions count (a tx-level label; the latest one wins), so
 the figures describe the labelled sample, not the whole traffic.
 """
@@ -32,6 +38,8 @@ DAY_MS = 86_400_000
 WITHHELD = ("hold", "block")
 #: The legitimate friction at which `capture_at_friction` is reported by `evaluate`.
 CAPTURE_AT_FRICTION = 0.01
+#: Equal-width bins of risk in the reliability table.
+CALIBRATION_BINS = 10
 
 
 @dataclass
@@ -40,6 +48,17 @@ class Ranking:
     fraud: int
     roc_auc: float | None
     average_precision: float | None
+
+
+@dataclass
+class Reliability:
+    """One bin of the reliability table: risk in [low, high) (the last bin includes 1)."""
+
+    low: float
+    high: float
+    transactions: int
+    mean_risk: float
+    fraud_rate: float
 
 
 @dataclass
@@ -60,6 +79,9 @@ class Evaluation:
     #: Truth only, decisions with trust weights: the share of fraud money the best single
     #: weight cut withholds at `CAPTURE_AT_FRICTION` legitimate friction (`capture_at_friction`).
     fraud_capture_at_friction: float | None = None
+    #: Mean risk against observed fraud rate per bin of risk (empty bins left out).
+    reliability: list[Reliability] = field(default_factory=list)
+    expected_calibration_error: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +104,19 @@ class Evaluation:
             f"precision among the top {self.top_k} riskiest users per day: "
             f"{_fmt(self.precision_top_k_users_per_day)} (over {self.days} days)",
         ]
+        if self.reliability:
+            lines += [
+                "",
+                f"calibration: expected calibration error {_fmt(self.expected_calibration_error)}",
+                "",
+                "| risk | transactions | mean risk | fraud rate |",
+                "|---|---|---|---|",
+            ]
+            for b in self.reliability:
+                lines.append(
+                    f"| {b.low:.1f}-{b.high:.1f} | {b.transactions:,} | {b.mean_risk:.4f} "
+                    f"| {b.fraud_rate:.4f} |"
+                )
         if self.lookalikes_withheld:
             lines += ["", "| look-alike group | legitimate transactions held or blocked |"]
             lines.append("|---|---|")
@@ -124,6 +159,30 @@ def ranking(frame: pl.DataFrame) -> Ranking:
     precision_at_hits = ordered.filter(pl.col("fraud")).select(pl.col("hits") / pl.col("seen"))
     ap = float(precision_at_hits.to_series().mean())  # type: ignore[arg-type]
     return Ranking(n, positives, auc, ap)
+
+
+def calibration(
+    frame: pl.DataFrame, bins: int = CALIBRATION_BINS
+) -> tuple[list[Reliability], float | None]:
+    """The reliability table of `risk` for the boolean `fraud` column, and the expected
+    calibration error (None for no rows)."""
+    if frame.is_empty():
+        return [], None
+    binned = (
+        frame.select(
+            (pl.col("risk").clip(0.0, 1.0) * bins).floor().clip(0, bins - 1).alias("bin"),
+            "risk",
+            pl.col("fraud").cast(pl.Float64),
+        )
+        .group_by("bin")
+        .agg(pl.len().alias("n"), pl.col("risk").mean(), pl.col("fraud").mean())
+        .sort("bin")
+    )
+    table, error = [], 0.0
+    for b, n, risk, rate in binned.iter_rows():
+        table.append(Reliability(b / bins, (b + 1) / bins, n, risk, rate))
+        error += n / frame.height * abs(risk - rate)
+    return table, error
 
 
 def _top_k_users(frame: pl.DataFrame, k: int) -> tuple[float | None, int]:
@@ -180,6 +239,7 @@ def evaluate(
         raise ValueError(f"no decision in {decisions} matches the {source}")
     precision, days = _top_k_users(frame, top_k)
     result = Evaluation(source, ranking(frame), top_k, precision, days)
+    result.reliability, result.expected_calibration_error = calibration(frame)
     if "scenario" in frame.columns:
         legit = frame.filter(~pl.col("fraud"))
         for scenario in sorted(set(frame.filter(pl.col("fraud"))["scenario"].to_list())):

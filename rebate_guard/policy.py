@@ -462,8 +462,9 @@ def _section(value: Any, where: str, cls: type[Section]) -> Section:
     return section
 
 
-def trust_weight(risk: float, ring_score: float) -> float:
-    w = (1.0 - _clamp(risk)) * (1.0 - _clamp(ring_score))
+def trust_weight(risk: float) -> float:
+    """w = 1 - risk: every signal, the rings' included, is in `risk` (detectors/risk.py)."""
+    w = 1.0 - _clamp(risk)
     # Six decimals: the weight is recorded in decisions and used for money, so keep it exact.
     return round(w, 6)
 

@@ -262,9 +262,10 @@ def compute_features(
 ) -> ReplaySummary:
     """One row per transaction: tx_id and every feature the detectors see, computed by the
     same `Scorer` as the worker and replay, in the same event-time order (decision-context
-    features need the decisions, so the scorer decides too; only the features are written)."""
+    features need the decisions, and the ring features the rings, so the scorer decides with
+    the graph layer too; only the features are written)."""
     started = time.perf_counter()
-    scorer = Scorer(features=FeatureEngine(config))
+    scorer = Scorer(features=FeatureEngine(config), graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
     tx_ids: list[str] = []
     vectors: list[list[float | None]] = []

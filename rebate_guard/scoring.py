@@ -19,8 +19,8 @@ from detectors.risk import Assessment, RiskModel
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from features.windows import PaymentLog
+from graph.evidence import RING_FEATURES, ring_features
 from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
-from graph.referrals import pyramid_score
 from rebate_guard.ledger import Ledger
 from rebate_guard.policy import Policy, default_policy, trust_weight
 from streams.records import (
@@ -57,8 +57,9 @@ MAX_REMEMBERED_FEATURES = 200_000
 # Features of the decision context, added by the scorer: they depend on earlier *decisions*,
 # which the feature engine does not make.
 DECISION_FEATURES = ("refund_of_granted_rebate",)
-#: Every feature the detectors see, in order: the engine's, then the decision context.
-ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES
+#: Every feature the detectors see, in order: the engine's, the decision context, then the
+#: ring the transaction is scored with (`graph.evidence`).
+ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES + RING_FEATURES
 #: Where the user's previous payments at this merchant (7 d) sit in an engine vector.
 REPEAT_AT_MERCHANT = FEATURE_NAMES.index("user_merchant_tx_count_7d")
 
@@ -222,6 +223,7 @@ class Decider:
         still in flight): they count in the daily cap and for refunds as if it had."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx, pending)
+        x.update(ring_features(ring))  # evidence the models weigh, and a label trains on
         version = self.model.version  # the state that scores, before it learns this one
         try:
             assessment: Assessment | None = self.model.assess(x)
@@ -232,10 +234,8 @@ class Decider:
             risk, reasons = 1.0, [FAIL_CLOSED_MODEL]
         else:
             risk, reasons = assessment.risk, assessment.reasons
-        ring_score, ring_reasons = pyramid_score(x["referral_depth"])
-        if ring is not None and ring[0] > ring_score:
-            ring_score, ring_reasons = ring
-        weight = trust_weight(risk, ring_score)
+        ring_reasons = ring[1] if ring is not None and ring[0] > 0.0 else []
+        weight = trust_weight(risk)
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
         if tx.kind != PAYMENT:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
@@ -251,7 +251,7 @@ class Decider:
         commission_tiers = min(int(depth), tiers) if granted and depth else 0
         decision = decision_on(
             tx,
-            risk=round(max(risk, ring_score), 6),
+            risk=round(risk, 6),
             trust_weight=weight,
             action=action,
             rebate_requested_cents=requested,

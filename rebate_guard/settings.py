@@ -163,7 +163,8 @@ class Settings:
         metadata=_doc(
             "Run ring detection: a graph shard (on the worker owning partition 0) reads every "
             "signup and transaction, publishes rings on the `rings` topic and ring scores in "
-            "Redis, which every decision reads. Off: no ring scores (only referral depth)."
+            "Redis, which every decision reads. Off: no ring evidence (referral depth stays a "
+            "classifier feature)."
         ),
     )
     graph_window_days: int = field(

@@ -21,8 +21,11 @@ import pytest
 from detectors.anomaly import AnomalyScore, GaussianAnomaly
 from detectors.base import Detector, Features
 from detectors.online import OnlineClassifier
+from detectors.prior_shift import PriorShift
+from detectors.ring_say import RingSay
 from detectors.risk import RiskModel
 from detectors.rules import RuleScore
+from graph.evidence import ring_features
 
 DETECTORS: dict[str, Callable[[], Detector]] = {
     "rules": RuleScore,
@@ -30,11 +33,16 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "hst": lambda: AnomalyScore(seed=7),
     "gaussian": GaussianAnomaly,
     "risk": lambda: RiskModel(trust_after_fraud_labels=5),
+    # The prior shift refitted often enough to move within a stream.
+    "risk_refitted": lambda: RiskModel(
+        trust_after_fraud_labels=5, prior_shift=PriorShift(refit_every=50)
+    ),
+    "ring_say": RingSay,
 }
 
 
 def _stream(seed: int, n: int = 400) -> list[tuple[Features, bool]]:
-    """Vectors with a learnable signal, gaps and the odd missing value."""
+    """Vectors with a learnable signal, gaps, the odd missing value and ring evidence."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -46,6 +54,10 @@ def _stream(seed: int, n: int = 400) -> list[tuple[Features, bool]]:
             "amount_cents": float(rng.randint(100, 50_000)),
             "is_refund": 0,
         }
+        # The ring a transaction was scored with: one kind mostly right, one mostly not.
+        if rng.random() < (0.5 if fraud else 0.05):
+            kind = "cash_out" if fraud and rng.random() < 0.8 else "collusion"
+            x.update(ring_features((rng.uniform(0.5, 1.0), [f"ring:{kind}"])))
         out.append((x, fraud))
     return out
 
@@ -54,6 +66,7 @@ def _trained(make: Callable[[], Detector], seed: int = 1) -> Detector:
     detector = make()
     for x, y in _stream(seed):
         detector.score_one(x)
+        detector.learn_one(x, None)  # scored (the unsupervised update), then labelled
         detector.learn_one(x, y)
     return detector
 
@@ -121,6 +134,12 @@ def test_pickle_round_trip_scores_and_learns_identically(make) -> None:
         assert clone.score_one(x) == original.score_one(x)
         clone.learn_one(x, y)
         original.learn_one(x, y)
+
+
+def test_the_refitted_prior_shift_moved() -> None:
+    model = _trained(DETECTORS["risk_refitted"])
+    assert isinstance(model, RiskModel) and model.prior_shift.fits > 0
+    assert model.prior_shift.shift != 0.0
 
 
 def test_learners_learn_something(make) -> None:

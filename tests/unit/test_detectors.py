@@ -123,20 +123,25 @@ def test_the_gaussian_detector_keeps_rivers_running_statistics_bit_for_bit() -> 
     assert detector.counts == [scaler.counts[n] for n in names]
 
 
-def test_the_trusted_classifier_is_moved_by_the_label_bias_and_the_rules_are_not() -> None:
-    """Labels over-represent fraud, so the classifier's probability is shifted by
-    `label_bias_log_odds` onto the rules' scale once it is trusted; before any fraud label
-    the risk is the rules' and the anomaly score's alone, whatever the offset."""
+def test_the_trusted_classifier_is_moved_by_the_estimated_shift_and_the_rules_are_not() -> None:
+    """Labels over-represent fraud, so once it is trusted the classifier's log-odds are
+    calibrated and shifted by the prior-shift estimate (`detectors.prior_shift`, no set
+    constant); before any fraud label the risk is the rules' and the anomaly score's alone."""
     from detectors.risk import RiskModel
 
-    labelled = _logistic_world(random.Random(5), 4_000)
     x = {"a": 2.0, "b": -1.0, "noise": 0.5}
-    as_learnt, shifted = RiskModel(label_bias_log_odds=0.0), RiskModel(label_bias_log_odds=-3.0)
-    assert as_learnt.score_one(x) == shifted.score_one(x)  # no labels: the prior only
-    for model in (as_learnt, shifted):
-        for features, fraud in labelled:
+    model = RiskModel()
+    before = model.score_one(x)
+    rng = random.Random(5)
+    for features, fraud in _logistic_world(rng, 4_000):
+        model.learn_one(features, None)
+        if fraud or rng.random() < 0.05:  # fraud labelled far more often than legit
             model.learn_one(features, fraud)
-        assert model.confidence() == 1.0
-    p, q = as_learnt.score_one(x), shifted.score_one(x)
-    assert 0.05 < p < 0.99  # a probability the shift visibly moves
-    assert q == pytest.approx(1 / (1 + math.exp(-(math.log(p / (1 - p)) - 3.0))))
+    assert model.confidence() == 1.0 and model.prior_shift.fits > 0
+    shift = model.prior_shift
+    assert shift.shift < -1.0  # labels over-represent fraud: the classifier is moved down
+    p = model.classifier.predict_proba_one(model.enrich(x))
+    logit = math.log(p / (1 - p))
+    expected = 1 / (1 + math.exp(-(shift.slope * logit + shift.intercept + shift.shift)))
+    assert model.score_one(x) == pytest.approx(expected)
+    assert RiskModel().score_one(x) == before  # no labels: the prior only

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from rebate_guard.cli import main
-from rebate_guard.evaluate import capture_at_friction, evaluate, ranking
+from rebate_guard.evaluate import calibration, capture_at_friction, evaluate, ranking
 from tests.factories import DAY, T0
 
 
@@ -21,6 +21,24 @@ def test_auc_and_average_precision_by_hand() -> None:
     tied = ranking(pl.DataFrame({"risk": [0.5, 0.5], "fraud": [True, False]}))
     assert tied.roc_auc == pytest.approx(0.5)
     assert ranking(pl.DataFrame({"risk": [0.5], "fraud": [True]})).roc_auc is None
+
+
+def test_calibration_of_a_calibrated_and_a_skewed_risk() -> None:
+    """Risk that is the fraud rate in each bin has ECE ~0; the same ranking stated ten times
+    too high has a large ECE."""
+    risks, frauds = [], []
+    for risk, n, fraud in ((0.05, 1000, 50), (0.35, 200, 70), (0.85, 100, 85)):
+        risks += [risk] * n
+        frauds += [True] * fraud + [False] * (n - fraud)
+    calibrated = pl.DataFrame({"risk": risks, "fraud": frauds})
+    table, ece = calibration(calibrated)
+    assert ece == pytest.approx(0.0, abs=1e-12)
+    assert [(b.low, b.transactions) for b in table] == [(0.0, 1000), (0.3, 200), (0.8, 100)]
+    assert table[1].mean_risk == pytest.approx(0.35) and table[1].fraud_rate == pytest.approx(0.35)
+    skewed = calibrated.with_columns(risk=pl.lit(1.0))  # says fraud for everything
+    _, off = calibration(skewed)
+    assert off == pytest.approx(1.0 - (50 + 70 + 85) / 1300)
+    assert calibration(calibrated.clear()) == ([], None)
 
 
 def _files(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -21,12 +21,12 @@ unit = st.floats(0, 1)
 DAY = 86_400_000
 
 
-@given(unit, unit, unit)
-def test_trust_weight_is_monotone_in_each_signal(risk: float, ring: float, bump: float) -> None:
-    w = trust_weight(risk, ring)
-    assert 0.0 <= w <= 1.0
-    assert trust_weight(min(1.0, risk + bump), ring) <= w
-    assert trust_weight(risk, min(1.0, ring + bump)) <= w
+@given(unit, unit)
+def test_trust_weight_is_one_minus_risk_and_monotone(risk: float, bump: float) -> None:
+    """Every signal, rings included, is in the risk (detectors/risk.py): w = 1 - risk."""
+    w = trust_weight(risk)
+    assert 0.0 <= w <= 1.0 and w == round(1.0 - risk, 6)
+    assert trust_weight(min(1.0, risk + bump)) <= w
 
 
 def test_actions_follow_thresholds_and_money_is_whole_cents() -> None:

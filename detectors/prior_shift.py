@@ -1,0 +1,160 @@
+"""How far the labels' fraud share is from the traffic's, estimated from the traffic itself.
+
+The classifier learns from labels, and labels over-represent fraud (a platform labels most of
+the fraud it finds and few legitimate payments), so its probability is P(fraud | x) among
+*labelled* payments, whose fraud share is pi_L. If labelling depends on the class and not
+otherwise on x (the prior-shift assumption), the probability among *all* payments, with
+their fraud share pi, is the labelled one with its log-odds moved by
+
+    shift = logit(pi) - logit(pi_L).
+
+pi is not observed; it is estimated as Alexandari, Kundaje & Shrikumar (ICML 2020,
+"Maximum likelihood with bias-corrected calibration is hard-to-beat at label shift
+adaptation") recommend, in two steps, both refitted every `refit_every` scored transactions:
+
+1. Calibration on the labels. Each label is scored by the classifier *before* it learns it
+   (prequential: an out-of-sample log-odds l), and the last `label_window` (l, y) pairs fit
+   Platt scaling, P(fraud | l, labelled) = logistic(a l + b), by maximum likelihood with
+   Platt's (1999) smoothed targets (N+ + 1) / (N+ + 2) and 1 / (N- + 2), which keep the fit
+   finite when the labels are separable. pi_L is the fraud share of those labels. The
+   classifier alone is under-confident (its regularised weights grow slowly) and the EM
+   below needs calibrated probabilities: on a simulated world the uncalibrated EM reached a
+   fraud share 60 times too small.
+2. The EM of Saerens, Latinne & Decaestecker (2002) over the calibrated log-odds of the last
+   `window` scored transactions (unlabelled: what the system sees):
+
+       pi_0 = pi_L;   pi_{k+1} = mean_i logistic(a l_i + b + logit(pi_k) - logit(pi_L))
+
+   until the shift moves by less than `tolerance` (or `max_iterations`): the
+   maximum-likelihood traffic prior under the calibrated class-conditional model.
+
+The adjusted probability of a transaction is then logistic(a l + b + shift) (`adjusted`).
+Before the first fit a = 1, b = 0 and shift = 0: the classifier as learnt. A calibration that
+would reverse the classifier's order (a <= 0) is not used.
+
+Parameters, all generic statistical choices rather than fits to a world: `window` (10,000
+transactions: a fraud share of 3% then has a standard error of about 6% of itself),
+`label_window` (the last 1,000 labels: the classifier learns from every label, so its
+out-of-sample scores on much older labels are a different model's; on a synthetic stream
+where the prior-shift assumption holds exactly, calibrating on 5,000 labels of a classifier
+still learning doubled the estimated prior, on 1,000 it was within 20%),
+`refit_every` (a tenth of the window: each estimate uses mostly new traffic), `tolerance`
+(0.001 in log-odds, far below anything a threshold can tell) and `max_iterations` (a bound on
+the work). pi is kept within half a transaction of 0 and 1 (a share of the window cannot be
+more extreme). Updates happen in scoring order (event time): replay and a worker with one
+partition see the same windows and reach the same estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+@dataclass
+class PriorShift:
+    window: int = 10_000
+    label_window: int = 1_000
+    refit_every: int = 1_000
+    tolerance: float = 1e-3
+    max_iterations: int = 200
+    #: The classifier's log-odds on the latest scored transactions, oldest first.
+    log_odds: deque[float] = field(init=False)
+    #: (log-odds before learning it, fraud) of the latest labels, oldest first.
+    labels: deque[tuple[float, bool]] = field(init=False)
+    #: Scored transactions observed since the last fit.
+    since_fit: int = 0
+    #: Platt scaling of the classifier's log-odds on the labels: a l + b.
+    slope: float = 1.0
+    intercept: float = 0.0
+    #: The labels' fraud share and the estimated traffic's, as of the last fit.
+    labelled_prior: float | None = None
+    prior: float | None = None
+    #: The log-odds shift from the labels' scale to the traffic's (0 before any fit).
+    shift: float = 0.0
+    fits: int = 0
+
+    def __post_init__(self) -> None:
+        self.log_odds = deque(maxlen=self.window)
+        self.labels = deque(maxlen=self.label_window)
+
+    def adjusted(self, log_odds: float) -> float:
+        """The log-odds of fraud among all payments, from the classifier's."""
+        return self.slope * log_odds + self.intercept + self.shift
+
+    def labelled(self, log_odds: float, fraud: bool) -> None:
+        """A label, with the classifier's log-odds on its vector before it learns it."""
+        self.labels.append((log_odds, fraud))
+
+    def observe(self, log_odds: float) -> None:
+        """One more scored transaction (the classifier's log-odds on it); every
+        `refit_every` of them the calibration and the estimate are refitted."""
+        self.log_odds.append(log_odds)
+        self.since_fit += 1
+        if self.since_fit >= self.refit_every:
+            self.fit()
+
+    def fit(self) -> None:
+        """Platt scaling on the labels, then the EM over the scored window."""
+        self.since_fit = 0
+        n, frauds = len(self.log_odds), sum(y for _, y in self.labels)
+        if not n or not 0 < frauds < len(self.labels):
+            return
+        labelled_prior = frauds / len(self.labels)
+        slope, intercept = _platt(self.labels)
+        if not slope > 0.0:  # reverses (or ignores) the classifier's order: not used
+            slope, intercept = 1.0, 0.0
+        scores = slope * np.fromiter(self.log_odds, dtype=np.float64, count=n) + intercept
+        edge = 0.5 / n
+        base = logit(labelled_prior)
+        prior, shift = labelled_prior, 0.0
+        for _ in range(self.max_iterations):
+            posterior = float(np.mean(_logistic(scores + shift)))
+            prior = min(1.0 - edge, max(edge, posterior))
+            moved = logit(prior) - base - shift
+            shift += moved
+            if abs(moved) < self.tolerance:
+                break
+        self.slope, self.intercept = slope, intercept
+        self.labelled_prior, self.prior, self.shift = labelled_prior, prior, shift
+        self.fits += 1
+
+
+def _logistic(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)), without overflow for any z."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _platt(labels: deque[tuple[float, bool]], iterations: int = 50) -> tuple[float, float]:
+    """(a, b) maximising the likelihood of logistic(a l + b) for Platt's smoothed targets
+    (Newton's method); (1, 0) when the problem is degenerate (one distinct log-odds)."""
+    scores = np.array([score for score, _ in labels], dtype=np.float64)
+    fraud = np.array([y for _, y in labels], dtype=bool)
+    positives = int(fraud.sum())
+    negatives = len(fraud) - positives
+    target = np.where(fraud, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    a, b = 1.0, 0.0
+    for _ in range(iterations):
+        p = _logistic(a * scores + b)
+        w = p * (1.0 - p)
+        gradient = np.array([np.dot(p - target, scores), np.sum(p - target)])
+        hessian = np.array(
+            [[np.dot(w, scores * scores), np.dot(w, scores)], [np.dot(w, scores), np.sum(w)]]
+        )
+        try:
+            step = np.linalg.solve(hessian, gradient)
+        except np.linalg.LinAlgError:
+            return 1.0, 0.0
+        if not np.all(np.isfinite(step)):
+            return 1.0, 0.0
+        a, b = a - float(step[0]), b - float(step[1])
+        if float(np.max(np.abs(step))) < 1e-9:
+            break
+    return a, b

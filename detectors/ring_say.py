@@ -1,0 +1,88 @@
+"""How much a ring of each kind says about a payment, learned from its members' labels.
+
+A ring detector's score says how well a group fits a kind's shape, not how often such
+groups are fraud: on simulated worlds some kinds flag mostly real rings and others mostly
+look-alikes. So each kind's say is its precision, estimated from the labels of payments that
+were scored with a ring of that kind (`ring_<kind>` = 1 in the vector they were scored with):
+
+    say(kind) = (f + 1) / (f + 1 + l x exp(-shift) + 1)
+
+a Beta(1, 1) posterior mean over f fraud and l legitimate labels. Beta(1, 1) (every
+precision equally likely) is the uninformative prior, not a tuned number: with no label a
+kind's say is 1/2, "a flag of this kind is as likely right as wrong", so ring scores count
+from the first minute at half their strength, and the first labels move it. Labels
+over-represent fraud, so a labelled legitimate payment stands for exp(-shift) of them, with
+shift the log-odds prior shift the risk model estimates (`detectors.prior_shift`; 0 before
+it has an estimate): the same correction the classifier gets, so the say is a precision
+among all payments of the kind, not among the labelled ones. A kind that keeps flagging
+legitimate users loses its say; one whose members keep turning out fraud keeps it.
+
+The ring's contribution to risk is its score times its kind's say (`score`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from detectors.base import Features
+from graph.evidence import RING_REASON, RING_SCORE, kind_feature
+from graph.rings import KINDS
+
+#: (kind, its indicator feature), in the graph's order of precedence.
+_KIND_FEATURES = tuple((kind, kind_feature(kind)) for kind in KINDS)
+
+
+@dataclass
+class RingSay:
+    #: The Beta prior's pseudo-counts (Beta(1, 1): uniform).
+    prior_fraud: float = 1.0
+    prior_legit: float = 1.0
+    #: kind -> labelled fraud / legitimate payments scored with a ring of that kind.
+    fraud: dict[str, int] = field(default_factory=dict)
+    legit: dict[str, int] = field(default_factory=dict)
+    name: str = "ring_say"
+
+    @staticmethod
+    def kind(x: Features) -> str | None:
+        """The kind of the ring `x` was scored with (None: no ring)."""
+        for kind, feature in _KIND_FEATURES:
+            if x.get(feature) == 1.0:
+                return kind
+        return None
+
+    @staticmethod
+    def ring_score(x: Features) -> float:
+        value = x.get(RING_SCORE)
+        if value is None or value != value:  # missing, or NaN
+            return 0.0
+        return min(1.0, max(0.0, value))
+
+    def precision(self, kind: str, log_odds_shift: float = 0.0) -> float:
+        """P(fraud | a payment scored with a ring of `kind`), among all payments when
+        `log_odds_shift` is the labels' prior shift (0: among the labelled ones)."""
+        fraud = self.fraud.get(kind, 0) + self.prior_fraud
+        legit = self.legit.get(kind, 0) * math.exp(-log_odds_shift) + self.prior_legit
+        return fraud / (fraud + legit)
+
+    def score(self, x: Features, log_odds_shift: float = 0.0) -> float:
+        """The ring's contribution to risk: its score x its kind's say."""
+        kind = self.kind(x)
+        if kind is None:
+            return 0.0
+        return self.ring_score(x) * self.precision(kind, log_odds_shift)
+
+    def score_one(self, x: Features) -> float:
+        return self.score(x)
+
+    def learn_one(self, x: Features, y: bool | None = None) -> None:
+        """A label of a payment scored with a ring counts for its kind."""
+        kind = self.kind(x)
+        if y is None or kind is None:
+            return
+        counts = self.fraud if y else self.legit
+        counts[kind] = counts.get(kind, 0) + 1
+
+    def explain_one(self, x: Features) -> list[str]:
+        kind = self.kind(x)
+        return [] if kind is None or not self.ring_score(x) else [f"{RING_REASON}{kind}"]
