@@ -55,6 +55,8 @@ class Evaluation:
     money_withheld: dict[str, float] = field(default_factory=dict)
     #: The same in the end, after the ledger's adjustments (when given).
     money_withheld_final: dict[str, float] = field(default_factory=dict)
+    #: The policy's friction budget (legit_friction) the decisions were made under, if known.
+    budget: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +91,14 @@ class Evaluation:
             for name, share in self.money_withheld.items():
                 end = f" {final[name]:.2%} |" if final else ""
                 lines.append(f"| {name} | {share:.2%} |{end}")
+            if self.budget is not None:
+                legit = self.money_withheld["legit"]
+                verdict = "within" if legit <= self.budget else "over"
+                lines += [
+                    "",
+                    f"legitimate rebate money withheld at decision: {legit:.2%}, {verdict} the "
+                    f"friction budget of {self.budget:.2%}",
+                ]
         return "\n".join(lines)
 
 
@@ -133,7 +143,10 @@ def evaluate(
     truth: Path | None = None,
     top_k: int = 10,
     adjustments: Path | None = None,
+    budget: float | None = None,
 ) -> Evaluation:
+    """`budget`: the policy's legit_friction; None: from the `budget.json` replay wrote
+    next to the decisions, if they were made in budget mode."""
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
     decided = pl.read_parquet(decisions).select(
@@ -167,6 +180,7 @@ def evaluate(
         raise ValueError(f"no decision in {decisions} matches the {source}")
     precision, days = _top_k_users(frame, top_k)
     result = Evaluation(source, ranking(frame), top_k, precision, days)
+    result.budget = budget if budget is not None else _budget_beside(decisions)
     if "scenario" in frame.columns:
         legit = frame.filter(~pl.col("fraud"))
         for scenario in sorted(set(frame.filter(pl.col("fraud"))["scenario"].to_list())):
@@ -222,6 +236,16 @@ def money_withheld(frame: pl.DataFrame) -> dict[str, float]:
     for (group,), rows in sorted(groups.group_by("group"), key=lambda g: str(g[0][0])):
         out[f"legit:{group}"] = share(rows)
     return out
+
+
+def _budget_beside(decisions: Path) -> float | None:
+    """The shared legit_friction in the `budget.json` replay wrote next to `decisions`."""
+    path = decisions.parent / "budget.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    shared = report.get("groups", {}).get("*") if report.get("mode") == "budget" else None
+    return None if shared is None else float(shared["legit_friction"])
 
 
 def _truth_file(truth: Path) -> Path:
