@@ -290,7 +290,8 @@ class FrictionBudget:
         """The cuts in force and what they achieved over the window they were computed
         from: per group, its budget, cut, payments and money, labelled fraud money, money
         withheld at decision, and the estimated legitimate friction (withheld money not
-        labelled fraud / money not labelled fraud)."""
+        labelled fraud / money not labelled fraud: an upper bound, as unlabelled fraud
+        counts as legitimate; caps and expected-loss holds are in it too)."""
         groups: dict[str, Any] = {}
         for group in [SHARED, *terms.categories]:
             tally = _of_group(self.window, group, terms)

@@ -320,3 +320,11 @@ def test_replay_with_the_default_policy_records_the_threshold_version(tmp_path: 
     versions = pl.read_parquet(summary.outputs["decisions"])["threshold_version"]
     assert versions[0] == FIXED and versions[-1].startswith(f"budget:{SHARED}:")
     assert (tmp_path / "cut" / "budget.json").exists()
+
+
+def test_a_decider_checkpointed_before_the_budget_restores_with_an_empty_one() -> None:
+    state = dict(Decider().__dict__)
+    del state["budget"]  # what a checkpoint of an older version held
+    restored = Decider.__new__(Decider)
+    restored.__setstate__(state)
+    assert restored.budget == FrictionBudget()
