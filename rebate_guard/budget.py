@@ -117,25 +117,33 @@ class Tally:
         _bump(self.fraud.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
         _bump(self.fraud_withheld, mark.category, sign * mark.withheld)
 
-    def add(self, other: Tally, sign: int = 1, into: str | None = None) -> None:
-        """Adds (sign -1: subtracts) `other`; `into`: all of its categories as that one."""
+    def add(self, other: Tally, sign: int = 1) -> None:
+        """Adds (sign -1: subtracts) `other`."""
         for mine, theirs in ((self.money, other.money), (self.fraud, other.fraud)):
             for category, bins in theirs.items():
-                target = mine.setdefault(into or category, {})
+                target = mine.setdefault(category, {})
                 for b, cents in bins.items():
-                    _bump(target, b, sign * cents)
+                    value = target.get(b, 0) + sign * cents
+                    if value:
+                        target[b] = value
+                    else:
+                        del target[b]
         for mine_n, theirs_n in (
             (self.payments, other.payments),
             (self.withheld, other.withheld),
             (self.fraud_withheld, other.fraud_withheld),
         ):
             for category, n in theirs_n.items():
-                _bump(mine_n, into or category, sign * n)
+                _bump(mine_n, category, sign * n)
 
     def copy(self) -> Tally:
-        out = Tally()
-        out.add(self)
-        return out
+        return Tally(
+            {c: dict(b) for c, b in self.money.items()},
+            {c: dict(b) for c, b in self.fraud.items()},
+            dict(self.payments),
+            dict(self.withheld),
+            dict(self.fraud_withheld),
+        )
 
     def prune(self) -> None:
         """Categories with no payment left are forgotten (memory stays bounded)."""
@@ -144,18 +152,23 @@ class Tally:
             self.fraud.pop(category, None)
 
     def of(self, categories: list[str]) -> Tally:
-        """The categories' sums as one (category `SHARED`)."""
+        """The categories' sums as one (category `SHARED`); of one category, a view."""
+        if len(categories) == 1:
+            return self._view(categories[0])
         out = Tally()
         for category in categories:
-            part = Tally(
-                {category: self.money.get(category, {})},
-                {category: self.fraud.get(category, {})},
-                {category: self.payments.get(category, 0)},
-                {category: self.withheld.get(category, 0)},
-                {category: self.fraud_withheld.get(category, 0)},
-            )
-            out.add(part, into=SHARED)
+            out.add(self._view(category))
         return out
+
+    def _view(self, category: str) -> Tally:
+        """One category's sums as category `SHARED` (not a copy: to read)."""
+        return Tally(
+            {SHARED: self.money.get(category, {})},
+            {SHARED: self.fraud.get(category, {})},
+            {SHARED: self.payments.get(category, 0)},
+            {SHARED: self.withheld.get(category, 0)},
+            {SHARED: self.fraud_withheld.get(category, 0)},
+        )
 
 
 def _bump(table: dict[Any, int], key: Any, by: int) -> None:
@@ -208,7 +221,8 @@ class FrictionBudget:
         """The cut deciding a payment at `ts` in `group`, changing nothing: the current
         epoch's (memoised by `advance`), or the one `advance` would compute."""
         start = self.epoch_of(ts, terms)
-        if start == self.epoch and terms == self.cuts_for and group in self.cuts:
+        same = terms is self.cuts_for or terms == self.cuts_for
+        if start == self.epoch and same and group in self.cuts:
             return self.cuts[group]
         return _cut(self._window_at(start, terms), group, start, terms)
 
@@ -251,7 +265,7 @@ class FrictionBudget:
                 self.recorded.popitem(last=False)
             self.epoch, self.current, self.pending = start, Tally(), []
             self.cuts_for = None
-        if terms != self.cuts_for:
+        if terms is not self.cuts_for and terms != self.cuts_for:
             groups = [SHARED, *terms.categories]
             self.cuts = {g: _cut(self.window, g, start, terms) for g in groups}
             self.cuts_for = terms

@@ -10,7 +10,7 @@ import pytest
 
 from detectors.base import Features
 from detectors.risk import Assessment, RiskModel
-from rebate_guard.budget import SHARED, Cut, FrictionBudget, largest_cut
+from rebate_guard.budget import SHARED, Cut, FrictionBudget, largest_cut, weight_bin
 from rebate_guard.policy import (
     BELOW_BLOCK_CUT,
     BELOW_CUT,
@@ -178,13 +178,23 @@ def test_window_expiry_keeps_memory_bounded() -> None:
     terms = Budget(window_days=1, update_minutes=60, min_payments=1)
     budget = FrictionBudget()
     rng = random.Random(0)
-    sizes = []
+    sizes, made = [], []
     for day in range(20):
         for i in range(24 * 20):
             ts = T0 + day * DAY + i * 3 * 60_000
             budget.advance(ts, terms)
-            budget.record(f"{day}-{i}", f"c{i % 3}", rng.random(), 100, 0, 10**9)
+            w, category = rng.random(), f"c{i % 3}"
+            budget.record(f"{day}-{i}", category, w, 100, 0, 10**9)
+            made.append((ts, category, weight_bin(w)))
         sizes.append(len(pickle.dumps(budget)))
+        # The window's histograms are exactly the payments of the day before the epoch.
+        assert budget.epoch is not None
+        want: dict[str, dict[int, int]] = {}
+        for at, category, b in made:
+            if budget.epoch - DAY <= at < budget.epoch:
+                want.setdefault(category, {}).setdefault(b, 0)
+                want[category][b] += 100
+        assert budget.window.money == want
         assert len(budget.epochs) <= 24 and len(budget.recorded) <= 25 * 20
         assert budget.window.payments == {f"c{k}": 160 for k in range(3)} or day == 0
     assert max(sizes[2:]) < 1.2 * min(sizes[2:])
