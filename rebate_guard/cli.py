@@ -214,7 +214,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"budget {group}: cut {state['cut']}, block cut {state['block_cut']}, "
             f"{state['payments']:,} payments in the window, legit friction "
-            f"{'n/a' if achieved is None else f'{achieved:.2%}'} (estimated) against "
+            f"{'n/a' if achieved is None else f'{achieved:.2%}'} (upper bound) against "
             f"{state['legit_friction']:.2%}"
         )
     return 0

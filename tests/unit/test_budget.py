@@ -1,5 +1,6 @@
 """The friction budget (rebate_guard/budget.py, `[budget]` in the policy)."""
 
+import json
 import pickle
 import random
 from dataclasses import replace
@@ -23,8 +24,9 @@ from rebate_guard.policy import (
 )
 from rebate_guard.replay import replay
 from rebate_guard.scoring import Decider, Scorer
+from streams.records import Decision
 from streams.validation import parse_label, parse_signup, parse_transaction
-from tests.factories import DAY, HOUR, T0, label, signup, tx
+from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
 
 BUDGET = 0.01
 
@@ -338,3 +340,11 @@ def test_a_decider_checkpointed_before_the_budget_restores_with_an_empty_one() -
     restored = Decider.__new__(Decider)
     restored.__setstate__(state)
     assert restored.budget == FrictionBudget()
+
+
+def test_the_threshold_version_survives_the_json_and_older_decisions_read_as_empty() -> None:
+    made = decision("t1", threshold_version="budget:*:1767225600000:0.412:0.300")
+    assert Decision.loads(made.dumps()) == made
+    older = json.loads(made.dumps())
+    del older["threshold_version"]  # stored before the field existed
+    assert Decision.loads(json.dumps(older).encode()).threshold_version == ""
