@@ -123,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         help="rings.parquet (replay): also rate ring detection against the truth's rings "
         "(needs --truth DIR of a simulated world)",
     )
+    ev.add_argument(
+        "--budget",
+        type=float,
+        help="the policy's legit_friction: compare the legitimate money withheld with it "
+        "(default: from the budget.json replay wrote next to the decisions, if in budget mode)",
+    )
     ev.set_defaults(handler=_evaluate)
 
     policy = sub.add_parser("policy", help="check, push (hot reload) or show the rebate policy")
@@ -216,6 +222,14 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     )
     for name, path in summary.outputs.items():
         print(f"{name:>14}: {path}")
+    for group, state in (summary.budget or {}).get("groups", {}).items():
+        achieved = state["achieved_legit_friction"]
+        print(
+            f"budget {group}: cut {state['cut']}, block cut {state['block_cut']}, "
+            f"{state['payments']:,} payments in the window, legit friction "
+            f"{'n/a' if achieved is None else f'{achieved:.2%}'} (upper bound) against "
+            f"{state['legit_friction']:.2%}"
+        )
     return 0
 
 
@@ -228,6 +242,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
         truth=args.truth,
         top_k=args.top_k,
         adjustments=args.adjustments,
+        budget=args.budget,
     )
     print(result.table())
     if args.json is not None:

@@ -82,6 +82,8 @@ class Evaluation:
     #: Mean risk against observed fraud rate per bin of risk (empty bins left out).
     reliability: list[Reliability] = field(default_factory=list)
     expected_calibration_error: float | None = None
+    #: The policy's friction budget (legit_friction) the decisions were made under, if known.
+    budget: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +137,14 @@ class Evaluation:
                 f"best fraud money withheld by any weight cut at {CAPTURE_AT_FRICTION:.0%} "
                 f"legitimate friction: {self.fraud_capture_at_friction:.2%}",
             ]
+            if self.budget is not None:
+                legit = self.money_withheld["legit"]
+                verdict = "within" if legit <= self.budget else "over"
+                lines += [
+                    "",
+                    f"legitimate rebate money withheld at decision: {legit:.2%}, {verdict} the "
+                    f"friction budget of {self.budget:.2%}",
+                ]
         return "\n".join(lines)
 
 
@@ -203,7 +213,10 @@ def evaluate(
     truth: Path | None = None,
     top_k: int = 10,
     adjustments: Path | None = None,
+    budget: float | None = None,
 ) -> Evaluation:
+    """`budget`: the policy's legit_friction; None: from the `budget.json` replay wrote
+    next to the decisions, if they were made in budget mode."""
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
     decided = pl.read_parquet(decisions)
@@ -240,6 +253,7 @@ def evaluate(
     precision, days = _top_k_users(frame, top_k)
     result = Evaluation(source, ranking(frame), top_k, precision, days)
     result.reliability, result.expected_calibration_error = calibration(frame)
+    result.budget = budget if budget is not None else _budget_beside(decisions)
     if "scenario" in frame.columns:
         legit = frame.filter(~pl.col("fraud"))
         for scenario in sorted(set(frame.filter(pl.col("fraud"))["scenario"].to_list())):
@@ -327,6 +341,14 @@ def capture_at_friction(frame: pl.DataFrame, friction: float) -> float | None:
     if within.is_empty():
         return 0.0
     return int(within["fraud_withheld"].max()) / fraud_total  # type: ignore[arg-type]
+def _budget_beside(decisions: Path) -> float | None:
+    """The shared legit_friction in the `budget.json` replay wrote next to `decisions`."""
+    path = decisions.parent / "budget.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    shared = report.get("groups", {}).get("*") if report.get("mode") == "budget" else None
+    return None if shared is None else float(shared["legit_friction"])
 
 
 def _truth_file(truth: Path) -> Path:

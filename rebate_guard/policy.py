@@ -35,11 +35,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rebate_guard.budget import SHARED, Cut
 from streams.records import ALLOW, BLOCK, HOLD, RELEASE, SCALE, VOID, Transaction, scale_cents
 
 PPM = 1_000_000
 #: Reason codes of the policy's own rules.
 EXPECTED_LOSS = "expected_loss_over_limit"
+#: Budget mode: withheld below the epoch's cut (held), or below its block cut (blocked).
+BELOW_CUT = "budget:below_cut"
+BELOW_BLOCK_CUT = "budget:below_block_cut"
+#: Budget mode, before the classifier is trusted: held where the weight alone would block.
+COLD_START = "cold_start:hold"
+#: What a decision's `threshold_version` says when no cut decided it: the fixed thresholds
+#: (of the policy or its category), a block or allow list, a campaign (`campaign:<name>`).
+FIXED = "fixed"
+LISTS = "lists"
+#: ... and of a decision that failed closed (a part was unavailable: no threshold decided).
+FAILED_CLOSED = "fail_closed"
 LIST_KINDS = ("users", "devices", "cards", "merchants")
 
 
@@ -96,6 +108,20 @@ class Thresholds:
         limit = self.max_expected_loss_cents
         # (1 - w) x cents <= limit, in integers (w to six decimals, as the weight is kept).
         return limit is None or (PPM - w_ppm) * cents <= limit * PPM
+
+
+def _by_cut(
+    cut: Cut, limit: Thresholds, weight: float, requested_cents: int
+) -> tuple[str, int, list[str]]:
+    """Budget mode: withheld below the cut (blocked below the block cut), else allowed in
+    full if the expected loss is within `limit`'s `max_expected_loss_cents` (else held)."""
+    if cut.blocks(weight):
+        return BLOCK, 0, [BELOW_BLOCK_CUT]
+    if cut.withholds(weight):
+        return HOLD, 0, [BELOW_CUT]
+    if limit._affordable(round(weight * PPM), requested_cents):
+        return ALLOW, requested_cents, []
+    return HOLD, 0, [EXPECTED_LOSS]
 
 
 @dataclass(frozen=True)
@@ -228,6 +254,68 @@ class Limits:
             )
 
 
+DAY_MS = 24 * HOUR_MS
+MINUTE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The friction budget (`[budget]`): the cut below which rebates are withheld follows
+    the weights of recent payments, so that about `legit_friction` of legitimate rebate
+    money is withheld at decision (`rebate_guard.budget`)."""
+
+    #: Share of legitimate rebate money the team accepts to withhold at decision.
+    legit_friction: float = 0.01
+    #: The recent payments the cut is computed from.
+    window_days: float = 7.0
+    #: Event time between recomputations of the cut.
+    update_minutes: float = 60.0
+    #: Until the window holds this many payments (of the group), the fixed thresholds apply.
+    min_payments: int = 2000
+    #: Within the withheld band, the lowest-weight part (this share of the budget) is
+    #: blocked rather than held, once the model is trusted.
+    block_share: float = 0.5
+    #: merchant_category -> its own legit_friction (its own distribution and cut).
+    categories: Mapping[str, float] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _share(self.legit_friction, "budget.legit_friction")
+        for name, share in self.categories.items():
+            _share(share, f"budget.categories.{name}")
+        for name in ("window_days", "update_minutes"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise PolicyError(f"budget.{name}: expected a positive number, got {value!r}")
+        if self.update_ms > self.window_ms:
+            raise PolicyError("budget.update_minutes: must not exceed window_days")
+        n = self.min_payments
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise PolicyError(f"budget.min_payments: expected a count >= 0, got {n!r}")
+        share = self.block_share
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise PolicyError(f"budget.block_share: expected a number in [0, 1], got {share!r}")
+
+    @property
+    def window_ms(self) -> int:
+        return round(self.window_days * DAY_MS)
+
+    @property
+    def update_ms(self) -> int:
+        return max(1, round(self.update_minutes * MINUTE_MS))
+
+    def group_of(self, category: str | None) -> str:
+        """The group whose cut decides a payment: its category if it has its own budget."""
+        return category if category is not None and category in self.categories else SHARED
+
+    def share_of(self, group: str) -> float:
+        return self.categories.get(group, self.legit_friction)
+
+
+def _share(value: Any, where: str) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 0.5:
+        raise PolicyError(f"{where}: expected a share in (0, 0.5], got {value!r}")
+
+
 @dataclass(frozen=True)
 class Policy:
     version: str = "default-1"
@@ -239,6 +327,8 @@ class Policy:
     lists: Lists = field(default_factory=Lists)
     ledger: LedgerTerms = field(default_factory=LedgerTerms)
     limits: Limits = field(default_factory=Limits)
+    #: The friction budget; None: the fixed thresholds decide (no budget mode).
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
@@ -250,11 +340,19 @@ class Policy:
             campaign.thresholds.check(f"campaigns[{i}] ({campaign.name})")
         self.ledger.check()
         self.limits.check()
+        if self.budget is not None:
+            self.budget.check()
 
-    def thresholds_for(self, tx: Transaction) -> Thresholds:
+    def campaign_for(self, tx: Transaction) -> Campaign | None:
         for campaign in self.campaigns:
             if campaign.covers(tx):
-                return campaign.thresholds
+                return campaign
+        return None
+
+    def thresholds_for(self, tx: Transaction) -> Thresholds:
+        campaign = self.campaign_for(tx)
+        if campaign is not None:
+            return campaign.thresholds
         if tx.merchant_category is not None:
             return self.categories.get(tx.merchant_category, self.thresholds)
         return self.thresholds
@@ -262,14 +360,45 @@ class Policy:
     def decide(
         self, tx: Transaction, weight: float, requested_cents: int
     ) -> tuple[str, int, list[str]]:
-        """The action, the cents granted now, and the policy's own reason codes."""
+        """The action, the cents granted now, and the policy's own reason codes, by the
+        fixed thresholds (`rule` with a cut: budget mode)."""
+        return self.rule(tx, weight, requested_cents)[:3]
+
+    def rule(
+        self,
+        tx: Transaction,
+        weight: float,
+        requested_cents: int,
+        cut: Cut | None = None,
+        trusted: bool = True,
+    ) -> tuple[str, int, list[str], str]:
+        """`decide`, and which thresholds decided (a decision's `threshold_version`):
+        `cut.version` (budget mode, the group's cut for the epoch), `FIXED`, `LISTS` or
+        `campaign:<name>`. Precedence: lists, then a campaign covering the payment (its
+        fixed thresholds, in budget mode too), then the cut (budget mode, once the group's
+        window holds `min_payments`), else the fixed thresholds of the category or policy.
+        `trusted`: the classifier is (its confidence is 1); in budget mode, before that, a
+        weight that would block holds instead (`COLD_START`)."""
         blocked = self.lists.hits(tx, "block")
         if blocked:
-            return BLOCK, 0, blocked
+            return BLOCK, 0, blocked, LISTS
         allowed = self.lists.hits(tx, "allow")
         if allowed:
-            return ALLOW, requested_cents, allowed
-        return self.thresholds_for(tx).decide(weight, requested_cents)
+            return ALLOW, requested_cents, allowed, LISTS
+        campaign = self.campaign_for(tx)
+        if campaign is not None:
+            action, granted, reasons = campaign.thresholds.decide(weight, requested_cents)
+            version = f"campaign:{campaign.name}"
+        elif cut is not None and self.budget is not None:
+            limit = self.thresholds_for(tx)
+            action, granted, reasons = _by_cut(cut, limit, weight, requested_cents)
+            version = cut.version
+        else:
+            action, granted, reasons = self.thresholds_for(tx).decide(weight, requested_cents)
+            version = FIXED
+        if action == BLOCK and self.budget is not None and not trusted:
+            action, reasons = HOLD, [*reasons, COLD_START]
+        return action, granted, reasons, version
 
     # --- documents ------------------------------------------------------------------------
     @classmethod
@@ -280,7 +409,16 @@ class Policy:
         _known(
             doc,
             "policy",
-            ("version", "thresholds", "categories", "campaigns", "lists", "ledger", "limits"),
+            (
+                "version",
+                "thresholds",
+                "categories",
+                "campaigns",
+                "lists",
+                "ledger",
+                "limits",
+                "budget",
+            ),
         )
         if "version" not in doc:
             raise PolicyError("version: missing (every policy names its version)")
@@ -303,6 +441,7 @@ class Policy:
             lists=_lists(doc.get("lists", {})),
             ledger=_section(doc.get("ledger", {}), "ledger", LedgerTerms),
             limits=_section(doc.get("limits", {}), "limits", Limits),
+            budget=_budget(doc["budget"]) if "budget" in doc else None,
         )
 
     @classmethod
@@ -351,6 +490,7 @@ class Policy:
             "lists": {f.name: sorted(getattr(self.lists, f.name)) for f in fields(Lists)},
             "ledger": asdict(self.ledger),
             "limits": {k: v for k, v in asdict(self.limits).items() if v is not None},
+            **({"budget": _budget_document(self.budget)} if self.budget is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -439,6 +579,26 @@ def _lists(value: Any) -> Lists:
     names = tuple(f.name for f in fields(Lists))
     _known(table, "lists", names)
     return Lists(**{name: _ids(table[name], f"lists.{name}") for name in names if name in table})
+
+
+def _budget(value: Any) -> Budget:
+    table = _table(value, "budget")
+    names = tuple(f.name for f in fields(Budget))
+    _known(table, "budget", names)
+    categories = {
+        str(name): share
+        for name, share in _table(table.get("categories", {}), "budget.categories").items()
+    }
+    budget = Budget(
+        **{name: table[name] for name in names if name in table and name != "categories"},
+        categories=categories,
+    )
+    budget.check()
+    return budget
+
+
+def _budget_document(budget: Budget) -> dict[str, Any]:
+    return {**asdict(budget), "categories": dict(sorted(budget.categories.items()))}
 
 
 DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"

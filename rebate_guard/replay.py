@@ -52,6 +52,7 @@ DECISION_SCHEMA: Schema = {
     "decided_at": pl.Int64,
     "policy_version": pl.String,
     "commission_tiers": pl.Int64,
+    "threshold_version": pl.String,
 }
 ADJUSTMENT_SCHEMA: Schema = {
     "adjustment_id": pl.String,
@@ -102,10 +103,17 @@ class ReplaySummary:
     dead_letters: int
     seconds: float
     outputs: dict[str, Path]
+    #: The friction budget at the end (`Decider.budget_report`); None for features.
+    budget: dict[str, Any] | None = None
 
     @classmethod
     def of(
-        cls, files: EventFiles, rows: int, started: float, outputs: dict[str, Path]
+        cls,
+        files: EventFiles,
+        rows: int,
+        started: float,
+        outputs: dict[str, Path],
+        budget: dict[str, Any] | None = None,
     ) -> ReplaySummary:
         return cls(
             events=files.events,
@@ -114,6 +122,7 @@ class ReplaySummary:
             dead_letters=len(files.dead["row"]),
             seconds=time.perf_counter() - started,
             outputs=outputs,
+            budget=budget,
         )
 
     @property
@@ -249,7 +258,10 @@ def replay(
         outputs["rings"] = out_dir / "rings.parquet"
         ring_frame(scorer.ring_events).write_parquet(outputs["rings"])
     files.write_dead_letters(out_dir, outputs)
-    return ReplaySummary.of(files, len(out["tx_id"]), started, outputs)
+    budget = scorer.decider.budget_report()
+    outputs["budget"] = out_dir / "budget.json"
+    outputs["budget"].write_text(json.dumps(budget, indent=2) + "\n")
+    return ReplaySummary.of(files, len(out["tx_id"]), started, outputs, budget)
 
 
 def compute_features(

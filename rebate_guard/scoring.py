@@ -21,8 +21,9 @@ from features.user import REFUND_LOOKBACK_MS
 from features.windows import PaymentLog
 from graph.evidence import RING_FEATURES, ring_features
 from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
+from rebate_guard.budget import Cut, FrictionBudget
 from rebate_guard.ledger import Ledger
-from rebate_guard.policy import Policy, default_policy, trust_weight
+from rebate_guard.policy import FAILED_CLOSED, FIXED, Policy, default_policy, trust_weight
 from streams.records import (
     BLOCK,
     FRAUD,
@@ -124,6 +125,15 @@ class Decider:
     granted_24h: OrderedDict[str, PaymentLog] = field(default_factory=OrderedDict)
     #: Ledger adjustments made and not yet taken by the caller (`take_adjustments`).
     adjustments: list[RebateAdjustment] = field(default_factory=list)
+    #: The friction budget's histograms and cuts (budget mode: the policy's `[budget]`).
+    budget: FrictionBudget = field(default_factory=FrictionBudget)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Restores a checkpoint; one written before the friction budget existed starts
+        with an empty one (the fixed thresholds decide until it holds `min_payments`)."""
+        self.__dict__.update(state)
+        if "budget" not in state:
+            self.budget = FrictionBudget()
 
     def take_adjustments(self) -> list[RebateAdjustment]:
         out, self.adjustments = self.adjustments, []
@@ -159,14 +169,35 @@ class Decider:
     def label(self, event: Label, decided_at: int = 0) -> list[Example]:
         """Learns a label from the vectors its transactions were scored with; returns the
         examples learned (for other deciders to learn too). The ledger releases, voids or
-        claws back what the label settles among the payments decided here."""
+        claws back what the label settles among the payments decided here, and a fraud
+        label's payments count as labelled fraud in the friction budget (from the next
+        epoch on)."""
         terms = self.policy.ledger
         self.adjustments += self.ledger.due(event.ts, terms, decided_at)
         self.adjustments += self.ledger.label(event, terms, decided_at)
+        if self.policy.budget is not None:
+            self.budget.advance(event.ts, self.policy.budget)
         found = self.examples(event)
         for example in found:
             self.learn(example)
+            if example.fraud:
+                self.budget.fraud(example.tx_id)
         return found
+
+    def cut(self, tx: Transaction) -> Cut | None:
+        """The friction budget's cut that decides `tx` (None: not in budget mode, or its
+        group's window does not hold `min_payments` yet); changes nothing."""
+        terms = self.policy.budget
+        if terms is None:
+            return None
+        return self.budget.cut(tx.ts, terms.group_of(tx.merchant_category), terms)
+
+    def budget_report(self) -> dict[str, object]:
+        """The friction budget in force: mode, cuts, and what they achieved in the window."""
+        terms = self.policy.budget
+        if terms is None:
+            return {"mode": FIXED}
+        return self.budget.report(terms)
 
     def decide(
         self,
@@ -187,6 +218,8 @@ class Decider:
         terms = self.policy.ledger
         self.adjustments += self.ledger.due(tx.ts, terms, decided_at)
         self._forget_old_payments(tx.ts)
+        if self.policy.budget is not None:
+            self.budget.advance(tx.ts, self.policy.budget)
         decision, x, assessment = self.assess(tx, vector, decided_at, ring, graph_down)
         if assessment is None:
             self.model_failures += 1
@@ -203,6 +236,7 @@ class Decider:
             self.ledger.record(stands, terms)
             if stands.rebate_granted_cents:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
+            self._budgeted(tx, stands)
         else:
             self.adjustments += self.ledger.refund(tx, terms, decided_at)
         return decision, x
@@ -239,11 +273,15 @@ class Decider:
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
         if tx.kind != PAYMENT:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
-        action, granted, policy_reasons = self.policy.decide(tx, weight, requested)
+        trusted = self.model.confidence() >= 1.0
+        action, granted, policy_reasons, thresholds = self.policy.rule(
+            tx, weight, requested, self.cut(tx), trusted
+        )
         if graph_down:
             reasons = [FAIL_CLOSED_GRAPH, *reasons]
         if (assessment is None or graph_down) and not self.policy.lists.hits(tx, "block"):
             action, granted, policy_reasons = self.fail_closed_action, 0, []  # fail closed
+            thresholds = FAILED_CLOSED
         if granted:
             action, granted = self._cap(tx, x, action, granted, policy_reasons, pending)
         depth = x["referral_depth"]
@@ -261,8 +299,25 @@ class Decider:
             decided_at=decided_at,
             policy_version=self.policy.version,
             commission_tiers=commission_tiers,
+            threshold_version=thresholds,
         )
         return decision, x, assessment
+
+    def _budgeted(self, tx: Transaction, stands: Decision) -> None:
+        """Budget mode: a payment the thresholds or the cut decided joins the histograms
+        (lists, campaigns and fail-closed decisions are outside the budget)."""
+        version = stands.threshold_version
+        if self.policy.budget is None or not (version == FIXED or version.startswith("budget:")):
+            return
+        requested = stands.rebate_requested_cents
+        self.budget.record(
+            tx.tx_id,
+            tx.merchant_category,
+            stands.trust_weight,
+            requested,
+            requested - stands.rebate_granted_cents,
+            self.remember_limit,
+        )
 
     def _cap(
         self,

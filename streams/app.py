@@ -34,7 +34,7 @@ from faust.types import TP, EventT, Message
 from mode import Service
 
 from rebate_guard.client import RebateStatus, rebate_status
-from rebate_guard.policy import Policy, PolicyError
+from rebate_guard.policy import FAILED_CLOSED, Policy, PolicyError
 from rebate_guard.settings import Settings
 from streams.processor import (
     BatchOutcome,
@@ -260,6 +260,7 @@ class Runtime:
             decided_at=int(time.time() * 1000),
             policy_version=self.processor.policy.version,
             commission_tiers=0,
+            threshold_version=FAILED_CLOSED,
         )
         return rebate_status(decision, None, provisional=True)
 

@@ -429,6 +429,11 @@ class BatchProcessor:
             for p, s in sorted(self.users.items())
         }
 
+    def budgets(self) -> dict[str, Any]:
+        """The friction budget of each of this worker's user shards (each has its own, over
+        its own users' payments): mode, cuts, and the friction they achieved."""
+        return {user_unit(p): s.decider.budget_report() for p, s in sorted(self.users.items())}
+
     def _log_drift(self, shard: UserShard) -> None:
         watch = shard.decider.drift
         counts = (watch.score_drifts, watch.error_drifts)

@@ -108,6 +108,10 @@ class Decision(faust.Record, serializer="json", include_metadata=False):
     #: referral depth, at most the policy's `max_commission_tiers` (never more than 3), and
     #: 0 when no rebate is granted now.
     commission_tiers: int = 0
+    #: Which thresholds decided it: `budget:<group>:<epoch start ms>:<cut>:<block cut>`
+    #: (the friction budget's cut), `fixed` (the policy's fixed thresholds), `lists`,
+    #: `campaign:<name>`, `fail_closed`; "" for decisions made before it was recorded.
+    threshold_version: str = ""
 
 
 class RebateAdjustment(faust.Record, serializer="json", include_metadata=False):

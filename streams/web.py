@@ -33,6 +33,7 @@ def register_views(app: faust.App, runtime: Runtime) -> None:
             stats["worker"] = dataclasses.asdict(runtime.processor.counters)
             stats["event_time"] = runtime.processor.event_time()
             stats["models"] = runtime.processor.models()
+            stats["budget"] = runtime.processor.budgets()
             stats["graph"] = runtime.processor.graph_state()
             stats["policy"] = runtime.policy_status
             return self.json(stats)

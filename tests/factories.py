@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from rebate_guard.policy import Policy, default_policy
 from streams.records import Decision, build
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in epoch ms
@@ -82,6 +84,14 @@ def decision(
         "decided_at": 0,
         "policy_version": "p1",
         "commission_tiers": 0,
+        "threshold_version": "fixed",
     }
     fields.update(overrides)
     return build(Decision, **fields)
+
+
+def fixed_policy() -> Policy:
+    """The shipped policy without its `[budget]`: the fixed thresholds alone decide (for
+    tests whose expectations follow those thresholds, e.g. a weight under `hold_at` blocks
+    whether or not the classifier is trusted yet)."""
+    return replace(default_policy(), budget=None)

@@ -32,7 +32,11 @@ def test_simulate_then_replay_decides_every_transaction(tmp_path: Path, capsys) 
     decisions = pl.read_parquet(tmp_path / "out" / "decisions.parquet")
     assert decisions.height == txs.height
     assert set(decisions["tx_id"]) == set(txs["tx_id"])
-    assert "decisions" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "decisions" in printed
+    # The shipped policy is in budget mode: the cut and the friction it achieved are shown.
+    assert "budget *: cut " in printed and "against 1.00%" in printed
+    assert (tmp_path / "out" / "budget.json").exists()
 
 
 def test_csv_and_jsonl_worlds_replay_the_same_as_parquet(tmp_path: Path) -> None:

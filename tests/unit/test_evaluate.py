@@ -114,6 +114,18 @@ def test_the_command_prints_a_table_and_writes_json(tmp_path: Path, capsys) -> N
     assert main(wrong) == 2
 
 
+def test_legit_money_withheld_is_compared_with_the_friction_budget(tmp_path: Path, capsys) -> None:
+    decisions, truth, _ = _files(tmp_path)
+    assert evaluate(decisions, truth=truth).budget is None  # not known: no line
+    args = ["evaluate", "--decisions", str(decisions), "--truth", str(truth), "--budget", "0.01"]
+    assert main(args) == 0
+    assert "friction budget of 1.00%" in capsys.readouterr().out
+    report = {"mode": "budget", "groups": {"*": {"legit_friction": 0.02}}}
+    (decisions.parent / "budget.json").write_text(json.dumps(report))
+    result = evaluate(decisions, truth=truth)
+    assert result.budget == 0.02 and "friction budget of 2.00%" in result.table()
+
+
 def _adjusted(tmp_path: Path, e_cause: str) -> Path:
     """c's hold released by a legit label at T0 + 1 d; e's grant taken back at T0 + 2 d
     (`e_cause`)."""

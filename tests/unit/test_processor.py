@@ -307,6 +307,17 @@ def test_model_state_and_drift_are_reported_per_shard() -> None:
     assert models["user-0"]["score_drifts"] == 0 and models["user-1"]["version"] == "risk.l0.t0"
 
 
+def test_each_user_shards_friction_budget_is_reported() -> None:
+    proc, _, _ = make()
+    handle(proc, "transactions", [raw("p.transactions", i, tx(f"t{i}", T0 + i)) for i in range(3)])
+    drain(proc)
+    budgets = proc.budgets()
+    assert set(budgets) == {"user-0", "user-1"}
+    assert budgets["user-0"]["mode"] == "budget"  # the shipped policy
+    assert budgets["user-0"]["groups"]["*"]["cut"] is None  # fewer than min_payments yet
+    assert json.loads(json.dumps(budgets)) == budgets
+
+
 def _without_the_graph_shard(store: MemoryDecisionStore) -> tuple[BatchProcessor, MemorySink]:
     """A worker owning user and entity shards while the graph shard runs elsewhere: the
     entity stage's envelopes are carried between the stages by hand, as a broker would."""

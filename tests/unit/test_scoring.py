@@ -5,7 +5,7 @@ from graph.layer import GraphLayer
 from rebate_guard.policy import Policy
 from rebate_guard.scoring import Decider, Scorer, order_key
 from streams.validation import parse_label, parse_signup, parse_transaction
-from tests.factories import DAY, HOUR, T0, label, signup, tx
+from tests.factories import DAY, HOUR, T0, fixed_policy, label, signup, tx
 
 
 def test_a_quiet_payment_is_allowed_in_full() -> None:
@@ -31,7 +31,7 @@ def test_a_deep_referral_chain_alone_does_not_lower_the_weight() -> None:
     """Referral depth is a classifier feature, not a ring score: a legitimate user six tiers
     down with no other signal is trusted as much as one two tiers down (the policy's
     commission tiers cap what a deep tree earns), and no ring is named."""
-    scorer = Scorer()
+    scorer = Scorer(decider=Decider(policy=fixed_policy()))
     parent = None
     for n in range(6):
         scorer.apply(
@@ -200,7 +200,7 @@ class _RingMerchant(GraphLayer):
 def test_a_ring_merchants_score_weighs_on_its_returning_customers_not_on_passers_by() -> None:
     """Rings cycle money through repeat payments: a first payment at a flagged merchant by
     a user in no ring carries no ring score; the same user's next payment there does."""
-    scorer = Scorer(graph=_RingMerchant())
+    scorer = Scorer(decider=Decider(policy=fixed_policy()), graph=_RingMerchant())
     scorer.apply(parse_signup(signup("u1", T0 - 30 * DAY)), 0)
     first = scorer.apply(parse_transaction(tx("t1", T0, merchant_id="m1")), 0)
     again = scorer.apply(parse_transaction(tx("t2", T0 + HOUR, merchant_id="m1")), 0)

@@ -16,7 +16,7 @@ import pickle
 import random
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
 from rebate_guard.ledger import reconcile
+from rebate_guard.policy import Budget, default_policy
 from rebate_guard.replay import EventFiles
 from rebate_guard.scoring import Decider, Event, Example, Features, Scorer
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
@@ -510,3 +511,22 @@ def test_the_ledger_reconciles_with_n_partitions_and_crashes(
         for event in ring_world:
             scorer.apply(event, decided_at=0)
         assert [a.asdict() for a in made] == [a.asdict() for a in scorer.adjustments]
+
+
+def test_one_partition_decides_with_the_friction_budget_as_replay_does(
+    ring_world: list[Event],
+) -> None:
+    """The budget's cut for an epoch comes only from the payments and labels before it:
+    a one-partition worker (and its checkpoints' deciders) and replay decide alike."""
+    policy = replace(
+        default_policy(), budget=Budget(window_days=2, update_minutes=30, min_payments=100)
+    )
+    cluster = _cluster(ring_world, 1, 2, seed=5)
+    cluster.users[0].decider.policy = policy
+    cluster.run(0.0)
+    scorer = Scorer(decider=Decider(policy=policy))
+    replayed = [scorer.apply(event, decided_at=0) for event in ring_world]
+    want = {d.tx_id: (d.action, d.threshold_version) for d in replayed if d is not None}
+    got = {t: (d.action, d.threshold_version) for t, d in cluster.stood.items()}
+    assert got == want
+    assert sum(v.startswith("budget:") for _, v in want.values()) > len(want) / 2

@@ -1,0 +1,350 @@
+"""The friction budget: the weight below which rebates are withheld, from the share of
+legitimate rebate money the risk team accepts to withhold (`[budget]` in the policy).
+
+Every payment the policy's thresholds decide is recorded at its trust weight, its requested
+cents added to a money-weighted histogram of weights (bins of 1e-3), one per update epoch
+(event time floored to `update_minutes`) and merchant category, over a sliding window of
+`window_days`: an epoch that leaves the window is subtracted, so memory depends on the
+window, not on the history. Fraud labels add the labelled payment's cents, at its weight, to
+a second histogram (once per payment; only while its epoch is in the window).
+
+At the start of each epoch the cut c of each group (a category with a budget of its own, or
+the shared group of all the others) is the largest weight with
+
+    money below c - labelled fraud money below c  <=  legit_friction x (money - labelled fraud)
+
+over the window's payments decided before the epoch began. Fraud is a minority of the money
+and labelled fraud a part of it, so the left side bounds the legitimate money withheld and
+the right side is at most the budget times (legitimate + unlabelled fraud) money: before any
+label the cut withholds at most about `legit_friction` of the legitimate money (if the
+weights of the next epoch are distributed like the window's), and every fraud label loosens
+it (more fraud withheld at the same legitimate friction). `block_share` of that budget, the
+lowest weights, is blocked rather than held (once the model is trusted; see policy.py).
+
+Pure and deterministic: the cut for an epoch depends only on the payments and labels applied
+before the epoch began (labels that arrive during an epoch wait in `pending` until the next),
+so replay and a worker that sees the same events decide alike. `cut` reads (payment-time
+decisions use it on the live state); `advance` and `record` change the state. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from rebate_guard.policy import Budget
+
+PPM = 1_000_000
+#: Bin width of the weight histograms, in millionths of weight (1e-3).
+BIN_PPM = 1_000
+#: Bins 0..999 hold [k/1000, (k+1)/1000); bin 1000 holds w = 1.
+BINS = PPM // BIN_PPM + 1
+#: The group of payments whose category has no budget of its own.
+SHARED = "*"
+
+
+def weight_bin(weight: float) -> int:
+    """The histogram bin of a weight (kept to six decimals, as decisions record it)."""
+    return min(BINS - 1, max(0, round(weight * PPM) // BIN_PPM))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The cut that decides a group's payments during one epoch: a payment with weight w is
+    withheld when w < `hold_below` / 1000 and blocked (once the model is trusted) when
+    w < `block_below` / 1000."""
+
+    group: str
+    #: Start of the epoch (event time, ms) it was computed for.
+    epoch: int
+    hold_below: int
+    block_below: int
+
+    @property
+    def at(self) -> float:
+        return self.hold_below / (PPM // BIN_PPM)
+
+    @property
+    def block_at(self) -> float:
+        return self.block_below / (PPM // BIN_PPM)
+
+    @property
+    def version(self) -> str:
+        """What decisions record in `threshold_version`:
+        `budget:<group>:<epoch start ms>:<cut>:<block cut>`."""
+        return f"budget:{self.group}:{self.epoch}:{self.at:.3f}:{self.block_at:.3f}"
+
+    def withholds(self, weight: float) -> bool:
+        return weight_bin(weight) < self.hold_below
+
+    def blocks(self, weight: float) -> bool:
+        return weight_bin(weight) < self.block_below
+
+
+class Mark(NamedTuple):
+    """One recorded payment: enough to add it to the fraud histogram if it is labelled."""
+
+    epoch: int
+    category: str
+    bin: int
+    cents: int
+    withheld: int
+
+
+Bins = dict[int, int]  # weight bin -> cents (sparse: an epoch uses few bins)
+
+
+@dataclass
+class Tally:
+    """Sums of payments by category: money (and labelled fraud money) per weight bin,
+    payments, and the cents withheld at decision (of all, and of the labelled fraud)."""
+
+    money: dict[str, Bins] = field(default_factory=dict)
+    fraud: dict[str, Bins] = field(default_factory=dict)
+    payments: dict[str, int] = field(default_factory=dict)
+    withheld: dict[str, int] = field(default_factory=dict)
+    fraud_withheld: dict[str, int] = field(default_factory=dict)
+
+    def add_payment(self, mark: Mark, sign: int = 1) -> None:
+        _bump(self.money.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
+        _bump(self.payments, mark.category, sign)
+        _bump(self.withheld, mark.category, sign * mark.withheld)
+
+    def add_fraud(self, mark: Mark, sign: int = 1) -> None:
+        _bump(self.fraud.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
+        _bump(self.fraud_withheld, mark.category, sign * mark.withheld)
+
+    def add(self, other: Tally, sign: int = 1) -> None:
+        """Adds (sign -1: subtracts) `other`."""
+        for mine, theirs in ((self.money, other.money), (self.fraud, other.fraud)):
+            for category, bins in theirs.items():
+                target = mine.setdefault(category, {})
+                for b, cents in bins.items():
+                    value = target.get(b, 0) + sign * cents
+                    if value:
+                        target[b] = value
+                    else:
+                        del target[b]
+        for mine_n, theirs_n in (
+            (self.payments, other.payments),
+            (self.withheld, other.withheld),
+            (self.fraud_withheld, other.fraud_withheld),
+        ):
+            for category, n in theirs_n.items():
+                _bump(mine_n, category, sign * n)
+
+    def copy(self) -> Tally:
+        return Tally(
+            {c: dict(b) for c, b in self.money.items()},
+            {c: dict(b) for c, b in self.fraud.items()},
+            dict(self.payments),
+            dict(self.withheld),
+            dict(self.fraud_withheld),
+        )
+
+    def prune(self) -> None:
+        """Categories with no payment left are forgotten (memory stays bounded)."""
+        for category in [c for c in self.money if c not in self.payments]:
+            del self.money[category]
+            self.fraud.pop(category, None)
+
+    def of(self, categories: list[str]) -> Tally:
+        """The categories' sums as one (category `SHARED`); of one category, a view."""
+        if len(categories) == 1:
+            return self._view(categories[0])
+        out = Tally()
+        for category in categories:
+            out.add(self._view(category))
+        return out
+
+    def _view(self, category: str) -> Tally:
+        """One category's sums as category `SHARED` (not a copy: to read)."""
+        return Tally(
+            {SHARED: self.money.get(category, {})},
+            {SHARED: self.fraud.get(category, {})},
+            {SHARED: self.payments.get(category, 0)},
+            {SHARED: self.withheld.get(category, 0)},
+            {SHARED: self.fraud_withheld.get(category, 0)},
+        )
+
+
+def _bump(table: dict[Any, int], key: Any, by: int) -> None:
+    value = table.get(key, 0) + by
+    if value:
+        table[key] = value
+    else:
+        table.pop(key, None)
+
+
+def largest_cut(money: Bins, fraud: Bins, share_ppm: int) -> int:
+    """The largest k (0..BINS) with sum over bins < k of (money - fraud) <= share x (all
+    money - all fraud), in integers (share in millionths)."""
+    allowed = share_ppm * (sum(money.values()) - sum(fraud.values()))
+    below = 0
+    for k in sorted(money):
+        below += money[k] - fraud.get(k, 0)
+        if below * PPM > allowed:
+            return k
+    return BINS
+
+
+@dataclass
+class FrictionBudget:
+    """The friction budget's state (one per `Decider`): the window's histograms and the
+    cuts of the current epoch. Picklable; bounded by the window and `recorded`'s limit."""
+
+    #: Start of the epoch being decided (event time, ms); None before the first event.
+    epoch: int | None = None
+    #: The payments of the current epoch (not yet in `window`).
+    current: Tally = field(default_factory=Tally)
+    #: Earlier epochs still in the window, oldest first, and their sum.
+    epochs: OrderedDict[int, Tally] = field(default_factory=OrderedDict)
+    window: Tally = field(default_factory=Tally)
+    #: Fraud labels taken in during the current epoch: they count from the next one.
+    pending: list[Mark] = field(default_factory=list)
+    #: tx_id -> its mark, for payments a fraud label may still find, oldest first.
+    recorded: OrderedDict[str, Mark] = field(default_factory=OrderedDict)
+    #: The current epoch's cuts by group (None: too few payments: the fixed thresholds),
+    #: and the budget terms they were computed with.
+    cuts: dict[str, Cut | None] = field(default_factory=dict)
+    cuts_for: Budget | None = None
+
+    # --- reading --------------------------------------------------------------------------
+    def epoch_of(self, ts: int, terms: Budget) -> int:
+        start = ts - ts % terms.update_ms
+        return start if self.epoch is None else max(start, self.epoch)
+
+    def cut(self, ts: int, group: str, terms: Budget) -> Cut | None:
+        """The cut deciding a payment at `ts` in `group`, changing nothing: the current
+        epoch's (memoised by `advance`), or the one `advance` would compute."""
+        start = self.epoch_of(ts, terms)
+        same = terms is self.cuts_for or terms == self.cuts_for
+        if start == self.epoch and same and group in self.cuts:
+            return self.cuts[group]
+        return _cut(self._window_at(start, terms), group, start, terms)
+
+    def _window_at(self, start: int, terms: Budget) -> Tally:
+        """The window's sums as of the start of epoch `start` (>= the current one)."""
+        if start == self.epoch or self.epoch is None:
+            return self.window
+        horizon = start - terms.window_ms
+        out = self.window.copy()
+        if self.epoch >= horizon:
+            out.add(self.current)
+        for mark in self.pending:
+            if mark.epoch >= horizon:
+                out.add_fraud(mark)
+        for begun, tally in self.epochs.items():
+            if begun >= horizon:
+                break
+            out.add(tally, -1)
+        out.prune()
+        return out
+
+    # --- changing -------------------------------------------------------------------------
+    def advance(self, ts: int, terms: Budget) -> None:
+        """Moves to the epoch of `ts` (if later): the current epoch joins the window, the
+        labels taken in during it count, epochs past the window leave, and the cuts are
+        computed; also recomputes them when the terms changed (a new policy)."""
+        start = self.epoch_of(ts, terms)
+        if start != self.epoch:
+            self.window = self._window_at(start, terms)
+            if self.epoch is not None:
+                self.epochs[self.epoch] = self.current
+            for mark in self.pending:
+                tally = self.epochs.get(mark.epoch)
+                if tally is not None:
+                    tally.add_fraud(mark)
+            horizon = start - terms.window_ms
+            while self.epochs and next(iter(self.epochs)) < horizon:
+                self.epochs.popitem(last=False)
+            while self.recorded and next(iter(self.recorded.values())).epoch < horizon:
+                self.recorded.popitem(last=False)
+            self.epoch, self.current, self.pending = start, Tally(), []
+            self.cuts_for = None
+        if terms is not self.cuts_for and terms != self.cuts_for:
+            groups = [SHARED, *terms.categories]
+            self.cuts = {g: _cut(self.window, g, start, terms) for g in groups}
+            self.cuts_for = terms
+
+    def record(
+        self,
+        tx_id: str,
+        category: str | None,
+        weight: float,
+        cents: int,
+        withheld: int,
+        keep: int,
+    ) -> None:
+        """A payment decided in the current epoch (after `advance`): its requested cents at
+        its weight, and the cents withheld at decision. `keep`: how many payments to
+        remember for fraud labels (the oldest are forgotten first)."""
+        assert self.epoch is not None, "advance() before record()"
+        mark = Mark(self.epoch, category or "", weight_bin(weight), cents, withheld)
+        self.current.add_payment(mark)
+        self.recorded[tx_id] = mark
+        while len(self.recorded) > keep:
+            self.recorded.popitem(last=False)
+
+    def fraud(self, tx_id: str) -> None:
+        """A fraud label on a recorded payment: counted once, from the next epoch on."""
+        mark = self.recorded.pop(tx_id, None)
+        if mark is None:
+            return
+        if mark.epoch == self.epoch:
+            self.current.add_fraud(mark)  # joins the window with its epoch
+        else:
+            self.pending.append(mark)
+
+    # --- reporting ------------------------------------------------------------------------
+    def report(self, terms: Budget) -> dict[str, Any]:
+        """The cuts in force and what they achieved over the window they were computed
+        from: per group, its budget, cut, payments and money, labelled fraud money, money
+        withheld at decision, and the estimated legitimate friction (withheld money not
+        labelled fraud / money not labelled fraud: an upper bound, as unlabelled fraud
+        counts as legitimate; caps and expected-loss holds are in it too)."""
+        groups: dict[str, Any] = {}
+        for group in [SHARED, *terms.categories]:
+            tally = _of_group(self.window, group, terms)
+            money = sum(tally.money.get(SHARED, {}).values())
+            fraud = sum(tally.fraud.get(SHARED, {}).values())
+            withheld = tally.withheld.get(SHARED, 0)
+            fraud_withheld = tally.fraud_withheld.get(SHARED, 0)
+            cut = self.cuts.get(group) if terms == self.cuts_for else None
+            groups[group] = {
+                "legit_friction": terms.share_of(group),
+                "cut": None if cut is None else cut.at,
+                "block_cut": None if cut is None else cut.block_at,
+                "payments": tally.payments.get(SHARED, 0),
+                "money_cents": money,
+                "fraud_labelled_cents": fraud,
+                "withheld_cents": withheld,
+                "fraud_labelled_withheld_cents": fraud_withheld,
+                "achieved_legit_friction": (
+                    (withheld - fraud_withheld) / (money - fraud) if money > fraud else None
+                ),
+            }
+        epoch = None
+        if self.epoch is not None:
+            epoch = datetime.fromtimestamp(self.epoch / 1000, UTC).isoformat()
+        return {"mode": "budget", "epoch": epoch, "groups": groups}
+
+
+def _of_group(window: Tally, group: str, terms: Budget) -> Tally:
+    if group != SHARED:
+        return window.of([group])
+    return window.of([c for c in window.payments if c not in terms.categories])
+
+
+def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
+    tally = _of_group(window, group, terms)
+    if tally.payments.get(SHARED, 0) < max(1, terms.min_payments):
+        return None
+    money, fraud = tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {})
+    share = terms.share_of(group)
+    hold = largest_cut(money, fraud, round(share * PPM))
+    block = largest_cut(money, fraud, round(share * terms.block_share * PPM))
+    return Cut(group, epoch, hold, min(block, hold))
