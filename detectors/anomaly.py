@@ -15,7 +15,7 @@ from typing import Any
 from river import anomaly, compose, preprocessing
 
 from detectors.base import Features
-from detectors.encoding import encode
+from detectors.encoding import encode, signed_log
 
 
 @dataclass
@@ -118,11 +118,11 @@ class GaussianAnomaly:
 
     def view(self, x: Features) -> View:
         """The watched features on their signed log scale (compute once, score and learn)."""
-        get, log1p, copysign = x.get, math.log1p, math.copysign
+        get = x.get
         return [
             None
             if (value := get(name)) is None or value != value  # missing, or NaN
-            else copysign(log1p(abs(value)), value)
+            else signed_log(value)
             for name in self.features
         ]
 

@@ -1,8 +1,10 @@
 """A supervised online classifier that learns from delayed labels, with calibrated output.
 
-River's logistic regression on standardised features (`detectors.encoding`). Fraud is a few
-percent of transactions and the labelled fraud fewer still, so each fraud example is learned
-with weight `fraud_weight`. Weighting multiplies the odds the model learns by that weight, so
+River's logistic regression on standardised features, each first put on the signed log
+scale (`detectors.encoding.signed_log`: heavy-tailed money and counts must not extrapolate).
+Fraud is a few percent of transactions and the labelled fraud fewer still, so each fraud
+example is learned with weight `fraud_weight`. Weighting multiplies the odds the model learns
+by that weight, so
 the raw probability p is mapped back with the prior-shift correction
 
     p_calibrated = p / (p + fraud_weight * (1 - p)),
@@ -12,7 +14,7 @@ which makes the output a probability again (checked for calibration in the tests
 
 Scoring runs on every transaction and learning only on labels, so scoring uses the model
 folded into one pass: with the scaler's means m and standard deviations s and the weights w
-as of the last label, the logit is b + sum over present features of (w/s)(x - m), the
+as of the last label, the logit is b + sum over present features of (w/s)(signed_log(x) - m), the
 same number River's pipeline computes (tested to 1e-9) without building the encoded and the
 scaled vectors or River's per-call overhead; the fold is recomputed after each label.
 """
@@ -28,7 +30,7 @@ from typing import Any
 from river import compose, linear_model, optim, preprocessing
 
 from detectors.base import Features
-from detectors.encoding import encode
+from detectors.encoding import encode, signed_log
 
 #: Per feature, in sorted order: (weight / standard deviation, mean, the term it adds when
 #: missing), and what reads the features' values in that order.
@@ -90,7 +92,7 @@ class OnlineClassifier:
             if value is None or value != value:  # missing, or NaN
                 logit += when_missing
             else:
-                logit += gain * (value - mean)
+                logit += gain * (signed_log(value) - mean)
         return self._calibrated(self._sigmoid(logit))
 
     @staticmethod
@@ -132,7 +134,7 @@ class OnlineClassifier:
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         if y is None:
             return  # unlabelled: nothing to learn for a supervised model
-        self.model.learn_one(encode(x), bool(y), w=self.fraud_weight if y else 1.0)
+        self.model.learn_one(encode(x, scale=True), bool(y), w=self.fraud_weight if y else 1.0)
         self.n_learned += 1
         self.n_fraud += bool(y)
 
@@ -153,7 +155,7 @@ class OnlineClassifier:
         return cached[1]
 
     def explain_one(self, x: Features, top: int = 3) -> list[str]:
-        return self.explain_scaled(self.scale(encode(x)), top)
+        return self.explain_scaled(self.scale(encode(x, scale=True)), top)
 
     def explain_scaled(self, scaled: dict[str, float], top: int = 3) -> list[str]:
         """Features whose (standardised value x weight) raised the log-odds by more than

@@ -11,14 +11,17 @@ a second histogram (once per payment; only while its epoch is in the window).
 At the start of each epoch the cut c of each group (a category with a budget of its own, or
 the shared group of all the others) is the largest weight with
 
-    money below c - labelled fraud money below c  <=  legit_friction x (money - labelled fraud)
+    expected legitimate money below c  <=  legit_friction x expected legitimate money
 
-over the window's payments decided before the epoch began. Fraud is a minority of the money
-and labelled fraud a part of it, so the left side bounds the legitimate money withheld and
-the right side is at most the budget times (legitimate + unlabelled fraud) money: before any
-label the cut withholds at most about `legit_friction` of the legitimate money (if the
-weights of the next epoch are distributed like the window's), and every fraud label loosens
-it (more fraud withheld at the same legitimate friction). `block_share` of that budget, the
+over the window's payments decided before the epoch began. A trust weight is the probability
+that a payment is legitimate (w = 1 - risk, with the classifier calibrated on the labels and
+its prior shift estimated from the traffic: detectors/prior_shift.py), so a bin's money counts
+as legitimate in the share of its weight, and never more than its money not yet labelled
+fraud. The money gathered at the lowest weights, mostly unlabelled fraud, therefore does not
+use up the budget, and every fraud label can only loosen the cut. If the weights of the next
+epoch are distributed like the window's and are calibrated, the cut withholds about
+`legit_friction` of the legitimate money; how far that holds on worlds the model was never
+tuned on is measured by benchmarks/generalization.py. `block_share` of that budget, the
 lowest weights, is blocked rather than held (once the model is trusted; see policy.py).
 
 Pure and deterministic: the cut for an epoch depends only on the payments and labels applied
@@ -179,13 +182,31 @@ def _bump(table: dict[Any, int], key: Any, by: int) -> None:
         table.pop(key, None)
 
 
+def bin_weight_ppm(k: int) -> int:
+    """The weight at the middle of bin k, in millionths (bin 1000 holds w = 1 only)."""
+    return PPM if k >= BINS - 1 else k * BIN_PPM + BIN_PPM // 2
+
+
+def legit_money(money: Bins, fraud: Bins) -> Bins:
+    """The expected legitimate cents per bin, in millionths of a cent: a trust weight is the
+    probability that the payment is legitimate (w = 1 - risk, calibrated), so a bin's money
+    is legitimate in the share of its weight, and never more than its money not labelled
+    fraud. The lowest bins, where unlabelled fraud gathers, count for (almost) nothing."""
+    return {
+        k: min(cents * bin_weight_ppm(k), (cents - fraud.get(k, 0)) * PPM)
+        for k, cents in money.items()
+    }
+
+
 def largest_cut(money: Bins, fraud: Bins, share_ppm: int) -> int:
-    """The largest k (0..BINS) with sum over bins < k of (money - fraud) <= share x (all
-    money - all fraud), in integers (share in millionths)."""
-    allowed = share_ppm * (sum(money.values()) - sum(fraud.values()))
+    """The largest k (0..BINS) with the expected legitimate money in bins < k at most share x
+    the expected legitimate money of all bins (`legit_money`), in integers (share in
+    millionths)."""
+    legit = legit_money(money, fraud)
+    allowed = share_ppm * sum(legit.values())
     below = 0
-    for k in sorted(money):
-        below += money[k] - fraud.get(k, 0)
+    for k in sorted(legit):
+        below += legit[k]
         if below * PPM > allowed:
             return k
     return BINS
@@ -305,7 +326,9 @@ class FrictionBudget:
         from: per group, its budget, cut, payments and money, labelled fraud money, money
         withheld at decision, and the estimated legitimate friction (withheld money not
         labelled fraud / money not labelled fraud: an upper bound, as unlabelled fraud
-        counts as legitimate; caps and expected-loss holds are in it too)."""
+        counts as legitimate; caps and expected-loss holds are in it too) beside the
+        expected legitimate friction of the cut (`legit_money` below it / in all: what the
+        cut was chosen by; holds by caps and expected loss not in it)."""
         groups: dict[str, Any] = {}
         for group in [SHARED, *terms.categories]:
             tally = _of_group(self.window, group, terms)
@@ -314,6 +337,11 @@ class FrictionBudget:
             withheld = tally.withheld.get(SHARED, 0)
             fraud_withheld = tally.fraud_withheld.get(SHARED, 0)
             cut = self.cuts.get(group) if terms == self.cuts_for else None
+            legit = legit_money(tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {}))
+            legit_total = sum(legit.values())
+            expected = None
+            if cut is not None and legit_total:
+                expected = sum(v for k, v in legit.items() if k < cut.hold_below) / legit_total
             groups[group] = {
                 "legit_friction": terms.share_of(group),
                 "cut": None if cut is None else cut.at,
@@ -326,6 +354,7 @@ class FrictionBudget:
                 "achieved_legit_friction": (
                     (withheld - fraud_withheld) / (money - fraud) if money > fraud else None
                 ),
+                "expected_legit_friction": expected,
             }
         epoch = None
         if self.epoch is not None:

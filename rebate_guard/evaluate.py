@@ -341,6 +341,8 @@ def capture_at_friction(frame: pl.DataFrame, friction: float) -> float | None:
     if within.is_empty():
         return 0.0
     return int(within["fraud_withheld"].max()) / fraud_total  # type: ignore[arg-type]
+
+
 def _budget_beside(decisions: Path) -> float | None:
     """The shared legit_friction in the `budget.json` replay wrote next to `decisions`."""
     path = decisions.parent / "budget.json"

@@ -72,23 +72,37 @@ def test_the_shipped_default_is_budget_mode_with_the_fixed_thresholds_as_fallbac
 
 # --- the cut on a synthetic stream --------------------------------------------------------
 def _stream(seed: int, shift_on_day: int | None = None) -> list[tuple[str, int, float, int, bool]]:
-    """12 days of 60 payments an hour: (tx_id, ts, weight, requested cents, fraud). 98% are
-    legitimate, weights mostly near 1 with a tail down to 0.4; 2% fraud, weights 0.3-0.8.
-    From `shift_on_day` on, legitimate weights are 0.1 lower (a new model, a new season)."""
+    """12 days of 60 payments an hour: (tx_id, ts, weight, requested cents, fraud), with
+    calibrated weights (a payment at weight w is legitimate with probability w): 96% of
+    payments trusted (w from 0.9 to 1), 4% doubtful (w = 0.8 u^2, mostly fraud), ~5% fraud
+    in all. From `shift_on_day` on, legitimate weights are 0.1 lower (a new model, a new
+    season: no longer calibrated)."""
     rng = random.Random(seed)
     out = []
     for i in range(12 * 24 * 60):
         ts = T0 + i * HOUR // 60
-        fraud = rng.random() < 0.02
-        w = 0.3 + 0.5 * rng.random() if fraud else 1 - 0.6 * rng.random() ** 4
+        u = rng.random()
+        w = 1 - 0.1 * u**3 if rng.random() < 0.96 else 0.8 * u**2
+        fraud = rng.random() >= w
         if shift_on_day is not None and ts >= T0 + shift_on_day * DAY and not fraud:
             w = max(0.0, w - 0.1)
         out.append((f"t{i}", ts, round(w, 6), rng.randint(100, 5000), fraud))
     return out
 
 
-#: Withholds ~1% of legitimate money on the unshifted stream: P(1 - 0.6 u^4 < 0.424) = 1%.
-FIXED_CUT = 0.424
+def _fixed_cut(stream: list[tuple[str, int, float, int, bool]]) -> float:
+    """The weight below which 1% of the legitimate money lies (on the truth): fixed
+    thresholds tuned to the budget on this stream."""
+    legit = sorted((w, c) for _, _, w, c, fraud in stream if not fraud)
+    total, below = sum(c for _, c in legit), 0
+    for w, c in legit:
+        below += c
+        if below > BUDGET * total:
+            return w
+    return 1.0
+
+
+FIXED_CUT = _fixed_cut(_stream(0))
 TERMS = Budget(legit_friction=BUDGET, window_days=2, min_payments=500)
 
 
@@ -149,7 +163,9 @@ def test_fraud_labels_loosen_the_cut_more_fraud_withheld_at_the_same_legit_frict
     assert fraud_l > fraud and legit_l <= BUDGET * 1.1
     assert labelled.cuts[SHARED].at > unlabelled.cuts[SHARED].at  # type: ignore[union-attr]
     report = labelled.report(TERMS)["groups"][SHARED]
-    assert report["fraud_labelled_cents"] > 0 and report["achieved_legit_friction"] <= 0.011
+    assert report["fraud_labelled_cents"] > 0 and report["expected_legit_friction"] <= BUDGET
+    # The upper bound counts unlabelled fraud withheld as legitimate friction.
+    assert report["achieved_legit_friction"] > report["expected_legit_friction"]
 
 
 def test_a_fraud_label_counts_once_and_a_later_legit_label_changes_nothing() -> None:
@@ -165,13 +181,19 @@ def test_a_fraud_label_counts_once_and_a_later_legit_label_changes_nothing() -> 
     assert budget.window.fraud_withheld == {"": 1000}
 
 
-def test_the_cut_is_the_largest_with_legit_money_below_it_within_the_budget() -> None:
-    money = {100: 10, 500: 80, 900: 910}  # 1,000 cents
-    assert largest_cut(money, {}, 5_000) == 100  # 0.5%: bin 100's 10 cents do not fit
-    assert largest_cut(money, {}, 20_000) == 500  # 2%: they do; bin 500's 80 do not
-    # Labelled fraud in bin 500 is not legitimate friction: 2% of 920 holds 10 + 0 cents.
+def test_the_cut_is_the_largest_with_expected_legit_money_below_it_within_the_budget() -> None:
+    # Expected legitimate cents: bin k's money x its middle weight (k + 0.5) / 1000:
+    # 10 x 0.1005 + 80 x 0.5005 + 910 x 0.9005 = 1.005 + 40.04 + 819.455 = 860.5.
+    money = {100: 10, 500: 80, 900: 910}
+    assert largest_cut(money, {}, 1_000) == 100  # 0.1% = 0.86: bin 100's 1.005 do not fit
+    assert largest_cut(money, {}, 20_000) == 500  # 2% = 17.2: they do; bin 500's 40.04 not
+    assert largest_cut(money, {}, 50_000) == 900  # 5% = 43.0: both fit
+    # Money labelled fraud is not legitimate: bin 500 holds none, 2% of 820.5 takes it.
     assert largest_cut(money, {500: 80}, 20_000) == 900
     assert largest_cut(money, {}, 1_000_000) == 1001  # everything
+    # Unlabelled fraud gathered at the lowest weights does not use up the budget: 5,000
+    # cents at w < 0.001 count as 2.5 legitimate cents, and the cut passes them.
+    assert largest_cut({0: 5_000, 900: 1_000}, {}, 10_000) == 900
     cut = Cut(SHARED, T0, 500, 250)
     assert cut.withholds(0.4999) and not cut.withholds(0.5) and cut.blocks(0.2499)
 

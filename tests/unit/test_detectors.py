@@ -101,7 +101,7 @@ def test_the_folded_classifier_scores_what_rivers_pipeline_scores() -> None:
         if i % 3 == 0:  # learn a third, score the rest as they come (the fold is rebuilt)
             model.learn_one(x, rng.random() < 0.2 + 0.1 * (x["a"] > 4))
             continue
-        river = model.proba(model.scale(encode(x)))
+        river = model.proba(model.scale(encode(x, scale=True)))
         assert model.predict_proba_one(x) == pytest.approx(river, rel=1e-9, abs=1e-12)
     assert model.n_fraud > 50
 
