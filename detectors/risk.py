@@ -67,6 +67,10 @@ class Assessment:
     anomaly_view: View
     #: The classifier's log-odds (labels' scale) on it; None when it was not consulted.
     log_odds: float | None = None
+    #: c x q: the part of `risk` that is the calibrated classifier's fraud probability (0
+    #: before it is trusted). What the friction budget may count as fraud; the rest of
+    #: risk (rules, anomaly, ring) is not calibrated.
+    calibrated_risk: float = 0.0
 
 
 @dataclass
@@ -103,17 +107,19 @@ class RiskModel:
         risk = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly) * (1.0 - ring)
         c = self.confidence()
         log_odds = None
+        calibrated = 0.0
         if c > 0.0:
             p = self.classifier.predict_proba_one(enriched)
             log_odds = _log_odds(p)
-            risk = c * _logistic(self.prior_shift.adjusted(log_odds)) + (1.0 - c) * risk
+            calibrated = c * _logistic(self.prior_shift.adjusted(log_odds))
+            risk = calibrated + (1.0 - c) * risk
             # The model's reasons once it is trusted, and only where it sees some risk: most
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:
                 reasons += self.classifier.explain_one(enriched)
         if anomaly > 0.5:
             reasons += self.anomaly.explain_z(z)
-        return Assessment(risk, reasons, enriched, view, log_odds)
+        return Assessment(risk, reasons, enriched, view, log_odds, calibrated)
 
     def enrich(self, x: Features) -> Features:
         """`x` plus the rule and anomaly scores, as of now (a new dict)."""

@@ -13,15 +13,16 @@ the shared group of all the others) is the largest weight with
 
     expected legitimate money below c  <=  legit_friction x expected legitimate money
 
-over the window's payments decided before the epoch began. A trust weight is the probability
-that a payment is legitimate (w = 1 - risk, with the classifier calibrated on the labels and
-its prior shift estimated from the traffic: detectors/prior_shift.py), so a bin's money counts
-as legitimate in the share of its weight, and never more than its money not yet labelled
-fraud. The money gathered at the lowest weights, mostly unlabelled fraud, therefore does not
-use up the budget, and every fraud label can only loosen the cut. If the weights of the next
-epoch are distributed like the window's and are calibrated, the cut withholds about
-`legit_friction` of the legitimate money; how far that holds on worlds the model was never
-tuned on is measured by benchmarks/generalization.py. `block_share` of that budget, the
+over the window's payments decided before the epoch began. Each payment's money counts as
+legitimate in 1 - q, with q the part of its risk that is the calibrated classifier's fraud
+probability (times the classifier's trust; `detectors.risk`), and never more than the money
+not yet labelled fraud. Before the classifier is trusted (q = 0) all money counts as
+legitimate: the label-free bound, the cut withholds at most `legit_friction` of all money
+(fraud being a minority, at most about that share of the legitimate money) if the next
+epoch's weights are distributed like the window's. Once it is trusted, the money gathered at
+the lowest weights, mostly unlabelled fraud, stops using up the budget, and every fraud label
+can only loosen the cut. How far the estimate holds on worlds the model was never tuned on
+is measured by benchmarks/generalization.py. `block_share` of that budget, the
 lowest weights, is blocked rather than held (once the model is trusted; see policy.py).
 
 Pure and deterministic: the cut for an epoch depends only on the payments and labels applied
@@ -95,6 +96,8 @@ class Mark(NamedTuple):
     bin: int
     cents: int
     withheld: int
+    #: The cents expected to be legitimate, in millionths of a cent.
+    legit: int
 
 
 Bins = dict[int, int]  # weight bin -> cents (sparse: an epoch uses few bins)
@@ -107,12 +110,15 @@ class Tally:
 
     money: dict[str, Bins] = field(default_factory=dict)
     fraud: dict[str, Bins] = field(default_factory=dict)
+    #: Expected legitimate money per weight bin, in millionths of a cent.
+    legit: dict[str, Bins] = field(default_factory=dict)
     payments: dict[str, int] = field(default_factory=dict)
     withheld: dict[str, int] = field(default_factory=dict)
     fraud_withheld: dict[str, int] = field(default_factory=dict)
 
     def add_payment(self, mark: Mark, sign: int = 1) -> None:
         _bump(self.money.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
+        _bump(self.legit.setdefault(mark.category, {}), mark.bin, sign * mark.legit)
         _bump(self.payments, mark.category, sign)
         _bump(self.withheld, mark.category, sign * mark.withheld)
 
@@ -122,7 +128,8 @@ class Tally:
 
     def add(self, other: Tally, sign: int = 1) -> None:
         """Adds (sign -1: subtracts) `other`."""
-        for mine, theirs in ((self.money, other.money), (self.fraud, other.fraud)):
+        pairs = ((self.money, other.money), (self.fraud, other.fraud), (self.legit, other.legit))
+        for mine, theirs in pairs:
             for category, bins in theirs.items():
                 target = mine.setdefault(category, {})
                 for b, cents in bins.items():
@@ -143,6 +150,7 @@ class Tally:
         return Tally(
             {c: dict(b) for c, b in self.money.items()},
             {c: dict(b) for c, b in self.fraud.items()},
+            {c: dict(b) for c, b in self.legit.items()},
             dict(self.payments),
             dict(self.withheld),
             dict(self.fraud_withheld),
@@ -153,6 +161,7 @@ class Tally:
         for category in [c for c in self.money if c not in self.payments]:
             del self.money[category]
             self.fraud.pop(category, None)
+            self.legit.pop(category, None)
 
     def of(self, categories: list[str]) -> Tally:
         """The categories' sums as one (category `SHARED`); of one category, a view."""
@@ -168,6 +177,7 @@ class Tally:
         return Tally(
             {SHARED: self.money.get(category, {})},
             {SHARED: self.fraud.get(category, {})},
+            {SHARED: self.legit.get(category, {})},
             {SHARED: self.payments.get(category, 0)},
             {SHARED: self.withheld.get(category, 0)},
             {SHARED: self.fraud_withheld.get(category, 0)},
@@ -182,31 +192,22 @@ def _bump(table: dict[Any, int], key: Any, by: int) -> None:
         table.pop(key, None)
 
 
-def bin_weight_ppm(k: int) -> int:
-    """The weight at the middle of bin k, in millionths (bin 1000 holds w = 1 only)."""
-    return PPM if k >= BINS - 1 else k * BIN_PPM + BIN_PPM // 2
+def legit_money(money: Bins, fraud: Bins, legit: Bins) -> Bins:
+    """The expected legitimate cents per bin, in millionths of a cent: what the payments
+    recorded (each payment's cents x (1 - the calibrated part of its risk)), never more than
+    the bin's money not labelled fraud."""
+    return {k: min(legit.get(k, 0), (cents - fraud.get(k, 0)) * PPM) for k, cents in money.items()}
 
 
-def legit_money(money: Bins, fraud: Bins) -> Bins:
-    """The expected legitimate cents per bin, in millionths of a cent: a trust weight is the
-    probability that the payment is legitimate (w = 1 - risk, calibrated), so a bin's money
-    is legitimate in the share of its weight, and never more than its money not labelled
-    fraud. The lowest bins, where unlabelled fraud gathers, count for (almost) nothing."""
-    return {
-        k: min(cents * bin_weight_ppm(k), (cents - fraud.get(k, 0)) * PPM)
-        for k, cents in money.items()
-    }
-
-
-def largest_cut(money: Bins, fraud: Bins, share_ppm: int) -> int:
+def largest_cut(money: Bins, fraud: Bins, legit: Bins, share_ppm: int) -> int:
     """The largest k (0..BINS) with the expected legitimate money in bins < k at most share x
     the expected legitimate money of all bins (`legit_money`), in integers (share in
     millionths)."""
-    legit = legit_money(money, fraud)
-    allowed = share_ppm * sum(legit.values())
+    expected = legit_money(money, fraud, legit)
+    allowed = share_ppm * sum(expected.values())
     below = 0
-    for k in sorted(legit):
-        below += legit[k]
+    for k in sorted(expected):
+        below += expected[k]
         if below * PPM > allowed:
             return k
     return BINS
@@ -299,12 +300,17 @@ class FrictionBudget:
         cents: int,
         withheld: int,
         keep: int,
+        *,
+        legit_share: float = 1.0,
     ) -> None:
         """A payment decided in the current epoch (after `advance`): its requested cents at
         its weight, and the cents withheld at decision. `keep`: how many payments to
-        remember for fraud labels (the oldest are forgotten first)."""
+        remember for fraud labels (the oldest are forgotten first). `legit_share`: the
+        probability that it is legitimate as far as a calibrated model can say (1: no
+        calibrated model yet, so its money counts as legitimate: the label-free bound)."""
         assert self.epoch is not None, "advance() before record()"
-        mark = Mark(self.epoch, category or "", weight_bin(weight), cents, withheld)
+        legit = round(cents * min(1.0, max(0.0, legit_share)) * PPM)
+        mark = Mark(self.epoch, category or "", weight_bin(weight), cents, withheld, legit)
         self.current.add_payment(mark)
         self.recorded[tx_id] = mark
         while len(self.recorded) > keep:
@@ -337,7 +343,11 @@ class FrictionBudget:
             withheld = tally.withheld.get(SHARED, 0)
             fraud_withheld = tally.fraud_withheld.get(SHARED, 0)
             cut = self.cuts.get(group) if terms == self.cuts_for else None
-            legit = legit_money(tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {}))
+            legit = legit_money(
+                tally.money.get(SHARED, {}),
+                tally.fraud.get(SHARED, {}),
+                tally.legit.get(SHARED, {}),
+            )
             legit_total = sum(legit.values())
             expected = None
             if cut is not None and legit_total:
@@ -373,7 +383,8 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
     if tally.payments.get(SHARED, 0) < max(1, terms.min_payments):
         return None
     money, fraud = tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {})
+    legit = tally.legit.get(SHARED, {})
     share = terms.share_of(group)
-    hold = largest_cut(money, fraud, round(share * PPM))
-    block = largest_cut(money, fraud, round(share * terms.block_share * PPM))
+    hold = largest_cut(money, fraud, legit, round(share * PPM))
+    block = largest_cut(money, fraud, legit, round(share * terms.block_share * PPM))
     return Cut(group, epoch, hold, min(block, hold))

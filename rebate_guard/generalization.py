@@ -64,6 +64,8 @@ class WorldResult:
     capture_at_friction: float | None
     #: look-alike group -> legitimate rebate money withheld at decision.
     lookalike_friction: dict[str, float] = field(default_factory=dict)
+    #: abuse scenario -> fraudulent rebate money withheld at decision.
+    scenario_withheld: dict[str, float] = field(default_factory=dict)
     true_rings: int = 0
     ring_recall: float = 0.0
     ring_precision: float = 0.0
@@ -140,7 +142,8 @@ def _run(
         fraud_withheld=result.money_withheld.get("fraud", 0.0),
         legit_withheld=result.money_withheld.get("legit", 0.0),
         capture_at_friction=result.fraud_capture_at_friction,
-        lookalike_friction=_group_friction(payments),
+        lookalike_friction=_withheld_by(payments, "group", fraud=False),
+        scenario_withheld=_withheld_by(payments, "scenario", fraud=True),
         true_rings=rings.true_rings,
         ring_recall=rings.recall,
         ring_precision=rings.precision,
@@ -166,16 +169,17 @@ def _fraud_money_share(paid: pl.DataFrame) -> float:
     return fraud / total if total else 0.0
 
 
-def _group_friction(paid: pl.DataFrame) -> dict[str, float]:
-    """Legitimate money withheld per look-alike group, where the group has enough money."""
-    legit = paid.filter(~pl.col("is_fraud") & pl.col("group").is_not_null())
-    sums = legit.group_by("group").agg(
+def _withheld_by(paid: pl.DataFrame, column: str, *, fraud: bool) -> dict[str, float]:
+    """Money withheld at decision per value of `column` (the legitimate look-alike `group`,
+    or the fraud's `scenario`), where it has enough money."""
+    rows = paid.filter((pl.col("is_fraud") == fraud) & pl.col(column).is_not_null())
+    sums = rows.group_by(column).agg(
         pl.col("rebate_requested_cents").sum().alias("asked"),
         pl.col("rebate_granted_cents").sum().alias("granted"),
     )
     return {
-        str(group): 1.0 - granted / asked
-        for group, asked, granted in sums.sort("group").iter_rows()
+        str(value): 1.0 - granted / asked
+        for value, asked, granted in sums.sort(column).iter_rows()
         if asked >= MIN_GROUP_CENTS
     }
 
@@ -237,16 +241,21 @@ def summarise(results: Sequence[WorldResult], targets: Targets | None = None) ->
     return rows
 
 
-def lookalike_rows(results: Sequence[WorldResult]) -> list[tuple[str, float, float, int, int]]:
-    """Per look-alike group: (group, mean friction, worst friction, worst seed, worlds)."""
-    by_group: dict[str, list[tuple[float, int]]] = {}
+def breakdown_rows(
+    results: Sequence[WorldResult], *, scenarios: bool = False
+) -> list[tuple[str, float, float, int, int]]:
+    """Per look-alike group (legitimate money withheld; worst = most) or, with `scenarios`,
+    per abuse scenario (fraud money withheld; worst = least): (name, mean, worst, worst
+    seed, worlds)."""
+    by_name: dict[str, list[tuple[float, int]]] = {}
     for r in results:
-        for group, friction in r.lookalike_friction.items():
-            by_group.setdefault(group, []).append((friction, r.seed))
+        shares = r.scenario_withheld if scenarios else r.lookalike_friction
+        for name, share in shares.items():
+            by_name.setdefault(name, []).append((share, r.seed))
     rows = []
-    for group, values in sorted(by_group.items()):
-        worst, seed = max(values)
-        rows.append((group, statistics.fmean(v for v, _ in values), worst, seed, len(values)))
+    for name, values in sorted(by_name.items()):
+        worst, seed = min(values) if scenarios else max(values)
+        rows.append((name, statistics.fmean(v for v, _ in values), worst, seed, len(values)))
     return rows
 
 
@@ -259,7 +268,8 @@ def _fmt(value: float | None, label: str) -> str:
 
 
 def table(results: Sequence[WorldResult], targets: Targets | None = None) -> str:
-    """The summary (mean, worst world, target, met) and the look-alike groups' friction."""
+    """The summary (mean, worst world, target, met), the look-alike groups' friction and
+    the abuse scenarios' fraud money withheld."""
     lines = [
         "| measure | mean | worst world (seed) | target | met |",
         "|---|---|---|---|---|",
@@ -277,8 +287,15 @@ def table(results: Sequence[WorldResult], targets: Targets | None = None) -> str
         "| look-alike group (legit money withheld) | mean | worst world (seed) | worlds |",
         "|---|---|---|---|",
     ]
-    for group, mean, worst, seed, n in lookalike_rows(results):
+    for group, mean, worst, seed, n in breakdown_rows(results):
         lines.append(f"| {group} | {mean:.2%} | {worst:.2%} ({seed}) | {n} |")
+    lines += [
+        "",
+        "| abuse scenario (fraud money withheld) | mean | worst world (seed) | worlds |",
+        "|---|---|---|---|",
+    ]
+    for scenario, mean, worst, seed, n in breakdown_rows(results, scenarios=True):
+        lines.append(f"| {scenario} | {mean:.2%} | {worst:.2%} ({seed}) | {n} |")
     return "\n".join(lines)
 
 

@@ -236,7 +236,7 @@ class Decider:
             self.ledger.record(stands, terms)
             if stands.rebate_granted_cents:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
-            self._budgeted(tx, stands)
+            self._budgeted(tx, stands, 0.0 if assessment is None else assessment.calibrated_risk)
         else:
             self.adjustments += self.ledger.refund(tx, terms, decided_at)
         return decision, x
@@ -303,9 +303,10 @@ class Decider:
         )
         return decision, x, assessment
 
-    def _budgeted(self, tx: Transaction, stands: Decision) -> None:
+    def _budgeted(self, tx: Transaction, stands: Decision, calibrated_risk: float) -> None:
         """Budget mode: a payment the thresholds or the cut decided joins the histograms
-        (lists, campaigns and fail-closed decisions are outside the budget)."""
+        (lists, campaigns and fail-closed decisions are outside the budget), its money
+        counted as legitimate in 1 - the calibrated part of its risk."""
         version = stands.threshold_version
         if self.policy.budget is None or not (version == FIXED or version.startswith("budget:")):
             return
@@ -317,6 +318,7 @@ class Decider:
             requested,
             requested - stands.rebate_granted_cents,
             self.remember_limit,
+            legit_share=1.0 - calibrated_risk,
         )
 
     def _cap(

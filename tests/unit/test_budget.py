@@ -110,10 +110,13 @@ def _run(
     stream: list[tuple[str, int, float, int, bool]],
     label_share: float = 0.0,
     terms: Budget = TERMS,
+    calibrated: bool = True,
 ) -> tuple[float, float, FrictionBudget]:
     """Decides the stream with the budget (fraud labels on `label_share` of the fraud, 6 h
     after the payment); the legitimate and fraudulent shares of money withheld from day 2 on
-    (the warm-up: the fixed cut decides until the window holds `min_payments`)."""
+    (the warm-up: the fixed cut decides until the window holds `min_payments`).
+    `calibrated`: each payment's money counts as legitimate in its weight (a trusted,
+    calibrated classifier), else in full (before the classifier is trusted)."""
     rng = random.Random(1)
     budget, labels = FrictionBudget(), []
     withheld = {True: [0, 0], False: [0, 0]}
@@ -125,7 +128,8 @@ def _run(
         budget.advance(ts, terms)
         cut = budget.cut(ts, SHARED, terms)
         held = cut.withholds(w) if cut is not None else w < FIXED_CUT
-        budget.record(tx_id, None, w, cents, cents if held else 0, 10**9)
+        legit_share = w if calibrated else 1.0
+        budget.record(tx_id, None, w, cents, cents if held else 0, 10**9, legit_share=legit_share)
         if fraud and rng.random() < label_share:
             labels.append((ts + 6 * HOUR, tx_id))
         if ts >= T0 + 2 * DAY:
@@ -147,6 +151,10 @@ def test_legit_friction_stays_within_the_budget_and_fixed_thresholds_overshoot_o
     legit, fraud, _ = _run(steady)
     # Tolerance 10%: the cut is set on the window and applied to the next epoch's payments.
     assert legit <= BUDGET * 1.1 and fraud > 0.1
+    # Before a calibrated model, all money counts as legitimate: the bound holds, and it
+    # withholds less fraud.
+    legit_bound, fraud_bound, _ = _run(steady, calibrated=False)
+    assert legit_bound <= BUDGET * 1.1 and fraud_bound < fraud
     shifted = _stream(seed, shift_on_day=6)
     legit, _, _ = _run(shifted)
     # Weights shift down by 0.1 on day 6: fixed thresholds tuned to 1% withhold > 3%; the
@@ -181,19 +189,35 @@ def test_a_fraud_label_counts_once_and_a_later_legit_label_changes_nothing() -> 
     assert budget.window.fraud_withheld == {"": 1000}
 
 
+def _legit(money: dict[int, int], share: float | None = None) -> dict[int, int]:
+    """Expected legitimate millionths of cents per bin: each bin's money x `share`, or x the
+    bin's middle weight (k + 0.5) / 1000 (a calibrated model)."""
+    out = {}
+    for k, cents in money.items():
+        out[k] = round(cents * (share if share is not None else (k + 0.5) / 1000) * 1e6)
+    return out
+
+
 def test_the_cut_is_the_largest_with_expected_legit_money_below_it_within_the_budget() -> None:
-    # Expected legitimate cents: bin k's money x its middle weight (k + 0.5) / 1000:
-    # 10 x 0.1005 + 80 x 0.5005 + 910 x 0.9005 = 1.005 + 40.04 + 819.455 = 860.5.
-    money = {100: 10, 500: 80, 900: 910}
-    assert largest_cut(money, {}, 1_000) == 100  # 0.1% = 0.86: bin 100's 1.005 do not fit
-    assert largest_cut(money, {}, 20_000) == 500  # 2% = 17.2: they do; bin 500's 40.04 not
-    assert largest_cut(money, {}, 50_000) == 900  # 5% = 43.0: both fit
-    # Money labelled fraud is not legitimate: bin 500 holds none, 2% of 820.5 takes it.
-    assert largest_cut(money, {500: 80}, 20_000) == 900
-    assert largest_cut(money, {}, 1_000_000) == 1001  # everything
-    # Unlabelled fraud gathered at the lowest weights does not use up the budget: 5,000
-    # cents at w < 0.001 count as 2.5 legitimate cents, and the cut passes them.
-    assert largest_cut({0: 5_000, 900: 1_000}, {}, 10_000) == 900
+    money = {100: 10, 500: 80, 900: 910}  # 1,000 cents
+    # All money counted as legitimate (no calibrated model yet): a quantile of the money.
+    legit = _legit(money, 1.0)
+    assert largest_cut(money, {}, legit, 5_000) == 100  # 0.5%: bin 100's 10 cents do not fit
+    assert largest_cut(money, {}, legit, 20_000) == 500  # 2%: they do; bin 500's 80 do not
+    # Labelled fraud in bin 500 is not legitimate friction: 2% of 920 holds 10 + 0 cents.
+    assert largest_cut(money, {500: 80}, legit, 20_000) == 900
+    assert largest_cut(money, {}, legit, 1_000_000) == 1001  # everything
+    # Calibrated: 10 x 0.1005 + 80 x 0.5005 + 910 x 0.9005 = 1.005 + 40.04 + 819.455 = 860.5
+    # expected legitimate cents.
+    legit = _legit(money)
+    assert largest_cut(money, {}, legit, 1_000) == 100  # 0.1% = 0.86: bin 100's 1.005 not
+    assert largest_cut(money, {}, legit, 20_000) == 500  # 2% = 17.2: bin 500's 40.04 not
+    assert largest_cut(money, {}, legit, 50_000) == 900  # 5% = 43.0: both fit
+    # Unlabelled fraud gathered at the lowest weights does not use up a calibrated budget:
+    # 5,000 cents at w < 0.001 count as 2.5 legitimate cents, and the cut passes them.
+    low = {0: 5_000, 900: 1_000}
+    assert largest_cut(low, {}, _legit(low), 10_000) == 900
+    assert largest_cut(low, {}, _legit(low, 1.0), 10_000) == 0  # the label-free bound
     cut = Cut(SHARED, T0, 500, 250)
     assert cut.withholds(0.4999) and not cut.withholds(0.5) and cut.blocks(0.2499)
 

@@ -12,8 +12,10 @@ from rebate_guard.generalization import (
     TUNING_SEEDS,
     Targets,
     WorldResult,
+    breakdown_rows,
     run_world,
     summarise,
+    table,
 )
 
 #: Seeds outside both splits: a test tunes nothing and must not spend the held-out worlds.
@@ -54,3 +56,17 @@ def test_summary_takes_the_mean_and_the_worst_world_against_the_targets() -> Non
     worse = summarise([world(1, 0.004), world(2, 0.016)])[0]
     assert worse.met is False  # the worst world past 1.5x the budget
     assert Targets().worst_factor == 1.5
+
+
+def test_breakdowns_take_the_most_friction_and_the_least_fraud_withheld_as_worst() -> None:
+    def world(seed: int, family: float, brushing: float) -> WorldResult:
+        return WorldResult(
+            "random", seed, 1, 0.02, 0.1, 0.9, 0.9, 0.95, 0.01, 0.9,
+            lookalike_friction={"family_device": family},
+            scenario_withheld={"brushing": brushing},
+        )  # fmt: skip
+
+    results = [world(1, 0.02, 0.9), world(2, 0.04, 0.5)]
+    assert breakdown_rows(results) == [("family_device", 0.03, 0.04, 2, 2)]
+    assert breakdown_rows(results, scenarios=True) == [("brushing", 0.7, 0.5, 2, 2)]
+    assert "| brushing | 70.00% | 50.00% (2) | 2 |" in table(results)
