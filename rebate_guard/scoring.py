@@ -55,9 +55,15 @@ log = logging.getLogger(__name__)
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
 
-# Features of the decision context, added by the scorer: they depend on earlier *decisions*,
-# which the feature engine does not make.
-DECISION_FEATURES = ("refund_of_granted_rebate",)
+# Features of the decision context, added by the scorer: they depend on earlier *decisions*
+# and on the labels the decider has taken in, which the feature engine does not see. The
+# label counts are the user's labelled history as known when the payment is decided (the
+# label delay is in them by construction: a label counts from its own ts on).
+USER_FRAUD_LABELS = "user_fraud_labels"
+USER_LEGIT_LABELS = "user_legit_labels"
+DECISION_FEATURES = ("refund_of_granted_rebate", USER_FRAUD_LABELS, USER_LEGIT_LABELS)
+#: Users whose label counts are kept (least recently labelled forgotten first).
+MAX_LABELLED_USERS = 200_000
 #: Every feature the detectors see, in order: the engine's, the decision context, then the
 #: ring the transaction is scored with (`graph.evidence`).
 ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES + RING_FEATURES
@@ -127,6 +133,9 @@ class Decider:
     adjustments: list[RebateAdjustment] = field(default_factory=list)
     #: The friction budget's histograms and cuts (budget mode: the policy's `[budget]`).
     budget: FrictionBudget = field(default_factory=FrictionBudget)
+    #: user -> [fraud labels, legitimate labels] taken in so far (label events, tx- or
+    #: user-level), least recently labelled first.
+    user_labels: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restores a checkpoint; one written before the friction budget existed starts
@@ -134,6 +143,8 @@ class Decider:
         self.__dict__.update(state)
         if "budget" not in state:
             self.budget = FrictionBudget()
+        if "user_labels" not in state:
+            self.user_labels = OrderedDict()
 
     def take_adjustments(self) -> list[RebateAdjustment]:
         out, self.adjustments = self.adjustments, []
@@ -177,6 +188,7 @@ class Decider:
         self.adjustments += self.ledger.label(event, terms, decided_at)
         if self.policy.budget is not None:
             self.budget.advance(event.ts, self.policy.budget)
+        self._count_label(event)
         found = self.examples(event)
         for example in found:
             self.learn(example)
@@ -257,6 +269,8 @@ class Decider:
         still in flight): they count in the daily cap and for refunds as if it had."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx, pending)
+        fraud_labels, legit_labels = self.user_labels.get(tx.user_id, (0, 0))
+        x[USER_FRAUD_LABELS], x[USER_LEGIT_LABELS] = fraud_labels, legit_labels
         x.update(ring_features(ring))  # evidence the models weigh, and a label trains on
         version = self.model.version  # the state that scores, before it learns this one
         try:
@@ -404,6 +418,21 @@ class Decider:
                     return float(d.rebate_granted_cents > 0)
             return None
         return float(known[1])
+
+    def _count_label(self, event: Label) -> None:
+        """The labelled user's counts (a tx-level label finds its user among the payments
+        remembered here; one decided elsewhere is that decider's to count)."""
+        user = event.user_id
+        if user is None and event.tx_id is not None:
+            kept = self.remembered.get(event.tx_id)
+            user = None if kept is None else kept[0]
+        if user is None:
+            return
+        counts = self.user_labels.pop(user, None) or [0, 0]
+        counts[0 if event.label == FRAUD else 1] += 1
+        self.user_labels[user] = counts
+        if len(self.user_labels) > MAX_LABELLED_USERS:
+            self.user_labels.popitem(last=False)
 
     def _remember(self, tx_id: str, user_id: str, x: Features, risk: float) -> None:
         self.remembered[tx_id] = (user_id, x, risk)

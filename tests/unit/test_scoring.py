@@ -207,3 +207,20 @@ def test_a_ring_merchants_score_weighs_on_its_returning_customers_not_on_passers
     assert first is not None and again is not None
     assert "ring:collusion" not in first.reasons and first.action == "allow"
     assert again.reasons[0] == "ring:collusion" and again.rebate_granted_cents == 0
+
+
+def test_a_users_labels_are_features_of_their_later_payments_from_the_labels_ts_on() -> None:
+    scorer = Scorer()
+    scorer.apply(parse_transaction(tx("a1", T0, user_id="a")), 0)
+    before = scorer.decide(parse_transaction(tx("a2", T0 + DAY, user_id="a")), 0)[1]
+    assert (before["user_fraud_labels"], before["user_legit_labels"]) == (0, 0)
+    scorer.apply(parse_label(label("a1", T0 + 2 * DAY)), 0)  # tx-level: its user is found
+    scorer.apply(parse_label(label(None, T0 + 3 * DAY, user_id="a")), 0)  # user-level
+    scorer.apply(parse_label(label(None, T0 + 3 * DAY, user_id="b", label="legit")), 0)
+    scorer.apply(parse_label(label("elsewhere", T0 + 3 * DAY)), 0)  # decided elsewhere
+    after = scorer.decide(parse_transaction(tx("a3", T0 + 4 * DAY, user_id="a")), 0)[1]
+    assert (after["user_fraud_labels"], after["user_legit_labels"]) == (2, 0)
+    other = scorer.decide(parse_transaction(tx("b1", T0 + 4 * DAY, user_id="b")), 0)[1]
+    assert (other["user_fraud_labels"], other["user_legit_labels"]) == (0, 1)
+    restored = pickle.loads(pickle.dumps(scorer.decider))
+    assert restored.user_labels == scorer.decider.user_labels
