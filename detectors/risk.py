@@ -67,9 +67,10 @@ class Assessment:
     anomaly_view: View
     #: The classifier's log-odds (labels' scale) on it; None when it was not consulted.
     log_odds: float | None = None
-    #: c x q: the part of `risk` that is the calibrated classifier's fraud probability (0
-    #: before it is trusted). What the friction budget may count as fraud; the rest of
-    #: risk (rules, anomaly, ring) is not calibrated.
+    #: q, the classifier's fraud probability calibrated on the labels and moved to the
+    #: traffic's prior (`detectors.prior_shift`), once that has been fitted; 0 before. What
+    #: the friction budget may count as fraud: the rest of risk (rules, anomaly, ring's say)
+    #: is not calibrated.
     calibrated_risk: float = 0.0
 
 
@@ -111,8 +112,9 @@ class RiskModel:
         if c > 0.0:
             p = self.classifier.predict_proba_one(enriched)
             log_odds = _log_odds(p)
-            calibrated = c * _logistic(self.prior_shift.adjusted(log_odds))
-            risk = calibrated + (1.0 - c) * risk
+            q = _logistic(self.prior_shift.adjusted(log_odds))
+            risk = c * q + (1.0 - c) * risk
+            calibrated = q if self.prior_shift.fits else 0.0
             # The model's reasons once it is trusted, and only where it sees some risk: most
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:

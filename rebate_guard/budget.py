@@ -14,14 +14,14 @@ the shared group of all the others) is the largest weight with
     expected legitimate money below c  <=  legit_friction x expected legitimate money
 
 over the window's payments decided before the epoch began. Each payment's money counts as
-legitimate in 1 - q, with q the part of its risk that is the calibrated classifier's fraud
-probability (times the classifier's trust; `detectors.risk`), and never more than the money
-not yet labelled fraud. Before the classifier is trusted (q = 0) all money counts as
+legitimate in 1 - q, with q the classifier's fraud probability calibrated on the labels and
+moved to the traffic's prior (`detectors.prior_shift`), and never more than the money not
+yet labelled fraud. Until that calibration has been fitted (q = 0) all money counts as
 legitimate: the label-free bound, the cut withholds at most `legit_friction` of all money
 (fraud being a minority, at most about that share of the legitimate money) if the next
-epoch's weights are distributed like the window's. Once it is trusted, the money gathered at
-the lowest weights, mostly unlabelled fraud, stops using up the budget, and every fraud label
-can only loosen the cut. How far the estimate holds on worlds the model was never tuned on
+epoch's weights are distributed like the window's. Once it is fitted, the money gathered
+at the lowest weights, mostly unlabelled fraud, stops using up the budget, and every fraud
+label can only loosen the cut. How far the estimate holds on worlds the model was never tuned on
 is measured by benchmarks/generalization.py. `block_share` of that budget, the
 lowest weights, is blocked rather than held (once the model is trusted; see policy.py).
 

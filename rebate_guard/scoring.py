@@ -320,7 +320,7 @@ class Decider:
     def _budgeted(self, tx: Transaction, stands: Decision, calibrated_risk: float) -> None:
         """Budget mode: a payment the thresholds or the cut decided joins the histograms
         (lists, campaigns and fail-closed decisions are outside the budget), its money
-        counted as legitimate in 1 - the calibrated part of its risk."""
+        counted as legitimate in 1 - its calibrated fraud probability (`Assessment`)."""
         version = stands.threshold_version
         if self.policy.budget is None or not (version == FIXED or version.startswith("budget:")):
             return
