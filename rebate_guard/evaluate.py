@@ -131,12 +131,6 @@ class Evaluation:
             for name, share in self.money_withheld.items():
                 end = f" {final[name]:.2%} |" if final else ""
                 lines.append(f"| {name} | {share:.2%} |{end}")
-        if self.fraud_capture_at_friction is not None:
-            lines += [
-                "",
-                f"best fraud money withheld by any weight cut at {CAPTURE_AT_FRICTION:.0%} "
-                f"legitimate friction: {self.fraud_capture_at_friction:.2%}",
-            ]
             if self.budget is not None:
                 legit = self.money_withheld["legit"]
                 verdict = "within" if legit <= self.budget else "over"
@@ -145,6 +139,12 @@ class Evaluation:
                     f"legitimate rebate money withheld at decision: {legit:.2%}, {verdict} the "
                     f"friction budget of {self.budget:.2%}",
                 ]
+        if self.fraud_capture_at_friction is not None:
+            lines += [
+                "",
+                f"best fraud money withheld by any weight cut at {CAPTURE_AT_FRICTION:.0%} "
+                f"legitimate friction: {self.fraud_capture_at_friction:.2%}",
+            ]
         return "\n".join(lines)
 
 
