@@ -17,6 +17,7 @@ from rebate_guard.generalization import (
     summarise,
     table,
 )
+from rebate_guard.policy import default_policy
 
 #: Seeds outside both splits: a test tunes nothing and must not spend the held-out worlds.
 TEST_SEED = 900
@@ -42,6 +43,12 @@ def test_a_random_world_is_replayed_and_its_money_measured(tmp_path: Path) -> No
     assert abs(result.legit_withheld - (1 - granted / asked)) < 1e-12
     assert result.capture_at_friction is not None and 0 <= result.capture_at_friction <= 1
     assert result.true_rings > 0
+    # The shipped friction budget holds on a world no one tuned on, within the factor the
+    # held-out targets allow the worst world: fails when friction overshoots the budget.
+    budget = default_policy().budget
+    assert budget is not None
+    assert result.legit_withheld <= budget.legit_friction * Targets().worst_factor
+    assert result.fraud_withheld > budget.legit_friction
 
 
 def test_summary_takes_the_mean_and_the_worst_world_against_the_targets() -> None:
