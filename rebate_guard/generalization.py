@@ -33,6 +33,7 @@ HELDOUT_SEEDS: tuple[int, ...] = tuple(range(100, 120))
 #: Look-alike groups' friction is reported only where the group has this much legit money
 #: (cents) in a world: a handful of payments says nothing.
 MIN_GROUP_CENTS = 10_000
+WEEK_MS = 7 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class WorldResult:
     lookalike_friction: dict[str, float] = field(default_factory=dict)
     #: abuse scenario -> fraudulent rebate money withheld at decision.
     scenario_withheld: dict[str, float] = field(default_factory=dict)
+    #: Transaction AP per week of the world (None: a week without fraud): does the online
+    #: pipeline rank better as labels accumulate?
+    weekly_ap: list[float | None] = field(default_factory=list)
     true_rings: int = 0
     ring_recall: float = 0.0
     ring_precision: float = 0.0
@@ -144,6 +148,7 @@ def _run(
         capture_at_friction=result.fraud_capture_at_friction,
         lookalike_friction=_withheld_by(payments, "group", fraud=False),
         scenario_withheld=_withheld_by(payments, "scenario", fraud=True),
+        weekly_ap=weekly_ap(out / "decisions.parquet", world_dir / "truth"),
         true_rings=rings.true_rings,
         ring_recall=rings.recall,
         ring_precision=rings.precision,
@@ -167,6 +172,28 @@ def _fraud_money_share(paid: pl.DataFrame) -> float:
     total = int(paid["rebate_requested_cents"].sum())
     fraud = int(paid.filter(pl.col("is_fraud"))["rebate_requested_cents"].sum())
     return fraud / total if total else 0.0
+
+
+def weekly_ap(decisions: Path, truth: Path) -> list[float | None]:
+    """Transaction AP of `risk` per full week from the first decision (a last partial week
+    is left out: few payments), None for a week without fraud."""
+    from rebate_guard.evaluate import ranking
+
+    frame = (
+        pl.read_parquet(decisions, columns=["tx_id", "ts", "risk"])
+        .join(
+            pl.read_parquet(truth / "tx_truth.parquet", columns=["tx_id", "is_fraud"]), on="tx_id"
+        )
+        .rename({"is_fraud": "fraud"})
+    )
+    if frame.is_empty():
+        return []
+    start = int(frame["ts"].min())  # type: ignore[arg-type]
+    weeks = (int(frame["ts"].max()) - start) // WEEK_MS  # type: ignore[arg-type]
+    frame = frame.with_columns(((pl.col("ts") - start) // WEEK_MS).alias("week"))
+    return [
+        ranking(frame.filter(pl.col("week") == week)).average_precision for week in range(weeks)
+    ]
 
 
 def _withheld_by(paid: pl.DataFrame, column: str, *, fraud: bool) -> dict[str, float]:
@@ -199,6 +226,8 @@ METRICS: tuple[Metric, ...] = (
     ),
     ("transaction AP", lambda r: r.average_precision, False, "average_precision_min"),
     ("transaction ROC AUC", lambda r: r.roc_auc, False, None),
+    ("transaction AP, first week", lambda r: _week_ap(r, 0), False, None),
+    ("transaction AP, last full week", lambda r: _week_ap(r, -1), False, None),
     ("rings found (Jaccard >= 0.5)", lambda r: r.ring_recall, False, "ring_recall_min"),
     ("flagged rings that are real", lambda r: r.ring_precision, False, "ring_precision_min"),
     ("look-alike users flagged", lambda r: r.lookalike_flagged, True, "lookalike_flagged_max"),
@@ -224,6 +253,10 @@ class Row:
         if self.lower_is_better:
             return self.mean <= self.target and self.worst <= self.target * factor
         return self.mean >= self.target and self.worst >= self.target / factor
+
+
+def _week_ap(result: WorldResult, week: int) -> float | None:
+    return result.weekly_ap[week] if result.weekly_ap else None
 
 
 def summarise(results: Sequence[WorldResult], targets: Targets | None = None) -> list[Row]:

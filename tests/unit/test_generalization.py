@@ -16,6 +16,7 @@ from rebate_guard.generalization import (
     run_world,
     summarise,
     table,
+    weekly_ap,
 )
 from rebate_guard.policy import default_policy
 
@@ -49,6 +50,7 @@ def test_a_random_world_is_replayed_and_its_money_measured(tmp_path: Path) -> No
     assert budget is not None
     assert result.legit_withheld <= budget.legit_friction * Targets().worst_factor
     assert result.fraud_withheld > budget.legit_friction
+    assert len(result.weekly_ap) == 6  # 45 days: six full weeks
 
 
 def test_summary_takes_the_mean_and_the_worst_world_against_the_targets() -> None:
@@ -77,3 +79,24 @@ def test_breakdowns_take_the_most_friction_and_the_least_fraud_withheld_as_worst
     assert breakdown_rows(results) == [("family_device", 0.03, 0.04, 2, 2)]
     assert breakdown_rows(results, scenarios=True) == [("brushing", 0.7, 0.5, 2, 2)]
     assert "| brushing | 70.00% | 50.00% (2) | 2 |" in table(results)
+
+
+def test_weekly_ap_ranks_each_full_week_apart(tmp_path: Path) -> None:
+    week = 7 * 86_400_000
+    # Week 0: the fraud ranked first (AP 1); week 1: ranked last of two (AP 0.5); week 2: no
+    # fraud; a last partial week is left out.
+    rows = [
+        ("a", 0, 0.9, True),
+        ("b", 1, 0.1, False),
+        ("c", week, 0.2, True),
+        ("d", week + 1, 0.8, False),
+        ("e", 2 * week, 0.5, False),
+        ("f", 3 * week + 5, 0.5, True),
+    ]
+    pl.DataFrame(
+        {"tx_id": [r[0] for r in rows], "ts": [r[1] for r in rows], "risk": [r[2] for r in rows]}
+    ).write_parquet(tmp_path / "decisions.parquet")
+    pl.DataFrame({"tx_id": [r[0] for r in rows], "is_fraud": [r[3] for r in rows]}).write_parquet(
+        tmp_path / "tx_truth.parquet"
+    )
+    assert weekly_ap(tmp_path / "decisions.parquet", tmp_path) == [1.0, 0.5, None]
