@@ -645,3 +645,56 @@ def test_new_accounts_referring_each_other_are_a_batch_before_they_buy() -> None
     assert [e.kind for e in events][:1] == [SIGNUP_BATCH]
     assert events[0].evidence["traits"]["linked"] == 1.0
     assert set(events[-1].users) == {f"chain{i}" for i in range(6)}
+
+
+def test_a_ring_that_left_the_window_keeps_its_verdict_in_ring_quality(tmp_path: Path) -> None:
+    """Retired because its accounts left the window, a ring still counts (found, precise) as
+    last announced; retired as withdrawn, it does not."""
+    world = _quality_world(tmp_path)
+    farm = [f"a{i}" for i in range(12)]
+    rows = [("x1", 1, farm, T0 + 13 * HOUR, "active"), ("x1", 2, farm, T0 + 40 * DAY_MS, "retired")]
+    frame = _ring_versions(rows).with_columns(
+        pl.Series("evidence", ["{}", '{"expired": true, "left_window": true}'])
+    )
+    q = ring_quality(frame, world)
+    assert (q.found, q.flagged, q.precise) == (1, 1, 1)
+    withdrawn = frame.with_columns(pl.Series("evidence", ["{}", '{"expired": true}']))
+    q = ring_quality(withdrawn, world)
+    assert (q.found, q.flagged) == (0, 0)
+
+
+def test_a_ring_whose_accounts_left_the_window_is_retired_as_such() -> None:
+    w = World()
+    members = collusion(w)
+    layer, events = w.run()
+    later = T0 + 45 * DAY_MS
+    w2 = World()
+    w2.busy_merchant("elsewhere", later)
+    for event in sorted(w2.events, key=lambda e: order_key(e, 0)):
+        if isinstance(event, Transaction):
+            events += layer.transaction(event)
+        elif isinstance(event, Signup):
+            events += layer.signup(event)
+    retired = [e for e in events if e.status == "retired" and set(e.users) & members]
+    assert retired and retired[-1].evidence["left_window"] and retired[-1].evidence["expired"]
+
+
+def test_members_that_left_the_window_stay_in_their_ring() -> None:
+    """Ten brushing accounts; five stop after the first days and leave the 30-day window
+    while the other five go on: the ring's later versions still hold all ten."""
+    w = World()
+    accounts = [f"br{i}" for i in range(10)]
+    for i, a in enumerate(accounts):
+        w.user(a, T0 - 2 * DAY_MS + i * MINUTE, device_id=f"brdev{i % 2}")
+    for day in range(0, 45, 3):
+        active = accounts if day < 3 else accounts[5:]
+        for k in range(40):
+            a = active[k % len(active)]
+            ts = T0 + day * DAY_MS + k * MINUTE
+            w.pay(a, "brushed", ts, amount_cents=5_000, rebate_rate=0.25, device_id=f"brdev{k % 2}")
+    layer, events = w.run()
+    versions = [e for e in events if e.kind == "brushing" and e.status == "active"]
+    assert versions and set(versions[0].users) == set(accounts)
+    assert set(versions[-1].users) == set(accounts)
+    assert versions[-1].ts > T0 + 31 * DAY_MS  # after the five left the window
+    assert not any(a in layer.graph.users for a in accounts[:5])
