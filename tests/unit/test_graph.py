@@ -237,6 +237,28 @@ def family_joins_over_months(w: World, start: int = T0) -> None:
     w.busy_merchant("kiosk", start)
 
 
+def fast_organic_chain(w: World, start: int = T0) -> None:
+    """Friends referring friends as a platform's referrals bunch up: a tree five tiers deep
+    grown within days, every member on their own phone shopping where they like: the shape
+    of a pyramid without its scheme."""
+    tier = ["oc0"]
+    w.user("oc0", start)
+    n = 0
+    for depth in range(1, 6):
+        nxt = []
+        for parent in tier[:3]:
+            for k in range(2):
+                child = f"{parent}.{k}"
+                ts = start + depth * 8 * HOUR + k * MINUTE
+                w.user(child, ts, referrer_id=parent)
+                n += 1
+                w.pay(child, f"store{n % 12}", ts + HOUR, amount_cents=4_500)
+                nxt.append(child)
+        tier = nxt
+    for i in range(12):
+        w.busy_merchant(f"store{i}", start - DAY_MS)
+
+
 RINGS = {
     "referral_farm": referral_farm,
     "pyramid": pyramid,
@@ -698,3 +720,16 @@ def test_members_that_left_the_window_stay_in_their_ring() -> None:
     assert set(versions[-1].users) == set(accounts)
     assert versions[-1].ts > T0 + 31 * DAY_MS  # after the five left the window
     assert not any(a in layer.graph.users for a in accounts[:5])
+
+
+def test_a_deep_fast_chain_whose_members_shop_apart_is_no_pyramid() -> None:
+    w = World()
+    fast_organic_chain(w)
+    _, events = w.run()
+    assert not [e for e in events if e.kind == "pyramid"]
+    w = World()
+    members = pyramid(w)  # the same shape, buying its packages at one scheme
+    _, events = w.run()
+    pyramids = [e for e in events if e.kind == "pyramid" and e.status == "active"]
+    assert pyramids and set(pyramids[-1].users) == members
+    assert pyramids[-1].evidence["traits"]["pay_at_one_merchant"] == 1.0
