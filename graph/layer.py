@@ -135,6 +135,8 @@ class RingBook:
         ring (`_record`)."""
         if finding.kind == SIGNUP_BATCH and self._held_elsewhere(finding):
             return []
+        if self._part_of_another(finding):
+            return []
         event = self._record(finding, now, graph)
         if event is None:
             return []
@@ -208,6 +210,24 @@ class RingBook:
             ring = self.rings[ring_id]
             inside = len(ring.users & finding.users) >= 0.5 * len(finding.users)
             if ring.kind != SIGNUP_BATCH and inside and ring.score >= finding.score:
+                return True
+        return False
+
+    def _part_of_another(self, finding: Finding) -> bool:
+        """Whether a new finding is a part of a larger ring of another specific kind: most
+        of its accounts are that ring's, and they are a minority of it (a pyramid's branch
+        on a shared phone looks like a farm). One set of accounts is one ring; the other
+        way round (the ring mostly inside the finding: a farm seen early as a deep chain)
+        the finding is the ring and retires it (`record`)."""
+        if finding.kind == SIGNUP_BATCH or self._match(finding) is not None:
+            return False
+        others = {r for u in finding.users for r in self.by_user.get(u, ())}
+        for ring_id in others:
+            ring = self.rings[ring_id]
+            if ring.kind in (SIGNUP_BATCH, finding.kind):
+                continue
+            shared = len(ring.users & finding.users)
+            if shared >= 0.5 * len(finding.users) and shared < 0.5 * len(ring.users):
                 return True
         return False
 

@@ -733,3 +733,22 @@ def test_a_deep_fast_chain_whose_members_shop_apart_is_no_pyramid() -> None:
     pyramids = [e for e in events if e.kind == "pyramid" and e.status == "active"]
     assert pyramids and set(pyramids[-1].users) == members
     assert pyramids[-1].evidence["traits"]["pay_at_one_merchant"] == 1.0
+
+
+def test_a_finding_inside_a_larger_ring_of_another_kind_is_that_ring_not_a_new_one() -> None:
+    from graph.layer import RingBook
+    from graph.rings import Finding
+
+    book = RingBook()
+    tree = frozenset(f"p{i}" for i in range(40))
+    book.record(Finding("pyramid", tree, frozenset({"scheme"}), 0.6), T0)
+    branch = frozenset(f"p{i}" for i in range(10))  # a branch on one phone: farm-shaped
+    assert book.record(Finding("referral_farm", branch, frozenset({"scheme"}), 1.0), T0) == []
+    assert [r.kind for r in book.rings.values()] == ["pyramid"]
+    # The other way round, the larger finding is the ring and retires the smaller one.
+    farm = frozenset(f"p{i}" for i in range(60))
+    events = book.record(Finding("referral_farm", farm, frozenset({"grocer"}), 1.0), T0)
+    assert [(e.kind, e.status) for e in events] == [
+        ("referral_farm", "active"),
+        ("pyramid", "retired"),
+    ]
