@@ -34,6 +34,9 @@ RESCORE_STEP = 0.05
 #: Only findings at least this strong are rings.
 FLAG_AT = 0.5
 ACTIVE, RETIRED = "active", "retired"
+#: Evidence key of a ring retired because all its accounts left the window: its last
+#: active version is still the verdict (a ring that stopped, not one found wrong).
+LEFT_WINDOW = "left_window"
 #: Kinds whose merchants are members (they take part), not just where the ring shopped: a
 #: farm's or a cash-out's purchases happen at ordinary merchants, whose other customers
 #: must not inherit the ring's score.
@@ -122,13 +125,19 @@ class RingBook:
     by_merchant: dict[str, set[str]] = field(default_factory=dict)
     counter: int = 0
 
-    def record(self, finding: Finding, now: int) -> list[RingEvent]:
+    def record(
+        self, finding: Finding, now: int, graph: EntityGraph | None = None
+    ) -> list[RingEvent]:
         """Takes a finding in: a new ring, a new version of one, or nothing new. Rings of
         another kind it now mostly contains, and does not score below, are retired: one
-        set of accounts is one ring (a farm seen early as a deep referral chain)."""
+        set of accounts is one ring (a farm seen early as a deep referral chain). With the
+        `graph` the finding was made on, a ring's members that left its window stay in the
+        ring (`_record`)."""
         if finding.kind == SIGNUP_BATCH and self._held_elsewhere(finding):
             return []
-        event = self._record(finding, now)
+        if self._part_of_another(finding):
+            return []
+        event = self._record(finding, now, graph)
         if event is None:
             return []
         out = [event]
@@ -150,8 +159,22 @@ class RingBook:
         ring.evidence = {**ring.evidence, **why}
         return RingEvent.of(ring, status=RETIRED)
 
-    def _record(self, finding: Finding, now: int) -> RingEvent | None:
+    def _record(
+        self, finding: Finding, now: int, graph: EntityGraph | None = None
+    ) -> RingEvent | None:
         ring = self._match(finding)
+        if ring is not None and graph is not None:
+            # A member the graph no longer holds went quiet for a window; it was not cleared
+            # by the new finding, which cannot see it. It stays in the ring as last seen (and
+            # is flagged again if it comes back); dropping it would shrink a ring that
+            # stopped to its last active accounts.
+            gone_users = {u for u in ring.users - finding.users if u not in graph.users}
+            gone_merchants = {
+                m for m in ring.merchants - finding.merchants if MERCHANT + m not in graph.adjacent
+            }
+            if gone_users or gone_merchants:
+                finding.users = finding.users | gone_users
+                finding.merchants = finding.merchants | gone_merchants
         if ring is None:
             self.counter += 1
             ring = Ring(
@@ -190,17 +213,39 @@ class RingBook:
                 return True
         return False
 
+    def _part_of_another(self, finding: Finding) -> bool:
+        """Whether a new finding is a part of a larger ring of another specific kind: most
+        of its accounts are that ring's, and they are a minority of it (a pyramid's branch
+        on a shared phone looks like a farm). One set of accounts is one ring; the other
+        way round (the ring mostly inside the finding: a farm seen early as a deep chain)
+        the finding is the ring and retires it (`record`)."""
+        if finding.kind == SIGNUP_BATCH or self._match(finding) is not None:
+            return False
+        others = {r for u in finding.users for r in self.by_user.get(u, ())}
+        for ring_id in others:
+            ring = self.rings[ring_id]
+            if ring.kind in (SIGNUP_BATCH, finding.kind):
+                continue
+            shared = len(ring.users & finding.users)
+            if shared >= 0.5 * len(finding.users) and shared < 0.5 * len(ring.users):
+                return True
+        return False
+
     def retire_expired(self, now: int, graph: EntityGraph) -> list[RingEvent]:
         """Rings that no longer stand on the window: signup batches whose accounts are no
         longer new (had they abused, a specific kind would have taken them over by now;
         what is left is a group that signed up together and behaved, such as a family
-        joining on one phone), and rings none of whose accounts is left in the window."""
+        joining on one phone), and rings none of whose accounts is left in the window
+        (whose verdict stands: `LEFT_WINDOW`)."""
         out = []
         for ring_id in sorted(self.rings):
             ring = self.rings[ring_id]
-            stale_batch = ring.kind == SIGNUP_BATCH and now - ring.detected_at > NEW_ACCOUNT_MS
-            if stale_batch or not any(u in graph.users for u in ring.users):
+            if ring.kind == SIGNUP_BATCH and now - ring.detected_at > NEW_ACCOUNT_MS:
                 out.append(self._retire(ring, now, expired=True))
+            elif not any(u in graph.users for u in ring.users):
+                # Not withdrawn: the ring stands as last announced, but nothing of it is
+                # left to score (`LEFT_WINDOW` tells readers of the rings topic which).
+                out.append(self._retire(ring, now, expired=True, **{LEFT_WINDOW: True}))
         return out
 
     def _match(self, finding: Finding) -> Ring | None:
@@ -354,7 +399,7 @@ class GraphLayer:
         out = []
         for finding in findings:
             if finding.score >= FLAG_AT:
-                out += self.book.record(finding, now)
+                out += self.book.record(finding, now, self.graph)
         return out
 
     def _changed_enough(self, key: str) -> bool:

@@ -8,7 +8,8 @@ every trait and the evidence says which one was weakest. The traits, per kind:
 
 - referral farm: referrals among the accounts, many accounts per device or phone, accounts
   buying within a day of signing up, few merchants between them;
-- pyramid: a referral tree more than three tiers deep, growing fast (days between tiers);
+- pyramid: a referral tree more than three tiers deep, growing fast (days between tiers),
+  whose paying members mostly pay at one merchant (the scheme selling the packages);
 - collusion: a dense user x merchant block (greedy peeling for the densest subgraph) whose
   merchants are paid almost only by the block, users paying at several of them, high
   rebate rates;
@@ -253,16 +254,31 @@ def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
             if a is not None and b is not None:
                 gaps.append(b - a)
         gap = statistics.median(gaps) if gaps else float("inf")
+        # What the tiers are for: a pyramid's recruits buy their qualifying packages from
+        # the scheme, so most of its paying members pay at one merchant; the members of an
+        # organic referral chain (which may run as deep, and grow as fast where a platform's
+        # referrals bunch up) shop where they like, and even the busiest shop among them is
+        # paid by a minority. No payment yet: no evidence of a scheme.
+        payers: dict[str, int] = {}
+        paying = 0
+        for user in members:
+            paid = {m for m, e in group.paid(user) if e.payments}
+            paying += bool(paid)
+            for merchant in paid:
+                payers[merchant] = payers.get(merchant, 0) + 1
+        scheme_share = max(payers.values()) / paying if paying else 0.0
         traits = {
             "tiers": ramp(tiers, MAX_LEGIT_TIERS, MAX_LEGIT_TIERS + 2),
             "fast_growth": ramp(gap, 5 * DAY_MS, 2 * DAY_MS),
+            "pay_at_one_merchant": ramp(scheme_share, 0.4, 0.7),
         }
-        merchants = {m for user in members for m, e in group.paid(user) if e.payments}
+        merchants = set(payers)
         evidence = {
             "accounts": len(members),
             "tiers": tiers,
             "median_hours_between_tiers": round(gap / 3_600_000, 1),
             "root": root[2:],
+            "share_paying_at_one_merchant": round(scheme_share, 3),
         }
         found = group.finding(PYRAMID, members, merchants, traits, evidence)
         if found is not None:

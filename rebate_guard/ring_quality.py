@@ -2,7 +2,10 @@
 
 - A true ring is **found** when the final version of some flagged ring has Jaccard >= 0.5
   with it on users; **ring precision** is the share of flagged rings (final versions) that
-  match some true ring that way.
+  match some true ring that way. A ring retired as withdrawn or superseded has no final
+  version; one retired because all its accounts left the graph's window (`left_window` in
+  its evidence) keeps its last active version: it stopped, it was not found wrong (a farm
+  active in the first days of a 45-day world is out of a 30-day window by the end).
 - **Look-alikes flagged**: the share of each look-alike group's users (families on one
   device, offices on one IP, viral referrers, loyal daily customers, ...) that appear in any
   version of any flagged ring.
@@ -26,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from graph.layer import LEFT_WINDOW
 from rebate_guard.simulator import LOOKALIKES
 
 MATCH = 0.5
@@ -158,6 +162,17 @@ def _delay(
     return None
 
 
+def _left_window(evidence: Any) -> bool:
+    """Whether a retirement is the ring's accounts leaving the window (`LEFT_WINDOW`): the
+    ring stopped, its last active version is still the verdict."""
+    if isinstance(evidence, str):
+        try:
+            evidence = json.loads(evidence)
+        except ValueError:
+            return False
+    return isinstance(evidence, dict) and bool(evidence.get(LEFT_WINDOW))
+
+
 def ring_quality(rings: pl.DataFrame, world: Path) -> RingQuality:
     """`rings`: every version of every flagged ring (`rings.parquet`); `world`: the world's
     directory (its files and `truth/`)."""
@@ -168,6 +183,8 @@ def ring_quality(rings: pl.DataFrame, world: Path) -> RingQuality:
     ]
     if "status" not in rings.columns:
         rings = rings.with_columns(pl.lit("active").alias("status"))
+    if "evidence" not in rings.columns:
+        rings = rings.with_columns(pl.lit(None, pl.String).alias("evidence"))
     ordered = rings.sort("ts", "ring_id", "version")
     every_version = [
         (r["ring_id"], r["ts"], frozenset(r["users"]), r["status"] == "active")
@@ -177,8 +194,11 @@ def ring_quality(rings: pl.DataFrame, world: Path) -> RingQuality:
     final: dict[str, frozenset[str]] = {}
     for ring_id, _, users in versions:
         final[ring_id] = users
-    for ring_id in ordered.filter(pl.col("status") != "active")["ring_id"]:
-        final.pop(ring_id, None)  # retired: no longer flagged
+    for ring_id, evidence in (
+        ordered.filter(pl.col("status") != "active").select("ring_id", "evidence").iter_rows()
+    ):
+        if not _left_window(evidence):
+            final.pop(ring_id, None)  # retired: withdrawn or superseded, no longer flagged
     joined = join_times(world, {u for _, users, _ in true for u in users})
 
     per_kind: dict[str, list[tuple[bool, float | None, float | None]]] = {}

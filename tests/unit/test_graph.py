@@ -237,6 +237,28 @@ def family_joins_over_months(w: World, start: int = T0) -> None:
     w.busy_merchant("kiosk", start)
 
 
+def fast_organic_chain(w: World, start: int = T0) -> None:
+    """Friends referring friends as a platform's referrals bunch up: a tree five tiers deep
+    grown within days, every member on their own phone shopping where they like: the shape
+    of a pyramid without its scheme."""
+    tier = ["oc0"]
+    w.user("oc0", start)
+    n = 0
+    for depth in range(1, 6):
+        nxt = []
+        for parent in tier[:3]:
+            for k in range(2):
+                child = f"{parent}.{k}"
+                ts = start + depth * 8 * HOUR + k * MINUTE
+                w.user(child, ts, referrer_id=parent)
+                n += 1
+                w.pay(child, f"store{n % 12}", ts + HOUR, amount_cents=4_500)
+                nxt.append(child)
+        tier = nxt
+    for i in range(12):
+        w.busy_merchant(f"store{i}", start - DAY_MS)
+
+
 RINGS = {
     "referral_farm": referral_farm,
     "pyramid": pyramid,
@@ -645,3 +667,88 @@ def test_new_accounts_referring_each_other_are_a_batch_before_they_buy() -> None
     assert [e.kind for e in events][:1] == [SIGNUP_BATCH]
     assert events[0].evidence["traits"]["linked"] == 1.0
     assert set(events[-1].users) == {f"chain{i}" for i in range(6)}
+
+
+def test_a_ring_that_left_the_window_keeps_its_verdict_in_ring_quality(tmp_path: Path) -> None:
+    """Retired because its accounts left the window, a ring still counts (found, precise) as
+    last announced; retired as withdrawn, it does not."""
+    world = _quality_world(tmp_path)
+    farm = [f"a{i}" for i in range(12)]
+    rows = [("x1", 1, farm, T0 + 13 * HOUR, "active"), ("x1", 2, farm, T0 + 40 * DAY_MS, "retired")]
+    frame = _ring_versions(rows).with_columns(
+        pl.Series("evidence", ["{}", '{"expired": true, "left_window": true}'])
+    )
+    q = ring_quality(frame, world)
+    assert (q.found, q.flagged, q.precise) == (1, 1, 1)
+    withdrawn = frame.with_columns(pl.Series("evidence", ["{}", '{"expired": true}']))
+    q = ring_quality(withdrawn, world)
+    assert (q.found, q.flagged) == (0, 0)
+
+
+def test_a_ring_whose_accounts_left_the_window_is_retired_as_such() -> None:
+    w = World()
+    members = collusion(w)
+    layer, events = w.run()
+    later = T0 + 45 * DAY_MS
+    w2 = World()
+    w2.busy_merchant("elsewhere", later)
+    for event in sorted(w2.events, key=lambda e: order_key(e, 0)):
+        if isinstance(event, Transaction):
+            events += layer.transaction(event)
+        elif isinstance(event, Signup):
+            events += layer.signup(event)
+    retired = [e for e in events if e.status == "retired" and set(e.users) & members]
+    assert retired and retired[-1].evidence["left_window"] and retired[-1].evidence["expired"]
+
+
+def test_members_that_left_the_window_stay_in_their_ring() -> None:
+    """Ten brushing accounts; five stop after the first days and leave the 30-day window
+    while the other five go on: the ring's later versions still hold all ten."""
+    w = World()
+    accounts = [f"br{i}" for i in range(10)]
+    for i, a in enumerate(accounts):
+        w.user(a, T0 - 2 * DAY_MS + i * MINUTE, device_id=f"brdev{i % 2}")
+    for day in range(0, 45, 3):
+        active = accounts if day < 3 else accounts[5:]
+        for k in range(40):
+            a = active[k % len(active)]
+            ts = T0 + day * DAY_MS + k * MINUTE
+            w.pay(a, "brushed", ts, amount_cents=5_000, rebate_rate=0.25, device_id=f"brdev{k % 2}")
+    layer, events = w.run()
+    versions = [e for e in events if e.kind == "brushing" and e.status == "active"]
+    assert versions and set(versions[0].users) == set(accounts)
+    assert set(versions[-1].users) == set(accounts)
+    assert versions[-1].ts > T0 + 31 * DAY_MS  # after the five left the window
+    assert not any(a in layer.graph.users for a in accounts[:5])
+
+
+def test_a_deep_fast_chain_whose_members_shop_apart_is_no_pyramid() -> None:
+    w = World()
+    fast_organic_chain(w)
+    _, events = w.run()
+    assert not [e for e in events if e.kind == "pyramid"]
+    w = World()
+    members = pyramid(w)  # the same shape, buying its packages at one scheme
+    _, events = w.run()
+    pyramids = [e for e in events if e.kind == "pyramid" and e.status == "active"]
+    assert pyramids and set(pyramids[-1].users) == members
+    assert pyramids[-1].evidence["traits"]["pay_at_one_merchant"] == 1.0
+
+
+def test_a_finding_inside_a_larger_ring_of_another_kind_is_that_ring_not_a_new_one() -> None:
+    from graph.layer import RingBook
+    from graph.rings import Finding
+
+    book = RingBook()
+    tree = frozenset(f"p{i}" for i in range(40))
+    book.record(Finding("pyramid", tree, frozenset({"scheme"}), 0.6), T0)
+    branch = frozenset(f"p{i}" for i in range(10))  # a branch on one phone: farm-shaped
+    assert book.record(Finding("referral_farm", branch, frozenset({"scheme"}), 1.0), T0) == []
+    assert [r.kind for r in book.rings.values()] == ["pyramid"]
+    # The other way round, the larger finding is the ring and retires the smaller one.
+    farm = frozenset(f"p{i}" for i in range(60))
+    events = book.record(Finding("referral_farm", farm, frozenset({"grocer"}), 1.0), T0)
+    assert [(e.kind, e.status) for e in events] == [
+        ("referral_farm", "active"),
+        ("pyramid", "retired"),
+    ]
