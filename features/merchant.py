@@ -1,6 +1,15 @@
 """Merchant family: who pays at a merchant, how, and what is known about it, keyed by
 merchant_id. Brushing and collusion show here first: bursts of round or repeated amounts from
 a few young accounts, refunds, and labels arriving for its earlier payments.
+
+The merchant's fraud rates over 7 d and 30 d (the card-fraud literature's terminal risk
+windows) are over its previous payments in the window *whose label has arrived by t*, with
+the count of those labelled payments beside each rate (1 of 1 is not 50 of 100). Labels come
+days after their payments (1-14 in the simulated worlds), so the label delay is applied by
+construction, exactly as the worker sees it: the 7 d rate holds only the labels that came
+fast, the 30 d rate mostly those of its older payments. Nothing is shifted or imputed; a
+payment labelled after it left a window never counts in that window. A 24 h window would
+hold no label at all where labels take a day or more, so there is none.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 MERCHANT_HORIZONS = (DAY_MS, HOUR_MS)
 LONG_WINDOW_MS = 30 * DAY_MS
+#: The widths of the labelled windows, longest first. No 24 h one: labels take a day or more
+#: to arrive (reviews, reports, chargebacks), so it would hold none.
+LABEL_HORIZONS = (LONG_WINDOW_MS, 7 * DAY_MS)
 YOUNG_ACCOUNT_MS = 7 * DAY_MS
 # Whole currency units (100 minor units): typed-in amounts, typical of scripted brushing.
 ROUND_UNIT_CENTS = 100
@@ -40,6 +52,9 @@ MERCHANT_FEATURES = (
     "merchant_repeat_amount_share_24h",
     "merchant_refund_rate_30d",
     "merchant_fraud_rate_30d",
+    "merchant_fraud_rate_7d",
+    "merchant_labelled_count_30d",
+    "merchant_labelled_count_7d",
 )
 
 
@@ -66,7 +81,7 @@ class MerchantState:
         self.square_sum = 0
         self.young = 0
         self.round = 0
-        self.labelled = LabelledWindow(LONG_WINDOW_MS)
+        self.labelled = LabelledWindow(LABEL_HORIZONS)
         self.refunds_30d = WindowCount(LONG_WINDOW_MS)
         self.last_ts = 0
 
@@ -96,12 +111,19 @@ class MerchantFamily:
         self.payment_merchant: dict[str, str] = {}
 
     def label(self, event: Label) -> None:
-        """A tx-level label, applied at its ts (user-level labels are the detectors' concern)."""
+        """A tx-level label, applied at its ts (user-level labels are the detectors' concern)
+        to its payment if that is still in its merchant's 30 d window at the label's ts."""
         if event.tx_id is None:
             return
-        merchant = self.payment_merchant.get(event.tx_id)
-        if merchant is not None:
-            self.state[merchant].labelled.label(event.tx_id, event.label == FRAUD)
+        merchant_id = self.payment_merchant.get(event.tx_id)
+        if merchant_id is not None:
+            labelled = self.state[merchant_id].labelled
+            self._expire(labelled, event.ts)
+            labelled.label(event.tx_id, event.label == FRAUD)
+
+    def _expire(self, labelled: LabelledWindow, now_ms: int) -> None:
+        for gone in labelled.expire(now_ms):
+            self.payment_merchant.pop(gone, None)
 
     def transaction(
         self, tx: Transaction, account_age_ms: int | None, out: list[float | None]
@@ -127,12 +149,13 @@ class MerchantFamily:
         else:
             out.extend((None, None, None, None, None))
         labelled = merchant.labelled
-        for gone in labelled.expire(ts):
-            self.payment_merchant.pop(gone, None)
+        self._expire(labelled, ts)
         refunds = merchant.refunds_30d
         refunds.expire(ts)
-        out.append(len(refunds) / len(labelled) if labelled.items else None)
-        out.append(labelled.fraud_rate())
+        out.append(len(refunds) / len(labelled) if len(labelled) else None)
+        widths = range(len(LABEL_HORIZONS))
+        out.extend([labelled.fraud_rate(i) for i in widths])
+        out.extend([labelled.labelled(i) for i in widths])
         if tx.kind == PAYMENT:
             amount = tx.amount_cents
             young = account_age_ms is not None and account_age_ms < YOUNG_ACCOUNT_MS
@@ -152,7 +175,7 @@ class MerchantFamily:
         """Drop merchants idle for the longest window: all their state has expired anyway."""
         gone = sweep_idle(self.state, now_ms - LONG_WINDOW_MS)
         for merchant in gone:
-            for _, tx_id in merchant.labelled.items:
+            for tx_id in merchant.labelled.members:
                 self.payment_merchant.pop(tx_id, None)
         return len(gone)
 

@@ -131,48 +131,123 @@ class WindowCount:
 
 
 class LabelledWindow:
-    """Payments with ts in (t - width, t] and the labels that have arrived for them.
+    """Payments with ts in (t - width, t] for several widths at once (longest first), and the
+    labels that have arrived for them.
 
-    `fraud_rate()` is the share labelled fraud among those with a label (None when none has
-    one). A later label for the same payment replaces the earlier one.
+    Per width: `labelled(i)`, how many of its payments have a label so far, and
+    `fraud_rate(i)`, the share labelled fraud among those (None when none has one). Labels
+    arrive days after their payments, so a short window holds few: that is the label delay,
+    applied as it is in production, not a gap to fill. A later label for the same payment
+    replaces the earlier one. Only a payment inside the window takes a label: one never
+    added, or already expired, is ignored (`label` returns False), so a stray or late label
+    cannot leave a count behind. A repeated tx_id is the latest payment with it.
+
+    One list of (ts, tx_id) spans the longest width (as `PaymentLog`): each width keeps the
+    index of its oldest payment still inside and its label counts.
     """
 
-    __slots__ = ("fraud", "items", "labels", "width_ms")
+    __slots__ = (
+        "base",
+        "fraud",
+        "heads",
+        "labelled_n",
+        "labels",
+        "members",
+        "ts",
+        "tx_ids",
+        "widths",
+    )
 
-    def __init__(self, width_ms: int) -> None:
-        self.width_ms = width_ms
-        self.items: deque[tuple[int, str]] = deque()
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        self.widths = widths
+        self.ts: list[int] = []
+        self.tx_ids: list[str] = []
+        #: Payments compacted off the front: list index + base = the payment's position.
+        self.base = 0
+        #: tx_id -> position of its latest payment (only payments inside the longest width).
+        self.members: dict[str, int] = {}
         self.labels: dict[str, bool] = {}
-        self.fraud = 0
+        self.heads = [0] * len(widths)
+        self.labelled_n = [0] * len(widths)
+        self.fraud = [0] * len(widths)
 
     def add(self, ts_ms: int, tx_id: str) -> None:
-        self.items.append((ts_ms, tx_id))
-
-    def label(self, tx_id: str, is_fraud: bool) -> None:
-        previous = self.labels.get(tx_id)
+        previous = self.members.get(tx_id)
         if previous is not None:
-            self.fraud -= previous
+            self._unlabel(tx_id, previous)  # its label was the earlier payment's
+        self.members[tx_id] = self.base + len(self.ts)
+        self.ts.append(ts_ms)
+        self.tx_ids.append(tx_id)
+
+    def label(self, tx_id: str, is_fraud: bool) -> bool:
+        """Takes the label of a payment inside the window; False (and nothing) otherwise."""
+        position = self.members.get(tx_id)
+        if position is None:
+            return False
+        previous = self.labels.get(tx_id)
         self.labels[tx_id] = is_fraud
-        self.fraud += is_fraud
+        index = position - self.base
+        for i, head in enumerate(self.heads):
+            if index >= head:
+                if previous is None:
+                    self.labelled_n[i] += 1
+                else:
+                    self.fraud[i] -= previous
+                self.fraud[i] += is_fraud
+        return True
+
+    def _unlabel(self, tx_id: str, position: int) -> None:
+        was = self.labels.pop(tx_id, None)
+        if was is None:
+            return
+        index = position - self.base
+        for i, head in enumerate(self.heads):
+            if index >= head:
+                self.labelled_n[i] -= 1
+                self.fraud[i] -= was
 
     def expire(self, now_ms: int) -> list[str]:
-        """Drop payments that left the window; returns their tx_ids."""
-        horizon = now_ms - self.width_ms
+        """Drop payments that left each width; returns the tx_ids that left the longest."""
+        ts, tx_ids, heads = self.ts, self.tx_ids, self.heads
+        members, labels = self.members, self.labels
+        n, base = len(ts), self.base
         gone: list[str] = []
-        items = self.items
-        while items and items[0][0] <= horizon:
-            tx_id = items.popleft()[1]
-            gone.append(tx_id)
-            was_fraud = self.labels.pop(tx_id, None)
-            if was_fraud is not None:
-                self.fraud -= was_fraud
+        # Shortest first: a payment leaving the longest width leaves the others too, and
+        # its label is forgotten only once every width has let it go.
+        for i in range(len(heads) - 1, -1, -1):
+            head = heads[i]
+            horizon = now_ms - self.widths[i]
+            while head < n and ts[head] <= horizon:
+                tx_id = tx_ids[head]
+                latest = members.get(tx_id) == base + head
+                was = labels.get(tx_id) if latest else None
+                if was is not None:
+                    self.labelled_n[i] -= 1
+                    self.fraud[i] -= was
+                if i == 0:
+                    gone.append(tx_id)
+                    if latest:
+                        del members[tx_id]
+                        labels.pop(tx_id, None)
+                head += 1
+            heads[i] = head
+        first = heads[0]
+        if first > 64 and first * 2 > n:
+            del ts[:first], tx_ids[:first]
+            self.heads = [h - first for h in heads]
+            self.base = base + first
         return gone
 
-    def fraud_rate(self) -> float | None:
-        return self.fraud / len(self.labels) if self.labels else None
+    def labelled(self, width: int = 0) -> int:
+        return self.labelled_n[width]
+
+    def fraud_rate(self, width: int = 0) -> float | None:
+        n = self.labelled_n[width]
+        return self.fraud[width] / n if n else None
 
     def __len__(self) -> int:
-        return len(self.items)
+        """Payments inside the longest width."""
+        return len(self.ts) - self.heads[0]
 
 
 class TopShare:

@@ -183,8 +183,9 @@ def named_features(
         pl.Series("user_account_age_s", [ms / 1000 for ms in age["age_ms"]], dtype=pl.Float64)
     ).drop("age_ms")
     out = out.join(age, on="tx_id", how="left")
-    # merchant_fraud_rate_30d: previous payments at the merchant in (t - 30 d, t] whose label
-    # has arrived by t (the latest such label per payment), share labelled fraud.
+    # merchant_fraud_rate_{30d,7d}: previous payments at the merchant in (t - width, t]
+    # whose label has arrived by t (the latest such label per payment), share labelled fraud;
+    # merchant_labelled_count_*: how many those are (0 when none).
     # Only payments that ever get a label matter: join those (few) rather than every payment.
     tx_labels = lb.filter(pl.col("tx_id").is_not_null()).select(
         pl.col("tx_id").alias("p_tx"), pl.col("seq").alias("l_seq"), "label"
@@ -192,25 +193,35 @@ def named_features(
     labelled = pay.select(
         "merchant_id", pl.col("tx_id").alias("p_tx"), "ts", pl.col("seq").alias("p_seq")
     ).join(tx_labels, on="p_tx")
-    width = 30 * DAY
+    longest = 30 * DAY
     latest = (
-        _bucketed(tx.select("tx_id", "merchant_id", "ts", "seq"), width)
+        _bucketed(tx.select("tx_id", "merchant_id", "ts", "seq"), longest)
         .join(
-            _near(labelled, width).select(
+            _near(labelled, longest).select(
                 "merchant_id", "b", "p_tx", pl.col("ts").alias("p_ts"), "p_seq", "l_seq", "label"
             ),
             on=["merchant_id", "b"],
         )
         .filter(
             (pl.col("p_seq") < pl.col("seq"))
-            & (pl.col("p_ts") > pl.col("ts") - width)
+            & (pl.col("p_ts") > pl.col("ts") - longest)
             & (pl.col("l_seq") < pl.col("seq"))
         )
         .sort("l_seq")
         .group_by("tx_id", "p_tx")
-        .agg(pl.col("label").last())
+        .agg(pl.col("label").last(), pl.col("ts").first(), pl.col("p_ts").first())
     )
-    rate = latest.group_by("tx_id").agg(
-        ((pl.col("label") == "fraud").sum() / pl.len()).alias("merchant_fraud_rate_30d")
-    )
-    return out.join(rate, on="tx_id", how="left")
+    for name, width in (("30d", longest), ("7d", 7 * DAY)):
+        rate = (
+            latest.filter(pl.col("p_ts") > pl.col("ts") - width)
+            .group_by("tx_id")
+            .agg(
+                ((pl.col("label") == "fraud").sum() / pl.len()).alias(
+                    f"merchant_fraud_rate_{name}"
+                ),
+                pl.len().cast(pl.Int64).alias(f"merchant_labelled_count_{name}"),
+            )
+        )
+        count = f"merchant_labelled_count_{name}"
+        out = out.join(rate, on="tx_id", how="left").with_columns(pl.col(count).fill_null(0))
+    return out

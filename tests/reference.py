@@ -133,8 +133,12 @@ class History:
         m_30 = [p.tx for p in at_m if p.tx.ts > t - 30 * DAY]
         refunds = [r for r in self.refunds if r.merchant_id == m and r.ts > t - 30 * DAY]
         x["merchant_refund_rate_30d"] = len(refunds) / len(m_30) if m_30 else None
-        known = [self.labels[p.tx_id] for p in m_30 if p.tx_id in self.labels]
-        x["merchant_fraud_rate_30d"] = sum(known) / len(known) if known else None
+        for label, width in (("30d", 30 * DAY), ("7d", 7 * DAY)):
+            known = [
+                self.labels[p.tx_id] for p in m_30 if p.ts > t - width and p.tx_id in self.labels
+            ]
+            x[f"merchant_fraud_rate_{label}"] = sum(known) / len(known) if known else None
+            x[f"merchant_labelled_count_{label}"] = len(known)
 
         x["rebate_rate_vs_category"] = self._vs_category(tx)
 

@@ -19,6 +19,9 @@ NAMED = [
     "card_user_count_30d",
     "user_account_age_s",
     "merchant_fraud_rate_30d",
+    "merchant_fraud_rate_7d",
+    "merchant_labelled_count_30d",
+    "merchant_labelled_count_7d",
 ]
 
 
@@ -46,5 +49,7 @@ def test_named_features_match_the_polars_oracle_exactly(tmp_path: Path) -> None:
         assert joined[name].drop_nulls().len() > 0, f"{name} is never computed"
     # The world exercises what the windows are about.
     assert joined["merchant_fraud_rate_30d"].drop_nulls().max() > 0
+    assert joined["merchant_fraud_rate_7d"].drop_nulls().max() > 0
+    assert joined["merchant_labelled_count_30d"].max() > joined["merchant_labelled_count_7d"].max()
     assert joined["device_user_count_7d"].max() > 2
     assert joined["device_rebate_requested_24h"].max() > 0

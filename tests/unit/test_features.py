@@ -117,13 +117,50 @@ def test_merchant_fraud_rate_counts_only_labels_arrived_for_payments_in_30d() ->
     engine.label(parse_label(label("a", T0 + 2 * DAY, label="fraud")))
     engine.label(parse_label(label("b", T0 + 2 * DAY, label="legit")))
     engine.label(parse_label(label("unknown-tx", T0 + 2 * DAY)))  # ignored
-    assert pay("y", T0 + 2 * DAY)["merchant_fraud_rate_30d"] == 0.5
+    y = pay("y", T0 + 2 * DAY)
+    assert y["merchant_fraud_rate_30d"] == y["merchant_fraud_rate_7d"] == 0.5
+    assert y["merchant_labelled_count_30d"] == y["merchant_labelled_count_7d"] == 2
     engine.label(parse_label(label("b", T0 + 3 * DAY, label="fraud")))  # a review reversed
-    assert pay("z", T0 + 3 * DAY)["merchant_fraud_rate_30d"] == 1.0
+    z = pay("z", T0 + 3 * DAY)
+    assert z["merchant_fraud_rate_30d"] == 1.0 and z["merchant_labelled_count_30d"] == 2
+    # 7 d on, "a" and "b" have left the 7 d window but not the 30 d one.
+    later = pay("u", T0 + 7 * DAY + HOUR)
+    assert later["merchant_fraud_rate_7d"] is None and later["merchant_labelled_count_7d"] == 0
+    assert later["merchant_fraud_rate_30d"] == 1.0 and later["merchant_labelled_count_30d"] == 2
     # "a" leaves the window at exactly 30 d; "b" (fraud) is still inside.
     assert pay("w", T0 + 30 * DAY)["merchant_fraud_rate_30d"] == 1.0
     assert pay("v", T0 + 30 * DAY + 2 * HOUR)["merchant_fraud_rate_30d"] is None
     assert "a" not in engine.merchant.payment_merchant  # bounded: expired payments are forgotten
+
+
+def test_a_labelled_window_takes_labels_only_for_payments_inside_it() -> None:
+    from features.windows import LabelledWindow
+
+    window = LabelledWindow((30 * DAY, 7 * DAY))
+    window.add(T0, "a")
+    window.add(T0 + DAY, "b")
+    assert not window.label("never-paid", True)  # a stray label leaves no count behind
+    assert window.label("a", True) and window.label("b", False)
+    assert (window.labelled(0), window.labelled(1), window.fraud_rate(1)) == (2, 2, 0.5)
+    assert window.expire(T0 + 7 * DAY) == []  # "a" left the 7 d window only
+    assert (window.labelled(0), window.labelled(1), window.fraud_rate(1)) == (2, 1, 0.0)
+    assert window.label("a", False)  # relabelled: counts in the 30 d window, not the 7 d
+    assert (window.fraud_rate(0), window.fraud_rate(1)) == (0.0, 0.0)
+    assert window.expire(T0 + 30 * DAY) == ["a"]
+    # A label for a payment that has expired is ignored, not counted until it never expires.
+    assert not window.label("a", True)
+    assert (window.labelled(0), window.fraud_rate(0)) == (1, 0.0)
+    assert window.expire(T0 + 31 * DAY) == ["b"]
+    assert (window.labelled(0), window.labelled(1), len(window)) == (0, 0, 0)
+    assert window.fraud_rate(0) is None and not window.members and not window.labels
+    # A repeated tx_id is its latest payment: the earlier one's label goes with it.
+    window.add(T0 + 40 * DAY, "c")
+    window.label("c", True)
+    window.add(T0 + 41 * DAY, "c")
+    assert window.labelled(0) == 0
+    window.label("c", False)
+    assert window.expire(T0 + 70 * DAY) == ["c"]  # the earlier "c" left; the label stays
+    assert window.fraud_rate(0) == 0.0 and window.labelled(1) == 0
 
 
 def test_sweeping_idle_keys_changes_no_feature_and_bounds_the_state(tmp_path: Path) -> None:
