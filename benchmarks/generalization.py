@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from detectors.base import LEARNERS  # noqa: E402
 from rebate_guard.generalization import (  # noqa: E402
     HELDOUT_SEEDS,
     TUNING_SEEDS,
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, help="per world (the profile's default)")
     parser.add_argument("--days", type=int, help="per world (the profile's default)")
     parser.add_argument("--policy", type=Path, help="policy file (default: the shipped one)")
+    parser.add_argument("--learner", choices=LEARNERS, default="logreg", help="the classifier")
     parser.add_argument("--jobs", type=int, default=2, help="worlds run at once")
     parser.add_argument("--json", type=Path, help="write every world's figures here")
     args = parser.parse_args()
@@ -51,6 +53,7 @@ def main() -> None:
         transactions=args.transactions,
         days=args.days,
         policy=args.policy,
+        learner=args.learner,
     )
     started = time.perf_counter()
     results: list[WorldResult] = []
@@ -66,7 +69,8 @@ def main() -> None:
     split = "given seeds" if args.seeds else f"{args.split} seeds {seeds[0]}-{seeds[-1]}"
     print(
         f"profile {args.profile!r}, {split}, {len(results)} worlds, policy "
-        f"{args.policy or 'shipped default'}, {time.perf_counter() - started:.0f} s\n"
+        f"{args.policy or 'shipped default'}, learner {args.learner}, "
+        f"{time.perf_counter() - started:.0f} s\n"
     )
     print(per_world_table(results))
     print()

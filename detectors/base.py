@@ -12,6 +12,9 @@ from typing import Protocol, runtime_checkable
 
 Features = dict[str, float | None]
 
+#: The supervised classifiers a deployment may choose (`detectors.online.make_classifier`).
+LEARNERS = ("logreg", "arf", "arf+logreg")
+
 
 @runtime_checkable
 class Detector(Protocol):

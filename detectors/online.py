@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
+from river import compose, forest, linear_model, optim, preprocessing
 
-from detectors.base import Features
+from detectors.base import LEARNERS, Features
 from detectors.encoding import encode, signed_log
 
 #: Per feature, in sorted order: (weight / standard deviation, mean, the term it adds when
@@ -168,3 +168,80 @@ class OnlineClassifier:
                 pushes.append((push, name))
         pushes.sort(reverse=True)
         return [f"model:{name}" for _, name in pushes[:top]]
+
+
+@dataclass
+class ForestClassifier:
+    """River's adaptive random forest (`forest.ARFClassifier`: Hoeffding trees on bootstrap
+    weights, each replaced when its drift detector fires) on the same labels as the
+    logistic regression, with the logistic regression alongside.
+
+    Trees split on thresholds, so the features go in on their own scale (`encode`, missing
+    values as `<name>_missing` indicators; a split on an absent feature follows its most
+    travelled branch). Labels over-represent fraud already (`detectors.risk`) and a tree's
+    leaf counts need no class weight, so its vote is the probability among labelled
+    payments, as the weighted regression's is once mapped back; `detectors.risk` calibrates
+    either on the labels. `blend`: score with the mean of the two models' log-odds instead of
+    the forest's alone. The reasons are the regression's (`explain_one`): a forest's vote
+    has no per-feature push to name. Scoring an untrained forest changes it (River builds
+    the trees on first sight), so until the first label it answers the regression's prior.
+    """
+
+    n_models: int = 10
+    seed: int = 42
+    blend: bool = False
+    name: str = "arf"
+    forest: Any = field(init=False, repr=False)
+    linear: OnlineClassifier = field(default_factory=OnlineClassifier)
+    n_learned: int = 0
+    n_fraud: int = 0
+
+    def __post_init__(self) -> None:
+        self.forest = forest.ARFClassifier(n_models=self.n_models, seed=self.seed)
+
+    def predict_proba_one(self, x: Features) -> float:
+        linear = self.linear.predict_proba_one(x)
+        if not self.n_learned:
+            return linear
+        p = self.forest.predict_proba_one(encode(x)).get(True, 0.0)
+        if not self.blend:
+            return p
+        logit = (_logit(p) + _logit(linear)) / 2.0
+        return 1.0 / (1.0 + math.exp(-logit))
+
+    def score_one(self, x: Features) -> float:
+        return self.predict_proba_one(x)
+
+    def learn_one(self, x: Features, y: bool | None = None) -> None:
+        if y is None:
+            return
+        self.forest.learn_one(encode(x), bool(y))
+        self.linear.learn_one(x, y)
+        self.n_learned += 1
+        self.n_fraud += bool(y)
+
+    def explain_one(self, x: Features, top: int = 3) -> list[str]:
+        return self.linear.explain_one(x, top)
+
+
+#: Probabilities are kept this far from 0 and 1 before taking log-odds.
+_EDGE = 1e-6
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, _EDGE), 1.0 - _EDGE)
+    return math.log(p / (1.0 - p))
+
+
+Classifier = OnlineClassifier | ForestClassifier
+
+
+def make_classifier(learner: str) -> Classifier:
+    """The classifier `learner` names (one of `LEARNERS`)."""
+    if learner == "logreg":
+        return OnlineClassifier()
+    if learner == "arf":
+        return ForestClassifier()
+    if learner == "arf+logreg":
+        return ForestClassifier(blend=True, name="arf+logreg")
+    raise ValueError(f"unknown learner {learner!r}: one of {', '.join(LEARNERS)}")

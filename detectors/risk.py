@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from detectors.anomaly import GaussianAnomaly, View
 from detectors.base import Features
-from detectors.online import OnlineClassifier
+from detectors.online import Classifier, OnlineClassifier
 from detectors.prior_shift import PriorShift
 from detectors.ring_say import RingSay
 from detectors.rules import RuleScore
@@ -78,7 +78,7 @@ class Assessment:
 class RiskModel:
     rules: RuleScore = field(default_factory=RuleScore)
     anomaly: GaussianAnomaly = field(default_factory=GaussianAnomaly)
-    classifier: OnlineClassifier = field(default_factory=OnlineClassifier)
+    classifier: Classifier = field(default_factory=OnlineClassifier)
     ring_say: RingSay = field(default_factory=RingSay)
     #: The labels' prior shift, estimated from the scored traffic (module docstring).
     prior_shift: PriorShift = field(default_factory=PriorShift)

@@ -210,7 +210,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         policy = Policy.load(args.policy) if args.policy else settings.policy()
         scorer = Scorer(
             features=FeatureEngine(settings.engine_config()),
-            decider=Decider(policy=policy),
+            decider=Decider(model=settings.risk_model(), policy=policy),
             graph=GraphLayer(),
         )
         summary = replay(**inputs, out_dir=args.out, progress=progress, scorer=scorer)

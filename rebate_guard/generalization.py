@@ -86,13 +86,15 @@ def run_world(
     days: int | None = None,
     policy: Path | None = None,
     workdir: Path | None = None,
+    learner: str = "logreg",
 ) -> WorldResult:
     """Simulate, replay and evaluate one world of the family (files in `workdir`, or a
-    temporary directory removed afterwards)."""
+    temporary directory removed afterwards); `learner`: the classifier
+    (`detectors.base.LEARNERS`)."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix=f"rg-world-{seed}-") as tmp:
-            return _run(seed, profile, transactions, days, policy, Path(tmp))
-    return _run(seed, profile, transactions, days, policy, workdir)
+            return _run(seed, profile, transactions, days, policy, Path(tmp), learner)
+    return _run(seed, profile, transactions, days, policy, workdir, learner)
 
 
 def _run(
@@ -102,9 +104,12 @@ def _run(
     days: int | None,
     policy: Path | None,
     workdir: Path,
+    learner: str,
 ) -> WorldResult:
     import time
 
+    from detectors.online import make_classifier
+    from detectors.risk import RiskModel
     from features.engine import FeatureEngine
     from graph.layer import GraphLayer
     from rebate_guard.evaluate import evaluate
@@ -121,7 +126,10 @@ def _run(
     write_world(world, world_dir)
     scorer = Scorer(
         features=FeatureEngine(),
-        decider=Decider(policy=Policy.load(policy) if policy else default_policy()),
+        decider=Decider(
+            model=RiskModel(classifier=make_classifier(learner)),
+            policy=Policy.load(policy) if policy else default_policy(),
+        ),
         graph=GraphLayer(),
     )
     replay(

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detectors.base import LEARNERS
+
 if TYPE_CHECKING:
+    from detectors.risk import RiskModel
     from features.engine import EngineConfig
     from graph.layer import GraphConfig
     from rebate_guard.policy import Policy
@@ -233,6 +236,15 @@ class Settings:
             "a transaction the model cannot score: `hold` or `block`; never an allow."
         ),
     )
+    learner: str = field(
+        default="logreg",
+        metadata=_doc(
+            "The supervised classifier that learns from labels: `logreg` (online logistic "
+            "regression), `arf` (River's adaptive random forest, the regression alongside "
+            "for reasons) or `arf+logreg` (the mean of their log-odds). Chosen at start: a "
+            "checkpoint keeps the one it was made with (benchmarks/README.md, session 12)."
+        ),
+    )
     user_ttl_days: int = field(
         default=730,
         metadata=_doc(
@@ -265,6 +277,13 @@ class Settings:
             window_ms=self.graph_window_days * 86_400_000,
             scan_every_ms=self.graph_scan_minutes * MINUTE_MS,
         )
+
+    def risk_model(self) -> RiskModel:
+        """A fresh risk model with the configured `learner`."""
+        from detectors.online import make_classifier
+        from detectors.risk import RiskModel
+
+        return RiskModel(classifier=make_classifier(self.learner))
 
     def policy(self) -> Policy:
         """The policy a worker starts with (`policy_file`, or the shipped default)."""
@@ -310,6 +329,8 @@ class Settings:
             raise SettingsError("RG_ALLOWED_LATENESS_MS must not be negative")
         if self.graph_window_days < 1 or self.graph_scan_minutes < 1:
             raise SettingsError("RG_GRAPH_WINDOW_DAYS and RG_GRAPH_SCAN_MINUTES must be >= 1")
+        if self.learner not in LEARNERS:
+            raise SettingsError(f"RG_LEARNER must be one of {', '.join(LEARNERS)}")
         if self.fail_closed_action not in ("hold", "block"):
             raise SettingsError("RG_FAIL_CLOSED_ACTION must be hold or block (never allow)")
         if self.score_wait_ms < 0:

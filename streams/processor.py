@@ -313,6 +313,7 @@ class BatchProcessor:
             self.n_partitions,
             UserStage(engine.utc_offset_minutes, engine.user_ttl_ms),
             Decider(
+                model=s.risk_model(),
                 policy=self.policy,
                 remember_limit=MAX_REMEMBERED_FEATURES // self.n_partitions,
                 fail_closed_action=s.fail_closed_action,

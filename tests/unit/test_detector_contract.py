@@ -20,7 +20,7 @@ import pytest
 
 from detectors.anomaly import AnomalyScore, GaussianAnomaly
 from detectors.base import Detector, Features
-from detectors.online import OnlineClassifier
+from detectors.online import ForestClassifier, OnlineClassifier
 from detectors.prior_shift import PriorShift
 from detectors.ring_say import RingSay
 from detectors.risk import RiskModel
@@ -30,6 +30,9 @@ from graph.evidence import ring_features
 DETECTORS: dict[str, Callable[[], Detector]] = {
     "rules": RuleScore,
     "logreg": OnlineClassifier,
+    "arf": ForestClassifier,
+    "arf+logreg": lambda: ForestClassifier(blend=True),
+    "risk_arf": lambda: RiskModel(classifier=ForestClassifier(), trust_after_fraud_labels=5),
     "hst": lambda: AnomalyScore(seed=7),
     "gaussian": GaussianAnomaly,
     "risk": lambda: RiskModel(trust_after_fraud_labels=5),

@@ -27,6 +27,16 @@ def test_bad_values_name_the_variable() -> None:
         Settings.from_env({"RG_PARTITIONS": "0"})
 
 
+def test_the_learner_is_chosen_by_setting_and_checked() -> None:
+    from detectors.online import ForestClassifier, OnlineClassifier
+
+    assert isinstance(Settings().risk_model().classifier, OnlineClassifier)
+    chosen = Settings.from_env({"RG_LEARNER": "arf+logreg"}).risk_model().classifier
+    assert isinstance(chosen, ForestClassifier) and chosen.blend
+    with pytest.raises(SettingsError, match="RG_LEARNER"):
+        Settings.from_env({"RG_LEARNER": "xgboost"})
+
+
 def test_round_trip_through_environment_for_child_processes() -> None:
     s = Settings(partitions=3, topic_prefix="t.", web_port=7000)
     assert Settings.from_env(s.to_env()) == s
