@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from features.windows import (
     LabelledWindow,
@@ -84,6 +84,13 @@ class MerchantState:
         self.labelled = LabelledWindow(LABEL_HORIZONS)
         self.refunds_30d = WindowCount(LONG_WINDOW_MS)
         self.last_ts = 0
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restores a checkpoint; a labelled window from before the 7 d one is widened."""
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        if self.labelled.widths != LABEL_HORIZONS:
+            self.labelled = self.labelled.widened(LABEL_HORIZONS)
 
     def expire_day(self, now_ms: int) -> None:
         horizon = now_ms - DAY_MS

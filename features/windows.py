@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 
 class PaymentLog:
@@ -237,6 +237,31 @@ class LabelledWindow:
             self.heads = [h - first for h in heads]
             self.base = base + first
         return gone
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restores a checkpoint; one written before there were several widths (one
+        `width_ms`, a deque of (ts, tx_id), labels) comes back as a window of that width."""
+        slots = state[1]
+        if "width_ms" not in slots:
+            for name, value in slots.items():
+                setattr(self, name, value)
+            return
+        self.__init__((slots["width_ms"],))  # type: ignore[misc]
+        for ts, tx_id in slots["items"]:
+            self.add(ts, tx_id)
+        for tx_id, is_fraud in slots["labels"].items():
+            self.label(tx_id, is_fraud)
+
+    def widened(self, widths: tuple[int, ...]) -> LabelledWindow:
+        """The same payments and labels over `widths` (longest first): exact from its next
+        `expire` on (each shorter width then lets its older payments go, labels with them)."""
+        out = LabelledWindow(widths)
+        first = self.heads[0]
+        for ts, tx_id in zip(self.ts[first:], self.tx_ids[first:], strict=True):
+            out.add(ts, tx_id)
+        for tx_id, is_fraud in self.labels.items():
+            out.label(tx_id, is_fraud)
+        return out
 
     def labelled(self, width: int = 0) -> int:
         return self.labelled_n[width]

@@ -163,6 +163,29 @@ def test_a_labelled_window_takes_labels_only_for_payments_inside_it() -> None:
     assert window.fraud_rate(0) == 0.0 and window.labelled(1) == 0
 
 
+def test_a_merchant_checkpointed_before_the_7d_window_restores_with_it() -> None:
+    import pickle
+    from collections import deque
+
+    from features.merchant import LABEL_HORIZONS, MerchantState
+    from features.windows import LabelledWindow
+
+    # The state pickle held before session 12: one 30 d width.
+    items = deque([(T0, "a"), (T0 + 20 * DAY, "b"), (T0 + 25 * DAY, "c")])
+    old = {"width_ms": 30 * DAY, "items": items, "labels": {"a": True, "c": False}, "fraud": 1}
+    window = LabelledWindow.__new__(LabelledWindow)
+    window.__setstate__((None, old))
+    merchant = MerchantState()
+    merchant.labelled = window
+    restored = pickle.loads(pickle.dumps(merchant))
+    labelled = restored.labelled
+    assert labelled.widths == LABEL_HORIZONS
+    labelled.expire(T0 + 27 * DAY)  # "a" and "b" are older than 7 d; "c" is not
+    assert (labelled.labelled(0), labelled.fraud_rate(0)) == (2, 0.5)
+    assert (labelled.labelled(1), labelled.fraud_rate(1)) == (1, 0.0)
+    assert labelled.label("b", True) and labelled.fraud_rate(0) == 2 / 3
+
+
 def test_sweeping_idle_keys_changes_no_feature_and_bounds_the_state(tmp_path: Path) -> None:
     world = simulate_world(
         WorldConfig(seed=4, n_users=300, n_merchants=30, days=40, target_transactions=3_000)
