@@ -111,7 +111,7 @@ def test_events_follow_the_contract_with_labels_seven_days_late(
     assert (joined["ts"] - joined["tx_ts"] == 7 * cw.DAY_MS).all()
     truth = pl.read_parquet(paths["tx_truth"]).join(labels, on="tx_id")
     assert ((truth["label"] == "fraud") == truth["is_fraud"]).all()
-    end = tx["ts"].min() + SMALL.days * cw.DAY_MS  # type: ignore[operator]
+    end = tx["ts"].min() + SMALL.days * cw.DAY_MS
     assert labels.height == tx.filter(pl.col("ts") + 7 * cw.DAY_MS < end).height
     first = tx.group_by("user_id").agg(pl.col("ts").min().alias("first"))
     assert (signups.join(first, on="user_id").select(pl.col("ts") < pl.col("first")))["ts"].all()
