@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test ci lint typecheck unit integration bench clean
+.PHONY: up test ci lint typecheck unit integration browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# Debian's headless Chromium and its driver for the browser tests, installed only when missing
+# (CI runs as root on a fresh machine; elsewhere through sudo). Fails loudly when it cannot.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+unit: $(STAMP) browser
 	$(BIN)/pytest -m "not integration"
 
 integration: $(STAMP)
 	$(BIN)/pytest -m integration
 
-test: lint typecheck $(STAMP)  ## the README's test command
+test: lint typecheck $(STAMP) browser  ## the README's test command
 	$(BIN)/pytest
 
 ci: test

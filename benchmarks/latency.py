@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._worker import start_worker  # noqa: E402
+from rebate_guard.client import web_request  # noqa: E402
 from rebate_guard.settings import Settings, env_name  # noqa: E402
 from rebate_guard.stack import LocalStack  # noqa: E402
 from rebate_guard.topics import ensure_topics  # noqa: E402
@@ -75,8 +76,10 @@ def _percentiles(values: list[float]) -> tuple[float, float, float]:
 
 
 async def _score(
-    url: str, rate: float, seconds: float
+    settings: Settings, rate: float, seconds: float
 ) -> tuple[list[float], Counter[str], int, float]:
+    request = web_request(settings, "/score")
+    url, headers = request.full_url, dict(request.header_items())
     rng = random.Random(1)
     latencies: list[float] = []
     provisional: Counter[str] = Counter()  # by reason (which part failed)
@@ -90,7 +93,7 @@ async def _score(
             body = json.dumps(_payment(f"s{i}", rng)).encode()
             sent = time.perf_counter()
             try:
-                async with session.post(url, data=body) as response:
+                async with session.post(url, data=body, headers=headers) as response:
                     answer = await response.json()
                     took = time.perf_counter() - sent
                     if response.status != 200:
@@ -194,13 +197,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(settings: Settings, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited; see {log}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=2) as r:
+            with urllib.request.urlopen(web_request(settings, "/api/stats"), timeout=2) as r:
                 stats = json.loads(r.read())
                 if stats["event_time"]["sources"] > 0:  # partitions assigned
                     return
@@ -242,17 +245,16 @@ def main() -> None:
                 web_port=_free_port(),
                 **changed,
             )
-        )
+        ).with_api_token()
         asyncio.run(ensure_topics(settings))
         log = Path(tmp) / "worker.log"
         proc = start_worker(settings, log)
         try:
-            _wait_ready(settings.web_port, proc, log)
-            url = f"http://127.0.0.1:{settings.web_port}/score"
+            _wait_ready(settings, proc, log)
             pids = {"worker": proc.pid, **stack.pids(), "client": os.getpid()}
             meter = CpuMeter(pids)
             lat, provisional, errors, achieved = asyncio.run(
-                _score(url, args.score_rate, args.seconds)
+                _score(settings, args.score_rate, args.seconds)
             )
             cpu = meter.report(int(args.score_rate * args.seconds))
             p50, p99, worst = _percentiles(lat)

@@ -23,6 +23,7 @@ pipeline.
 from __future__ import annotations
 
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,17 @@ def rebate_status(
         ledger["held_cents"],
         ledger["voided_cents"],
         ledger.get("last_adjustment"),
+    )
+
+
+def web_request(settings: Settings, path: str, body: bytes | None = None) -> urllib.request.Request:
+    """A request to the worker's web server at `RG_WEB_HOST`:`RG_WEB_PORT` carrying the API
+    token it requires (`Authorization: Bearer`); with `body`, a POST (`/score`)."""
+    host = "127.0.0.1" if settings.web_host in ("", "0.0.0.0") else settings.web_host
+    return urllib.request.Request(
+        f"http://{host}:{settings.web_port}{path}",
+        data=body,
+        headers={"Authorization": f"Bearer {settings.api_token}"},
     )
 
 

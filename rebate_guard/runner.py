@@ -47,6 +47,13 @@ def run_worker(settings: Settings) -> int:
     except Exception as exc:  # topics may be managed by the platform team
         print(f"rebate-guard worker: could not ensure topics ({exc}); continuing", file=sys.stderr)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.api_token:
+        settings = settings.with_api_token()
+        print(
+            f"rebate-guard worker: no RG_API_TOKEN set; the web server takes the token in "
+            f"{settings.api_token_file}",
+            file=sys.stderr,
+        )
     worker = create_worker(settings)
     faust_worker = quiet_worker()(worker.app, loglevel=settings.log_level.upper(), quiet=True)
     faust_worker.execute_from_commandline()
@@ -76,6 +83,8 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
     # `kill`, systemd and CI send SIGTERM: shut down as gracefully as on Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     start_ms = int(time.time() * 1000)
+    token_from_file = not settings.api_token
+    settings = settings.with_api_token()  # the workers get it from here: one for all
     from rebate_guard.simulator import simulate_world
 
     first = simulate_world(episode_config(seed, 0, start_ms))
@@ -94,7 +103,8 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
         workers_settings = live.replace(allowed_lateness_ms=lateness_ms)
         procs = [_spawn_worker(workers_settings, index) for index in range(workers)]
         url = f"http://{live.web_host}:{live.web_port}/"
-        print(f"\nRebateGuard is up: dashboard {url}  (Ctrl-C stops)\n", flush=True)
+        print(f"\nRebateGuard is up: dashboard {url}  (Ctrl-C stops)", flush=True)
+        print(f"  {_login_hint(live, token_from_file)}\n", flush=True)
         print(f"  Kafka bootstrap {live.kafka_bootstrap}   Redis {live.redis_url}", flush=True)
         try:
             asyncio.run(_feed_forever(live, seed, start_ms, first, procs))
@@ -103,6 +113,19 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
         finally:
             _stop_all(procs)
     return 0
+
+
+def _login_hint(settings: Settings, token_from_file: bool) -> str:
+    """How to log in, for the person who ran `up`: a secret they set is never printed."""
+    user = settings.console_user
+    if settings.console_password:
+        return f"log in as {user!r} with RG_CONSOLE_PASSWORD"
+    if not token_from_file:
+        return f"log in as {user!r} with your RG_API_TOKEN"
+    return (
+        f"log in as {user!r}, password {settings.api_token} (the API token, for "
+        f"`Authorization: Bearer` too; kept in {settings.api_token_file})"
+    )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

@@ -8,8 +8,10 @@ only through these values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
     from features.engine import EngineConfig
     from graph.layer import GraphConfig
     from rebate_guard.policy import Policy
+
+
+#: Where `Settings.with_api_token` keeps a generated token, under `RG_DATA_DIR`.
+API_TOKEN_FILE = "api-token"
 
 
 class SettingsError(ValueError):
@@ -93,6 +99,32 @@ class Settings:
     web_port: int = field(
         default=6066,
         metadata=_doc("Port of the worker's web server."),
+    )
+    api_token: str = field(
+        default="",
+        repr=False,
+        metadata=_doc(
+            "The secret every request to the worker's web server carries as "
+            "`Authorization: Bearer <token>` (`POST /score`, `/decisions/`, `/api/`, Faust's "
+            "pages). Empty: the one in `<RG_DATA_DIR>/api-token`, created at random (mode "
+            "0600) if missing. Give every worker of a deployment the same one."
+        ),
+    )
+    console_user: str = field(
+        default="admin",
+        metadata=_doc("User name of the status page's login."),
+    )
+    console_password: str = field(
+        default="",
+        repr=False,
+        metadata=_doc("Password of the status page's login; empty: the API token."),
+    )
+    faust_web_pages: bool = field(
+        default=False,
+        metadata=_doc(
+            "Serve Faust's own `/router/` and `/table/` pages (behind the token like the "
+            "rest). RebateGuard uses neither: off, they are not served."
+        ),
     )
     broker_session_timeout_s: float = field(
         default=6.0,
@@ -290,6 +322,32 @@ class Settings:
         from rebate_guard.policy import Policy, default_policy
 
         return Policy.load(Path(self.policy_file)) if self.policy_file else default_policy()
+
+    @property
+    def api_token_file(self) -> Path:
+        return self.data_dir / API_TOKEN_FILE
+
+    def with_api_token(self) -> Settings:
+        """These settings with an API token: `api_token`, else the one in `api_token_file`,
+        else a new random one written there (readable by this user only). Workers started
+        at once on one data directory agree: the first to create the file wins."""
+        if self.api_token:
+            return self
+        path = self.api_token_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # Written whole, then linked into place: a reader never sees a partial file.
+            draft = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+            with contextlib.suppress(FileExistsError):  # another process was first
+                os.link(draft, path)
+            draft.unlink()
+        token = path.read_text().strip()
+        if not token:
+            raise SettingsError(f"{path} is empty: delete it or set RG_API_TOKEN")
+        return self.replace(api_token=token)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

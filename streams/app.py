@@ -36,6 +36,7 @@ from mode import Service
 from rebate_guard.client import RebateStatus, rebate_status
 from rebate_guard.policy import FAILED_CLOSED, Policy, PolicyError
 from rebate_guard.settings import Settings
+from streams.auth import Guard
 from streams.processor import (
     BatchOutcome,
     BatchProcessor,
@@ -471,6 +472,7 @@ class Worker:
 def create_worker(
     settings: Settings, store: DecisionStore | None = None, sink: Sink | None = None
 ) -> Worker:
+    guard = Guard(settings)  # in front of every route, Faust's own included
     app = RebateGuardApp(
         settings.app_id,
         consumer_fetch_wait_ms=settings.consumer_fetch_wait_ms,
@@ -479,8 +481,16 @@ def create_worker(
         datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
         web_enabled=True,
+        # Faust listens on web_bind (its default: every interface); web_host is only the
+        # name it advertises.
+        web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_application_options={"middlewares": [guard.middleware]},
+        web_router_enabled=settings.faust_web_pages,
+        web_tables_enabled=settings.faust_web_pages,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         broker_rebalance_timeout=settings.broker_rebalance_timeout_s,
@@ -548,7 +558,7 @@ def create_worker(
 
     from streams.web import register_views
 
-    register_views(app, runtime)
+    register_views(app, runtime, guard)
     return Worker(app, runtime, agents)
 
 

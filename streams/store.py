@@ -21,6 +21,8 @@ from graph.layer import RingScore
 from rebate_guard.settings import Settings
 
 RECENT_KEEP = 100
+#: How many of them `stats` returns (the status page's table).
+RECENT_SHOWN = 20
 #: A user ("u", id) or a merchant ("m", id), as ring scores are keyed.
 RingKey = tuple[str, str]
 
@@ -395,7 +397,7 @@ class RedisDecisionStore:
 
     async def stats(self) -> dict[str, Any]:
         raw = await self.client.hgetall(self.keys.stats)
-        recent = await self.client.lrange(self.keys.recent, 0, 19)
+        recent = await self.client.lrange(self.keys.recent, 0, RECENT_SHOWN - 1)
         counters = {_bytes(k).decode(): int(v) for k, v in raw.items()}
         return {"counters": counters, "recent": [json.loads(r) for r in recent]}
 
@@ -473,6 +475,8 @@ class MemoryDecisionStore:
     policy: bytes | None = None
     policies: dict[str, bytes] = field(default_factory=dict)
     graph_beat_ms: int | None = None
+    #: The newest decisions first, as Redis keeps them for the status page.
+    recent: list[bytes] = field(default_factory=list)
 
     async def get_policy(self) -> bytes | None:
         return self.policy
@@ -551,7 +555,9 @@ class MemoryDecisionStore:
                 ("rebate_granted_cents", d["rebate_granted_cents"]),
             ):
                 self.counters[name] = self.counters.get(name, 0) + amount
+            self.recent.insert(0, value)
             out.append(None)
+        del self.recent[RECENT_KEEP:]
         return out
 
     async def put_adjustments(self, items: Sequence[tuple[str, str, bytes]]) -> list[bytes | None]:
@@ -585,7 +591,8 @@ class MemoryDecisionStore:
         return len(fresh)
 
     async def stats(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters), "recent": []}
+        recent = [json.loads(r) for r in self.recent[:RECENT_SHOWN]]
+        return {"counters": dict(self.counters), "recent": recent}
 
     async def save_checkpoint(self, name: str, blob: bytes) -> None:
         self.checkpoints[name] = blob

@@ -1,5 +1,5 @@
 """The worker's web server: a live status page, JSON stats, flagged rings and decisions
-by tx_id."""
+by tx_id, and the login in front of them (streams/auth.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,50 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import faust
+from aiohttp import web
 from faust.web import Request, Response, View
 
 from rebate_guard.client import rebate_status
+from streams.auth import SESSION_COOKIE, Guard
 from streams.records import Decision
 from streams.validation import InvalidEvent, decode_json_object, parse_transaction
 
 if TYPE_CHECKING:
     from streams.app import Runtime
 
-STATUS_PAGE = (resources.files("streams") / "static" / "status.html").read_text("utf-8")
+STATIC = resources.files("streams") / "static"
+STATUS_PAGE = (STATIC / "status.html").read_text("utf-8")
+LOGIN_PAGE = (STATIC / "login.html").read_text("utf-8")
 
 
-def register_views(app: faust.App, runtime: Runtime) -> None:
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": location})
+
+
+def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
+    @app.page("/login")
+    class Login(View):
+        """The status page's login form; a right user and password get a session cookie."""
+
+        async def get(self, request: Request) -> Response:
+            return self.html(LOGIN_PAGE)
+
+        async def post(self, request: Request) -> web.Response:
+            form = await request.post()
+            user, password = str(form.get("user", "")), str(form.get("password", ""))
+            if not guard.login_ok(user, password):
+                return _redirect("/login?failed")
+            response = _redirect("/")
+            guard.set_session(response, secure=request.secure)  # type: ignore[attr-defined]
+            return response
+
+    @app.page("/logout")
+    class Logout(View):
+        async def post(self, request: Request) -> web.Response:
+            response = _redirect("/login")
+            response.del_cookie(SESSION_COOKIE, path="/")
+            return response
+
     @app.page("/")
     class StatusPage(View):
         async def get(self, request: Request) -> Response:

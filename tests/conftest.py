@@ -47,5 +47,6 @@ def stack_settings(
         topic_prefix=f"{name}.",
         partitions=2,
         data_dir=tmp_path / "data",
+        api_token=uuid.uuid4().hex,  # what the worker's web server requires
     )
     return local_stack.settings(base)

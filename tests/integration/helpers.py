@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from rebate_guard.client import web_request
 from rebate_guard.settings import Settings
 from rebate_guard.stack import free_port
 
@@ -101,6 +105,12 @@ def running_worker(settings: Settings, log_path: Path) -> Iterator[WorkerProcess
     finally:
         if worker.alive():
             worker.stop()
+
+
+def worker_stats(worker: WorkerProcess, timeout: float = 5) -> dict[str, Any]:
+    """The worker's `/api/stats`, asked with its API token."""
+    with urllib.request.urlopen(web_request(worker.settings, "/api/stats"), timeout=timeout) as r:
+        return dict(json.loads(r.read()))
 
 
 def wait_for(

@@ -13,7 +13,6 @@ import asyncio
 import json
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from tests.integration.helpers import (
     running_worker,
     wait_for,
     wait_for_decisions,
+    worker_stats,
 )
 
 pytestmark = pytest.mark.integration
@@ -105,9 +105,7 @@ def _ring_order(event: dict[str, Any]) -> tuple[str, int]:
 
 def _model_counts(worker: WorkerProcess) -> dict[str, tuple[int, int]]:
     """Per user shard: (labelled examples, transactions) its model has learned."""
-    url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        models = json.loads(response.read())["models"]
+    models = worker_stats(worker)["models"]
     out = {}
     for unit, model in models.items():
         _, labels, txs = model["version"].split(".")  # risk.l<labels>.t<transactions>
@@ -277,16 +275,12 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
 
 
 def _worker_counters(worker: WorkerProcess) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return dict(json.loads(response.read())["worker"])
+    return dict(worker_stats(worker)["worker"])
 
 
 def _events_seen(worker: WorkerProcess) -> int:
-    url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(json.loads(response.read())["worker"]["events"])
+        return int(worker_stats(worker, timeout=2)["worker"]["events"])
     except OSError:
         return 0
 

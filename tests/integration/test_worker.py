@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from rebate_guard.client import web_request
 from rebate_guard.ledger import reconcile
 from rebate_guard.policy import default_policy
 from rebate_guard.producer import produce_events
@@ -23,11 +24,13 @@ from streams.records import Decision, RebateAdjustment
 from streams.sink import KafkaSink
 from tests.factories import DAY, HOUR, MINUTE, T0, label, signup, tx
 from tests.integration.helpers import (
+    WorkerProcess,
     read_topic,
     redis_counters,
     running_worker,
     wait_for,
     wait_for_decisions,
+    worker_stats,
 )
 
 pytestmark = pytest.mark.integration
@@ -212,10 +215,9 @@ def _policy_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
-def _live_policy_version(port: int) -> str | None:
+def _live_policy_version(worker: WorkerProcess) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/stats", timeout=5) as r:
-            return str(json.loads(r.read())["policy"]["version"])
+        return str(worker_stats(worker)["policy"]["version"])
     except OSError:
         return None
 
@@ -247,9 +249,8 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
         pushed = _policy_cli(settings, "push", str(blocking))
         assert pushed.returncode == 0, pushed.stderr
         assert f"policy it-2 is live (was {shipped})" in pushed.stdout
-        port = worker.settings.web_port
         wait_for(
-            lambda: _live_policy_version(port) == "it-2",
+            lambda: _live_policy_version(worker) == "it-2",
             timeout=30,
             what="the worker to take up policy it-2",
             worker=worker,
@@ -274,8 +275,9 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
     assert shown.returncode == 0 and f'"version": "{shipped}"' in shown.stdout
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST")
+def _score(settings: Settings, body: bytes, query: str = "") -> tuple[int, dict]:
+    """`POST /score` on the worker `settings` point at, with their API token."""
+    request = web_request(settings, f"/score{query}", body)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -292,26 +294,27 @@ def test_score_decides_at_payment_time_once_per_tx_id(
     payment = tx("pay-1", T0 + HOUR, user_id="u3", amount_cents=4_200, rebate_rate=0.12)
     with running_worker(settings, tmp_path / "worker.log") as worker:
         wait_for_decisions(settings, 50, worker)
-        url = f"http://127.0.0.1:{worker.settings.web_port}/score"
-        status, first = _post(f"{url}?wait_ms=10000", json.dumps(payment).encode())
+        status, first = _score(worker.settings, json.dumps(payment).encode(), "?wait_ms=10000")
         assert status == 200 and first["provisional"] is False, first
         assert first["decision"]["tx_id"] == "pay-1"
         assert first["rebate"]["requested_cents"] == 504
         stored = _stored_decisions(settings)["pay-1"]
         assert first["decision"] == stored.asdict()
-        stats_url = f"http://127.0.0.1:{worker.settings.web_port}/api/stats"
-        with urllib.request.urlopen(stats_url, timeout=5) as response:
-            counted = json.loads(response.read())["worker"]
+        counted = worker_stats(worker)["worker"]
         assert counted["decided_at_payment"] == 1, counted  # not the stream's wait
         # The stream reaches it later and publishes the decision made at payment time, once.
         decisions = read_topic(settings, settings.topic("decisions"), expect=51)
         published = [Decision.loads(v) for k, v in decisions if k == b"pay-1"]
         assert [d.asdict() for d in published] == [first["decision"]]
-        status, again = _post(url, json.dumps(payment).encode())  # a retry: the same answer
+        # A retry: the same answer.
+        status, again = _score(worker.settings, json.dumps(payment).encode())
         assert status == 200 and again == first
-        status, bad = _post(url, b"{not json")
+        wrong_token = worker.settings.replace(api_token="not-the-token")
+        status, refused = _score(wrong_token, json.dumps({**payment, "tx_id": "pay-2"}).encode())
+        assert status == 401 and "Bearer" in refused["error"]  # and pay-2 is never decided
+        status, bad = _score(worker.settings, b"{not json")
         assert status == 400 and "not valid JSON" in bad["error"]
-        status, bad = _post(url, json.dumps({**payment, "amount_cents": -5}).encode())
+        status, bad = _score(worker.settings, json.dumps({**payment, "amount_cents": -5}).encode())
         assert status == 400 and "must be positive" in bad["error"]
         wait_for_decisions(settings, 51, worker)
         assert worker.stop() == 0, worker.log()

@@ -58,6 +58,50 @@ def test_the_em_recovers_the_prior_of_calibrated_scores() -> None:
     assert shift.prior == pytest.approx(frauds / shift.window, rel=0.15)
 
 
+def test_the_prior_never_falls_below_the_share_labelled_fraud() -> None:
+    """Traffic the calibrated classifier calls plainly legitimate drives the EM to a prior
+    near 0; yet fraud labels arrived with a tenth of the window's transactions, so the
+    traffic holds at least that much fraud and the estimate stays there. Labels that
+    arrived before the window's transactions do not count."""
+    shift = PriorShift(window=1_000, refit_every=10**9)
+    for _ in range(300):
+        shift.labelled(5.0, True)  # before the window: not counted
+        shift.observe(-5.0)
+    for i in range(1_000):
+        shift.observe(-5.0)
+        if i % 10 == 0:
+            shift.labelled(5.0, True)
+            shift.labelled(-5.0, False)
+    shift.fit()
+    assert shift.label_bounds() == pytest.approx((0.1, 0.1))
+    assert shift.prior == pytest.approx(0.1)
+    unfloored = PriorShift(window=1_000, refit_every=10**9)
+    for score, fraud in shift.labels:
+        unfloored.labelled(score, fraud)
+    unfloored.fraud_label_marks.clear()
+    unfloored.legit_label_marks.clear()
+    for score in shift.log_odds:
+        unfloored.observe(score)
+    unfloored.fit()
+    assert unfloored.prior is not None and unfloored.prior < 0.01
+
+
+def test_the_prior_never_rises_above_the_share_not_labelled_legit() -> None:
+    """Nearly every payment labelled, two frauds among the last labels: Platt's fit hardly
+    separates and the traffic scores high, so the EM alone runs to a prior near 1. Legit
+    labels arrived with 98% of the window's transactions, so at most 2% of it is fraud."""
+    shift = PriorShift(window=1_000, label_window=1_000, refit_every=10**9)
+    rng = random.Random(5)
+    for i in range(1_000):
+        shift.observe(3.0)
+        if i % 500 == 0:
+            shift.labelled(rng.gauss(0.0, 1.0), True)
+        if i % 50:  # 980 of the 1,000
+            shift.labelled(rng.gauss(0.0, 1.0), False)
+    shift.fit()
+    assert shift.prior is not None and shift.prior == pytest.approx(0.02)
+
+
 def test_pickled_prior_shift_goes_on_identically() -> None:
     import pickle
 

@@ -54,3 +54,26 @@ def test_readme_configuration_table_matches_the_settings() -> None:
     start = readme.index("<!-- settings-table:start -->") + len("<!-- settings-table:start -->\n")
     end = readme.index("<!-- settings-table:end -->")
     assert readme[start:end].strip() == settings_table()
+
+
+def test_api_token_is_generated_once_per_data_dir_and_kept_private(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    first = settings.with_api_token()
+    assert len(first.api_token) >= 32 and first.api_token_file == tmp_path / "data" / "api-token"
+    assert first.api_token_file.stat().st_mode & 0o777 == 0o600
+    assert settings.with_api_token().api_token == first.api_token  # a restart keeps it
+    assert [p.name for p in first.api_token_file.parent.iterdir()] == ["api-token"]
+    other = Settings(data_dir=tmp_path / "other").with_api_token()
+    assert other.api_token != first.api_token
+    configured = Settings(data_dir=tmp_path / "x", api_token="set").with_api_token()
+    assert configured.api_token == "set" and not (tmp_path / "x").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "api-token").write_text("\n")
+    with pytest.raises(SettingsError, match="RG_API_TOKEN"):
+        Settings(data_dir=tmp_path / "empty").with_api_token()
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    shown = repr(Settings(api_token="tok-123", console_password="pw-456"))
+    assert "tok-123" not in shown and "pw-456" not in shown
+    assert Settings.from_env({"RG_API_TOKEN": "t", "RG_CONSOLE_PASSWORD": "p"}).api_token == "t"
