@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 STATIC = resources.files("streams") / "static"
 STATUS_PAGE = (STATIC / "status.html").read_text("utf-8")
 LOGIN_PAGE = (STATIC / "login.html").read_text("utf-8")
+#: The pages' scripts and styles, served from files so the Content-Security-Policy can forbid
+#: inline script (streams/auth.py): name -> (content type, text).
+ASSETS = {
+    f"{page}.{ext}": (kind, (STATIC / f"{page}.{ext}").read_text("utf-8"))
+    for page in ("status", "login")
+    for ext, kind in (("js", "text/javascript"), ("css", "text/css"))
+}
 
 
 def _redirect(location: str) -> web.Response:
@@ -51,6 +58,14 @@ def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
             response = _redirect("/login")
             response.del_cookie(SESSION_COOKIE, path="/")
             return response
+
+    @app.page("/static/{name}")
+    class Asset(View):
+        async def get(self, request: Request, name: str) -> web.Response:
+            if name not in ASSETS:
+                return web.Response(status=404, text="no such asset")
+            kind, text = ASSETS[name]
+            return web.Response(text=text, content_type=kind, charset="utf-8")
 
     @app.page("/")
     class StatusPage(View):

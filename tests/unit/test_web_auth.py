@@ -4,6 +4,7 @@ and views with the guard in front, over HTTP."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from http.cookies import SimpleCookie
 
@@ -132,3 +133,32 @@ def test_the_server_binds_where_the_settings_say() -> None:
     with served(Settings(api_token=TOKEN, web_host="127.0.0.1")) as server:
         addresses = server.worker.app.web._runner.addresses  # type: ignore[attr-defined]
         assert [a[:2] for a in addresses] == [("127.0.0.1", server.port)]
+
+
+def test_every_answer_carries_the_security_headers_and_pages_have_no_inline_script() -> None:
+    """The Content-Security-Policy forbids inline script, so the pages load theirs from
+    /static/ (public: the login page needs its own before anyone is logged in)."""
+    from streams.auth import SECURITY_HEADERS
+    from streams.web import LOGIN_PAGE, STATUS_PAGE
+
+    assert "script-src 'self'" in SECURITY_HEADERS["Content-Security-Policy"]
+    with served() as server:
+        answers = [
+            server.call("GET", "/api/stats", headers=BEARER),  # allowed
+            server.call("GET", "/api/stats"),  # refused
+            server.call("GET", "/login"),  # public
+            server.call("GET", "/static/login.js"),  # public asset
+        ]
+        for _, response, _ in answers:
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers[name] == value
+        status, response, body = server.call("GET", "/static/status.js")
+        assert status == 200 and response.headers["Content-Type"].startswith("text/javascript")
+        assert b"textContent" in body
+        status, _, _ = server.call("GET", "/static/../auth.py")
+        assert status == 404
+        status, _, _ = server.call("GET", "/static/nothing.js")
+        assert status == 404
+    for page in (LOGIN_PAGE, STATUS_PAGE):
+        assert "<script>" not in page and "<style>" not in page
+        assert not re.search(r"\son[a-z]+\s*=", page)  # no inline event handlers either

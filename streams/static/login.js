@@ -1,0 +1,1 @@
+document.getElementById('failed').hidden = !new URLSearchParams(location.search).has('failed');
