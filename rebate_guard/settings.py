@@ -186,6 +186,22 @@ class Settings:
             "the shared 2-core local stack (benchmarks/README.md)."
         ),
     )
+    console_index: bool = field(
+        default=True,
+        metadata=_doc(
+            "Keep the console's views in Redis as decisions are stored: money over time, the "
+            "review queue of held payments, each user's, merchant's and device's recent "
+            "decisions, labels, and the decision history policy backtests replay. One Lua "
+            "call per batch; off, the console shows only rings, policy and audit."
+        ),
+    )
+    console_history_keep: int = field(
+        default=200_000,
+        metadata=_doc(
+            "How many of the newest payment decisions the console keeps, with what the policy "
+            "saw, for backtesting a policy draft (~300 bytes each in Redis)."
+        ),
+    )
     local_utc_offset_minutes: int = field(
         default=0,
         metadata=_doc(
@@ -391,6 +407,8 @@ class Settings:
             raise SettingsError(f"RG_LEARNER must be one of {', '.join(LEARNERS)}")
         if self.fail_closed_action not in ("hold", "block"):
             raise SettingsError("RG_FAIL_CLOSED_ACTION must be hold or block (never allow)")
+        if self.console_history_keep < 0:
+            raise SettingsError("RG_CONSOLE_HISTORY_KEEP must not be negative")
         if self.score_wait_ms < 0:
             raise SettingsError("RG_SCORE_WAIT_MS must not be negative")
         if self.score_max_in_flight < 0:

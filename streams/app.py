@@ -37,6 +37,7 @@ from rebate_guard.client import RebateStatus, rebate_status
 from rebate_guard.policy import FAILED_CLOSED, Policy, PolicyError
 from rebate_guard.settings import Settings
 from streams.auth import Guard
+from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore
 from streams.processor import (
     BatchOutcome,
     BatchProcessor,
@@ -87,12 +88,23 @@ async def _exited_cleanly(pid: int) -> bool:
 class Runtime:
     """What the agents share: the processor, the I/O clients it uses, and the checkpoints."""
 
-    def __init__(self, settings: Settings, store: DecisionStore, sink: Sink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: DecisionStore,
+        sink: Sink,
+        console: ConsoleStore | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.sink = sink
+        #: The console's records (claims, drafts, audit) and views, kept by the processor
+        #: too when `RG_CONSOLE_INDEX` is on.
+        self.console: ConsoleStore = console if console is not None else MemoryConsoleStore()
         with_broker = isinstance(sink, KafkaSink)
         self.processor = BatchProcessor(store, sink, settings, loopback=not with_broker)
+        if settings.console_index:
+            self.processor.console = self.console
         # The shards are touched by five agents, three timers and rebalances: one at a time,
         # and never in the middle of a batch.
         self.lock = asyncio.Lock()
@@ -502,11 +514,17 @@ def create_worker(
         # "all acked" before a rebalance or shutdown; the checkpoint offsets make that safe.
         stream_wait_empty=False,
     )
-    runtime = Runtime(
-        settings,
-        store if store is not None else RedisDecisionStore(settings),
-        sink if sink is not None else KafkaSink(settings),
-    )
+    if store is None:
+        store = RedisDecisionStore(settings)
+    console: ConsoleStore | None = None
+    if isinstance(store, RedisDecisionStore):
+        console = RedisConsoleStore(
+            store.client,
+            settings.app_id,
+            ttl_s=settings.decision_ttl_s,
+            history_keep=settings.console_history_keep,
+        )
+    runtime = Runtime(settings, store, sink if sink is not None else KafkaSink(settings), console)
 
     runtime.ack = lambda message: message.ack(app.consumer)
 

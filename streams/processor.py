@@ -47,6 +47,7 @@ from rebate_guard.policy import Policy
 from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event, Features, order_key
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
+from streams.console.store import ConsoleStore, Indexed, resolved_holds
 from streams.records import (
     DEAD_LETTERS,
     DECISIONS,
@@ -61,6 +62,7 @@ from streams.records import (
     TRANSACTIONS,
     DeadLetter,
     Decision,
+    Label,
     RebateAdjustment,
     Transaction,
 )
@@ -277,6 +279,8 @@ class BatchProcessor:
     #: Told the standing decision (tx_id -> JSON) of every transaction a batch decided or
     #: re-answered, once stored: `POST /score` requests waiting on this worker wake from it.
     on_decided: Callable[[dict[str, bytes]], None] = lambda standing: None
+    #: Where the console's views are kept (streams/console/store.py); None: not kept.
+    console: ConsoleStore | None = None
     #: Drift counts already logged, per user partition (a log line when they change).
     _drift_logged: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: Loopback only: envelopes produced and not yet taken in, per internal topic.
@@ -668,6 +672,7 @@ class BatchProcessor:
                 finished.append((shard, done))
             await self._publish([done for _, done in finished], outcome)
             await self._adjust([(shard, a) for shard, done in finished for a in done.adjustments])
+            await self._index_labels([label for _, done in finished for label in done.labels])
             for shard in shards:
                 self._log_drift(shard)
             # Labels and examples for the other user shards (models learn every label).
@@ -868,6 +873,8 @@ class BatchProcessor:
         [prior] = await self.store.put_new([(tx.tx_id, decision.dumps())])
         if prior is not None:
             entry.decision = Decision.loads(prior)
+        elif self.console is not None:
+            await self.console.record([Indexed(decision, tx)])
         return entry.decision
 
     def _earlier(self, entry: AtPayment) -> list[AtPayment]:
@@ -980,6 +987,8 @@ class BatchProcessor:
             )
         self.on_decided(standing)
         decided = sum(1 for prior in existing if prior is None)
+        if self.console is not None:
+            await self._index(finished, existing)
         outcome.decided += decided
         outcome.redelivered += len(order) - decided
         records = [(t.encode(), standing[t]) for t in order if t in standing]
@@ -988,6 +997,27 @@ class BatchProcessor:
             vectors = [(d.tx_id.encode(), feature_vector_json(d, x)) for d, x in decisions]
             produced.append(self._produce(FEATURES, vectors))
         await asyncio.gather(*produced)
+
+    async def _index(self, finished: list[Completed], existing: list[bytes | None]) -> None:
+        """The console's views of the decisions that were new (a redelivery's stand)."""
+        console = self.console
+        assert console is not None
+        made = [
+            (decision, tx)
+            for done in finished
+            for (decision, _), tx in zip(done.decisions, done.transactions, strict=True)
+        ]
+        fresh = [
+            Indexed(decision, tx)
+            for (decision, tx), prior in zip(made, existing, strict=True)
+            if prior is None
+        ]
+        await self.retry("index decisions for the console", lambda: console.record(fresh))
+
+    async def _index_labels(self, labels: list[Label]) -> None:
+        console = self.console
+        if console is not None and labels:
+            await self.retry("index labels", lambda: console.record_labels(labels))
 
     async def _produce(self, kind: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
         topic = self.settings.topic(kind)
@@ -1010,6 +1040,9 @@ class BatchProcessor:
                     shard.decider.ledger.follow(standing)
             records.append((tx_id.encode(), value if prior is None else prior))
         await self._produce(REBATE_ADJUSTMENTS, records)
+        console, resolved = self.console, resolved_holds([a for _, a in adjustments])
+        if console is not None and resolved:
+            await self.retry("resolve holds", lambda: console.resolve_holds(resolved))
 
     async def _dead_letters(self, dead: list[DeadLetter]) -> None:
         await self._produce(DEAD_LETTERS, [(None, d.dumps()) for d in dead])

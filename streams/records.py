@@ -86,6 +86,8 @@ class Label(faust.Record, serializer="json", include_metadata=False):
     source: str
     tx_id: Optional[str] = None  # noqa: UP045
     user_id: Optional[str] = None  # noqa: UP045
+    #: Who decided it, for labels from the console's review queue (source `review`).
+    reviewer: Optional[str] = None  # noqa: UP045
 
 
 class Decision(faust.Record, serializer="json", include_metadata=False):
@@ -209,8 +211,14 @@ def to_row(record: faust.Record) -> list[Any]:
 
 
 def from_row(cls: type[R], row: list[Any]) -> R:
-    """The record `to_row` wrote; only for rows our own workers produced."""
-    return build(cls, **dict(zip(cls._options.fields, row, strict=True)))
+    """The record `to_row` wrote; only for rows our own workers produced. A row written
+    before optional fields were added to the record's end (a worker of the previous release,
+    during a rolling upgrade) takes their defaults."""
+    names = list(cls._options.fields)
+    if len(row) < len(names):
+        defaults = cls._options.defaults
+        row = [*row, *(defaults[name] for name in names[len(row) :])]
+    return build(cls, **dict(zip(names, row, strict=True)))
 
 
 def requested_rebate_cents(amount_cents: int, rebate_rate: float) -> int:

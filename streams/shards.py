@@ -196,6 +196,10 @@ class Completed:
     order: list[str] = field(default_factory=list)
     #: The ledger's adjustments (labels, refunds, hold timeouts), in order.
     adjustments: list[RebateAdjustment] = field(default_factory=list)
+    #: The payment or refund of each of `decisions`, in the same order (the console's index).
+    transactions: list[Transaction] = field(default_factory=list)
+    #: The labels taken in, in order (the console shows each case's newest).
+    labels: list[Label] = field(default_factory=list)
 
 
 @dataclass
@@ -447,6 +451,7 @@ class UserShard:
                 continue
             if isinstance(event, Label):
                 self._learn_label(entry, event, decided_at)
+                done.labels.append(event)
                 continue
             assert isinstance(event, Transaction)
             done.order.append(event.tx_id)
@@ -462,6 +467,7 @@ class UserShard:
             ring = ring_of(event, vector, rings)
             decision = decider.decide(event, vector, decided_at, earlier, ring, graph_down)
             done.decisions.append(decision)
+            done.transactions.append(event)
         done.adjustments = decider.take_adjustments()
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.

@@ -162,6 +162,7 @@ def parse_label(data: Mapping[str, Any]) -> Label:
         source=_id_value("source", source) if source is not None else "unknown",
         tx_id=tx_id,
         user_id=user_id,
+        reviewer=_optional_id(data, "reviewer"),
     )
 
 
