@@ -114,7 +114,10 @@ class HistoryRow:
             raise ValueError(f"not a history row of format {ROW_FORMAT}: {str(data)[:80]}")
         if len(values) - 1 > len(_ROW_FIELDS):
             raise ValueError(f"a history row with {len(values) - 1} values: a newer format?")
-        return cls(*values[1:])
+        try:
+            return cls(*values[1:])
+        except TypeError:
+            raise ValueError(f"a history row with too few values: {str(data)[:80]}") from None
 
     def labelled(self, label: str, ts: int) -> HistoryRow:
         """This row with `label` (at `ts`) if it says more than the one it has: a fraud label

@@ -100,6 +100,8 @@ def test_a_history_row_round_trips_through_compact_json() -> None:
     assert HistoryRow.from_json(older) == replace(r, label=None, label_ts=None)
     with pytest.raises(ValueError, match="format"):
         HistoryRow.from_json(b'[2,"x"]')
+    with pytest.raises(ValueError, match="too few"):
+        HistoryRow.from_json(b'[1,"x",1]')
     with pytest.raises(ValueError, match="newer"):
         HistoryRow.from_json(data[:-1] + b',"more"]')
 
@@ -486,6 +488,13 @@ def test_re_deciding_the_real_deciders_rows_under_its_policy_reproduces_them(
         assert backtest(blind, live=live, draft=live).agreement < 1.0
         merged = [replace(r, partition=int(r.user_id[1:]) % 2) for r in rows]
         assert backtest(merged, live=live, draft=live).agreement < 1.0
+        # Reporting on the last days: the earlier rows warm up the budget's window; without
+        # them its cuts start from nothing.
+        since = T0 + 2 * DAY
+        warm = backtest(rows, live=live, draft=live, since_ms=since)
+        assert (warm.rows, warm.warmup_rows, warm.agreement) == (312, 288, 1.0)
+        later = [r for r in rows if r.ts >= since]
+        assert backtest(later, live=live, draft=live).agreement < 1.0
 
 
 def test_agreement_falls_for_rows_decided_under_another_policy_version() -> None:
