@@ -506,3 +506,25 @@ def test_agreement_falls_for_rows_decided_under_another_policy_version() -> None
     assert report.agreement is not None and report.agreement < 1.0
     assert sum(report.disagreements.values()) == round((1 - report.agreement) * 600)
     assert len(report.disagreeing_tx_ids) == 20
+
+
+def test_the_decider_says_what_it_fed_the_policy_for_its_last_payment() -> None:
+    import pickle
+
+    scorer = Scorer(decider=Decider(policy=policy(limits=CAPPED), fail_closed_action="block"))
+    with pytest.raises(LookupError):
+        scorer.decider.policy_inputs()
+    first = scorer.apply(parse_transaction(tx("p1", T0, amount_cents=30_000)), 0)
+    assert first is not None and first.rebate_granted_cents == 3_000
+    scorer.apply(parse_transaction(tx("p2", T0 + HOUR, amount_cents=30_000)), 0)
+    inputs = scorer.decider.policy_inputs()
+    assert inputs["user_granted_24h"] == 3_000  # p1's grant, not p2's own
+    assert inputs["device_rebate_requested_24h"] == 3_000  # p1's request on device d1
+    assert inputs["fail_closed_action"] == "block"
+    assert inputs["trusted"] is False and inputs["calibrated_risk"] == 0.0
+    # A checkpoint written before it existed restores without it.
+    state = pickle.loads(pickle.dumps(scorer.decider)).__dict__
+    del state["last_inputs"]
+    restored = Decider.__new__(Decider)
+    restored.__setstate__(state)
+    assert restored.last_inputs is None
