@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import TypedDict
 
 from detectors.base import Features
 from detectors.drift import DriftWatch
@@ -23,7 +24,15 @@ from graph.evidence import RING_FEATURES, ring_features
 from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
 from rebate_guard.budget import Cut, FrictionBudget
 from rebate_guard.ledger import Ledger
-from rebate_guard.policy import FAILED_CLOSED, FIXED, Policy, default_policy, trust_weight
+from rebate_guard.policy import (
+    FAILED_CLOSED,
+    FIXED,
+    Budget,
+    Limits,
+    Policy,
+    default_policy,
+    trust_weight,
+)
 from streams.records import (
     BLOCK,
     FRAUD,
@@ -90,6 +99,115 @@ def event_id(event: Event) -> str:
     return event.tx_id if event.tx_id is not None else (event.user_id or "")
 
 
+class PolicyInputs(TypedDict):
+    """What `Decider.decide` fed the policy for a transaction beyond the transaction and its
+    trust weight: enough to re-apply any policy to it (`rebate_guard.backtest`)."""
+
+    #: The classifier was trusted (confidence 1): budget mode may block on the weight.
+    trusted: bool
+    #: The calibrated fraud probability the friction budget counted the payment with.
+    calibrated_risk: float
+    #: Rebate granted to the user in the 24 h up to the payment, before it (the daily cap).
+    user_granted_24h: int
+    #: Rebate requested on the payment's device in 24 h (the device cap; None: no device).
+    device_rebate_requested_24h: int | None
+    #: What a decision that could not be scored gets (`Decider.fail_closed_action`).
+    fail_closed_action: str
+
+
+def apply_policy(
+    policy: Policy,
+    tx: Transaction,
+    weight: float,
+    requested: int,
+    cut: Cut | None,
+    *,
+    trusted: bool,
+    failed: bool,
+    fail_closed_action: str,
+    user_granted_24h: int,
+    device_rebate_requested_24h: int | None,
+    reasons: list[str] | None = None,
+) -> tuple[str, int, list[str], str]:
+    """The action, cents granted, the policy's reasons and `threshold_version` of a payment:
+    `Policy.rule`, then failing closed (`failed`: the model or the graph could not score it;
+    a block list still blocks), then the daily caps (`cap`). Pure: the live path
+    (`Decider.assess`) and the backtest (`rebate_guard.backtest`) both decide by it."""
+    action, granted, policy_reasons, thresholds = policy.rule(tx, weight, requested, cut, trusted)
+    if failed and not policy.lists.hits(tx, "block"):
+        return fail_closed_action, 0, [], FAILED_CLOSED
+    if granted:
+        action, granted = cap(
+            policy.limits,
+            action,
+            granted,
+            policy_reasons,
+            user_granted_24h,
+            device_rebate_requested_24h,
+        )
+    return action, granted, policy_reasons, thresholds
+
+
+def cap(
+    limits: Limits,
+    action: str,
+    granted: int,
+    reasons: list[str],
+    user_granted_24h: int,
+    device_rebate_requested_24h: int | None,
+) -> tuple[str, int]:
+    """The policy's daily caps: what is left of the user's (granted) and the device's
+    (requested) rebate money in the last 24 h bounds what this payment gets; the cap's
+    reason goes first in `reasons`."""
+    room = granted
+    if limits.user_daily_rebate_cents is not None:
+        left = max(0, limits.user_daily_rebate_cents - user_granted_24h)
+        if left < room:
+            room = left
+            reasons.insert(0, "cap:user_day")
+    device_used = device_rebate_requested_24h
+    if limits.device_daily_rebate_cents is not None and device_used is not None:
+        left = max(0, limits.device_daily_rebate_cents - device_used)
+        if left < room:
+            room = left
+            reasons.insert(0, "cap:device_day")
+    if room == granted:
+        return action, granted
+    return (SCALE, room) if room else (BLOCK, 0)
+
+
+def budgeted(threshold_version: str) -> bool:
+    """Whether a payment so decided joins the friction budget's histograms: the fixed
+    thresholds or a cut decided it (lists, campaigns and fail-closed decisions stay out)."""
+    return threshold_version == FIXED or threshold_version.startswith("budget:")
+
+
+def record_in_budget(
+    budget: FrictionBudget,
+    terms: Budget | None,
+    tx: Transaction,
+    weight: float,
+    requested: int,
+    granted: int,
+    threshold_version: str,
+    calibrated_risk: float,
+    keep: int,
+) -> None:
+    """Budget mode (`terms`): a payment the thresholds or the cut decided joins the
+    histograms, its money counted as legitimate in 1 - its calibrated fraud probability."""
+    if terms is None or not budgeted(threshold_version):
+        return
+    budget.record(
+        tx.tx_id,
+        tx.merchant_category,
+        weight,
+        requested,
+        requested - granted,
+        keep,
+        legit_share=1.0 - calibrated_risk,
+    )
+
+
 @dataclass(frozen=True)
 class Example:
     """A labelled transaction to learn from: the enriched vector and risk it was scored with,
@@ -136,6 +254,8 @@ class Decider:
     #: user -> [fraud labels, legitimate labels] taken in so far (label events, tx- or
     #: user-level), least recently labelled first.
     user_labels: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
+    #: What the last `decide` fed the policy (`policy_inputs`); None before the first.
+    last_inputs: PolicyInputs | None = None
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restores a checkpoint; one written before the friction budget existed starts
@@ -232,7 +352,7 @@ class Decider:
         self._forget_old_payments(tx.ts)
         if self.policy.budget is not None:
             self.budget.advance(tx.ts, self.policy.budget)
-        decision, x, assessment = self.assess(tx, vector, decided_at, ring, graph_down)
+        decision, x, assessment, inputs = self._assess(tx, vector, decided_at, ring, graph_down)
         if assessment is None:
             self.model_failures += 1
         else:
@@ -248,10 +368,19 @@ class Decider:
             self.ledger.record(stands, terms)
             if stands.rebate_granted_cents:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
-            self._budgeted(tx, stands, 0.0 if assessment is None else assessment.calibrated_risk)
+            self._budgeted(tx, stands, inputs["calibrated_risk"])
         else:
             self.adjustments += self.ledger.refund(tx, terms, decided_at)
+        self.last_inputs = inputs
         return decision, x
+
+    def policy_inputs(self) -> PolicyInputs:
+        """What the last `decide` fed the policy beyond the transaction and its weight
+        (read right after it: `rebate_guard.backtest.history_row(tx, decision,
+        **decider.policy_inputs())`). Changes nothing."""
+        if self.last_inputs is None:
+            raise LookupError("nothing decided yet")
+        return self.last_inputs
 
     def assess(
         self,
@@ -267,6 +396,19 @@ class Decider:
         the model could not score, and the decision fails closed). `pending`: decisions
         made before `tx` that this decider has not taken in yet (made at payment time,
         still in flight): they count in the daily cap and for refunds as if it had."""
+        decision, x, assessment, _ = self._assess(tx, vector, decided_at, ring, graph_down, pending)
+        return decision, x, assessment
+
+    def _assess(
+        self,
+        tx: Transaction,
+        vector: list[float | None],
+        decided_at: int,
+        ring: tuple[float, list[str]] | None = None,
+        graph_down: bool = False,
+        pending: Sequence[Decision] = (),
+    ) -> tuple[Decision, Features, Assessment | None, PolicyInputs]:
+        """`assess`, and what it fed the policy beyond `tx` and the weight."""
         x = dict(zip(FEATURE_NAMES, vector, strict=True))
         x["refund_of_granted_rebate"] = self._refund_of_granted(tx, pending)
         fraud_labels, legit_labels = self.user_labels.get(tx.user_id, (0, 0))
@@ -287,17 +429,33 @@ class Decider:
         requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
         if tx.kind != PAYMENT:
             requested = 0  # a refund earns no rebate; its decision records the refund's risk
-        trusted = self.model.confidence() >= 1.0
-        action, granted, policy_reasons, thresholds = self.policy.rule(
-            tx, weight, requested, self.cut(tx), trusted
+        device_used = x["device_rebate_requested_24h"]
+        inputs = PolicyInputs(
+            trusted=self.model.confidence() >= 1.0,
+            calibrated_risk=0.0 if assessment is None else assessment.calibrated_risk,
+            user_granted_24h=self._granted_in_day(tx.user_id, tx.ts)
+            + sum(
+                d.rebate_granted_cents
+                for d in pending
+                if d.user_id == tx.user_id and d.ts > tx.ts - DAY_MS
+            ),
+            device_rebate_requested_24h=None if device_used is None else int(device_used),
+            fail_closed_action=self.fail_closed_action,
         )
         if graph_down:
             reasons = [FAIL_CLOSED_GRAPH, *reasons]
-        if (assessment is None or graph_down) and not self.policy.lists.hits(tx, "block"):
-            action, granted, policy_reasons = self.fail_closed_action, 0, []  # fail closed
-            thresholds = FAILED_CLOSED
-        if granted:
-            action, granted = self._cap(tx, x, action, granted, policy_reasons, pending)
+        action, granted, policy_reasons, thresholds = apply_policy(
+            self.policy,
+            tx,
+            weight,
+            requested,
+            self.cut(tx),
+            trusted=inputs["trusted"],
+            failed=assessment is None or graph_down,
+            fail_closed_action=self.fail_closed_action,
+            user_granted_24h=inputs["user_granted_24h"],
+            device_rebate_requested_24h=inputs["device_rebate_requested_24h"],
+        )
         depth = x["referral_depth"]
         tiers = self.policy.limits.max_commission_tiers
         commission_tiers = min(int(depth), tiers) if granted and depth else 0
@@ -315,58 +473,23 @@ class Decider:
             commission_tiers=commission_tiers,
             threshold_version=thresholds,
         )
-        return decision, x, assessment
+        return decision, x, assessment, inputs
 
     def _budgeted(self, tx: Transaction, stands: Decision, calibrated_risk: float) -> None:
         """Budget mode: a payment the thresholds or the cut decided joins the histograms
         (lists, campaigns and fail-closed decisions are outside the budget), its money
         counted as legitimate in 1 - its calibrated fraud probability (`Assessment`)."""
-        version = stands.threshold_version
-        if self.policy.budget is None or not (version == FIXED or version.startswith("budget:")):
-            return
-        requested = stands.rebate_requested_cents
-        self.budget.record(
-            tx.tx_id,
-            tx.merchant_category,
+        record_in_budget(
+            self.budget,
+            self.policy.budget,
+            tx,
             stands.trust_weight,
-            requested,
-            requested - stands.rebate_granted_cents,
+            stands.rebate_requested_cents,
+            stands.rebate_granted_cents,
+            stands.threshold_version,
+            calibrated_risk,
             self.remember_limit,
-            legit_share=1.0 - calibrated_risk,
         )
-
-    def _cap(
-        self,
-        tx: Transaction,
-        x: Features,
-        action: str,
-        granted: int,
-        reasons: list[str],
-        pending: Sequence[Decision] = (),
-    ) -> tuple[str, int]:
-        """The policy's daily caps: what is left of the user's (granted) and the device's
-        (requested) rebate money in the last 24 h bounds what this payment gets."""
-        limits = self.policy.limits
-        room = granted
-        if limits.user_daily_rebate_cents is not None:
-            used = self._granted_in_day(tx.user_id, tx.ts) + sum(
-                d.rebate_granted_cents
-                for d in pending
-                if d.user_id == tx.user_id and d.ts > tx.ts - DAY_MS
-            )
-            left = max(0, limits.user_daily_rebate_cents - used)
-            if left < room:
-                room = left
-                reasons.insert(0, "cap:user_day")
-        device_used = x["device_rebate_requested_24h"]
-        if limits.device_daily_rebate_cents is not None and device_used is not None:
-            left = max(0, limits.device_daily_rebate_cents - int(device_used))
-            if left < room:
-                room = left
-                reasons.insert(0, "cap:device_day")
-        if room == granted:
-            return action, granted
-        return (SCALE, room) if room else (BLOCK, 0)
 
     def _granted_today(self, user_id: str, now: int) -> PaymentLog:
         """The user's rebate granted in the 24 h before `now`. Users are kept in order of
