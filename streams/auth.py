@@ -108,6 +108,7 @@ class Guard:
         self._key = hashlib.sha256(b"rebate-guard session\0" + secret).digest()
         self.clock = clock
         self.users = UsersFile(settings.console_users_path)
+        self.users.current()  # read now: a broken file is logged at start
         self.throttle = LoginThrottle(clock=clock)
 
     # --- users and logins -----------------------------------------------------------------
@@ -174,7 +175,7 @@ class Guard:
             return None
         if expires <= (self.clock() if now is None else now):
             return None
-        if not hmac.compare_digest(signature, self._sign(payload, current[1])):
+        if not hmac.compare_digest(signature.encode(), self._sign(payload, current[1]).encode()):
             return None
         return Identity(user, role, "session")
 

@@ -147,7 +147,8 @@ def test_sessions_expire_cannot_be_forged_and_end_when_the_secrets_change() -> N
         forged = f"{_encode({**claims, **change})}.{signature}"  # extended, demoted, renamed
         assert guard.session_identity(forged, now) is None, change
     assert guard.session_identity(f"{payload}.{'0' * len(signature)}", now) is None
-    for garbage in ("", ".", "garbage", "a.b", f"{_encode([1])}.{signature}", "%%.x"):
+    odd = [f"{_encode([1])}.{signature}", f"{payload}.é{signature[1:]}", "é.x", "%%.x"]
+    for garbage in ("", ".", "garbage", "a.b", *odd):
         assert guard.session_identity(garbage, now) is None
     assert Guard(Settings(api_token="rotated")).session_identity(session, now) is None
     other_password = Guard(Settings(api_token=TOKEN, console_password="new"))
