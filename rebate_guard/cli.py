@@ -8,6 +8,7 @@ features  the feature vector of every transaction, offline (same code as the wor
 evaluate  ROC AUC, average precision, top-k users per day, per scenario, of decisions
 policy    check a policy file, push it live (hot reload), show the live one
 topics    create the contract topics (idempotent)
+users     the console's users and their roles: add, list, remove, role
 """
 
 from __future__ import annotations
@@ -147,7 +148,35 @@ def _parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create the contract topics (idempotent)")
     topics.set_defaults(handler=_topics)
+
+    _users_parser(sub)
     return parser
+
+
+def _users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from streams.roles import ROLES
+
+    users = sub.add_parser(
+        "users",
+        help="the console's users (RG_CONSOLE_USERS_FILE); running workers take changes up at once",
+    )
+    actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="add a user (the password is asked for, or read)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+    )
+    add.add_argument(
+        "--replace", action="store_true", help="a user of that name is replaced (new password)"
+    )
+    actions.add_parser("list", help="the users and their roles")
+    remove = actions.add_parser("remove", help="remove a user (their sessions end)")
+    remove.add_argument("name")
+    role = actions.add_parser("role", help="change a user's role (their sessions end)")
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    users.set_defaults(handler=_users)
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -311,6 +340,59 @@ def _policy(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return asyncio.run(talk())
+
+
+def _users(args: argparse.Namespace, settings: Settings) -> int:
+    # A UsersError is a ValueError: main prints it and exits 2.
+    from streams.users import User, UsersError, UsersFile
+
+    users = UsersFile(settings.console_users_path)
+    if args.action == "list":
+        for name, user in sorted(users.read().items()):
+            print(f"{user.role:<9} {name}")
+        print(f"bootstrap: {settings.console_user!r}, admin (RG_CONSOLE_USER)")
+        return 0
+    if args.name == settings.console_user:
+        raise UsersError(
+            f"{args.name!r} is the bootstrap user (RG_CONSOLE_USER, role admin): its "
+            "password is RG_CONSOLE_PASSWORD"
+        )
+    if args.action == "add":
+        password = _new_password(args)
+        with users.editing() as found:
+            if args.name in found and not args.replace:
+                raise UsersError(f"{args.name!r} exists: --replace, or `users role`")
+            found[args.name] = User.create(args.name, args.role, password)
+        print(f"{args.name!r} can log in as {args.role} ({users.path})")
+        return 0
+    with users.editing() as found:
+        if args.name not in found:
+            raise UsersError(f"no user {args.name!r} in {users.path}")
+        if args.action == "remove":
+            del found[args.name]
+        else:
+            found[args.name] = found[args.name].with_role(args.role)
+    print(f"{args.name!r} {'removed' if args.action == 'remove' else 'is now ' + args.role}")
+    return 0
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    """The new user's password, from stdin or asked twice; UsersError when weak."""
+    import getpass
+
+    from streams.users import UsersError, check_name, weak_password
+
+    check_name(args.name)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsersError("the passwords differ")
+    weak = weak_password(args.name, password)
+    if weak:
+        raise UsersError(f"password refused: {weak}")
+    return password
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Where `Settings.with_api_token` keeps a generated token, under `RG_DATA_DIR`.
 API_TOKEN_FILE = "api-token"
+#: The console's users file under `RG_DATA_DIR` when `RG_CONSOLE_USERS_FILE` is not set.
+CONSOLE_USERS_FILE = "console-users.json"
 
 
 class SettingsError(ValueError):
@@ -112,12 +114,26 @@ class Settings:
     )
     console_user: str = field(
         default="admin",
-        metadata=_doc("User name of the status page's login."),
+        metadata=_doc(
+            "User name of the bootstrap console login, role `admin` (the others are in "
+            "`RG_CONSOLE_USERS_FILE`)."
+        ),
     )
     console_password: str = field(
         default="",
         repr=False,
-        metadata=_doc("Password of the status page's login; empty: the API token."),
+        metadata=_doc(
+            "Password of the bootstrap console login; empty: the API token. Changing it ends "
+            "every console session."
+        ),
+    )
+    console_users_file: str = field(
+        default="",
+        metadata=_doc(
+            "The console's users with their roles (`viewer`, `reviewer`, `admin`) and scrypt "
+            "password hashes, managed with `rebate-guard users`; workers re-read it when it "
+            "changes. Empty: `<RG_DATA_DIR>/console-users.json`."
+        ),
     )
     faust_web_pages: bool = field(
         default=False,
@@ -342,6 +358,13 @@ class Settings:
     @property
     def api_token_file(self) -> Path:
         return self.data_dir / API_TOKEN_FILE
+
+    @property
+    def console_users_path(self) -> Path:
+        """Where the console's users are: `console_users_file`, or the data directory's."""
+        if self.console_users_file:
+            return Path(self.console_users_file)
+        return self.data_dir / CONSOLE_USERS_FILE
 
     def with_api_token(self) -> Settings:
         """These settings with an API token: `api_token`, else the one in `api_token_file`,

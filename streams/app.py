@@ -479,6 +479,7 @@ class Worker:
     app: faust.App
     runtime: Runtime
     agents: dict[str, Any]
+    guard: Guard
 
 
 def create_worker(
@@ -577,7 +578,7 @@ def create_worker(
     from streams.web import register_views
 
     register_views(app, runtime, guard)
-    return Worker(app, runtime, agents)
+    return Worker(app, runtime, agents, guard)
 
 
 def _make_agent(app: faust.App, settings: Settings, runtime: Runtime, kind: str) -> Any:

@@ -12,7 +12,7 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from rebate_guard.client import rebate_status
-from streams.auth import SESSION_COOKIE, Guard
+from streams.auth import HOME, SESSION_COOKIE, Guard
 from streams.records import Decision
 from streams.validation import InvalidEvent, decode_json_object, parse_transaction
 
@@ -38,7 +38,8 @@ def _redirect(location: str) -> web.Response:
 def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
     @app.page("/login")
     class Login(View):
-        """The status page's login form; a right user and password get a session cookie."""
+        """The login form; a right user and password get a session cookie and the console
+        (429 while too many logins failed, streams/auth.py)."""
 
         async def get(self, request: Request) -> Response:
             return self.html(LOGIN_PAGE)
@@ -46,10 +47,11 @@ def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
         async def post(self, request: Request) -> web.Response:
             form = await request.post()
             user, password = str(form.get("user", "")), str(form.get("password", ""))
-            if not guard.login_ok(user, password):
+            identity = await guard.login(request, user, password)  # type: ignore[arg-type]
+            if identity is None:
                 return _redirect("/login?failed")
-            response = _redirect("/")
-            guard.set_session(response, secure=request.secure)  # type: ignore[attr-defined]
+            response = _redirect(HOME)
+            guard.set_session(response, identity, secure=request.secure)  # type: ignore[attr-defined]
             return response
 
     @app.page("/logout")

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import http.client
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,11 +56,16 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(settings: Settings | None = None) -> Iterator[Served]:
+def served(
+    settings: Settings | None = None, pages: Callable[[Worker], None] | None = None
+) -> Iterator[Served]:
+    """The worker's server; `pages(worker)` may add views of the test's own before it starts."""
     base = settings if settings is not None else Settings(api_token=TOKEN)
     port = free_port()
     store = MemoryDecisionStore()
     worker = create_worker(base.replace(web_port=port), store, MemorySink())
+    if pages is not None:
+        pages(worker)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

@@ -1,9 +1,12 @@
+import io
+import json
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from rebate_guard.cli import main
+from streams.users import UsersFile
 
 
 def test_simulate_then_replay_decides_every_transaction(tmp_path: Path, capsys) -> None:
@@ -172,3 +175,63 @@ def test_simulate_random_profile_writes_the_drawn_config(tmp_path: Path) -> None
     assert json.loads((default / "truth" / "config.json").read_text())["target_transactions"] == (
         100_000
     )
+
+
+def _users(monkeypatch, tmp_path: Path, *args: str, stdin: str = "") -> int:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RG_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    return main(["users", *args])
+
+
+def test_users_add_list_role_remove(tmp_path: Path, monkeypatch, capsys) -> None:
+    path = tmp_path / "console-users.json"
+    add = ["add", "alice", "--role", "reviewer", "--password-stdin"]
+    assert _users(monkeypatch, tmp_path, *add, stdin="alpine meadow 7\n") == 0
+    assert "'alice' can log in as reviewer" in capsys.readouterr().out
+    assert path.stat().st_mode & 0o777 == 0o600 and "alpine" not in path.read_text()
+    assert UsersFile(path).read()["alice"].verify("alpine meadow 7")  # newline not kept
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "b0b's secret phrase")
+    assert _users(monkeypatch, tmp_path, "add", "bob", "--role", "viewer") == 0
+    assert UsersFile(path).read()["bob"].verify("b0b's secret phrase")
+    capsys.readouterr()
+    assert _users(monkeypatch, tmp_path, "list") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[:2] == ["reviewer  alice", "viewer    bob"]
+    assert "admin" in listed[2] and "bootstrap" in listed[2]
+    assert _users(monkeypatch, tmp_path, "role", "bob", "admin") == 0
+    assert UsersFile(path).read()["bob"].role == "admin"
+    assert _users(monkeypatch, tmp_path, "remove", "alice") == 0
+    assert list(json.loads(path.read_text())) == ["bob"]
+    assert _users(monkeypatch, tmp_path, "remove", "alice") == 2
+    assert "no user 'alice'" in capsys.readouterr().err
+
+
+def test_users_add_refuses_weak_passwords_existing_names_and_the_bootstrap_user(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    path = tmp_path / "console-users.json"
+    add = ["add", "carol", "--role", "viewer", "--password-stdin"]
+    for weak, reason in (
+        ("", "at least 10"),
+        ("short", "at least 10"),
+        ("aaaaaaaaaaaa", "5 different"),
+        ("my name is Carol!", "user name"),
+    ):
+        assert _users(monkeypatch, tmp_path, *add, stdin=weak + "\n") == 2, weak
+        assert reason in capsys.readouterr().err
+    assert not path.exists()
+    answers = iter(["first try phrase", "second try phrase"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    assert _users(monkeypatch, tmp_path, "add", "carol", "--role", "viewer") == 2
+    assert "differ" in capsys.readouterr().err and not path.exists()
+    assert _users(monkeypatch, tmp_path, *add, stdin="granite tower 9\n") == 0
+    assert _users(monkeypatch, tmp_path, *add, stdin="another phrase 9\n") == 2
+    assert "exists" in capsys.readouterr().err
+    assert _users(monkeypatch, tmp_path, *add, "--replace", stdin="another phrase 9\n") == 0
+    assert UsersFile(path).read()["carol"].verify("another phrase 9")
+    capsys.readouterr()
+    admin = ["add", "admin", "--role", "viewer", "--password-stdin"]
+    assert _users(monkeypatch, tmp_path, *admin, stdin="granite tower 9\n") == 2
+    assert "bootstrap" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _users(monkeypatch, tmp_path, "add", "dave", "--role", "root", "--password-stdin")

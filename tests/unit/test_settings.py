@@ -77,3 +77,10 @@ def test_secrets_stay_out_of_repr() -> None:
     shown = repr(Settings(api_token="tok-123", console_password="pw-456"))
     assert "tok-123" not in shown and "pw-456" not in shown
     assert Settings.from_env({"RG_API_TOKEN": "t", "RG_CONSOLE_PASSWORD": "p"}).api_token == "t"
+
+
+def test_the_console_users_file_defaults_to_the_data_dir() -> None:
+    assert Settings(data_dir=Path("/d")).console_users_path == Path("/d/console-users.json")
+    chosen = Settings.from_env({"RG_DATA_DIR": "/d", "RG_CONSOLE_USERS_FILE": "/etc/rg/u.json"})
+    assert chosen.console_users_path == Path("/etc/rg/u.json")
+    assert Settings.from_env(chosen.to_env()) == chosen

@@ -99,6 +99,8 @@ def test_hostile_ids_are_shown_as_text_after_login_and_no_script_runs(browser) -
         driver.find_element(By.NAME, "password").send_keys(TOKEN)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait = WebDriverWait(driver, 20)
+        wait.until(lambda d: d.current_url == f"{server.base}/console/")  # where a login lands
+        driver.get(f"{server.base}/")  # the status page, with the session
         wait.until(lambda d: _cells(d, "recent") and _cells(d, "rings"))
         assert driver.current_url == f"{server.base}/"
         # Rendered at least twice (the rate shows from the second refresh on): any
