@@ -53,6 +53,8 @@ LISTS = "lists"
 #: ... and of a decision that failed closed (a part was unavailable: no threshold decided).
 FAILED_CLOSED = "fail_closed"
 LIST_KINDS = ("users", "devices", "cards", "merchants")
+#: Reason code and threshold version of a payment allowed by a false-positive suppression.
+SUPPRESSED = "suppressed"
 
 
 class PolicyError(ValueError):
@@ -173,6 +175,20 @@ class Lists:
         that name the transaction's user, device, card or merchant."""
         in_use: dict[str, tuple[tuple[str, str, frozenset[str]], ...]] = self._in_use  # type: ignore[attr-defined]
         return [code for code, name, ids in in_use[which] if getattr(tx, name) in ids]
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """A reviewer's ruling that a user was a false positive: until `until_ms` (event time)
+    their payments are allowed in full (a block list still blocks them)."""
+
+    user_id: str
+    until_ms: int
+    reason: str = ""
+    by: str = ""
+
+    def covers(self, tx: Transaction) -> bool:
+        return tx.user_id == self.user_id and tx.ts < self.until_ms
 
 
 HOUR_MS = 3_600_000
@@ -329,6 +345,8 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     #: The friction budget; None: the fixed thresholds decide (no budget mode).
     budget: Budget | None = None
+    #: user_id -> a false-positive suppression (the console's review queue adds them).
+    suppressions: Mapping[str, Suppression] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
@@ -385,6 +403,9 @@ class Policy:
         allowed = self.lists.hits(tx, "allow")
         if allowed:
             return ALLOW, requested_cents, allowed, LISTS
+        suppressed = self.suppressions.get(tx.user_id) if self.suppressions else None
+        if suppressed is not None and suppressed.covers(tx):
+            return ALLOW, requested_cents, [SUPPRESSED], SUPPRESSED
         campaign = self.campaign_for(tx)
         if campaign is not None:
             action, granted, reasons = campaign.thresholds.decide(weight, requested_cents)
@@ -418,6 +439,7 @@ class Policy:
                 "ledger",
                 "limits",
                 "budget",
+                "suppressions",
             ),
         )
         if "version" not in doc:
@@ -442,6 +464,7 @@ class Policy:
             ledger=_section(doc.get("ledger", {}), "ledger", LedgerTerms),
             limits=_section(doc.get("limits", {}), "limits", Limits),
             budget=_budget(doc["budget"]) if "budget" in doc else None,
+            suppressions=_suppressions(doc.get("suppressions", [])),
         )
 
     @classmethod
@@ -491,6 +514,11 @@ class Policy:
             "ledger": asdict(self.ledger),
             "limits": {k: v for k, v in asdict(self.limits).items() if v is not None},
             **({"budget": _budget_document(self.budget)} if self.budget is not None else {}),
+            **(
+                {"suppressions": [asdict(x) for _, x in sorted(self.suppressions.items())]}
+                if self.suppressions
+                else {}
+            ),
         }
 
     def to_json(self) -> str:
@@ -579,6 +607,28 @@ def _lists(value: Any) -> Lists:
     names = tuple(f.name for f in fields(Lists))
     _known(table, "lists", names)
     return Lists(**{name: _ids(table[name], f"lists.{name}") for name in names if name in table})
+
+
+def _suppressions(value: Any) -> dict[str, Suppression]:
+    if not isinstance(value, list):
+        raise PolicyError("suppressions: expected a list of tables ([[suppressions]])")
+    found: dict[str, Suppression] = {}
+    for i, item in enumerate(value):
+        where = f"suppressions[{i}]"
+        table = _table(item, where)
+        _known(table, where, ("user_id", "until", "until_ms", "reason", "by"))
+        user_id, until = table.get("user_id"), _instant(table, "until", where)
+        if not isinstance(user_id, str) or not user_id:
+            raise PolicyError(f"{where}.user_id: expected a user id, got {user_id!r}")
+        if until is None:
+            raise PolicyError(f"{where}: needs `until` (a time) or `until_ms`")
+        texts = {k: table.get(k, "") for k in ("reason", "by")}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise PolicyError(f"{where}: reason and by are strings")
+        if user_id in found:
+            raise PolicyError(f"{where}.user_id: {user_id!r} is suppressed twice")
+        found[user_id] = Suppression(user_id, until, **texts)
+    return found
 
 
 def _budget(value: Any) -> Budget:

@@ -327,6 +327,7 @@ class BatchProcessor:
             s.allowed_lateness_ms,
             n_user=self.n_partitions,
             feeds_graph=s.graph,
+            keep_history=s.console_index and s.console_history_keep > 0,
         )
 
     def new_entity_shard(self, partition: int) -> EntityShard:
@@ -1003,15 +1004,13 @@ class BatchProcessor:
         console = self.console
         assert console is not None
         made = [
-            (decision, tx)
+            Indexed(decision, tx, row)
             for done in finished
-            for (decision, _), tx in zip(done.decisions, done.transactions, strict=True)
+            for (decision, _), tx, row in zip(
+                done.decisions, done.transactions, done.history_rows, strict=True
+            )
         ]
-        fresh = [
-            Indexed(decision, tx)
-            for (decision, tx), prior in zip(made, existing, strict=True)
-            if prior is None
-        ]
+        fresh = [entry for entry, prior in zip(made, existing, strict=True) if prior is None]
         await self.retry("index decisions for the console", lambda: console.record(fresh))
 
     async def _index_labels(self, labels: list[Label]) -> None:

@@ -62,6 +62,7 @@ from features.stages import (
 from features.user import TxContext
 from features.windows import drop_oldest
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
+from rebate_guard.backtest import history_row
 from rebate_guard.scoring import (
     KIND_RANK,
     REPEAT_AT_MERCHANT,
@@ -75,6 +76,7 @@ from streams.alignment import START as _START
 from streams.alignment import Aligner, Released
 from streams.records import (
     LABELS,
+    PAYMENT,
     SIGNUPS,
     TRANSACTIONS,
     Decision,
@@ -196,8 +198,11 @@ class Completed:
     order: list[str] = field(default_factory=list)
     #: The ledger's adjustments (labels, refunds, hold timeouts), in order.
     adjustments: list[RebateAdjustment] = field(default_factory=list)
-    #: The payment or refund of each of `decisions`, in the same order (the console's index).
+    #: The payment or refund of each of `decisions`, in the same order (the console's index),
+    #: and each payment's history row (`rebate_guard.backtest.HistoryRow` JSON; None for a
+    #: refund or when the shard keeps none): what policy backtests re-decide.
     transactions: list[Transaction] = field(default_factory=list)
+    history_rows: list[bytes | None] = field(default_factory=list)
     #: The labels taken in, in order (the console shows each case's newest).
     labels: list[Label] = field(default_factory=list)
 
@@ -215,6 +220,8 @@ class UserShard:
     n_user: int = 1
     #: Whether a graph shard takes this shard's signups and transactions.
     feeds_graph: bool = True
+    #: Whether to make each payment's history row (`Completed.history_rows`) for the console.
+    keep_history: bool = False
     aligner: Aligner[int] = field(init=False)
     #: Next offset to read per topic code: everything before it is in the state.
     next_offset: dict[int, int] = field(default_factory=dict)
@@ -468,6 +475,7 @@ class UserShard:
             decision = decider.decide(event, vector, decided_at, earlier, ring, graph_down)
             done.decisions.append(decision)
             done.transactions.append(event)
+            done.history_rows.append(self._history_row(event, decision[0]))
         done.adjustments = decider.take_adjustments()
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.
@@ -475,6 +483,13 @@ class UserShard:
             drop_oldest(self.seen, horizon)
             drop_oldest(self.peer_seen, horizon)
         return done
+
+    def _history_row(self, tx: Transaction, decision: Decision) -> bytes | None:
+        """What the policy saw for this payment (read right after `decide`)."""
+        if not self.keep_history or tx.kind != PAYMENT:
+            return None
+        inputs = self.decider.policy_inputs()
+        return history_row(tx, decision, **inputs, partition=self.partition).to_json()
 
     def _learn_label(self, entry: Entry, label: Label, decided_at: int) -> None:
         """Learns what `label` teaches from the transactions decided here, and sends the

@@ -13,6 +13,7 @@ from faust.web import Request, Response, View
 
 from rebate_guard.client import rebate_status
 from streams.auth import HOME, SESSION_COOKIE, Guard
+from streams.console.views import register_console
 from streams.records import Decision
 from streams.validation import InvalidEvent, decode_json_object, parse_transaction
 
@@ -22,12 +23,15 @@ if TYPE_CHECKING:
 STATIC = resources.files("streams") / "static"
 STATUS_PAGE = (STATIC / "status.html").read_text("utf-8")
 LOGIN_PAGE = (STATIC / "login.html").read_text("utf-8")
-#: The pages' scripts and styles, served from files so the Content-Security-Policy can forbid
-#: inline script (streams/auth.py): name -> (content type, text).
+#: The pages' scripts and styles, and the vendored libraries (static/vendor/README.md),
+#: served from files so the Content-Security-Policy can forbid inline script
+#: (streams/auth.py): path under /static/ -> (content type, text).
+KINDS = {".js": "text/javascript", ".css": "text/css"}
 ASSETS = {
-    f"{page}.{ext}": (kind, (STATIC / f"{page}.{ext}").read_text("utf-8"))
-    for page in ("status", "login")
-    for ext, kind in (("js", "text/javascript"), ("css", "text/css"))
+    f"{prefix}{item.name}": (KINDS[item.name[item.name.rfind(".") :]], item.read_text("utf-8"))
+    for prefix, folder in (("", STATIC), ("vendor/", STATIC / "vendor"))
+    for item in folder.iterdir()
+    if item.is_file() and item.name[item.name.rfind(".") :] in KINDS
 }
 
 
@@ -61,13 +65,25 @@ def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
             response.del_cookie(SESSION_COOKIE, path="/")
             return response
 
+    async def asset(name: str) -> web.Response:
+        if name not in ASSETS:
+            return web.Response(status=404, text="no such asset")
+        kind, text = ASSETS[name]
+        # Packaged with this release: the browser may keep them for the session.
+        headers = {"Cache-Control": "private, max-age=3600"}
+        return web.Response(text=text, content_type=kind, charset="utf-8", headers=headers)
+
     @app.page("/static/{name}")
     class Asset(View):
         async def get(self, request: Request, name: str) -> web.Response:
-            if name not in ASSETS:
-                return web.Response(status=404, text="no such asset")
-            kind, text = ASSETS[name]
-            return web.Response(text=text, content_type=kind, charset="utf-8")
+            return await asset(name)
+
+    @app.page("/static/vendor/{name}")
+    class VendorAsset(View):
+        async def get(self, request: Request, name: str) -> web.Response:
+            return await asset(f"vendor/{name}")
+
+    register_console(app, runtime, guard)
 
     @app.page("/")
     class StatusPage(View):

@@ -65,6 +65,26 @@ def _entities(entry: Indexed) -> list[tuple[str, str]]:
     return found
 
 
+#: What a user's payments link them to, for ring graphs: (kind, transaction field).
+LINK_KINDS = (
+    ("merchant", "merchant_id"),
+    ("device", "device_id"),
+    ("ip", "ip"),
+    ("card", "card_id"),
+)
+LINK_SEP = "\x1f"
+
+
+def _links(tx: Transaction) -> list[str]:
+    values = ((kind, getattr(tx, name)) for kind, name in LINK_KINDS)
+    return [f"{kind}{LINK_SEP}{value}" for kind, value in values if value]
+
+
+def _link(field: str) -> tuple[str, str]:
+    kind, _, value = field.partition(LINK_SEP)
+    return kind, value
+
+
 def _series(entries: Sequence[Indexed]) -> dict[int, dict[str, int]]:
     """Totals per bucket start (s) for these decisions."""
     buckets: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -104,8 +124,9 @@ class ConsoleStore(Protocol):
     async def record(self, entries: Sequence[Indexed]) -> None: ...
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None: ...
     async def record_labels(self, labels: Sequence[Label]) -> None: ...
-    async def series(self, since_s: int) -> list[dict[str, int]]:
-        """Buckets from `since_s` on, oldest first; each has `t` (its start, s)."""
+    async def series(self, since_s: int, until_s: int) -> list[dict[str, int]]:
+        """Buckets from `since_s` to `until_s` (decision time), oldest first; each has `t`
+        (its start, s)."""
         ...
 
     async def review_queue(self, limit: int) -> list[tuple[str, int]]:
@@ -113,6 +134,11 @@ class ConsoleStore(Protocol):
         ...
 
     async def queue_size(self) -> int: ...
+    async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
+        """Per user: (kind, id) of each merchant, device, ip and card they paid with ->
+        how many of their payments did."""
+        ...
+
     async def claims(self, tx_ids: Sequence[str]) -> dict[str, str]: ...
     async def claim(self, tx_id: str, user: str) -> str:
         """Claims `tx_id` for `user` unless someone has; returns who holds the claim."""
@@ -170,9 +196,18 @@ for i = 1, n_rows do
   redis.call('ZADD', KEYS[2], tonumber(ARGV[a]), ARGV[a + 1]); a = a + 2
 end
 if n_rows > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -history_keep - 1) end
-while k <= #KEYS do
+local n_index = tonumber(ARGV[a]); a = a + 1
+for i = 1, n_index do
   redis.call('ZADD', KEYS[k], tonumber(ARGV[a]), ARGV[a + 1]); a = a + 2
   redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -keep - 1)
+  redis.call('EXPIRE', KEYS[k], ttl)
+  k = k + 1
+end
+while k <= #KEYS do
+  local n_links = tonumber(ARGV[a]); a = a + 1
+  for j = 1, n_links do
+    redis.call('HINCRBY', KEYS[k], ARGV[a], 1); a = a + 1
+  end
   redis.call('EXPIRE', KEYS[k], ttl)
   k = k + 1
 end
@@ -195,6 +230,10 @@ class ConsoleKeys:
 
     def entity(self, kind: str, entity_id: str) -> str:
         return f"{self.base}ix:{kind}:{entity_id}"
+
+    def links(self, user_id: str) -> str:
+        """Hash: `kind\x1fid` -> payments of the user with that merchant/device/ip/card."""
+        return f"{self.base}links:{user_id}"
 
     def label(self, kind: str, entity_id: str) -> str:
         return f"{self.base}label:{kind}:{entity_id}"
@@ -233,11 +272,26 @@ class RedisConsoleStore:
         args.append(len(rows))
         for e in rows:
             args += [e.tx.ts, e.history_row]
+        index = [(kind, entity_id, e) for e in entries for kind, entity_id in _entities(e)]
+        args.append(len(index))
+        for kind, entity_id, e in index:
+            keys.append(self.keys.entity(kind, entity_id))
+            args += [e.tx.ts, e.decision.tx_id]
         for e in entries:
-            for kind, entity_id in _entities(e):
-                keys.append(self.keys.entity(kind, entity_id))
-                args += [e.tx.ts, e.decision.tx_id]
+            links = _links(e.tx)
+            keys.append(self.keys.links(e.tx.user_id))
+            args += [len(links), *links]
         await self._record(keys=keys, args=args)
+
+    async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hgetall(self.keys.links(user_id))
+            raw = await pipe.execute()
+        return {
+            u: {_link(_text(k)): int(v) for k, v in values.items()}
+            for u, values in zip(user_ids, raw, strict=True)
+        }
 
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None:
         if tx_ids:
@@ -258,10 +312,9 @@ class RedisConsoleStore:
                     pipe.set(self.keys.label("user", label.user_id), value, ex=self.ttl_s)
             await pipe.execute()
 
-    async def series(self, since_s: int) -> list[dict[str, int]]:
-        now = int(time.time())
+    async def series(self, since_s: int, until_s: int) -> list[dict[str, int]]:
         start = since_s // SERIES_STEP_S * SERIES_STEP_S
-        buckets = list(range(start, now + 1, SERIES_STEP_S))
+        buckets = list(range(start, until_s + 1, SERIES_STEP_S))
         async with self.client.pipeline(transaction=False) as pipe:
             for b in buckets:
                 pipe.hgetall(self.keys.series(b))
@@ -355,6 +408,7 @@ class MemoryConsoleStore:
     label_values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     audits: list[dict[str, Any]] = field(default_factory=list)
     draft_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    user_links: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
 
     async def record(self, entries: Sequence[Indexed]) -> None:
         for start, totals in _series(entries).items():
@@ -371,6 +425,9 @@ class MemoryConsoleStore:
                 newest[e.decision.tx_id] = e.tx.ts
                 while len(newest) > ENTITY_KEEP:
                     del newest[min(newest, key=lambda t: (newest[t], t))]
+            links = self.user_links.setdefault(e.tx.user_id, {})
+            for link in map(_link, _links(e.tx)):
+                links[link] = links.get(link, 0) + 1
         self.rows.sort(key=lambda r: (r[0], r[1]))
         del self.rows[: max(0, len(self.rows) - self.history_keep)]
 
@@ -387,9 +444,9 @@ class MemoryConsoleStore:
             if label.user_id:
                 self.label_values[("user", label.user_id)] = value
 
-    async def series(self, since_s: int) -> list[dict[str, int]]:
+    async def series(self, since_s: int, until_s: int) -> list[dict[str, int]]:
         start = since_s // SERIES_STEP_S * SERIES_STEP_S
-        return [{"t": t, **self.buckets[t]} for t in sorted(self.buckets) if t >= start]
+        return [{"t": t, **self.buckets[t]} for t in sorted(self.buckets) if start <= t <= until_s]
 
     async def review_queue(self, limit: int) -> list[tuple[str, int]]:
         # As ZREVRANGE: most cents first, equal cents by tx_id descending.
@@ -397,6 +454,9 @@ class MemoryConsoleStore:
 
     async def queue_size(self) -> int:
         return len(self.queue)
+
+    async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
+        return {u: dict(self.user_links.get(u, {})) for u in user_ids}
 
     async def claims(self, tx_ids: Sequence[str]) -> dict[str, str]:
         return {t: self.claimed[t] for t in tx_ids if t in self.claimed}

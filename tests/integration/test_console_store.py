@@ -94,6 +94,11 @@ def test_views_of_new_decisions(console: tuple[ConsoleStore, Any]) -> None:
     assert run(store.by_entity("user", "u1", 10)) == ["b", "a"]
     assert run(store.by_entity("merchant", "m1", 1)) == ["c"]
     assert run(store.by_entity("device", "d1", 10)) == ["a"]
+    # Links: what each user paid with, counted.
+    links = run(store.links(["u1", "nobody"]))
+    assert links["nobody"] == {}
+    assert links["u1"][("merchant", "m1")] == 1 and links["u1"][("merchant", "m2")] == 1
+    assert links["u1"][("device", "d1")] == 1 and links["u1"][("ip", "10.0.0.1")] == 2
     # History: oldest first from `since_ms`, capped to the newest `limit`.
     assert run(store.history(T0 + 1, 10)) == [b'{"row":"b"}', b'{"row":"c"}']
     assert run(store.history(0, 1)) == [b'{"row":"c"}']
@@ -114,7 +119,11 @@ def test_series_totals_on_the_wall_clock(console: tuple[ConsoleStore, Any]) -> N
             ]
         )
     )
-    [bucket] = [x for x in run(store.series(now_s - 3 * SERIES_STEP_S)) if x["t"] == now_s]
+    [bucket] = [
+        x
+        for x in run(store.series(now_s - 3 * SERIES_STEP_S, now_s + SERIES_STEP_S))
+        if x["t"] == now_s
+    ]
     assert bucket["decisions"] == 2
     assert (bucket["requested"], bucket["granted"], bucket["held"]) == (400, 100, 300)
     assert (bucket["action:allow"], bucket["action:hold"]) == (1, 1)

@@ -202,3 +202,39 @@ def test_the_shipped_default_policy_is_valid_and_withholds_only_within_its_budge
     assert policy.version and policy.budget is not None
     assert policy.thresholds.max_expected_loss_cents is None
     assert Policy.from_text(policy.to_json()) == policy
+
+
+def test_a_suppression_allows_its_user_until_it_ends_and_a_block_list_still_blocks() -> None:
+    doc = default_policy().document() | {
+        "version": "s1",
+        "suppressions": [
+            {"user_id": "u1", "until": "2026-01-10T00:00:00Z", "reason": "fp", "by": "ann"}
+        ],
+    }
+    policy = Policy.from_document(doc)
+    until = int(datetime(2026, 1, 10, tzinfo=UTC).timestamp() * 1000)
+    before = parse_transaction(tx(ts=until - 1))
+    after = parse_transaction(tx(ts=until))
+    other = parse_transaction(tx(ts=until - 1, user_id="u2"))
+    assert policy.rule(before, 0.0, 500) == ("allow", 500, ["suppressed"], "suppressed")
+    assert policy.rule(after, 0.0, 500)[0] == "block"
+    assert policy.rule(other, 0.0, 500)[0] == "block"
+    blocked = Policy.from_document(doc | {"lists": {"block_users": ["u1"]}})
+    assert blocked.rule(before, 0.0, 500)[0] == "block"
+    # The document round-trips, and a policy without suppressions writes none.
+    assert Policy.from_document(policy.document()) == policy
+    assert "suppressions" not in default_policy().document()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"until": "2026-01-10T00:00:00Z"}, "user_id"),
+        ({"user_id": "u1"}, "needs `until`"),
+        ({"user_id": "u1", "until_ms": 5, "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_suppressions_are_refused(entry: dict[str, Any], message: str) -> None:
+    doc = default_policy().document() | {"suppressions": [entry]}
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_document(doc)
