@@ -48,6 +48,8 @@ HOURLY_UP_TO_MS = 3 * DAY_MS
 CURVE_POINTS = 1_000
 #: A ring graph shows at most this many of its users (those whose payments requested most).
 MAX_RING_USERS = 120
+#: Users' ids are written beside them in graphs of up to this many users.
+MAX_LABELLED_USERS = 40
 VENDOR = ("uplot.min.js", "uplot.min.css", "cytoscape.min.js")
 FORMATS = ("parquet", "csv", "jsonl")
 #: Roles of the simulator's abusive accounts (`user_truth.role`): its abuse scenarios.
@@ -295,11 +297,11 @@ def _requested_by(frame: pl.DataFrame, column: str) -> dict[str, int]:
 
 #: Evidence keys in words; others are written as "key: value".
 EVIDENCE_WORDS: dict[str, str] = {
-    "accounts": "{v} accounts",
-    "new_accounts": "{v} new accounts",
-    "users": "{v} users",
-    "merchants": "{v} merchants",
-    "payments": "{v} payments inside the group",
+    "accounts": "{v} account{s}",
+    "new_accounts": "{v} new account{s}",
+    "users": "{v} user{s}",
+    "merchants": "{v} merchant{s}",
+    "payments": "{v} payment{s} inside the group",
     "referred_share": "{p} of the accounts signed up through a referral",
     "accounts_per_device_or_phone": "{v} accounts per device or phone number",
     "accounts_per_device": "{v} accounts per device",
@@ -318,6 +320,14 @@ EVIDENCE_WORDS: dict[str, str] = {
     "quick_refund_share": "{p} of the payments refunded within a day",
     "mean_amount_cents": "a mean payment of {c}",
     "score_cap": "score capped at {v} (a signup batch is intent, not yet abuse)",
+    "linked": "linked by shared devices, phones or referrals: {v} (0-1)",
+    "share_of_the_ips_users": "{p} of the IP address's users signed up in the batch",
+    "superseded_by": "retired: superseded by ring {v}",
+}
+#: Evidence flags (true) in words.
+EVIDENCE_FLAGS: dict[str, str] = {
+    "expired": "retired: it no longer stands on the graph's window",
+    "left_window": "all its accounts have left the graph's window (the verdict stands)",
 }
 
 
@@ -325,23 +335,27 @@ def evidence_in_words(evidence: Mapping[str, Any]) -> list[str]:
     """The ring's evidence as sentences (text; the template escapes it)."""
     lines = []
     for key, value in evidence.items():
+        words, template = key.replace("_", " "), EVIDENCE_WORDS.get(key)
         if key == "traits" and isinstance(value, Mapping):
-            if value:
-                traits = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(value.items()))
+            traits = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(value.items()))
+            if traits:
                 lines.append(f"trait scores (0-1, the weakest bounds the score): {traits}")
-            continue
-        template = EVIDENCE_WORDS.get(key)
-        if template is not None and isinstance(value, int | float) and not isinstance(value, bool):
-            p = f"{value:.0%}"
-            lines.append(template.format(v=value, p=p, c=cents(value)))
+        elif isinstance(value, bool):
+            if key not in EVIDENCE_FLAGS:
+                lines.append(f"{words}: {'yes' if value else 'no'}")
+            elif value:
+                lines.append(EVIDENCE_FLAGS[key])
+        elif template is not None and isinstance(value, int | float):
+            plural = "" if value == 1 else "s"
+            lines.append(template.format(v=value, p=f"{value:.0%}", c=cents(value), s=plural))
         elif template is not None and "{v}" in template:
-            lines.append(template.format(v=value, p=value, c=value))
+            lines.append(template.format(v=value))
         elif key.startswith("hours_for_"):
             lines.append(f"{key.removeprefix('hours_for_').replace('_', ' ')} within {value} h")
         elif isinstance(value, Mapping | list):
-            lines.append(f"{key.replace('_', ' ')}: {json.dumps(value, sort_keys=True)}")
+            lines.append(f"{words}: {json.dumps(value, sort_keys=True)}")
         else:
-            lines.append(f"{key.replace('_', ' ')}: {value}")
+            lines.append(f"{words}: {value}")
     return lines
 
 
@@ -417,7 +431,7 @@ def ring_view(
                         }
                     }
                 )
-    referral_edges = 0
+    referral_edges, referred = 0, set()
     if referrals is not None:
         inside = referrals.filter(
             pl.col("user_id").is_in(list(shown_set)) & pl.col("referrer_id").is_in(list(shown_set))
@@ -426,6 +440,7 @@ def ring_view(
             inside.select("user_id", "referrer_id").unique().sort("user_id").iter_rows()
         ):
             referral_edges += 1
+            referred.add(user)
             edges.append(
                 {
                     "data": {
@@ -463,6 +478,11 @@ def ring_view(
         ),
         "abusive": None,
         "elements": nodes + edges,
+        # A pyramid is drawn as its referral tree from these users down; other rings by force.
+        "tree_roots": [f"u:{u}" for u in shown if u not in referred]
+        if ring["kind"] == "pyramid" and referral_edges
+        else None,
+        "user_labels": len(shown) <= MAX_LABELLED_USERS,
     }
     if roles is not None:
         view["abusive"] = sum(roles.get(u) in ABUSIVE_ROLES for u in users)
@@ -663,7 +683,10 @@ def build(sources: Sources, top_n: int = 10) -> dict[str, Any]:
     blocks = {
         "money-data": money,
         "curve-data": curve,
-        "rings-data": [{"ring_id": v["ring_id"], "elements": v["elements"]} for v in views],
+        "rings-data": [
+            {key: v[key] for key in ("ring_id", "elements", "tree_roots", "user_labels")}
+            for v in views
+        ],
         "evaluation-data": evaluation.to_json() if evaluation is not None else None,
     }
     context["data_blocks"] = [(name, script_json(value)) for name, value in blocks.items()]

@@ -83,15 +83,31 @@
       'curve-style': 'bezier', 'target-arrow-shape': 'triangle', 'target-arrow-color': '#9467bd'}},
   ];
 
+  // A pyramid: its users as the referral tree (breadth first from the roots), merchants in a
+  // row below, shared devices in a row above.
+  function tree(cy, roots) {
+    const users = cy.nodes('[kind = "user"]');
+    const start = cy.collection(roots.map(id => cy.getElementById(id)));
+    users.union(cy.edges('[kind = "referral"]')).layout({name: 'breadthfirst', directed: true,
+      roots: start, animate: false, fit: false, spacingFactor: 0.9}).run();
+    const box = users.boundingBox();
+    const row = (nodes, y) => nodes.forEach((n, i) =>
+      n.position({x: box.x1 + (i + 1) * box.w / (nodes.length + 1), y: y}));
+    row(cy.nodes('[kind = "merchant"]'), box.y2 + 120);
+    row(cy.nodes('[kind = "device"]'), box.y1 - 120);
+    cy.fit(undefined, 16);
+  }
+
   function ringGraphs() {
     const rings = block('rings-data') || [];
     rings.forEach((ring, i) => {
       const el = document.getElementById('ring-graph-' + i);
       if (!el) return;
-      cytoscape({
-        container: el, elements: ring.elements, style: GRAPH_STYLE, maxZoom: 1.6,
-        layout: {name: 'cose', animate: false, randomize: false, nodeDimensionsIncludeLabels: false},
-      });
+      const style = ring.user_labels ? GRAPH_STYLE : GRAPH_STYLE.concat(
+        [{selector: 'node[kind = "user"]', style: {'label': '', 'width': 10, 'height': 10}}]);
+      const cy = cytoscape({container: el, elements: ring.elements, style: style, maxZoom: 1.6,
+        layout: {name: ring.tree_roots ? 'preset' : 'cose', animate: false, randomize: false}});
+      if (ring.tree_roots) tree(cy, ring.tree_roots);
     });
   }
 
