@@ -558,8 +558,8 @@ def judge(sources: Sources, decided: int) -> Judged:
                 sources.decisions, labels=labels, truth=truth, adjustments=adjustments
             )
             _, frame = evaluation_frame(sources.decisions, labels=labels, truth=truth)
-        except ValueError as exc:
-            skipped += f"The {source} at {path} is not used: {exc}. "
+        except (ValueError, OSError, pl.exceptions.PolarsError) as exc:  # e.g. not parquet
+            skipped += f"Not used, the {source} from {path}: {exc}. "
             continue
         if source == "truth":
             note = (
