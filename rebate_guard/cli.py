@@ -6,6 +6,7 @@ simulate  a seeded rebate-platform world, to files or to the broker at a rate
 replay    contract files through the scoring path, offline (backtests)
 features  the feature vector of every transaction, offline (same code as the worker)
 evaluate  ROC AUC, average precision, top-k users per day, per scenario, of decisions
+report    a replay directory as a self-contained HTML report (charts, tables, ring graphs)
 policy    check a policy file, push it live (hot reload), show the live one
 topics    create the contract topics (idempotent)
 users     the console's users and their roles: add, list, remove, role
@@ -131,6 +132,24 @@ def _parser() -> argparse.ArgumentParser:
         "(default: from the budget.json replay wrote next to the decisions, if in budget mode)",
     )
     ev.set_defaults(handler=_evaluate)
+
+    report = sub.add_parser(
+        "report", help="a replay directory as one self-contained HTML file (charts, rings)"
+    )
+    report.add_argument("replay_dir", type=Path, metavar="REPLAY_DIR", help="replay's --out")
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file")
+    report.add_argument(
+        "--top-rings", type=int, default=10, help="rings drawn, by rebate money at risk"
+    )
+    report.add_argument(
+        "--world",
+        type=Path,
+        help="the replayed contract files' directory, with truth/ if simulated (default: "
+        "from the inputs.json replay wrote)",
+    )
+    report.add_argument("--truth", type=Path, help="the world's truth dir (overrides --world's)")
+    report.add_argument("--labels", type=Path, help="labels file, used when there is no truth")
+    report.set_defaults(handler=_report)
 
     policy = sub.add_parser("policy", help="check, push (hot reload) or show the rebate policy")
     actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -292,6 +311,22 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
             rings_json = args.json.with_name(args.json.stem + ".rings.json")
             ring_quality.write_json(quality, rings_json)
             print(f"\njson: {rings_json}")
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.report import write_report
+
+    shown = write_report(
+        args.replay_dir,
+        args.out,
+        top_n=args.top_rings,
+        world=args.world,
+        truth=args.truth,
+        labels=args.labels,
+    )
+    print(f"report: {args.out} ({shown['transactions']} transactions, {len(shown['rings'])} rings)")
+    print(shown["source_note"])
     return 0
 
 

@@ -217,6 +217,34 @@ def evaluate(
 ) -> Evaluation:
     """`budget`: the policy's legit_friction; None: from the `budget.json` replay wrote
     next to the decisions, if they were made in budget mode."""
+    source, frame = evaluation_frame(decisions, labels=labels, truth=truth)
+    precision, days = _top_k_users(frame, top_k)
+    result = Evaluation(source, ranking(frame), top_k, precision, days)
+    result.reliability, result.expected_calibration_error = calibration(frame)
+    result.budget = budget if budget is not None else _budget_beside(decisions)
+    if "scenario" in frame.columns:
+        legit = frame.filter(~pl.col("fraud"))
+        for scenario in sorted(set(frame.filter(pl.col("fraud"))["scenario"].to_list())):
+            mine = frame.filter(pl.col("fraud") & (pl.col("scenario") == scenario))
+            result.per_scenario[scenario] = ranking(pl.concat([mine, legit]))
+        groups = legit.filter(pl.col("group").is_not_null() & (pl.col("group") != "legit"))
+        for (group,), rows in groups.group_by("group"):
+            withheld = rows["action"].is_in(WITHHELD).mean()
+            result.lookalikes_withheld[str(group)] = float(withheld)  # type: ignore[arg-type]
+        result.money_withheld = money_withheld(frame)
+        if "trust_weight" in frame.columns:
+            result.fraud_capture_at_friction = capture_at_friction(frame, CAPTURE_AT_FRICTION)
+        if adjustments is not None:
+            result.money_withheld_final = money_withheld(_after_ledger(frame, adjustments))
+    return result
+
+
+def evaluation_frame(
+    decisions: Path, labels: Path | None = None, truth: Path | None = None
+) -> tuple[str, pl.DataFrame]:
+    """The decisions joined with what is known of them: ("truth", frame with boolean `fraud`,
+    `scenario` and `group`) or ("labels", frame with `fraud` from each transaction's latest
+    label; unlabelled transactions left out)."""
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
     decided = pl.read_parquet(decisions)
@@ -250,25 +278,7 @@ def evaluate(
         frame = decided.join(latest, on="tx_id", how="inner")
     if frame.is_empty():
         raise ValueError(f"no decision in {decisions} matches the {source}")
-    precision, days = _top_k_users(frame, top_k)
-    result = Evaluation(source, ranking(frame), top_k, precision, days)
-    result.reliability, result.expected_calibration_error = calibration(frame)
-    result.budget = budget if budget is not None else _budget_beside(decisions)
-    if "scenario" in frame.columns:
-        legit = frame.filter(~pl.col("fraud"))
-        for scenario in sorted(set(frame.filter(pl.col("fraud"))["scenario"].to_list())):
-            mine = frame.filter(pl.col("fraud") & (pl.col("scenario") == scenario))
-            result.per_scenario[scenario] = ranking(pl.concat([mine, legit]))
-        groups = legit.filter(pl.col("group").is_not_null() & (pl.col("group") != "legit"))
-        for (group,), rows in groups.group_by("group"):
-            withheld = rows["action"].is_in(WITHHELD).mean()
-            result.lookalikes_withheld[str(group)] = float(withheld)  # type: ignore[arg-type]
-        result.money_withheld = money_withheld(frame)
-        if "trust_weight" in frame.columns:
-            result.fraud_capture_at_friction = capture_at_friction(frame, CAPTURE_AT_FRICTION)
-        if adjustments is not None:
-            result.money_withheld_final = money_withheld(_after_ledger(frame, adjustments))
-    return result
+    return source, frame
 
 
 def _after_ledger(frame: pl.DataFrame, adjustments: Path) -> pl.DataFrame:
@@ -324,6 +334,23 @@ def capture_at_friction(frame: pl.DataFrame, friction: float) -> float | None:
     Payments with equal weights are withheld together (a cut cannot split them), so a tie
     that would overshoot the friction is left out. None when there is no money of either
     class."""
+    curve = friction_curve(frame)
+    if curve is None:
+        return None
+    legit_total, fraud_total = int(curve["legit_cents"].sum()), int(curve["fraud_cents"].sum())
+    within = curve.filter(pl.col("legit_withheld") <= friction * legit_total)
+    if within.is_empty():
+        return 0.0
+    return int(within["fraud_withheld"].max()) / fraud_total  # type: ignore[arg-type]
+
+
+def friction_curve(frame: pl.DataFrame) -> pl.DataFrame | None:
+    """Every single trust-weight cut, lowest weight first (payments with equal weights
+    together): `trust_weight`, the money at that weight (`fraud_cents`, `legit_cents`) and
+    the money withheld by a cut just above it (`fraud_withheld`, `legit_withheld`, cents;
+    `fraud_share`, `legit_share` of each class's rebate money). The curve of fraud money
+    withheld against legitimate friction that `capture_at_friction` reads at one friction.
+    None when there is no money of either class."""
     paid = frame.filter(pl.col("rebate_requested_cents") > 0)
     by_weight = paid.group_by("trust_weight").agg(
         pl.col("rebate_requested_cents").filter(pl.col("fraud")).sum().alias("fraud_cents"),
@@ -333,14 +360,17 @@ def capture_at_friction(frame: pl.DataFrame, friction: float) -> float | None:
     legit_total = int(by_weight["legit_cents"].sum())
     if fraud_total == 0 or legit_total == 0:
         return None
-    cut = by_weight.sort("trust_weight").with_columns(
-        pl.col("fraud_cents").cum_sum().alias("fraud_withheld"),
-        pl.col("legit_cents").cum_sum().alias("legit_withheld"),
+    return (
+        by_weight.sort("trust_weight")
+        .with_columns(
+            pl.col("fraud_cents").cum_sum().alias("fraud_withheld"),
+            pl.col("legit_cents").cum_sum().alias("legit_withheld"),
+        )
+        .with_columns(
+            (pl.col("fraud_withheld") / fraud_total).alias("fraud_share"),
+            (pl.col("legit_withheld") / legit_total).alias("legit_share"),
+        )
     )
-    within = cut.filter(pl.col("legit_withheld") <= friction * legit_total)
-    if within.is_empty():
-        return 0.0
-    return int(within["fraud_withheld"].max()) / fraud_total  # type: ignore[arg-type]
 
 
 def _budget_beside(decisions: Path) -> float | None:

@@ -258,6 +258,10 @@ def replay(
         outputs["rings"] = out_dir / "rings.parquet"
         ring_frame(scorer.ring_events).write_parquet(outputs["rings"])
     files.write_dead_letters(out_dir, outputs)
+    outputs["inputs"] = out_dir / "inputs.json"  # where the events came from (`report`)
+    inputs = {"transactions": transactions, "signups": signups, "labels": labels}
+    named = {name: None if path is None else str(path.resolve()) for name, path in inputs.items()}
+    outputs["inputs"].write_text(json.dumps(named, indent=2) + "\n")
     budget = scorer.decider.budget_report()
     outputs["budget"] = out_dir / "budget.json"
     outputs["budget"].write_text(json.dumps(budget, indent=2) + "\n")

@@ -8,13 +8,13 @@ is skipped only when pytest runs outside make on a machine without it."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from graph.layer import RingEvent
+from tests.browser import CHROMEDRIVER, CHROMIUM, CHROMIUM_ARGS
 from tests.factories import T0, tx
 from tests.web import TOKEN, Served, served
 
@@ -24,19 +24,6 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip inst
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 HOSTILE_TX = '<img src=x onerror="window.__xss=1">'
 HOSTILE_USER = "<script>window.__xss=2</script>"
