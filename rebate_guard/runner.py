@@ -102,8 +102,8 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
         )
         workers_settings = live.replace(allowed_lateness_ms=lateness_ms)
         procs = [_spawn_worker(workers_settings, index) for index in range(workers)]
-        url = f"http://{live.web_host}:{live.web_port}/"
-        print(f"\nRebateGuard is up: dashboard {url}  (Ctrl-C stops)", flush=True)
+        url = f"http://{live.web_host}:{live.web_port}/console/"
+        print(f"\nRebateGuard is up: console {url}  (Ctrl-C stops)", flush=True)
         print(f"  {_login_hint(live, token_from_file)}\n", flush=True)
         print(f"  Kafka bootstrap {live.kafka_bootstrap}   Redis {live.redis_url}", flush=True)
         try:

@@ -58,8 +58,8 @@ SESSION_S = 12 * 3600
 #: Where the middleware keeps the request's `Identity` (None: nobody), for the views:
 #: `request[IDENTITY_KEY]`, or `guard.identity(request)`, which reads it.
 IDENTITY_KEY: web.RequestKey[Identity | None] = web.RequestKey("identity")
-#: Served to anyone: the login form and its submission, and logging out.
-PUBLIC_PATHS = frozenset({"/login", "/logout"})
+#: Served to anyone: the login form and its submission, logging out, and "no icon".
+PUBLIC_PATHS = frozenset({"/login", "/logout", "/favicon.ico"})
 #: The login page's own script and style are public; the rest of /static/ is only code.
 PUBLIC_PREFIX = "/static/"
 #: The console: where a session may write, and where a browser without one is sent to log in.

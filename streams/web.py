@@ -73,6 +73,13 @@ def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
         headers = {"Cache-Control": "private, max-age=3600"}
         return web.Response(text=text, content_type=kind, charset="utf-8", headers=headers)
 
+    @app.page("/favicon.ico")
+    class Favicon(View):
+        """Browsers ask for it on every page: no icon, and no 401 in their console."""
+
+        async def get(self, request: Request) -> web.Response:
+            return web.Response(status=204)
+
     @app.page("/static/{name}")
     class Asset(View):
         async def get(self, request: Request, name: str) -> web.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,8 +40,10 @@ hold_at = 0.0
 
 
 class Clock:
+    """The processor's wall clock, moved by hand (sources fall idle when the test says)."""
+
     def __init__(self) -> None:
-        self.now = 1_000.0
+        self.now = time.time()
 
     def __call__(self) -> float:
         return self.now
@@ -91,6 +94,7 @@ def world_events(seed: int = 5, transactions: int = 1_500) -> list[Event]:
 
 
 def console_settings(tmp_path: Path) -> Settings:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
     settings = Settings(

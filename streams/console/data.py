@@ -99,10 +99,14 @@ async def ring(runtime: Runtime, ring_id: str, unmask: bool) -> dict[str, Any] |
         source = node("user", referrer, referrer in users)
         edges.append({"source": source, "target": f"user:{user}", "kind": "referral", "n": 1})
     links = await runtime.console.links(users)
+    # A device, IP or card is drawn when two or more members used it: what ties them.
+    used_by = Counter(link for user in users for link in links.get(user, {}))
     for user in users:
         for (kind, value), n in sorted(links.get(user, {}).items()):
             if kind == "merchant" and value not in merchants:
-                continue  # payments outside the ring: not drawn, counted below
+                continue  # payments outside the ring: not drawn
+            if kind != "merchant" and used_by[(kind, value)] < 2:
+                continue
             target = node(kind, value, kind == "merchant")
             kind_of_edge = "payment" if kind == "merchant" else kind
             edges.append({"source": f"user:{user}", "target": target, "kind": kind_of_edge, "n": n})

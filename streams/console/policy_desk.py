@@ -5,6 +5,7 @@ policy versions too. Every change is audited with the document it made live."""
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
 import time
@@ -89,7 +90,7 @@ async def drafts(runtime: Runtime, current: Policy) -> list[dict[str, Any]]:
     found = []
     live_text = pretty(current)
     for name, entry in sorted((await runtime.console.drafts()).items()):
-        item = {"name": name, **entry, "error": None, "diff": []}
+        item = {"name": name, "backtest": None, **entry, "error": None, "diff": []}
         try:
             policy = parse(entry["text"], entry["fmt"])
             item["diff"] = diff(live_text, pretty(policy), current.version, policy.version)
@@ -176,7 +177,10 @@ async def backtest_draft(runtime: Runtime, name: str, draft: Policy, days: int, 
         for found in (known["tx"], known["user"])
         for v in found.values()
     ]
-    report = backtest(label_rows(rows, labels), live=current, draft=draft, since_ms=since)
+    # Seconds of CPU for a large history: in a thread, so the event loop keeps serving.
+    report = await asyncio.to_thread(
+        backtest, label_rows(rows, labels), live=current, draft=draft, since_ms=since
+    )
     result = report.to_json()
     entry = (await runtime.console.drafts()).get(name)
     if entry is None:

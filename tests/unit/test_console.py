@@ -60,9 +60,9 @@ def test_every_page_renders_for_every_role_and_viewers_cannot_write(
             assert has_forms == (user != "vera")
         series = json.loads(Session(server, "vera").get("/console/api/series?minutes=60")[1])
         assert sum(series["decisions"]) == server.run(server.store.stats())["counters"]["decisions"]
-        if rings:
-            status, body = Session(server, "vera").get(f"/console/rings/{rings[0]['ring_id']}")
-            assert status == 200 and 'id="ring-data"' in body
+        assert rings, "the world has rings"
+        status, body = Session(server, "vera").get(f"/console/rings/{rings[0]['ring_id']}")
+        assert status == 200 and 'id="ring-data"' in body
         # A viewer's write is refused before any view runs; a reviewer may not publish.
         vera, rita = Session(server, "vera"), Session(server, "rita")
         assert vera.post(f"/console/review/{held[0][0]}", do="legit")[0] == 403
@@ -125,6 +125,7 @@ def test_a_draft_is_validated_backtested_and_published_with_every_step_audited(
         )
         status, where = adam.post("/console/policy/draft", name="strict", fmt="toml", text=stricter)
         assert status == 303 and "saved" in where, where
+        assert "Diff against the live policy" in adam.get("/console/policy")[1]
         status, where = adam.post("/console/policy/draft/strict", do="backtest", days="30")
         assert "backtested" in where, where
         report = server.run(runtime.console.drafts())["strict"]["backtest"]["report"]
