@@ -599,6 +599,12 @@ class BatchProcessor:
             await self.retry("store ring scores", put)
             send = partial(self.sink.send_many, self.settings.topic(RINGS), records)
             await self.retry("produce rings", send)
+            if self.console is not None:
+                versions = [
+                    (e.ring_id, value) for e, (_, value) in zip(events, records, strict=True)
+                ]
+                record = partial(self.console.record_rings, versions)
+                await self.retry("keep ring versions", record)
             for event in events:
                 log.info(
                     "ring %s v%d %s: %d users, %d merchants, score %.2f",

@@ -45,6 +45,8 @@ async def overview(runtime: Runtime) -> dict[str, Any]:
         "late": event_time["late"],
         "watermark": event_time["watermark"],
         "drifts": sum(m["score_drifts"] + m["error_drifts"] for m in models.values()),
+        # Per user shard: `<model>.l<labels learned>.t<transactions learned>`.
+        "models": {unit: m["version"] for unit, m in models.items()},
         "policy": runtime.policy_status,
         "rings_by_kind": dict(Counter(r["kind"] for r in rings)),
         "rings_at_risk": sum(r["rebate_at_risk_cents"] for r in rings),
@@ -117,6 +119,7 @@ async def ring(runtime: Runtime, ring_id: str, unmask: bool) -> dict[str, Any] |
     member_decisions.sort(key=lambda d: (-d.ts, d.tx_id))
     return {
         "ring": found,
+        "versions": await runtime.console.ring_versions(ring_id),
         "graph": {"nodes": list(nodes.values()), "edges": edges},
         "decisions": member_decisions[:SHOWN],
         "held_cents": sum(held_cents(d) for d in member_decisions),

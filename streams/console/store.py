@@ -157,6 +157,14 @@ class ConsoleStore(Protocol):
         """{"tx": {tx_id: label}, "user": {user_id: label}} for those that have one."""
         ...
 
+    async def record_rings(self, events: Sequence[tuple[str, bytes]]) -> None:
+        """Each (ring id, event JSON) the graph published: the ring's version history."""
+        ...
+
+    async def ring_versions(self, ring_id: str) -> list[dict[str, Any]]:
+        """The ring's published versions, newest first (each once)."""
+        ...
+
     async def audit(self, who: str, action: str, detail: dict[str, Any]) -> None: ...
     async def audit_log(self, limit: int) -> list[dict[str, Any]]: ...
     async def put_draft(self, name: str, entry: dict[str, Any]) -> None: ...
@@ -234,6 +242,9 @@ class ConsoleKeys:
     def links(self, user_id: str) -> str:
         """Hash: `kind\x1fid` -> payments of the user with that merchant/device/ip/card."""
         return f"{self.base}links:{user_id}"
+
+    def ring(self, ring_id: str) -> str:
+        return f"{self.base}ring:{ring_id}"
 
     def label(self, kind: str, entity_id: str) -> str:
         return f"{self.base}label:{kind}:{entity_id}"
@@ -370,6 +381,19 @@ class RedisConsoleStore:
                 found["user"][user_ids[i - len(tx_ids)]] = json.loads(value)
         return found
 
+    async def record_rings(self, events: Sequence[tuple[str, bytes]]) -> None:
+        if not events:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for ring_id, value in events:
+                pipe.lpush(self.keys.ring(ring_id), value)
+                pipe.ltrim(self.keys.ring(ring_id), 0, RING_VERSIONS_KEEP - 1)
+                pipe.expire(self.keys.ring(ring_id), self.ttl_s)
+            await pipe.execute()
+
+    async def ring_versions(self, ring_id: str) -> list[dict[str, Any]]:
+        return _distinct_versions(await self.client.lrange(self.keys.ring(ring_id), 0, -1))
+
     async def audit(self, who: str, action: str, detail: dict[str, Any]) -> None:
         entry = json.dumps(audit_entry(who, action, detail), separators=(",", ":"))
         async with self.client.pipeline(transaction=True) as pipe:
@@ -391,6 +415,23 @@ class RedisConsoleStore:
         await self.client.hdel(self.keys.drafts, name)
 
 
+#: Versions kept per ring.
+RING_VERSIONS_KEEP = 50
+
+
+def _distinct_versions(raw: Sequence[bytes | str]) -> list[dict[str, Any]]:
+    """Newest first, each (version, status) once: a re-run after a restore publishes a
+    version again."""
+    seen, out = set(), []
+    for value in raw:
+        event = json.loads(value)
+        key = (event.get("version"), event.get("status"))
+        if key not in seen:
+            seen.add(key)
+            out.append(event)
+    return out
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -409,6 +450,7 @@ class MemoryConsoleStore:
     audits: list[dict[str, Any]] = field(default_factory=list)
     draft_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     user_links: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
+    rings: dict[str, list[bytes]] = field(default_factory=dict)
 
     async def record(self, entries: Sequence[Indexed]) -> None:
         for start, totals in _series(entries).items():
@@ -478,6 +520,15 @@ class MemoryConsoleStore:
             "tx": {t: values[("tx", t)] for t in tx_ids if ("tx", t) in values},
             "user": {u: values[("user", u)] for u in user_ids if ("user", u) in values},
         }
+
+    async def record_rings(self, events: Sequence[tuple[str, bytes]]) -> None:
+        for ring_id, value in events:
+            versions = self.rings.setdefault(ring_id, [])
+            versions.insert(0, value)
+            del versions[RING_VERSIONS_KEEP:]
+
+    async def ring_versions(self, ring_id: str) -> list[dict[str, Any]]:
+        return _distinct_versions(self.rings.get(ring_id, []))
 
     async def audit(self, who: str, action: str, detail: dict[str, Any]) -> None:
         self.audits.insert(0, audit_entry(who, action, detail))

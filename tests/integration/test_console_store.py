@@ -4,6 +4,7 @@ by the in-memory one the broker-free tests use."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -166,3 +167,16 @@ def test_labels_audit_and_drafts(console: tuple[ConsoleStore, Any]) -> None:
     assert run(store.drafts()) == {"d1": {"text": "x", "author": "ann"}}
     run(store.delete_draft("d1"))
     assert run(store.drafts()) == {}
+
+
+def test_ring_versions_newest_first_each_once(console: tuple[ConsoleStore, Any]) -> None:
+    store, run = console
+
+    def event(version: int, status: str = "active") -> bytes:
+        return json.dumps({"ring_id": "r1", "version": version, "status": status}).encode()
+
+    run(store.record_rings([("r1", event(1)), ("r1", event(2)), ("r2", event(1))]))
+    run(store.record_rings([("r1", event(2)), ("r1", event(2, "retired"))]))  # a re-run
+    versions = [(v["version"], v["status"]) for v in run(store.ring_versions("r1"))]
+    assert versions == [(2, "retired"), (2, "active"), (1, "active")]
+    assert run(store.ring_versions("nobody")) == []

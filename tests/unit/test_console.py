@@ -63,6 +63,9 @@ def test_every_page_renders_for_every_role_and_viewers_cannot_write(
         assert rings, "the world has rings"
         status, body = Session(server, "vera").get(f"/console/rings/{rings[0]['ring_id']}")
         assert status == 200 and 'id="ring-data"' in body
+        versions = server.run(server.worker.runtime.console.ring_versions(rings[0]["ring_id"]))
+        assert versions and versions[0]["version"] == rings[0]["version"]
+        assert f"<td>{rings[0]['version']}</td><td>active</td>" in body
         # A viewer's write is refused before any view runs; a reviewer may not publish.
         vera, rita = Session(server, "vera"), Session(server, "rita")
         assert vera.post(f"/console/review/{held[0][0]}", do="legit")[0] == 403
@@ -89,7 +92,10 @@ def test_a_reviewers_label_reaches_the_topic_the_models_and_the_ledger(
         )  # fmt: skip
         # The stream takes the label in (here from the topic by hand: no broker).
         learned_before = _examples_learned(server)
+        shown_before = _labels_learned_shown(rita)
         feed.put([label])
+        # The overview shows the models learning it (their versions: l<labels learned>).
+        assert _labels_learned_shown(rita) > shown_before
         assert tx_id not in dict(_queue(server))
         ledger = server.run(server.store.get_ledger(tx_id))
         assert ledger is not None and ledger["granted_cents"] == held_cents
@@ -102,6 +108,12 @@ def test_a_reviewers_label_reaches_the_topic_the_models_and_the_ledger(
             ("rita", "label"),
             ("rita", "claim"),
         ]
+
+
+def _labels_learned_shown(session: Session) -> int:
+    page = session.get("/console/")[1]
+    models = page[page.index('id="models"') :].split("</p>")[0]
+    return sum(int(n) for n in re.findall(r"\.l(\d+)\.", models))
 
 
 def _examples_learned(server: Served) -> int:
