@@ -161,6 +161,18 @@ def test_entity_index_is_bounded(console: tuple[ConsoleStore, Any]) -> None:
     assert newest[0] == txs[-1].tx_id and newest[-1] == txs[5].tx_id
 
 
+def test_a_batch_with_many_payments_of_one_user(console: tuple[ConsoleStore, Any]) -> None:
+    """One call with more members for a key than one Redis command takes at once."""
+    store, run = console
+    txs = [tx(tx_id=f"m{i:04d}", user_id="hot", ts=T0 + i) for i in range(1_200)]
+    run(store.record([Indexed(decided(t, HOLD, 0, 0), t, t.tx_id.encode()) for t in txs]))
+    newest = run(store.by_entity("merchant", "m1", 1000))
+    assert newest == [t.tx_id for t in reversed(txs[-ENTITY_KEEP:])]
+    assert run(store.links(["hot"]))["hot"][("card", "c1")] == 1_200
+    assert run(store.queue_size()) == 1_200
+    assert run(store.history(0, 10)) == [b"m1197", b"m1198", b"m1199"]  # history_keep=3
+
+
 def test_labels_audit_and_drafts(console: tuple[ConsoleStore, Any]) -> None:
     store, run = console
     run(
