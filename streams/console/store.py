@@ -122,6 +122,11 @@ def resolved_holds(adjustments: Sequence[RebateAdjustment]) -> list[str]:
 
 class ConsoleStore(Protocol):
     async def record(self, entries: Sequence[Indexed]) -> None: ...
+    async def record_history(self, entries: Sequence[Indexed]) -> None:
+        """Only the history rows of `entries`: decisions made at payment time are recorded
+        then (`record`) without one, and their rows come when the stream reaches them."""
+        ...
+
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None: ...
     async def record_labels(self, labels: Sequence[Label]) -> None: ...
     async def series(self, since_s: int, until_s: int) -> list[dict[str, int]]:
@@ -294,6 +299,15 @@ class RedisConsoleStore:
             args += [len(links), *links]
         await self._record(keys=keys, args=args)
 
+    async def record_history(self, entries: Sequence[Indexed]) -> None:
+        rows = {e.history_row: e.tx.ts for e in entries if e.history_row is not None}
+        if not rows or self.history_keep <= 0:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.history, rows)
+            pipe.zremrangebyrank(self.keys.history, 0, -self.history_keep - 1)
+            await pipe.execute()
+
     async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
@@ -460,8 +474,6 @@ class MemoryConsoleStore:
         for e in entries:
             if held_cents(e.decision) > 0:
                 self.queue[e.decision.tx_id] = held_cents(e.decision)
-            if e.history_row is not None and self.history_keep > 0:
-                self.rows.append((e.tx.ts, e.history_row))
             for kind, entity_id in _entities(e):
                 newest = self.entities.setdefault((kind, entity_id), {})
                 newest[e.decision.tx_id] = e.tx.ts
@@ -470,7 +482,13 @@ class MemoryConsoleStore:
             links = self.user_links.setdefault(e.tx.user_id, {})
             for link in map(_link, _links(e.tx)):
                 links[link] = links.get(link, 0) + 1
-        self.rows.sort(key=lambda r: (r[0], r[1]))
+        await self.record_history(entries)
+
+    async def record_history(self, entries: Sequence[Indexed]) -> None:
+        if self.history_keep <= 0:
+            return
+        new = {(e.tx.ts, e.history_row) for e in entries if e.history_row is not None}
+        self.rows = sorted(set(self.rows) | new)  # a sorted set, as Redis keeps them
         del self.rows[: max(0, len(self.rows) - self.history_keep)]
 
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None:
