@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/console_index.py [--events 50000] [--batch 1000]
 
-Parts: each payment's history row (`rebate_guard.backtest.history_row(...).to_json()`, made
+Parts: each payment's history row (`rebate_guard.backtest.history_row_json`, made
 by the user shard, `streams/shards.py` `_history_row`); `RedisConsoleStore.record` per batch:
 building its arguments, redis-py packing and sending them (the client's CPU), and the Lua
 call's time in Redis (`INFO commandstats`); and the same call with a Lua script that does
@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rebate_guard.backtest import history_row  # noqa: E402
+from rebate_guard.backtest import history_row_json  # noqa: E402
 from rebate_guard.simulator import WorldConfig, event_stream, simulate_world  # noqa: E402
 from rebate_guard.stack import free_port, redis_server_bin  # noqa: E402
 from streams.console.store import Indexed, RedisConsoleStore  # noqa: E402
@@ -53,10 +53,10 @@ def _entries(n: int) -> tuple[list[Indexed], float]:
         decided.append((t, decision))
     started = time.perf_counter()
     rows = [
-        history_row(
+        history_row_json(
             t, d, trusted=True, calibrated_risk=0.2, user_granted_24h=100,
             device_rebate_requested_24h=50, partition=0,
-        ).to_json()
+        )
         for t, d in decided
     ]  # fmt: skip
     per_row = (time.perf_counter() - started) / len(rows) * 1e6
@@ -118,7 +118,7 @@ def main() -> None:
             server.wait(timeout=10)
     print(f"\n{len(entries):,} payments, batches of {args.batch}; µs per decision\n")
     print("| part | µs |\n|---|---|")
-    print(f"| history row (`history_row(...).to_json()`, worker) | {row_us:.1f} |")
+    print(f"| history row (`history_row_json`, worker) | {row_us:.1f} |")
     print(f"| `record`: building the arguments (worker) | {full['args']:.1f} |")
     client = full["call"] - full["args"] - full["server"]
     print(f"| `record`: redis-py packing, sending, waiting (worker, less Redis) | {client:.1f} |")
