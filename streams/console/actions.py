@@ -65,3 +65,11 @@ async def claim(runtime: Runtime, tx_id: str, reviewer: str) -> str:
     if holder == reviewer:
         await runtime.console.audit(reviewer, "claim", {"tx_id": tx_id})
     return holder
+
+
+async def assign(runtime: Runtime, tx_id: str, assignee: str, by: str) -> None:
+    """Gives a held payment to `assignee` (a reviewer or admin), taking it from whoever held
+    it; audited with the previous holder."""
+    before = (await runtime.console.claims([tx_id])).get(tx_id)
+    await runtime.console.set_claim(tx_id, assignee)
+    await runtime.console.audit(by, "assign", {"tx_id": tx_id, "to": assignee, "from": before})

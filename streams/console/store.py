@@ -182,6 +182,10 @@ class ConsoleStore(Protocol):
         """Claims `tx_id` for `user` unless someone has; returns who holds the claim."""
         ...
 
+    async def set_claim(self, tx_id: str, user: str) -> None:
+        """Gives `tx_id` to `user`, whoever held it (an assignment)."""
+        ...
+
     async def by_entity(self, kind: str, entity_id: str, limit: int) -> list[str]:
         """The entity's newest tx_ids, newest first."""
         ...
@@ -372,6 +376,9 @@ class RedisConsoleStore:
         await self.client.hsetnx(self.keys.claims, tx_id, user)
         return _text(await self.client.hget(self.keys.claims, tx_id) or user)
 
+    async def set_claim(self, tx_id: str, user: str) -> None:
+        await self.client.hset(self.keys.claims, tx_id, user)
+
     async def by_entity(self, kind: str, entity_id: str, limit: int) -> list[str]:
         # The index may hold up to ~TRIM_EVERY more than it keeps: never show those.
         shown = min(limit, ENTITY_KEEP)
@@ -530,6 +537,9 @@ class MemoryConsoleStore:
 
     async def claim(self, tx_id: str, user: str) -> str:
         return self.claimed.setdefault(tx_id, user)
+
+    async def set_claim(self, tx_id: str, user: str) -> None:
+        self.claimed[tx_id] = user
 
     async def by_entity(self, kind: str, entity_id: str, limit: int) -> list[str]:
         newest = self.entities.get((kind, entity_id), {})

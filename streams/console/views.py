@@ -17,6 +17,7 @@ from streams.auth import REVIEWER, VIEWER, Guard, Identity
 from streams.console import actions, data
 from streams.console.render import render
 from streams.records import FRAUD, LEGIT
+from streams.roles import role_at_least
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -57,6 +58,12 @@ def render_page(
 def register_console(app: faust.App, runtime: Runtime, guard: Guard) -> None:
     def page(request: Request, template: str, here: str, who: Identity, **context: Any) -> str:
         return render_page(guard, request, template, here, who, **context)
+
+    def reviewers() -> list[str]:
+        """Who a held payment may be assigned to: the users who may label it."""
+        people = guard.users.current().items()
+        named = [name for name, u in people if role_at_least(u.role, REVIEWER)]
+        return sorted({*named, guard.user})
 
     def unmasked(request: Request, who: Identity) -> bool:
         return who.may_unmask and request.query.get("unmask") == "1"
@@ -150,9 +157,9 @@ def register_console(app: faust.App, runtime: Runtime, guard: Guard) -> None:
         async def get(self, request: Request) -> Response:
             who = need(request, VIEWER)
             q = await data.review_queue(runtime, QUEUE_SHOWN)
-            return self.html(
-                page(request, "review.html", "/console/review", who, title="Review", q=q)
-            )
+            html = page(request, "review.html", "/console/review", who, title="Review", q=q,
+                        reviewers=reviewers())  # fmt: skip
+            return self.html(html)
 
     @app.page("/console/review/{tx_id}")
     class ReviewItem(View):
@@ -163,6 +170,12 @@ def register_console(app: faust.App, runtime: Runtime, guard: Guard) -> None:
             if do == "claim":
                 holder = await actions.claim(runtime, tx_id, who.user)
                 return see_other("/console/review", msg=f"{tx_id} is claimed by {holder}")
+            if do == "assign":
+                assignee = str(form.get("assignee", ""))
+                if assignee not in reviewers():
+                    return see_other("/console/review", error=f"{assignee!r} is no reviewer")
+                await actions.assign(runtime, tx_id, assignee, who.user)
+                return see_other("/console/review", msg=f"{tx_id} is assigned to {assignee}")
             if do not in (FRAUD, LEGIT):
                 return see_other("/console/review", error=f"unknown review action {do!r}")
             await actions.publish_labels(runtime, verdict=do, reviewer=who.user, tx_ids=(tx_id,))

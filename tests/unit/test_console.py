@@ -84,6 +84,13 @@ def test_a_reviewers_label_reaches_the_topic_the_models_and_the_ledger(
         assert status == 303 and "claimed+by+rita" in where
         adam.post(f"/console/review/{tx_id}", do="claim")  # first claimer keeps it
         assert server.run(runtime.console.claims([tx_id])) == {tx_id: "rita"}
+        # A reviewer may hand it to another reviewer; not to a viewer or a stranger.
+        for nobody in ("vera", "mallory"):
+            status, where = rita.post(f"/console/review/{tx_id}", do="assign", assignee=nobody)
+            assert "is+no+reviewer" in where
+        rita.post(f"/console/review/{tx_id}", do="assign", assignee="adam")
+        assert server.run(runtime.console.claims([tx_id])) == {tx_id: "adam"}
+        rita.post(f"/console/review/{tx_id}", do="assign", assignee="rita")
         status, where = rita.post(f"/console/review/{tx_id}", do="legit")
         assert status == 303 and where.startswith("/console/review?msg=")
         [label] = _labels_sent(server)
@@ -104,10 +111,13 @@ def test_a_reviewers_label_reaches_the_topic_the_models_and_the_ledger(
         status, body = rita.get(f"/console/search?q={tx_id}")
         assert "Labelled <strong>legit</strong> by review (rita)" in body
         audit = server.run(runtime.console.audit_log(10))
-        assert [(e["who"], e["action"]) for e in audit][:2] == [
+        assert [(e["who"], e["action"]) for e in audit][:4] == [
             ("rita", "label"),
+            ("rita", "assign"),
+            ("rita", "assign"),
             ("rita", "claim"),
         ]
+        assert audit[1]["detail"] == {"tx_id": tx_id, "to": "rita", "from": "adam"}
 
 
 def _labels_learned_shown(session: Session) -> int:
