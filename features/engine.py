@@ -24,7 +24,7 @@ from features.stages import (
     family_names,
 )
 from features.user import UserFamily
-from streams.records import Label, Signup, Transaction
+from rebate_guard.contract.records import Label, Signup, Transaction
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -26,7 +26,7 @@ from features.windows import (
     sweep_idle,
     touch,
 )
-from streams.records import FRAUD, PAYMENT, Label, Transaction
+from rebate_guard.contract.records import FRAUD, PAYMENT, Label, Transaction
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from features.user import TxContext
 from features.windows import WindowCount, sweep_idle, touch
-from streams.records import Signup, Transaction
+from rebate_guard.contract.records import Signup, Transaction
 
 DAY_MS = 86_400_000
 

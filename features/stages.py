@@ -33,7 +33,7 @@ from features.identity import card_family, device_family, ip_family
 from features.merchant import CategoryFamily, MerchantFamily
 from features.referral import ReferralFamily
 from features.user import TxContext, UserFamily
-from streams.records import PAYMENT, Label, Signup, Transaction
+from rebate_guard.contract.records import PAYMENT, Label, Signup, Transaction
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -13,7 +13,7 @@ from itertools import islice
 from typing import ClassVar
 
 from features.windows import PaymentLog, WindowDistinct, drop_oldest, sweep_idle, touch
-from streams.records import PAYMENT, Signup, Transaction
+from rebate_guard.contract.records import PAYMENT, Signup, Transaction
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

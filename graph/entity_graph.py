@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from streams.records import PAYMENT, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.records import PAYMENT, Signup, Transaction, requested_rebate_cents
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -26,7 +26,7 @@ from graph.rings import (
     analyse_merchant_group,
     analyse_signup_ip,
 )
-from streams.records import Signup, Transaction
+from rebate_guard.contract.records import Signup, Transaction
 
 MINUTE_MS = 60_000
 #: A ring is re-announced when its score moves by this much (or its members change).

@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rebate_guard.budget import SHARED, Cut
-from streams.records import ALLOW, BLOCK, HOLD, RELEASE, SCALE, VOID, Transaction, scale_cents
+from rebate_guard.contract.records import (
+    ALLOW,
+    BLOCK,
+    HOLD,
+    RELEASE,
+    SCALE,
+    VOID,
+    Transaction,
+    scale_cents,
+)
 
 PPM = 1_000_000
 #: Reason codes of the policy's own rules.

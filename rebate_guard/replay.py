@@ -19,10 +19,15 @@ import polars as pl
 
 from features.engine import EngineConfig, FeatureEngine
 from graph.layer import GraphLayer, RingEvent
+from rebate_guard.contract.records import Decision, Label, Signup, Transaction
+from rebate_guard.contract.validation import (
+    InvalidEvent,
+    parse_label,
+    parse_signup,
+    parse_transaction,
+)
 from rebate_guard.io import read_frame, write_frame
 from rebate_guard.scoring import ALL_FEATURE_NAMES, Event, Scorer
-from streams.records import Decision, Label, Signup, Transaction
-from streams.validation import InvalidEvent, parse_label, parse_signup, parse_transaction
 
 Parser = Callable[[Mapping[str, Any]], Signup | Transaction | Label]
 # Rank = position in this tuple: the tie order at equal ts (see scoring.order_key).

@@ -23,17 +23,7 @@ from features.windows import PaymentLog
 from graph.evidence import RING_FEATURES, ring_features
 from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
 from rebate_guard.budget import Cut, FrictionBudget
-from rebate_guard.ledger import Ledger
-from rebate_guard.policy import (
-    FAILED_CLOSED,
-    FIXED,
-    Budget,
-    Limits,
-    Policy,
-    default_policy,
-    trust_weight,
-)
-from streams.records import (
+from rebate_guard.contract.records import (
     BLOCK,
     FRAUD,
     HOLD,
@@ -46,6 +36,16 @@ from streams.records import (
     Transaction,
     decision_on,
     requested_rebate_cents,
+)
+from rebate_guard.ledger import Ledger
+from rebate_guard.policy import (
+    FAILED_CLOSED,
+    FIXED,
+    Budget,
+    Limits,
+    Policy,
+    default_policy,
+    trust_weight,
 )
 
 Event = Signup | Transaction | Label

@@ -43,12 +43,7 @@ from features.stages import (
 )
 from features.user import TxContext
 from graph.layer import ACTIVE, GraphLayer, RingScore
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event, Features, order_key
-from rebate_guard.settings import Settings
-from streams.alignment import START, Released
-from streams.console.store import ConsoleStore, Indexed, resolved_holds
-from streams.records import (
+from rebate_guard.contract.records import (
     DEAD_LETTERS,
     DECISIONS,
     ENTITY_REQUESTS,
@@ -66,6 +61,18 @@ from streams.records import (
     RebateAdjustment,
     Transaction,
 )
+from rebate_guard.contract.validation import (
+    InvalidEvent,
+    decode_json_object,
+    parse_label,
+    parse_signup,
+    parse_transaction,
+)
+from rebate_guard.policy import Policy
+from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event, Features, order_key
+from rebate_guard.settings import Settings
+from streams.alignment import START, Released
+from streams.console.store import ConsoleStore, Indexed, resolved_holds
 from streams.shards import (
     GRAPH_PARTITION,
     TOPIC_CODES,
@@ -80,13 +87,6 @@ from streams.shards import (
 )
 from streams.sink import Sink, key_partition
 from streams.store import DecisionStore, RingKey
-from streams.validation import (
-    InvalidEvent,
-    decode_json_object,
-    parse_label,
-    parse_signup,
-    parse_transaction,
-)
 
 log = logging.getLogger(__name__)
 

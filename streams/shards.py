@@ -63,18 +63,7 @@ from features.user import TxContext
 from features.windows import drop_oldest
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
 from rebate_guard.backtest import history_row
-from rebate_guard.scoring import (
-    KIND_RANK,
-    REPEAT_AT_MERCHANT,
-    Decider,
-    Event,
-    Example,
-    Features,
-    order_key,
-)
-from streams.alignment import START as _START
-from streams.alignment import Aligner, Released
-from streams.records import (
+from rebate_guard.contract.records import (
     LABELS,
     PAYMENT,
     SIGNUPS,
@@ -87,6 +76,17 @@ from streams.records import (
     from_row,
     to_row,
 )
+from rebate_guard.scoring import (
+    KIND_RANK,
+    REPEAT_AT_MERCHANT,
+    Decider,
+    Event,
+    Example,
+    Features,
+    order_key,
+)
+from streams.alignment import START as _START
+from streams.alignment import Aligner, Released
 
 #: Input topics by the code that identifies them inside a user partition.
 TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2}

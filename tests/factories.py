@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from rebate_guard.contract.records import Decision, build
 from rebate_guard.policy import Policy, default_policy
-from streams.records import Decision, build
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in epoch ms
 MINUTE = 60_000

@@ -11,7 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.records import FRAUD, PAYMENT, Label, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.records import (
+    FRAUD,
+    PAYMENT,
+    Label,
+    Signup,
+    Transaction,
+    requested_rebate_cents,
+)
 
 HOUR = 3_600_000
 DAY = 24 * HOUR

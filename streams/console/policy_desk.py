@@ -13,9 +13,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from rebate_guard.backtest import HistoryRow, backtest, label_rows
+from rebate_guard.contract.records import Label
 from rebate_guard.policy import Policy, PolicyError, Suppression
 from streams.console.actions import label_time
-from streams.records import Label
 from streams.store import PolicyConflict
 
 if TYPE_CHECKING:

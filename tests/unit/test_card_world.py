@@ -95,7 +95,7 @@ def test_a_compromised_card_pays_a_third_at_five_times_for_14_days(world: pl.Dat
 def test_events_follow_the_contract_with_labels_seven_days_late(
     world: pl.DataFrame, tmp_path: Path
 ) -> None:
-    from streams.validation import parse_label, parse_signup, parse_transaction
+    from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 
     paths = cw.write_events(world, tmp_path)
     tx = pl.read_parquet(paths["transactions"])

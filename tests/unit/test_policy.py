@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.policy import (
     EXPECTED_LOSS,
     Policy,
@@ -14,7 +15,6 @@ from rebate_guard.policy import (
     default_policy,
     trust_weight,
 )
-from streams.validation import parse_transaction
 from tests.factories import T0, tx
 
 unit = st.floats(0, 1)

@@ -2,9 +2,9 @@ import pickle
 
 from detectors.risk import RiskModel
 from graph.layer import GraphLayer
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 from rebate_guard.policy import Policy
 from rebate_guard.scoring import Decider, Scorer, order_key
-from streams.validation import parse_label, parse_signup, parse_transaction
 from tests.factories import DAY, HOUR, T0, fixed_policy, label, signup, tx
 
 
