@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +82,7 @@ from streams.shards import (
     GraphShard,
     Inbox,
     UserShard,
+    load_checkpoint,
     ring_of,
 )
 from streams.sink import Sink, key_partition
@@ -343,7 +343,7 @@ class BatchProcessor:
         """Take over a shard: from its checkpoint, or fresh."""
         kind, _, number = unit.partition("-")
         partition = int(number)
-        state = None if blob is None else pickle.loads(blob)
+        state = None if blob is None else load_checkpoint(blob)
         if kind == "user":
             if state is not None and not isinstance(state, UserShard):
                 raise TypeError(f"{unit}: not a user shard checkpoint: {type(state).__name__}")

@@ -42,6 +42,7 @@ Pure: no I/O, no clock; the async driver (`streams.processor`) moves the bytes.
 from __future__ import annotations
 
 import heapq
+import io
 import json
 import pickle
 from collections import deque
@@ -104,6 +105,19 @@ _KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
     "s": Signup,
     "l": Label,
 }
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        # Before issue #19 the records were Faust records in `streams.records`.
+        if module == "streams.records":
+            module = "rebate_guard.contract.records"
+        return super().find_class(module, name)
+
+
+def load_checkpoint(blob: bytes) -> Any:
+    """A shard's checkpoint (`snapshot`), also one written by an earlier release."""
+    return _CheckpointUnpickler(io.BytesIO(blob)).load()
 
 
 #: Items per envelope: keeps messages far below Kafka's 1 MB default request size.

@@ -104,6 +104,14 @@ class Record:
             if getattr(self, name) is None:
                 setattr(self, name, default)
 
+    def __setstate__(self, state: Any) -> None:
+        """Unpickling: the `(None, {slot: value})` pickle writes for a slotted object, or the
+        attribute dict a checkpoint of a release before issue #19 holds for a Faust record
+        (`streams.processor.load_checkpoint` finds the class for it)."""
+        values = state[1] if isinstance(state, tuple) else state
+        for name in self._fields:
+            setattr(self, name, values[name] if name in values else self._defaults[name])
+
     def asdict(self) -> dict[str, Any]:
         """The fields in declaration order (a new dict; the values themselves, not copies)."""
         raise NotImplementedError  # made by `@record`

@@ -25,6 +25,7 @@ from rebate_guard.contract.records import (
     from_row,
     to_row,
 )
+from streams.shards import load_checkpoint
 
 CASES: list[Record] = [
     Transaction(
@@ -224,3 +225,54 @@ def test_equal_ordered_and_hashed_by_fields() -> None:
     assert x < y and sorted([y, x]) == [x, y]
     assert hash(x) == hash(Label(ts=1, label="fraud", source="s", tx_id="a"))
     assert x != Signup(user_id="a", ts=1)
+
+
+#: A checkpoint's pickle from before issue #19, when the records were Faust records in
+#: `streams.records`: {"events": [(1, Transaction)], "decision": Decision}.
+FAUST_ERA_PICKLE = (
+    b"\x80\x05\x958\x02\x00\x00\x00\x00\x00\x00}\x94(\x8c\x06events\x94]\x94K\x01\x8c\x0fstreams.rec"
+    b"ords\x94\x8c\x0bTransaction\x94\x93\x94)\x81\x94}\x94(\x8c\x14__evaluated"
+    b"_fields__\x94\x8f\x94\x8c\x05tx_id\x94\x8c\x03t-1\x94\x8c\x02ts\x94\x8a\x06\x00h\xe5\xcf\x8b\x01\x8c"
+    b"\x07user_id\x94\x8c\x03u-1\x94\x8c\x0bmerchant_id\x94\x8c\x03m-1\x94\x8c\x0camo"
+    b"unt_cents\x94Kd\x8c\x0brebate_rate\x94G?\xa9\x99\x99\x99\x99\x99\x9a\x8c\x04kin"
+    b"d\x94\x8c\x07payment\x94\x8c\tref_tx_id\x94N\x8c\tdevice_id\x94\x8c\x03d"
+    b"-1\x94\x8c\x02ip\x94N\x8c\x07card_id\x94N\x8c\x11merchant_category\x94"
+    b"Nub\x86\x94a\x8c\x08decision\x94h\x03\x8c\x08Decision\x94\x93\x94)\x81\x94}\x94(h\n"
+    b"h\x0bh\x0c\x8a\x06\x00h\xe5\xcf\x8b\x01h\rh\x0eh\x0fh\x10\x8c\x04risk\x94G?\xe0\x00\x00\x00\x00\x00\x00\x8c\x0ctr"
+    b"ust_weight\x94G?\xe0\x00\x00\x00\x00\x00\x00\x8c\x06action\x94\x8c\x05scale\x94\x8c\x16r"
+    b"ebate_requested_cents\x94K\x05\x8c\x14rebate_granted"
+    b"_cents\x94K\x02\x8c\x07reasons\x94]\x94\x8c\x01x\x94a\x8c\rmodel_versio"
+    b"n\x94\x8c\x01v\x94\x8c\ndecided_at\x94K\x01\x8c\x0epolicy_version\x94\x8c\x01"
+    b"p\x94\x8c\x10commission_tiers\x94K\x00\x8c\x11threshold_versi"
+    b"on\x94\x8c\x05fixed\x94h\x08\x8f\x94ubu."
+)
+
+
+def test_checkpoints_of_the_faust_era_still_load() -> None:
+    state = load_checkpoint(FAUST_ERA_PICKLE)
+    [(_, tx)] = state["events"]
+    assert isinstance(tx, Transaction) and isinstance(state["decision"], Decision)
+    assert tx == Transaction(
+        tx_id="t-1",
+        ts=1_700_000_000_000,
+        user_id="u-1",
+        merchant_id="m-1",
+        amount_cents=100,
+        rebate_rate=0.05,
+        kind="payment",
+        device_id="d-1",
+    )
+    assert state["decision"].asdict() == {
+        **CASES[4].asdict(),
+        "risk": 0.5,
+        "trust_weight": 0.5,
+        "action": "scale",
+        "rebate_requested_cents": 5,
+        "rebate_granted_cents": 2,
+        "reasons": ["x"],
+        "model_version": "v",
+        "decided_at": 1,
+        "policy_version": "p",
+        "commission_tiers": 0,
+        "threshold_version": "fixed",
+    }
