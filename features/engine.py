@@ -25,9 +25,7 @@ from features.stages import (
 )
 from features.user import UserFamily
 from rebate_guard.contract.records import Label, Signup, Transaction
-
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 Features = dict[str, float | None]
 

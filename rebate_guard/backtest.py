@@ -43,9 +43,9 @@ from rebate_guard.contract.records import (
     Transaction,
     build,
 )
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.policy import Policy
 from rebate_guard.scoring import (
-    DAY_MS,
     FAIL_CLOSED_GRAPH,
     FAIL_CLOSED_MODEL,
     KIND_RANK,

@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.settings import Settings
 
 if TYPE_CHECKING:
@@ -142,7 +143,6 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
 
 
-DAY_MS = 86_400_000
 #: Each episode of the feed is a fresh simulated world of this many days...
 EPISODE_DAYS = 14
 #: ...whose older accounts signed up up to this many days before it starts.

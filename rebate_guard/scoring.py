@@ -37,6 +37,7 @@ from rebate_guard.contract.records import (
     decision_on,
     requested_rebate_cents,
 )
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.ledger import Ledger
 from rebate_guard.policy import (
     FAILED_CLOSED,
@@ -55,7 +56,6 @@ Event = Signup | Transaction | Label
 # transaction at t, so applying it first leaks nothing from the future.
 KIND_RANK = {Signup: 0, Label: 1, Transaction: 2}
 
-DAY_MS = 86_400_000
 #: The reason code of a decision the model could not score.
 FAIL_CLOSED_MODEL = "fail_closed:model"
 FAIL_CLOSED_GRAPH = "fail_closed:graph"

@@ -18,6 +18,7 @@ import redis as syncredis
 import redis.asyncio as aioredis
 
 from graph.layer import RingScore
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.settings import Settings
 
 RECENT_KEEP = 100
@@ -229,7 +230,7 @@ class RedisDecisionStore:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.keys = Keys(settings.app_id)
         self.ttl = settings.decision_ttl_s
-        self.tree_ttl_ms = settings.user_ttl_days * 86_400_000
+        self.tree_ttl_ms = settings.user_ttl_days * DAY_MS
         if client is None:
             # Many `POST /score` requests at once share the pool: past its size they wait
             # for a connection (up to the socket timeout) instead of failing, which the

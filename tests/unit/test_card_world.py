@@ -10,6 +10,8 @@ from types import ModuleType
 import polars as pl
 import pytest
 
+from rebate_guard.contract.time import DAY_MS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -108,11 +110,11 @@ def test_events_follow_the_contract_with_labels_seven_days_late(
             parse(row)
     joined = labels.join(tx.select("tx_id", tx_ts="ts"), on="tx_id")
     assert joined.height == labels.height
-    assert (joined["ts"] - joined["tx_ts"] == 7 * cw.DAY_MS).all()
+    assert (joined["ts"] - joined["tx_ts"] == 7 * DAY_MS).all()
     truth = pl.read_parquet(paths["tx_truth"]).join(labels, on="tx_id")
     assert ((truth["label"] == "fraud") == truth["is_fraud"]).all()
-    end = tx["ts"].min() + SMALL.days * cw.DAY_MS
-    assert labels.height == tx.filter(pl.col("ts") + 7 * cw.DAY_MS < end).height
+    end = tx["ts"].min() + SMALL.days * DAY_MS
+    assert labels.height == tx.filter(pl.col("ts") + 7 * DAY_MS < end).height
     first = tx.group_by("user_id").agg(pl.col("ts").min().alias("first"))
     assert (signups.join(first, on="user_id").select(pl.col("ts") < pl.col("first")))["ts"].all()
 

@@ -15,10 +15,9 @@ from rebate_guard.policy import (
     default_policy,
     trust_weight,
 )
-from tests.factories import T0, tx
+from tests.factories import DAY, T0, tx
 
 unit = st.floats(0, 1)
-DAY = 86_400_000
 
 
 @given(unit, unit)
