@@ -6,7 +6,7 @@ referral) keeps its own state keyed by one entity, which is what lets the stream
 families across partitions. `transaction()` returns the features *before* the transaction
 itself is added to state (score before learn).
 
-Events must arrive in event-time order (`rebate_guard.scoring.order_key`); a repeated signup
+Events must arrive in event-time order (`rebate_guard.contract.order`); a repeated signup
 for a user already signed up is ignored, so redelivery is harmless.
 """
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from features.windows import PaymentLog
 from rebate_guard.budget import FrictionBudget
+from rebate_guard.contract.order import KIND_RANK
 from rebate_guard.contract.records import (
     ACTIONS,
     FRAUD,
@@ -48,7 +49,6 @@ from rebate_guard.policy import Policy
 from rebate_guard.scoring import (
     FAIL_CLOSED_GRAPH,
     FAIL_CLOSED_MODEL,
-    KIND_RANK,
     MAX_REMEMBERED_FEATURES,
     apply_policy,
     record_in_budget,

@@ -42,6 +42,7 @@ from features.stages import (
 )
 from features.user import TxContext
 from graph.layer import ACTIVE, GraphLayer, RingScore
+from rebate_guard.contract.order import Event, order_key
 from rebate_guard.contract.records import (
     DEAD_LETTERS,
     DECISIONS,
@@ -68,7 +69,7 @@ from rebate_guard.contract.validation import (
     parse_transaction,
 )
 from rebate_guard.policy import Policy
-from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event, Features, order_key
+from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Features
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
 from streams.console.store import ConsoleStore, Indexed, resolved_holds

@@ -64,6 +64,7 @@ from features.user import TxContext
 from features.windows import drop_oldest
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
 from rebate_guard.backtest import history_row
+from rebate_guard.contract.order import KIND_RANK, Event, order_key
 from rebate_guard.contract.records import (
     LABELS,
     PAYMENT,
@@ -77,15 +78,7 @@ from rebate_guard.contract.records import (
     from_row,
     to_row,
 )
-from rebate_guard.scoring import (
-    KIND_RANK,
-    REPEAT_AT_MERCHANT,
-    Decider,
-    Event,
-    Example,
-    Features,
-    order_key,
-)
+from rebate_guard.scoring import REPEAT_AT_MERCHANT, Decider, Example, Features
 from streams.alignment import START as _START
 from streams.alignment import Aligner, Released
 

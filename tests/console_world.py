@@ -14,9 +14,9 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
+from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Signup, Transaction
 from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Event
 from rebate_guard.settings import Settings
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.auth import ADMIN, REVIEWER, SESSION_COOKIE, VIEWER

@@ -8,8 +8,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rebate_guard.contract.order import Event, order_key
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.scoring import Event, order_key
 from streams.alignment import Aligner
 from tests.factories import T0, label, signup, tx
 

@@ -25,6 +25,7 @@ from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
 from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
+from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
     SIGNUPS,
@@ -39,7 +40,7 @@ from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.ledger import reconcile
 from rebate_guard.policy import Budget, default_policy
 from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Decider, Event, Example, Features, Scorer
+from rebate_guard.scoring import Decider, Example, Features, Scorer
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.shards import GRAPH_PARTITION, TOPIC_CODES, EntityShard, GraphShard, UserShard
 from tests import factories
