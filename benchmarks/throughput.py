@@ -148,6 +148,21 @@ def _run_baseline(kind: str, settings: Settings, source: str, n: int) -> float:
 WARM_UP = 0.2  # share of decisions before the pipeline clock starts
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its waited-for children (a forked checkpoint writer)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+#: Per pipeline run, CPU microseconds per decision in the timed window: (workers, Redis).
+CPU: list[tuple[float, float]] = []
+
+
 def _pipeline(settings: Settings, n: int, workers: int, log_dir: Path) -> float:
     client = redis.Redis.from_url(settings.redis_url)
     stats_key = f"{settings.app_id}:stats"
@@ -166,9 +181,14 @@ def _pipeline(settings: Settings, n: int, workers: int, log_dir: Path) -> float:
             # the empty signups/labels partitions count as idle (RG_SOURCE_IDLE_S).
             if started is None and done >= n * WARM_UP:
                 started, first = time.perf_counter(), done
+                cpu0 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)
             if done >= n:
                 assert started is not None
-                return (done - first) / (time.perf_counter() - started)
+                rate = (done - first) / (time.perf_counter() - started)
+                cpu1 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)
+                per = [(b - a) * 1e6 / (done - first) for a, b in zip(cpu0, cpu1, strict=True)]
+                CPU.append((per[0], per[1]))
+                return rate
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a worker exited; see {log_dir}")
             time.sleep(0.05)
@@ -195,6 +215,19 @@ def main() -> None:
         help="a worker setting for the pipeline rows, e.g. log_features=false (repeatable)",
     )
     parser.add_argument("--pipeline-only", action="store_true", help="skip the other rows")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=(
+            "pipeline rows also with this worker setting, on the same stack and pre-loaded "
+            "topic, alternating with the plain rows (repeatable: all of them form one variant)"
+        ),
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="pipeline runs per row (alternating with --compare)"
+    )
     args = parser.parse_args()
     overrides = Settings.from_env(
         {env_name(k): v for k, _, v in (item.partition("=") for item in args.worker_setting)}
@@ -202,6 +235,10 @@ def main() -> None:
     changed = {
         k.partition("=")[0]: getattr(overrides, k.partition("=")[0]) for k in args.worker_setting
     }
+    compared = Settings.from_env(
+        {env_name(k): v for k, _, v in (item.partition("=") for item in args.compare)}
+    )
+    variant = {k.partition("=")[0]: getattr(compared, k.partition("=")[0]) for k in args.compare}
 
     if args.child:
         settings = Settings.from_env()
@@ -234,10 +271,26 @@ def main() -> None:
             rows.append(("bare Faust agent (take_events, no work)", bare))
         # Each pipeline run reads the same pre-loaded topic under its own consumer group and
         # Redis prefix: a fresh app id (topic prefix stays, so the input is shared).
+        variants = [("", changed)]
+        if variant:
+            label = ", ".join(f"{k}={v}" for k, v in variant.items())
+            variants.append((f" [{label}]", {**changed, **variant}))
         for workers in sorted({1, args.partitions}):
-            run = loaded.replace(app_id=f"bench-pipeline-{workers}", **changed)
-            rate = _pipeline(run, n, workers, Path(tmp))
-            rows.append((f"pipeline, {workers} worker process(es) (to Redis)", rate))
+            for round_ in range(args.rounds):
+                for i, (label, values) in enumerate(variants):
+                    app_id = f"bench-pipeline-{workers}-r{round_}-v{i}"
+                    run = loaded.replace(app_id=app_id, **values)
+                    rate = _pipeline(run, n, workers, Path(tmp))
+                    name = f"pipeline, {workers} worker process(es) (to Redis){label}"
+                    if args.rounds > 1:
+                        name += f" run {round_ + 1}"
+                    worker_us, redis_us = CPU[-1]
+                    print(
+                        f"{name}: {rate:,.0f}/s; CPU per decision: workers {worker_us:.0f} us, "
+                        f"Redis {redis_us:.0f} us",
+                        flush=True,
+                    )
+                    rows.append((name, rate))
     if changed:
         print(f"worker settings: {changed}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,11 +312,12 @@ def main() -> None:
 
 def _print(rows: list[tuple[str, float]], n: int, partitions: int, bare: float | None) -> None:
     print(f"\n{n:,} transactions, {partitions} partitions, {os.cpu_count()} cores\n")
-    print(f"| {'path':<52} | {'events/s':>10} | {'vs bare Faust':>13} |")
-    print(f"|{'-' * 54}|{'-' * 12}|{'-' * 15}|")
+    width = max(52, *(len(name) for name, _ in rows))
+    print(f"| {'path':<{width}} | {'events/s':>10} | {'vs bare Faust':>13} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 12}|{'-' * 15}|")
     for name, rate in rows:
         ratio = f"{rate / bare:>12.0%}" if bare else f"{'':>12}"
-        print(f"| {name:<52} | {rate:>10,.0f} | {ratio} |")
+        print(f"| {name:<{width}} | {rate:>10,.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

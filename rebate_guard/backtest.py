@@ -145,6 +145,44 @@ _ROW_FIELDS = tuple(f.name for f in fields(HistoryRow))
 PAYMENT_FIELDS = _ROW_FIELDS[: _ROW_FIELDS.index("ip") + 1]
 
 
+def history_row_json(
+    tx: Transaction,
+    decision: Decision,
+    *,
+    trusted: bool,
+    calibrated_risk: float,
+    user_granted_24h: int,
+    device_rebate_requested_24h: int | None,
+    fail_closed_action: str = HOLD,
+    partition: int = 0,
+) -> bytes:
+    """`history_row(...).to_json()`, byte for byte (tests hold it to that), without building
+    the dataclass: the worker makes one per payment, so this is on its hot path."""
+    if tx.kind != PAYMENT or decision.tx_id != tx.tx_id:
+        return history_row(
+            tx,
+            decision,
+            trusted=trusted,
+            calibrated_risk=calibrated_risk,
+            user_granted_24h=user_granted_24h,
+            device_rebate_requested_24h=device_rebate_requested_24h,
+        ).to_json()  # fmt: skip  (raises the same errors)
+    reasons = decision.reasons
+    values = [
+        ROW_FORMAT, tx.tx_id, tx.ts, tx.user_id, tx.merchant_id, tx.amount_cents,
+        tx.rebate_rate, tx.merchant_category, tx.device_id, tx.card_id, tx.ip,
+        decision.trust_weight, trusted, calibrated_risk, user_granted_24h,
+        device_rebate_requested_24h, FAIL_CLOSED_MODEL in reasons or FAIL_CLOSED_GRAPH in reasons,
+        fail_closed_action, partition, decision.action, decision.rebate_requested_cents,
+        decision.rebate_granted_cents, decision.threshold_version, decision.policy_version,
+        None, None,
+    ]  # fmt: skip
+    return _ROW_ENCODER.encode(values).encode()
+
+
+_ROW_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def history_row(
     tx: Transaction,
     decision: Decision,

@@ -211,6 +211,9 @@ class AtPayment:
     x: Features | None = None
     #: The entity partitions that have applied it (the stream under way).
     applied_at: set[int] = field(default_factory=set)
+    #: Its decision was stored here first and is in the console's views, all but its
+    #: history row, which the stream's user shard makes (`BatchProcessor._index`).
+    indexed: bool = False
 
 
 def in_flight_keys(tx: Transaction) -> tuple[str, ...]:
@@ -659,6 +662,7 @@ class BatchProcessor:
                 [tx for s, r in readies if s.partition in asks for tx in r]
             )
             paid = await self._decided_at_payment([tx for _, r in readies for tx in r])
+            indexed = {t for t in paid if self.at_payment[t].indexed}
             rings = await self._ring_scores([tx for s, r in readies if s.feeds_graph for tx in r])
             graph_down = rings is not None and not await self._graph_running()
             finished: list[tuple[UserShard, Completed]] = []
@@ -678,7 +682,7 @@ class BatchProcessor:
                     for tx_id in done.order:
                         self._settled(tx_id)
                 finished.append((shard, done))
-            await self._publish([done for _, done in finished], outcome)
+            await self._publish([done for _, done in finished], outcome, indexed)
             await self._adjust([(shard, a) for shard, done in finished for a in done.adjustments])
             await self._index_labels([label for _, done in finished for label in done.labels])
             for shard in shards:
@@ -883,6 +887,7 @@ class BatchProcessor:
             entry.decision = Decision.loads(prior)
         elif self.console is not None:
             await self.console.record([Indexed(decision, tx)])
+            entry.indexed = True
         return entry.decision
 
     def _earlier(self, entry: AtPayment) -> list[AtPayment]:
@@ -978,7 +983,12 @@ class BatchProcessor:
             return []
         return sorted({("u", tx.user_id) for tx in ready} | {("m", tx.merchant_id) for tx in ready})
 
-    async def _publish(self, finished: list[Completed], outcome: BatchOutcome) -> None:
+    async def _publish(
+        self, finished: list[Completed], outcome: BatchOutcome, indexed: set[str]
+    ) -> None:
+        """Stores and produces the decisions of `finished`, and keeps the console's views of
+        the new ones; `indexed`: those decided at payment time whose history rows are yet to
+        be kept."""
         order = [tx_id for done in finished for tx_id in done.order]
         if not order:
             return
@@ -996,7 +1006,7 @@ class BatchProcessor:
         self.on_decided(standing)
         decided = sum(1 for prior in existing if prior is None)
         if self.console is not None:
-            await self._index(finished, existing)
+            await self._index(finished, existing, indexed)
         outcome.decided += decided
         outcome.redelivered += len(order) - decided
         records = [(t.encode(), standing[t]) for t in order if t in standing]
@@ -1006,8 +1016,12 @@ class BatchProcessor:
             produced.append(self._produce(FEATURES, vectors))
         await asyncio.gather(*produced)
 
-    async def _index(self, finished: list[Completed], existing: list[bytes | None]) -> None:
-        """The console's views of the decisions that were new (a redelivery's stand)."""
+    async def _index(
+        self, finished: list[Completed], existing: list[bytes | None], indexed: set[str]
+    ) -> None:
+        """The console's views of the decisions that were new (a redelivery's stand), and
+        the history rows of those decided here at payment time (`indexed`: in the views
+        already, but without the row, which only the stream's user shard makes)."""
         console = self.console
         assert console is not None
         made = [
@@ -1019,6 +1033,9 @@ class BatchProcessor:
         ]
         fresh = [entry for entry, prior in zip(made, existing, strict=True) if prior is None]
         await self.retry("index decisions for the console", lambda: console.record(fresh))
+        rows = [e for e in made if e.decision.tx_id in indexed and e.history_row is not None]
+        if rows:
+            await self.retry("keep history rows", lambda: console.record_history(rows))
 
     async def _index_labels(self, labels: list[Label]) -> None:
         console = self.console

@@ -63,7 +63,7 @@ from features.stages import (
 from features.user import TxContext
 from features.windows import drop_oldest
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
-from rebate_guard.backtest import history_row
+from rebate_guard.backtest import history_row_json
 from rebate_guard.contract.order import KIND_RANK, Event, order_key
 from rebate_guard.contract.records import (
     LABELS,
@@ -496,7 +496,7 @@ class UserShard:
         if not self.keep_history or tx.kind != PAYMENT:
             return None
         inputs = self.decider.policy_inputs()
-        return history_row(tx, decision, **inputs, partition=self.partition).to_json()
+        return history_row_json(tx, decision, **inputs, partition=self.partition)
 
     def _learn_label(self, entry: Entry, label: Label, decided_at: int) -> None:
         """Learns what `label` teaches from the transactions decided here, and sends the

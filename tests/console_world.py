@@ -23,7 +23,7 @@ from streams.auth import ADMIN, REVIEWER, SESSION_COOKIE, VIEWER
 from streams.processor import BatchProcessor, RawEvent
 from streams.sink import key_partition
 from streams.users import User, UsersFile
-from tests.web import TOKEN, Served, served
+from tests.web import TOKEN, HttpServer, Served, served
 
 PASSWORD = "console test pw"
 PEOPLE = {"vera": VIEWER, "rita": REVIEWER, "adam": ADMIN}
@@ -105,10 +105,15 @@ def console_settings(tmp_path: Path) -> Settings:
         topic_prefix="p.",
         source_idle_s=IDLE_S,
     )
+    write_users(settings)
+    return settings
+
+
+def write_users(settings: Settings) -> None:
+    """The console's users file with `PEOPLE`, each with a password `Session` knows."""
     UsersFile(settings.console_users_path).write(
         {name: User.create(name, role, f"{PASSWORD} {name}") for name, role in PEOPLE.items()}
     )
-    return settings
 
 
 @contextmanager
@@ -120,9 +125,10 @@ def console_world(tmp_path: Path, events: list[Event]) -> Iterator[tuple[Served,
 
 
 class Session:
-    """One person's logged-in session over plain HTTP (cookie and CSRF token)."""
+    """One person's logged-in session over plain HTTP (cookie and CSRF token), with a
+    served worker or a worker process."""
 
-    def __init__(self, server: Served, user: str) -> None:
+    def __init__(self, server: HttpServer, user: str) -> None:
         self.server = server
         form = urllib.parse.urlencode({"user": user, "password": f"{PASSWORD} {user}"})
         status, response, _ = server.call("POST", "/login", form.encode(), _FORM)

@@ -23,20 +23,15 @@ T = TypeVar("T")
 
 
 @dataclass
-class Served:
-    worker: Worker
-    store: MemoryDecisionStore
+class HttpServer:
+    """A web server to talk plain HTTP to: the worker's, served here or in a process."""
+
     host: str
     port: int
-    loop: asyncio.AbstractEventLoop
 
     @property
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the server's loop (where the worker's state lives)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
 
     def call(
         self,
@@ -55,6 +50,17 @@ class Served:
             conn.close()
 
 
+@dataclass
+class Served(HttpServer):
+    worker: Worker
+    store: MemoryDecisionStore
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the server's loop (where the worker's state lives)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+
 @contextlib.contextmanager
 def served(
     settings: Settings | None = None, pages: Callable[[Worker], None] | None = None
@@ -69,7 +75,7 @@ def served(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = Served(worker, store, base.web_host, port, loop)
+    server = Served(base.web_host, port, worker, store, loop)
     web = worker.app.web
     web.init_server()
     server.run(web.start_server())

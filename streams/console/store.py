@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,6 +109,39 @@ def _series(entries: Sequence[Indexed]) -> dict[int, dict[str, int]]:
     return buckets
 
 
+#: One entity index write in this many also trims the index back to `ENTITY_KEEP`.
+TRIM_EVERY = 16
+#: Between a user index member's tx_id and what the payment linked the user to (merchant,
+#: device, ip, card): the ring graph's edges come from the user's index itself.
+MEMBER_SEP = "\x1e"
+
+
+def _payload(entries: Sequence[Indexed], keep_history: bool) -> str:
+    """A batch for the `_RECORD` script, as one JSON argument."""
+    series = [[start, list(totals.items())] for start, totals in _series(entries).items()]
+    holds = [[e.decision.tx_id, cents] for e in entries if (cents := held_cents(e.decision))]
+    rows = [
+        [e.tx.ts, e.history_row.decode()]
+        for e in entries
+        if keep_history and e.history_row is not None
+    ]
+    index = [
+        [kind, value, e.tx.ts, _member(kind, e)] for e in entries for kind, value in _entities(e)
+    ]
+    for i, write in enumerate(index):
+        write.append(int(i % TRIM_EVERY == 0))
+    return _ENCODER.encode({"s": series, "h": holds, "r": rows, "x": index})
+
+
+def _member(kind: str, entry: Indexed) -> str:
+    if kind != "user":
+        return entry.decision.tx_id
+    return MEMBER_SEP.join([entry.decision.tx_id, *_links(entry.tx)])
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def label_json(label: Label) -> bytes:
     return json.dumps(
         {
@@ -130,6 +163,11 @@ def resolved_holds(adjustments: Sequence[RebateAdjustment]) -> list[str]:
 
 class ConsoleStore(Protocol):
     async def record(self, entries: Sequence[Indexed]) -> None: ...
+    async def record_history(self, entries: Sequence[Indexed]) -> None:
+        """Only the history rows of `entries`: decisions made at payment time are recorded
+        then (`record`) without one, and their rows come when the stream reaches them."""
+        ...
+
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None: ...
     async def record_labels(self, labels: Sequence[Label]) -> None: ...
     async def series(self, since_s: int, until_s: int) -> list[dict[str, int]]:
@@ -144,7 +182,7 @@ class ConsoleStore(Protocol):
     async def queue_size(self) -> int: ...
     async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
         """Per user: (kind, id) of each merchant, device, ip and card they paid with ->
-        how many of their payments did."""
+        how many of their newest (`ENTITY_KEEP`) payments did."""
         ...
 
     async def claims(self, tx_ids: Sequence[str]) -> dict[str, str]: ...
@@ -185,47 +223,36 @@ def audit_entry(who: str, action: str, detail: dict[str, Any]) -> dict[str, Any]
 
 
 _RECORD = """
--- KEYS: review, history, one per series bucket, then one per entity index write.
--- ARGV: ttl, entity_keep, history_keep, n_series, n_fields; per bucket n_fields (name, value)
--- pairs and its ttl; n_holds, (tx_id, cents) pairs; n_rows, (ts, row) pairs; then (ts, tx_id)
--- per entity index key.
-local ttl = tonumber(ARGV[1])
-local keep = tonumber(ARGV[2])
-local history_keep = tonumber(ARGV[3])
-local n_series = tonumber(ARGV[4])
-local n_fields = tonumber(ARGV[5])
-local a = 6
-local k = 3
-for i = 1, n_series do
-  local key = KEYS[k]; k = k + 1
-  for j = 1, n_fields do
-    redis.call('HINCRBY', key, ARGV[a], tonumber(ARGV[a + 1])); a = a + 2
-  end
-  redis.call('EXPIRE', key, tonumber(ARGV[a])); a = a + 1
+-- One call per batch. ARGV: the key prefix, ttl, entity_keep, history_keep, and the batch as
+-- JSON (`_payload`): {"s": [[bucket, [[field, n]...]]...], "h": [[tx_id, cents]...],
+-- "r": [[ts, row]...], "x": [[kind, id, ts, member, trim]...]}.
+-- One argument instead of ~15 per decision: packing them was most of the worker's cost.
+-- The keys are made here from the prefix, so this needs one Redis (not a cluster), as the
+-- rest of the serving state does.
+local prefix = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local keep = tonumber(ARGV[3])
+local history_keep = tonumber(ARGV[4])
+local p = cjson.decode(ARGV[5])
+for _, bucket in ipairs(p.s) do
+  local key = prefix .. 'series:' .. string.format('%d', bucket[1])
+  for _, pair in ipairs(bucket[2]) do redis.call('HINCRBY', key, pair[1], pair[2]) end
+  redis.call('EXPIRE', key, SERIES_TTL)
 end
-local n_holds = tonumber(ARGV[a]); a = a + 1
-for i = 1, n_holds do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[a + 1]), ARGV[a]); a = a + 2
+local review = prefix .. 'review'
+for _, hold in ipairs(p.h) do redis.call('ZADD', review, hold[2], hold[1]) end
+if #p.r > 0 then
+  local history = prefix .. 'history'
+  for _, row in ipairs(p.r) do redis.call('ZADD', history, row[1], row[2]) end
+  redis.call('ZREMRANGEBYRANK', history, 0, -history_keep - 1)
 end
-local n_rows = tonumber(ARGV[a]); a = a + 1
-for i = 1, n_rows do
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[a]), ARGV[a + 1]); a = a + 2
-end
-if n_rows > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -history_keep - 1) end
-local n_index = tonumber(ARGV[a]); a = a + 1
-for i = 1, n_index do
-  redis.call('ZADD', KEYS[k], tonumber(ARGV[a]), ARGV[a + 1]); a = a + 2
-  redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -keep - 1)
-  redis.call('EXPIRE', KEYS[k], ttl)
-  k = k + 1
-end
-while k <= #KEYS do
-  local n_links = tonumber(ARGV[a]); a = a + 1
-  for j = 1, n_links do
-    redis.call('HINCRBY', KEYS[k], ARGV[a], 1); a = a + 1
-  end
-  redis.call('EXPIRE', KEYS[k], ttl)
-  k = k + 1
+-- Entity indexes: two calls a write; trimmed back to `keep` on the writes `_payload` marks
+-- (one in TRIM_EVERY), so an index holds at most about TRIM_EVERY more than it keeps.
+for _, x in ipairs(p.x) do
+  local key = prefix .. 'ix:' .. x[1] .. ':' .. x[2]
+  redis.call('ZADD', key, x[3], x[4])
+  redis.call('EXPIRE', key, ttl)
+  if x[5] == 1 then redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1) end
 end
 return 0
 """
@@ -247,10 +274,6 @@ class ConsoleKeys:
     def entity(self, kind: str, entity_id: str) -> str:
         return f"{self.base}ix:{kind}:{entity_id}"
 
-    def links(self, user_id: str) -> str:
-        """Hash: `kind\x1fid` -> payments of the user with that merchant/device/ip/card."""
-        return f"{self.base}links:{user_id}"
-
     def ring(self, ring_id: str) -> str:
         return f"{self.base}ring:{ring_id}"
 
@@ -266,51 +289,45 @@ class RedisConsoleStore:
         self.keys = ConsoleKeys(app_id)
         self.ttl_s = ttl_s
         self.history_keep = history_keep
-        self._record = client.register_script(_RECORD)
+        script = _RECORD.replace("SERIES_TTL", str(SERIES_TTL_S))
+        self._record = client.register_script(script.replace("TRIM_EVERY", str(TRIM_EVERY)))
 
     async def record(self, entries: Sequence[Indexed]) -> None:
         if not entries:
             return
-        keys: list[str] = [self.keys.review, self.keys.history]
-        args: list[Any] = [self.ttl_s, ENTITY_KEEP, max(self.history_keep, 1)]
-        series = _series(entries)
-        # Every bucket carries the same field list (zeros where a bucket has none).
-        names = sorted({name for totals in series.values() for name in totals})
-        args += [len(series), len(names)]
-        keys += [self.keys.series(start) for start in series]
-        for totals in series.values():
-            for name in names:
-                args += [name, totals.get(name, 0)]
-            args.append(SERIES_TTL_S)
-        holds = [(e.decision.tx_id, held_cents(e.decision)) for e in entries]
-        holds = [(tx_id, cents) for tx_id, cents in holds if cents > 0]
-        args.append(len(holds))
-        for tx_id, cents in holds:
-            args += [tx_id, cents]
-        rows = [e for e in entries if e.history_row is not None and self.history_keep > 0]
-        args.append(len(rows))
-        for e in rows:
-            args += [e.tx.ts, e.history_row]
-        index = [(kind, entity_id, e) for e in entries for kind, entity_id in _entities(e)]
-        args.append(len(index))
-        for kind, entity_id, e in index:
-            keys.append(self.keys.entity(kind, entity_id))
-            args += [e.tx.ts, e.decision.tx_id]
-        for e in entries:
-            links = _links(e.tx)
-            keys.append(self.keys.links(e.tx.user_id))
-            args += [len(links), *links]
-        await self._record(keys=keys, args=args)
+        payload = _payload(entries, self.history_keep > 0)
+        args: list[str | int] = [
+            self.keys.base,
+            self.ttl_s,
+            ENTITY_KEEP,
+            max(self.history_keep, 1),
+            payload,
+        ]
+        await self._record(keys=[], args=args)
+
+    async def record_history(self, entries: Sequence[Indexed]) -> None:
+        rows = {e.history_row: e.tx.ts for e in entries if e.history_row is not None}
+        if not rows or self.history_keep <= 0:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.history, rows)
+            pipe.zremrangebyrank(self.keys.history, 0, -self.history_keep - 1)
+            await pipe.execute()
 
     async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
         async with self.client.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                pipe.hgetall(self.keys.links(user_id))
+                pipe.zrevrange(self.keys.entity("user", user_id), 0, ENTITY_KEEP - 1)
             raw = await pipe.execute()
-        return {
-            u: {_link(_text(k)): int(v) for k, v in values.items()}
-            for u, values in zip(user_ids, raw, strict=True)
-        }
+        found: dict[str, dict[tuple[str, str], int]] = {}
+        for user_id, members in zip(user_ids, raw, strict=True):
+            counts: dict[tuple[str, str], int] = {}
+            for member in members:
+                for text in _text(member).split(MEMBER_SEP)[1:]:
+                    link = _link(text)
+                    counts[link] = counts.get(link, 0) + 1
+            found[user_id] = counts
+        return found
 
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None:
         if tx_ids:
@@ -364,10 +381,12 @@ class RedisConsoleStore:
         return _text(await self.client.hget(self.keys.claims, tx_id) or user)
 
     async def by_entity(self, kind: str, entity_id: str, limit: int) -> list[str]:
+        # The index may hold up to ~TRIM_EVERY more than it keeps: never show those.
+        shown = min(limit, ENTITY_KEEP)
         raw: list[Any] = await self.client.zrevrange(
-            self.keys.entity(kind, entity_id), 0, limit - 1
+            self.keys.entity(kind, entity_id), 0, shown - 1
         )
-        return [_text(v) for v in raw]
+        return [_text(v).split(MEMBER_SEP, 1)[0] for v in raw]
 
     async def history(self, since_ms: int, limit: int) -> list[bytes]:
         raw: list[Any] = await self.client.zrevrangebyscore(
@@ -457,7 +476,7 @@ class MemoryConsoleStore:
     label_values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     audits: list[dict[str, Any]] = field(default_factory=list)
     draft_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    user_links: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
+    tx_links: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     rings: dict[str, list[bytes]] = field(default_factory=dict)
 
     async def record(self, entries: Sequence[Indexed]) -> None:
@@ -468,17 +487,19 @@ class MemoryConsoleStore:
         for e in entries:
             if held_cents(e.decision) > 0:
                 self.queue[e.decision.tx_id] = held_cents(e.decision)
-            if e.history_row is not None and self.history_keep > 0:
-                self.rows.append((e.tx.ts, e.history_row))
             for kind, entity_id in _entities(e):
                 newest = self.entities.setdefault((kind, entity_id), {})
                 newest[e.decision.tx_id] = e.tx.ts
                 while len(newest) > ENTITY_KEEP:
                     del newest[min(newest, key=lambda t: (newest[t], t))]
-            links = self.user_links.setdefault(e.tx.user_id, {})
-            for link in map(_link, _links(e.tx)):
-                links[link] = links.get(link, 0) + 1
-        self.rows.sort(key=lambda r: (r[0], r[1]))
+            self.tx_links[e.decision.tx_id] = [_link(f) for f in _links(e.tx)]
+        await self.record_history(entries)
+
+    async def record_history(self, entries: Sequence[Indexed]) -> None:
+        if self.history_keep <= 0:
+            return
+        new = {(e.tx.ts, e.history_row) for e in entries if e.history_row is not None}
+        self.rows = sorted(set(self.rows) | new)  # a sorted set, as Redis keeps them
         del self.rows[: max(0, len(self.rows) - self.history_keep)]
 
     async def resolve_holds(self, tx_ids: Sequence[str]) -> None:
@@ -506,7 +527,11 @@ class MemoryConsoleStore:
         return len(self.queue)
 
     async def links(self, user_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
-        return {u: dict(self.user_links.get(u, {})) for u in user_ids}
+        found: dict[str, dict[tuple[str, str], int]] = {}
+        for user_id in user_ids:
+            newest = await self.by_entity("user", user_id, ENTITY_KEEP)
+            found[user_id] = dict(Counter(x for t in newest for x in self.tx_links.get(t, [])))
+        return found
 
     async def claims(self, tx_ids: Sequence[str]) -> dict[str, str]:
         return {t: self.claimed[t] for t in tx_ids if t in self.claimed}

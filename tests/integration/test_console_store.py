@@ -137,6 +137,22 @@ def test_history_keeps_the_newest(console: tuple[ConsoleStore, Any]) -> None:
     assert run(store.history(0, 100)) == [b"h2", b"h3", b"h4"]  # history_keep=3
 
 
+def test_history_rows_of_decisions_already_in_the_views(console: tuple[ConsoleStore, Any]) -> None:
+    """A decision made at payment time is recorded without its row, which `record_history`
+    adds later: to the history only, nothing counted twice, a row kept once."""
+    store, run = console
+    a, b = tx(tx_id="pa", ts=T0 + 1, amount_cents=1000), tx(tx_id="pb", ts=T0 + 2)
+    run(store.record([Indexed(decided(a, HOLD, 0, 5_000), a)]))
+    assert run(store.history(0, 10)) == []
+    rows = [Indexed(decided(a, HOLD, 0, 5_000), a, b"pa"), Indexed(decided(b, HOLD, 0, 0), b)]
+    run(store.record_history(rows))
+    run(store.record_history(rows[:1]))  # again (a redelivery): kept once
+    assert run(store.history(0, 10)) == [b"pa"]
+    assert run(store.review_queue(10)) == [("pa", 100)]
+    assert sum(x["decisions"] for x in run(store.series(0, 10))) == 1
+    assert run(store.by_entity("user", a.user_id, 10)) == ["pa"]
+
+
 def test_entity_index_is_bounded(console: tuple[ConsoleStore, Any]) -> None:
     store, run = console
     txs = [tx(tx_id=f"e{i:04d}", user_id="busy", ts=T0 + i) for i in range(ENTITY_KEEP + 5)]
@@ -144,6 +160,19 @@ def test_entity_index_is_bounded(console: tuple[ConsoleStore, Any]) -> None:
     newest = run(store.by_entity("user", "busy", 1000))
     assert len(newest) == ENTITY_KEEP
     assert newest[0] == txs[-1].tx_id and newest[-1] == txs[5].tx_id
+
+
+def test_a_batch_with_many_payments_of_one_user(console: tuple[ConsoleStore, Any]) -> None:
+    """One call with more members for a key than one Redis command takes at once."""
+    store, run = console
+    txs = [tx(tx_id=f"m{i:04d}", user_id="hot", ts=T0 + i) for i in range(1_200)]
+    run(store.record([Indexed(decided(t, HOLD, 0, 0), t, t.tx_id.encode()) for t in txs]))
+    newest = run(store.by_entity("merchant", "m1", 1000))
+    assert newest == [t.tx_id for t in reversed(txs[-ENTITY_KEEP:])]
+    # Links count the user's newest payments (those its index keeps).
+    assert run(store.links(["hot"]))["hot"][("card", "c1")] == ENTITY_KEEP
+    assert run(store.queue_size()) == 1_200
+    assert run(store.history(0, 10)) == [b"m1197", b"m1198", b"m1199"]  # history_keep=3
 
 
 def test_labels_audit_and_drafts(console: tuple[ConsoleStore, Any]) -> None:

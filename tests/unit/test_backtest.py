@@ -5,6 +5,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rebate_guard.backtest import (
     NO_CATEGORY,
@@ -529,3 +531,35 @@ def test_the_decider_says_what_it_fed_the_policy_for_its_last_payment() -> None:
     restored = Decider.__new__(Decider)
     restored.__setstate__(state)
     assert restored.last_inputs is None
+
+
+@given(
+    weight=st.floats(0, 1),
+    risk=st.floats(0, 1),
+    granted_24h=st.integers(0, 10**9),
+    device=st.one_of(st.none(), st.integers(0, 10**9)),
+    trusted=st.booleans(),
+    category=st.one_of(st.none(), st.text(min_size=1, max_size=8)),
+    user=st.text(min_size=1, max_size=12),
+    reasons=st.lists(st.sampled_from(["fail_closed:model", "fail_closed:graph", "rule:x"])),
+)
+def test_the_fast_row_encoder_writes_the_rows_bytes(
+    weight: float, risk: float, granted_24h: int, device: int | None, trusted: bool,
+    category: str | None, user: str, reasons: list[str],
+) -> None:  # fmt: skip
+    from rebate_guard.backtest import history_row, history_row_json
+    from rebate_guard.contract.records import Decision
+
+    payment = Transaction(**tx(user_id=user, merchant_category=category))
+    decision = Decision(
+        tx_id=payment.tx_id, ts=payment.ts, user_id=user, merchant_id=payment.merchant_id,
+        risk=1 - weight, trust_weight=weight, action="hold", rebate_requested_cents=100,
+        rebate_granted_cents=0, reasons=reasons, model_version="m", decided_at=0,
+        policy_version="p", threshold_version="fixed",
+    )  # fmt: skip
+    inputs = dict(
+        trusted=trusted, calibrated_risk=risk, user_granted_24h=granted_24h,
+        device_rebate_requested_24h=device, fail_closed_action="block", partition=3,
+    )  # fmt: skip
+    fast = history_row_json(payment, decision, **inputs)  # type: ignore[arg-type]
+    assert fast == history_row(payment, decision, **inputs).to_json()  # type: ignore[arg-type]

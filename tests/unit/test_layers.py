@@ -194,7 +194,7 @@ BAD_IMPORTS = {
     "contract": [
         ("rebate_guard.contract.records", "from rebate_guard.policy import Policy"),
         ("rebate_guard.contract.order", "import polars as pl"),
-        ("rebate_guard.contract.time", "from streams.store import Keys"),
+        ("rebate_guard.contract.time", "from streams.store import RedisDecisionStore"),
     ],
     "pure layer": [
         ("features.user", "from rebate_guard.scoring import Scorer"),
