@@ -69,8 +69,9 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rebate_guard.contract.time import DAY_MS  # noqa: E402
+
 DAY_S = 86_400
-DAY_MS = DAY_S * 1000
 LABEL_DELAY_DAYS = 7
 START = dt.datetime(2018, 4, 1, tzinfo=dt.UTC)
 #: The handbook's test week (2018-08-08..14), as a day of the world.

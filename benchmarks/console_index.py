@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rebate_guard.backtest import history_row_json  # noqa: E402
+from rebate_guard.contract.records import Decision, Transaction  # noqa: E402
 from rebate_guard.simulator import WorldConfig, event_stream, simulate_world  # noqa: E402
 from rebate_guard.stack import free_port, redis_server_bin  # noqa: E402
 from streams.console.store import Indexed, RedisConsoleStore  # noqa: E402
-from streams.records import Decision, Transaction  # noqa: E402
 
 
 def _entries(n: int) -> tuple[list[Indexed], float]:

@@ -33,9 +33,9 @@ from detectors.drift import DriftWatch  # noqa: E402
 from detectors.online import make_classifier  # noqa: E402
 from detectors.risk import RiskModel  # noqa: E402
 from features.engine import FEATURE_NAMES  # noqa: E402
+from rebate_guard.contract.records import FRAUD, Label, Transaction  # noqa: E402
+from rebate_guard.contract.validation import parse_label, parse_transaction  # noqa: E402
 from rebate_guard.scoring import Decider  # noqa: E402
-from streams.records import FRAUD, Label, Transaction  # noqa: E402
-from streams.validation import parse_label, parse_transaction  # noqa: E402
 
 
 def main() -> None:

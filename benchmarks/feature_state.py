@@ -22,8 +22,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.engine import FeatureEngine
+from rebate_guard.contract.records import Signup, Transaction
 from rebate_guard.replay import EventFiles
-from streams.records import Signup, Transaction
 
 
 def deep_size(root: Any) -> int:

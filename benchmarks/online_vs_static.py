@@ -33,10 +33,9 @@ from sklearn.preprocessing import StandardScaler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rebate_guard.contract.time import DAY_MS  # noqa: E402
 from rebate_guard.evaluate import ranking  # noqa: E402
 from rebate_guard.scoring import ALL_FEATURE_NAMES  # noqa: E402
-
-DAY_MS = 86_400_000
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graph.layer import GraphLayer, RingEvent  # noqa: E402
+from rebate_guard.contract.records import Signup, Transaction  # noqa: E402
 from rebate_guard.replay import EventFiles, ring_frame  # noqa: E402
 from rebate_guard.ring_quality import ring_quality  # noqa: E402
-from streams.records import Signup, Transaction  # noqa: E402
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ referral) keeps its own state keyed by one entity, which is what lets the stream
 families across partitions. `transaction()` returns the features *before* the transaction
 itself is added to state (score before learn).
 
-Events must arrive in event-time order (`rebate_guard.scoring.order_key`); a repeated signup
+Events must arrive in event-time order (`rebate_guard.contract.order`); a repeated signup
 for a user already signed up is ignored, so redelivery is harmless.
 """
 
@@ -24,10 +24,8 @@ from features.stages import (
     family_names,
 )
 from features.user import UserFamily
-from streams.records import Label, Signup, Transaction
-
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+from rebate_guard.contract.records import Label, Signup, Transaction
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 Features = dict[str, float | None]
 

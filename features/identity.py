@@ -16,10 +16,8 @@ from collections.abc import Callable
 from operator import attrgetter
 
 from features.windows import PaymentLog, WindowCount, WindowDistinct, sweep_idle, touch
-from streams.records import PAYMENT, Signup, Transaction, requested_rebate_cents
-
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
+from rebate_guard.contract.records import PAYMENT, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.time import DAY_MS
 
 
 class IdentityState:

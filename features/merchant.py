@@ -26,10 +26,9 @@ from features.windows import (
     sweep_idle,
     touch,
 )
-from streams.records import FRAUD, PAYMENT, Label, Transaction
+from rebate_guard.contract.records import FRAUD, PAYMENT, Label, Transaction
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 MERCHANT_HORIZONS = (DAY_MS, HOUR_MS)
 LONG_WINDOW_MS = 30 * DAY_MS
 #: The widths of the labelled windows, longest first. No 24 h one: labels take a day or more

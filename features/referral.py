@@ -15,9 +15,8 @@ from typing import ClassVar
 
 from features.user import TxContext
 from features.windows import WindowCount, sweep_idle, touch
-from streams.records import Signup, Transaction
-
-DAY_MS = 86_400_000
+from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.time import DAY_MS
 
 REFERRAL_FEATURES = ("referral_depth", "referrer_downline_size", "referrer_signups_24h")
 

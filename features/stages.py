@@ -33,10 +33,9 @@ from features.identity import card_family, device_family, ip_family
 from features.merchant import CategoryFamily, MerchantFamily
 from features.referral import ReferralFamily
 from features.user import TxContext, UserFamily
-from streams.records import PAYMENT, Label, Signup, Transaction
+from rebate_guard.contract.records import PAYMENT, Label, Signup, Transaction
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 F = TypeVar("F")
 # 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0).
 _EPOCH_WEEKDAY = 3

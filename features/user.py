@@ -13,10 +13,9 @@ from itertools import islice
 from typing import ClassVar
 
 from features.windows import PaymentLog, WindowDistinct, drop_oldest, sweep_idle, touch
-from streams.records import PAYMENT, Signup, Transaction
+from rebate_guard.contract.records import PAYMENT, Signup, Transaction
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 # Longest first (PaymentLog's contract); names below follow the same order.
 USER_HORIZONS = (30 * DAY_MS, 7 * DAY_MS, DAY_MS, HOUR_MS)
 PAIR_WINDOW_MS = 7 * DAY_MS

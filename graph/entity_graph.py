@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from streams.records import PAYMENT, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.records import PAYMENT, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 #: A refund this soon after its payment is the cash-out pattern (pay, take the rebate, refund).
 QUICK_REFUND_MS = 24 * HOUR_MS
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graph.candidates import Candidates, Limits
-from graph.entity_graph import DAY_MS, IP, MERCHANT, USER, EntityGraph
+from graph.entity_graph import IP, MERCHANT, USER, EntityGraph
 from graph.rings import (
     BRUSHING,
     COLLUSION,
@@ -26,9 +26,9 @@ from graph.rings import (
     analyse_merchant_group,
     analyse_signup_ip,
 )
-from streams.records import Signup, Transaction
+from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.time import DAY_MS, MINUTE_MS
 
-MINUTE_MS = 60_000
 #: A ring is re-announced when its score moves by this much (or its members change).
 RESCORE_STEP = 0.05
 #: Only findings at least this strong are rings.

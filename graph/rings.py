@@ -39,16 +39,8 @@ from typing import Any
 
 import networkx as nx
 
-from graph.entity_graph import (
-    CARD,
-    DAY_MS,
-    DEVICE,
-    MERCHANT,
-    PHONE,
-    USER,
-    EntityGraph,
-    UserInfo,
-)
+from graph.entity_graph import CARD, DEVICE, MERCHANT, PHONE, USER, EntityGraph, UserInfo
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 REFERRAL_FARM = "referral_farm"
 PYRAMID = "pyramid"
@@ -225,7 +217,7 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
         "accounts": len(users),
         "referred_share": round(referred, 3),
         "accounts_per_device_or_phone": round(concentration, 2),
-        "median_hours_to_first_buy": round(to_first_buy / 3_600_000, 1),
+        "median_hours_to_first_buy": round(to_first_buy / HOUR_MS, 1),
         "merchants": len(merchants),
     }
     found = group.finding(REFERRAL_FARM, users, merchants, traits, evidence)
@@ -276,7 +268,7 @@ def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
         evidence = {
             "accounts": len(members),
             "tiers": tiers,
-            "median_hours_between_tiers": round(gap / 3_600_000, 1),
+            "median_hours_between_tiers": round(gap / HOUR_MS, 1),
             "root": root[2:],
             "share_paying_at_one_merchant": round(scheme_share, 3),
         }
@@ -534,7 +526,7 @@ def _batch(
     evidence = {
         "new_accounts": len(accounts),
         link: round(linked, 2),
-        f"hours_for_{min_accounts}_signups": round(spread / 3_600_000, 1),
+        f"hours_for_{min_accounts}_signups": round(spread / HOUR_MS, 1),
     }
     merchants = {m for user in accounts for m, e in group.paid(user) if e.payments}
     found = group.finding(SIGNUP_BATCH, accounts, merchants, traits, evidence)

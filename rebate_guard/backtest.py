@@ -31,17 +31,8 @@ from typing import Any
 
 from features.windows import PaymentLog
 from rebate_guard.budget import FrictionBudget
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import (
-    DAY_MS,
-    FAIL_CLOSED_GRAPH,
-    FAIL_CLOSED_MODEL,
-    KIND_RANK,
-    MAX_REMEMBERED_FEATURES,
-    apply_policy,
-    record_in_budget,
-)
-from streams.records import (
+from rebate_guard.contract.order import KIND_RANK
+from rebate_guard.contract.records import (
     ACTIONS,
     FRAUD,
     HOLD,
@@ -52,6 +43,15 @@ from streams.records import (
     Label,
     Transaction,
     build,
+)
+from rebate_guard.contract.time import DAY_MS
+from rebate_guard.policy import Policy
+from rebate_guard.scoring import (
+    FAIL_CLOSED_GRAPH,
+    FAIL_CLOSED_MODEL,
+    MAX_REMEMBERED_FEATURES,
+    apply_policy,
+    record_in_budget,
 )
 
 #: The key of payments with no merchant category in `by_category`.

@@ -29,10 +29,10 @@ from typing import Any
 
 import redis
 
+from rebate_guard.contract.records import Decision
+from rebate_guard.keys import Keys, ledger_balances
 from rebate_guard.ledger import opening_balances
 from rebate_guard.settings import Settings
-from streams.records import Decision
-from streams.store import Keys, ledger_balances
 
 POLL_FIRST_S = 0.002
 POLL_MAX_S = 0.02

@@ -34,7 +34,8 @@ from typing import Any
 
 import polars as pl
 
-DAY_MS = 86_400_000
+from rebate_guard.contract.time import DAY_MS
+
 WITHHELD = ("hold", "block")
 #: The legitimate friction at which `capture_at_friction` is reported by `evaluate`.
 CAPTURE_AT_FRICTION = 0.01

@@ -26,6 +26,8 @@ from typing import Any
 
 import polars as pl
 
+from rebate_guard.contract.time import WEEK_MS
+
 #: The only worlds thresholds, models or the simulator's realism may be tuned on.
 TUNING_SEEDS: tuple[int, ...] = tuple(range(10))
 #: Reported on, never tuned on.
@@ -33,7 +35,6 @@ HELDOUT_SEEDS: tuple[int, ...] = tuple(range(100, 120))
 #: Look-alike groups' friction is reported only where the group has this much legit money
 #: (cents) in a world: a handful of payments says nothing.
 MIN_GROUP_CENTS = 10_000
-WEEK_MS = 7 * 86_400_000
 
 
 @dataclass(frozen=True)

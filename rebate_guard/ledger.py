@@ -28,8 +28,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rebate_guard.policy import LedgerTerms
-from streams.records import (
+from rebate_guard.contract.records import (
     CLAWBACK,
     FRAUD,
     HOLD,
@@ -42,6 +41,7 @@ from streams.records import (
     Transaction,
     build,
 )
+from rebate_guard.policy import LedgerTerms
 
 HOLD_SLOT, CLAWBACK_SLOT = "hold", "clawback"
 #: A rebate's balances: (requested, granted, held, voided), granted + held + voided = requested.

@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rebate_guard.budget import SHARED, Cut
-from streams.records import ALLOW, BLOCK, HOLD, RELEASE, SCALE, VOID, Transaction, scale_cents
+from rebate_guard.contract.records import (
+    ALLOW,
+    BLOCK,
+    HOLD,
+    RELEASE,
+    SCALE,
+    VOID,
+    Transaction,
+    scale_cents,
+)
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 
 PPM = 1_000_000
 #: Reason codes of the policy's own rules.
@@ -191,9 +201,6 @@ class Suppression:
         return tx.user_id == self.user_id and tx.ts < self.until_ms
 
 
-HOUR_MS = 3_600_000
-
-
 @dataclass(frozen=True)
 class LedgerTerms:
     """What happens to a rebate after its decision (`rebate_guard.ledger`)."""
@@ -268,10 +275,6 @@ class Limits:
                 f"limits.max_commission_tiers: commissions are never paid more than "
                 f"{MAX_COMMISSION_TIERS} tiers deep, got {tiers}"
             )
-
-
-DAY_MS = 24 * HOUR_MS
-MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True)

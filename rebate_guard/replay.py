@@ -1,6 +1,6 @@
 """Replay: contract files through the same scoring code as the worker, without a broker.
 
-Events are merged in event-time order (`scoring.order_key`), so each transaction is scored
+Events are merged in event-time order (`rebate_guard.contract.order`), so each transaction is scored
 before anything later is learned and a label takes effect only once its ts is reached. This is
 the backtest engine: it streams row by row and keeps only the outputs in memory.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,21 +19,13 @@ import polars as pl
 
 from features.engine import EngineConfig, FeatureEngine
 from graph.layer import GraphLayer, RingEvent
-from rebate_guard.io import read_frame, write_frame
-from rebate_guard.scoring import ALL_FEATURE_NAMES, Event, Scorer
-from streams.records import Decision, Label, Signup, Transaction
-from streams.validation import InvalidEvent, parse_label, parse_signup, parse_transaction
-
-Parser = Callable[[Mapping[str, Any]], Signup | Transaction | Label]
-# Rank = position in this tuple: the tie order at equal ts (see scoring.order_key).
-KINDS: tuple[tuple[str, Parser], ...] = (
-    ("signups", parse_signup),
-    ("labels", parse_label),
-    ("transactions", parse_transaction),
+from rebate_guard.contract.order import EVENT_KINDS, Event
+from rebate_guard.contract.records import LABELS, SIGNUPS, TRANSACTIONS, Decision, Transaction
+from rebate_guard.contract.validation import (
+    InvalidEvent,
 )
-
-# The tie-breaking id of each kind, first non-null wins (see scoring.order_key).
-ID_COLUMNS = {"signups": ("user_id",), "labels": ("tx_id", "user_id"), "transactions": ("tx_id",)}
+from rebate_guard.io import read_frame, write_frame
+from rebate_guard.scoring import ALL_FEATURE_NAMES, Scorer
 
 Schema = dict[str, pl.DataType | type[pl.DataType]]
 
@@ -170,16 +162,17 @@ class EventFiles:
     )
 
     def __iter__(self) -> Iterator[Event]:
-        paths = {"signups": self.signups, "transactions": self.transactions, "labels": self.labels}
+        paths = {SIGNUPS: self.signups, TRANSACTIONS: self.transactions, LABELS: self.labels}
         frames: list[pl.DataFrame] = []
         columns: list[dict[str, list[Any]]] = []
-        for rank, (kind, _) in enumerate(KINDS):
-            path = paths[kind]
+        # `order_key`'s order by columns: ts, the kind's rank, its id, then the input row.
+        for rank, kind in enumerate(EVENT_KINDS):
+            path = paths[kind.name]
             frame = (
                 read_frame(path) if path is not None else pl.DataFrame({"ts": []}, {"ts": pl.Int64})
             )
             columns.append({c: frame[c].to_list() for c in frame.columns})
-            ids = [pl.col(c).cast(pl.String) for c in ID_COLUMNS[kind] if c in frame.columns]
+            ids = [pl.col(c).cast(pl.String) for c in kind.id_fields if c in frame.columns]
             order = frame.select(
                 pl.col("ts"),
                 pl.lit(rank, pl.Int8).alias("rank"),
@@ -194,14 +187,14 @@ class EventFiles:
         seen: set[str] = set()
         bar = Progress(merged.height, self.progress)
         for done, (rank, row) in enumerate(zip(merged["rank"], merged["row"], strict=True)):
-            kind, parser = KINDS[rank]
+            kind = EVENT_KINDS[rank]
             cols = columns[rank]
             if done % 4096 == 0:
                 bar.update(done)
             try:
-                event = parser({name: values[row] for name, values in cols.items()})
+                event = kind.parse({name: values[row] for name, values in cols.items()})
             except InvalidEvent as exc:
-                self._dead(paths[kind], row, str(exc))
+                self._dead(paths[kind.name], row, str(exc))
                 continue
             if isinstance(event, Transaction):
                 if event.tx_id in seen:

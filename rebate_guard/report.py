@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.evaluate import (
     CAPTURE_AT_FRICTION,
     Evaluation,
@@ -40,8 +41,6 @@ from rebate_guard.evaluate import (
 from rebate_guard.io import read_frame
 from rebate_guard.simulator import ABUSE_SCENARIOS
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 #: Periods up to this long are drawn per hour, longer ones per day.
 HOURLY_UP_TO_MS = 3 * DAY_MS
 #: The friction curve is thinned to about this many points (the page stays small).

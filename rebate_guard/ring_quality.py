@@ -30,10 +30,10 @@ from typing import Any
 import polars as pl
 
 from graph.layer import LEFT_WINDOW
+from rebate_guard.contract.time import MINUTE_MS
 from rebate_guard.simulator import LOOKALIKES
 
 MATCH = 0.5
-MINUTE_MS = 60_000
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:

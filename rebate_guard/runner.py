@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.settings import Settings
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def run_worker(settings: Settings) -> int:
 
     from rebate_guard.topics import ensure_topics
     from streams.app import create_worker
+    from streams.transport import QuietWorker
 
     try:
         import uvloop
@@ -55,23 +57,9 @@ def run_worker(settings: Settings) -> int:
             file=sys.stderr,
         )
     worker = create_worker(settings)
-    faust_worker = quiet_worker()(worker.app, loglevel=settings.log_level.upper(), quiet=True)
+    faust_worker = QuietWorker(worker.app, loglevel=settings.log_level.upper(), quiet=True)
     faust_worker.execute_from_commandline()
     return 0
-
-
-def quiet_worker() -> Any:
-    """`faust.Worker` without its terminal spinner. At a level of WARNING or above the
-    spinner sets the root logger to DEBUG so that it turns on every record: every debug
-    call in aiokafka, mode and faust then builds a record that no handler prints (2.5% of
-    a worker's CPU at 300 `POST /score` requests/s). The root logger keeps the level asked."""
-    import faust
-
-    class QuietWorker(faust.Worker):
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            self.spinner = None
-
-    return QuietWorker
 
 
 def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
@@ -142,7 +130,6 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
 
 
-DAY_MS = 86_400_000
 #: Each episode of the feed is a fresh simulated world of this many days...
 EPISODE_DAYS = 14
 #: ...whose older accounts signed up up to this many days before it starts.

@@ -1,8 +1,8 @@
 """The scoring path shared by the live worker, replay and (later) the HTTP API.
 
 features -> detectors -> graph -> trust weight -> policy, for one event at a time, in the
-order the caller establishes (event time; see `order_key`). Pure and synchronous: no I/O, so
-both paths give the same decision for the same event sequence.
+order the caller establishes (event time: `rebate_guard.contract.order`). Pure and synchronous:
+no I/O, so both paths give the same decision for the same event sequence.
 """
 
 from __future__ import annotations
@@ -23,17 +23,8 @@ from features.windows import PaymentLog
 from graph.evidence import RING_FEATURES, ring_features
 from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
 from rebate_guard.budget import Cut, FrictionBudget
-from rebate_guard.ledger import Ledger
-from rebate_guard.policy import (
-    FAILED_CLOSED,
-    FIXED,
-    Budget,
-    Limits,
-    Policy,
-    default_policy,
-    trust_weight,
-)
-from streams.records import (
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import (
     BLOCK,
     FRAUD,
     HOLD,
@@ -47,15 +38,18 @@ from streams.records import (
     decision_on,
     requested_rebate_cents,
 )
+from rebate_guard.contract.time import DAY_MS
+from rebate_guard.ledger import Ledger
+from rebate_guard.policy import (
+    FAILED_CLOSED,
+    FIXED,
+    Budget,
+    Limits,
+    Policy,
+    default_policy,
+    trust_weight,
+)
 
-Event = Signup | Transaction | Label
-
-# At equal ts: signups first (an account exists before it pays), then labels, then transactions.
-# A label with ts t has "arrived by t" (the features' definition), and it is not later than a
-# transaction at t, so applying it first leaks nothing from the future.
-KIND_RANK = {Signup: 0, Label: 1, Transaction: 2}
-
-DAY_MS = 86_400_000
 #: The reason code of a decision the model could not score.
 FAIL_CLOSED_MODEL = "fail_closed:model"
 FAIL_CLOSED_GRAPH = "fail_closed:graph"
@@ -78,25 +72,6 @@ MAX_LABELLED_USERS = 200_000
 ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES + RING_FEATURES
 #: Where the user's previous payments at this merchant (7 d) sit in an engine vector.
 REPEAT_AT_MERCHANT = FEATURE_NAMES.index("user_merchant_tx_count_7d")
-
-
-def order_key(event: Event, seq: int) -> tuple[int, int, str, int]:
-    """Event-time order: ts, then kind, then the event's id, then input order `seq`.
-
-    The id (tx_id; user_id for a signup; tx_id or else user_id for a label) breaks ties
-    because a partitioned log has no input order across partitions: it is the one order that
-    replay, one worker and N workers over any partitioning all reproduce. Input order only
-    separates events with the same id (a repeated tx_id: the first stands).
-    """
-    return (event.ts, KIND_RANK[type(event)], event_id(event), seq)
-
-
-def event_id(event: Event) -> str:
-    if isinstance(event, Transaction):
-        return event.tx_id
-    if isinstance(event, Signup):
-        return event.user_id
-    return event.tx_id if event.tx_id is not None else (event.user_id or "")
 
 
 class PolicyInputs(TypedDict):

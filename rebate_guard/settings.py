@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detectors.base import LEARNERS
+from rebate_guard.contract.time import DAY_MS, MINUTE_MS
 
 if TYPE_CHECKING:
     from detectors.risk import RiskModel
@@ -327,7 +328,7 @@ class Settings:
         return f"{self.topic_prefix}{name}"
 
     def engine_config(self) -> EngineConfig:
-        from features.engine import DAY_MS, EngineConfig
+        from features.engine import EngineConfig
 
         return EngineConfig(
             utc_offset_minutes=self.local_utc_offset_minutes,
@@ -335,10 +336,10 @@ class Settings:
         )
 
     def graph_config(self) -> GraphConfig:
-        from graph.layer import MINUTE_MS, GraphConfig
+        from graph.layer import GraphConfig
 
         return GraphConfig(
-            window_ms=self.graph_window_days * 86_400_000,
+            window_ms=self.graph_window_days * DAY_MS,
             scan_every_ms=self.graph_scan_minutes * MINUTE_MS,
         )
 

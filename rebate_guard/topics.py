@@ -17,8 +17,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
+from rebate_guard.contract.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
 from rebate_guard.settings import Settings
-from streams.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A worker reads signups, labels and transactions from separate topics and partitions, each
 roughly in event-time order but not in step with the others. Feature exactness needs one
-order, the replay order (`rebate_guard.scoring.order_key`). `Aligner` buffers events and
+order, the replay order (`rebate_guard.contract.order`). `Aligner` buffers events and
 releases them in that order once no source can still send anything earlier:
 
 - each source's *high mark* is the largest ts it has delivered;
@@ -31,7 +31,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from rebate_guard.scoring import Event, order_key
+from rebate_guard.contract.order import Event, order_key
 
 S = TypeVar("S", bound=Hashable)
 

@@ -34,19 +34,7 @@ from faust.types import TP, EventT, Message
 from mode import Service
 
 from rebate_guard.client import RebateStatus, rebate_status
-from rebate_guard.policy import FAILED_CLOSED, Policy, PolicyError
-from rebate_guard.settings import Settings
-from streams.auth import Guard
-from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore
-from streams.processor import (
-    BatchOutcome,
-    BatchProcessor,
-    RawEvent,
-    entity_unit,
-    graph_unit,
-    user_unit,
-)
-from streams.records import (
+from rebate_guard.contract.records import (
     ENTITY_REQUESTS,
     ENTITY_RESULTS,
     GRAPH_EVENTS,
@@ -58,6 +46,18 @@ from streams.records import (
     Transaction,
     decision_on,
     requested_rebate_cents,
+)
+from rebate_guard.policy import FAILED_CLOSED, Policy, PolicyError
+from rebate_guard.settings import Settings
+from streams.auth import Guard
+from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore
+from streams.processor import (
+    BatchOutcome,
+    BatchProcessor,
+    RawEvent,
+    entity_unit,
+    graph_unit,
+    user_unit,
 )
 from streams.shards import GRAPH_PARTITION
 from streams.sink import KafkaSink, Sink

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,12 +42,8 @@ from features.stages import (
 )
 from features.user import TxContext
 from graph.layer import ACTIVE, GraphLayer, RingScore
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Event, Features, order_key
-from rebate_guard.settings import Settings
-from streams.alignment import START, Released
-from streams.console.store import ConsoleStore, Indexed, resolved_holds
-from streams.records import (
+from rebate_guard.contract.order import Event, order_key
+from rebate_guard.contract.records import (
     DEAD_LETTERS,
     DECISIONS,
     ENTITY_REQUESTS,
@@ -66,6 +61,18 @@ from streams.records import (
     RebateAdjustment,
     Transaction,
 )
+from rebate_guard.contract.validation import (
+    InvalidEvent,
+    decode_json_object,
+    parse_label,
+    parse_signup,
+    parse_transaction,
+)
+from rebate_guard.policy import Policy
+from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Features
+from rebate_guard.settings import Settings
+from streams.alignment import START, Released
+from streams.console.store import ConsoleStore, Indexed, resolved_holds
 from streams.shards import (
     GRAPH_PARTITION,
     TOPIC_CODES,
@@ -76,17 +83,11 @@ from streams.shards import (
     GraphShard,
     Inbox,
     UserShard,
+    load_checkpoint,
     ring_of,
 )
 from streams.sink import Sink, key_partition
 from streams.store import DecisionStore, RingKey
-from streams.validation import (
-    InvalidEvent,
-    decode_json_object,
-    parse_label,
-    parse_signup,
-    parse_transaction,
-)
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ class BatchProcessor:
         """Take over a shard: from its checkpoint, or fresh."""
         kind, _, number = unit.partition("-")
         partition = int(number)
-        state = None if blob is None else pickle.loads(blob)
+        state = None if blob is None else load_checkpoint(blob)
         if kind == "user":
             if state is not None and not isinstance(state, UserShard):
                 raise TypeError(f"{unit}: not a user shard checkpoint: {type(state).__name__}")

@@ -42,6 +42,7 @@ Pure: no I/O, no clock; the async driver (`streams.processor`) moves the bytes.
 from __future__ import annotations
 
 import heapq
+import io
 import json
 import pickle
 from collections import deque
@@ -63,18 +64,8 @@ from features.user import TxContext
 from features.windows import drop_oldest
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
 from rebate_guard.backtest import history_row_json
-from rebate_guard.scoring import (
-    KIND_RANK,
-    REPEAT_AT_MERCHANT,
-    Decider,
-    Event,
-    Example,
-    Features,
-    order_key,
-)
-from streams.alignment import START as _START
-from streams.alignment import Aligner, Released
-from streams.records import (
+from rebate_guard.contract.order import KIND_RANK, Event, order_key
+from rebate_guard.contract.records import (
     LABELS,
     PAYMENT,
     SIGNUPS,
@@ -87,6 +78,9 @@ from streams.records import (
     from_row,
     to_row,
 )
+from rebate_guard.scoring import REPEAT_AT_MERCHANT, Decider, Example, Features
+from streams.alignment import START as _START
+from streams.alignment import Aligner, Released
 
 #: Input topics by the code that identifies them inside a user partition.
 TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2}
@@ -104,6 +98,19 @@ _KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
     "s": Signup,
     "l": Label,
 }
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        # Before issue #19 the records were Faust records in `streams.records`.
+        if module == "streams.records":
+            module = "rebate_guard.contract.records"
+        return super().find_class(module, name)
+
+
+def load_checkpoint(blob: bytes) -> Any:
+    """A shard's checkpoint (`snapshot`), also one written by an earlier release."""
+    return _CheckpointUnpickler(io.BytesIO(blob)).load()
 
 
 #: Items per envelope: keeps messages far below Kafka's 1 MB default request size.

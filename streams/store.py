@@ -18,6 +18,8 @@ import redis as syncredis
 import redis.asyncio as aioredis
 
 from graph.layer import RingScore
+from rebate_guard.contract.time import DAY_MS
+from rebate_guard.keys import Keys, as_bytes, ledger_balances
 from rebate_guard.settings import Settings
 
 RECENT_KEEP = 100
@@ -96,48 +98,6 @@ return before or false
 
 class PolicyConflict(ValueError):
     """A policy was pushed under a version another policy already has."""
-
-
-class Keys:
-    """Redis key layout, under a prefix derived from the app id (one deployment per prefix)."""
-
-    def __init__(self, app_id: str) -> None:
-        self.prefix = f"{app_id}:"
-        self.stats = f"{self.prefix}stats"
-        self.recent = f"{self.prefix}recent"
-        #: Hash: ring id -> its latest event (JSON), for the rings that stand.
-        self.rings = f"{self.prefix}rings"
-        #: The live policy document (JSON), read by every worker.
-        self.policy = f"{self.prefix}policy"
-        #: Wall-clock ms at which the graph shard last showed it was running.
-        self.graph_heartbeat = f"{self.prefix}graph:heartbeat"
-
-    def policy_version(self, version: str) -> str:
-        """Every version's document, kept: a decision's `policy_version` can be looked up."""
-        return f"{self.prefix}policy:version:{version}"
-
-    def decision(self, tx_id: str) -> str:
-        return f"{self.prefix}decision:{tx_id}"
-
-    def adjustment(self, adjustment_id: str) -> str:
-        return f"{self.prefix}adjustment:{adjustment_id}"
-
-    def ledger(self, tx_id: str) -> str:
-        """A transaction's rebate balances after its latest adjustment (hash)."""
-        return f"{self.prefix}ledger:{tx_id}"
-
-    def dead_letter(self, topic: str, partition: int, offset: int) -> str:
-        return f"{self.prefix}dead:{topic}:{partition}:{offset}"
-
-    def checkpoint(self, name: str) -> str:
-        return f"{self.prefix}checkpoint:{name}"
-
-    def referral(self, user_id: str) -> str:
-        return f"{self.prefix}referral:{user_id}"
-
-    def ring_score(self, key: tuple[str, str]) -> str:
-        """A user's ("u", id) or merchant's ("m", id) strongest ring."""
-        return f"{self.prefix}ring:{key[0]}:{key[1]}"
 
 
 class DecisionStore(Protocol):
@@ -229,7 +189,7 @@ class RedisDecisionStore:
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.keys = Keys(settings.app_id)
         self.ttl = settings.decision_ttl_s
-        self.tree_ttl_ms = settings.user_ttl_days * 86_400_000
+        self.tree_ttl_ms = settings.user_ttl_days * DAY_MS
         if client is None:
             # Many `POST /score` requests at once share the pool: past its size they wait
             # for a connection (up to the socket timeout) instead of failing, which the
@@ -269,7 +229,7 @@ class RedisDecisionStore:
         out = {}
         for user, value in zip(user_ids, values, strict=True):
             if value is not None:
-                ts, _, referrer = _bytes(value).decode().partition(":")
+                ts, _, referrer = as_bytes(value).decode().partition(":")
                 out[user] = (referrer, int(ts))
         return out
 
@@ -303,7 +263,7 @@ class RedisDecisionStore:
         names = [self.keys.decision(tx_id)] + [self.keys.ring_score(k) for k in keys]
         decision, *scores = await self.client.mget(names)
         rings = {k: _ring_score(v) for k, v in zip(keys, scores, strict=True) if v is not None}
-        return (None if decision is None else _bytes(decision)), rings
+        return (None if decision is None else as_bytes(decision)), rings
 
     async def rings(self) -> list[dict[str, Any]]:
         raw = await self.client.hvals(self.keys.rings)
@@ -311,7 +271,7 @@ class RedisDecisionStore:
 
     async def get_policy(self) -> bytes | None:
         value = await self.client.get(self.keys.policy)
-        return None if value is None else _bytes(value)
+        return None if value is None else as_bytes(value)
 
     async def put_graph_heartbeat(self, at_ms: int) -> None:
         await self.client.set(self.keys.graph_heartbeat, at_ms)
@@ -328,7 +288,7 @@ class RedisDecisionStore:
             if "already taken" in str(err):
                 raise PolicyConflict(str(err)) from None
             raise
-        return None if before is None else _bytes(before)
+        return None if before is None else as_bytes(before)
 
     async def seed_policy(self, version: str, document: str) -> bool:
         await self.client.set(self.keys.policy_version(version), document, nx=True)
@@ -338,7 +298,7 @@ class RedisDecisionStore:
         if not tx_ids:
             return {}
         values = await self.client.mget([self.keys.decision(t) for t in tx_ids])
-        return {t: _bytes(v) for t, v in zip(tx_ids, values, strict=True) if v is not None}
+        return {t: as_bytes(v) for t, v in zip(tx_ids, values, strict=True) if v is not None}
 
     async def put_new(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
         if not items:
@@ -386,30 +346,20 @@ class RedisDecisionStore:
         if pointer is None:
             return None
         parts = await self.client.mget(_chunk_keys(base, pointer))
-        present = [_bytes(p) for p in parts if p is not None]
+        present = [as_bytes(p) for p in parts if p is not None]
         if len(present) != len(parts):
             raise RuntimeError(f"checkpoint {name!r} is incomplete in Redis")
         return b"".join(present)
 
     async def get(self, tx_id: str) -> bytes | None:
         value = await self.client.get(self.keys.decision(tx_id))
-        return None if value is None else _bytes(value)
+        return None if value is None else as_bytes(value)
 
     async def stats(self) -> dict[str, Any]:
         raw = await self.client.hgetall(self.keys.stats)
         recent = await self.client.lrange(self.keys.recent, 0, RECENT_SHOWN - 1)
-        counters = {_bytes(k).decode(): int(v) for k, v in raw.items()}
+        counters = {as_bytes(k).decode(): int(v) for k, v in raw.items()}
         return {"counters": counters, "recent": [json.loads(r) for r in recent]}
-
-
-def ledger_balances(raw: Mapping[Any, Any]) -> dict[str, Any]:
-    """A transaction's ledger hash as Redis returns it (bytes), as cents and the id of the
-    adjustment that set them."""
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name, text = _bytes(key).decode(), _bytes(value).decode()
-        out[name] = int(text) if name.endswith("_cents") else text
-    return out
 
 
 def _ring_score(value: bytes | str) -> RingScore:
@@ -451,11 +401,6 @@ def _checkpoint_plan(base: str, blob: bytes) -> tuple[dict[str, bytes], str]:
 def _chunk_keys(base: str, pointer: bytes | str) -> list[str]:
     meta = json.loads(pointer)
     return [f"{base}:{meta['generation']}:{i}" for i in range(meta["chunks"])]
-
-
-def _bytes(value: bytes | str) -> bytes:
-    # The client is created without decode_responses, so Redis answers bytes.
-    return value.encode() if isinstance(value, str) else value
 
 
 @dataclass

@@ -12,10 +12,10 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from rebate_guard.client import rebate_status
+from rebate_guard.contract.records import Decision
+from rebate_guard.contract.validation import InvalidEvent, decode_json_object, parse_transaction
 from streams.auth import HOME, SESSION_COOKIE, Guard
 from streams.console.views import register_console
-from streams.records import Decision
-from streams.validation import InvalidEvent, decode_json_object, parse_transaction
 
 if TYPE_CHECKING:
     from streams.app import Runtime

@@ -14,13 +14,13 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import Label, Signup, Transaction
 from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Event
 from rebate_guard.settings import Settings
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.auth import ADMIN, REVIEWER, SESSION_COOKIE, VIEWER
 from streams.processor import BatchProcessor, RawEvent
-from streams.records import Label, Signup, Transaction
 from streams.sink import key_partition
 from streams.users import User, UsersFile
 from tests.web import TOKEN, HttpServer, Served, served

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from rebate_guard.contract.records import Decision, build
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.policy import Policy, default_policy
-from streams.records import Decision, build
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in epoch ms
-MINUTE = 60_000
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
+MINUTE, HOUR, DAY = MINUTE_MS, HOUR_MS, DAY_MS
 
 
 def tx(tx_id: str = "t1", ts: int = T0, **overrides: Any) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import polars as pl
 
-HOUR = 3_600_000
-DAY = 24 * HOUR
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
+
+HOUR, DAY = HOUR_MS, DAY_MS
 
 
 def _ordered(

@@ -11,10 +11,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.records import FRAUD, PAYMENT, Label, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.records import (
+    FRAUD,
+    PAYMENT,
+    Label,
+    Signup,
+    Transaction,
+    requested_rebate_cents,
+)
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
-HOUR = 3_600_000
-DAY = 24 * HOUR
+HOUR, DAY = HOUR_MS, DAY_MS
 YOUNG = 7 * DAY
 
 

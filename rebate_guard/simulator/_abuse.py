@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.simulator._builder import Builder
 from rebate_guard.simulator._common import (
     AMOUNT_SIGMA,
@@ -15,12 +16,9 @@ from rebate_guard.simulator._common import (
     BRUSHING,
     CASH_OUT,
     COLLUSION_RING,
-    DAY_MS,
     ENTERTAINMENT,
     GROCERY,
     HOSTING_A,
-    HOUR_MS,
-    MINUTE_MS,
     PROFILE_FLAT,
     PYRAMID,
     REFERRAL_FARM,

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-MINUTE_MS = 60_000
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 
 # Scenario codes (tx_truth.scenario); 0 is legit.
 SCENARIOS = ("legit", "brushing", "referral_farm", "collusion_ring", "cash_out", "pyramid")

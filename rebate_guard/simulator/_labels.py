@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.simulator._common import (
     CASH_OUT,
-    DAY_MS,
     DEEP_REFERRAL,
     HIGH_RATE_MERCHANT,
     PYRAMID,

@@ -6,24 +6,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.simulator._builder import Builder
 from rebate_guard.simulator._common import (
     AMOUNT_SIGMA,
     BIG_PURCHASE,
     CATEGORY_SHARE,
-    DAY_MS,
     DEEP_REFERRAL,
     DEEP_REFERRAL_DEPTH,
     FAMILY_DEVICE,
     GROCERY,
     HIGH_RATE_MERCHANT,
     HIGH_RATE_PCT,
-    HOUR_MS,
     LEGIT,
     LOYAL_DAILY,
     LUNCH_RUSH,
     MEDIAN_CENTS,
-    MINUTE_MS,
     MOBILE_A,
     NAT_POOL,
     NO_LOOK,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rebate_guard.contract.time import DAY_MS
+
 #: Abusers' aged accounts may predate the legit history by up to this many days.
 AGED_ACCOUNT_EXTRA_DAYS = 35
 
@@ -154,8 +156,8 @@ class WorldConfig:
     def history_start_ms(self) -> int:
         """No account signed up before this: the legit history, and aged accounts bought
         by abusers up to `AGED_ACCOUNT_EXTRA_DAYS` older."""
-        return self.start_ts_ms - (self.history_days + AGED_ACCOUNT_EXTRA_DAYS) * 86_400_000
+        return self.start_ts_ms - (self.history_days + AGED_ACCOUNT_EXTRA_DAYS) * DAY_MS
 
     @property
     def end_ts_ms(self) -> int:
-        return self.start_ts_ms + self.days * 86_400_000
+        return self.start_ts_ms + self.days * DAY_MS

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from streams.records import LABEL_VALUES, LABELS, Label
+from rebate_guard.contract.records import LABEL_VALUES, LABELS, Label
 
 if TYPE_CHECKING:
     from streams.app import Runtime

@@ -7,9 +7,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rebate_guard.contract.records import Decision
 from streams.console.render import mask
 from streams.console.store import held_cents
-from streams.records import Decision
 
 if TYPE_CHECKING:
     from streams.app import Runtime

@@ -13,15 +13,15 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from rebate_guard.backtest import HistoryRow, backtest, label_rows
+from rebate_guard.contract.records import Label
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.policy import Policy, PolicyError, Suppression
 from streams.console.actions import label_time
-from streams.records import Label
 from streams.store import PolicyConflict
 
 if TYPE_CHECKING:
     from streams.app import Runtime
 
-DAY_MS = 86_400_000
 #: What the audit log calls a change of the live policy.
 PUBLISH = "publish"
 SUPPRESS = "suppress"

@@ -28,7 +28,15 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from streams.records import HOLD, RELEASE, VOID, Decision, Label, RebateAdjustment, Transaction
+from rebate_guard.contract.records import (
+    HOLD,
+    RELEASE,
+    VOID,
+    Decision,
+    Label,
+    RebateAdjustment,
+    Transaction,
+)
 
 #: Seconds per bucket of the overview's time series.
 SERIES_STEP_S = 10

@@ -13,10 +13,10 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from graph.rings import BRUSHING, CASH_OUT, COLLUSION, PYRAMID, REFERRAL_FARM, SIGNUP_BATCH
+from rebate_guard.contract.records import FRAUD, LEGIT
 from streams.auth import REVIEWER, VIEWER, Guard, Identity
 from streams.console import actions, data
 from streams.console.render import render
-from streams.records import FRAUD, LEGIT
 from streams.roles import role_at_least
 
 if TYPE_CHECKING:

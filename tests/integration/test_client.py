@@ -10,8 +10,8 @@ import time
 import pytest
 
 from rebate_guard.client import DecisionClient
+from rebate_guard.contract.records import RebateAdjustment
 from rebate_guard.settings import Settings
-from streams.records import RebateAdjustment
 from streams.store import RedisDecisionStore
 from tests.factories import T0, decision
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
+from rebate_guard.contract.records import ALLOW, BLOCK, HOLD, Decision, Label, Transaction
 from rebate_guard.settings import Settings
 from streams.console.store import (
     ENTITY_KEEP,
@@ -20,7 +21,6 @@ from streams.console.store import (
     MemoryConsoleStore,
     RedisConsoleStore,
 )
-from streams.records import ALLOW, BLOCK, HOLD, Decision, Label, Transaction
 from tests.factories import T0
 from tests.factories import tx as tx_event
 

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from rebate_guard.contract.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, TRANSACTIONS
 from rebate_guard.settings import Settings
 from rebate_guard.stack import LocalStack, StackError
 from rebate_guard.topics import (
@@ -23,7 +24,6 @@ from rebate_guard.topics import (
     list_topics,
     topic_partitions,
 )
-from streams.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, TRANSACTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from rebate_guard.contract.records import Decision, RebateAdjustment
 from rebate_guard.settings import Settings
-from streams.records import Decision, RebateAdjustment
 from streams.store import (
     DecisionStore,
     MemoryDecisionStore,

@@ -3,13 +3,13 @@
 import asyncio
 import json
 
+from rebate_guard.contract.records import Decision
+from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.policy import Policy
 from rebate_guard.settings import Settings
 from streams.app import create_worker
-from streams.records import Decision
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
-from streams.validation import parse_transaction
 from tests.factories import T0, decision, label, signup, tx
 
 
@@ -115,7 +115,7 @@ def test_graph_agent_publishes_rings_that_later_decisions_name() -> None:
     """The graph-events agent takes what the user stage sends it, publishes the referral
     farm it finds (rings topic, ring scores in the store), and a member's next payment is
     decided with the ring's reason code."""
-    from streams.records import Signup, Transaction
+    from rebate_guard.contract.records import Signup, Transaction
     from tests.unit.test_graph import World, referral_farm
 
     world = World()

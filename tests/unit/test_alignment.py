@@ -8,9 +8,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rebate_guard.scoring import Event, order_key
+from rebate_guard.contract.order import Event, order_key
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 from streams.alignment import Aligner
-from streams.validation import parse_label, parse_signup, parse_transaction
 from tests.factories import T0, label, signup, tx
 
 SOURCES = frozenset({("transactions", 0), ("transactions", 1), ("signups", 0), ("labels", 0)})

@@ -16,10 +16,11 @@ from rebate_guard.backtest import (
     history_row,
     label_rows,
 )
+from rebate_guard.contract.order import order_key
+from rebate_guard.contract.records import Label, Transaction
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 from rebate_guard.policy import Policy
-from rebate_guard.scoring import Decider, Scorer, order_key
-from streams.records import Label, Transaction
-from streams.validation import parse_label, parse_signup, parse_transaction
+from rebate_guard.scoring import Decider, Scorer
 from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
 
 FIXED = {"allow_at": 0.85, "scale_at": 0.8, "hold_at": 0.5}
@@ -547,7 +548,7 @@ def test_the_fast_row_encoder_writes_the_rows_bytes(
     category: str | None, user: str, reasons: list[str],
 ) -> None:  # fmt: skip
     from rebate_guard.backtest import history_row, history_row_json
-    from streams.records import Decision
+    from rebate_guard.contract.records import Decision
 
     payment = Transaction(**tx(user_id=user, merchant_category=category))
     decision = Decision(

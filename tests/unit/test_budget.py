@@ -12,6 +12,8 @@ import pytest
 from detectors.base import Features
 from detectors.risk import Assessment, RiskModel
 from rebate_guard.budget import SHARED, Cut, FrictionBudget, largest_cut, weight_bin
+from rebate_guard.contract.records import Decision
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 from rebate_guard.policy import (
     BELOW_BLOCK_CUT,
     BELOW_CUT,
@@ -24,8 +26,6 @@ from rebate_guard.policy import (
 )
 from rebate_guard.replay import replay
 from rebate_guard.scoring import Decider, Scorer
-from streams.records import Decision
-from streams.validation import parse_label, parse_signup, parse_transaction
 from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
 
 BUDGET = 0.01

@@ -10,6 +10,8 @@ from types import ModuleType
 import polars as pl
 import pytest
 
+from rebate_guard.contract.time import DAY_MS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -95,7 +97,7 @@ def test_a_compromised_card_pays_a_third_at_five_times_for_14_days(world: pl.Dat
 def test_events_follow_the_contract_with_labels_seven_days_late(
     world: pl.DataFrame, tmp_path: Path
 ) -> None:
-    from streams.validation import parse_label, parse_signup, parse_transaction
+    from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 
     paths = cw.write_events(world, tmp_path)
     tx = pl.read_parquet(paths["transactions"])
@@ -108,11 +110,11 @@ def test_events_follow_the_contract_with_labels_seven_days_late(
             parse(row)
     joined = labels.join(tx.select("tx_id", tx_ts="ts"), on="tx_id")
     assert joined.height == labels.height
-    assert (joined["ts"] - joined["tx_ts"] == 7 * cw.DAY_MS).all()
+    assert (joined["ts"] - joined["tx_ts"] == 7 * DAY_MS).all()
     truth = pl.read_parquet(paths["tx_truth"]).join(labels, on="tx_id")
     assert ((truth["label"] == "fraud") == truth["is_fraud"]).all()
-    end = tx["ts"].min() + SMALL.days * cw.DAY_MS
-    assert labels.height == tx.filter(pl.col("ts") + 7 * cw.DAY_MS < end).height
+    end = tx["ts"].min() + SMALL.days * DAY_MS
+    assert labels.height == tx.filter(pl.col("ts") + 7 * DAY_MS < end).height
     first = tx.group_by("user_id").agg(pl.col("ts").min().alias("first"))
     assert (signups.join(first, on="user_id").select(pl.col("ts") < pl.col("first")))["ts"].all()
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rebate_guard.scoring import Event
-from streams.records import Label, Transaction
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import Label, Transaction
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from tests.console_world import PASSWORD, POLICY, console_world, world_events
 from tests.factories import tx

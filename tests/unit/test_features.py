@@ -1,10 +1,10 @@
 from pathlib import Path
 
 from features.engine import EngineConfig, FeatureEngine
+from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.validation import parse_signup, parse_transaction
 from rebate_guard.replay import EventFiles
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from streams.records import Signup, Transaction
-from streams.validation import parse_signup, parse_transaction
 from tests.factories import DAY, HOUR, T0, signup, tx
 
 
@@ -102,7 +102,7 @@ def test_merchant_pair_and_card_windows_have_half_open_edges() -> None:
 
 
 def test_merchant_fraud_rate_counts_only_labels_arrived_for_payments_in_30d() -> None:
-    from streams.validation import parse_label
+    from rebate_guard.contract.validation import parse_label
     from tests.factories import label
 
     engine = FeatureEngine()

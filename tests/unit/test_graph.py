@@ -12,15 +12,17 @@ import polars as pl
 import pytest
 
 from graph.candidates import Candidates
-from graph.entity_graph import DAY_MS, EntityGraph
+from graph.entity_graph import EntityGraph
 from graph.layer import GraphConfig, GraphLayer, RingEvent
 from graph.rings import NEW_ACCOUNT_MS, SIGNUP_BATCH, SIGNUP_BATCH_MAX, densest_block
+from rebate_guard.contract.order import Event, order_key
+from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.time import DAY_MS
+from rebate_guard.contract.validation import parse_signup, parse_transaction
 from rebate_guard.replay import replay
 from rebate_guard.ring_quality import ring_quality
-from rebate_guard.scoring import Event, Scorer, order_key
+from rebate_guard.scoring import Scorer
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from streams.records import Signup, Transaction
-from streams.validation import parse_signup, parse_transaction
 from tests.factories import HOUR, MINUTE, T0, signup, tx
 
 Stream = list[Event]

@@ -9,15 +9,14 @@ import tempfile
 from pathlib import Path
 
 from rebate_guard.backtest import HistoryRow
+from rebate_guard.contract.records import Transaction
+from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.replay import EventFiles
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.console.store import MemoryConsoleStore
-from streams.records import Transaction
-from streams.validation import parse_transaction
+from tests.factories import HOUR
 from tests.unit.test_payment_time import Feed, _nothing_produced
 from tests.unit.test_processor import make
-
-HOUR = 3_600_000
 
 
 def test_payments_decided_at_payment_time_are_indexed_once_with_their_history_rows() -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import Label, Transaction
 from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Event, Scorer
+from rebate_guard.scoring import Scorer
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from streams.records import Label, Transaction
 
 
 @pytest.fixture(scope="module")

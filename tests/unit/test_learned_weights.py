@@ -13,8 +13,8 @@ from detectors.prior_shift import PriorShift
 from detectors.ring_say import RingSay
 from detectors.risk import RiskModel
 from graph.evidence import RING_FEATURES, ring_features
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 from rebate_guard.scoring import ALL_FEATURE_NAMES, Scorer
-from streams.validation import parse_label, parse_signup, parse_transaction
 from tests.factories import DAY, T0, label, signup, tx
 from tests.unit.test_detectors import _logistic_world
 

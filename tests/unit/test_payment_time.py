@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import Decision, Label, Signup, Transaction
+from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.policy import Policy
 from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Event
 from rebate_guard.settings import Settings
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.processor import BatchProcessor, RawEvent, in_flight_keys, user_unit
-from streams.records import Decision, Label, Signup, Transaction
 from streams.sink import key_partition
 from streams.store import MemoryDecisionStore
-from streams.validation import parse_transaction
 from tests.factories import T0, tx
 from tests.unit.test_processor import IDLE_S, Clock, make
 
@@ -331,8 +331,8 @@ def test_a_payment_half_way_into_the_stream_counts_once() -> None:
     released it, then its entity shard has applied it, and only then does the user shard
     complete it. Later payments on its keys decided meanwhile count it exactly once in
     every family: from the state where the state has it, applied to the copies elsewhere."""
+    from rebate_guard.contract.records import FeatureVector
     from streams.processor import entity_unit
-    from streams.records import FeatureVector
     from streams.sink import MemorySink
 
     async def run() -> None:

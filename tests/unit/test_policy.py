@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.policy import (
     EXPECTED_LOSS,
     Policy,
@@ -14,11 +15,9 @@ from rebate_guard.policy import (
     default_policy,
     trust_weight,
 )
-from streams.validation import parse_transaction
-from tests.factories import T0, tx
+from tests.factories import DAY, T0, tx
 
 unit = st.floats(0, 1)
-DAY = 86_400_000
 
 
 @given(unit, unit)

@@ -8,10 +8,10 @@ import asyncio
 import json
 from typing import Any
 
+from rebate_guard.contract.records import Decision, FeatureVector
 from rebate_guard.policy import Policy
 from rebate_guard.settings import Settings
 from streams.processor import BatchOutcome, BatchProcessor, RawEvent, entity_unit, user_unit
-from streams.records import Decision, FeatureVector
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
 from tests.factories import HOUR, T0, label, signup, tx

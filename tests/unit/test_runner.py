@@ -40,13 +40,13 @@ def test_the_worker_keeps_the_log_level_asked_for_instead_of_faust_s_debug() -> 
 
     import faust
 
-    from rebate_guard.runner import quiet_worker
+    from streams.transport import QuietWorker
 
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     app = faust.App("log-level-test", broker="memory://", web_enabled=False)
     try:
-        for worker_class, debug_on in ((faust.Worker, True), (quiet_worker(), False)):
+        for worker_class, debug_on in ((faust.Worker, True), (QuietWorker, False)):
             worker = worker_class(app, loglevel="WARNING", quiet=True)
             worker._setup_logging()
             assert root.level == (logging.DEBUG if debug_on else logging.WARNING)

@@ -2,9 +2,10 @@ import pickle
 
 from detectors.risk import RiskModel
 from graph.layer import GraphLayer
+from rebate_guard.contract.order import order_key
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
 from rebate_guard.policy import Policy
-from rebate_guard.scoring import Decider, Scorer, order_key
-from streams.validation import parse_label, parse_signup, parse_transaction
+from rebate_guard.scoring import Decider, Scorer
 from tests.factories import DAY, HOUR, T0, fixed_policy, label, signup, tx
 
 
@@ -65,12 +66,18 @@ def test_events_order_by_time_then_kind_then_id() -> None:
     t2 = parse_transaction(tx("a2", T0))
     t1 = parse_transaction(tx("a1", T0))
     assert sorted([(t2, 0), (t1, 1)], key=lambda p: order_key(*p)) == [(t1, 1), (t2, 0)]
-    # Replay ranks kinds by their position in KINDS: it must agree with order_key.
-    from rebate_guard.replay import KINDS
+    # Replay ranks kinds by their position in EVENT_KINDS and ids by their `id_fields`: it
+    # must agree with order_key.
+    from rebate_guard.contract.order import EVENT_KINDS
 
     by_kind = {"signups": s, "labels": lab, "transactions": t}
-    ranks = [order_key(by_kind[kind], 0)[1] for kind, _ in KINDS]
-    assert ranks == sorted(ranks)
+    assert [order_key(by_kind[kind.name], 0)[1] for kind in EVENT_KINDS] == [0, 1, 2]
+    for kind in EVENT_KINDS:
+        event = by_kind[kind.name]
+        first = next(getattr(event, f) for f in kind.id_fields if getattr(event, f) is not None)
+        assert order_key(event, 0)[2] == first
+    by_user = parse_label({**label("t", T0), "tx_id": None, "user_id": "u"})
+    assert order_key(by_user, 0)[2] == "u"
 
 
 def test_scorer_state_pickles_and_resumes_identically() -> None:

@@ -25,12 +25,8 @@ from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
 from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
-from rebate_guard.ledger import reconcile
-from rebate_guard.policy import Budget, default_policy
-from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Decider, Event, Example, Features, Scorer
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from streams.records import (
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import (
     LABELS,
     SIGNUPS,
     TRANSACTIONS,
@@ -40,8 +36,13 @@ from streams.records import (
     Signup,
     Transaction,
 )
+from rebate_guard.contract.validation import parse_transaction
+from rebate_guard.ledger import reconcile
+from rebate_guard.policy import Budget, default_policy
+from rebate_guard.replay import EventFiles
+from rebate_guard.scoring import Decider, Example, Features, Scorer
+from rebate_guard.simulator import WorldConfig, simulate_world, write_world
 from streams.shards import GRAPH_PARTITION, TOPIC_CODES, EntityShard, GraphShard, UserShard
-from streams.validation import parse_transaction
 from tests import factories
 
 CONFIG = EngineConfig()

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.simulator import (
     ABUSE_SCENARIOS,
     LOOKALIKES,
@@ -29,8 +30,6 @@ from rebate_guard.simulator._legit import referral_depth
 from rebate_guard.simulator.profiles import FRAUD_SHARE, PER_100K, RANDOM_RANGES
 
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 #: Every new behaviour on (and strong enough to show in a small world).
 VARIED = replace(
     SMALL,

@@ -24,10 +24,10 @@ from features.stages import (
     splice,
     transaction_routes,
 )
+from rebate_guard.contract.order import Event
+from rebate_guard.contract.records import Label, Signup, Transaction
 from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Event
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from streams.records import Label, Signup, Transaction
 from tests.factories import DAY, HOUR
 
 

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.records import Transaction, build, requested_rebate_cents, scale_cents
-from streams.validation import (
+from rebate_guard.contract.records import Transaction, build, requested_rebate_cents, scale_cents
+from rebate_guard.contract.validation import (
     InvalidEvent,
     decode_json_object,
     parse_label,

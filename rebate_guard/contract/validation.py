@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from streams.records import (
+from rebate_guard.contract.records import (
     LABEL_VALUES,
     MAX_REBATE_RATE,
     REFUND,

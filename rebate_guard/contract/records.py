@@ -1,0 +1,342 @@
+"""The event contract, declared once. docs/events.md documents each record with an example.
+
+Timestamps are epoch milliseconds (UTC) on the wire and in memory; files may carry either a UTC
+timestamp column or epoch ms (see `rebate_guard.io`). Money is integer minor units (cents).
+
+Records are plain slotted dataclasses (`Record`, `@record`): nothing here imports Faust, so the
+features, detectors, graph and the client load none of it. On the wire a record is the JSON
+object of its fields in declaration order, as compact as JSON goes (`Record.dumps`): byte for
+byte what the Faust records of earlier releases wrote (tests/unit/test_contract.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from datetime import date, datetime, time
+from decimal import Decimal
+from enum import Enum
+from typing import Any, ClassVar, Self, TypeVar, dataclass_transform
+from uuid import UUID
+
+# Topic names of the contract; `Settings.topic()` adds the configured prefix.
+TRANSACTIONS = "transactions"
+SIGNUPS = "signups"
+LABELS = "labels"
+DECISIONS = "decisions"
+RINGS = "rings"
+DEAD_LETTERS = "dead-letters"
+FEATURES = "features"
+REBATE_ADJUSTMENTS = "rebate-adjustments"
+INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
+OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES, REBATE_ADJUSTMENTS)
+# Between the two feature stages (streams/shards.py): not part of the contract.
+ENTITY_REQUESTS = "entity-requests"
+ENTITY_RESULTS = "entity-results"
+# From the user shards to the graph shard (streams/shards.py: `GraphShard`).
+GRAPH_EVENTS = "graph-events"
+INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS, GRAPH_EVENTS)
+
+PAYMENT = "payment"
+REFUND = "refund"
+TX_KINDS = (PAYMENT, REFUND)
+
+FRAUD = "fraud"
+LEGIT = "legit"
+LABEL_VALUES = (FRAUD, LEGIT)
+
+ALLOW = "allow"
+SCALE = "scale"
+HOLD = "hold"
+BLOCK = "block"
+ACTIONS = (ALLOW, SCALE, HOLD, BLOCK)
+
+#: What a rebate adjustment does: a held rebate paid out, a held rebate dropped, or a
+#: granted rebate taken back.
+RELEASE = "release"
+VOID = "void"
+CLAWBACK = "clawback"
+ADJUSTMENT_KINDS = (RELEASE, VOID, CLAWBACK)
+
+MAX_REBATE_RATE = 0.30
+
+
+def _json_default(value: Any) -> Any:
+    """What JSON has no type for, as Faust's JSON codec wrote it (`faust.utils.json`)."""
+    if isinstance(value, Decimal | UUID | bytes):
+        return str(value)
+    if isinstance(value, date | time):
+        if not isinstance(value, datetime | time):
+            value = datetime(value.year, value.month, value.day)
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset | deque | tuple):
+        return list(value)
+    if isinstance(value, Record):
+        return value.asdict()
+    raise TypeError(f"JSON cannot serialize {type(value).__name__!r}: {value!r}")
+
+
+#: Compact separators, ASCII only, NaN/Infinity allowed, keys in field order.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
+
+
+class Record:
+    """A contract record: keyword (or positional, in field order) construction, `asdict()`,
+    `dumps()` to JSON bytes and `Cls.loads(bytes)`; equal, ordered and hashed by its fields.
+    Declare one with `@record`. A field with a default given None takes its default."""
+
+    __slots__ = ()
+    #: Field names in declaration order.
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _field_set: ClassVar[frozenset[str]] = frozenset()
+    #: The declared defaults, by field.
+    _defaults: ClassVar[dict[str, Any]] = {}
+    #: (field, default) for defaults other than None: None given there becomes the default.
+    _none_means_default: ClassVar[tuple[tuple[str, Any], ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name, default in self._none_means_default:
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickling: the `(None, {slot: value})` pickle writes for a slotted object, or the
+        attribute dict a checkpoint of a release before issue #19 holds for a Faust record
+        (`streams.processor.load_checkpoint` finds the class for it)."""
+        values = state[1] if isinstance(state, tuple) else state
+        for name in self._fields:
+            setattr(self, name, values[name] if name in values else self._defaults[name])
+
+    def asdict(self) -> dict[str, Any]:
+        """The fields in declaration order (a new dict; the values themselves, not copies)."""
+        raise NotImplementedError  # made by `@record`
+
+    def _row(self) -> list[Any]:
+        raise NotImplementedError  # made by `@record`
+
+    def dumps(self) -> bytes:
+        """The record as its topic carries it: the JSON object of `asdict()`."""
+        return _ENCODER.encode(self.asdict()).encode()
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> Self:
+        """The record `dumps` wrote. Unknown keys are ignored, a missing key with a default (or
+        null there) takes the default, a missing required one raises TypeError."""
+        if not isinstance(data, str):
+            data = bytes(data).decode()
+        values = json.loads(data)
+        known = cls._field_set
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+
+def _method(name: str, source: str) -> Callable[..., Any]:
+    namespace: dict[str, Any] = {}
+    exec(f"def {name}(self):\n    return {source}\n", namespace)
+    return namespace[name]
+
+
+RecordT = TypeVar("RecordT", bound=Record)
+
+
+@dataclass_transform(eq_default=True, order_default=True)
+def record(cls: type[RecordT]) -> type[RecordT]:
+    """Make a `Record` subclass a slotted dataclass with its field table and its generated
+    `asdict` (a dict literal: faster than a loop on every record written)."""
+    made = dataclass(slots=True, order=True, unsafe_hash=True)(cls)
+    declared = fields(made)  # type: ignore[arg-type]
+    names = tuple(f.name for f in declared)
+    made._fields = names
+    made._field_set = frozenset(names)
+    made._defaults = {f.name: f.default for f in declared if f.default is not MISSING}
+    made._none_means_default = tuple(
+        (name, value) for name, value in made._defaults.items() if value is not None
+    )
+    made.asdict = _method(  # type: ignore[method-assign]
+        "asdict", "{" + ", ".join(f"{n!r}: self.{n}" for n in names) + "}"
+    )
+    made._row = _method("_row", "[" + ", ".join(f"self.{n}" for n in names) + "]")  # type: ignore[method-assign]
+    return made
+
+
+@record
+class Transaction(Record):
+    """A payment or a refund; the rebate requested is floor(amount_cents x rebate_rate)."""
+
+    tx_id: str
+    ts: int
+    user_id: str
+    merchant_id: str
+    amount_cents: int
+    rebate_rate: float
+    kind: str
+    ref_tx_id: str | None = None
+    device_id: str | None = None
+    ip: str | None = None
+    card_id: str | None = None
+    merchant_category: str | None = None
+
+
+@record
+class Signup(Record):
+    user_id: str
+    ts: int
+    referrer_id: str | None = None
+    device_id: str | None = None
+    ip: str | None = None
+    phone_hash: str | None = None
+
+
+@record
+class Label(Record):
+    """Delayed feedback (review, chargeback): ts is when it became known, not the tx's ts."""
+
+    ts: int
+    label: str
+    source: str
+    tx_id: str | None = None
+    user_id: str | None = None
+    #: Who decided it, for labels from the console's review queue (source `review`).
+    reviewer: str | None = None
+
+
+@record
+class Decision(Record):
+    """The answer for one transaction; rebate engines read it by tx_id."""
+
+    tx_id: str
+    ts: int
+    user_id: str
+    merchant_id: str
+    risk: float
+    trust_weight: float
+    action: str
+    rebate_requested_cents: int
+    rebate_granted_cents: int
+    reasons: list[str]
+    model_version: str
+    decided_at: int
+    policy_version: str = ""
+    #: Upline tiers that may be paid referral commission on this payment: the buyer's
+    #: referral depth, at most the policy's `max_commission_tiers` (never more than 3), and
+    #: 0 when no rebate is granted now.
+    commission_tiers: int = 0
+    #: Which thresholds decided it: `budget:<group>:<epoch start ms>:<cut>:<block cut>`
+    #: (the friction budget's cut), `fixed` (the policy's fixed thresholds), `lists`,
+    #: `campaign:<name>`, `fail_closed`; "" for decisions made before it was recorded.
+    threshold_version: str = ""
+
+
+@record
+class RebateAdjustment(Record):
+    """A change to a transaction's rebate after its decision, with the balances after it:
+    granted + held + voided = requested, always. At most one per (tx_id, slot): a hold is
+    resolved once (`<tx_id>:hold`), a grant clawed back once (`<tx_id>:clawback`)."""
+
+    adjustment_id: str
+    tx_id: str
+    user_id: str
+    ts: int  # event time of its cause (a label, a refund, the hold's timeout)
+    kind: str  # RELEASE, VOID or CLAWBACK
+    cents: int  # moved by this adjustment
+    cause: str  # "label:fraud", "label:legit", "refund:<tx_id>", "hold_timeout"
+    requested_cents: int
+    granted_cents: int
+    held_cents: int
+    voided_cents: int
+    policy_version: str
+    decided_at: int
+
+
+@record
+class Ring(Record):
+    ring_id: str
+    kind: str
+    users: list[str]
+    merchants: list[str]
+    devices: list[str]
+    score: float
+    detected_at: int
+    rebate_at_risk_cents: int
+    evidence: dict[str, Any]
+
+
+@record
+class FeatureVector(Record):
+    """What the models saw for one transaction: the training log, free of serving skew."""
+
+    tx_id: str
+    ts: int
+    features: dict[str, Any]
+
+
+@record
+class DeadLetter(Record):
+    """An input event that could not be used, with why; `payload` is the raw bytes as text."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    payload: str
+    received_at: int
+
+
+def build(cls: type[RecordT], **values: Any) -> RecordT:
+    """A record from values that are already validated, every field given: `cls(**values)`
+    that refuses a missing field rather than defaulting it. Only for values that passed
+    `rebate_guard.contract.validation` or come from our own code.
+    """
+    if values.keys() != cls._field_set:
+        missing = cls._field_set - values.keys()
+        extra = values.keys() - cls._field_set
+        raise TypeError(f"{cls.__name__}: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    return cls(**values)
+
+
+def decision_on(tx: Transaction, **values: Any) -> Decision:
+    """The decision on `tx` (its ids and ts copied) with the other fields from `values`."""
+    return build(
+        Decision,
+        tx_id=tx.tx_id,
+        ts=tx.ts,
+        user_id=tx.user_id,
+        merchant_id=tx.merchant_id,
+        **values,
+    )
+
+
+def to_row(record: Record) -> list[Any]:
+    """A record's field values in declaration order: the compact form of events on the
+    pipeline's internal topics (`from_row` reads it back)."""
+    return record._row()
+
+
+def from_row(cls: type[RecordT], row: list[Any]) -> RecordT:
+    """The record `to_row` wrote; only for rows our own workers produced. A row written
+    before optional fields were added to the record's end (a worker of the previous release,
+    during a rolling upgrade) takes their defaults."""
+    names = cls._fields
+    if len(row) < len(names):
+        defaults = cls._defaults
+        row = [*row, *(defaults[name] for name in names[len(row) :])]
+    return build(cls, **dict(zip(names, row, strict=True)))
+
+
+def requested_rebate_cents(amount_cents: int, rebate_rate: float) -> int:
+    """floor(amount_cents x rebate_rate), exact: the rate is honoured to six decimal places.
+
+    Multiplying by the float directly would floor 100 x 0.29 to 28; scaling the rate to an
+    integer number of millionths first keeps the arithmetic in integers.
+    """
+    rate_ppm = round(rebate_rate * 1_000_000)
+    return (amount_cents * rate_ppm) // 1_000_000
+
+
+def scale_cents(cents: int, weight: float) -> int:
+    """floor(cents x weight) in integers (weight honoured to six decimal places)."""
+    return (cents * round(weight * 1_000_000)) // 1_000_000
