@@ -1,5 +1,8 @@
 """`rebate-guard features` on a large simulated world against the independent Polars oracle.
 
+The oracle is `oracle/features.py`, the one `tests/unit/test_feature_oracle.py` runs on a small
+world.
+
     .venv/bin/python benchmarks/feature_oracle.py --world /tmp/w1m \
         --features /tmp/f1m/features.parquet
 
@@ -21,8 +24,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.oracle import named_features
-from tests.unit.test_feature_oracle import NAMED
+from oracle.features import NAMED, named_features
 
 
 def main() -> int:

@@ -4,25 +4,9 @@ from pathlib import Path
 
 import polars as pl
 
+from oracle.features import NAMED, named_features
 from rebate_guard.replay import compute_features
 from rebate_guard.simulator import WorldConfig, simulate_world, write_world
-from tests.oracle import named_features
-
-NAMED = [
-    "user_tx_count_24h",
-    "user_amount_sum_24h",
-    "merchant_tx_count_1h",
-    "user_merchant_tx_count_7d",
-    "device_user_count_7d",
-    "device_rebate_requested_24h",
-    "ip_user_count_24h",
-    "card_user_count_30d",
-    "user_account_age_s",
-    "merchant_fraud_rate_30d",
-    "merchant_fraud_rate_7d",
-    "merchant_labelled_count_30d",
-    "merchant_labelled_count_7d",
-]
 
 
 def test_named_features_match_the_polars_oracle_exactly(tmp_path: Path) -> None:

@@ -9,7 +9,11 @@ Every `import` and `from ... import` is read with `ast`, at module level and ins
   no `streams`, nothing else of `rebate_guard`, no Faust, Redis or aiohttp;
 - nothing outside `streams/` imports Faust, but for `FAUST_OUTSIDE_STREAMS`, each with why;
 - `rebate_guard.client`, the library rebate engines import, loads no Faust, NetworkX,
-  `redis.asyncio` or `streams`, itself or through any project module it imports.
+  `redis.asyncio` or `streams`, itself or through any project module it imports;
+- `benchmarks` import nothing from `tests` (what both need, such as the feature oracle, lives
+  in `oracle/`);
+- `oracle`, the independent computations the engine is checked against, imports of the project
+  only the contract, so it shares no logic with what it checks.
 
 `test_each_rule_catches_a_bad_import` shows every rule failing on a bad import added at
 module level and inside a function.
@@ -27,7 +31,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT = ("rebate_guard", "streams", "features", "detectors", "graph", "tests", "benchmarks")
+PROJECT = (
+    "rebate_guard",
+    "streams",
+    "features",
+    "detectors",
+    "graph",
+    "tests",
+    "benchmarks",
+    "oracle",
+)
 CONTRACT = "rebate_guard.contract"
 PURE = ("features", "detectors", "graph")
 
@@ -129,6 +142,14 @@ def pure_layer_violations(modules: Mapping[str, str]) -> list[str]:
     )
 
 
+def benchmark_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(modules, ["benchmarks"], [p for p in PROJECT if p != "tests"], [])
+
+
+def oracle_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(modules, ["oracle"], ["oracle", CONTRACT], [])
+
+
 def faust_violations(modules: Mapping[str, str]) -> list[str]:
     graph = graph_of(modules)
     return [
@@ -170,6 +191,8 @@ RULES = {
     "pure layer": pure_layer_violations,
     "faust": faust_violations,
     "client": client_violations,
+    "benchmarks": benchmark_violations,
+    "oracle": oracle_violations,
 }
 
 
@@ -210,6 +233,14 @@ BAD_IMPORTS = {
         ("rebate_guard.client", "import redis.asyncio"),
         ("rebate_guard.ledger", "import networkx"),
         ("rebate_guard.keys", "from streams.store import RedisDecisionStore"),
+    ],
+    "benchmarks": [
+        ("benchmarks.feature_oracle", "from tests.unit.test_feature_oracle import NAMED"),
+        ("benchmarks.rings", "import tests.factories"),
+    ],
+    "oracle": [
+        ("oracle.features", "from features.engine import FeatureEngine"),
+        ("oracle.features", "from rebate_guard.replay import compute_features"),
     ],
 }
 

@@ -15,6 +15,23 @@ from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 HOUR, DAY = HOUR_MS, DAY_MS
 
+#: The features `named_features` computes, as the engine names them.
+NAMED = [
+    "user_tx_count_24h",
+    "user_amount_sum_24h",
+    "merchant_tx_count_1h",
+    "user_merchant_tx_count_7d",
+    "device_user_count_7d",
+    "device_rebate_requested_24h",
+    "ip_user_count_24h",
+    "card_user_count_30d",
+    "user_account_age_s",
+    "merchant_fraud_rate_30d",
+    "merchant_fraud_rate_7d",
+    "merchant_labelled_count_30d",
+    "merchant_labelled_count_7d",
+]
+
 
 def _ordered(
     tx: pl.DataFrame, signups: pl.DataFrame, labels: pl.DataFrame
