@@ -4,8 +4,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rebate_guard.replay import compute_features
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import compute_features
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.oracle import named_features
 
 NAMED = [

@@ -192,23 +192,23 @@ def test_the_faust_exceptions_still_need_to_be_exceptions(project: dict[str, str
 #: For each rule, a module where a bad import breaks it, and the import.
 BAD_IMPORTS = {
     "contract": [
-        ("rebate_guard.contract.records", "from rebate_guard.policy import Policy"),
+        ("rebate_guard.contract.records", "from rebate_guard.core.policy import Policy"),
         ("rebate_guard.contract.order", "import polars as pl"),
         ("rebate_guard.contract.time", "from streams.store import RedisDecisionStore"),
     ],
     "pure layer": [
-        ("features.user", "from rebate_guard.scoring import Scorer"),
+        ("features.user", "from rebate_guard.core.decider import Scorer"),
         ("graph.layer", "import redis"),
         ("detectors.risk", "from streams import shards"),
         ("features.windows", "import faust"),
     ],
     "faust": [
-        ("rebate_guard.scoring", "import faust"),
+        ("rebate_guard.core.decider", "import faust"),
         ("graph.rings", "from faust.web import View"),
     ],
     "client": [
         ("rebate_guard.client", "import redis.asyncio"),
-        ("rebate_guard.ledger", "import networkx"),
+        ("rebate_guard.core.ledger", "import networkx"),
         ("rebate_guard.keys", "from streams.store import RedisDecisionStore"),
     ],
 }
