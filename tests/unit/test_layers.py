@@ -9,7 +9,19 @@ Every `import` and `from ... import` is read with `ast`, at module level and ins
   no `streams`, nothing else of `rebate_guard`, no Faust, Redis or aiohttp;
 - nothing outside `streams/` imports Faust, but for `FAUST_OUTSIDE_STREAMS`, each with why;
 - `rebate_guard.client`, the library rebate engines import, loads no Faust, NetworkX,
-  `redis.asyncio` or `streams`, itself or through any project module it imports.
+  `redis.asyncio` or `streams`, itself or through any project module it imports;
+- `rebate_guard.core` (trust weight, policy, friction budget, ledger, the `Decider`, backtests)
+  imports, of the project, only the contract, `features`, `detectors`, `graph` and itself: no
+  `rebate_guard.settings` (the worker, replay and the CLI pass it the policy and the model),
+  no `streams`, no `rebate_guard.tools`, no Faust, Redis or aiohttp;
+- `streams` does not import `rebate_guard.tools`;
+- nothing in the product core (`PRODUCT_CORE`: contract, core, client, keys, settings)
+  imports `rebate_guard.tools`.
+
+`rebate_guard.tools` (local stack, simulator, replay, evaluation, report) sits on top with the
+CLI: it may import the core, the contract, settings and `streams` (the runner spawns workers,
+the producer writes through `streams.sink`). The package's top holds only the entry point and
+the product core's modules (`TOP_MODULES`); everything else lives in a subpackage.
 
 `test_each_rule_catches_a_bad_import` shows every rule failing on a bad import added at
 module level and inside a function.
@@ -30,6 +42,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ("rebate_guard", "streams", "features", "detectors", "graph", "tests", "benchmarks")
 CONTRACT = "rebate_guard.contract"
 PURE = ("features", "detectors", "graph")
+CORE = "rebate_guard.core"
+TOOLS = "rebate_guard.tools"
+PRODUCT_CORE = (CONTRACT, CORE, "rebate_guard.client", "rebate_guard.keys", "rebate_guard.settings")
+#: The modules at the top of `rebate_guard`, besides its subpackages.
+TOP_MODULES = {
+    "rebate_guard.cli",
+    "rebate_guard.client",
+    "rebate_guard.keys",
+    "rebate_guard.settings",
+}
 
 #: Modules outside `streams/` that import Faust, and why they must.
 FAUST_OUTSIDE_STREAMS = {
@@ -129,6 +151,23 @@ def pure_layer_violations(modules: Mapping[str, str]) -> list[str]:
     )
 
 
+def core_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(
+        modules,
+        [CORE],
+        [CORE, CONTRACT, *PURE],
+        ["faust", "mode", "redis", "aiohttp", "streams", TOOLS, "rebate_guard.settings"],
+    )
+
+
+def streams_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(modules, ["streams"], ["rebate_guard", "streams", *PURE], [TOOLS])
+
+
+def product_core_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(modules, PRODUCT_CORE, PROJECT, [TOOLS])
+
+
 def faust_violations(modules: Mapping[str, str]) -> list[str]:
     graph = graph_of(modules)
     return [
@@ -168,6 +207,9 @@ def client_violations(modules: Mapping[str, str], client: str = "rebate_guard.cl
 RULES = {
     "contract": contract_violations,
     "pure layer": pure_layer_violations,
+    "core": core_violations,
+    "streams": streams_violations,
+    "product core": product_core_violations,
     "faust": faust_violations,
     "client": client_violations,
 }
@@ -181,6 +223,17 @@ def project() -> dict[str, str]:
 @pytest.mark.parametrize("rule", RULES)
 def test_layers_hold(project: dict[str, str], rule: str) -> None:
     assert RULES[rule](project) == []
+
+
+def test_the_top_of_the_package_holds_only_the_entry_point_and_the_product_core(
+    project: dict[str, str],
+) -> None:
+    top = {
+        name
+        for name in project
+        if name.startswith("rebate_guard.") and name.count(".") == 1 and name not in (CORE, TOOLS)
+    }
+    assert top - {CONTRACT} == TOP_MODULES
 
 
 def test_the_faust_exceptions_still_need_to_be_exceptions(project: dict[str, str]) -> None:
@@ -201,6 +254,23 @@ BAD_IMPORTS = {
         ("graph.layer", "import redis"),
         ("detectors.risk", "from streams import shards"),
         ("features.windows", "import faust"),
+    ],
+    "core": [
+        ("rebate_guard.core.decider", "from streams.store import RedisDecisionStore"),
+        ("rebate_guard.core.policy", "from rebate_guard.tools.io import read_frame"),
+        ("rebate_guard.core.budget", "from rebate_guard.settings import Settings"),
+        ("rebate_guard.core.ledger", "import redis"),
+        ("rebate_guard.core.backtest", "from aiohttp import web"),
+    ],
+    "streams": [
+        ("streams.app", "from rebate_guard.tools.stack import LocalStack"),
+        ("streams.console.policy_desk", "from rebate_guard.tools import replay"),
+    ],
+    "product core": [
+        ("rebate_guard.settings", "from rebate_guard.tools.simulator import WorldConfig"),
+        ("rebate_guard.client", "import rebate_guard.tools.runner"),
+        ("rebate_guard.keys", "from rebate_guard.tools.io import read_frame"),
+        ("rebate_guard.contract.records", "from rebate_guard.tools import io"),
     ],
     "faust": [
         ("rebate_guard.core.decider", "import faust"),
@@ -262,6 +332,14 @@ def test_what_importing_the_light_modules_loads() -> None:
         "redis",
         "aiohttp",
         "streams",
+    }
+    assert not _loaded_after("import rebate_guard.core.decider, rebate_guard.core.backtest") & {
+        "faust",
+        "redis",
+        "aiohttp",
+        "streams",
+        TOOLS,
+        "rebate_guard.settings",
     }
     assert not _loaded_after("import rebate_guard.client") & {
         "faust",
