@@ -382,7 +382,7 @@ def baseline_scores(
 
 def rg_features(paths: dict[str, Path], out: Path) -> pl.DataFrame:
     """RebateGuard's own feature vectors (`rebate-guard features`), cached in `out`."""
-    from rebate_guard.replay import compute_features
+    from rebate_guard.tools.replay import compute_features
 
     if not out.exists():
         compute_features(paths["transactions"], out, paths["signups"], paths["labels"])
@@ -405,9 +405,9 @@ def run_replay(paths: dict[str, Path], out: Path) -> pl.DataFrame:
     """RebateGuard's replay with the shipped default policy; decisions' risk by tx."""
     from features.engine import FeatureEngine
     from graph.layer import GraphLayer
-    from rebate_guard.policy import default_policy
-    from rebate_guard.replay import replay
-    from rebate_guard.scoring import Decider, Scorer
+    from rebate_guard.core.decider import Decider, Scorer
+    from rebate_guard.core.policy import default_policy
+    from rebate_guard.tools.replay import replay
 
     decisions = out / "decisions.parquet"
     if not decisions.exists():

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/console_index.py [--events 50000] [--batch 1000]
 
-Parts: each payment's history row (`rebate_guard.backtest.history_row_json`, made
+Parts: each payment's history row (`rebate_guard.core.backtest.history_row_json`, made
 by the user shard, `streams/shards.py` `_history_row`); `RedisConsoleStore.record` per batch:
 building its arguments, redis-py packing and sending them (the client's CPU), and the Lua
 call's time in Redis (`INFO commandstats`); and the same call with a Lua script that does
@@ -26,10 +26,10 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rebate_guard.backtest import history_row_json  # noqa: E402
 from rebate_guard.contract.records import Decision, Transaction  # noqa: E402
-from rebate_guard.simulator import WorldConfig, event_stream, simulate_world  # noqa: E402
-from rebate_guard.stack import free_port, redis_server_bin  # noqa: E402
+from rebate_guard.core.backtest import history_row_json  # noqa: E402
+from rebate_guard.tools.simulator import WorldConfig, event_stream, simulate_world  # noqa: E402
+from rebate_guard.tools.stack import free_port, redis_server_bin  # noqa: E402
 from streams.console.store import Indexed, RedisConsoleStore  # noqa: E402
 
 

@@ -35,7 +35,7 @@ from detectors.risk import RiskModel  # noqa: E402
 from features.engine import FEATURE_NAMES  # noqa: E402
 from rebate_guard.contract.records import FRAUD, Label, Transaction  # noqa: E402
 from rebate_guard.contract.validation import parse_label, parse_transaction  # noqa: E402
-from rebate_guard.scoring import Decider  # noqa: E402
+from rebate_guard.core.decider import Decider  # noqa: E402
 
 
 def main() -> None:

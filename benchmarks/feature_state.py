@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.engine import FeatureEngine
 from rebate_guard.contract.records import Signup, Transaction
-from rebate_guard.replay import EventFiles
+from rebate_guard.tools.replay import EventFiles
 
 
 def deep_size(root: Any) -> int:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detectors.base import LEARNERS  # noqa: E402
-from rebate_guard.generalization import (  # noqa: E402
+from rebate_guard.tools.generalization import (  # noqa: E402
     HELDOUT_SEEDS,
     TUNING_SEEDS,
     WorldResult,

@@ -26,7 +26,7 @@ from graph.candidates import Candidates  # noqa: E402
 from graph.entity_graph import EntityGraph  # noqa: E402
 from graph.rings import analyse_identity_group, analyse_merchant_group  # noqa: E402
 from rebate_guard.contract.records import Signup, Transaction  # noqa: E402
-from rebate_guard.replay import EventFiles  # noqa: E402
+from rebate_guard.tools.replay import EventFiles  # noqa: E402
 
 
 def _rss_bytes() -> int:

@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._worker import start_worker  # noqa: E402
 from rebate_guard.client import web_request  # noqa: E402
 from rebate_guard.settings import Settings, env_name  # noqa: E402
-from rebate_guard.stack import LocalStack  # noqa: E402
-from rebate_guard.topics import ensure_topics  # noqa: E402
+from rebate_guard.tools.stack import LocalStack  # noqa: E402
+from rebate_guard.tools.topics import ensure_topics  # noqa: E402
 
 USERS = 5_000
 

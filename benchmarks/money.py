@@ -31,7 +31,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rebate_guard.policy import Thresholds, default_policy  # noqa: E402
+from rebate_guard.core.policy import Thresholds, default_policy  # noqa: E402
 
 ALLOW_AT = (0.9, 0.85, 0.7, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15)
 SCALE_AT = (0.5, 0.3, 0.25, 0.2, 0.15, 0.1)

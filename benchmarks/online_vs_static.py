@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rebate_guard.contract.time import DAY_MS  # noqa: E402
-from rebate_guard.evaluate import ranking  # noqa: E402
-from rebate_guard.scoring import ALL_FEATURE_NAMES  # noqa: E402
+from rebate_guard.core.decider import ALL_FEATURE_NAMES  # noqa: E402
+from rebate_guard.tools.evaluate import ranking  # noqa: E402
 
 
 def main() -> None:

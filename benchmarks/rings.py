@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from graph.layer import GraphLayer, RingEvent  # noqa: E402
 from rebate_guard.contract.records import Signup, Transaction  # noqa: E402
-from rebate_guard.replay import EventFiles, ring_frame  # noqa: E402
-from rebate_guard.ring_quality import ring_quality  # noqa: E402
+from rebate_guard.tools.replay import EventFiles, ring_frame  # noqa: E402
+from rebate_guard.tools.ring_quality import ring_quality  # noqa: E402
 
 
 def main() -> None:

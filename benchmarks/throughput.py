@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._worker import start_worker  # noqa: E402
-from rebate_guard.producer import produce_events  # noqa: E402
-from rebate_guard.replay import replay  # noqa: E402
 from rebate_guard.settings import Settings, env_name  # noqa: E402
-from rebate_guard.simulator import WorldConfig, event_stream, simulate_world, write_world  # noqa: E402
-from rebate_guard.stack import LocalStack  # noqa: E402
-from rebate_guard.topics import ensure_topics  # noqa: E402
+from rebate_guard.tools.producer import produce_events  # noqa: E402
+from rebate_guard.tools.replay import replay  # noqa: E402
+from rebate_guard.tools.simulator import WorldConfig, event_stream, simulate_world, write_world  # noqa: E402
+from rebate_guard.tools.stack import LocalStack  # noqa: E402
+from rebate_guard.tools.topics import ensure_topics  # noqa: E402
 
 
 def _child_env(settings: Settings) -> dict[str, str]:

@@ -199,13 +199,13 @@ def _users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.runner import run_worker
+    from rebate_guard.tools.runner import run_worker
 
     return run_worker(settings)
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.runner import run_up
+    from rebate_guard.tools.runner import run_up
 
     if args.rate is not None:
         settings = settings.replace(simulate_rate=args.rate)
@@ -213,13 +213,13 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.simulator import config_json, simulate_world, world_config, write_world
+    from rebate_guard.tools.simulator import config_json, simulate_world, world_config, write_world
 
     config = world_config(
         args.profile, seed=args.seed, transactions=args.transactions, days=args.days
     )
     if args.produce:
-        from rebate_guard.producer import produce_world
+        from rebate_guard.tools.producer import produce_world
 
         rate = args.rate if args.rate is not None else settings.simulate_rate
         world = simulate_world(config)
@@ -245,9 +245,9 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from features.engine import FeatureEngine
     from graph.layer import GraphLayer
-    from rebate_guard.policy import Policy
-    from rebate_guard.replay import compute_features, replay
-    from rebate_guard.scoring import Decider, Scorer
+    from rebate_guard.core.decider import Decider, Scorer
+    from rebate_guard.core.policy import Policy
+    from rebate_guard.tools.replay import compute_features, replay
 
     inputs = {"transactions": args.transactions, "signups": args.signups, "labels": args.labels}
     progress = None if args.quiet else sys.stderr
@@ -282,7 +282,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.evaluate import evaluate, write_json
+    from rebate_guard.tools.evaluate import evaluate, write_json
 
     result = evaluate(
         args.decisions,
@@ -299,7 +299,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.rings is not None:
         import polars as pl
 
-        from rebate_guard import ring_quality
+        from rebate_guard.tools import ring_quality
 
         truth = args.truth
         if truth is None or not (truth / "rings_truth.parquet").exists():
@@ -315,7 +315,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.report import write_report
+    from rebate_guard.tools.report import write_report
 
     shown = write_report(
         args.replay_dir,
@@ -335,7 +335,7 @@ def _policy(args: argparse.Namespace, settings: Settings) -> int:
 
     from redis.exceptions import RedisError
 
-    from rebate_guard.policy import Policy
+    from rebate_guard.core.policy import Policy
     from streams.store import RedisDecisionStore
 
     if args.action == "check":
@@ -431,7 +431,7 @@ def _new_password(args: argparse.Namespace) -> str:
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
-    from rebate_guard.topics import ensure_topics
+    from rebate_guard.tools.topics import ensure_topics
 
     logging.basicConfig(level=logging.INFO)
     asyncio.run(ensure_topics(settings))

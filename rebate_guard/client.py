@@ -10,7 +10,7 @@
         pay(status.granted_cents)
 
 A decision is written once per tx_id and never changes (`decision`); what happened to its
-rebate since (labels, refunds, hold timeouts: `rebate_guard.ledger`) is in the balances:
+rebate since (labels, refunds, hold timeouts: `rebate_guard.core.ledger`) is in the balances:
 `granted_cents`, `held_cents`, `voided_cents`, always adding up to `requested_cents`. The
 same answer is on the worker's `GET /decisions/{tx_id}` and, pushed, on the `decisions` and
 `rebate-adjustments` topics.
@@ -30,8 +30,8 @@ from typing import Any
 import redis
 
 from rebate_guard.contract.records import Decision
+from rebate_guard.core.ledger import opening_balances
 from rebate_guard.keys import Keys, ledger_balances
-from rebate_guard.ledger import opening_balances
 from rebate_guard.settings import Settings
 
 POLL_FIRST_S = 0.002

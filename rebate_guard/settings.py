@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from detectors.risk import RiskModel
     from features.engine import EngineConfig
     from graph.layer import GraphConfig
-    from rebate_guard.policy import Policy
+    from rebate_guard.core.policy import Policy
 
 
 #: Where `Settings.with_api_token` keeps a generated token, under `RG_DATA_DIR`.
@@ -258,7 +258,7 @@ class Settings:
         default="",
         metadata=_doc(
             "Rebate policy (TOML or JSON) a worker starts with when Redis holds none yet; "
-            "empty: the shipped `rebate_guard/policies/default.toml`. The live policy is "
+            "empty: the shipped `rebate_guard/core/policies/default.toml`. The live policy is "
             "the one in Redis: change it with `rebate-guard policy push FILE`."
         ),
     )
@@ -352,7 +352,7 @@ class Settings:
 
     def policy(self) -> Policy:
         """The policy a worker starts with (`policy_file`, or the shipped default)."""
-        from rebate_guard.policy import Policy, default_policy
+        from rebate_guard.core.policy import Policy, default_policy
 
         return Policy.load(Path(self.policy_file)) if self.policy_file else default_policy()
 

@@ -47,7 +47,7 @@ from rebate_guard.contract.records import (
     decision_on,
     requested_rebate_cents,
 )
-from rebate_guard.policy import FAILED_CLOSED, Policy, PolicyError
+from rebate_guard.core.policy import FAILED_CLOSED, Policy, PolicyError
 from rebate_guard.settings import Settings
 from streams.auth import Guard
 from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore

@@ -68,8 +68,8 @@ from rebate_guard.contract.validation import (
     parse_signup,
     parse_transaction,
 )
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import MAX_REMEMBERED_FEATURES, Decider, Features
+from rebate_guard.core.decider import MAX_REMEMBERED_FEATURES, Decider, Features
+from rebate_guard.core.policy import Policy
 from rebate_guard.settings import Settings
 from streams.alignment import START, Released
 from streams.console.store import ConsoleStore, Indexed, resolved_holds

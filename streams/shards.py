@@ -63,7 +63,6 @@ from features.stages import (
 from features.user import TxContext
 from features.windows import drop_oldest
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore, merchant_ring_counts
-from rebate_guard.backtest import history_row_json
 from rebate_guard.contract.order import KIND_RANK, Event, order_key
 from rebate_guard.contract.records import (
     LABELS,
@@ -78,7 +77,8 @@ from rebate_guard.contract.records import (
     from_row,
     to_row,
 )
-from rebate_guard.scoring import REPEAT_AT_MERCHANT, Decider, Example, Features
+from rebate_guard.core.backtest import history_row_json
+from rebate_guard.core.decider import REPEAT_AT_MERCHANT, Decider, Example, Features
 from streams.alignment import START as _START
 from streams.alignment import Aligner, Released
 
@@ -100,12 +100,20 @@ _KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
 }
 
 
+#: Where the classes that checkpoints pickle lived before issue #19 moved them: the records
+#: were Faust records in `streams.records`, the decision core sat at the top of `rebate_guard`.
+MOVED_MODULES = {
+    "streams.records": "rebate_guard.contract.records",
+    "rebate_guard.scoring": "rebate_guard.core.decider",
+    "rebate_guard.policy": "rebate_guard.core.policy",
+    "rebate_guard.budget": "rebate_guard.core.budget",
+    "rebate_guard.ledger": "rebate_guard.core.ledger",
+}
+
+
 class _CheckpointUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        # Before issue #19 the records were Faust records in `streams.records`.
-        if module == "streams.records":
-            module = "rebate_guard.contract.records"
-        return super().find_class(module, name)
+        return super().find_class(MOVED_MODULES.get(module, module), name)
 
 
 def load_checkpoint(blob: bytes) -> Any:
@@ -206,7 +214,7 @@ class Completed:
     #: The ledger's adjustments (labels, refunds, hold timeouts), in order.
     adjustments: list[RebateAdjustment] = field(default_factory=list)
     #: The payment or refund of each of `decisions`, in the same order (the console's index),
-    #: and each payment's history row (`rebate_guard.backtest.HistoryRow` JSON; None for a
+    #: and each payment's history row (`rebate_guard.core.backtest.HistoryRow` JSON; None for a
     #: refund or when the shard keeps none): what policy backtests re-decide.
     transactions: list[Transaction] = field(default_factory=list)
     history_rows: list[bytes | None] = field(default_factory=list)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rebate_guard.settings import Settings
-from rebate_guard.stack import LocalStack
+from rebate_guard.tools.stack import LocalStack
 
 
 def unique_name(node_name: str, max_len: int = 40) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Signup, Transaction
-from rebate_guard.replay import EventFiles
 from rebate_guard.settings import Settings
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from streams.auth import ADMIN, REVIEWER, SESSION_COOKIE, VIEWER
 from streams.processor import BatchProcessor, RawEvent
 from streams.sink import key_partition

@@ -7,7 +7,7 @@ from typing import Any
 
 from rebate_guard.contract.records import Decision, build
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
-from rebate_guard.policy import Policy, default_policy
+from rebate_guard.core.policy import Policy, default_policy
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z in epoch ms
 MINUTE, HOUR, DAY = MINUTE_MS, HOUR_MS, DAY_MS

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rebate_guard.replay import replay
-from rebate_guard.simulator import ABUSE_SCENARIOS, WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import replay
+from rebate_guard.tools.simulator import ABUSE_SCENARIOS, WorldConfig, simulate_world, write_world
 
 HOSTILE_USER = "<img src=x onerror=alert(1)>"
 HOSTILE_MERCHANT = "</script><script>window.__xss=1</script>"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rebate_guard.settings import Settings
-from rebate_guard.stack import free_port
+from rebate_guard.tools.stack import free_port
 from streams.app import Worker, create_worker
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore

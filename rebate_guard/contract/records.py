@@ -1,7 +1,7 @@
 """The event contract, declared once. docs/events.md documents each record with an example.
 
 Timestamps are epoch milliseconds (UTC) on the wire and in memory; files may carry either a UTC
-timestamp column or epoch ms (see `rebate_guard.io`). Money is integer minor units (cents).
+timestamp column or epoch ms (see `rebate_guard.tools.io`). Money is integer minor units (cents).
 
 Records are plain slotted dataclasses (`Record`, `@record`): nothing here imports Faust, so the
 features, detectors, graph and the client load none of it. On the wire a record is the JSON

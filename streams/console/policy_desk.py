@@ -12,10 +12,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from rebate_guard.backtest import HistoryRow, backtest, label_rows
 from rebate_guard.contract.records import Label
 from rebate_guard.contract.time import DAY_MS
-from rebate_guard.policy import Policy, PolicyError, Suppression
+from rebate_guard.core.backtest import HistoryRow, backtest, label_rows
+from rebate_guard.core.policy import Policy, PolicyError, Suppression
 from streams.console.actions import label_time
 from streams.store import PolicyConflict
 
@@ -154,7 +154,7 @@ def _warmup_ms(*policies: Policy) -> int:
 
 async def backtest_draft(runtime: Runtime, name: str, draft: Policy, days: int, who: str) -> None:
     """Re-decides the stored payments of the last `days` (event time) under the live policy
-    and under `draft` (rebate_guard/backtest.py), with the labels known now; the report is
+    and under `draft` (rebate_guard/core/backtest.py), with the labels known now; the report is
     kept with the draft and the run audited."""
     current = await live(runtime)
     now = label_time(runtime)

@@ -9,7 +9,7 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from rebate_guard.policy import PolicyError
+from rebate_guard.core.policy import PolicyError
 from streams.auth import ADMIN, REVIEWER, VIEWER, Guard, Identity
 from streams.console import policy_desk
 from streams.console.actions import label_time

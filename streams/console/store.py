@@ -8,7 +8,7 @@ redelivery does not count twice):
 - **review queue**: held payments by cents held; a release or void of the hold takes it out;
 - **entity index**: each user's, merchant's and device's newest decisions (`ENTITY_KEEP`);
 - **history**: the newest payment decisions with what the policy saw
-  (`rebate_guard.backtest.HistoryRow` JSON), which a draft policy is backtested on;
+  (`rebate_guard.core.backtest.HistoryRow` JSON), which a draft policy is backtested on;
 - **labels**: the newest label of each transaction and user, with its source and reviewer.
 
 What the console writes: claims on queue items, policy drafts, and the audit log (who did

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rebate_guard.client import web_request
 from rebate_guard.settings import Settings
-from rebate_guard.stack import free_port
+from rebate_guard.tools.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 
 from rebate_guard.client import web_request
 from rebate_guard.contract.records import Label
-from rebate_guard.producer import produce_events
 from rebate_guard.settings import Settings
-from rebate_guard.simulator import WorldConfig, event_stream, simulate_world
-from rebate_guard.topics import ensure_topics
+from rebate_guard.tools.producer import produce_events
+from rebate_guard.tools.simulator import WorldConfig, event_stream, simulate_world
+from rebate_guard.tools.topics import ensure_topics
 from streams.console.store import RedisConsoleStore
 from tests.console_world import POLICY, Session, write_users
 from tests.integration.helpers import (

@@ -22,12 +22,12 @@ import redis
 
 from features.engine import FEATURE_NAMES
 from graph.layer import GraphLayer
-from rebate_guard.producer import produce_world
-from rebate_guard.replay import EventFiles, compute_features
-from rebate_guard.scoring import Scorer
+from rebate_guard.core.decider import Scorer
 from rebate_guard.settings import Settings
-from rebate_guard.simulator import World, WorldConfig, simulate_world, write_world
-from rebate_guard.topics import ensure_topics
+from rebate_guard.tools.producer import produce_world
+from rebate_guard.tools.replay import EventFiles, compute_features
+from rebate_guard.tools.simulator import World, WorldConfig, simulate_world, write_world
+from rebate_guard.tools.topics import ensure_topics
 from tests.integration.helpers import (
     WorkerProcess,
     read_topic,

@@ -16,8 +16,8 @@ from redis.retry import Retry
 
 from rebate_guard.contract.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, TRANSACTIONS
 from rebate_guard.settings import Settings
-from rebate_guard.stack import LocalStack, StackError
-from rebate_guard.topics import (
+from rebate_guard.tools.stack import LocalStack, StackError
+from rebate_guard.tools.topics import (
     contract_topics,
     delete_topics,
     ensure_topics,
@@ -190,7 +190,7 @@ def test_stop_redis_start_redis_on_the_same_port(
 
 
 def test_a_taken_port_is_retried_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rebate_guard.stack as stack_module
+    import rebate_guard.tools.stack as stack_module
 
     squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     squatter.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rebate_guard.stack import free_port
+from rebate_guard.tools.stack import free_port
 from tests.integration.helpers import ROOT
 
 pytestmark = pytest.mark.integration

@@ -16,11 +16,11 @@ import redis
 
 from rebate_guard.client import web_request
 from rebate_guard.contract.records import Decision, RebateAdjustment
-from rebate_guard.ledger import reconcile
-from rebate_guard.policy import default_policy
-from rebate_guard.producer import produce_events
+from rebate_guard.core.ledger import reconcile
+from rebate_guard.core.policy import default_policy
 from rebate_guard.settings import Settings
-from rebate_guard.topics import ensure_topics
+from rebate_guard.tools.producer import produce_events
+from rebate_guard.tools.topics import ensure_topics
 from streams.sink import KafkaSink
 from tests.factories import DAY, HOUR, MINUTE, T0, label, signup, tx
 from tests.integration.helpers import (

@@ -5,7 +5,7 @@ import json
 
 from rebate_guard.contract.records import Decision
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.policy import Policy
+from rebate_guard.core.policy import Policy
 from rebate_guard.settings import Settings
 from streams.app import create_worker
 from streams.sink import MemorySink

@@ -1,4 +1,4 @@
-"""Backtesting a policy draft against the live policy (rebate_guard/backtest.py)."""
+"""Backtesting a policy draft against the live policy (rebate_guard/core/backtest.py)."""
 
 import random
 from dataclasses import replace
@@ -8,7 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rebate_guard.backtest import (
+from rebate_guard.contract.order import order_key
+from rebate_guard.contract.records import Label, Transaction
+from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
+from rebate_guard.core.backtest import (
     NO_CATEGORY,
     HistoryRow,
     UserHit,
@@ -16,11 +19,8 @@ from rebate_guard.backtest import (
     history_row,
     label_rows,
 )
-from rebate_guard.contract.order import order_key
-from rebate_guard.contract.records import Label, Transaction
-from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import Decider, Scorer
+from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.core.policy import Policy
 from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
 
 FIXED = {"allow_at": 0.85, "scale_at": 0.8, "hold_at": 0.5}
@@ -547,8 +547,8 @@ def test_the_fast_row_encoder_writes_the_rows_bytes(
     weight: float, risk: float, granted_24h: int, device: int | None, trusted: bool,
     category: str | None, user: str, reasons: list[str],
 ) -> None:  # fmt: skip
-    from rebate_guard.backtest import history_row, history_row_json
     from rebate_guard.contract.records import Decision
+    from rebate_guard.core.backtest import history_row, history_row_json
 
     payment = Transaction(**tx(user_id=user, merchant_category=category))
     decision = Decision(

@@ -1,4 +1,4 @@
-"""The friction budget (rebate_guard/budget.py, `[budget]` in the policy)."""
+"""The friction budget (rebate_guard/core/budget.py, `[budget]` in the policy)."""
 
 import json
 import pickle
@@ -11,10 +11,11 @@ import pytest
 
 from detectors.base import Features
 from detectors.risk import Assessment, RiskModel
-from rebate_guard.budget import SHARED, Cut, FrictionBudget, largest_cut, weight_bin
 from rebate_guard.contract.records import Decision
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.policy import (
+from rebate_guard.core.budget import SHARED, Cut, FrictionBudget, largest_cut, weight_bin
+from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.core.policy import (
     BELOW_BLOCK_CUT,
     BELOW_CUT,
     COLD_START,
@@ -24,8 +25,7 @@ from rebate_guard.policy import (
     PolicyError,
     default_policy,
 )
-from rebate_guard.replay import replay
-from rebate_guard.scoring import Decider, Scorer
+from rebate_guard.tools.replay import replay
 from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
 
 BUDGET = 0.01

@@ -102,7 +102,7 @@ def test_bad_environment_is_reported_not_raised(monkeypatch, capsys) -> None:
 
 
 def test_features_command_writes_one_row_per_transaction(tmp_path: Path, capsys) -> None:
-    from rebate_guard.scoring import ALL_FEATURE_NAMES
+    from rebate_guard.core.decider import ALL_FEATURE_NAMES
 
     world = tmp_path / "world"
     assert main(["simulate", "--out", str(world), "--transactions", "3000", "--days", "3"]) == 0
@@ -160,7 +160,7 @@ def test_replay_records_the_policy_it_was_given(tmp_path: Path) -> None:
 def test_simulate_random_profile_writes_the_drawn_config(tmp_path: Path) -> None:
     import json
 
-    from rebate_guard.simulator import config_json, read_world, world_config
+    from rebate_guard.tools.simulator import config_json, read_world, world_config
 
     world = tmp_path / "world"
     args = ["simulate", "--profile", "random", "--seed", "5", "--transactions", "4000"]

@@ -13,10 +13,10 @@ from urllib.parse import quote
 import pytest
 from markupsafe import escape
 
-from rebate_guard.backtest import HistoryRow
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Transaction
-from rebate_guard.policy import Policy
+from rebate_guard.core.backtest import HistoryRow
+from rebate_guard.core.policy import Policy
 from tests.console_world import POLICY, Session, console_world, world_events
 from tests.factories import tx
 from tests.web import Served

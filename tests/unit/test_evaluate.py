@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from rebate_guard.cli import main
-from rebate_guard.evaluate import calibration, capture_at_friction, evaluate, ranking
+from rebate_guard.tools.evaluate import calibration, capture_at_friction, evaluate, ranking
 from tests.factories import DAY, T0
 
 

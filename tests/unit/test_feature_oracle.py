@@ -5,8 +5,8 @@ from pathlib import Path
 import polars as pl
 
 from oracle.features import NAMED, named_features
-from rebate_guard.replay import compute_features
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import compute_features
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 
 
 def test_named_features_match_the_polars_oracle_exactly(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from features.engine import FEATURE_NAMES, FeatureEngine
 from rebate_guard.contract.order import Event, order_key
 from rebate_guard.contract.records import Label, Signup, Transaction
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.replay import EventFiles
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import T0
 from tests.reference import DAY, HOUR, History
 

@@ -3,8 +3,8 @@ from pathlib import Path
 from features.engine import EngineConfig, FeatureEngine
 from rebate_guard.contract.records import Signup, Transaction
 from rebate_guard.contract.validation import parse_signup, parse_transaction
-from rebate_guard.replay import EventFiles
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import DAY, HOUR, T0, signup, tx
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from rebate_guard.generalization import (
+from rebate_guard.core.policy import default_policy
+from rebate_guard.tools.generalization import (
     HELDOUT_SEEDS,
     TUNING_SEEDS,
     Targets,
@@ -18,7 +19,6 @@ from rebate_guard.generalization import (
     table,
     weekly_ap,
 )
-from rebate_guard.policy import default_policy
 
 #: Seeds outside both splits: a test tunes nothing and must not spend the held-out worlds.
 TEST_SEED = 900

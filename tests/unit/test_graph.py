@@ -19,10 +19,10 @@ from rebate_guard.contract.order import Event, order_key
 from rebate_guard.contract.records import Signup, Transaction
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.contract.validation import parse_signup, parse_transaction
-from rebate_guard.replay import replay
-from rebate_guard.ring_quality import ring_quality
-from rebate_guard.scoring import Scorer
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.core.decider import Scorer
+from rebate_guard.tools.replay import replay
+from rebate_guard.tools.ring_quality import ring_quality
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import HOUR, MINUTE, T0, signup, tx
 
 Stream = list[Event]

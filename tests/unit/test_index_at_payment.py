@@ -8,11 +8,11 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from rebate_guard.backtest import HistoryRow
 from rebate_guard.contract.records import Transaction
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.replay import EventFiles
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.core.backtest import HistoryRow
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from streams.console.store import MemoryConsoleStore
 from tests.factories import HOUR
 from tests.unit.test_payment_time import Feed, _nothing_produced

@@ -14,6 +14,18 @@ Every `import` and `from ... import` is read with `ast`, at module level and ins
   in `oracle/`);
 - `oracle`, the independent computations the engine is checked against, imports of the project
   only the contract, so it shares no logic with what it checks.
+- `rebate_guard.core` (trust weight, policy, friction budget, ledger, the `Decider`, backtests)
+  imports, of the project, only the contract, `features`, `detectors`, `graph` and itself: no
+  `rebate_guard.settings` (the worker, replay and the CLI pass it the policy and the model),
+  no `streams`, no `rebate_guard.tools`, no Faust, Redis or aiohttp;
+- `streams` does not import `rebate_guard.tools`;
+- nothing in the product core (`PRODUCT_CORE`: contract, core, client, keys, settings)
+  imports `rebate_guard.tools`.
+
+`rebate_guard.tools` (local stack, simulator, replay, evaluation, report) sits on top with the
+CLI: it may import the core, the contract, settings and `streams` (the runner spawns workers,
+the producer writes through `streams.sink`). The package's top holds only the entry point and
+the product core's modules (`TOP_MODULES`); everything else lives in a subpackage.
 
 `test_each_rule_catches_a_bad_import` shows every rule failing on a bad import added at
 module level and inside a function.
@@ -43,6 +55,16 @@ PROJECT = (
 )
 CONTRACT = "rebate_guard.contract"
 PURE = ("features", "detectors", "graph")
+CORE = "rebate_guard.core"
+TOOLS = "rebate_guard.tools"
+PRODUCT_CORE = (CONTRACT, CORE, "rebate_guard.client", "rebate_guard.keys", "rebate_guard.settings")
+#: The modules at the top of `rebate_guard`, besides its subpackages.
+TOP_MODULES = {
+    "rebate_guard.cli",
+    "rebate_guard.client",
+    "rebate_guard.keys",
+    "rebate_guard.settings",
+}
 
 #: Modules outside `streams/` that import Faust, and why they must.
 FAUST_OUTSIDE_STREAMS = {
@@ -150,6 +172,23 @@ def oracle_violations(modules: Mapping[str, str]) -> list[str]:
     return layer_violations(modules, ["oracle"], ["oracle", CONTRACT], [])
 
 
+def core_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(
+        modules,
+        [CORE],
+        [CORE, CONTRACT, *PURE],
+        ["faust", "mode", "redis", "aiohttp", "streams", TOOLS, "rebate_guard.settings"],
+    )
+
+
+def streams_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(modules, ["streams"], ["rebate_guard", "streams", *PURE], [TOOLS])
+
+
+def product_core_violations(modules: Mapping[str, str]) -> list[str]:
+    return layer_violations(modules, PRODUCT_CORE, PROJECT, [TOOLS])
+
+
 def faust_violations(modules: Mapping[str, str]) -> list[str]:
     graph = graph_of(modules)
     return [
@@ -189,6 +228,9 @@ def client_violations(modules: Mapping[str, str], client: str = "rebate_guard.cl
 RULES = {
     "contract": contract_violations,
     "pure layer": pure_layer_violations,
+    "core": core_violations,
+    "streams": streams_violations,
+    "product core": product_core_violations,
     "faust": faust_violations,
     "client": client_violations,
     "benchmarks": benchmark_violations,
@@ -206,6 +248,17 @@ def test_layers_hold(project: dict[str, str], rule: str) -> None:
     assert RULES[rule](project) == []
 
 
+def test_the_top_of_the_package_holds_only_the_entry_point_and_the_product_core(
+    project: dict[str, str],
+) -> None:
+    top = {
+        name
+        for name in project
+        if name.startswith("rebate_guard.") and name.count(".") == 1 and name not in (CORE, TOOLS)
+    }
+    assert top - {CONTRACT} == TOP_MODULES
+
+
 def test_the_faust_exceptions_still_need_to_be_exceptions(project: dict[str, str]) -> None:
     graph = graph_of(project)
     for module in FAUST_OUTSIDE_STREAMS:
@@ -215,23 +268,40 @@ def test_the_faust_exceptions_still_need_to_be_exceptions(project: dict[str, str
 #: For each rule, a module where a bad import breaks it, and the import.
 BAD_IMPORTS = {
     "contract": [
-        ("rebate_guard.contract.records", "from rebate_guard.policy import Policy"),
+        ("rebate_guard.contract.records", "from rebate_guard.core.policy import Policy"),
         ("rebate_guard.contract.order", "import polars as pl"),
         ("rebate_guard.contract.time", "from streams.store import RedisDecisionStore"),
     ],
     "pure layer": [
-        ("features.user", "from rebate_guard.scoring import Scorer"),
+        ("features.user", "from rebate_guard.core.decider import Scorer"),
         ("graph.layer", "import redis"),
         ("detectors.risk", "from streams import shards"),
         ("features.windows", "import faust"),
     ],
+    "core": [
+        ("rebate_guard.core.decider", "from streams.store import RedisDecisionStore"),
+        ("rebate_guard.core.policy", "from rebate_guard.tools.io import read_frame"),
+        ("rebate_guard.core.budget", "from rebate_guard.settings import Settings"),
+        ("rebate_guard.core.ledger", "import redis"),
+        ("rebate_guard.core.backtest", "from aiohttp import web"),
+    ],
+    "streams": [
+        ("streams.app", "from rebate_guard.tools.stack import LocalStack"),
+        ("streams.console.policy_desk", "from rebate_guard.tools import replay"),
+    ],
+    "product core": [
+        ("rebate_guard.settings", "from rebate_guard.tools.simulator import WorldConfig"),
+        ("rebate_guard.client", "import rebate_guard.tools.runner"),
+        ("rebate_guard.keys", "from rebate_guard.tools.io import read_frame"),
+        ("rebate_guard.contract.records", "from rebate_guard.tools import io"),
+    ],
     "faust": [
-        ("rebate_guard.scoring", "import faust"),
+        ("rebate_guard.core.decider", "import faust"),
         ("graph.rings", "from faust.web import View"),
     ],
     "client": [
         ("rebate_guard.client", "import redis.asyncio"),
-        ("rebate_guard.ledger", "import networkx"),
+        ("rebate_guard.core.ledger", "import networkx"),
         ("rebate_guard.keys", "from streams.store import RedisDecisionStore"),
     ],
     "benchmarks": [
@@ -240,7 +310,7 @@ BAD_IMPORTS = {
     ],
     "oracle": [
         ("oracle.features", "from features.engine import FeatureEngine"),
-        ("oracle.features", "from rebate_guard.replay import compute_features"),
+        ("oracle.features", "from rebate_guard.tools.replay import compute_features"),
     ],
 }
 
@@ -293,6 +363,14 @@ def test_what_importing_the_light_modules_loads() -> None:
         "redis",
         "aiohttp",
         "streams",
+    }
+    assert not _loaded_after("import rebate_guard.core.decider, rebate_guard.core.backtest") & {
+        "faust",
+        "redis",
+        "aiohttp",
+        "streams",
+        TOOLS,
+        "rebate_guard.settings",
     }
     assert not _loaded_after("import rebate_guard.client") & {
         "faust",

@@ -12,9 +12,9 @@ import pytest
 
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Transaction
-from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Scorer
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.core.decider import Scorer
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 
 
 @pytest.fixture(scope="module")

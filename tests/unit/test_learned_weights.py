@@ -14,7 +14,7 @@ from detectors.ring_say import RingSay
 from detectors.risk import RiskModel
 from graph.evidence import RING_FEATURES, ring_features
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.scoring import ALL_FEATURE_NAMES, Scorer
+from rebate_guard.core.decider import ALL_FEATURE_NAMES, Scorer
 from tests.factories import DAY, T0, label, signup, tx
 from tests.unit.test_detectors import _logistic_world
 

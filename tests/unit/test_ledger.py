@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from rebate_guard.contract.records import Decision, Label, RebateAdjustment, build
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.ledger import Ledger, LedgerMismatch, reconcile
-from rebate_guard.policy import LedgerTerms
-from rebate_guard.replay import replay
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.core.ledger import Ledger, LedgerMismatch, reconcile
+from rebate_guard.core.policy import LedgerTerms
+from rebate_guard.tools.replay import replay
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import DAY, HOUR, T0, decision, tx
 
 TERMS = LedgerTerms(hold_timeout_hours=72, refund_voids_within_hours=24, clawback_within_days=30)

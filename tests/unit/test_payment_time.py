@@ -14,10 +14,10 @@ import pytest
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Decision, Label, Signup, Transaction
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.policy import Policy
-from rebate_guard.replay import EventFiles
+from rebate_guard.core.policy import Policy
 from rebate_guard.settings import Settings
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from streams.processor import BatchProcessor, RawEvent, in_flight_keys, user_unit
 from streams.sink import key_partition
 from streams.store import MemoryDecisionStore

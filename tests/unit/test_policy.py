@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.policy import (
+from rebate_guard.core.policy import (
     EXPECTED_LOSS,
     Policy,
     PolicyError,

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from rebate_guard.contract.records import Decision, FeatureVector
-from rebate_guard.policy import Policy
+from rebate_guard.core.policy import Policy
 from rebate_guard.settings import Settings
 from streams.processor import BatchOutcome, BatchProcessor, RawEvent, entity_unit, user_unit
 from streams.sink import MemorySink

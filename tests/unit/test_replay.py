@@ -3,8 +3,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rebate_guard.io import write_frame
-from rebate_guard.replay import replay
+from rebate_guard.tools.io import write_frame
+from rebate_guard.tools.replay import replay
 from tests.factories import DAY, HOUR, T0, label, signup, tx
 
 

@@ -15,8 +15,8 @@ import pytest
 from markupsafe import escape
 
 from rebate_guard.cli import main
-from rebate_guard.evaluate import evaluate, evaluation_frame, friction_curve
-from rebate_guard.report import (
+from rebate_guard.tools.evaluate import evaluate, evaluation_frame, friction_curve
+from rebate_guard.tools.report import (
     Sources,
     build,
     evidence_in_words,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from rebate_guard.report import write_report
+from rebate_guard.tools.report import write_report
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from tests.report_world import HOSTILE_RING, replayed_world
 

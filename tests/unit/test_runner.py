@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rebate_guard.runner import compressed_lateness_ms, episode_config
 from rebate_guard.settings import Settings
-from rebate_guard.simulator import simulate_world
+from rebate_guard.tools.runner import compressed_lateness_ms, episode_config
+from rebate_guard.tools.simulator import simulate_world
 
 
 def test_each_episode_starts_after_everything_the_previous_one_fed() -> None:
@@ -70,7 +70,7 @@ class _Proc:
 def test_the_feed_stops_when_a_worker_exits_without_finishing_its_episode() -> None:
     import asyncio
 
-    from rebate_guard.runner import _while_workers_run
+    from rebate_guard.tools.runner import _while_workers_run
 
     async def run() -> None:
         running, stopping = _Proc(), _Proc()

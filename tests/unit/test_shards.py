@@ -37,11 +37,11 @@ from rebate_guard.contract.records import (
     Transaction,
 )
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.ledger import reconcile
-from rebate_guard.policy import Budget, default_policy
-from rebate_guard.replay import EventFiles
-from rebate_guard.scoring import Decider, Example, Features, Scorer
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.core.decider import Decider, Example, Features, Scorer
+from rebate_guard.core.ledger import reconcile
+from rebate_guard.core.policy import Budget, default_policy
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from streams.shards import GRAPH_PARTITION, TOPIC_CODES, EntityShard, GraphShard, UserShard
 from tests import factories
 

@@ -14,7 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
-from rebate_guard.simulator import (
+from rebate_guard.tools.simulator import (
     ABUSE_SCENARIOS,
     LOOKALIKES,
     PROFILES,
@@ -26,8 +26,8 @@ from rebate_guard.simulator import (
     world_config,
     write_world,
 )
-from rebate_guard.simulator._legit import referral_depth
-from rebate_guard.simulator.profiles import FRAUD_SHARE, PER_100K, RANDOM_RANGES
+from rebate_guard.tools.simulator._legit import referral_depth
+from rebate_guard.tools.simulator.profiles import FRAUD_SHARE, PER_100K, RANDOM_RANGES
 
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
 #: Every new behaviour on (and strong enough to show in a small world).

@@ -26,8 +26,8 @@ from features.stages import (
 )
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Signup, Transaction
-from rebate_guard.replay import EventFiles
-from rebate_guard.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import DAY, HOUR
 
 

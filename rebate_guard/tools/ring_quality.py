@@ -31,7 +31,7 @@ import polars as pl
 
 from graph.layer import LEFT_WINDOW
 from rebate_guard.contract.time import MINUTE_MS
-from rebate_guard.simulator import LOOKALIKES
+from rebate_guard.tools.simulator import LOOKALIKES
 
 MATCH = 0.5
 

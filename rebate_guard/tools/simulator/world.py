@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rebate_guard.simulator import _abuse, _legit
-from rebate_guard.simulator._builder import Builder
-from rebate_guard.simulator._common import (
+from rebate_guard.tools.simulator import _abuse, _legit
+from rebate_guard.tools.simulator._builder import Builder
+from rebate_guard.tools.simulator._common import (
     BIG_PURCHASE,
     BRUSHING,
     CASH_OUT,
@@ -38,8 +38,8 @@ from rebate_guard.simulator._common import (
     RING_MERCHANT_CUSTOMER,
     SCENARIOS,
 )
-from rebate_guard.simulator._labels import SOURCES, make_labels
-from rebate_guard.simulator.config import WorldConfig
+from rebate_guard.tools.simulator._labels import SOURCES, make_labels
+from rebate_guard.tools.simulator.config import WorldConfig
 
 TRANSACTION_SCHEMA: dict[str, Any] = {
     "tx_id": pl.String,

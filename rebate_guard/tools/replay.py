@@ -24,8 +24,8 @@ from rebate_guard.contract.records import LABELS, SIGNUPS, TRANSACTIONS, Decisio
 from rebate_guard.contract.validation import (
     InvalidEvent,
 )
-from rebate_guard.io import read_frame, write_frame
-from rebate_guard.scoring import ALL_FEATURE_NAMES, Scorer
+from rebate_guard.core.decider import ALL_FEATURE_NAMES, Scorer
+from rebate_guard.tools.io import read_frame, write_frame
 
 Schema = dict[str, pl.DataType | type[pl.DataType]]
 

@@ -18,7 +18,7 @@ from rebate_guard.contract.time import DAY_MS
 from rebate_guard.settings import Settings
 
 if TYPE_CHECKING:
-    from rebate_guard.simulator import World, WorldConfig
+    from rebate_guard.tools.simulator import World, WorldConfig
 
 log = logging.getLogger("rebate_guard")
 
@@ -34,7 +34,7 @@ def configure_logging(level: str) -> None:
 def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGTERM/SIGINT. Scale by starting more of them."""
 
-    from rebate_guard.topics import ensure_topics
+    from rebate_guard.tools.topics import ensure_topics
     from streams.app import create_worker
     from streams.transport import QuietWorker
 
@@ -65,7 +65,7 @@ def run_worker(settings: Settings) -> int:
 def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
     """The main job: local stack, `workers` worker processes, a steady simulated feed, the
     dashboard on the first worker's web port. Ctrl-C stops everything."""
-    from rebate_guard.stack import LocalStack
+    from rebate_guard.tools.stack import LocalStack
 
     configure_logging("info")
     # `kill`, systemd and CI send SIGTERM: shut down as gracefully as on Ctrl-C.
@@ -73,12 +73,12 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
     start_ms = int(time.time() * 1000)
     token_from_file = not settings.api_token
     settings = settings.with_api_token()  # the workers get it from here: one for all
-    from rebate_guard.simulator import simulate_world
+    from rebate_guard.tools.simulator import simulate_world
 
     first = simulate_world(episode_config(seed, 0, start_ms))
     with LocalStack(settings) as stack:
         live = stack.settings(settings)
-        from rebate_guard.topics import ensure_topics
+        from rebate_guard.tools.topics import ensure_topics
 
         asyncio.run(ensure_topics(live))
         lateness_ms = compressed_lateness_ms(first, settings)
@@ -121,7 +121,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
-    from rebate_guard.stack import child_setup
+    from rebate_guard.tools.stack import child_setup
 
     env = {**os.environ, **settings.replace(web_port=settings.web_port + index).to_env()}
     env["RG_DATA_DIR"] = str(Path(settings.data_dir) / f"worker-{index}")
@@ -147,7 +147,7 @@ def episode_config(seed: int, episode: int, start_ms: int) -> WorldConfig:
     previous one ends keeps those signups after everything already fed: the stream stays
     in event-time order, as a platform's would, instead of every episode arriving late.
     """
-    from rebate_guard.simulator import WorldConfig
+    from rebate_guard.tools.simulator import WorldConfig
 
     def config(start_ts_ms: int) -> WorldConfig:
         return WorldConfig(
@@ -189,8 +189,8 @@ async def _feed_forever(
 ) -> None:
     """Simulated episodes back to back, until the workers stop (or the timeline nears
     the year 2100, hours from now: then the workers go on serving without new input)."""
-    from rebate_guard.producer import produce_world
-    from rebate_guard.simulator import simulate_world
+    from rebate_guard.tools.producer import produce_world
+    from rebate_guard.tools.simulator import simulate_world
 
     episode, world = 0, first
     while True:

@@ -45,7 +45,7 @@ async def produce_events(
 
 
 async def produce_world(settings: Settings, world: object, rate: float | None = None) -> int:
-    from rebate_guard.simulator import World, event_stream
+    from rebate_guard.tools.simulator import World, event_stream
 
     assert isinstance(world, World)
     return await produce_events(settings, event_stream(world), rate)

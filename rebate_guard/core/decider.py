@@ -22,7 +22,6 @@ from features.user import REFUND_LOOKBACK_MS
 from features.windows import PaymentLog
 from graph.evidence import RING_FEATURES, ring_features
 from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
-from rebate_guard.budget import Cut, FrictionBudget
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     BLOCK,
@@ -39,8 +38,9 @@ from rebate_guard.contract.records import (
     requested_rebate_cents,
 )
 from rebate_guard.contract.time import DAY_MS
-from rebate_guard.ledger import Ledger
-from rebate_guard.policy import (
+from rebate_guard.core.budget import Cut, FrictionBudget
+from rebate_guard.core.ledger import Ledger
+from rebate_guard.core.policy import (
     FAILED_CLOSED,
     FIXED,
     Budget,
@@ -76,7 +76,7 @@ REPEAT_AT_MERCHANT = FEATURE_NAMES.index("user_merchant_tx_count_7d")
 
 class PolicyInputs(TypedDict):
     """What `Decider.decide` fed the policy for a transaction beyond the transaction and its
-    trust weight: enough to re-apply any policy to it (`rebate_guard.backtest`)."""
+    trust weight: enough to re-apply any policy to it (`rebate_guard.core.backtest`)."""
 
     #: The classifier was trusted (confidence 1): budget mode may block on the weight.
     trusted: bool
@@ -107,7 +107,7 @@ def apply_policy(
     """The action, cents granted, the policy's reasons and `threshold_version` of a payment:
     `Policy.rule`, then failing closed (`failed`: the model or the graph could not score it;
     a block list still blocks), then the daily caps (`cap`). Pure: the live path
-    (`Decider.assess`) and the backtest (`rebate_guard.backtest`) both decide by it."""
+    (`Decider.assess`) and the backtest (`rebate_guard.core.backtest`) both decide by it."""
     action, granted, policy_reasons, thresholds = policy.rule(tx, weight, requested, cut, trusted)
     if failed and not policy.lists.hits(tx, "block"):
         return fail_closed_action, 0, [], FAILED_CLOSED
@@ -351,7 +351,7 @@ class Decider:
 
     def policy_inputs(self) -> PolicyInputs:
         """What the last `decide` fed the policy beyond the transaction and its weight
-        (read right after it: `rebate_guard.backtest.history_row(tx, decision,
+        (read right after it: `rebate_guard.core.backtest.history_row(tx, decision,
         **decider.policy_inputs())`). Changes nothing."""
         if self.last_inputs is None:
             raise LookupError("nothing decided yet")

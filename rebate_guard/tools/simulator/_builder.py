@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rebate_guard.simulator._common import MOBILE_A, Columns, random_ips
+from rebate_guard.tools.simulator._common import MOBILE_A, Columns, random_ips
 
 USER_COLUMNS = ("signup_ts", "referrer", "device", "ip", "phone", "scenario", "ring", "look")
 MERCHANT_COLUMNS = ("category", "rate_pct", "median", "popularity", "scenario", "ring", "look")

@@ -41,7 +41,7 @@ from rebate_guard.contract.records import (
     Transaction,
     build,
 )
-from rebate_guard.policy import LedgerTerms
+from rebate_guard.core.policy import LedgerTerms
 
 HOLD_SLOT, CLAWBACK_SLOT = "hold", "clawback"
 #: A rebate's balances: (requested, granted, held, voided), granted + held + voided = requested.

@@ -1,11 +1,11 @@
 """Backtesting a policy draft against the live policy on stored decisions (issue #18).
 
 Per payment decision the worker stores a `HistoryRow`: the payment, what the `Decider` fed
-the policy (the trust weight and `scoring.PolicyInputs`: whether the classifier was trusted,
+the policy (the trust weight and `decider.PolicyInputs`: whether the classifier was trusted,
 the calibrated risk the friction budget counted, the daily caps' inputs, failing closed), the
 stored decision, and the payment's label once one arrives. `backtest` re-decides every row
 under the live policy and under the draft with the live path's own code
-(`scoring.apply_policy`: `Policy.rule`, failing closed, the daily caps; in budget mode a
+(`decider.apply_policy`: `Policy.rule`, failing closed, the daily caps; in budget mode a
 `FrictionBudget` per user partition, fed payments and labels in the contract's event order,
 as `Decider.decide` and `Decider.label` feed it), and reports the money each withholds from
 fraud and legitimate payments, by merchant category and by action, which decisions change,
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from features.windows import PaymentLog
-from rebate_guard.budget import FrictionBudget
 from rebate_guard.contract.order import KIND_RANK
 from rebate_guard.contract.records import (
     ACTIONS,
@@ -45,14 +44,15 @@ from rebate_guard.contract.records import (
     build,
 )
 from rebate_guard.contract.time import DAY_MS
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import (
+from rebate_guard.core.budget import FrictionBudget
+from rebate_guard.core.decider import (
     FAIL_CLOSED_GRAPH,
     FAIL_CLOSED_MODEL,
     MAX_REMEMBERED_FEATURES,
     apply_policy,
     record_in_budget,
 )
+from rebate_guard.core.policy import Policy
 
 #: The key of payments with no merchant category in `by_category`.
 NO_CATEGORY = "(none)"

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from rebate_guard.simulator._abuse import mean_tx_per_group
-from rebate_guard.simulator._common import (
+from rebate_guard.tools.simulator._abuse import mean_tx_per_group
+from rebate_guard.tools.simulator._common import (
     BRUSHING,
     CASH_OUT,
     COLLUSION_RING,
     PYRAMID,
     REFERRAL_FARM,
 )
-from rebate_guard.simulator.config import (
+from rebate_guard.tools.simulator.config import (
     BRUSHING_HOURS,
     COLLUSION_PATTERNS,
     FARM_DEVICES,

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from rebate_guard.policy import Budget
+    from rebate_guard.core.policy import Budget
 
 PPM = 1_000_000
 #: Bin width of the weight histograms, in millionths of weight (1e-3).

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
-from rebate_guard.simulator._builder import Builder
-from rebate_guard.simulator._common import (
+from rebate_guard.tools.simulator._builder import Builder
+from rebate_guard.tools.simulator._common import (
     AMOUNT_SIGMA,
     BEAUTY,
     BRUSHING,
@@ -33,8 +33,8 @@ from rebate_guard.simulator._common import (
     sample_ts,
     weighted_choice,
 )
-from rebate_guard.simulator._legit import add_abuse_merchants
-from rebate_guard.simulator.config import WorldConfig
+from rebate_guard.tools.simulator._legit import add_abuse_merchants
+from rebate_guard.tools.simulator.config import WorldConfig
 
 ROUND_AMOUNTS = np.array([1_000, 2_000, 3_000, 5_000, 6_800, 8_800, 9_900, 10_000, 20_000])
 RING_AMOUNTS = np.array([10_000, 20_000, 30_000, 50_000, 66_600, 88_800, 100_000])

@@ -8,7 +8,7 @@ three scripts run and nothing be fetched. Tables are rendered here by the Jinja2
 autoescaped; the charts and ring graphs are drawn in the browser from the JSON blocks, whose
 `<`, `>` and `&` are written as \\u003c \\u003e \\u0026 so no id can end a block.
 
-The figures are `rebate_guard.evaluate`'s: the decisions joined with the world's ground truth
+The figures are `rebate_guard.tools.evaluate`'s: the decisions joined with the world's ground truth
 (when the replayed files came from the simulator, or `--truth`), else with the labels (the
 labelled sample only), else none, which the page says. Where the events came from is read
 from the `inputs.json` replay writes (or given with `--world`).
@@ -30,7 +30,7 @@ import polars as pl
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
-from rebate_guard.evaluate import (
+from rebate_guard.tools.evaluate import (
     CAPTURE_AT_FRICTION,
     Evaluation,
     evaluate,
@@ -38,8 +38,8 @@ from rebate_guard.evaluate import (
     friction_curve,
     money_withheld,
 )
-from rebate_guard.io import read_frame
-from rebate_guard.simulator import ABUSE_SCENARIOS
+from rebate_guard.tools.io import read_frame
+from rebate_guard.tools.simulator import ABUSE_SCENARIOS
 
 #: Periods up to this long are drawn per hour, longer ones per day.
 HOURLY_UP_TO_MS = 3 * DAY_MS
@@ -506,7 +506,7 @@ def _vendor(name: str) -> str:
 
 def _own(name: str) -> str:
     return _inlinable(
-        name, (resources.files("rebate_guard") / "templates" / name).read_text("utf-8")
+        name, (resources.files("rebate_guard.tools") / "templates" / name).read_text("utf-8")
     )
 
 
@@ -522,7 +522,7 @@ def _sha256(text: str) -> str:
 
 def _environment() -> Environment:
     return Environment(
-        loader=PackageLoader("rebate_guard", "templates"),
+        loader=PackageLoader("rebate_guard.tools", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,

@@ -4,8 +4,8 @@ from detectors.risk import RiskModel
 from graph.layer import GraphLayer
 from rebate_guard.contract.order import order_key
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.policy import Policy
-from rebate_guard.scoring import Decider, Scorer
+from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.core.policy import Policy
 from tests.factories import DAY, HOUR, T0, fixed_policy, label, signup, tx
 
 

@@ -6,7 +6,7 @@ anomaly score and the online classifier (`detectors.risk`); the ring score is th
 ring the user or merchant is in (`graph.layer`).
 
 **Policy**: a versioned document (TOML or JSON; the default,
-`rebate_guard/policies/default.toml`, documents every key) that maps w to an action, per
+`rebate_guard/core/policies/default.toml`, documents every key) that maps w to an action, per
 merchant category and per campaign:
 
     w >= allow_at  -> allow  (full rebate)
@@ -35,7 +35,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rebate_guard.budget import SHARED, Cut
 from rebate_guard.contract.records import (
     ALLOW,
     BLOCK,
@@ -47,6 +46,7 @@ from rebate_guard.contract.records import (
     scale_cents,
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
+from rebate_guard.core.budget import SHARED, Cut
 
 PPM = 1_000_000
 #: Reason codes of the policy's own rules.
@@ -203,7 +203,7 @@ class Suppression:
 
 @dataclass(frozen=True)
 class LedgerTerms:
-    """What happens to a rebate after its decision (`rebate_guard.ledger`)."""
+    """What happens to a rebate after its decision (`rebate_guard.core.ledger`)."""
 
     #: A held rebate with no label this long after its payment is resolved...
     hold_timeout_hours: float = 72.0
@@ -281,7 +281,7 @@ class Limits:
 class Budget:
     """The friction budget (`[budget]`): the cut below which rebates are withheld follows
     the weights of recent payments, so that about `legit_friction` of legitimate rebate
-    money is withheld at decision (`rebate_guard.budget`)."""
+    money is withheld at decision (`rebate_guard.core.budget`)."""
 
     #: Share of legitimate rebate money the team accepts to withhold at decision.
     legit_friction: float = 0.01
@@ -658,7 +658,7 @@ DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
 
 
 def default_policy() -> Policy:
-    """The policy shipped with RebateGuard (`rebate_guard/policies/default.toml`)."""
+    """The policy shipped with RebateGuard (`rebate_guard/core/policies/default.toml`)."""
     return Policy.load(DEFAULT_POLICY)
 
 

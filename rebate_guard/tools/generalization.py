@@ -1,6 +1,6 @@
 """Held-out evaluation: how RebateGuard does on simulated platforms it was never tuned on.
 
-A world of the simulator family (`rebate_guard.simulator.world_config`, profile "random":
+A world of the simulator family (`rebate_guard.tools.simulator.world_config`, profile "random":
 every knob of the platform, its look-alikes, labels and abuse tactics drawn from the seed)
 is generated, replayed through the scoring path with a policy, and evaluated against its
 truth: ranking (AP, ROC AUC), money (fraud and legitimate rebate money withheld at
@@ -113,12 +113,12 @@ def _run(
     from detectors.risk import RiskModel
     from features.engine import FeatureEngine
     from graph.layer import GraphLayer
-    from rebate_guard.evaluate import evaluate
-    from rebate_guard.policy import Policy, default_policy
-    from rebate_guard.replay import replay
-    from rebate_guard.ring_quality import ring_quality
-    from rebate_guard.scoring import Decider, Scorer
-    from rebate_guard.simulator import simulate_world, world_config, write_world
+    from rebate_guard.core.decider import Decider, Scorer
+    from rebate_guard.core.policy import Policy, default_policy
+    from rebate_guard.tools.evaluate import evaluate
+    from rebate_guard.tools.replay import replay
+    from rebate_guard.tools.ring_quality import ring_quality
+    from rebate_guard.tools.simulator import simulate_world, world_config, write_world
 
     started = time.perf_counter()
     world_dir, out = workdir / "world", workdir / "replay"
@@ -186,7 +186,7 @@ def _fraud_money_share(paid: pl.DataFrame) -> float:
 def weekly_ap(decisions: Path, truth: Path) -> list[float | None]:
     """Transaction AP of `risk` per full week from the first decision (a last partial week
     is left out: few payments), None for a week without fraud."""
-    from rebate_guard.evaluate import ranking
+    from rebate_guard.tools.evaluate import ranking
 
     frame = (
         pl.read_parquet(decisions, columns=["tx_id", "ts", "risk"])

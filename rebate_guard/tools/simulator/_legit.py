@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
-from rebate_guard.simulator._builder import Builder
-from rebate_guard.simulator._common import (
+from rebate_guard.tools.simulator._builder import Builder
+from rebate_guard.tools.simulator._common import (
     AMOUNT_SIGMA,
     BIG_PURCHASE,
     CATEGORY_SHARE,
@@ -44,7 +44,7 @@ from rebate_guard.simulator._common import (
     sample_ts,
     weighted_choice,
 )
-from rebate_guard.simulator.config import WorldConfig
+from rebate_guard.tools.simulator.config import WorldConfig
 
 RATE_SIGMA = 0.9  # log-normal spread of users' activity rates
 REFERRAL_BATCHES = 64  # preferential attachment: referees placed in this many signup batches

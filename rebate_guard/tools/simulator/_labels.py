@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from rebate_guard.contract.time import DAY_MS
-from rebate_guard.simulator._common import (
+from rebate_guard.tools.simulator._common import (
     CASH_OUT,
     DEEP_REFERRAL,
     HIGH_RATE_MERCHANT,
     PYRAMID,
     RING_MERCHANT_CUSTOMER,
 )
-from rebate_guard.simulator.config import WorldConfig
+from rebate_guard.tools.simulator.config import WorldConfig
 
 SOURCES = ("review", "chargeback", "user_report")
 REVIEW, CHARGEBACK, USER_REPORT = range(3)

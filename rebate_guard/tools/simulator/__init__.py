@@ -8,10 +8,10 @@ See docs/simulator.md. The public API::
     for topic, key, payload in event_stream(world): ...
 """
 
-from rebate_guard.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS
-from rebate_guard.simulator.config import WorldConfig
-from rebate_guard.simulator.profiles import PROFILES, config_json, world_config
-from rebate_guard.simulator.world import (
+from rebate_guard.tools.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS
+from rebate_guard.tools.simulator.config import WorldConfig
+from rebate_guard.tools.simulator.profiles import PROFILES, config_json, world_config
+from rebate_guard.tools.simulator.world import (
     CONTRACT_SCHEMAS,
     LABEL_SCHEMA,
     SIGNUP_SCHEMA,
