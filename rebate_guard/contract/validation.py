@@ -35,6 +35,16 @@ class InvalidEvent(ValueError):
 
 
 def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
+    """A message's value as a JSON object; `InvalidEvent` (the dead-letter reason) if it
+    is none, not JSON, or not an object.
+
+    Examples
+    --------
+    >>> decode_json_object(b'[1, 2]')
+    Traceback (most recent call last):
+    ...
+    rebate_guard.contract.validation.InvalidEvent: expected a JSON object, got list
+    """
     if raw is None:
         raise InvalidEvent("empty message (no value)")
     try:
@@ -72,7 +82,35 @@ def _id_value(name: str, value: Any) -> str:
 
 
 def parse_ts(value: Any, name: str = "ts") -> int:
-    """Epoch ms (int) or an ISO-8601 timestamp with a zone; returns epoch ms."""
+    """Epoch ms from epoch ms (int) or an ISO-8601 timestamp with a zone.
+
+    Parameters
+    ----------
+    value : int, float or str
+        The timestamp.
+    name : str, default "ts"
+        The field it came from, for the message.
+
+    Returns
+    -------
+    int
+        Epoch milliseconds, within 2000..2100.
+
+    Raises
+    ------
+    InvalidEvent
+        Missing, unreadable, without a zone, or outside 2000..2100 (seconds or microseconds
+        given for milliseconds).
+
+    Examples
+    --------
+    >>> parse_ts("2023-11-14T22:13:20Z"), parse_ts(1_700_000_000_000)
+    (1700000000000, 1700000000000)
+    >>> parse_ts(1_700_000_000)
+    Traceback (most recent call last):
+    ...
+    rebate_guard.contract.validation.InvalidEvent: field 'ts'=1700000000 is not epoch ...
+    """
     if value is None:
         raise InvalidEvent(f"missing field {name!r}")
     if isinstance(value, bool):
@@ -97,6 +135,34 @@ def parse_ts(value: Any, name: str = "ts") -> int:
 
 
 def parse_transaction(data: Mapping[str, Any]) -> Transaction:
+    """A `Transaction` from untrusted fields (a decoded message, a file row).
+
+    Parameters
+    ----------
+    data : mapping
+        The fields; unknown ones are ignored. `ts` may be epoch ms or ISO-8601 with a zone.
+
+    Returns
+    -------
+    Transaction
+
+    Raises
+    ------
+    InvalidEvent
+        The first rule the event breaks; the message is its dead-letter reason.
+
+    Examples
+    --------
+    >>> fields = {"tx_id": "t-1", "ts": "2023-11-14T22:13:20Z", "user_id": "u-1",
+    ...           "merchant_id": "m-1", "amount_cents": 10_000, "rebate_rate": 0.05,
+    ...           "kind": "payment", "campaign": "spring"}
+    >>> parse_transaction(fields).ts
+    1700000000000
+    >>> parse_transaction({**fields, "kind": "refund"})
+    Traceback (most recent call last):
+    ...
+    rebate_guard.contract.validation.InvalidEvent: a refund needs 'ref_tx_id' (the refunded payment)
+    """
     amount = data.get("amount_cents")
     if amount is None:
         raise InvalidEvent("missing field 'amount_cents'")
@@ -135,6 +201,17 @@ def parse_transaction(data: Mapping[str, Any]) -> Transaction:
 
 
 def parse_signup(data: Mapping[str, Any]) -> Signup:
+    """A `Signup` from untrusted fields; `InvalidEvent` (the dead-letter reason) if invalid.
+
+    Examples
+    --------
+    >>> parse_signup({"user_id": 42, "ts": 1_700_000_000_000}).user_id
+    '42'
+    >>> parse_signup({"user_id": "u-1", "ts": "yesterday"})
+    Traceback (most recent call last):
+    ...
+    rebate_guard.contract.validation.InvalidEvent: field 'ts': unreadable timestamp 'yesterday'
+    """
     return build(
         Signup,
         user_id=_required_id(data, "user_id"),
@@ -147,6 +224,17 @@ def parse_signup(data: Mapping[str, Any]) -> Signup:
 
 
 def parse_label(data: Mapping[str, Any]) -> Label:
+    """A `Label` from untrusted fields; `InvalidEvent` (the dead-letter reason) if invalid.
+
+    Examples
+    --------
+    >>> parse_label({"ts": 1_700_000_000_000, "label": "fraud", "user_id": "u-1"}).source
+    'unknown'
+    >>> parse_label({"ts": 1_700_000_000_000, "label": "fraud"})
+    Traceback (most recent call last):
+    ...
+    rebate_guard.contract.validation.InvalidEvent: a label needs 'tx_id' or 'user_id'
+    """
     label = data.get("label")
     if label not in LABEL_VALUES:
         raise InvalidEvent(f"field 'label' must be one of {', '.join(LABEL_VALUES)}, got {label!r}")
@@ -170,4 +258,34 @@ R = TypeVar("R")
 
 
 def parse_bytes(raw: bytes | str | None, parser: Callable[[Mapping[str, Any]], R]) -> R:
+    """A record from a message's raw value: JSON decoding, then `parser`.
+
+    Parameters
+    ----------
+    raw : bytes, str or None
+        The message's value.
+    parser : callable
+        `parse_transaction`, `parse_signup` or `parse_label`.
+
+    Returns
+    -------
+    Record
+        What `parser` returns.
+
+    Raises
+    ------
+    InvalidEvent
+        Why the message cannot be used: the `DeadLetter` reason the worker records.
+
+    Examples
+    --------
+    >>> from rebate_guard.contract.records import DeadLetter
+    >>> raw = b'{"tx_id": "t-1", "ts": 1700000000000}'
+    >>> try:
+    ...     parse_bytes(raw, parse_transaction)
+    ... except InvalidEvent as err:
+    ...     dead = DeadLetter("transactions", 0, 41, str(err), raw.decode(), 1_700_000_000_500)
+    >>> dead.reason
+    "missing field 'amount_cents'"
+    """
     return parser(decode_json_object(raw))

@@ -192,18 +192,18 @@ def _bump(table: dict[Any, int], key: Any, by: int) -> None:
         table.pop(key, None)
 
 
-def legit_money(money: Bins, fraud: Bins, legit: Bins) -> Bins:
+def legit_money(money: Bins, fraud: Bins, *, legit: Bins) -> Bins:
     """The expected legitimate cents per bin, in millionths of a cent: what the payments
     recorded (each payment's cents x (1 - the calibrated part of its risk)), never more than
     the bin's money not labelled fraud."""
     return {k: min(legit.get(k, 0), (cents - fraud.get(k, 0)) * PPM) for k, cents in money.items()}
 
 
-def largest_cut(money: Bins, fraud: Bins, legit: Bins, share_ppm: int) -> int:
+def largest_cut(money: Bins, fraud: Bins, *, legit: Bins, share_ppm: int) -> int:
     """The largest k (0..BINS) with the expected legitimate money in bins < k at most share x
     the expected legitimate money of all bins (`legit_money`), in integers (share in
     millionths)."""
-    expected = legit_money(money, fraud, legit)
+    expected = legit_money(money, fraud, legit=legit)
     allowed = share_ppm * sum(expected.values())
     below = 0
     for k in sorted(expected):
@@ -346,7 +346,7 @@ class FrictionBudget:
             legit = legit_money(
                 tally.money.get(SHARED, {}),
                 tally.fraud.get(SHARED, {}),
-                tally.legit.get(SHARED, {}),
+                legit=tally.legit.get(SHARED, {}),
             )
             legit_total = sum(legit.values())
             expected = None
@@ -385,6 +385,6 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
     money, fraud = tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {})
     legit = tally.legit.get(SHARED, {})
     share = terms.share_of(group)
-    hold = largest_cut(money, fraud, legit, round(share * PPM))
-    block = largest_cut(money, fraud, legit, round(share * terms.block_share * PPM))
+    hold = largest_cut(money, fraud, legit=legit, share_ppm=round(share * PPM))
+    block = largest_cut(money, fraud, legit=legit, share_ppm=round(share * terms.block_share * PPM))
     return Cut(group, epoch, hold, min(block, hold))

@@ -73,6 +73,18 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Thresholds:
+    """Where the trust weight w turns one action into the next, and the money limit.
+
+    Parameters
+    ----------
+    allow_at, scale_at, hold_at : float
+        w >= `allow_at`: allow (in full); >= `scale_at`: scale (rebate x w); >= `hold_at`:
+        hold; below: block. Within [0, 1], with ``hold_at <= scale_at <= allow_at``.
+    max_expected_loss_cents : int or None
+        The most expected loss, (1 - w) x cents paid, an allow or a scale may carry; None:
+        any.
+    """
+
     allow_at: float = 0.85
     scale_at: float = 0.8
     hold_at: float = 0.5
@@ -80,6 +92,7 @@ class Thresholds:
     max_expected_loss_cents: int | None = None
 
     def check(self, where: str) -> None:
+        """Raises `PolicyError`, naming the key under `where`, if a value is out of range."""
         for name in ("allow_at", "scale_at", "hold_at"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool):
@@ -100,8 +113,35 @@ class Thresholds:
             )
 
     def decide(self, weight: float, requested_cents: int) -> tuple[str, int, list[str]]:
-        """The action, the cents granted now, and the policy's reasons (`EXPECTED_LOSS`
-        when it stepped down for the money at stake)."""
+        """The action for trust weight `weight` on a rebate of `requested_cents`.
+
+        Parameters
+        ----------
+        weight : float
+            The trust weight, in [0, 1] (`trust_weight`).
+        requested_cents : int
+            The rebate requested.
+
+        Returns
+        -------
+        tuple of (str, int, list of str)
+            The action, the cents granted now (rounded down to whole cents) and the
+            policy's reason codes (`EXPECTED_LOSS` when it stepped down for the money at
+            stake).
+
+        Examples
+        --------
+        >>> thresholds = Thresholds(max_expected_loss_cents=100)
+        >>> thresholds.decide(0.9, 500)
+        ('allow', 500, [])
+        >>> thresholds.decide(0.82, 500)
+        ('scale', 410, [])
+
+        The same weight on a larger rebate carries more expected loss, so needs more trust:
+
+        >>> thresholds.decide(0.9, 1200)
+        ('hold', 0, ['expected_loss_over_limit'])
+        """
         w_ppm = round(weight * PPM)
         stepped = False
         if weight >= self.allow_at:
@@ -337,6 +377,63 @@ def _share(value: Any, where: str) -> None:
 
 @dataclass(frozen=True)
 class Policy:
+    """A versioned rebate policy, checked as a whole when it is made.
+
+    Usually read from a document (`load`, `from_text`, `from_document`);
+    `rebate_guard/core/policies/default.toml` documents every key.
+
+    Parameters
+    ----------
+    version : str
+        Recorded in every decision the policy makes (`Decision.policy_version`).
+    thresholds : Thresholds
+        The fixed thresholds, for transactions no category or campaign covers.
+    categories : mapping of str to Thresholds
+        merchant_category -> thresholds for its transactions.
+    campaigns : tuple of Campaign
+        The first campaign covering a transaction sets its thresholds (before its category).
+    lists : Lists
+        Block and allow lists, applied before the weight.
+    ledger : LedgerTerms
+        What happens to a rebate after its decision.
+    limits : Limits
+        Daily caps and the referral commission depth.
+    budget : Budget or None
+        The friction budget; None: the fixed thresholds decide.
+    suppressions : mapping of str to Suppression
+        user_id -> a reviewer's false-positive ruling.
+
+    Raises
+    ------
+    PolicyError
+        A value is out of range; the message names its key.
+
+    Examples
+    --------
+    Read a document (keys it leaves out take their defaults) and compare it with the
+    policy shipped with RebateGuard, key by key:
+
+    >>> spring = Policy.from_text('''
+    ... version = "spring-1"
+    ... [thresholds]
+    ... allow_at = 0.9
+    ... ''', "toml")
+    >>> spring.thresholds
+    Thresholds(allow_at=0.9, scale_at=0.8, hold_at=0.5, max_expected_loss_cents=None)
+    >>> before, after = default_policy().document(), spring.document()
+    >>> sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    ['budget', 'thresholds', 'version']
+    >>> before["thresholds"]["allow_at"], after["thresholds"]["allow_at"]
+    (0.85, 0.9)
+
+    A document that breaks a rule is refused as a whole, naming the key:
+
+    >>> Policy.from_document({"version": "v2", "thresholds": {"hold_at": 0.9}})
+    Traceback (most recent call last):
+    ...
+    rebate_guard.core.policy.PolicyError: thresholds: thresholds must satisfy hold_at <= ...
+    """
+
     version: str = "default-1"
     thresholds: Thresholds = field(default_factory=Thresholds)
     #: merchant_category -> thresholds for its transactions.
@@ -365,12 +462,15 @@ class Policy:
             self.budget.check()
 
     def campaign_for(self, tx: Transaction) -> Campaign | None:
+        """The first campaign covering `tx`, if any."""
         for campaign in self.campaigns:
             if campaign.covers(tx):
                 return campaign
         return None
 
     def thresholds_for(self, tx: Transaction) -> Thresholds:
+        """The fixed thresholds for `tx`: its campaign's, else its category's, else the
+        policy's."""
         campaign = self.campaign_for(tx)
         if campaign is not None:
             return campaign.thresholds
@@ -379,10 +479,46 @@ class Policy:
         return self.thresholds
 
     def decide(
-        self, tx: Transaction, weight: float, requested_cents: int
+        self, tx: Transaction, weight: float, *, requested_cents: int
     ) -> tuple[str, int, list[str]]:
-        """The action, the cents granted now, and the policy's own reason codes, by the
-        fixed thresholds (`rule` with a cut: budget mode)."""
+        """The action on `tx` for trust weight `weight`, by the fixed thresholds.
+
+        Lists come first, then a suppression, then the thresholds of the transaction's
+        campaign, category or the policy (`rule`, with a cut: budget mode).
+
+        Parameters
+        ----------
+        tx : Transaction
+            The payment.
+        weight : float
+            Its trust weight (`trust_weight`).
+        requested_cents : int
+            The rebate it requests.
+
+        Returns
+        -------
+        tuple of (str, int, list of str)
+            The action, the cents granted now and the policy's own reason codes.
+
+        Examples
+        --------
+        >>> from rebate_guard.contract.records import Transaction
+        >>> tx = Transaction("t-1", 1_700_000_000_000, "u-1", "m-1", amount_cents=10_000,
+        ...                  rebate_rate=0.05, kind="payment", device_id="d-9")
+        >>> policy = Policy(version="v1")
+        >>> for risk in (0.05, 0.18, 0.3, 0.7):
+        ...     print(risk, policy.decide(tx, trust_weight(risk), requested_cents=500))
+        0.05 ('allow', 500, [])
+        0.18 ('scale', 410, [])
+        0.3 ('hold', 0, [])
+        0.7 ('block', 0, [])
+
+        A block list entry blocks whatever the weight:
+
+        >>> listed = Policy(version="v2", lists=Lists(block_devices=frozenset({"d-9"})))
+        >>> listed.decide(tx, 1.0, requested_cents=500)
+        ('block', 0, ['blocklist:device'])
+        """
         return self.rule(tx, weight, requested_cents)[:3]
 
     def rule(
@@ -393,13 +529,51 @@ class Policy:
         cut: Cut | None = None,
         trusted: bool = True,
     ) -> tuple[str, int, list[str], str]:
-        """`decide`, and which thresholds decided (a decision's `threshold_version`):
-        `cut.version` (budget mode, the group's cut for the epoch), `FIXED`, `LISTS` or
-        `campaign:<name>`. Precedence: lists, then a campaign covering the payment (its
+        """`decide`, and which thresholds decided.
+
+        Precedence: lists, then a suppression, then a campaign covering the payment (its
         fixed thresholds, in budget mode too), then the cut (budget mode, once the group's
         window holds `min_payments`), else the fixed thresholds of the category or policy.
-        `trusted`: the classifier is (its confidence is 1); in budget mode, before that, a
-        weight that would block holds instead (`COLD_START`)."""
+
+        Parameters
+        ----------
+        tx : Transaction
+            The payment.
+        weight : float
+            Its trust weight.
+        requested_cents : int
+            The rebate it requests.
+        cut : Cut or None
+            Budget mode: the cut of the payment's group for the epoch
+            (`rebate_guard.core.budget`); None: the fixed thresholds.
+        trusted : bool, default True
+            The classifier is trusted (its confidence is 1); in budget mode, before that, a
+            weight that would block holds instead (`COLD_START`).
+
+        Returns
+        -------
+        tuple of (str, int, list of str, str)
+            `decide`'s action, granted cents and reasons, and the decision's
+            `threshold_version`: `cut.version`, `FIXED`, `LISTS`, `SUPPRESSED` or
+            ``campaign:<name>``.
+
+        Examples
+        --------
+        In budget mode, a cut at 0.6 (blocking below 0.3) decides instead of the thresholds:
+
+        >>> from rebate_guard.contract.records import Transaction
+        >>> from rebate_guard.core.budget import Cut
+        >>> tx = Transaction("t-1", 1_700_000_000_000, "u-1", "m-1", amount_cents=10_000,
+        ...                  rebate_rate=0.05, kind="payment")
+        >>> policy = Policy(version="v1", budget=Budget())
+        >>> cut = Cut("*", epoch=1_699_999_200_000, hold_below=600, block_below=300)
+        >>> policy.rule(tx, 0.7, 500, cut)
+        ('allow', 500, [], 'budget:*:1699999200000:0.600:0.300')
+        >>> policy.rule(tx, 0.55, 500, cut)[:3]
+        ('hold', 0, ['budget:below_cut'])
+        >>> policy.rule(tx, 0.2, 500, cut, trusted=False)[:3]
+        ('hold', 0, ['budget:below_block_cut', 'cold_start:hold'])
+        """
         blocked = self.lists.hits(tx, "block")
         if blocked:
             return BLOCK, 0, blocked, LISTS
@@ -427,7 +601,32 @@ class Policy:
     # --- documents ------------------------------------------------------------------------
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> Policy:
-        """A policy from its document (parsed TOML or JSON); `PolicyError` if invalid."""
+        """A policy from its document (parsed TOML or JSON).
+
+        Parameters
+        ----------
+        doc : mapping
+            The document's tables; `version` is required, other keys default.
+
+        Returns
+        -------
+        Policy
+
+        Raises
+        ------
+        PolicyError
+            An unknown key, a missing version or a value out of range, named.
+
+        Examples
+        --------
+        >>> policy = Policy.from_document({"version": "v1", "limits": {"max_commission_tiers": 1}})
+        >>> policy.limits.max_commission_tiers
+        1
+        >>> Policy.from_document({"version": "v1", "limits": {"max_commission_tier": 1}})
+        Traceback (most recent call last):
+        ...
+        rebate_guard.core.policy.PolicyError: limits: unknown key 'max_commission_tier' ...
+        """
         if not isinstance(doc, Mapping):
             raise PolicyError(f"a policy is a table of keys, got {type(doc).__name__}")
         _known(
@@ -472,7 +671,33 @@ class Policy:
 
     @classmethod
     def from_text(cls, text: str | bytes, fmt: str = "json") -> Policy:
-        """From a document's text: `fmt` "toml" or "json"."""
+        """A policy from a document's text.
+
+        Parameters
+        ----------
+        text : str or bytes
+            The document (bytes are read as UTF-8).
+        fmt : {"json", "toml"}
+            Its format.
+
+        Returns
+        -------
+        Policy
+
+        Raises
+        ------
+        PolicyError
+            The text does not parse, or the document is invalid (`from_document`).
+
+        Examples
+        --------
+        >>> Policy.from_text('{"version": "v1"}').version
+        'v1'
+        >>> Policy.from_text('version = ', "toml")
+        Traceback (most recent call last):
+        ...
+        rebate_guard.core.policy.PolicyError: not valid TOML: ...
+        """
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
         try:
@@ -483,7 +708,32 @@ class Policy:
 
     @classmethod
     def load(cls, path: Path) -> Policy:
-        """From a file: `.toml`, or JSON otherwise."""
+        """A policy from a file.
+
+        Parameters
+        ----------
+        path : Path
+            A ``.toml`` file, or JSON otherwise.
+
+        Returns
+        -------
+        Policy
+
+        Raises
+        ------
+        PolicyError
+            The file cannot be read or holds no valid policy; the message starts with the
+            path.
+
+        Examples
+        --------
+        >>> Policy.load(DEFAULT_POLICY).version
+        'default-...'
+        >>> Policy.load(Path("no-such-policy.toml"))
+        Traceback (most recent call last):
+        ...
+        rebate_guard.core.policy.PolicyError: cannot read no-such-policy.toml: No such file ...
+        """
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
@@ -494,7 +744,21 @@ class Policy:
             raise PolicyError(f"{path}: {err}") from None
 
     def document(self) -> dict[str, Any]:
-        """The policy as a JSON-ready document (`from_document` reads it back)."""
+        """The policy as a JSON-ready document, keys sorted: what the console shows and diffs.
+
+        Returns
+        -------
+        dict
+            The document; `from_document` reads it back to an equal policy.
+
+        Examples
+        --------
+        >>> policy = Policy(version="v1", thresholds=Thresholds(allow_at=0.9))
+        >>> policy.document()["thresholds"]
+        {'allow_at': 0.9, 'scale_at': 0.8, 'hold_at': 0.5}
+        >>> Policy.from_document(policy.document()) == policy
+        True
+        """
 
         def thresholds(t: Thresholds) -> dict[str, Any]:
             return {k: v for k, v in asdict(t).items() if v is not None}
@@ -525,6 +789,7 @@ class Policy:
         }
 
     def to_json(self) -> str:
+        """The document (`document`) as compact JSON with sorted keys: what Redis holds."""
         return json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
 
 
@@ -658,7 +923,14 @@ DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
 
 
 def default_policy() -> Policy:
-    """The policy shipped with RebateGuard (`rebate_guard/core/policies/default.toml`)."""
+    """The policy shipped with RebateGuard (`rebate_guard/core/policies/default.toml`).
+
+    Examples
+    --------
+    >>> policy = default_policy()
+    >>> policy.thresholds.allow_at, policy.budget is not None
+    (0.85, True)
+    """
     return Policy.load(DEFAULT_POLICY)
 
 
@@ -676,7 +948,27 @@ def _section(value: Any, where: str, cls: type[Section]) -> Section:
 
 
 def trust_weight(risk: float) -> float:
-    """w = 1 - risk: every signal, the rings' included, is in `risk` (detectors/risk.py)."""
+    """The trust weight w = 1 - risk, clamped to [0, 1] and kept to six decimals.
+
+    Every signal, the rings' included, is in `risk` (`detectors.risk`); the weight is
+    recorded in decisions and used for money, so it is kept exact.
+
+    Parameters
+    ----------
+    risk : float
+        The combined model risk.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> trust_weight(0.1234567)
+    0.876543
+    >>> trust_weight(1.5), trust_weight(-0.2)
+    (0.0, 1.0)
+    """
     w = 1.0 - _clamp(risk)
     # Six decimals: the weight is recorded in decisions and used for money, so keep it exact.
     return round(w, 6)

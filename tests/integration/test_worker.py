@@ -277,7 +277,7 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
 
 def _score(settings: Settings, body: bytes, query: str = "") -> tuple[int, dict]:
     """`POST /score` on the worker `settings` point at, with their API token."""
-    request = web_request(settings, f"/score{query}", body)
+    request = web_request(settings, f"/score{query}", body=body)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

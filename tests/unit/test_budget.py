@@ -202,22 +202,25 @@ def test_the_cut_is_the_largest_with_expected_legit_money_below_it_within_the_bu
     money = {100: 10, 500: 80, 900: 910}  # 1,000 cents
     # All money counted as legitimate (no calibrated model yet): a quantile of the money.
     legit = _legit(money, 1.0)
-    assert largest_cut(money, {}, legit, 5_000) == 100  # 0.5%: bin 100's 10 cents do not fit
-    assert largest_cut(money, {}, legit, 20_000) == 500  # 2%: they do; bin 500's 80 do not
+    # 0.5%: bin 100's 10 cents do not fit; 2%: they do, bin 500's 80 do not.
+    assert largest_cut(money, {}, legit=legit, share_ppm=5_000) == 100
+    assert largest_cut(money, {}, legit=legit, share_ppm=20_000) == 500
     # Labelled fraud in bin 500 is not legitimate friction: 2% of 920 holds 10 + 0 cents.
-    assert largest_cut(money, {500: 80}, legit, 20_000) == 900
-    assert largest_cut(money, {}, legit, 1_000_000) == 1001  # everything
+    assert largest_cut(money, {500: 80}, legit=legit, share_ppm=20_000) == 900
+    assert largest_cut(money, {}, legit=legit, share_ppm=1_000_000) == 1001  # everything
     # Calibrated: 10 x 0.1005 + 80 x 0.5005 + 910 x 0.9005 = 1.005 + 40.04 + 819.455 = 860.5
-    # expected legitimate cents.
+    # expected legitimate cents. 0.1% = 0.86: bin 100's 1.005 does not fit; 2% = 17.2: bin
+    # 500's 40.04 does not; 5% = 43.0: both fit.
     legit = _legit(money)
-    assert largest_cut(money, {}, legit, 1_000) == 100  # 0.1% = 0.86: bin 100's 1.005 not
-    assert largest_cut(money, {}, legit, 20_000) == 500  # 2% = 17.2: bin 500's 40.04 not
-    assert largest_cut(money, {}, legit, 50_000) == 900  # 5% = 43.0: both fit
+    assert largest_cut(money, {}, legit=legit, share_ppm=1_000) == 100
+    assert largest_cut(money, {}, legit=legit, share_ppm=20_000) == 500
+    assert largest_cut(money, {}, legit=legit, share_ppm=50_000) == 900
     # Unlabelled fraud gathered at the lowest weights does not use up a calibrated budget:
     # 5,000 cents at w < 0.001 count as 2.5 legitimate cents, and the cut passes them.
     low = {0: 5_000, 900: 1_000}
-    assert largest_cut(low, {}, _legit(low), 10_000) == 900
-    assert largest_cut(low, {}, _legit(low, 1.0), 10_000) == 0  # the label-free bound
+    assert largest_cut(low, {}, legit=_legit(low), share_ppm=10_000) == 900
+    # The label-free bound: all of it counts as legitimate.
+    assert largest_cut(low, {}, legit=_legit(low, 1.0), share_ppm=10_000) == 0
     cut = Cut(SHARED, T0, 500, 250)
     assert cut.withholds(0.4999) and not cut.withholds(0.5) and cut.blocks(0.2499)
 

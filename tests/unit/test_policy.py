@@ -107,10 +107,17 @@ def test_block_lists_win_over_allow_lists_and_the_weight() -> None:
         }
     )
     vip = _payment(user_id="vip", device_id="d-ok")
-    assert policy.decide(vip, 0.0, 500) == ("allow", 500, ["allowlist:user"])
+    assert policy.decide(vip, 0.0, requested_cents=500) == ("allow", 500, ["allowlist:user"])
     on_bad_device = _payment(user_id="vip", device_id="d-bad")
-    assert policy.decide(on_bad_device, 1.0, 500) == ("block", 0, ["blocklist:device"])
-    assert policy.decide(_payment(user_id="u2", device_id="d-ok"), 0.9, 500)[0] == "allow"
+    assert policy.decide(on_bad_device, 1.0, requested_cents=500) == (
+        "block",
+        0,
+        ["blocklist:device"],
+    )
+    assert (
+        policy.decide(_payment(user_id="u2", device_id="d-ok"), 0.9, requested_cents=500)[0]
+        == "allow"
+    )
 
 
 @pytest.mark.parametrize(
