@@ -78,7 +78,9 @@ def test_an_old_risk_model_scores_and_learns_as_it_did(expected: dict[str, Any])
 
 
 def test_an_old_risk_model_pickled_again_goes_on_identically(expected: dict[str, Any]) -> None:
-    again = pickle.loads(pickle.dumps(load_checkpoint(OLD.read_bytes())))
+    blob = pickle.dumps(load_checkpoint(OLD.read_bytes()), protocol=pickle.HIGHEST_PROTOCOL)
+    assert b"anomaly_weight" not in blob and b"signals" in blob  # the new shape
+    again = pickle.loads(blob)
     assert _seen(again, expected["probes"]) == _recorded(expected["before"])
     _learn(again, expected["more"])
     assert _seen(again, expected["probes"]) == _recorded(expected["after"])
