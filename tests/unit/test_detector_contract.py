@@ -6,6 +6,10 @@
 - give the same score whatever the order of the vector's keys (bitwise, not just close);
 - be deterministic for a seed: two instances fed the same stream score identically;
 - pickle and come back scoring identically, and go on learning identically.
+
+Every detector is the registry's (`detectors.registry.all_detectors`), each built with every
+parameter set it declares (`_unit_test_params`); the first tests below keep the registry
+whole.
 """
 
 from __future__ import annotations
