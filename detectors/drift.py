@@ -21,8 +21,25 @@ def _adwin() -> Any:
     return drift.ADWIN(delta=0.002)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DriftWatch:
+    """ADWIN over the risk of every transaction and over the squared error of the labelled
+    ones (module docstring).
+
+    Examples
+    --------
+    A thousand transactions scored about 0.1, then the scores jump to about 0.6: the
+    score distribution drifts once, a couple of dozen transactions after the jump.
+
+    >>> import random
+    >>> rng = random.Random(0)
+    >>> watch = DriftWatch()
+    >>> for ts in range(1_300):
+    ...     _ = watch.scored(min(1.0, max(0.0, rng.gauss(0.1 if ts < 1_000 else 0.6, 0.05))), ts)
+    >>> watch.score_drifts, watch.last_score_drift_ts, round(watch.summary()["mean_risk"], 2)
+    (1, 1023, 0.6)
+    """
+
     score: Any = field(default_factory=_adwin, repr=False)
     error: Any = field(default_factory=_adwin, repr=False)
     score_drifts: int = 0
@@ -32,7 +49,20 @@ class DriftWatch:
     last_error_drift_ts: int | None = None
 
     def scored(self, risk: float, ts: int) -> bool:
-        """A transaction was scored; True if the score distribution just drifted."""
+        """A transaction was scored; True if the score distribution just drifted.
+
+        Parameters
+        ----------
+        risk : float
+            Its risk.
+        ts : int
+            Its event time (ms), kept as the latest drift's when it drifted.
+
+        Returns
+        -------
+        bool
+            The score distribution just drifted.
+        """
         self.score.update(risk)
         if self.score.drift_detected:
             self.score_drifts += 1
@@ -41,7 +71,22 @@ class DriftWatch:
         return False
 
     def labelled(self, risk: float, fraud: bool, ts: int) -> bool:
-        """A label arrived for a transaction scored `risk`; True if the error rate drifted."""
+        """A label arrived for a transaction scored `risk`; True if the error rate drifted.
+
+        Parameters
+        ----------
+        risk : float
+            The risk the transaction was scored with.
+        fraud : bool
+            The label.
+        ts : int
+            The label's event time (ms), kept as the latest drift's when it drifted.
+
+        Returns
+        -------
+        bool
+            The squared error's mean just drifted.
+        """
         self.error.update((risk - (1.0 if fraud else 0.0)) ** 2)
         if self.error.drift_detected:
             self.error_drifts += 1

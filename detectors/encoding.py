@@ -29,7 +29,28 @@ _ORDER_LIMIT = 1_024
 
 
 def encode(x: Features, *, scale: bool = False) -> dict[str, float]:
-    """`scale`: values on the `signed_log` scale (missing indicators stay 1)."""
+    """The numeric view of `x` (module docstring).
+
+    Parameters
+    ----------
+    x : dict
+        Feature name -> value (None or NaN: missing); not changed.
+    scale : bool
+        Values on the `signed_log` scale (missing indicators stay 1).
+
+    Returns
+    -------
+    dict
+        A new dict, keys sorted; `<name>_missing` = 1 in place of each missing value.
+
+    Examples
+    --------
+    >>> encode({"device_user_count_7d": None, "amount_cents": 1_200})
+    {'amount_cents': 1200.0, 'device_user_count_7d_missing': 1.0}
+    >>> scaled = encode({"amount_cents": 1_200, "refunds": float("nan")}, scale=True)
+    >>> {name: round(value, 3) for name, value in scaled.items()}
+    {'amount_cents': 7.091, 'refunds_missing': 1.0}
+    """
     keys = tuple(x)
     order = _ORDER.get(keys)
     if order is None:

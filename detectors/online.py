@@ -22,7 +22,7 @@ scaled vectors or River's per-call overhead; the fold is recomputed after each l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -63,8 +63,45 @@ class _Fold:
         return plan
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OnlineClassifier:
+    """River's logistic regression on standardised signed-log features, learning fraud with
+    weight `fraud_weight`, its probability mapped back to the labels' scale (module
+    docstring).
+
+    Parameters
+    ----------
+    fraud_weight : float
+        The weight each fraud label is learnt with (legitimate ones: 1).
+    learning_rate : float
+        SGD's step.
+    l2 : float
+        The weights' L2 penalty.
+    name : str
+        Its name in reason codes and reports.
+
+    Examples
+    --------
+    Untrained, every payment gets the same probability; after 300 labels in which fraud came
+    from devices shared by five or more users, a shared device is risky and the reason
+    names it.
+
+    >>> import random
+    >>> model = OnlineClassifier()
+    >>> shared, alone = {"device_user_count_7d": 8.0}, {"device_user_count_7d": 1.0}
+    >>> round(model.predict_proba_one(shared), 3), round(model.predict_proba_one(alone), 3)
+    (0.167, 0.167)
+    >>> rng = random.Random(0)
+    >>> for _ in range(300):
+    ...     fraud = rng.random() < 0.2
+    ...     users = rng.randint(5, 9) if fraud else rng.randint(1, 2)
+    ...     model.learn_one({"device_user_count_7d": float(users)}, fraud)
+    >>> round(model.predict_proba_one(shared), 3), round(model.predict_proba_one(alone), 3)
+    (0.761, 0.044)
+    >>> model.explain_one(shared)
+    ['model:device_user_count_7d']
+    """
+
     fraud_weight: float = 5.0
     learning_rate: float = 0.01
     l2: float = 1e-4
@@ -81,7 +118,30 @@ class OnlineClassifier:
         regression = linear_model.LogisticRegression(optim.SGD(self.learning_rate), l2=self.l2)
         self.model = compose.Pipeline(preprocessing.StandardScaler(), regression)
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {}
+
     def predict_proba_one(self, x: Features) -> float:
+        """P(fraud | x) among labelled payments, from the model as of the last label.
+
+        Parameters
+        ----------
+        x : dict
+            Feature name -> value (None or NaN: missing, which is itself a feature).
+
+        Returns
+        -------
+        float
+            The weighted regression's probability mapped back by the prior-shift correction
+            p / (p + fraud_weight (1 - p)); 1 / (1 + fraud_weight) before any label.
+
+        Examples
+        --------
+        >>> model = OnlineClassifier(fraud_weight=3.0)
+        >>> model.predict_proba_one({"amount_cents": 1_200.0})
+        0.25
+        """
         if not x:
             return self._calibrated(self._sigmoid(self._fold().intercept))
         fold = self._fold()
@@ -132,6 +192,26 @@ class OnlineClassifier:
         return self.predict_proba_one(x)
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
+        """Learns one label (a fraud one with weight `fraud_weight`).
+
+        Parameters
+        ----------
+        x : dict
+            The vector the transaction was scored with.
+        y : bool, optional
+            True: fraud; False: legitimate; None (unlabelled): nothing is learnt.
+
+        Examples
+        --------
+        >>> model = OnlineClassifier()
+        >>> before = model.predict_proba_one({"user_tx_count_24h": 30.0})
+        >>> for _ in range(20):
+        ...     model.learn_one({"user_tx_count_24h": 30.0}, True)
+        ...     model.learn_one({"user_tx_count_24h": 2.0}, False)
+        >>> model.learn_one({"user_tx_count_24h": 30.0}, None)  # no label: nothing learnt
+        >>> model.predict_proba_one({"user_tx_count_24h": 30.0}) > before, model.n_fraud
+        (True, 20)
+        """
         if y is None:
             return  # unlabelled: nothing to learn for a supervised model
         self.model.learn_one(encode(x, scale=True), bool(y), w=self.fraud_weight if y else 1.0)
@@ -154,10 +234,10 @@ class OnlineClassifier:
             )
         return cached[1]
 
-    def explain_one(self, x: Features, top: int = 3) -> list[str]:
-        return self.explain_scaled(self.scale(encode(x, scale=True)), top)
+    def explain_one(self, x: Features, *, top: int = 3) -> list[str]:
+        return self.explain_scaled(self.scale(encode(x, scale=True)), top=top)
 
-    def explain_scaled(self, scaled: dict[str, float], top: int = 3) -> list[str]:
+    def explain_scaled(self, scaled: dict[str, float], *, top: int = 3) -> list[str]:
         """Features whose (standardised value x weight) raised the log-odds by more than
         0.5, the largest first."""
         weights = self._weights()
@@ -170,7 +250,7 @@ class OnlineClassifier:
         return [f"model:{name}" for _, name in pushes[:top]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ForestClassifier:
     """River's adaptive random forest (`forest.ARFClassifier`: Hoeffding trees on bootstrap
     weights, each replaced when its drift detector fires) on the same labels as the
@@ -185,6 +265,31 @@ class ForestClassifier:
     the forest's alone. The reasons are the regression's (`explain_one`): a forest's vote
     has no per-feature push to name. Scoring an untrained forest changes it (River builds
     the trees on first sight), so until the first label it answers the regression's prior.
+
+    Parameters
+    ----------
+    n_models, seed
+        River's `forest.ARFClassifier` parameters.
+    blend : bool
+        Score with the mean of the forest's and the regression's log-odds.
+    name : str
+        Its name in reason codes and reports.
+
+    Examples
+    --------
+    After 300 labels in which fraud came from devices shared by five or more users:
+
+    >>> import random
+    >>> model = ForestClassifier()
+    >>> rng = random.Random(0)
+    >>> for _ in range(300):
+    ...     fraud = rng.random() < 0.2
+    ...     users = rng.randint(5, 9) if fraud else rng.randint(1, 2)
+    ...     model.learn_one({"device_user_count_7d": float(users)}, fraud)
+    >>> model.predict_proba_one({"device_user_count_7d": 8.0})
+    1.0
+    >>> model.predict_proba_one({"device_user_count_7d": 1.0})
+    0.0
     """
 
     n_models: int = 10
@@ -199,7 +304,30 @@ class ForestClassifier:
     def __post_init__(self) -> None:
         self.forest = forest.ARFClassifier(n_models=self.n_models, seed=self.seed)
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {}
+        yield {"blend": True}
+
     def predict_proba_one(self, x: Features) -> float:
+        """P(fraud | x) among labelled payments: the forest's vote (or its blend with the
+        regression); the regression's alone before the first label.
+
+        Parameters
+        ----------
+        x : dict
+            Feature name -> value (None or NaN: missing).
+
+        Returns
+        -------
+        float
+            A probability on the labels' scale.
+
+        Examples
+        --------
+        >>> ForestClassifier().predict_proba_one({"amount_cents": 1_200.0})  # no label yet
+        0.16666666666666666
+        """
         linear = self.linear.predict_proba_one(x)
         if not self.n_learned:
             return linear
@@ -213,6 +341,15 @@ class ForestClassifier:
         return self.predict_proba_one(x)
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
+        """Both models learn one label (`OnlineClassifier.learn_one`); None: nothing.
+
+        Parameters
+        ----------
+        x : dict
+            The vector the transaction was scored with.
+        y : bool, optional
+            True: fraud; False: legitimate; None (unlabelled): nothing is learnt.
+        """
         if y is None:
             return
         self.forest.learn_one(encode(x), bool(y))
@@ -220,8 +357,8 @@ class ForestClassifier:
         self.n_learned += 1
         self.n_fraud += bool(y)
 
-    def explain_one(self, x: Features, top: int = 3) -> list[str]:
-        return self.linear.explain_one(x, top)
+    def explain_one(self, x: Features, *, top: int = 3) -> list[str]:
+        return self.linear.explain_one(x, top=top)
 
 
 #: Probabilities are kept this far from 0 and 1 before taking log-odds.
@@ -237,7 +374,28 @@ Classifier = OnlineClassifier | ForestClassifier
 
 
 def make_classifier(learner: str) -> Classifier:
-    """The classifier `learner` names (one of `LEARNERS`)."""
+    """The classifier `learner` names.
+
+    Parameters
+    ----------
+    learner : str
+        One of `LEARNERS`: "logreg", "arf" or "arf+logreg".
+
+    Returns
+    -------
+    OnlineClassifier or ForestClassifier
+        A new, untrained classifier.
+
+    Examples
+    --------
+    >>> classifier = make_classifier("arf+logreg")
+    >>> type(classifier).__name__, classifier.blend, classifier.name
+    ('ForestClassifier', True, 'arf+logreg')
+    >>> make_classifier("svm")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown learner 'svm': one of logreg, arf, arf+logreg
+    """
     if learner == "logreg":
         return OnlineClassifier()
     if learner == "arf":

@@ -23,9 +23,11 @@ The ring's contribution to risk is its score times its kind's say (`score`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from detectors.base import Features
+from detectors.base import Features, Reading
 from graph.evidence import RING_REASON, RING_SCORE, kind_feature
 from graph.rings import KINDS
 
@@ -33,8 +35,35 @@ from graph.rings import KINDS
 _KIND_FEATURES = tuple((kind, kind_feature(kind)) for kind in KINDS)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RingSay:
+    """Each ring kind's precision, learned from the labels of payments scored with it.
+
+    Parameters
+    ----------
+    prior_fraud, prior_legit : float
+        The Beta prior's pseudo-counts (Beta(1, 1): uniform).
+    name : str
+        Its name in reason codes and reports.
+
+    Examples
+    --------
+    Before any label a ring counts at half its score; labels of payments scored with a
+    kind move that kind's say.
+
+    >>> from graph.evidence import ring_features
+    >>> say = RingSay()
+    >>> cash_out = ring_features((0.9, ["ring:cash_out"]))
+    >>> collusion = ring_features((0.9, ["ring:collusion"]))
+    >>> say.score_one(cash_out), say.score_one(collusion)
+    (0.45, 0.45)
+    >>> for fraud in (True, True, True, False):
+    ...     say.learn_one(cash_out, fraud)
+    ...     say.learn_one(collusion, not fraud)
+    >>> round(say.score_one(cash_out), 3), round(say.score_one(collusion), 3)
+    (0.6, 0.3)
+    """
+
     #: The Beta prior's pseudo-counts (Beta(1, 1): uniform).
     prior_fraud: float = 1.0
     prior_legit: float = 1.0
@@ -42,6 +71,10 @@ class RingSay:
     fraud: dict[str, int] = field(default_factory=dict)
     legit: dict[str, int] = field(default_factory=dict)
     name: str = "ring_say"
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {}
 
     @staticmethod
     def kind(x: Features) -> str | None:
@@ -73,15 +106,63 @@ class RingSay:
         return self.ring_score(x) * self.precision(kind, log_odds_shift)
 
     def score_one(self, x: Features) -> float:
+        """The ring's contribution to risk, its kind's say among the labelled payments.
+
+        Parameters
+        ----------
+        x : dict
+            A feature vector with the ring evidence it was scored with (`graph.evidence`).
+
+        Returns
+        -------
+        float
+            The ring's score times its kind's precision; 0 without a ring.
+
+        Examples
+        --------
+        >>> from graph.evidence import ring_features
+        >>> RingSay().score_one(ring_features((0.8, ["ring:cash_out"])))
+        0.4
+        >>> RingSay().score_one(ring_features(None))
+        0.0
+        """
         return self.score(x)
 
+    def read(self, x: Features, *, log_odds_shift: float = 0.0) -> Reading:
+        """Its part in the risk model's prior: `score` at the labels' prior shift. No reason:
+        the decision names the ring from the graph's evidence (`rebate_guard.core.decider`)."""
+        return Reading(self.score(x, log_odds_shift), [])
+
     def learn_one(self, x: Features, y: bool | None = None) -> None:
-        """A label of a payment scored with a ring counts for its kind."""
+        """A label of a payment scored with a ring counts for its kind.
+
+        Parameters
+        ----------
+        x : dict
+            The vector the payment was scored with (its ring evidence).
+        y : bool, optional
+            True: fraud; False: legitimate; None (no label): nothing is learnt.
+
+        Examples
+        --------
+        >>> from graph.evidence import ring_features
+        >>> say = RingSay()
+        >>> say.learn_one(ring_features((0.9, ["ring:collusion"])), False)
+        >>> say.learn_one(ring_features(None), True)  # no ring: nothing to count
+        >>> say.fraud, say.legit
+        ({}, {'collusion': 1})
+        """
         kind = self.kind(x)
         if y is None or kind is None:
             return
         counts = self.fraud if y else self.legit
         counts[kind] = counts.get(kind, 0) + 1
+
+    def learn_scored(self, reading: Reading) -> None:
+        """Scoring teaches it nothing: only labels do."""
+
+    def learn_label(self, x: Features, fraud: bool) -> None:
+        self.learn_one(x, fraud)
 
     def explain_one(self, x: Features) -> list[str]:
         kind = self.kind(x)

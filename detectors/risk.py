@@ -1,20 +1,28 @@
 """`risk` in [0, 1]: the detectors combined, from the first minute to a well-trained model.
 
-Four signals, each in [0, 1]:
-- r, the rules (`detectors.rules`): transparent thresholds the risk team sets;
-- a, the anomaly score (`detectors.anomaly.GaussianAnomaly`): learns from every transaction,
-  so it is useful before any label exists;
-- g, the ring's say (`detectors.ring_say`): the score of the ring the transaction was scored
-  with times its kind's precision, learned from the labels of payments scored with that kind;
-- p, the online classifier's calibrated fraud probability (`detectors.online`), trained on
-  delayed labels. r, a and the ring features (`graph.evidence`) are inputs to it as well, so
-  it learns how far to trust them.
+The prior is a list of signals (`RiskModel.signals`, each a `Signal`: a detector following
+`detectors.base.PriorDetector`, and its weight), each s_k in [0, 1] with a weight w_k in
+[0, 1]. By default (`default_signals`):
+- r, the rules (`detectors.rules`), w = 1: transparent thresholds the risk team sets;
+- a, the anomaly score (`detectors.anomaly.GaussianAnomaly`), w = `ANOMALY_WEIGHT` (1/2):
+  learns from every transaction, so it is useful before any label exists;
+- g, the ring's say (`detectors.ring_say`), w = 1: the score of the ring the transaction was
+  scored with times its kind's precision, learned from the labels of payments scored with
+  that kind.
+Adding a detector to the prior is adding it to that list. Beside the prior, p is the online
+classifier's calibrated fraud probability (`detectors.online`), trained on delayed labels.
+The signals with a `feature` (r and a) and the ring features (`graph.evidence`) are inputs to
+it as well, so it learns how far to trust them.
 
 Before labels the classifier knows nothing, so its say grows with the fraud labels it has
 learned (n): with c = min(1, n / trust_after_fraud_labels),
 
-    prior = 1 - (1 - r) * (1 - anomaly_weight * a) * (1 - g)   (noisy-OR: any can raise it)
+    prior = 1 - prod_k (1 - w_k * s_k)              (noisy-OR: any can raise it)
+          = 1 - (1 - r) * (1 - a / 2) * (1 - g)       (the default signals)
     risk  = c * q + (1 - c) * prior,   q = logistic(alpha * logit(p) + beta + shift).
+
+The product is taken in list order, left to right: in floating point the order is part of
+the number, and the decisions depend on it bit for bit.
 
 The ring counts once: through g while the classifier is not trusted, through the ring
 features the classifier sees as it takes over.
@@ -28,30 +36,36 @@ out-of-sample log-odds), and `shift` = logit(pi) - logit(pi_L) is the prior-shif
 correction, with pi_L the labels' fraud share and pi the traffic's, estimated by EM from the
 calibrated scores of the recent scored traffic (`detectors.prior_shift`): alpha = 1, beta = 0,
 shift = 0 until the first estimate, then whatever the data say; no number in it is fitted
-to a world. The ring's say uses the same shift (a labelled legitimate payment stands for
-exp(-shift) of them).
+to a world. Every signal reads the transaction at the same shift; the ring's say uses it (a
+labelled legitimate payment stands for exp(-shift) of them).
 
-risk is monotone in r, a, g and p (c, the calibration and the shift are fixed between
-updates, and the calibration never reverses the classifier's order). The `Decider`
-calls `assess` once per transaction (each detector's work done once) and keeps the enriched
-vector, so a label arriving days later trains the classifier and the ring kinds' says on
+risk is monotone in every s_k and in p (the weights, c, the calibration and the shift are
+fixed between updates, and the calibration never reverses the classifier's order). The
+reasons are the signals' marked `reasons_first` (the rules' codes), then the classifier's
+(once it is trusted), then the other signals' (the anomaly detector's unusual features). The
+`Decider` calls `assess` once per transaction (each detector's work done once) and keeps the
+enriched vector, so a label arriving days later trains the classifier and the signals on
 exactly the inputs it was scored with.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
 
-from detectors.anomaly import GaussianAnomaly, View
-from detectors.base import Features
-from detectors.online import Classifier, OnlineClassifier
+from detectors.anomaly import GaussianAnomaly
+from detectors.base import Features, PriorDetector, Reading
+from detectors.online import Classifier, ForestClassifier, OnlineClassifier
 from detectors.prior_shift import PriorShift
 from detectors.ring_say import RingSay
 from detectors.rules import RuleScore
 
 RULE_RISK = "rule_risk"
 ANOMALY_SCORE = "anomaly_score"
+#: The anomaly score's weight in the prior: half, as it is not a probability.
+ANOMALY_WEIGHT = 0.5
 #: The classifier's probability from which its reasons are given.
 EXPLAIN_FROM = 0.05
 #: Probabilities are kept this far from 0 and 1 before taking log-odds.
@@ -59,53 +73,207 @@ _EDGE = 1e-12
 
 
 @dataclass
+class Signal:
+    """One detector's part in the prior: the noisy-OR term 1 - weight x its score.
+
+    Parameters
+    ----------
+    detector : PriorDetector
+        The detector (`detectors.base.PriorDetector`).
+    weight : float
+        How much its score counts, in [0, 1] (so the prior stays a probability-like score).
+    feature : str, optional
+        The name its score gets in the enriched vector, an input to the classifier (which
+        then learns how far to trust it); None: not an input.
+    reasons_first : bool
+        Its reasons come before the classifier's (the rules: the thresholds the risk team
+        set are named first); otherwise after them.
+
+    Examples
+    --------
+    >>> from detectors.rules import RuleScore
+    >>> Signal(RuleScore(), weight=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: a signal's weight is in [0, 1], not 1.5
+    """
+
+    detector: PriorDetector
+    _: KW_ONLY
+    weight: float = 1.0
+    feature: str | None = None
+    reasons_first: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"a signal's weight is in [0, 1], not {self.weight}")
+
+
+def default_signals() -> list[Signal]:
+    """The prior's signals (module docstring): the rules, the anomaly score, the ring's say.
+
+    Returns
+    -------
+    list of Signal
+        New detectors, in the order the noisy-OR multiplies them.
+
+    Examples
+    --------
+    >>> [(s.detector.name, s.weight, s.feature) for s in default_signals()]
+    [('rules', 1.0, 'rule_risk'), ('gaussian', 0.5, 'anomaly_score'), ('ring_say', 1.0, None)]
+    """
+    return _signals(RuleScore(), GaussianAnomaly(), RingSay(), anomaly_weight=ANOMALY_WEIGHT)
+
+
+def _signals(
+    rules: RuleScore, anomaly: GaussianAnomaly, ring_say: RingSay, *, anomaly_weight: float
+) -> list[Signal]:
+    return [
+        Signal(rules, feature=RULE_RISK, reasons_first=True),
+        Signal(anomaly, weight=anomaly_weight, feature=ANOMALY_SCORE),
+        Signal(ring_say),
+    ]
+
+
+@dataclass(kw_only=True)
 class Assessment:
     risk: float
     reasons: list[str]
-    #: The vector plus the rule and anomaly scores: what a later label trains on.
+    #: The vector plus the signals' scores that are classifier inputs: what a later label
+    #: trains on.
     enriched: Features
-    anomaly_view: View
+    #: Each signal's reading, in `RiskModel.signals` order: what `learn_scored` learns.
+    readings: list[Reading]
     #: The classifier's log-odds (labels' scale) on it; None when it was not consulted.
     log_odds: float | None = None
     #: q, the classifier's fraud probability calibrated on the labels and moved to the
     #: traffic's prior (`detectors.prior_shift`), once that has been fitted; 0 before. What
-    #: the friction budget may count as fraud: the rest of risk (rules, anomaly, ring's say)
-    #: is not calibrated.
+    #: the friction budget may count as fraud: the rest of risk (the prior's signals) is not
+    #: calibrated.
     calibrated_risk: float = 0.0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RiskModel:
-    rules: RuleScore = field(default_factory=RuleScore)
-    anomaly: GaussianAnomaly = field(default_factory=GaussianAnomaly)
+    """The prior's signals and the online classifier combined into one risk (module
+    docstring).
+
+    Parameters
+    ----------
+    signals : list of Signal
+        The prior (`default_signals`: the rules, the anomaly score, the ring's say).
+    classifier : OnlineClassifier or ForestClassifier
+        The classifier that learns from labels.
+    prior_shift : PriorShift
+        The labels' prior shift, estimated from the scored traffic.
+    trust_after_fraud_labels : int
+        The fraud labels after which the classifier alone decides.
+    name : str
+        The first part of `version`.
+
+    Examples
+    --------
+    Fraud here comes from users referred by someone who brought nine new users today: no
+    rule knows it, so before labels the risk is the rules' base rate. As the labels come in
+    (every transaction scored and learnt, then labelled) the classifier takes over and
+    names it.
+
+    >>> import random
+    >>> model = RiskModel(trust_after_fraud_labels=20)
+    >>> probe = {"referrer_signups_24h": 9.0, "amount_cents": 2_000.0}
+    >>> round(model.score_one(probe), 3), model.version
+    (0.029, 'risk.l0.t0')
+    >>> rng = random.Random(0)
+    >>> for _ in range(400):
+    ...     fraud = rng.random() < 0.1
+    ...     referrals = rng.randint(6, 12) if fraud else rng.randint(0, 2)
+    ...     x = {"referrer_signups_24h": float(referrals), "amount_cents": rng.uniform(500, 5_000)}
+    ...     model.learn_one(x)  # scored: the unsupervised update
+    ...     model.learn_one(x, fraud)  # then its label
+    >>> assessment = model.assess(probe)
+    >>> round(assessment.risk, 3), assessment.reasons, model.version
+    (0.749, ['model:referrer_signups_24h', 'model:anomaly_score'], 'risk.l400.t400')
+    >>> round(model.score_one({"referrer_signups_24h": 1.0, "amount_cents": 2_000.0}), 3)
+    0.048
+    """
+
+    signals: list[Signal] = field(default_factory=default_signals)
     classifier: Classifier = field(default_factory=OnlineClassifier)
-    ring_say: RingSay = field(default_factory=RingSay)
-    #: The labels' prior shift, estimated from the scored traffic (module docstring).
     prior_shift: PriorShift = field(default_factory=PriorShift)
     trust_after_fraud_labels: int = 50
-    anomaly_weight: float = 0.5
     name: str = "risk"
+    #: Transactions learnt after scoring (`learn_scored`).
+    n_scored: int = 0
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {"trust_after_fraud_labels": 5}
+        yield {"trust_after_fraud_labels": 5, "classifier": ForestClassifier()}
+        # The prior shift refitted often enough to move within a stream.
+        yield {"trust_after_fraud_labels": 5, "prior_shift": PriorShift(refit_every=50)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "signals" not in state:  # pickled before the prior was a list (issue #19)
+            state = dict(state)
+            anomaly = state.pop("anomaly")
+            state["signals"] = _signals(
+                state.pop("rules"),
+                anomaly,
+                state.pop("ring_say"),
+                anomaly_weight=state.pop("anomaly_weight"),
+            )
+            state["n_scored"] = anomaly.n_learned  # it learnt every scored transaction
+        self.__dict__.update(state)
 
     @property
     def version(self) -> str:
         """Which state scores: the labels and transactions learned so far."""
-        return f"{self.name}.l{self.classifier.n_learned}.t{self.anomaly.n_learned}"
+        return f"{self.name}.l{self.classifier.n_learned}.t{self.n_scored}"
 
     def confidence(self) -> float:
         return min(1.0, self.classifier.n_fraud / self.trust_after_fraud_labels)
 
     def assess(self, x: Features) -> Assessment:
-        """Everything about one transaction in one pass (each detector's work done once):
-        its risk, reasons, the enriched vector to remember for labels, and the anomaly
-        detector's view of it to learn."""
-        rule, reasons = self.rules.assess(x)
-        view = self.anomaly.view(x)
-        anomaly, z = self.anomaly.score_view(view)
-        enriched = {**x, RULE_RISK: rule, ANOMALY_SCORE: anomaly}
+        """Everything about one transaction in one pass (each detector's work done once).
+
+        Parameters
+        ----------
+        x : dict
+            The transaction's feature vector (None or NaN: missing); not changed.
+
+        Returns
+        -------
+        Assessment
+            Its risk and reasons, the enriched vector to remember for labels, each signal's
+            reading to learn from (`learn_scored`), and the classifier's log-odds and
+            calibrated probability when it was consulted.
+
+        Examples
+        --------
+        A new model: only the rules know anything yet. A device shared by eight users and
+        twenty payments in a day fire two rules; the anomaly detector has learnt nothing.
+
+        >>> model = RiskModel()
+        >>> assessment = model.assess({"user_tx_count_24h": 20.0, "device_user_count_7d": 8.0})
+        >>> round(assessment.risk, 3), assessment.reasons, assessment.log_odds
+        (0.75, ['device_shared_7d', 'velocity_user_24h'], None)
+        >>> {name: round(assessment.enriched[name], 3) for name in (RULE_RISK, ANOMALY_SCORE)}
+        {'rule_risk': 0.75, 'anomaly_score': 0.0}
+        """
         shift = self.prior_shift.shift
-        ring = self.ring_say.score(x, shift)
-        # The prior: a noisy-OR of the rules, the anomaly score and the ring's say.
-        risk = 1.0 - (1.0 - rule) * (1.0 - self.anomaly_weight * anomaly) * (1.0 - ring)
+        enriched = dict(x)
+        reasons: list[str] = []
+        reasons_after: list[str] = []
+        readings = []
+        unflagged = 1.0  # the noisy-OR: the chance no signal flags it
+        for signal in self.signals:
+            reading = signal.detector.read(x, log_odds_shift=shift)
+            readings.append(reading)
+            unflagged *= 1.0 - signal.weight * reading.score
+            if signal.feature is not None:
+                enriched[signal.feature] = reading.score
+            (reasons if signal.reasons_first else reasons_after).extend(reading.reasons)
+        risk = 1.0 - unflagged
         c = self.confidence()
         log_odds = None
         calibrated = 0.0
@@ -119,34 +287,65 @@ class RiskModel:
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:
                 reasons += self.classifier.explain_one(enriched)
-        if anomaly > 0.5:
-            reasons += self.anomaly.explain_z(z)
-        return Assessment(risk, reasons, enriched, view, log_odds, calibrated)
+        reasons += reasons_after
+        return Assessment(
+            risk=risk,
+            reasons=reasons,
+            enriched=enriched,
+            readings=readings,
+            log_odds=log_odds,
+            calibrated_risk=calibrated,
+        )
 
     def enrich(self, x: Features) -> Features:
-        """`x` plus the rule and anomaly scores, as of now (a new dict)."""
+        """`x` plus the signals' scores that are classifier inputs, as of now (a new dict)."""
         return self.assess(x).enriched
 
     def score_one(self, x: Features) -> float:
+        """The risk of `x` (`assess`)."""
         return self.assess(x).risk
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
-        """y None: a transaction just scored (`learn_scored`); y a label: the classifier
-        and the ring kinds' says learn the vector (enriched when it was scored)."""
+        """y None: a transaction just scored (`learn_scored`); y a label: the classifier and
+        the signals learn the vector (enriched when it was scored).
+
+        Parameters
+        ----------
+        x : dict
+            The vector, as scored (`Assessment.enriched`) or plain (then enriched now).
+        y : bool, optional
+            True: fraud; False: legitimate; None: not a label but a transaction just scored.
+
+        Examples
+        --------
+        >>> model = RiskModel()
+        >>> x = {"user_tx_count_24h": 3.0}
+        >>> model.learn_one(x)
+        >>> model.learn_one(x, True)
+        >>> model.version, model.confidence()
+        ('risk.l1.t1', 0.02)
+        """
         if y is None:
             self.learn_scored(self.assess(x))
         else:
-            enriched = x if ANOMALY_SCORE in x else self.enrich(x)
+            enriched = x if self._enriched(x) else self.enrich(x)
             # Scored before it learns it: an out-of-sample log-odds for the calibration.
             before = _log_odds(self.classifier.predict_proba_one(enriched))
             self.prior_shift.labelled(before, bool(y))
             self.classifier.learn_one(enriched, y)
-            self.ring_say.learn_one(x, y)
+            for signal in self.signals:
+                signal.detector.learn_label(x, bool(y))
+
+    def _enriched(self, x: Features) -> bool:
+        return all(s.feature in x for s in self.signals if s.feature is not None)
 
     def learn_scored(self, assessment: Assessment) -> None:
-        """The unsupervised update after scoring, from what `assess` already computed: the
-        anomaly detector learns the transaction, the prior-shift estimate its log-odds."""
-        self.anomaly.learn_view(assessment.anomaly_view)
+        """The unsupervised update after scoring, from what `assess` already computed: each
+        signal learns from its reading (the anomaly detector the transaction), the
+        prior-shift estimate the classifier's log-odds."""
+        for signal, reading in zip(self.signals, assessment.readings, strict=True):
+            signal.detector.learn_scored(reading)
+        self.n_scored += 1
         if assessment.log_odds is not None:
             self.prior_shift.observe(assessment.log_odds)
 

@@ -6,18 +6,43 @@ a logistic, so risk is monotone in every rule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import KW_ONLY, dataclass
+from typing import Any
 
-from detectors.base import Features
+from detectors.base import Features, Reading
 
 
 @dataclass(frozen=True)
 class Rule:
+    """One threshold the risk team sets, and how much crossing it adds to the log-odds.
+
+    Parameters
+    ----------
+    code : str
+        The reason code it gives when it fires.
+    feature : str
+        The feature it looks at.
+    threshold : float
+        It fires when the feature is above it (or below it: `direction`).
+    log_odds : float
+        What firing adds to the log-odds of fraud.
+    direction : {"above", "below"}
+        Fires when x > threshold ("above") or x < threshold ("below").
+
+    Examples
+    --------
+    >>> young = Rule("young_account", "user_account_age_s", threshold=86_400, log_odds=1.5,
+    ...              direction="below")
+    >>> young.fires({"user_account_age_s": 3_600}), young.fires({"user_account_age_s": None})
+    (True, False)
+    """
+
     code: str
     feature: str
+    _: KW_ONLY
     threshold: float
     log_odds: float
-    #: "above": fires when x > threshold; "below": fires when x < threshold.
     direction: str = "above"
 
     def fires(self, x: Features) -> bool:
@@ -28,12 +53,14 @@ class Rule:
 
 
 DEFAULT_RULES = (
-    Rule("velocity_user_24h", "user_tx_count_24h", 12, 1.6),
-    Rule("burst_user", "seconds_since_prev_payment", 60, 1.2, "below"),
-    Rule("young_account", "user_account_age_s", 24 * 3600, 1.5, "below"),
-    Rule("device_shared_7d", "device_user_count_7d", 5, 3.0),
-    Rule("ip_shared_24h", "ip_user_count_24h", 30, 0.8),
-    Rule("refund", "is_refund", 0.5, 0.7),
+    Rule("velocity_user_24h", "user_tx_count_24h", threshold=12, log_odds=1.6),
+    Rule("burst_user", "seconds_since_prev_payment", threshold=60, log_odds=1.2, direction="below"),
+    Rule(
+        "young_account", "user_account_age_s", threshold=24 * 3600, log_odds=1.5, direction="below"
+    ),
+    Rule("device_shared_7d", "device_user_count_7d", threshold=5, log_odds=3.0),
+    Rule("ip_shared_24h", "ip_user_count_24h", threshold=30, log_odds=0.8),
+    Rule("refund", "is_refund", threshold=0.5, log_odds=0.7),
 )
 
 BASE_LOG_ODDS = -3.5
@@ -42,15 +69,61 @@ BASE_LOG_ODDS = -3.5
 _COMPILED: dict[tuple[Rule, ...], tuple[tuple[str, float, bool, float, str], ...]] = {}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RuleScore:
-    """Risk = logistic(base + sum of the log-odds of the rules that fire)."""
+    """Risk = logistic(base + sum of the log-odds of the rules that fire).
+
+    Parameters
+    ----------
+    rules : tuple of Rule
+        The rules (`DEFAULT_RULES`).
+    base_log_odds : float
+        The log-odds when no rule fires.
+    name : str
+        Its name in reason codes and reports.
+
+    Examples
+    --------
+    No rule fires on a vector without the features: the base rate.
+
+    >>> rules = RuleScore()
+    >>> round(rules.score_one({}), 3)
+    0.029
+
+    A device shared by eight users and twenty payments in a day: two rules fire, the
+    log-odds go from -3.5 to -3.5 + 3.0 + 1.6.
+
+    >>> risk, reasons = rules.assess({"device_user_count_7d": 8, "user_tx_count_24h": 20})
+    >>> round(risk, 3), reasons
+    (0.75, ['device_shared_7d', 'velocity_user_24h'])
+    """
 
     rules: tuple[Rule, ...] = DEFAULT_RULES
     base_log_odds: float = BASE_LOG_ODDS
     name: str = "rules"
 
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {}
+
     def score_one(self, x: Features) -> float:
+        """The risk of `x`.
+
+        Parameters
+        ----------
+        x : dict
+            Feature name -> value (None: missing; a missing feature fires no rule).
+
+        Returns
+        -------
+        float
+            logistic(base + the log-odds of the rules that fire), in (0, 1).
+
+        Examples
+        --------
+        >>> RuleScore().score_one({"user_account_age_s": 600}) > RuleScore().score_one({})
+        True
+        """
         return self.assess(x)[0]
 
     def assess(self, x: Features) -> tuple[float, list[str]]:
@@ -65,6 +138,11 @@ class RuleScore:
                 codes.append(code)
         return 1.0 / (1.0 + math.exp(-z)), codes
 
+    def read(self, x: Features, *, log_odds_shift: float = 0.0) -> Reading:
+        """Its part in the risk model's prior: the score and the codes of the rules that fire."""
+        score, codes = self.assess(x)
+        return Reading(score, codes)
+
     def _strongest_first(self) -> tuple[tuple[str, float, bool, float, str], ...]:
         cached = _COMPILED.get(self.rules)
         if cached is None:
@@ -76,7 +154,22 @@ class RuleScore:
         return cached
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
-        """Rules do not learn; thresholds are tuned by risk teams."""
+        """Rules do not learn; thresholds are tuned by risk teams.
+
+        Examples
+        --------
+        >>> rules, x = RuleScore(), {"user_tx_count_24h": 40}
+        >>> before = rules.score_one(x)
+        >>> rules.learn_one(x, True)
+        >>> rules.score_one(x) == before
+        True
+        """
+
+    def learn_scored(self, reading: Reading) -> None:
+        """Rules do not learn."""
+
+    def learn_label(self, x: Features, fraud: bool) -> None:
+        """Rules do not learn."""
 
     def explain_one(self, x: Features) -> list[str]:
         return self.assess(x)[1]

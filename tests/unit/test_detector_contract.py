@@ -6,42 +6,59 @@
 - give the same score whatever the order of the vector's keys (bitwise, not just close);
 - be deterministic for a seed: two instances fed the same stream score identically;
 - pickle and come back scoring identically, and go on learning identically.
+
+Every detector is the registry's (`detectors.registry.all_detectors`), each built with every
+parameter set it declares (`_unit_test_params`); the first tests below keep the registry
+whole.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
 import pickle
 import random
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from detectors.anomaly import AnomalyScore, GaussianAnomaly
+import detectors
 from detectors.base import Detector, Features
-from detectors.online import ForestClassifier, OnlineClassifier
-from detectors.prior_shift import PriorShift
-from detectors.ring_say import RingSay
+from detectors.registry import all_detectors
 from detectors.risk import RiskModel
 from detectors.rules import RuleScore
 from graph.evidence import ring_features
 
-DETECTORS: dict[str, Callable[[], Detector]] = {
-    "rules": RuleScore,
-    "logreg": OnlineClassifier,
-    "arf": ForestClassifier,
-    "arf+logreg": lambda: ForestClassifier(blend=True),
-    "risk_arf": lambda: RiskModel(classifier=ForestClassifier(), trust_after_fraud_labels=5),
-    "hst": lambda: AnomalyScore(seed=7),
-    "gaussian": GaussianAnomaly,
-    "risk": lambda: RiskModel(trust_after_fraud_labels=5),
-    # The prior shift refitted often enough to move within a stream.
-    "risk_refitted": lambda: RiskModel(
-        trust_after_fraud_labels=5, prior_shift=PriorShift(refit_every=50)
-    ),
-    "ring_say": RingSay,
-}
+
+def _describe(params: dict[str, Any]) -> str:
+    """A parameter set for a test id: plain values as they are, objects by their type."""
+    return ",".join(
+        f"{k}={v!r}" if isinstance(v, int | float | str) else f"{k}={type(v).__name__}"
+        for k, v in params.items()
+    )
+
+
+def _cases() -> list[Any]:
+    """Each registered detector with each parameter set it declares (`_unit_test_params`)."""
+    cases = []
+    for cls in all_detectors():
+        declared = getattr(cls, "_unit_test_params", None)  # its absence fails a test below
+        for i, params in enumerate(declared() if declared else ()):
+            cases.append(pytest.param((cls, i), id=f"{cls.__name__}({_describe(params)})"))
+    return cases
+
+
+def _maker(cls: type[Detector], i: int) -> Callable[[], Detector]:
+    """Builds the detector with its i-th parameter set, asked for anew each time, so that
+    parameters that are objects (a classifier, a prior-shift estimate) are never shared."""
+
+    def make() -> Detector:
+        return cls(**list(cls._unit_test_params())[i])
+
+    return make
 
 
 def _stream(seed: int, n: int = 400) -> list[tuple[Features, bool]]:
@@ -74,9 +91,42 @@ def _trained(make: Callable[[], Detector], seed: int = 1) -> Detector:
     return detector
 
 
-@pytest.fixture(params=sorted(DETECTORS))
+@pytest.fixture(params=_cases())
 def make(request: pytest.FixtureRequest) -> Callable[[], Detector]:
-    return DETECTORS[request.param]
+    cls, i = request.param
+    return _maker(cls, i)
+
+
+def test_every_detector_declares_the_parameters_it_is_tested_with() -> None:
+    for cls in all_detectors():
+        assert hasattr(cls, "_unit_test_params"), f"{cls.__name__}: no _unit_test_params"
+        declared = list(cls._unit_test_params())
+        assert declared and all(isinstance(params, dict) for params in declared), cls
+        for params in declared:
+            assert isinstance(cls(**params), Detector)
+
+
+def _scoring_classes() -> set[str]:
+    """The classes in detectors/*.py that define `score_one`, read from the source (the
+    protocols that declare it aside): a check on the registry that does not go through it."""
+    found = set()
+    for path in Path(detectors.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            protocol = any(isinstance(b, ast.Name) and b.id == "Protocol" for b in node.bases)
+            methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
+            if "score_one" in methods and not protocol:
+                found.add(f"detectors.{path.stem}.{node.name}")
+    return found
+
+
+def test_every_detector_in_the_package_is_registered() -> None:
+    """A class that scores but is not a whole `Detector` (say, without `explain_one` or a
+    `name`) would be missed by the registry and go untested: it fails here instead."""
+    registered = {f"{cls.__module__}.{cls.__qualname__}" for cls in all_detectors()}
+    scoring = _scoring_classes()
+    assert "detectors.risk.RiskModel" in scoring and scoring <= registered
 
 
 def test_scores_are_in_the_unit_interval_even_for_odd_vectors(make) -> None:
@@ -140,7 +190,9 @@ def test_pickle_round_trip_scores_and_learns_identically(make) -> None:
 
 
 def test_the_refitted_prior_shift_moved() -> None:
-    model = _trained(DETECTORS["risk_refitted"])
+    """One of the risk model's parameter sets refits the prior shift within the stream."""
+    (i,) = (i for i, p in enumerate(RiskModel._unit_test_params()) if "prior_shift" in p)
+    model = _trained(_maker(RiskModel, i))
     assert isinstance(model, RiskModel) and model.prior_shift.fits > 0
     assert model.prior_shift.shift != 0.0
 

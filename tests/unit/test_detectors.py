@@ -10,9 +10,11 @@ import pytest
 from river import preprocessing
 
 from detectors.anomaly import AnomalyScore, GaussianAnomaly
-from detectors.base import Features
+from detectors.base import Features, Reading
 from detectors.encoding import encode
 from detectors.online import OnlineClassifier
+from detectors.risk import ANOMALY_SCORE, RULE_RISK, RiskModel, Signal, default_signals
+from graph.evidence import ring_features
 
 
 def _logistic_world(rng: random.Random, n: int) -> list[tuple[Features, bool]]:
@@ -127,8 +129,6 @@ def test_the_trusted_classifier_is_moved_by_the_estimated_shift_and_the_rules_ar
     """Labels over-represent fraud, so once it is trusted the classifier's log-odds are
     calibrated and shifted by the prior-shift estimate (`detectors.prior_shift`, no set
     constant); before any fraud label the risk is the rules' and the anomaly score's alone."""
-    from detectors.risk import RiskModel
-
     x = {"a": 2.0, "b": -1.0, "noise": 0.5}
     model = RiskModel()
     before = model.score_one(x)
@@ -145,3 +145,60 @@ def test_the_trusted_classifier_is_moved_by_the_estimated_shift_and_the_rules_ar
     expected = 1 / (1 + math.exp(-(shift.slope * logit + shift.intercept + shift.shift)))
     assert model.score_one(x) == pytest.approx(expected)
     assert RiskModel().score_one(x) == before  # no labels: the prior only
+
+
+class _Blocklist:
+    """A prior detector a deployment might add: flags cards on a blocklist, and counts what
+    it is taught."""
+
+    name = "blocklist"
+
+    def __init__(self) -> None:
+        self.scored: list[Reading] = []
+        self.labels: list[bool] = []
+
+    def read(self, x: Features, *, log_odds_shift: float) -> Reading:
+        listed = x.get("card_blocklisted") == 1.0
+        return Reading(1.0 if listed else 0.0, ["blocklisted_card"] if listed else [], listed)
+
+    def learn_scored(self, reading: Reading) -> None:
+        self.scored.append(reading)
+
+    def learn_label(self, x: Features, fraud: bool) -> None:
+        self.labels.append(fraud)
+
+
+def test_the_default_prior_is_the_documented_noisy_or_of_rules_anomaly_and_ring() -> None:
+    model, rng = RiskModel(), random.Random(6)
+    for _ in range(200):  # the anomaly detector learns the usual: its score moves off 0
+        model.learn_one({"amount_cents": rng.uniform(500, 5_000), "user_tx_count_24h": 2.0})
+    odd = {"amount_cents": 900_000.0, "user_tx_count_24h": 30.0}
+    x = {**odd, **ring_features((0.8, ["ring:cash_out"]))}
+    assessment = model.assess(x)
+    r, a, g = (reading.score for reading in assessment.readings)
+    assert r > 0.0 and a > 0.5 and g == pytest.approx(0.4)
+    assert assessment.risk == 1.0 - (1.0 - r) * (1.0 - 0.5 * a) * (1.0 - g)  # bit for bit
+    assert assessment.enriched == {**x, RULE_RISK: r, ANOMALY_SCORE: a}
+    # The rules' reasons first, the anomaly detector's after (the classifier has none yet).
+    assert assessment.reasons == ["velocity_user_24h", "unusual:amount_cents"]
+
+
+def test_a_detector_added_to_the_signals_list_raises_the_prior_and_learns() -> None:
+    """Adding a detector to the prior is adding it to the list: its score joins the noisy-OR
+    at its weight, it becomes a classifier input if it has a `feature`, its reasons are
+    given, and it learns after scoring and from labels; RiskModel is not touched."""
+    blocklist = _Blocklist()
+    extended = RiskModel(signals=[*default_signals(), Signal(blocklist, weight=0.8, feature="bl")])
+    plain = RiskModel()
+    clean = {"user_tx_count_24h": 20.0, "card_blocklisted": 0.0}
+    listed = {"user_tx_count_24h": 20.0, "card_blocklisted": 1.0}
+    assert extended.score_one(clean) == plain.score_one(clean)
+    before = plain.assess(listed)
+    after = extended.assess(listed)
+    assert after.risk == pytest.approx(1.0 - (1.0 - before.risk) * (1.0 - 0.8))
+    assert after.reasons == [*before.reasons, "blocklisted_card"]
+    assert after.enriched["bl"] == 1.0
+    extended.learn_scored(after)
+    extended.learn_one(after.enriched, True)
+    assert [reading.learnable for reading in blocklist.scored] == [True]
+    assert blocklist.labels == [True] and extended.version == "risk.l1.t1"

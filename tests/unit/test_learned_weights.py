@@ -157,7 +157,8 @@ def test_labels_of_ring_members_move_the_weight_of_the_next_ring_payment() -> No
     whose members' labels are fraud keeps it low; the reasons still name the ring."""
     model = RiskModel(trust_after_fraud_labels=10**9)  # the prior's part: the ring's say
     scorer = _labelled_rings(model)
-    assert model.ring_say.legit == {"collusion": 40} and model.ring_say.fraud == {"cash_out": 40}
+    (say,) = (s.detector for s in model.signals if isinstance(s.detector, RingSay))
+    assert say.legit == {"collusion": 40} and say.fraud == {"cash_out": 40}
 
     def probe(user: str, ring: tuple[float, list[str]] | None) -> tuple[float, list[str]]:
         scorer.apply(parse_signup(signup(user, T0 - 30 * DAY, device_id=user)), 0)
