@@ -1,4 +1,4 @@
-"""Decisions at payment time (`BatchProcessor.decide_at_payment`, `POST /score`'s fast path):
+"""Decisions at payment time (`PaymentTimeDecider.decide`, `POST /score`'s fast path):
 the stream's decision, made from the state as it stands, without waiting for the stream;
 the stream then follows it; and what cannot be decided exactly that way is left to it."""
 
