@@ -32,6 +32,27 @@ _PARTITIONER = DefaultPartitioner()
 
 
 class Sink(Protocol):
+    """Where the worker's records go. With a broker (`KafkaSink`) the internal topics'
+    envelopes reach the shards through it; without one (`MemorySink`, the loopback) they
+    come back to this process (`take_returned`), which then owns every partition."""
+
+    #: No broker: internal envelopes come back through `take_returned`, input is never
+    #: acknowledged to anyone, and every partition belongs to this process.
+    loopback: bool
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def partition_count(self, topic: str) -> int | None:
+        """The partitions `topic` has on the broker (None: no broker to ask)."""
+        ...
+
+    def take_returned(self, topic: str) -> list[tuple[int, bytes]]:
+        """The envelopes sent to `topic` (`send_to_partitions`) that came back to this
+        process instead of going to a broker, oldest first; each is returned once."""
+        ...
+
     async def send_many(self, topic: str, records: Sequence[Record]) -> None: ...
 
     async def send_one(self, topic: str, key: bytes, value: bytes) -> None:
@@ -45,6 +66,8 @@ class Sink(Protocol):
 
 
 class KafkaSink:
+    loopback = False
+
     def __init__(self, settings: Settings) -> None:
         self.bootstrap = settings.kafka_bootstrap.split(",")
         self._producer: AIOKafkaProducer | None = None
@@ -72,8 +95,11 @@ class KafkaSink:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def partition_count(self, topic: str) -> int:
+    async def partition_count(self, topic: str) -> int | None:
         return len(await self.producer.partitions_for(topic))
+
+    def take_returned(self, topic: str) -> list[tuple[int, bytes]]:
+        return []  # the broker delivers them
 
     async def send_many(self, topic: str, records: Sequence[Record]) -> None:
         if not records:
@@ -116,12 +142,29 @@ class KafkaSink:
 
 @dataclass
 class MemorySink:
-    """Collects what would be produced, for broker-free unit tests."""
+    """Collects what would be produced, for broker-free unit tests and Faust's test
+    contexts. `loopback` (the default): the internal topics' envelopes come back to this
+    process (`take_returned`), so the whole protocol runs in one process; else they are
+    collected in `to_partitions`, as a broker would get them."""
 
+    loopback: bool = True
     sent: dict[str, list[Record]] = field(default_factory=lambda: defaultdict(list))
     to_partitions: dict[str, list[tuple[int, bytes]]] = field(
         default_factory=lambda: defaultdict(list)
     )
+    _returned: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def partition_count(self, topic: str) -> int | None:
+        return None
+
+    def take_returned(self, topic: str) -> list[tuple[int, bytes]]:
+        return self._returned.pop(topic, [])
 
     async def send_many(self, topic: str, records: Sequence[Record]) -> None:
         self.sent[topic].extend(records)
@@ -130,4 +173,7 @@ class MemorySink:
         self.sent[topic].append((key, value))
 
     async def send_to_partitions(self, topic: str, values: Sequence[tuple[int, bytes]]) -> None:
-        self.to_partitions[topic].extend(values)
+        if self.loopback:
+            self._returned.setdefault(topic, []).extend(values)
+        else:
+            self.to_partitions[topic].extend(values)

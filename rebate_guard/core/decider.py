@@ -50,10 +50,58 @@ from rebate_guard.core.policy import (
     trust_weight,
 )
 
-#: The reason code of a decision the model could not score.
-FAIL_CLOSED_MODEL = "fail_closed:model"
-FAIL_CLOSED_GRAPH = "fail_closed:graph"
 log = logging.getLogger(__name__)
+
+
+# --- failing closed: what a transaction gets when what deciding it needs cannot be had ---
+def fail_closed_reason(part: str) -> str:
+    """The reason code of a decision that failed closed because `part` could not be had:
+    the model or the graph here; at payment time also Redis, the broker, the time allowed
+    or the worker's capacity (`fail_closed_decision`)."""
+    return f"fail_closed:{part}"
+
+
+#: The reason codes of a decision the model could not score, or made while the graph
+#: shard was not running.
+FAIL_CLOSED_MODEL = fail_closed_reason("model")
+FAIL_CLOSED_GRAPH = fail_closed_reason("graph")
+
+
+def failing_closed(action: str) -> tuple[str, int, list[str], str]:
+    """What the policy gives a payment that fails closed (as `apply_policy` returns it):
+    `action` (the deployment's `fail_closed_action`), nothing granted, no policy reasons,
+    the `FAILED_CLOSED` thresholds."""
+    return action, 0, [], FAILED_CLOSED
+
+
+def requested_cents(tx: Transaction) -> int:
+    """The rebate `tx` asks for: a refund earns none (its decision records its risk)."""
+    return requested_rebate_cents(tx.amount_cents, tx.rebate_rate) if tx.kind == PAYMENT else 0
+
+
+def fail_closed_decision(
+    tx: Transaction, part: str, *, action: str, policy_version: str, decided_at: int
+) -> Decision:
+    """The decision on `tx` when it could not be decided at all because `part` failed (a
+    worker answering `POST /score` without Redis, the broker, time or capacity): the
+    highest risk, no trust, `action`, nothing granted, no model, the `FAILED_CLOSED`
+    thresholds. Provisional: the stream decides `tx` properly later."""
+    action, granted, _, thresholds = failing_closed(action)
+    return decision_on(
+        tx,
+        risk=1.0,
+        trust_weight=0.0,
+        action=action,
+        rebate_requested_cents=requested_cents(tx),
+        rebate_granted_cents=granted,
+        reasons=[fail_closed_reason(part)],
+        model_version="",
+        decided_at=decided_at,
+        policy_version=policy_version,
+        commission_tiers=0,
+        threshold_version=thresholds,
+    )
+
 
 # Feature vectors kept for joining delayed labels; bounded so memory stays flat.
 MAX_REMEMBERED_FEATURES = 200_000
@@ -110,7 +158,7 @@ def apply_policy(
     (`Decider.assess`) and the backtest (`rebate_guard.core.backtest`) both decide by it."""
     action, granted, policy_reasons, thresholds = policy.rule(tx, weight, requested, cut, trusted)
     if failed and not policy.lists.hits(tx, "block"):
-        return fail_closed_action, 0, [], FAILED_CLOSED
+        return failing_closed(fail_closed_action)
     if granted:
         action, granted = cap(
             policy.limits,
@@ -401,9 +449,7 @@ class Decider:
             risk, reasons = assessment.risk, assessment.reasons
         ring_reasons = ring[1] if ring is not None and ring[0] > 0.0 else []
         weight = trust_weight(risk)
-        requested = requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
-        if tx.kind != PAYMENT:
-            requested = 0  # a refund earns no rebate; its decision records the refund's risk
+        requested = requested_cents(tx)
         device_used = x["device_rebate_requested_24h"]
         inputs = PolicyInputs(
             trusted=self.model.confidence() >= 1.0,

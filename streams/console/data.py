@@ -30,9 +30,10 @@ async def overview(runtime: Runtime) -> dict[str, Any]:
     counters = stats["counters"]
     rings = await runtime.store.rings()
     processor = runtime.processor
-    models = processor.models()
-    budgets = processor.budgets()
-    event_time = processor.event_time()
+    reports = processor.reports  # the shards' state, read only
+    models = reports.models()
+    budgets = reports.budgets()
+    event_time = reports.event_time()
     groups: dict[str, dict[str, Any]] = {}
     for unit in budgets.values():
         for name, group in (unit.get("groups") or {}).items():

@@ -80,7 +80,7 @@ def test_internal_agents_carry_envelopes_between_the_feature_stages() -> None:
 
     async def run() -> None:
         worker, store, sink = _worker(partitions=2)
-        worker.runtime.processor.loopback = False  # envelopes go to the sink, as to Kafka
+        sink.loopback = False  # envelopes stay in the sink, as in Kafka, for the agents
         moved = {"entity-requests": 0, "entity-results": 0}
 
         async def forward(kind: str, agent) -> None:
@@ -125,7 +125,7 @@ def test_graph_agent_publishes_rings_that_later_decisions_name() -> None:
 
     async def run() -> None:
         worker, store, sink = _worker()
-        worker.runtime.processor.loopback = False  # envelopes go to the sink, as to Kafka
+        sink.loopback = False  # envelopes stay in the sink, as in Kafka, for the agents
         kinds = ("entity-requests", "entity-results", "graph-events")
         moved = dict.fromkeys(kinds, 0)
 
@@ -229,7 +229,7 @@ def test_score_wakes_when_this_worker_decides_without_polling_redis(monkeypatch)
     """A waiting `POST /score` is answered from the worker's own stored decision as soon as
     the batch that decided it is stored; Redis polling (made slower than the wait here) is
     only the fallback for decisions made by other workers."""
-    monkeypatch.setattr("streams.app.SCORE_POLL_S", 60.0)
+    monkeypatch.setattr("streams.score_requests.SCORE_POLL_S", 60.0)
 
     async def run() -> None:
         worker, store, sink = _worker(score_at_payment=False)  # the stream decides
@@ -245,7 +245,7 @@ def test_score_wakes_when_this_worker_decides_without_polling_redis(monkeypatch)
         status = answer.result()
         assert not status.provisional
         assert status.decision == Decision.loads(store.decisions["t5"])
-        assert worker.runtime._score_waiters == {}
+        assert worker.runtime.requests.waiters.waiting == {}
 
     asyncio.run(run())
 
@@ -345,7 +345,7 @@ def test_score_past_its_in_flight_limit_answers_provisional_at_once_and_still_pr
 
         first, second = asyncio.ensure_future(score("a1")), asyncio.ensure_future(score("a2"))
         await _until(worker, lambda: len(sink.sent.get("transactions", [])) == 2)
-        assert runtime.scoring == 2 and not first.done()
+        assert runtime.requests.admission.in_flight == 2 and not first.done()
         sink.holding = False  # the next produce is acknowledged at once
         shed = await asyncio.wait_for(score("a3"), 1.0)
         assert shed.provisional and shed.decision.reasons == ["fail_closed:overload"]
@@ -355,7 +355,9 @@ def test_score_past_its_in_flight_limit_answers_provisional_at_once_and_still_pr
         sink.released.set()
         for answered in await asyncio.gather(first, second):
             assert not answered.provisional
-        assert runtime.scoring == 0 and runtime.processor.counters.overload == 1
+        assert (
+            runtime.requests.admission.in_flight == 0 and runtime.processor.counters.overload == 1
+        )
         after = await score("a4")
         assert not after.provisional and after.decision == Decision.loads(store.decisions["a4"])
 

@@ -27,9 +27,8 @@ def test_payments_decided_at_payment_time_are_indexed_once_with_their_history_ro
     payments = [e for e in world if isinstance(e, Transaction) and e.kind == "payment"]
 
     async def run() -> None:
-        proc, store, _ = make(partitions=2)
         console = MemoryConsoleStore()
-        proc.console = console
+        proc, store, _ = make(partitions=2, console=console)
         feed = Feed(proc)
         for event in world:
             await feed.put(event)
@@ -39,13 +38,13 @@ def test_payments_decided_at_payment_time_are_indexed_once_with_their_history_ro
             for i, p in enumerate(payments[-5:])
         ]
         for payment in late:
-            _, decided = await proc.decide_at_payment(payment, _nothing_produced())
+            _, decided = await proc.payment_time.decide(payment, _nothing_produced())
             assert decided is not None, payment.tx_id
         assert proc.counters.decided_at_payment == len(late)
         for payment in late:
             await feed.put(payment)
         await feed.settle()
-        assert proc.at_payment == {}
+        assert proc.payment_time.entries == {}
 
         rows = [HistoryRow.from_json(r) for r in await console.history(0, 1_000_000)]
         ids = [r.tx_id for r in rows]

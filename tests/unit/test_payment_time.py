@@ -1,4 +1,4 @@
-"""Decisions at payment time (`BatchProcessor.decide_at_payment`, `POST /score`'s fast path):
+"""Decisions at payment time (`PaymentTimeDecider.decide`, `POST /score`'s fast path):
 the stream's decision, made from the state as it stands, without waiting for the stream;
 the stream then follows it; and what cannot be decided exactly that way is left to it."""
 
@@ -18,7 +18,10 @@ from rebate_guard.core.policy import Policy
 from rebate_guard.settings import Settings
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
-from streams.processor import BatchProcessor, RawEvent, in_flight_keys, user_unit
+from streams.batch import RawEvent
+from streams.payment_time import in_flight_keys
+from streams.processor import BatchProcessor
+from streams.registry import user_unit
 from streams.sink import key_partition
 from streams.store import MemoryDecisionStore
 from tests.factories import T0, tx
@@ -108,7 +111,7 @@ def test_a_decision_at_payment_time_is_the_streams_and_the_stream_follows_it(
         for event in world:
             if event in tail:
                 await feed.settle()
-                produced, now = await proc.decide_at_payment(event, _nothing_produced())
+                produced, now = await proc.payment_time.decide(event, _nothing_produced())
                 assert produced and now is not None, event.tx_id
                 await ref_feed.put(event)
                 await ref_feed.settle()
@@ -120,7 +123,7 @@ def test_a_decision_at_payment_time_is_the_streams_and_the_stream_follows_it(
         await feed.settle()
         await ref_feed.settle()
         assert compared == 40 and proc.counters.decided_at_payment == 40
-        assert proc.at_payment == {} and proc._in_flight == {}  # all settled
+        assert proc.payment_time.entries == {} and proc.payment_time.in_flight == {}  # all settled
         # Stored once, the same everywhere; the decisions topic carries each once.
         assert store.decisions == ref_store.decisions
         published = [Decision.loads(v).tx_id for _, v in sink.sent["p.decisions"]]
@@ -131,7 +134,7 @@ def test_a_decision_at_payment_time_is_the_streams_and_the_stream_follows_it(
         paid = [t for t in tail if Decision.loads(store.decisions[t.tx_id]).action == "allow"]
         again = {**paid[-1].asdict(), "tx_id": "late-1", "ts": world[-1].ts + 3_600_000}
         payment = parse_transaction(again)
-        produced, granted = await proc.decide_at_payment(payment, _nothing_produced())
+        produced, granted = await proc.payment_time.decide(payment, _nothing_produced())
         assert granted is not None
         assert granted.action != "block" and granted.rebate_granted_cents > 0
         blocking = Policy.from_document(
@@ -177,9 +180,11 @@ def test_payments_in_flight_count_in_the_features_of_those_after_them(
         keys_before: set[str] = set()
         sharing = 0
         for payment in tail:
-            _, value = await proc.decide_at_payment(payment, _nothing_produced())
+            _, value = await proc.payment_time.decide(payment, _nothing_produced())
             assert value is not None, payment.tx_id
-            assert proc.at_payment[payment.tx_id].x == streamed[payment.tx_id], payment.tx_id
+            assert proc.payment_time.entries[payment.tx_id].x == streamed[payment.tx_id], (
+                payment.tx_id
+            )
             keys = set(in_flight_keys(payment))
             sharing += bool(keys & keys_before)
             keys_before |= keys
@@ -199,17 +204,17 @@ def test_what_cannot_be_decided_exactly_now_is_left_to_the_stream() -> None:
         feed = Feed(proc)
         await feed.put(tx("b1", T0 + 10_000, user_id="u3"))
         await feed.settle()
-        assert await proc.decide_at_payment(
+        assert await proc.payment_time.decide(
             parse_transaction(tx("b1", T0 + 10_000, user_id="u3")), _nothing_produced()
         ) == (False, None)  # already in the stream: it answers
         behind = tx("b2", T0 + 5_000, user_id="u3", device_id="d5", ip="1.1.1.5", card_id="c5")
-        assert await proc.decide_at_payment(parse_transaction(behind), _nothing_produced()) == (
+        assert await proc.payment_time.decide(parse_transaction(behind), _nothing_produced()) == (
             False,
             None,
         )
         proc.release([user_unit(key_partition(b"u4", proc.n_partitions))])
         away = tx("b3", T0 + 20_000, user_id="u4", device_id="d6", ip="1.1.1.6", card_id="c6")
-        assert await proc.decide_at_payment(parse_transaction(away), _nothing_produced()) == (
+        assert await proc.payment_time.decide(parse_transaction(away), _nothing_produced()) == (
             False,
             None,
         )
@@ -232,8 +237,12 @@ def test_a_failed_produce_decides_nothing_and_frees_the_user() -> None:
             raise ConnectionError("broker down")
 
         with pytest.raises(ConnectionError):
-            await proc.decide_at_payment(payment, broker_down)
-        assert store.decisions == {} and proc.at_payment == {} and proc._in_flight == {}
+            await proc.payment_time.decide(payment, broker_down)
+        assert (
+            store.decisions == {}
+            and proc.payment_time.entries == {}
+            and proc.payment_time.in_flight == {}
+        )
 
     asyncio.run(run())
 
@@ -250,20 +259,22 @@ def test_after_a_restart_the_ledger_follows_what_was_answered_at_payment_time() 
         feed = Feed(proc)
         await feed.put(tx("h1", T0))
         await feed.settle()
-        snapshots, written = proc.checkpoints()
+        snapshots, written = proc.shards.checkpoints()
         blobs = {unit: snapshot() for unit, snapshot in snapshots.items()}
         written()
         offsets = dict(feed.offsets)
         fresh = tx("c1", T0 + 1_000, user_id="u2", device_id="d2", ip="10.0.0.2", card_id="c2")
         paid = tx("d1", T0 + 2_000, user_id="u3", device_id="d3", ip="10.0.0.3", card_id="c3")
         await feed.put(fresh)  # in the stream, waiting for event time (allowed lateness)
-        _, answered = await proc.decide_at_payment(parse_transaction(paid), lambda: feed.put(paid))
+        _, answered = await proc.payment_time.decide(
+            parse_transaction(paid), lambda: feed.put(paid)
+        )
         assert answered is not None and "c1" not in store.decisions
         assert answered.rebate_granted_cents > 0
 
         resumed, _, sink = make(store, partitions=1)  # after a crash
         for unit, blob in blobs.items():
-            resumed.install(unit, blob)
+            resumed.shards.install(unit, blob)
         blocking = {"version": "block-u3", "lists": {"block_users": ["u3"]}}
         resumed.set_policy(Policy.from_document(blocking))
         again = Feed(resumed)
@@ -304,21 +315,21 @@ def test_a_payment_waits_for_one_before_it_still_being_decided() -> None:
         proc, _, _ = make(store)
         first = parse_transaction(tx("w1", T0))
         second = parse_transaction(tx("w2", T0 + 1_000, merchant_id="m2"))
-        deciding = asyncio.ensure_future(proc.decide_at_payment(first, _nothing_produced()))
+        deciding = asyncio.ensure_future(proc.payment_time.decide(first, _nothing_produced()))
         await asyncio.sleep(0)
-        waiting = asyncio.ensure_future(proc.decide_at_payment(second, _nothing_produced()))
+        waiting = asyncio.ensure_future(proc.payment_time.decide(second, _nothing_produced()))
         await asyncio.sleep(0.02)
         assert not waiting.done()  # w1 has no features yet: w2 cannot be placed
         store.gate.set()
         assert (await deciding)[1] is not None and (await waiting)[1] is not None
-        assert proc.at_payment["w2"].x is not None
-        assert proc.at_payment["w2"].x["user_tx_count_24h"] == 1  # w1 counted
+        assert proc.payment_time.entries["w2"].x is not None
+        assert proc.payment_time.entries["w2"].x["user_tx_count_24h"] == 1  # w1 counted
 
         late = _GatedRings()
         proc, _, _ = make(late)
-        deciding = asyncio.ensure_future(proc.decide_at_payment(first, _nothing_produced()))
+        deciding = asyncio.ensure_future(proc.payment_time.decide(first, _nothing_produced()))
         await asyncio.sleep(0)
-        assert await proc.decide_at_payment(second, _nothing_produced()) == (True, None)
+        assert await proc.payment_time.decide(second, _nothing_produced()) == (True, None)
         assert proc.counters.left_to_stream == {"in_flight": 1}
         late.gate.set()
         await deciding
@@ -332,29 +343,31 @@ def test_a_payment_half_way_into_the_stream_counts_once() -> None:
     complete it. Later payments on its keys decided meanwhile count it exactly once in
     every family: from the state where the state has it, applied to the copies elsewhere."""
     from rebate_guard.contract.records import FeatureVector
-    from streams.processor import entity_unit
+    from streams.registry import entity_unit
     from streams.sink import MemorySink
 
     async def run() -> None:
-        sink = MemorySink()
+        sink = MemorySink(loopback=False)
         config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, partitions=1, graph=False)
         proc = BatchProcessor(MemoryDecisionStore(), sink, config, clock=Clock())
-        proc.install(user_unit(0), None)
-        proc.install(entity_unit(0), None)
+        proc.shards.install(user_unit(0), None)
+        proc.shards.install(entity_unit(0), None)
         feed = Feed(proc)
         payments = [parse_transaction(tx(f"h{i}", T0 + i * 1_000)) for i in range(3)]
-        _, first = await proc.decide_at_payment(payments[0], lambda: feed.put(payments[0]))
+        _, first = await proc.payment_time.decide(payments[0], lambda: feed.put(payments[0]))
         await feed.settle()  # released by the user shard: its requests are on their way
         assert "h0" in proc.users[0].seen and first is not None
-        _, second = await proc.decide_at_payment(payments[1], _nothing_produced())
+        _, second = await proc.payment_time.decide(payments[1], _nothing_produced())
         requests = sink.to_partitions.pop("p.entity-requests")
         await proc.handle_requests(
             [RawEvent("r", q, i, None, v) for i, (q, v) in enumerate(requests)]
         )
-        assert proc.at_payment["h0"].applied_at == {0}  # applied; its results not back yet
-        _, third = await proc.decide_at_payment(payments[2], _nothing_produced())
+        assert proc.payment_time.entries["h0"].applied_at == {
+            0
+        }  # applied; its results not back yet
+        _, third = await proc.payment_time.decide(payments[2], _nothing_produced())
         assert second is not None and third is not None
-        got = {t.tx_id: proc.at_payment[t.tx_id].x for t in payments}
+        got = {t.tx_id: proc.payment_time.entries[t.tx_id].x for t in payments}
 
         ref, _, ref_sink = make(partitions=1, graph=False)
         ref_feed = Feed(ref)
@@ -379,17 +392,17 @@ class _HeartbeatDown(MemoryDecisionStore):
 def test_redis_failing_at_payment_time_leaves_it_to_the_stream_at_once() -> None:
     """The stream retries Redis until it is back; a decision at payment time must not wait
     for that (the request has a fail-closed answer to give): it is left to the stream."""
-    from streams.processor import entity_unit
+    from streams.registry import entity_unit
     from streams.sink import MemorySink
 
     async def run() -> None:
         store = _HeartbeatDown()
         config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, partitions=1)
-        proc = BatchProcessor(store, MemorySink(), config, clock=Clock())
-        proc.install(user_unit(0), None)
-        proc.install(entity_unit(0), None)  # the graph shard runs elsewhere: its heartbeat
+        proc = BatchProcessor(store, MemorySink(loopback=False), config, clock=Clock())
+        proc.shards.install(user_unit(0), None)
+        proc.shards.install(entity_unit(0), None)  # the graph shard runs elsewhere: its heartbeat
         payment = parse_transaction(tx("r1"))
-        got = await asyncio.wait_for(proc.decide_at_payment(payment, _nothing_produced()), 2.0)
+        got = await asyncio.wait_for(proc.payment_time.decide(payment, _nothing_produced()), 2.0)
         assert got == (True, None) and "r1" not in store.decisions
         assert proc.counters.left_to_stream == {"failed": 1}
 

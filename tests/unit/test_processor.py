@@ -1,5 +1,5 @@
-"""The batch processor with in-memory store and sink (its shards talk in-process, the
-loopback): idempotency, dead letters, event-time order across topics and partitions, and
+"""The batch processor with in-memory store and sink (its shards talk in-process: the
+sink's loopback): idempotency, dead letters, event-time order across topics and partitions, and
 exact resumption from checkpoints."""
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from typing import Any
 from rebate_guard.contract.records import Decision, FeatureVector
 from rebate_guard.core.policy import Policy
 from rebate_guard.settings import Settings
-from streams.processor import BatchOutcome, BatchProcessor, RawEvent, entity_unit, user_unit
+from streams.batch import BatchOutcome, RawEvent
+from streams.console.store import ConsoleStore
+from streams.processor import BatchProcessor
+from streams.registry import entity_unit, user_unit
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
 from tests.factories import HOUR, T0, label, signup, tx
@@ -33,13 +36,16 @@ def raw(topic: str, offset: int, payload: dict[str, Any] | bytes, partition: int
 
 
 def make(
-    store: MemoryDecisionStore | None = None, **settings: Any
+    store: MemoryDecisionStore | None = None,
+    *,
+    console: ConsoleStore | None = None,
+    **settings: Any,
 ) -> tuple[BatchProcessor, MemoryDecisionStore, MemorySink]:
     store, sink = store or MemoryDecisionStore(), MemorySink()
     defaults: dict[str, Any] = {"topic_prefix": "p.", "source_idle_s": IDLE_S, "partitions": 2}
     config = Settings(**{**defaults, "log_features": True, **settings})
-    proc = BatchProcessor(store, sink, config, clock=Clock(), loopback=True)
-    proc.own_all()
+    proc = BatchProcessor(store, sink, config, clock=Clock(), console=console, retry_base_s=0.001)
+    proc.shards.own_all()
     return proc, store, sink
 
 
@@ -156,8 +162,7 @@ def test_a_signup_arriving_after_the_payment_in_wall_time_still_counts_in_event_
 
 
 def test_storage_failures_are_retried_not_dropped() -> None:
-    proc, store, _ = make()
-    proc.retry_base_s = 0.001
+    proc, store, _ = make()  # retrying after 1 ms
     real_put = store.put_new
     failures = {"left": 2}
 
@@ -218,14 +223,14 @@ def test_restoring_a_checkpoint_and_rereading_from_its_offsets_is_exact() -> Non
     store = MemoryDecisionStore()
     first, _, first_sink = make(store, allowed_lateness_ms=0)
     _run(first, traffic[:20], 5)
-    snapshots, written = first.checkpoints()
+    snapshots, written = first.shards.checkpoints()
     blobs = {unit: snapshot() for unit, snapshot in snapshots.items()}
     written()
     _run(first, traffic[20:30], 5)  # processed, then lost in a crash: not in the checkpoint
 
     resumed, _, resumed_sink = make(store, allowed_lateness_ms=0)
     for unit, blob in blobs.items():
-        resumed.install(unit, blob)
+        resumed.shards.install(unit, blob)
     # Input is re-read from the checkpoint's offsets (earlier ones too, as a broker may).
     _run(resumed, traffic, 5)
     drain(resumed)
@@ -321,11 +326,11 @@ def test_each_user_shards_friction_budget_is_reported() -> None:
 def _without_the_graph_shard(store: MemoryDecisionStore) -> tuple[BatchProcessor, MemorySink]:
     """A worker owning user and entity shards while the graph shard runs elsewhere: the
     entity stage's envelopes are carried between the stages by hand, as a broker would."""
-    sink = MemorySink()
+    sink = MemorySink(loopback=False)
     config = Settings(topic_prefix="p.", source_idle_s=IDLE_S, partitions=1)
     proc = BatchProcessor(store, sink, config, clock=Clock())
-    proc.install(user_unit(0), None)
-    proc.install(entity_unit(0), None)
+    proc.shards.install(user_unit(0), None)
+    proc.shards.install(entity_unit(0), None)
     return proc, sink
 
 
@@ -333,7 +338,7 @@ def _decide_through_the_stages(proc: BatchProcessor, sink: MemorySink, payment: 
     handle(proc, "transactions", [payment])
     drain(proc)
     requests = sink.to_partitions.pop("p.entity-requests")
-    first = proc.entities[0].next_offset
+    first = proc.shards.entities[0].next_offset
     batch = [RawEvent("r", q, first + i, None, v) for i, (q, v) in enumerate(requests)]
     asyncio.run(proc.handle_requests(batch))
     results = sink.to_partitions.pop("p.entity-results")

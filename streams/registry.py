@@ -1,0 +1,218 @@
+"""The shards this worker owns, one per assigned partition, and their checkpoints.
+
+A shard is a unit named after its kind and partition (`user-3`, `entity-3`, `graph-0`):
+installed from its checkpoint (or fresh) when its partitions are assigned, forgotten once
+checkpointed when they are revoked. A process with no broker owns every partition: it
+installs a shard the first time one is looked up (`own_missing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, TypeVar
+
+from features.stages import EntityStage, UserStage
+from graph.layer import GraphLayer
+from rebate_guard.contract.records import ENTITY_REQUESTS, GRAPH_EVENTS
+from rebate_guard.core.decider import MAX_REMEMBERED_FEATURES, Decider
+from rebate_guard.core.policy import Policy
+from rebate_guard.settings import Settings
+from streams.batch import RawEvent
+from streams.shards import (
+    GRAPH_PARTITION,
+    TOPIC_CODES,
+    EntityShard,
+    GraphShard,
+    UserShard,
+    load_checkpoint,
+)
+
+S = TypeVar("S", UserShard, EntityShard, GraphShard)
+
+
+def user_unit(partition: int) -> str:
+    return f"user-{partition}"
+
+
+def entity_unit(partition: int) -> str:
+    return f"entity-{partition}"
+
+
+def graph_unit(partition: int) -> str:
+    return f"graph-{partition}"
+
+
+class ShardRegistry:
+    """This worker's user, entity and graph shards by partition, and the policy every user
+    shard decides with."""
+
+    def __init__(
+        self, settings: Settings, *, clock: Callable[[], float], own_missing: bool = False
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.own_missing = own_missing
+        self.users: dict[int, UserShard] = {}
+        self.entities: dict[int, EntityShard] = {}
+        self.graphs: dict[int, GraphShard] = {}
+        #: Wall-clock time each (user partition, topic code) last delivered (not
+        #: checkpointed).
+        self.heard: dict[tuple[int, int], float] = {}
+        #: The policy every user shard decides with (`set_policy` swaps it, between batches).
+        self.policy: Policy = settings.policy()
+
+    @property
+    def n_partitions(self) -> int:
+        return self.settings.partitions
+
+    def set_policy(self, policy: Policy) -> None:
+        """Decide with `policy` from the next batch on (hot reload): every user shard,
+        and any installed later, including from a checkpoint made under another."""
+        self.policy = policy
+        for shard in self.users.values():
+            shard.decider.policy = policy
+
+    def new_user_shard(self, partition: int) -> UserShard:
+        s = self.settings
+        engine = s.engine_config()
+        return UserShard(
+            partition,
+            self.n_partitions,
+            UserStage(engine.utc_offset_minutes, engine.user_ttl_ms),
+            Decider(
+                model=s.risk_model(),
+                policy=self.policy,
+                remember_limit=MAX_REMEMBERED_FEATURES // self.n_partitions,
+                fail_closed_action=s.fail_closed_action,
+            ),
+            s.decision_ttl_s * 1000,
+            engine.sweep_every_ms,
+            s.allowed_lateness_ms,
+            n_user=self.n_partitions,
+            feeds_graph=s.graph,
+            keep_history=s.console_index and s.console_history_keep > 0,
+        )
+
+    def new_entity_shard(self, partition: int) -> EntityShard:
+        engine = self.settings.engine_config()
+        return EntityShard(
+            partition, self.n_partitions, EntityStage(engine.user_ttl_ms), engine.sweep_every_ms
+        )
+
+    def new_graph_shard(self, partition: int) -> GraphShard:
+        return GraphShard(partition, self.n_partitions, GraphLayer(self.settings.graph_config()))
+
+    def install(self, unit: str, blob: bytes | None) -> None:
+        """Take over a shard: from its checkpoint, or fresh."""
+        kind, _, number = unit.partition("-")
+        partition = int(number)
+        state = None if blob is None else load_checkpoint(blob)
+        if kind == "user":
+            if state is not None and not isinstance(state, UserShard):
+                raise TypeError(f"{unit}: not a user shard checkpoint: {type(state).__name__}")
+            shard = state or self.new_user_shard(partition)
+            shard.decider.policy = self.policy  # the live one, not the checkpoint's
+            shard.redo = True  # it may re-decide what was decided after its checkpoint
+            self.users[partition] = shard
+            now = self.clock()
+            for code in TOPIC_CODES.values():
+                self.heard[(partition, code)] = now
+        elif kind == "graph":
+            if state is not None and not isinstance(state, GraphShard):
+                raise TypeError(f"{unit}: not a graph shard checkpoint: {type(state).__name__}")
+            self.graphs[partition] = state or self.new_graph_shard(partition)
+        else:
+            if state is not None and not isinstance(state, EntityShard):
+                raise TypeError(f"{unit}: not an entity shard checkpoint: {type(state).__name__}")
+            self.entities[partition] = state or self.new_entity_shard(partition)
+
+    def own_all(self) -> None:
+        """Take every partition, fresh: a process with no broker (and no assignment)."""
+        for partition in range(self.n_partitions):
+            self.install(user_unit(partition), None)
+            self.install(entity_unit(partition), None)
+        if self.settings.graph:
+            self.install(graph_unit(GRAPH_PARTITION), None)
+
+    def release(self, units: Iterable[str]) -> list[int]:
+        """Forget shards this worker no longer owns (after their checkpoint); returns the
+        partitions of the user shards among them."""
+        shards: dict[str, dict[int, Any]] = {
+            "user": self.users,
+            "entity": self.entities,
+            "graph": self.graphs,
+        }
+        users = []
+        for unit in units:
+            kind, _, number = unit.partition("-")
+            shards[kind].pop(int(number), None)
+            if kind == "user":
+                users.append(int(number))
+        return users
+
+    def units(self) -> list[str]:
+        return (
+            [user_unit(p) for p in self.users]
+            + [entity_unit(q) for q in self.entities]
+            + [graph_unit(g) for g in self.graphs]
+        )
+
+    def checkpoints(self) -> tuple[dict[str, Callable[[], bytes]], Callable[[], None]]:
+        """Per unit, a function that pickles it as of now (call it now, or in a forked
+        child), and what to do once every one of them is durably written."""
+        floors = {p: shard.floor() for p, shard in self.users.items()}
+        users = dict(self.users)
+        snapshots: dict[str, Callable[[], bytes]] = {}
+        for p, shard in users.items():
+            snapshots[user_unit(p)] = partial(shard.snapshot, floors[p])
+        for q, entity in self.entities.items():
+            snapshots[entity_unit(q)] = entity.snapshot
+        for g, graph in self.graphs.items():
+            snapshots[graph_unit(g)] = graph.snapshot
+
+        def written() -> None:
+            for p, shard in users.items():
+                shard.durable_floor = floors[p]  # entity shards may now forget below it
+
+        return snapshots, written
+
+    # --- the shard of a partition --------------------------------------------------------
+    def user(self, partition: int) -> UserShard | None:
+        return self._shard(self.users, user_unit, partition)
+
+    def entity(self, partition: int) -> EntityShard | None:
+        return self._shard(self.entities, entity_unit, partition)
+
+    def graph(self, partition: int) -> GraphShard | None:
+        return self._shard(self.graphs, graph_unit, partition)
+
+    def _shard(self, shards: dict[int, S], unit: Callable[[int], str], partition: int) -> S | None:
+        shard = shards.get(partition)
+        if shard is None and self.own_missing:  # no broker: every partition is ours
+            self.install(unit(partition), None)
+            shard = shards[partition]
+        return shard
+
+    def at_next_offsets(self, kind: str, envelopes: list[tuple[int, bytes]]) -> list[RawEvent]:
+        """Envelopes carried within this process (no broker) as the messages their shards
+        read next: in order, from each shard's next offset on the internal topic `kind`."""
+        ahead: dict[int, int] = {}
+        messages = []
+        for partition, value in envelopes:
+            if kind == ENTITY_REQUESTS:
+                entity = self.entity(partition)
+                assert entity is not None
+                offset = entity.next_offset
+            elif kind == GRAPH_EVENTS:
+                graph = self.graph(partition)
+                assert graph is not None
+                offset = graph.next_offset
+            else:
+                user = self.user(partition)
+                assert user is not None
+                offset = user.next_result_offset
+            n = ahead.get(partition, 0)
+            ahead[partition] = n + 1
+            messages.append(RawEvent(kind, partition, offset + n, None, value))
+        return messages
