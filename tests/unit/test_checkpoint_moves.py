@@ -41,6 +41,7 @@ from rebate_guard.core.ledger import Entry, Ledger
 from rebate_guard.core.policy import LedgerTerms, Policy
 from streams.shards import (
     GRAPH_PARTITION,
+    MOVED_CLASSES,
     MOVED_MODULES,
     TOPIC_CODES,
     EntityShard,
@@ -233,8 +234,21 @@ def test_the_shards_fixture_names_the_single_module() -> None:
     checkpoints = _shards_fixture()["checkpoints"]
     user, entity, graph = checkpoints["user-0"], checkpoints["entity-0"], checkpoints["graph-0"]
     assert b"streams.shards" in user and b"UserShard" in user and b"Entry" in user
+    assert b"peer_seen" in user and b"streams.shards.user" not in user
     assert b"streams.shards" in entity and b"EntityShard" in entity
     assert b"streams.shards" in graph and b"GraphShard" in graph
+
+
+def test_each_class_of_the_single_module_is_found_in_its_new_home() -> None:
+    """By the explicit map, not through the package's names: pickle's own lookup of
+    `streams.shards.UserShard` would find only what `streams/shards/__init__.py` imports."""
+    old_names = {"Entry", "Completed", "UserShard", "Inbox", "EntityShard", "GraphShard"}
+    assert {name for module, name in MOVED_CLASSES if module == "streams.shards"} == old_names
+    for (module, name), (new_module, new_name) in MOVED_CLASSES.items():
+        found = load_checkpoint(f"c{module}\n{name}\n.".encode())  # a pickled class
+        assert (found.__module__, found.__qualname__) == (new_module, new_name)
+        assert new_module.startswith("streams.shards.") and new_name == name
+    assert load_checkpoint(b"cstreams.shards\nUserShard\n.") is UserShard
 
 
 def test_shards_checkpointed_before_the_split_restart_and_decide_as_they_did() -> None:
