@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/console_index.py [--events 50000] [--batch 1000]
 
 Parts: each payment's history row (`rebate_guard.core.backtest.history_row_json`, made
-by the user shard, `streams/shards.py` `_history_row`); `RedisConsoleStore.record` per batch:
+by the user shard, `streams/shards/user.py` `_history_row`); `RedisConsoleStore.record` per batch:
 building its arguments, redis-py packing and sending them (the client's CPU), and the Lua
 call's time in Redis (`INFO commandstats`); and the same call with a Lua script that does
 nothing (what passing the arguments alone costs Redis). Decisions are synthetic (70% allow,
@@ -55,7 +55,7 @@ def _entries(n: int) -> tuple[list[Indexed], float]:
     rows = [
         history_row_json(
             t, d, trusted=True, calibrated_risk=0.2, user_granted_24h=100,
-            device_rebate_requested_24h=50, partition=0,
+            device_rebate_requested_24h=50, fail_closed_action="hold", partition=0,
         )
         for t, d in decided
     ]  # fmt: skip

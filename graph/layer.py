@@ -11,11 +11,13 @@ reason code naming its kind. Pure: no I/O, no clock.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graph.candidates import Candidates, Limits
 from graph.entity_graph import IP, MERCHANT, USER, EntityGraph
+from graph.evidence import RING_REASON
 from graph.rings import (
     BRUSHING,
     COLLUSION,
@@ -279,18 +281,41 @@ class RingBook:
                     if not ids:
                         del index[key]
 
-    def strongest(self, user_id: str, merchant_id: str | None) -> Ring | None:
-        ids = self.by_user.get(user_id, set())
-        if merchant_id is not None:
-            ids = ids | self.by_merchant.get(merchant_id, set())
-        return self.best(ids)
-
-    def best(self, ring_ids: set[str] | None) -> Ring | None:
-        """The highest-scoring of `ring_ids`, ties to the first id: the one order the live
-        ring scores (`streams.shards.strongest`) reproduce."""
+    def best(self, ring_ids: set[str] | None) -> RingScore:
+        """The `strongest` of `ring_ids`, as the scoring path reads it."""
         if not ring_ids:
             return None
-        return self.rings[min(ring_ids, key=lambda r: (-self.rings[r].score, r))]
+        found = [self.rings[ring_id] for ring_id in ring_ids]
+        return strongest((ring.score, ring.kind, ring.ring_id) for ring in found)
+
+
+def strongest(rings: Iterable[RingScore]) -> RingScore:
+    """The strongest of `rings` (None: no ring): the highest score, ties to the first ring id;
+    None when there is none."""
+    return min((ring for ring in rings if ring is not None), key=_strength, default=None)
+
+
+def _strength(ring: tuple[float, str, str]) -> tuple[float, str]:
+    return -ring[0], ring[2]
+
+
+def ring_score_of(
+    user_ring: RingScore, merchant_ring: RingScore = None
+) -> tuple[float, list[str]] | None:
+    """The ring score and reason code a transaction is decided with, from the strongest ring of
+    its user and of its merchant (None: in no ring, or the merchant's does not count, see
+    `merchant_ring_counts`): the `strongest` of the two; None when neither is in a ring.
+
+    The one choice replay (`GraphLayer.ring_score`, from the ring book) and the worker
+    (`streams.shards.ring_of`, from the ring scores the graph shard published) make.
+
+    >>> ring_score_of((0.7, "referral_farm", "r2"), (0.7, "collusion", "r1"))
+    (0.7, ['ring:collusion'])
+    >>> ring_score_of(None) is None
+    True
+    """
+    ring = strongest((user_ring, merchant_ring))
+    return None if ring is None else (ring[0], [f"{RING_REASON}{ring[1]}"])
 
 
 def merchant_ring_counts(user_merchant_payments_7d: float | None) -> bool:
@@ -338,10 +363,9 @@ class GraphLayer:
         """The strongest ring the user or the merchant belongs to: its score, and a reason
         code naming its kind (none when neither is in a ring). `merchant_id` None: the
         merchant's rings do not count (see `merchant_ring_counts`)."""
-        ring = self.book.strongest(user_id, merchant_id)
-        if ring is None:
-            return 0.0, []
-        return ring.score, [f"ring:{ring.kind}"]
+        book = self.book
+        merchant = None if merchant_id is None else book.best(book.by_merchant.get(merchant_id))
+        return ring_score_of(book.best(book.by_user.get(user_id)), merchant) or (0.0, [])
 
     def due(self, now: int) -> list[RingEvent]:
         """Event time has reached `now`: the scan (and rebuild) due by then, if any."""

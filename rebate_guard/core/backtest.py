@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Unpack
 
 from features.windows import PaymentLog
 from rebate_guard.contract.order import KIND_RANK
 from rebate_guard.contract.records import (
     ACTIONS,
     FRAUD,
-    HOLD,
     LABEL_VALUES,
     LEGIT,
     PAYMENT,
@@ -49,6 +48,7 @@ from rebate_guard.core.decider import (
     FAIL_CLOSED_GRAPH,
     FAIL_CLOSED_MODEL,
     MAX_REMEMBERED_FEATURES,
+    PolicyInputs,
     apply_policy,
     record_in_budget,
 )
@@ -145,83 +145,58 @@ _ROW_FIELDS = tuple(f.name for f in fields(HistoryRow))
 PAYMENT_FIELDS = _ROW_FIELDS[: _ROW_FIELDS.index("ip") + 1]
 
 
-def history_row_json(
+def history_row(
     tx: Transaction,
     decision: Decision,
     *,
-    trusted: bool,
-    calibrated_risk: float,
-    user_granted_24h: int,
-    device_rebate_requested_24h: int | None,
-    fail_closed_action: str = HOLD,
     partition: int = 0,
+    label: str | None = None,
+    label_ts: int | None = None,
+    **inputs: Unpack[PolicyInputs],
+) -> HistoryRow:
+    """The row of a payment's decision: `decision` is the one that stands (stored), `inputs`
+    what the decider fed the policy (`Decider.policy_inputs()`, read right after
+    `Decider.decide`) and `partition` the user partition that decided it. Payments only: a
+    refund requests no rebate (`ValueError`)."""
+    return HistoryRow(*_row_array(tx, decision, inputs, partition, label, label_ts)[1:])
+
+
+def history_row_json(
+    tx: Transaction, decision: Decision, *, partition: int = 0, **inputs: Unpack[PolicyInputs]
 ) -> bytes:
     """`history_row(...).to_json()`, byte for byte (tests hold it to that), without building
     the dataclass: the worker makes one per payment, so this is on its hot path."""
-    if tx.kind != PAYMENT or decision.tx_id != tx.tx_id:
-        return history_row(
-            tx,
-            decision,
-            trusted=trusted,
-            calibrated_risk=calibrated_risk,
-            user_granted_24h=user_granted_24h,
-            device_rebate_requested_24h=device_rebate_requested_24h,
-        ).to_json()  # fmt: skip  (raises the same errors)
-    reasons = decision.reasons
-    values = [
-        ROW_FORMAT, tx.tx_id, tx.ts, tx.user_id, tx.merchant_id, tx.amount_cents,
-        tx.rebate_rate, tx.merchant_category, tx.device_id, tx.card_id, tx.ip,
-        decision.trust_weight, trusted, calibrated_risk, user_granted_24h,
-        device_rebate_requested_24h, FAIL_CLOSED_MODEL in reasons or FAIL_CLOSED_GRAPH in reasons,
-        fail_closed_action, partition, decision.action, decision.rebate_requested_cents,
-        decision.rebate_granted_cents, decision.threshold_version, decision.policy_version,
-        None, None,
-    ]  # fmt: skip
-    return _ROW_ENCODER.encode(values).encode()
+    return _ROW_ENCODER.encode(_row_array(tx, decision, inputs, partition, None, None)).encode()
 
 
 _ROW_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def history_row(
+def _row_array(
     tx: Transaction,
     decision: Decision,
-    *,
-    trusted: bool,
-    calibrated_risk: float,
-    user_granted_24h: int,
-    device_rebate_requested_24h: int | None,
-    fail_closed_action: str = HOLD,
-    partition: int = 0,
-    label: str | None = None,
-    label_ts: int | None = None,
-) -> HistoryRow:
-    """The row of a payment's decision: `decision` is the one that stands (stored), the
-    keywords are what the decider fed the policy (`Decider.policy_inputs()`, read right
-    after `Decider.decide`) and the user partition that decided it. Payments only: a refund
-    requests no rebate (`ValueError`)."""
+    inputs: PolicyInputs,
+    partition: int,
+    label: str | None,
+    label_ts: int | None,
+) -> list[Any]:
+    """A row as its JSON array (`HistoryRow.to_json`): `ROW_FORMAT`, then its values in
+    field order."""
     if tx.kind != PAYMENT:
         raise ValueError(f"{tx.tx_id}: only payments have history rows, not a {tx.kind}")
     if decision.tx_id != tx.tx_id:
         raise ValueError(f"decision {decision.tx_id} is not on transaction {tx.tx_id}")
-    return HistoryRow(
-        **{name: getattr(tx, name) for name in PAYMENT_FIELDS},
-        trust_weight=decision.trust_weight,
-        trusted=trusted,
-        calibrated_risk=calibrated_risk,
-        user_granted_24h=user_granted_24h,
-        device_rebate_requested_24h=device_rebate_requested_24h,
-        failed=FAIL_CLOSED_MODEL in decision.reasons or FAIL_CLOSED_GRAPH in decision.reasons,
-        fail_closed_action=fail_closed_action,
-        partition=partition,
-        action=decision.action,
-        requested_cents=decision.rebate_requested_cents,
-        granted_cents=decision.rebate_granted_cents,
-        threshold_version=decision.threshold_version,
-        policy_version=decision.policy_version,
-        label=label,
-        label_ts=label_ts,
-    )
+    reasons = decision.reasons
+    return [
+        ROW_FORMAT, tx.tx_id, tx.ts, tx.user_id, tx.merchant_id, tx.amount_cents, tx.rebate_rate,
+        tx.merchant_category, tx.device_id, tx.card_id, tx.ip,
+        decision.trust_weight, inputs["trusted"], inputs["calibrated_risk"],
+        inputs["user_granted_24h"], inputs["device_rebate_requested_24h"],
+        FAIL_CLOSED_MODEL in reasons or FAIL_CLOSED_GRAPH in reasons,
+        inputs["fail_closed_action"], partition, decision.action,
+        decision.rebate_requested_cents, decision.rebate_granted_cents,
+        decision.threshold_version, decision.policy_version, label, label_ts,
+    ]  # fmt: skip
 
 
 def label_rows(rows: Iterable[HistoryRow], labels: Iterable[Label]) -> list[HistoryRow]:

@@ -137,9 +137,9 @@ def test_dead_letters_are_counted_once_per_position(run_with_store) -> None:
 def test_checkpoints_replace_whole_and_read_back_byte_for_byte(
     run_with_store, monkeypatch: pytest.MonkeyPatch, stack_settings: Settings
 ) -> None:
-    import streams.store
+    import streams.store.checkpoints
 
-    monkeypatch.setattr(streams.store, "CHECKPOINT_CHUNK", 1000)  # force several chunks
+    monkeypatch.setattr(streams.store.checkpoints, "CHECKPOINT_CHUNK", 1000)  # force several chunks
 
     async def body(store: DecisionStore) -> None:
         assert await store.load_checkpoint("w") is None

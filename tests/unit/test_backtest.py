@@ -19,7 +19,7 @@ from rebate_guard.core.backtest import (
     history_row,
     label_rows,
 )
-from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.core.decider import Decider, PolicyInputs, Scorer
 from rebate_guard.core.policy import Policy
 from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
 
@@ -119,6 +119,7 @@ def test_a_row_keeps_the_payment_the_stored_decision_and_what_the_decider_knew()
         calibrated_risk=0.25,
         user_granted_24h=300,
         device_rebate_requested_24h=None,
+        fail_closed_action="hold",
         partition=3,
     )
     assert r.transaction() == t
@@ -132,20 +133,22 @@ def test_a_row_keeps_the_payment_the_stored_decision_and_what_the_decider_knew()
         calibrated_risk=0.0,
         user_granted_24h=0,
         device_rebate_requested_24h=None,
+        fail_closed_action="block",
     )
-    assert failed.failed
+    assert failed.failed and failed.fail_closed_action == "block" and failed.partition == 0
     with pytest.raises(ValueError, match="only payments"):
         history_row(parse_transaction(tx("r", kind="refund", ref_tx_id="t9")), d, **_inputs())
     with pytest.raises(ValueError, match="not on transaction"):
         history_row(t, decision("other"), **_inputs())
 
 
-def _inputs() -> dict[str, Any]:
+def _inputs() -> PolicyInputs:
     return {
         "trusted": True,
         "calibrated_risk": 0.0,
         "user_granted_24h": 0,
         "device_rebate_requested_24h": None,
+        "fail_closed_action": "hold",
     }
 
 
@@ -548,7 +551,7 @@ def test_the_fast_row_encoder_writes_the_rows_bytes(
     category: str | None, user: str, reasons: list[str],
 ) -> None:  # fmt: skip
     from rebate_guard.contract.records import Decision
-    from rebate_guard.core.backtest import history_row, history_row_json
+    from rebate_guard.core.backtest import PAYMENT_FIELDS, history_row, history_row_json
 
     payment = Transaction(**tx(user_id=user, merchant_category=category))
     decision = Decision(
@@ -557,9 +560,18 @@ def test_the_fast_row_encoder_writes_the_rows_bytes(
         rebate_granted_cents=0, reasons=reasons, model_version="m", decided_at=0,
         policy_version="p", threshold_version="fixed",
     )  # fmt: skip
-    inputs = dict(
+    inputs = PolicyInputs(
         trusted=trusted, calibrated_risk=risk, user_granted_24h=granted_24h,
-        device_rebate_requested_24h=device, fail_closed_action="block", partition=3,
+        device_rebate_requested_24h=device, fail_closed_action="block",
     )  # fmt: skip
-    fast = history_row_json(payment, decision, **inputs)  # type: ignore[arg-type]
-    assert fast == history_row(payment, decision, **inputs).to_json()  # type: ignore[arg-type]
+    # The row built field by field, by name.
+    expected = HistoryRow(
+        **{name: getattr(payment, name) for name in PAYMENT_FIELDS}, trust_weight=weight,
+        trusted=trusted, calibrated_risk=risk, user_granted_24h=granted_24h,
+        device_rebate_requested_24h=device,
+        failed="fail_closed:model" in reasons or "fail_closed:graph" in reasons,
+        fail_closed_action="block", partition=3, action="hold", requested_cents=100,
+        granted_cents=0, threshold_version="fixed", policy_version="p",
+    )  # fmt: skip
+    assert history_row(payment, decision, partition=3, **inputs) == expected
+    assert history_row_json(payment, decision, partition=3, **inputs) == expected.to_json()

@@ -12,6 +12,7 @@ difference here.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import random
 import zlib
@@ -24,7 +25,14 @@ import pytest
 from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
 from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
-from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
+from graph.layer import (
+    MERCHANT_RINGS,
+    GraphLayer,
+    Ring,
+    RingEvent,
+    RingScore,
+    merchant_ring_counts,
+)
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -37,12 +45,19 @@ from rebate_guard.contract.records import (
     Transaction,
 )
 from rebate_guard.contract.validation import parse_transaction
-from rebate_guard.core.decider import Decider, Example, Features, Scorer
+from rebate_guard.core.decider import REPEAT_AT_MERCHANT, Decider, Example, Features, Scorer
 from rebate_guard.core.ledger import reconcile
 from rebate_guard.core.policy import Budget, default_policy
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
-from streams.shards import GRAPH_PARTITION, TOPIC_CODES, EntityShard, GraphShard, UserShard
+from streams.shards import (
+    GRAPH_PARTITION,
+    TOPIC_CODES,
+    EntityShard,
+    GraphShard,
+    UserShard,
+    ring_of,
+)
 from tests import factories
 
 CONFIG = EngineConfig()
@@ -364,7 +379,7 @@ def test_every_schedule_gives_the_one_process_vectors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Small envelopes split batches: only the last piece may move the watermark.
-    monkeypatch.setattr("streams.shards.ENVELOPE_ITEMS", envelope_items)
+    monkeypatch.setattr("streams.shards.wire.ENVELOPE_ITEMS", envelope_items)
     cluster = _cluster(world, n_user, n_entity, seed)
     cluster.run(crash_rate)
     assert set(cluster.decided) == set(expected)  # nothing lost, nothing invented
@@ -389,7 +404,7 @@ def test_every_schedule_gives_the_one_process_vectors(
     assert sum(s.late for s in cluster.entities.values()) == 0
     assert cluster.duplicates > 0
     # Bounded bookkeeping: nothing left pending, and orphans only transiently.
-    assert all(not s.pending and not s.queue and not s.held for s in cluster.users.values())
+    assert all(not s.pending and not s.queue and not s.peers.held for s in cluster.users.values())
 
 
 @pytest.mark.parametrize(("n_user", "seed", "crash_rate"), [(3, 6, 0.0), (4, 7, 0.006)])
@@ -481,6 +496,43 @@ def test_the_graph_shard_finds_exactly_the_rings_of_replay(
         if isinstance(tx, Transaction) and cluster.ring_reasons.get(tx.tx_id)
     }
     assert named and named <= flagged | _merchant_ring_customers(ring_world, want)
+
+
+def test_the_worker_and_replay_give_a_transaction_the_same_ring() -> None:
+    """The worker reads the ring scores the graph shard published (`ring_of`), replay asks its
+    ring book (`GraphLayer.ring_score`): both choose with `graph.layer.ring_score_of`, the
+    strongest ring of the user and (for a returning customer) of the merchant."""
+    layer = GraphLayer()
+    book = layer.book
+    for ring_id, kind, users, merchants, score in [
+        ("r1", "collusion", {"u1"}, {"m1"}, 0.7),
+        ("r2", "referral_farm", {"u1", "u2"}, {"m1"}, 0.7),  # ties r1: the first id wins
+        ("r3", "brushing", {"u3"}, {"m2"}, 0.9),
+    ]:
+        book.rings[ring_id] = Ring(
+            ring_id, kind, frozenset(users), frozenset(merchants), score, 0, 0, {}, 0
+        )
+        for user in users:
+            book.by_user.setdefault(user, set()).add(ring_id)
+        for merchant in merchants if kind in MERCHANT_RINGS else ():
+            book.by_merchant.setdefault(merchant, set()).add(ring_id)
+    published = {("u", u): book.best(ids) for u, ids in book.by_user.items()}
+    published |= {("m", m): book.best(ids) for m, ids in book.by_merchant.items()}
+    given = {}
+    for user, merchant, returning in itertools.product(
+        ["u1", "u2", "u3", "u4"], ["m1", "m2", "m9"], [None, 0.0, 2.0]
+    ):
+        tx = parse_transaction(factories.tx(user_id=user, merchant_id=merchant))
+        vector: list[float | None] = [0.0] * len(FEATURE_NAMES)
+        vector[REPEAT_AT_MERCHANT] = returning
+        counted = merchant if merchant_ring_counts(returning) else None
+        given[user, merchant, returning] = ring_of(tx, vector, published)
+        assert (given[user, merchant, returning] or (0.0, [])) == layer.ring_score(user, counted)
+    assert given["u1", "m9", None] == (0.7, ["ring:collusion"])
+    assert given["u2", "m1", 0.0] == (0.7, ["ring:referral_farm"])
+    assert given["u2", "m1", 2.0] == (0.7, ["ring:collusion"])
+    assert given["u4", "m2", 2.0] == (0.9, ["ring:brushing"])
+    assert given["u4", "m1", None] is None
 
 
 def _merchant_ring_customers(world: list[Event], rings: list[RingEvent]) -> set[str]:
