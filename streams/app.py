@@ -4,7 +4,7 @@ policy watcher and `POST /score`'s requests.
 
 One agent per input topic (transactions, signups, labels) feeds the user shards; one per
 internal topic carries envelopes between the feature stages and to the graph shard
-(streams/shards.py). All topics
+(streams/shards/). All topics
 have the same partition count, so Faust co-partitions them: partition i of every topic, and
 so user shard i and entity shard i, belong to the same worker. Agents batch with
 `take_events`.

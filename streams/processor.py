@@ -150,18 +150,6 @@ class BatchProcessor:
     def set_policy(self, policy: Policy) -> None:
         self.shards.set_policy(policy)
 
-    def event_time(self) -> dict[str, Any]:
-        return self.reports.event_time()
-
-    def models(self) -> dict[str, Any]:
-        return self.reports.models()
-
-    def budgets(self) -> dict[str, Any]:
-        return self.reports.budgets()
-
-    def graph_state(self) -> dict[str, Any] | None:
-        return self.reports.graph_state()
-
     def release(self, units: Iterable[str]) -> None:
         """Forget shards this worker no longer owns (after their checkpoint); the new
         owner of a user shard decides what is still in flight there."""

@@ -65,7 +65,7 @@ class Publisher:
         self.retry = retry
         self.counters = counters
         self.clock = clock
-        #: Where the console's views are kept (streams/console/store.py); None: not kept.
+        #: Where the console's views are kept (streams/console/store/); None: not kept.
         self.console = console
         #: Told the standing decision (tx_id -> JSON) of every transaction a batch decided
         #: or re-answered, once stored: `POST /score` requests waiting on it wake from it.

@@ -102,10 +102,10 @@ def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
         async def get(self, request: Request) -> Response:
             stats: dict[str, Any] = await runtime.store.stats()
             stats["worker"] = dataclasses.asdict(runtime.processor.counters)
-            stats["event_time"] = runtime.processor.event_time()
-            stats["models"] = runtime.processor.models()
-            stats["budget"] = runtime.processor.budgets()
-            stats["graph"] = runtime.processor.graph_state()
+            stats["event_time"] = runtime.processor.reports.event_time()
+            stats["models"] = runtime.processor.reports.models()
+            stats["budget"] = runtime.processor.reports.budgets()
+            stats["graph"] = runtime.processor.reports.graph_state()
             stats["policy"] = runtime.policy_status
             return self.json(stats)
 

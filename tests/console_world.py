@@ -20,7 +20,8 @@ from rebate_guard.settings import Settings
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from streams.auth import ADMIN, REVIEWER, SESSION_COOKIE, VIEWER
-from streams.processor import BatchProcessor, RawEvent
+from streams.batch import RawEvent
+from streams.processor import BatchProcessor
 from streams.sink import key_partition
 from streams.users import User, UsersFile
 from tests.web import TOKEN, HttpServer, Served, served

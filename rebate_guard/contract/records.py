@@ -32,10 +32,10 @@ FEATURES = "features"
 REBATE_ADJUSTMENTS = "rebate-adjustments"
 INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
 OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES, REBATE_ADJUSTMENTS)
-# Between the two feature stages (streams/shards.py): not part of the contract.
+# Between the two feature stages (streams/shards/): not part of the contract.
 ENTITY_REQUESTS = "entity-requests"
 ENTITY_RESULTS = "entity-results"
-# From the user shards to the graph shard (streams/shards.py: `GraphShard`).
+# From the user shards to the graph shard (streams/shards/inbox.py: `GraphShard`).
 GRAPH_EVENTS = "graph-events"
 INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS, GRAPH_EVENTS)
 

@@ -24,7 +24,7 @@ def label_time(runtime: Runtime) -> int:
     """When a review label becomes known, in the stream's event time: where event time
     stands now (the platform's clock may run ahead of or behind the stream's); the wall
     clock before any event came in."""
-    watermark = runtime.processor.event_time()["watermark"]
+    watermark = runtime.processor.reports.event_time()["watermark"]
     return int(watermark) if watermark is not None else int(time.time() * 1000)
 
 

@@ -256,7 +256,7 @@ def test_feature_vectors_are_valid_records_of_the_contract() -> None:
 def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
     proc, _, _ = make(allowed_lateness_ms=0)
     handle(proc, "transactions", [raw("p.transactions", 0, tx("t1", T0))])
-    before = proc.event_time()
+    before = proc.reports.event_time()
     assert before == {
         "watermark": None,
         "pending": 1,
@@ -267,10 +267,11 @@ def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
     }
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 + 5))])
     handle(proc, "labels", [raw("p.labels", 0, label("x", T0 + 9))])
-    after = proc.event_time()
+    after = proc.reports.event_time()
     assert after["watermark"] == T0 and after["pending"] == 3  # all wait: ties may come
     drain(proc)
-    assert proc.event_time()["pending"] == 0 and proc.event_time()["idle_sources"] == 6
+    drained = proc.reports.event_time()
+    assert drained["pending"] == 0 and drained["idle_sources"] == 6
 
 
 def test_a_silent_input_is_idle_only_once_caught_up() -> None:
@@ -282,12 +283,12 @@ def test_a_silent_input_is_idle_only_once_caught_up() -> None:
     handle(proc, "transactions", [raw("p.transactions", 0, tx("t", T0))])
     drain(proc)
     assert "p.decisions" not in sink.sent  # signups may still hold an earlier event
-    assert proc.event_time()["late"] == 0
+    assert proc.reports.event_time()["late"] == 0
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 - 1000))])
     behind.clear()
     drain(proc)
     features = json.loads(sink.sent["p.features"][0][1])["features"]
-    assert features["user_account_age_s"] == 1.0 and proc.event_time()["late"] == 0
+    assert features["user_account_age_s"] == 1.0 and proc.reports.event_time()["late"] == 0
 
 
 def test_late_events_are_counted_by_the_stage_they_reached_late() -> None:
@@ -296,7 +297,7 @@ def test_late_events_are_counted_by_the_stage_they_reached_late() -> None:
     drain(proc)  # every input caught up and silent: event time moves past T0
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 - 1000))])
     drain(proc)
-    late = proc.event_time()
+    late = proc.reports.event_time()
     assert late["late_by_stage"]["user"] == 1  # the signup, behind its shard's event time
     assert late["late_by_stage"]["entity"] >= 1  # and its device, IP, referrer requests
     assert late["late"] == sum(late["late_by_stage"].values())
@@ -306,7 +307,7 @@ def test_model_state_and_drift_are_reported_per_shard() -> None:
     proc, _, _ = make()
     handle(proc, "transactions", [raw("p.transactions", i, tx(f"t{i}", T0 + i)) for i in range(3)])
     drain(proc)
-    models = proc.models()
+    models = proc.reports.models()
     assert set(models) == {"user-0", "user-1"}
     assert models["user-0"]["version"] == "risk.l0.t3"  # 3 transactions learned, no label
     assert models["user-0"]["score_drifts"] == 0 and models["user-1"]["version"] == "risk.l0.t0"
@@ -316,7 +317,7 @@ def test_each_user_shards_friction_budget_is_reported() -> None:
     proc, _, _ = make()
     handle(proc, "transactions", [raw("p.transactions", i, tx(f"t{i}", T0 + i)) for i in range(3)])
     drain(proc)
-    budgets = proc.budgets()
+    budgets = proc.reports.budgets()
     assert set(budgets) == {"user-0", "user-1"}
     assert budgets["user-0"]["mode"] == "budget"  # the shipped policy
     assert budgets["user-0"]["groups"]["*"]["cut"] is None  # fewer than min_payments yet
