@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from features.merchant import MerchantFamily
 from features.referral import ReferralTree
 from features.stages import (
-    TRANSACTION_FEATURES,
     EntityStage,
     SweepClock,
+    TransactionFeatures,
     UserStage,
     family_names,
 )
@@ -116,7 +116,7 @@ class FeatureEngine:
 
 def _names() -> tuple[str, ...]:
     families = (UserFamily.names, *family_names())
-    return TRANSACTION_FEATURES + tuple(name for names in families for name in names)
+    return TransactionFeatures.names + tuple(name for names in families for name in names)
 
 
 #: Every feature the detectors see, in the order of `FeatureEngine.vector`.

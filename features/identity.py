@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from operator import attrgetter
 
+from features.rows import Value
 from features.windows import PaymentLog, WindowCount, WindowDistinct, sweep_idle, touch
 from rebate_guard.contract.records import PAYMENT, Signup, Transaction, requested_rebate_cents
 from rebate_guard.contract.time import DAY_MS
@@ -34,30 +35,29 @@ class IdentityState:
 
 
 class IdentityFamily:
-    """Distinct users per identifier over each window in `widths`, and (optionally) signups
-    from it over `signup_window_ms` and the rebate its payments requested over
-    `rebate_window_ms`."""
+    """Per identifier: the distinct users behind it over each of the `users` windows, and
+    optionally the signups from it over the `signups` window and the rebate its payments
+    requested over the `rebate` window. Each window is declared with the name of the feature
+    it gives, as `{name: width_ms}` or `(name, width_ms)`."""
 
     def __init__(
         self,
         entity: str,
         read: Callable[[Signup | Transaction], str | None],
-        widths: dict[str, int],
-        signup_window: tuple[str, int] | None = None,
-        rebate_window: tuple[str, int] | None = None,
+        *,
+        users: dict[str, int],
+        signups: tuple[str, int] | None = None,
+        rebate: tuple[str, int] | None = None,
     ) -> None:
         self.entity = entity
         self.read = read
-        self.widths = tuple(widths.values())
-        extra = tuple(w[1] for w in (signup_window, rebate_window) if w is not None)
-        self.longest_ms = max(self.widths + extra)
-        self.signup_window_ms = None if signup_window is None else signup_window[1]
-        self.rebate_window_ms = None if rebate_window is None else rebate_window[1]
-        self.names = (
-            tuple(f"{entity}_user_count_{label}" for label in widths)
-            + (() if signup_window is None else (f"{entity}_signup_count_{signup_window[0]}",))
-            + (() if rebate_window is None else (f"{entity}_rebate_requested_{rebate_window[0]}",))
-        )
+        self.widths = tuple(users.values())
+        extras = tuple(window for window in (signups, rebate) if window is not None)
+        self.longest_ms = max(self.widths + tuple(width for _, width in extras))
+        self.signup_window_ms = None if signups is None else signups[1]
+        self.rebate_window_ms = None if rebate is None else rebate[1]
+        #: In the order `transaction` writes the values: users per window, signups, rebate.
+        self.names = (*users, *(name for name, _ in extras))
         self.state: dict[str, IdentityState] = {}
 
     def _touch(self, key: str, ts: int) -> IdentityState:
@@ -80,35 +80,37 @@ class IdentityFamily:
             signups.expire(event.ts)
             signups.add(event.ts)
 
-    def transaction(self, tx: Transaction, out: list[float | None]) -> None:
+    def transaction(self, tx: Transaction) -> list[Value]:
+        """The values of `names` for `tx`; then learns `tx`."""
         key = self.read(tx)
         if key is None:
-            out.extend((None,) * len(self.names))
-            return
+            return [None] * len(self.names)
         ts = tx.ts
         state = self.state.get(key)
+        values: list[Value]
         if state is None:
-            out.extend((1,) * len(self.widths))
+            values = [1] * len(self.widths)  # the current user alone
             if self.signup_window_ms is not None:
-                out.append(0)
+                values.append(0)
             if self.rebate_window_ms is not None:
-                out.append(0)
+                values.append(0)
             if tx.kind != PAYMENT:
-                return
+                return values
         else:
+            values = []
             for window in state.users:
                 window.expire(ts)
-                out.append(window.count_with(tx.user_id))
+                values.append(window.count_with(tx.user_id))
             if self.signup_window_ms is not None:
                 signups = state.signups
                 if signups is not None:
                     signups.expire(ts)
-                out.append(0 if signups is None else len(signups))
+                values.append(0 if signups is None else len(signups))
             if self.rebate_window_ms is not None:
                 rebate = state.rebate
                 if rebate is not None:
                     rebate.expire(ts)
-                out.append(0 if rebate is None else rebate.sums[0])
+                values.append(0 if rebate is None else rebate.sums[0])
         if tx.kind == PAYMENT:
             state = self._touch(key, ts)
             for window in state.users:
@@ -117,6 +119,7 @@ class IdentityFamily:
                 if state.rebate is None:
                     state.rebate = PaymentLog((self.rebate_window_ms,))
                 state.rebate.add(ts, requested_rebate_cents(tx.amount_cents, tx.rebate_rate))
+        return values
 
     def sweep(self, now_ms: int) -> int:
         """Drop identifiers idle for the longest window: all their state has expired anyway."""
@@ -127,21 +130,24 @@ def device_family() -> IdentityFamily:
     return IdentityFamily(
         "device",
         attrgetter("device_id"),
-        {"24h": DAY_MS, "7d": 7 * DAY_MS},
-        ("7d", 7 * DAY_MS),
-        ("24h", DAY_MS),
+        users={"device_user_count_24h": DAY_MS, "device_user_count_7d": 7 * DAY_MS},
+        signups=("device_signup_count_7d", 7 * DAY_MS),
+        rebate=("device_rebate_requested_24h", DAY_MS),
     )
 
 
 def ip_family() -> IdentityFamily:
     return IdentityFamily(
-        "ip", attrgetter("ip"), {"24h": DAY_MS, "7d": 7 * DAY_MS}, ("7d", 7 * DAY_MS)
+        "ip",
+        attrgetter("ip"),
+        users={"ip_user_count_24h": DAY_MS, "ip_user_count_7d": 7 * DAY_MS},
+        signups=("ip_signup_count_7d", 7 * DAY_MS),
     )
 
 
 def card_family() -> IdentityFamily:
     # Signups carry no card; cards are seen only at payment.
-    return IdentityFamily("card", _card_id, {"30d": 30 * DAY_MS})
+    return IdentityFamily("card", _card_id, users={"card_user_count_30d": 30 * DAY_MS})
 
 
 def _card_id(event: Signup | Transaction) -> str | None:

@@ -18,6 +18,7 @@ import math
 from collections import deque
 from typing import Any, ClassVar
 
+from features.rows import FeatureRow, Value, feature_row
 from features.windows import (
     LabelledWindow,
     PaymentLog,
@@ -38,23 +39,32 @@ YOUNG_ACCOUNT_MS = 7 * DAY_MS
 # Whole currency units (100 minor units): typed-in amounts, typical of scripted brushing.
 ROUND_UNIT_CENTS = 100
 
-MERCHANT_FEATURES = (
-    "merchant_tx_count_24h",
-    "merchant_tx_count_1h",
-    "merchant_amount_sum_24h",
-    "merchant_amount_sum_1h",
-    "merchant_user_count_24h",
-    "merchant_top_user_share_24h",
-    "merchant_young_account_share_24h",
-    "merchant_amount_cv_24h",
-    "merchant_round_amount_share_24h",
-    "merchant_repeat_amount_share_24h",
-    "merchant_refund_rate_30d",
-    "merchant_fraud_rate_30d",
-    "merchant_fraud_rate_7d",
-    "merchant_labelled_count_30d",
-    "merchant_labelled_count_7d",
-)
+
+@feature_row
+class MerchantFeatures(FeatureRow):
+    """Who pays at the merchant and how, and what is known about it, before the transaction."""
+
+    merchant_tx_count_24h: Value
+    merchant_tx_count_1h: Value
+    merchant_amount_sum_24h: Value
+    merchant_amount_sum_1h: Value
+    #: Distinct payers over 24 h, including the current one.
+    merchant_user_count_24h: Value
+    #: Shares of the 24 h payments: from its most frequent payer, from young accounts,
+    #: of whole currency units, of amounts paid before in the window.
+    merchant_top_user_share_24h: Value
+    merchant_young_account_share_24h: Value
+    #: The coefficient of variation of its 24 h amounts.
+    merchant_amount_cv_24h: Value
+    merchant_round_amount_share_24h: Value
+    merchant_repeat_amount_share_24h: Value
+    #: Refunds per labelled payment over 30 d.
+    merchant_refund_rate_30d: Value
+    #: Over the labelled payments of the window (see the module docstring), and how many.
+    merchant_fraud_rate_30d: Value
+    merchant_fraud_rate_7d: Value
+    merchant_labelled_count_30d: Value
+    merchant_labelled_count_7d: Value
 
 
 class MerchantState:
@@ -108,7 +118,7 @@ class MerchantState:
 
 
 class MerchantFamily:
-    names: ClassVar[tuple[str, ...]] = MERCHANT_FEATURES
+    names: ClassVar[tuple[str, ...]] = MerchantFeatures.names
 
     def __init__(self) -> None:
         self.state: dict[str, MerchantState] = {}
@@ -131,37 +141,43 @@ class MerchantFamily:
         for gone in labelled.expire(now_ms):
             self.payment_merchant.pop(gone, None)
 
-    def transaction(
-        self, tx: Transaction, account_age_ms: int | None, out: list[float | None]
-    ) -> None:
+    def transaction(self, tx: Transaction, account_age_ms: int | None) -> MerchantFeatures:
+        """The merchant features of `tx`; then learns `tx`."""
         ts = tx.ts
         merchant = touch(self.state, tx.merchant_id, ts, MerchantState)
         log = merchant.payments
         log.expire(ts)
         merchant.expire_day(ts)
+        row = MerchantFeatures()
         n_items = len(log.ts)
-        n_day = n_items - log.heads[0]
-        out.extend((n_day, n_items - log.heads[1], *log.sums))
+        n_day = n_items - log.heads[0]  # `MERCHANT_HORIZONS` order: 24 h, 1 h
+        row.merchant_tx_count_24h = n_day
+        row.merchant_tx_count_1h = n_items - log.heads[1]
+        row.merchant_amount_sum_24h = total = log.sums[0]
+        row.merchant_amount_sum_1h = log.sums[1]
         users = merchant.users
-        out.append(len(users) + (tx.user_id not in users.counts))
+        row.merchant_user_count_24h = len(users) + (tx.user_id not in users.counts)
         if n_day:
-            out.append(users.top / n_day)
-            out.append(merchant.young / n_day)
-            total = log.sums[0]
+            row.merchant_top_user_share_24h = users.top / n_day
+            row.merchant_young_account_share_24h = merchant.young / n_day
             spread = n_day * merchant.square_sum - total * total
-            out.append(math.sqrt(spread) / total if n_day >= 2 else None)
-            out.append(merchant.round / n_day)
-            out.append((n_day - len(merchant.amounts)) / n_day)
+            row.merchant_amount_cv_24h = math.sqrt(spread) / total if n_day >= 2 else None
+            row.merchant_round_amount_share_24h = merchant.round / n_day
+            row.merchant_repeat_amount_share_24h = (n_day - len(merchant.amounts)) / n_day
         else:
-            out.extend((None, None, None, None, None))
+            row.merchant_top_user_share_24h = row.merchant_young_account_share_24h = None
+            row.merchant_amount_cv_24h = row.merchant_round_amount_share_24h = None
+            row.merchant_repeat_amount_share_24h = None
         labelled = merchant.labelled
         self._expire(labelled, ts)
         refunds = merchant.refunds_30d
         refunds.expire(ts)
-        out.append(len(refunds) / len(labelled) if len(labelled) else None)
-        widths = range(len(LABEL_HORIZONS))
-        out.extend([labelled.fraud_rate(i) for i in widths])
-        out.extend([labelled.labelled(i) for i in widths])
+        row.merchant_refund_rate_30d = len(refunds) / len(labelled) if len(labelled) else None
+        # `LABEL_HORIZONS` order: 30 d, 7 d.
+        row.merchant_fraud_rate_30d = labelled.fraud_rate(0)
+        row.merchant_fraud_rate_7d = labelled.fraud_rate(1)
+        row.merchant_labelled_count_30d = labelled.labelled(0)
+        row.merchant_labelled_count_7d = labelled.labelled(1)
         if tx.kind == PAYMENT:
             amount = tx.amount_cents
             young = account_age_ms is not None and account_age_ms < YOUNG_ACCOUNT_MS
@@ -176,6 +192,7 @@ class MerchantFamily:
             self.payment_merchant[tx.tx_id] = tx.merchant_id
         else:
             refunds.add(ts)
+        return row
 
     def sweep(self, now_ms: int) -> int:
         """Drop merchants idle for the longest window: all their state has expired anyway."""
@@ -186,7 +203,12 @@ class MerchantFamily:
         return len(gone)
 
 
-CATEGORY_FEATURES = ("rebate_rate_vs_category",)
+@feature_row
+class CategoryFeatures(FeatureRow):
+    #: The merchant's rebate rate minus the mean of its category's other merchants (30 d).
+    rebate_rate_vs_category: Value
+
+
 CATEGORY_WINDOW_MS = 30 * DAY_MS
 
 
@@ -217,16 +239,18 @@ class CategoryFamily:
     """A merchant's rebate rate against its category's: merchants that buy traffic with a far
     higher discount than their peers are typical brushing and collusion fronts."""
 
-    names: ClassVar[tuple[str, ...]] = CATEGORY_FEATURES
+    names: ClassVar[tuple[str, ...]] = CategoryFeatures.names
 
     def __init__(self) -> None:
         self.state: dict[str, CategoryRates] = {}
 
-    def transaction(self, tx: Transaction, out: list[float | None]) -> None:
+    def transaction(self, tx: Transaction) -> CategoryFeatures:
+        """The category features of `tx`; then learns `tx`."""
+        row = CategoryFeatures()
         category = tx.merchant_category
         if category is None:
-            out.append(None)
-            return
+            row.rebate_rate_vs_category = None
+            return row
         rates = self.state.get(category)
         if rates is None:
             rates = self.state[category] = CategoryRates()
@@ -236,12 +260,15 @@ class CategoryFamily:
         own = last_seen.get(tx.merchant_id)
         others_total = rates.total_ppm - (0 if own is None else own[1])
         others = len(last_seen) - (own is not None)
-        out.append((rate_ppm - others_total / others) / 1_000_000 if others else None)
+        row.rebate_rate_vs_category = (
+            (rate_ppm - others_total / others) / 1_000_000 if others else None
+        )
         if tx.kind == PAYMENT:  # a refund does not refresh the merchant's rate
             if own is not None:
                 del last_seen[tx.merchant_id]
             last_seen[tx.merchant_id] = (tx.ts, rate_ppm)
             rates.total_ppm = others_total + rate_ppm
+        return row
 
     def sweep(self, now_ms: int) -> int:
         gone = 0

@@ -13,12 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import ClassVar
 
+from features.rows import FeatureRow, Value, feature_row
 from features.user import TxContext
 from features.windows import WindowCount, sweep_idle, touch
 from rebate_guard.contract.records import Signup, Transaction
 from rebate_guard.contract.time import DAY_MS
 
-REFERRAL_FEATURES = ("referral_depth", "referrer_downline_size", "referrer_signups_24h")
+
+@feature_row
+class ReferralFeatures(FeatureRow):
+    #: The user's depth in the referral tree: 0 for a root, None if never seen signing up.
+    referral_depth: Value
+    #: The referrer's referees so far, and those who signed up in the last 24 h.
+    referrer_downline_size: Value
+    referrer_signups_24h: Value
+
 
 #: A user's entry in the referral tree: (referrer, signup ts). Only signups that name a
 #: referrer other than the user make one; a user without one is a root (depth 0).
@@ -124,7 +133,7 @@ class ReferrerState:
 
 
 class ReferralFamily:
-    names: ClassVar[tuple[str, ...]] = REFERRAL_FEATURES
+    names: ClassVar[tuple[str, ...]] = ReferralFeatures.names
 
     def __init__(self, ttl_ms: int) -> None:
         #: A referrer without a new referee for this long is forgotten (the user TTL).
@@ -144,23 +153,27 @@ class ReferralFamily:
         recent.expire(event.ts)
         recent.add(event.ts)
 
-    def transaction(self, tx: Transaction, context: TxContext, out: list[float | None]) -> None:
+    def transaction(self, tx: Transaction, context: TxContext) -> ReferralFeatures:
+        """The referral features of `tx` (a transaction adds nothing to the referrer's state)."""
+        row = ReferralFeatures()
         referrer_id = context.referrer
         if referrer_id is None:
             # A root has depth 0; a user never seen signing up has none.
-            out.extend((None if context.signup_ts is None else 0, None, None))
-            return
-        out.append(context.depth)
+            row.referral_depth = None if context.signup_ts is None else 0
+            row.referrer_downline_size = row.referrer_signups_24h = None
+            return row
+        row.referral_depth = context.depth
         referrer = self.state.get(referrer_id)
         # Checked on read as well as swept, so expiry never depends on when sweeps ran.
         if referrer is None or referrer.last_ts <= tx.ts - self.ttl_ms:
-            out.extend((None, None))
-            return
+            row.referrer_downline_size = row.referrer_signups_24h = None
+            return row
         recent = referrer.recent
         if recent is not None:
             recent.expire(tx.ts)
-        out.append(referrer.downline)
-        out.append(0 if recent is None else len(recent))
+        row.referrer_downline_size = referrer.downline
+        row.referrer_signups_24h = 0 if recent is None else len(recent)
+        return row
 
     def sweep(self, now_ms: int) -> int:
         """Drop referrers with no new referee for longer than the TTL."""

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from features.identity import card_family, device_family, ip_family
 from features.merchant import CategoryFamily, MerchantFamily
 from features.referral import ReferralFamily
+from features.rows import FeatureRow, Value, feature_row
 from features.user import TxContext, UserFamily
 from rebate_guard.contract.records import PAYMENT, Label, Signup, Transaction
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
@@ -40,7 +41,18 @@ F = TypeVar("F")
 # 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0).
 _EPOCH_WEEKDAY = 3
 
-TRANSACTION_FEATURES = ("amount_cents", "rebate_rate", "is_refund", "is_night", "is_weekend")
+
+@feature_row
+class TransactionFeatures(FeatureRow):
+    """The transaction's own features."""
+
+    amount_cents: Value
+    rebate_rate: Value
+    is_refund: Value
+    #: In the platform's local time: 00:00-06:00, and Saturday or Sunday.
+    is_night: Value
+    is_weekend: Value
+
 
 #: The entity-stage families, in vector order, and the bit of each in a `families` mask.
 FAMILIES = ("merchant", "category", "device", "ip", "card", "referral")
@@ -77,18 +89,17 @@ class UserStage:
         or redelivered one changes nothing."""
         return self.user.signup(event)
 
-    def transaction(self, tx: Transaction) -> tuple[list[float | None], TxContext]:
+    def transaction(self, tx: Transaction) -> tuple[list[Value], TxContext]:
         """The transaction and user features of `tx` (learning it), and its user context."""
+        own = TransactionFeatures()
+        own.amount_cents = tx.amount_cents
+        own.rebate_rate = tx.rebate_rate
+        own.is_refund = 0 if tx.kind == PAYMENT else 1
         local = tx.ts + self._offset_ms
-        local_day = local // DAY_MS
-        out: list[float | None] = [
-            tx.amount_cents,
-            tx.rebate_rate,
-            0 if tx.kind == PAYMENT else 1,
-            1 if local % DAY_MS < 6 * HOUR_MS else 0,
-            1 if (local_day + _EPOCH_WEEKDAY) % 7 >= 5 else 0,
-        ]
-        return out, self.user.transaction(tx, out)
+        own.is_night = 1 if local % DAY_MS < 6 * HOUR_MS else 0
+        own.is_weekend = 1 if (local // DAY_MS + _EPOCH_WEEKDAY) % 7 >= 5 else 0
+        user, context = self.user.transaction(tx)
+        return [*own.values(), *user.values()], context
 
     def referral(self, user_id: str, ts: int) -> tuple[str | None, int | None]:
         """The user's (referrer, signup ts) as `transaction` at `ts` would see them (a
@@ -146,17 +157,17 @@ class EntityStage:
         """Appends the features of the `families` of `tx`, in `FAMILIES` order, then learns
         it. `context.depth` must be filled in first when `families` has `REFERRAL`."""
         if families & MERCHANT:
-            self.merchant.transaction(tx, context.account_age_ms, out)
+            out += self.merchant.transaction(tx, context.account_age_ms).values()
         if families & CATEGORY:
-            self.category.transaction(tx, out)
+            out += self.category.transaction(tx).values()
         if families & DEVICE:
-            self.device.transaction(tx, out)
+            out += self.device.transaction(tx)
         if families & IP:
-            self.ip.transaction(tx, out)
+            out += self.ip.transaction(tx)
         if families & CARD:
-            self.card.transaction(tx, out)
+            out += self.card.transaction(tx)
         if families & REFERRAL:
-            self.referral.transaction(tx, context, out)
+            out += self.referral.transaction(tx, context).values()
 
     def peek(
         self,

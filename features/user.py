@@ -12,6 +12,7 @@ from collections import deque
 from itertools import islice
 from typing import ClassVar
 
+from features.rows import FeatureRow, Value, feature_row
 from features.windows import PaymentLog, WindowDistinct, drop_oldest, sweep_idle, touch
 from rebate_guard.contract.records import PAYMENT, Signup, Transaction
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
@@ -21,26 +22,34 @@ USER_HORIZONS = (30 * DAY_MS, 7 * DAY_MS, DAY_MS, HOUR_MS)
 PAIR_WINDOW_MS = 7 * DAY_MS
 REFUND_LOOKBACK_MS = 30 * DAY_MS
 
-USER_FEATURES = (
-    "user_tx_count_30d",
-    "user_tx_count_7d",
-    "user_tx_count_24h",
-    "user_tx_count_1h",
-    "user_amount_sum_30d",
-    "user_amount_sum_7d",
-    "user_amount_sum_24h",
-    "user_amount_sum_1h",
-    "user_merchant_count_24h",
-    "user_device_count_24h",
-    "user_ip_count_24h",
-    "seconds_since_prev_payment",
-    "user_amount_zscore",
-    "user_amount_to_mean",
-    "user_account_age_s",
-    "signup_to_first_payment_s",
-    "user_merchant_tx_count_7d",
-    "refund_delay_s",
-)
+
+@feature_row
+class UserFeatures(FeatureRow):
+    """A user's own recent activity, before the transaction."""
+
+    user_tx_count_30d: Value
+    user_tx_count_7d: Value
+    user_tx_count_24h: Value
+    user_tx_count_1h: Value
+    user_amount_sum_30d: Value
+    user_amount_sum_7d: Value
+    user_amount_sum_24h: Value
+    user_amount_sum_1h: Value
+    #: Distinct merchants, devices and IPs over 24 h, including the current one.
+    user_merchant_count_24h: Value
+    user_device_count_24h: Value
+    user_ip_count_24h: Value
+    seconds_since_prev_payment: Value
+    #: The amount against the user's earlier payments (Welford's mean and spread).
+    user_amount_zscore: Value
+    user_amount_to_mean: Value
+    user_account_age_s: Value
+    #: Until the first payment (this one, if it is the first).
+    signup_to_first_payment_s: Value
+    #: Payments to this merchant over 7 d.
+    user_merchant_tx_count_7d: Value
+    #: A refund: seconds since the payment it refunds, if known.
+    refund_delay_s: Value
 
 
 class UserProfile:
@@ -123,7 +132,7 @@ class TxContext:
 
 
 class UserFamily:
-    names: ClassVar[tuple[str, ...]] = USER_FEATURES
+    names: ClassVar[tuple[str, ...]] = UserFeatures.names
 
     def __init__(self, ttl_ms: int) -> None:
         self.ttl_ms = ttl_ms
@@ -150,8 +159,8 @@ class UserFamily:
         profile.referrer = None if referrer == event.user_id else referrer
         return True
 
-    def transaction(self, tx: Transaction, out: list[float | None]) -> TxContext:
-        """Appends the user features of `tx`, learns it, and returns its user context."""
+    def transaction(self, tx: Transaction) -> tuple[UserFeatures, TxContext]:
+        """The user features of `tx` and its user context; then learns `tx`."""
         ts = tx.ts
         amount = tx.amount_cents
         self._profile(tx.user_id, ts)
@@ -159,40 +168,43 @@ class UserFamily:
         user = touch(self.activity, tx.user_id, ts, UserActivity)
         log = user.payments
         log.expire(ts)
+        row = UserFeatures()
         n_items = len(log.ts)
-        heads = log.heads
-        out.extend(
-            (
-                n_items - heads[0],
-                n_items - heads[1],
-                n_items - heads[2],
-                n_items - heads[3],
-                *log.sums,
-            )
-        )
+        heads, sums = log.heads, log.sums  # in `USER_HORIZONS` order
+        row.user_tx_count_30d = n_items - heads[0]
+        row.user_tx_count_7d = n_items - heads[1]
+        row.user_tx_count_24h = n_items - heads[2]
+        row.user_tx_count_1h = n_items - heads[3]
+        row.user_amount_sum_30d = sums[0]
+        row.user_amount_sum_7d = sums[1]
+        row.user_amount_sum_24h = sums[2]
+        row.user_amount_sum_1h = sums[3]
         merchants, devices, ips = user.merchants_24h, user.devices_24h, user.ips_24h
         merchants.expire(ts)
         devices.expire(ts)
         ips.expire(ts)
-        out.append(merchants.count_with(tx.merchant_id))
-        out.append(None if tx.device_id is None else devices.count_with(tx.device_id))
-        out.append(None if tx.ip is None else ips.count_with(tx.ip))
+        row.user_merchant_count_24h = merchants.count_with(tx.merchant_id)
+        row.user_device_count_24h = (
+            None if tx.device_id is None else devices.count_with(tx.device_id)
+        )
+        row.user_ip_count_24h = None if tx.ip is None else ips.count_with(tx.ip)
         last = profile.last_payment_ts
-        out.append(None if last is None else (ts - last) / 1000)
+        row.seconds_since_prev_payment = None if last is None else (ts - last) / 1000
         n = profile.n
-        if n >= 2 and profile.m2 > 0.0:
-            out.append((amount - profile.mean) / math.sqrt(profile.m2 / n))
-        else:
-            out.append(None)
-        out.append(amount / profile.mean if n else None)
+        row.user_amount_zscore = (
+            (amount - profile.mean) / math.sqrt(profile.m2 / n)
+            if n >= 2 and profile.m2 > 0.0
+            else None
+        )
+        row.user_amount_to_mean = amount / profile.mean if n else None
         signup = profile.signup_ts
         context = TxContext(None if signup is None else ts - signup, signup, profile.referrer)
-        out.append(None if signup is None else (ts - signup) / 1000)
         first = profile.first_payment_ts
         if signup is None:
-            out.append(None)
+            row.user_account_age_s = row.signup_to_first_payment_s = None
         else:
-            out.append(((ts if first is None else first) - signup) / 1000)
+            row.user_account_age_s = (ts - signup) / 1000
+            row.signup_to_first_payment_s = ((ts if first is None else first) - signup) / 1000
         pairs = user.pairs_7d
         horizon = ts - PAIR_WINDOW_MS
         # Pairs are kept in last-payment order: merchants not paid for a week leave first.
@@ -205,15 +217,15 @@ class UserFamily:
             del pairs[merchant]
         pair = pairs.get(tx.merchant_id)
         if pair is None:
-            out.append(0)
+            row.user_merchant_tx_count_7d = 0
         else:
             while pair[0] <= horizon:
                 pair.popleft()
-            out.append(len(pair))
+            row.user_merchant_tx_count_7d = len(pair)
         recent = user.recent_payments
         drop_oldest(recent, ts - REFUND_LOOKBACK_MS)
         if tx.kind == PAYMENT:
-            out.append(None)
+            row.refund_delay_s = None
             log.add(ts, amount)
             merchants.add(ts, tx.merchant_id)
             if tx.device_id is not None:
@@ -237,8 +249,8 @@ class UserFamily:
             profile.n = n
         else:
             paid = recent.get(tx.ref_tx_id) if tx.ref_tx_id is not None else None
-            out.append(None if paid is None else (ts - paid) / 1000)
-        return context
+            row.refund_delay_s = None if paid is None else (ts - paid) / 1000
+        return row, context
 
     def sweep(self, now_ms: int) -> int:
         """Drop expired activity, and profiles of users idle past the TTL (whose lifetime

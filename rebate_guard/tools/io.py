@@ -6,9 +6,24 @@ validation of each row happens later, through the same parsers the worker uses.
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+
+Schema = dict[str, pl.DataType | type[pl.DataType]]
+
+#: Polars column types of the Python types record fields are declared with.
+DTYPES: dict[Any, type[pl.DataType]] = {
+    str: pl.String,
+    int: pl.Int64,
+    float: pl.Float64,
+    bool: pl.Boolean,
+}
 
 # CSV has no types: these contract columns are cast, and what does not parse becomes null
 # (then rejected row by row, with the reason, by the same validation as the stream).
@@ -78,3 +93,33 @@ def write_frame(frame: pl.DataFrame, path: Path) -> Path:
     else:
         frame.write_ndjson(path)
     return path
+
+
+def record_schema(record: type, *, json_fields: Collection[str] = ()) -> Schema:
+    """The columns of a table of `record`s (a dataclass, such as the contract's records):
+    one per field, in declaration order, typed from the field's annotation. `X | None` is a
+    nullable X and `list[X]` a list of X; the `json_fields` are written as JSON text.
+
+    >>> from rebate_guard.contract.records import Label
+    >>> record_schema(Label)["ts"], record_schema(Label)["tx_id"]
+    (Int64, String)
+    """
+    hints = typing.get_type_hints(record)
+    schema: Schema = {}
+    for field in dataclasses.fields(record):
+        name = field.name
+        schema[name] = pl.String if name in json_fields else _dtype(hints[name], record, name)
+    return schema
+
+
+def _dtype(hint: Any, record: type, name: str) -> pl.DataType | type[pl.DataType]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType or origin is typing.Union:
+        present = [arg for arg in args if arg is not type(None)]
+        if len(present) == 1:
+            return _dtype(present[0], record, name)
+    elif origin is list and len(args) == 1:
+        return pl.List(_dtype(args[0], record, name))
+    elif hint in DTYPES:
+        return DTYPES[hint]
+    raise TypeError(f"{record.__name__}.{name}: no Polars column type for {hint!r}")

@@ -20,61 +20,28 @@ import polars as pl
 from features.engine import EngineConfig, FeatureEngine
 from graph.layer import GraphLayer, RingEvent
 from rebate_guard.contract.order import EVENT_KINDS, Event
-from rebate_guard.contract.records import LABELS, SIGNUPS, TRANSACTIONS, Decision, Transaction
+from rebate_guard.contract.records import (
+    LABELS,
+    SIGNUPS,
+    TRANSACTIONS,
+    Decision,
+    RebateAdjustment,
+    Transaction,
+)
 from rebate_guard.contract.validation import (
     InvalidEvent,
 )
 from rebate_guard.core.decider import ALL_FEATURE_NAMES, Scorer
-from rebate_guard.tools.io import read_frame, write_frame
+from rebate_guard.tools.io import Schema, read_frame, record_schema, write_frame
 
-Schema = dict[str, pl.DataType | type[pl.DataType]]
-
-DECISION_SCHEMA: Schema = {
-    "tx_id": pl.String,
-    "ts": pl.Int64,
-    "user_id": pl.String,
-    "merchant_id": pl.String,
-    "risk": pl.Float64,
-    "trust_weight": pl.Float64,
-    "action": pl.String,
-    "rebate_requested_cents": pl.Int64,
-    "rebate_granted_cents": pl.Int64,
-    "reasons": pl.List(pl.String),
-    "model_version": pl.String,
-    "decided_at": pl.Int64,
-    "policy_version": pl.String,
-    "commission_tiers": pl.Int64,
-    "threshold_version": pl.String,
-}
-ADJUSTMENT_SCHEMA: Schema = {
-    "adjustment_id": pl.String,
-    "tx_id": pl.String,
-    "user_id": pl.String,
-    "ts": pl.Int64,
-    "kind": pl.String,
-    "cents": pl.Int64,
-    "cause": pl.String,
-    "requested_cents": pl.Int64,
-    "granted_cents": pl.Int64,
-    "held_cents": pl.Int64,
-    "voided_cents": pl.Int64,
-    "policy_version": pl.String,
-    "decided_at": pl.Int64,
-}
+#: The output tables' columns, from the records they hold (`record_schema`).
+DECISION_SCHEMA = record_schema(Decision)
+ADJUSTMENT_SCHEMA = record_schema(RebateAdjustment)
+#: Every version of every ring; `status` is active, or retired (superseded by another ring).
+#: The evidence (a dict) is written as JSON text.
+RING_JSON_FIELDS = ("evidence",)
+RING_SCHEMA = record_schema(RingEvent, json_fields=RING_JSON_FIELDS)
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
-RING_SCHEMA: Schema = {
-    "ring_id": pl.String,
-    "kind": pl.String,
-    "version": pl.Int64,
-    "users": pl.List(pl.String),
-    "merchants": pl.List(pl.String),
-    "score": pl.Float64,
-    "detected_at": pl.Int64,
-    "ts": pl.Int64,
-    "evidence": pl.String,  # JSON
-    "rebate_at_risk_cents": pl.Int64,
-    "status": pl.String,  # active, or retired (superseded by another ring)
-}
 
 
 def ring_frame(events: list[RingEvent]) -> pl.DataFrame:
@@ -83,7 +50,8 @@ def ring_frame(events: list[RingEvent]) -> pl.DataFrame:
     for event in events:
         for name in RING_SCHEMA:
             value = getattr(event, name)
-            rows[name].append(json.dumps(value, sort_keys=True) if name == "evidence" else value)
+            as_json = name in RING_JSON_FIELDS
+            rows[name].append(json.dumps(value, sort_keys=True) if as_json else value)
     return pl.DataFrame(rows, schema=RING_SCHEMA)
 
 

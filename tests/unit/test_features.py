@@ -1,6 +1,9 @@
 from pathlib import Path
 
+import pytest
+
 from features.engine import EngineConfig, FeatureEngine
+from features.merchant import CategoryFeatures, MerchantFeatures
 from rebate_guard.contract.records import Signup, Transaction
 from rebate_guard.contract.validation import parse_signup, parse_transaction
 from rebate_guard.tools.replay import EventFiles
@@ -227,3 +230,31 @@ def test_a_payment_log_total_at_a_time_is_its_expired_sum_and_changes_nothing() 
         assert (log.ts, log.heads, log.sums) == before
         log.expire(now)
         assert got == log.sums
+
+
+def test_each_device_feature_holds_the_value_of_its_own_window() -> None:
+    """The identity families lay out one generic computation: each name must get its value."""
+    engine = FeatureEngine()
+    engine.signup(parse_signup(signup("u1", T0 - 3 * DAY, device_id="d")))
+    engine.transaction(parse_transaction(tx("a", T0 - 2 * DAY, user_id="u2", device_id="d")))
+    paid = tx("b", T0 - HOUR, user_id="u3", device_id="d", amount_cents=3000, rebate_rate=0.1)
+    engine.transaction(parse_transaction(paid))
+    x = engine.transaction(parse_transaction(tx("c", T0, user_id="u4", device_id="d")))
+    assert x["device_user_count_24h"] == 2  # u3 and u4
+    assert x["device_user_count_7d"] == 4
+    assert x["device_signup_count_7d"] == 1
+    assert x["device_rebate_requested_24h"] == 300  # u3's only: u2's payment is 2 days old
+
+
+def test_a_feature_row_names_its_fields_and_refuses_a_value_left_unset() -> None:
+    row = MerchantFeatures()
+    assert MerchantFeatures.names[:2] == ("merchant_tx_count_24h", "merchant_tx_count_1h")
+    for name in MerchantFeatures.names[1:]:
+        setattr(row, name, 1)
+    with pytest.raises(AttributeError, match="merchant_tx_count_24h"):
+        row.values()
+    row.merchant_tx_count_24h = 7
+    assert row.values() == (7,) + (1,) * (len(MerchantFeatures.names) - 1)
+    single = CategoryFeatures()
+    single.rebate_rate_vs_category = None
+    assert single.values() == (None,)

@@ -1,9 +1,10 @@
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from rebate_guard.tools.io import write_frame
+from rebate_guard.tools.io import record_schema, write_frame
 from rebate_guard.tools.replay import replay
 from tests.factories import DAY, HOUR, T0, label, signup, tx
 
@@ -57,3 +58,84 @@ def test_a_signup_at_the_same_instant_counts_before_the_payment(tmp_path: Path) 
 def test_unknown_file_types_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown file type"):
         replay(transactions=tmp_path / "tx.xlsx", out_dir=tmp_path, progress=None)
+
+
+def test_the_output_files_keep_their_columns_and_types(tmp_path: Path) -> None:
+    """The schemas are derived from the records (`record_schema`); the files replay writes
+    must still have exactly these columns, in this order, with these types."""
+    summary = replay(out_dir=tmp_path / "out", progress=None, **_files(tmp_path, "parquet"))
+    string, integer, real, strings = pl.String, pl.Int64, pl.Float64, pl.List(pl.String)
+    expected = {
+        "decisions": {
+            "tx_id": string,
+            "ts": integer,
+            "user_id": string,
+            "merchant_id": string,
+            "risk": real,
+            "trust_weight": real,
+            "action": string,
+            "rebate_requested_cents": integer,
+            "rebate_granted_cents": integer,
+            "reasons": strings,
+            "model_version": string,
+            "decided_at": integer,
+            "policy_version": string,
+            "commission_tiers": integer,
+            "threshold_version": string,
+        },
+        "adjustments": {
+            "adjustment_id": string,
+            "tx_id": string,
+            "user_id": string,
+            "ts": integer,
+            "kind": string,
+            "cents": integer,
+            "cause": string,
+            "requested_cents": integer,
+            "granted_cents": integer,
+            "held_cents": integer,
+            "voided_cents": integer,
+            "policy_version": string,
+            "decided_at": integer,
+        },
+        "rings": {
+            "ring_id": string,
+            "kind": string,
+            "version": integer,
+            "users": strings,
+            "merchants": strings,
+            "score": real,
+            "detected_at": integer,
+            "ts": integer,
+            "evidence": string,
+            "rebate_at_risk_cents": integer,
+            "status": string,
+        },
+        "dead_letters": {"file": string, "row": integer, "reason": string},
+    }
+    for name, columns in expected.items():
+        written = pl.read_parquet_schema(summary.outputs[name])
+        assert list(written.items()) == list(columns.items()), name
+
+
+def test_record_schema_types_each_field_from_its_annotation() -> None:
+    @dataclass
+    class Row:
+        name: str
+        count: int | None
+        share: float
+        flag: bool
+        tags: list[str]
+        extra: dict[str, int]
+
+    schema = record_schema(Row, json_fields=("extra",))
+    assert list(schema.items()) == [
+        ("name", pl.String),
+        ("count", pl.Int64),
+        ("share", pl.Float64),
+        ("flag", pl.Boolean),
+        ("tags", pl.List(pl.String)),
+        ("extra", pl.String),
+    ]
+    with pytest.raises(TypeError, match=r"Row\.extra: no Polars column type"):
+        record_schema(Row)

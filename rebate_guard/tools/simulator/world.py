@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.tools.io import record_schema
 from rebate_guard.tools.simulator import _abuse, _legit
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
@@ -41,28 +43,10 @@ from rebate_guard.tools.simulator._common import (
 from rebate_guard.tools.simulator._labels import SOURCES, make_labels
 from rebate_guard.tools.simulator.config import WorldConfig
 
-TRANSACTION_SCHEMA: dict[str, Any] = {
-    "tx_id": pl.String,
-    "ts": pl.Int64,
-    "user_id": pl.String,
-    "merchant_id": pl.String,
-    "amount_cents": pl.Int64,
-    "rebate_rate": pl.Float64,
-    "kind": pl.String,
-    "ref_tx_id": pl.String,
-    "device_id": pl.String,
-    "ip": pl.String,
-    "card_id": pl.String,
-    "merchant_category": pl.String,
-}
-SIGNUP_SCHEMA: dict[str, Any] = {
-    "user_id": pl.String,
-    "ts": pl.Int64,
-    "referrer_id": pl.String,
-    "device_id": pl.String,
-    "ip": pl.String,
-    "phone_hash": pl.String,
-}
+# The inputs' columns are the records' fields (`tools.io.record_schema`); the labels file keeps
+# its own order (time first) and has no `reviewer`: the simulator's labels are never a review.
+TRANSACTION_SCHEMA: dict[str, Any] = record_schema(Transaction)
+SIGNUP_SCHEMA: dict[str, Any] = record_schema(Signup)
 LABEL_SCHEMA: dict[str, Any] = {
     "ts": pl.Int64,
     "tx_id": pl.String,
