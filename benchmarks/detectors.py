@@ -104,7 +104,7 @@ def _detectors_alone(
             for tx_id in tx_ids:
                 kept = scored.get(tx_id)
                 if kept is not None:
-                    drift.labelled(kept[1], fraud, item.ts)
+                    drift.labelled(kept[1], fraud, ts=item.ts)
                     model.learn_one(kept[0], fraud)
                     n_examples += 1
         else:

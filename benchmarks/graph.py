@@ -64,9 +64,9 @@ def main() -> None:
     merchants = candidates.take_dirty_merchants(graph)
     findings = []
     for root in roots:
-        findings += analyse_identity_group(graph, candidates.group(root), 0)
+        findings += analyse_identity_group(graph, candidates.group(root), now=0)
     for merchant in merchants:
-        findings += analyse_merchant_group(graph, candidates.merchant_group(graph, merchant), 0)
+        findings += analyse_merchant_group(graph, candidates.merchant_group(graph, merchant), now=0)
     scan_s = time.perf_counter() - started
     flagged = sum(1 for f in findings if f.score >= 0.5)
 

@@ -70,7 +70,7 @@ class DriftWatch:
             return True
         return False
 
-    def labelled(self, risk: float, fraud: bool, ts: int) -> bool:
+    def labelled(self, risk: float, fraud: bool, *, ts: int) -> bool:
         """A label arrived for a transaction scored `risk`; True if the error rate drifted.
 
         Parameters

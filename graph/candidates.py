@@ -123,7 +123,7 @@ class Candidates:
             self.dirty.add(root)
             touches[root] = touches.get(root, 0) + 1
 
-    def signed_up(self, user: str, ip: str, ts: int) -> None:
+    def signed_up(self, user: str, ip: str, *, ts: int) -> None:
         """A first signup of `user` from `ip`."""
         self.signup_ips.setdefault(ip, []).append((ts, user))
         self.dirty_ips.add(ip)

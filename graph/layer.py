@@ -128,7 +128,7 @@ class RingBook:
     counter: int = 0
 
     def record(
-        self, finding: Finding, now: int, graph: EntityGraph | None = None
+        self, finding: Finding, now: int, *, graph: EntityGraph | None = None
     ) -> list[RingEvent]:
         """Takes a finding in: a new ring, a new version of one, or nothing new. Rings of
         another kind it now mostly contains, and does not score below, are retired: one
@@ -351,7 +351,7 @@ class GraphLayer:
         touched = self.graph.signup(event)
         self.candidates.observe(self.graph, touched)
         if touched and event.ip:  # a first signup
-            self.candidates.signed_up(USER + event.user_id, IP + event.ip, event.ts)
+            self.candidates.signed_up(USER + event.user_id, IP + event.ip, ts=event.ts)
         return out
 
     def transaction(self, tx: Transaction) -> list[RingEvent]:
@@ -413,17 +413,18 @@ class GraphLayer:
                 self.oversized += 1
                 continue
             self.analysed += 1
-            out += self._record(analyse(graph, nodes, now), now)
+            out += self._record(analyse(graph, nodes, now=now), now)
         for ip in candidates.take_signup_ips(min_accounts=5):
             self.analysed += 1
-            out += self._record(analyse_signup_ip(graph, ip, candidates.signup_ips[ip], now), now)
+            signups = candidates.signup_ips[ip]
+            out += self._record(analyse_signup_ip(graph, ip, signups=signups, now=now), now)
         return out
 
     def _record(self, findings: list[Finding], now: int) -> list[RingEvent]:
         out = []
         for finding in findings:
             if finding.score >= FLAG_AT:
-                out += self.book.record(finding, now, self.graph)
+                out += self.book.record(finding, now, graph=self.graph)
         return out
 
     def _changed_enough(self, key: str) -> bool:

@@ -138,12 +138,12 @@ class Group:
         return len(users) / len(seen) if seen else 0.0
 
 
-def analyse_identity_group(graph: EntityGraph, nodes: list[str], now: int) -> list[Finding]:
+def analyse_identity_group(graph: EntityGraph, nodes: list[str], *, now: int) -> list[Finding]:
     """The rings an identity group (users linked by referrals and identifiers) may be."""
     return _analyse(graph, nodes, now, (referral_farm, pyramid, cash_out, signup_batch))
 
 
-def analyse_merchant_group(graph: EntityGraph, nodes: list[str], now: int) -> list[Finding]:
+def analyse_merchant_group(graph: EntityGraph, nodes: list[str], *, now: int) -> list[Finding]:
     """The rings a merchant group (small merchants and their payers) may be."""
     return _analyse(graph, nodes, now, (collusion, brushing))
 
@@ -494,7 +494,7 @@ def _referrer(group: Group, user: str) -> str | None:
 
 
 def analyse_signup_ip(
-    graph: EntityGraph, ip: str, signups: list[tuple[int, str]], now: int
+    graph: EntityGraph, ip: str, *, signups: list[tuple[int, str]], now: int
 ) -> list[Finding]:
     """New accounts registered from one IP (`Candidates.take_signup_ips`), when they are
     most of the address's users: a crew registering from its own line. An office or a

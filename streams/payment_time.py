@@ -307,7 +307,14 @@ class PaymentTimeDecider:
         pending = [e.decision for e in earlier if e.decision is not None]
         decider = shard.decider
         now_ms = int(self.clock() * 1000)
-        decision, x, _ = decider.assess(tx, vector, now_ms, ring, fetched.graph_down, pending)
+        decision, x, _ = decider.assess(
+            tx,
+            vector,
+            decided_at=now_ms,
+            ring=ring,
+            graph_down=fetched.graph_down,
+            pending=pending,
+        )
         entry.context, entry.decision, entry.x = context, decision, x
         [prior] = await self.store.put_new([(tx.tx_id, decision.dumps())])
         if prior is not None:

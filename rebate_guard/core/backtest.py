@@ -251,7 +251,7 @@ class Money:
         """Fraud money withheld / fraud money requested (labelled fraud only)."""
         return _share(self.withheld_by_label[FRAUD], self.requested_by_label[FRAUD])
 
-    def add(self, requested: int, granted: int, label: str) -> None:
+    def add(self, requested: int, granted: int, *, label: str) -> None:
         self.payments += 1
         self.requested_cents += requested
         self.granted_cents += granted
@@ -286,13 +286,15 @@ class PolicyOutcome:
     by_category: dict[str, Money] = field(default_factory=dict)
     by_action: dict[str, Money] = field(default_factory=lambda: {a: Money() for a in ACTIONS})
 
-    def add(self, row: HistoryRow, action: str, granted: int) -> None:
+    def add(self, row: HistoryRow, action: str, *, granted: int) -> None:
         label = row.label or UNLABELLED
         self.actions[action] += 1
-        self.money.add(row.requested_cents, granted, label)
+        self.money.add(row.requested_cents, granted, label=label)
         category = row.merchant_category if row.merchant_category is not None else NO_CATEGORY
-        self.by_category.setdefault(category, Money()).add(row.requested_cents, granted, label)
-        self.by_action[action].add(row.requested_cents, granted, label)
+        self.by_category.setdefault(category, Money()).add(
+            row.requested_cents, granted, label=label
+        )
+        self.by_action[action].add(row.requested_cents, granted, label=label)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -414,15 +416,15 @@ class _Redecider:
         if terms is not None:
             budget = self.budgets.setdefault(row.partition, FrictionBudget())
             budget.advance(row.ts, terms)
-            cut = budget.cut(row.ts, terms.group_of(row.merchant_category), terms)
+            cut = budget.cut(row.ts, terms.group_of(row.merchant_category), terms=terms)
         log = self.regranted.get(row.user_id)
         more = 0 if log is None else log.total_at(row.ts)
         action, granted, _, version = apply_policy(
             self.policy,
             tx,
-            row.trust_weight,
-            row.requested_cents,
-            cut,
+            weight=row.trust_weight,
+            requested=row.requested_cents,
+            cut=cut,
             trusted=row.trusted,
             failed=row.failed,
             fail_closed_action=row.fail_closed_action,
@@ -438,13 +440,13 @@ class _Redecider:
             record_in_budget(
                 budget,
                 terms,
-                tx,
-                row.trust_weight,
-                row.requested_cents,
-                granted,
-                version,
-                row.calibrated_risk,
-                self.keep,
+                tx=tx,
+                weight=row.trust_weight,
+                requested=row.requested_cents,
+                granted=granted,
+                threshold_version=version,
+                calibrated_risk=row.calibrated_risk,
+                keep=self.keep,
             )
         return action, granted
 
@@ -513,8 +515,8 @@ def backtest(
             continue
         counted += 1
         labelled[row.label or UNLABELLED] += 1
-        outcomes[0].add(row, live_action, live_granted)
-        outcomes[1].add(row, draft_action, draft_granted)
+        outcomes[0].add(row, live_action, granted=live_granted)
+        outcomes[1].add(row, draft_action, granted=draft_granted)
         if live_action == row.action:
             reproduced += 1
             reproduced_granted += live_granted == row.granted_cents

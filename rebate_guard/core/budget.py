@@ -239,7 +239,7 @@ class FrictionBudget:
         start = ts - ts % terms.update_ms
         return start if self.epoch is None else max(start, self.epoch)
 
-    def cut(self, ts: int, group: str, terms: Budget) -> Cut | None:
+    def cut(self, ts: int, group: str, *, terms: Budget) -> Cut | None:
         """The cut deciding a payment at `ts` in `group`, changing nothing: the current
         epoch's (memoised by `advance`), or the one `advance` would compute."""
         start = self.epoch_of(ts, terms)
@@ -296,11 +296,11 @@ class FrictionBudget:
         self,
         tx_id: str,
         category: str | None,
+        *,
         weight: float,
         cents: int,
         withheld: int,
         keep: int,
-        *,
         legit_share: float = 1.0,
     ) -> None:
         """A payment decided in the current epoch (after `advance`): its requested cents at

@@ -141,10 +141,10 @@ class PolicyInputs(TypedDict):
 def apply_policy(
     policy: Policy,
     tx: Transaction,
+    *,
     weight: float,
     requested: int,
     cut: Cut | None,
-    *,
     trusted: bool,
     failed: bool,
     fail_closed_action: str,
@@ -156,17 +156,19 @@ def apply_policy(
     `Policy.rule`, then failing closed (`failed`: the model or the graph could not score it;
     a block list still blocks), then the daily caps (`cap`). Pure: the live path
     (`Decider.assess`) and the backtest (`rebate_guard.core.backtest`) both decide by it."""
-    action, granted, policy_reasons, thresholds = policy.rule(tx, weight, requested, cut, trusted)
+    action, granted, policy_reasons, thresholds = policy.rule(
+        tx, weight, requested_cents=requested, cut=cut, trusted=trusted
+    )
     if failed and not policy.lists.hits(tx, "block"):
         return failing_closed(fail_closed_action)
     if granted:
         action, granted = cap(
             policy.limits,
             action,
-            granted,
-            policy_reasons,
-            user_granted_24h,
-            device_rebate_requested_24h,
+            granted=granted,
+            reasons=policy_reasons,
+            user_granted_24h=user_granted_24h,
+            device_rebate_requested_24h=device_rebate_requested_24h,
         )
     return action, granted, policy_reasons, thresholds
 
@@ -174,6 +176,7 @@ def apply_policy(
 def cap(
     limits: Limits,
     action: str,
+    *,
     granted: int,
     reasons: list[str],
     user_granted_24h: int,
@@ -208,6 +211,7 @@ def budgeted(threshold_version: str) -> bool:
 def record_in_budget(
     budget: FrictionBudget,
     terms: Budget | None,
+    *,
     tx: Transaction,
     weight: float,
     requested: int,
@@ -223,10 +227,10 @@ def record_in_budget(
     budget.record(
         tx.tx_id,
         tx.merchant_category,
-        weight,
-        requested,
-        requested - granted,
-        keep,
+        weight=weight,
+        cents=requested,
+        withheld=requested - granted,
+        keep=keep,
         legit_share=1.0 - calibrated_risk,
     )
 
@@ -317,7 +321,7 @@ class Decider:
 
     def learn(self, example: Example) -> None:
         """The classifier learns one labelled transaction (this decider's or another's)."""
-        self.drift.labelled(example.risk, example.fraud, example.ts)
+        self.drift.labelled(example.risk, example.fraud, ts=example.ts)
         self.model.learn_one(example.x, example.fraud)
 
     def label(self, event: Label, decided_at: int = 0) -> list[Example]:
@@ -327,8 +331,8 @@ class Decider:
         label's payments count as labelled fraud in the friction budget (from the next
         epoch on)."""
         terms = self.policy.ledger
-        self.adjustments += self.ledger.due(event.ts, terms, decided_at)
-        self.adjustments += self.ledger.label(event, terms, decided_at)
+        self.adjustments += self.ledger.due(event.ts, terms, decided_at=decided_at)
+        self.adjustments += self.ledger.label(event, terms, decided_at=decided_at)
         if self.policy.budget is not None:
             self.budget.advance(event.ts, self.policy.budget)
         self._count_label(event)
@@ -345,7 +349,7 @@ class Decider:
         terms = self.policy.budget
         if terms is None:
             return None
-        return self.budget.cut(tx.ts, terms.group_of(tx.merchant_category), terms)
+        return self.budget.cut(tx.ts, terms.group_of(tx.merchant_category), terms=terms)
 
     def budget_report(self) -> dict[str, object]:
         """The friction budget in force: mode, cuts, and what they achieved in the window."""
@@ -358,6 +362,7 @@ class Decider:
         self,
         tx: Transaction,
         vector: list[float | None],
+        *,
         decided_at: int,
         standing: Decision | None = None,
         ring: tuple[float, list[str]] | None = None,
@@ -371,7 +376,7 @@ class Decider:
         the user or merchant is in (`graph.layer`), if known. `graph_down`: the ring
         scores could not be had (the graph shard is not running): fail closed."""
         terms = self.policy.ledger
-        self.adjustments += self.ledger.due(tx.ts, terms, decided_at)
+        self.adjustments += self.ledger.due(tx.ts, terms, decided_at=decided_at)
         self._forget_old_payments(tx.ts)
         if self.policy.budget is not None:
             self.budget.advance(tx.ts, self.policy.budget)
@@ -393,7 +398,7 @@ class Decider:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
             self._budgeted(tx, stands, inputs["calibrated_risk"])
         else:
-            self.adjustments += self.ledger.refund(tx, terms, decided_at)
+            self.adjustments += self.ledger.refund(tx, terms, decided_at=decided_at)
         self.last_inputs = inputs
         return decision, x
 
@@ -409,6 +414,7 @@ class Decider:
         self,
         tx: Transaction,
         vector: list[float | None],
+        *,
         decided_at: int,
         ring: tuple[float, list[str]] | None = None,
         graph_down: bool = False,
@@ -468,9 +474,9 @@ class Decider:
         action, granted, policy_reasons, thresholds = apply_policy(
             self.policy,
             tx,
-            weight,
-            requested,
-            self.cut(tx),
+            weight=weight,
+            requested=requested,
+            cut=self.cut(tx),
             trusted=inputs["trusted"],
             failed=assessment is None or graph_down,
             fail_closed_action=self.fail_closed_action,
@@ -503,13 +509,13 @@ class Decider:
         record_in_budget(
             self.budget,
             self.policy.budget,
-            tx,
-            stands.trust_weight,
-            stands.rebate_requested_cents,
-            stands.rebate_granted_cents,
-            stands.threshold_version,
-            calibrated_risk,
-            self.remember_limit,
+            tx=tx,
+            weight=stands.trust_weight,
+            requested=stands.rebate_requested_cents,
+            granted=stands.rebate_granted_cents,
+            threshold_version=stands.threshold_version,
+            calibrated_risk=calibrated_risk,
+            keep=self.remember_limit,
         )
 
     def _granted_today(self, user_id: str, now: int) -> PaymentLog:
@@ -624,13 +630,13 @@ class Scorer:
         graph (as the features: score first, then learn)."""
         graph, decider = self.graph, self.decider
         if graph is None:
-            out = decider.decide(tx, self.features.vector(tx), decided_at)
+            out = decider.decide(tx, self.features.vector(tx), decided_at=decided_at)
         else:
             self.ring_events += graph.due(tx.ts)
             vector = self.features.vector(tx)
             regular = merchant_ring_counts(vector[REPEAT_AT_MERCHANT])
             ring = graph.ring_score(tx.user_id, tx.merchant_id if regular else None)
-            out = decider.decide(tx, vector, decided_at, ring=ring)
+            out = decider.decide(tx, vector, decided_at=decided_at, ring=ring)
             self.ring_events += graph.transaction(tx)
         self.adjustments += decider.take_adjustments()
         return out

@@ -108,7 +108,7 @@ class Ledger:
         self.entries[decision.tx_id] = Entry(decision, hold_until)
         self.by_user.setdefault(decision.user_id, []).append(decision.tx_id)
 
-    def due(self, now: int, terms: LedgerTerms, decided_at: int) -> list[RebateAdjustment]:
+    def due(self, now: int, terms: LedgerTerms, *, decided_at: int) -> list[RebateAdjustment]:
         """Event time has reached `now`: holds past their timeout are resolved, and
         entries past the clawback window are settled (forgotten)."""
         out = []
@@ -123,7 +123,7 @@ class Ledger:
         self._settle(now - terms.settled_after_ms)
         return out
 
-    def label(self, label: Label, terms: LedgerTerms, decided_at: int) -> list[RebateAdjustment]:
+    def label(self, label: Label, terms: LedgerTerms, *, decided_at: int) -> list[RebateAdjustment]:
         """A label on a transaction decided here, or on a user whose payments are here."""
         if label.tx_id is not None:
             tx_ids = [label.tx_id] if label.tx_id in self.entries else []
@@ -142,7 +142,7 @@ class Ledger:
         return out
 
     def refund(
-        self, tx: Transaction, terms: LedgerTerms, decided_at: int
+        self, tx: Transaction, terms: LedgerTerms, *, decided_at: int
     ) -> list[RebateAdjustment]:
         """A refund: within the window, its payment's rebate is voided."""
         if tx.kind == PAYMENT or tx.ref_tx_id is None:

@@ -519,12 +519,13 @@ class Policy:
         >>> listed.decide(tx, 1.0, requested_cents=500)
         ('block', 0, ['blocklist:device'])
         """
-        return self.rule(tx, weight, requested_cents)[:3]
+        return self.rule(tx, weight, requested_cents=requested_cents)[:3]
 
     def rule(
         self,
         tx: Transaction,
         weight: float,
+        *,
         requested_cents: int,
         cut: Cut | None = None,
         trusted: bool = True,
@@ -567,11 +568,11 @@ class Policy:
         ...                  rebate_rate=0.05, kind="payment")
         >>> policy = Policy(version="v1", budget=Budget())
         >>> cut = Cut("*", epoch=1_699_999_200_000, hold_below=600, block_below=300)
-        >>> policy.rule(tx, 0.7, 500, cut)
+        >>> policy.rule(tx, 0.7, requested_cents=500, cut=cut)
         ('allow', 500, [], 'budget:*:1699999200000:0.600:0.300')
-        >>> policy.rule(tx, 0.55, 500, cut)[:3]
+        >>> policy.rule(tx, 0.55, requested_cents=500, cut=cut)[:3]
         ('hold', 0, ['budget:below_cut'])
-        >>> policy.rule(tx, 0.2, 500, cut, trusted=False)[:3]
+        >>> policy.rule(tx, 0.2, requested_cents=500, cut=cut, trusted=False)[:3]
         ('hold', 0, ['budget:below_block_cut', 'cold_start:hold'])
         """
         blocked = self.lists.hits(tx, "block")

@@ -32,7 +32,7 @@ def pretty(policy: Policy) -> str:
     return json.dumps(policy.document(), indent=2, sort_keys=True)
 
 
-def diff(before: str, after: str, before_name: str, after_name: str) -> list[str]:
+def diff(before: str, after: str, *, before_name: str, after_name: str) -> list[str]:
     return list(
         difflib.unified_diff(
             before.splitlines(), after.splitlines(), before_name, after_name, lineterm=""
@@ -62,8 +62,8 @@ async def history(runtime: Runtime, limit: int = 50) -> list[dict[str, Any]]:
         entry["diff"] = diff(
             detail.get("before_document", ""),
             detail.get("document", ""),
-            detail.get("before", ""),
-            detail.get("version", ""),
+            before_name=detail.get("before", ""),
+            after_name=detail.get("version", ""),
         )
     return entries
 
@@ -93,7 +93,12 @@ async def drafts(runtime: Runtime, current: Policy) -> list[dict[str, Any]]:
         item = {"name": name, "backtest": None, **entry, "error": None, "diff": []}
         try:
             policy = parse(entry["text"], entry["fmt"])
-            item["diff"] = diff(live_text, pretty(policy), current.version, policy.version)
+            item["diff"] = diff(
+                live_text,
+                pretty(policy),
+                before_name=current.version,
+                after_name=policy.version,
+            )
         except PolicyError as exc:  # a draft saved under an older release's rules
             item["error"] = str(exc)
         found.append(item)

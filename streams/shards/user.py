@@ -277,7 +277,14 @@ class UserShard:
             if standing is not None and earlier is None:
                 self.redo = False
             ring = ring_of(event, vector, rings)
-            decision = decider.decide(event, vector, decided_at, earlier, ring, graph_down)
+            decision = decider.decide(
+                event,
+                vector,
+                decided_at=decided_at,
+                standing=earlier,
+                ring=ring,
+                graph_down=graph_down,
+            )
             done.decisions.append(decision)
             done.transactions.append(event)
             done.history_rows.append(self._history_row(event, decision[0]))

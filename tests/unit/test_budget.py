@@ -126,10 +126,18 @@ def _run(
             budget.advance(at, terms)
             budget.fraud(labelled)
         budget.advance(ts, terms)
-        cut = budget.cut(ts, SHARED, terms)
+        cut = budget.cut(ts, SHARED, terms=terms)
         held = cut.withholds(w) if cut is not None else w < FIXED_CUT
         legit_share = w if calibrated else 1.0
-        budget.record(tx_id, None, w, cents, cents if held else 0, 10**9, legit_share=legit_share)
+        budget.record(
+            tx_id,
+            None,
+            weight=w,
+            cents=cents,
+            withheld=cents if held else 0,
+            keep=10**9,
+            legit_share=legit_share,
+        )
         if fraud and rng.random() < label_share:
             labels.append((ts + 6 * HOUR, tx_id))
         if ts >= T0 + 2 * DAY:
@@ -180,8 +188,8 @@ def test_a_fraud_label_counts_once_and_a_later_legit_label_changes_nothing() -> 
     terms = Budget(min_payments=1, update_minutes=60)
     budget = FrictionBudget()
     budget.advance(T0, terms)
-    budget.record("a", None, 0.2, 1000, 1000, 100)
-    budget.record("b", None, 0.9, 1000, 0, 100)
+    budget.record("a", None, weight=0.2, cents=1000, withheld=1000, keep=100)
+    budget.record("b", None, weight=0.9, cents=1000, withheld=0, keep=100)
     budget.fraud("a")
     budget.fraud("a")  # a duplicate label
     budget.advance(T0 + HOUR, terms)
@@ -235,7 +243,7 @@ def test_window_expiry_keeps_memory_bounded() -> None:
             ts = T0 + day * DAY + i * 3 * 60_000
             budget.advance(ts, terms)
             w, category = rng.random(), f"c{i % 3}"
-            budget.record(f"{day}-{i}", category, w, 100, 0, 10**9)
+            budget.record(f"{day}-{i}", category, weight=w, cents=100, withheld=0, keep=10**9)
             made.append((ts, category, weight_bin(w)))
         sizes.append(len(pickle.dumps(budget)))
         # The window's histograms are exactly the payments of the day before the epoch.
@@ -278,13 +286,13 @@ def test_decisions_record_the_cut_that_decided_them_and_assess_changes_nothing()
     event = parse_transaction(tx("x", T0 + 3 * HOUR + 5, user_id="u1", device_id="d1"))
     vector = scorer.features.vector(event)
     before = pickle.dumps(decider.budget)
-    first = decider.assess(event, vector, 7)[0]
-    assert decider.assess(event, vector, 7)[0] == first
+    first = decider.assess(event, vector, decided_at=7)[0]
+    assert decider.assess(event, vector, decided_at=7)[0] == first
     assert pickle.dumps(decider.budget) == before
     cut = decider.cut(event)
     assert cut is not None and first.threshold_version == cut.version
     assert first.threshold_version.startswith(f"budget:{SHARED}:{T0 + 3 * HOUR}:")
-    assert decider.decide(event, vector, 7)[0] == first  # the memo is the same cut
+    assert decider.decide(event, vector, decided_at=7)[0] == first  # the memo is the same cut
     restored = pickle.loads(pickle.dumps(decider))
     assert restored.budget == decider.budget and restored.cut(event) == cut
 
@@ -342,17 +350,25 @@ def test_cold_start_holds_what_the_weight_alone_would_block_and_says_so() -> Non
     # Under a cut: the block band blocks once trusted, and holds before.
     policy, event = _budget_policy(), parse_transaction(tx())
     cut = Cut(SHARED, T0, hold_below=600, block_below=300)
-    assert policy.rule(event, 0.2, 1000, cut, trusted=True)[:3] == ("block", 0, [BELOW_BLOCK_CUT])
-    assert policy.rule(event, 0.2, 1000, cut, trusted=False)[:3] == (
+    assert policy.rule(event, 0.2, requested_cents=1000, cut=cut, trusted=True)[:3] == (
+        "block",
+        0,
+        [BELOW_BLOCK_CUT],
+    )
+    assert policy.rule(event, 0.2, requested_cents=1000, cut=cut, trusted=False)[:3] == (
         "hold",
         0,
         [BELOW_BLOCK_CUT, COLD_START],
     )
-    assert policy.rule(event, 0.5, 1000, cut, trusted=True)[:3] == ("hold", 0, [BELOW_CUT])
-    assert policy.rule(event, 0.6, 1000, cut)[:3] == ("allow", 1000, [])
+    assert policy.rule(event, 0.5, requested_cents=1000, cut=cut, trusted=True)[:3] == (
+        "hold",
+        0,
+        [BELOW_CUT],
+    )
+    assert policy.rule(event, 0.6, requested_cents=1000, cut=cut)[:3] == ("allow", 1000, [])
     # Block lists still block.
     listed = replace(policy, lists=replace(policy.lists, block_users=frozenset({"u1"})))
-    assert listed.rule(event, 0.9, 1000, cut, trusted=False)[0] == "block"
+    assert listed.rule(event, 0.9, requested_cents=1000, cut=cut, trusted=False)[0] == "block"
 
 
 def test_a_fraud_label_reaching_the_decider_counts_in_its_budget() -> None:

@@ -146,7 +146,7 @@ def _labelled_rings(model: RiskModel) -> Scorer:
             user = f"{kind}{n}"
             scorer.apply(parse_signup(signup(user, T0 - 30 * DAY, device_id=user)), 0)
             event = parse_transaction(tx(f"{user}-t", T0 + n, user_id=user, device_id=user))
-            scorer.decider.decide(event, scorer.features.vector(event), 0, ring=ring)
+            scorer.decider.decide(event, scorer.features.vector(event), decided_at=0, ring=ring)
             verdict = "fraud" if kind == "k" else "legit"
             scorer.apply(parse_label(label(f"{user}-t", T0 + DAY + n, label=verdict)), 0)
     return scorer
@@ -163,7 +163,9 @@ def test_labels_of_ring_members_move_the_weight_of_the_next_ring_payment() -> No
     def probe(user: str, ring: tuple[float, list[str]] | None) -> tuple[float, list[str]]:
         scorer.apply(parse_signup(signup(user, T0 - 30 * DAY, device_id=user)), 0)
         event = parse_transaction(tx(f"{user}-p", T0 + 2 * DAY, user_id=user, device_id=user))
-        decision, _ = scorer.decider.decide(event, scorer.features.vector(event), 0, ring=ring)
+        decision, _ = scorer.decider.decide(
+            event, scorer.features.vector(event), decided_at=0, ring=ring
+        )
         return decision.trust_weight, decision.reasons
 
     clean, _ = probe("nobody", None)
@@ -180,12 +182,12 @@ def test_ring_features_are_in_the_vector_a_label_trains_on() -> None:
     scorer.apply(parse_signup(signup("u1", T0 - 30 * DAY)), 0)
     event = parse_transaction(tx("t", T0))
     decision, x = scorer.decider.decide(
-        event, scorer.features.vector(event), 0, ring=(0.7, ["ring:brushing"])
+        event, scorer.features.vector(event), decided_at=0, ring=(0.7, ["ring:brushing"])
     )
     assert x["ring_score"] == 0.7 and x["ring_brushing"] == 1.0
     assert all(x[f] == 0.0 for f in RING_FEATURES if f not in ("ring_score", "ring_brushing"))
     assert "ring:brushing" in decision.reasons
     assert scorer.decider.remembered["t"][1]["ring_brushing"] == 1.0  # what a label learns
     other = parse_transaction(tx("t2", T0 + 1))
-    _, plain = scorer.decider.decide(other, scorer.features.vector(other), 0)
+    _, plain = scorer.decider.decide(other, scorer.features.vector(other), decided_at=0)
     assert all(plain[f] == 0.0 for f in RING_FEATURES)

@@ -49,14 +49,14 @@ def test_labels_resolve_holds_and_claw_back_grants() -> None:
     ledger = Ledger()
     for d in (_decision("held", "hold"), _decision("paid", "allow"), _decision("cut", "scale")):
         ledger.record(d, TERMS)
-    legit = ledger.label(_label(T0 + HOUR, "legit", tx_id="held"), TERMS, 7)
+    legit = ledger.label(_label(T0 + HOUR, "legit", tx_id="held"), TERMS, decided_at=7)
     assert [_balances(a) for a in legit] == [("release", 1_000, 1_000, 0, 0)]
     assert legit[0].adjustment_id == "held:hold" and legit[0].cause == "label:legit"
-    fraud = ledger.label(_label(T0 + 2 * HOUR, "fraud", tx_id="cut"), TERMS, 7)
+    fraud = ledger.label(_label(T0 + 2 * HOUR, "fraud", tx_id="cut"), TERMS, decided_at=7)
     # Scaled: 500 granted, 500 voided at decision; the fraud label takes the 500 back.
     assert [_balances(a) for a in fraud] == [("clawback", 500, 0, 0, 1_000)]
     assert fraud[0].adjustment_id == "cut:clawback"
-    again = ledger.label(_label(T0 + 3 * HOUR, "fraud", tx_id="cut"), TERMS, 7)
+    again = ledger.label(_label(T0 + 3 * HOUR, "fraud", tx_id="cut"), TERMS, decided_at=7)
     assert again == []  # nothing left to take back: never twice
 
 
@@ -65,7 +65,7 @@ def test_a_fraud_label_on_a_user_reaches_each_of_their_payments() -> None:
     ledger.record(_decision("a", "allow", user="u1"), TERMS)
     ledger.record(_decision("b", "hold", user="u1", ts=T0 + 1), TERMS)
     ledger.record(_decision("c", "allow", user="u2"), TERMS)
-    out = ledger.label(_label(T0 + DAY, "fraud", user="u1"), TERMS, 0)
+    out = ledger.label(_label(T0 + DAY, "fraud", user="u1"), TERMS, decided_at=0)
     assert {(a.tx_id, a.kind, a.cents) for a in out} == {
         ("a", "clawback", 1_000),
         ("b", "void", 1_000),
@@ -77,12 +77,12 @@ def test_a_quick_refund_voids_the_rebate_and_a_late_one_does_not() -> None:
     ledger.record(_decision("p1", "allow"), TERMS)
     ledger.record(_decision("p2", "hold"), TERMS)
     ledger.record(_decision("p3", "allow"), TERMS)
-    quick = ledger.refund(_refund("r1", "p1", T0 + 23 * HOUR), TERMS, 0)
+    quick = ledger.refund(_refund("r1", "p1", T0 + 23 * HOUR), TERMS, decided_at=0)
     assert [(a.kind, a.cents, a.cause) for a in quick] == [("clawback", 1_000, "refund:r1")]
-    held = ledger.refund(_refund("r2", "p2", T0 + HOUR), TERMS, 0)
+    held = ledger.refund(_refund("r2", "p2", T0 + HOUR), TERMS, decided_at=0)
     assert [(a.kind, a.cents) for a in held] == [("void", 1_000)]
-    assert ledger.refund(_refund("r3", "p3", T0 + 25 * HOUR), TERMS, 0) == []
-    assert ledger.refund(_refund("r4", "unknown", T0 + HOUR), TERMS, 0) == []
+    assert ledger.refund(_refund("r3", "p3", T0 + 25 * HOUR), TERMS, decided_at=0) == []
+    assert ledger.refund(_refund("r4", "unknown", T0 + HOUR), TERMS, decided_at=0) == []
 
 
 def test_holds_time_out_as_the_policy_says() -> None:
@@ -90,27 +90,29 @@ def test_holds_time_out_as_the_policy_says() -> None:
         terms = LedgerTerms(hold_timeout_hours=72, hold_timeout_action=action)
         ledger = Ledger()
         ledger.record(_decision("h", "hold"), terms)
-        assert ledger.due(T0 + 72 * HOUR - 1, terms, 0) == []
-        out = ledger.due(T0 + 72 * HOUR, terms, 0)
+        assert ledger.due(T0 + 72 * HOUR - 1, terms, decided_at=0) == []
+        out = ledger.due(T0 + 72 * HOUR, terms, decided_at=0)
         assert [(a.kind, a.granted_cents, a.cause, a.ts) for a in out] == [
             (action, granted, "hold_timeout", T0 + 72 * HOUR)
         ]
-        assert ledger.due(T0 + 100 * HOUR, terms, 0) == []  # resolved once
+        assert ledger.due(T0 + 100 * HOUR, terms, decided_at=0) == []  # resolved once
         # A label after the timeout finds nothing held.
-        assert ledger.label(_label(T0 + 80 * HOUR, "legit", tx_id="h"), terms, 0) == []
+        assert ledger.label(_label(T0 + 80 * HOUR, "legit", tx_id="h"), terms, decided_at=0) == []
 
 
 def test_settled_payments_are_forgotten_and_the_ledger_pickles() -> None:
     ledger = Ledger()
     for i in range(5):
         ledger.record(_decision(f"p{i}", "allow", ts=T0 + i * DAY), TERMS)
-    ledger.due(T0 + 32 * DAY, TERMS, 0)  # payments of the first two days are past 30 days
+    ledger.due(
+        T0 + 32 * DAY, TERMS, decided_at=0
+    )  # payments of the first two days are past 30 days
     assert list(ledger.entries) == ["p2", "p3", "p4"]
     assert ledger.by_user["u1"] == ["p2", "p3", "p4"]
     copy = pickle.loads(pickle.dumps(ledger))
-    assert copy.label(_label(T0 + 33 * DAY, "fraud", user="u1"), TERMS, 0) == ledger.label(
-        _label(T0 + 33 * DAY, "fraud", user="u1"), TERMS, 0
-    )
+    assert copy.label(
+        _label(T0 + 33 * DAY, "fraud", user="u1"), TERMS, decided_at=0
+    ) == ledger.label(_label(T0 + 33 * DAY, "fraud", user="u1"), TERMS, decided_at=0)
 
 
 actions = st.sampled_from(["allow", "scale", "hold", "block"])
@@ -147,13 +149,13 @@ def test_every_transaction_reconciles_at_every_step(
             ledger.record(d, TERMS)
             out = []
         elif step == "legit" or step == "fraud":
-            out = ledger.label(_label(now, step, tx_id=tx_id), TERMS, 0)
+            out = ledger.label(_label(now, step, tx_id=tx_id), TERMS, decided_at=0)
         elif step == "user_fraud":
-            out = ledger.label(_label(now, "fraud", user=f"u{n % 2}"), TERMS, 0)
+            out = ledger.label(_label(now, "fraud", user=f"u{n % 2}"), TERMS, decided_at=0)
         elif step == "refund":
-            out = ledger.refund(_refund(f"r{now}", tx_id, now), TERMS, 0)
+            out = ledger.refund(_refund(f"r{now}", tx_id, now), TERMS, decided_at=0)
         else:
-            out = ledger.due(now, TERMS, 0)
+            out = ledger.due(now, TERMS, decided_at=0)
         for a in out:
             assert a.adjustment_id not in seen
             seen.add(a.adjustment_id)
@@ -169,9 +171,9 @@ def test_reconcile_rebuilds_the_balances_and_names_what_does_not_add_up() -> Non
     decisions = [_decision("a", "hold"), _decision("b", "scale"), _decision("r", "allow", 0)]
     for d in decisions:
         ledger.record(d, TERMS)
-    made = ledger.label(_label(T0 + HOUR, "legit", tx_id="a"), TERMS, 0)
-    made += ledger.label(_label(T0 + HOUR, "fraud", tx_id="a"), TERMS, 0)
-    made += ledger.refund(_refund("r", "b", T0 + HOUR), TERMS, 0)
+    made = ledger.label(_label(T0 + HOUR, "legit", tx_id="a"), TERMS, decided_at=0)
+    made += ledger.label(_label(T0 + HOUR, "fraud", tx_id="a"), TERMS, decided_at=0)
+    made += ledger.refund(_refund("r", "b", T0 + HOUR), TERMS, decided_at=0)
     assert reconcile(decisions, made) == {
         "a": (1_000, 0, 0, 1_000),  # released, then clawed back
         "b": (1_000, 0, 0, 1_000),

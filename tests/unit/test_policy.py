@@ -222,11 +222,16 @@ def test_a_suppression_allows_its_user_until_it_ends_and_a_block_list_still_bloc
     before = parse_transaction(tx(ts=until - 1))
     after = parse_transaction(tx(ts=until))
     other = parse_transaction(tx(ts=until - 1, user_id="u2"))
-    assert policy.rule(before, 0.0, 500) == ("allow", 500, ["suppressed"], "suppressed")
-    assert policy.rule(after, 0.0, 500)[0] == "block"
-    assert policy.rule(other, 0.0, 500)[0] == "block"
+    assert policy.rule(before, 0.0, requested_cents=500) == (
+        "allow",
+        500,
+        ["suppressed"],
+        "suppressed",
+    )
+    assert policy.rule(after, 0.0, requested_cents=500)[0] == "block"
+    assert policy.rule(other, 0.0, requested_cents=500)[0] == "block"
     blocked = Policy.from_document(doc | {"lists": {"block_users": ["u1"]}})
-    assert blocked.rule(before, 0.0, 500)[0] == "block"
+    assert blocked.rule(before, 0.0, requested_cents=500)[0] == "block"
     # The document round-trips, and a policy without suppressions writes none.
     assert Policy.from_document(policy.document()) == policy
     assert "suppressions" not in default_policy().document()

@@ -79,6 +79,7 @@ class RecordingDecider(Decider):
         self,
         tx: Transaction,
         vector: list[float | None],
+        *,
         decided_at: int,
         standing: Decision | None = None,
         ring: tuple[float, list[str]] | None = None,
@@ -86,7 +87,9 @@ class RecordingDecider(Decider):
     ) -> tuple[Decision, Features]:
         newest = max((ts for _, ts, _ in self.learned), default=None)
         assert newest is None or newest <= tx.ts, f"{tx.tx_id} scored after a later label"
-        return super().decide(tx, vector, decided_at, standing, ring, graph_down)
+        return super().decide(
+            tx, vector, decided_at=decided_at, standing=standing, ring=ring, graph_down=graph_down
+        )
 
 
 def _partition(key: str, n: int) -> int:
