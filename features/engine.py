@@ -74,7 +74,7 @@ class FeatureEngine:
         self._maybe_sweep(tx.ts)
         out, context = self.users.transaction(tx)
         context.depth = self.tree.depth(tx.user_id, context)
-        self.entities.transaction(tx, context, out)
+        self.entities.transaction(tx, context, out=out)
         return out
 
     def transaction(self, tx: Transaction) -> Features:

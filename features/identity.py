@@ -61,7 +61,7 @@ class IdentityFamily:
         self.state: dict[str, IdentityState] = {}
 
     def _touch(self, key: str, ts: int) -> IdentityState:
-        return touch(self.state, key, ts, self._new)
+        return touch(self.state, key, ts=ts, new=self._new)
 
     def _new(self) -> IdentityState:
         return IdentityState(self.widths)

@@ -144,7 +144,7 @@ class MerchantFamily:
     def transaction(self, tx: Transaction, account_age_ms: int | None) -> MerchantFeatures:
         """The merchant features of `tx`; then learns `tx`."""
         ts = tx.ts
-        merchant = touch(self.state, tx.merchant_id, ts, MerchantState)
+        merchant = touch(self.state, tx.merchant_id, ts=ts, new=MerchantState)
         log = merchant.payments
         log.expire(ts)
         merchant.expire_day(ts)

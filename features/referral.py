@@ -36,7 +36,7 @@ TreeEntry = tuple[str, int]
 DepthWalk = Generator[str, TreeEntry | None, int]
 
 
-def depth_walk(referrer: str, user_id: str, signup_ts: int) -> DepthWalk:
+def depth_walk(referrer: str, user_id: str, *, signup_ts: int) -> DepthWalk:
     """The depth of `user_id`, who signed up at `signup_ts` naming `referrer`.
 
     Depth is one more than the referrer's depth at that signup, which only entries of earlier
@@ -82,7 +82,7 @@ class DepthMemo:
         memo = self.depths.get(user_id)
         return memo[1] if memo is not None and memo[0] == signup_ts else None
 
-    def put(self, user_id: str, signup_ts: int, depth: int) -> None:
+    def put(self, user_id: str, *, signup_ts: int, depth: int) -> None:
         depths = self.depths
         depths[user_id] = (signup_ts, depth)
         if len(depths) > self.limit:
@@ -108,8 +108,8 @@ class ReferralTree:
             return None
         depth = self.memo.get(user_id, signup_ts)
         if depth is None:
-            depth = run_walk(depth_walk(referrer, user_id, signup_ts), self.entries.get)
-            self.memo.put(user_id, signup_ts, depth)
+            depth = run_walk(depth_walk(referrer, user_id, signup_ts=signup_ts), self.entries.get)
+            self.memo.put(user_id, signup_ts=signup_ts, depth=depth)
         return depth
 
 
@@ -145,7 +145,7 @@ class ReferralFamily:
         referrer_id = event.referrer_id
         if referrer_id is None or referrer_id == event.user_id:
             return
-        referrer = touch(self.state, referrer_id, event.ts, ReferrerState)
+        referrer = touch(self.state, referrer_id, ts=event.ts, new=ReferrerState)
         referrer.downline += 1
         recent = referrer.recent
         if recent is None:

@@ -115,7 +115,7 @@ class UserStage:
         """What `transaction` returns for `tx` now, changing nothing (see `detached`), had
         the user's `earlier` transactions (not in the state yet) been applied first."""
         scratch = copy.copy(self)
-        scratch.user = detached(self.user, tx.user_id, ("profiles", "activity"))
+        scratch.user = detached(self.user, tx.user_id, states=("profiles", "activity"))
         for other in earlier:
             scratch.transaction(other)
         return scratch.transaction(tx)
@@ -151,6 +151,7 @@ class EntityStage:
         self,
         tx: Transaction,
         context: TxContext,
+        *,
         out: list[float | None],
         families: int = ALL_FAMILIES,
     ) -> None:
@@ -173,6 +174,7 @@ class EntityStage:
         self,
         tx: Transaction,
         context: TxContext,
+        *,
         families: int = ALL_FAMILIES,
         earlier: Sequence[tuple[Transaction, TxContext]] = (),
     ) -> list[float | None]:
@@ -190,9 +192,9 @@ class EntityStage:
         for other, its_context in earlier:
             shared = families & self._shared(tx, context, other, its_context)
             if shared:
-                scratch.transaction(other, its_context, [], shared)
+                scratch.transaction(other, its_context, out=[], families=shared)
         out: list[float | None] = []
-        scratch.transaction(tx, context, out, families)
+        scratch.transaction(tx, context, out=out, families=families)
         return out
 
     def _shared(
@@ -223,7 +225,7 @@ class EntityStage:
         )
 
 
-def detached(family: F, key: str | None, states: tuple[str, ...] = ("state",)) -> F:
+def detached(family: F, key: str | None, *, states: tuple[str, ...] = ("state",)) -> F:
     """A copy of `family` holding copies of `key`'s state only, for a `peek`: the same
     family code then computes a transaction's features without changing the real state.
     Reading changes state too (windows expire up to the transaction's ts, which an event
@@ -309,7 +311,7 @@ class SweepClock:
         return True
 
 
-def partition_of(family: int, key: str, n_partitions: int) -> int:
+def partition_of(family: int, key: str, *, n_partitions: int) -> int:
     """The entity-stage partition of a key: stable across processes and restarts (CRC-32,
     not Python's salted `hash`), and kind-prefixed so that, say, a device and an IP with the
     same string land independently."""
@@ -317,14 +319,14 @@ def partition_of(family: int, key: str, n_partitions: int) -> int:
 
 
 def transaction_routes(
-    tx: Transaction, context: TxContext, n_partitions: int
+    tx: Transaction, context: TxContext, *, n_partitions: int
 ) -> Iterator[tuple[int, int]]:
     """(partition, families) pairs that together cover every family of `tx` once.
 
     A family whose key is missing (no device, say) reads no state: it goes with the
     merchant's partition, which every transaction visits, so its null values come from the
     same code as everywhere else."""
-    home = partition_of(MERCHANT, tx.merchant_id, n_partitions)
+    home = partition_of(MERCHANT, tx.merchant_id, n_partitions=n_partitions)
     routes = {home: MERCHANT}
     for family, key in (
         (CATEGORY, tx.merchant_category),
@@ -333,7 +335,7 @@ def transaction_routes(
         (CARD, tx.card_id),
         (REFERRAL, context.referrer),
     ):
-        partition = home if key is None else partition_of(family, key, n_partitions)
+        partition = home if key is None else partition_of(family, key, n_partitions=n_partitions)
         routes[partition] = routes.get(partition, 0) | family
     return iter(routes.items())
 
@@ -348,7 +350,7 @@ def signup_routes(event: Signup, n_partitions: int) -> Iterator[tuple[int, int]]
         (REFERRAL, None if referrer == event.user_id else referrer),
     ):
         if key is not None:
-            partition = partition_of(family, key, n_partitions)
+            partition = partition_of(family, key, n_partitions=n_partitions)
             routes[partition] = routes.get(partition, 0) | family
     return iter(routes.items())
 

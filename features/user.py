@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from itertools import islice
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from features.rows import FeatureRow, Value, feature_row
 from features.windows import PaymentLog, WindowDistinct, drop_oldest, sweep_idle, touch
@@ -116,6 +117,7 @@ class TxContext:
 
     def __init__(
         self,
+        *,
         account_age_ms: int | None,
         signup_ts: int | None,
         referrer: str | None,
@@ -127,8 +129,16 @@ class TxContext:
         #: The user's referral depth; filled in from the referral tree by whoever holds it.
         self.depth = depth
 
-    def as_tuple(self) -> tuple[int | None, int | None, str | None, int | None]:
-        return (self.account_age_ms, self.signup_ts, self.referrer, self.depth)
+    def wire(self) -> list[Any]:
+        """What crosses from the user stage to the entity stage: the depth is not known
+        yet there (the entity stage fills it in from the referral tree)."""
+        return [self.account_age_ms, self.signup_ts, self.referrer]
+
+    @classmethod
+    def of_wire(cls, fields: Sequence[Any]) -> TxContext:
+        """The context `wire` sent."""
+        account_age_ms, signup_ts, referrer = fields
+        return cls(account_age_ms=account_age_ms, signup_ts=signup_ts, referrer=referrer)
 
 
 class UserFamily:
@@ -153,7 +163,7 @@ class UserFamily:
         profile = self._profile(event.user_id, event.ts)
         if profile is not None and profile.signup_ts is not None:
             return False
-        profile = touch(self.profiles, event.user_id, event.ts, UserProfile)
+        profile = touch(self.profiles, event.user_id, ts=event.ts, new=UserProfile)
         profile.signup_ts = event.ts
         referrer = event.referrer_id
         profile.referrer = None if referrer == event.user_id else referrer
@@ -164,8 +174,8 @@ class UserFamily:
         ts = tx.ts
         amount = tx.amount_cents
         self._profile(tx.user_id, ts)
-        profile = touch(self.profiles, tx.user_id, ts, UserProfile)
-        user = touch(self.activity, tx.user_id, ts, UserActivity)
+        profile = touch(self.profiles, tx.user_id, ts=ts, new=UserProfile)
+        user = touch(self.activity, tx.user_id, ts=ts, new=UserActivity)
         log = user.payments
         log.expire(ts)
         row = UserFeatures()
@@ -198,7 +208,11 @@ class UserFamily:
         )
         row.user_amount_to_mean = amount / profile.mean if n else None
         signup = profile.signup_ts
-        context = TxContext(None if signup is None else ts - signup, signup, profile.referrer)
+        context = TxContext(
+            account_age_ms=None if signup is None else ts - signup,
+            signup_ts=signup,
+            referrer=profile.referrer,
+        )
         first = profile.first_payment_ts
         if signup is None:
             row.user_account_age_s = row.signup_to_first_payment_s = None

@@ -348,7 +348,7 @@ class Keyed(Protocol):
 KS = TypeVar("KS", bound=Keyed)
 
 
-def touch(state: dict[K, KS], key: K, ts: int, new: Callable[[], KS]) -> KS:
+def touch(state: dict[K, KS], key: K, *, ts: int, new: Callable[[], KS]) -> KS:
     """The state of `key`, moved to the back of `state` (which is kept in last-activity order
     so idle keys can be swept from the front without a full scan)."""
     value = state.pop(key, None)

@@ -294,14 +294,14 @@ class PaymentTimeDecider:
             raise LeftToStream("in_flight")  # the user's signup came in meanwhile
         context.depth = fetched.depth
         parts: dict[int, list[float | None]] = {}
-        for q, families in transaction_routes(tx, context, self.shards.n_partitions):
+        for q, families in transaction_routes(tx, context, n_partitions=self.shards.n_partitions):
             entity = self.shards.entities.get(q)
             if entity is None:
                 raise LeftToStream("not_here")
             if entity.aligner.watermark > tx.ts:
                 raise LeftToStream("event_time_past")
             before = [(e.tx, e.context) for e in earlier if e.context and q not in e.applied_at]
-            parts[families] = entity.entities.peek(tx, context, families, before)
+            parts[families] = entity.entities.peek(tx, context, families=families, earlier=before)
         splice(parts, vector)
         ring = ring_of(tx, vector, fetched.rings or {})
         pending = [e.decision for e in earlier if e.decision is not None]
@@ -352,7 +352,7 @@ class PaymentTimeDecider:
         walked in Redis's referral tree as the entity shard would."""
         if referrer is None or signup is None:
             return 0  # not read: the referral family reads depth only with a referrer
-        partition = partition_of(REFERRAL, referrer, self.shards.n_partitions)
+        partition = partition_of(REFERRAL, referrer, n_partitions=self.shards.n_partitions)
         entity = self.shards.entities.get(partition)
         if entity is None:
             raise LeftToStream("not_here")

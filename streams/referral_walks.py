@@ -15,7 +15,10 @@ async def run_walks(
     """Walks the referral tree for each request against an async lookup: one round trip
     per tree level for all of them together. Fresh walks each call, so a retry after a
     failed lookup starts over cleanly."""
-    walks = {key: depth_walk(*request) for key, request in requests.items()}
+    walks = {
+        key: depth_walk(referrer, user_id, signup_ts=signup_ts)
+        for key, (referrer, user_id, signup_ts) in requests.items()
+    }
     done: dict[DepthKey, int] = {}
     asking = {key: next(walk) for key, walk in walks.items()}
     while asking:

@@ -129,17 +129,17 @@ class EntityShard(Inbox):
                 continue
             assert isinstance(event, Transaction)
             families = request[4]
-            context = TxContext(*request[5])
+            context = TxContext.of_wire(request[5])
             if families & REFERRAL and context.referrer is not None:
                 signup_ts = context.signup_ts
                 assert signup_ts is not None
                 depth = memo.get(event.user_id, signup_ts)
                 if depth is None:
                     depth = depths[(event.user_id, signup_ts)]
-                    memo.put(event.user_id, signup_ts, depth)
+                    memo.put(event.user_id, signup_ts=signup_ts, depth=depth)
                 context.depth = depth
             values: list[float | None] = []
-            entities.transaction(event, context, values, families)
+            entities.transaction(event, context, out=values, families=families)
             out = self.outbox.get(p)
             if out is None:
                 out = self.outbox[p] = []

@@ -163,10 +163,10 @@ class UserShard:
             return
         self.seen[tx.tx_id] = tx.ts
         entry.head, context = self.users.transaction(tx)
-        routes = list(transaction_routes(tx, context, self.n_entity))
+        routes = list(transaction_routes(tx, context, n_partitions=self.n_entity))
         entry.missing = len(routes)
         row = to_row(tx)
-        user_context = [context.account_age_ms, context.signup_ts, context.referrer]
+        user_context = context.wire()
         for q, families in routes:
             self._send(q, ["t", *identity, row, families, user_context])
         if self.feeds_graph:

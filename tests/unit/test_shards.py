@@ -206,7 +206,10 @@ class Cluster:
             released = shard.offer(offset, queue[offset])
             assert released is not None
             asked = shard.depth_requests(released)
-            depths = {key: run_walk(depth_walk(*a), self.tree.get) for key, a in asked.items()}
+            depths = {
+                key: run_walk(depth_walk(r, u, signup_ts=ts), self.tree.get)
+                for key, (r, u, ts) in asked.items()
+            }
             shard.apply(released, depths)
         for p, payload in shard.envelopes():
             self.results[p].append(payload)

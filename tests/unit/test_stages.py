@@ -72,11 +72,11 @@ class Partitioned:
         out, context = users.transaction(event)
         context.depth = self.tree.depth(event.user_id, context)
         parts: dict[int, list[float | None]] = {}
-        for partition, families in transaction_routes(event, context, n):
+        for partition, families in transaction_routes(event, context, n_partitions=n):
             stage = self.entities[partition]
             self._tick(stage, event.ts)
             parts[families] = values = []
-            stage.transaction(event, context, values, families)
+            stage.transaction(event, context, out=values, families=families)
         splice(parts, out)
         return out
 
@@ -122,7 +122,7 @@ def test_routes_cover_every_family_exactly_once(world_events: list[Event]) -> No
         if not isinstance(event, Transaction):
             continue
         _, context = engine.users.transaction(event)
-        masks = [families for _, families in transaction_routes(event, context, 5)]
+        masks = [families for _, families in transaction_routes(event, context, n_partitions=5)]
         combined = 0
         for families in masks:
             assert families and not combined & families
