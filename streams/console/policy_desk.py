@@ -68,7 +68,7 @@ async def history(runtime: Runtime, limit: int = 50) -> list[dict[str, Any]]:
     return entries
 
 
-async def save_draft(runtime: Runtime, name: str, text: str, fmt: str, who: str) -> Policy:
+async def save_draft(runtime: Runtime, name: str, *, text: str, fmt: str, who: str) -> Policy:
     """Validates and stores a draft; `PolicyError` says what is wrong (nothing is stored)."""
     if not name.strip():
         raise PolicyError("a draft needs a name")
@@ -112,7 +112,7 @@ async def draft_policy(runtime: Runtime, name: str) -> Policy:
     return parse(entry["text"], entry["fmt"])
 
 
-async def publish(runtime: Runtime, policy: Policy, who: str, action: str = PUBLISH) -> None:
+async def publish(runtime: Runtime, policy: Policy, *, who: str, action: str = PUBLISH) -> None:
     """Makes `policy` live (every worker takes it up within a poll) and audits it with the
     document it replaced. A version already used by another document is refused."""
     before = await live(runtime)
@@ -148,7 +148,7 @@ async def suppress(
     doc["suppressions"] = [*kept, asdict(entry)]
     doc["version"] = f"{current.version.split('+')[0]}+{SUPPRESS}-{int(time.time() * 1000)}"
     policy = Policy.from_document(doc)
-    await publish(runtime, policy, who, SUPPRESS)
+    await publish(runtime, policy, who=who, action=SUPPRESS)
     return policy
 
 
@@ -157,7 +157,9 @@ def _warmup_ms(*policies: Policy) -> int:
     return max((p.budget.window_ms for p in policies if p.budget is not None), default=0)
 
 
-async def backtest_draft(runtime: Runtime, name: str, draft: Policy, days: int, who: str) -> None:
+async def backtest_draft(
+    runtime: Runtime, name: str, *, draft: Policy, days: int, who: str
+) -> None:
     """Re-decides the stored payments of the last `days` (event time) under the live policy
     and under `draft` (rebate_guard/core/backtest.py), with the labels known now; the report is
     kept with the draft and the run audited."""

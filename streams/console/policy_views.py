@@ -61,7 +61,7 @@ def register_policy(app: faust.App, runtime: Runtime, guard: Guard) -> None:
             name, fmt = str(form.get("name", "")).strip(), str(form.get("fmt", "json"))
             try:
                 policy = await policy_desk.save_draft(
-                    runtime, name, str(form.get("text", "")), fmt, who.user
+                    runtime, name, text=str(form.get("text", "")), fmt=fmt, who=who.user
                 )
             except PolicyError as exc:
                 return see_other(POLICY, error=f"draft not saved: {exc}")
@@ -81,10 +81,12 @@ def register_policy(app: faust.App, runtime: Runtime, guard: Guard) -> None:
                 policy = await policy_desk.draft_policy(runtime, name)
                 if do == "backtest":
                     days = int_param(str(form.get("days", "7")), 7, 1, 90)
-                    await policy_desk.backtest_draft(runtime, name, policy, days, who.user)
+                    await policy_desk.backtest_draft(
+                        runtime, name, draft=policy, days=days, who=who.user
+                    )
                     return see_other(POLICY, msg=f"backtested {name} over {days} days")
                 if do == "publish":
-                    await policy_desk.publish(runtime, policy, who.user)
+                    await policy_desk.publish(runtime, policy, who=who.user)
                     await runtime.console.delete_draft(name)
                     return see_other(POLICY, msg=f"published {policy.version}")
             except PolicyError as exc:

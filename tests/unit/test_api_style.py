@@ -39,6 +39,7 @@ MODULES = (
     "rebate_guard.contract.records",
     "rebate_guard.contract.time",
     "rebate_guard.contract.validation",
+    "streams.console.policy_desk",
     *(module for package in PACKAGES for module in _modules_of(package)),
 )
 #: Function -> why it still takes more positional arguments (none left; an entry here must
