@@ -11,7 +11,6 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import TypedDict
 
 from detectors.base import Features
@@ -259,8 +258,11 @@ class Decider:
     remembered: OrderedDict[str, tuple[str, Features, float]] = field(default_factory=OrderedDict)
     #: user -> their remembered tx_ids, oldest first: a user-level label applies to these.
     by_user: dict[str, deque[str]] = field(default_factory=dict)
-    #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback.
-    granted: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback,
+    #: oldest first. Ordered: `_forget_old_payments` peeks at the oldest on every decision,
+    #: and a plain dict's first item is found past every slot deleted at its front (up to
+    #: the whole lookback's payments until the dict resizes: ~100 µs per decision at 1M).
+    granted: OrderedDict[str, tuple[int, bool]] = field(default_factory=OrderedDict)
     #: How many feature vectors to keep for delayed labels (a worker's partitions share
     #: `MAX_REMEMBERED_FEATURES`).
     remember_limit: int = MAX_REMEMBERED_FEATURES
@@ -292,6 +294,8 @@ class Decider:
             self.budget = FrictionBudget()
         if "user_labels" not in state:
             self.user_labels = OrderedDict()
+        if not isinstance(self.granted, OrderedDict):  # a checkpoint from before it was
+            self.granted = OrderedDict(self.granted)
 
     def take_adjustments(self) -> list[RebateAdjustment]:
         out, self.adjustments = self.adjustments, []
@@ -546,14 +550,8 @@ class Decider:
         """Payments older than the refund lookback leave `granted` (insertion order is
         event-time order: the stale ones lead)."""
         granted, horizon = self.granted, now - REFUND_LOOKBACK_MS
-        if granted and next(iter(granted.values()))[0] <= horizon:
-            stale = 0
-            for ts, _ in granted.values():
-                if ts > horizon:
-                    break
-                stale += 1
-            for tx_id in list(islice(granted, stale)):
-                del granted[tx_id]
+        while granted and next(iter(granted.values()))[0] <= horizon:
+            granted.popitem(last=False)
 
     def _refund_of_granted(self, tx: Transaction, pending: Sequence[Decision] = ()) -> float | None:
         """For a refund: 1 if the refunded payment's rebate was granted (cash-out pays only

@@ -1,4 +1,5 @@
 import pickle
+from collections import OrderedDict
 
 from detectors.risk import RiskModel
 from graph.layer import GraphLayer
@@ -231,3 +232,26 @@ def test_a_users_labels_are_features_of_their_later_payments_from_the_labels_ts_
     assert (other["user_fraud_labels"], other["user_legit_labels"]) == (0, 1)
     restored = pickle.loads(pickle.dumps(scorer.decider))
     assert restored.user_labels == scorer.decider.user_labels
+
+
+def test_payments_leave_granted_past_the_refund_lookback_also_after_an_old_checkpoint() -> None:
+    """`granted` holds the last 30 days' payments, oldest first, however long the history,
+    and a checkpoint from before it was an OrderedDict (a plain dict, whose oldest item
+    costs a scan past every slot deleted at its front) resumes as one, forgetting alike."""
+    every, n_payments = 6 * HOUR, 4 * 90  # 90 days, four payments a day
+    scorer = Scorer()
+    for n in range(n_payments):
+        scorer.apply(parse_transaction(tx(f"p{n}", T0 + n * every, user_id=f"u{n % 7}")), 1)
+
+    def kept_at(now: int) -> list[str]:
+        return [f"p{n}" for n in range(n_payments) if T0 + n * every > now - 30 * DAY]
+
+    last = T0 + (n_payments - 1) * every
+    assert list(scorer.decider.granted) == kept_at(last) and len(kept_at(last)) == 120
+    old = pickle.loads(pickle.dumps(scorer.decider))
+    old.__dict__["granted"] = dict(old.granted)  # as a checkpoint from before held it
+    restored = pickle.loads(pickle.dumps(old))
+    assert isinstance(restored.granted, OrderedDict)
+    late = parse_transaction(tx("late", last + 2 * DAY))
+    restored.decide(late, scorer.features.vector(late), 1)
+    assert list(restored.granted) == [*kept_at(last + 2 * DAY), "late"]
