@@ -261,7 +261,8 @@ class Decider:
     #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback,
     #: oldest first. Ordered: `_forget_old_payments` peeks at the oldest on every decision,
     #: and a plain dict's first item is found past every slot deleted at its front (up to
-    #: the whole lookback's payments until the dict resizes: ~100 µs per decision at 1M).
+    #: the whole lookback's payments until the dict resizes: about a third of replay's CPU on
+    #: a 280-day world, benchmarks/replay_growth.py).
     granted: OrderedDict[str, tuple[int, bool]] = field(default_factory=OrderedDict)
     #: How many feature vectors to keep for delayed labels (a worker's partitions share
     #: `MAX_REMEMBERED_FEATURES`).

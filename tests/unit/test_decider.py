@@ -253,5 +253,5 @@ def test_payments_leave_granted_past_the_refund_lookback_also_after_an_old_check
     restored = pickle.loads(pickle.dumps(old))
     assert isinstance(restored.granted, OrderedDict)
     late = parse_transaction(tx("late", last + 2 * DAY))
-    restored.decide(late, scorer.features.vector(late), 1)
+    restored.decide(late, scorer.features.vector(late), decided_at=1)
     assert list(restored.granted) == [*kept_at(last + 2 * DAY), "late"]
