@@ -187,7 +187,8 @@ class PaymentScorer:
             else:
                 self.tally.decided += 1
                 self.tally.latencies_ms.append((time.perf_counter() - sent) * 1000)
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Produced again if the worker did produce it: the stream dedupes by tx_id.
             self.tally.unanswered += 1
             log.warning("POST /score failed (%s): the payment goes to the topic", exc)
             await self.fallback(key, body)

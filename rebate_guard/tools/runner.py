@@ -139,6 +139,8 @@ LIVE_DAYS = 2
 HISTORY_DAYS = 90
 #: Legit users per legit merchant (the simulator's default world has 25).
 USERS_PER_MERCHANT = 25
+#: The simulator's smallest world.
+MIN_USERS, MIN_MERCHANTS = 200, 20
 
 
 def up_world_config(seed: int, *, switch_ms: int, live_rate: float) -> WorldConfig:
@@ -160,8 +162,6 @@ def up_world_config(seed: int, *, switch_ms: int, live_rate: float) -> WorldConf
     )
 
 
-#: The simulator's smallest world.
-MIN_USERS, MIN_MERCHANTS = 200, 20
 #: The platform's local hour at which `up`'s live traffic starts, unless a UTC offset is set.
 LIVE_LOCAL_HOUR = 12
 

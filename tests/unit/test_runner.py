@@ -173,3 +173,58 @@ def test_the_feed_stops_when_a_worker_exits_without_finishing_its_episode() -> N
         assert await _while_workers_run([_Proc()], short_feed()) is True
 
     asyncio.run(run())
+
+
+def test_the_feed_s_payments_ask_score_with_the_token_and_reach_the_topic_if_unanswered() -> None:
+    """`PaymentScorer` against a real HTTP server: decided and provisional answers are
+    tallied; a payment the server fails on is handed to the fallback (the topic)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from rebate_guard.tools.producer import PaymentScorer
+    from rebate_guard.tools.stack import free_port
+
+    seen: list[tuple[str | None, dict]] = []
+
+    async def score(request: web.Request) -> web.Response:
+        payment = await request.json()
+        seen.append((request.headers.get("Authorization"), payment))
+        if payment["tx_id"] == "t-broken":
+            return web.json_response({"error": "boom"}, status=500)
+        provisional = payment["tx_id"] == "t-late"
+        reasons = ["fail_closed:timeout"] if provisional else []
+        return web.json_response({"provisional": provisional, "decision": {"reasons": reasons}})
+
+    async def run() -> list[tuple[str, bytes]]:
+        app = web.Application()
+        app.router.add_post("/score", score)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        to_topic: list[tuple[str, bytes]] = []
+
+        async def fallback(key: str, body: bytes) -> None:
+            to_topic.append((key, body))
+
+        settings = Settings(web_port=port, api_token="s3cret")
+        try:
+            async with PaymentScorer(settings, fallback=fallback) as scorer:
+                for tx_id in ("t-1", "t-late", "t-broken", "t-2"):
+                    await scorer.ask("u-1", {"tx_id": tx_id, "ts": NOW})
+            tally = scorer.tally
+            assert (tally.decided, dict(tally.provisional), tally.unanswered) == (
+                2,
+                {"fail_closed:timeout": 1},
+                1,
+            )
+            assert len(tally.latencies_ms) == 2 and "4 live payments" in tally.summary()
+            assert tally.latencies_ms == []  # a summary starts the next latency window
+        finally:
+            await runner.cleanup()
+        return to_topic
+
+    to_topic = asyncio.run(run())
+    assert {auth for auth, _ in seen} == {"Bearer s3cret"}
+    assert to_topic == [("u-1", b'{"tx_id":"t-broken","ts":%d}' % NOW)]
