@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run the whole pipeline locally (Ctrl-C stops it)")
-    up.add_argument("--rate", type=float, help="simulated transactions per second")
+    up.add_argument(
+        "--rate", type=float, help="events per second of the back-fill (RG_SIMULATE_RATE)"
+    )
     up.add_argument("--workers", type=int, default=1, help="worker processes")
     up.add_argument("--seed", type=int, default=7)
     up.set_defaults(handler=_up)

@@ -169,7 +169,18 @@ class Settings:
     simulate_rate: float = field(
         default=500.0,
         metadata=_doc(
-            "Events per second (transactions, signups, labels) `rebate-guard up` feeds in."
+            "Events per second (transactions, signups, labels) `rebate-guard up` back-fills "
+            "its simulated platform's history at, until it catches up with the clock (and "
+            "`simulate --produce` feeds at)."
+        ),
+    )
+    simulate_live_rate: float = field(
+        default=0.2,
+        metadata=_doc(
+            "Payments per second of `rebate-guard up`'s live traffic once its back-fill has "
+            "caught up with the clock: stamped with the clock, in real time, each asking "
+            "`POST /score`. The simulated platform is sized to it (0.3 payments per user a "
+            "day: 0.2/s is ~58k users, whose signups make most of the back-fill)."
         ),
     )
     checkpoint_interval_s: float = field(
@@ -423,6 +434,8 @@ class Settings:
             raise SettingsError("RG_LOCAL_UTC_OFFSET_MINUTES must be within -840..840")
         if self.checkpoint_interval_s <= 0 or self.source_idle_s <= 0:
             raise SettingsError("RG_CHECKPOINT_INTERVAL_S and RG_SOURCE_IDLE_S must be positive")
+        if self.simulate_rate <= 0 or self.simulate_live_rate <= 0:
+            raise SettingsError("RG_SIMULATE_RATE and RG_SIMULATE_LIVE_RATE must be positive")
         if self.allowed_lateness_ms < 0:
             raise SettingsError("RG_ALLOWED_LATENESS_MS must not be negative")
         if self.graph_window_days < 1 or self.graph_scan_minutes < 1:

@@ -1,4 +1,7 @@
-"""Feeding a simulated world into the broker at a steady rate, as a platform would."""
+"""Feeding a simulated world into the broker, as a platform would: at a steady rate
+(`produce_events`), or as `rebate-guard up` does (`feed_live`): its history back-filled
+fast, then live traffic on the wall clock whose payments ask `POST /score` at payment time.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
 
+import aiohttp
+
+from rebate_guard.contract.records import TRANSACTIONS
 from rebate_guard.settings import Settings
 from streams.sink import KafkaSink, Record
 
@@ -27,13 +36,7 @@ async def produce_events(
     started = time.perf_counter()
     try:
         for chunk in _chunks(iter(events), CHUNK):
-            by_topic: dict[str, list[Record]] = {}
-            for topic, key, payload in chunk:
-                by_topic.setdefault(settings.topic(topic), []).append(
-                    (key.encode(), json.dumps(payload, separators=(",", ":")).encode())
-                )
-            for topic, records in by_topic.items():
-                await sink.send_many(topic, records)
+            await _send_many(sink, settings, chunk)
             sent += len(chunk)
             if rate:
                 ahead = sent / rate - (time.perf_counter() - started)
@@ -60,3 +63,237 @@ def _chunks(events: Iterator[Event], size: int) -> Iterator[list[Event]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def wall_ms() -> int:
+    """The wall clock, in epoch milliseconds (what a payment service stamps)."""
+    return int(time.time() * 1000)
+
+
+class FeedClock:
+    """When `feed_live` sends each event of a world, and the ts the event carries.
+
+    Back-fill: while the feed is behind the wall clock (the next event's ts is not after
+    now), events go out as fast as the back-fill rate allows, with their own ts: history,
+    compressed. Live: from the first event whose ts is after now, the feed waits for each
+    event's time and stamps it with the wall clock as it sends it (never below the stamp
+    before), so live traffic is "now", in real time, at the world's own pace. Once live,
+    always live: an event the feed reaches late (a burst) is stamped now, not in the past.
+    """
+
+    def __init__(self) -> None:
+        self.live = False
+        self.last_ms: int | None = None
+
+    def wait_ms(self, ts: int, *, now_ms: int) -> int:
+        """How long to wait, at `now_ms`, before sending the event scheduled at `ts`."""
+        if ts > now_ms:
+            self.live = True
+            return ts - now_ms
+        return 0
+
+    def stamp(self, ts: int, *, now_ms: int) -> int:
+        """The ts of the event scheduled at `ts` when it is sent at `now_ms`."""
+        stamped = now_ms if self.live else ts
+        if self.last_ms is not None:
+            stamped = max(stamped, self.last_ms)
+        self.last_ms = stamped
+        return stamped
+
+
+@dataclass
+class ScoreTally:
+    """What `POST /score` answered the live payments."""
+
+    #: The pipeline's decision (made at payment time, or the stream's within the wait).
+    decided: int = 0
+    #: Fail-closed answers (nothing granted), by reason.
+    provisional: Counter[str] = field(default_factory=Counter)
+    #: No answer (the worker unreachable): the payment went to the topic instead.
+    unanswered: int = 0
+    #: Round trips of the decided answers since the last `summary`, milliseconds.
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The counts so far, and the latency since the last summary (then forgotten)."""
+        ordered = sorted(self.latencies_ms)
+        self.latencies_ms = []
+        took = ""
+        if ordered:
+            p50, p99 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99))
+            took = f"; the last {len(ordered)} in p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        asked = self.decided + sum(self.provisional.values()) + self.unanswered
+        return (
+            f"{asked} live payments asked POST /score: {self.decided} decided, "
+            f"{dict(self.provisional) or 0} provisional, {self.unanswered} unanswered{took}"
+        )
+
+
+class PaymentScorer:
+    """Asks the worker's `POST /score` for each live payment, as a rebate engine does at
+    payment time: the worker produces the payment to the transactions topic and answers
+    with its decision. Up to `max_in_flight` requests at once; a payment the worker does
+    not answer (unreachable, an error status) is produced to the topic by `fallback`, so
+    the stream still has it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fallback: Callable[[str, bytes], Awaitable[None]],
+        max_in_flight: int = 64,
+    ) -> None:
+        from rebate_guard.client import web_request
+
+        request = web_request(settings, "/score")
+        self.url, self.headers = request.full_url, dict(request.header_items())
+        self.fallback = fallback
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self.tally = ScoreTally()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PaymentScorer:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None:
+            await asyncio.gather(*self.tasks)
+        for task in self.tasks:
+            task.cancel()
+        assert self.session is not None
+        await self.session.close()
+
+    async def ask(self, key: str, payment: dict[str, object]) -> None:
+        """Starts the request for `payment` (waits only for a free slot)."""
+        await self.slots.acquire()
+        task = asyncio.ensure_future(self._ask(key, _json(payment)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _ask(self, key: str, body: bytes) -> None:
+        assert self.session is not None
+        sent = time.perf_counter()
+        try:
+            async with self.session.post(self.url, data=body, headers=self.headers) as response:
+                answer = await response.json() if response.status == 200 else None
+            if answer is None:
+                raise aiohttp.ClientError(f"POST /score answered {response.status}")
+            if answer["provisional"]:
+                self.tally.provisional[answer["decision"]["reasons"][0]] += 1
+            else:
+                self.tally.decided += 1
+                self.tally.latencies_ms.append((time.perf_counter() - sent) * 1000)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Produced again if the worker did produce it: the stream dedupes by tx_id.
+            self.tally.unanswered += 1
+            log.warning("POST /score failed (%s): the payment goes to the topic", exc)
+            await self.fallback(key, body)
+        finally:
+            self.slots.release()
+
+
+#: How often `feed_live` logs what `POST /score` answered, seconds.
+SCORE_LOG_EVERY_S = 30.0
+
+
+@dataclass
+class FeedReport:
+    """What `feed_live` sent: events back-filled, events sent live (payments through
+    `POST /score`), and what `POST /score` answered."""
+
+    backfilled: int = 0
+    live: int = 0
+    scores: ScoreTally = field(default_factory=ScoreTally)
+
+
+async def feed_live(
+    settings: Settings,
+    world: object,
+    *,
+    backfill_rate: float | None,
+    score: bool = True,
+    now_ms: Callable[[], int] = wall_ms,
+) -> FeedReport:
+    """Feeds `world` on the wall clock (`FeedClock`): the events before now as back-fill,
+    at most `backfill_rate` per second, then the rest live, each when its time comes,
+    stamped with the clock; live payments ask `POST /score` first (`score`) and reach the
+    topic through it."""
+    from rebate_guard.tools.simulator import World, event_stream
+
+    assert isinstance(world, World)
+    sink = KafkaSink(settings)
+    await sink.start()
+    clock = FeedClock()
+    backfill: list[Event] = []
+    started = time.perf_counter()
+
+    async def to_topic(topic: str, key: str, value: bytes) -> None:
+        await sink.send_one(settings.topic(topic), key.encode(), value)
+
+    scorer = PaymentScorer(settings, fallback=lambda key, body: to_topic(TRANSACTIONS, key, body))
+    report = FeedReport(scores=scorer.tally)
+
+    async def send_backfill() -> None:
+        await _send_many(sink, settings, backfill)
+        report.backfilled += len(backfill)
+        backfill.clear()
+        if backfill_rate:
+            ahead = report.backfilled / backfill_rate - (time.perf_counter() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    try:
+        async with scorer:
+            logged = time.monotonic()
+            for topic, key, payload in event_stream(world):
+                ts = payload["ts"]
+                assert isinstance(ts, int)
+                wait = clock.wait_ms(ts, now_ms=now_ms())
+                if not clock.live:
+                    backfill.append((topic, key, payload))
+                    if len(backfill) == CHUNK:
+                        await send_backfill()
+                    continue
+                if not report.live:
+                    await send_backfill()
+                    log.info(
+                        "the back-fill (%d events) has caught up with the clock: live "
+                        "traffic from now on",
+                        report.backfilled,
+                    )
+                    logged = time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait / 1000)
+                event = {**payload, "ts": clock.stamp(ts, now_ms=now_ms())}
+                if score and topic == TRANSACTIONS and event["kind"] == "payment":
+                    await scorer.ask(key, event)
+                else:
+                    await to_topic(topic, key, _json(event))
+                report.live += 1
+                if score and time.monotonic() - logged >= SCORE_LOG_EVERY_S:
+                    logged = time.monotonic()
+                    log.info("live: %s", scorer.tally.summary())
+            if backfill:
+                await send_backfill()
+        if score:
+            log.info("live: %s", scorer.tally.summary())
+    finally:
+        await sink.stop()
+    return report
+
+
+def _json(payload: dict[str, object]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def _send_many(sink: KafkaSink, settings: Settings, events: Iterable[Event]) -> None:
+    """`events` in order, one produce request per topic."""
+    by_topic: dict[str, list[Record]] = {}
+    for topic, key, payload in events:
+        by_topic.setdefault(settings.topic(topic), []).append((key.encode(), _json(payload)))
+    for topic, records in by_topic.items():
+        await sink.send_many(topic, records)

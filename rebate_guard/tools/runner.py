@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rebate_guard.contract.time import DAY_MS
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.settings import Settings
 
 if TYPE_CHECKING:
@@ -63,39 +64,39 @@ def run_worker(settings: Settings) -> int:
 
 
 def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
-    """The main job: local stack, `workers` worker processes, a steady simulated feed, the
-    dashboard on the first worker's web port. Ctrl-C stops everything."""
+    """The main job: local stack, `workers` worker processes, a simulated platform fed on
+    the wall clock (its history back-filled, then live traffic whose payments are decided
+    at payment time), the dashboard on the first worker's web port. Ctrl-C stops
+    everything."""
     from rebate_guard.tools.stack import LocalStack
 
     configure_logging("info")
     # `kill`, systemd and CI send SIGTERM: shut down as gracefully as on Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    start_ms = int(time.time() * 1000)
     token_from_file = not settings.api_token
     settings = settings.with_api_token()  # the workers get it from here: one for all
-    from rebate_guard.tools.simulator import simulate_world
-
-    first = simulate_world(episode_config(seed, 0, start_ms))
+    if not settings.local_utc_offset_minutes:
+        offset = demo_utc_offset_minutes(int(time.time() * 1000))
+        log.info(
+            "the simulated platform's local time is UTC%+.1f h (RG_LOCAL_UTC_OFFSET_MINUTES=%d): "
+            "its live traffic starts at %02d:00 there, not in its night",
+            offset / 60,
+            offset,
+            LIVE_LOCAL_HOUR,
+        )
+        settings = settings.replace(local_utc_offset_minutes=offset)
     with LocalStack(settings) as stack:
         live = stack.settings(settings)
         from rebate_guard.tools.topics import ensure_topics
 
         asyncio.run(ensure_topics(live))
-        lateness_ms = compressed_lateness_ms(first, settings)
-        log.info(
-            "the feed runs event time ~%.0fx faster than the clock: allowed lateness %d ms "
-            "(one second of wall-clock skew between partitions)",
-            lateness_ms / 1000,
-            lateness_ms,
-        )
-        workers_settings = live.replace(allowed_lateness_ms=lateness_ms)
-        procs = [_spawn_worker(workers_settings, index) for index in range(workers)]
+        procs = [_spawn_worker(live, index) for index in range(workers)]
         url = f"http://{live.web_host}:{live.web_port}/console/"
         print(f"\nRebateGuard is up: console {url}  (Ctrl-C stops)", flush=True)
         print(f"  {_login_hint(live, token_from_file)}\n", flush=True)
         print(f"  Kafka bootstrap {live.kafka_bootstrap}   Redis {live.redis_url}", flush=True)
         try:
-            asyncio.run(_feed_forever(live, seed, start_ms, first, procs))
+            asyncio.run(_feed(live, seed, procs))
         except KeyboardInterrupt:
             pass
         finally:
@@ -130,83 +131,127 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
 
 
-#: Each episode of the feed is a fresh simulated world of this many days...
-EPISODE_DAYS = 14
-#: ...whose older accounts signed up up to this many days before it starts.
+#: Days of the `up` world the feed back-fills, compressed, before the wall clock...
+BACKFILL_DAYS = 1
+#: ...and days of live traffic after them, in real time; then the feed stops.
+LIVE_DAYS = 2
+#: Its older accounts signed up up to this many days before it starts.
 HISTORY_DAYS = 90
-#: Validation rejects timestamps from 2100 on: the feed stops before its timeline gets there
-#: (2099-01-01, hours of feeding away).
-LAST_START_MS = 4_070_908_800_000
+#: Legit users per legit merchant (the simulator's default world has 25).
+USERS_PER_MERCHANT = 25
+#: The simulator's smallest world.
+MIN_USERS, MIN_MERCHANTS = 200, 20
 
 
-def episode_config(seed: int, episode: int, start_ms: int) -> WorldConfig:
-    """Episode `episode` of the feed, continuing the timeline from `start_ms`.
-
-    Episodes are fresh worlds (new ids), so each brings its own history of accounts that
-    signed up before it starts. Starting every episode that history's length after the
-    previous one ends keeps those signups after everything already fed: the stream stays
-    in event-time order, as a platform's would, instead of every episode arriving late.
-    """
+def up_world_config(seed: int, *, switch_ms: int, live_rate: float) -> WorldConfig:
+    """The world `up` feeds: a platform whose legit users pay `live_rate` times a second in
+    all (each the simulator's `payments_per_user_day` on average, so the users number
+    `live_rate` x 86,400 / that), whose first `BACKFILL_DAYS` end at `switch_ms`, when the
+    feed is to have caught up with the wall clock (`switch_ms_for`)."""
     from rebate_guard.tools.simulator import WorldConfig
 
-    def config(start_ts_ms: int) -> WorldConfig:
-        return WorldConfig(
-            seed=seed + episode,
-            n_users=5_000,
-            n_merchants=300,
-            days=EPISODE_DAYS,
-            history_days=HISTORY_DAYS,
-            start_ts_ms=start_ts_ms,
-            id_prefix=f"e{episode}-",
-        )
-
-    history_ms = start_ms - config(start_ms).history_start_ms
-    return config(start_ms + episode * (history_ms + EPISODE_DAYS * DAY_MS))
+    per_user_day = WorldConfig().payments_per_user_day
+    n_users = max(MIN_USERS, round(live_rate * DAY_MS / 1000 / per_user_day))
+    return WorldConfig(
+        seed=seed,
+        n_users=n_users,
+        n_merchants=max(MIN_MERCHANTS, n_users // USERS_PER_MERCHANT),
+        days=BACKFILL_DAYS + LIVE_DAYS,
+        history_days=HISTORY_DAYS,
+        start_ts_ms=switch_ms - BACKFILL_DAYS * DAY_MS,
+    )
 
 
-def compressed_lateness_ms(world: World, settings: Settings, wall_skew_s: float = 1.0) -> int:
-    """The allowed lateness for a feed that plays episode `world` at `RG_SIMULATE_RATE`
-    events per second.
-
-    The feed compresses weeks of event time into a minute or two, so a few milliseconds of
-    skew between how far the worker has read each partition (normal: each is fetched on its
-    own) span hours of event time. With the default lateness (2 s of event time) most events
-    of a sparse source (signups, labels) that went idle would arrive late. Allowing
-    `wall_skew_s` of wall-clock skew at the feed's speed-up keeps the one order.
-    """
-    events = world.transactions.height + world.signups.height + world.labels.height
-    span_s = EPISODE_DAYS * DAY_MS / 1000
-    speedup = span_s / max(events / settings.simulate_rate, 1e-9)
-    return max(int(speedup * wall_skew_s * 1000), settings.allowed_lateness_ms)
+#: The platform's local hour at which `up`'s live traffic starts, unless a UTC offset is set.
+LIVE_LOCAL_HOUR = 12
 
 
-async def _feed_forever(
-    settings: Settings,
-    seed: int,
-    start_ms: int,
-    first: World,
-    procs: list[subprocess.Popen[bytes]],
-) -> None:
-    """Simulated episodes back to back, until the workers stop (or the timeline nears
-    the year 2100, hours from now: then the workers go on serving without new input)."""
-    from rebate_guard.tools.producer import produce_world
+def demo_utc_offset_minutes(now_ms: int) -> int:
+    """A UTC offset (whole hours, within the settings' -14..+14 h) whose local time is
+    `LIVE_LOCAL_HOUR` at `now_ms`: the simulated platform lives where it is midday now, so
+    the demo's live traffic is its daytime's, not the trickle of its nights (the simulator
+    plays the platform's days in local time: 01:00-06:00 is quiet)."""
+    utc_hour = now_ms // HOUR_MS % 24
+    hours = (LIVE_LOCAL_HOUR - utc_hour) % 24
+    return (hours - 24 if hours > 14 else hours) * 60
+
+
+def backfill_events(world: World, switch_ms: int) -> int:
+    """The contract events of `world` before `switch_ms`: the back-fill's."""
+    frames = (world.transactions, world.signups, world.labels)
+    return sum(int((frame["ts"] < switch_ms).sum()) for frame in frames)
+
+
+def switch_ms_for(now_ms: int, *, backfill_events: int, backfill_rate: float) -> int:
+    """When a back-fill of `backfill_events` started at `now_ms` at `backfill_rate` events
+    per second catches up with the clock: where the world's live part is to begin."""
+    return now_ms + math.ceil(backfill_events / backfill_rate * 1000)
+
+
+def up_world(settings: Settings, seed: int, *, now_ms: int) -> tuple[World, int]:
+    """(The `up` world, its switch to live traffic): placed so that its back-fill, fed from
+    `now_ms` at `RG_SIMULATE_RATE`, ends about when the clock reaches its live part. A draft
+    placed at `now_ms` counts the back-fill; the world is then simulated where that puts it
+    (not shifted: hours and weekdays are the simulator's). If the feed is slower or faster
+    than planned, `FeedClock` switches to live traffic when it catches up, wherever that is.
+    The simulator's days are in the platform's local time: its timeline is that much ahead
+    of UTC (`RG_LOCAL_UTC_OFFSET_MINUTES`, which the workers' night features read too)."""
     from rebate_guard.tools.simulator import simulate_world
 
-    episode, world = 0, first
-    while True:
-        if episode:
-            config = episode_config(seed, episode, start_ms)
-            if config.start_ts_ms > LAST_START_MS:
-                log.info("the simulated timeline is near the year 2100: the feed stops here")
-                return
-            world = simulate_world(config)
-        log.info(
-            "feeding simulated episode %d (%d days): %d transactions",
-            episode,
-            EPISODE_DAYS,
-            world.transactions.height,
-        )
-        await _while_workers_run(procs, produce_world(settings, world, rate=settings.simulate_rate))
+    live_rate = settings.simulate_live_rate
+    ahead_ms = settings.local_utc_offset_minutes * MINUTE_MS
+
+    def simulated(switch_ms: int) -> World:
+        config = up_world_config(seed, switch_ms=switch_ms + ahead_ms, live_rate=live_rate)
+        return _shifted(simulate_world(config), -ahead_ms)
+
+    draft = simulated(now_ms)
+    switch = switch_ms_for(
+        now_ms,
+        backfill_events=backfill_events(draft, now_ms),
+        backfill_rate=settings.simulate_rate,
+    )
+    return simulated(switch), switch
+
+
+def _shifted(world: World, by_ms: int) -> World:
+    """`world` with every timestamp moved by `by_ms`."""
+    import dataclasses
+
+    import polars as pl
+
+    if not by_ms:
+        return world
+    ts = pl.col("ts") + by_ms
+    joined = pl.col("fifth_member_joined_ts") + by_ms
+    return dataclasses.replace(
+        world,
+        transactions=world.transactions.with_columns(ts),
+        signups=world.signups.with_columns(ts),
+        labels=world.labels.with_columns(ts),
+        rings_truth=world.rings_truth.with_columns(joined),
+    )
+
+
+async def _feed(settings: Settings, seed: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    """The `up` world fed on the wall clock (`feed_live`) until its live days end or the
+    workers stop; then the workers go on serving without new input."""
+    from rebate_guard.tools.producer import feed_live
+
+    world, switch_ms = up_world(settings, seed, now_ms=int(time.time() * 1000))
+    log.info(
+        "feeding a simulated platform: %d users, %d transactions; first a day of history "
+        "(%d events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
+        "stamped with the clock and decided at payment time (POST /score)",
+        world.signups.height,
+        world.transactions.height,
+        backfill_events(world, switch_ms),
+        settings.simulate_rate,
+        LIVE_DAYS,
+        settings.simulate_live_rate,
+    )
+    feeding = feed_live(settings, world, backfill_rate=settings.simulate_rate)
+    if not await _while_workers_run(procs, feeding):
         for proc in procs:
             code = proc.poll()
             if code == 0:  # stopped cleanly: Ctrl-C reaches the workers too
@@ -214,7 +259,7 @@ async def _feed_forever(
                 return
             if code is not None:
                 raise RuntimeError(f"worker {proc.pid} exited with {code}")
-        episode += 1
+    log.info("the simulated platform's live days are over: the feed stops here")
 
 
 #: How often the feed looks whether the workers still run.
@@ -223,8 +268,8 @@ WORKER_POLL_S = 0.5
 
 async def _while_workers_run(procs: Sequence[Any], work: Coroutine[Any, Any, Any]) -> bool:
     """Runs `work` until it is done (True) or a worker process exits (False, `work`
-    cancelled): an episode takes about a minute to feed, and a worker stopped by Ctrl-C or
-    by a failure must not wait for it to end before `up` notices."""
+    cancelled): the feed runs for days, and a worker stopped by Ctrl-C or by a failure must
+    not wait for it to end before `up` notices."""
     task = asyncio.ensure_future(work)
     try:
         while not task.done():

@@ -19,6 +19,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rebate_guard.client import web_request
+from rebate_guard.contract.records import Decision
 from rebate_guard.settings import Settings
 from rebate_guard.tools.stack import free_port
 
@@ -137,6 +138,17 @@ def wait_for_decisions(
         what=f"{at_least} decisions",
         worker=worker,
     )
+
+
+def stored_decisions(settings: Settings) -> dict[str, Decision]:
+    """Every decision stored in Redis, by tx_id."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        keys = list(client.scan_iter(f"{settings.app_id}:decision:*", count=5000))
+        values = client.mget(keys) if keys else []
+        return {Decision.loads(v).tx_id: Decision.loads(v) for v in values}
+    finally:
+        client.close()
 
 
 def redis_counters(settings: Settings) -> dict[str, int]:

@@ -82,6 +82,8 @@ def test_up_serves_live_decisions_and_stops_everything(tmp_path: Path, stop_sign
         "RG_WEB_PORT": str(port),
         "RG_DATA_DIR": str(tmp_path / "data"),
         "RG_PARTITIONS": "2",
+        # A platform of ~5,800 users: its back-fill (~7k events) takes ~20 s at 400/s.
+        "RG_SIMULATE_LIVE_RATE": "0.02",
     }
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(

@@ -28,6 +28,7 @@ from tests.integration.helpers import (
     read_topic,
     redis_counters,
     running_worker,
+    stored_decisions,
     wait_for,
     wait_for_decisions,
     worker_stats,
@@ -68,16 +69,6 @@ def _produce_raw(settings: Settings, topic: str, values: list[bytes]) -> None:
     asyncio.run(run())
 
 
-def _stored_decisions(settings: Settings) -> dict[str, Decision]:
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        keys = list(client.scan_iter(f"{settings.app_id}:decision:*", count=5000))
-        values = client.mget(keys) if keys else []
-        return {Decision.loads(v).tx_id: Decision.loads(v) for v in values}
-    finally:
-        client.close()
-
-
 def test_every_transaction_decided_exactly_once_in_topic_and_redis(
     stack_settings: Settings, tmp_path: Path
 ) -> None:
@@ -106,7 +97,7 @@ def test_every_transaction_decided_exactly_once_in_topic_and_redis(
 
     counters = redis_counters(settings)
     assert counters["decisions"] == 3000
-    stored = _stored_decisions(settings)
+    stored = stored_decisions(settings)
     assert sorted(stored) == sorted(f"t{i}" for i in range(3000))
     assert counters["rebate_granted_cents"] == sum(d.rebate_granted_cents for d in stored.values())
     topic_ids = [Decision.loads(v).tx_id for _, v in decisions]
@@ -167,7 +158,7 @@ def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
         assert second.stop() == 0, second.log()
 
     counters = redis_counters(settings)
-    stored = _stored_decisions(settings)
+    stored = stored_decisions(settings)
     assert len(stored) == total and counters["decisions"] == total
     # Granted money counted once per transaction, never for a redelivery.
     assert counters["rebate_granted_cents"] == sum(d.rebate_granted_cents for d in stored.values())
@@ -259,7 +250,7 @@ def test_a_pushed_policy_decides_the_next_transactions_without_a_restart(
         wait_for_decisions(settings, 300 + len(later), worker)
         assert worker.stop() == 0, worker.log()
 
-    stored = _stored_decisions(settings)
+    stored = stored_decisions(settings)
     before = [d for tx_id, d in stored.items() if not tx_id.startswith("late-")]
     after = [d for tx_id, d in stored.items() if tx_id.startswith("late-")]
     assert len(before) == 300 and len(after) == len(later)
@@ -298,7 +289,7 @@ def test_score_decides_at_payment_time_once_per_tx_id(
         assert status == 200 and first["provisional"] is False, first
         assert first["decision"]["tx_id"] == "pay-1"
         assert first["rebate"]["requested_cents"] == 504
-        stored = _stored_decisions(settings)["pay-1"]
+        stored = stored_decisions(settings)["pay-1"]
         assert first["decision"] == stored.asdict()
         counted = worker_stats(worker)["worker"]
         assert counted["decided_at_payment"] == 1, counted  # not the stream's wait

@@ -1,36 +1,115 @@
-"""The `up` feed: episodes of simulated traffic that keep the stream in event-time order."""
+"""The `up` feed's clock: history back-filled fast up to the wall clock, then live traffic
+stamped with the clock, from a world sized to the live rate."""
 
 from __future__ import annotations
 
+from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.settings import Settings
-from rebate_guard.tools.runner import compressed_lateness_ms, episode_config
-from rebate_guard.tools.simulator import simulate_world
+from rebate_guard.tools.producer import FeedClock
+from rebate_guard.tools.runner import (
+    BACKFILL_DAYS,
+    LIVE_DAYS,
+    backfill_events,
+    demo_utc_offset_minutes,
+    switch_ms_for,
+    up_world,
+    up_world_config,
+)
+from rebate_guard.tools.simulator import World, event_stream, simulate_world
+
+NOW = 1_800_000_000_000
 
 
-def test_each_episode_starts_after_everything_the_previous_one_fed() -> None:
-    """Backdated signups of a fresh episode must not arrive behind the watermark."""
-    first, second = (simulate_world(episode_config(3, k, 1_800_000_000_000)) for k in (0, 1))
-    last_of_first = max(
-        frame["ts"].max() for frame in (first.transactions, first.signups, first.labels)
-    )
-    earliest_of_second = min(
-        frame["ts"].min() for frame in (second.transactions, second.signups, second.labels)
-    )
-    assert earliest_of_second > last_of_first
-    assert second.signups["ts"].min() < second.transactions["ts"].min()  # it has a history
-    assert not set(first.signups["user_id"]) & set(second.signups["user_id"])
+def test_the_up_world_is_sized_so_its_payments_come_at_the_live_rate() -> None:
+    config = up_world_config(3, switch_ms=NOW, live_rate=0.05)
+    assert config.n_users == round(0.05 * 86_400 / 0.3)  # 14,400 users at 0.3 a day
+    assert config.start_ts_ms == NOW - BACKFILL_DAYS * DAY_MS
+    assert config.days == BACKFILL_DAYS + LIVE_DAYS
+    world = simulate_world(config)
+    live = world.transactions.filter(world.transactions["ts"] >= NOW)
+    payments_per_s = live.filter(live["kind"] == "payment").height / (LIVE_DAYS * 86_400)
+    assert 0.04 < payments_per_s < 0.065  # legit at the rate, abuse and its bursts on top
+    # Twice the rate: twice the platform, not twice the payments per user.
+    assert up_world_config(3, switch_ms=NOW, live_rate=0.1).n_users == 2 * config.n_users
 
 
-def test_lateness_covers_a_second_of_skew_at_the_feed_speed() -> None:
-    world = simulate_world(episode_config(3, 0, 1_800_000_000_000))
-    events = world.transactions.height + world.signups.height + world.labels.height
-    slow, fast = Settings(simulate_rate=100.0), Settings(simulate_rate=1000.0)
-    # At 100 events/s the episode takes events/100 seconds of wall time to feed.
-    span_ms = 14 * 86_400_000
-    assert compressed_lateness_ms(world, slow) == int(span_ms / (events / 100.0))
-    assert compressed_lateness_ms(world, fast) > 9 * compressed_lateness_ms(world, slow)
-    # Never below what the settings allow anyway.
-    assert compressed_lateness_ms(world, Settings(simulate_rate=1e-6)) == 2000
+def test_the_switch_is_where_a_back_fill_at_the_rate_catches_up() -> None:
+    assert switch_ms_for(NOW, backfill_events=1_000, backfill_rate=500.0) == NOW + 2_000
+    settings = Settings(simulate_rate=2_000.0, simulate_live_rate=0.02)
+    world, switch = up_world(settings, 3, now_ms=NOW)
+    events = backfill_events(world, switch)
+    # Every account that signed up before the switch is in the back-fill, with a day of
+    # payments; the draft that placed it counted within a few events of the final world.
+    assert events >= world.signups.filter(world.signups["ts"] < switch).height
+    assert abs((switch - NOW) - events / 2_000 * 1000) < 0.02 * (switch - NOW)
+
+
+def test_the_demo_platform_lives_where_it_is_midday_so_live_traffic_is_not_its_night() -> None:
+    midnight = NOW - NOW % DAY_MS
+    assert demo_utc_offset_minutes(midnight + 3 * HOUR_MS) == 9 * 60
+    assert demo_utc_offset_minutes(midnight + 15 * HOUR_MS + 1) == -3 * 60
+    assert demo_utc_offset_minutes(midnight + 22 * HOUR_MS) == 14 * 60
+    assert demo_utc_offset_minutes(midnight + 21 * HOUR_MS) == -9 * 60  # within -14..+14 h
+    now = midnight + 3 * HOUR_MS  # the platform's night in UTC
+    rates = []
+    for offset in (0, demo_utc_offset_minutes(now)):
+        settings = Settings(
+            simulate_rate=2_000.0, simulate_live_rate=0.02, local_utc_offset_minutes=offset
+        )
+        world, switch = up_world(settings, 3, now_ms=now)
+        payments = world.transactions.filter(world.transactions["kind"] == "payment")
+        first_hour = payments.filter(
+            (payments["ts"] >= switch) & (payments["ts"] < switch + HOUR_MS)
+        ).height
+        rates.append(first_hour / 3600)
+        # Still placed on the wall clock: the back-fill ends at the switch as planned.
+        assert abs((switch - now) - backfill_events(world, switch) / 2) < 0.02 * (switch - now)
+    night, midday = rates
+    assert night < 0.3 * 0.02 < 0.02 < midday  # UTC's night; the busy hours of its day
+
+
+def _fed(world: World, *, now_ms: int, rate: float) -> list[tuple[int, int, int, bool]]:
+    """(schedule ts, stamp, wall clock at sending, live) for each event as `feed_live`
+    times them, on a simulated wall clock: a back-fill event takes 1/rate s to send, a live
+    one waits for its time (and 3 ms to send)."""
+    clock, out, wall = FeedClock(), [], float(now_ms)
+    for _, _, payload in event_stream(world):
+        ts = payload["ts"]
+        wall += clock.wait_ms(ts, now_ms=int(wall))
+        wall += 1000 / rate if not clock.live else 3
+        out.append((ts, clock.stamp(ts, now_ms=int(wall)), int(wall), clock.live))
+    return out
+
+
+def test_the_feed_back_fills_history_then_stamps_live_traffic_with_the_clock() -> None:
+    rate = 2_000.0
+    world, switch = up_world(Settings(simulate_rate=rate, simulate_live_rate=0.02), 3, now_ms=NOW)
+    fed = _fed(world, now_ms=NOW, rate=rate)
+    stamps = [stamp for _, stamp, _, _ in fed]
+    assert stamps == sorted(stamps)  # one event-time order, back-fill and live
+    backfill = [f for f in fed if not f[3]]
+    live = [f for f in fed if f[3]]
+    assert backfill and live and fed.index(live[0]) == len(backfill)  # once live, live
+    # The back-fill keeps its own ts, never ahead of the clock; it is the history
+    # before the switch, and it catches up about when planned.
+    assert all(stamp == ts <= wall for ts, stamp, wall, _ in backfill)
+    assert len(backfill) == backfill_events(world, live[0][0])
+    assert abs(backfill[-1][2] - switch) < 0.05 * (switch - NOW)
+    # Live traffic is "now": stamped with the clock as sent, at its own time.
+    assert all(stamp == wall >= ts for ts, stamp, wall, _ in live)
+    assert max(wall - ts for ts, _, wall, _ in live) < 1_000  # no time warp: real time
+
+
+def test_live_stamps_never_go_back_with_the_clock() -> None:
+    clock = FeedClock()
+    assert clock.wait_ms(NOW - 5, now_ms=NOW) == 0 and not clock.live
+    assert clock.stamp(NOW - 5, now_ms=NOW) == NOW - 5  # back-fill: its own ts
+    assert clock.wait_ms(NOW + 40, now_ms=NOW) == 40 and clock.live
+    assert clock.stamp(NOW + 40, now_ms=NOW + 41) == NOW + 41
+    assert clock.stamp(NOW + 41, now_ms=NOW + 30) == NOW + 41  # the clock stepped back
+    # Reached late (a burst): sent at once, stamped now rather than in the past.
+    assert clock.wait_ms(NOW + 42, now_ms=NOW + 90) == 0 and clock.live
+    assert clock.stamp(NOW + 42, now_ms=NOW + 90) == NOW + 90
 
 
 def test_the_worker_keeps_the_log_level_asked_for_instead_of_faust_s_debug() -> None:
@@ -94,3 +173,58 @@ def test_the_feed_stops_when_a_worker_exits_without_finishing_its_episode() -> N
         assert await _while_workers_run([_Proc()], short_feed()) is True
 
     asyncio.run(run())
+
+
+def test_the_feed_s_payments_ask_score_with_the_token_and_reach_the_topic_if_unanswered() -> None:
+    """`PaymentScorer` against a real HTTP server: decided and provisional answers are
+    tallied; a payment the server fails on is handed to the fallback (the topic)."""
+    import asyncio
+
+    from aiohttp import web
+
+    from rebate_guard.tools.producer import PaymentScorer
+    from rebate_guard.tools.stack import free_port
+
+    seen: list[tuple[str | None, dict]] = []
+
+    async def score(request: web.Request) -> web.Response:
+        payment = await request.json()
+        seen.append((request.headers.get("Authorization"), payment))
+        if payment["tx_id"] == "t-broken":
+            return web.json_response({"error": "boom"}, status=500)
+        provisional = payment["tx_id"] == "t-late"
+        reasons = ["fail_closed:timeout"] if provisional else []
+        return web.json_response({"provisional": provisional, "decision": {"reasons": reasons}})
+
+    async def run() -> list[tuple[str, bytes]]:
+        app = web.Application()
+        app.router.add_post("/score", score)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        to_topic: list[tuple[str, bytes]] = []
+
+        async def fallback(key: str, body: bytes) -> None:
+            to_topic.append((key, body))
+
+        settings = Settings(web_port=port, api_token="s3cret")
+        try:
+            async with PaymentScorer(settings, fallback=fallback) as scorer:
+                for tx_id in ("t-1", "t-late", "t-broken", "t-2"):
+                    await scorer.ask("u-1", {"tx_id": tx_id, "ts": NOW})
+            tally = scorer.tally
+            assert (tally.decided, dict(tally.provisional), tally.unanswered) == (
+                2,
+                {"fail_closed:timeout": 1},
+                1,
+            )
+            assert len(tally.latencies_ms) == 2 and "4 live payments" in tally.summary()
+            assert tally.latencies_ms == []  # a summary starts the next latency window
+        finally:
+            await runner.cleanup()
+        return to_topic
+
+    to_topic = asyncio.run(run())
+    assert {auth for auth, _ in seen} == {"Bearer s3cret"}
+    assert to_topic == [("u-1", b'{"tx_id":"t-broken","ts":%d}' % NOW)]

@@ -1,0 +1,109 @@
+"""`rebate-guard up`'s feed on the real broker, Redis and a worker: once its back-fill has
+caught up with the clock, its live payments are decided at payment time by `POST /score`,
+and the stream then stores and publishes that same decision, once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import urllib.error
+from collections import defaultdict
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from rebate_guard.contract.records import Decision
+from rebate_guard.settings import Settings
+from rebate_guard.tools.producer import feed_live, wall_ms
+from rebate_guard.tools.runner import backfill_events, up_world_config
+from rebate_guard.tools.simulator import World, simulate_world
+from rebate_guard.tools.topics import ensure_topics
+from tests.integration.helpers import (
+    read_topic,
+    running_worker,
+    stored_decisions,
+    wait_for,
+    worker_stats,
+)
+
+pytestmark = pytest.mark.integration
+
+#: Events of the live part the test plays, and the seconds it plays them in.
+LIVE_EVENTS, LIVE_SECONDS = 120, 20
+
+
+def _quick_live_part(world: World, switch_ms: int) -> World:
+    """`world` up to its `LIVE_EVENTS`th event from `switch_ms` on, that live part played
+    in `LIVE_SECONDS` instead of the hours it spans (a test does not wait for a platform
+    of a few thousand users to pay 100 times; the back-fill and the feed are `up`'s)."""
+    frames = (world.transactions, world.signups, world.labels)
+    live_ts = pl.concat([f.select("ts").filter(pl.col("ts") >= switch_ms) for f in frames])
+    last = live_ts.sort("ts")["ts"][LIVE_EVENTS - 1]
+    scale = LIVE_SECONDS * 1000 / max(1, last - switch_ms)
+    retimed = (
+        pl.when(pl.col("ts") >= switch_ms)
+        .then(switch_ms + ((pl.col("ts") - switch_ms) * scale).cast(pl.Int64))
+        .otherwise(pl.col("ts"))
+    )
+
+    def cut(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.filter(pl.col("ts") <= last).with_columns(retimed.alias("ts"))
+
+    return dataclasses.replace(
+        world,
+        transactions=cut(world.transactions),
+        signups=cut(world.signups),
+        labels=cut(world.labels),
+    )
+
+
+def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings
+    asyncio.run(ensure_topics(settings))
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+
+        def serving() -> bool:
+            try:
+                return "worker" in worker_stats(worker)
+            except (OSError, urllib.error.URLError):
+                return False
+
+        wait_for(serving, timeout=120, what="the worker's web server", worker=worker)
+        # The back-fill (a day of a ~5,800-user platform: ~7k events) is sent unthrottled
+        # and caught up well before the switch; the feed then waits for the clock.
+        switch = wall_ms() + 10_000
+        world = simulate_world(up_world_config(5, switch_ms=switch, live_rate=0.02))
+        world = _quick_live_part(world, switch)
+        live = world.transactions.filter(pl.col("ts") >= switch)
+        payments = live.filter(pl.col("kind") == "payment")["tx_id"].to_list()
+        assert len(payments) >= 20
+
+        report = asyncio.run(feed_live(worker.settings, world, backfill_rate=None))
+
+        assert report.backfilled == backfill_events(world, switch)
+        assert report.live == LIVE_EVENTS
+        scores = report.scores
+        # Every live payment got the pipeline's decision, none a fail-closed answer...
+        assert scores.decided == len(payments), scores.summary()
+        assert not scores.provisional and not scores.unanswered, scores.summary()
+        # ...made at payment time, not the stream's awaited: the stream was never past it.
+        counted = worker_stats(worker)["worker"]
+        assert counted["decided_at_payment"] == len(payments), counted
+        assert counted["left_to_stream"] == {}, counted
+        # The stream reaches them and publishes the decision made at payment time, once
+        # (it follows the stored one: first write wins).
+        total = world.transactions.height
+        published: dict[str, list[dict[str, object]]] = defaultdict(list)
+        for _, value in read_topic(settings, settings.topic("decisions"), expect=total):
+            decision = Decision.loads(value)
+            published[decision.tx_id].append(decision.asdict())
+        stored = stored_decisions(settings)
+        assert set(payments) <= set(stored)
+        assert all(stored[t].ts >= switch for t in payments)  # stamped live, not history
+        for tx_id in payments:
+            assert published[tx_id] == [stored[tx_id].asdict()], tx_id
+        assert len(published) == total  # and every other transaction, once too
+        assert worker.stop() == 0, worker.log()
