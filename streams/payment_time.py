@@ -22,6 +22,7 @@ from rebate_guard.contract.records import Decision, Transaction
 from rebate_guard.core.decider import Features
 from streams.alignment import Released
 from streams.batch import Counters
+from streams.coalesce import Coalesced
 from streams.console.store import ConsoleStore, Indexed
 from streams.graph_status import GraphStatus
 from streams.referral_walks import run_walks
@@ -120,6 +121,8 @@ class PaymentTimeDecider:
         #: user shard completes them; and their tx_ids by key (`in_flight_keys`).
         self.entries: dict[str, AtPayment] = {}
         self.in_flight: dict[str, list[str]] = {}
+        #: The decisions made in one turn of the event loop, stored together (`_store`).
+        self.stores: Coalesced[tuple[Decision, Transaction], bytes | None] = Coalesced(self._store)
 
     async def decide(
         self,
@@ -316,13 +319,28 @@ class PaymentTimeDecider:
             pending=pending,
         )
         entry.context, entry.decision, entry.x = context, decision, x
-        [prior] = await self.store.put_new([(tx.tx_id, decision.dumps())])
+        prior = await self.stores((decision, tx))
         if prior is not None:
             entry.decision = Decision.loads(prior)
-        elif self.console is not None:
-            await self.console.record([Indexed(decision, tx)])
-            entry.indexed = True
+        else:
+            entry.indexed = self.console is not None
         return entry.decision
+
+    async def _store(self, decided: list[tuple[Decision, Transaction]]) -> list[bytes | None]:
+        """Stores the decisions made at payment time in one turn of the event loop
+        (`stores`), first-write-wins like the stream's (the prior decision of each, if
+        any, stands), and puts the new ones in the console's views: two round trips for
+        all of them."""
+        priors = await self.store.put_new([(d.tx_id, d.dumps()) for d, _ in decided])
+        if self.console is not None:
+            new = [
+                Indexed(d, tx)
+                for (d, tx), prior in zip(decided, priors, strict=True)
+                if prior is None
+            ]
+            if new:
+                await self.console.record(new)
+        return priors
 
     def _earlier(self, entry: AtPayment) -> list[AtPayment]:
         """The transactions decided here at payment time, not yet in the stream, that share

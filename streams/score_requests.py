@@ -23,6 +23,7 @@ from rebate_guard.client import RebateStatus, rebate_status
 from rebate_guard.contract.records import TRANSACTIONS, Decision, Transaction
 from rebate_guard.settings import Settings
 from streams.admission import Admission
+from streams.coalesce import Coalesced
 from streams.sink import Sink
 from streams.store import DecisionStore, RingKey
 
@@ -35,6 +36,12 @@ DecideNow = Callable[
     [Transaction, Callable[[], Awaitable[None]], dict[RingKey, RingScore] | None],
     Awaitable[tuple[bool, Decision | None]],
 ]
+
+
+#: A request's first read: (tx_id, the ring keys deciding it reads) -> (its stored
+#: decision or None, the ring scores found).
+Lookup = tuple[str, list[RingKey]]
+Found = tuple[bytes | None, dict[RingKey, RingScore]]
 
 
 class DecisionWaiters:
@@ -84,6 +91,23 @@ class ScoreRequests:
         self.waiters = waiters
         self.decide_now = decide_now
         self.ring_keys = ring_keys
+        #: The requests' first reads in one turn of the event loop, made together.
+        self.lookups: Coalesced[Lookup, Found] = Coalesced(self._look_up)
+
+    async def _look_up(self, lookups: list[Lookup]) -> list[Found]:
+        """Each request's stored decision, if any, and the ring scores it asked for: one
+        round trip for one request, two (decisions, ring scores) for many."""
+        if len(lookups) == 1:
+            return [await self.store.decision_and_rings(*lookups[0])]
+        tx_ids = [tx_id for tx_id, _ in lookups]
+        keys = sorted({key for _, ring_keys in lookups for key in ring_keys})
+        stored, rings = await asyncio.gather(
+            self.store.get_many(tx_ids), self.store.get_ring_scores(keys)
+        )
+        return [
+            (stored.get(tx_id), {key: rings[key] for key in ring_keys if key in rings})
+            for tx_id, ring_keys in lookups
+        ]
 
     async def score(self, tx: Transaction, value: bytes, wait_s: float) -> RebateStatus:
         """The answer to `POST /score` for `tx` (its JSON: `value`), waiting at most
@@ -107,7 +131,7 @@ class ScoreRequests:
         try:
             try:  # decided already? (and, to decide now, the ring scores: one round trip)
                 ring_keys = self.ring_keys([tx]) if at_payment else []
-                stored, rings = await self.store.decision_and_rings(tx.tx_id, ring_keys)
+                stored, rings = await self.lookups((tx.tx_id, ring_keys))
             except Exception as exc:
                 return fail_closed(tx, "redis", exc)
             if stored is not None:

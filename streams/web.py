@@ -107,6 +107,11 @@ def register_views(app: faust.App, runtime: Runtime, guard: Guard) -> None:
             stats["budget"] = runtime.processor.reports.budgets()
             stats["graph"] = runtime.processor.reports.graph_state()
             stats["policy"] = runtime.policy_status
+            # How `POST /score`'s Redis calls were merged (`streams.coalesce`).
+            stats["score_round_trips"] = {
+                "lookups": runtime.requests.lookups.counts(),
+                "stores": runtime.processor.payment_time.stores.counts(),
+            }
             return self.json(stats)
 
     @app.page("/api/rings")

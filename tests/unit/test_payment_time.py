@@ -407,3 +407,69 @@ def test_redis_failing_at_payment_time_leaves_it_to_the_stream_at_once() -> None
         assert proc.counters.left_to_stream == {"failed": 1}
 
     asyncio.run(run())
+
+
+class _CountedStores(MemoryDecisionStore):
+    """Counts the calls that store decisions (one per batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_calls: list[list[str]] = []
+
+    async def put_new(self, items):  # type: ignore[no-untyped-def]
+        self.put_calls.append([tx_id for tx_id, _ in items])
+        return await super().put_new(items)
+
+
+def test_payments_decided_at_once_are_stored_together_and_the_first_write_still_wins() -> None:
+    """Payments of different users decided at the same moment are stored, and indexed for
+    the console, in one call each; a decision already in Redis (another worker's) stands
+    for its transaction, which is not indexed again."""
+    from streams.console.store import MemoryConsoleStore
+
+    class CountedConsole(MemoryConsoleStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.recorded: list[list[str]] = []
+
+        async def record(self, entries):  # type: ignore[no-untyped-def]
+            self.recorded.append([e.decision.tx_id for e in entries])
+            await super().record(entries)
+
+    async def run() -> None:
+        store, console = _CountedStores(), CountedConsole()
+        proc, _, _ = make(store, console=console)
+        payments = [
+            parse_transaction(
+                tx(
+                    f"b{i}",
+                    T0 + i,
+                    user_id=f"u{i}",
+                    merchant_id=f"m{i}",
+                    device_id=f"d{i}",
+                    ip=f"10.0.0.{i}",
+                    card_id=f"c{i}",
+                )
+            )
+            for i in range(4)
+        ]
+        theirs = await proc.payment_time.decide(payments[3], _nothing_produced())
+        assert theirs[1] is not None
+        # As if another worker had decided b3 first, under another policy version.
+        stood = Decision.loads(store.decisions["b3"])
+        stood.policy_version = "elsewhere"
+        store.decisions["b3"] = stood.dumps()
+        proc.payment_time.settle("b3")
+        store.put_calls.clear()
+        console.recorded.clear()
+
+        got = await asyncio.gather(
+            *(proc.payment_time.decide(p, _nothing_produced()) for p in payments)
+        )
+        assert [now.tx_id for _, now in got if now is not None] == ["b0", "b1", "b2", "b3"]
+        assert store.put_calls == [["b0", "b1", "b2", "b3"]]
+        assert console.recorded == [["b0", "b1", "b2"]]  # b3 was stored (and indexed) before
+        assert got[3][1] == stood  # the standing decision is the answer
+        assert proc.payment_time.indexed(["b0", "b1", "b2", "b3"]) == {"b0", "b1", "b2"}
+
+    asyncio.run(run())

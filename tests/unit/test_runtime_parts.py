@@ -154,6 +154,60 @@ def test_a_request_decided_at_payment_time_is_answered_at_once() -> None:
     assert answer.decision == made and len(sink.sent["p.transactions"]) == 1
 
 
+class _CountedReads(MemoryDecisionStore):
+    """Counts the reads a request's first look-up makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def decision_and_rings(self, tx_id, keys):  # type: ignore[no-untyped-def]
+        self.reads.append("decision_and_rings")
+        return await super().decision_and_rings(tx_id, keys)
+
+    async def get_many(self, tx_ids):  # type: ignore[no-untyped-def]
+        self.reads.append("get_many")
+        return await super().get_many(tx_ids)
+
+    async def get_ring_scores(self, keys):  # type: ignore[no-untyped-def]
+        self.reads.append("get_ring_scores")
+        return await super().get_ring_scores(keys)
+
+
+def test_requests_arriving_together_are_looked_up_together() -> None:
+    """Each gets its own stored decision (if any) and its own ring scores, from two reads
+    for all of them; a lone request makes one."""
+    store = _CountedReads()
+    stored = decision("t1", "scale")
+    store.decisions["t1"] = stored.dumps()
+    store.ring_scores[("u", "u2")] = (0.9, "cluster", "r-1")
+    store.ring_scores[("u", "u3")] = (0.4, "cluster", "r-2")
+    seen: dict[str, Any] = {}
+
+    async def decide_now(tx: Transaction, produce: Any, rings: Any) -> tuple[bool, Decision]:
+        seen[tx.tx_id] = rings
+        await produce()
+        return True, decision(tx.tx_id, "allow")
+
+    requests, _, _ = _requests(store, decide_now, score_at_payment=True)
+    requests.ring_keys = lambda ready: [("u", t.user_id) for t in ready]
+
+    async def run() -> list[Any]:
+        payments = [parse_transaction(tx(f"t{i}", user_id=f"u{i}")) for i in (1, 2, 3)]
+        return await asyncio.gather(*(requests.score(p, b"v", 5.0) for p in payments))
+
+    answers = asyncio.run(run())
+    assert answers[0].decision == stored and "t1" not in seen  # stored: not decided again
+    assert seen == {
+        "t2": {("u", "u2"): (0.9, "cluster", "r-1")},
+        "t3": {("u", "u3"): (0.4, "cluster", "r-2")},
+    }
+    assert sorted(store.reads) == ["get_many", "get_ring_scores"]
+    store.reads.clear()
+    asyncio.run(requests.score(parse_transaction(tx("t4", user_id="u4")), b"v", 5.0))
+    assert store.reads[0] == "decision_and_rings" and "get_many" not in store.reads
+
+
 # --- the policy watcher ---------------------------------------------------------------------
 def _watcher(store: MemoryDecisionStore) -> tuple[PolicyWatcher, list[Policy]]:
     applied: list[Policy] = [Settings().policy()]
