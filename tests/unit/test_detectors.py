@@ -3,7 +3,9 @@ labels; anomaly scores that single out the unusual before any label exists."""
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import random
 
 import pytest
@@ -106,6 +108,38 @@ def test_the_folded_classifier_scores_what_rivers_pipeline_scores() -> None:
         river = model.proba(model.scale(encode(x, scale=True)))
         assert model.predict_proba_one(x) == pytest.approx(river, rel=1e-9, abs=1e-12)
     assert model.n_fraud > 50
+
+
+def _rivers_reasons(model: OnlineClassifier, x: Features) -> list[str]:
+    """`explain_one` on River's own path: the pipeline's scaled vector times its weights."""
+    scaled = copy.deepcopy(model).scale(encode(x, scale=True))  # River's scaler fills gaps
+    weights = model.model["LogisticRegression"].weights
+    pushes = [(v * weights.get(n, 0.0), n) for n, v in scaled.items()]
+    return [f"model:{n}" for push, n in sorted(pushes, reverse=True)[:3] if push > 0.5]
+
+
+def test_the_folded_reasons_are_rivers_and_one_reading_gives_what_separate_calls_give() -> None:
+    """The fold names what River's pipeline would; `predict_and_explain` and
+    `predict_then_learn` (one reading of the vector) give, bit for bit, what
+    `predict_proba_one`, `explain_one` and `learn_one` give one after the other."""
+    rng = random.Random(11)
+    one_reading, separate = OnlineClassifier(), OnlineClassifier()
+    explained = 0
+    for i, x in enumerate(_sparse_vectors(rng, 3_000)):
+        fraud = rng.random() < (0.7 if x["a"] > 4 else 0.05)
+        if i % 3 == 0:
+            before = separate.predict_proba_one(x)
+            separate.learn_one(x, fraud)
+            assert one_reading.predict_then_learn(x, fraud) == before
+            continue
+        p, reasons = one_reading.predict_and_explain(x, explain_from=0.05)
+        assert p == separate.predict_proba_one(x)
+        assert reasons == (separate.explain_one(x) if p >= 0.05 else [])
+        assert separate.explain_one(x) == _rivers_reasons(separate, x)
+        assert one_reading.predict_and_explain(x, explain_from=None) == (p, [])
+        explained += bool(reasons)
+    assert explained > 100
+    assert pickle.dumps(one_reading) == pickle.dumps(separate)
 
 
 def test_the_gaussian_detector_keeps_rivers_running_statistics_bit_for_bit() -> None:
