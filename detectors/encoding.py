@@ -49,11 +49,13 @@ class Layout:
     same order each time. Compared and hashed by identity: a model keeps what it worked out
     for a layout in a dict keyed by it, cheaply."""
 
-    __slots__ = ("missing", "names", "read")
+    __slots__ = ("clashes", "missing", "names", "read")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         names = self.names = tuple(sorted(keys))
         self.missing = tuple(f"{name}_missing" for name in names)
+        #: A missing indicator's name is also a key (then `encode` keeps one value for both).
+        self.clashes = not set(names).isdisjoint(self.missing)
         self.read: Callable[[Features], tuple[float | None, ...]]
         if len(names) > 1:
             self.read = itemgetter(*names)

@@ -24,16 +24,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from math import copysign, log1p
 from typing import Any
 
 from river import compose, forest, linear_model, optim, preprocessing
 
 from detectors.base import LEARNERS, Features
-from detectors.encoding import Layout, encode, layout, signed_logs
+from detectors.encoding import Layout, encode, layout
 
 #: Per feature of a layout, in its order: (weight / standard deviation, mean, the term it
 #: adds when missing).
 _Terms = list[tuple[float, float, float]]
+#: Per feature of a layout, in its order: (mean, standard deviation, weight) when present
+#: (None: the model does not weigh it), and its push when missing (-inf: none).
+_Pushes = list[tuple[tuple[float, float, float] | None, float]]
 
 
 @dataclass
@@ -46,6 +50,7 @@ class _Fold:
     intercept: float
     features: dict[str, tuple[float, float, float, float]]
     terms_by_layout: dict[Layout, _Terms] = field(default_factory=dict)
+    pushes_by_layout: dict[Layout, _Pushes] = field(default_factory=dict)
 
     def terms(self, found: Layout) -> _Terms:
         terms = self.terms_by_layout.get(found)
@@ -59,21 +64,58 @@ class _Fold:
             self.terms_by_layout[found] = terms
         return terms
 
-    def logit(self, found: Layout, logs: list[float | None]) -> float:
+    def logit(self, found: Layout, x: Features) -> float:
         """b + the sum, in the layout's order, of gain (signed_log(x) - mean) over the
-        present features and of the missing indicators' terms over the others."""
+        present features and of the missing indicators' terms over the others (None or
+        NaN); `signed_log` inlined: this runs for every transaction."""
         logit = self.intercept
-        for log, (gain, mean, when_missing) in zip(logs, self.terms(found), strict=True):
-            if log is None:
+        for value, (gain, mean, when_missing) in zip(found.read(x), self.terms(found), strict=True):
+            if value is None or value != value:
                 logit += when_missing
             else:
-                logit += gain * (log - mean)
+                logit += gain * (copysign(log1p(abs(value)), value) - mean)
         return logit
 
-    def explain(self, encoded: dict[str, float], *, top: int) -> list[str]:
+    def explain(self, found: Layout, x: Features, *, top: int) -> list[str]:
         """Features whose standardised value x weight, as River's pipeline computes it,
-        raised the log-odds by more than 0.5, the largest first. A feature the fold leaves
-        out pushes nothing (River scales a constant one to 0, an unweighed one weighs 0)."""
+        raised the log-odds by more than 0.5, the largest first (a missing value's
+        indicator at 1 included). A feature the fold leaves out pushes nothing: River scales
+        a constant one to 0, and an unweighed one weighs 0."""
+        if found.clashes:  # an indicator's name is also a key: `encode` keeps one of the two
+            return self._explain_encoded(encode(x, scale=True), top=top)
+        pushes = []
+        for value, name, missing, (present, when_missing) in zip(
+            found.read(x), found.names, found.missing, self.pushes(found), strict=True
+        ):
+            if value is None or value != value:
+                if when_missing > 0.5:
+                    pushes.append((when_missing, missing))
+            elif present is not None:
+                mean, deviation, weight = present
+                push = (copysign(log1p(abs(value)), value) - mean) / deviation * weight
+                if push > 0.5:
+                    pushes.append((push, name))
+        pushes.sort(reverse=True)
+        return [f"model:{name}" for _, name in pushes[:top]]
+
+    def pushes(self, found: Layout) -> _Pushes:
+        pushes = self.pushes_by_layout.get(found)
+        if pushes is None:
+            features = self.features
+            pushes = []
+            for name, missing in zip(found.names, found.missing, strict=True):
+                weighed = features.get(name)
+                present = None if weighed is None else (weighed[1], weighed[2], weighed[3])
+                weighed = features.get(missing)
+                when_missing = -math.inf
+                if weighed is not None:
+                    _, mean, deviation, weight = weighed
+                    when_missing = (1.0 - mean) / deviation * weight
+                pushes.append((present, when_missing))
+            self.pushes_by_layout[found] = pushes
+        return pushes
+
+    def _explain_encoded(self, encoded: dict[str, float], *, top: int) -> list[str]:
         features = self.features
         pushes = []
         for name, value in encoded.items():
@@ -167,30 +209,7 @@ class OnlineClassifier:
         >>> model.predict_proba_one({"amount_cents": 1_200.0})
         0.25
         """
-        found = layout(x)
-        return self._proba(self._fold().logit(found, signed_logs(found.read(x))))
-
-    def predict_and_explain(
-        self, x: Features, *, explain_from: float | None, top: int = 3
-    ) -> tuple[float, list[str]]:
-        """`predict_proba_one`, and `explain_one` where the probability is at least
-        `explain_from` (None: never), from one reading of `x`."""
-        found = layout(x)
-        logs = signed_logs(found.read(x))
-        fold = self._fold()
-        p = self._proba(fold.logit(found, logs))
-        if explain_from is None or p < explain_from:
-            return p, []
-        return p, fold.explain(found.encoded(logs), top=top)
-
-    def predict_then_learn(self, x: Features, y: bool) -> float:
-        """`predict_proba_one` as the model stands, then `learn_one`: a label's out-of-sample
-        probability and its lesson, from one reading of `x`."""
-        found = layout(x)
-        logs = signed_logs(found.read(x))
-        p = self._proba(self._fold().logit(found, logs))
-        self._learn_encoded(found.encoded(logs), y)
-        return p
+        return self._proba(self._fold().logit(layout(x), x))
 
     def _proba(self, logit: float) -> float:
         # River's sigmoid, clamped as River clamps it; then back to the labels' scale.
@@ -252,10 +271,7 @@ class OnlineClassifier:
         """
         if y is None:
             return  # unlabelled: nothing to learn for a supervised model
-        self._learn_encoded(encode(x, scale=True), y)
-
-    def _learn_encoded(self, encoded: dict[str, float], y: bool) -> None:
-        self.model.learn_one(encoded, bool(y), w=self.fraud_weight if y else 1.0)
+        self.model.learn_one(encode(x, scale=True), bool(y), w=self.fraud_weight if y else 1.0)
         self.n_learned += 1
         self.n_fraud += bool(y)
 
@@ -272,7 +288,7 @@ class OnlineClassifier:
     def explain_one(self, x: Features, *, top: int = 3) -> list[str]:
         """Features whose (standardised value x weight) raised the log-odds by more than
         0.5, the largest first."""
-        return self._fold().explain(encode(x, scale=True), top=top)
+        return self._fold().explain(layout(x), x, top=top)
 
 
 @dataclass(kw_only=True)
@@ -361,21 +377,6 @@ class ForestClassifier:
             return p
         logit = (_logit(p) + _logit(linear)) / 2.0
         return 1.0 / (1.0 + math.exp(-logit))
-
-    def predict_and_explain(
-        self, x: Features, *, explain_from: float | None, top: int = 3
-    ) -> tuple[float, list[str]]:
-        """`predict_proba_one`, and `explain_one` where it is at least `explain_from`."""
-        p = self.predict_proba_one(x)
-        if explain_from is None or p < explain_from:
-            return p, []
-        return p, self.explain_one(x, top=top)
-
-    def predict_then_learn(self, x: Features, y: bool) -> float:
-        """`predict_proba_one` as the model stands, then `learn_one`."""
-        p = self.predict_proba_one(x)
-        self.learn_one(x, y)
-        return p
 
     def score_one(self, x: Features) -> float:
         return self.predict_proba_one(x)

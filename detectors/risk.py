@@ -278,16 +278,15 @@ class RiskModel:
         log_odds = None
         calibrated = 0.0
         if c > 0.0:
-            # The model's reasons once it is trusted, and only where it sees some risk: most
-            # transactions are plainly fine, and naming contributors costs a pass over all.
-            p, model_reasons = self.classifier.predict_and_explain(
-                enriched, explain_from=EXPLAIN_FROM if c >= 0.5 else None
-            )
+            p = self.classifier.predict_proba_one(enriched)
             log_odds = _log_odds(p)
             q = _logistic(self.prior_shift.adjusted(log_odds))
             risk = c * q + (1.0 - c) * risk
             calibrated = q if self.prior_shift.fits else 0.0
-            reasons += model_reasons
+            # The model's reasons once it is trusted, and only where it sees some risk: most
+            # transactions are plainly fine, and naming contributors costs a pass over all.
+            if c >= 0.5 and p >= EXPLAIN_FROM:
+                reasons += self.classifier.explain_one(enriched)
         reasons += reasons_after
         return Assessment(
             risk=risk,
@@ -331,8 +330,9 @@ class RiskModel:
         else:
             enriched = x if self._enriched(x) else self.enrich(x)
             # Scored before it learns it: an out-of-sample log-odds for the calibration.
-            before = _log_odds(self.classifier.predict_then_learn(enriched, bool(y)))
+            before = _log_odds(self.classifier.predict_proba_one(enriched))
             self.prior_shift.labelled(before, bool(y))
+            self.classifier.learn_one(enriched, y)
             for signal in self.signals:
                 signal.detector.learn_label(x, bool(y))
 
