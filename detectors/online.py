@@ -22,16 +22,17 @@ scaled vectors or River's per-call overhead; the fold is recomputed after each l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from math import copysign, log1p
-from typing import Any
+from typing import Any, TypeVar
 
 from river import compose, forest, linear_model, optim, preprocessing
 
 from detectors.base import LEARNERS, Features
 from detectors.encoding import Layout, encode, layout
 
+_T = TypeVar("_T")
 #: Per feature of a layout, in its order: (weight / standard deviation, mean, the term it
 #: adds when missing).
 _Terms = list[tuple[float, float, float]]
@@ -53,15 +54,14 @@ class _Fold:
     pushes_by_layout: dict[Layout, _Pushes] = field(default_factory=dict)
 
     def terms(self, found: Layout) -> _Terms:
-        terms = self.terms_by_layout.get(found)
-        if terms is None:
-            features = self.features
-            terms = []
-            for name, missing in zip(found.names, found.missing, strict=True):
-                gain, mean = features.get(name, _UNWEIGHED)[:2]
-                missing_gain, missing_mean = features.get(missing, _UNWEIGHED)[:2]
-                terms.append((gain, mean, missing_gain * (1.0 - missing_mean)))
-            self.terms_by_layout[found] = terms
+        return _made(self.terms_by_layout, found, self._make_terms)
+
+    def _make_terms(self, found: Layout) -> _Terms:
+        features, terms = self.features, []
+        for name, missing in zip(found.names, found.missing, strict=True):
+            gain, mean = features.get(name, _UNWEIGHED)[:2]
+            missing_gain, missing_mean = features.get(missing, _UNWEIGHED)[:2]
+            terms.append((gain, mean, missing_gain * (1.0 - missing_mean)))
         return terms
 
     def logit(self, found: Layout, x: Features) -> float:
@@ -95,24 +95,22 @@ class _Fold:
                 push = (copysign(log1p(abs(value)), value) - mean) / deviation * weight
                 if push > 0.5:
                     pushes.append((push, name))
-        pushes.sort(reverse=True)
-        return [f"model:{name}" for _, name in pushes[:top]]
+        return _strongest(pushes, top)
 
     def pushes(self, found: Layout) -> _Pushes:
-        pushes = self.pushes_by_layout.get(found)
-        if pushes is None:
-            features = self.features
-            pushes = []
-            for name, missing in zip(found.names, found.missing, strict=True):
-                weighed = features.get(name)
-                present = None if weighed is None else (weighed[1], weighed[2], weighed[3])
-                weighed = features.get(missing)
-                when_missing = -math.inf
-                if weighed is not None:
-                    _, mean, deviation, weight = weighed
-                    when_missing = (1.0 - mean) / deviation * weight
-                pushes.append((present, when_missing))
-            self.pushes_by_layout[found] = pushes
+        return _made(self.pushes_by_layout, found, self._make_pushes)
+
+    def _make_pushes(self, found: Layout) -> _Pushes:
+        features, pushes = self.features, []
+        for name, missing in zip(found.names, found.missing, strict=True):
+            weighed = features.get(name)
+            present = None if weighed is None else (weighed[1], weighed[2], weighed[3])
+            weighed = features.get(missing)
+            when_missing = -math.inf
+            if weighed is not None:
+                _, mean, deviation, weight = weighed
+                when_missing = (1.0 - mean) / deviation * weight
+            pushes.append((present, when_missing))
         return pushes
 
     def _explain_encoded(self, encoded: dict[str, float], *, top: int) -> list[str]:
@@ -125,8 +123,19 @@ class _Fold:
                 push = (value - mean) / deviation * weight
                 if push > 0.5:
                     pushes.append((push, name))
-        pushes.sort(reverse=True)
-        return [f"model:{name}" for _, name in pushes[:top]]
+        return _strongest(pushes, top)
+
+
+def _made(made: dict[Layout, _T], found: Layout, make: Callable[[Layout], _T]) -> _T:
+    """What `make` makes for `found`, made once (the fold is the model as of one label)."""
+    done = made.get(found)
+    if done is None:
+        done = made[found] = make(found)
+    return done
+
+
+def _strongest(pushes: list[tuple[float, str]], top: int) -> list[str]:
+    return [f"model:{name}" for _, name in sorted(pushes, reverse=True)[:top]]
 
 
 #: A feature the model does not weigh: it adds nothing.
