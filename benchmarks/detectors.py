@@ -19,12 +19,13 @@ The risk model alone, on the calls replay really makes (no features file needed)
     .venv/bin/python benchmarks/detectors.py --world WORLD --record-trace T.pickle
     .venv/bin/python benchmarks/detectors.py --trace T.pickle [--slice 25000]
 
-`--record-trace` replays WORLD as `rebate-guard replay` does (default settings) and records
-the model as it started, every call the decider made to it (`assess`, `learn_scored`, a
-label's `learn_one`) and what each assessment gave. `--trace` replays those calls on the
-checkout's detectors, checks every assessment against the recorded one bit for bit (risk,
-reasons, log-odds, calibrated risk, the signals' features) and prints CPU µs per call, per
-slice of assessed transactions: record once, then time any commit on the same calls.
+`--record-trace` replays WORLD as `rebate-guard replay` does (default settings; its outputs go
+to T.replay/) and records the model as it started, every call the decider made to it
+(`assess`, `learn_scored`, a label's `learn_one`) and what each assessment gave. `--trace`
+replays those calls on the checkout's detectors, checks every assessment against the
+recorded one bit for bit (risk, reasons, log-odds, calibrated risk, the signals' features)
+and prints CPU µs per call, per slice of assessed transactions: record once, then time any
+commit on the same calls.
 """
 
 from __future__ import annotations
