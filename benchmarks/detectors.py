@@ -13,15 +13,30 @@ order, and times two things (prints a table):
 
 Times are CPU seconds of this process (`time.process_time`), so a busy machine slows the
 run but not the figures much. `--learner`: the classifier (`detectors.online`).
+
+The risk model alone, on the calls replay really makes (no features file needed):
+
+    .venv/bin/python benchmarks/detectors.py --world WORLD --record-trace T.pickle
+    .venv/bin/python benchmarks/detectors.py --trace T.pickle [--slice 25000]
+
+`--record-trace` replays WORLD as `rebate-guard replay` does (default settings; its outputs go
+to T.replay/) and records the model as it started, every call the decider made to it
+(`assess`, `learn_scored`, a label's `learn_one`) and what each assessment gave. `--trace`
+replays those calls on the checkout's detectors, checks every assessment against the
+recorded one bit for bit (risk, reasons, log-odds, calibrated risk, the signals' features)
+and prints CPU µs per call, per slice of assessed transactions: record once, then time any
+commit on the same calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import pickle
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -31,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from detectors.base import LEARNERS, Features  # noqa: E402
 from detectors.drift import DriftWatch  # noqa: E402
 from detectors.online import make_classifier  # noqa: E402
-from detectors.risk import RiskModel  # noqa: E402
+from detectors.risk import Assessment, RiskModel  # noqa: E402
 from features.engine import FEATURE_NAMES  # noqa: E402
 from rebate_guard.contract.records import FRAUD, Label, Transaction  # noqa: E402
 from rebate_guard.contract.validation import parse_label, parse_transaction  # noqa: E402
@@ -40,11 +55,24 @@ from rebate_guard.core.decider import Decider  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--features", type=Path, required=True)
-    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--features", type=Path)
+    parser.add_argument("--world", type=Path)
     parser.add_argument("--learner", choices=LEARNERS, default="logreg")
+    parser.add_argument("--record-trace", type=Path, help="record the model's calls in a replay")
+    parser.add_argument("--trace", type=Path, help="time the model on recorded calls")
+    parser.add_argument("--slice", type=int, default=25_000, help="assessments per row")
     args = parser.parse_args()
     gc.set_threshold(100_000, 50, 1_000)
+    if args.trace:
+        _time_trace(args.trace, args.slice)
+        return
+    if args.world is None:
+        parser.error("--world is required")
+    if args.record_trace:
+        _record_trace(args.world, args.record_trace)
+        return
+    if args.features is None:
+        parser.error("--features is required")
     features = pl.read_parquet(args.features)
     txs = pl.read_parquet(args.world / "transactions.parquet")
     rows = features.join(txs, on="tx_id").sort("ts")
@@ -115,6 +143,146 @@ def _detectors_alone(
             scored[tx.tx_id] = (assessment.enriched, assessment.risk)
             by_user.setdefault(tx.user_id, []).append(tx.tx_id)
     return time.process_time() - started, n_examples
+
+
+class _Recorder:
+    """The decider's risk model, recording each call and what each assessment gave."""
+
+    def __init__(self, model: RiskModel) -> None:
+        self.model = model
+        self.start = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        self.key_sets: dict[tuple[str, ...], int] = {}
+        self.calls: list[tuple[Any, ...]] = []
+        self.seen: list[tuple[Any, ...]] = []
+        #: The enriched vectors assessed, by identity: a label's `learn_one` names one.
+        self.assessed: dict[int, tuple[int, Features]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def assess(self, x: Features) -> Assessment:
+        keys = self.key_sets.setdefault(tuple(x), len(self.key_sets))
+        self.calls.append(("assess", keys, tuple(x.values())))
+        assessment = self.model.assess(x)
+        self.assessed[id(assessment.enriched)] = (len(self.seen), assessment.enriched)
+        self.seen.append(_what(assessment))
+        return assessment
+
+    def learn_scored(self, assessment: Assessment) -> None:
+        self.calls.append(("learn_scored",))
+        self.model.learn_scored(assessment)
+
+    def learn_one(self, x: Features, y: bool | None = None) -> None:
+        index, enriched = self.assessed.get(id(x), (None, None))
+        if enriched is not x or y is None:
+            raise ValueError("the decider learns labels only from vectors it assessed")
+        self.calls.append(("label", index, bool(y)))
+        self.model.learn_one(x, y)
+
+
+def _what(assessment: Assessment) -> tuple[Any, ...]:
+    """What an assessment gave, compared bit for bit (the enriched vector's signal features
+    are its last items)."""
+    signals = tuple(assessment.enriched.items())[-2:]
+    return (assessment.risk, tuple(assessment.reasons), assessment.log_odds,
+            assessment.calibrated_risk, signals)  # fmt: skip
+
+
+def _record_trace(world: Path, out: Path) -> None:
+    from features.engine import FeatureEngine
+    from graph.layer import GraphLayer
+    from rebate_guard.core.decider import Scorer
+    from rebate_guard.settings import Settings
+    from rebate_guard.tools.replay import replay
+
+    settings = Settings.from_env()
+    recorder = _Recorder(settings.risk_model())
+    decider = Decider(model=recorder, policy=settings.policy())  # type: ignore[arg-type]
+    scorer = Scorer(
+        features=FeatureEngine(settings.engine_config()), decider=decider, graph=GraphLayer()
+    )
+    files = {name: world / f"{name}.parquet" for name in ("transactions", "signups", "labels")}
+    summary = replay(**files, out_dir=out.with_suffix(".replay"), progress=None, scorer=scorer)
+    trace = {"start": recorder.start, "key_sets": list(recorder.key_sets),
+             "calls": recorder.calls, "seen": recorder.seen}  # fmt: skip
+    out.write_bytes(pickle.dumps(trace, protocol=pickle.HIGHEST_PROTOCOL))
+    print(f"{summary.events:,} events, {len(recorder.calls):,} model calls -> {out}")
+
+
+def _time_trace(path: Path, per_slice: int) -> None:
+    """CPU µs per model call on a recorded trace, by slice; every assessment checked."""
+    trace = pickle.loads(path.read_bytes())
+    model: RiskModel = pickle.loads(trace["start"])
+    key_sets, seen = trace["key_sets"], trace["seen"]
+    labelled = {call[1] for call in trace["calls"] if call[0] == "label"}
+    kept: dict[int, Features] = {}
+    clock = time.process_time
+    rows: list[_Slice] = []
+    row = _Slice()
+    assessed = differ = 0
+    last: Assessment | None = None
+    for call in trace["calls"]:
+        if call[0] == "assess":
+            x = dict(zip(key_sets[call[1]], call[2], strict=True))
+            started = clock()
+            last = model.assess(x)
+            spent = clock() - started
+            differ += _what(last) != seen[assessed]
+            if assessed in labelled:
+                kept[assessed] = last.enriched
+            assessed += 1
+            row.assessed += 1
+            row.assess_s += spent
+            if any(reason.startswith("model:") for reason in last.reasons):
+                row.explained += 1
+                row.explained_s += spent
+            if row.assessed == per_slice:
+                rows.append(row)
+                row = _Slice()
+        elif call[0] == "learn_scored":
+            assert last is not None
+            started = clock()
+            model.learn_scored(last)
+            row.learn_scored_s += clock() - started
+        else:
+            x = kept.pop(call[1])
+            started = clock()
+            model.learn_one(x, call[2])
+            row.labels += 1
+            row.labels_s += clock() - started
+    if row.assessed:
+        rows.append(row)
+    print(f"{assessed:,} assessments: {'all as recorded' if not differ else f'{differ:,} DIFFER'}")
+    print("| assessed | assess µs | explained: share, µs | learn_scored µs | labels, µs each "
+          "| model µs per transaction |\n|---|---|---|---|---|---|")  # fmt: skip
+    done = 0
+    for row in rows:
+        done += row.assessed
+        print(row.line(f"{done:,}"))
+    everything = _Slice()
+    for row in rows:
+        for name, value in vars(row).items():
+            setattr(everything, name, getattr(everything, name) + value)
+    print(everything.line("all"))
+
+
+class _Slice:
+    """CPU seconds and counts of one slice of a trace."""
+
+    def __init__(self) -> None:
+        self.assessed = self.explained = self.labels = 0
+        self.assess_s = self.explained_s = self.learn_scored_s = self.labels_s = 0.0
+
+    def line(self, label: str) -> str:
+        n = max(1, self.assessed)
+        total = self.assess_s + self.learn_scored_s + self.labels_s
+        return (
+            f"| {label} | {self.assess_s / n * 1e6:.1f} | {self.explained / n:.1%}, "
+            f"{self.explained_s / max(1, self.explained) * 1e6:.1f} | "
+            f"{self.learn_scored_s / n * 1e6:.1f} | "
+            f"{self.labels:,}, {self.labels_s / max(1, self.labels) * 1e6:.1f} | "
+            f"{total / n * 1e6:.1f} |"
+        )
 
 
 if __name__ == "__main__":

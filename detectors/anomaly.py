@@ -16,7 +16,7 @@ from typing import Any
 from river import anomaly, compose, preprocessing
 
 from detectors.base import Features, Reading
-from detectors.encoding import encode, signed_log
+from detectors.encoding import encode, signed_logs
 
 
 @dataclass(kw_only=True)
@@ -205,13 +205,7 @@ class GaussianAnomaly:
 
     def view(self, x: Features) -> View:
         """The watched features on their signed log scale (compute once, score and learn)."""
-        get = x.get
-        return [
-            None
-            if (value := get(name)) is None or value != value  # missing, or NaN
-            else signed_log(value)
-            for name in self.features
-        ]
+        return signed_logs(map(x.get, self.features))
 
     def score_one(self, x: Features) -> float:
         """How far `x` sits from the usual (class docstring).

@@ -24,43 +24,122 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any
+from math import copysign, log1p
+from typing import Any, TypeVar
 
 from river import compose, forest, linear_model, optim, preprocessing
 
 from detectors.base import LEARNERS, Features
-from detectors.encoding import encode, signed_log
+from detectors.encoding import Layout, encode, layout
 
-#: Per feature, in sorted order: (weight / standard deviation, mean, the term it adds when
-#: missing), and what reads the features' values in that order.
-_Plan = tuple[Callable[[Features], tuple[Any, ...]], list[tuple[float, float, float]]]
+_T = TypeVar("_T")
+#: Per feature of a layout, in its order: (weight / standard deviation, mean, the term it
+#: adds when missing).
+_Terms = list[tuple[float, float, float]]
+#: Per feature of a layout, in its order: (mean, standard deviation, weight) when present
+#: (None: the model does not weigh it), and its push when missing (-inf: none).
+_Pushes = list[tuple[tuple[float, float, float] | None, float]]
 
 
 @dataclass
 class _Fold:
-    """The model as of `n_learned` labels, folded for scoring; plans per key set."""
+    """The model as of `n_learned` labels, folded for scoring: per feature the model weighs
+    (weight and variance non-zero), (weight / standard deviation, mean, standard deviation,
+    weight); the terms per layout (`terms`) made on first use."""
 
     n_learned: int
-    means: dict[str, float]
-    gains: dict[str, float]
     intercept: float
-    plans: dict[tuple[str, ...], _Plan] = field(default_factory=dict)
+    features: dict[str, tuple[float, float, float, float]]
+    terms_by_layout: dict[Layout, _Terms] = field(default_factory=dict)
+    pushes_by_layout: dict[Layout, _Pushes] = field(default_factory=dict)
 
-    def plan(self, x: Features) -> _Plan:
-        keys = tuple(x)
-        plan = self.plans.get(keys)
-        if plan is None:
-            gains, means = self.gains, self.means
-            names = sorted(keys)
-            terms = []
-            for name in names:
-                missing = f"{name}_missing"
-                when_missing = gains.get(missing, 0.0) * (1.0 - means.get(missing, 0.0))
-                terms.append((gains.get(name, 0.0), means.get(name, 0.0), when_missing))
-            getter = itemgetter(*names) if len(names) > 1 else lambda x: (x[names[0]],)
-            plan = self.plans[keys] = (getter, terms)
-        return plan
+    def terms(self, found: Layout) -> _Terms:
+        return _made(self.terms_by_layout, found, self._make_terms)
+
+    def _make_terms(self, found: Layout) -> _Terms:
+        features, terms = self.features, []
+        for name, missing in zip(found.names, found.missing, strict=True):
+            gain, mean = features.get(name, _UNWEIGHED)[:2]
+            missing_gain, missing_mean = features.get(missing, _UNWEIGHED)[:2]
+            terms.append((gain, mean, missing_gain * (1.0 - missing_mean)))
+        return terms
+
+    def logit(self, found: Layout, x: Features) -> float:
+        """b + the sum, in the layout's order, of gain (signed_log(x) - mean) over the
+        present features and of the missing indicators' terms over the others (None or
+        NaN); `signed_log` inlined: this runs for every transaction."""
+        logit = self.intercept
+        for value, (gain, mean, when_missing) in zip(found.read(x), self.terms(found), strict=True):
+            if value is None or value != value:
+                logit += when_missing
+            else:
+                logit += gain * (copysign(log1p(abs(value)), value) - mean)
+        return logit
+
+    def explain(self, found: Layout, x: Features, *, top: int) -> list[str]:
+        """Features whose standardised value x weight, as River's pipeline computes it,
+        raised the log-odds by more than 0.5, the largest first (a missing value's
+        indicator at 1 included). A feature the fold leaves out pushes nothing: River scales
+        a constant one to 0, and an unweighed one weighs 0."""
+        if found.clashes:  # an indicator's name is also a key: `encode` keeps one of the two
+            return self._explain_encoded(encode(x, scale=True), top=top)
+        pushes = []
+        for value, name, missing, (present, when_missing) in zip(
+            found.read(x), found.names, found.missing, self.pushes(found), strict=True
+        ):
+            if value is None or value != value:
+                if when_missing > 0.5:
+                    pushes.append((when_missing, missing))
+            elif present is not None:
+                mean, deviation, weight = present
+                push = (copysign(log1p(abs(value)), value) - mean) / deviation * weight
+                if push > 0.5:
+                    pushes.append((push, name))
+        return _strongest(pushes, top)
+
+    def pushes(self, found: Layout) -> _Pushes:
+        return _made(self.pushes_by_layout, found, self._make_pushes)
+
+    def _make_pushes(self, found: Layout) -> _Pushes:
+        features, pushes = self.features, []
+        for name, missing in zip(found.names, found.missing, strict=True):
+            weighed = features.get(name)
+            present = None if weighed is None else (weighed[1], weighed[2], weighed[3])
+            weighed = features.get(missing)
+            when_missing = -math.inf
+            if weighed is not None:
+                _, mean, deviation, weight = weighed
+                when_missing = (1.0 - mean) / deviation * weight
+            pushes.append((present, when_missing))
+        return pushes
+
+    def _explain_encoded(self, encoded: dict[str, float], *, top: int) -> list[str]:
+        features = self.features
+        pushes = []
+        for name, value in encoded.items():
+            weighed = features.get(name)
+            if weighed is not None:
+                _, mean, deviation, weight = weighed
+                push = (value - mean) / deviation * weight
+                if push > 0.5:
+                    pushes.append((push, name))
+        return _strongest(pushes, top)
+
+
+def _made(made: dict[Layout, _T], found: Layout, make: Callable[[Layout], _T]) -> _T:
+    """What `make` makes for `found`, made once (the fold is the model as of one label)."""
+    done = made.get(found)
+    if done is None:
+        done = made[found] = make(found)
+    return done
+
+
+def _strongest(pushes: list[tuple[float, str]], top: int) -> list[str]:
+    return [f"model:{name}" for _, name in sorted(pushes, reverse=True)[:top]]
+
+
+#: A feature the model does not weigh: it adds nothing.
+_UNWEIGHED = (0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(kw_only=True)
@@ -109,9 +188,6 @@ class OnlineClassifier:
     model: Any = field(init=False, repr=False)
     n_learned: int = 0
     n_fraud: int = 0
-    _weights_cache: tuple[int, dict[str, float]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
     _fold_cache: _Fold | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -142,40 +218,30 @@ class OnlineClassifier:
         >>> model.predict_proba_one({"amount_cents": 1_200.0})
         0.25
         """
-        if not x:
-            return self._calibrated(self._sigmoid(self._fold().intercept))
-        fold = self._fold()
-        getter, terms = fold.plan(x)
-        logit = fold.intercept
-        # `encode`, the scaling and the dot in one pass, in sorted feature order.
-        for value, (gain, mean, when_missing) in zip(getter(x), terms, strict=True):
-            if value is None or value != value:  # missing, or NaN
-                logit += when_missing
-            else:
-                logit += gain * (signed_log(value) - mean)
-        return self._calibrated(self._sigmoid(logit))
+        return self._proba(self._fold().logit(layout(x), x))
 
-    @staticmethod
-    def _sigmoid(logit: float) -> float:
-        # River's sigmoid, clamped as River clamps it.
-        return 0.0 if logit < -30 else 1.0 if logit > 30 else 1.0 / (1.0 + math.exp(-logit))
+    def _proba(self, logit: float) -> float:
+        # River's sigmoid, clamped as River clamps it; then back to the labels' scale.
+        raw = 0.0 if logit < -30 else 1.0 if logit > 30 else 1.0 / (1.0 + math.exp(-logit))
+        return self._calibrated(raw)
 
     def _fold(self) -> _Fold:
         cached = self._fold_cache
         if cached is None or cached.n_learned != self.n_learned:
             scaler = self.model["StandardScaler"]
             regression = self.model["LogisticRegression"]
-            gains = {}
+            variances, means = scaler.vars, scaler.means
+            features = {}
             for name, weight in regression.weights.items():
-                var = scaler.vars.get(name, 0.0)
+                var = variances.get(name, 0.0)
                 if var:  # River scales a constant feature to 0: it adds nothing
-                    gains[name] = weight / var**0.5
-            means = {name: scaler.means[name] for name in gains}
-            cached = self._fold_cache = _Fold(self.n_learned, means, gains, regression.intercept)
+                    deviation = var**0.5
+                    features[name] = (weight / deviation, means[name], deviation, weight)
+            cached = self._fold_cache = _Fold(self.n_learned, regression.intercept, features)
         return cached
 
     def scale(self, encoded: dict[str, float]) -> dict[str, float]:
-        """Standardised inputs (`predict_proba_one` in two steps, to reuse them)."""
+        """Standardised inputs: River's own path, the reference the fold is tested against."""
         scaled: dict[str, float] = self.model["StandardScaler"].transform_one(encoded)
         return scaled
 
@@ -220,34 +286,18 @@ class OnlineClassifier:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_weights_cache"] = None  # derived; scoring must not change what pickles
-        state["_fold_cache"] = None
+        state["_fold_cache"] = None  # derived; scoring must not change what pickles
         return state
 
-    def _weights(self) -> dict[str, float]:
-        # River hands out a copy of the weights; they change only when a label is learned.
-        cached = self._weights_cache
-        if cached is None or cached[0] != self.n_learned:
-            cached = self._weights_cache = (
-                self.n_learned,
-                dict(self.model["LogisticRegression"].weights),
-            )
-        return cached[1]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state.pop("_weights_cache", None)  # pickled when explaining kept its own copy
+        self.__dict__.update(state)
 
     def explain_one(self, x: Features, *, top: int = 3) -> list[str]:
-        return self.explain_scaled(self.scale(encode(x, scale=True)), top=top)
-
-    def explain_scaled(self, scaled: dict[str, float], *, top: int = 3) -> list[str]:
         """Features whose (standardised value x weight) raised the log-odds by more than
         0.5, the largest first."""
-        weights = self._weights()
-        pushes = []
-        for name, value in scaled.items():
-            push = value * weights.get(name, 0.0)
-            if push > 0.5:
-                pushes.append((push, name))
-        pushes.sort(reverse=True)
-        return [f"model:{name}" for _, name in pushes[:top]]
+        return self._fold().explain(layout(x), x, top=top)
 
 
 @dataclass(kw_only=True)

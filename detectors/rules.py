@@ -67,6 +67,8 @@ BASE_LOG_ODDS = -3.5
 
 #: Rule sets in evaluation form, by rule set (rules are frozen, so the tuple is the key).
 _COMPILED: dict[tuple[Rule, ...], tuple[tuple[str, float, bool, float, str], ...]] = {}
+#: The rule set last evaluated, and its evaluation form.
+_LAST: list[Any] = [None, ()]
 
 
 @dataclass(kw_only=True)
@@ -144,13 +146,19 @@ class RuleScore:
         return Reading(score, codes)
 
     def _strongest_first(self) -> tuple[tuple[str, float, bool, float, str], ...]:
-        cached = _COMPILED.get(self.rules)
+        # Looked up by the rule set's identity first: hashing it (every frozen rule's fields)
+        # on every transaction cost as much as evaluating the rules.
+        rules = self.rules
+        if _LAST[0] is rules:
+            return _LAST[1]
+        cached = _COMPILED.get(rules)
         if cached is None:
             ordered = sorted(self.rules, key=lambda r: -r.log_odds)  # stable: ties keep order
             cached = _COMPILED[self.rules] = tuple(
                 (r.feature, r.threshold, r.direction == "above", r.log_odds, r.code)
                 for r in ordered
             )
+        _LAST[:] = [rules, cached]
         return cached
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:

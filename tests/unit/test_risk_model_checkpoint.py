@@ -80,6 +80,7 @@ def test_an_old_risk_model_scores_and_learns_as_it_did(expected: dict[str, Any])
 def test_an_old_risk_model_pickled_again_goes_on_identically(expected: dict[str, Any]) -> None:
     blob = pickle.dumps(load_checkpoint(OLD.read_bytes()), protocol=pickle.HIGHEST_PROTOCOL)
     assert b"anomaly_weight" not in blob and b"signals" in blob  # the new shape
+    assert b"_weights_cache" not in blob  # the classifier's old copy of its weights: dropped
     again = pickle.loads(blob)
     assert _seen(again, expected["probes"]) == _recorded(expected["before"])
     _learn(again, expected["more"])
