@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph.layer import GraphLayer
 from rebate_guard.contract.records import Transaction
 from rebate_guard.core.decider import Scorer
-from rebate_guard.tools.replay import DECISION_SCHEMA, EventFiles, _append_decision
+from rebate_guard.tools.replay import DecisionRows, EventFiles
 
 CONTAINERS = (dict, list, set, frozenset, deque, tuple)
 
@@ -90,7 +90,7 @@ def entries(root: Any, limit: int = 50_000_000) -> int:
     return total
 
 
-def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
+def state_parts(scorer: Scorer, outputs: DecisionRows) -> dict[str, Any]:
     """Every piece of state that may grow with history, by name (what the table shows)."""
     engine, decider = scorer.features, scorer.decider
     users, entities = engine.users.user, engine.entities
@@ -118,7 +118,7 @@ def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
         "budget.epochs": decider.budget.epochs,
         "model": decider.model,
         "drift": decider.drift,
-        "out.decisions": outputs["tx_id"],
+        "out.decisions": outputs,
         "out.adjustments": scorer.adjustments,
         "out.ring_events": scorer.ring_events,
     }
@@ -144,14 +144,12 @@ def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
     return parts
 
 
-def state_sizes(
-    scorer: Scorer, outputs: dict[str, Any], *, deep: bool
-) -> dict[str, tuple[int, int]]:
+def state_sizes(scorer: Scorer, outputs: DecisionRows, *, deep: bool) -> dict[str, tuple[int, int]]:
     """name -> (keys, entries): the top container's length and everything it holds (-1:
     not counted this slice; the census walks every object, seconds on a big state)."""
     out = {}
     for name, part in state_parts(scorer, outputs).items():
-        keys = len(part) if isinstance(part, CONTAINERS) else 0
+        keys = len(part) if isinstance(part, (*CONTAINERS, DecisionRows)) else 0
         out[name] = (keys, entries(part) if deep else -1)
     return out
 
@@ -247,7 +245,7 @@ def sliced_replay(
     scorer = Scorer(graph=GraphLayer())
     timers = instrument(scorer) if split else Timers()
     files = EventFiles(paths["transactions"], paths.get("signups"), paths.get("labels"), None)
-    out: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+    out = DecisionRows()
     slices: list[Slice] = []
     profiles: dict[int, pstats.Stats] = {}
     events: Iterator[Any] = iter(files)
@@ -261,7 +259,7 @@ def sliced_replay(
         for event in events:
             decision = scorer.apply(event, decided_at=int(time.time() * 1000))
             if decision is not None:
-                _append_decision(out, decision)
+                out.append(decision)
             transactions += isinstance(event, Transaction)
             n += 1
             if n == slice_events:

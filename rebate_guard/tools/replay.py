@@ -19,7 +19,7 @@ import polars as pl
 
 from features.engine import EngineConfig, FeatureEngine
 from graph.layer import GraphLayer, RingEvent
-from rebate_guard.contract.order import EVENT_KINDS, Event
+from rebate_guard.contract.order import EVENT_KINDS, KIND_RANK, Event
 from rebate_guard.contract.records import (
     LABELS,
     SIGNUPS,
@@ -42,6 +42,9 @@ ADJUSTMENT_SCHEMA = record_schema(RebateAdjustment)
 RING_JSON_FIELDS = ("evidence",)
 RING_SCHEMA = record_schema(RingEvent, json_fields=RING_JSON_FIELDS)
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
+#: Merged positions whose rows become Python values at a time: the files stay in Polars
+#: columns, so replay's memory for its inputs does not grow with them.
+ROWS_PER_BATCH = 65_536
 
 
 def ring_frame(events: list[RingEvent]) -> pl.DataFrame:
@@ -132,14 +135,14 @@ class EventFiles:
     def __iter__(self) -> Iterator[Event]:
         paths = {SIGNUPS: self.signups, TRANSACTIONS: self.transactions, LABELS: self.labels}
         frames: list[pl.DataFrame] = []
-        columns: list[dict[str, list[Any]]] = []
+        orders: list[pl.DataFrame] = []
         # `order_key`'s order by columns: ts, the kind's rank, its id, then the input row.
         for rank, kind in enumerate(EVENT_KINDS):
             path = paths[kind.name]
             frame = (
                 read_frame(path) if path is not None else pl.DataFrame({"ts": []}, {"ts": pl.Int64})
             )
-            columns.append({c: frame[c].to_list() for c in frame.columns})
+            frames.append(frame)
             ids = [pl.col(c).cast(pl.String) for c in kind.id_fields if c in frame.columns]
             order = frame.select(
                 pl.col("ts"),
@@ -149,27 +152,36 @@ class EventFiles:
             )
             for row in order.filter(pl.col("ts").is_null())["row"]:
                 self._dead(path, row, "missing or unreadable 'ts'")
-            frames.append(order.filter(pl.col("ts").is_not_null()))
-        merged = pl.concat(frames).sort(["ts", "rank", "id", "row"], maintain_order=True)
+            orders.append(order.filter(pl.col("ts").is_not_null()))
+        merged = pl.concat(orders).sort(["ts", "rank", "id", "row"], maintain_order=True)
+        # Only a tx_id that occurs more than once can be a duplicate: `seen` holds those alone.
+        repeated = set(_repeated_ids(orders[KIND_RANK[Transaction]]))
+        merged = merged.select("rank", "row")
+        del orders
         self.events = merged.height
         seen: set[str] = set()
         bar = Progress(merged.height, self.progress)
-        for done, (rank, row) in enumerate(zip(merged["rank"], merged["row"], strict=True)):
-            kind = EVENT_KINDS[rank]
-            cols = columns[rank]
-            if done % 4096 == 0:
-                bar.update(done)
-            try:
-                event = kind.parse({name: values[row] for name, values in cols.items()})
-            except InvalidEvent as exc:
-                self._dead(paths[kind.name], row, str(exc))
-                continue
-            if isinstance(event, Transaction):
-                if event.tx_id in seen:
-                    self.duplicates += 1
+        done = 0
+        for batch in merged.iter_slices(ROWS_PER_BATCH):
+            ranks = batch["rank"].to_list()
+            rows = batch["row"].to_list()
+            records = [_records(frame, batch, rank) for rank, frame in enumerate(frames)]
+            for rank, row in zip(ranks, rows, strict=True):
+                kind = EVENT_KINDS[rank]
+                if done % 4096 == 0:
+                    bar.update(done)
+                done += 1
+                try:
+                    event = kind.parse(next(records[rank]))
+                except InvalidEvent as exc:
+                    self._dead(paths[kind.name], row, str(exc))
                     continue
-                seen.add(event.tx_id)
-            yield event
+                if isinstance(event, Transaction) and event.tx_id in repeated:
+                    if event.tx_id in seen:
+                        self.duplicates += 1
+                        continue
+                    seen.add(event.tx_id)
+                yield event
         bar.update(merged.height, force=True)
 
     def _dead(self, path: Path | None, row: int, reason: str) -> None:
@@ -185,6 +197,54 @@ class EventFiles:
             )
 
 
+class DecisionRows:
+    """Decisions as the rows of `decisions.parquet`, kept as Polars columns: every
+    `ROWS_PER_BATCH` decisions leave their Python lists (~0.5 KB a decision) for a frame."""
+
+    def __init__(self) -> None:
+        self.chunks: list[pl.DataFrame] = []
+        self.rows: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, decision: Decision) -> None:
+        for name, values in self.rows.items():
+            values.append(getattr(decision, name))
+        self.count += 1
+        if self.count % ROWS_PER_BATCH == 0:
+            self._flush()
+
+    def frame(self) -> pl.DataFrame:
+        """Every decision so far, in order."""
+        self._flush()
+        if not self.chunks:
+            return pl.DataFrame(schema=DECISION_SCHEMA)
+        return pl.concat(self.chunks, rechunk=True)
+
+    def _flush(self) -> None:
+        if self.rows["tx_id"]:
+            self.chunks.append(pl.DataFrame(self.rows, schema=DECISION_SCHEMA))
+            self.rows = {name: [] for name in DECISION_SCHEMA}
+
+
+def _records(frame: pl.DataFrame, batch: pl.DataFrame, rank: int) -> Iterator[dict[str, Any]]:
+    """The rows of `frame` (one kind's file) that `batch` (merged positions) names, as
+    dicts in the batch's order: only these rows become Python values, a batch at a time."""
+    rows = batch.filter(pl.col("rank") == rank)["row"]
+    taken = frame.select(pl.all().gather(rows))
+    names = taken.columns
+    columns = [taken[name].to_list() for name in names]
+    return (dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True))
+
+
+def _repeated_ids(order: pl.DataFrame) -> list[str]:
+    """The ids that more than one row of `order` (one kind's merge columns) carries."""
+    counts = order.group_by("id").len()
+    return counts.filter(pl.col("len") > 1)["id"].to_list()
+
+
 def replay(
     transactions: Path,
     out_dir: Path,
@@ -196,19 +256,19 @@ def replay(
     started = time.perf_counter()
     scorer = scorer or Scorer(graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
-    out: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+    out = DecisionRows()
     last_ts = None
     for event in files:
         decision = scorer.apply(event, decided_at=int(time.time() * 1000))
         last_ts = event.ts
         if decision is not None:
-            _append_decision(out, decision)
+            out.append(decision)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "decisions": out_dir / "decisions.parquet",
         "adjustments": out_dir / "adjustments.parquet",
     }
-    pl.DataFrame(out, schema=DECISION_SCHEMA).write_parquet(outputs["decisions"])
+    out.frame().write_parquet(outputs["decisions"])
     adjustments = {
         name: [getattr(a, name) for a in scorer.adjustments] for name in ADJUSTMENT_SCHEMA
     }
@@ -226,7 +286,7 @@ def replay(
     budget = scorer.decider.budget_report()
     outputs["budget"] = out_dir / "budget.json"
     outputs["budget"].write_text(json.dumps(budget, indent=2) + "\n")
-    return ReplaySummary.of(files, len(out["tx_id"]), started, outputs, budget)
+    return ReplaySummary.of(files, len(out), started, outputs, budget)
 
 
 def compute_features(
@@ -262,8 +322,3 @@ def compute_features(
     outputs = {"features": out}
     files.write_dead_letters(out.parent, outputs)
     return ReplaySummary.of(files, len(tx_ids), started, outputs)
-
-
-def _append_decision(out: dict[str, list[Any]], decision: Decision) -> None:
-    for name in DECISION_SCHEMA:
-        out[name].append(getattr(decision, name))
