@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 from detectors.base import Features
 
@@ -26,6 +26,9 @@ _FLOAT, _INT, _NONE, _BOOL = b"f"[0], b"i"[0], b"n"[0], b"b"[0]
 _CODES: dict[type, int] = {float: _FLOAT, int: _INT, type(None): _NONE, bool: _BOOL}
 #: Ints past this do not survive the trip through a float.
 _EXACT_INT = 2**53
+#: Patterns of value types whose layout is kept (vectors of others are packed all the same,
+#: only a little slower).
+MAX_LAYOUTS = 1024
 
 
 class Remembered(NamedTuple):
@@ -37,28 +40,68 @@ class Remembered(NamedTuple):
 
 
 class Packed(NamedTuple):
-    """A vector's keys (shared), values and their types (`_CODES`)."""
+    """A vector's keys and its values' types (`_CODES`), both shared, and its values."""
 
     keys: tuple[str, ...]
     values: array[float]
     codes: bytes
 
 
-def pack(x: Features, keys: tuple[str, ...]) -> Packed | Features:
-    """`x` packed, with `keys` (a tuple equal to x's keys, shared) as its keys; `x` itself
-    if a value is of a type that is not packed, or an int a float cannot hold exactly."""
-    values = tuple(x.values())
-    try:
-        codes = bytes(map(_CODES.__getitem__, map(type, values)))
-    except KeyError:
-        return x
-    if _INT in codes and any(type(v) is int and abs(v) > _EXACT_INT for v in values):
-        return x
-    if _NONE in codes:
-        floats: Iterable[float] = (0.0 if v is None else v for v in values)
-    else:
-        floats = cast(tuple[float, ...], values)
-    return Packed(keys, array("d", floats), codes)
+class Layout(NamedTuple):
+    """What packing needs of a pattern of value types: their codes, and where the Nones
+    (stored as 0.0) and the ints (to check they fit) are."""
+
+    codes: bytes
+    nones: tuple[int, ...]
+    ints: tuple[int, ...]
+
+
+class Packer:
+    """Packs vectors, sharing their keys and type codes among those that have the same: a
+    vector's types are looked up as one tuple, not examined value by value."""
+
+    def __init__(self) -> None:
+        #: The keys of the last vector packed, shared by the next ones with the same keys.
+        self.keys: tuple[str, ...] = ()
+        #: Patterns of value types -> their layout (None: a type that is not packed).
+        self.layouts: dict[tuple[type, ...], Layout | None] = {}
+
+    def pack(self, x: Features) -> Packed | Features:
+        """`x` packed; `x` itself if a value is of a type that is not packed (`_CODES`),
+        or an int a float cannot hold exactly."""
+        keys = tuple(x)
+        if keys != self.keys:
+            self.keys = keys
+        values = tuple(x.values())
+        types = tuple(map(type, values))
+        layout = self.layouts.get(types)
+        if layout is None:
+            layout = self._layout(types)
+            if layout is None:
+                return x
+        floats: Sequence[float | None] = values
+        if layout.nones:
+            floats = list(values)
+            for i in layout.nones:
+                floats[i] = 0.0
+        numbers = cast(Sequence[float], floats)  # the Nones are zeros now
+        if layout.ints and any(abs(numbers[i]) > _EXACT_INT for i in layout.ints):
+            return x
+        return Packed(self.keys, array("d", numbers), layout.codes)
+
+    def _layout(self, types: tuple[type, ...]) -> Layout | None:
+        if types in self.layouts:
+            return None  # known not to pack
+        codes = [_CODES.get(t) for t in types]
+        layout = None
+        if None not in codes:
+            packed = bytes(cast(list[int], codes))
+            nones = tuple(i for i, code in enumerate(packed) if code == _NONE)
+            ints = tuple(i for i, code in enumerate(packed) if code == _INT)
+            layout = Layout(packed, nones, ints)
+        if len(self.layouts) < MAX_LAYOUTS:
+            self.layouts[types] = layout
+        return layout
 
 
 def unpack(packed: Packed | Features) -> Features:
@@ -89,8 +132,15 @@ class RememberedVectors:
         self.kept: OrderedDict[str, tuple[str, Packed | Features, float]] = OrderedDict()
         #: user -> their remembered tx_ids, oldest first.
         self.by_user: dict[str, deque[str]] = {}
-        #: The keys of the last vector packed, shared by the next ones with the same keys.
-        self.keys: tuple[str, ...] = ()
+        self.packer = Packer()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a checkpoint holds: the vectors, not the packer's cache of layouts."""
+        return {"kept": self.kept, "by_user": self.by_user}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.kept, self.by_user = state["kept"], state["by_user"]
+        self.packer = Packer()
 
     @classmethod
     def of(
@@ -102,7 +152,7 @@ class RememberedVectors:
         this store): the same transactions in the same order."""
         store = cls()
         for tx_id, (user_id, x, risk) in remembered.items():
-            store.kept[tx_id] = (user_id, store._pack(x), risk)
+            store.kept[tx_id] = (user_id, store.packer.pack(x), risk)
         store.by_user = {user: deque(tx_ids) for user, tx_ids in by_user.items()}
         return store
 
@@ -134,7 +184,7 @@ class RememberedVectors:
         """Remembers the vector `tx_id` (of `user_id`) was scored with (`x`, copied packed;
         not changed) and its risk, forgetting the oldest past `limit` transactions."""
         kept = self.kept
-        kept[tx_id] = (user_id, self._pack(x), risk)
+        kept[tx_id] = (user_id, self.packer.pack(x), risk)
         mine = self.by_user.get(user_id)
         if mine is None:
             mine = self.by_user[user_id] = deque()
@@ -145,9 +195,3 @@ class RememberedVectors:
             theirs.popleft()  # the oldest remembered is the oldest of its user's too
             if not theirs:
                 del self.by_user[user]
-
-    def _pack(self, x: Features) -> Packed | Features:
-        keys = tuple(x)
-        if keys != self.keys:
-            self.keys = keys
-        return pack(x, self.keys)

@@ -7,10 +7,12 @@ the backtest engine: it streams row by row and keeps only the outputs in memory.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,6 +44,10 @@ ADJUSTMENT_SCHEMA = record_schema(RebateAdjustment)
 RING_JSON_FIELDS = ("evidence",)
 RING_SCHEMA = record_schema(RingEvent, json_fields=RING_JSON_FIELDS)
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
+#: The cyclic GC's thresholds during replay's loop (Python's: 700, 10, 10): the scoring
+#: state is millions of long-lived containers, and at the default a collection ran every few
+#: events (~10% of replay's CPU on the 20k check world; benchmarks/README.md).
+REPLAY_GC_THRESHOLDS = (50_000, 20, 10)
 #: Merged positions whose rows become Python values at a time: the files stay in Polars
 #: columns, so replay's memory for its inputs does not grow with them.
 ROWS_PER_BATCH = 65_536
@@ -229,6 +235,20 @@ class DecisionRows:
             self.rows = {name: [] for name in DECISION_SCHEMA}
 
 
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Replay's loop with the cyclic GC run less often (`REPLAY_GC_THRESHOLDS`), and what
+    exists before it (modules, the scorer as built) never scanned again (`gc.freeze`)."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*REPLAY_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def _records(frame: pl.DataFrame, batch: pl.DataFrame, rank: int) -> Iterator[dict[str, Any]]:
     """The rows of `frame` (one kind's file) that `batch` (merged positions) names, as
     dicts in the batch's order: only these rows become Python values, a batch at a time."""
@@ -258,11 +278,12 @@ def replay(
     files = EventFiles(transactions, signups, labels, progress)
     out = DecisionRows()
     last_ts = None
-    for event in files:
-        decision = scorer.apply(event, decided_at=int(time.time() * 1000))
-        last_ts = event.ts
-        if decision is not None:
-            out.append(decision)
+    with fewer_collections():
+        for event in files:
+            decision = scorer.apply(event, decided_at=int(time.time() * 1000))
+            last_ts = event.ts
+            if decision is not None:
+                out.append(decision)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "decisions": out_dir / "decisions.parquet",
@@ -306,13 +327,14 @@ def compute_features(
     files = EventFiles(transactions, signups, labels, progress)
     tx_ids: list[str] = []
     vectors: list[list[float | None]] = []
-    for event in files:
-        if isinstance(event, Transaction):
-            _, x = scorer.decide(event, decided_at=0)
-            tx_ids.append(event.tx_id)
-            vectors.append([x[name] for name in ALL_FEATURE_NAMES])
-        else:
-            scorer.apply(event, decided_at=0)
+    with fewer_collections():
+        for event in files:
+            if isinstance(event, Transaction):
+                _, x = scorer.decide(event, decided_at=0)
+                tx_ids.append(event.tx_id)
+                vectors.append([x[name] for name in ALL_FEATURE_NAMES])
+            else:
+                scorer.apply(event, decided_at=0)
     schema: Schema = {name: pl.Float64 for name in ALL_FEATURE_NAMES}
     frame = pl.DataFrame(vectors, schema=schema, orient="row").insert_column(
         0, pl.Series("tx_id", tx_ids, pl.String)

@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 from rebate_guard.contract.validation import parse_label, parse_transaction
 from rebate_guard.core.decider import Decider, Scorer
-from rebate_guard.core.remembered import Packed, RememberedVectors, pack, unpack
+from rebate_guard.core.remembered import Packed, Packer, RememberedVectors, unpack
 from tests.factories import HOUR, T0, label, tx
 
 
@@ -29,17 +29,25 @@ def test_a_vector_comes_back_with_the_same_keys_order_types_and_bits() -> None:
         "tiny": 5e-324,
         "big": 2**53,
     }
-    packed = pack(x, tuple(x))
+    packer = Packer()
+    packed = packer.pack(x)
     assert isinstance(packed, Packed) and len(packed.values) == len(x)
     assert _bits(unpack(packed)) == _bits(x)
     assert list(unpack(packed)) == list(x)
+    # The next with the same keys and types shares them; other types get their own codes.
+    again, other = packer.pack({**x, "b": 2.5}), packer.pack({**x, "a": 2.0})
+    assert isinstance(again, Packed) and again.keys is packed.keys and again.codes is packed.codes
+    assert isinstance(other, Packed) and other.keys is packed.keys and other.codes == b"ffibfffi"
+    assert _bits(unpack(again)) == _bits({**x, "b": 2.5})
+    assert _bits(unpack(other)) == _bits({**x, "a": 2.0})
 
 
 def test_what_cannot_be_packed_exactly_is_kept_as_it_is() -> None:
     too_big = {"a": 1.0, "n": 2**53 + 1}
     other = {"a": 1.0, "s": "text"}
-    for x in (too_big, other):
-        kept = pack(x, tuple(x))  # type: ignore[arg-type]
+    packer = Packer()
+    for x in (too_big, other, other):  # the second time from its known layout
+        kept = packer.pack(x)  # type: ignore[arg-type]
         assert kept is x and unpack(kept) == x and unpack(kept) is not x
 
 
