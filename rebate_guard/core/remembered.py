@@ -79,14 +79,14 @@ class Packer:
             layout = self._layout(types)
             if layout is None:
                 return x
-        floats: Sequence[float | None] = values
+        numbers = cast(Sequence[float], values)  # the ints', read by C (no Nones there)
+        if layout.ints and max(map(abs, map(numbers.__getitem__, layout.ints))) > _EXACT_INT:
+            return x
         if layout.nones:
             floats = list(values)
             for i in layout.nones:
                 floats[i] = 0.0
-        numbers = cast(Sequence[float], floats)  # the Nones are zeros now
-        if layout.ints and any(abs(numbers[i]) > _EXACT_INT for i in layout.ints):
-            return x
+            numbers = cast(list[float], floats)  # the Nones are zeros now
         return Packed(self.keys, array("d", numbers), layout.codes)
 
     def _layout(self, types: tuple[type, ...]) -> Layout | None:

@@ -325,22 +325,24 @@ def compute_features(
     started = time.perf_counter()
     scorer = Scorer(features=FeatureEngine(config), graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
-    tx_ids: list[str] = []
-    vectors: list[list[float | None]] = []
+    schema: Schema = {"tx_id": pl.String, **{name: pl.Float64 for name in ALL_FEATURE_NAMES}}
+    # Rows leave their Python lists for Polars every `ROWS_PER_BATCH` transactions.
+    chunks: list[pl.DataFrame] = []
+    rows: list[list[str | float | None]] = []
     with fewer_collections():
         for event in files:
             if isinstance(event, Transaction):
                 _, x = scorer.decide(event, decided_at=0)
-                tx_ids.append(event.tx_id)
-                vectors.append([x[name] for name in ALL_FEATURE_NAMES])
+                rows.append([event.tx_id, *(x[name] for name in ALL_FEATURE_NAMES)])
+                if len(rows) == ROWS_PER_BATCH:
+                    chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
+                    rows = []
             else:
                 scorer.apply(event, decided_at=0)
-    schema: Schema = {name: pl.Float64 for name in ALL_FEATURE_NAMES}
-    frame = pl.DataFrame(vectors, schema=schema, orient="row").insert_column(
-        0, pl.Series("tx_id", tx_ids, pl.String)
-    )
+    chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
+    frame = pl.concat(chunks, rechunk=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_frame(frame, out)
     outputs = {"features": out}
     files.write_dead_letters(out.parent, outputs)
-    return ReplaySummary.of(files, len(tx_ids), started, outputs)
+    return ReplaySummary.of(files, frame.height, started, outputs)

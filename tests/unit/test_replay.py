@@ -8,7 +8,7 @@ from rebate_guard.contract.order import Event, event_id, order_key
 from rebate_guard.contract.records import Transaction
 from rebate_guard.tools import replay as replay_module
 from rebate_guard.tools.io import record_schema, write_frame
-from rebate_guard.tools.replay import EventFiles, replay
+from rebate_guard.tools.replay import EventFiles, compute_features, replay
 from tests.factories import DAY, HOUR, T0, label, signup, tx
 
 
@@ -157,14 +157,16 @@ def test_events_dead_letters_and_decisions_do_not_depend_on_the_batch(
     rows.append({**tx("late", T0), "ts": None})  # no ts: dead before the merge
     write_frame(pl.DataFrame(rows, infer_schema_length=None), paths["transactions"])
 
-    def read(batch: int) -> tuple[list[Event], EventFiles, pl.DataFrame]:
+    def read(batch: int) -> tuple[list[Event], EventFiles, pl.DataFrame, pl.DataFrame]:
         monkeypatch.setattr(replay_module, "ROWS_PER_BATCH", batch)
         files = EventFiles(paths["transactions"], paths["signups"], paths["labels"], None)
         summary = replay(out_dir=tmp_path / f"out{batch}", progress=None, **paths)
         decisions = pl.read_parquet(summary.outputs["decisions"]).drop("decided_at")
-        return list(files), files, decisions
+        features = tmp_path / f"features{batch}.parquet"
+        compute_features(out=features, progress=None, **paths)
+        return list(files), files, decisions, pl.read_parquet(features)
 
-    events, files, decisions = read(2)
+    events, files, decisions, features = read(2)
     assert [event_id(e) for e in events if isinstance(e, Transaction)] == [
         *(f"t{i}" for i in range(6)),
         "t9",
@@ -178,3 +180,6 @@ def test_events_dead_letters_and_decisions_do_not_depend_on_the_batch(
     at_once = read(1 << 20)
     assert events == at_once[0] and files.dead == at_once[1].dead
     assert decisions.equals(at_once[2]) and decisions.height == 7
+    assert (
+        features.equals(at_once[3]) and features["tx_id"].to_list() == decisions["tx_id"].to_list()
+    )
