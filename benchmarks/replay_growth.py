@@ -28,6 +28,7 @@ import argparse
 import cProfile
 import gc
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
@@ -282,14 +283,17 @@ def sliced_replay(
             if profiler is not None:
                 profiler.enable()
             n = transactions = 0
-            for event in events:
-                decision = scorer.apply(event, decided_at=int(time.time() * 1000))
-                if decision is not None:
-                    out.append(decision)
-                transactions += isinstance(event, Transaction)
-                n += 1
-                if n == slice_events:
-                    break
+            try:
+                for event in events:
+                    decision = scorer.apply(event, decided_at=int(time.time() * 1000))
+                    if decision is not None:
+                        out.append(decision)
+                    transactions += isinstance(event, Transaction)
+                    n += 1
+                    if n == slice_events:
+                        break
+            except KeyboardInterrupt:  # stopped (SIGTERM too): report the slices done
+                break
             if profiler is not None:
                 profiler.disable()
                 profiles[index] = pstats.Stats(profiler)
@@ -312,7 +316,11 @@ def sliced_replay(
                     gc_s=gc_s,
                 )
             )
-            print(f"  {done:,} events: {n / wall:,.0f}/s, {rss_mb():,.0f} MB", file=sys.stderr)
+            print(
+                f"  {done:,} events: {n / wall:,.0f}/s, {cpu / n * 1e6:,.0f} CPU µs/event,"
+                f" {rss_mb():,.0f} MB",
+                file=sys.stderr,
+            )
             index += 1
             if n < slice_events:
                 break
@@ -458,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile table")
     args = parser.parse_args(argv)
+    # `timeout` stops a long run with SIGTERM: the slices done are still printed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     gc.set_threshold(100_000, 50, 1_000)  # as the CLI does for replay
     with tempfile.TemporaryDirectory() as scratch:
         paths = world_paths(args, Path(scratch))
