@@ -28,12 +28,14 @@ import argparse
 import cProfile
 import gc
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph.layer import GraphLayer
 from rebate_guard.contract.records import Transaction
 from rebate_guard.core.decider import Scorer
-from rebate_guard.tools.replay import DECISION_SCHEMA, EventFiles, _append_decision
+from rebate_guard.tools.replay import DecisionRows, EventFiles, fewer_collections
 
 CONTAINERS = (dict, list, set, frozenset, deque, tuple)
 
@@ -90,7 +92,7 @@ def entries(root: Any, limit: int = 50_000_000) -> int:
     return total
 
 
-def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
+def state_parts(scorer: Scorer, outputs: DecisionRows) -> dict[str, Any]:
     """Every piece of state that may grow with history, by name (what the table shows)."""
     engine, decider = scorer.features, scorer.decider
     users, entities = engine.users.user, engine.entities
@@ -106,8 +108,8 @@ def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
         "f.referrers": entities.referral.state,
         "f.referral_tree": engine.tree.entries,
         "f.referral_depths": engine.tree.memo.depths,
-        "d.remembered": decider.remembered,
-        "d.by_user": decider.by_user,
+        "d.remembered": decider.remembered.kept,
+        "d.by_user": decider.remembered.by_user,
         "d.granted": decider.granted,
         "d.granted_24h": decider.granted_24h,
         "d.user_labels": decider.user_labels,
@@ -118,7 +120,7 @@ def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
         "budget.epochs": decider.budget.epochs,
         "model": decider.model,
         "drift": decider.drift,
-        "out.decisions": outputs["tx_id"],
+        "out.decisions": outputs,
         "out.adjustments": scorer.adjustments,
         "out.ring_events": scorer.ring_events,
     }
@@ -144,14 +146,12 @@ def state_parts(scorer: Scorer, outputs: dict[str, Any]) -> dict[str, Any]:
     return parts
 
 
-def state_sizes(
-    scorer: Scorer, outputs: dict[str, Any], *, deep: bool
-) -> dict[str, tuple[int, int]]:
+def state_sizes(scorer: Scorer, outputs: DecisionRows, *, deep: bool) -> dict[str, tuple[int, int]]:
     """name -> (keys, entries): the top container's length and everything it holds (-1:
     not counted this slice; the census walks every object, seconds on a big state)."""
     out = {}
     for name, part in state_parts(scorer, outputs).items():
-        keys = len(part) if isinstance(part, CONTAINERS) else 0
+        keys = len(part) if isinstance(part, (*CONTAINERS, DecisionRows)) else 0
         out[name] = (keys, entries(part) if deep else -1)
     return out
 
@@ -225,6 +225,26 @@ class Slice:
     parts_s: dict[str, float]
     sizes: dict[str, tuple[int, int]]
     profiled: bool = False
+    #: CPU seconds the cyclic GC took during the slice.
+    gc_s: float = 0.0
+
+
+@dataclass
+class GcClock:
+    """CPU seconds spent in the cyclic GC's collections since the last `take`."""
+
+    seconds: float = 0.0
+    started: float = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.process_time()
+        else:
+            self.seconds += time.process_time() - self.started
+
+    def take(self) -> float:
+        out, self.seconds = self.seconds, 0.0
+        return out
 
 
 def rss_mb() -> float:
@@ -241,49 +261,70 @@ def sliced_replay(
     split: bool,
     profile_at: tuple[int, ...] = (),
     deep_every: int = 1,
+    default_gc: bool = False,
 ) -> tuple[list[Slice], dict[int, pstats.Stats]]:
     """Replays the world as `replay` does, measuring every `slice_events` events; the slices
-    numbered in `profile_at` (0-based; -1: the last whole one) run under cProfile."""
+    numbered in `profile_at` (0-based; -1: the last whole one) run under cProfile.
+    `default_gc`: with Python's GC thresholds, not replay's (`fewer_collections`)."""
     scorer = Scorer(graph=GraphLayer())
     timers = instrument(scorer) if split else Timers()
     files = EventFiles(paths["transactions"], paths.get("signups"), paths.get("labels"), None)
-    out: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+    out = DecisionRows()
     slices: list[Slice] = []
     profiles: dict[int, pstats.Stats] = {}
     events: Iterator[Any] = iter(files)
     index = 0
-    while True:
-        profiler = cProfile.Profile() if index in profile_at else None
-        wall, cpu = time.perf_counter(), time.process_time()
-        if profiler is not None:
-            profiler.enable()
-        n = transactions = 0
-        for event in events:
-            decision = scorer.apply(event, decided_at=int(time.time() * 1000))
-            if decision is not None:
-                _append_decision(out, decision)
-            transactions += isinstance(event, Transaction)
-            n += 1
-            if n == slice_events:
+    collections = GcClock()
+    gc.callbacks.append(collections)
+    with nullcontext() if default_gc else fewer_collections():
+        while True:
+            profiler = cProfile.Profile() if index in profile_at else None
+            wall, cpu = time.perf_counter(), time.process_time()
+            if profiler is not None:
+                profiler.enable()
+            n = transactions = 0
+            try:
+                for event in events:
+                    decision = scorer.apply(event, decided_at=int(time.time() * 1000))
+                    if decision is not None:
+                        out.append(decision)
+                    transactions += isinstance(event, Transaction)
+                    n += 1
+                    if n == slice_events:
+                        break
+            except KeyboardInterrupt:  # stopped (SIGTERM too): report the slices done
                 break
-        if profiler is not None:
-            profiler.disable()
-            profiles[index] = pstats.Stats(profiler)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if n == 0:
-            break
-        done = (slices[-1].done if slices else 0) + n
-        parts = timers.take()
-        sizes = state_sizes(scorer, out, deep=index % deep_every == 0 or n < slice_events)
-        slices.append(
-            Slice(
-                done, transactions, wall, cpu, rss_mb(), parts, sizes, profiled=profiler is not None
+            if profiler is not None:
+                profiler.disable()
+                profiles[index] = pstats.Stats(profiler)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if n == 0:
+                break
+            done = (slices[-1].done if slices else 0) + n
+            parts, gc_s = timers.take(), collections.take()
+            sizes = state_sizes(scorer, out, deep=index % deep_every == 0 or n < slice_events)
+            slices.append(
+                Slice(
+                    done,
+                    transactions,
+                    wall,
+                    cpu,
+                    rss_mb(),
+                    parts,
+                    sizes,
+                    profiled=profiler is not None,
+                    gc_s=gc_s,
+                )
             )
-        )
-        print(f"  {done:,} events: {n / wall:,.0f}/s, {rss_mb():,.0f} MB", file=sys.stderr)
-        index += 1
-        if n < slice_events:
-            break
+            print(
+                f"  {done:,} events: {n / wall:,.0f}/s, {cpu / n * 1e6:,.0f} CPU µs/event,"
+                f" {rss_mb():,.0f} MB",
+                file=sys.stderr,
+            )
+            index += 1
+            if n < slice_events:
+                break
+    gc.callbacks.remove(collections)
     return slices, profiles
 
 
@@ -317,7 +358,7 @@ def print_ceilings(rows: list[tuple[str, int, float, float]], replay_rate: float
 
 
 def print_slices(slices: list[Slice], split: bool) -> None:
-    head = ["events done", "tx", "events/s", "CPU µs/event", "CPU µs/tx", "RSS MB"]
+    head = ["events done", "tx", "events/s", "CPU µs/event", "CPU µs/tx", "GC µs", "RSS MB"]
     if split:
         head += [f"{p} µs" for p in TOP_PARTS] + ["parse+loop µs", "model µs"]
     print("| " + " | ".join(head) + " |")
@@ -329,6 +370,7 @@ def print_slices(slices: list[Slice], split: bool) -> None:
             f"{s.cpu_s / n * 1e6:.0f}",
             f"{s.cpu_s / s.transactions * 1e6:.0f}" if s.transactions else "-",
         ]
+        row.append(f"{s.gc_s / n * 1e6:.1f}")
         row.append(f"{s.rss_mb:,.0f}")
         if split:
             parts = s.parts_s
@@ -415,12 +457,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-ceilings", action="store_true")
     parser.add_argument(
+        "--default-gc", action="store_true", help="Python's GC thresholds, not replay's"
+    )
+    parser.add_argument(
         "--profile-slices",
         action="store_true",
         help="cProfile the second slice and the last whole one; print what grew",
     )
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile table")
     args = parser.parse_args(argv)
+    # `timeout` stops a long run with SIGTERM: the slices done are still printed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     gc.set_threshold(100_000, 50, 1_000)  # as the CLI does for replay
     with tempfile.TemporaryDirectory() as scratch:
         paths = world_paths(args, Path(scratch))
@@ -443,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             split=not args.no_split,
             profile_at=profile_at,
             deep_every=args.deep_every,
+            default_gc=args.default_gc,
         )
     done = slices[-1].done
     seconds = sum(s.wall_s for s in slices)  # the census between slices left out

@@ -10,8 +10,9 @@ within a day.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Generator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from features.rows import FeatureRow, Value, feature_row
 from features.user import TxContext
@@ -74,9 +75,18 @@ class DepthMemo:
 
     def __init__(self, limit: int = 1_000_000) -> None:
         self.limit = limit
-        #: user -> (signup ts, depth); the ts tells a memo from before a re-signup (past the
-        #: user TTL) from a current one.
-        self.depths: dict[str, tuple[int, int]] = {}
+        #: user -> (signup ts, depth), oldest first; the ts tells a memo from before a
+        #: re-signup (past the user TTL) from a current one. Ordered: once full, every put
+        #: drops the oldest, and a plain dict finds its first item past every slot deleted
+        #: at its front (the refund map's cost in benchmarks/README.md).
+        self.depths: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restores a checkpoint; one from when `depths` was a plain dict (in insertion
+        order, as now) resumes as an OrderedDict."""
+        _, slots = state
+        self.limit = slots["limit"]
+        self.depths = OrderedDict(slots["depths"])
 
     def get(self, user_id: str, signup_ts: int) -> int | None:
         memo = self.depths.get(user_id)
@@ -84,9 +94,9 @@ class DepthMemo:
 
     def put(self, user_id: str, *, signup_ts: int, depth: int) -> None:
         depths = self.depths
-        depths[user_id] = (signup_ts, depth)
+        depths[user_id] = (signup_ts, depth)  # a user already here keeps their place
         if len(depths) > self.limit:
-            del depths[next(iter(depths))]
+            depths.popitem(last=False)
 
 
 class ReferralTree:

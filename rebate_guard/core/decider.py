@@ -48,6 +48,7 @@ from rebate_guard.core.policy import (
     default_policy,
     trust_weight,
 )
+from rebate_guard.core.remembered import RememberedVectors
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +255,9 @@ class Decider:
     model: RiskModel = field(default_factory=RiskModel)
     policy: Policy = field(default_factory=default_policy)
     drift: DriftWatch = field(default_factory=DriftWatch)
-    #: tx_id -> (user, the enriched vector it was scored with, its risk), oldest first.
-    remembered: OrderedDict[str, tuple[str, Features, float]] = field(default_factory=OrderedDict)
-    #: user -> their remembered tx_ids, oldest first: a user-level label applies to these.
-    by_user: dict[str, deque[str]] = field(default_factory=dict)
+    #: tx_id -> (user, the enriched vector it was scored with, its risk), oldest first,
+    #: packed (~0.8 KB a vector, not ~5 KB), with each user's tx_ids (user-level labels).
+    remembered: RememberedVectors = field(default_factory=RememberedVectors)
     #: payment tx_id -> (ts, whether a rebate was granted), for refunds within the lookback,
     #: oldest first. Ordered: `_forget_old_payments` peeks at the oldest on every decision,
     #: and a plain dict's first item is found past every slot deleted at its front (up to
@@ -297,6 +297,9 @@ class Decider:
             self.user_labels = OrderedDict()
         if not isinstance(self.granted, OrderedDict):  # a checkpoint from before it was
             self.granted = OrderedDict(self.granted)
+        if not isinstance(self.remembered, RememberedVectors):  # vectors kept as dicts
+            by_user: dict[str, deque[str]] = self.__dict__.pop("by_user", {})
+            self.remembered = RememberedVectors.of(self.remembered, by_user)
 
     def take_adjustments(self) -> list[RebateAdjustment]:
         out, self.adjustments = self.adjustments, []
@@ -313,7 +316,7 @@ class Decider:
         if event.tx_id is not None:
             tx_ids: Iterable[str] = (event.tx_id,)
         elif event.user_id is not None:
-            tx_ids = tuple(self.by_user.get(event.user_id, ()))
+            tx_ids = self.remembered.of_user(event.user_id)
         else:
             return []
         fraud = event.label == FRAUD
@@ -392,7 +395,13 @@ class Decider:
             self.model.learn_scored(assessment)  # unsupervised, after scoring
             self.drift.scored(assessment.risk, tx.ts)
             # A label can teach only what was scored.
-            self._remember(tx.tx_id, tx.user_id, assessment.enriched, assessment.risk)
+            self.remembered.add(
+                tx.tx_id,
+                assessment.enriched,
+                user_id=tx.user_id,
+                risk=assessment.risk,
+                limit=self.remember_limit,
+            )
         if graph_down:
             self.graph_failures += 1
         stands = decision if standing is None else standing
@@ -573,8 +582,7 @@ class Decider:
         remembered here; one decided elsewhere is that decider's to count)."""
         user = event.user_id
         if user is None and event.tx_id is not None:
-            kept = self.remembered.get(event.tx_id)
-            user = None if kept is None else kept[0]
+            user = self.remembered.user_of(event.tx_id)
         if user is None:
             return
         counts = self.user_labels.pop(user, None) or [0, 0]
@@ -582,19 +590,6 @@ class Decider:
         self.user_labels[user] = counts
         if len(self.user_labels) > MAX_LABELLED_USERS:
             self.user_labels.popitem(last=False)
-
-    def _remember(self, tx_id: str, user_id: str, x: Features, risk: float) -> None:
-        self.remembered[tx_id] = (user_id, x, risk)
-        mine = self.by_user.get(user_id)
-        if mine is None:
-            mine = self.by_user[user_id] = deque()
-        mine.append(tx_id)
-        if len(self.remembered) > self.remember_limit:
-            _, (user, _, _) = self.remembered.popitem(last=False)
-            theirs = self.by_user[user]
-            theirs.popleft()  # the oldest remembered is the oldest of its user's too
-            if not theirs:
-                del self.by_user[user]
 
 
 @dataclass

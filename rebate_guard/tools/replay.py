@@ -2,15 +2,19 @@
 
 Events are merged in event-time order (`rebate_guard.contract.order`), so each transaction is scored
 before anything later is learned and a label takes effect only once its ts is reached. This is
-the backtest engine: it streams row by row and keeps only the outputs in memory.
+the backtest engine: the input files stay Polars columns, turned into Python rows a batch at a
+time, and the outputs are kept as Polars columns too, so what grows with the history is theirs
+in Arrow (tens of bytes a row), not Python objects.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,7 +23,7 @@ import polars as pl
 
 from features.engine import EngineConfig, FeatureEngine
 from graph.layer import GraphLayer, RingEvent
-from rebate_guard.contract.order import EVENT_KINDS, Event
+from rebate_guard.contract.order import EVENT_KINDS, KIND_RANK, Event
 from rebate_guard.contract.records import (
     LABELS,
     SIGNUPS,
@@ -42,6 +46,13 @@ ADJUSTMENT_SCHEMA = record_schema(RebateAdjustment)
 RING_JSON_FIELDS = ("evidence",)
 RING_SCHEMA = record_schema(RingEvent, json_fields=RING_JSON_FIELDS)
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
+#: The cyclic GC's thresholds during replay's loop (Python's: 700, 10, 10): the scoring
+#: state is millions of long-lived containers, and at the default a collection ran every few
+#: events (~10% of replay's CPU on the 20k check world; benchmarks/README.md).
+REPLAY_GC_THRESHOLDS = (50_000, 20, 10)
+#: Merged positions whose rows become Python values at a time: the files stay in Polars
+#: columns, so replay's memory for its inputs does not grow with them.
+ROWS_PER_BATCH = 65_536
 
 
 def ring_frame(events: list[RingEvent]) -> pl.DataFrame:
@@ -116,7 +127,10 @@ class EventFiles:
 
     What cannot be read (unreadable ts, contract violations) is collected in `dead`; a repeated
     tx_id is counted in `duplicates` and skipped (idempotent by tx_id: the first stands).
-    Shared by `replay` (decisions) and `compute_features` (feature vectors).
+    Shared by `replay` (decisions) and `compute_features` (feature vectors). The files are
+    read whole into Polars; their rows become Python values `ROWS_PER_BATCH` merged positions
+    at a time (~1 GB of Python lists for 1M transactions when every column was converted up
+    front).
     """
 
     transactions: Path
@@ -132,14 +146,14 @@ class EventFiles:
     def __iter__(self) -> Iterator[Event]:
         paths = {SIGNUPS: self.signups, TRANSACTIONS: self.transactions, LABELS: self.labels}
         frames: list[pl.DataFrame] = []
-        columns: list[dict[str, list[Any]]] = []
+        orders: list[pl.DataFrame] = []
         # `order_key`'s order by columns: ts, the kind's rank, its id, then the input row.
         for rank, kind in enumerate(EVENT_KINDS):
             path = paths[kind.name]
             frame = (
                 read_frame(path) if path is not None else pl.DataFrame({"ts": []}, {"ts": pl.Int64})
             )
-            columns.append({c: frame[c].to_list() for c in frame.columns})
+            frames.append(frame)
             ids = [pl.col(c).cast(pl.String) for c in kind.id_fields if c in frame.columns]
             order = frame.select(
                 pl.col("ts"),
@@ -149,27 +163,36 @@ class EventFiles:
             )
             for row in order.filter(pl.col("ts").is_null())["row"]:
                 self._dead(path, row, "missing or unreadable 'ts'")
-            frames.append(order.filter(pl.col("ts").is_not_null()))
-        merged = pl.concat(frames).sort(["ts", "rank", "id", "row"], maintain_order=True)
+            orders.append(order.filter(pl.col("ts").is_not_null()))
+        merged = pl.concat(orders).sort(["ts", "rank", "id", "row"], maintain_order=True)
+        # Only a tx_id that occurs more than once can be a duplicate: `seen` holds those alone.
+        repeated = set(_repeated_ids(orders[KIND_RANK[Transaction]]))
+        merged = merged.select("rank", "row")
+        del orders
         self.events = merged.height
         seen: set[str] = set()
         bar = Progress(merged.height, self.progress)
-        for done, (rank, row) in enumerate(zip(merged["rank"], merged["row"], strict=True)):
-            kind = EVENT_KINDS[rank]
-            cols = columns[rank]
-            if done % 4096 == 0:
-                bar.update(done)
-            try:
-                event = kind.parse({name: values[row] for name, values in cols.items()})
-            except InvalidEvent as exc:
-                self._dead(paths[kind.name], row, str(exc))
-                continue
-            if isinstance(event, Transaction):
-                if event.tx_id in seen:
-                    self.duplicates += 1
+        done = 0
+        for batch in merged.iter_slices(ROWS_PER_BATCH):
+            ranks = batch["rank"].to_list()
+            rows = batch["row"].to_list()
+            records = [_records(frame, batch, rank) for rank, frame in enumerate(frames)]
+            for rank, row in zip(ranks, rows, strict=True):
+                kind = EVENT_KINDS[rank]
+                if done % 4096 == 0:
+                    bar.update(done)
+                done += 1
+                try:
+                    event = kind.parse(next(records[rank]))
+                except InvalidEvent as exc:
+                    self._dead(paths[kind.name], row, str(exc))
                     continue
-                seen.add(event.tx_id)
-            yield event
+                if isinstance(event, Transaction) and event.tx_id in repeated:
+                    if event.tx_id in seen:
+                        self.duplicates += 1
+                        continue
+                    seen.add(event.tx_id)
+                yield event
         bar.update(merged.height, force=True)
 
     def _dead(self, path: Path | None, row: int, reason: str) -> None:
@@ -185,6 +208,68 @@ class EventFiles:
             )
 
 
+class DecisionRows:
+    """Decisions as the rows of `decisions.parquet`, kept as Polars columns: every
+    `ROWS_PER_BATCH` decisions leave their Python lists (~0.5 KB a decision) for a frame."""
+
+    def __init__(self) -> None:
+        self.chunks: list[pl.DataFrame] = []
+        self.rows: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, decision: Decision) -> None:
+        for name, values in self.rows.items():
+            values.append(getattr(decision, name))
+        self.count += 1
+        if self.count % ROWS_PER_BATCH == 0:
+            self._flush()
+
+    def frame(self) -> pl.DataFrame:
+        """Every decision so far, in order."""
+        self._flush()
+        if not self.chunks:
+            return pl.DataFrame(schema=DECISION_SCHEMA)
+        return pl.concat(self.chunks, rechunk=True)
+
+    def _flush(self) -> None:
+        if self.rows["tx_id"]:
+            self.chunks.append(pl.DataFrame(self.rows, schema=DECISION_SCHEMA))
+            self.rows = {name: [] for name in DECISION_SCHEMA}
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Replay's loop with the cyclic GC run less often (`REPLAY_GC_THRESHOLDS`), and what
+    exists before it (modules, the scorer as built) never scanned again (`gc.freeze`)."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*REPLAY_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _records(frame: pl.DataFrame, batch: pl.DataFrame, rank: int) -> Iterator[dict[str, Any]]:
+    """The rows of `frame` (one kind's file) that `batch` (merged positions) names, as
+    dicts in the batch's order: only these rows become Python values, a batch at a time."""
+    rows = batch.filter(pl.col("rank") == rank)["row"]
+    taken = frame.select(pl.all().gather(rows))
+    names = taken.columns
+    columns = [taken[name].to_list() for name in names]
+    return (dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True))
+
+
+def _repeated_ids(order: pl.DataFrame) -> list[str]:
+    """The ids that more than one row of `order` (one kind's merge columns) carries."""
+    counts = order.group_by("id").len()
+    return counts.filter(pl.col("len") > 1)["id"].to_list()
+
+
 def replay(
     transactions: Path,
     out_dir: Path,
@@ -196,19 +281,20 @@ def replay(
     started = time.perf_counter()
     scorer = scorer or Scorer(graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
-    out: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
+    out = DecisionRows()
     last_ts = None
-    for event in files:
-        decision = scorer.apply(event, decided_at=int(time.time() * 1000))
-        last_ts = event.ts
-        if decision is not None:
-            _append_decision(out, decision)
+    with fewer_collections():
+        for event in files:
+            decision = scorer.apply(event, decided_at=int(time.time() * 1000))
+            last_ts = event.ts
+            if decision is not None:
+                out.append(decision)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "decisions": out_dir / "decisions.parquet",
         "adjustments": out_dir / "adjustments.parquet",
     }
-    pl.DataFrame(out, schema=DECISION_SCHEMA).write_parquet(outputs["decisions"])
+    out.frame().write_parquet(outputs["decisions"])
     adjustments = {
         name: [getattr(a, name) for a in scorer.adjustments] for name in ADJUSTMENT_SCHEMA
     }
@@ -226,7 +312,7 @@ def replay(
     budget = scorer.decider.budget_report()
     outputs["budget"] = out_dir / "budget.json"
     outputs["budget"].write_text(json.dumps(budget, indent=2) + "\n")
-    return ReplaySummary.of(files, len(out["tx_id"]), started, outputs, budget)
+    return ReplaySummary.of(files, len(out), started, outputs, budget)
 
 
 def compute_features(
@@ -244,26 +330,24 @@ def compute_features(
     started = time.perf_counter()
     scorer = Scorer(features=FeatureEngine(config), graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
-    tx_ids: list[str] = []
-    vectors: list[list[float | None]] = []
-    for event in files:
-        if isinstance(event, Transaction):
-            _, x = scorer.decide(event, decided_at=0)
-            tx_ids.append(event.tx_id)
-            vectors.append([x[name] for name in ALL_FEATURE_NAMES])
-        else:
-            scorer.apply(event, decided_at=0)
-    schema: Schema = {name: pl.Float64 for name in ALL_FEATURE_NAMES}
-    frame = pl.DataFrame(vectors, schema=schema, orient="row").insert_column(
-        0, pl.Series("tx_id", tx_ids, pl.String)
-    )
+    schema: Schema = {"tx_id": pl.String, **{name: pl.Float64 for name in ALL_FEATURE_NAMES}}
+    # Rows leave their Python lists for Polars every `ROWS_PER_BATCH` transactions.
+    chunks: list[pl.DataFrame] = []
+    rows: list[list[str | float | None]] = []
+    with fewer_collections():
+        for event in files:
+            if isinstance(event, Transaction):
+                _, x = scorer.decide(event, decided_at=0)
+                rows.append([event.tx_id, *(x[name] for name in ALL_FEATURE_NAMES)])
+                if len(rows) == ROWS_PER_BATCH:
+                    chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
+                    rows = []
+            else:
+                scorer.apply(event, decided_at=0)
+    chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
+    frame = pl.concat(chunks, rechunk=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_frame(frame, out)
     outputs = {"features": out}
     files.write_dead_letters(out.parent, outputs)
-    return ReplaySummary.of(files, len(tx_ids), started, outputs)
-
-
-def _append_decision(out: dict[str, list[Any]], decision: Decision) -> None:
-    for name in DECISION_SCHEMA:
-        out[name].append(getattr(decision, name))
+    return ReplaySummary.of(files, frame.height, started, outputs)

@@ -18,11 +18,14 @@ import json
 import pickle
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest import MonkeyPatch
+
+from detectors.base import Features
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -39,6 +42,7 @@ from rebate_guard.core.budget import FrictionBudget, Mark
 from rebate_guard.core.decider import Decider
 from rebate_guard.core.ledger import Entry, Ledger
 from rebate_guard.core.policy import LedgerTerms, Policy
+from rebate_guard.core.remembered import RememberedVectors
 from streams.shards import (
     GRAPH_PARTITION,
     MOVED_CLASSES,
@@ -62,7 +66,16 @@ def test_the_fixture_names_the_old_modules() -> None:
         assert f"rebate_guard.{module}" in MOVED_MODULES
 
 
-def test_a_decider_checkpointed_before_the_move_still_loads() -> None:
+def test_a_decider_checkpointed_before_the_move_still_loads(monkeypatch: MonkeyPatch) -> None:
+    # Its remembered vectors were dicts: they are packed on load, and come back the same.
+    as_dicts: list[Mapping[str, tuple[str, Features, float]]] = []
+    of = RememberedVectors.of
+
+    def of_dicts(remembered: Any, by_user: Any) -> RememberedVectors:
+        as_dicts.append(remembered)
+        return of(remembered, by_user)
+
+    monkeypatch.setattr(RememberedVectors, "of", of_dicts)
     decider = load_checkpoint(OLD.read_bytes())
     assert type(decider) is Decider and type(decider).__module__ == "rebate_guard.core.decider"
     assert isinstance(decider.policy, Policy) and decider.policy.version == "default-3"
@@ -90,6 +103,10 @@ def test_a_decider_checkpointed_before_the_move_still_loads() -> None:
         legit=137_000_000,
     )
     assert list(decider.remembered) == [f"t{i}" for i in range(10)]
+    [kept] = as_dicts
+    assert {t: decider.remembered[t] for t in decider.remembered} == kept
+    assert all(list(decider.remembered[t].x) == list(x) for t, (_, x, _) in kept.items())
+    assert decider.remembered.of_user("u9231") == ("t2",)
     # Pickled again, it names the new homes only.
     again = pickle.dumps(decider, protocol=pickle.HIGHEST_PROTOCOL)
     assert b"rebate_guard.core.decider" in again and b"rebate_guard.scoring" not in again

@@ -4,8 +4,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from rebate_guard.contract.order import Event, event_id, order_key
+from rebate_guard.contract.records import Transaction
+from rebate_guard.tools import replay as replay_module
 from rebate_guard.tools.io import record_schema, write_frame
-from rebate_guard.tools.replay import replay
+from rebate_guard.tools.replay import EventFiles, compute_features, replay
 from tests.factories import DAY, HOUR, T0, label, signup, tx
 
 
@@ -139,3 +142,44 @@ def test_record_schema_types_each_field_from_its_annotation() -> None:
     ]
     with pytest.raises(TypeError, match=r"Row\.extra: no Polars column type"):
         record_schema(Row)
+
+
+def test_events_dead_letters_and_decisions_do_not_depend_on_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`EventFiles` turns rows into Python values a batch of merged positions at a time, and
+    replay keeps its decisions in chunks: batches of two give the same events in the same
+    order, the same duplicates and dead letters (with their rows), and the same files."""
+    paths = _files(tmp_path, "parquet")
+    rows = pl.read_parquet(paths["transactions"]).to_dicts()
+    rows.append(tx("t9", T0 + 8 * HOUR, amount_cents=-5))  # dead: the next t9 is no duplicate
+    rows.append(tx("t9", T0 + 9 * HOUR))
+    rows.append({**tx("late", T0), "ts": None})  # no ts: dead before the merge
+    write_frame(pl.DataFrame(rows, infer_schema_length=None), paths["transactions"])
+
+    def read(batch: int) -> tuple[list[Event], EventFiles, pl.DataFrame, pl.DataFrame]:
+        monkeypatch.setattr(replay_module, "ROWS_PER_BATCH", batch)
+        files = EventFiles(paths["transactions"], paths["signups"], paths["labels"], None)
+        summary = replay(out_dir=tmp_path / f"out{batch}", progress=None, **paths)
+        decisions = pl.read_parquet(summary.outputs["decisions"]).drop("decided_at")
+        features = tmp_path / f"features{batch}.parquet"
+        compute_features(out=features, progress=None, **paths)
+        return list(files), files, decisions, pl.read_parquet(features)
+
+    events, files, decisions, features = read(2)
+    assert [event_id(e) for e in events if isinstance(e, Transaction)] == [
+        *(f"t{i}" for i in range(6)),
+        "t9",
+    ]
+    assert files.duplicates == 1 and files.dead["row"] == [10, 7, 8]
+    assert files.dead["reason"][1:] == [
+        "field 'amount_cents' must be positive, got -1",
+        "field 'amount_cents' must be positive, got -5",
+    ]
+    assert events == sorted(events, key=lambda e: order_key(e, 0))
+    at_once = read(1 << 20)
+    assert events == at_once[0] and files.dead == at_once[1].dead
+    assert decisions.equals(at_once[2]) and decisions.height == 7
+    assert (
+        features.equals(at_once[3]) and features["tx_id"].to_list() == decisions["tx_id"].to_list()
+    )
