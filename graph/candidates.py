@@ -148,13 +148,15 @@ class Candidates:
 
     def observe(self, graph: EntityGraph, touched: list[tuple[str, str]]) -> None:
         """Edges just added or refreshed in `graph` (user, other)."""
-        touches = self.touches
+        touches, adjacent, limits = self.touches, graph.adjacent, self.limits
         for user, other in touched:
             if other.startswith(MERCHANT):
                 self.dirty_merchants.add(other)
                 touches[other] = touches.get(other, 0) + 1
                 continue
-            if self.strong(graph, other):
+            # `strong`, inline: this runs for every link of every event.
+            kind = kind_of(other)
+            if kind == USER or len(adjacent.get(other, ())) <= limits.of(kind):
                 root = self.union(user, other)
             else:
                 root = self.find(user)

@@ -142,13 +142,14 @@ class EntityGraph:
         touched = []
         if event.referrer_id and event.referrer_id != event.user_id:
             info.referrer = event.referrer_id
-            edge = self._touch(user, USER + event.referrer_id, event.ts)
-            edge.referral = True
-            touched.append((user, USER + event.referrer_id))
+            key = (user, USER + event.referrer_id)
+            self._touch(key, event.ts).referral = True
+            touched.append(key)
         for prefix, value in ((DEVICE, event.device_id), (IP, event.ip), (PHONE, event.phone_hash)):
             if value:
-                self._touch(user, prefix + value, event.ts)
-                touched.append((user, prefix + value))
+                key = (user, prefix + value)
+                self._touch(key, event.ts)
+                touched.append(key)
         return touched
 
     def transaction(self, tx: Transaction) -> list[tuple[str, str]]:
@@ -156,7 +157,8 @@ class EntityGraph:
         user, merchant = USER + tx.user_id, MERCHANT + tx.merchant_id
         if tx.user_id not in self.users:
             self.users[tx.user_id] = UserInfo()
-        edge = self._touch(user, merchant, tx.ts)
+        paid_at = (user, merchant)
+        edge = self._touch(paid_at, tx.ts)
         if tx.kind == PAYMENT:
             edge.payments += 1
             self.merchant_payments[merchant] = self.merchant_payments.get(merchant, 0) + 1
@@ -174,19 +176,21 @@ class EntityGraph:
             paid = self.payments.get(tx.ref_tx_id or "")
             if paid is not None and tx.ts - paid[2] <= QUICK_REFUND_MS:
                 edge.quick_refunds += 1
-        touched = [(user, merchant)]
+        touched = [paid_at]
         for prefix, value in ((DEVICE, tx.device_id), (IP, tx.ip), (CARD, tx.card_id)):
             if value:
-                self._touch(user, prefix + value, tx.ts)
-                touched.append((user, prefix + value))
+                key = (user, prefix + value)
+                self._touch(key, tx.ts)
+                touched.append(key)
         return touched
 
-    def _touch(self, a: str, b: str, ts: int) -> Edge:
+    def _touch(self, key: tuple[str, str], ts: int) -> Edge:
+        """The edge `key` (user node, other node) seen at `ts`."""
         self.updates += 1
-        key = (a, b)
         edge = self.edges.get(key)
         if edge is None:
             edge = self.edges[key] = Edge(ts)
+            a, b = key
             if b.startswith(MERCHANT):
                 self.merchant_edges += 1
             self._adjacent(a).add(b)

@@ -206,6 +206,9 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
         return []
     tree = group.referral_tree()
     referred = tree.number_of_edges() / len(users)
+    referred_share = ramp(referred, none=0.3, full=0.6)
+    if referred_share <= 0.0:  # no finding without it (the fuzzy AND): skip the rest
+        return []
     concentration = max(group.per_identifier(users, DEVICE), group.per_identifier(users, PHONE))
     info = group.graph.users
     delays = []
@@ -222,7 +225,7 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
     to_first_buy = statistics.median(delays)
     merchants_per_user = len(merchants) / len(users)
     traits = {
-        "referred_share": ramp(referred, none=0.3, full=0.6),
+        "referred_share": referred_share,
         "accounts_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
         "buys_soon_after_signup": ramp(to_first_buy, none=3 * DAY_MS, full=DAY_MS),
         "few_merchants": ramp(merchants_per_user, none=0.5, full=0.15),
