@@ -25,15 +25,18 @@ last analysis is a candidate with the accounts registered there within `new_acco
 (`take_signup_ips`); the detector then asks whether they are most of the address's users.
 
 Union-find cannot forget, so when edges expire the groups are rebuilt from the live window
-(`rebuild`, the full candidate scan, daily by default); between rebuilds they only grow. Every
-group touched since the last analysis is *dirty*; the ring detectors look only at those.
+(`rebuild`, once a tenth of the links expired); between rebuilds they only grow. A rebuild
+gives the groups that grouping every live link afresh would, but groups again only the
+groups something changed in since the last one (`_to_regroup`). Every group touched since
+the last analysis is *dirty*; the ring detectors look only at those.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from graph.entity_graph import CARD, DEVICE, MERCHANT, PHONE, USER, EntityGraph, kind_of
+from graph.entity_graph import CARD, DEVICE, IP, MERCHANT, PHONE, USER, EntityGraph, kind_of
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,20 @@ class Limits:
 
     def of(self, kind: str) -> int:
         """The limit for identifiers of `kind`; 0 for those that never link (IPs)."""
-        return {DEVICE: self.device, CARD: self.card, PHONE: self.phone}.get(kind, 0)
+        if kind == DEVICE:
+            return self.device
+        if kind == CARD:
+            return self.card
+        return self.phone if kind == PHONE else 0
+
+
+def _links_left(graph: EntityGraph, user: str) -> bool:
+    """Whether `user` still has an edge to something other than a merchant."""
+    return not all(n.startswith(MERCHANT) for n in graph.adjacent.get(user, ()))
+
+
+class _NotClosed(Exception):
+    """A link leads out of the groups a rebuild regroups (`Candidates.rebuild`)."""
 
 
 @dataclass
@@ -77,6 +93,23 @@ class Candidates:
     dirty: set[str] = field(default_factory=set)
     #: Merchants paid since the last `take_dirty_merchants`.
     dirty_merchants: set[str] = field(default_factory=set)
+    #: Since the last `rebuild`: nodes that joined the union-find; nodes whose groups may
+    #: no longer be what grouping the live links afresh gives (groups merged, links
+    #: expired); identifiers seen too common to link while in a group (links made then
+    #: were not followed, and may link by the next rebuild): what it regroups.
+    joined: set[str] = field(default_factory=set)
+    regroup: set[str] = field(default_factory=set)
+    outgrown: set[str] = field(default_factory=set)
+    #: The next rebuild regroups everything (a checkpoint written before `regroup` was kept).
+    regroup_all: bool = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint; one written before `joined` and `regroup` were kept has
+        its groups all regrouped at the next rebuild."""
+        self.__dict__.update(state)
+        if "regroup" not in state:
+            self.joined, self.regroup, self.outgrown = set(), set(), set()
+            self.regroup_all = True
 
     def find(self, node: str) -> str:
         parent = self.parent
@@ -85,6 +118,7 @@ class Candidates:
             parent[node] = node
             self.members[node] = [node]
             self.user_count[node] = 1 if node.startswith(USER) else 0
+            self.joined.add(node)
             return node
         while root != node:  # path halving
             grand = parent[root]
@@ -99,6 +133,7 @@ class Candidates:
         if len(self.members[ra]) < len(self.members[rb]):
             ra, rb = rb, ra
         self.parent[rb] = ra
+        self.regroup.add(ra)
         self.members[ra].extend(self.members.pop(rb))
         self.user_count[ra] += self.user_count.pop(rb)
         self.touches[ra] = self.touches.get(ra, 0) + self.touches.pop(rb, 0)
@@ -113,15 +148,38 @@ class Candidates:
 
     def observe(self, graph: EntityGraph, touched: list[tuple[str, str]]) -> None:
         """Edges just added or refreshed in `graph` (user, other)."""
-        touches = self.touches
+        touches, adjacent, limits = self.touches, graph.adjacent, self.limits
         for user, other in touched:
             if other.startswith(MERCHANT):
                 self.dirty_merchants.add(other)
                 touches[other] = touches.get(other, 0) + 1
                 continue
-            root = self.union(user, other) if self.strong(graph, other) else self.find(user)
+            # `strong`, inline: this runs for every link of every event.
+            kind = kind_of(other)
+            if kind == USER or len(adjacent.get(other, ())) <= limits.of(kind):
+                root = self.union(user, other)
+            else:
+                root = self.find(user)
+                if other in self.parent:  # it linked when it was less common
+                    self.outgrown.add(other)
             self.dirty.add(root)
             touches[root] = touches.get(root, 0) + 1
+
+    def links_expired(self, graph: EntityGraph, gone: list[tuple[str, str]]) -> int:
+        """Edges that just left `graph`'s window (`EntityGraph.expire`): what the next
+        rebuild must regroup for them. Returns how many were links (not payments)."""
+        parent, joined, links = self.parent, self.joined, 0
+        for user, other in gone:
+            if other.startswith(MERCHANT):
+                continue
+            links += 1
+            if kind_of(other) != IP:
+                self.regroup.add(other)  # one user fewer: it may link now
+            if other in parent and other not in joined:
+                self.regroup.add(user)  # it linked at the last rebuild: a group lost a link
+            elif user in parent and not _links_left(graph, user):
+                self.regroup.add(user)  # its last link: it leaves the groups
+        return links
 
     def signed_up(self, user: str, ip: str, *, ts: int) -> None:
         """A first signup of `user` from `ip`."""
@@ -161,6 +219,8 @@ class Candidates:
             if graph.rebate_rates.get(merchant[2:], 0.0) >= limits.money_ring_rate:
                 if len(regulars) >= 2:
                     out.append(merchant)
+                continue
+            if len(regulars) < limits.brushing_accounts:  # too few to repeat enough
                 continue
             repeated = [edges[(payer, merchant)].payments for payer in regulars]
             repeated = [n for n in repeated if n >= limits.repeat_payments]
@@ -207,17 +267,76 @@ class Candidates:
         return self.members[root]
 
     def rebuild(self, graph: EntityGraph) -> None:
-        """Groups from the live window only (after `graph.expire`); every group is dirty."""
-        self.parent.clear()
-        self.members.clear()
-        self.user_count.clear()
+        """Groups from the live window only (after `graph.expire`); every group is dirty.
+
+        The groups are those of grouping every live link afresh, in `graph.edges`' order
+        (the same roots and members in the same order, which decide what is analysed in
+        which order), but a group nothing changed in since the last rebuild already is
+        that: only the others are taken apart and grouped again (`_to_regroup`)."""
+        nodes = None if self.regroup_all else self._to_regroup(graph)
+        try:
+            self._group_links(graph, nodes)
+        except _NotClosed:  # (not expected: `_to_regroup` says why)
+            self._group_links(graph, None)
         self.dirty.clear()
-        self.touches = {m: n for m, n in self.touches.items() if m.startswith(MERCHANT)}
-        for user, other in graph.edges:
-            if other.startswith(MERCHANT):
-                continue
-            if self.strong(graph, other):
-                self.union(user, other)
-            else:
-                self.find(user)
         self.dirty.update(self.members)
+        self.touches = {m: n for m, n in self.touches.items() if m.startswith(MERCHANT)}
+        self.joined, self.regroup, self.outgrown = set(), set(), set()
+        self.regroup_all = False
+
+    def _to_regroup(self, graph: EntityGraph) -> set[str]:
+        """The nodes of every group that grouping afresh may give otherwise than it stands.
+
+        A group (as the last rebuild left it) is regrouped the same when none of its nodes'
+        links changed, each of them links or not as then and did so throughout, and it
+        merged with nothing since: its links are then the same, in the same order, and
+        link only among its nodes. So the groups to regroup are those holding a node in
+        `regroup` (merged into, an end of an expired link) or `joined` (new since), and
+        every user of an identifier that links now but did not then or the other way
+        round, or that was `outgrown` for a while (links made then were not followed)."""
+        parent, adjacent, joined = self.parent, graph.adjacent, self.joined
+        moved = self.regroup | joined | self.outgrown
+        for node in list(moved):
+            if node in self.outgrown:
+                moved.update(adjacent.get(node, ()))
+            elif kind_of(node) in (DEVICE, CARD, PHONE):
+                linked_then = node in parent and node not in joined
+                if linked_then != self.strong(graph, node):
+                    moved.update(adjacent.get(node, ()))
+        out = set(moved)
+        for root in {self.find(node) for node in moved if node in parent}:
+            members = self.members.pop(root)
+            out.update(members)
+            del self.user_count[root]
+            for node in members:
+                del parent[node]
+        return out
+
+    def _group_links(self, graph: EntityGraph, nodes: set[str] | None) -> None:
+        """Unions the live links (`nodes`: only those of users among them), in the graph's
+        edge order; every user with a link is in a group. (A link that does not link only
+        puts its user in a group of its own, wherever it comes in the order: the unions
+        alone decide the roots and the members' order.)"""
+        if nodes is None:
+            self.parent.clear()
+            self.members.clear()
+            self.user_count.clear()
+        parent = self.parent
+        # Per other end (its degree does not change here): 0 a merchant, 1 does not link,
+        # 2 links.
+        links: dict[str, int] = {}
+        for user, other in graph.edges:
+            if nodes is not None and user not in nodes:
+                continue
+            link = links.get(other)
+            if link is None:
+                if other.startswith(MERCHANT):
+                    link = links[other] = 0
+                else:
+                    link = links[other] = 2 if self.strong(graph, other) else 1
+            if link == 2:
+                if nodes is not None and other not in nodes:
+                    raise _NotClosed
+                self.union(user, other)
+            elif link == 1 and user not in parent:
+                self.find(user)

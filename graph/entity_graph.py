@@ -98,14 +98,27 @@ class EntityGraph:
     regular_payers: dict[str, set[str]] = field(default_factory=dict)
     #: merchant node -> payments at it in the window.
     merchant_payments: dict[str, int] = field(default_factory=dict)
-    #: Day (ts // DAY_MS) -> edges last touched that day (an edge touched again on a later
-    #: day is listed again there): `expire` looks only at days past the window.
+    #: Day (ts // DAY_MS) -> edges listed on it, each live edge once: on the day it was
+    #: created and, when that day leaves the window with the edge touched since, on the day
+    #: it was last touched (`expire`). `expire` looks only at days past the window, and at
+    #: each edge about once a window, however often it is touched.
     touched_days: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    #: 2: `touched_days` lists each edge once. Checkpoints written before (1) listed an edge
+    #: again on every day it was touched; `__setstate__` converts them.
+    touched_days_layout: int = 2
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restores a checkpoint; one written before the regular-payer index existed gets
-        the index built from its edges (the same as if it had been kept all along)."""
+        """Restores a checkpoint. One written before the regular-payer index existed gets
+        the index built from its edges (the same as if it had been kept all along); one
+        whose `touched_days` listed an edge on every day it was touched gets each edge
+        listed once, on the day it was last touched (the same edges expire at the same
+        `expire` call)."""
         self.__dict__.update(state)
+        if state.get("touched_days_layout", 1) < EntityGraph.touched_days_layout:
+            self.touched_days = {}
+            for key, edge in self.edges.items():
+                self._list_on_day(edge.last_ts, key)
+            self.touched_days_layout = EntityGraph.touched_days_layout
         if "regular_payers" not in state:
             self.regular_at = EntityGraph.regular_at
             self.regular_payers, self.merchant_payments = {}, {}
@@ -129,13 +142,14 @@ class EntityGraph:
         touched = []
         if event.referrer_id and event.referrer_id != event.user_id:
             info.referrer = event.referrer_id
-            edge = self._touch(user, USER + event.referrer_id, event.ts)
-            edge.referral = True
-            touched.append((user, USER + event.referrer_id))
+            key = (user, USER + event.referrer_id)
+            self._touch(key, event.ts).referral = True
+            touched.append(key)
         for prefix, value in ((DEVICE, event.device_id), (IP, event.ip), (PHONE, event.phone_hash)):
             if value:
-                self._touch(user, prefix + value, event.ts)
-                touched.append((user, prefix + value))
+                key = (user, prefix + value)
+                self._touch(key, event.ts)
+                touched.append(key)
         return touched
 
     def transaction(self, tx: Transaction) -> list[tuple[str, str]]:
@@ -143,7 +157,8 @@ class EntityGraph:
         user, merchant = USER + tx.user_id, MERCHANT + tx.merchant_id
         if tx.user_id not in self.users:
             self.users[tx.user_id] = UserInfo()
-        edge = self._touch(user, merchant, tx.ts)
+        paid_at = (user, merchant)
+        edge = self._touch(paid_at, tx.ts)
         if tx.kind == PAYMENT:
             edge.payments += 1
             self.merchant_payments[merchant] = self.merchant_payments.get(merchant, 0) + 1
@@ -161,31 +176,31 @@ class EntityGraph:
             paid = self.payments.get(tx.ref_tx_id or "")
             if paid is not None and tx.ts - paid[2] <= QUICK_REFUND_MS:
                 edge.quick_refunds += 1
-        touched = [(user, merchant)]
+        touched = [paid_at]
         for prefix, value in ((DEVICE, tx.device_id), (IP, tx.ip), (CARD, tx.card_id)):
             if value:
-                self._touch(user, prefix + value, tx.ts)
-                touched.append((user, prefix + value))
+                key = (user, prefix + value)
+                self._touch(key, tx.ts)
+                touched.append(key)
         return touched
 
-    def _touch(self, a: str, b: str, ts: int) -> Edge:
+    def _touch(self, key: tuple[str, str], ts: int) -> Edge:
+        """The edge `key` (user node, other node) seen at `ts`."""
         self.updates += 1
-        key = (a, b)
         edge = self.edges.get(key)
         if edge is None:
             edge = self.edges[key] = Edge(ts)
+            a, b = key
             if b.startswith(MERCHANT):
                 self.merchant_edges += 1
             self._adjacent(a).add(b)
             self._adjacent(b).add(a)
-            self._on_day(ts, key)
+            self._list_on_day(ts, key)
         elif ts > edge.last_ts:
-            if ts // DAY_MS != edge.last_ts // DAY_MS:
-                self._on_day(ts, key)
-            edge.last_ts = ts
+            edge.last_ts = ts  # still listed on an earlier day: `expire` moves it on
         return edge
 
-    def _on_day(self, ts: int, key: tuple[str, str]) -> None:
+    def _list_on_day(self, ts: int, key: tuple[str, str]) -> None:
         day = ts // DAY_MS
         keys = self.touched_days.get(day)
         if keys is None:
@@ -202,20 +217,25 @@ class EntityGraph:
     def expire(self, now: int) -> list[tuple[str, str]]:
         """Drops edges last seen before the window, now - window_ms (to the day: an edge may
         outlive it by up to a day), and nodes left alone; returns the edges dropped. Looks
-        only at the days that left the window, not at every edge."""
+        only at the edges listed on the days that left the window, not at every edge."""
         horizon_day = (now - self.window_ms) // DAY_MS
         horizon = horizon_day * DAY_MS
         stale = []
-        edges = self.edges
-        for day in sorted(d for d in self.touched_days if d < horizon_day):
-            for key in self.touched_days.pop(day):
+        edges, touched_days = self.edges, self.touched_days
+        for day in sorted(d for d in touched_days if d < horizon_day):
+            for key in touched_days.pop(day):
                 edge = edges.get(key)
-                # An edge touched on several days is listed on each: dropped once.
-                if edge is not None and edge.last_ts < horizon:
-                    del edges[key]
-                    stale.append(key)
-                    if key[1].startswith(MERCHANT):
-                        self._forget_payments(key, edge)
+                if edge is None:  # (each live edge is listed once: not expected)
+                    continue
+                if edge.last_ts >= horizon:
+                    # Touched since it was listed: listed again on its last day, which is
+                    # in the window (not among the days this call walks).
+                    self._list_on_day(edge.last_ts, key)
+                    continue
+                del edges[key]
+                stale.append(key)
+                if key[1].startswith(MERCHANT):
+                    self._forget_payments(key, edge)
         adjacent = self.adjacent
         for a, b in stale:
             for x, y in ((a, b), (b, a)):

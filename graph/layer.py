@@ -379,7 +379,7 @@ class GraphLayer:
         assert self.next_rebuild is not None
         if now >= self.next_rebuild:
             gone = self.graph.expire(now)
-            self.expired_links += sum(1 for _, other in gone if not other.startswith(MERCHANT))
+            self.expired_links += self.candidates.links_expired(self.graph, gone)
             # Stale links only make groups larger than they are (the detectors read the live
             # graph), so the union-find is rebuilt once they are a tenth of all links.
             if self.expired_links * 10 > len(self.graph.edges) - self.graph.merchant_edges:

@@ -86,6 +86,9 @@ class Group:
     now: int
     _paid: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
     _members: set[str] | None = None
+    #: (user, kind prefix) -> its identifiers of that kind: several detectors read them.
+    _identifiers: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    _tree: nx.DiGraph | None = None
 
     def paid(self, user: str) -> list[tuple[str, Any]]:
         """(merchant node, edge) for each merchant `user` has paid or refunded, any size."""
@@ -107,7 +110,17 @@ class Group:
         return self._members
 
     def identifiers(self, user: str, prefix: str) -> list[str]:
-        return [n for n in self.graph.adjacent.get(user, ()) if n.startswith(prefix)]
+        out = self._identifiers.get((user, prefix))
+        if out is None:
+            near = self.graph.adjacent.get(user, ())
+            out = self._identifiers[user, prefix] = [n for n in near if n.startswith(prefix)]
+        return out
+
+    def referral_tree(self) -> nx.DiGraph:
+        """referrer -> referee, for the referrals inside the group (cached; read only)."""
+        if self._tree is None:
+            self._tree = _referral_tree(self)
+        return self._tree
 
     def finding(
         self,
@@ -191,8 +204,11 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
     users = group.users
     if len(users) < min_users:
         return []
-    tree = _referral_tree(group)
+    tree = group.referral_tree()
     referred = tree.number_of_edges() / len(users)
+    referred_share = ramp(referred, none=0.3, full=0.6)
+    if referred_share <= 0.0:  # no finding without it (the fuzzy AND): skip the rest
+        return []
     concentration = max(group.per_identifier(users, DEVICE), group.per_identifier(users, PHONE))
     info = group.graph.users
     delays = []
@@ -209,7 +225,7 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
     to_first_buy = statistics.median(delays)
     merchants_per_user = len(merchants) / len(users)
     traits = {
-        "referred_share": ramp(referred, none=0.3, full=0.6),
+        "referred_share": referred_share,
         "accounts_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
         "buys_soon_after_signup": ramp(to_first_buy, none=3 * DAY_MS, full=DAY_MS),
         "few_merchants": ramp(merchants_per_user, none=0.5, full=0.15),
@@ -228,7 +244,9 @@ def referral_farm(group: Group, min_users: int = 5) -> list[Finding]:
 
 
 def pyramid(group: Group, min_users: int = 10) -> list[Finding]:
-    tree = _referral_tree(group)
+    if len(group.users) < min_users:  # the tree's nodes are some of them
+        return []
+    tree = group.referral_tree()
     if tree.number_of_nodes() < min_users:
         return []
     info = group.graph.users

@@ -38,6 +38,7 @@ from rebate_guard.contract.records import (
     Transaction,
     from_row,
 )
+from rebate_guard.contract.time import DAY_MS
 from rebate_guard.core.budget import FrictionBudget, Mark
 from rebate_guard.core.decider import Decider
 from rebate_guard.core.ledger import Entry, Ledger
@@ -289,3 +290,19 @@ def test_shards_checkpointed_before_the_split_restart_and_decide_as_they_did() -
     assert want["decided"][0] > 800 and want["ring_events"][0] > 50
     assert want["adjustments"][0] > 100
     assert got == want
+
+
+def test_the_graph_checkpointed_before_edges_were_listed_once_lists_each_once() -> None:
+    """The fixture's graph shard was checkpointed when `touched_days` listed an edge again
+    on every day it was touched, and before the candidate groups tracked what to regroup:
+    it restores with each live edge listed once, on the day it was last touched, and its
+    next rebuild regroups everything."""
+    blob = _shards_fixture()["checkpoints"][f"graph-{GRAPH_PARTITION}"]
+    assert b"touched_days_layout" not in blob and b"regroup" not in blob
+    layer = load_checkpoint(blob).layer
+    graph, candidates = layer.graph, layer.candidates
+    listed = [key for keys in graph.touched_days.values() for key in keys]
+    assert len(listed) == len(graph.edges) > 100 and set(listed) == set(graph.edges)
+    for day, keys in graph.touched_days.items():
+        assert all(graph.edges[key].last_ts // DAY_MS == day for key in keys)
+    assert graph.touched_days_layout == 2 and candidates.regroup_all

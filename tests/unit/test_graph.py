@@ -3,7 +3,9 @@ small hand-built ring and on the look-alike that must stay unflagged."""
 
 from __future__ import annotations
 
+import copy
 import pickle
+import random
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +411,125 @@ def test_an_edge_touched_on_several_days_expires_once() -> None:
     ]
     assert not graph.edges and not graph.adjacent and graph.merchant_edges == 0
     assert "u0" not in graph.users  # nothing of the user is left: its record goes too
+
+
+def test_an_edge_is_listed_once_however_often_it_is_touched() -> None:
+    graph = EntityGraph(window_ms=10 * DAY_MS)
+    for day in range(8):
+        event = parse_transaction(tx(f"t{day}", T0 + day * DAY_MS, user_id="u0", device_id="d"))
+        graph.transaction(event)
+    listed = [key for keys in graph.touched_days.values() for key in keys]
+    assert sorted(listed) == sorted(graph.edges)  # on the day they were created
+    assert graph.expire(T0 + 15 * DAY_MS) == []  # touched on day 7: still in the window
+    listed = [key for keys in graph.touched_days.values() for key in keys]
+    assert sorted(listed) == sorted(graph.edges)
+    assert set(graph.touched_days) == {(T0 + 7 * DAY_MS) // DAY_MS}  # moved on, once
+    assert len(graph.expire(T0 + 18 * DAY_MS)) == 4
+
+
+def _old_listing(graph: EntityGraph, touches: list[tuple[tuple[str, str], int]]) -> dict[str, Any]:
+    """`graph`'s state as a checkpoint of the version that listed an edge again on every
+    day it was touched held it."""
+    state = copy.deepcopy(graph.__dict__)
+    del state["touched_days_layout"]
+    days: dict[int, list[tuple[str, str]]] = {}
+    for key, ts in touches:
+        if key not in days.get(ts // DAY_MS, []):
+            days.setdefault(ts // DAY_MS, []).append(key)
+    state["touched_days"] = days
+    return state
+
+
+def test_a_graph_checkpointed_with_edges_listed_every_day_expires_them_as_before() -> None:
+    graph = EntityGraph(window_ms=10 * DAY_MS)
+    touches = []
+    for i, (user, day) in enumerate([("a", 0), ("a", 3), ("b", 1), ("a", 6), ("c", 2)]):
+        ts = T0 + day * DAY_MS
+        event = parse_transaction(tx(f"t{i}", ts, user_id=user, device_id=f"d{user}"))
+        touches += [(key, ts) for key in graph.transaction(event)]
+    restored = EntityGraph.__new__(EntityGraph)
+    restored.__setstate__(_old_listing(graph, touches))
+    listed = [key for keys in restored.touched_days.values() for key in keys]
+    assert sorted(listed) == sorted(restored.edges)  # each edge once
+    for day in (11, 12, 13, 14, 17):
+        now = T0 + day * DAY_MS
+        assert sorted(restored.expire(now)) == sorted(graph.expire(now))
+        assert restored.edges.keys() == graph.edges.keys()
+    assert not restored.edges and pickle.loads(pickle.dumps(restored)).touched_days == {}
+
+
+def _random_links(rng: random.Random, day: int, users: list[str]) -> list[Transaction | Signup]:
+    """A day of signups (some referred) and payments on mostly own devices, cards and
+    phones, some of them shared in small groups and a few by many: groups that form and
+    split, and identifiers that grow past their limits and shrink back as links expire."""
+
+    def own(kind: str, user: str, pool: int) -> str:
+        if rng.random() < 0.03:
+            return f"{kind}-common{rng.randint(0, 1)}"
+        return f"{kind}-{user}" if rng.random() < 0.9 else f"{kind}{rng.randint(0, pool)}"
+
+    out: list[Transaction | Signup] = []
+    for i in range(rng.randint(3, 8)):
+        user = f"u{day}-{i}"
+        referrer = rng.choice(users[-30:]) if users and rng.random() < 0.1 else None
+        fields = {"device_id": own("d", user, 80), "phone_hash": own("p", user, 80)}
+        ts = T0 + day * DAY_MS + i * HOUR
+        out.append(parse_signup(signup(user, ts, referrer_id=referrer, **fields)))
+        users.append(user)
+    for i in range(rng.randint(10, 30)):
+        ts = T0 + day * DAY_MS + i * MINUTE
+        user = rng.choice(users[-60:])
+        fields = {"device_id": own("d", user, 80), "card_id": own("c", user, 80)}
+        event = tx(f"t{day}-{i}", ts, user_id=user, merchant_id=f"m{rng.randint(0, 5)}", **fields)
+        out.append(parse_transaction(event))
+    return sorted(out, key=lambda e: order_key(e, 0))
+
+
+def test_a_rebuild_regroups_only_what_changed_and_gives_the_groups_of_grouping_afresh() -> None:
+    """Rebuilt daily over 60 days of a 10-day window, the groups (roots, members in order,
+    user counts) are those of grouping every live link afresh, though most days only some
+    groups are taken apart."""
+    rng = random.Random(7)
+    graph, candidates = EntityGraph(window_ms=10 * DAY_MS), Candidates()
+    users: list[str] = []
+    partial = 0
+    for day in range(60):
+        for event in _random_links(rng, day, users):
+            if isinstance(event, Signup):
+                candidates.observe(graph, graph.signup(event))
+            else:
+                candidates.observe(graph, graph.transaction(event))
+        candidates.links_expired(graph, graph.expire(T0 + (day + 1) * DAY_MS))
+        afresh = copy.deepcopy(candidates)
+        afresh.regroup_all = True
+        afresh.rebuild(graph)
+        partial += len(copy.deepcopy(candidates)._to_regroup(graph)) < len(candidates.parent) / 2
+        candidates.rebuild(graph)
+        assert candidates.members == afresh.members
+        assert candidates.user_count == afresh.user_count
+        assert {n: candidates.find(n) for n in candidates.parent} == {
+            n: afresh.find(n) for n in afresh.parent
+        }
+        assert candidates.dirty == set(afresh.members)
+    assert partial >= 35  # most days, less than half the nodes were regrouped
+    assert max(len(m) for m in candidates.members.values()) >= 5
+
+
+def test_groups_checkpointed_before_regrouping_was_tracked_are_all_regrouped() -> None:
+    graph, candidates = EntityGraph(window_ms=10 * DAY_MS), Candidates()
+    for i, ts in enumerate((T0, T0 + 9 * DAY_MS)):
+        event = parse_transaction(tx(f"t{i}", ts, user_id=f"u{i}", device_id="d", card_id=None))
+        candidates.observe(graph, graph.transaction(event))
+    state = dict(candidates.__dict__)
+    for name in ("joined", "regroup", "outgrown", "regroup_all"):
+        del state[name]
+    restored = Candidates.__new__(Candidates)
+    restored.__setstate__(state)
+    assert restored.regroup_all
+    restored.links_expired(graph, graph.expire(T0 + 12 * DAY_MS))
+    restored.rebuild(graph)
+    assert restored.members == {"u:u1": ["u:u1", "d:d"]}  # u0's links left the window
+    assert not restored.regroup_all
 
 
 def test_a_ring_whose_accounts_all_left_the_window_is_retired() -> None:
