@@ -13,12 +13,16 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from rebate_guard.contract.records import TRANSACTIONS
 from rebate_guard.settings import Settings
 from streams.sink import KafkaSink, Record
+
+if TYPE_CHECKING:  # the simulator (numpy, polars) loads only when `feed_live` runs
+    from rebate_guard.tools.simulator import World
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,9 @@ async def produce_events(
     return sent
 
 
-async def produce_world(settings: Settings, world: object, rate: float | None = None) -> int:
-    from rebate_guard.tools.simulator import World, event_stream
+async def produce_world(settings: Settings, world: World, rate: float | None = None) -> int:
+    from rebate_guard.tools.simulator import event_stream
 
-    assert isinstance(world, World)
     return await produce_events(settings, event_stream(world), rate)
 
 
@@ -212,7 +215,7 @@ class FeedReport:
 
 async def feed_live(
     settings: Settings,
-    world: object,
+    world: World,
     *,
     backfill_rate: float | None,
     score: bool = True,
