@@ -6,11 +6,12 @@ fast, then live traffic on the wall clock whose payments ask `POST /score` at pa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ import aiohttp
 
 from rebate_guard.contract.records import TRANSACTIONS
 from rebate_guard.settings import Settings
-from streams.sink import KafkaSink, Record
+from streams.sink import KafkaSink, Record, key_partition
 
 if TYPE_CHECKING:  # the simulator (numpy, polars) loads only when `feed_live` runs
     from rebate_guard.tools.simulator import World
@@ -116,6 +117,10 @@ class ScoreTally:
     unanswered: int = 0
     #: Round trips of the decided answers since the last `summary`, milliseconds.
     latencies_ms: list[float] = field(default_factory=list)
+    #: With several workers: payments asked of the worker owning their user's partition,
+    #: and of the next worker in turn (the owner not known: before the first assignment).
+    to_owner: int = 0
+    in_turn: int = 0
 
     def summary(self) -> str:
         """The counts so far, and the latency since the last summary (then forgotten)."""
@@ -126,30 +131,95 @@ class ScoreTally:
             p50, p99 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99))
             took = f"; the last {len(ordered)} in p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         asked = self.decided + sum(self.provisional.values()) + self.unanswered
+        routed = ""
+        if self.to_owner or self.in_turn:
+            routed = f" ({self.to_owner} of their partition's worker, {self.in_turn} in turn)"
         return (
-            f"{asked} live payments asked POST /score: {self.decided} decided, "
+            f"{asked} live payments asked POST /score{routed}: {self.decided} decided, "
             f"{dict(self.provisional) or 0} provisional, {self.unanswered} unanswered{took}"
         )
 
 
+class ScoreRoutes:
+    """Which worker's `POST /score` a live payment asks: the one that owns its user's
+    partition (the producer's partitioner, `key_partition`, on the user_id key), as each
+    worker's `/api/stats` shows it (its user shards' `models`); a partition whose owner is
+    not known (before the first assignment, or between a rebalance and `refresh`) goes to
+    the next worker in turn. Only the owner can decide at payment time (it holds the user
+    shard); any other produces the payment and waits for the stream's decision, polling
+    Redis for it."""
+
+    def __init__(self, workers: Sequence[Settings]) -> None:
+        from rebate_guard.client import web_request
+
+        self.n_partitions = workers[0].partitions
+        self.urls = [web_request(w, "/score").full_url for w in workers]
+        self.stats = [web_request(w, "/api/stats") for w in workers]
+        self.owners: dict[int, int] = {}
+        self.turn = itertools.cycle(range(len(workers)))
+
+    def url_for(self, key: str, tally: ScoreTally) -> str:
+        if len(self.urls) == 1:
+            return self.urls[0]
+        owner = self.owners.get(key_partition(key.encode(), self.n_partitions))
+        if owner is None:
+            tally.in_turn += 1
+            return self.urls[next(self.turn)]
+        tally.to_owner += 1
+        return self.urls[owner]
+
+    def update(self, worker: int, units: Iterable[str]) -> None:
+        """`worker` owns the user shards among `units` (`user-3`: partition 3) and no
+        others."""
+        self.owners = {p: w for p, w in self.owners.items() if w != worker}
+        for unit in units:
+            kind, _, number = unit.partition("-")
+            if kind == "user":
+                self.owners[int(number)] = worker
+
+    async def refresh(self, session: aiohttp.ClientSession) -> None:
+        """Each worker's user partitions, from its `/api/stats` (one that does not answer
+        keeps what it had)."""
+        if len(self.urls) == 1:
+            return
+        for worker, request in enumerate(self.stats):
+            try:
+                async with session.get(
+                    request.full_url,
+                    headers=dict(request.header_items()),
+                    timeout=aiohttp.ClientTimeout(total=ROUTES_TIMEOUT_S),
+                ) as response:
+                    response.raise_for_status()
+                    stats = await response.json()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("worker %d's /api/stats: %s; its partitions as they were", worker, exc)
+                continue
+            self.update(worker, stats.get("models", {}))
+
+
+#: How long `ScoreRoutes.refresh` waits for a worker's `/api/stats`, seconds.
+ROUTES_TIMEOUT_S = 2.0
+
+
 class PaymentScorer:
-    """Asks the worker's `POST /score` for each live payment, as a rebate engine does at
+    """Asks a worker's `POST /score` for each live payment, as a rebate engine does at
     payment time: the worker produces the payment to the transactions topic and answers
-    with its decision. Up to `max_in_flight` requests at once; a payment the worker does
-    not answer (unreachable, an error status) is produced to the topic by `fallback`, so
-    the stream still has it."""
+    with its decision. With several `workers`, the one owning the payment's user partition
+    (`ScoreRoutes`). Up to `max_in_flight` requests at once; a payment the worker does not
+    answer (unreachable, an error status) is produced to the topic by `fallback`, so the
+    stream still has it."""
 
     def __init__(
         self,
-        settings: Settings,
+        workers: Sequence[Settings],
         *,
         fallback: Callable[[str, bytes], Awaitable[None]],
         max_in_flight: int = 64,
     ) -> None:
         from rebate_guard.client import web_request
 
-        request = web_request(settings, "/score")
-        self.url, self.headers = request.full_url, dict(request.header_items())
+        self.routes = ScoreRoutes(workers)
+        self.headers = dict(web_request(workers[0], "/score").header_items())
         self.fallback = fallback
         self.slots = asyncio.Semaphore(max_in_flight)
         self.tally = ScoreTally()
@@ -170,18 +240,23 @@ class PaymentScorer:
         assert self.session is not None
         await self.session.close()
 
+    async def refresh_routes(self) -> None:
+        assert self.session is not None
+        await self.routes.refresh(self.session)
+
     async def ask(self, key: str, payment: dict[str, object]) -> None:
         """Starts the request for `payment` (waits only for a free slot)."""
         await self.slots.acquire()
-        task = asyncio.ensure_future(self._ask(key, _json(payment)))
+        url = self.routes.url_for(key, self.tally)
+        task = asyncio.ensure_future(self._ask(url, key, _json(payment)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _ask(self, key: str, body: bytes) -> None:
+    async def _ask(self, url: str, key: str, body: bytes) -> None:
         assert self.session is not None
         sent = time.perf_counter()
         try:
-            async with self.session.post(self.url, data=body, headers=self.headers) as response:
+            async with self.session.post(url, data=body, headers=self.headers) as response:
                 answer = await response.json() if response.status == 200 else None
             if answer is None:
                 raise aiohttp.ClientError(f"POST /score answered {response.status}")
@@ -215,19 +290,20 @@ class FeedReport:
 
 async def feed_live(
     settings: Settings,
-    world: World,
+    spans: Iterable[World],
     *,
     backfill_rate: float | None,
     score: bool = True,
+    workers: Sequence[Settings] = (),
     now_ms: Callable[[], int] = wall_ms,
 ) -> FeedReport:
-    """Feeds `world` on the wall clock (`FeedClock`): the events before now as back-fill,
-    at most `backfill_rate` per second, then the rest live, each when its time comes,
-    stamped with the clock; live payments ask `POST /score` first (`score`) and reach the
-    topic through it."""
-    from rebate_guard.tools.simulator import World, event_stream
+    """Feeds the worlds of `spans`, one after the other, on the wall clock (`FeedClock`):
+    the events before now as back-fill, at most `backfill_rate` per second, then the rest
+    live, each when its time comes, stamped with the clock; live payments ask `POST /score`
+    first (`score`: of the worker among `workers`, default the one `settings` names, that
+    owns the payment's user partition) and reach the topic through it."""
+    from rebate_guard.tools.simulator import event_stream
 
-    assert isinstance(world, World)
     sink = KafkaSink(settings)
     await sink.start()
     clock = FeedClock()
@@ -237,7 +313,9 @@ async def feed_live(
     async def to_topic(topic: str, key: str, value: bytes) -> None:
         await sink.send_one(settings.topic(topic), key.encode(), value)
 
-    scorer = PaymentScorer(settings, fallback=lambda key, body: to_topic(TRANSACTIONS, key, body))
+    scorer = PaymentScorer(
+        workers or [settings], fallback=lambda key, body: to_topic(TRANSACTIONS, key, body)
+    )
     report = FeedReport(scores=scorer.tally)
 
     async def send_backfill() -> None:
@@ -252,7 +330,8 @@ async def feed_live(
     try:
         async with scorer:
             logged = time.monotonic()
-            for topic, key, payload in event_stream(world):
+            events = itertools.chain.from_iterable(event_stream(span) for span in spans)
+            for topic, key, payload in events:
                 ts = payload["ts"]
                 assert isinstance(ts, int)
                 wait = clock.wait_ms(ts, now_ms=now_ms())
@@ -269,6 +348,8 @@ async def feed_live(
                         report.backfilled,
                     )
                     logged = time.monotonic()
+                    if score:
+                        await scorer.refresh_routes()
                 if wait > 0:
                     await asyncio.sleep(wait / 1000)
                 event = {**payload, "ts": clock.stamp(ts, now_ms=now_ms())}
@@ -280,6 +361,7 @@ async def feed_live(
                 if score and time.monotonic() - logged >= SCORE_LOG_EVERY_S:
                     logged = time.monotonic()
                     log.info("live: %s", scorer.tally.summary())
+                    await scorer.refresh_routes()  # a worker may have come or gone
             if backfill:
                 await send_backfill()
         if score:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,10 +122,15 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _worker_settings(settings: Settings, index: int) -> Settings:
+    """The `index`th worker's settings: its own web port, after the first one's."""
+    return settings.replace(web_port=settings.web_port + index)
+
+
 def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     from rebate_guard.tools.stack import child_setup
 
-    env = {**os.environ, **settings.replace(web_port=settings.web_port + index).to_env()}
+    env = {**os.environ, **_worker_settings(settings, index).to_env()}
     env["RG_DATA_DIR"] = str(Path(settings.data_dir) / f"worker-{index}")
     return subprocess.Popen(
         [sys.executable, "-m", "rebate_guard.cli", "worker"], env=env, preexec_fn=child_setup()
@@ -133,8 +139,9 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
 
 #: Days of the `up` world the feed back-fills, compressed, before the wall clock...
 BACKFILL_DAYS = 1
-#: ...and days of live traffic after them, in real time; then the feed stops.
-LIVE_DAYS = 2
+#: ...and days of live traffic after them, in real time: a week, so that when it is over
+#: and the platform pays again as it did (`live_spans`), weekdays and hours still match.
+LIVE_DAYS = 7
 #: Its older accounts signed up up to this many days before it starts.
 HISTORY_DAYS = 90
 #: Legit users per legit merchant (the simulator's default world has 25).
@@ -233,16 +240,82 @@ def _shifted(world: World, by_ms: int) -> World:
     )
 
 
+def span_again(world: World, *, from_ms: int, span_ms: int, repeat: int) -> World:
+    """The events of `world` in [`from_ms`, `from_ms` + `span_ms`), `repeat` spans later:
+    the same users paying the same merchants on the same schedule, as a new span of the
+    same platform. Its transactions get new tx_ids (prefixed `r{repeat}-`, so no tx_id
+    comes twice), and refunds and labels follow them; what cannot happen twice is left out:
+    signups (the accounts exist), and refunds and labels of transactions before the span
+    (refunded or labelled already). User-level labels come again (the same verdict)."""
+    import dataclasses
+
+    import polars as pl
+
+    prefix = f"r{repeat}-"
+    shift = pl.col("ts") + repeat * span_ms
+
+    def within(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.filter((pl.col("ts") >= from_ms) & (pl.col("ts") < from_ms + span_ms))
+
+    transactions = within(world.transactions)
+    ids = transactions["tx_id"].to_list()
+
+    def renamed(column: str) -> pl.Expr:
+        return pl.when(pl.col(column).is_in(ids)).then(pl.lit(prefix) + pl.col(column))
+
+    transactions = transactions.filter(
+        pl.col("ref_tx_id").is_null() | pl.col("ref_tx_id").is_in(ids)
+    ).with_columns(
+        shift,
+        (pl.lit(prefix) + pl.col("tx_id")).alias("tx_id"),
+        renamed("ref_tx_id").alias("ref_tx_id"),
+    )
+    labels = (
+        within(world.labels)
+        .filter(pl.col("tx_id").is_null() | pl.col("tx_id").is_in(ids))
+        .with_columns(shift, renamed("tx_id").alias("tx_id"))
+    )
+    truth = world.tx_truth.filter(pl.col("tx_id").is_in(ids)).with_columns(
+        (pl.lit(prefix) + pl.col("tx_id")).alias("tx_id")
+    )
+    return dataclasses.replace(
+        world,
+        transactions=transactions,
+        signups=world.signups.clear(),
+        labels=labels,
+        tx_truth=truth,
+    )
+
+
+def live_spans(
+    world: World, *, switch_ms: int, span_ms: int = LIVE_DAYS * DAY_MS
+) -> Iterator[World]:
+    """`world`, then its live part (the `span_ms` from `switch_ms`) again and again, each
+    time one span later (`span_again`): a demo left running goes on, with the same users
+    and merchants, for as long as it runs."""
+    yield world
+    for repeat in itertools.count(1):
+        log.info(
+            "the simulated platform's %d live day(s) are over: its users pay again as they "
+            "did, from now on (tx_ids r%d-...)",
+            span_ms // DAY_MS,
+            repeat,
+        )
+        yield span_again(world, from_ms=switch_ms, span_ms=span_ms, repeat=repeat)
+
+
 async def _feed(settings: Settings, seed: int, procs: list[subprocess.Popen[bytes]]) -> None:
-    """The `up` world fed on the wall clock (`feed_live`) until its live days end or the
-    workers stop; then the workers go on serving without new input."""
+    """The `up` world fed on the wall clock (`feed_live`): its history, then its live week,
+    then that week again and again (`live_spans`), until the workers stop. Live payments
+    ask the `POST /score` of the worker that owns their user's partition."""
     from rebate_guard.tools.producer import feed_live
 
     world, switch_ms = up_world(settings, seed, now_ms=int(time.time() * 1000))
     log.info(
         "feeding a simulated platform: %d users, %d transactions; first a day of history "
         "(%d events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
-        "stamped with the clock and decided at payment time (POST /score)",
+        "stamped with the clock and decided at payment time (POST /score), then those "
+        "days again, until stopped",
         world.signups.height,
         world.transactions.height,
         backfill_events(world, switch_ms),
@@ -250,16 +323,20 @@ async def _feed(settings: Settings, seed: int, procs: list[subprocess.Popen[byte
         LIVE_DAYS,
         settings.simulate_live_rate,
     )
-    feeding = feed_live(settings, world, backfill_rate=settings.simulate_rate)
-    if not await _while_workers_run(procs, feeding):
-        for proc in procs:
-            code = proc.poll()
-            if code == 0:  # stopped cleanly: Ctrl-C reaches the workers too
-                log.info("worker %d has stopped; so does the feed", proc.pid)
-                return
-            if code is not None:
-                raise RuntimeError(f"worker {proc.pid} exited with {code}")
-    log.info("the simulated platform's live days are over: the feed stops here")
+    feeding = feed_live(
+        settings,
+        live_spans(world, switch_ms=switch_ms),
+        backfill_rate=settings.simulate_rate,
+        workers=[_worker_settings(settings, index) for index in range(len(procs))],
+    )
+    await _while_workers_run(procs, feeding)  # endless: returns when a worker stops
+    for proc in procs:
+        code = proc.poll()
+        if code == 0:  # stopped cleanly: Ctrl-C reaches the workers too
+            log.info("worker %d has stopped; so does the feed", proc.pid)
+            return
+        if code is not None:
+            raise RuntimeError(f"worker {proc.pid} exited with {code}")
 
 
 #: How often the feed looks whether the workers still run.

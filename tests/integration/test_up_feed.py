@@ -1,11 +1,13 @@
 """`rebate-guard up`'s feed on the real broker, Redis and a worker: once its back-fill has
-caught up with the clock, its live payments are decided at payment time by `POST /score`,
-and the stream then stores and publishes that same decision, once."""
+caught up with the clock, its live payments are decided at payment time by `POST /score`
+of the worker that owns their partition, and the stream then stores and publishes that
+same decision, once; when the live part is over, it comes again with new tx_ids."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import urllib.error
 from collections import defaultdict
 from pathlib import Path
@@ -16,8 +18,9 @@ import pytest
 from rebate_guard.contract.records import Decision
 from rebate_guard.settings import Settings
 from rebate_guard.tools.producer import feed_live, wall_ms
-from rebate_guard.tools.runner import backfill_events, up_world_config
+from rebate_guard.tools.runner import backfill_events, live_spans, up_world_config
 from rebate_guard.tools.simulator import World, simulate_world
+from rebate_guard.tools.stack import free_port
 from rebate_guard.tools.topics import ensure_topics
 from tests.integration.helpers import (
     read_topic,
@@ -65,34 +68,47 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
     asyncio.run(ensure_topics(settings))
     with running_worker(settings, tmp_path / "worker.log") as worker:
 
-        def serving() -> bool:
+        def assigned() -> bool:
             try:
-                return "worker" in worker_stats(worker)
+                return len(worker_stats(worker)["models"]) == settings.partitions
             except (OSError, urllib.error.URLError):
                 return False
 
-        wait_for(serving, timeout=120, what="the worker's web server", worker=worker)
+        wait_for(assigned, timeout=120, what="the worker's user shards", worker=worker)
         # The back-fill (a day of a ~5,800-user platform: ~7k events) is sent unthrottled
         # and caught up well before the switch; the feed then waits for the clock.
         switch = wall_ms() + 10_000
         world = simulate_world(up_world_config(5, switch_ms=switch, live_rate=0.02))
         world = _quick_live_part(world, switch)
-        live = world.transactions.filter(pl.col("ts") >= switch)
+        # The live part, then once again (`up` repeats its live week) right after it.
+        spans = list(
+            itertools.islice(
+                live_spans(world, switch_ms=switch, span_ms=LIVE_SECONDS * 1000 + 1), 2
+            )
+        )
+        transactions = pl.concat([span.transactions for span in spans])
+        live = transactions.filter(pl.col("ts") >= switch)
         payments = live.filter(pl.col("kind") == "payment")["tx_id"].to_list()
-        assert len(payments) >= 20
+        again = spans[1].transactions.filter(pl.col("kind") == "payment").height
+        assert len(payments) >= 40 and again == len(payments) / 2
 
-        report = asyncio.run(feed_live(worker.settings, world, backfill_rate=None))
+        # A second worker that never answers: the owner map comes from the one that runs.
+        workers = [worker.settings, worker.settings.replace(web_port=free_port())]
+        report = asyncio.run(feed_live(worker.settings, spans, backfill_rate=None, workers=workers))
 
         assert report.backfilled == backfill_events(world, switch)
         # LIVE_EVENTS, and any event sharing the last one's ms (the world is cut at a ts).
         scheduled_live = sum(
             f.filter(pl.col("ts") >= switch).height
-            for f in (world.transactions, world.signups, world.labels)
+            for span in spans
+            for f in (span.transactions, span.signups, span.labels)
         )
         assert scheduled_live >= LIVE_EVENTS
         assert report.live == scheduled_live
         scores = report.scores
-        # Every live payment got the pipeline's decision, none a fail-closed answer...
+        # Every live payment asked the worker owning its user's partition...
+        assert (scores.to_owner, scores.in_turn) == (len(payments), 0), scores.summary()
+        # ...and got the pipeline's decision, none a fail-closed answer...
         assert scores.decided == len(payments), scores.summary()
         assert not scores.provisional and not scores.unanswered, scores.summary()
         # ...made at payment time, not the stream's awaited: the stream was never past it.
@@ -100,8 +116,9 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
         assert counted["decided_at_payment"] == len(payments), counted
         assert counted["left_to_stream"] == {}, counted
         # The stream reaches them and publishes the decision made at payment time, once
-        # (it follows the stored one: first write wins).
-        total = world.transactions.height
+        # (it follows the stored one: first write wins); no tx_id twice across the spans.
+        total = transactions.height
+        assert transactions["tx_id"].is_unique().all()
         published: dict[str, list[dict[str, object]]] = defaultdict(list)
         for _, value in read_topic(settings, settings.topic("decisions"), expect=total):
             decision = Decision.loads(value)

@@ -3,6 +3,10 @@ stamped with the clock, from a world sized to the live rate."""
 
 from __future__ import annotations
 
+import itertools
+
+import polars as pl
+
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.settings import Settings
 from rebate_guard.tools.producer import FeedClock
@@ -11,6 +15,7 @@ from rebate_guard.tools.runner import (
     LIVE_DAYS,
     backfill_events,
     demo_utc_offset_minutes,
+    live_spans,
     switch_ms_for,
     up_world,
     up_world_config,
@@ -210,7 +215,7 @@ def test_the_feed_s_payments_ask_score_with_the_token_and_reach_the_topic_if_una
 
         settings = Settings(web_port=port, api_token="s3cret")
         try:
-            async with PaymentScorer(settings, fallback=fallback) as scorer:
+            async with PaymentScorer([settings], fallback=fallback) as scorer:
                 for tx_id in ("t-1", "t-late", "t-broken", "t-2"):
                     await scorer.ask("u-1", {"tx_id": tx_id, "ts": NOW})
             tally = scorer.tally
@@ -228,3 +233,67 @@ def test_the_feed_s_payments_ask_score_with_the_token_and_reach_the_topic_if_una
     to_topic = asyncio.run(run())
     assert {auth for auth, _ in seen} == {"Bearer s3cret"}
     assert to_topic == [("u-1", b'{"tx_id":"t-broken","ts":%d}' % NOW)]
+
+
+def _small_up_world() -> tuple[World, int]:
+    return up_world(Settings(simulate_rate=2_000.0, simulate_live_rate=0.02), 3, now_ms=NOW)
+
+
+def test_after_its_live_week_the_platform_pays_again_as_it_did_with_new_tx_ids() -> None:
+    world, switch = _small_up_world()
+    span = LIVE_DAYS * DAY_MS
+    assert LIVE_DAYS % 7 == 0  # a repeat falls on the same weekday and hour
+    first, second, third = itertools.islice(live_spans(world, switch_ms=switch), 3)
+    assert first is world
+    live = world.transactions.filter(pl.col("ts") >= switch)
+    again = second.transactions
+    assert again["ts"].min() >= switch + span and again["ts"].max() < switch + 2 * span
+    # The same users at the same merchants, one span later, under new tx_ids...
+    for frame in (live, again):
+        assert frame.height > 0
+    payments = again.filter(pl.col("kind") == "payment")
+    assert payments.select("user_id", "merchant_id", "amount_cents", pl.col("ts") - span).equals(
+        live.filter(pl.col("kind") == "payment").select(
+            "user_id", "merchant_id", "amount_cents", "ts"
+        )
+    )
+    tx_ids = [f.transactions["tx_id"] for f in (first, second, third)]
+    assert pl.concat(tx_ids).is_unique().all()
+    assert third.transactions["tx_id"].str.starts_with("r2-").all()
+    # ...whose refunds and labels follow them; none of a transaction before the span.
+    for frame in (second, third):
+        ids = set(frame.transactions["tx_id"])
+        refs = frame.transactions["ref_tx_id"].drop_nulls()
+        assert set(refs) <= ids
+        assert set(frame.labels["tx_id"].drop_nulls()) <= ids
+        assert frame.signups.is_empty()  # the accounts exist
+    # What is left out: refunds of history, signups; nothing else.
+    history_refunds = live.filter(
+        pl.col("ref_tx_id").is_not_null() & (~pl.col("ref_tx_id").is_in(live["tx_id"].to_list()))
+    ).height
+    assert again.height == live.height - history_refunds
+    assert second.labels.height <= world.labels.filter(pl.col("ts") >= switch).height
+
+
+def test_live_payments_ask_the_worker_owning_their_user_partition() -> None:
+    from rebate_guard.tools.producer import ScoreRoutes, ScoreTally
+    from streams.sink import key_partition
+
+    workers = [Settings(web_port=7000 + i, api_token="t", partitions=4) for i in range(2)]
+    routes, tally = ScoreRoutes(workers), ScoreTally()
+    users = [f"u{n}" for n in range(40)]
+    # Before any assignment is known: in turn.
+    assert [routes.url_for(u, tally) for u in users[:4]] == [routes.urls[i % 2] for i in range(4)]
+    routes.update(0, ["user-0", "user-2", "entity-0", "entity-2", "graph-0"])
+    routes.update(1, ["user-1", "user-3", "entity-1", "entity-3"])
+    for user in users:
+        owner = key_partition(user.encode(), 4) % 2  # what the producer's partitioner says
+        assert routes.url_for(user, tally) == f"http://127.0.0.1:{7000 + owner}/score"
+    assert (tally.in_turn, tally.to_owner) == (4, 40)
+    assert "(40 of their partition's worker, 4 in turn)" in tally.summary()
+    # A rebalance: worker 1 takes partition 2 and leaves 3 (unknown until it is told).
+    routes.update(1, ["user-1", "user-2"])
+    assert routes.owners == {0: 0, 1: 1, 2: 1}
+    one = ScoreRoutes(workers[:1])
+    assert {one.url_for(u, tally) for u in users} == {"http://127.0.0.1:7000/score"}
+    assert (tally.in_turn, tally.to_owner) == (4, 40)  # one worker: no routing to count
