@@ -64,11 +64,13 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
+def run_up(
+    settings: Settings, workers: int = 1, seed: int = 7, *, backfill_days: int | None = None
+) -> int:
     """The main job: local stack, `workers` worker processes, a simulated platform fed on
     the wall clock (its history back-filled, then live traffic whose payments are decided
     at payment time), the dashboard on the first worker's web port. Ctrl-C stops
-    everything."""
+    everything. `backfill_days`: of history before live traffic (`BACKFILL_DAYS`)."""
     from rebate_guard.tools.stack import LocalStack
 
     configure_logging("info")
@@ -97,7 +99,8 @@ def run_up(settings: Settings, workers: int = 1, seed: int = 7) -> int:
         print(f"  {_login_hint(live, token_from_file)}\n", flush=True)
         print(f"  Kafka bootstrap {live.kafka_bootstrap}   Redis {live.redis_url}", flush=True)
         try:
-            asyncio.run(_feed(live, seed, procs))
+            days = BACKFILL_DAYS if backfill_days is None else backfill_days
+            asyncio.run(_feed(live, seed, procs, backfill_days=days))
         except KeyboardInterrupt:
             pass
         finally:
@@ -137,7 +140,9 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
     )
 
 
-#: Days of the `up` world the feed back-fills, compressed, before the wall clock...
+#: Days of the `up` world the feed back-fills, compressed, before the wall clock, by
+#: default (`up --backfill-days`): reviews label payments 2-9 days after them, so a day's
+#: history brings the classifier no label, and ten ~700 (~7 minutes at 500 events/s)...
 BACKFILL_DAYS = 1
 #: ...and days of live traffic after them, in real time: a week, so that when it is over
 #: and the platform pays again as it did (`live_spans`), weekdays and hours still match.
@@ -150,10 +155,12 @@ USERS_PER_MERCHANT = 25
 MIN_USERS, MIN_MERCHANTS = 200, 20
 
 
-def up_world_config(seed: int, *, switch_ms: int, live_rate: float) -> WorldConfig:
+def up_world_config(
+    seed: int, *, switch_ms: int, live_rate: float, backfill_days: int = BACKFILL_DAYS
+) -> WorldConfig:
     """The world `up` feeds: a platform whose legit users pay `live_rate` times a second in
     all (each the simulator's `payments_per_user_day` on average, so the users number
-    `live_rate` x 86,400 / that), whose first `BACKFILL_DAYS` end at `switch_ms`, when the
+    `live_rate` x 86,400 / that), whose first `backfill_days` end at `switch_ms`, when the
     feed is to have caught up with the wall clock (`switch_ms_for`)."""
     from rebate_guard.tools.simulator import WorldConfig
 
@@ -163,9 +170,9 @@ def up_world_config(seed: int, *, switch_ms: int, live_rate: float) -> WorldConf
         seed=seed,
         n_users=n_users,
         n_merchants=max(MIN_MERCHANTS, n_users // USERS_PER_MERCHANT),
-        days=BACKFILL_DAYS + LIVE_DAYS,
+        days=backfill_days + LIVE_DAYS,
         history_days=HISTORY_DAYS,
-        start_ts_ms=switch_ms - BACKFILL_DAYS * DAY_MS,
+        start_ts_ms=switch_ms - backfill_days * DAY_MS,
     )
 
 
@@ -195,7 +202,9 @@ def switch_ms_for(now_ms: int, *, backfill_events: int, backfill_rate: float) ->
     return now_ms + math.ceil(backfill_events / backfill_rate * 1000)
 
 
-def up_world(settings: Settings, seed: int, *, now_ms: int) -> tuple[World, int]:
+def up_world(
+    settings: Settings, seed: int, *, now_ms: int, backfill_days: int = BACKFILL_DAYS
+) -> tuple[World, int]:
     """(The `up` world, its switch to live traffic): placed so that its back-fill, fed from
     `now_ms` at `RG_SIMULATE_RATE`, ends about when the clock reaches its live part. A draft
     placed at `now_ms` counts the back-fill; the world is then simulated where that puts it
@@ -209,7 +218,9 @@ def up_world(settings: Settings, seed: int, *, now_ms: int) -> tuple[World, int]
     ahead_ms = settings.local_utc_offset_minutes * MINUTE_MS
 
     def simulated(switch_ms: int) -> World:
-        config = up_world_config(seed, switch_ms=switch_ms + ahead_ms, live_rate=live_rate)
+        config = up_world_config(
+            seed, switch_ms=switch_ms + ahead_ms, live_rate=live_rate, backfill_days=backfill_days
+        )
         return _shifted(simulate_world(config), -ahead_ms)
 
     draft = simulated(now_ms)
@@ -304,20 +315,24 @@ def live_spans(
         yield span_again(world, from_ms=switch_ms, span_ms=span_ms, repeat=repeat)
 
 
-async def _feed(settings: Settings, seed: int, procs: list[subprocess.Popen[bytes]]) -> None:
+async def _feed(
+    settings: Settings, seed: int, procs: list[subprocess.Popen[bytes]], *, backfill_days: int
+) -> None:
     """The `up` world fed on the wall clock (`feed_live`): its history, then its live week,
     then that week again and again (`live_spans`), until the workers stop. Live payments
     ask the `POST /score` of the worker that owns their user's partition."""
     from rebate_guard.tools.producer import feed_live
 
-    world, switch_ms = up_world(settings, seed, now_ms=int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    world, switch_ms = up_world(settings, seed, now_ms=now_ms, backfill_days=backfill_days)
     log.info(
-        "feeding a simulated platform: %d users, %d transactions; first a day of history "
+        "feeding a simulated platform: %d users, %d transactions; first %d day(s) of history "
         "(%d events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
         "stamped with the clock and decided at payment time (POST /score), then those "
         "days again, until stopped",
         world.signups.height,
         world.transactions.height,
+        backfill_days,
         backfill_events(world, switch_ms),
         settings.simulate_rate,
         LIVE_DAYS,

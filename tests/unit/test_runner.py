@@ -297,3 +297,14 @@ def test_live_payments_ask_the_worker_owning_their_user_partition() -> None:
     one = ScoreRoutes(workers[:1])
     assert {one.url_for(u, tally) for u in users} == {"http://127.0.0.1:7000/score"}
     assert (tally.in_turn, tally.to_owner) == (4, 40)  # one worker: no routing to count
+
+
+def test_a_longer_back_fill_brings_the_classifier_labels_a_day_does_not() -> None:
+    """Reviews label payments 2-9 days after them: a day of history has none yet."""
+    labelled = []
+    for days in (BACKFILL_DAYS, 10):
+        config = up_world_config(3, switch_ms=NOW, live_rate=0.02, backfill_days=days)
+        assert (config.start_ts_ms, config.days) == (NOW - days * DAY_MS, days + LIVE_DAYS)
+        labels = simulate_world(config).labels
+        labelled.append(labels.filter((pl.col("ts") < NOW) & (pl.col("label") == "fraud")).height)
+    assert labelled[0] == 0 < labelled[1]
