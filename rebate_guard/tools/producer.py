@@ -133,7 +133,9 @@ class ScoreTally:
         asked = self.decided + sum(self.provisional.values()) + self.unanswered
         routed = ""
         if self.to_owner or self.in_turn:
-            routed = f" ({self.to_owner} of their partition's worker, {self.in_turn} in turn)"
+            routed = (  # counted as sent, the rest as answered
+                f" (sent: {self.to_owner} to their partition's worker, {self.in_turn} in turn)"
+            )
         return (
             f"{asked} live payments asked POST /score{routed}: {self.decided} decided, "
             f"{dict(self.provisional) or 0} provisional, {self.unanswered} unanswered{took}"
@@ -159,6 +161,7 @@ class ScoreRoutes:
         self.turn = itertools.cycle(range(len(workers)))
 
     def url_for(self, key: str, tally: ScoreTally) -> str:
+        """Where the payment keyed `key` (its user_id) goes; counted in `tally`."""
         if len(self.urls) == 1:
             return self.urls[0]
         owner = self.owners.get(key_partition(key.encode(), self.n_partitions))

@@ -290,7 +290,7 @@ def test_live_payments_ask_the_worker_owning_their_user_partition() -> None:
         owner = key_partition(user.encode(), 4) % 2  # what the producer's partitioner says
         assert routes.url_for(user, tally) == f"http://127.0.0.1:{7000 + owner}/score"
     assert (tally.in_turn, tally.to_owner) == (4, 40)
-    assert "(40 of their partition's worker, 4 in turn)" in tally.summary()
+    assert "(sent: 40 to their partition's worker, 4 in turn)" in tally.summary()
     # A rebalance: worker 1 takes partition 2 and leaves 3 (unknown until it is told).
     routes.update(1, ["user-1", "user-2"])
     assert routes.owners == {0: 0, 1: 1, 2: 1}
