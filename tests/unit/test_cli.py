@@ -95,6 +95,12 @@ def test_user_errors_exit_2_with_a_message(tmp_path: Path, capsys) -> None:
         main(["no-such-command"])
 
 
+def test_up_refuses_a_back_fill_of_less_than_a_day_before_starting_anything(capsys) -> None:
+    # Refused before the stack starts: nothing is spawned, the message names the option.
+    assert main(["up", "--backfill-days", "0"]) == 2
+    assert "--backfill-days must be >= 1" in capsys.readouterr().err
+
+
 def test_bad_environment_is_reported_not_raised(monkeypatch, capsys) -> None:
     monkeypatch.setenv("RG_PARTITIONS", "zero")
     assert main(["topics"]) == 2
