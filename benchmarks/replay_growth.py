@@ -99,6 +99,13 @@ def state_parts(scorer: Scorer, outputs: ReplayOutputs) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "f.user_profiles": users.profiles,
         "f.user_activity": users.activity,
+        # Its parts, one per user (entries include the one list of users): which one grows.
+        "f.user_activity: payment logs": [a.payments for a in users.activity.values()],
+        "f.user_activity: 24 h distincts": [
+            (a.merchants_24h, a.devices_24h, a.ips_24h) for a in users.activity.values()
+        ],
+        "f.user_activity: merchant pairs": [a.pairs_7d for a in users.activity.values()],
+        "f.user_activity: refund lookback": [a.recent_payments for a in users.activity.values()],
         "f.merchants": entities.merchant.state,
         "f.merchant_payment_of_tx": entities.merchant.payment_merchant,
         "f.categories": entities.category.state,
