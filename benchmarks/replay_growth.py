@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graph.layer import GraphLayer
 from rebate_guard.contract.records import Transaction
 from rebate_guard.core.decider import Scorer
-from rebate_guard.tools.replay import DecisionRows, EventFiles, fewer_collections
+from rebate_guard.tools.replay import ChunkedRows, EventFiles, ReplayOutputs, fewer_collections
 
 CONTAINERS = (dict, list, set, frozenset, deque, tuple)
 
@@ -92,13 +92,20 @@ def entries(root: Any, limit: int = 50_000_000) -> int:
     return total
 
 
-def state_parts(scorer: Scorer, outputs: DecisionRows) -> dict[str, Any]:
+def state_parts(scorer: Scorer, outputs: ReplayOutputs) -> dict[str, Any]:
     """Every piece of state that may grow with history, by name (what the table shows)."""
     engine, decider = scorer.features, scorer.decider
     users, entities = engine.users.user, engine.entities
     parts: dict[str, Any] = {
         "f.user_profiles": users.profiles,
         "f.user_activity": users.activity,
+        # Its parts, one per user (entries include the one list of users): which one grows.
+        "f.user_activity: payment logs": [a.payments for a in users.activity.values()],
+        "f.user_activity: 24 h distincts": [
+            (a.merchants_24h, a.devices_24h, a.ips_24h) for a in users.activity.values()
+        ],
+        "f.user_activity: merchant pairs": [a.pairs_7d for a in users.activity.values()],
+        "f.user_activity: refund lookback": [a.recent_payments for a in users.activity.values()],
         "f.merchants": entities.merchant.state,
         "f.merchant_payment_of_tx": entities.merchant.payment_merchant,
         "f.categories": entities.category.state,
@@ -120,9 +127,11 @@ def state_parts(scorer: Scorer, outputs: DecisionRows) -> dict[str, Any]:
         "budget.epochs": decider.budget.epochs,
         "model": decider.model,
         "drift": decider.drift,
-        "out.decisions": outputs,
-        "out.adjustments": scorer.adjustments,
-        "out.ring_events": scorer.ring_events,
+        # The outputs (`state_sizes`: rows so far / rows still Python values, the rest in
+        # Polars chunks); replay takes the scorer's adjustments and ring events each event.
+        "out.decisions (rows / in Python)": outputs.decisions,
+        "out.adjustments (rows / in Python)": outputs.adjustments,
+        "out.ring_events (rows / in Python)": outputs.rings,
     }
     layer = scorer.graph
     if layer is not None:
@@ -146,12 +155,18 @@ def state_parts(scorer: Scorer, outputs: DecisionRows) -> dict[str, Any]:
     return parts
 
 
-def state_sizes(scorer: Scorer, outputs: DecisionRows, *, deep: bool) -> dict[str, tuple[int, int]]:
+def state_sizes(
+    scorer: Scorer, outputs: ReplayOutputs, *, deep: bool
+) -> dict[str, tuple[int, int]]:
     """name -> (keys, entries): the top container's length and everything it holds (-1:
-    not counted this slice; the census walks every object, seconds on a big state)."""
+    not counted this slice; the census walks every object, seconds on a big state). An
+    output table: (rows, rows still held as Python values)."""
     out = {}
     for name, part in state_parts(scorer, outputs).items():
-        keys = len(part) if isinstance(part, (*CONTAINERS, DecisionRows)) else 0
+        if isinstance(part, ChunkedRows):
+            out[name] = (len(part), part.held)
+            continue
+        keys = len(part) if isinstance(part, CONTAINERS) else 0
         out[name] = (keys, entries(part) if deep else -1)
     return out
 
@@ -269,7 +284,7 @@ def sliced_replay(
     scorer = Scorer(graph=GraphLayer())
     timers = instrument(scorer) if split else Timers()
     files = EventFiles(paths["transactions"], paths.get("signups"), paths.get("labels"), None)
-    out = DecisionRows()
+    out = ReplayOutputs()
     slices: list[Slice] = []
     profiles: dict[int, pstats.Stats] = {}
     events: Iterator[Any] = iter(files)
@@ -286,8 +301,7 @@ def sliced_replay(
             try:
                 for event in events:
                     decision = scorer.apply(event, decided_at=int(time.time() * 1000))
-                    if decision is not None:
-                        out.append(decision)
+                    out.collect(decision, scorer)
                     transactions += isinstance(event, Transaction)
                     n += 1
                     if n == slice_events:

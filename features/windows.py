@@ -43,9 +43,12 @@ class PaymentLog:
                     total -= values[head]
                     head += 1
                 heads[i], sums[i] = head, total
-        # Compact once the expired prefix dominates, so the lists stay O(items in window).
+        # Compact once the expired prefix outgrows what is inside, so the lists stay within
+        # twice the items in the window; a compaction moves fewer items than it drops, so it
+        # costs O(1) per item. No floor: with a floor of 64 items, a user paying a few times a
+        # month kept up to 64 expired payments, filled over a year of history (issue #20).
         first = heads[0]
-        if first > 64 and first * 2 > n:
+        if first * 2 > n:
             del ts[:first], values[:first]
             self.heads = [h - first for h in heads]
 

@@ -3,8 +3,9 @@
 Events are merged in event-time order (`rebate_guard.contract.order`), so each transaction is scored
 before anything later is learned and a label takes effect only once its ts is reached. This is
 the backtest engine: the input files stay Polars columns, turned into Python rows a batch at a
-time, and the outputs are kept as Polars columns too, so what grows with the history is theirs
-in Arrow (tens of bytes a row), not Python objects.
+time, and the outputs (decisions, and the ledger's adjustments and the ring events taken from
+the scorer as they are made) are kept as Polars columns too, so what grows with the history is
+theirs in Arrow (tens of bytes a row), not Python objects.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,17 +54,6 @@ REPLAY_GC_THRESHOLDS = (50_000, 20, 10)
 #: Merged positions whose rows become Python values at a time: the files stay in Polars
 #: columns, so replay's memory for its inputs does not grow with them.
 ROWS_PER_BATCH = 65_536
-
-
-def ring_frame(events: list[RingEvent]) -> pl.DataFrame:
-    """Ring events as rows (`rings.parquet`): every version of every ring, in order."""
-    rows: dict[str, list[Any]] = {name: [] for name in RING_SCHEMA}
-    for event in events:
-        for name in RING_SCHEMA:
-            value = getattr(event, name)
-            as_json = name in RING_JSON_FIELDS
-            rows[name].append(json.dumps(value, sort_keys=True) if as_json else value)
-    return pl.DataFrame(rows, schema=RING_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -208,36 +198,99 @@ class EventFiles:
             )
 
 
-class DecisionRows:
-    """Decisions as the rows of `decisions.parquet`, kept as Polars columns: every
-    `ROWS_PER_BATCH` decisions leave their Python lists (~0.5 KB a decision) for a frame."""
+class ChunkedRows:
+    """The rows of one output table, kept as Polars columns: every `ROWS_PER_BATCH` rows
+    leave their Python lists (a decision ~0.5 KB, a ring version with its evidence more)
+    for a frame, so what grows with the history is Arrow (tens of bytes a row).
 
-    def __init__(self) -> None:
+    A row is given as its values in the schema's order (`append`), or as a record whose
+    attributes are the columns (`append_record`: decisions, adjustments, ring events), its
+    `json_fields` written as JSON text."""
+
+    def __init__(self, schema: Schema, *, json_fields: Collection[str] = ()) -> None:
+        self.schema = schema
+        self.json_at = [i for i, name in enumerate(schema) if name in json_fields]
         self.chunks: list[pl.DataFrame] = []
-        self.rows: dict[str, list[Any]] = {name: [] for name in DECISION_SCHEMA}
-        self.count = 0
+        self.chunked = 0
+        self.pending = self._empty()
 
     def __len__(self) -> int:
-        return self.count
+        return self.chunked + self.held
 
-    def append(self, decision: Decision) -> None:
-        for name, values in self.rows.items():
-            values.append(getattr(decision, name))
-        self.count += 1
-        if self.count % ROWS_PER_BATCH == 0:
+    @property
+    def held(self) -> int:
+        """Rows still held as Python values (the rest are in `chunks`)."""
+        return len(self.pending[0])
+
+    def append(self, values: Iterable[Any]) -> None:
+        for column, value in zip(self.pending, values, strict=True):
+            column.append(value)
+        if self.held >= ROWS_PER_BATCH:
             self._flush()
 
+    def append_record(self, record: Any) -> None:
+        values = [getattr(record, name) for name in self.schema]
+        for i in self.json_at:
+            values[i] = json.dumps(values[i], sort_keys=True)
+        self.append(values)
+
+    def take(self, records: list[Any]) -> None:
+        """Move `records` (a caller's list of records: the scorer's adjustments or ring
+        events) into the table, leaving the list empty."""
+        for record in records:
+            self.append_record(record)
+        records.clear()
+
     def frame(self) -> pl.DataFrame:
-        """Every decision so far, in order."""
+        """Every row so far, in order, in one chunk."""
         self._flush()
         if not self.chunks:
-            return pl.DataFrame(schema=DECISION_SCHEMA)
+            return pl.DataFrame(schema=self.schema)
         return pl.concat(self.chunks, rechunk=True)
 
     def _flush(self) -> None:
-        if self.rows["tx_id"]:
-            self.chunks.append(pl.DataFrame(self.rows, schema=DECISION_SCHEMA))
-            self.rows = {name: [] for name in DECISION_SCHEMA}
+        if self.held:
+            columns = dict(zip(self.schema, self.pending, strict=True))
+            self.chunks.append(pl.DataFrame(columns, schema=self.schema))
+            self.chunked += self.held
+            self.pending = self._empty()
+
+    def _empty(self) -> list[list[Any]]:
+        return [[] for _ in self.schema]
+
+
+def ring_frame(events: Iterable[RingEvent]) -> pl.DataFrame:
+    """Ring events as rows (`rings.parquet`): every version of every ring, in order."""
+    rows = ChunkedRows(RING_SCHEMA, json_fields=RING_JSON_FIELDS)
+    for event in events:
+        rows.append_record(event)
+    return rows.frame()
+
+
+@dataclass
+class ReplayOutputs:
+    """What replay writes, as it goes: the decisions, and the ledger's adjustments and the
+    ring events taken from the scorer's lists (`take`) before they grow as Python objects."""
+
+    decisions: ChunkedRows = field(default_factory=lambda: ChunkedRows(DECISION_SCHEMA))
+    adjustments: ChunkedRows = field(default_factory=lambda: ChunkedRows(ADJUSTMENT_SCHEMA))
+    rings: ChunkedRows = field(
+        default_factory=lambda: ChunkedRows(RING_SCHEMA, json_fields=RING_JSON_FIELDS)
+    )
+
+    def collect(self, decision: Decision | None, scorer: Scorer) -> None:
+        """After an event: its decision, and what the scorer made with it."""
+        if decision is not None:
+            self.decisions.append_record(decision)
+        if scorer.adjustments or scorer.ring_events:
+            self.take(scorer)
+
+    def take(self, scorer: Scorer) -> None:
+        """Move the adjustments and ring events the scorer made since the last take."""
+        if scorer.adjustments:
+            self.adjustments.take(scorer.adjustments)
+        if scorer.ring_events:
+            self.rings.take(scorer.ring_events)
 
 
 @contextmanager
@@ -281,29 +334,26 @@ def replay(
     started = time.perf_counter()
     scorer = scorer or Scorer(graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
-    out = DecisionRows()
+    out = ReplayOutputs()
     last_ts = None
     with fewer_collections():
         for event in files:
             decision = scorer.apply(event, decided_at=int(time.time() * 1000))
             last_ts = event.ts
-            if decision is not None:
-                out.append(decision)
+            out.collect(decision, scorer)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "decisions": out_dir / "decisions.parquet",
         "adjustments": out_dir / "adjustments.parquet",
     }
-    out.frame().write_parquet(outputs["decisions"])
-    adjustments = {
-        name: [getattr(a, name) for a in scorer.adjustments] for name in ADJUSTMENT_SCHEMA
-    }
-    pl.DataFrame(adjustments, schema=ADJUSTMENT_SCHEMA).write_parquet(outputs["adjustments"])
+    if scorer.graph is not None and last_ts is not None:  # what changed since the last scan
+        scorer.ring_events += scorer.graph.scan(last_ts)
+    out.take(scorer)
+    out.decisions.frame().write_parquet(outputs["decisions"])
+    out.adjustments.frame().write_parquet(outputs["adjustments"])
     if scorer.graph is not None:
-        if last_ts is not None:  # what changed since the last scan
-            scorer.ring_events += scorer.graph.scan(last_ts)
         outputs["rings"] = out_dir / "rings.parquet"
-        ring_frame(scorer.ring_events).write_parquet(outputs["rings"])
+        out.rings.frame().write_parquet(outputs["rings"])
     files.write_dead_letters(out_dir, outputs)
     outputs["inputs"] = out_dir / "inputs.json"  # where the events came from (`report`)
     inputs = {"transactions": transactions, "signups": signups, "labels": labels}
@@ -312,7 +362,7 @@ def replay(
     budget = scorer.decider.budget_report()
     outputs["budget"] = out_dir / "budget.json"
     outputs["budget"].write_text(json.dumps(budget, indent=2) + "\n")
-    return ReplaySummary.of(files, len(out), started, outputs, budget)
+    return ReplaySummary.of(files, len(out.decisions), started, outputs, budget)
 
 
 def compute_features(
@@ -331,21 +381,15 @@ def compute_features(
     scorer = Scorer(features=FeatureEngine(config), graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
     schema: Schema = {"tx_id": pl.String, **{name: pl.Float64 for name in ALL_FEATURE_NAMES}}
-    # Rows leave their Python lists for Polars every `ROWS_PER_BATCH` transactions.
-    chunks: list[pl.DataFrame] = []
-    rows: list[list[str | float | None]] = []
+    rows = ChunkedRows(schema)
     with fewer_collections():
         for event in files:
             if isinstance(event, Transaction):
                 _, x = scorer.decide(event, decided_at=0)
                 rows.append([event.tx_id, *(x[name] for name in ALL_FEATURE_NAMES)])
-                if len(rows) == ROWS_PER_BATCH:
-                    chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
-                    rows = []
             else:
                 scorer.apply(event, decided_at=0)
-    chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
-    frame = pl.concat(chunks, rechunk=True)
+    frame = rows.frame()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_frame(frame, out)
     outputs = {"features": out}

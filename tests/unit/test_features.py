@@ -232,6 +232,21 @@ def test_a_payment_log_total_at_a_time_is_its_expired_sum_and_changes_nothing() 
         assert got == log.sums
 
 
+def test_a_payment_log_holds_at_most_twice_what_is_inside_its_window() -> None:
+    """Expired payments leave the lists once they outnumber those inside: a user paying
+    every 10 days keeps 3 in 30 days, and not up to 64 expired ones besides after a year."""
+    from features.windows import PaymentLog
+
+    log = PaymentLog((30 * DAY, DAY))
+    for i in range(100):
+        now = T0 + i * 10 * DAY
+        log.expire(now)
+        log.add(now, 5)
+        assert (log.count(0), log.sums[0]) == (min(i + 1, 3), 5 * min(i + 1, 3))
+        assert (log.count(1), log.sums[1]) == (1, 5)
+        assert len(log.ts) == len(log.values) <= 2 * len(log)
+
+
 def test_each_device_feature_holds_the_value_of_its_own_window() -> None:
     """The identity families lay out one generic computation: each name must get its value."""
     engine = FeatureEngine()

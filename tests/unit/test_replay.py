@@ -4,11 +4,20 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from graph.layer import GraphLayer
 from rebate_guard.contract.order import Event, event_id, order_key
-from rebate_guard.contract.records import Transaction
+from rebate_guard.contract.records import RebateAdjustment, Transaction
+from rebate_guard.core.decider import Scorer
 from rebate_guard.tools import replay as replay_module
 from rebate_guard.tools.io import record_schema, write_frame
-from rebate_guard.tools.replay import EventFiles, compute_features, replay
+from rebate_guard.tools.replay import (
+    ADJUSTMENT_SCHEMA,
+    ChunkedRows,
+    EventFiles,
+    compute_features,
+    replay,
+)
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import DAY, HOUR, T0, label, signup, tx
 
 
@@ -183,3 +192,50 @@ def test_events_dead_letters_and_decisions_do_not_depend_on_the_batch(
     assert (
         features.equals(at_once[3]) and features["tx_id"].to_list() == decisions["tx_id"].to_list()
     )
+
+
+def test_chunked_rows_leave_python_every_batch_and_read_back_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replay_module, "ROWS_PER_BATCH", 2)
+    rows = ChunkedRows(ADJUSTMENT_SCHEMA)
+    made = [
+        RebateAdjustment(
+            f"t{i}:hold", f"t{i}", "u", T0 + i, "void", i, "label:fraud", 9, 0, 0, 9, "p1", i
+        )
+        for i in range(5)
+    ]
+    taken = list(made)
+    rows.take(taken)
+    assert taken == [] and len(rows) == 5
+    assert (len(rows.chunks), rows.held) == (2, 1)
+    frame = rows.frame()
+    assert frame.schema == ADJUSTMENT_SCHEMA and frame.n_chunks() == 1
+    assert frame.to_dicts() == [a.asdict() for a in made]
+
+
+def test_adjustments_and_rings_leave_the_scorer_as_replay_goes_and_the_files_do_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay takes the scorer's adjustments and ring events into Polars chunks as they are
+    made: in chunks of 64 rows the files are the same as in one chunk."""
+    config = WorldConfig(
+        seed=5, n_users=400, n_merchants=30, days=6, target_transactions=2_000, fraud_scale=10
+    )
+    paths = write_world(simulate_world(config), tmp_path / "world")
+    inputs = {name: paths[name] for name in ("transactions", "signups", "labels")}
+    written = ("decisions", "adjustments", "rings")
+
+    def run(batch: int) -> tuple[Scorer, dict[str, pl.DataFrame]]:
+        monkeypatch.setattr(replay_module, "ROWS_PER_BATCH", batch)
+        scorer = Scorer(graph=GraphLayer())
+        summary = replay(out_dir=tmp_path / f"out{batch}", progress=None, scorer=scorer, **inputs)
+        frames = {name: pl.read_parquet(summary.outputs[name]) for name in written}
+        return scorer, {name: f.drop("decided_at", strict=False) for name, f in frames.items()}
+
+    scorer, chunked = run(64)
+    assert scorer.adjustments == [] and scorer.ring_events == []
+    assert chunked["adjustments"].height > 3 * 64 and chunked["rings"].height > 2 * 64
+    _, at_once = run(1 << 20)
+    for name in written:
+        assert chunked[name].equals(at_once[name]), name
