@@ -43,7 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
     return list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
 
 
-def _messages(world: list[Event]) -> list[tuple[str, RawEvent]]:
+def _messages(world: list[Event], *, prefix: str = "d.") -> list[tuple[str, RawEvent]]:
     """The world as the input topics' messages (two partitions, keyed as the producer)."""
     offsets: dict[tuple[str, int], int] = {}
     out = []
@@ -57,7 +57,7 @@ def _messages(world: list[Event]) -> list[tuple[str, RawEvent]]:
         p = key_partition(key.encode(), 2)
         offset = offsets.get((kind, p), 0)
         offsets[(kind, p)] = offset + 1
-        out.append((kind, RawEvent(f"d.{kind}", p, offset, None, event.dumps())))
+        out.append((kind, RawEvent(f"{prefix}{kind}", p, offset, None, event.dumps())))
     return out
 
 
