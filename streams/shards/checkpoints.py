@@ -13,7 +13,7 @@ import pickle
 import struct
 from typing import Any
 
-from streams.shards.deltas import apply_delta, is_delta
+from streams.shards.deltas import Restore
 
 #: Where the classes that checkpoints pickle lived before issue #19 moved them: the records
 #: were Faust records in `streams.records`, the decision core sat at the top of `rebate_guard`.
@@ -74,8 +74,7 @@ def _load(piece: bytes) -> Any:
 def load_checkpoint(blob: bytes) -> Any:
     """A shard's checkpoint (`snapshot`, or a chain of one and its deltas), also one
     written by an earlier release."""
-    state = None
+    restore = Restore(_load)
     for piece in chain_pieces(blob):
-        loaded = _load(piece)
-        state = apply_delta(state, loaded) if is_delta(loaded) else loaded
-    return state
+        restore.take(_load(piece))
+    return restore.shard()

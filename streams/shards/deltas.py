@@ -14,8 +14,9 @@ before it:
   to the end), logs only append, so every key moved or added since sits in that run.
 
 Restoring applies the three in that order to the previous checkpoint's dict and puts it
-into the delta's skeleton: the same keys, values and order as the dict written, so base +
-deltas in order give the shard a full pickle would (tests/unit/test_deltas.py).
+into the last delta's skeleton (`Restore`): the same keys, values and order as the dict
+written, so base + deltas in order give the shard a full pickle would
+(tests/unit/test_deltas.py).
 
 A log's values never change once written (a tx_id's vector, its decision time); a feature
 store's change only under a key its stage marks (a read expires windows in place, so reads
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,7 +173,8 @@ def _emptied(shard: Any, stores: Mapping[str, Store]) -> Iterator[None]:
 
 
 def delta_blob(shard: Any, stores: Mapping[str, Store], plan: Plan) -> bytes:
-    """The delta of `shard` against the checkpoint `plan` extends."""
+    """The delta of `shard` against the checkpoint `plan` extends. Its skeleton is a pickle
+    of its own inside it: a restore unpickles only the last delta's (`Restore`)."""
     changes = {}
     for name, held in stores_of(shard, stores).items():
         if name not in plan.known:  # a store the previous checkpoint did not reach
@@ -180,27 +182,48 @@ def delta_blob(shard: Any, stores: Mapping[str, Store], plan: Plan) -> bytes:
         marked = plan.marks.get(stores[name].marks or "", set())
         changes[name] = _changes(held, plan.known[name], marked)
     with _emptied(shard, stores):
-        return pickle.dumps((DELTA, shard, changes), protocol=pickle.HIGHEST_PROTOCOL)
+        skeleton = pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((DELTA, skeleton, changes), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def is_delta(state: Any) -> bool:
     return isinstance(state, tuple) and len(state) == 3 and state[0] == DELTA
 
 
-def apply_delta(shard: Any, delta: tuple[str, Any, dict[str, tuple[Any, ...]]]) -> Any:
-    """The shard `delta` describes, given the one it extends (whose stores it takes)."""
-    _, skeleton, changes = delta
-    for name, (gone, in_place, tail) in changes.items():
-        path = STORES[name].path
-        held = _reach(shard, path)
-        if held is None:
-            raise ValueError(f"a delta of {name!r} extends a checkpoint without that store")
-        for key in gone:
-            del held[key]
-        for key, value in in_place:
-            held[key] = value
-        for key, value in tail:
-            held.pop(key, None)
-            held[key] = value
-        setattr(_holder(skeleton, path), path[-1], held)
-    return skeleton
+class Restore:
+    """A shard restored from a chain: the full checkpoint's stores, each delta's changes
+    applied to them in order, in the skeleton of the last delta (`load` unpickles it)."""
+
+    def __init__(self, load: Callable[[bytes], Any]) -> None:
+        self.load = load
+        self.state: Any = None
+        self.skeleton: bytes | None = None
+        self.grafted: list[str] = []
+
+    def take(self, loaded: Any) -> None:
+        """The next piece of the chain, unpickled."""
+        if not is_delta(loaded):
+            self.state, self.skeleton = loaded, None
+            return
+        _, self.skeleton, changes = loaded
+        self.grafted = list(changes)
+        for name, (gone, in_place, tail) in changes.items():
+            held = _reach(self.state, STORES[name].path)
+            if held is None:
+                raise ValueError(f"a delta of {name!r} extends a checkpoint without that store")
+            for key in gone:
+                del held[key]
+            for key, value in in_place:
+                held[key] = value
+            for key, value in tail:
+                held.pop(key, None)
+                held[key] = value
+
+    def shard(self) -> Any:
+        if self.skeleton is None:
+            return self.state
+        shard = self.load(self.skeleton)
+        for name in self.grafted:
+            path = STORES[name].path
+            setattr(_holder(shard, path), path[-1], _reach(self.state, path))
+        return shard
