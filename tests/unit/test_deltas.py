@@ -9,6 +9,7 @@ import asyncio
 import copy
 import io
 import itertools
+import json
 import pickle
 from typing import Any
 
@@ -30,6 +31,7 @@ from streams.shards.checkpoints import chain_blob, chain_pieces
 from streams.shards.deltas import DELTA
 from streams.sink import MemorySink, key_partition
 from streams.store import CheckpointConflict, MemoryDecisionStore
+from streams.store.checkpoints import checkpoint_plan, chunk_keys, piece_keys
 from tests.unit.test_processor import Clock
 
 KINDS = ("signups", "transactions", "labels")
@@ -246,3 +248,28 @@ def test_stages_mark_touched_keys_only_when_asked_and_never_checkpoint_them(
     for stage in (users, entities):
         restored = pickle.loads(pickle.dumps(stage))
         assert isinstance(restored, (UserStage, EntityStage)) and restored.changes is None
+
+
+def test_a_pointer_written_before_deltas_names_its_one_piece() -> None:
+    old = json.dumps({"generation": "g", "chunks": 2})  # what earlier releases wrote
+    assert piece_keys("cp", old) == [["cp:g:0", "cp:g:1"]]
+    _, pointer = checkpoint_plan("cp", b"x", generation="h")
+    assert piece_keys("cp", pointer) == [["cp:h:0"]]
+    chained = json.dumps({**json.loads(pointer), "deltas": [["i", 1], ["j", 2]], "tip": "j"})
+    assert chunk_keys("cp", chained) == ["cp:h:0", "cp:i:0", "cp:j:0", "cp:j:1"]
+
+
+def test_a_shard_installed_or_released_starts_its_chain_again(world: list[Event]) -> None:
+    store = MemoryDecisionStore()
+    proc, _ = _worker(store, full_every=5)
+    writer = _writer(proc, store)
+    _feed(proc, _messages(world)[:400])
+    asyncio.run(writer.checkpoint())
+    asyncio.run(writer.checkpoint())
+    assert len(store.chains["user-0"]) == 2
+    proc.shards.release(["user-0"])
+    assert "user-0" not in proc.shards.chains
+    proc.shards.install("user-0", store.checkpoints["user-0"])
+    assert proc.shards.chains["user-0"].tip is None  # its next checkpoint is full
+    asyncio.run(writer.checkpoint())
+    assert len(store.chains["user-0"]) == 1 and len(store.chains["entity-0"]) == 3
