@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from features.changes import ChangedKeys, MarksChanges
 from features.identity import card_family, device_family, ip_family
 from features.merchant import CategoryFamily, MerchantFamily
 from features.referral import ReferralFamily
@@ -77,16 +78,20 @@ def family_names() -> tuple[tuple[str, ...], ...]:
 FAMILY_WIDTHS = tuple(len(names) for names in family_names())
 
 
-class UserStage:
+class UserStage(MarksChanges):
     """The user-keyed stage: the transaction's own features and the user family."""
 
     def __init__(self, utc_offset_minutes: int, user_ttl_ms: int) -> None:
         self.user = UserFamily(user_ttl_ms)
         self._offset_ms = utc_offset_minutes * 60_000
+        #: The users touched since a checkpoint last asked (None: not tracked).
+        self.changes: ChangedKeys | None = None
 
     def signup(self, event: Signup) -> bool:
         """True for the user's first signup, which the other families then see; a repeated
         or redelivered one changes nothing."""
+        if self.changes is not None:
+            self.changes.users.add(event.user_id)
         return self.user.signup(event)
 
     def transaction(self, tx: Transaction) -> tuple[list[Value], TxContext]:
@@ -98,6 +103,8 @@ class UserStage:
         local = tx.ts + self._offset_ms
         own.is_night = 1 if local % DAY_MS < 6 * HOUR_MS else 0
         own.is_weekend = 1 if (local // DAY_MS + _EPOCH_WEEKDAY) % 7 >= 5 else 0
+        if self.changes is not None:
+            self.changes.users.add(tx.user_id)
         user, context = self.user.transaction(tx)
         return [*own.values(), *user.values()], context
 
@@ -124,7 +131,7 @@ class UserStage:
         return self.user.sweep(now_ms)
 
 
-class EntityStage:
+class EntityStage(MarksChanges):
     """The entity-keyed families, for whichever keys this partition holds."""
 
     def __init__(self, user_ttl_ms: int) -> None:
@@ -134,9 +141,13 @@ class EntityStage:
         self.ip = ip_family()
         self.card = card_family()
         self.referral = ReferralFamily(user_ttl_ms)
+        #: The keys touched since a checkpoint last asked (None: not tracked).
+        self.changes: ChangedKeys | None = None
 
     def signup(self, event: Signup, families: int = SIGNUP_FAMILIES) -> None:
         """A user's first signup (the user stage filters repeats)."""
+        if self.changes is not None:
+            self._mark_signup(self.changes, event, families)
         if families & DEVICE:
             self.device.signup(event)
         if families & IP:
@@ -144,7 +155,19 @@ class EntityStage:
         if families & REFERRAL:
             self.referral.signup(event)
 
+    def _mark_signup(self, changes: ChangedKeys, event: Signup, families: int) -> None:
+        if families & DEVICE and event.device_id is not None:
+            changes.devices.add(event.device_id)
+        if families & IP and event.ip is not None:
+            changes.ips.add(event.ip)
+        if families & REFERRAL and event.referrer_id is not None:
+            changes.referrers.add(event.referrer_id)
+
     def label(self, event: Label) -> None:
+        if self.changes is not None and event.tx_id is not None:
+            merchant = self.merchant.payment_merchant.get(event.tx_id)
+            if merchant is not None:
+                self.changes.merchants.add(merchant)
         self.merchant.label(event)
 
     def transaction(
@@ -157,6 +180,8 @@ class EntityStage:
     ) -> None:
         """Appends the features of the `families` of `tx`, in `FAMILIES` order, then learns
         it. `context.depth` must be filled in first when `families` has `REFERRAL`."""
+        if self.changes is not None:
+            self._mark(self.changes, tx, context, families)
         if families & MERCHANT:
             out += self.merchant.transaction(tx, context.account_age_ms).values()
         if families & CATEGORY:
@@ -169,6 +194,21 @@ class EntityStage:
             out += self.card.transaction(tx)
         if families & REFERRAL:
             out += self.referral.transaction(tx, context).values()
+
+    def _mark(
+        self, changes: ChangedKeys, tx: Transaction, context: TxContext, families: int
+    ) -> None:
+        """Marks the keys `transaction` reads or writes (a read expires windows in place)."""
+        if families & MERCHANT:
+            changes.merchants.add(tx.merchant_id)
+        if families & DEVICE and tx.device_id is not None:
+            changes.devices.add(tx.device_id)
+        if families & IP and tx.ip is not None:
+            changes.ips.add(tx.ip)
+        if families & CARD and tx.card_id is not None:
+            changes.cards.add(tx.card_id)
+        if families & REFERRAL and context.referrer is not None:
+            changes.referrers.add(context.referrer)
 
     def peek(
         self,

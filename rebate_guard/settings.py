@@ -188,8 +188,19 @@ class Settings:
         metadata=_doc(
             "How often the worker checkpoints its state with its input offsets to Redis; "
             "input is acknowledged only once a checkpoint covers it, and after a crash the "
-            "work since the last one is redone. Each checkpoint pickles the whole state in a "
-            "forked child (~3 s of CPU per 30 MB)."
+            "work since the last one is redone. Each checkpoint is written by a forked child; "
+            "most write only what changed since the one before (`RG_CHECKPOINT_FULL_EVERY`)."
+        ),
+    )
+    checkpoint_full_every: int = field(
+        default=5,
+        metadata=_doc(
+            "Every how many checkpoints of a user or entity shard one pickles its whole state; "
+            "those between write only the keys changed since the one before (a delta: 1,000 "
+            "events after a 100k-event state, 7x fewer bytes and 2x less CPU; "
+            "benchmarks/README.md). A restore reads the last full one and its deltas (each "
+            "delta adds ~20-30% of a full restore), so this bounds its cost. 1: every "
+            "checkpoint is full."
         ),
     )
     allowed_lateness_ms: int = field(
@@ -434,6 +445,8 @@ class Settings:
             raise SettingsError("RG_LOCAL_UTC_OFFSET_MINUTES must be within -840..840")
         if self.checkpoint_interval_s <= 0 or self.source_idle_s <= 0:
             raise SettingsError("RG_CHECKPOINT_INTERVAL_S and RG_SOURCE_IDLE_S must be positive")
+        if self.checkpoint_full_every < 1:
+            raise SettingsError("RG_CHECKPOINT_FULL_EVERY must be at least 1")
         if self.simulate_rate <= 0 or self.simulate_live_rate <= 0:
             raise SettingsError("RG_SIMULATE_RATE and RG_SIMULATE_LIVE_RATE must be positive")
         if self.allowed_lateness_ms < 0:

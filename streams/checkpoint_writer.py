@@ -12,9 +12,9 @@ from typing import Any
 
 from rebate_guard.settings import Settings
 from streams.batch import Counters
-from streams.registry import ShardRegistry
+from streams.registry import Piece, ShardRegistry
 from streams.retry import Retrying
-from streams.store import DecisionStore, save_checkpoint_sync
+from streams.store import CheckpointConflict, DecisionStore, save_checkpoint_sync
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +72,54 @@ class CheckpointWriter:
         self.writing = True
         try:
             async with self.lock:
-                snapshots, written = self.shards.checkpoints()
-                if not snapshots:
+                done = self.shards.checkpoint_round()
+                if not done.pieces:
                     return
                 held, self.held = self.held, []
-                writer = self._fork_writer(snapshots) if self.fork else None
-                blobs = None if writer is not None else {n: f() for n, f in snapshots.items()}
-            if blobs is not None:
-                for name, blob in blobs.items():
-                    save = partial(self.store.save_checkpoint, name, blob)
-                    await self.retry("save checkpoint", save)
-            elif writer is not None and not await _exited_cleanly(writer):
-                log.warning("checkpoint writer %d failed; retrying at the next interval", writer)
+                writer = self._fork_writer(done.pieces) if self.fork else None
+                blobs = None
+                if writer is None:
+                    blobs = {n: piece.snapshot() for n, piece in done.pieces.items()}
+            if not await self._written(done.pieces, blobs, writer):
+                done.failed()  # the next round is full: the store may hold any part of this
                 self.held = held + self.held
                 return
-            written()
+            done.written()
             for message in held:
                 self.ack(message)
             self.counters.checkpoints += 1
         finally:
             self.writing = False
 
-    def _fork_writer(self, snapshots: dict[str, Callable[[], bytes]]) -> int | None:
+    async def _written(
+        self, pieces: dict[str, Piece], blobs: dict[str, bytes] | None, writer: int | None
+    ) -> bool:
+        """Whether every piece is durably written: here (`blobs`), or by the forked
+        `writer`."""
+        if blobs is None:
+            assert writer is not None
+            if await _exited_cleanly(writer):
+                return True
+            log.warning("checkpoint writer %d failed; retrying at the next interval", writer)
+            return False
+        for name, blob in blobs.items():
+            save = partial(self._save, name, blob, pieces[name])
+            if not await self.retry("save checkpoint", save):
+                return False
+        return True
+
+    async def _save(self, name: str, blob: bytes, piece: Piece) -> bool:
+        """False if the piece is a delta of a chain that no longer ends where it began."""
+        try:
+            await self.store.save_checkpoint(
+                name, blob, generation=piece.generation, extends=piece.extends
+            )
+        except CheckpointConflict:
+            log.warning("checkpoint %s changed under this worker; the next is full", name)
+            return False
+        return True
+
+    def _fork_writer(self, pieces: dict[str, Piece]) -> int | None:
         """Write the checkpoints from a forked child, as Redis's BGSAVE does.
 
         Pickling the whole state blocks for seconds at a few hundred MB (benchmarks/
@@ -109,9 +135,14 @@ class CheckpointWriter:
         status = 1
         try:  # the child: no event loop, no logging, no shared connections; exit hard
             os.nice(10)  # the worker and the broker come first; this uses what is spare
-            for name, snapshot in snapshots.items():
+            for name, piece in pieces.items():
                 save_checkpoint_sync(
-                    self.settings.redis_url, self.settings.app_id, name, snapshot()
+                    self.settings.redis_url,
+                    self.settings.app_id,
+                    name,
+                    piece.snapshot(),
+                    generation=piece.generation,
+                    extends=piece.extends,
                 )
             status = 0
         finally:

@@ -9,6 +9,7 @@ installs a shard the first time one is looked up (`own_missing`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from streams.shards import (
     UserShard,
     load_checkpoint,
 )
+from streams.shards.deltas import ENTITY_STORES, USER_STORES, DeltaChain, Plan
 
 S = TypeVar("S", UserShard, EntityShard, GraphShard)
 
@@ -41,6 +43,27 @@ def entity_unit(partition: int) -> str:
 
 def graph_unit(partition: int) -> str:
     return f"graph-{partition}"
+
+
+@dataclass
+class Piece:
+    """One shard's checkpoint in a round: `snapshot` pickles it as of the round (call it
+    then, or in a forked child); `generation` names it, and it is a delta of the one named
+    `extends` (None: a full checkpoint, which replaces the shard's chain)."""
+
+    snapshot: Callable[[], bytes]
+    generation: str | None = None
+    extends: str | None = None
+
+
+@dataclass
+class CheckpointRound:
+    """Every shard's checkpoint as of one moment, and what to do once all of them are
+    durably written (`written`), or when they could not be (`failed`)."""
+
+    pieces: dict[str, Piece] = field(default_factory=dict)
+    written: Callable[[], None] = lambda: None
+    failed: Callable[[], None] = lambda: None
 
 
 class ShardRegistry:
@@ -61,6 +84,8 @@ class ShardRegistry:
         self.heard: dict[tuple[int, int], float] = {}
         #: The policy every user shard decides with (`set_policy` swaps it, between batches).
         self.policy: Policy = settings.policy()
+        #: Per unit, what its next checkpoint needs to be a delta (`checkpoint_round`).
+        self.chains: dict[str, DeltaChain] = {}
 
     @property
     def n_partitions(self) -> int:
@@ -115,6 +140,7 @@ class ShardRegistry:
             shard.decider.policy = self.policy  # the live one, not the checkpoint's
             shard.redo = True  # it may re-decide what was decided after its checkpoint
             self.users[partition] = shard
+            self._chain(unit, USER_STORES, shard.users.track_changes)
             now = self.clock()
             for code in TOPIC_CODES.values():
                 self.heard[(partition, code)] = now
@@ -125,7 +151,15 @@ class ShardRegistry:
         else:
             if state is not None and not isinstance(state, EntityShard):
                 raise TypeError(f"{unit}: not an entity shard checkpoint: {type(state).__name__}")
-            self.entities[partition] = state or self.new_entity_shard(partition)
+            entity = state or self.new_entity_shard(partition)
+            self.entities[partition] = entity
+            self._chain(unit, ENTITY_STORES, entity.entities.track_changes)
+
+    def _chain(self, unit: str, stores: dict[str, Any], track: Callable[[], Any]) -> None:
+        """A shard installed: its next checkpoint is full, the ones after it deltas."""
+        every = self.settings.checkpoint_full_every
+        if every > 1:
+            self.chains[unit] = DeltaChain(stores, track(), full_every=every)
 
     def own_all(self) -> None:
         """Take every partition, fresh: a process with no broker (and no assignment)."""
@@ -147,6 +181,7 @@ class ShardRegistry:
         for unit in units:
             kind, _, number = unit.partition("-")
             shards[kind].pop(int(number), None)
+            self.chains.pop(unit, None)
             if kind == "user":
                 users.append(int(number))
         return users
@@ -159,23 +194,59 @@ class ShardRegistry:
         )
 
     def checkpoints(self) -> tuple[dict[str, Callable[[], bytes]], Callable[[], None]]:
-        """Per unit, a function that pickles it as of now (call it now, or in a forked
+        """Per unit, a function that pickles it whole as of now (call it now, or in a forked
         child), and what to do once every one of them is durably written."""
+        done = self._round(incremental=False)
+        return {unit: piece.snapshot for unit, piece in done.pieces.items()}, done.written
+
+    def checkpoint_round(self) -> CheckpointRound:
+        """Every unit's next checkpoint as of now: a delta of its previous one where its
+        chain allows (`DeltaChain`), else full."""
+        return self._round(incremental=True)
+
+    def _round(self, *, incremental: bool) -> CheckpointRound:
         floors = {p: shard.floor() for p, shard in self.users.items()}
         users = dict(self.users)
-        snapshots: dict[str, Callable[[], bytes]] = {}
+        plans: dict[str, tuple[DeltaChain, Plan]] = {}
+        pieces: dict[str, Piece] = {}
         for p, shard in users.items():
-            snapshots[user_unit(p)] = partial(shard.snapshot, floors[p])
+            unit = user_unit(p)
+            plan = self._plan(unit, shard, plans) if incremental else None
+            pieces[unit] = self._piece(partial(shard.snapshot, floors[p], plan), plan)
         for q, entity in self.entities.items():
-            snapshots[entity_unit(q)] = entity.snapshot
+            unit = entity_unit(q)
+            plan = self._plan(unit, entity, plans) if incremental else None
+            pieces[unit] = self._piece(partial(entity.snapshot, plan), plan)
         for g, graph in self.graphs.items():
-            snapshots[graph_unit(g)] = graph.snapshot
+            pieces[graph_unit(g)] = Piece(graph.snapshot)
 
         def written() -> None:
             for p, shard in users.items():
                 shard.durable_floor = floors[p]  # entity shards may now forget below it
+            for chain, plan in plans.values():
+                chain.written(plan)
 
-        return snapshots, written
+        def failed() -> None:
+            for chain, _ in plans.values():
+                chain.failed()
+
+        return CheckpointRound(pieces, written, failed)
+
+    def _plan(
+        self, unit: str, shard: Any, plans: dict[str, tuple[DeltaChain, Plan]]
+    ) -> Plan | None:
+        chain = self.chains.get(unit)
+        if chain is None:
+            return None
+        plan = chain.plan(shard)
+        plans[unit] = (chain, plan)
+        return plan
+
+    @staticmethod
+    def _piece(snapshot: Callable[[], bytes], plan: Plan | None) -> Piece:
+        if plan is None:
+            return Piece(snapshot)
+        return Piece(snapshot, plan.generation, plan.extends)
 
     # --- the shard of a partition --------------------------------------------------------
     def user(self, partition: int) -> UserShard | None:

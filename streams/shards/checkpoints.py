@@ -1,14 +1,19 @@
 """Loading a shard's checkpoint, also one an earlier release wrote with classes since moved.
 
-A checkpoint is the shard pickled (`UserShard.snapshot`, `Inbox.snapshot`): it names each
-class by the module it lived in then. `load_checkpoint` finds each where it lives now.
+A checkpoint is the shard pickled (`UserShard.snapshot`, `Inbox.snapshot`), or a *chain*:
+such a pickle followed by the deltas written since (`streams.shards.deltas`), as the store
+reads them back (`chain_blob`). Each pickle names each class by the module it lived in then;
+`load_checkpoint` finds each where it lives now.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import struct
 from typing import Any
+
+from streams.shards.deltas import Restore
 
 #: Where the classes that checkpoints pickle lived before issue #19 moved them: the records
 #: were Faust records in `streams.records`, the decision core sat at the top of `rebate_guard`.
@@ -31,6 +36,30 @@ MOVED_CLASSES = {
     ("streams.shards", "GraphShard"): ("streams.shards.inbox", "GraphShard"),
 }
 
+#: How a chain of pieces starts (a pickle starts with its protocol's opcode, never this).
+CHAIN = b"rebate-guard checkpoint chain\n"
+_LENGTH = struct.Struct(">Q")
+
+
+def chain_blob(pieces: list[bytes]) -> bytes:
+    """One blob for a full checkpoint and its deltas, in order; just the full one's bytes
+    when there are none (what a release before deltas wrote and reads)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return CHAIN + b"".join(_LENGTH.pack(len(piece)) + piece for piece in pieces)
+
+
+def chain_pieces(blob: bytes) -> list[bytes]:
+    if not blob.startswith(CHAIN):
+        return [blob]
+    view, at, pieces = memoryview(blob), len(CHAIN), []
+    while at < len(blob):
+        (length,) = _LENGTH.unpack_from(view, at)
+        at += _LENGTH.size
+        pieces.append(bytes(view[at : at + length]))
+        at += length
+    return pieces
+
 
 class _CheckpointUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
@@ -38,6 +67,14 @@ class _CheckpointUnpickler(pickle.Unpickler):
         return super().find_class(MOVED_MODULES.get(module, module), name)
 
 
+def _load(piece: bytes) -> Any:
+    return _CheckpointUnpickler(io.BytesIO(piece)).load()
+
+
 def load_checkpoint(blob: bytes) -> Any:
-    """A shard's checkpoint (`snapshot`), also one written by an earlier release."""
-    return _CheckpointUnpickler(io.BytesIO(blob)).load()
+    """A shard's checkpoint (`snapshot`, or a chain of one and its deltas), also one
+    written by an earlier release."""
+    restore = Restore(_load)
+    for piece in chain_pieces(blob):
+        restore.take(_load(piece))
+    return restore.shard()

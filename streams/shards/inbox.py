@@ -18,6 +18,7 @@ from features.user import TxContext
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
 from rebate_guard.contract.records import Label, Signup, Transaction, from_row
 from streams.alignment import Aligner, Released
+from streams.shards.deltas import ENTITY_STORES, Plan, delta_blob
 from streams.shards.wire import ITEM_KINDS, DepthKey, DepthRequest, Identity, drain
 
 
@@ -64,7 +65,10 @@ class Inbox:
             released += aligner.advance(p, envelope["wm"])
         return released
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, plan: Plan | None = None) -> bytes:
+        """The checkpoint (a delta if `plan` extends an earlier one)."""
+        if plan is not None and plan.extends is not None:
+            return delta_blob(self, ENTITY_STORES, plan)
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _forget_below(self, p: int, floor: tuple[int, ...]) -> None:

@@ -27,6 +27,7 @@ from rebate_guard.core.backtest import history_row_json
 from rebate_guard.core.decider import Decider, Example
 from streams.alignment import Aligner, Released
 from streams.shards.completion import Completed, Entry, ring_of
+from streams.shards.deltas import USER_STORES, Plan, delta_blob
 from streams.shards.peers import PeerExchange
 from streams.shards.wire import (
     GRAPH_PARTITION,
@@ -372,11 +373,14 @@ class UserShard:
                 floor[code] = offset
         return floor
 
-    def snapshot(self, floor: list[int]) -> bytes:
-        """The checkpoint; `floor` (from `floor()` now) becomes durable once it is written,
-        and is durable by definition in the state it restores."""
+    def snapshot(self, floor: list[int], plan: Plan | None = None) -> bytes:
+        """The checkpoint (a delta if `plan` extends an earlier one); `floor` (from `floor()`
+        now) becomes durable once it is written, and is durable by definition in the state
+        it restores."""
         durable, self.durable_floor = self.durable_floor, floor
         try:
+            if plan is not None and plan.extends is not None:
+                return delta_blob(self, USER_STORES, plan)
             return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
         finally:
             self.durable_floor = durable

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from streams.store.checkpoints import CHECKPOINT_CHUNK, save_checkpoint_sync
 from streams.store.memory_store import MemoryDecisionStore
-from streams.store.protocol import RECENT_KEEP, RECENT_SHOWN, DecisionStore, PolicyConflict, RingKey
+from streams.store.protocol import (
+    RECENT_KEEP,
+    RECENT_SHOWN,
+    CheckpointConflict,
+    DecisionStore,
+    PolicyConflict,
+    RingKey,
+)
 from streams.store.redis_store import REDIS_CONNECTIONS, RedisDecisionStore
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "RECENT_KEEP",
     "RECENT_SHOWN",
     "REDIS_CONNECTIONS",
+    "CheckpointConflict",
     "DecisionStore",
     "MemoryDecisionStore",
     "PolicyConflict",

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graph.layer import RingScore
-from streams.store.protocol import RECENT_KEEP, RECENT_SHOWN, PolicyConflict, RingKey
+from streams.shards.checkpoints import chain_blob
+from streams.store.protocol import (
+    RECENT_KEEP,
+    RECENT_SHOWN,
+    CheckpointConflict,
+    PolicyConflict,
+    RingKey,
+)
 
 
 @dataclass
@@ -19,7 +26,10 @@ class MemoryDecisionStore:
     decisions: dict[str, bytes] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     dead: set[tuple[str, int, int]] = field(default_factory=set)
+    #: Per name, the chain's blob as `load_checkpoint` returns it.
     checkpoints: dict[str, bytes] = field(default_factory=dict)
+    #: Per name, the chain's pieces: (generation, blob), the full one first.
+    chains: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
     referrals: dict[str, tuple[str, int]] = field(default_factory=dict)
     ring_events: dict[str, bytes] = field(default_factory=dict)
     ring_scores: dict[RingKey, RingScore] = field(default_factory=dict)
@@ -148,8 +158,17 @@ class MemoryDecisionStore:
         recent = [json.loads(r) for r in self.recent[:RECENT_SHOWN]]
         return {"counters": dict(self.counters), "recent": recent}
 
-    async def save_checkpoint(self, name: str, blob: bytes) -> None:
-        self.checkpoints[name] = blob
+    async def save_checkpoint(
+        self, name: str, blob: bytes, *, generation: str | None = None, extends: str | None = None
+    ) -> None:
+        if extends is None:
+            self.chains[name] = [(generation or "", blob)]
+        else:
+            chain = self.chains.get(name)
+            if not chain or chain[-1][0] != extends:
+                raise CheckpointConflict(f"checkpoint {name!r} no longer ends at {extends}")
+            chain.append((generation or "", blob))
+        self.checkpoints[name] = chain_blob([piece for _, piece in self.chains[name]])
 
     async def load_checkpoint(self, name: str) -> bytes | None:
         return self.checkpoints.get(name)

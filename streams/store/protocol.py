@@ -21,6 +21,10 @@ RECENT_SHOWN = 20
 RingKey = tuple[str, str]
 
 
+class CheckpointConflict(RuntimeError):
+    """A delta's chain ends, in the store, at another piece than the one it extends."""
+
+
 class PolicyConflict(ValueError):
     """A policy was pushed under a version another policy already has."""
 
@@ -47,8 +51,13 @@ class DecisionStore(Protocol):
 
     async def stats(self) -> dict[str, Any]: ...
 
-    async def save_checkpoint(self, name: str, blob: bytes) -> None:
-        """Replace checkpoint `name` atomically: a reader sees the old one or the new one."""
+    async def save_checkpoint(
+        self, name: str, blob: bytes, *, generation: str | None = None, extends: str | None = None
+    ) -> None:
+        """Replace checkpoint `name` atomically: a reader sees the old one or the new one.
+        With `extends`, `blob` is a delta appended to the chain (`load_checkpoint` then
+        returns the whole chain), atomically too, and only if the chain's last piece is
+        the one named `extends` (else `CheckpointConflict`); `generation` names the piece."""
         ...
 
     async def load_checkpoint(self, name: str) -> bytes | None: ...

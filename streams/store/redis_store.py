@@ -19,7 +19,14 @@ from graph.layer import RingScore
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.keys import Keys, as_bytes, ledger_balances
 from rebate_guard.settings import Settings
-from streams.store.checkpoints import checkpoint_plan, chunk_keys
+from streams.store.checkpoints import (
+    APPEND_DELTA,
+    CheckpointConflict,
+    checkpoint_plan,
+    chunk_keys,
+    joined,
+    piece_keys,
+)
 from streams.store.protocol import RECENT_KEEP, RECENT_SHOWN, PolicyConflict, RingKey
 
 _PUT_DECISIONS = """
@@ -237,14 +244,22 @@ class RedisDecisionStore:
         keys = [self.keys.stats] + [self.keys.dead_letter(*p) for p in positions]
         return int(await self._dead(keys=keys, args=[self.ttl]))
 
-    async def save_checkpoint(self, name: str, blob: bytes) -> None:
+    async def save_checkpoint(
+        self, name: str, blob: bytes, *, generation: str | None = None, extends: str | None = None
+    ) -> None:
         base = self.keys.checkpoint(name)
-        old = await self.client.get(base)
-        chunks, pointer = checkpoint_plan(base, blob)
+        old = await self.client.get(base) if extends is None else None
+        chunks, pointer = checkpoint_plan(base, blob, generation=generation)
         async with self.client.pipeline(transaction=False) as pipe:
             for key, chunk in chunks.items():
                 pipe.set(key, chunk)
             await pipe.execute()
+        if extends is not None:
+            args = [extends, json.loads(pointer)["generation"], len(chunks)]
+            if not await self.client.eval(APPEND_DELTA, 1, base, *args):
+                await self.client.delete(*chunks)
+                raise CheckpointConflict(f"checkpoint {name!r} no longer ends at {extends}")
+            return
         await self.client.set(base, pointer)
         if old is not None:
             await self.client.delete(*chunk_keys(base, old))
@@ -254,11 +269,14 @@ class RedisDecisionStore:
         pointer = await self.client.get(base)
         if pointer is None:
             return None
-        parts = await self.client.mget(chunk_keys(base, pointer))
-        present = [as_bytes(p) for p in parts if p is not None]
-        if len(present) != len(parts):
-            raise RuntimeError(f"checkpoint {name!r} is incomplete in Redis")
-        return b"".join(present)
+        pieces = []
+        for keys in piece_keys(base, pointer):
+            parts = await self.client.mget(keys)
+            present = [as_bytes(p) for p in parts if p is not None]
+            if len(present) != len(parts):
+                raise RuntimeError(f"checkpoint {name!r} is incomplete in Redis")
+            pieces.append(present)
+        return joined(pieces)
 
     async def get(self, tx_id: str) -> bytes | None:
         value = await self.client.get(self.keys.decision(tx_id))
