@@ -236,18 +236,13 @@ class Candidates:
         high-rate merchants that two or more of them pay regularly (a colluding ring
         cycles money through several), with their regular payers. Bounded by the limit."""
         limits, rates = self.limits, graph.rebate_rates
-        regular_payers, edges = graph.regular_payers, graph.edges
+        regular_payers, regular_merchants = graph.regular_payers, graph.regular_merchants
         merchants = {merchant}
         if rates.get(merchant[2:], 0.0) >= limits.money_ring_rate:
             shared: dict[str, int] = {}
             for payer in regular_payers.get(merchant, ()):
-                for other in graph.adjacent.get(payer, ()):
-                    if (
-                        other.startswith(MERCHANT)
-                        and other != merchant
-                        and edges[(payer, other)].payments >= graph.regular_at
-                        and rates.get(other[2:], 0.0) >= limits.money_ring_rate
-                    ):
+                for other in regular_merchants.get(payer, ()):
+                    if other != merchant and rates.get(other[2:], 0.0) >= limits.money_ring_rate:
                         shared[other] = shared.get(other, 0) + 1
             merchants.update(
                 other

@@ -96,6 +96,9 @@ class EntityGraph:
     regular_at: int = 2
     #: merchant node -> its regular payers (user nodes), kept as payments arrive and expire.
     regular_payers: dict[str, set[str]] = field(default_factory=dict)
+    #: user node -> the merchants it is a regular payer of (`regular_payers` inverted): a
+    #: collusion group's other merchants, without reading a payer's whole neighbourhood.
+    regular_merchants: dict[str, set[str]] = field(default_factory=dict)
     #: merchant node -> payments at it in the window.
     merchant_payments: dict[str, int] = field(default_factory=dict)
     #: Day (ts // DAY_MS) -> edges listed on it, each live edge once: on the day it was
@@ -112,7 +115,8 @@ class EntityGraph:
         the index built from its edges (the same as if it had been kept all along); one
         whose `touched_days` listed an edge on every day it was touched gets each edge
         listed once, on the day it was last touched (the same edges expire at the same
-        `expire` call)."""
+        `expire` call). One written before `regular_merchants` existed gets it as
+        `regular_payers` inverted."""
         self.__dict__.update(state)
         if state.get("touched_days_layout", 1) < EntityGraph.touched_days_layout:
             self.touched_days = {}
@@ -128,6 +132,11 @@ class EntityGraph:
                     self.merchant_payments[other] = paid + edge.payments
                     if edge.payments >= self.regular_at:
                         self.regular_payers.setdefault(other, set()).add(user)
+        if "regular_merchants" not in state:
+            self.regular_merchants = {}
+            for merchant, payers in self.regular_payers.items():
+                for user in payers:
+                    self.regular_merchants.setdefault(user, set()).add(merchant)
 
     # --- input ----------------------------------------------------------------------------
     def signup(self, event: Signup) -> list[tuple[str, str]]:
@@ -164,6 +173,7 @@ class EntityGraph:
             self.merchant_payments[merchant] = self.merchant_payments.get(merchant, 0) + 1
             if edge.payments == self.regular_at:
                 self.regular_payers.setdefault(merchant, set()).add(user)
+                self.regular_merchants.setdefault(user, set()).add(merchant)
             edge.money += tx.amount_cents
             edge.rebate += requested_rebate_cents(tx.amount_cents, tx.rebate_rate)
             if tx.amount_cents % 1_000 == 0:
@@ -263,11 +273,15 @@ class EntityGraph:
             self.merchant_payments[merchant] = left
         else:
             self.merchant_payments.pop(merchant, None)
-        repeaters = self.regular_payers.get(merchant)
-        if repeaters is not None:
-            repeaters.discard(user)
-            if not repeaters:
-                del self.regular_payers[merchant]
+        for index, node, member in (
+            (self.regular_payers, merchant, user),
+            (self.regular_merchants, user, merchant),
+        ):
+            members = index.get(node)
+            if members is not None:
+                members.discard(member)
+                if not members:
+                    del index[node]
 
     # --- reading --------------------------------------------------------------------------
     def degree(self, node: str) -> int:

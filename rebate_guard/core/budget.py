@@ -34,8 +34,10 @@ decisions use it on the live state); `advance` and `record` change the state. No
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -203,14 +205,22 @@ def largest_cut(money: Bins, fraud: Bins, *, legit: Bins, share_ppm: int) -> int
     """The largest k (0..BINS) with the expected legitimate money in bins < k at most share x
     the expected legitimate money of all bins (`legit_money`), in integers (share in
     millionths)."""
+    return largest_cuts(money, fraud, legit=legit, shares_ppm=(share_ppm,))[0]
+
+
+def largest_cuts(money: Bins, fraud: Bins, *, legit: Bins, shares_ppm: Sequence[int]) -> list[int]:
+    """`largest_cut` for each share, the histograms read once (a group's hold and block
+    cuts are computed together at each epoch)."""
     expected = legit_money(money, fraud, legit=legit)
-    allowed = share_ppm * sum(expected.values())
-    below = 0
-    for k in sorted(expected):
-        below += expected[k]
-        if below * PPM > allowed:
-            return k
-    return BINS
+    total = sum(expected.values())
+    bins = sorted(expected)
+    up_to = list(accumulate(expected[k] for k in bins))  # in bins <= k
+    cuts = []
+    for share in shares_ppm:
+        allowed = share * total
+        found = (k for k, below in zip(bins, up_to, strict=True) if below * PPM > allowed)
+        cuts.append(next(found, BINS))
+    return cuts
 
 
 @dataclass
@@ -385,6 +395,6 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
     money, fraud = tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {})
     legit = tally.legit.get(SHARED, {})
     share = terms.share_of(group)
-    hold = largest_cut(money, fraud, legit=legit, share_ppm=round(share * PPM))
-    block = largest_cut(money, fraud, legit=legit, share_ppm=round(share * terms.block_share * PPM))
+    shares = (round(share * PPM), round(share * terms.block_share * PPM))
+    hold, block = largest_cuts(money, fraud, legit=legit, shares_ppm=shares)
     return Cut(group, epoch, hold, min(block, hold))

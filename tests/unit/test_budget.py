@@ -13,7 +13,17 @@ from detectors.base import Features
 from detectors.risk import Assessment, RiskModel
 from rebate_guard.contract.records import Decision
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.core.budget import SHARED, Cut, FrictionBudget, largest_cut, weight_bin
+from rebate_guard.core.budget import (
+    BINS,
+    PPM,
+    SHARED,
+    Cut,
+    FrictionBudget,
+    largest_cut,
+    largest_cuts,
+    legit_money,
+    weight_bin,
+)
 from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.policy import (
     BELOW_BLOCK_CUT,
@@ -231,6 +241,29 @@ def test_the_cut_is_the_largest_with_expected_legit_money_below_it_within_the_bu
     assert largest_cut(low, {}, legit=_legit(low, 1.0), share_ppm=10_000) == 0
     cut = Cut(SHARED, T0, 500, 250)
     assert cut.withholds(0.4999) and not cut.withholds(0.5) and cut.blocks(0.2499)
+
+
+def test_the_hold_and_block_cuts_read_together_are_each_the_largest_within_its_share() -> None:
+    """`largest_cuts` (both cuts from one read of the histograms) against the definition:
+    the largest k whose expected legitimate money in bins < k is within share x all of it."""
+    rng = random.Random(16)
+    for _ in range(300):
+        money = {rng.randrange(BINS): rng.randrange(1, 5_000) for _ in range(rng.randrange(40))}
+        fraud = {k: rng.randrange(cents + 1) for k, cents in money.items() if rng.random() < 0.3}
+        legit = _legit(money, rng.choice([None, 1.0, 0.7]))
+        shares = (rng.randrange(1, 500_000), rng.randrange(1, 500_000))
+        expected = legit_money(money, fraud, legit=legit)
+        total = sum(expected.values())
+        want = [
+            max(
+                k
+                for k in range(BINS + 1)
+                if sum(v for b, v in expected.items() if b < k) * PPM <= share * total
+            )
+            for share in shares
+        ]
+        assert largest_cuts(money, fraud, legit=legit, shares_ppm=shares) == want
+        assert [largest_cut(money, fraud, legit=legit, share_ppm=s) for s in shares] == want
 
 
 def test_window_expiry_keeps_memory_bounded() -> None:

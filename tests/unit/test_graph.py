@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import pickle
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -359,13 +360,72 @@ def test_a_graph_checkpointed_before_the_regular_payer_index_restores_with_it() 
     for i, user in enumerate(["a", "a", "a", "b"]):
         graph.transaction(parse_transaction(tx(f"t{i}", T0 + i, user_id=user)))
     state = dict(graph.__dict__)  # what a checkpoint of an older version held
-    for name in ("regular_at", "regular_payers", "merchant_payments"):
+    for name in ("regular_at", "regular_payers", "regular_merchants", "merchant_payments"):
         del state[name]
     restored = EntityGraph.__new__(EntityGraph)
     restored.__setstate__(state)
     assert restored.regular_payers == graph.regular_payers == {"m:m1": {"u:a"}}
+    assert restored.regular_merchants == graph.regular_merchants == {"u:a": {"m:m1"}}
     assert restored.merchant_payments == graph.merchant_payments == {"m:m1": 4}
     assert pickle.loads(pickle.dumps(graph)).regular_payers == graph.regular_payers
+
+
+def _regular_merchants_afresh(graph: EntityGraph) -> dict[str, set[str]]:
+    """Each user's merchants with `regular_at` payments or more, read from every edge."""
+    out: dict[str, set[str]] = {}
+    for (user, other), edge in graph.edges.items():
+        if other.startswith("m:") and edge.payments >= graph.regular_at:
+            out.setdefault(user, set()).add(other)
+    return out
+
+
+def _merchants_grouped_afresh(graph: EntityGraph, merchant: str, limits: Any) -> set[str]:
+    """The merchants of `merchant`'s group (`Candidates.merchant_group`) found as before
+    `regular_merchants`: each regular payer's whole neighbourhood read, its edges' payments
+    counted."""
+    rate = limits.money_ring_rate
+    if graph.rebate_rates.get(merchant[2:], 0.0) < rate:
+        return {merchant}
+    shared = Counter(
+        other
+        for payer in graph.regular_payers.get(merchant, ())
+        for other in graph.adjacent[payer]
+        if other.startswith("m:")
+        and other != merchant
+        and graph.edges[(payer, other)].payments >= graph.regular_at
+        and graph.rebate_rates.get(other[2:], 0.0) >= rate
+    )
+    few = {m for m in shared if len(graph.regular_payers.get(m, ())) <= limits.merchant}
+    return {merchant} | {m for m in few if shared[m] >= 2}
+
+
+def test_regular_merchants_stay_the_regular_payers_inverted_as_payments_come_and_expire() -> None:
+    """Over a random stream of payments, refunds and expiries, each user's regular merchants
+    are what reading every edge gives, and merchant groups are what reading each payer's
+    whole neighbourhood gave."""
+    rng = random.Random(20)
+    graph, candidates = EntityGraph(window_ms=5 * DAY_MS), Candidates()
+    rates = {f"m{i}": rate for i, rate in enumerate([0.2, 0.15, 0.13, 0.05, 0.2, 0.02])}
+    now, paid, joined = T0, [], 0
+    for i in range(3_000):
+        now += rng.randrange(2 * HOUR)
+        user, merchant = f"u{rng.randrange(12)}", rng.choice(sorted(rates))
+        event = tx(f"t{i}", now, user_id=user, merchant_id=merchant, rebate_rate=rates[merchant])
+        if paid and rng.random() < 0.1:
+            event.update(kind="refund", ref_tx_id=rng.choice(paid))
+        else:
+            paid.append(f"t{i}")
+        graph.transaction(parse_transaction(event))
+        if rng.random() < 0.02:
+            graph.expire(now)
+        assert graph.regular_merchants == _regular_merchants_afresh(graph)
+        if i % 50 == 0:
+            for m in sorted(graph.regular_payers):
+                group = candidates.merchant_group(graph, m)
+                want = _merchants_grouped_afresh(graph, m, candidates.limits)
+                assert {node for node in group if node.startswith("m:")} == want
+                joined += len(want) - 1
+    assert joined > 10 and len(graph.regular_merchants) > 3
 
 
 def test_an_identifier_shared_by_many_links_nobody_and_ips_never_link() -> None:
