@@ -358,8 +358,8 @@ def _print_costs(name: str, run: PipelineRun, n: int, traffic: dict[str, tuple[i
     cpu = ", ".join(f"{k} {v:.0f}" for k, v in run.cpu_us.items())
     print(f"{name}: {run.rate:,.0f}/s; CPU us per transaction, whole run: {whole}", flush=True)
     print(f"  CPU us per decision in the timed window: {cpu}")
-    shown = {k: v for k, v in run.redis.items() if k in REDIS_TOTALS or v >= 0.01}
-    print("  Redis per decision: " + ", ".join(f"{k} {v:.2f}" for k, v in shown.items()))
+    shown = {k: v for k, v in run.redis.items() if k in REDIS_TOTALS or v >= 0.0005}
+    print("  Redis per decision: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
     for topic, (count, size) in traffic.items():
         print(f"  {topic}: {count / n:.3f} messages, {size / n:,.0f} bytes per transaction")
 
