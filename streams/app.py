@@ -207,20 +207,12 @@ class Runtime:
         if self.hold_acks:
             for event in events:  # take_events acks the batch; this keeps it unacked
                 event.message.incref()
-        raw = [
-            RawEvent(
-                topic=e.message.topic,
-                partition=e.message.partition,
-                offset=e.message.offset,
-                key=e.message.key,
-                value=e.message.value,
-            )
-            for e in events
-        ]
+        messages = [e.message for e in events]
+        raw = [RawEvent(m.topic, m.partition, m.offset, m.key, m.value) for m in messages]
         # Faust acknowledges a `take_events` batch in a `finally`, even when the agent is
         # cancelled mid-batch (shutdown, rebalance). Finish the batch first, so what is
         # acknowledged has really been decided, stored and produced.
-        task = asyncio.ensure_future(self._handle(kind, raw, [e.message for e in events]))
+        task = asyncio.ensure_future(self._handle(kind, raw, messages))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

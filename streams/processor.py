@@ -79,6 +79,10 @@ def _always_caught_up(topic: str, partition: int, offset: int) -> bool:
     return True
 
 
+async def _true() -> bool:
+    return True
+
+
 class BatchProcessor:
     """Drives the shards batch by batch; composed of the shard registry (`shards`), the
     publisher, the graph's status, the payment-time decider and the shards' reports."""
@@ -316,11 +320,16 @@ class BatchProcessor:
         # Decisions made at payment time stand too, and may precede the stream's (here, or
         # before a restart or a rebalance): then every batch asks Redis.
         asks = {s.partition for s in shards if s.redo or self.settings.score_at_payment}
-        stored = await self._standing([tx for s, r in readies if s.partition in asks for tx in r])
+        graphed = [tx for s, r in readies if s.feeds_graph for tx in r]
+        # The reads from Redis go out together: one round trip's wait per batch, not three.
+        stored, rings, graph_up = await asyncio.gather(
+            self._standing([tx for s, r in readies if s.partition in asks for tx in r]),
+            self.graph.ring_scores(graphed),
+            self.graph.running() if graphed else _true(),
+        )
         paid = await self.payment_time.decided_among([tx for _, r in readies for tx in r])
         indexed = self.payment_time.indexed(paid)
-        rings = await self.graph.ring_scores([tx for s, r in readies if s.feeds_graph for tx in r])
-        graph_down = rings is not None and not await self.graph.running()
+        graph_down = rings is not None and not graph_up
         finished: list[tuple[UserShard, Completed]] = []
         for shard, ready in readies:
             standing = None

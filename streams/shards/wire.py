@@ -37,8 +37,9 @@ ITEM_KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
 #: Items per envelope: keeps messages far below Kafka's 1 MB default request size.
 ENVELOPE_ITEMS = 256
 #: The graph-events partition the graph shard reads; the topic has `RG_PARTITIONS` like
-#: every internal topic (co-partitioning), the others stay empty. README.md "Scaling the
-#: graph" says how the graph would split past one partition.
+#: every internal topic (co-partitioning), the others stay empty. benchmarks/README.md
+#: "Ten to a hundred workers on a Kafka cluster" says how it bounds the rate, and what
+#: splitting the graph past one partition would take.
 GRAPH_PARTITION = 0
 
 
