@@ -273,6 +273,7 @@ def sliced_replay(
     paths: dict[str, Path],
     slice_events: int,
     *,
+    outputs: ReplayOutputs,
     split: bool,
     profile_at: tuple[int, ...] = (),
     deep_every: int = 1,
@@ -280,11 +281,12 @@ def sliced_replay(
 ) -> tuple[list[Slice], dict[int, pstats.Stats]]:
     """Replays the world as `replay` does, measuring every `slice_events` events; the slices
     numbered in `profile_at` (0-based; -1: the last whole one) run under cProfile.
-    `default_gc`: with Python's GC thresholds, not replay's (`fewer_collections`)."""
+    `default_gc`: with Python's GC thresholds, not replay's (`fewer_collections`).
+    `outputs`: where the rows go (`ReplayOutputs.spilling_to`, as replay's do)."""
     scorer = Scorer(graph=GraphLayer())
     timers = instrument(scorer) if split else Timers()
     files = EventFiles(paths["transactions"], paths.get("signups"), paths.get("labels"), None)
-    out = ReplayOutputs()
+    out = outputs
     slices: list[Slice] = []
     profiles: dict[int, pstats.Stats] = {}
     events: Iterator[Any] = iter(files)
@@ -498,9 +500,11 @@ def main(argv: list[str] | None = None) -> int:
         profile_at = (1, late) if args.profile_slices else ()
         ceiling_rows = [] if args.no_ceilings else ceilings(paths)
         gc.collect()
+        (Path(scratch) / "parts").mkdir()
         slices, profiles = sliced_replay(
             paths,
             args.slice,
+            outputs=ReplayOutputs.spilling_to(Path(scratch) / "parts"),
             split=not args.no_split,
             profile_at=profile_at,
             deep_every=args.deep_every,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -207,10 +208,19 @@ class ChunkedRows:
     attributes are the columns (`append_record`: decisions, adjustments, ring events), its
     `json_fields` written as JSON text."""
 
-    def __init__(self, schema: Schema, *, json_fields: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        json_fields: Collection[str] = (),
+        spill_to: Path | None = None,
+    ) -> None:
         self.schema = schema
         self.json_at = [i for i, name in enumerate(schema) if name in json_fields]
+        #: Where full chunks go as Parquet parts instead of staying in memory (None: kept).
+        self.spill_to = spill_to
         self.chunks: list[pl.DataFrame] = []
+        self.parts: list[Path] = []
         self.chunked = 0
         self.pending = self._empty()
 
@@ -243,15 +253,34 @@ class ChunkedRows:
 
     def frame(self) -> pl.DataFrame:
         """Every row so far, in order, in one chunk."""
+        return self._lazy().collect().rechunk()
+
+    def write_parquet(self, path: Path) -> None:
+        """Every row so far, in order, to `path`: spilled parts are streamed through, not
+        read into memory together."""
+        if self.parts:
+            self._lazy().sink_parquet(path)
+        else:
+            self.frame().write_parquet(path)
+
+    def _lazy(self) -> pl.LazyFrame:
         self._flush()
-        if not self.chunks:
-            return pl.DataFrame(schema=self.schema)
-        return pl.concat(self.chunks, rechunk=True)
+        pieces = [pl.scan_parquet(part) for part in self.parts]
+        pieces += [chunk.lazy() for chunk in self.chunks]
+        if not pieces:
+            return pl.LazyFrame(schema=self.schema)
+        return pl.concat(pieces, how="vertical", rechunk=True)
 
     def _flush(self) -> None:
         if self.held:
             columns = dict(zip(self.schema, self.pending, strict=True))
-            self.chunks.append(pl.DataFrame(columns, schema=self.schema))
+            chunk = pl.DataFrame(columns, schema=self.schema)
+            if self.spill_to is None:
+                self.chunks.append(chunk)
+            else:
+                part = self.spill_to / f"{len(self.parts):06d}.parquet"
+                chunk.write_parquet(part)
+                self.parts.append(part)
             self.chunked += self.held
             self.pending = self._empty()
 
@@ -277,6 +306,22 @@ class ReplayOutputs:
     rings: ChunkedRows = field(
         default_factory=lambda: ChunkedRows(RING_SCHEMA, json_fields=RING_JSON_FIELDS)
     )
+
+    @classmethod
+    def spilling_to(cls, directory: Path) -> ReplayOutputs:
+        """Outputs whose full chunks go to Parquet parts under `directory`, so replay's
+        memory does not grow with the rows it has written (~150 bytes a decision in Arrow:
+        ~0.75 GB over 5M transactions)."""
+
+        def table(name: str, schema: Schema, json_fields: Collection[str] = ()) -> ChunkedRows:
+            (directory / name).mkdir()
+            return ChunkedRows(schema, json_fields=json_fields, spill_to=directory / name)
+
+        return cls(
+            table("decisions", DECISION_SCHEMA),
+            table("adjustments", ADJUSTMENT_SCHEMA),
+            table("rings", RING_SCHEMA, RING_JSON_FIELDS),
+        )
 
     def collect(self, decision: Decision | None, scorer: Scorer) -> None:
         """After an event: its decision, and what the scorer made with it."""
@@ -334,26 +379,28 @@ def replay(
     started = time.perf_counter()
     scorer = scorer or Scorer(graph=GraphLayer())
     files = EventFiles(transactions, signups, labels, progress)
-    out = ReplayOutputs()
-    last_ts = None
-    with fewer_collections():
-        for event in files:
-            decision = scorer.apply(event, decided_at=int(time.time() * 1000))
-            last_ts = event.ts
-            out.collect(decision, scorer)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "decisions": out_dir / "decisions.parquet",
         "adjustments": out_dir / "adjustments.parquet",
     }
-    if scorer.graph is not None and last_ts is not None:  # what changed since the last scan
-        scorer.ring_events += scorer.graph.scan(last_ts)
-    out.take(scorer)
-    out.decisions.frame().write_parquet(outputs["decisions"])
-    out.adjustments.frame().write_parquet(outputs["adjustments"])
-    if scorer.graph is not None:
-        outputs["rings"] = out_dir / "rings.parquet"
-        out.rings.frame().write_parquet(outputs["rings"])
+    # The parts sit beside the outputs (the user's disk), not in /tmp (often memory).
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".replay-parts-") as parts:
+        out = ReplayOutputs.spilling_to(Path(parts))
+        last_ts = None
+        with fewer_collections():
+            for event in files:
+                decision = scorer.apply(event, decided_at=int(time.time() * 1000))
+                last_ts = event.ts
+                out.collect(decision, scorer)
+        if scorer.graph is not None and last_ts is not None:  # changed since the last scan
+            scorer.ring_events += scorer.graph.scan(last_ts)
+        out.take(scorer)
+        out.decisions.write_parquet(outputs["decisions"])
+        out.adjustments.write_parquet(outputs["adjustments"])
+        if scorer.graph is not None:
+            outputs["rings"] = out_dir / "rings.parquet"
+            out.rings.write_parquet(outputs["rings"])
     files.write_dead_letters(out_dir, outputs)
     outputs["inputs"] = out_dir / "inputs.json"  # where the events came from (`report`)
     inputs = {"transactions": transactions, "signups": signups, "labels": labels}

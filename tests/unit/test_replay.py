@@ -239,3 +239,29 @@ def test_adjustments_and_rings_leave_the_scorer_as_replay_goes_and_the_files_do_
     _, at_once = run(1 << 20)
     for name in written:
         assert chunked[name].equals(at_once[name]), name
+    # The parts replay spilled its chunks to are gone once the files are written.
+    assert sorted(p.name for p in (tmp_path / "out64").iterdir()) == sorted(
+        p.name for p in (tmp_path / f"out{1 << 20}").iterdir()
+    )
+    assert not [p for p in (tmp_path / "out64").iterdir() if p.name.startswith(".replay-parts")]
+
+
+def test_spilled_rows_go_to_parquet_parts_and_come_back_whole_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay_module, "ROWS_PER_BATCH", 2)
+    rows = ChunkedRows(ADJUSTMENT_SCHEMA, spill_to=tmp_path)
+    made = [
+        RebateAdjustment(
+            f"t{i}:hold", f"t{i}", "u", T0 + i, "void", i, "label:fraud", 9, 0, 0, 9, "p1", i
+        )
+        for i in range(7)
+    ]
+    rows.take(list(made))
+    # Three full chunks left memory for files; the seventh row is still held.
+    assert (rows.chunks, len(rows.parts), rows.held, len(rows)) == ([], 3, 1, 7)
+    assert all(part.exists() for part in rows.parts)
+    rows.write_parquet(tmp_path / "all.parquet")
+    written = pl.read_parquet(tmp_path / "all.parquet")
+    assert written.schema == ADJUSTMENT_SCHEMA
+    assert written.to_dicts() == [a.asdict() for a in made] == rows.frame().to_dicts()
