@@ -34,12 +34,18 @@ pytestmark = pytest.mark.integration
 
 #: Events of the live part the test plays, and the seconds it plays them in.
 LIVE_EVENTS, LIVE_SECONDS = 120, 20
+#: How far ahead of the wall clock the test puts the switch to live traffic, ms.
+SWITCH_LEAD_MS = 10_000
 
 
 def _quick_live_part(world: World, switch_ms: int) -> World:
     """`world` up to its `LIVE_EVENTS`th event from `switch_ms` on, that live part played
     in `LIVE_SECONDS` instead of the hours it spans (a test does not wait for a platform
-    of a few thousand users to pay 100 times; the back-fill and the feed are `up`'s)."""
+    of a few thousand users to pay 100 times; the back-fill and the feed are `up`'s).
+    Back-fill events of the last `SWITCH_LEAD_MS` before the switch are moved to just
+    before that lead: the feed starts within it (after simulating), and an event still
+    ahead of the clock then is rightly sent live, which would make the split between
+    back-fill and live depend on how fast the box simulated."""
     frames = (world.transactions, world.signups, world.labels)
     live_ts = pl.concat([f.select("ts").filter(pl.col("ts") >= switch_ms) for f in frames])
     last = live_ts.sort("ts")["ts"][LIVE_EVENTS - 1]
@@ -47,7 +53,7 @@ def _quick_live_part(world: World, switch_ms: int) -> World:
     retimed = (
         pl.when(pl.col("ts") >= switch_ms)
         .then(switch_ms + ((pl.col("ts") - switch_ms) * scale).cast(pl.Int64))
-        .otherwise(pl.col("ts"))
+        .otherwise(pl.min_horizontal(pl.col("ts"), pl.lit(switch_ms - SWITCH_LEAD_MS - 1)))
     )
 
     def cut(frame: pl.DataFrame) -> pl.DataFrame:
@@ -77,7 +83,7 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
         wait_for(assigned, timeout=120, what="the worker's user shards", worker=worker)
         # The back-fill (a day of a ~5,800-user platform: ~7k events) is sent unthrottled
         # and caught up well before the switch; the feed then waits for the clock.
-        switch = wall_ms() + 10_000
+        switch = wall_ms() + SWITCH_LEAD_MS
         world = simulate_world(up_world_config(5, switch_ms=switch, live_rate=0.02))
         world = _quick_live_part(world, switch)
         # The live part, then once again (`up` repeats its live week) right after it.
