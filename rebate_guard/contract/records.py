@@ -30,6 +30,11 @@ RINGS = "rings"
 DEAD_LETTERS = "dead-letters"
 FEATURES = "features"
 REBATE_ADJUSTMENTS = "rebate-adjustments"
+# The platform's money and points flows (issue #21): funding, points, bindings, coupons.
+PLATFORM_EVENTS = "platform-events"
+# The solvency monitor's readings and alerts (rebate_guard/core/solvency.py).
+SOLVENCY = "solvency"
+PLATFORM_ALERTS = "platform-alerts"
 INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
 OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES, REBATE_ADJUSTMENTS)
 # Between the two feature stages (streams/shards/): not part of the contract.
@@ -61,6 +66,50 @@ CLAWBACK = "clawback"
 ADJUSTMENT_KINDS = (RELEASE, VOID, CLAWBACK)
 
 MAX_REBATE_RATE = 0.30
+
+# What a `PlatformEvent` is (docs/events.md, "platform-events"). Money in: a merchant paying
+# in the discount that funds its payments' rebates, and money from anywhere else ("new
+# money": the platform's capital, joining fees, top-ups).
+MERCHANT_SETTLEMENT = "merchant_settlement"
+POOL_TOPUP = "pool_topup"
+# Points (the users' unredeemed rebates and bonuses: the platform's liability).
+POINTS_GRANT = "points_grant"
+POINTS_REDEEM = "points_redeem"
+POINTS_EXPIRE = "points_expire"
+POINTS_TRANSFER = "points_transfer"
+POINTS_WITHDRAW = "points_withdraw"
+# A merchant's customers: "brought in by merchant M", and M's commission on their spending.
+BINDING = "binding"
+RETENTION_COMMISSION = "retention_commission"
+# Coupons a merchant issues (pushed after a payment elsewhere) and their use.
+COUPON_ISSUE = "coupon_issue"
+COUPON_REDEEM = "coupon_redeem"
+COUPON_EXPIRE = "coupon_expire"
+#: Every kind, and the fields each requires besides `event_id`, `ts` and `kind`.
+PLATFORM_EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    MERCHANT_SETTLEMENT: ("merchant_id", "amount_cents"),
+    POOL_TOPUP: ("amount_cents",),
+    POINTS_GRANT: ("user_id", "amount_cents"),
+    POINTS_REDEEM: ("user_id", "amount_cents"),
+    POINTS_EXPIRE: ("user_id", "amount_cents"),
+    POINTS_TRANSFER: ("user_id", "counterparty_id", "amount_cents"),
+    POINTS_WITHDRAW: ("user_id", "amount_cents"),
+    BINDING: ("user_id", "merchant_id"),
+    RETENTION_COMMISSION: ("merchant_id", "user_id", "tx_id", "amount_cents"),
+    COUPON_ISSUE: ("coupon_id", "user_id", "merchant_id", "amount_cents"),
+    COUPON_REDEEM: ("coupon_id", "user_id", "merchant_id", "amount_cents"),
+    COUPON_EXPIRE: ("coupon_id", "user_id", "amount_cents"),
+}
+PLATFORM_EVENT_KINDS = tuple(PLATFORM_EVENT_FIELDS)
+#: The kinds that ask to move a user's points: each gets a decision (`decisions`, keyed by
+#: event_id); the others are facts the platform reports.
+POINTS_REQUESTS = (POINTS_REDEEM, POINTS_TRANSFER, POINTS_WITHDRAW)
+
+#: Solvency levels, worst last.
+SOLVENT = "ok"
+WARNING = "warning"
+CRITICAL = "critical"
+SOLVENCY_LEVELS = (SOLVENT, WARNING, CRITICAL)
 
 
 def _json_default(value: Any) -> Any:
@@ -252,6 +301,31 @@ class Label(Record):
 
 
 @record
+class PlatformEvent(Record):
+    """A money or points flow of the platform (docs/events.md, "platform-events"): which
+    fields `kind` requires is `PLATFORM_EVENT_FIELDS`; the rest may be null. `amount_cents`
+    is the money or points moved (points count in the minor unit they redeem for), 0 for a
+    binding. Keyed by `user_id` (co-partitioned with the user's payments), else
+    `merchant_id`, else `event_id`."""
+
+    event_id: str
+    ts: int
+    kind: str
+    amount_cents: int = 0
+    user_id: str | None = None
+    merchant_id: str | None = None
+    #: The payment it belongs to: a settlement's, a commission's, a coupon's use.
+    tx_id: str | None = None
+    coupon_id: str | None = None
+    #: The other user of a points transfer (who receives the points).
+    counterparty_id: str | None = None
+    #: The merchant's region (the solvency monitor's per-region books).
+    region: str | None = None
+    device_id: str | None = None
+    ip: str | None = None
+
+
+@record
 class Decision(Record):
     """The answer for one transaction; rebate engines read it by tx_id."""
 
@@ -310,6 +384,53 @@ class Ring(Record):
     detected_at: int
     rebate_at_risk_cents: int
     evidence: dict[str, Any]
+
+
+@record
+class SolvencyReading(Record):
+    """The solvency of one scope (`platform`, `region:<r>`, `merchant:<m>`) at the end of one
+    period of event time: its books so far and what the period moved. Money in cents."""
+
+    scope: str
+    period_start: int
+    period_end: int
+    #: Points granted and not redeemed, expired or taken back: what the platform owes.
+    liability_cents: int
+    #: Money in so far: merchants' settlements, and new money (top-ups).
+    merchant_funding_cents: int
+    new_money_cents: int
+    #: Money out so far: redeemed points and retention commissions paid.
+    payouts_cents: int
+    #: Funding less payouts: what is there to meet the liability.
+    distributable_cents: int
+    #: liability / distributable; None when nothing is distributable (then the level is
+    #: critical if anything is owed).
+    ratio: float | None
+    level: str  # SOLVENT, WARNING or CRITICAL (the policy's lines)
+    #: Of this period's payouts, the share that merchant funding did not cover.
+    new_money_share: float
+    #: How much the money coming in must grow, per period, to bring the ratio back to the
+    #: warning line as the liability stands (0: it holds already; None: the period brought
+    #: no money in, so no growth of it can).
+    growth_needed: float | None
+
+
+@record
+class PlatformAlert(Record):
+    """A scope's solvency crossing a policy line (or coming back under the warning line)."""
+
+    alert_id: str  # <scope>:<level>:<period_start>: one per scope, level and period
+    ts: int  # the period's end, in event time
+    scope: str
+    level: str  # WARNING, CRITICAL, or SOLVENT (recovered)
+    previous_level: str
+    ratio: float | None
+    line: float  # the policy line crossed
+    liability_cents: int
+    distributable_cents: int
+    new_money_share: float
+    growth_needed: float | None
+    message: str
 
 
 @record

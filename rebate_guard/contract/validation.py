@@ -14,11 +14,15 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from rebate_guard.contract.records import (
+    BINDING,
     LABEL_VALUES,
     MAX_REBATE_RATE,
+    PLATFORM_EVENT_FIELDS,
+    POINTS_TRANSFER,
     REFUND,
     TX_KINDS,
     Label,
+    PlatformEvent,
     Signup,
     Transaction,
     build,
@@ -134,6 +138,25 @@ def parse_ts(value: Any, name: str = "ts") -> int:
     return ms
 
 
+def _cents(data: Mapping[str, Any], name: str, *, positive: bool) -> int:
+    """An integer number of minor units (an integral float is accepted), positive or not
+    negative; `InvalidEvent` otherwise."""
+    value = data.get(name)
+    if value is None:
+        if not positive:
+            return 0
+        raise InvalidEvent(f"missing field {name!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(f"field {name!r} must be an integer number of minor units")
+    if value < 0 or (positive and value == 0):
+        raise InvalidEvent(
+            f"field {name!r} must be {'positive' if positive else '>= 0'}, got {value}"
+        )
+    return value
+
+
 def parse_transaction(data: Mapping[str, Any]) -> Transaction:
     """A `Transaction` from untrusted fields (a decoded message, a file row).
 
@@ -163,15 +186,7 @@ def parse_transaction(data: Mapping[str, Any]) -> Transaction:
     ...
     rebate_guard.contract.validation.InvalidEvent: a refund needs 'ref_tx_id' (the refunded payment)
     """
-    amount = data.get("amount_cents")
-    if amount is None:
-        raise InvalidEvent("missing field 'amount_cents'")
-    if isinstance(amount, float) and amount.is_integer():
-        amount = int(amount)
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise InvalidEvent("field 'amount_cents' must be an integer number of minor units")
-    if amount <= 0:
-        raise InvalidEvent(f"field 'amount_cents' must be positive, got {amount}")
+    amount = _cents(data, "amount_cents", positive=True)
     rate = data.get("rebate_rate")
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate):
         raise InvalidEvent("field 'rebate_rate' must be a number")
@@ -254,6 +269,56 @@ def parse_label(data: Mapping[str, Any]) -> Label:
     )
 
 
+def parse_platform_event(data: Mapping[str, Any]) -> PlatformEvent:
+    """A `PlatformEvent` from untrusted fields; `InvalidEvent` (the dead-letter reason) if
+    invalid: an unknown kind, a field its kind requires missing (`PLATFORM_EVENT_FIELDS`), an
+    amount that is not a positive integer (0 or absent only for a binding), or a transfer to
+    oneself.
+
+    Examples
+    --------
+    >>> event = {"event_id": "e-1", "ts": 1_700_000_000_000, "kind": "points_redeem",
+    ...          "user_id": "u-1", "amount_cents": 300, "merchant_id": "m-2"}
+    >>> parse_platform_event(event).amount_cents
+    300
+    >>> parse_platform_event({**event, "kind": "points_transfer"})
+    Traceback (most recent call last):
+    ...
+    rebate_guard.contract.validation.InvalidEvent: a points_transfer needs 'counterparty_id'
+    """
+    kind = data.get("kind")
+    required = PLATFORM_EVENT_FIELDS.get(kind) if isinstance(kind, str) else None
+    if required is None:
+        kinds = ", ".join(PLATFORM_EVENT_FIELDS)
+        raise InvalidEvent(f"field 'kind' must be one of {kinds}, got {kind!r}")
+    for name in required:
+        if data.get(name) is None:
+            raise InvalidEvent(f"a {kind} needs {name!r}")
+    ids = {
+        name: (_required_id if name in required else _optional_id)(data, name)
+        for name in (
+            "user_id",
+            "merchant_id",
+            "tx_id",
+            "coupon_id",
+            "counterparty_id",
+            "region",
+            "device_id",
+            "ip",
+        )
+    }
+    if kind == POINTS_TRANSFER and ids["counterparty_id"] == ids["user_id"]:
+        raise InvalidEvent("a points_transfer to the same user moves nothing")
+    return build(
+        PlatformEvent,
+        event_id=_required_id(data, "event_id"),
+        ts=parse_ts(data.get("ts")),
+        kind=kind,
+        amount_cents=_cents(data, "amount_cents", positive=kind != BINDING),
+        **ids,
+    )
+
+
 R = TypeVar("R")
 
 
@@ -265,7 +330,7 @@ def parse_bytes(raw: bytes | str | None, parser: Callable[[Mapping[str, Any]], R
     raw : bytes, str or None
         The message's value.
     parser : callable
-        `parse_transaction`, `parse_signup` or `parse_label`.
+        `parse_transaction`, `parse_signup`, `parse_label` or `parse_platform_event`.
 
     Returns
     -------
