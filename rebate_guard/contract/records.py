@@ -37,6 +37,8 @@ SOLVENCY = "solvency"
 PLATFORM_ALERTS = "platform-alerts"
 INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
 OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES, REBATE_ADJUSTMENTS)
+#: The platform's economics: its flows in, the solvency monitor's readings and alerts out.
+PLATFORM_TOPICS = (PLATFORM_EVENTS, SOLVENCY, PLATFORM_ALERTS)
 # Between the two feature stages (streams/shards/): not part of the contract.
 ENTITY_REQUESTS = "entity-requests"
 ENTITY_RESULTS = "entity-results"

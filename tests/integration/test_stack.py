@@ -14,7 +14,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from rebate_guard.contract.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS, TRANSACTIONS
+from rebate_guard.contract.records import (
+    INPUT_TOPICS,
+    INTERNAL_TOPICS,
+    OUTPUT_TOPICS,
+    PLATFORM_TOPICS,
+    TRANSACTIONS,
+)
 from rebate_guard.settings import Settings
 from rebate_guard.tools.stack import LocalStack, StackError
 from rebate_guard.tools.topics import (
@@ -57,7 +63,7 @@ def test_stack_runs_and_redis_set_get(local_stack: LocalStack, stack_settings: S
 
 
 def test_ensure_topics_creates_partitions_and_is_idempotent(stack_settings: Settings) -> None:
-    contract = [stack_settings.topic(n) for n in (*INPUT_TOPICS, *OUTPUT_TOPICS)]
+    contract = [stack_settings.topic(n) for n in (*INPUT_TOPICS, *OUTPUT_TOPICS, *PLATFORM_TOPICS)]
     assert contract_topics(stack_settings) == contract
     expected = contract + [stack_settings.topic(n) for n in INTERNAL_TOPICS]
 
