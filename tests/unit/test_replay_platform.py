@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from rebate_guard.contract.records import PlatformEvent
 from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.policy import Lists
 from rebate_guard.tools.evaluate import payment_decisions
@@ -18,24 +19,9 @@ from rebate_guard.tools.io import write_frame
 from rebate_guard.tools.replay import replay
 from tests.factories import DAY, HOUR, MINUTE, T0, fixed_policy, signup, tx
 
-PLATFORM_FIELDS = (
-    "event_id",
-    "ts",
-    "kind",
-    "amount_cents",
-    "user_id",
-    "merchant_id",
-    "tx_id",
-    "coupon_id",
-    "counterparty_id",
-    "region",
-    "device_id",
-    "ip",
-)
-
 
 def platform(event_id: str, ts: int, kind: str, amount: int, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(PLATFORM_FIELDS)
+    row: dict[str, Any] = dict.fromkeys(PlatformEvent._fields)
     row.update(event_id=event_id, ts=ts, kind=kind, amount_cents=amount, **fields)
     return row
 
