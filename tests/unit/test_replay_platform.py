@@ -4,6 +4,7 @@ world without them replays as before (no solvency files)."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from rebate_guard.contract.records import PlatformEvent
 from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.policy import Lists
+from rebate_guard.core.solvency import SolvencyMonitor
 from rebate_guard.tools.evaluate import payment_decisions
 from rebate_guard.tools.io import write_frame
 from rebate_guard.tools.replay import replay
@@ -131,3 +133,48 @@ def test_without_platform_events_no_solvency_is_written(tmp_path: Path) -> None:
     assert "solvency" not in summary.outputs and "platform_alerts" not in summary.outputs
     assert not (tmp_path / "out" / "solvency.parquet").exists()
     assert pl.read_parquet(summary.outputs["decisions"])["tx_id"].to_list() == ["p1", "p2"]
+
+
+def test_the_cli_replays_platform_events_with_the_policys_period(tmp_path: Path) -> None:
+    from rebate_guard.cli import main
+
+    paths = write(tmp_path, "jsonl")
+    policy = tmp_path / "half-hourly.toml"
+    policy.write_text('version = "h-1"\n[solvency]\nperiod_minutes = 30\n')
+    out = tmp_path / "out"
+    args = ["replay", "--transactions", str(paths["transactions"]), "--out", str(out)]
+    args += ["--platform-events", str(paths["platform_events"]), "--policy", str(policy)]
+    assert main([*args, "--quiet"]) == 0
+    platform = pl.read_parquet(out / "solvency.parquet").filter(pl.col("scope") == "platform")
+    # Movements at 5-20 min and 65-67 min: the half hours from T0 and from T0 + 1 h.
+    assert platform["period_start"].to_list() == [T0, T0 + HOUR]
+    assert (platform["period_end"] - platform["period_start"]).to_list() == [HOUR // 2] * 2
+    decisions = pl.read_parquet(out / "decisions.parquet")
+    assert set(decisions["policy_version"]) == {"h-1"}
+    assert decisions.filter(pl.col("threshold_version") == "points").height == 3
+
+
+def test_a_scorer_pickled_midway_decides_and_reads_the_same(tmp_path: Path) -> None:
+    from rebate_guard.tools.replay import EventFiles
+
+    paths = write(tmp_path, "parquet")
+    files = EventFiles(
+        paths["transactions"], paths["signups"], None, None, paths["platform_events"]
+    )
+    events = list(files)
+
+    def run(cut: int | None) -> tuple[list[Any], list[Any]]:
+        one = scorer()
+        one.solvency = SolvencyMonitor(one.decider.policy.solvency)
+        decided = []
+        for i, event in enumerate(events):
+            if i == cut:
+                one = pickle.loads(pickle.dumps(one))
+            decided.append(one.apply(event, decided_at=0))
+        assert one.solvency is not None
+        return decided, one.solvency_outputs + one.solvency.advance(2**62)
+
+    whole = run(None)
+    assert whole[1]  # something was read
+    for cut in range(1, len(events)):
+        assert run(cut) == whole
