@@ -20,6 +20,8 @@ from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.settings import Settings
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from rebate_guard.tools.simulator import World, WorldConfig
 
 log = logging.getLogger("rebate_guard")
@@ -192,7 +194,7 @@ def demo_utc_offset_minutes(now_ms: int) -> int:
 
 def backfill_events(world: World, switch_ms: int) -> int:
     """The contract events of `world` before `switch_ms`: the back-fill's."""
-    frames = (world.transactions, world.signups, world.labels)
+    frames = (world.transactions, world.signups, world.labels, world.platform_events)
     return sum(int((frame["ts"] < switch_ms).sum()) for frame in frames)
 
 
@@ -247,6 +249,7 @@ def _shifted(world: World, by_ms: int) -> World:
         transactions=world.transactions.with_columns(ts),
         signups=world.signups.with_columns(ts),
         labels=world.labels.with_columns(ts),
+        platform_events=world.platform_events.with_columns(ts),
         rings_truth=world.rings_truth.with_columns(joined),
     )
 
@@ -295,6 +298,31 @@ def span_again(world: World, *, from_ms: int, span_ms: int, repeat: int) -> Worl
         signups=world.signups.clear(),
         labels=labels,
         tx_truth=truth,
+        platform_events=_platform_events_again(within(world.platform_events), ids, prefix),
+    )
+
+
+def _platform_events_again(events: pl.DataFrame, ids: list[str], prefix: str) -> pl.DataFrame:
+    """A span's platform events for `span_again` (already moved into the span): what
+    follows the payments comes again (settlements, points, commissions, coupons issued in the
+    span), with new ids; what came with new accounts does not (bindings, sign-up bonuses,
+    top-ups: a platform repeating itself without signups has no new money)."""
+    import polars as pl
+
+    from rebate_guard.contract.records import BINDING, COUPON_ISSUE, POINTS_GRANT, POOL_TOPUP
+
+    kind = pl.col("kind")
+    signup_bonus = (kind == POINTS_GRANT) & pl.col("tx_id").is_null()
+    signup_bonus &= pl.col("counterparty_id").is_null()
+    issued = events.filter(kind == COUPON_ISSUE)["coupon_id"].to_list()
+    kept = events.filter(
+        ~kind.is_in([BINDING, POOL_TOPUP])
+        & ~signup_bonus
+        & (pl.col("coupon_id").is_null() | pl.col("coupon_id").is_in(issued))
+        & (pl.col("tx_id").is_null() | pl.col("tx_id").is_in(ids))
+    )
+    return kept.with_columns(
+        (pl.lit(prefix) + pl.col(name)).alias(name) for name in ("event_id", "tx_id", "coupon_id")
     )
 
 

@@ -14,6 +14,7 @@ from rebate_guard.tools.simulator.profiles import PROFILES, config_json, world_c
 from rebate_guard.tools.simulator.world import (
     CONTRACT_SCHEMAS,
     LABEL_SCHEMA,
+    PLATFORM_EVENT_SCHEMA,
     SIGNUP_SCHEMA,
     TRANSACTION_SCHEMA,
     TRUTH_SCHEMAS,
@@ -29,6 +30,7 @@ __all__ = [
     "CONTRACT_SCHEMAS",
     "LABEL_SCHEMA",
     "LOOKALIKES",
+    "PLATFORM_EVENT_SCHEMA",
     "PROFILES",
     "SCENARIOS",
     "SIGNUP_SCHEMA",
