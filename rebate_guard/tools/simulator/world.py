@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from rebate_guard.contract.records import (
     Transaction,
 )
 from rebate_guard.tools.io import record_schema
-from rebate_guard.tools.simulator import _abuse, _legit
+from rebate_guard.tools.simulator import _abuse, _economics, _legit
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
     BIG_PURCHASE,
@@ -86,6 +86,8 @@ MERCHANT_TRUTH_SCHEMA: dict[str, Any] = {
     "rebate_rate": pl.Float64,
     "role": pl.String,
     "ring_id": pl.String,
+    "region": pl.String,  # with the economics (else null)
+    "settlement": pl.String,  # on_time, late or partial (with the economics, else null)
 }
 CONTRACT_SCHEMAS = {
     "transactions": TRANSACTION_SCHEMA,
@@ -182,7 +184,22 @@ def simulate_world(config: WorldConfig) -> World:
     groups = _group_counts(cfg, a * scale + c)
     _abuse.inject(rngs[3], b, groups, cfg)
     _legit.legit_transactions(rngs[4], b, pop, cfg, scale)
-    return _assemble(rngs[5], rngs[6], b, pop, cfg)
+    world = _assemble(rngs[5], rngs[6], b, pop, cfg)
+    if not cfg.economics:
+        return world
+    # Its own stream (the 9th child): the contract frames stay what they were without it.
+    economics_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(9)[8])
+    events, merchants = _economics.simulate_economics(
+        economics_rng, cfg, world, PLATFORM_EVENT_SCHEMA
+    )
+    merchant_truth = world.merchant_truth.drop("region", "settlement").join(
+        merchants, on="merchant_id", how="left"
+    )
+    return replace(
+        world,
+        platform_events=events,
+        merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA),
+    )
 
 
 def _perm(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -374,6 +391,8 @@ def _assemble(
         pl.when(pl.col("ring") >= 0)
         .then(pl.concat_str([pl.lit(p + "ring"), pl.col("ring").cast(pl.String)]))
         .alias("ring_id"),
+        pl.lit(None, dtype=pl.String).alias("region"),
+        pl.lit(None, dtype=pl.String).alias("settlement"),
     )
 
     lab = make_labels(label_rng, cfg, end, s["ts"], s["user"], s["scenario"], s["look"], s["card"])
@@ -405,7 +424,13 @@ def _assemble(
 
 
 def _cast(df: pl.DataFrame, schema: dict[str, Any]) -> pl.DataFrame:
-    return df.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+    """`schema`'s columns; one a file written before it existed reads as nulls."""
+    return df.select(
+        [
+            pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype).alias(name)
+            for name, dtype in schema.items()
+        ]
+    )
 
 
 def _rings_truth(
