@@ -155,6 +155,12 @@ HISTORY_DAYS = 90
 USERS_PER_MERCHANT = 25
 #: The simulator's smallest world.
 MIN_USERS, MIN_MERCHANTS = 200, 20
+#: The demo platform's economics: its growth stalls at the start of the back-fill's last
+#: day, with this many days of rebates left as capital, so that its liability passes 3x
+#: what it can pay out (the solvency monitor's warning line) in the back-fill's last hours,
+#: when its local time is midday at the switch (`demo_utc_offset_minutes`); measured on
+#: seeds 3, 5, 7 at 0.02 and 0.2 payments/s: from 2 h before to 1 h after the switch.
+UP_OPENING_CAPITAL_DAYS = 0.8
 
 
 def up_world_config(
@@ -163,7 +169,9 @@ def up_world_config(
     """The world `up` feeds: a platform whose legit users pay `live_rate` times a second in
     all (each the simulator's `payments_per_user_day` on average, so the users number
     `live_rate` x 86,400 / that), whose first `backfill_days` end at `switch_ms`, when the
-    feed is to have caught up with the wall clock (`switch_ms_for`)."""
+    feed is to have caught up with the wall clock (`switch_ms_for`). Its growth stalls at
+    the start of the back-fill's last day (`UP_OPENING_CAPITAL_DAYS`): the demo shows the
+    platform crossing the solvency warning line."""
     from rebate_guard.tools.simulator import WorldConfig
 
     per_user_day = WorldConfig().payments_per_user_day
@@ -175,6 +183,8 @@ def up_world_config(
         days=backfill_days + LIVE_DAYS,
         history_days=HISTORY_DAYS,
         start_ts_ms=switch_ms - backfill_days * DAY_MS,
+        stall_day=max(0, backfill_days - 1),
+        opening_capital_days=UP_OPENING_CAPITAL_DAYS,
     )
 
 

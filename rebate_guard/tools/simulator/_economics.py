@@ -30,7 +30,11 @@ from rebate_guard.contract.records import (
     RETENTION_COMMISSION,
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
-from rebate_guard.tools.simulator._common import lognormal_delay, weighted_choice
+from rebate_guard.tools.simulator._common import (
+    ABUSE_SCENARIOS,
+    lognormal_delay,
+    weighted_choice,
+)
 from rebate_guard.tools.simulator.config import WorldConfig
 
 REGIONS = ("north", "east", "south", "west", "central", "northeast", "southwest", "northwest")
@@ -96,6 +100,8 @@ class _Platform:
     referrer: np.ndarray
     merchant_ids: pl.Series
     region: np.ndarray  # per merchant
+    abuse_merchant: np.ndarray  # per merchant: run by an abuse group
+    abuse_user: np.ndarray  # per user (signup row): an abusive account
     user_day_cents: float  # mean spending per user and day
 
     @property
@@ -152,6 +158,12 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
         referrer=referrer.astype(np.int64),
         merchant_ids=merchant_ids,
         region=weighted_choice(rng, weights, len(merchant_ids)),
+        abuse_user=signups.join(world.user_truth, on="user_id", how="left")["role"]
+        .is_in(ABUSE_SCENARIOS)
+        .to_numpy(),
+        abuse_merchant=merchant_ids.is_in(
+            world.merchant_truth.filter(pl.col("role") != "legit")["merchant_id"].implode()
+        ).to_numpy(),
         user_day_cents=float(amount.sum()) / max(1.0, float(active_days)),
     )
 
@@ -162,7 +174,7 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
 
 def _settlements(rng: np.random.Generator, p: _Platform) -> tuple[list[_Events], np.ndarray]:
     """Each merchant pays in the discount of each day's payments (the rebates requested on
-    them) the next night, T+1; a late minority days later, a partial one only part of it."""
+    them) when its day closes, T+1; a late minority days later, a partial one only part."""
     cfg, n_m = p.cfg, p.n_merchants
     draw = rng.random(n_m)
     behaviour = np.where(
@@ -172,18 +184,21 @@ def _settlements(rng: np.random.Generator, p: _Platform) -> tuple[list[_Events],
     )
     delay_days = np.where(behaviour == 1, rng.integers(2, 8, n_m), 0)
     paid_share = np.where(behaviour == 2, rng.uniform(0.5, 0.9, n_m), 1.0)
-    night = rng.integers(2 * HOUR_MS, 5 * HOUR_MS, n_m)  # each merchant's batch time
-
-    day = (p.ts - p.start) // DAY_MS
+    # Each merchant's day runs from its own cut-off (spread over the day, so the platform's
+    # funding comes in smoothly); the batch is paid 1-3 h after it closes.
+    cutoff = rng.integers(0, DAY_MS, n_m)
+    processing = rng.integers(HOUR_MS, 3 * HOUR_MS, n_m)
+    batch = (p.ts - cutoff[p.merchant]) // DAY_MS
     batches = (
-        pl.DataFrame({"m": p.merchant, "day": day, "owed": p.rebate})
-        .group_by("m", "day")
+        pl.DataFrame({"m": p.merchant, "batch": batch, "owed": p.rebate})
+        .group_by("m", "batch")
         .agg(pl.col("owed").sum())
-        .sort("m", "day")
+        .sort("m", "batch")
     )
     m = batches["m"].to_numpy()
     owed = batches["owed"].to_numpy()
-    ts = p.start + (batches["day"].to_numpy() + 1 + delay_days[m]) * DAY_MS + night[m]
+    closes = (batches["batch"].to_numpy() + 1) * DAY_MS + cutoff[m]
+    ts = closes + processing[m] + delay_days[m] * DAY_MS
     amount = _share(owed, paid_share[m])
     keep = (ts < p.end) & (amount > 0)
     events = _Events(MERCHANT_SETTLEMENT, ts[keep], amount[keep], merchant=m[keep])
@@ -195,7 +210,10 @@ def _new_money(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     capital: an opening sum, then rounds that follow the new money (investors follow growth)."""
     cfg = p.cfg
     unit = p.user_day_cents
-    new = np.flatnonzero(p.new_user() & (rng.random(p.n_users) < cfg.membership_share))
+    # Abusive accounts (farms, pyramids) do not buy memberships here: their money flows are
+    # the abuse scenarios' own.
+    buys = p.new_user() & ~p.abuse_user & (rng.random(p.n_users) < cfg.membership_share)
+    new = np.flatnonzero(buys)
     tier = np.array([0.5, 1.0, 2.0])[weighted_choice(rng, np.array([0.5, 0.35, 0.15]), len(new))]
     deposit_ts = p.signup_ts[new] + lognormal_delay(
         rng, len(new), 20 * MINUTE_MS, 1.0, MINUTE_MS, DAY_MS
@@ -206,7 +224,11 @@ def _new_money(rng: np.random.Generator, p: _Platform) -> list[_Events]:
 
     first = np.full(p.n_merchants, np.iinfo(np.int64).max)
     np.minimum.at(first, p.merchant, p.ts)
-    joined = np.flatnonzero((first >= p.start + DAY_MS) & (first < p.end))
+    # New merchants: those first seen after the first day, as many as the platform grows
+    # (a share new_user_fraction of them), and every abuse-run one (set up in the window).
+    later = (first >= p.start + DAY_MS) & (first < p.end)
+    grows = rng.random(p.n_merchants) < cfg.new_user_fraction
+    joined = np.flatnonzero(later & (grows | p.abuse_merchant))
     fee_ts = first[joined] - rng.integers(HOUR_MS, DAY_MS, len(joined))  # joined, then sold
     if p.stall is not None:  # after the stall, few merchants still join
         stalled = (fee_ts >= p.stall) & (rng.random(len(joined)) >= cfg.stall_signup_share)

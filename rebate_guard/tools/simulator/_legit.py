@@ -268,11 +268,13 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
     look[influencers] = VIRAL_REFERRER
     for inf in influencers:
         count = min(int(rng.integers(150, 401)), max(10, int(0.08 * n / max(1, n_inf))))
-        referees = _take(avail, used, count)
-        n_posts = int(rng.integers(3, 7))
         last_post = start + int(0.7 * (end - start))
         if cfg.stall_ts_ms is not None:  # a stalled platform's posts no longer go viral
+            before = min(1.0, (cfg.stall_ts_ms - start) / (last_post - start))
+            count = round(count * before)
             last_post = max(start + HOUR_MS, min(last_post, cfg.stall_ts_ms))
+        referees = _take(avail, used, count)
+        n_posts = int(rng.integers(3, 7))
         posts = sample_ts(rng, np.full(n_posts, start), np.full(n_posts, last_post), PROFILE_SIGNUP)
         delay = lognormal_delay(rng, len(referees), 6 * HOUR_MS, 1.0, 2 * MINUTE_MS, 3 * DAY_MS)
         ts = posts[rng.integers(0, n_posts, len(referees))] + delay
