@@ -107,11 +107,11 @@ class WorldConfig:
     coupon_valid_days: float = 7.0
     coupon_targeting: float = 0.5  # pushed for a merchant the user is about to visit anyway
     membership_share: float = 0.5  # new users who pay a membership deposit
-    membership_user_days: float = 35.0  # the mean deposit (tiers 0.5x, 1x, 2x)
+    membership_user_days: float = 50.0  # the mean deposit (tiers 0.5x, 1x, 2x)
     merchant_joining_user_days: float = 100.0  # a new merchant's joining fee
     opening_capital_days: float = 2.0  # capital at the start: days of the rebates granted
     capital_round_days: int = 7  # every this many days the platform raises capital ...
-    capital_round_share: float = 0.5  # ... this share of the new money of the days before
+    capital_round_share: float = 0.2  # ... this share of the new money of the days before
 
     def __post_init__(self) -> None:
         problems = []
