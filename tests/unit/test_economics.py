@@ -29,8 +29,13 @@ from rebate_guard.contract.records import (
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.contract.validation import parse_platform_event
-from rebate_guard.tools.simulator import World, WorldConfig, event_stream, simulate_world
-from rebate_guard.tools.simulator._economics import platform_books
+from rebate_guard.tools.simulator import (
+    World,
+    WorldConfig,
+    event_stream,
+    platform_books,
+    simulate_world,
+)
 
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
 #: Worlds the books are measured on: a platform growing as the simulator's does (a fifth of

@@ -21,8 +21,7 @@ from rebate_guard.tools.runner import (
     up_world,
     up_world_config,
 )
-from rebate_guard.tools.simulator import World, event_stream, simulate_world
-from rebate_guard.tools.simulator._economics import platform_books
+from rebate_guard.tools.simulator import World, event_stream, platform_books, simulate_world
 
 NOW = 1_800_000_000_000
 
