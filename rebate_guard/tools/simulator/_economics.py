@@ -297,8 +297,17 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     order = np.argsort(e_key, kind="stable")
     e_key = e_key[order]
     cum = np.concatenate([[0], np.cumsum(e_amount[order])])
-    before = cum[np.searchsorted(e_key, (p.user << _TS_BITS) + (p.ts - base), side="left")]
-    earned = before - cum[np.searchsorted(e_key, p.user << _TS_BITS, side="left")]
+    # The payments' rebates come first in the events: where each one sorted to, moved back
+    # to the first event of its (user, ts) (what had happened strictly before it) and to
+    # the user's first event (where the user's sums start).
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    own = position[:n]
+    index = np.arange(len(e_key))
+    same_key = np.maximum.accumulate(np.where(np.diff(e_key, prepend=-1) != 0, index, 0))
+    users = e_key >> _TS_BITS
+    same_user = np.maximum.accumulate(np.where(np.diff(users, prepend=-1) != 0, index, 0))
+    earned = cum[same_key[own]] - cum[same_user[own]]
 
     # Vouchers: at a share of their payments (a per-user habit) users spend all that is
     # redeemable then, so what they redeemed stays floor(share x earned) at their last use.
@@ -524,7 +533,9 @@ def _frame(p: _Platform, parts: list[_Events], schema: dict[str, Any]) -> pl.Dat
         {
             "n": np.arange(len(ts), dtype=np.int64),
             "ts": ts[order],
-            "kind": pl.Series(np.repeat([e.kind for e in parts], sizes)[order], dtype=pl.String),
+            "kind": pl.Series([e.kind for e in parts], dtype=pl.String).gather(
+                np.repeat(np.arange(len(parts)), sizes)[order]
+            ),
             "amount_cents": np.concatenate([e.amount for e in parts]).astype(np.int64)[order],
             "user_id": pick(users, "user"),
             "merchant_id": pick(p.merchant_ids, "merchant"),
