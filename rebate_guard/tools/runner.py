@@ -368,12 +368,14 @@ async def _feed(
     now_ms = int(time.time() * 1000)
     world, switch_ms = up_world(settings, seed, now_ms=now_ms, backfill_days=backfill_days)
     log.info(
-        "feeding a simulated platform: %d users, %d transactions; first %d day(s) of history "
-        "(%d events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
+        "feeding a simulated platform: %d users, %d transactions, %d platform events (its "
+        "growth stalls at its back-fill's last day); first %d day(s) of history (%d "
+        "events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
         "stamped with the clock and decided at payment time (POST /score), then those "
         "days again, until stopped",
         world.signups.height,
         world.transactions.height,
+        world.platform_events.height,
         backfill_days,
         backfill_events(world, switch_ms),
         settings.simulate_rate,
