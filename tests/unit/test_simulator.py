@@ -28,7 +28,12 @@ from rebate_guard.tools.simulator import (
     write_world,
 )
 from rebate_guard.tools.simulator._legit import referral_depth
-from rebate_guard.tools.simulator.profiles import FRAUD_SHARE, PER_100K, RANDOM_RANGES
+from rebate_guard.tools.simulator.profiles import (
+    ECONOMICS_RANGES,
+    FRAUD_SHARE,
+    PER_100K,
+    RANDOM_RANGES,
+)
 
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
 #: Every new behaviour on (and strong enough to show in a small world).
@@ -520,7 +525,7 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
     for cfg in configs:
         assert (cfg.days, cfg.target_transactions) == (45, 80_000)
         assert cfg.referred_referrer_weight > 1  # referred users refer: deep chains
-        for name, spec in RANDOM_RANGES.items():
+        for name, spec in {**RANDOM_RANGES, **ECONOMICS_RANGES}.items():
             value = getattr(cfg, name)
             if isinstance(spec[0], str):
                 assert value in spec, name
@@ -528,7 +533,7 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
                 assert spec[0] <= value <= spec[1], name
         per_100k = [getattr(cfg, name) for name in PER_100K.values()]
         assert min(per_100k) >= 0 and sum(per_100k) > 0
-    for name in RANDOM_RANGES:  # every knob actually varies
+    for name in {**RANDOM_RANGES, **ECONOMICS_RANGES}:  # every knob actually varies
         assert len({getattr(c, name) for c in configs}) > 1, name
     mixes = set()
     for cfg in configs:  # and so does the mix of abuse kinds
