@@ -198,6 +198,15 @@ def test_bindings_come_before_the_commissions_they_earn(world: World, events: pl
     bindings = _of(events, BINDING)
     assert bindings["user_id"].is_unique().all()
     assert (bindings["amount_cents"] == 0).all()
+    # Bound to the merchant of the user's first payment.
+    first = (
+        world.transactions.filter(pl.col("kind") == "payment")
+        .group_by("user_id")
+        .agg(pl.col("merchant_id").sort_by("ts").first().alias("first_paid_at"))
+    )
+    bound = bindings.join(first, on="user_id")
+    assert bound.height == bindings.height
+    assert (bound["merchant_id"] == bound["first_paid_at"]).all()
     commissions = _of(events, RETENTION_COMMISSION).join(
         bindings.select("user_id", "merchant_id", pl.col("ts").alias("bound_at")),
         on="user_id",

@@ -193,7 +193,7 @@ def simulate_world(config: WorldConfig) -> World:
         economics_rng, cfg, world, PLATFORM_EVENT_SCHEMA
     )
     merchant_truth = world.merchant_truth.drop("region", "settlement").join(
-        merchants, on="merchant_id", how="left"
+        merchants, on="merchant_id", how="left", maintain_order="left"
     )
     return replace(
         world,
