@@ -7,6 +7,7 @@ Drives the shard protocol through `tests.unit.test_shards.Cluster`; the worker's
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 from typing import Any
@@ -270,3 +271,35 @@ def test_a_user_shard_forgets_nothing_it_could_send_again() -> None:
     feed.mark = T0 + 2_000
     shard.offer(2, _sent(feed, 0)[0])
     assert shard.movements[0] == {}
+
+
+def test_a_user_shard_checkpointed_before_platform_events_feeds_the_books() -> None:
+    """A checkpoint from before issue #21 (the committed fixture): the shard's aligner gains
+    the platform-events source (holding event time until it delivers or falls idle, as a
+    new shard's do), its floor a fourth offset, and it starts feeding the books."""
+    from streams.shards import TOPIC_CODES, load_checkpoint
+    from tests.unit.test_checkpoint_moves import _shards_fixture
+
+    blob = _shards_fixture()["checkpoints"]["user-0"]
+    shard = load_checkpoint(blob)
+    assert shard.aligner.sources == frozenset(TOPIC_CODES.values())
+    assert len(shard.durable_floor) == len(shard.floor()) == len(TOPIC_CODES)
+    assert shard.books.mark < T0 and not shard.seen_events
+    grant = parse_platform_event(
+        {
+            "event_id": "g",
+            "ts": T0 + 400 * DAY_MS,
+            "kind": POINTS_GRANT,
+            "amount_cents": 7,
+            "user_id": "u-new",
+        }
+    )
+    shard.offer(TOPIC_CODES["platform-events"], 0, grant)
+    for code in TOPIC_CODES.values():
+        shard.idle(code)
+    # Released, in its turn behind what the checkpoint still had waiting for entity results.
+    assert shard.queue[-1].event == grant and shard.queue[0].missing
+    shard.complete(0)
+    ((_, envelope),) = shard.solvency_envelopes()
+    mark = json.loads(envelope)
+    assert mark["wm"] == shard.queue[0].key[0] and not mark["idle"]  # held by the oldest
