@@ -303,3 +303,30 @@ def test_a_user_shard_checkpointed_before_platform_events_feeds_the_books() -> N
     ((_, envelope),) = shard.solvency_envelopes()
     mark = json.loads(envelope)
     assert mark["wm"] == shard.queue[0].key[0] and not mark["idle"]  # held by the oldest
+
+
+@pytest.mark.parametrize(("n_user", "seed", "crash_rate"), [(3, 33, 0.0), (4, 34, 0.01)])
+def test_n_partitions_read_the_books_of_the_decisions_they_made(
+    paying_world: list[Event], n_user: int, seed: int, crash_rate: float
+) -> None:
+    """With payments on N partitions each user shard's models learn their own traffic, so
+    its decisions (and grants) may differ from one process's; the books are then exactly
+    those of the movements the shards made: one monitor over them in (ts, movement_id)
+    order, each once (a restored shard sends some again, the same)."""
+    cluster = _cluster(paying_world, n_user, 2, seed, with_books=True)
+    cluster.run(crash_rate)
+    sent: dict[str, Movement] = {}
+    for payload in cluster.movements:
+        for _, _, row in json.loads(payload)["items"]:
+            movement = Movement(*row)
+            assert sent.setdefault(movement.movement_id, movement) == movement
+    monitor = SolvencyMonitor()
+    want: list[Output] = []
+    for movement in sorted(sent.values(), key=lambda m: (m.ts, m.movement_id)):
+        want += monitor.apply(movement)
+    want += monitor.advance(cluster.books.aligner.watermark)
+    got = first_of_each(cluster.books_outputs)
+    assert [o.asdict() for o in got] == [o.asdict() for o in want]
+    assert cluster.books.late == 0 and len(sent) > 1_000
+    if crash_rate:
+        assert cluster.crashes >= 3
