@@ -25,6 +25,7 @@ from streams.console.store.index import (
     parse_link,
     series_totals,
 )
+from streams.console.store.solvency import ServedSolvency, SolvencyBooks
 
 
 @dataclass
@@ -42,6 +43,8 @@ class MemoryConsoleStore:
     draft_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     tx_links: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     rings: dict[str, list[bytes]] = field(default_factory=dict)
+    #: The solvency monitor's serving state, as the worker writes it to Redis.
+    solvency: ServedSolvency = field(default_factory=ServedSolvency)
 
     async def record(self, entries: Sequence[Indexed]) -> None:
         for start, totals in series_totals(entries).items():
@@ -145,3 +148,9 @@ class MemoryConsoleStore:
 
     async def delete_draft(self, name: str) -> None:
         self.draft_entries.pop(name, None)
+
+    async def solvency_books(self, alerts: int) -> SolvencyBooks:
+        return self.solvency.books(alerts)
+
+    async def solvency_series(self, scope: str, limit: int) -> list[bytes]:
+        return self.solvency.newest_readings(scope, limit)

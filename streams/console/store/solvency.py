@@ -1,0 +1,75 @@
+"""The solvency monitor's serving state as the console reads it (docs/economics.md): what the
+stream keeps in Redis, and the same layout in memory for broker-free worlds.
+
+The worker writes (the console only reads):
+
+- `{app}:solvency:current`: hash scope -> the running `SolvencyReading` JSON (the platform and
+  each region), for the dashboard's figures now;
+- `{app}:solvency:latest`: hash scope -> the `SolvencyReading` JSON of its last closed period;
+- `{app}:solvency:series:{scope}`: list of the scope's closed readings, oldest first (only the
+  platform and regions);
+- `{app}:alerts`: list of `PlatformAlert` JSON, newest last.
+
+Values stay bytes here: parsing (and skipping what does not parse) is the data layer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PLATFORM = "platform"
+REGION_PREFIX = "region:"
+
+
+def charted(scope: str) -> bool:
+    """Whether the worker keeps a series for `scope`: the platform's and the regions'."""
+    return scope == PLATFORM or scope.startswith(REGION_PREFIX)
+
+
+class SolvencyKeys:
+    def __init__(self, app_id: str) -> None:
+        base = f"{app_id}:solvency:"
+        self.current = f"{base}current"
+        self.latest = f"{base}latest"
+        self.alerts = f"{app_id}:alerts"
+        self._series = f"{base}series:"
+
+    def series(self, scope: str) -> str:
+        return f"{self._series}{scope}"
+
+
+@dataclass(frozen=True)
+class SolvencyBooks:
+    """The platform's and regions' readings as stored, and the newest alerts."""
+
+    #: scope -> running reading (platform and regions).
+    current: dict[str, bytes]
+    #: scope -> reading of its last closed period, for the scopes of `current` and the platform.
+    latest: dict[str, bytes]
+    #: Newest first.
+    alerts: list[bytes]
+
+
+def shown_scopes(current: dict[str, bytes]) -> list[str]:
+    """The scopes whose last closed reading the console shows: the platform and every scope
+    the worker keeps running figures for (the regions)."""
+    return [PLATFORM, *sorted(s for s in current if s != PLATFORM)]
+
+
+@dataclass
+class ServedSolvency:
+    """The Redis layout in memory: what a broker-free world's worker serves."""
+
+    current: dict[str, bytes] = field(default_factory=dict)
+    latest: dict[str, bytes] = field(default_factory=dict)
+    series: dict[str, list[bytes]] = field(default_factory=dict)
+    #: Newest last, as the Redis list.
+    alerts: list[bytes] = field(default_factory=list)
+
+    def books(self, alerts: int) -> SolvencyBooks:
+        latest = {s: self.latest[s] for s in shown_scopes(self.current) if s in self.latest}
+        newest = self.alerts[-alerts:] if alerts > 0 else []
+        return SolvencyBooks(dict(self.current), latest, newest[::-1])
+
+    def newest_readings(self, scope: str, limit: int) -> list[bytes]:
+        return self.series.get(scope, [])[-limit:] if limit > 0 else []
