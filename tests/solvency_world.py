@@ -14,7 +14,7 @@ from rebate_guard.contract.records import (
     PlatformAlert,
     SolvencyReading,
 )
-from streams.console.store.solvency import ServedSolvency, SolvencyKeys, charted
+from streams.console.store.solvency import SolvencyKeys, SolvencyLayout, charted
 
 #: 2026-01-01T00:00Z and the monitor's default period.
 T0 = 1_767_225_600_000
@@ -88,16 +88,16 @@ def closed_periods(readings: Sequence[SolvencyReading]) -> dict[str, Any]:
 
 
 def serve_in_memory(
-    served: ServedSolvency,
+    served: SolvencyLayout,
     readings: Sequence[SolvencyReading],
     current: Sequence[SolvencyReading] = (),
 ) -> None:
     written = closed_periods(readings)
-    served.latest.update(written["latest"])
+    served.solvency_latest.update(written["latest"])
     for scope, values in written["series"].items():
-        served.series.setdefault(scope, []).extend(values)
+        served.solvency_series.setdefault(scope, []).extend(values)
     served.alerts.extend(written["alerts"])
-    served.current.update({r.scope: r.dumps() for r in current})
+    served.solvency_current.update({r.scope: r.dumps() for r in current})
 
 
 async def serve_in_redis(

@@ -104,9 +104,9 @@ def test_a_malformed_entry_is_skipped_and_counted_never_a_crash(bad: bytes) -> N
     platform = _platform_stall()
     serve_in_memory(store.solvency, platform, platform[-1:])
     served = store.solvency
-    served.series["platform"].insert(2, bad)
-    served.current["region:broken"] = bad
-    served.latest["region:broken"] = bad
+    served.solvency_series["platform"].insert(2, bad)
+    served.solvency_current["region:broken"] = bad
+    served.solvency_latest["region:broken"] = bad
     served.alerts.append(bad)
     shown = _page(store)
     assert shown["skipped"] == 4

@@ -38,7 +38,12 @@ from streams.console.store.index import (
 from streams.console.store.memory_store import MemoryConsoleStore
 from streams.console.store.protocol import ConsoleStore
 from streams.console.store.redis_store import ConsoleKeys, RedisConsoleStore
-from streams.console.store.solvency import ServedSolvency, SolvencyBooks, SolvencyKeys
+from streams.console.store.solvency import (
+    ServedSolvency,
+    SolvencyBooks,
+    SolvencyKeys,
+    SolvencyLayout,
+)
 
 __all__ = [
     "AUDIT_KEEP",
@@ -56,6 +61,7 @@ __all__ = [
     "ServedSolvency",
     "SolvencyBooks",
     "SolvencyKeys",
+    "SolvencyLayout",
     "held_cents",
     "resolved_holds",
 ]

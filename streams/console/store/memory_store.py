@@ -25,7 +25,13 @@ from streams.console.store.index import (
     parse_link,
     series_totals,
 )
-from streams.console.store.solvency import ServedSolvency, SolvencyBooks
+from streams.console.store.solvency import (
+    ServedSolvency,
+    SolvencyBooks,
+    SolvencyLayout,
+    books,
+    newest_readings,
+)
 
 
 @dataclass
@@ -43,8 +49,9 @@ class MemoryConsoleStore:
     draft_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     tx_links: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     rings: dict[str, list[bytes]] = field(default_factory=dict)
-    #: The solvency monitor's serving state, as the worker writes it to Redis.
-    solvency: ServedSolvency = field(default_factory=ServedSolvency)
+    #: The solvency monitor's serving state as the worker writes it: the memory decision
+    #: store's, when the worker shares it (as the Redis store reads the worker's keys).
+    solvency: SolvencyLayout = field(default_factory=ServedSolvency)
 
     async def record(self, entries: Sequence[Indexed]) -> None:
         for start, totals in series_totals(entries).items():
@@ -150,7 +157,7 @@ class MemoryConsoleStore:
         self.draft_entries.pop(name, None)
 
     async def solvency_books(self, alerts: int) -> SolvencyBooks:
-        return self.solvency.books(alerts)
+        return books(self.solvency, alerts)
 
     async def solvency_series(self, scope: str, limit: int) -> list[bytes]:
-        return self.solvency.newest_readings(scope, limit)
+        return newest_readings(self.solvency, scope, limit)

@@ -16,6 +16,7 @@ Values stay bytes here: parsing (and skipping what does not parse) is the data l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 PLATFORM = "platform"
 REGION_PREFIX = "region:"
@@ -56,20 +57,33 @@ def shown_scopes(current: dict[str, bytes]) -> list[str]:
     return [PLATFORM, *sorted(s for s in current if s != PLATFORM)]
 
 
+class SolvencyLayout(Protocol):
+    """The Redis layout in memory, as a broker-free world's worker serves it (the memory
+    decision store keeps these attributes, so the console's memory store can read them)."""
+
+    solvency_current: dict[str, bytes]
+    solvency_latest: dict[str, bytes]
+    solvency_series: dict[str, list[bytes]]
+    #: Newest last, as the Redis list.
+    alerts: list[bytes]
+
+
 @dataclass
 class ServedSolvency:
-    """The Redis layout in memory: what a broker-free world's worker serves."""
+    """A `SolvencyLayout` of its own, for a console store no worker's store is shared with."""
 
-    current: dict[str, bytes] = field(default_factory=dict)
-    latest: dict[str, bytes] = field(default_factory=dict)
-    series: dict[str, list[bytes]] = field(default_factory=dict)
-    #: Newest last, as the Redis list.
+    solvency_current: dict[str, bytes] = field(default_factory=dict)
+    solvency_latest: dict[str, bytes] = field(default_factory=dict)
+    solvency_series: dict[str, list[bytes]] = field(default_factory=dict)
     alerts: list[bytes] = field(default_factory=list)
 
-    def books(self, alerts: int) -> SolvencyBooks:
-        latest = {s: self.latest[s] for s in shown_scopes(self.current) if s in self.latest}
-        newest = self.alerts[-alerts:] if alerts > 0 else []
-        return SolvencyBooks(dict(self.current), latest, newest[::-1])
 
-    def newest_readings(self, scope: str, limit: int) -> list[bytes]:
-        return self.series.get(scope, [])[-limit:] if limit > 0 else []
+def books(served: SolvencyLayout, alerts: int) -> SolvencyBooks:
+    current = dict(served.solvency_current)
+    shown = [s for s in shown_scopes(current) if s in served.solvency_latest]
+    newest = served.alerts[-alerts:] if alerts > 0 else []
+    return SolvencyBooks(current, {s: served.solvency_latest[s] for s in shown}, newest[::-1])
+
+
+def newest_readings(served: SolvencyLayout, scope: str, limit: int) -> list[bytes]:
+    return served.solvency_series.get(scope, [])[-limit:] if limit > 0 else []
