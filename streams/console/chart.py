@@ -36,6 +36,8 @@ class ChartPoint:
     reading: SolvencyReading
     #: Drawn in the band above the plot: no ratio with something owed, or past `y_max`.
     off_scale: bool
+    #: The open period's figures so far (the last point, drawn apart from the closed ones).
+    running: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,15 @@ class RatioChart:
 
     @property
     def path(self) -> str:
-        """The polyline through the points, oldest first."""
-        return " ".join(f"{p.x:.1f},{p.y:.1f}" for p in self.points)
+        """The polyline through the closed periods' points, oldest first."""
+        return " ".join(f"{p.x:.1f},{p.y:.1f}" for p in self.points if not p.running)
+
+    @property
+    def running_segment(self) -> tuple[ChartPoint, ChartPoint] | None:
+        """From the last closed period to the open one, when both are drawn."""
+        if len(self.points) < 2 or not self.points[-1].running:
+            return None
+        return self.points[-2], self.points[-1]
 
 
 def by_period(readings: Sequence[SolvencyReading]) -> list[SolvencyReading]:
@@ -96,10 +105,19 @@ def tick_step(top: float) -> float:
 
 
 def ratio_chart(
-    readings: Sequence[SolvencyReading], *, warning: float, critical: float
+    readings: Sequence[SolvencyReading],
+    *,
+    warning: float,
+    critical: float,
+    running: SolvencyReading | None = None,
 ) -> RatioChart:
-    """The chart of `readings` (one scope's) with the policy's lines."""
+    """The chart of `readings` (one scope's closed periods) with the policy's lines, and the
+    `running` figures of the open period after them, if they are of a later period."""
     ordered = by_period(readings)
+    if running is not None and (not ordered or running.period_start > ordered[-1].period_start):
+        ordered.append(running)
+    else:
+        running = None
     finite = [r.ratio for r in ordered if r.ratio is not None]
     y_max = scale_top(max(finite, default=0.0), max(warning, critical))
     plot_height = HEIGHT - BOTTOM - TOP
@@ -117,7 +135,7 @@ def ratio_chart(
         ratio = r.ratio if r.ratio is not None or r.liability_cents > 0 else 0.0
         off = ratio is None or ratio > y_max
         y = TOP / 2 if ratio is None or off else y_of(ratio)
-        points.append(ChartPoint(x, y, r, off))
+        points.append(ChartPoint(x, y, r, off, running=r is running))
     lines = [PolicyLine(name, ratio, y_of(ratio)) for name, ratio in
              (("warning", warning), ("critical", critical))]  # fmt: skip
     step = tick_step(y_max)

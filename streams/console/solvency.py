@@ -130,7 +130,9 @@ async def read_page(console: ConsoleStore, policy: Policy, scope: str) -> dict[s
     return {
         "scope": scope,
         "charted": charted(scope),
-        "chart": ratio_chart(series, warning=lines.warning, critical=lines.critical),
+        "chart": ratio_chart(
+            series, warning=lines.warning, critical=lines.critical, running=current.get(scope)
+        ),
         "lines": lines,
         "rows": rows,
         "alerts": alerts,

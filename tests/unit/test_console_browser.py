@@ -198,7 +198,8 @@ def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
     with served(console_settings(tmp_path / "world")) as server:
         store = server.worker.runtime.console
         assert isinstance(store, MemoryConsoleStore)
-        serve_in_memory(store.solvency, [*platform, *region], [platform[-1], region[-1]])
+        running = reading("platform", len(stall), liability=380_000, distributable=45_000)
+        serve_in_memory(store.solvency, [*platform, *region], [running, region[-1]])
         hostile = alert_for(region[-1], WARNING, HOSTILE_MESSAGE)
         store.solvency.alerts.append(
             PlatformAlert(**{**hostile.asdict(), "ts": hostile.ts + 1}).dumps()
@@ -209,7 +210,10 @@ def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
         wait.until(lambda d: d.find_elements(By.ID, "ratio-chart"))
         chart = driver.find_element(By.ID, "ratio-chart")
         points = chart.find_elements(By.CSS_SELECTOR, "circle.point")
-        assert len(points) == len(platform)
+        # The closed periods, then the open one so far, joined to them by a dashed segment.
+        assert len(points) == len(platform) + 1
+        assert [p.get_attribute("class").endswith("running") for p in points][-2:] == [False, True]
+        assert chart.find_elements(By.CSS_SELECTOR, "line.ratio.running")
         labels = [t.text for t in chart.find_elements(By.CSS_SELECTOR, "text.line-label")]
         assert labels == ["warning 3:1", "critical 5:1"]
         warning, critical = _top(driver, "line.warning"), _top(driver, "line.critical")

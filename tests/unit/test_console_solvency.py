@@ -76,9 +76,12 @@ def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() ->
     assert shown["alerts"] == written[::-1]
     assert [a.ts for a in shown["alerts"]] == sorted((a.ts for a in written), reverse=True)
     assert {a.level for a in shown["alerts"]} == {WARNING, CRITICAL}
-    assert [p.reading for p in shown["chart"].points] == platform
+    # The closed periods, then the open one so far.
+    assert [p.reading for p in shown["chart"].points] == [*platform, running[0]]
+    assert [p.running for p in shown["chart"].points] == [False] * len(platform) + [True]
     assert shown["skipped"] == 0
-    assert [p.reading for p in _page(store, "region:north")["chart"].points] == north
+    north_points = _page(store, "region:north")["chart"].points
+    assert [p.reading for p in north_points] == [*north, running[1]]
     assert _page(store, "merchant:m-1")["charted"] is False
     now = asyncio.run(solvency.platform_now(store))
     assert now["reading"] == running[0] and now["alert"] == shown["alerts"][0]
@@ -177,6 +180,24 @@ def test_the_chart_orders_points_by_period_and_draws_the_lines_at_their_ratio() 
     # A period written twice is drawn once, as last written.
     again = reading("platform", 2, liability=1, distributable=100)
     assert [p.reading for p in _chart([*platform, again]).points][2] == again
+
+
+def test_the_open_period_is_drawn_after_the_closed_ones_and_apart_from_them() -> None:
+    platform = _platform_stall()
+    open_now = reading("platform", len(platform), liability=400_000, distributable=50_000)
+    chart = ratio_chart(platform, warning=WARNING_LINE, critical=CRITICAL_LINE, running=open_now)
+    *closed, last = chart.points
+    assert last.running and last.reading == open_now and last.x == chart.right_edge
+    assert [p.reading for p in closed] == platform and not any(p.running for p in closed)
+    assert f"{last.x:.1f}," not in chart.path
+    assert chart.running_segment == (closed[-1], last)
+    # The running figures of a period already closed (nothing moved since) are not drawn twice.
+    again = ratio_chart(
+        platform, warning=WARNING_LINE, critical=CRITICAL_LINE, running=platform[-1]
+    )
+    assert [p.reading for p in again.points] == platform and again.running_segment is None
+    alone = ratio_chart([], warning=WARNING_LINE, critical=CRITICAL_LINE, running=open_now)
+    assert [p.running for p in alone.points] == [True] and alone.running_segment is None
 
 
 def test_nothing_distributable_is_off_the_scale_and_critical_and_a_collapse_keeps_the_lines() -> (
