@@ -28,9 +28,11 @@ from graph.layer import GraphLayer, RingEvent
 from rebate_guard.contract.order import EVENT_KINDS, KIND_RANK, Event
 from rebate_guard.contract.records import (
     LABELS,
+    PLATFORM_EVENTS,
     SIGNUPS,
     TRANSACTIONS,
     Decision,
+    PlatformEvent,
     RebateAdjustment,
     Transaction,
 )
@@ -128,6 +130,8 @@ class EventFiles:
     signups: Path | None = None
     labels: Path | None = None
     progress: TextIO | None = sys.stderr
+    #: The platform's events (issue #21), when given.
+    platform_events: Path | None = None
     events: int = 0
     duplicates: int = 0
     dead: dict[str, list[Any]] = field(
@@ -135,7 +139,12 @@ class EventFiles:
     )
 
     def __iter__(self) -> Iterator[Event]:
-        paths = {SIGNUPS: self.signups, TRANSACTIONS: self.transactions, LABELS: self.labels}
+        paths = {
+            SIGNUPS: self.signups,
+            TRANSACTIONS: self.transactions,
+            LABELS: self.labels,
+            PLATFORM_EVENTS: self.platform_events,
+        }
         frames: list[pl.DataFrame] = []
         orders: list[pl.DataFrame] = []
         # `order_key`'s order by columns: ts, the kind's rank, its id, then the input row.
@@ -156,12 +165,14 @@ class EventFiles:
                 self._dead(path, row, "missing or unreadable 'ts'")
             orders.append(order.filter(pl.col("ts").is_not_null()))
         merged = pl.concat(orders).sort(["ts", "rank", "id", "row"], maintain_order=True)
-        # Only a tx_id that occurs more than once can be a duplicate: `seen` holds those alone.
-        repeated = set(_repeated_ids(orders[KIND_RANK[Transaction]]))
+        # Only an id that occurs more than once can be a duplicate: `seen` holds those alone
+        # (a transaction's tx_id, a platform event's event_id: the first stands).
+        keyed = (Transaction, PlatformEvent)
+        repeated = {kind: set(_repeated_ids(orders[KIND_RANK[kind]])) for kind in keyed}
         merged = merged.select("rank", "row")
         del orders
         self.events = merged.height
-        seen: set[str] = set()
+        seen: dict[type, set[str]] = {kind: set() for kind in keyed}
         bar = Progress(merged.height, self.progress)
         done = 0
         for batch in merged.iter_slices(ROWS_PER_BATCH):
@@ -178,11 +189,14 @@ class EventFiles:
                 except InvalidEvent as exc:
                     self._dead(paths[kind.name], row, str(exc))
                     continue
-                if isinstance(event, Transaction) and event.tx_id in repeated:
-                    if event.tx_id in seen:
+                if (
+                    isinstance(event, keyed)
+                    and (key := _idempotency_key(event)) in repeated[type(event)]
+                ):
+                    if key in seen[type(event)]:
                         self.duplicates += 1
                         continue
-                    seen.add(event.tx_id)
+                    seen[type(event)].add(key)
                 yield event
         bar.update(merged.height, force=True)
 
@@ -360,6 +374,10 @@ def _records(frame: pl.DataFrame, batch: pl.DataFrame, rank: int) -> Iterator[di
     names = taken.columns
     columns = [taken[name].to_list() for name in names]
     return (dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True))
+
+
+def _idempotency_key(event: Transaction | PlatformEvent) -> str:
+    return event.tx_id if isinstance(event, Transaction) else event.event_id
 
 
 def _repeated_ids(order: pl.DataFrame) -> list[str]:
