@@ -33,10 +33,6 @@ if TYPE_CHECKING:
 ALERTS_SHOWN = 50
 #: Closed periods charted, at most (the worker keeps 2,000 per scope).
 CHART_POINTS = 2_000
-#: The lines a policy without a `solvency` table runs at (docs/economics.md): the
-#: survivor's own 3:1 and the industry's 5:1.
-DEFAULT_LINES = {"warning_ratio": 3.0, "critical_ratio": 5.0}
-
 R = TypeVar("R", bound=Record)
 
 
@@ -50,9 +46,8 @@ class Lines:
 
 
 def policy_lines(policy: Policy) -> Lines:
-    table = {**DEFAULT_LINES, **policy.document().get("solvency", {})}
-    warning, critical = (float(table[k]) for k in ("warning_ratio", "critical_ratio"))
-    return Lines(warning, critical, policy.version)
+    terms = policy.solvency
+    return Lines(terms.warning_ratio, terms.critical_ratio, policy.version)
 
 
 def _number(value: Any) -> bool:

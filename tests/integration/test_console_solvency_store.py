@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from rebate_guard.contract.records import SolvencyReading
 from rebate_guard.settings import Settings
 from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore
-from tests.solvency_world import closed_periods, reading, serve_in_memory, serve_in_redis
+from tests.solvency_world import reading, serve, serve_in_memory, serve_in_redis
 
 T = TypeVar("T")
 Write = Callable[[Sequence[SolvencyReading], Sequence[SolvencyReading]], None]
@@ -23,7 +23,11 @@ Write = Callable[[Sequence[SolvencyReading], Sequence[SolvencyReading]], None]
 def console(request: pytest.FixtureRequest) -> Iterator[tuple[ConsoleStore, Any, Write]]:
     if request.param == "memory":
         memory = MemoryConsoleStore()
-        yield memory, asyncio.run, lambda closed, now: serve_in_memory(memory.solvency, closed, now)
+        yield (
+            memory,
+            asyncio.run,
+            lambda closed, now: serve_in_memory(memory.solvency, serve(closed, now)),
+        )
         return
     settings: Settings = request.getfixturevalue("stack_settings")
     loop = asyncio.new_event_loop()
@@ -34,7 +38,7 @@ def console(request: pytest.FixtureRequest) -> Iterator[tuple[ConsoleStore, Any,
         return loop.run_until_complete(coro)
 
     def write(closed: Sequence[SolvencyReading], now: Sequence[SolvencyReading]) -> None:
-        run(serve_in_redis(client, settings.app_id, closed, now))
+        run(serve_in_redis(client, settings.app_id, serve(closed, now)))
 
     try:
         yield store, run, write
@@ -66,7 +70,7 @@ def test_books_series_and_alerts_as_the_worker_serves_them(
     assert books.current == {"platform": now[0].dumps()}
     # The last closed reading of the scopes shown (not every merchant's).
     assert books.latest == {"platform": closed[-3].dumps()}
-    written = closed_periods(closed)["alerts"]
+    written = serve(closed)["alerts"]
     assert len(written) > 2 and books.alerts == written[:-3:-1]  # the newest two, newest first
     platform = [r.dumps() for r in closed if r.scope == "platform"]
     assert run(store.solvency_series("platform", 10)) == platform

@@ -17,12 +17,18 @@ from typing import Any
 import pytest
 
 from rebate_guard.contract.order import Event
-from rebate_guard.contract.records import WARNING, Label, PlatformAlert, Transaction
+from rebate_guard.contract.records import (
+    WARNING,
+    Label,
+    PlatformAlert,
+    SolvencyReading,
+    Transaction,
+)
 from streams.console.store import MemoryConsoleStore
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from tests.console_world import PASSWORD, POLICY, console_settings, console_world, world_events
 from tests.factories import tx
-from tests.solvency_world import alert_for, reading, serve_in_memory
+from tests.solvency_world import alert_for, as_served, growth_stall, serve_in_memory
 from tests.web import Served, served
 
 pytestmark = pytest.mark.browser
@@ -175,11 +181,12 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         assert errors == []
 
 
-HOSTILE_REGION = "region:<script>window.__xss=4</script>"
+HOSTILE_REGION_NAME = "<script>window.__xss=4</script>"
+HOSTILE_REGION = f"region:{HOSTILE_REGION_NAME}"
 HOSTILE_MESSAGE = "<img src=x onerror=window.__xss=5>"
 
 
-def _top(driver: Any, selector: str) -> float:
+def _middle(driver: Any, selector: str) -> float:
     """Where the first element matching `selector` is drawn: the middle of its box, in px."""
     box = driver.find_element(By.CSS_SELECTOR, selector).rect
     return float(box["y"] + box["height"] / 2)
@@ -188,57 +195,55 @@ def _top(driver: Any, selector: str) -> float:
 def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
     driver: Any, tmp_path: Path
 ) -> None:
-    stall = [(100_000, 100_000), (200_000, 90_000), (250_000, 80_000), (290_000, 70_000),
-             (330_000, 60_000), (360_000, 50_000)]  # fmt: skip
-    platform = [
-        reading("platform", i, liability=a, distributable=b) for i, (a, b) in enumerate(stall)
-    ]
-    region = [reading(HOSTILE_REGION, i, liability=a // 2, distributable=b)
-              for i, (a, b) in enumerate(stall)]  # fmt: skip
+    # The monitor's own outputs for a growth stall, the last period still open.
+    outputs, running = growth_stall(HOSTILE_REGION_NAME, close_last=False)
+    closed = [o for o in outputs if isinstance(o, SolvencyReading) and o.scope == "platform"]
     with served(console_settings(tmp_path / "world")) as server:
         store = server.worker.runtime.console
         assert isinstance(store, MemoryConsoleStore)
-        running = reading("platform", len(stall), liability=380_000, distributable=45_000)
-        serve_in_memory(store.solvency, [*platform, *region], [running, region[-1]])
-        hostile = alert_for(region[-1], WARNING, HOSTILE_MESSAGE)
+        serve_in_memory(store.solvency, as_served(outputs, running))
+        stalled = running[HOSTILE_REGION]
+        hostile = alert_for(stalled, WARNING, HOSTILE_MESSAGE)
         store.solvency.alerts.append(
-            PlatformAlert(**{**hostile.asdict(), "ts": hostile.ts + 1}).dumps()
+            PlatformAlert(**{**hostile.asdict(), "ts": stalled.period_end + 1}).dumps()
         )
         wait = _login(driver, server, "vera")
-        assert driver.find_element(By.ID, "solvency-card").text.count("critical") == 1
+        card = driver.find_element(By.ID, "solvency-card").text
+        assert running["platform"].level in card and HOSTILE_MESSAGE in card
         driver.find_element(By.LINK_TEXT, "Solvency").click()
         wait.until(lambda d: d.find_elements(By.ID, "ratio-chart"))
         chart = driver.find_element(By.ID, "ratio-chart")
         points = chart.find_elements(By.CSS_SELECTOR, "circle.point")
         # The closed periods, then the open one so far, joined to them by a dashed segment.
-        assert len(points) == len(platform) + 1
+        assert len(points) == len(closed) + 1
         assert [p.get_attribute("class").endswith("running") for p in points][-2:] == [False, True]
         assert chart.find_elements(By.CSS_SELECTOR, "line.ratio.running")
         labels = [t.text for t in chart.find_elements(By.CSS_SELECTOR, "text.line-label")]
         assert labels == ["warning 3:1", "critical 5:1"]
-        warning, critical = _top(driver, "line.warning"), _top(driver, "line.critical")
+        warning, critical = _middle(driver, "line.warning"), _middle(driver, "line.critical")
         assert critical < warning  # higher ratio, higher up
         # The stall's points climb; each is drawn on the side of the lines its level says.
         ys = [p.rect["y"] + p.rect["height"] / 2 for p in points]
         assert ys == sorted(ys, reverse=True)
-        for point, y in zip(points, ys, strict=True):
-            level = point.get_attribute("class").split()[1]
+        levels = [p.get_attribute("class").split()[1] for p in points]
+        assert {"level-ok", "level-warning", "level-critical"} <= set(levels)
+        for level, y in zip(levels, ys, strict=True):
             expected = {"level-ok": y > warning, "level-warning": critical < y <= warning,
                         "level-critical": y <= critical}  # fmt: skip
             assert expected[level], (level, y, warning, critical)
         rows = driver.find_elements(By.CSS_SELECTOR, "#alerts tr[data-alert]")
-        newest = rows[0].find_elements(By.TAG_NAME, "td")
-        assert [newest[1].text, newest[2].text, newest[3].text] == [
-            "warning", HOSTILE_REGION, HOSTILE_MESSAGE,
-        ]  # fmt: skip
-        assert "critical" in [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+        newest = [td.text for td in rows[0].find_elements(By.TAG_NAME, "td")]
+        assert newest[1:] == [stalled.level, HOSTILE_REGION, HOSTILE_MESSAGE]
+        messages = [r.find_elements(By.TAG_NAME, "td")[3].text for r in rows]
+        assert any(
+            m.startswith("platform: ") and "past the warning line 3:1" in m for m in messages
+        )
         _shot(driver, "solvency")
         _no_script_ran(driver)
         driver.find_element(By.LINK_TEXT, HOSTILE_REGION).click()
         wait.until(lambda d: d.find_element(By.ID, "chart-scope").text == HOSTILE_REGION)
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#ratio-chart circle.point")) == len(
-            region
-        )
+        region = driver.find_elements(By.CSS_SELECTOR, "#ratio-chart circle.point")
+        assert len(region) == len(closed) + 1
         _no_script_ran(driver)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []

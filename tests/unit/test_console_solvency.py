@@ -29,8 +29,10 @@ from tests.solvency_world import (
     PERIOD_MS,
     WARNING_LINE,
     alert_for,
-    closed_periods,
+    as_served,
+    growth_stall,
     reading,
+    serve,
     serve_in_memory,
 )
 from tests.web import served
@@ -64,7 +66,7 @@ def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() ->
     ]
     merchant = reading("merchant:m-1", 2, liability=9_000, distributable=1_000)
     closed = sorted([*platform, *north, merchant], key=lambda r: r.period_end)
-    serve_in_memory(store.solvency, closed, running)
+    serve_in_memory(store.solvency, serve(closed, running))
 
     shown = _page(store)
     assert [row["scope"] for row in shown["rows"]] == ["platform", "region:north"]
@@ -72,7 +74,7 @@ def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() ->
     assert platform_row["now"] == running[0] and platform_row["closed"] == platform[-1]
     assert north_row["now"] == running[1] and north_row["closed"] == north[-1]
     # Every level change alerted (the merchant's too), newest first.
-    written = [PlatformAlert.loads(a) for a in closed_periods(closed)["alerts"]]
+    written = [PlatformAlert.loads(a) for a in serve(closed)["alerts"]]
     assert shown["alerts"] == written[::-1]
     assert [a.ts for a in shown["alerts"]] == sorted((a.ts for a in written), reverse=True)
     assert {a.level for a in shown["alerts"]} == {WARNING, CRITICAL}
@@ -87,10 +89,44 @@ def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() ->
     assert now["reading"] == running[0] and now["alert"] == shown["alerts"][0]
 
 
-def test_the_lines_are_the_policys_with_the_documented_defaults() -> None:
-    lines = solvency.policy_lines(LIVE)
-    assert (lines.warning, lines.critical) == (WARNING_LINE, CRITICAL_LINE)
-    assert lines.policy_version == "solvency-test-1"
+@pytest.mark.parametrize("lines", [None, (2, 4)])
+def test_a_growth_stall_through_the_monitor_crosses_the_policys_lines_where_drawn(
+    lines: tuple[int, int] | None,
+) -> None:
+    """The monitor's own readings and alerts (rebate_guard/core/solvency.py) under the policy's
+    lines (the documented defaults, or the risk team's own), as the worker serves them."""
+    doc: dict[str, Any] = {"version": "solvency-test-2"}
+    if lines is not None:
+        doc["solvency"] = {"warning_ratio": lines[0], "critical_ratio": lines[1]}
+    policy = Policy.from_document(doc)
+    outputs, running = growth_stall("<script>alert(1)</script>", terms=policy.solvency)
+    store = MemoryConsoleStore()
+    serve_in_memory(store.solvency, as_served(outputs, running))
+    shown = asyncio.run(solvency.read_page(store, policy, "platform"))
+    warning, critical = shown["chart"].lines
+    assert (warning.ratio, critical.ratio) == (
+        policy.solvency.warning_ratio, policy.solvency.critical_ratio,
+    )  # fmt: skip
+    closed = [o for o in outputs if isinstance(o, SolvencyReading) and o.scope == "platform"]
+    points = shown["chart"].points
+    assert [p.reading for p in points] == closed
+    # Each period is drawn on the side of each line that its level (the monitor's) says.
+    for p in points:
+        level = p.reading.level
+        assert (p.y <= warning.y) == (level in (WARNING, CRITICAL)), (p.reading, warning)
+        assert (p.y <= critical.y) == (level == CRITICAL), (p.reading, critical)
+    assert {p.reading.level for p in points} == {SOLVENT, WARNING, CRITICAL}
+    # The stall alerted: past the warning line, then the critical one, newest first.
+    platform_alerts = [a for a in shown["alerts"] if a.scope == "platform"]
+    assert [a.level for a in platform_alerts] == [CRITICAL, WARNING]
+    assert platform_alerts[1].line == policy.solvency.warning_ratio
+    assert (
+        f"past the warning line {policy.solvency.warning_ratio:g}:1" in platform_alerts[1].message
+    )
+    regions = sorted(s for s in running if s.startswith("region:"))
+    assert [row["scope"] for row in shown["rows"]] == ["platform", *regions]
+    assert {HOSTILE_REGION, "region:north"} <= set(regions)
+    assert shown["lines"].policy_version == "solvency-test-2" and shown["skipped"] == 0
 
 
 @pytest.mark.parametrize(
@@ -105,7 +141,7 @@ def test_the_lines_are_the_policys_with_the_documented_defaults() -> None:
 def test_a_malformed_entry_is_skipped_and_counted_never_a_crash(bad: bytes) -> None:
     store = MemoryConsoleStore()
     platform = _platform_stall()
-    serve_in_memory(store.solvency, platform, platform[-1:])
+    serve_in_memory(store.solvency, serve(platform, platform[-1:]))
     served = store.solvency
     served.solvency_series["platform"].insert(2, bad)
     served.solvency_current["region:broken"] = bad
@@ -115,7 +151,7 @@ def test_a_malformed_entry_is_skipped_and_counted_never_a_crash(bad: bytes) -> N
     assert shown["skipped"] == 4
     assert [p.reading for p in shown["chart"].points] == platform
     assert [row["scope"] for row in shown["rows"]] == ["platform"]
-    assert len(shown["alerts"]) == len(closed_periods(platform)["alerts"])
+    assert len(shown["alerts"]) == len(serve(platform)["alerts"])
 
 
 def _with(values: SolvencyReading | PlatformAlert, **changed: Any) -> bytes:
@@ -234,7 +270,7 @@ def test_the_page_needs_a_login_and_shows_event_values_as_text(tmp_path: Path) -
     with served(console_settings(tmp_path)) as server:
         store = server.worker.runtime.console
         assert isinstance(store, MemoryConsoleStore)
-        serve_in_memory(store.solvency, [*_platform_stall(), *hostile], hostile[-1:])
+        serve_in_memory(store.solvency, serve([*_platform_stall(), *hostile], hostile[-1:]))
         last = hostile[-1]
         bad_alert = alert_for(last, WARNING, HOSTILE_MESSAGE)
         newest = {"scope": "merchant:" + HOSTILE_MESSAGE, "alert_id": HOSTILE_MESSAGE,

@@ -52,9 +52,9 @@ class SolvencyBooks:
 
 
 def shown_scopes(current: dict[str, bytes]) -> list[str]:
-    """The scopes whose last closed reading the console shows: the platform and every scope
-    the worker keeps running figures for (the regions)."""
-    return [PLATFORM, *sorted(s for s in current if s != PLATFORM)]
+    """The scopes whose figures the console shows: the platform and every region the worker
+    keeps running figures for."""
+    return [PLATFORM, *sorted(s for s in current if s.startswith(REGION_PREFIX))]
 
 
 class SolvencyLayout(Protocol):
