@@ -131,10 +131,11 @@ def ratio_chart(
     points = []
     for r in ordered:
         x = LEFT + (plot_width * (r.period_end - first) / span if span else plot_width / 2)
-        # Nothing distributable and nothing owed is a ratio of nothing: drawn at 0.
+        # Nothing distributable and nothing owed is a ratio of nothing: drawn at 0, as is a
+        # book that owes less than nothing (clawed back more than it granted).
         ratio = r.ratio if r.ratio is not None or r.liability_cents > 0 else 0.0
         off = ratio is None or ratio > y_max
-        y = TOP / 2 if ratio is None or off else y_of(ratio)
+        y = TOP / 2 if ratio is None or off else y_of(max(ratio, 0.0))
         points.append(ChartPoint(x, y, r, off, running=r is running))
     lines = [PolicyLine(name, ratio, y_of(ratio)) for name, ratio in
              (("warning", warning), ("critical", critical))]  # fmt: skip

@@ -253,6 +253,8 @@ def test_nothing_distributable_is_off_the_scale_and_critical_and_a_collapse_keep
     # Nothing owed and nothing distributable: no ratio, and nothing to draw above 0.
     assert not points[nothing_at_all.period_start].off_scale
     assert points[nothing_at_all.period_start].y == chart.bottom_edge
+    owed_back = reading("platform", 4, liability=-100, distributable=100)
+    assert _chart([owed_back]).points[0].y == chart.bottom_edge
     # The scale stops short of the collapse, so both lines stay inside the plot.
     assert CRITICAL_LINE < chart.y_max < collapse.ratio  # type: ignore[operator]
     assert all(chart.top < line.y < chart.bottom_edge for line in chart.lines)
