@@ -5,11 +5,12 @@ solvency tests show, over the memory store and over Redis alike."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from rebate_guard.contract.records import CRITICAL, SOLVENT, PlatformAlert, SolvencyReading
+from rebate_guard.contract.records import SOLVENT, PlatformAlert, SolvencyReading
 from rebate_guard.core.policy import SolvencyTerms
-from rebate_guard.core.solvency import Movement, SolvencyMonitor, level_of
+from rebate_guard.core.solvency import Movement, SolvencyMonitor, alert_of, level_of
 from streams.console.store.solvency import SolvencyKeys, SolvencyLayout, charted
 
 #: 2026-01-01T00:00Z and the monitor's default period.
@@ -69,22 +70,10 @@ def growth_stall(
     return outputs, monitor.current()
 
 
-def alert_for(now: SolvencyReading, previous_level: str, message: str = "") -> PlatformAlert:
-    line = {CRITICAL: CRITICAL_LINE}.get(now.level, WARNING_LINE)
-    return PlatformAlert(
-        alert_id=f"{now.scope}:{now.level}:{now.period_start}",
-        ts=now.period_end,
-        scope=now.scope,
-        level=now.level,
-        previous_level=previous_level,
-        ratio=now.ratio,
-        line=line,
-        liability_cents=now.liability_cents,
-        distributable_cents=now.distributable_cents,
-        new_money_share=now.new_money_share,
-        growth_needed=now.growth_needed,
-        message=message or f"{now.scope}: {now.level}",
-    )
+def alert_for(now: SolvencyReading, previous_level: str, *, message: str = "") -> PlatformAlert:
+    """The monitor's alert for `now` (its own message, unless `message` is given)."""
+    made = alert_of(now, previous=previous_level, terms=TERMS)
+    return replace(made, message=message) if message else made
 
 
 def as_served(
@@ -130,7 +119,7 @@ def serve_in_memory(served: SolvencyLayout, written: dict[str, Any]) -> None:
     served.solvency_current.update(written["current"])
 
 
-async def serve_in_redis(client: Any, app_id: str, written: dict[str, Any]) -> None:
+async def serve_in_redis(client: Any, app_id: str, *, written: dict[str, Any]) -> None:
     """`as_served(...)` into the Redis keys, as the worker writes them."""
     keys = SolvencyKeys(app_id)
     if written["latest"]:

@@ -103,10 +103,10 @@ class Parsed:
 
 async def page(runtime: Runtime, scope: str) -> dict[str, Any]:
     """The solvency page, against the policy the workers run."""
-    return await read_page(runtime.console, await policy_desk.live(runtime), scope)
+    return await read_page(runtime.console, await policy_desk.live(runtime), scope=scope)
 
 
-async def read_page(console: ConsoleStore, policy: Policy, scope: str) -> dict[str, Any]:
+async def read_page(console: ConsoleStore, policy: Policy, *, scope: str) -> dict[str, Any]:
     """Each scope's figures now and at its last closed period, `scope`'s ratio over time
     against `policy`'s lines, and the newest alerts."""
     books = await console.solvency_books(ALERTS_SHOWN)

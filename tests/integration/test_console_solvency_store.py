@@ -38,7 +38,7 @@ def console(request: pytest.FixtureRequest) -> Iterator[tuple[ConsoleStore, Any,
         return loop.run_until_complete(coro)
 
     def write(closed: Sequence[SolvencyReading], now: Sequence[SolvencyReading]) -> None:
-        run(serve_in_redis(client, settings.app_id, serve(closed, now)))
+        run(serve_in_redis(client, settings.app_id, written=serve(closed, now)))
 
     try:
         yield store, run, write

@@ -203,7 +203,7 @@ def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
         assert isinstance(store, MemoryConsoleStore)
         serve_in_memory(store.solvency, as_served(outputs, running))
         stalled = running[HOSTILE_REGION]
-        hostile = alert_for(stalled, WARNING, HOSTILE_MESSAGE)
+        hostile = alert_for(stalled, WARNING, message=HOSTILE_MESSAGE)
         store.solvency.alerts.append(
             PlatformAlert(**{**hostile.asdict(), "ts": stalled.period_end + 1}).dumps()
         )

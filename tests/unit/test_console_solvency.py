@@ -53,7 +53,7 @@ def _platform_stall() -> list[SolvencyReading]:
 
 
 def _page(store: MemoryConsoleStore, scope: str = "platform") -> dict[str, Any]:
-    return asyncio.run(solvency.read_page(store, LIVE, scope))
+    return asyncio.run(solvency.read_page(store, LIVE, scope=scope))
 
 
 def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() -> None:
@@ -102,7 +102,7 @@ def test_a_growth_stall_through_the_monitor_crosses_the_policys_lines_where_draw
     outputs, running = growth_stall("<script>alert(1)</script>", terms=policy.solvency)
     store = MemoryConsoleStore()
     serve_in_memory(store.solvency, as_served(outputs, running))
-    shown = asyncio.run(solvency.read_page(store, policy, "platform"))
+    shown = asyncio.run(solvency.read_page(store, policy, scope="platform"))
     warning, critical = shown["chart"].lines
     assert (warning.ratio, critical.ratio) == (
         policy.solvency.warning_ratio, policy.solvency.critical_ratio,
@@ -274,7 +274,7 @@ def test_the_page_needs_a_login_and_shows_event_values_as_text(tmp_path: Path) -
         assert isinstance(store, MemoryConsoleStore)
         serve_in_memory(store.solvency, serve([*_platform_stall(), *hostile], hostile[-1:]))
         last = hostile[-1]
-        bad_alert = alert_for(last, WARNING, HOSTILE_MESSAGE)
+        bad_alert = alert_for(last, WARNING, message=HOSTILE_MESSAGE)
         newest = {"scope": "merchant:" + HOSTILE_MESSAGE, "alert_id": HOSTILE_MESSAGE,
                   "ts": last.period_end + PERIOD_MS}  # fmt: skip
         store.solvency.alerts.append(PlatformAlert(**{**bad_alert.asdict(), **newest}).dumps())

@@ -160,4 +160,4 @@ class MemoryConsoleStore:
         return books(self.solvency, alerts)
 
     async def solvency_series(self, scope: str, limit: int) -> list[bytes]:
-        return newest_readings(self.solvency, scope, limit)
+        return newest_readings(self.solvency, scope, limit=limit)

@@ -85,5 +85,5 @@ def books(served: SolvencyLayout, alerts: int) -> SolvencyBooks:
     return SolvencyBooks(current, {s: served.solvency_latest[s] for s in shown}, newest[::-1])
 
 
-def newest_readings(served: SolvencyLayout, scope: str, limit: int) -> list[bytes]:
+def newest_readings(served: SolvencyLayout, scope: str, *, limit: int) -> list[bytes]:
     return served.solvency_series.get(scope, [])[-limit:] if limit > 0 else []
