@@ -343,7 +343,10 @@ class SolvencyMonitor:
         old = UNKNOWN_REGION if known is None else known[2]
         self.merchant_regions[merchant] = (movement.ts, movement.movement_id, region)
         if old != region:
-            self._region_books(old).add(books, -1)
+            # Its books are in its old region's (none yet: a merchant new to the monitor).
+            left = self.regions.get(old)
+            if left is not None:
+                left.add(books, -1)
             self._region_books(region).add(books, 1)
 
     def _region_books(self, region: str) -> Books:
