@@ -1,17 +1,16 @@
-"""Solvency readings and alerts as the solvency monitor makes them (docs/economics.md), and the
-serving state as the worker writes it (streams/console/store/solvency.py): what the console's
-solvency tests show, over the memory store and over Redis alike."""
+"""Solvency readings and alerts as the solvency monitor makes them (docs/economics.md), stored
+as the worker's publisher stores them (streams/publisher.py): what the console's solvency tests
+show, over the memory store and over Redis alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from rebate_guard.contract.records import SOLVENT, PlatformAlert, SolvencyReading
 from rebate_guard.core.policy import SolvencyTerms
 from rebate_guard.core.solvency import Movement, SolvencyMonitor, alert_of, level_of
-from streams.console.store.solvency import SolvencyKeys, SolvencyLayout, charted
+from streams.store import DecisionStore
 
 #: 2026-01-01T00:00Z and the monitor's default period.
 T0 = 1_767_225_600_000
@@ -76,26 +75,6 @@ def alert_for(now: SolvencyReading, previous_level: str, *, message: str = "") -
     return replace(made, message=message) if message else made
 
 
-def as_served(
-    outputs: Sequence[SolvencyReading | PlatformAlert], current: dict[str, SolvencyReading]
-) -> dict[str, Any]:
-    """What the worker writes for the monitor's outputs, in order: each reading in the
-    latest hash and (platform and regions) its series, each alert in the list, and the
-    running figures of the platform and regions."""
-    latest: dict[str, bytes] = {}
-    series: dict[str, list[bytes]] = {}
-    alerts: list[bytes] = []
-    for out in outputs:
-        if isinstance(out, PlatformAlert):
-            alerts.append(out.dumps())
-            continue
-        latest[out.scope] = out.dumps()
-        if charted(out.scope):
-            series.setdefault(out.scope, []).append(out.dumps())
-    running = {s: r.dumps() for s, r in current.items() if charted(s)}
-    return {"latest": latest, "series": series, "alerts": alerts, "current": running}
-
-
 def outputs_of(readings: Sequence[SolvencyReading]) -> list[SolvencyReading | PlatformAlert]:
     """`readings` as the monitor outputs them: each followed by an alert where its scope's
     level changed."""
@@ -110,30 +89,19 @@ def outputs_of(readings: Sequence[SolvencyReading]) -> list[SolvencyReading | Pl
     return outputs
 
 
-def serve_in_memory(served: SolvencyLayout, written: dict[str, Any]) -> None:
-    """`as_served(...)` into a memory layout, as the worker's memory store keeps it."""
-    served.solvency_latest.update(written["latest"])
-    for scope, values in written["series"].items():
-        served.solvency_series.setdefault(scope, []).extend(values)
-    served.alerts.extend(written["alerts"])
-    served.solvency_current.update(written["current"])
-
-
-async def serve_in_redis(client: Any, app_id: str, *, written: dict[str, Any]) -> None:
-    """`as_served(...)` into the Redis keys, as the worker writes them."""
-    keys = SolvencyKeys(app_id)
-    if written["latest"]:
-        await client.hset(keys.latest, mapping=written["latest"])
-    for scope, values in written["series"].items():
-        await client.rpush(keys.series(scope), *values)
-    if written["alerts"]:
-        await client.rpush(keys.alerts, *written["alerts"])
-    if written["current"]:
-        await client.hset(keys.current, mapping=written["current"])
-
-
-def serve(
-    readings: Sequence[SolvencyReading], current: Sequence[SolvencyReading] = ()
-) -> dict[str, Any]:
-    """What the worker writes as `readings` close, with `current` the running figures."""
-    return as_served(outputs_of(readings), {r.scope: r for r in current})
+async def publish(
+    store: DecisionStore,
+    outputs: Sequence[SolvencyReading | PlatformAlert],
+    current: Mapping[str, SolvencyReading] | None = None,
+) -> None:
+    """What the worker's publisher stores for the monitor's outputs (streams/publisher.py):
+    the readings, the alerts (each first stored wins), and the running figures `current`
+    (the solvency shard's: the platform's and the regions')."""
+    readings = [
+        (o.scope, o.period_end, o.dumps()) for o in outputs if isinstance(o, SolvencyReading)
+    ]
+    running = {scope: r.dumps() for scope, r in (current or {}).items()}
+    await store.put_solvency(readings, running)
+    alerts = [(o.alert_id, o.dumps()) for o in outputs if isinstance(o, PlatformAlert)]
+    if alerts:
+        await store.put_alerts(alerts)

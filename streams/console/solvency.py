@@ -21,10 +21,12 @@ from rebate_guard.contract.records import (
     SolvencyReading,
 )
 from rebate_guard.core.policy import Policy
+from rebate_guard.core.solvency import PLATFORM
 from streams.console import policy_desk
 from streams.console.chart import ratio_chart
 from streams.console.store import ConsoleStore
-from streams.console.store.solvency import PLATFORM, charted, shown_scopes
+from streams.console.store.solvency import shown_scopes
+from streams.store.protocol import charted
 
 if TYPE_CHECKING:
     from streams.app import Runtime

@@ -14,10 +14,10 @@ from faust.web import Request, Response, View
 
 from graph.rings import BRUSHING, CASH_OUT, COLLUSION, PYRAMID, REFERRAL_FARM, SIGNUP_BATCH
 from rebate_guard.contract.records import FRAUD, LEGIT
+from rebate_guard.core.solvency import PLATFORM
 from streams.auth import REVIEWER, VIEWER, Guard, Identity
 from streams.console import actions, data, solvency
 from streams.console.render import render
-from streams.console.store.solvency import PLATFORM
 from streams.roles import role_at_least
 
 if TYPE_CHECKING:

@@ -1,59 +1,52 @@
 """The console's read of the solvency monitor's serving keys: the Redis store (on the real local
-Redis, the keys written as the worker writes them) and the memory store read the same."""
+Redis) and the memory store read the same, from what the worker's own stores wrote."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-import redis.asyncio as aioredis
 
-from rebate_guard.contract.records import SolvencyReading
+from rebate_guard.contract.records import PlatformAlert
 from rebate_guard.settings import Settings
 from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore
-from tests.solvency_world import reading, serve, serve_in_memory, serve_in_redis
+from streams.store import DecisionStore, MemoryDecisionStore, RedisDecisionStore
+from tests.solvency_world import outputs_of, publish, reading
 
 T = TypeVar("T")
-Write = Callable[[Sequence[SolvencyReading], Sequence[SolvencyReading]], None]
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
-def console(request: pytest.FixtureRequest) -> Iterator[tuple[ConsoleStore, Any, Write]]:
+def stores(request: pytest.FixtureRequest) -> Iterator[tuple[ConsoleStore, DecisionStore, Any]]:
+    """The console's store, the worker's store it reads, and how to run a coroutine."""
     if request.param == "memory":
-        memory = MemoryConsoleStore()
-        yield (
-            memory,
-            asyncio.run,
-            lambda closed, now: serve_in_memory(memory.solvency, serve(closed, now)),
-        )
+        worker = MemoryDecisionStore()
+        yield MemoryConsoleStore(solvency=worker), worker, asyncio.run
         return
     settings: Settings = request.getfixturevalue("stack_settings")
     loop = asyncio.new_event_loop()
-    client = aioredis.Redis.from_url(settings.redis_url)
-    store = RedisConsoleStore(client, settings.app_id, ttl_s=3600, history_keep=3)
+    redis = RedisDecisionStore(settings)
+    console = RedisConsoleStore(redis.client, settings.app_id, ttl_s=3600, history_keep=3)
 
     def run(coro: Coroutine[Any, Any, T]) -> T:
         return loop.run_until_complete(coro)
 
-    def write(closed: Sequence[SolvencyReading], now: Sequence[SolvencyReading]) -> None:
-        run(serve_in_redis(client, settings.app_id, written=serve(closed, now)))
-
     try:
-        yield store, run, write
+        yield console, redis, run
     finally:
-        run(client.aclose())
+        run(redis.close())
         loop.close()
 
 
-def test_books_series_and_alerts_as_the_worker_serves_them(
-    console: tuple[ConsoleStore, Any, Write],
+def test_books_series_and_alerts_as_the_worker_stores_them(
+    stores: tuple[ConsoleStore, DecisionStore, Any],
 ) -> None:
-    store, run, write = console
-    empty = run(store.solvency_books(10))
+    console, worker, run = stores
+    empty = run(console.solvency_books(10))
     assert (empty.current, empty.latest, empty.alerts) == ({}, {}, [])
-    assert run(store.solvency_series("platform", 10)) == []
+    assert run(console.solvency_series("platform", 10)) == []
     stall = [(100, 100), (300, 90), (450, 80), (600, 0)]
     closed = [
         r
@@ -64,19 +57,24 @@ def test_books_series_and_alerts_as_the_worker_serves_them(
             reading(f"merchant:m-{i}", i, liability=owed, distributable=1),
         )
     ]
-    now = [reading("platform", 4, liability=700, distributable=0)]
-    write(closed, now)
-    books = run(store.solvency_books(2))
-    assert books.current == {"platform": now[0].dumps()}
+    outputs = outputs_of(closed)
+    running = reading("platform", 4, liability=700, distributable=0)
+    run(publish(worker, outputs, {"platform": running}))
+    books = run(console.solvency_books(2))
+    assert books.current == {"platform": running.dumps()}
     # The last closed reading of the scopes shown (not every merchant's).
     assert books.latest == {"platform": closed[-3].dumps()}
-    written = serve(closed)["alerts"]
+    written = [o.dumps() for o in outputs if isinstance(o, PlatformAlert)]
     assert len(written) > 2 and books.alerts == written[:-3:-1]  # the newest two, newest first
     platform = [r.dumps() for r in closed if r.scope == "platform"]
-    assert run(store.solvency_series("platform", 10)) == platform
-    assert run(store.solvency_series("platform", 2)) == platform[-2:]
-    assert run(store.solvency_series("merchant:m-1", 10)) == []
-    write([], [reading("region:north", 4, liability=1, distributable=1)])
-    books = run(store.solvency_books(1))
+    assert run(console.solvency_series("platform", 10)) == platform
+    assert run(console.solvency_series("platform", 2)) == platform[-2:]
+    assert run(console.solvency_series("merchant:m-1", 10)) == []
+    run(
+        publish(
+            worker, [], {"region:north": reading("region:north", 4, liability=1, distributable=1)}
+        )
+    )
+    books = run(console.solvency_books(1))
     assert sorted(books.current) == ["platform", "region:north"]
     assert books.latest["region:north"] == closed[-2].dumps()

@@ -28,7 +28,7 @@ from streams.console.store import MemoryConsoleStore
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
 from tests.console_world import PASSWORD, POLICY, console_settings, console_world, world_events
 from tests.factories import tx
-from tests.solvency_world import alert_for, as_served, growth_stall, serve_in_memory
+from tests.solvency_world import alert_for, growth_stall, publish
 from tests.web import Served, served
 
 pytestmark = pytest.mark.browser
@@ -201,12 +201,12 @@ def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
     with served(console_settings(tmp_path / "world")) as server:
         store = server.worker.runtime.console
         assert isinstance(store, MemoryConsoleStore)
-        serve_in_memory(store.solvency, as_served(outputs, running))
+        store.solvency = server.store  # as the Redis console store reads the worker's keys
+        server.run(publish(server.store, outputs, running))
         stalled = running[HOSTILE_REGION]
         hostile = alert_for(stalled, WARNING, message=HOSTILE_MESSAGE)
-        store.solvency.alerts.append(
-            PlatformAlert(**{**hostile.asdict(), "ts": stalled.period_end + 1}).dumps()
-        )
+        newest = PlatformAlert(**{**hostile.asdict(), "ts": stalled.period_end + 1})
+        server.run(publish(server.store, [newest]))
         wait = _login(driver, server, "vera")
         card = driver.find_element(By.ID, "solvency-card").text
         assert running["platform"].level in card and HOSTILE_MESSAGE in card

@@ -14,26 +14,30 @@ from markupsafe import escape
 
 from rebate_guard.contract.records import (
     CRITICAL,
+    MERCHANT_SETTLEMENT,
+    POINTS_GRANT,
     SOLVENT,
     WARNING,
     PlatformAlert,
+    PlatformEvent,
     SolvencyReading,
 )
 from rebate_guard.core.policy import Policy
 from streams.console import solvency
 from streams.console.chart import BOTTOM, HEIGHT, TOP, ratio_chart
 from streams.console.store import MemoryConsoleStore
-from tests.console_world import Session, console_settings
+from streams.store import MemoryDecisionStore
+from tests.console_world import Feed, Session, console_settings
 from tests.solvency_world import (
     CRITICAL_LINE,
     PERIOD_MS,
+    T0,
     WARNING_LINE,
     alert_for,
-    as_served,
     growth_stall,
+    outputs_of,
+    publish,
     reading,
-    serve,
-    serve_in_memory,
 )
 from tests.web import served
 
@@ -56,8 +60,20 @@ def _page(store: MemoryConsoleStore, scope: str = "platform") -> dict[str, Any]:
     return asyncio.run(solvency.read_page(store, LIVE, scope=scope))
 
 
+def _served(
+    outputs: list[SolvencyReading | PlatformAlert], running: list[SolvencyReading]
+) -> MemoryConsoleStore:
+    """A console store over a worker's memory store that `outputs` were published to."""
+    worker = MemoryDecisionStore()
+    asyncio.run(publish(worker, outputs, {r.scope: r for r in running}))
+    return MemoryConsoleStore(solvency=worker)
+
+
+def _alerts(outputs: list[SolvencyReading | PlatformAlert]) -> list[PlatformAlert]:
+    return [o for o in outputs if isinstance(o, PlatformAlert)]
+
+
 def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() -> None:
-    store = MemoryConsoleStore()
     platform = _platform_stall()
     north = [reading("region:north", i, liability=50_000, distributable=40_000) for i in range(3)]
     running = [
@@ -66,7 +82,7 @@ def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() ->
     ]
     merchant = reading("merchant:m-1", 2, liability=9_000, distributable=1_000)
     closed = sorted([*platform, *north, merchant], key=lambda r: r.period_end)
-    serve_in_memory(store.solvency, serve(closed, running))
+    store = _served(outputs_of(closed), running)
 
     shown = _page(store)
     assert [row["scope"] for row in shown["rows"]] == ["platform", "region:north"]
@@ -74,7 +90,7 @@ def test_the_page_shows_the_books_the_worker_serves_and_alerts_newest_first() ->
     assert platform_row["now"] == running[0] and platform_row["closed"] == platform[-1]
     assert north_row["now"] == running[1] and north_row["closed"] == north[-1]
     # Every level change alerted (the merchant's too), newest first.
-    written = [PlatformAlert.loads(a) for a in serve(closed)["alerts"]]
+    written = _alerts(outputs_of(closed))
     assert shown["alerts"] == written[::-1]
     assert [a.ts for a in shown["alerts"]] == sorted((a.ts for a in written), reverse=True)
     assert {a.level for a in shown["alerts"]} == {WARNING, CRITICAL}
@@ -100,8 +116,7 @@ def test_a_growth_stall_through_the_monitor_crosses_the_policys_lines_where_draw
         doc["solvency"] = {"warning_ratio": lines[0], "critical_ratio": lines[1]}
     policy = Policy.from_document(doc)
     outputs, running = growth_stall("<script>alert(1)</script>", terms=policy.solvency)
-    store = MemoryConsoleStore()
-    serve_in_memory(store.solvency, as_served(outputs, running))
+    store = _served(outputs, list(running.values()))
     shown = asyncio.run(solvency.read_page(store, policy, scope="platform"))
     warning, critical = shown["chart"].lines
     assert (warning.ratio, critical.ratio) == (
@@ -139,9 +154,8 @@ def test_a_growth_stall_through_the_monitor_crosses_the_policys_lines_where_draw
     ],
 )
 def test_a_malformed_entry_is_skipped_and_counted_never_a_crash(bad: bytes) -> None:
-    store = MemoryConsoleStore()
     platform = _platform_stall()
-    serve_in_memory(store.solvency, serve(platform, platform[-1:]))
+    store = _served(outputs_of(platform), platform[-1:])
     served = store.solvency
     served.solvency_series["platform"].insert(2, bad)
     served.solvency_current["region:broken"] = bad
@@ -151,7 +165,7 @@ def test_a_malformed_entry_is_skipped_and_counted_never_a_crash(bad: bytes) -> N
     assert shown["skipped"] == 4
     assert [p.reading for p in shown["chart"].points] == platform
     assert [row["scope"] for row in shown["rows"]] == ["platform"]
-    assert len(shown["alerts"]) == len(serve(platform)["alerts"])
+    assert shown["alerts"] == _alerts(outputs_of(platform))[::-1]
 
 
 def _with(values: SolvencyReading | PlatformAlert, **changed: Any) -> bytes:
@@ -271,13 +285,16 @@ def test_the_page_needs_a_login_and_shows_event_values_as_text(tmp_path: Path) -
     ]
     with served(console_settings(tmp_path)) as server:
         store = server.worker.runtime.console
+        store.solvency = server.store  # as the Redis console store reads the worker's keys
         assert isinstance(store, MemoryConsoleStore)
-        serve_in_memory(store.solvency, serve([*_platform_stall(), *hostile], hostile[-1:]))
+        closed = outputs_of([*_platform_stall(), *hostile])
+        server.run(publish(server.store, closed, {hostile[-1].scope: hostile[-1]}))
         last = hostile[-1]
         bad_alert = alert_for(last, WARNING, message=HOSTILE_MESSAGE)
         newest = {"scope": "merchant:" + HOSTILE_MESSAGE, "alert_id": HOSTILE_MESSAGE,
                   "ts": last.period_end + PERIOD_MS}  # fmt: skip
-        store.solvency.alerts.append(PlatformAlert(**{**bad_alert.asdict(), **newest}).dumps())
+        newest_alert = PlatformAlert(**{**bad_alert.asdict(), **newest})
+        server.run(publish(server.store, [newest_alert]))
         status, response, _ = server.call("GET", "/console/solvency")
         assert status == 303 and response.headers["Location"] == "/login"
         vera = Session(server, "vera")
@@ -296,3 +313,36 @@ def test_the_page_needs_a_login_and_shows_event_values_as_text(tmp_path: Path) -
         assert page.count('<circle class="point') == len(hostile)
         status, page = vera.get("/console/")
         assert 'id="solvency-card"' in page and escape(HOSTILE_MESSAGE) in page
+
+
+def test_a_growth_stall_fed_to_the_served_worker_shows_on_its_page(tmp_path: Path) -> None:
+    """Platform events through the worker's own processor, solvency shard, publisher and
+    store (broker-free): the page shows what the worker wrote, as it does over Redis."""
+    region = "<script>alert(1)</script>"
+    merchant = {"merchant_id": "m-1", "region": region}
+    events = []
+    for hour in range(14):
+        at = T0 + hour * PERIOD_MS
+        if hour < 3:  # then the merchants stop paying in: a growth stall
+            events.append(PlatformEvent(f"s-{hour}", at, MERCHANT_SETTLEMENT, 150_000, **merchant))
+        grant = PlatformEvent(f"g-{hour}", at + 1, POINTS_GRANT, 200_000, f"u-{hour}", **merchant)
+        events.append(grant)
+    with served(console_settings(tmp_path)) as server:
+        runtime = server.worker.runtime
+        assert isinstance(runtime.console, MemoryConsoleStore)
+        runtime.console.solvency = server.store  # as the Redis console store reads its keys
+        Feed(server).put(events)
+        shown = server.run(solvency.page(runtime, "platform"))
+        assert shown["skipped"] == 0
+        written = [SolvencyReading.loads(r) for r in server.store.solvency_series["platform"]]
+        chart = shown["chart"]
+        assert written and [p.reading for p in chart.points if not p.running] == written
+        assert chart.points[-1].running  # the last hour is open
+        assert [p.reading.level for p in chart.points][-1] == CRITICAL
+        platform = [(a.previous_level, a.level) for a in shown["alerts"] if a.scope == "platform"]
+        # Newest first: past the warning line as the stall went on, then past the critical one.
+        assert platform == [(WARNING, CRITICAL), (SOLVENT, WARNING)]
+        status, page = Session(server, "vera").get("/console/solvency")
+        assert status == 200 and "<script>alert" not in page
+        assert f'data-points="{len(chart.points)}"' in page
+        assert "past the warning line 3:1" in page and escape(f"region:{region}") in page

@@ -18,13 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-PLATFORM = "platform"
-REGION_PREFIX = "region:"
-
-
-def charted(scope: str) -> bool:
-    """Whether the worker keeps a series for `scope`: the platform's and the regions'."""
-    return scope == PLATFORM or scope.startswith(REGION_PREFIX)
+from rebate_guard.core.solvency import PLATFORM
+from streams.store.protocol import charted
 
 
 class SolvencyKeys:
@@ -54,7 +49,7 @@ class SolvencyBooks:
 def shown_scopes(current: dict[str, bytes]) -> list[str]:
     """The scopes whose figures the console shows: the platform and every region the worker
     keeps running figures for."""
-    return [PLATFORM, *sorted(s for s in current if s.startswith(REGION_PREFIX))]
+    return [PLATFORM, *sorted(s for s in current if s != PLATFORM and charted(s))]
 
 
 class SolvencyLayout(Protocol):
