@@ -7,7 +7,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from rebate_guard.contract.records import SOLVENT, PlatformAlert, SolvencyReading
+from rebate_guard.contract.records import (
+    MERCHANT_SETTLEMENT,
+    POINTS_GRANT,
+    SOLVENT,
+    PlatformAlert,
+    PlatformEvent,
+    SolvencyReading,
+)
 from rebate_guard.core.policy import SolvencyTerms
 from rebate_guard.core.solvency import Movement, SolvencyMonitor, alert_of, level_of
 from streams.store import DecisionStore
@@ -67,6 +74,20 @@ def growth_stall(
     if close_last:
         outputs += monitor.advance(T0 + periods * PERIOD_MS)
     return outputs, monitor.current()
+
+
+def stall_events(region: str, *, hours: int = 14) -> list[PlatformEvent]:
+    """Platform events of a growth stall, one merchant in `region`: it pays in for three
+    hours, then stops, while points keep being granted every hour (event time from `T0`)."""
+    merchant = {"merchant_id": "m-1", "region": region}
+    events = []
+    for hour in range(hours):
+        at = T0 + hour * PERIOD_MS
+        if hour < 3:
+            events.append(PlatformEvent(f"s-{hour}", at, MERCHANT_SETTLEMENT, 150_000, **merchant))
+        grant = PlatformEvent(f"g-{hour}", at + 1, POINTS_GRANT, 200_000, f"u-{hour}", **merchant)
+        events.append(grant)
+    return events
 
 
 def alert_for(now: SolvencyReading, previous_level: str, *, message: str = "") -> PlatformAlert:

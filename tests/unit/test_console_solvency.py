@@ -14,12 +14,9 @@ from markupsafe import escape
 
 from rebate_guard.contract.records import (
     CRITICAL,
-    MERCHANT_SETTLEMENT,
-    POINTS_GRANT,
     SOLVENT,
     WARNING,
     PlatformAlert,
-    PlatformEvent,
     SolvencyReading,
 )
 from rebate_guard.core.policy import Policy
@@ -31,13 +28,13 @@ from tests.console_world import Feed, Session, console_settings
 from tests.solvency_world import (
     CRITICAL_LINE,
     PERIOD_MS,
-    T0,
     WARNING_LINE,
     alert_for,
     growth_stall,
     outputs_of,
     publish,
     reading,
+    stall_events,
 )
 from tests.web import served
 
@@ -319,14 +316,7 @@ def test_a_growth_stall_fed_to_the_served_worker_shows_on_its_page(tmp_path: Pat
     """Platform events through the worker's own processor, solvency shard, publisher and
     store (broker-free): the page shows what the worker wrote, as it does over Redis."""
     region = "<script>alert(1)</script>"
-    merchant = {"merchant_id": "m-1", "region": region}
-    events = []
-    for hour in range(14):
-        at = T0 + hour * PERIOD_MS
-        if hour < 3:  # then the merchants stop paying in: a growth stall
-            events.append(PlatformEvent(f"s-{hour}", at, MERCHANT_SETTLEMENT, 150_000, **merchant))
-        grant = PlatformEvent(f"g-{hour}", at + 1, POINTS_GRANT, 200_000, f"u-{hour}", **merchant)
-        events.append(grant)
+    events = stall_events(region)
     with served(console_settings(tmp_path)) as server:
         runtime = server.worker.runtime
         assert isinstance(runtime.console, MemoryConsoleStore)
