@@ -172,12 +172,6 @@ class RedisDecisionStore:
         self._adjust = self.client.register_script(_PUT_ADJUSTMENTS)
         self._solvency = self.client.register_script(_PUT_SOLVENCY)
         self._alerts = self.client.register_script(_PUT_ALERTS)
-        # What the console reads (streams/console/store/solvency.py).
-        app = settings.app_id
-        self.solvency_keys = (f"{app}:solvency:latest", f"{app}:solvency:current")
-        self.series_key = f"{app}:solvency:series:"
-        self.alerts_key = f"{app}:alerts"
-        self.alert_key = f"{app}:alert:"
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -245,10 +239,10 @@ class RedisDecisionStore:
     ) -> None:
         if not readings and not current:
             return
-        keys = [*self.solvency_keys]
+        keys = [self.keys.solvency_latest, self.keys.solvency_current]
         args: list[Any] = [SOLVENCY_SERIES_KEEP, len(readings)]
         for scope, period_end, value in readings:
-            keys.append(self.series_key + scope if charted(scope) else "")
+            keys.append(self.keys.solvency_series(scope) if charted(scope) else "")
             args += [scope, period_end, value]
         for scope, value in current.items():
             args += [scope, value]
@@ -257,7 +251,7 @@ class RedisDecisionStore:
     async def put_alerts(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
         if not items:
             return []
-        keys = [self.alerts_key] + [self.alert_key + alert_id for alert_id, _ in items]
+        keys = [self.keys.alerts] + [self.keys.alert(alert_id) for alert_id, _ in items]
         args: list[Any] = [self.ttl, ALERTS_KEEP] + [value for _, value in items]
         return [
             None if v is None else as_bytes(v) for v in await self._alerts(keys=keys, args=args)

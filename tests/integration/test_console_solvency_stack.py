@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from rebate_guard.contract.records import CRITICAL, PLATFORM_EVENTS, PlatformAlert
+from rebate_guard.keys import Keys
 from rebate_guard.settings import Settings
 from rebate_guard.tools.producer import produce_events
 from rebate_guard.tools.topics import ensure_topics
-from streams.console.store import SolvencyKeys
 from tests.console_world import Session, write_users
 from tests.integration.helpers import running_worker, wait_for
 from tests.solvency_world import PERIOD_MS, stall_events
@@ -41,7 +41,7 @@ def test_a_growth_stall_on_the_stack_shows_on_the_solvency_page(
         (PLATFORM_EVENTS, e.user_id or e.merchant_id or e.event_id, e.asdict()) for e in events
     ]
     asyncio.run(produce_events(settings, keyed))
-    keys = SolvencyKeys(settings.app_id)
+    keys = Keys(settings.app_id)
     hours = len({e.ts // PERIOD_MS for e in events})
     client = redis.Redis.from_url(settings.redis_url)
     try:
@@ -51,7 +51,7 @@ def test_a_growth_stall_on_the_stack_shows_on_the_solvency_page(
             def closed_and_alerted() -> bool:
                 alerts = [PlatformAlert.loads(a) for a in client.lrange(keys.alerts, 0, -1)]
                 critical = any(a.scope == "platform" and a.level == CRITICAL for a in alerts)
-                return critical and client.llen(keys.series("platform")) >= hours - 1
+                return critical and client.llen(keys.solvency_series("platform")) >= hours - 1
 
             wait_for(closed_and_alerted, timeout=SLOW, what="the stall's books", worker=worker)
             served = worker.settings  # the worker's own port

@@ -174,20 +174,21 @@ async def _books(store: Any) -> dict[str, Any]:
             "alerts": store.alerts,
         }
     client = store.client
-    base = store.solvency_keys[0].removesuffix("latest")
+    keys = store.keys
+    base = keys.solvency_series("")
     series = {}
-    async for key in client.scan_iter(f"{base}series:*"):
+    async for key in client.scan_iter(f"{base}*"):
         name = key.decode() if isinstance(key, bytes) else key
-        series[name.removeprefix(f"{base}series:")] = await client.lrange(key, 0, -1)
+        series[name.removeprefix(base)] = await client.lrange(key, 0, -1)
     latest, current = [
         {k.decode(): v for k, v in (await client.hgetall(key)).items()}
-        for key in store.solvency_keys
+        for key in (keys.solvency_latest, keys.solvency_current)
     ]
     return {
         "latest": latest,
         "current": current,
         "series": series,
-        "alerts": await client.lrange(store.alerts_key, 0, -1),
+        "alerts": await client.lrange(keys.alerts, 0, -1),
     }
 
 

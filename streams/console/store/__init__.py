@@ -41,7 +41,6 @@ from streams.console.store.redis_store import ConsoleKeys, RedisConsoleStore
 from streams.console.store.solvency import (
     ServedSolvency,
     SolvencyBooks,
-    SolvencyKeys,
     SolvencyLayout,
 )
 
@@ -60,7 +59,6 @@ __all__ = [
     "RedisConsoleStore",
     "ServedSolvency",
     "SolvencyBooks",
-    "SolvencyKeys",
     "SolvencyLayout",
     "held_cents",
     "resolved_holds",

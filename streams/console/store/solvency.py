@@ -22,18 +22,6 @@ from rebate_guard.core.solvency import PLATFORM
 from streams.store.protocol import charted
 
 
-class SolvencyKeys:
-    def __init__(self, app_id: str) -> None:
-        base = f"{app_id}:solvency:"
-        self.current = f"{base}current"
-        self.latest = f"{base}latest"
-        self.alerts = f"{app_id}:alerts"
-        self._series = f"{base}series:"
-
-    def series(self, scope: str) -> str:
-        return f"{self._series}{scope}"
-
-
 @dataclass(frozen=True)
 class SolvencyBooks:
     """The platform's and regions' readings as stored, and the newest alerts."""
