@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "replay":
             cmd.add_argument(
+                "--platform-events",
+                type=Path,
+                help="the platform's money and points events (platform_events.*): decides the "
+                "points requests and writes the solvency monitor's solvency.parquet and "
+                "platform_alerts.parquet (docs/economics.md)",
+            )
+            cmd.add_argument(
                 "--policy",
                 type=Path,
                 help="rebate policy file (TOML or JSON; default: RG_POLICY_FILE or the "
@@ -272,7 +279,13 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             decider=Decider(model=settings.risk_model(), policy=policy),
             graph=GraphLayer(),
         )
-        summary = replay(**inputs, out_dir=args.out, progress=progress, scorer=scorer)
+        summary = replay(
+            **inputs,
+            out_dir=args.out,
+            progress=progress,
+            scorer=scorer,
+            platform_events=args.platform_events,
+        )
     rows = "feature rows" if args.command == "features" else "decisions"
     print(
         f"{summary.events:,} events in {summary.seconds:.1f}s ({summary.events_per_s:,.0f}/s): "

@@ -24,12 +24,15 @@ from graph.layer import GraphLayer, RingEvent, merchant_ring_counts
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     BLOCK,
+    CLAWBACK,
     FRAUD,
     HOLD,
     PAYMENT,
+    RELEASE,
     SCALE,
     Decision,
     Label,
+    PlatformEvent,
     RebateAdjustment,
     Signup,
     Transaction,
@@ -39,6 +42,7 @@ from rebate_guard.contract.records import (
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.core.budget import Cut, FrictionBudget
 from rebate_guard.core.ledger import Ledger
+from rebate_guard.core.points import PointsBooks
 from rebate_guard.core.policy import (
     FAILED_CLOSED,
     FIXED,
@@ -49,6 +53,7 @@ from rebate_guard.core.policy import (
     trust_weight,
 )
 from rebate_guard.core.remembered import RememberedVectors
+from rebate_guard.core.solvency import Movement, Output, SolvencyMonitor, platform_movement
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +291,11 @@ class Decider:
     user_labels: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
     #: What the last `decide` fed the policy (`policy_inputs`); None before the first.
     last_inputs: PolicyInputs | None = None
+    #: The points books of the users decided here (docs/economics.md, "Points policy").
+    points: PointsBooks = field(default_factory=PointsBooks)
+    #: What the decisions, adjustments and platform events moved in the platform's books,
+    #: not yet taken by the caller (`take_movements`).
+    movements: list[Movement] = field(default_factory=list)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restores a checkpoint; one written before the friction budget existed starts
@@ -295,6 +305,9 @@ class Decider:
             self.budget = FrictionBudget()
         if "user_labels" not in state:
             self.user_labels = OrderedDict()
+        if "points" not in state:  # before issue #21: the books start empty
+            self.points = PointsBooks()
+            self.movements = []
         if not isinstance(self.granted, OrderedDict):  # a checkpoint from before it was
             self.granted = OrderedDict(self.granted)
         if not isinstance(self.remembered, RememberedVectors):  # vectors kept as dicts
@@ -304,6 +317,37 @@ class Decider:
     def take_adjustments(self) -> list[RebateAdjustment]:
         out, self.adjustments = self.adjustments, []
         return out
+
+    def take_movements(self) -> list[Movement]:
+        """What the decisions, adjustments and platform events since the last take moved in
+        the platform's books, in the order they were made (`rebate_guard.core.solvency`)."""
+        out, self.movements = self.movements, []
+        return out
+
+    def platform_event(self, event: PlatformEvent, *, decided_at: int) -> Decision | None:
+        """A platform event (docs/economics.md): the users' points books follow it, and a
+        points request (redeem, transfer, withdraw) is decided by the points policy (a
+        decision keyed by its event_id; None for the facts). Holds past their timeout are
+        resolved first, as on any event that reaches the ledger."""
+        self._adjusted(self.ledger.due(event.ts, self.policy.ledger, decided_at=decided_at))
+        decision, points_moved = self.points.take(event, self.policy, decided_at=decided_at)
+        movement = platform_movement(event, points_moved=points_moved)
+        if movement is not None:
+            self.movements.append(movement)
+        return decision
+
+    def _adjusted(self, adjustments: list[RebateAdjustment]) -> None:
+        """The ledger's adjustments: for the caller, in the users' points (a release adds
+        to what they earned, a clawback takes it back), and in the movements."""
+        if not adjustments:
+            return
+        self.adjustments += adjustments
+        for adjustment in adjustments:
+            if adjustment.kind == RELEASE:
+                self.points.earn(adjustment.user_id, adjustment.cents)
+            elif adjustment.kind == CLAWBACK:
+                self.points.earn(adjustment.user_id, -adjustment.cents)
+        self.movements += self.ledger.take_movements()
 
     @property
     def model_version(self) -> str:
@@ -339,8 +383,8 @@ class Decider:
         label's payments count as labelled fraud in the friction budget (from the next
         epoch on)."""
         terms = self.policy.ledger
-        self.adjustments += self.ledger.due(event.ts, terms, decided_at=decided_at)
-        self.adjustments += self.ledger.label(event, terms, decided_at=decided_at)
+        self._adjusted(self.ledger.due(event.ts, terms, decided_at=decided_at))
+        self._adjusted(self.ledger.label(event, terms, decided_at=decided_at))
         if self.policy.budget is not None:
             self.budget.advance(event.ts, self.policy.budget)
         self._count_label(event)
@@ -384,7 +428,7 @@ class Decider:
         the user or merchant is in (`graph.layer`), if known. `graph_down`: the ring
         scores could not be had (the graph shard is not running): fail closed."""
         terms = self.policy.ledger
-        self.adjustments += self.ledger.due(tx.ts, terms, decided_at=decided_at)
+        self._adjusted(self.ledger.due(tx.ts, terms, decided_at=decided_at))
         self._forget_old_payments(tx.ts)
         if self.policy.budget is not None:
             self.budget.advance(tx.ts, self.policy.budget)
@@ -410,9 +454,10 @@ class Decider:
             self.ledger.record(stands, terms)
             if stands.rebate_granted_cents:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
+                self._granted_points(stands)
             self._budgeted(tx, stands, inputs["calibrated_risk"])
         else:
-            self.adjustments += self.ledger.refund(tx, terms, decided_at=decided_at)
+            self._adjusted(self.ledger.refund(tx, terms, decided_at=decided_at))
         self.last_inputs = inputs
         return decision, x
 
@@ -516,6 +561,14 @@ class Decider:
         )
         return decision, x, assessment, inputs
 
+    def _granted_points(self, stands: Decision) -> None:
+        """A rebate granted now: the user's points, and the platform's liability."""
+        granted = stands.rebate_granted_cents
+        self.points.earn(stands.user_id, granted)
+        self.movements.append(
+            Movement(stands.tx_id, stands.ts, stands.merchant_id, None, liability_cents=granted)
+        )
+
     def _budgeted(self, tx: Transaction, stands: Decision, calibrated_risk: float) -> None:
         """Budget mode: a payment the thresholds or the cut decided joins the histograms
         (lists, campaigns and fail-closed decisions are outside the budget), its money
@@ -604,19 +657,27 @@ class Scorer:
     ring_events: list[RingEvent] = field(default_factory=list)
     #: The ledger's adjustments, in order, for the caller to take.
     adjustments: list[RebateAdjustment] = field(default_factory=list)
+    #: The solvency monitor, when this scorer runs it: it takes the decider's movements in
+    #: the order they are made, and its readings and alerts collect in `solvency_outputs`.
+    solvency: SolvencyMonitor | None = None
+    solvency_outputs: list[Output] = field(default_factory=list)
 
     def apply(self, event: Event, decided_at: int) -> Decision | None:
+        decision = None
         if isinstance(event, Transaction):
             return self.decide(event, decided_at)[0]
         if isinstance(event, Signup):
             self.features.signup(event)
             if self.graph is not None:
                 self.ring_events += self.graph.signup(event)
+        elif isinstance(event, PlatformEvent):
+            decision = self.decider.platform_event(event, decided_at=decided_at)
+            self._taken()
         else:
             self.features.label(event)
             self.decider.label(event, decided_at)
-            self.adjustments += self.decider.take_adjustments()
-        return None
+            self._taken()
+        return decision
 
     def decide(self, tx: Transaction, decided_at: int) -> tuple[Decision, Features]:
         """The decision on `tx` and the feature vector it was made from. With a graph
@@ -632,5 +693,15 @@ class Scorer:
             ring = graph.ring_score(tx.user_id, tx.merchant_id if regular else None)
             out = decider.decide(tx, vector, decided_at=decided_at, ring=ring)
             self.ring_events += graph.transaction(tx)
-        self.adjustments += decider.take_adjustments()
+        self._taken()
         return out
+
+    def _taken(self) -> None:
+        """Takes the decider's adjustments, and its movements into the solvency monitor
+        (dropped without one: nothing to read them)."""
+        decider = self.decider
+        self.adjustments += decider.take_adjustments()
+        movements = decider.take_movements()
+        if self.solvency is not None:
+            for movement in movements:
+                self.solvency_outputs += self.solvency.apply(movement)

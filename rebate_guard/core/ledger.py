@@ -42,6 +42,7 @@ from rebate_guard.contract.records import (
     build,
 )
 from rebate_guard.core.policy import LedgerTerms
+from rebate_guard.core.solvency import Movement
 
 HOLD_SLOT, CLAWBACK_SLOT = "hold", "clawback"
 #: A rebate's balances: (requested, granted, held, voided), granted + held + voided = requested.
@@ -66,6 +67,7 @@ class Entry:
         "granted",
         "held",
         "hold_until",
+        "merchant_id",
         "policy_version",
         "requested",
         "ts",
@@ -75,6 +77,7 @@ class Entry:
 
     def __init__(self, decision: Decision, hold_until: int | None) -> None:
         self.user_id = decision.user_id
+        self.merchant_id: str | None = decision.merchant_id
         self.ts = decision.ts
         self.requested, self.granted, self.held, self.voided = opening_balances(decision)
         self.hold_until = hold_until
@@ -84,8 +87,15 @@ class Entry:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
+        names: tuple[str, ...] = self.__slots__
+        if len(state) == len(_SLOTS_BEFORE_MERCHANT):  # a checkpoint from before issue #21
+            names = _SLOTS_BEFORE_MERCHANT
+            self.merchant_id = None  # its movements count in the platform's books alone
+        for name, value in zip(names, state, strict=True):
             setattr(self, name, value)
+
+
+_SLOTS_BEFORE_MERCHANT = tuple(name for name in Entry.__slots__ if name != "merchant_id")
 
 
 @dataclass
@@ -96,6 +106,18 @@ class Ledger:
     by_user: dict[str, list[str]] = field(default_factory=dict)
     #: (hold_until, tx_id) of open holds, soonest first.
     holds: list[tuple[int, str]] = field(default_factory=list)
+    #: What the adjustments made and not yet taken moved in the platform's books
+    #: (`take_movements`): a release adds to the liability, a clawback takes from it.
+    movements: list[Movement] = field(default_factory=list)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if "movements" not in state:  # a checkpoint from before issue #21
+            self.movements = []
+
+    def take_movements(self) -> list[Movement]:
+        out, self.movements = self.movements, []
+        return out
 
     def record(self, decision: Decision, terms: LedgerTerms) -> None:
         """A payment's decision (the standing one, after a restart)."""
@@ -175,6 +197,7 @@ class Ledger:
         entry.held = 0
         if kind == RELEASE:
             entry.granted += cents
+            self._moved(f"{tx_id}:{HOLD_SLOT}", entry, ts, cents)
         else:
             entry.voided += cents
         return _adjustment(tx_id, HOLD_SLOT, entry, kind, cents, ts, cause, decided_at)
@@ -185,7 +208,14 @@ class Ledger:
         cents = entry.granted
         entry.granted = 0
         entry.voided += cents
+        self._moved(f"{tx_id}:{CLAWBACK_SLOT}", entry, ts, -cents)
         return _adjustment(tx_id, CLAWBACK_SLOT, entry, CLAWBACK, cents, ts, cause, decided_at)
+
+    def _moved(self, adjustment_id: str, entry: Entry, ts: int, liability: int) -> None:
+        if liability:
+            self.movements.append(
+                Movement(adjustment_id, ts, entry.merchant_id, None, liability_cents=liability)
+            )
 
     def _settle(self, before: int) -> None:
         """Forget entries paid before `before` with nothing left open (decision order is

@@ -32,6 +32,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -317,6 +318,70 @@ class Limits:
             )
 
 
+def _exact(value: float) -> Fraction:
+    """A policy number as the exact decimal it was written as (3.5 -> 7/2, 0.1 -> 1/10)."""
+    return Fraction(str(value))
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class SolvencyTerms:
+    """The solvency monitor's period and lines (`[solvency]`, docs/economics.md): the
+    risk team's settings, like the thresholds; not fitted to any world."""
+
+    #: The period of event time each reading closes (aligned to the epoch).
+    period_minutes: float = 60.0
+    #: Liability : distributable at or past which a scope is `warning` (the survivor's 3:1)...
+    warning_ratio: float = 3.0
+    #: ...and `critical` (the industry's warning line, 5:1).
+    critical_ratio: float = 5.0
+
+    def check(self) -> None:
+        for name in ("period_minutes", "warning_ratio", "critical_ratio"):
+            value = getattr(self, name)
+            if not _positive_number(value):
+                raise PolicyError(f"solvency.{name}: expected a positive number, got {value!r}")
+        if self.period_ms <= 0:
+            raise PolicyError(f"solvency.period_minutes: too short, got {self.period_minutes}")
+        if not self.critical_ratio > self.warning_ratio:
+            raise PolicyError(
+                "solvency: critical_ratio must be above warning_ratio, got "
+                f"warning_ratio={self.warning_ratio}, critical_ratio={self.critical_ratio}"
+            )
+
+    @property
+    def period_ms(self) -> int:
+        return round(self.period_minutes * MINUTE_MS)
+
+    @property
+    def warning_line(self) -> Fraction:
+        return _exact(self.warning_ratio)
+
+    @property
+    def critical_line(self) -> Fraction:
+        return _exact(self.critical_ratio)
+
+
+@dataclass(frozen=True)
+class PointsTerms:
+    """The points policy (`[points]`, docs/economics.md): of what a user earns, only this
+    share becomes redeemable (the seeds' "40% of new performance as vouchers")."""
+
+    redeemable_share: float = 0.4
+
+    def check(self) -> None:
+        share = self.redeemable_share
+        if not _positive_number(share) or share > 1:
+            raise PolicyError(f"points.redeemable_share: expected a share in (0, 1], got {share!r}")
+
+    @property
+    def share(self) -> Fraction:
+        return _exact(self.redeemable_share)
+
+
 @dataclass(frozen=True)
 class Budget:
     """The friction budget (`[budget]`): the cut below which rebates are withheld follows
@@ -402,6 +467,10 @@ class Policy:
         The friction budget; None: the fixed thresholds decide.
     suppressions : mapping of str to Suppression
         user_id -> a reviewer's false-positive ruling.
+    solvency : SolvencyTerms
+        The solvency monitor's period and lines.
+    points : PointsTerms
+        The points policy (the redeemable share).
 
     Raises
     ------
@@ -447,6 +516,16 @@ class Policy:
     budget: Budget | None = None
     #: user_id -> a false-positive suppression (the console's review queue adds them).
     suppressions: Mapping[str, Suppression] = field(default_factory=dict)
+    solvency: SolvencyTerms = field(default_factory=SolvencyTerms)
+    points: PointsTerms = field(default_factory=PointsTerms)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (checkpoints): a policy pickled before a section existed takes the
+        section's defaults."""
+        for name, default in (("solvency", SolvencyTerms), ("points", PointsTerms)):
+            if name not in state:
+                state = {**state, name: default()}
+        self.__dict__.update(state)
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or not self.version.strip():
@@ -458,6 +537,8 @@ class Policy:
             campaign.thresholds.check(f"campaigns[{i}] ({campaign.name})")
         self.ledger.check()
         self.limits.check()
+        self.solvency.check()
+        self.points.check()
         if self.budget is not None:
             self.budget.check()
 
@@ -643,6 +724,8 @@ class Policy:
                 "limits",
                 "budget",
                 "suppressions",
+                "solvency",
+                "points",
             ),
         )
         if "version" not in doc:
@@ -668,6 +751,8 @@ class Policy:
             limits=_section(doc.get("limits", {}), "limits", Limits),
             budget=_budget(doc["budget"]) if "budget" in doc else None,
             suppressions=_suppressions(doc.get("suppressions", [])),
+            solvency=_section(doc.get("solvency", {}), "solvency", SolvencyTerms),
+            points=_section(doc.get("points", {}), "points", PointsTerms),
         )
 
     @classmethod
@@ -781,6 +866,8 @@ class Policy:
             "lists": {f.name: sorted(getattr(self.lists, f.name)) for f in fields(Lists)},
             "ledger": asdict(self.ledger),
             "limits": {k: v for k, v in asdict(self.limits).items() if v is not None},
+            "solvency": asdict(self.solvency),
+            "points": asdict(self.points),
             **({"budget": _budget_document(self.budget)} if self.budget is not None else {}),
             **(
                 {"suppressions": [asdict(x) for _, x in sorted(self.suppressions.items())]}
@@ -935,11 +1022,12 @@ def default_policy() -> Policy:
     return Policy.load(DEFAULT_POLICY)
 
 
-Section = TypeVar("Section", Limits, LedgerTerms)
+Section = TypeVar("Section", Limits, LedgerTerms, SolvencyTerms, PointsTerms)
 
 
 def _section(value: Any, where: str, cls: type[Section]) -> Section:
-    """A table of plain keys (`[limits]`, `[ledger]`) as its dataclass, checked."""
+    """A table of plain keys (`[limits]`, `[ledger]`, `[solvency]`, `[points]`) as its
+    dataclass, checked."""
     table = _table(value, where)
     names = tuple(f.name for f in fields(cls))
     _known(table, where, names)

@@ -35,6 +35,7 @@ from typing import Any
 import polars as pl
 
 from rebate_guard.contract.time import DAY_MS
+from rebate_guard.core.points import POINTS_THRESHOLDS
 
 WITHHELD = ("hold", "block")
 #: The legitimate friction at which `capture_at_friction` is reported by `evaluate`.
@@ -240,6 +241,14 @@ def evaluate(
     return result
 
 
+def payment_decisions(decided: pl.DataFrame) -> pl.DataFrame:
+    """The decisions on payments: the points requests' (keyed by their event_id, decided by
+    the points policy: docs/economics.md) are not transactions, and are left out."""
+    if "threshold_version" not in decided.columns:  # decisions from before it was recorded
+        return decided
+    return decided.filter(pl.col("threshold_version") != POINTS_THRESHOLDS)
+
+
 def evaluation_frame(
     decisions: Path, labels: Path | None = None, truth: Path | None = None
 ) -> tuple[str, pl.DataFrame]:
@@ -248,7 +257,7 @@ def evaluation_frame(
     label; unlabelled transactions left out)."""
     if (labels is None) == (truth is None):
         raise ValueError("give exactly one of --labels or --truth")
-    decided = pl.read_parquet(decisions)
+    decided = payment_decisions(pl.read_parquet(decisions))
     decided = decided.select(
         "tx_id",
         "ts",

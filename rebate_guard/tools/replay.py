@@ -28,16 +28,21 @@ from graph.layer import GraphLayer, RingEvent
 from rebate_guard.contract.order import EVENT_KINDS, KIND_RANK, Event
 from rebate_guard.contract.records import (
     LABELS,
+    PLATFORM_EVENTS,
     SIGNUPS,
     TRANSACTIONS,
     Decision,
+    PlatformAlert,
+    PlatformEvent,
     RebateAdjustment,
+    SolvencyReading,
     Transaction,
 )
 from rebate_guard.contract.validation import (
     InvalidEvent,
 )
 from rebate_guard.core.decider import ALL_FEATURE_NAMES, Scorer
+from rebate_guard.core.solvency import SolvencyMonitor
 from rebate_guard.tools.io import Schema, read_frame, record_schema, write_frame
 
 #: The output tables' columns, from the records they hold (`record_schema`).
@@ -48,10 +53,15 @@ ADJUSTMENT_SCHEMA = record_schema(RebateAdjustment)
 RING_JSON_FIELDS = ("evidence",)
 RING_SCHEMA = record_schema(RingEvent, json_fields=RING_JSON_FIELDS)
 DEAD_LETTER_SCHEMA: Schema = {"file": pl.String, "row": pl.Int64, "reason": pl.String}
+#: The solvency monitor's readings and alerts (with platform events: issue #21).
+SOLVENCY_SCHEMA = record_schema(SolvencyReading)
+ALERT_SCHEMA = record_schema(PlatformAlert)
 #: The cyclic GC's thresholds during replay's loop (Python's: 700, 10, 10): the scoring
 #: state is millions of long-lived containers, and at the default a collection ran every few
 #: events (~10% of replay's CPU on the 20k check world; benchmarks/README.md).
 REPLAY_GC_THRESHOLDS = (50_000, 20, 10)
+#: Past any event time: what closes the solvency monitor's last period at the end of replay.
+END_OF_TIME = 2**62
 #: Merged positions whose rows become Python values at a time: the files stay in Polars
 #: columns, so replay's memory for its inputs does not grow with them.
 ROWS_PER_BATCH = 65_536
@@ -128,6 +138,8 @@ class EventFiles:
     signups: Path | None = None
     labels: Path | None = None
     progress: TextIO | None = sys.stderr
+    #: The platform's events (issue #21), when given.
+    platform_events: Path | None = None
     events: int = 0
     duplicates: int = 0
     dead: dict[str, list[Any]] = field(
@@ -135,7 +147,12 @@ class EventFiles:
     )
 
     def __iter__(self) -> Iterator[Event]:
-        paths = {SIGNUPS: self.signups, TRANSACTIONS: self.transactions, LABELS: self.labels}
+        paths = {
+            SIGNUPS: self.signups,
+            TRANSACTIONS: self.transactions,
+            LABELS: self.labels,
+            PLATFORM_EVENTS: self.platform_events,
+        }
         frames: list[pl.DataFrame] = []
         orders: list[pl.DataFrame] = []
         # `order_key`'s order by columns: ts, the kind's rank, its id, then the input row.
@@ -156,12 +173,14 @@ class EventFiles:
                 self._dead(path, row, "missing or unreadable 'ts'")
             orders.append(order.filter(pl.col("ts").is_not_null()))
         merged = pl.concat(orders).sort(["ts", "rank", "id", "row"], maintain_order=True)
-        # Only a tx_id that occurs more than once can be a duplicate: `seen` holds those alone.
-        repeated = set(_repeated_ids(orders[KIND_RANK[Transaction]]))
+        # Only an id that occurs more than once can be a duplicate: `seen` holds those alone
+        # (a transaction's tx_id, a platform event's event_id: the first stands).
+        keyed = (Transaction, PlatformEvent)
+        repeated = {kind: set(_repeated_ids(orders[KIND_RANK[kind]])) for kind in keyed}
         merged = merged.select("rank", "row")
         del orders
         self.events = merged.height
-        seen: set[str] = set()
+        seen: dict[type, set[str]] = {kind: set() for kind in keyed}
         bar = Progress(merged.height, self.progress)
         done = 0
         for batch in merged.iter_slices(ROWS_PER_BATCH):
@@ -178,11 +197,14 @@ class EventFiles:
                 except InvalidEvent as exc:
                     self._dead(paths[kind.name], row, str(exc))
                     continue
-                if isinstance(event, Transaction) and event.tx_id in repeated:
-                    if event.tx_id in seen:
+                if (
+                    isinstance(event, keyed)
+                    and (key := _idempotency_key(event)) in repeated[type(event)]
+                ):
+                    if key in seen[type(event)]:
                         self.duplicates += 1
                         continue
-                    seen.add(event.tx_id)
+                    seen[type(event)].add(key)
                 yield event
         bar.update(merged.height, force=True)
 
@@ -306,6 +328,8 @@ class ReplayOutputs:
     rings: ChunkedRows = field(
         default_factory=lambda: ChunkedRows(RING_SCHEMA, json_fields=RING_JSON_FIELDS)
     )
+    solvency: ChunkedRows = field(default_factory=lambda: ChunkedRows(SOLVENCY_SCHEMA))
+    alerts: ChunkedRows = field(default_factory=lambda: ChunkedRows(ALERT_SCHEMA))
 
     @classmethod
     def spilling_to(cls, directory: Path) -> ReplayOutputs:
@@ -321,21 +345,28 @@ class ReplayOutputs:
             table("decisions", DECISION_SCHEMA),
             table("adjustments", ADJUSTMENT_SCHEMA),
             table("rings", RING_SCHEMA, RING_JSON_FIELDS),
+            table("solvency", SOLVENCY_SCHEMA),
+            table("alerts", ALERT_SCHEMA),
         )
 
     def collect(self, decision: Decision | None, scorer: Scorer) -> None:
         """After an event: its decision, and what the scorer made with it."""
         if decision is not None:
             self.decisions.append_record(decision)
-        if scorer.adjustments or scorer.ring_events:
+        if scorer.adjustments or scorer.ring_events or scorer.solvency_outputs:
             self.take(scorer)
 
     def take(self, scorer: Scorer) -> None:
-        """Move the adjustments and ring events the scorer made since the last take."""
+        """Move the adjustments, ring events and solvency readings and alerts the scorer
+        made since the last take."""
         if scorer.adjustments:
             self.adjustments.take(scorer.adjustments)
         if scorer.ring_events:
             self.rings.take(scorer.ring_events)
+        for output in scorer.solvency_outputs:
+            table = self.solvency if isinstance(output, SolvencyReading) else self.alerts
+            table.append_record(output)
+        scorer.solvency_outputs.clear()
 
 
 @contextmanager
@@ -362,6 +393,10 @@ def _records(frame: pl.DataFrame, batch: pl.DataFrame, rank: int) -> Iterator[di
     return (dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True))
 
 
+def _idempotency_key(event: Transaction | PlatformEvent) -> str:
+    return event.tx_id if isinstance(event, Transaction) else event.event_id
+
+
 def _repeated_ids(order: pl.DataFrame) -> list[str]:
     """The ids that more than one row of `order` (one kind's merge columns) carries."""
     counts = order.group_by("id").len()
@@ -375,10 +410,17 @@ def replay(
     labels: Path | None = None,
     scorer: Scorer | None = None,
     progress: TextIO | None = sys.stderr,
+    platform_events: Path | None = None,
 ) -> ReplaySummary:
+    """Replays the contract files into `out_dir`: decisions (the points requests' among
+    them), adjustments, rings, dead letters, the friction budget; with `platform_events`,
+    the solvency monitor's readings and alerts too (`solvency.parquet`,
+    `platform_alerts.parquet`), its last period closed at the end of the input."""
     started = time.perf_counter()
     scorer = scorer or Scorer(graph=GraphLayer())
-    files = EventFiles(transactions, signups, labels, progress)
+    if platform_events is not None and scorer.solvency is None:
+        scorer.solvency = SolvencyMonitor(scorer.decider.policy.solvency)
+    files = EventFiles(transactions, signups, labels, progress, platform_events)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "decisions": out_dir / "decisions.parquet",
@@ -395,15 +437,24 @@ def replay(
                 out.collect(decision, scorer)
         if scorer.graph is not None and last_ts is not None:  # changed since the last scan
             scorer.ring_events += scorer.graph.scan(last_ts)
+        if scorer.solvency is not None:  # the last period: closed, as the input ends
+            scorer.solvency_outputs += scorer.solvency.advance(END_OF_TIME)
         out.take(scorer)
         out.decisions.write_parquet(outputs["decisions"])
         out.adjustments.write_parquet(outputs["adjustments"])
         if scorer.graph is not None:
             outputs["rings"] = out_dir / "rings.parquet"
             out.rings.write_parquet(outputs["rings"])
+        if scorer.solvency is not None:
+            outputs["solvency"] = out_dir / "solvency.parquet"
+            out.solvency.write_parquet(outputs["solvency"])
+            outputs["platform_alerts"] = out_dir / "platform_alerts.parquet"
+            out.alerts.write_parquet(outputs["platform_alerts"])
     files.write_dead_letters(out_dir, outputs)
     outputs["inputs"] = out_dir / "inputs.json"  # where the events came from (`report`)
     inputs = {"transactions": transactions, "signups": signups, "labels": labels}
+    if platform_events is not None:
+        inputs["platform_events"] = platform_events
     named = {name: None if path is None else str(path.resolve()) for name, path in inputs.items()}
     outputs["inputs"].write_text(json.dumps(named, indent=2) + "\n")
     budget = scorer.decider.budget_report()

@@ -37,6 +37,7 @@ from rebate_guard.tools.evaluate import (
     evaluation_frame,
     friction_curve,
     money_withheld,
+    payment_decisions,
 )
 from rebate_guard.tools.io import read_frame
 from rebate_guard.tools.simulator import ABUSE_SCENARIOS
@@ -639,7 +640,7 @@ def headline(evaluation: Evaluation) -> dict[str, Any]:
 
 def build(sources: Sources, top_n: int = 10) -> dict[str, Any]:
     """Everything the template shows: tables as escaped text, charts and graphs as data."""
-    decisions = pl.read_parquet(sources.decisions)
+    decisions = payment_decisions(pl.read_parquet(sources.decisions))
     judged = judge(sources, decisions.height)
     evaluation, truth = judged.evaluation, judged.truth
     context = header(sources, decisions)

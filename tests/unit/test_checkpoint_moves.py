@@ -43,7 +43,7 @@ from rebate_guard.contract.time import DAY_MS
 from rebate_guard.core.budget import FrictionBudget, Mark
 from rebate_guard.core.decider import Decider
 from rebate_guard.core.ledger import Entry, Ledger
-from rebate_guard.core.policy import LedgerTerms, Policy
+from rebate_guard.core.policy import LedgerTerms, PointsTerms, Policy, SolvencyTerms
 from rebate_guard.core.remembered import RememberedVectors
 from streams.shards import (
     GRAPH_PARTITION,
@@ -86,10 +86,13 @@ def test_a_decider_checkpointed_before_the_move_still_loads(monkeypatch: MonkeyP
     assert list(decider.ledger.entries) == [f"t{i}" for i in range(10)]
     entry = decider.ledger.entries["t2"]
     assert isinstance(entry, Entry)
+    # Pickled before entries knew their merchant (issue #21): its movements are the
+    # platform's alone.
     assert entry.__getstate__() == (
         0,
         137,
         1767507550202,
+        None,
         "default-3",
         137,
         1767248350202,
@@ -109,6 +112,9 @@ def test_a_decider_checkpointed_before_the_move_still_loads(monkeypatch: MonkeyP
     assert {t: decider.remembered[t] for t in decider.remembered} == kept
     assert all(list(decider.remembered[t].x) == list(x) for t, (_, x, _) in kept.items())
     assert decider.remembered.of_user("u9231") == ("t2",)
+    # Its points books and movements start empty; its policy has the new sections' defaults.
+    assert decider.points.books == {} and decider.take_movements() == []
+    assert decider.policy.solvency == SolvencyTerms() and decider.policy.points == PointsTerms()
     # Pickled again, it names the new homes only.
     again = pickle.dumps(decider, protocol=pickle.HIGHEST_PROTOCOL)
     assert b"rebate_guard.core.decider" in again and b"rebate_guard.scoring" not in again

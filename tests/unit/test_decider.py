@@ -4,7 +4,12 @@ from collections import OrderedDict
 from detectors.risk import RiskModel
 from graph.layer import GraphLayer
 from rebate_guard.contract.order import order_key
-from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
+from rebate_guard.contract.validation import (
+    parse_label,
+    parse_platform_event,
+    parse_signup,
+    parse_transaction,
+)
 from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.policy import Policy
 from tests.factories import DAY, HOUR, T0, fixed_policy, label, signup, tx
@@ -71,8 +76,17 @@ def test_events_order_by_time_then_kind_then_id() -> None:
     # must agree with order_key.
     from rebate_guard.contract.order import EVENT_KINDS
 
-    by_kind = {"signups": s, "labels": lab, "transactions": t}
-    assert [order_key(by_kind[kind.name], 0)[1] for kind in EVENT_KINDS] == [0, 1, 2]
+    platform = parse_platform_event(
+        {"event_id": "e", "ts": T0, "kind": "pool_topup", "amount_cents": 100}
+    )
+    by_kind = {"signups": s, "labels": lab, "platform-events": platform, "transactions": t}
+    assert [order_key(by_kind[kind.name], 0)[1] for kind in EVENT_KINDS] == [0, 1, 2, 3]
+    # A platform event at t comes after a label at t and before a payment at t.
+    assert sorted([(t, 0), (platform, 1), (lab, 2)], key=lambda p: order_key(*p)) == [
+        (lab, 2),
+        (platform, 1),
+        (t, 0),
+    ]
     for kind in EVENT_KINDS:
         event = by_kind[kind.name]
         first = next(getattr(event, f) for f in kind.id_fields if getattr(event, f) is not None)

@@ -1,4 +1,6 @@
+import pickle
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,23 @@ def test_block_lists_win_over_allow_lists_and_the_weight() -> None:
             {"version": "v", "ledger": {"hold_timeout_hours": 800}},
             "hold_timeout_hours must not exceed clawback_within_days",
         ),
+        (
+            {"version": "v", "solvency": {"warning_ratio": 5, "critical_ratio": 5}},
+            "solvency: critical_ratio must be above warning_ratio",
+        ),
+        (
+            {"version": "v", "solvency": {"warning_ratio": -1}},
+            "solvency.warning_ratio: expected a positive number",
+        ),
+        ({"version": "v", "solvency": {"period": 60}}, "solvency: unknown key 'period'"),
+        (
+            {"version": "v", "points": {"redeemable_share": 1.5}},
+            r"points.redeemable_share: expected a share in \(0, 1\]",
+        ),
+        (
+            {"version": "v", "points": {"redeemable_share": 0}},
+            r"points.redeemable_share: expected a share in \(0, 1\]",
+        ),
     ],
 )
 def test_invalid_policies_are_rejected_naming_the_key(
@@ -199,6 +218,41 @@ def test_policy_files_load_as_toml_or_json_and_round_trip(tmp_path: Path) -> Non
     broken.write_text("version = \n")
     with pytest.raises(PolicyError, match=r"broken.toml: not valid TOML"):
         Policy.load(broken)
+
+
+def test_the_solvency_and_points_sections_read_as_exact_lines_and_round_trip() -> None:
+    policy = Policy.from_document(
+        {
+            "version": "v",
+            "solvency": {"period_minutes": 15, "warning_ratio": 3.5, "critical_ratio": 5.1},
+            "points": {"redeemable_share": 0.25},
+        }
+    )
+    assert policy.solvency.period_ms == 15 * 60_000
+    assert policy.solvency.warning_line == Fraction(7, 2)
+    assert policy.solvency.critical_line == Fraction(51, 10)
+    assert policy.points.share == Fraction(1, 4)
+    assert Policy.from_document(policy.document()) == policy
+    # Left out, they take the shipped defaults (3:1, 5:1, hourly; 40% redeemable).
+    bare = Policy.from_document({"version": "v"})
+    assert (bare.solvency.warning_line, bare.solvency.critical_line) == (3, 5)
+    assert bare.solvency.period_ms == 3_600_000 and bare.points.share == Fraction(2, 5)
+    assert default_policy().solvency == bare.solvency
+
+
+def test_a_policy_pickled_before_the_sections_existed_takes_their_defaults() -> None:
+    policy = Policy(version="old")
+    state = {k: v for k, v in policy.__dict__.items() if k not in ("solvency", "points")}
+
+    class Before:
+        """Pickles as a Policy of the release before (its state without the sections)."""
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (object.__new__, (Policy,), state)
+
+    blob = pickle.dumps(Before())
+    assert b"solvency" not in blob
+    assert pickle.loads(blob) == policy
 
 
 def test_the_shipped_default_policy_is_valid_and_withholds_only_within_its_budget() -> None:
