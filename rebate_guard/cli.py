@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -90,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--days", type=int, help="window length (default: the profile's, 28 / 45)")
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument(
+        "--stall-day",
+        type=float,
+        help="the platform's growth stalls on this day of the window: new signups and new "
+        "money fall to a tenth, existing users keep paying and redeeming",
+    )
     sim.add_argument("--produce", action="store_true", help="produce to the broker instead")
     sim.add_argument("--rate", type=float, help="events per second when producing")
     sim.set_defaults(handler=_simulate)
@@ -236,6 +243,12 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     config = world_config(
         args.profile, seed=args.seed, transactions=args.transactions, days=args.days
     )
+    if args.stall_day is not None:
+        try:
+            config = dataclasses.replace(config, stall_day=args.stall_day)
+        except ValueError as exc:
+            print(f"rebate-guard simulate: {exc}", file=sys.stderr)
+            return 2
     if args.produce:
         from rebate_guard.tools.producer import produce_world
 
@@ -255,7 +268,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name:>14}: {path}")
     print(
         f"{world.transactions.height:,} transactions, {world.signups.height:,} signups, "
-        f"{world.labels.height:,} labels"
+        f"{world.labels.height:,} labels, {world.platform_events.height:,} platform events"
     )
     return 0
 

@@ -20,6 +20,8 @@ from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.settings import Settings
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from rebate_guard.tools.simulator import World, WorldConfig
 
 log = logging.getLogger("rebate_guard")
@@ -153,6 +155,14 @@ HISTORY_DAYS = 90
 USERS_PER_MERCHANT = 25
 #: The simulator's smallest world.
 MIN_USERS, MIN_MERCHANTS = 200, 20
+#: The demo platform's economics: its growth stalls at the start of the back-fill's last
+#: day, with this many days of rebates left as capital, so that its liability passes 3x
+#: what it can pay out (the solvency monitor's warning line) during the back-fill: when
+#: its local time is midday at the switch (`demo_utc_offset_minutes`), in the back-fill's
+#: evening (16-17 h before the switch on seeds 3, 5, 7 at 0.02, 0.05 and 0.2 payments/s),
+#: some nights back under it as the day's settlements come in, past it again by the first
+#: hour of live traffic.
+UP_OPENING_CAPITAL_DAYS = 0.6
 
 
 def up_world_config(
@@ -161,7 +171,9 @@ def up_world_config(
     """The world `up` feeds: a platform whose legit users pay `live_rate` times a second in
     all (each the simulator's `payments_per_user_day` on average, so the users number
     `live_rate` x 86,400 / that), whose first `backfill_days` end at `switch_ms`, when the
-    feed is to have caught up with the wall clock (`switch_ms_for`)."""
+    feed is to have caught up with the wall clock (`switch_ms_for`). Its growth stalls at
+    the start of the back-fill's last day (`UP_OPENING_CAPITAL_DAYS`): the demo shows the
+    platform crossing the solvency warning line."""
     from rebate_guard.tools.simulator import WorldConfig
 
     per_user_day = WorldConfig().payments_per_user_day
@@ -173,6 +185,8 @@ def up_world_config(
         days=backfill_days + LIVE_DAYS,
         history_days=HISTORY_DAYS,
         start_ts_ms=switch_ms - backfill_days * DAY_MS,
+        stall_day=max(0, backfill_days - 1),
+        opening_capital_days=UP_OPENING_CAPITAL_DAYS,
     )
 
 
@@ -192,7 +206,7 @@ def demo_utc_offset_minutes(now_ms: int) -> int:
 
 def backfill_events(world: World, switch_ms: int) -> int:
     """The contract events of `world` before `switch_ms`: the back-fill's."""
-    frames = (world.transactions, world.signups, world.labels)
+    frames = (world.transactions, world.signups, world.labels, world.platform_events)
     return sum(int((frame["ts"] < switch_ms).sum()) for frame in frames)
 
 
@@ -247,6 +261,7 @@ def _shifted(world: World, by_ms: int) -> World:
         transactions=world.transactions.with_columns(ts),
         signups=world.signups.with_columns(ts),
         labels=world.labels.with_columns(ts),
+        platform_events=world.platform_events.with_columns(ts),
         rings_truth=world.rings_truth.with_columns(joined),
     )
 
@@ -295,6 +310,33 @@ def span_again(world: World, *, from_ms: int, span_ms: int, repeat: int) -> Worl
         signups=world.signups.clear(),
         labels=labels,
         tx_truth=truth,
+        platform_events=_platform_events_again(
+            within(world.platform_events).with_columns(shift), ids, prefix
+        ),
+    )
+
+
+def _platform_events_again(events: pl.DataFrame, ids: list[str], prefix: str) -> pl.DataFrame:
+    """A span's platform events for `span_again` (already moved into the span): what
+    follows the payments comes again (settlements, points, commissions, coupons issued in the
+    span), with new ids; what came with new accounts does not (bindings, sign-up bonuses,
+    top-ups: a platform repeating itself without signups has no new money)."""
+    import polars as pl
+
+    from rebate_guard.contract.records import BINDING, COUPON_ISSUE, POINTS_GRANT, POOL_TOPUP
+
+    kind = pl.col("kind")
+    signup_bonus = (kind == POINTS_GRANT) & pl.col("tx_id").is_null()
+    signup_bonus &= pl.col("counterparty_id").is_null()
+    issued = events.filter(kind == COUPON_ISSUE)["coupon_id"].to_list()
+    kept = events.filter(
+        ~kind.is_in([BINDING, POOL_TOPUP])
+        & ~signup_bonus
+        & (pl.col("coupon_id").is_null() | pl.col("coupon_id").is_in(issued))
+        & (pl.col("tx_id").is_null() | pl.col("tx_id").is_in(ids))
+    )
+    return kept.with_columns(
+        (pl.lit(prefix) + pl.col(name)).alias(name) for name in ("event_id", "tx_id", "coupon_id")
     )
 
 
@@ -326,12 +368,14 @@ async def _feed(
     now_ms = int(time.time() * 1000)
     world, switch_ms = up_world(settings, seed, now_ms=now_ms, backfill_days=backfill_days)
     log.info(
-        "feeding a simulated platform: %d users, %d transactions; first %d day(s) of history "
-        "(%d events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
+        "feeding a simulated platform: %d users, %d transactions, %d platform events (its "
+        "growth stalls at its back-fill's last day); first %d day(s) of history (%d "
+        "events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
         "stamped with the clock and decided at payment time (POST /score), then those "
         "days again, until stopped",
         world.signups.height,
         world.transactions.height,
+        world.platform_events.height,
         backfill_days,
         backfill_events(world, switch_ms),
         settings.simulate_rate,

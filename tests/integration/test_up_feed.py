@@ -39,14 +39,15 @@ SWITCH_LEAD_MS = 10_000
 
 
 def _quick_live_part(world: World, switch_ms: int) -> World:
-    """`world` up to its `LIVE_EVENTS`th event from `switch_ms` on, that live part played
+    """`world` up to its `LIVE_EVENTS`th payment, refund, signup or label from `switch_ms`
+    on (and the platform events until then), that live part played
     in `LIVE_SECONDS` instead of the hours it spans (a test does not wait for a platform
     of a few thousand users to pay 100 times; the back-fill and the feed are `up`'s).
     Back-fill events of the last `SWITCH_LEAD_MS` before the switch are moved to just
     before that lead: the feed starts within it (after simulating), and an event still
     ahead of the clock then is rightly sent live, which would make the split between
     back-fill and live depend on how fast the box simulated."""
-    frames = (world.transactions, world.signups, world.labels)
+    frames = (world.transactions, world.signups, world.labels)  # (platform events follow)
     live_ts = pl.concat([f.select("ts").filter(pl.col("ts") >= switch_ms) for f in frames])
     last = live_ts.sort("ts")["ts"][LIVE_EVENTS - 1]
     scale = LIVE_SECONDS * 1000 / max(1, last - switch_ms)
@@ -64,6 +65,7 @@ def _quick_live_part(world: World, switch_ms: int) -> World:
         transactions=cut(world.transactions),
         signups=cut(world.signups),
         labels=cut(world.labels),
+        platform_events=cut(world.platform_events),
     )
 
 
@@ -81,7 +83,8 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
                 return False
 
         wait_for(assigned, timeout=120, what="the worker's user shards", worker=worker)
-        # The back-fill (a day of a ~5,800-user platform: ~7k events) is sent unthrottled
+        # The back-fill (a day of a ~5,800-user platform: ~10k events with its economics) is
+        # sent unthrottled
         # and caught up well before the switch; the feed then waits for the clock.
         switch = wall_ms() + SWITCH_LEAD_MS
         world = simulate_world(up_world_config(5, switch_ms=switch, live_rate=0.02))
@@ -107,7 +110,7 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
         scheduled_live = sum(
             f.filter(pl.col("ts") >= switch).height
             for span in spans
-            for f in (span.transactions, span.signups, span.labels)
+            for f in (span.transactions, span.signups, span.labels, span.platform_events)
         )
         assert scheduled_live >= LIVE_EVENTS
         assert report.live == scheduled_live

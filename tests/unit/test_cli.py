@@ -183,6 +183,29 @@ def test_simulate_random_profile_writes_the_drawn_config(tmp_path: Path) -> None
     )
 
 
+def test_simulate_writes_the_platform_events_and_stalls_growth_on_the_day_asked(
+    tmp_path: Path, capsys
+) -> None:
+    import json
+
+    import polars as pl
+
+    from rebate_guard.tools.simulator import read_world
+
+    world = tmp_path / "world"
+    args = ["simulate", "--transactions", "3000", "--days", "6", "--out", str(world)]
+    assert main([*args, "--stall-day", "2.5"]) == 0
+    assert "platform events" in capsys.readouterr().out
+    assert json.loads((world / "truth" / "config.json").read_text())["stall_day"] == 2.5
+    written = read_world(world)
+    assert written.platform_events.height > 0
+    assert (world / "platform_events.parquet").exists()
+    stalled = written.signups.filter(pl.col("ts") >= 1_767_225_600_000 + 2.5 * 86_400_000)
+    assert stalled.height < written.signups.filter(pl.col("ts") >= 1_767_225_600_000).height / 2
+    assert main([*args, "--stall-day", "9"]) == 2  # past the window
+    assert "stall_day" in capsys.readouterr().err
+
+
 def _users(monkeypatch, tmp_path: Path, *args: str, stdin: str = "") -> int:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("RG_DATA_DIR", str(tmp_path))
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))

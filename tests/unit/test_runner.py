@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import polars as pl
+import pytest
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.settings import Settings
@@ -20,7 +21,7 @@ from rebate_guard.tools.runner import (
     up_world,
     up_world_config,
 )
-from rebate_guard.tools.simulator import World, event_stream, simulate_world
+from rebate_guard.tools.simulator import World, event_stream, platform_books, simulate_world
 
 NOW = 1_800_000_000_000
 
@@ -36,6 +37,21 @@ def test_the_up_world_is_sized_so_its_payments_come_at_the_live_rate() -> None:
     assert 0.04 < payments_per_s < 0.065  # legit at the rate, abuse and its bursts on top
     # Twice the rate: twice the platform, not twice the payments per user.
     assert up_world_config(3, switch_ms=NOW, live_rate=0.1).n_users == 2 * config.n_users
+
+
+@pytest.mark.parametrize("seed", [3, 7])
+def test_the_demo_platform_crosses_the_warning_line_in_its_back_fill(seed: int) -> None:
+    """Its growth has stalled: the liability : distributable ratio (hourly, granted =
+    requested) starts below 3:1, passes it during the back-fill, and is past it in the
+    first hour of live traffic (the switch at the platform's midday, as `up` places it)."""
+    switch = NOW - NOW % DAY_MS + 12 * HOUR_MS
+    world = simulate_world(up_world_config(seed, switch_ms=switch, live_rate=0.05))
+    books = platform_books(world, period_ms=HOUR_MS)
+    first_hour = books["ratio"][0]
+    assert first_hour is not None and first_hour < 3
+    past = books.filter(pl.col("ratio").is_null() | (pl.col("ratio") >= 3))["period_end"]
+    assert world.transactions["ts"].min() < past.min() < switch
+    assert switch + HOUR_MS in past
 
 
 def test_the_switch_is_where_a_back_fill_at_the_rate_catches_up() -> None:
@@ -273,6 +289,24 @@ def test_after_its_live_week_the_platform_pays_again_as_it_did_with_new_tx_ids()
     ).height
     assert again.height == live.height - history_refunds
     assert second.labels.height <= world.labels.filter(pl.col("ts") >= switch).height
+    # The platform's flows on those payments come again under new ids; what came with new
+    # accounts or money (bindings, sign-up bonuses, top-ups) does not.
+    for repeat, frame in ((1, second), (2, third)):
+        events = frame.platform_events
+        assert events.height > 0
+        assert events["event_id"].str.starts_with(f"r{repeat}-").all()
+        assert events["ts"].min() >= switch + repeat * span
+        assert set(events["tx_id"].drop_nulls()) <= set(frame.transactions["tx_id"])
+        assert not set(events["kind"]) & {"binding", "pool_topup"}
+        grants = events.filter(pl.col("kind") == "points_grant")
+        assert grants.filter(
+            pl.col("tx_id").is_null() & pl.col("counterparty_id").is_null()
+        ).is_empty()
+        redeemed = events.filter(pl.col("kind") == "coupon_redeem")["coupon_id"]
+        issued = events.filter(pl.col("kind") == "coupon_issue")["coupon_id"]
+        assert set(redeemed) <= set(issued)
+    ids = pl.concat([f.platform_events["event_id"] for f in (first, second, third)])
+    assert ids.is_unique().all()
 
 
 def test_live_payments_ask_the_worker_owning_their_user_partition() -> None:

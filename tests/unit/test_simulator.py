@@ -17,6 +17,7 @@ from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.tools.simulator import (
     ABUSE_SCENARIOS,
     LOOKALIKES,
+    PLATFORM_EVENT_SCHEMA,
     PROFILES,
     World,
     WorldConfig,
@@ -27,7 +28,12 @@ from rebate_guard.tools.simulator import (
     write_world,
 )
 from rebate_guard.tools.simulator._legit import referral_depth
-from rebate_guard.tools.simulator.profiles import FRAUD_SHARE, PER_100K, RANDOM_RANGES
+from rebate_guard.tools.simulator.profiles import (
+    ECONOMICS_RANGES,
+    FRAUD_SHARE,
+    PER_100K,
+    RANDOM_RANGES,
+)
 
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
 #: Every new behaviour on (and strong enough to show in a small world).
@@ -519,7 +525,7 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
     for cfg in configs:
         assert (cfg.days, cfg.target_transactions) == (45, 80_000)
         assert cfg.referred_referrer_weight > 1  # referred users refer: deep chains
-        for name, spec in RANDOM_RANGES.items():
+        for name, spec in {**RANDOM_RANGES, **ECONOMICS_RANGES}.items():
             value = getattr(cfg, name)
             if isinstance(spec[0], str):
                 assert value in spec, name
@@ -527,7 +533,7 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
                 assert spec[0] <= value <= spec[1], name
         per_100k = [getattr(cfg, name) for name in PER_100K.values()]
         assert min(per_100k) >= 0 and sum(per_100k) > 0
-    for name in RANDOM_RANGES:  # every knob actually varies
+    for name in {**RANDOM_RANGES, **ECONOMICS_RANGES}:  # every knob actually varies
         assert len({getattr(c, name) for c in configs}) > 1, name
     mixes = set()
     for cfg in configs:  # and so does the mix of abuse kinds
@@ -657,33 +663,43 @@ def test_lone_cash_out_and_rotating_farm_devices(varied: World, world: World) ->
 # --- stream and files ---------------------------------------------------------------------
 
 
-TOPIC_RANK = {"signups": 0, "transactions": 1, "labels": 2}
+TOPIC_RANK = {"signups": 0, "platform-events": 1, "transactions": 2, "labels": 3}
 COLUMNS = {"transactions": TX_SCHEMA, "signups": SIGNUP_SCHEMA, "labels": LABEL_SCHEMA}
+FRAME_OF = {"platform-events": "platform_events"}  # topic -> World attribute, where they differ
 
 
 def test_event_stream_is_ordered_and_complete(world: World) -> None:
     events = list(event_stream(world))
-    assert len(events) == world.transactions.height + world.signups.height + world.labels.height
+    frames = (world.transactions, world.signups, world.labels, world.platform_events)
+    assert len(events) == sum(frame.height for frame in frames)
+    columns = {**COLUMNS, "platform-events": PLATFORM_EVENT_SCHEMA}
     prev = (-(2**63), -1)
     seen: dict[str, list[dict]] = defaultdict(list)
     for topic, key, payload in events:
         order = (payload["ts"], TOPIC_RANK[topic])
         assert order >= prev
         prev = order
-        assert list(payload) == list(COLUMNS[topic])
+        assert list(payload) == list(columns[topic])
         assert type(payload["ts"]) is int
         if topic == "labels":
             assert key == (payload["tx_id"] if payload["tx_id"] is not None else payload["user_id"])
+        elif topic == "platform-events":
+            assert key == (payload["user_id"] or payload["merchant_id"] or payload["event_id"])
         else:
             assert key == payload["user_id"]
         seen[topic].append(payload)
-    for topic in COLUMNS:
-        frame = getattr(world, topic)
+    for topic in columns:
+        frame = getattr(world, FRAME_OF.get(topic, topic))
         assert seen[topic] == frame.to_dicts()
     assert all(type(p["amount_cents"]) is int for p in seen["transactions"])
 
 
-def test_event_stream_tie_order_is_signups_transactions_labels() -> None:
+def _platform_event(event_id: str, ts: int, kind: str, **fields: object) -> dict[str, object]:
+    return {**dict.fromkeys(PLATFORM_EVENT_SCHEMA), "event_id": event_id, "ts": ts, "kind": kind,
+            "amount_cents": 100, **fields}  # fmt: skip
+
+
+def test_event_stream_tie_order_is_signups_platform_events_transactions_labels() -> None:
     ts = 1_767_225_600_000
     tx = pl.DataFrame(
         [
@@ -709,12 +725,23 @@ def test_event_stream_tie_order_is_signups_transactions_labels() -> None:
         ],
         schema=LABEL_SCHEMA,
     )
+    platform = pl.DataFrame(
+        [
+            _platform_event("e0", ts, "binding", user_id="u1", merchant_id="m0", amount_cents=0),
+            _platform_event("e1", ts, "merchant_settlement", merchant_id="m0", region="east"),
+            _platform_event("e2", ts, "pool_topup"),
+        ],
+        schema=PLATFORM_EVENT_SCHEMA,
+    )
     empty = pl.DataFrame()
-    w = World(tx, su, lab, empty, empty, empty)
+    w = World(tx, su, lab, empty, empty, empty, platform_events=platform)
     got = [(topic, key, p["ts"] - ts) for topic, key, p in event_stream(w)]
     assert got == [
         ("signups", "u0", -5),
         ("signups", "u1", 0),
+        ("platform-events", "u1", 0),  # the user's, else the merchant's, else its own id
+        ("platform-events", "m0", 0),
+        ("platform-events", "e2", 0),
         ("transactions", "u0", 0),
         ("labels", "u0", 0),
         ("labels", "t0", 1),
@@ -725,7 +752,7 @@ def test_event_stream_tie_order_is_signups_transactions_labels() -> None:
 def test_write_world_round_trips(world: World, tmp_path: Path, fmt: str) -> None:
     paths = write_world(world, tmp_path, fmt)
     ext = fmt
-    for name in ("transactions", "signups", "labels"):
+    for name in ("transactions", "signups", "labels", "platform_events"):
         assert paths[name] == tmp_path / f"{name}.{ext}"
     for name in ("tx_truth", "user_truth", "rings_truth"):
         assert paths[name] == tmp_path / "truth" / f"{name}.{ext}"
@@ -745,6 +772,17 @@ def test_write_world_round_trips(world: World, tmp_path: Path, fmt: str) -> None
     back = read_world(tmp_path, fmt)
     for name, df in world.frames().items():
         assert_frame_equal(df, back.frames()[name])
+
+
+def test_a_world_dir_written_before_platform_events_reads_them_as_empty(
+    world: World, tmp_path: Path
+) -> None:
+    paths = write_world(world, tmp_path, "parquet")
+    paths["platform_events"].unlink()
+    back = read_world(tmp_path, "parquet")
+    assert back.platform_events.is_empty()
+    assert back.platform_events.schema == pl.Schema(PLATFORM_EVENT_SCHEMA)
+    assert_frame_equal(back.transactions, world.transactions)
 
 
 def test_write_world_rejects_unknown_format(world: World, tmp_path: Path) -> None:

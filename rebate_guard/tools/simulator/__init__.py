@@ -9,11 +9,13 @@ See docs/simulator.md. The public API::
 """
 
 from rebate_guard.tools.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS
+from rebate_guard.tools.simulator._economics import REGIONS, platform_books
 from rebate_guard.tools.simulator.config import WorldConfig
 from rebate_guard.tools.simulator.profiles import PROFILES, config_json, world_config
 from rebate_guard.tools.simulator.world import (
     CONTRACT_SCHEMAS,
     LABEL_SCHEMA,
+    PLATFORM_EVENT_SCHEMA,
     SIGNUP_SCHEMA,
     TRANSACTION_SCHEMA,
     TRUTH_SCHEMAS,
@@ -29,7 +31,9 @@ __all__ = [
     "CONTRACT_SCHEMAS",
     "LABEL_SCHEMA",
     "LOOKALIKES",
+    "PLATFORM_EVENT_SCHEMA",
     "PROFILES",
+    "REGIONS",
     "SCENARIOS",
     "SIGNUP_SCHEMA",
     "TRANSACTION_SCHEMA",
@@ -38,6 +42,7 @@ __all__ = [
     "WorldConfig",
     "config_json",
     "event_stream",
+    "platform_books",
     "read_world",
     "simulate_world",
     "world_config",

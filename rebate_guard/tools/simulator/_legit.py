@@ -47,6 +47,7 @@ from rebate_guard.tools.simulator._common import (
 from rebate_guard.tools.simulator.config import WorldConfig
 
 RATE_SIGMA = 0.9  # log-normal spread of users' activity rates
+STALL_STREAM = 0x57A11  # the growth stall's own random stream (with the seed)
 REFERRAL_BATCHES = 64  # preferential attachment: referees placed in this many signup batches
 BIG_PURCHASE_TAIL = 1.2  # Pareto index of a big purchase's multiple (5x upwards, capped 50x)
 RUSH_SHARE = 0.08  # share of a rush restaurant's regulars in its weekday lunch burst (x activity)
@@ -135,6 +136,19 @@ def add_abuse_merchants(
     )
 
 
+def _stall_signups(cfg: WorldConfig, new: np.ndarray, signup: np.ndarray) -> None:
+    """Growth stalls at `cfg.stall_ts_ms`: of the new users who would sign up from then on,
+    only `stall_signup_share` still do; the others had joined before the window (the platform
+    is as big, its growth is over). Before the stall the curve is the growth world's. Own
+    random stream: the rest of the world draws as it would without a stall."""
+    assert cfg.stall_ts_ms is not None
+    rng = np.random.default_rng([cfg.seed, STALL_STREAM])
+    late = new & (signup >= cfg.stall_ts_ms)
+    gone = np.flatnonzero(late & (rng.random(len(new)) >= cfg.stall_signup_share))
+    signup[gone] = cfg.start_ts_ms - rng.integers(HOUR_MS, cfg.history_days * DAY_MS, len(gone))
+    new[gone] = False
+
+
 def _take(avail: np.ndarray, used: np.ndarray, n: int) -> np.ndarray:
     """The first n of avail (a random order of users) not yet used; marks them used."""
     free = avail[~used[avail]]
@@ -157,6 +171,8 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
         sample_ts(rng, np.full(n, start), np.full(n, end - 6 * HOUR_MS), PROFILE_SIGNUP),
         start - rng.integers(HOUR_MS, cfg.history_days * DAY_MS, n),
     ).astype(np.int64)
+    if cfg.stall_ts_ms is not None:
+        _stall_signups(cfg, new, signup)
 
     dev1 = b.new_devices(n)
     dev2 = np.full(n, -1, dtype=np.int64)
@@ -252,14 +268,14 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
     look[influencers] = VIRAL_REFERRER
     for inf in influencers:
         count = min(int(rng.integers(150, 401)), max(10, int(0.08 * n / max(1, n_inf))))
+        last_post = start + int(0.7 * (end - start))
+        if cfg.stall_ts_ms is not None:  # a stalled platform's posts no longer go viral
+            before = min(1.0, (cfg.stall_ts_ms - start) / (last_post - start))
+            count = round(count * before)
+            last_post = max(start + HOUR_MS, min(last_post, cfg.stall_ts_ms))
         referees = _take(avail, used, count)
         n_posts = int(rng.integers(3, 7))
-        posts = sample_ts(
-            rng,
-            np.full(n_posts, start),
-            np.full(n_posts, start + int(0.7 * (end - start))),
-            PROFILE_SIGNUP,
-        )
+        posts = sample_ts(rng, np.full(n_posts, start), np.full(n_posts, last_post), PROFILE_SIGNUP)
         delay = lognormal_delay(rng, len(referees), 6 * HOUR_MS, 1.0, 2 * MINUTE_MS, 3 * DAY_MS)
         ts = posts[rng.integers(0, n_posts, len(referees))] + delay
         late = ts >= end - 2 * HOUR_MS

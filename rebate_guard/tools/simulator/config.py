@@ -78,6 +78,41 @@ class WorldConfig:
     legit_mislabel_rate: float = 0.0  # reviews of legit tx that wrongly say "fraud"
     fraud_mislabel_rate: float = 0.0  # reviews of fraud tx that wrongly say "legit"
 
+    # Growth: from `stall_day` (days after the start) new signups fall to `stall_signup_share`
+    # of the growth curve's (the others had joined before the window: existing users, who keep
+    # paying and redeeming); so do merchants' joining fees, and the capital that follows them.
+    stall_day: float | None = None
+    stall_signup_share: float = 0.1
+    # After the stall users use their vouchers at (nearly) every payment: a run on the points.
+    stall_redeem_propensity: float = 0.95
+
+    # Platform economics (`platform_events`, docs/simulator.md "Platform economics"). Amounts
+    # in "user-days": the platform's mean spending per user and day, so they keep their weight
+    # in worlds of any activity.
+    economics: bool = True
+    regions: int = 4  # merchants' regions (north, east, south, west, ...), uneven sizes
+    late_settlement_share: float = 0.04  # merchants settling their daily batches days late
+    partial_settlement_share: float = 0.03  # merchants paying in only part (50-90 %) of each
+    consumption_points_share: float = 0.5  # points granted on a payment, share of the bill
+    signup_bonus_user_days: float = 1.0  # a new user's sign-up bonus in points
+    bonus_expiry_days: float = 7.0  # the bonus's unredeemable part lapses after this
+    redeemable_share: float = 0.4  # of what a user earned, the share that may be redeemed
+    redeem_propensity: float = 0.8  # mean share of a user's payments paid partly in points
+    transfer_share: float = 0.01  # of those, given to the user's referrer instead
+    bound_user_share: float = 0.5  # users bound to the merchant of their first payment
+    qr_binding_share: float = 0.3  # of bound new users, bound by a merchant's QR at signup
+    retention_commission_min: float = 0.002  # binding merchants' commission rates: ...
+    retention_commission_max: float = 0.01  # ... uniform per merchant in this range
+    coupon_push_rate: float = 0.05  # payments after which another merchant's coupon is pushed
+    coupon_valid_days: float = 7.0
+    coupon_targeting: float = 0.5  # pushed for a merchant the user is about to visit anyway
+    membership_share: float = 0.5  # new users who pay a membership deposit
+    membership_user_days: float = 50.0  # the mean deposit (tiers 0.5x, 1x, 2x)
+    merchant_joining_user_days: float = 100.0  # a new merchant's joining fee
+    opening_capital_days: float = 2.0  # capital at the start: days of the rebates granted
+    capital_round_days: int = 7  # every this many days the platform raises capital ...
+    capital_round_share: float = 0.2  # ... this share of the new money of the days before
+
     def __post_init__(self) -> None:
         problems = []
         if self.n_users < 200:
@@ -135,6 +170,19 @@ class WorldConfig:
             "cash_out_lone_share",
             "legit_mislabel_rate",
             "fraud_mislabel_rate",
+            "stall_signup_share",
+            "stall_redeem_propensity",
+            "late_settlement_share",
+            "partial_settlement_share",
+            "redeemable_share",
+            "redeem_propensity",
+            "transfer_share",
+            "bound_user_share",
+            "qr_binding_share",
+            "coupon_push_rate",
+            "coupon_targeting",
+            "membership_share",
+            "capital_round_share",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be within 0..1")
@@ -146,6 +194,24 @@ class WorldConfig:
             "collusion_ring_per_100k",
             "cash_out_per_100k",
             "pyramid_per_100k",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.stall_day is not None and not 0 <= self.stall_day <= self.days:
+            problems.append("stall_day must be within 0..days (or None)")
+        if not 1 <= self.regions <= 8:
+            problems.append("regions must be within 1..8")
+        if not 0 <= self.retention_commission_min <= self.retention_commission_max <= 0.05:
+            problems.append("retention commission rates need 0 <= min <= max <= 0.05")
+        if self.capital_round_days < 1 or self.coupon_valid_days <= 0:
+            problems.append("capital_round_days must be >= 1 and coupon_valid_days > 0")
+        for name in (
+            "signup_bonus_user_days",
+            "bonus_expiry_days",
+            "membership_user_days",
+            "merchant_joining_user_days",
+            "opening_capital_days",
+            "consumption_points_share",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
@@ -161,3 +227,10 @@ class WorldConfig:
     @property
     def end_ts_ms(self) -> int:
         return self.start_ts_ms + self.days * DAY_MS
+
+    @property
+    def stall_ts_ms(self) -> int | None:
+        """When growth stalls (None: it does not)."""
+        if self.stall_day is None:
+            return None
+        return self.start_ts_ms + round(self.stall_day * DAY_MS)

@@ -71,6 +71,20 @@ RANDOM_RANGES: dict[str, tuple[Any, ...]] = {
     "legit_mislabel_rate": (0.0, 0.01),
     "fraud_mislabel_rate": (0.0, 0.01),
 }
+#: The platform's economics, drawn after everything else (so the rest of a random world is
+#: what it was before them): how generous its points are, how its users redeem, how many
+#: members pay in, how its merchants settle.
+ECONOMICS_RANGES: dict[str, tuple[Any, ...]] = {
+    "regions": (3, 6),
+    "late_settlement_share": (0.01, 0.08),
+    "partial_settlement_share": (0.01, 0.05),
+    "consumption_points_share": (0.3, 0.7),
+    "redeem_propensity": (0.6, 0.95),
+    "bound_user_share": (0.3, 0.7),
+    "coupon_push_rate": (0.02, 0.1),
+    "membership_share": (0.3, 0.7),
+    "membership_user_days": (30.0, 80.0),
+}
 #: Chance that a referrer is itself a referred user; `referred_referrer_weight` is derived
 #: from it and the drawn `referral_fraction`, so chains run 5-9 deep at any referral share.
 REFERRED_REFERRER = (0.5, 0.7)
@@ -106,14 +120,7 @@ def world_config(
 
 
 def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:
-    knobs: dict[str, Any] = {}
-    for name, spec in RANDOM_RANGES.items():
-        if isinstance(spec[0], str):
-            knobs[name] = spec[int(rng.integers(0, len(spec)))]
-        elif isinstance(spec[0], int):
-            knobs[name] = int(rng.integers(spec[0], spec[1] + 1))
-        else:
-            knobs[name] = float(rng.uniform(spec[0], spec[1]))
+    knobs = _drawn(rng, RANDOM_RANGES)
     f, p = knobs["referral_fraction"], float(rng.uniform(*REFERRED_REFERRER))
     knobs["referred_referrer_weight"] = p * (1.0 - f) / (f * (1.0 - p))
     # Abuse: a fraud share, split over the scenarios by a Dirichlet mix; groups per 100k
@@ -129,6 +136,19 @@ def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:
         knobs[name] = float(groups * w)
     knobs["fraud_scale"] = 1.0
     knobs["min_groups_per_scenario"] = 0
+    return {**knobs, **_drawn(rng, ECONOMICS_RANGES)}
+
+
+def _drawn(rng: np.random.Generator, ranges: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """A value per knob: one of the choices, or uniform in (low, high), ints inclusive."""
+    knobs: dict[str, Any] = {}
+    for name, spec in ranges.items():
+        if isinstance(spec[0], str):
+            knobs[name] = spec[int(rng.integers(0, len(spec)))]
+        elif isinstance(spec[0], int):
+            knobs[name] = int(rng.integers(spec[0], spec[1] + 1))
+        else:
+            knobs[name] = float(rng.uniform(spec[0], spec[1]))
     return knobs
 
 

@@ -12,16 +12,24 @@ from __future__ import annotations
 import heapq
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.records import (
+    LABELS,
+    PLATFORM_EVENTS,
+    SIGNUPS,
+    TRANSACTIONS,
+    PlatformEvent,
+    Signup,
+    Transaction,
+)
 from rebate_guard.tools.io import record_schema
-from rebate_guard.tools.simulator import _abuse, _legit
+from rebate_guard.tools.simulator import _abuse, _economics, _legit
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
     BIG_PURCHASE,
@@ -47,6 +55,9 @@ from rebate_guard.tools.simulator.config import WorldConfig
 # its own order (time first) and has no `reviewer`: the simulator's labels are never a review.
 TRANSACTION_SCHEMA: dict[str, Any] = record_schema(Transaction)
 SIGNUP_SCHEMA: dict[str, Any] = record_schema(Signup)
+#: The platform's money and points flows besides payments (docs/events.md, "platform-events"):
+#: every field of `PlatformEvent`, null where the kind has none.
+PLATFORM_EVENT_SCHEMA: dict[str, Any] = record_schema(PlatformEvent)
 LABEL_SCHEMA: dict[str, Any] = {
     "ts": pl.Int64,
     "tx_id": pl.String,
@@ -75,11 +86,14 @@ MERCHANT_TRUTH_SCHEMA: dict[str, Any] = {
     "rebate_rate": pl.Float64,
     "role": pl.String,
     "ring_id": pl.String,
+    "region": pl.String,  # with the economics (else null)
+    "settlement": pl.String,  # on_time, late or partial (with the economics, else null)
 }
 CONTRACT_SCHEMAS = {
     "transactions": TRANSACTION_SCHEMA,
     "signups": SIGNUP_SCHEMA,
     "labels": LABEL_SCHEMA,
+    "platform_events": PLATFORM_EVENT_SCHEMA,
 }
 TRUTH_SCHEMAS = {
     "tx_truth": TX_TRUTH_SCHEMA,
@@ -88,6 +102,8 @@ TRUTH_SCHEMAS = {
     "merchant_truth": MERCHANT_TRUTH_SCHEMA,
 }
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
+#: Frames a world directory may lack (written before they existed): read as empty.
+OPTIONAL_FRAMES = ("merchant_truth", "platform_events")
 LIST_SEPARATOR = "|"
 
 
@@ -105,12 +121,16 @@ class World:
     rings_truth: pl.DataFrame  # ring_id, kind, users, merchants, devices, fifth_member_joined_ts
     # merchant_id, category, rebate_rate, role ("legit" or the abuse scenario), ring_id
     merchant_truth: pl.DataFrame = field(default_factory=lambda: _empty(MERCHANT_TRUTH_SCHEMA))
+    # The platform's economics (PlatformEvent columns), sorted by ts; empty for a world
+    # simulated or written before them.
+    platform_events: pl.DataFrame = field(default_factory=lambda: _empty(PLATFORM_EVENT_SCHEMA))
 
     def frames(self) -> dict[str, pl.DataFrame]:
         return {
             "transactions": self.transactions,
             "signups": self.signups,
             "labels": self.labels,
+            "platform_events": self.platform_events,
             "tx_truth": self.tx_truth,
             "user_truth": self.user_truth,
             "rings_truth": self.rings_truth,
@@ -164,7 +184,22 @@ def simulate_world(config: WorldConfig) -> World:
     groups = _group_counts(cfg, a * scale + c)
     _abuse.inject(rngs[3], b, groups, cfg)
     _legit.legit_transactions(rngs[4], b, pop, cfg, scale)
-    return _assemble(rngs[5], rngs[6], b, pop, cfg)
+    world = _assemble(rngs[5], rngs[6], b, pop, cfg)
+    if not cfg.economics:
+        return world
+    # Its own stream (the 9th child): the contract frames stay what they were without it.
+    economics_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(9)[8])
+    events, merchants = _economics.simulate_economics(
+        economics_rng, cfg, world, PLATFORM_EVENT_SCHEMA
+    )
+    merchant_truth = world.merchant_truth.drop("region", "settlement").join(
+        merchants, on="merchant_id", how="left"
+    )
+    return replace(
+        world,
+        platform_events=events,
+        merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA),
+    )
 
 
 def _perm(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -356,6 +391,8 @@ def _assemble(
         pl.when(pl.col("ring") >= 0)
         .then(pl.concat_str([pl.lit(p + "ring"), pl.col("ring").cast(pl.String)]))
         .alias("ring_id"),
+        pl.lit(None, dtype=pl.String).alias("region"),
+        pl.lit(None, dtype=pl.String).alias("settlement"),
     )
 
     lab = make_labels(label_rng, cfg, end, s["ts"], s["user"], s["scenario"], s["look"], s["card"])
@@ -387,7 +424,13 @@ def _assemble(
 
 
 def _cast(df: pl.DataFrame, schema: dict[str, Any]) -> pl.DataFrame:
-    return df.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+    """`schema`'s columns; one a file written before it existed reads as nulls."""
+    return df.select(
+        [
+            pl.col(name).cast(dtype) if name in df.columns else pl.lit(None, dtype).alias(name)
+            for name, dtype in schema.items()
+        ]
+    )
 
 
 def _rings_truth(
@@ -490,7 +533,7 @@ def read_world(out_dir: Path, fmt: str = "parquet") -> World:
     frames: dict[str, pl.DataFrame] = {}
     for name, schema in {**CONTRACT_SCHEMAS, **TRUTH_SCHEMAS}.items():
         path = (out_dir if name in CONTRACT_SCHEMAS else out_dir / "truth") / f"{name}.{ext}"
-        if name == "merchant_truth" and not path.exists():
+        if name in OPTIONAL_FRAMES and not path.exists():  # a world written before them
             frames[name] = _empty(schema)
             continue
         frames[name] = _read(path, fmt, schema)
@@ -500,27 +543,46 @@ def read_world(out_dir: Path, fmt: str = "parquet") -> World:
 # --------------------------------------------------------------------------------------
 # Streaming
 
-TOPIC_ORDER = ("signups", "transactions", "labels")  # tie order at equal ts
+#: (frame, topic) in their tie order at equal ts: an account exists before anything of it; a
+#: binding or settlement stamped t has happened by a payment at t (contract/order.py puts
+#: labels between signups and platform events; here labels stay last, as they always were).
+TOPIC_ORDER = (
+    ("signups", SIGNUPS),
+    ("platform_events", PLATFORM_EVENTS),
+    ("transactions", TRANSACTIONS),
+    ("labels", LABELS),
+)
 
 
-def _topic_events(world: World, topic: str) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
-    df: pl.DataFrame = getattr(world, topic)
+def _key(frame: str, row: dict[str, Any]) -> str:
+    """The message key: the user (co-partitioned with the user's payments), for a label its
+    tx_id first, for a platform event without a user its merchant, else its own id."""
+    if frame == "labels":
+        key = row["tx_id"] if row["tx_id"] is not None else row["user_id"]
+    elif frame == "platform_events":
+        key = row["user_id"] or row["merchant_id"] or row["event_id"]
+    else:
+        key = row["user_id"]
+    return str(key)
+
+
+def _topic_events(
+    world: World, frame: str, topic: str
+) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    df: pl.DataFrame = getattr(world, frame)
     for row in df.iter_rows(named=True):
-        if topic == "labels":
-            key = row["tx_id"] if row["tx_id"] is not None else row["user_id"]
-        else:
-            key = row["user_id"]
-        yield row["ts"], topic, key, row
+        yield row["ts"], topic, _key(frame, row), row
 
 
 def event_stream(world: World) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """Every contract event in event-time order as (topic, key, payload).
 
     key is the user_id for transactions and signups, the tx_id (or the user_id when tx_id is
-    null) for labels; payload has exactly the contract columns, None for nulls. At equal ts
-    signups come first, then transactions, then labels; within a topic, frame order.
+    null) for labels, and the user_id, else merchant_id, else event_id for platform events;
+    payload has exactly the contract columns, None for nulls. At equal ts signups come first,
+    then platform events, then transactions, then labels; within a topic, frame order.
     """
-    streams = [_topic_events(world, topic) for topic in TOPIC_ORDER]
+    streams = [_topic_events(world, frame, topic) for frame, topic in TOPIC_ORDER]
     # heapq.merge breaks key ties by iterable position: the tie order above.
     for _, topic, key, payload in heapq.merge(*streams, key=lambda e: e[0]):
         yield topic, key, payload
