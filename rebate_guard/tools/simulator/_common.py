@@ -14,8 +14,20 @@ import numpy as np
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 
 # Scenario codes (tx_truth.scenario); 0 is legit.
-SCENARIOS = ("legit", "brushing", "referral_farm", "collusion_ring", "cash_out", "pyramid")
+SCENARIOS = (
+    "legit",
+    "brushing",
+    "referral_farm",
+    "collusion_ring",
+    "cash_out",
+    "pyramid",
+    # The commission, coupon and points flows (issue #21, `_abuse_economics`).
+    "binding_hijack",
+    "coupon_farm",
+    "points_collector",
+)
 LEGIT, BRUSHING, REFERRAL_FARM, COLLUSION_RING, CASH_OUT, PYRAMID = range(6)
+BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR = range(6, 9)
 ABUSE_SCENARIOS = SCENARIOS[1:]
 
 # Legit look-alike codes (tx_truth.group / user_truth.role of legit users); -1 is none.
