@@ -22,6 +22,7 @@ from features.stages import (
     SweepClock,
     TransactionFeatures,
     UserStage,
+    detached,
     family_names,
 )
 from features.user import UserFamily
@@ -76,6 +77,16 @@ class FeatureEngine:
         context = self.users.platform_event(event)
         if context is not None:
             self.entities.platform_event(event, context)
+
+    def request_features(self, event: PlatformEvent) -> Features:
+        """The user's platform features at a points request (`event`, before it is learned),
+        changing nothing: what a points decision may weigh, as the rules weigh a payment's
+        (`points_collector` reads `points_givers_30d`). Empty for an event without a user."""
+        if event.user_id is None:
+            return {}
+        scratch = detached(self.users.platform, event.user_id)
+        values = scratch.features_at(event.user_id, event.ts, merchant_id=event.merchant_id)
+        return dict(zip(UserPlatformFamily.names, values, strict=True))
 
     def vector(self, tx: Transaction) -> list[float | None]:
         """The feature values of `tx` in `FEATURE_NAMES` order; then learns `tx`."""

@@ -244,25 +244,36 @@ class UserPlatformFamily:
 
     def transaction(self, tx: Transaction) -> tuple[Value, ...]:
         """The platform features of `tx` (a transaction changes no platform state)."""
-        ts = tx.ts
-        state = self._state(tx.user_id, ts)
+        payment = tx if tx.kind == PAYMENT else None
+        return self.features_at(tx.user_id, tx.ts, merchant_id=tx.merchant_id, payment=payment)
+
+    def features_at(
+        self,
+        user_id: str,
+        ts: int,
+        *,
+        merchant_id: str | None,
+        payment: Transaction | None = None,
+    ) -> tuple[Value, ...]:
+        """The user's platform features at `ts`, at `merchant_id`, for `payment` (None: not
+        a payment, so no binding lead and no coupon use); reading expires windows."""
+        state = self._state(user_id, ts)
         if state is None:
             return PLATFORM_NOTHING_KNOWN
         row = PlatformUserFeatures()
-        payment = tx.kind == PAYMENT
         elsewhere = (
             state.binder is not None
-            and state.binder != tx.merchant_id
+            and state.binder != merchant_id
             and state.bound_ts > ts - BOUND_ELSEWHERE_MS
         )
         row.bound_elsewhere_s = (ts - state.bound_ts) / 1000 if elsewhere else None
-        lead = elsewhere and payment and state.bound_ts > ts - BINDING_LEAD_MS
-        row.binding_lead_amount_cents = tx.amount_cents if lead else None
+        lead = elsewhere and payment is not None and state.bound_ts > ts - BINDING_LEAD_MS
+        row.binding_lead_amount_cents = payment.amount_cents if lead and payment else None
         state.claims.expire(ts)
         row.user_coupons_claimed_24h = len(state.claims)
         uses = state.coupon_uses
         _expire_uses(uses, ts)
-        use = uses.get(tx.tx_id) if payment else None
+        use = None if payment is None else uses.get(payment.tx_id)
         row.coupon_claim_to_use_s = None if use is None else use[1]
         state.givers.expire(ts)
         row.points_givers_30d = len(state.givers)

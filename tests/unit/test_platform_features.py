@@ -139,3 +139,17 @@ def test_stages_checkpointed_before_platform_events_restore_with_empty_platform_
     assert restored_users.platform.state == {} and restored_entities.binder.state == {}
     assert restored_entities.device_claims.names == entities.device_claims.names
     assert pickle.loads(pickle.dumps(restored_entities)).binder.state == {}
+
+
+def test_a_points_request_reads_the_collectors_features_and_changes_nothing() -> None:
+    engine = FeatureEngine()
+    for i in range(6):
+        gift = {"user_id": "col", "counterparty_id": f"giver{i}", "amount_cents": 100}
+        engine.platform_event(event(f"g{i}", T0 + i, "points_grant", **gift))
+    before = pickle.dumps(engine)
+    redeem = event("r1", T0 + HOUR, "points_redeem", user_id="col", amount_cents=600)
+    seen = engine.request_features(redeem)
+    assert seen["points_givers_30d"] == 6 and seen["points_received_30d"] == 600
+    assert seen["binding_lead_amount_cents"] is None and seen["coupon_claim_to_use_s"] is None
+    assert pickle.dumps(engine) == before
+    assert engine.request_features(event("t", T0, "pool_topup", amount_cents=1)) == {}
