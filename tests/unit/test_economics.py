@@ -44,6 +44,7 @@ NO_FLOW_ABUSE = {
     "binding_hijack_per_100k": 0.0,
     "coupon_farm_per_100k": 0.0,
     "points_collector_per_100k": 0.0,
+    "binding_farm_per_100k": 0.0,
 }
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14, **NO_FLOW_ABUSE)
 #: Worlds the books are measured on: a platform growing as the simulator's does (a fifth of

@@ -7,7 +7,9 @@ and the group, as `_abuse`'s) and the platform events that make it abuse.
 - `coupon_farm`: fresh accounts on a few phones claim a merchant's coupons and use them at
   once on small payments there;
 - `points_collector`: fresh accounts on a few phones pass their points to one account, which
-  spends them at once.
+  spends them at once;
+- `binding_farm`: a merchant binds fresh accounts made on a few phones, which then spend a
+  little anywhere, each payment earning it retention commission.
 
 The groups are built before the world is assembled (`inject`, as `_abuse.inject`), in the
 generator's integer indices; their platform events are written afterwards
@@ -39,6 +41,7 @@ from rebate_guard.tools.simulator._abuse import _legit_merchants
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
     BEAUTY,
+    BINDING_FARM,
     BINDING_HIJACK,
     COUPON_FARM,
     ENTERTAINMENT,
@@ -87,10 +90,6 @@ class Plan:
                 for name in _PLAN_COLUMNS
             }
         return {name: np.concatenate(parts) for name, parts in self.columns.items()}
-
-
-#: Rough transactions per group (as `_abuse.MEAN_TX_PER_GROUP`).
-MEAN_TX_PER_GROUP = {BINDING_HIJACK: 24.0, COUPON_FARM: 36.0, POINTS_COLLECTOR: 22.0}
 
 
 def _accounts(
@@ -259,10 +258,48 @@ def points_collector(
     b.new_ring(POINTS_COLLECTOR, np.concatenate([collector, givers]), shops)
 
 
+def binding_farm(
+    rng: np.random.Generator, b: Builder, ring: int, plan: Plan, cfg: WorldConfig
+) -> None:
+    """Fresh accounts made on a few phones, bound to one merchant, spending a little."""
+    binder = add_abuse_merchants(
+        rng, b, np.array([RESTAURANT]), 8, 14, BINDING_FARM, ring, cfg.ring_merchant_popularity
+    )
+    n_acc = int(rng.integers(10, 41))
+    s0 = _window(rng, b, left_ms=5 * DAY_MS)
+    signup = np.sort(
+        s0 + (rng.random(n_acc) * int(rng.integers(6 * HOUR_MS, 3 * DAY_MS))).astype(np.int64)
+    )
+    users, device, ip = _accounts(
+        rng, b, ring, BINDING_FARM, signup, n_devices=int(rng.integers(1, 4)),
+        ip_octets=RESIDENTIAL_A,
+    )  # fmt: skip
+    plan.add(
+        BINDING, signup + rng.integers(MINUTE_MS, 30 * MINUTE_MS, n_acc), np.zeros(n_acc),
+        user=users, merchant_ring=ring, place=users,
+    )  # fmt: skip
+    per_account = 1 + (rng.random(n_acc) < 0.5)
+    acc = np.repeat(np.arange(n_acc), per_account)
+    n = len(acc)
+    ts = signup[acc] + rng.integers(HOUR_MS, 4 * DAY_MS, n)
+    keep = ts < b.end
+    acc, ts, n = acc[keep], ts[keep], int(keep.sum())
+    merchant = _merchants_of(rng, b, cfg.n_merchants, (RESTAURANT, GROCERY), n)
+    amount = rng.integers(10, 40, n) * 100
+    tx = b.add_abuse_tx(
+        ring, BINDING_FARM, ts, users[acc], merchant, amount, device[acc], ip[acc],
+        np.full(n, _NONE),
+    )  # fmt: skip
+    commission = np.maximum(1, amount // 100)
+    plan.add(RETENTION_COMMISSION, ts + 1, commission, user=users[acc], tx=tx, merchant_ring=ring)
+    b.new_ring(BINDING_FARM, users, binder)
+
+
 SCENARIO_GROUPS = {
     BINDING_HIJACK: binding_hijack,
     COUPON_FARM: coupon_farm,
     POINTS_COLLECTOR: points_collector,
+    BINDING_FARM: binding_farm,
 }
 
 
@@ -275,6 +312,7 @@ def group_counts(cfg: WorldConfig, expected_legit: float) -> dict[int, int]:
         BINDING_HIJACK: cfg.binding_hijack_per_100k,
         COUPON_FARM: cfg.coupon_farm_per_100k,
         POINTS_COLLECTOR: cfg.points_collector_per_100k,
+        BINDING_FARM: cfg.binding_farm_per_100k,
     }
     counts = {}
     for scenario, rate in rates.items():

@@ -25,9 +25,10 @@ SCENARIOS = (
     "binding_hijack",
     "coupon_farm",
     "points_collector",
+    "binding_farm",
 )
 LEGIT, BRUSHING, REFERRAL_FARM, COLLUSION_RING, CASH_OUT, PYRAMID = range(6)
-BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR = range(6, 9)
+BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR, BINDING_FARM = range(6, 10)
 ABUSE_SCENARIOS = SCENARIOS[1:]
 
 # Legit look-alike codes (tx_truth.group / user_truth.role of legit users); -1 is none.

@@ -63,6 +63,7 @@ class WorldConfig:
     binding_hijack_per_100k: float = 0.0
     coupon_farm_per_100k: float = 0.0
     points_collector_per_100k: float = 0.0
+    binding_farm_per_100k: float = 0.0
     min_groups_per_scenario: int = 1  # 0 lets a rare scenario round away (low fraud shares)
     # Legit pull of abuse-run merchants: their popularity is this x a log-normal(0, 0.5)
     # (legit merchants: log-normal(0, 1.1), mean ~1.8), so they get a little legit traffic.
@@ -202,6 +203,7 @@ class WorldConfig:
             "binding_hijack_per_100k",
             "coupon_farm_per_100k",
             "points_collector_per_100k",
+            "binding_farm_per_100k",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

@@ -40,6 +40,7 @@ FLOW_ABUSE: dict[str, Any] = {
     "binding_hijack_per_100k": 1.5,
     "coupon_farm_per_100k": 1.5,
     "points_collector_per_100k": 1.5,
+    "binding_farm_per_100k": 1.5,
 }
 #: (days, transactions) a profile uses when the caller gives none.
 PROFILE_SIZE = {"default": (28, 100_000), "random": (45, 80_000)}
