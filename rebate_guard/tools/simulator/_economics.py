@@ -125,8 +125,13 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
     merchants = pl.DataFrame({"merchant_id": merchant_ids}).with_row_index("m")
     pay = (
         world.transactions.filter(pl.col("kind") == "payment")
-        .join(signups.select("user_id", "u"), on="user_id", how="left")
-        .join(merchants.with_columns(pl.col("m").cast(pl.Int64)), on="merchant_id", how="left")
+        .join(signups.select("user_id", "u"), on="user_id", how="left", maintain_order="left")
+        .join(
+            merchants.with_columns(pl.col("m").cast(pl.Int64)),
+            on="merchant_id",
+            how="left",
+            maintain_order="left",
+        )
     )
     amount = pay["amount_cents"].to_numpy().astype(np.int64)
     weights = 0.75 ** np.arange(cfg.regions)
@@ -138,6 +143,7 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
             signups.select(pl.col("user_id").alias("referrer_id"), "u"),
             on="referrer_id",
             how="left",
+            maintain_order="left",
         )["u"]
         .fill_null(_NONE)
         .to_numpy()
@@ -158,7 +164,9 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
         referrer=referrer.astype(np.int64),
         merchant_ids=merchant_ids,
         region=weighted_choice(rng, weights, len(merchant_ids)),
-        abuse_user=signups.join(world.user_truth, on="user_id", how="left")["role"]
+        abuse_user=signups.join(world.user_truth, on="user_id", how="left", maintain_order="left")[
+            "role"
+        ]
         .is_in(ABUSE_SCENARIOS)
         .to_numpy(),
         abuse_merchant=merchant_ids.is_in(

@@ -198,7 +198,7 @@ def simulate_world(config: WorldConfig) -> World:
         economics_rng, cfg, world, PLATFORM_EVENT_SCHEMA
     )
     merchant_truth = world.merchant_truth.drop("region", "settlement").join(
-        merchants, on="merchant_id", how="left"
+        merchants, on="merchant_id", how="left", maintain_order="left"
     )
     world = replace(world, merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA))
     abuse = _abuse_economics.platform_events(flows, b, world, cfg=cfg, schema=PLATFORM_EVENT_SCHEMA)
