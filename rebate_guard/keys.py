@@ -22,6 +22,13 @@ class Keys:
         self.policy = f"{self.prefix}policy"
         #: Wall-clock ms at which the graph shard last showed it was running.
         self.graph_heartbeat = f"{self.prefix}graph:heartbeat"
+        # The solvency monitor's serving state (docs/economics.md), which the console reads.
+        #: Hash: scope -> its running `SolvencyReading` (the platform and each region).
+        self.solvency_current = f"{self.prefix}solvency:current"
+        #: Hash: scope -> the `SolvencyReading` of its last closed period.
+        self.solvency_latest = f"{self.prefix}solvency:latest"
+        #: List of `PlatformAlert`, newest last.
+        self.alerts = f"{self.prefix}alerts"
 
     def policy_version(self, version: str) -> str:
         """Every version's document, kept: a decision's `policy_version` can be looked up."""
@@ -45,6 +52,14 @@ class Keys:
 
     def referral(self, user_id: str) -> str:
         return f"{self.prefix}referral:{user_id}"
+
+    def solvency_series(self, scope: str) -> str:
+        """A scope's closed readings, oldest first (the platform and regions only)."""
+        return f"{self.prefix}solvency:series:{scope}"
+
+    def alert(self, alert_id: str) -> str:
+        """An alert as first stored: a redelivered period alerts once."""
+        return f"{self.prefix}alert:{alert_id}"
 
     def ring_score(self, key: tuple[str, str]) -> str:
         """A user's ("u", id) or merchant's ("m", id) strongest ring."""

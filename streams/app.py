@@ -2,9 +2,9 @@
 `BatchProcessor`, and the `Runtime` that composes it with the checkpoint writer, the
 policy watcher and `POST /score`'s requests.
 
-One agent per input topic (transactions, signups, labels) feeds the user shards; one per
-internal topic carries envelopes between the feature stages and to the graph shard
-(streams/shards/). All topics
+One agent per input topic (transactions, signups, labels, platform events) feeds the user
+shards; one per internal topic carries envelopes between the feature stages and to the graph
+and solvency shards (streams/shards/). All topics
 have the same partition count, so Faust co-partitions them: partition i of every topic, and
 so user shard i and entity shard i, belong to the same worker. Agents batch with
 `take_events`.
@@ -39,6 +39,7 @@ from rebate_guard.contract.records import (
     GRAPH_EVENTS,
     INPUT_TOPICS,
     INTERNAL_TOPICS,
+    SOLVENCY_MOVEMENTS,
     Transaction,
 )
 from rebate_guard.settings import Settings
@@ -49,9 +50,9 @@ from streams.checkpoint_writer import CheckpointWriter
 from streams.console.store import ConsoleStore, MemoryConsoleStore, RedisConsoleStore
 from streams.policy_watch import PolicyWatcher
 from streams.processor import BatchProcessor
-from streams.registry import entity_unit, graph_unit, user_unit
+from streams.registry import entity_unit, graph_unit, solvency_unit, user_unit
 from streams.score_requests import DecisionWaiters, ScoreRequests
-from streams.shards import GRAPH_PARTITION
+from streams.shards import GRAPH_PARTITION, SOLVENCY_PARTITION
 from streams.sink import KafkaSink, Sink
 from streams.store import DecisionStore, RedisDecisionStore
 from streams.transport import RebateGuardApp
@@ -185,6 +186,8 @@ class Runtime:
         }
         if s.graph and TP(s.topic(GRAPH_EVENTS), GRAPH_PARTITION) in assigned:
             units.add(graph_unit(GRAPH_PARTITION))
+        if TP(s.topic(SOLVENCY_MOVEMENTS), SOLVENCY_PARTITION) in assigned:
+            units.add(solvency_unit(SOLVENCY_PARTITION))
         shards = self.processor.shards
         async with self.lock:
             current = set(shards.units())
@@ -229,6 +232,8 @@ class Runtime:
                     await self.processor.handle_requests(raw)
                 elif kind == GRAPH_EVENTS:
                     await self.processor.handle_graph(raw)
+                elif kind == SOLVENCY_MOVEMENTS:
+                    await self.processor.handle_solvency(raw)
                 elif kind == ENTITY_RESULTS:
                     outcome = await self.processor.handle_results(raw)
                 else:

@@ -37,7 +37,9 @@ from rebate_guard.contract.records import (
     ENTITY_RESULTS,
     GRAPH_EVENTS,
     LABELS,
+    PLATFORM_EVENTS,
     SIGNUPS,
+    SOLVENCY_MOVEMENTS,
     TRANSACTIONS,
     DeadLetter,
     Decision,
@@ -47,6 +49,7 @@ from rebate_guard.contract.validation import (
     InvalidEvent,
     decode_json_object,
     parse_label,
+    parse_platform_event,
     parse_signup,
     parse_transaction,
 )
@@ -72,6 +75,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
     TRANSACTIONS: parse_transaction,
     SIGNUPS: parse_signup,
     LABELS: parse_label,
+    PLATFORM_EVENTS: parse_platform_event,
 }
 
 
@@ -262,6 +266,14 @@ class BatchProcessor:
             if events or scores:
                 await self.publisher.rings(events, scores)
 
+    async def handle_solvency(self, raw: Sequence[RawEvent]) -> None:
+        """Movements from user shards for this worker's solvency shard: the books advance,
+        and the periods closed are published (solvency and alerts topics, Redis)."""
+        for b, released in sorted(self._offer(raw, self.shards.solvency).items()):
+            shard = self.shards.solvencies[b]
+            shard.apply(released)
+            await self.publisher.solvency(shard.take(), shard.current())
+
     async def handle_results(self, raw: Sequence[RawEvent]) -> BatchOutcome:
         """Entity results coming back to this worker's user shards."""
         outcome = BatchOutcome()
@@ -298,7 +310,11 @@ class BatchProcessor:
                 self._send(GRAPH_EVENTS, [e for s in shards for e in s.graph_envelopes()]),
             )
             finished, indexed = await self._complete(shards)
+            await self._send(
+                SOLVENCY_MOVEMENTS, [e for s in shards for e in s.solvency_envelopes()]
+            )
             await publish.decisions([done for _, done in finished], outcome, indexed)
+            await publish.points([done for _, done in finished], outcome)
             await publish.adjustments([(s, a) for s, done in finished for a in done.adjustments])
             await publish.labels([label for _, done in finished for label in done.labels])
             for shard in shards:
@@ -370,5 +386,7 @@ class BatchProcessor:
         messages = self.shards.at_next_offsets(kind, returned)
         if kind == ENTITY_REQUESTS:
             await self.handle_requests(messages)
-        else:
+        elif kind == GRAPH_EVENTS:
             await self.handle_graph(messages)
+        else:
+            await self.handle_solvency(messages)

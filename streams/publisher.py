@@ -1,6 +1,7 @@
 """What the worker's batches put out: decisions stored first-write-wins then produced,
-feature vectors, ledger adjustments, dead letters, rings, envelopes to the internal topics,
-and the console's views of them. Every write is retried until it succeeds (`Retrying`)."""
+feature vectors, ledger adjustments, dead letters, rings, the solvency monitor's readings and
+alerts, envelopes to the internal topics, and the console's views of them. Every write is
+retried until it succeeds (`Retrying`)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ from rebate_guard.contract.records import (
     DEAD_LETTERS,
     DECISIONS,
     FEATURES,
+    PLATFORM_ALERTS,
     REBATE_ADJUSTMENTS,
     RINGS,
+    SOLVENCY,
     DeadLetter,
     Decision,
     Label,
+    PlatformAlert,
     RebateAdjustment,
+    SolvencyReading,
 )
 from rebate_guard.settings import Settings
 from streams.batch import BatchOutcome, Counters, RawEvent
 from streams.console.store import ConsoleStore, Indexed, resolved_holds
 from streams.retry import Retrying
 from streams.shards import Completed, UserShard
+from streams.shards.solvency import Output
 from streams.sink import Sink
 from streams.store import DecisionStore, RingKey
 
@@ -39,6 +45,14 @@ def feature_vector_json(decision: Decision, x: dict[str, Any]) -> bytes:
     cost ~30% of the worker's throughput for 47-feature vectors (benchmarks/README.md)."""
     vector = {"tx_id": decision.tx_id, "ts": decision.ts, "features": x}
     return json.dumps(vector, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _standing(items: list[tuple[str, bytes]], existing: list[bytes | None]) -> dict[str, bytes]:
+    """Id -> the value that stands: the one stored now, or the one that was there."""
+    return {
+        key: value if prior is None else prior
+        for (key, value), prior in zip(items, existing, strict=True)
+    }
 
 
 def _balances(a: RebateAdjustment) -> tuple[str, int, int, int]:
@@ -115,6 +129,52 @@ class Publisher:
             vectors = [(d.tx_id.encode(), feature_vector_json(d, x)) for d, x in decisions]
             produced.append(self.produce(FEATURES, vectors))
         await asyncio.gather(*produced)
+
+    async def points(self, finished: list[Completed], outcome: BatchOutcome) -> None:
+        """Stores the decisions on points requests first-write-wins by event_id (a re-run
+        after a restart finds the one it made before, which stands), and produces the
+        standing ones, with those of repeated requests, on the decisions topic."""
+        made = [d for done in finished for d in done.points]
+        repeats = [e for done in finished for e in done.points_repeats]
+        if not made and not repeats:
+            return
+        items = [(d.tx_id, d.dumps()) for d in made]
+        existing = await self.retry("store decisions", lambda: self.store.put_new(items))
+        standing = _standing(items, existing)
+        earlier = [e for e in repeats if e not in standing]
+        if earlier:
+            stored = await self.retry("read decisions", lambda: self.store.get_many(earlier))
+            standing.update(stored)
+        self.on_decided(standing)
+        decided = existing.count(None)
+        outcome.decided += decided
+        outcome.redelivered += len(items) + len(repeats) - decided
+        order = [d.tx_id for d in made] + repeats
+        await self.produce(DECISIONS, [(t.encode(), standing[t]) for t in order if t in standing])
+
+    async def solvency(self, outputs: list[Output], current: dict[str, SolvencyReading]) -> None:
+        """What the solvency shard closed: readings in Redis, and each alert there first
+        stored wins (a period read again after a restore alerts once: the list and the log
+        take the new ones alone); then both on their topics keyed by scope, an alert as it
+        stands. Then the running figures."""
+        readings = [o for o in outputs if isinstance(o, SolvencyReading)]
+        alerts = [o for o in outputs if isinstance(o, PlatformAlert)]
+        running = {scope: r.dumps() for scope, r in current.items()}
+        values = [(r.scope, r.period_end, r.dumps()) for r in readings]
+        put = partial(self.store.put_solvency, values, running)
+        await self.retry("store solvency readings", put)
+        records = [(scope.encode(), value) for scope, _, value in values]
+        if alerts:
+            items = [(a.alert_id, a.dumps()) for a in alerts]
+            existing = await self.retry("store alerts", lambda: self.store.put_alerts(items))
+            for alert, prior in zip(alerts, existing, strict=True):
+                if prior is None:
+                    log.warning("solvency alert %s: %s", alert.alert_id, alert.message)
+            standing = _standing(items, existing)
+            stood = [(a.scope.encode(), standing[a.alert_id]) for a in alerts]
+            await self.produce(PLATFORM_ALERTS, stood)
+        if records:
+            await self.produce(SOLVENCY, records)
 
     async def _index(
         self, finished: list[Completed], existing: list[bytes | None], indexed: set[str]

@@ -1,6 +1,7 @@
 """The shards this worker owns, one per assigned partition, and their checkpoints.
 
-A shard is a unit named after its kind and partition (`user-3`, `entity-3`, `graph-0`):
+A shard is a unit named after its kind and partition (`user-3`, `entity-3`, `graph-0`,
+`solvency-0`):
 installed from its checkpoint (or fresh) when its partitions are assigned, forgotten once
 checkpointed when they are revoked. A process with no broker owns every partition: it
 installs a shard the first time one is looked up (`own_missing`).
@@ -15,9 +16,10 @@ from typing import Any, TypeVar
 
 from features.stages import EntityStage, UserStage
 from graph.layer import GraphLayer
-from rebate_guard.contract.records import ENTITY_REQUESTS, GRAPH_EVENTS
+from rebate_guard.contract.records import ENTITY_REQUESTS, GRAPH_EVENTS, SOLVENCY_MOVEMENTS
 from rebate_guard.core.decider import MAX_REMEMBERED_FEATURES, Decider
 from rebate_guard.core.policy import Policy
+from rebate_guard.core.solvency import SolvencyMonitor
 from rebate_guard.settings import Settings
 from streams.batch import RawEvent
 from streams.shards import (
@@ -29,8 +31,9 @@ from streams.shards import (
     load_checkpoint,
 )
 from streams.shards.deltas import ENTITY_STORES, USER_STORES, DeltaChain, Plan
+from streams.shards.solvency import SOLVENCY_PARTITION, SolvencyShard
 
-S = TypeVar("S", UserShard, EntityShard, GraphShard)
+S = TypeVar("S", UserShard, EntityShard, GraphShard, SolvencyShard)
 
 
 def user_unit(partition: int) -> str:
@@ -43,6 +46,10 @@ def entity_unit(partition: int) -> str:
 
 def graph_unit(partition: int) -> str:
     return f"graph-{partition}"
+
+
+def solvency_unit(partition: int) -> str:
+    return f"solvency-{partition}"
 
 
 @dataclass
@@ -67,8 +74,8 @@ class CheckpointRound:
 
 
 class ShardRegistry:
-    """This worker's user, entity and graph shards by partition, and the policy every user
-    shard decides with."""
+    """This worker's user, entity, graph and solvency shards by partition, and the policy
+    every user shard decides with (and the solvency shard reads its lines from)."""
 
     def __init__(
         self, settings: Settings, *, clock: Callable[[], float], own_missing: bool = False
@@ -79,6 +86,7 @@ class ShardRegistry:
         self.users: dict[int, UserShard] = {}
         self.entities: dict[int, EntityShard] = {}
         self.graphs: dict[int, GraphShard] = {}
+        self.solvencies: dict[int, SolvencyShard] = {}
         #: Wall-clock time each (user partition, topic code) last delivered (not
         #: checkpointed).
         self.heard: dict[tuple[int, int], float] = {}
@@ -97,6 +105,8 @@ class ShardRegistry:
         self.policy = policy
         for shard in self.users.values():
             shard.decider.policy = policy
+        for books in self.solvencies.values():
+            books.monitor.terms = policy.solvency
 
     def new_user_shard(self, partition: int) -> UserShard:
         s = self.settings
@@ -128,6 +138,14 @@ class ShardRegistry:
     def new_graph_shard(self, partition: int) -> GraphShard:
         return GraphShard(partition, self.n_partitions, GraphLayer(self.settings.graph_config()))
 
+    def new_solvency_shard(self, partition: int) -> SolvencyShard:
+        return SolvencyShard(
+            partition,
+            self.n_partitions,
+            SolvencyMonitor(self.policy.solvency),
+            late_memory_ms=self.settings.decision_ttl_s * 1000,
+        )
+
     def install(self, unit: str, blob: bytes | None) -> None:
         """Take over a shard: from its checkpoint, or fresh."""
         kind, _, number = unit.partition("-")
@@ -148,6 +166,12 @@ class ShardRegistry:
             if state is not None and not isinstance(state, GraphShard):
                 raise TypeError(f"{unit}: not a graph shard checkpoint: {type(state).__name__}")
             self.graphs[partition] = state or self.new_graph_shard(partition)
+        elif kind == "solvency":
+            if state is not None and not isinstance(state, SolvencyShard):
+                raise TypeError(f"{unit}: not a solvency checkpoint: {type(state).__name__}")
+            books = state or self.new_solvency_shard(partition)
+            books.monitor.terms = self.policy.solvency  # the live lines, as the deciders'
+            self.solvencies[partition] = books
         else:
             if state is not None and not isinstance(state, EntityShard):
                 raise TypeError(f"{unit}: not an entity shard checkpoint: {type(state).__name__}")
@@ -168,6 +192,7 @@ class ShardRegistry:
             self.install(entity_unit(partition), None)
         if self.settings.graph:
             self.install(graph_unit(GRAPH_PARTITION), None)
+        self.install(solvency_unit(SOLVENCY_PARTITION), None)
 
     def release(self, units: Iterable[str]) -> list[int]:
         """Forget shards this worker no longer owns (after their checkpoint); returns the
@@ -176,6 +201,7 @@ class ShardRegistry:
             "user": self.users,
             "entity": self.entities,
             "graph": self.graphs,
+            "solvency": self.solvencies,
         }
         users = []
         for unit in units:
@@ -191,6 +217,7 @@ class ShardRegistry:
             [user_unit(p) for p in self.users]
             + [entity_unit(q) for q in self.entities]
             + [graph_unit(g) for g in self.graphs]
+            + [solvency_unit(s) for s in self.solvencies]
         )
 
     def checkpoints(self) -> tuple[dict[str, Callable[[], bytes]], Callable[[], None]]:
@@ -205,24 +232,26 @@ class ShardRegistry:
         return self._round(incremental=True)
 
     def _round(self, *, incremental: bool) -> CheckpointRound:
-        floors = {p: shard.floor() for p, shard in self.users.items()}
+        floors = {p: (shard.floor(), shard.books.mark) for p, shard in self.users.items()}
         users = dict(self.users)
         plans: dict[str, tuple[DeltaChain, Plan]] = {}
         pieces: dict[str, Piece] = {}
         for p, shard in users.items():
             unit = user_unit(p)
             plan = self._plan(unit, shard, plans) if incremental else None
-            pieces[unit] = self._piece(partial(shard.snapshot, floors[p], plan), plan)
+            pieces[unit] = self._piece(partial(shard.snapshot, floors[p][0], plan), plan)
         for q, entity in self.entities.items():
             unit = entity_unit(q)
             plan = self._plan(unit, entity, plans) if incremental else None
             pieces[unit] = self._piece(partial(entity.snapshot, plan), plan)
         for g, graph in self.graphs.items():
             pieces[graph_unit(g)] = Piece(graph.snapshot)
+        for b, books in self.solvencies.items():
+            pieces[solvency_unit(b)] = Piece(books.snapshot)
 
         def written() -> None:
             for p, shard in users.items():
-                shard.durable_floor = floors[p]  # entity shards may now forget below it
+                shard.durable(*floors[p])  # entity shards may now forget below it
             for chain, plan in plans.values():
                 chain.written(plan)
 
@@ -258,6 +287,9 @@ class ShardRegistry:
     def graph(self, partition: int) -> GraphShard | None:
         return self._shard(self.graphs, graph_unit, partition)
 
+    def solvency(self, partition: int) -> SolvencyShard | None:
+        return self._shard(self.solvencies, solvency_unit, partition)
+
     def _shard(self, shards: dict[int, S], unit: Callable[[int], str], partition: int) -> S | None:
         shard = shards.get(partition)
         if shard is None and self.own_missing:  # no broker: every partition is ours
@@ -275,10 +307,10 @@ class ShardRegistry:
                 entity = self.entity(partition)
                 assert entity is not None
                 offset = entity.next_offset
-            elif kind == GRAPH_EVENTS:
-                graph = self.graph(partition)
-                assert graph is not None
-                offset = graph.next_offset
+            elif kind in (GRAPH_EVENTS, SOLVENCY_MOVEMENTS):
+                inbox = self.graph(partition) if kind == GRAPH_EVENTS else self.solvency(partition)
+                assert inbox is not None
+                offset = inbox.next_offset
             else:
                 user = self.user(partition)
                 assert user is not None

@@ -30,6 +30,7 @@ class ShardReports:
         late_user = sum(s.late for s in users)
         late_entity = sum(s.late for s in entities)
         late_graph = sum(s.late for s in graphs)
+        late_books = sum(s.late for s in self.shards.solvencies.values())
         return {
             "watermark": min(marks) if marks else None,
             "pending": sum(len(s.aligner.buffer) + len(s.queue) for s in users),
@@ -37,8 +38,13 @@ class ShardReports:
             "idle_sources": sum(len(s.aligner.idle_sources) for s in users),
             # Events released after event time had passed them, counted in each stage they
             # reached late (an input event at its user shard; a request at an entity shard).
-            "late": late_user + late_entity + late_graph,
-            "late_by_stage": {"user": late_user, "entity": late_entity, "graph": late_graph},
+            "late": late_user + late_entity + late_graph + late_books,
+            "late_by_stage": {
+                "user": late_user,
+                "entity": late_entity,
+                "graph": late_graph,
+                "solvency": late_books,
+            },
         }
 
     def models(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rebate_guard.contract.order import Event
-from rebate_guard.contract.records import Label, Signup, Transaction
+from rebate_guard.contract.records import Label, PlatformEvent, Signup, Transaction
 from rebate_guard.settings import Settings
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
@@ -65,6 +65,8 @@ class Feed:
             kind, key = "transactions", event.user_id
         elif isinstance(event, Signup):
             kind, key = "signups", event.user_id
+        elif isinstance(event, PlatformEvent):  # keyed as the contract keys them
+            kind, key = "platform-events", event.user_id or event.merchant_id or event.event_id
         else:
             assert isinstance(event, Label)
             kind, key = "labels", event.tx_id or event.user_id or ""

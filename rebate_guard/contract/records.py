@@ -35,16 +35,28 @@ PLATFORM_EVENTS = "platform-events"
 # The solvency monitor's readings and alerts (rebate_guard/core/solvency.py).
 SOLVENCY = "solvency"
 PLATFORM_ALERTS = "platform-alerts"
-INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS)
-OUTPUT_TOPICS = (DECISIONS, RINGS, DEAD_LETTERS, FEATURES, REBATE_ADJUSTMENTS)
-#: The platform's economics: its flows in, the solvency monitor's readings and alerts out.
+#: What the worker reads: keyed by user (else as docs/events.md says), co-partitioned.
+INPUT_TOPICS = (TRANSACTIONS, SIGNUPS, LABELS, PLATFORM_EVENTS)
+OUTPUT_TOPICS = (
+    DECISIONS,
+    RINGS,
+    DEAD_LETTERS,
+    FEATURES,
+    REBATE_ADJUSTMENTS,
+    SOLVENCY,
+    PLATFORM_ALERTS,
+)
+#: The platform's economics (among the above): its flows in, the solvency monitor's
+#: readings and alerts out.
 PLATFORM_TOPICS = (PLATFORM_EVENTS, SOLVENCY, PLATFORM_ALERTS)
 # Between the two feature stages (streams/shards/): not part of the contract.
 ENTITY_REQUESTS = "entity-requests"
 ENTITY_RESULTS = "entity-results"
 # From the user shards to the graph shard (streams/shards/inbox.py: `GraphShard`).
 GRAPH_EVENTS = "graph-events"
-INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS, GRAPH_EVENTS)
+# From the user shards to the solvency shard: the books' movements (streams/shards/solvency.py).
+SOLVENCY_MOVEMENTS = "solvency-movements"
+INTERNAL_TOPICS = (ENTITY_REQUESTS, ENTITY_RESULTS, GRAPH_EVENTS, SOLVENCY_MOVEMENTS)
 
 PAYMENT = "payment"
 REFUND = "refund"

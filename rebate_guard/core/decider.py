@@ -324,6 +324,13 @@ class Decider:
         out, self.movements = self.movements, []
         return out
 
+    def advance(self, now: int, *, decided_at: int) -> None:
+        """Event time has reached `now` with nothing before it left to decide here: holds
+        past their timeout by then resolve now, as they would first on the next event (a
+        worker's books need every movement up to `now` before it says event time is there:
+        streams/shards/solvency.py). Changes nothing the next event would not."""
+        self._adjusted(self.ledger.due(now, self.policy.ledger, decided_at=decided_at))
+
     def platform_event(self, event: PlatformEvent, *, decided_at: int) -> Decision | None:
         """A platform event (docs/economics.md): the users' points books follow it, and a
         points request (redeem, transfer, withdraw) is decided by the points policy (a

@@ -16,6 +16,7 @@ periods gives the same outputs.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -275,6 +276,9 @@ class SolvencyMonitor:
     merchants: dict[str, Books] = field(default_factory=dict)
     #: merchant -> (ts, movement_id, region) of the latest movement that named its region.
     merchant_regions: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    #: region -> how many merchants are in it now: a region is read while it has any (a
+    #: merchant's first movements may name no region: it is `unknown` until one does).
+    members: Counter[str] = field(default_factory=Counter)
     #: Merchants with a movement in the open period (their scopes are read at its end).
     moved: set[str] = field(default_factory=set)
     #: scope -> its level at its last reading.
@@ -295,6 +299,7 @@ class SolvencyMonitor:
             books = self.merchants.get(merchant)
             if books is None:
                 books = self.merchants[merchant] = Books()
+                self.members[UNKNOWN_REGION] += 1
             if movement.region is not None:
                 self._locate(merchant, books, movement)
             books.take(movement)
@@ -348,6 +353,8 @@ class SolvencyMonitor:
             if left is not None:
                 left.add(books, -1)
             self._region_books(region).add(books, 1)
+            self.members[old] -= 1
+            self.members[region] += 1
 
     def _region_books(self, region: str) -> Books:
         books = self.regions.get(region)
@@ -360,7 +367,8 @@ class SolvencyMonitor:
         moved in it; closing, with the alerts of the scopes whose level changed."""
         terms, end = self.terms, start + self.terms.period_ms
         scopes = [(PLATFORM, self.platform)]
-        scopes += [(region_scope(r), self.regions[r]) for r in sorted(self.regions)]
+        regions = sorted(r for r in self.regions if self.members[r] > 0)
+        scopes += [(region_scope(r), self.regions[r]) for r in regions]
         scopes += [(merchant_scope(m), self.merchants[m]) for m in sorted(self.moved)]
         out: list[Output] = []
         for scope, books in scopes:

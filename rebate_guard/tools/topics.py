@@ -17,12 +17,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from rebate_guard.contract.records import (
-    INPUT_TOPICS,
-    INTERNAL_TOPICS,
-    OUTPUT_TOPICS,
-    PLATFORM_TOPICS,
-)
+from rebate_guard.contract.records import INPUT_TOPICS, INTERNAL_TOPICS, OUTPUT_TOPICS
 from rebate_guard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,9 +33,9 @@ class TopicError(RuntimeError):
 
 
 def contract_topics(settings: Settings) -> list[str]:
-    """Full names (with the configured prefix) of every contract topic."""
-    names = (*INPUT_TOPICS, *OUTPUT_TOPICS, *PLATFORM_TOPICS)
-    return [settings.topic(name) for name in names]
+    """Full names (with the configured prefix) of every contract topic (the platform's
+    among them)."""
+    return [settings.topic(name) for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)]
 
 
 def pipeline_topics(settings: Settings) -> list[str]:

@@ -43,6 +43,16 @@ def share(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
+def ratio(value: float | None) -> str:
+    """A liability : distributable ratio as people write one: 3.4166 -> '3.42:1', 3 -> '3:1'."""
+    return "–" if value is None else f"{round(value, 2):g}:1"
+
+
+def ratio_number(value: float) -> str:
+    """A tick of the ratio axis: 2.0 -> '2', 2.5 -> '2.5'."""
+    return f"{value:g}"
+
+
 def mask(value: str | None) -> str:
     """A PII value with all but its edges hidden: 'd-5f2a91' -> 'd-****91'; an IPv4
     address keeps its first two octets. Short values are hidden whole."""
@@ -57,7 +67,9 @@ def mask(value: str | None) -> str:
     return value[:keep] + "*" * (len(value) - 2 * keep) + value[-keep:]
 
 
-ENV.filters.update(money=money, when=when, share=share, mask=mask)
+ENV.filters.update(
+    money=money, when=when, share=share, mask=mask, ratio=ratio, ratio_number=ratio_number
+)
 
 
 def render(template: str, **context: Any) -> str:

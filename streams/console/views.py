@@ -14,14 +14,17 @@ from faust.web import Request, Response, View
 
 from graph.rings import BRUSHING, CASH_OUT, COLLUSION, PYRAMID, REFERRAL_FARM, SIGNUP_BATCH
 from rebate_guard.contract.records import FRAUD, LEGIT
+from rebate_guard.core.solvency import PLATFORM
 from streams.auth import REVIEWER, VIEWER, Guard, Identity
-from streams.console import actions, data
+from streams.console import actions, data, solvency
 from streams.console.render import render
 from streams.roles import role_at_least
 
 if TYPE_CHECKING:
     from streams.app import Runtime
 
+#: Longest scope a solvency page is asked for (a region's name comes from events).
+MAX_SCOPE = 300
 RING_KINDS = (REFERRAL_FARM, PYRAMID, COLLUSION, BRUSHING, CASH_OUT, SIGNUP_BATCH)
 QUEUE_SHOWN = 100
 
@@ -76,9 +79,10 @@ def register_console(app: faust.App, runtime: Runtime, guard: Guard) -> None:
         async def get(self, request: Request) -> Response:
             who = need(request, VIEWER)
             o = await data.overview(runtime)
-            return self.html(
-                page(request, "overview.html", "/console/", who, title="Overview", o=o)
-            )
+            platform = await solvency.platform_now(runtime.console)
+            html = page(request, "overview.html", "/console/", who, title="Overview", o=o,
+                        solvency=platform)  # fmt: skip
+            return self.html(html)
 
     @app.page("/console/api/series")
     class Series(View):
@@ -138,6 +142,16 @@ def register_console(app: faust.App, runtime: Runtime, guard: Guard) -> None:
             except actions.ActionError as exc:
                 return see_other(here, error=str(exc))
             return see_other(here, msg=f"labelled {len(users)} users of {ring_id} {verdict}")
+
+    @app.page("/console/solvency")
+    class Solvency(View):
+        async def get(self, request: Request) -> Response:
+            who = need(request, VIEWER)
+            scope = request.query.get("scope", PLATFORM)[:MAX_SCOPE]
+            found = await solvency.page(runtime, scope)
+            html = page(request, "solvency.html", "/console/solvency", who, title="Solvency",
+                        s=found)  # fmt: skip
+            return self.html(html)
 
     @app.page("/console/search")
     class Search(View):

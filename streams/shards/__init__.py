@@ -6,8 +6,8 @@ cooperate over topics so that N workers give exactly the one-process features:
     inputs[p] --> UserShard p --requests[q]--> EntityShard q --results[p]--> UserShard p
     (user_id)      user family,    (entity)      merchant, device, ...         decides
 
-- A `UserShard` owns input partition p of the three input topics (co-partitioned by user).
-  It merges them into event-time order (an `Aligner` over its three sources), computes the
+- A `UserShard` owns input partition p of the four input topics (co-partitioned by user).
+  It merges them into event-time order (an `Aligner` over its four sources), computes the
   user features, and sends each released event to the entity partitions that own its keys,
   batched into one *envelope* per partition with its watermark. Results come back on the
   results topic's partition p; transactions are decided in release order once all their
@@ -38,10 +38,16 @@ Exactly once across restarts (each shard is checkpointed on its own, with its in
 
 Pure: no I/O, no clock; the async driver (`streams.processor`) moves the bytes.
 
-The modules: `user` (the user shard), `completion` (its completion queue and the ring score a
-transaction is decided with), `peers` (what user shards tell each other), `inbox` (entity and
-graph shards), `wire` (identities, envelopes, marks) and `checkpoints` (loading a checkpoint,
-also one pickled before classes moved).
+- A `SolvencyShard` keeps the platform's books (`rebate_guard.core.solvency`): every user
+  shard sends it the movements its decider makes (grants, adjustments, platform events) on
+  the solvency-movements topic's partition `SOLVENCY_PARTITION`, with watermarks, so its
+  readings and alerts are replay's (`streams.shards.solvency`).
+
+The modules: `user` (the user shard) and `user_checkpoints` (its floor and snapshots),
+`completion` (its completion queue and the ring score a transaction is decided with), `peers`
+(what user shards tell each other), `inbox` (entity and graph shards), `solvency` (the books'
+movements and the solvency shard), `wire` (identities, envelopes, marks) and `checkpoints`
+(loading a checkpoint, also one pickled before classes moved).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from streams.shards.checkpoints import MOVED_CLASSES, MOVED_MODULES, load_checkp
 from streams.shards.completion import Completed, Entry, ring_of
 from streams.shards.inbox import EntityShard, GraphShard, Inbox
 from streams.shards.peers import PeerExchange
+from streams.shards.solvency import SOLVENCY_PARTITION, MovementFeed, SolvencyShard
 from streams.shards.user import UserShard
 from streams.shards.wire import (
     ENVELOPE_ITEMS,
@@ -68,6 +75,7 @@ __all__ = [
     "GRAPH_PARTITION",
     "MOVED_CLASSES",
     "MOVED_MODULES",
+    "SOLVENCY_PARTITION",
     "TOPIC_CODES",
     "Completed",
     "DepthKey",
@@ -78,8 +86,10 @@ __all__ = [
     "Identity",
     "Inbox",
     "Mark",
+    "MovementFeed",
     "OrderKey",
     "PeerExchange",
+    "SolvencyShard",
     "TreeWrite",
     "UserShard",
     "load_checkpoint",

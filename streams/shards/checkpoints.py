@@ -14,6 +14,9 @@ import struct
 from typing import Any
 
 from streams.shards.deltas import Restore
+from streams.shards.peers import PeerExchange
+from streams.shards.solvency import MovementFeed
+from streams.shards.wire import TOPIC_CODES
 
 #: Where the classes that checkpoints pickle lived before issue #19 moved them: the records
 #: were Faust records in `streams.records`, the decision core sat at the top of `rebate_guard`.
@@ -69,6 +72,30 @@ class _CheckpointUnpickler(pickle.Unpickler):
 
 def _load(piece: bytes) -> Any:
     return _CheckpointUnpickler(io.BytesIO(piece)).load()
+
+
+def upgraded_user_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A user shard's pickled state as this release keeps it. Before issue #19 the exchange
+    with peers was four fields of the shard; before issue #21 it read no platform events
+    (its aligner gains that source, which holds event time until it delivers or falls
+    idle, as a new shard's do) and fed no books."""
+    state = dict(state)
+    if "peers" not in state:
+        state["peers"] = PeerExchange(
+            state["partition"],
+            state["n_user"],
+            outbox=state.pop("peer_outbox"),
+            held=state.pop("held"),
+            seen=state.pop("peer_seen"),
+            arrivals=state.pop("peer_arrivals"),
+        )
+    if "books" not in state:
+        codes = frozenset(TOPIC_CODES.values())
+        state["aligner"].sources = codes
+        state["durable_floor"] = [*state["durable_floor"], *[0] * len(codes)][: len(codes)]
+        state["seen_events"] = {}
+        state["books"] = MovementFeed()
+    return state
 
 
 def load_checkpoint(blob: bytes) -> Any:

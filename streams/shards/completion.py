@@ -65,6 +65,10 @@ class Completed:
     history_rows: list[bytes | None] = field(default_factory=list)
     #: The labels taken in, in order (the console shows each case's newest).
     labels: list[Label] = field(default_factory=list)
+    #: The decisions on points requests (`Decider.platform_event`), and the event_ids of
+    #: repeated requests (answered with the decision that stands).
+    points: list[Decision] = field(default_factory=list)
+    points_repeats: list[str] = field(default_factory=list)
 
 
 def ring_of(

@@ -16,6 +16,7 @@ from features.referral import DepthMemo
 from features.stages import REFERRAL, EntityStage, SweepClock
 from features.user import TxContext
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
+from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Signup, Transaction, from_row
 from streams.alignment import Aligner, Released
 from streams.shards.deltas import ENTITY_STORES, Plan, delta_blob
@@ -49,21 +50,29 @@ class Inbox:
         envelope = json.loads(payload)
         p = envelope["p"]
         self._forget_below(p, tuple(envelope["floor"]))
-        applied = self.applied.setdefault(p, set())
         aligner = self.aligner
         released: list[Released] = []
         for item in envelope["items"]:
-            identity = (item[1], item[2])
-            if identity in applied:
-                continue  # re-sent by a restored user shard
-            applied.add(identity)
-            event = from_row(ITEM_KINDS[item[0]], item[3])
-            released += aligner.offer(p, event, (p, item))
-        if envelope["idle"]:
-            released += aligner.idle(p)
-        else:
-            released += aligner.advance(p, envelope["wm"])
-        return released
+            event = self._take(p, item)
+            if event is not None:
+                released += aligner.offer(p, event, (p, item))
+        return released + self._moved(p, envelope["wm"], idle=envelope["idle"])
+
+    def _moved(self, p: int, watermark: int, *, idle: bool) -> list[Released]:
+        """User partition `p`'s event time stands at `watermark`, or it is idle."""
+        if idle:
+            return self.aligner.idle(p)
+        return self.aligner.advance(p, watermark)
+
+    def _take(self, p: int, item: list[Any]) -> Event | None:
+        """The event of an item from user partition `p`, or None if it was taken in before
+        (re-sent by a restored user shard)."""
+        identity = (item[1], item[2])
+        applied = self.applied.setdefault(p, set())
+        if identity in applied:
+            return None
+        applied.add(identity)
+        return from_row(ITEM_KINDS[item[0]], item[3])
 
     def snapshot(self, plan: Plan | None = None) -> bytes:
         """The checkpoint (a delta if `plan` extends an earlier one)."""
@@ -72,9 +81,12 @@ class Inbox:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _forget_below(self, p: int, floor: tuple[int, ...]) -> None:
-        if self.floors.get(p) == floor:
-            return
-        self.floors[p] = floor
+        if self.floors.get(p) != floor:
+            self.floors[p] = floor
+            self._forget(p, floor)
+
+    def _forget(self, p: int, floor: tuple[int, ...]) -> None:
+        """Forgets the identities from `p` that are below its (new) durable floor."""
         applied = self.applied.get(p)
         if applied:
             self.applied[p] = {i for i in applied if i[1] >= floor[i[0]]}

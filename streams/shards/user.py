@@ -4,7 +4,6 @@ requests for the rest, and the decisions once every part is in (see `streams.sha
 from __future__ import annotations
 
 import json
-import pickle
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,8 +16,10 @@ from graph.layer import RingScore
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     PAYMENT,
+    POINTS_REQUESTS,
     Decision,
     Label,
+    PlatformEvent,
     Signup,
     Transaction,
     to_row,
@@ -26,9 +27,11 @@ from rebate_guard.contract.records import (
 from rebate_guard.core.backtest import history_row_json
 from rebate_guard.core.decider import Decider, Example
 from streams.alignment import Aligner, Released
+from streams.shards.checkpoints import upgraded_user_state
 from streams.shards.completion import Completed, Entry, ring_of
-from streams.shards.deltas import USER_STORES, Plan, delta_blob
 from streams.shards.peers import PeerExchange
+from streams.shards.solvency import MovementFeed
+from streams.shards.user_checkpoints import UserCheckpoints
 from streams.shards.wire import (
     GRAPH_PARTITION,
     TOPIC_CODES,
@@ -40,7 +43,7 @@ from streams.shards.wire import (
 
 
 @dataclass
-class UserShard:
+class UserShard(UserCheckpoints):
     partition: int
     n_entity: int
     users: UserStage
@@ -59,13 +62,15 @@ class UserShard:
     next_offset: dict[int, int] = field(default_factory=dict)
     #: Next offset of the results partition.
     next_result_offset: int = 0
-    #: tx_id -> ts of transactions released, oldest first, kept for the decision TTL.
+    #: tx_id -> ts of transactions released, oldest first, kept for the decision TTL; and
+    #: event_id -> ts of platform events (a second message for one is a repeat).
     seen: dict[str, int] = field(default_factory=dict)
+    seen_events: dict[str, int] = field(default_factory=dict)
     queue: deque[Entry] = field(default_factory=deque)
     pending: dict[Identity, Entry] = field(default_factory=dict)
     orphans: dict[Identity, dict[int, list[float | None]]] = field(default_factory=dict)
     #: Per topic code, no item below this offset will ever be sent again (see `floor`).
-    durable_floor: list[int] = field(default_factory=lambda: [0, 0, 0])
+    durable_floor: list[int] = field(default_factory=lambda: [0] * len(TOPIC_CODES))
     #: Per entity partition, the (watermark, idle, floor) it was last told.
     told: dict[int, Mark] = field(default_factory=dict)
     #: Labels and examples to and from the other user shards.
@@ -81,6 +86,8 @@ class UserShard:
     #: What the graph shard was last told: (watermark, idle, floor).
     graph_told: Mark | None = None
     tree_writes: list[TreeWrite] = field(default_factory=list)
+    #: The movements of the platform's books for the solvency shard, and where they stand.
+    books: MovementFeed = field(default_factory=MovementFeed)
 
     def __post_init__(self) -> None:
         self.aligner = Aligner(frozenset(TOPIC_CODES.values()), self.lateness_ms)
@@ -88,19 +95,8 @@ class UserShard:
         self.peers = PeerExchange(self.partition, self.n_user)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restores a checkpoint; one written before the exchange with peers was an object of
-        its own (issue #19) holds its state in four fields of the shard."""
-        if "peers" not in state:
-            state = dict(state)
-            state["peers"] = PeerExchange(
-                state["partition"],
-                state["n_user"],
-                outbox=state.pop("peer_outbox"),
-                held=state.pop("held"),
-                seen=state.pop("peer_seen"),
-                arrivals=state.pop("peer_arrivals"),
-            )
-        self.__dict__.update(state)
+        """Restores a checkpoint, also one an earlier release wrote (`upgraded_user_state`)."""
+        self.__dict__.update(upgraded_user_state(state))
 
     # --- input ----------------------------------------------------------------------------
     def offer(self, code: int, offset: int, event: Event | None) -> bool:
@@ -127,6 +123,8 @@ class UserShard:
                 self.swept += self.users.sweep(event.ts)
             if isinstance(event, Transaction):
                 self._transaction(event, item.tag)
+            elif isinstance(event, PlatformEvent):
+                self._platform_event(event, item.tag)
             elif isinstance(event, Signup):
                 self._signup(event, item.tag)
             else:
@@ -177,6 +175,16 @@ class UserShard:
         if early:
             for families, values in early.items():
                 entry.add(families, values)
+
+    def _platform_event(self, event: PlatformEvent, identity: Identity) -> None:
+        """Decided in its turn (`complete`), after the payments before it: the user's
+        points book counts their rebates. A second message for an event_id is a repeat."""
+        entry = Entry(event, identity, self.partition)
+        entry.repeat = event.event_id in self.seen_events
+        if not entry.repeat:
+            self.seen_events[event.event_id] = event.ts
+            drop_oldest(self.seen_events, event.ts - self.decision_ttl_ms)
+        self.queue.append(entry)
 
     def _send(self, q: int, item: list[Any]) -> None:
         items = self.outbox.get(q)
@@ -266,6 +274,14 @@ class UserShard:
                 self._learn_label(entry, event, decided_at)
                 done.labels.append(event)
                 continue
+            if isinstance(event, PlatformEvent):
+                if entry.repeat and event.kind in POINTS_REQUESTS:
+                    done.points_repeats.append(event.event_id)  # answered as it stands
+                elif not entry.repeat:
+                    points = decider.platform_event(event, decided_at=decided_at)
+                    if points is not None:
+                        done.points.append(points)
+                continue
             assert isinstance(event, Transaction)
             done.order.append(event.tx_id)
             if entry.repeat:
@@ -289,6 +305,7 @@ class UserShard:
             done.decisions.append(decision)
             done.transactions.append(event)
             done.history_rows.append(self._history_row(event, decision[0]))
+        self._advance_books(decided_at)
         done.adjustments = decider.take_adjustments()
         if done.decisions:
             # Forget tx_ids once their decisions' idempotency horizon has passed.
@@ -296,6 +313,13 @@ class UserShard:
             drop_oldest(self.seen, horizon)
             self.peers.forget(horizon)
         return done
+
+    def _advance_books(self, decided_at: int) -> None:
+        """The books' movements, and their mark: the oldest event still to decide, else
+        the watermark (`MovementFeed.follow`)."""
+        watermark = self.aligner.watermark
+        mark = min(watermark, self.queue[0].key[0]) if self.queue else watermark
+        self.books.follow(self.decider, mark, decided_at=decided_at)
 
     def _history_row(self, tx: Transaction, decision: Decision) -> bytes | None:
         """What the policy saw for this payment (read right after `decide`)."""
@@ -359,34 +383,11 @@ class UserShard:
         envelopes = marked_envelopes(self.partition, items, told=told, mark=mark)
         return [(GRAPH_PARTITION, e) for e in envelopes]
 
+    def solvency_envelopes(self) -> list[tuple[int, bytes]]:
+        """(solvency partition, envelope) pairs: the books' movements, with their mark."""
+        idle = not self.queue and self._mark()[1]
+        return self.books.envelopes(self.partition, idle=idle)
+
     def take_tree_writes(self) -> list[TreeWrite]:
         writes, self.tree_writes = self.tree_writes, []
         return writes
-
-    # --- checkpoints ----------------------------------------------------------------------
-    def floor(self) -> list[int]:
-        """Per topic code, the lowest offset this shard could still send an item for: the
-        next unread offset, or an earlier one still waiting in the aligner."""
-        floor = [self.next_offset.get(code, 0) for code in range(len(TOPIC_CODES))]
-        for _, _, (code, offset) in self.aligner.buffer:
-            if offset < floor[code]:
-                floor[code] = offset
-        return floor
-
-    def snapshot(self, floor: list[int], plan: Plan | None = None) -> bytes:
-        """The checkpoint (a delta if `plan` extends an earlier one); `floor` (from `floor()`
-        now) becomes durable once it is written, and is durable by definition in the state
-        it restores."""
-        durable, self.durable_floor = self.durable_floor, floor
-        try:
-            if plan is not None and plan.extends is not None:
-                return delta_blob(self, USER_STORES, plan)
-            return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-        finally:
-            self.durable_floor = durable
-
-    def _drop_stale_orphans(self) -> None:
-        floor = self.floor()
-        stale = [i for i in self.orphans if i[1] < floor[i[0]]]
-        for identity in stale:  # released already, and complete: a duplicate result
-            del self.orphans[identity]

@@ -11,11 +11,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rebate_guard.contract.records import LABELS, SIGNUPS, TRANSACTIONS, Label, Signup, Transaction
+from rebate_guard.contract.records import (
+    LABELS,
+    PLATFORM_EVENTS,
+    SIGNUPS,
+    TRANSACTIONS,
+    Label,
+    Signup,
+    Transaction,
+)
 from streams.alignment import START
 
 #: Input topics by the code that identifies them inside a user partition.
-TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2}
+TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2, PLATFORM_EVENTS: 3}
 Identity = tuple[int, int]  # (topic code, offset): one input message of a user partition
 #: Where an event sits in event-time order: `order_key` without the input order.
 OrderKey = tuple[int, int, str]

@@ -11,11 +11,14 @@ from typing import Any
 from graph.layer import RingScore
 from streams.shards.checkpoints import chain_blob
 from streams.store.protocol import (
+    ALERTS_KEEP,
     RECENT_KEEP,
     RECENT_SHOWN,
+    SOLVENCY_SERIES_KEEP,
     CheckpointConflict,
     PolicyConflict,
     RingKey,
+    charted,
 )
 
 
@@ -41,6 +44,37 @@ class MemoryDecisionStore:
     graph_beat_ms: int | None = None
     #: The newest decisions first, as Redis keeps them for the status page.
     recent: list[bytes] = field(default_factory=list)
+    #: The solvency monitor's: scope -> last closed reading, series (oldest first), running
+    #: reading; alerts by id, and the newest last.
+    solvency_latest: dict[str, bytes] = field(default_factory=dict)
+    solvency_series: dict[str, list[bytes]] = field(default_factory=dict)
+    solvency_current: dict[str, bytes] = field(default_factory=dict)
+    alert_ids: dict[str, bytes] = field(default_factory=dict)
+    alerts: list[bytes] = field(default_factory=list)
+
+    async def put_solvency(
+        self, readings: Sequence[tuple[str, int, bytes]], current: Mapping[str, bytes]
+    ) -> None:
+        for scope, period_end, value in readings:
+            latest = self.solvency_latest.get(scope)
+            if latest is not None and json.loads(latest)["period_end"] >= period_end:
+                continue  # a period read again after a restore
+            self.solvency_latest[scope] = value
+            if charted(scope):
+                series = self.solvency_series.setdefault(scope, [])
+                series.append(value)
+                del series[:-SOLVENCY_SERIES_KEEP]
+        self.solvency_current.update(current)
+
+    async def put_alerts(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for alert_id, value in items:
+            out.append(self.alert_ids.get(alert_id))
+            if out[-1] is None:
+                self.alert_ids[alert_id] = value
+                self.alerts.append(value)
+        del self.alerts[:-ALERTS_KEEP]
+        return out
 
     async def get_policy(self) -> bytes | None:
         return self.policy

@@ -19,6 +19,15 @@ RECENT_KEEP = 100
 RECENT_SHOWN = 20
 #: A user ("u", id) or a merchant ("m", id), as ring scores are keyed.
 RingKey = tuple[str, str]
+#: The solvency readings kept per scope (the platform's and the regions'), oldest dropped.
+SOLVENCY_SERIES_KEEP = 2_000
+#: The newest platform alerts kept.
+ALERTS_KEEP = 500
+
+
+def charted(scope: str) -> bool:
+    """Whether a scope's readings are kept as a series: the platform's and the regions'."""
+    return scope == "platform" or scope.startswith("region:")
 
 
 class CheckpointConflict(RuntimeError):
@@ -89,6 +98,20 @@ class DecisionStore(Protocol):
 
     async def rings(self) -> list[dict[str, Any]]:
         """The latest event of every ring that stands."""
+        ...
+
+    async def put_solvency(
+        self, readings: Sequence[tuple[str, int, bytes]], current: Mapping[str, bytes]
+    ) -> None:
+        """The solvency monitor's closed periods, (scope, period end, reading JSON) in order:
+        each scope's latest, and the series of the charted ones (`charted`), each period
+        once (a period read again after a restore is not appended again); and the running
+        reading of each scope in `current`."""
+        ...
+
+    async def put_alerts(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        """Store each (alert_id, alert JSON) unless one exists, appending the new ones to the
+        alerts list; None = stored now, bytes = the alert that was already there."""
         ...
 
     async def get_policy(self) -> bytes | None:

@@ -27,7 +27,15 @@ from streams.store.checkpoints import (
     joined,
     piece_keys,
 )
-from streams.store.protocol import RECENT_KEEP, RECENT_SHOWN, PolicyConflict, RingKey
+from streams.store.protocol import (
+    ALERTS_KEEP,
+    RECENT_KEEP,
+    RECENT_SHOWN,
+    SOLVENCY_SERIES_KEEP,
+    PolicyConflict,
+    RingKey,
+    charted,
+)
 
 _PUT_DECISIONS = """
 local ttl = tonumber(ARGV[1])
@@ -83,6 +91,45 @@ if fresh > 0 then redis.call('HINCRBY', KEYS[1], 'dead_letters', fresh) end
 return fresh
 """
 
+_PUT_SOLVENCY = """
+-- KEYS: latest, current, then the series key per reading ('' when not charted); ARGV: keep,
+-- the number of readings, then (scope, period end, JSON) per reading, then (scope, JSON) per
+-- running reading.
+local keep, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, n do
+  local scope, period_end, value = ARGV[3 * i], tonumber(ARGV[3 * i + 1]), ARGV[3 * i + 2]
+  local latest = redis.call('HGET', KEYS[1], scope)
+  if not latest or cjson.decode(latest)['period_end'] < period_end then
+    redis.call('HSET', KEYS[1], scope, value)
+    local series = KEYS[2 + i]
+    if series ~= '' then
+      redis.call('RPUSH', series, value)
+      redis.call('LTRIM', series, -keep, -1)
+    end
+  end
+end
+for j = 3 + 3 * n, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[j], ARGV[j + 1])
+end
+return n
+"""
+
+_PUT_ALERTS = """
+-- KEYS: the alerts list, then the alert's key per alert; ARGV: ttl, keep, then its JSON.
+local ttl, keep = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 2, #KEYS do
+  local value = ARGV[i + 1]
+  if redis.call('SET', KEYS[i], value, 'NX', 'EX', ttl) then
+    redis.call('RPUSH', KEYS[1], value)
+    out[#out + 1] = false
+  else
+    out[#out + 1] = redis.call('GET', KEYS[i])
+  end
+end
+redis.call('LTRIM', KEYS[1], -keep, -1)
+return out
+"""
 
 _PUSH_POLICY = """
 local taken = redis.call('GET', KEYS[2])
@@ -123,6 +170,8 @@ class RedisDecisionStore:
         self._dead = self.client.register_script(_COUNT_DEAD_LETTERS)
         self._push_policy = self.client.register_script(_PUSH_POLICY)
         self._adjust = self.client.register_script(_PUT_ADJUSTMENTS)
+        self._solvency = self.client.register_script(_PUT_SOLVENCY)
+        self._alerts = self.client.register_script(_PUT_ALERTS)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -184,6 +233,29 @@ class RedisDecisionStore:
     async def rings(self) -> list[dict[str, Any]]:
         raw = await self.client.hvals(self.keys.rings)
         return [json.loads(v) for v in raw]
+
+    async def put_solvency(
+        self, readings: Sequence[tuple[str, int, bytes]], current: Mapping[str, bytes]
+    ) -> None:
+        if not readings and not current:
+            return
+        keys = [self.keys.solvency_latest, self.keys.solvency_current]
+        args: list[Any] = [SOLVENCY_SERIES_KEEP, len(readings)]
+        for scope, period_end, value in readings:
+            keys.append(self.keys.solvency_series(scope) if charted(scope) else "")
+            args += [scope, period_end, value]
+        for scope, value in current.items():
+            args += [scope, value]
+        await self._solvency(keys=keys, args=args)
+
+    async def put_alerts(self, items: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        if not items:
+            return []
+        keys = [self.keys.alerts] + [self.keys.alert(alert_id) for alert_id, _ in items]
+        args: list[Any] = [self.ttl, ALERTS_KEEP] + [value for _, value in items]
+        return [
+            None if v is None else as_bytes(v) for v in await self._alerts(keys=keys, args=args)
+        ]
 
     async def get_policy(self) -> bytes | None:
         value = await self.client.get(self.keys.policy)

@@ -162,3 +162,55 @@ def test_checkpoints_replace_whole_and_read_back_byte_for_byte(
             assert len(await store.client.keys(store.keys.checkpoint("w") + ":*")) == 3
 
     run_with_store(body)
+
+
+async def _books(store: Any) -> dict[str, Any]:
+    """The solvency keys as the console reads them (from Redis, or the twin's fields)."""
+    if isinstance(store, MemoryDecisionStore):
+        return {
+            "latest": store.solvency_latest,
+            "current": store.solvency_current,
+            "series": store.solvency_series,
+            "alerts": store.alerts,
+        }
+    client = store.client
+    keys = store.keys
+    base = keys.solvency_series("")
+    series = {}
+    async for key in client.scan_iter(f"{base}*"):
+        name = key.decode() if isinstance(key, bytes) else key
+        series[name.removeprefix(base)] = await client.lrange(key, 0, -1)
+    latest, current = [
+        {k.decode(): v for k, v in (await client.hgetall(key)).items()}
+        for key in (keys.solvency_latest, keys.solvency_current)
+    ]
+    return {
+        "latest": latest,
+        "current": current,
+        "series": series,
+        "alerts": await client.lrange(keys.alerts, 0, -1),
+    }
+
+
+def _reading(scope: str, period_end: int) -> bytes:
+    return f'{{"scope":"{scope}","period_end":{period_end}}}'.encode()
+
+
+def test_solvency_periods_are_kept_once_and_alerts_first_write_wins(run_with_store) -> None:
+    async def body(store: DecisionStore) -> None:
+        hour = 3_600_000
+        first = [(s, T0 + hour, _reading(s, T0 + hour)) for s in ("platform", "merchant:m")]
+        running = {"platform": b"now", "region:east": b"east now"}
+        await store.put_solvency(first, running)
+        # A period read again (a restored solvency shard), then the next one.
+        later = _reading("platform", T0 + 2 * hour)
+        await store.put_solvency([first[0], ("platform", T0 + 2 * hour, later)], {})
+        books = await _books(store)
+        assert books["series"] == {"platform": [first[0][2], later]}  # merchants: no series
+        assert books["latest"] == {"platform": later, "merchant:m": first[1][2]}
+        assert books["current"] == running
+        assert await store.put_alerts([("a1", b"one"), ("a2", b"two")]) == [None, None]
+        assert await store.put_alerts([("a1", b"other"), ("a3", b"three")]) == [b"one", None]
+        assert (await _books(store))["alerts"] == [b"one", b"two", b"three"]
+
+    run_with_store(body)

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rebate_guard.contract.records import Decision
+from rebate_guard.contract.records import POINTS_REQUESTS, Decision
 from rebate_guard.settings import Settings
 from rebate_guard.tools.producer import feed_live, wall_ms
 from rebate_guard.tools.runner import backfill_events, live_spans, up_world_config
@@ -129,7 +129,12 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
         assert counted["left_to_stream"] == {}, counted
         # The stream reaches them and publishes the decision made at payment time, once
         # (it follows the stored one: first write wins); no tx_id twice across the spans.
-        total = transactions.height
+        # The platform's points requests are decided too, keyed by their event_id.
+        requests = pl.concat([span.platform_events for span in spans]).filter(
+            pl.col("kind").is_in(POINTS_REQUESTS)
+        )
+        assert requests.height and requests["event_id"].is_unique().all()
+        total = transactions.height + requests.height
         assert transactions["tx_id"].is_unique().all()
         published: dict[str, list[dict[str, object]]] = defaultdict(list)
         for _, value in read_topic(settings, settings.topic("decisions"), expect=total):
@@ -140,5 +145,7 @@ def test_live_payments_of_the_up_feed_are_decided_at_payment_time(
         assert all(stored[t].ts >= switch for t in payments)  # stamped live, not history
         for tx_id in payments:
             assert published[tx_id] == [stored[tx_id].asdict()], tx_id
-        assert len(published) == total  # and every other transaction, once too
+        # ...and every other transaction and points request, once too.
+        assert len(published) == total
+        assert set(requests["event_id"]) <= set(published)
         assert worker.stop() == 0, worker.log()

@@ -362,3 +362,45 @@ def test_score_past_its_in_flight_limit_answers_provisional_at_once_and_still_pr
         assert not after.provisional and after.decision == Decision.loads(store.decisions["a4"])
 
     asyncio.run(run())
+
+
+def test_platform_events_agent_decides_points_and_the_solvency_agent_reads_the_books() -> None:
+    """A points withdrawal on the platform-events agent is blocked (a bad event is a dead
+    letter); the movements the user stage sends on solvency-movements reach the solvency
+    agent, which publishes the closed period's readings and its alert."""
+
+    def event(event_id: str, ts: int, kind: str, cents: int, **fields: object) -> bytes:
+        fields |= {"event_id": event_id, "ts": ts, "kind": kind, "amount_cents": cents}
+        return json.dumps(fields).encode()
+
+    async def run() -> None:
+        worker, store, sink = _worker()
+        sink.loopback = False  # envelopes stay in the sink, as in Kafka, for the agents
+        moved = 0
+        async with (
+            worker.agents["platform-events"].test_context() as platform,
+            worker.agents["solvency-movements"].test_context() as books,
+        ):
+            await platform.put(event("g1", T0, "points_grant", 5_000, user_id="u1"))
+            await platform.put(event("w1", T0 + 1, "points_withdraw", 100, user_id="u1"))
+            await platform.put(event("x", T0 + 2, "pool_topup", -5))
+            await platform.put(event("g2", T0 + 2 * 3_600_000, "points_grant", 1, user_id="u2"))
+            for _ in range(300):
+                if store.alerts and "w1" in store.decisions:
+                    break
+                await worker.runtime.tick()
+                for partition, value in sink.to_partitions["solvency-movements"][moved:]:
+                    await books.put(value, partition=partition)
+                    moved += 1
+                await asyncio.sleep(0.01)
+        withdrawal = Decision.loads(store.decisions["w1"])
+        assert withdrawal.action == "block"
+        assert withdrawal.reasons == ["policy:points_not_withdrawable"]
+        assert "amount_cents" in json.loads(sink.sent["dead-letters"][0][1])["reason"]
+        readings = [json.loads(v) for _, v in sink.sent["solvency"]]
+        assert readings[0]["scope"] == "platform" and readings[0]["liability_cents"] == 5_000
+        (alert,) = [json.loads(v) for _, v in sink.sent["platform-alerts"]]
+        assert alert["alert_id"] == f"platform:critical:{T0}" and store.alerts
+        assert moved >= 1
+
+    asyncio.run(run())

@@ -50,7 +50,8 @@ def test_every_page_renders_for_every_role_and_viewers_cannot_write(
         for user in ("vera", "rita", "adam"):
             s = Session(server, user)
             for path in ("/console/", "/console/review", "/console/rings", "/console/policy",
-                         "/console/audit", f"/console/search?q={held[0][0]}"):  # fmt: skip
+                         "/console/solvency", "/console/audit",
+                         f"/console/search?q={held[0][0]}"):  # fmt: skip
                 status, body = s.get(path)
                 assert status == 200, (user, path, body[:200])
                 assert f"{user} · " in body

@@ -17,11 +17,19 @@ from typing import Any
 import pytest
 
 from rebate_guard.contract.order import Event
-from rebate_guard.contract.records import Label, Transaction
+from rebate_guard.contract.records import (
+    WARNING,
+    Label,
+    PlatformAlert,
+    SolvencyReading,
+    Transaction,
+)
+from streams.console.store import MemoryConsoleStore
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
-from tests.console_world import PASSWORD, POLICY, console_world, world_events
+from tests.console_world import PASSWORD, POLICY, console_settings, console_world, world_events
 from tests.factories import tx
-from tests.web import Served
+from tests.solvency_world import alert_for, growth_stall, publish
+from tests.web import Served, served
 
 pytestmark = pytest.mark.browser
 
@@ -55,7 +63,10 @@ def _shot(driver: Any, name: str) -> None:
 
 def _no_script_ran(driver: Any) -> None:
     assert driver.execute_script("return window.__xss === undefined") is True
-    injected = "main img, main svg, main script, main iframe"
+    # The solvency page's chart is the only SVG the console draws, of shapes and text only.
+    drawn = "rect, line, text, polyline, circle, title"
+    injected = "main img, main svg:not(#ratio-chart), main script, main iframe"
+    injected += f", #ratio-chart :not({drawn})"
     assert driver.find_elements(By.CSS_SELECTOR, injected) == []
 
 
@@ -165,6 +176,74 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         audit = driver.find_element(By.ID, "audit").text
         for action in ("label", "draft", "backtest", "publish"):
             assert f"adam {action}" in audit
+        _no_script_ran(driver)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+
+
+HOSTILE_REGION_NAME = "<script>window.__xss=4</script>"
+HOSTILE_REGION = f"region:{HOSTILE_REGION_NAME}"
+HOSTILE_MESSAGE = "<img src=x onerror=window.__xss=5>"
+
+
+def _middle(driver: Any, selector: str) -> float:
+    """Where the first element matching `selector` is drawn: the middle of its box, in px."""
+    box = driver.find_element(By.CSS_SELECTOR, selector).rect
+    return float(box["y"] + box["height"] / 2)
+
+
+def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
+    driver: Any, tmp_path: Path
+) -> None:
+    # The monitor's own outputs for a growth stall, the last period still open.
+    outputs, running = growth_stall(HOSTILE_REGION_NAME, close_last=False)
+    closed = [o for o in outputs if isinstance(o, SolvencyReading) and o.scope == "platform"]
+    with served(console_settings(tmp_path / "world")) as server:
+        store = server.worker.runtime.console
+        assert isinstance(store, MemoryConsoleStore)
+        store.solvency = server.store  # as the Redis console store reads the worker's keys
+        server.run(publish(server.store, outputs, running))
+        stalled = running[HOSTILE_REGION]
+        hostile = alert_for(stalled, WARNING, message=HOSTILE_MESSAGE)
+        newest = PlatformAlert(**{**hostile.asdict(), "ts": stalled.period_end + 1})
+        server.run(publish(server.store, [newest]))
+        wait = _login(driver, server, "vera")
+        card = driver.find_element(By.ID, "solvency-card").text
+        assert running["platform"].level in card and HOSTILE_MESSAGE in card
+        driver.find_element(By.LINK_TEXT, "Solvency").click()
+        wait.until(lambda d: d.find_elements(By.ID, "ratio-chart"))
+        chart = driver.find_element(By.ID, "ratio-chart")
+        points = chart.find_elements(By.CSS_SELECTOR, "circle.point")
+        # The closed periods, then the open one so far, joined to them by a dashed segment.
+        assert len(points) == len(closed) + 1
+        assert [p.get_attribute("class").endswith("running") for p in points][-2:] == [False, True]
+        assert chart.find_elements(By.CSS_SELECTOR, "line.ratio.running")
+        labels = [t.text for t in chart.find_elements(By.CSS_SELECTOR, "text.line-label")]
+        assert labels == ["warning 3:1", "critical 5:1"]
+        warning, critical = _middle(driver, "line.warning"), _middle(driver, "line.critical")
+        assert critical < warning  # higher ratio, higher up
+        # The stall's points climb; each is drawn on the side of the lines its level says.
+        ys = [p.rect["y"] + p.rect["height"] / 2 for p in points]
+        assert ys == sorted(ys, reverse=True)
+        levels = [p.get_attribute("class").split()[1] for p in points]
+        assert {"level-ok", "level-warning", "level-critical"} <= set(levels)
+        for level, y in zip(levels, ys, strict=True):
+            expected = {"level-ok": y > warning, "level-warning": critical < y <= warning,
+                        "level-critical": y <= critical}  # fmt: skip
+            assert expected[level], (level, y, warning, critical)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#alerts tr[data-alert]")
+        newest = [td.text for td in rows[0].find_elements(By.TAG_NAME, "td")]
+        assert newest[1:] == [stalled.level, HOSTILE_REGION, HOSTILE_MESSAGE]
+        messages = [r.find_elements(By.TAG_NAME, "td")[3].text for r in rows]
+        assert any(
+            m.startswith("platform: ") and "past the warning line 3:1" in m for m in messages
+        )
+        _shot(driver, "solvency")
+        _no_script_ran(driver)
+        driver.find_element(By.LINK_TEXT, HOSTILE_REGION).click()
+        wait.until(lambda d: d.find_element(By.ID, "chart-scope").text == HOSTILE_REGION)
+        region = driver.find_elements(By.CSS_SELECTOR, "#ratio-chart circle.point")
+        assert len(region) == len(closed) + 1
         _no_script_ran(driver)
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []

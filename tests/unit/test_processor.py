@@ -179,7 +179,8 @@ def test_storage_failures_are_retried_not_dropped() -> None:
 
 
 def _traffic() -> list[tuple[str, RawEvent]]:
-    """Two partitions of transactions and one of signups, interleaved and batch-shaped."""
+    """Two partitions of transactions and points granted, and one of signups, interleaved
+    and batch-shaped."""
     out: list[tuple[str, RawEvent]] = []
     for i in range(40):
         user = f"u{i % 5}"
@@ -188,13 +189,29 @@ def _traffic() -> list[tuple[str, RawEvent]]:
         part = i % 2
         payload = tx(f"t{i}", T0 + i * 60_000, user_id=user, merchant_id=f"m{i % 3}")
         out.append(("transactions", raw("p.transactions", i // 2, payload, part)))
+        if i % 4 == 0:
+            grant = points_grant(f"g{i}", T0 + i * 60_000 + 1, user, 100 + i)
+            at = raw("p.platform-events", i // 8, grant, (i // 4) % 2)
+            out.append(("platform-events", at))
     return out
+
+
+def points_grant(event_id: str, ts: int, user: str, cents: int) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": ts,
+        "kind": "points_grant",
+        "amount_cents": cents,
+        "user_id": user,
+        "merchant_id": "m1",
+        "region": "east",
+    }
 
 
 def _run(proc: BatchProcessor, traffic: list[tuple[str, RawEvent]], batch: int) -> None:
     for start in range(0, len(traffic), batch):
         chunk = traffic[start : start + batch]
-        for kind in ("signups", "transactions"):
+        for kind in ("signups", "platform-events", "transactions"):
             items = [r for k, r in chunk if k == kind]
             if items:
                 handle(proc, kind, items)
@@ -216,7 +233,7 @@ def test_batch_boundaries_do_not_change_any_feature() -> None:
 
 def test_restoring_a_checkpoint_and_rereading_from_its_offsets_is_exact() -> None:
     traffic = _traffic()
-    whole, _, whole_sink = make(allowed_lateness_ms=0)
+    whole, whole_store, whole_sink = make(allowed_lateness_ms=0)
     _run(whole, traffic, 5)
     drain(whole)
 
@@ -234,13 +251,18 @@ def test_restoring_a_checkpoint_and_rereading_from_its_offsets_is_exact() -> Non
     # Input is re-read from the checkpoint's offsets (earlier ones too, as a broker may).
     _run(resumed, traffic, 5)
     drain(resumed)
-    assert set(blobs) == {"user-0", "user-1", "entity-0", "entity-1", "graph-0"}
+    assert set(blobs) == {"user-0", "user-1", "entity-0", "entity-1", "graph-0", "solvency-0"}
     assert resumed.users[0].next_offset[0] > 0 and resumed.users[1].next_offset[0] > 0
     before, after = _features(first_sink), _features(resumed_sink)
     assert all(after[t] == v for t, v in before.items() if t in after)  # re-decided: identical
     assert {**before, **after} == _features(whole_sink)
-    # Nothing was granted twice: one stored decision per transaction.
+    # Nothing was granted twice: one stored decision per transaction, and in the books.
     assert len(store.decisions) == 40 and store.counters["decisions"] == 40
+    granted = sum(Decision.loads(v).rebate_granted_cents for v in store.decisions.values())
+    points = sum(100 + i for i in range(0, 40, 4))
+    platform = json.loads(store.solvency_current["platform"])
+    assert platform["liability_cents"] == granted + points
+    assert store.solvency_current == whole_store.solvency_current
 
 
 def test_feature_vectors_are_valid_records_of_the_contract() -> None:
@@ -260,18 +282,22 @@ def test_event_time_status_shows_what_waits_behind_the_watermark() -> None:
     assert before == {
         "watermark": None,
         "pending": 1,
-        "sources": 6,
+        "sources": 8,
         "idle_sources": 0,
         "late": 0,
-        "late_by_stage": {"user": 0, "entity": 0, "graph": 0},
+        "late_by_stage": {"user": 0, "entity": 0, "graph": 0, "solvency": 0},
     }
     handle(proc, "signups", [raw("p.signups", 0, signup("u1", T0 + 5))])
     handle(proc, "labels", [raw("p.labels", 0, label("x", T0 + 9))])
+    assert proc.reports.event_time()["watermark"] is None  # platform events may still come
+    handle(
+        proc, "platform-events", [raw("p.platform-events", 0, points_grant("g", T0 + 7, "u1", 5))]
+    )
     after = proc.reports.event_time()
-    assert after["watermark"] == T0 and after["pending"] == 3  # all wait: ties may come
+    assert after["watermark"] == T0 and after["pending"] == 4  # all wait: ties may come
     drain(proc)
     drained = proc.reports.event_time()
-    assert drained["pending"] == 0 and drained["idle_sources"] == 6
+    assert drained["pending"] == 0 and drained["idle_sources"] == 8
 
 
 def test_a_silent_input_is_idle_only_once_caught_up() -> None:
@@ -378,3 +404,53 @@ def test_decisions_fail_closed_while_the_graph_shard_is_not_running() -> None:
     proc.set_policy(Policy.from_document({"version": "b", "lists": {"block_users": ["u1"]}}))
     blocked = decided("t3", 3)  # failing closed never loosens a block
     assert blocked.action == "block" and "blocklist:user" in blocked.reasons
+
+
+def _platform(event_id: str, ts: int, kind: str, cents: int, **fields: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "ts": ts, "kind": kind, "amount_cents": cents} | fields
+
+
+def test_platform_events_are_validated_decided_once_and_move_the_books() -> None:
+    """Bad platform events are dead letters; points requests get one stored decision each
+    (a withdrawal is always blocked), a redelivered one is answered with it, and every event
+    moves the books once: the solvency shard's readings, alerts and running figures."""
+    proc, store, sink = make(partitions=1)
+    events = [
+        points_grant("g1", T0, "u1", 10_000),
+        _platform("w1", T0 + 1, "points_withdraw", 100, user_id="u1"),
+        _platform("r1", T0 + 2, "points_redeem", 300, user_id="u1", merchant_id="m1"),
+        _platform("bad", T0 + 3, "points_transfer", 5, user_id="u1"),  # to no one
+        _platform("s1", T0 + 2 * HOUR, "merchant_settlement", 90_000, merchant_id="m1"),
+    ]
+    batch = [raw("p.platform-events", i, e) for i, e in enumerate(events)]
+    batch.append(raw("p.platform-events", len(events), b"{broken"))
+    outcome = handle(proc, "platform-events", batch)
+    assert outcome.dead_letters == 2
+    drain(proc)
+    reasons = [json.loads(v)["reason"] for _, v in sink.sent["p.dead-letters"]]
+    assert "needs 'counterparty_id'" in reasons[0] and "not valid JSON" in reasons[1]
+    withdraw, redeem = Decision.loads(store.decisions["w1"]), Decision.loads(store.decisions["r1"])
+    assert (withdraw.action, withdraw.reasons) == ("block", ["policy:points_not_withdrawable"])
+    assert (redeem.action, redeem.rebate_granted_cents) == ("allow", 300)
+    again = handle(proc, "platform-events", [raw("p.platform-events", 9, events[1])])
+    drain(proc)
+    assert again.redelivered == 1 and len(store.decisions) == 2
+    produced = [(k, v) for k, v in sink.sent["p.decisions"]]
+    assert [k for k, _ in produced] == [b"w1", b"r1", b"w1"] and produced[0] == produced[2]
+    platform = json.loads(store.solvency_current["platform"])
+    assert (platform["liability_cents"], platform["payouts_cents"]) == (10_000 - 300, 300)
+    # The first hour owed points with nothing paid in: critical, closed once event time
+    # passed it (the settlement's hour is still open).
+    alerts = [json.loads(a) for a in store.alerts]
+    assert [(a["alert_id"], a["previous_level"]) for a in alerts] == [
+        (f"{scope}:critical:{T0}", "ok") for scope in ("platform", "region:east", "merchant:m1")
+    ]
+    assert [json.loads(v)["alert_id"] for _, v in sink.sent["p.platform-alerts"]] == [
+        a["alert_id"] for a in alerts
+    ]
+    series = [json.loads(r) for r in store.solvency_series["platform"]]
+    assert [r["period_start"] for r in series] == [T0]
+    assert json.loads(store.solvency_latest["platform"]) == series[-1]
+    readings = [json.loads(v) for k, v in sink.sent["p.solvency"]]
+    assert {r["scope"] for r in readings} >= {"platform", "region:east", "merchant:m1"}
+    assert json.loads(store.solvency_current["platform"])["merchant_funding_cents"] == 90_000

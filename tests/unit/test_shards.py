@@ -36,10 +36,12 @@ from graph.layer import (
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
+    PLATFORM_EVENTS,
     SIGNUPS,
     TRANSACTIONS,
     Decision,
     Label,
+    PlatformEvent,
     RebateAdjustment,
     Signup,
     Transaction,
@@ -48,16 +50,20 @@ from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.core.decider import REPEAT_AT_MERCHANT, Decider, Example, Features, Scorer
 from rebate_guard.core.ledger import reconcile
 from rebate_guard.core.policy import Budget, default_policy
+from rebate_guard.core.solvency import SolvencyMonitor
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from streams.shards import (
     GRAPH_PARTITION,
+    SOLVENCY_PARTITION,
     TOPIC_CODES,
     EntityShard,
     GraphShard,
+    SolvencyShard,
     UserShard,
     ring_of,
 )
+from streams.shards.solvency import Output
 from tests import factories
 
 CONFIG = EngineConfig()
@@ -119,11 +125,18 @@ class Cluster:
     ring_events: list[RingEvent] = field(default_factory=list)
     ring_scores: dict[tuple[str, str], RingScore] = field(default_factory=dict)
     ring_reasons: dict[str, list[str]] = field(default_factory=dict)
+    #: With a solvency shard: the movements it is sent, and the readings and alerts it put
+    #: out (a period read again after a crash: again); the points decisions that stand.
+    with_books: bool = False
+    movements: list[bytes] = field(default_factory=list)
+    books_outputs: list[Output] = field(default_factory=list)
+    points: dict[str, Decision] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.users = {p: self._new_user(p) for p in range(self.n_user)}
         self.entities = {q: self._new_entity(q) for q in range(self.n_entity)}
         self.graph = self._new_graph()
+        self.books = self._new_books()
 
     def _new_user(self, p: int) -> UserShard:
         stage = UserStage(CONFIG.utc_offset_minutes, CONFIG.user_ttl_ms)
@@ -141,6 +154,9 @@ class Cluster:
 
     def _new_graph(self) -> GraphShard:
         return GraphShard(GRAPH_PARTITION, self.n_user, GraphLayer())
+
+    def _new_books(self) -> SolvencyShard:
+        return SolvencyShard(SOLVENCY_PARTITION, self.n_user, SolvencyMonitor(), 30 * 86_400_000)
 
     def _new_entity(self, q: int) -> EntityShard:
         return EntityShard(q, self.n_user, EntityStage(CONFIG.user_ttl_ms), CONFIG.sweep_every_ms)
@@ -179,6 +195,15 @@ class Cluster:
             stored = self.adjustments.setdefault(adjustment.adjustment_id, adjustment)
             if stored is not adjustment:  # made before a crash: it stands, the ledger follows
                 shard.decider.ledger.follow(stored)
+        for points in done.points:
+            self.points.setdefault(points.tx_id, points)  # first write wins, as in Redis
+        for b, payload in shard.solvency_envelopes():
+            assert b == SOLVENCY_PARTITION
+            if self.with_books:
+                self.movements.append(payload)
+                if self.rng.random() < 0.02:
+                    self.movements.append(payload)  # a producer retry
+                    self.duplicates += 1
         for peer, payload in shard.peer_envelopes():
             self.results[peer].append(payload)
             if self.rng.random() < 0.02:
@@ -233,6 +258,18 @@ class Cluster:
                 self.ring_scores[key] = score
         return True
 
+    def deliver_books(self, n: int) -> bool:
+        shard = self.books
+        start = shard.next_offset
+        if start >= len(self.movements):
+            return False
+        for offset in range(start, min(start + n, len(self.movements))):
+            released = shard.offer(offset, self.movements[offset])
+            assert released is not None
+            shard.apply(released)
+        self.books_outputs += shard.take()
+        return True
+
     def deliver_results(self, p: int, n: int) -> bool:
         shard = self.users[p]
         queue = self.results[p]
@@ -257,11 +294,13 @@ class Cluster:
         kind, number = name.split("-")
         if kind == "user":
             shard = self.users[int(number)]
-            floor = shard.floor()
+            floor, mark = shard.floor(), shard.books.mark
             self.checkpoints[name] = shard.snapshot(floor)
-            shard.durable_floor = floor  # the write succeeded
+            shard.durable(floor, mark)  # the write succeeded
         elif kind == "graph":
             self.checkpoints[name] = self.graph.snapshot()
+        elif kind == "solvency":
+            self.checkpoints[name] = self.books.snapshot()
         else:
             self.checkpoints[name] = self.entities[int(number)].snapshot()
 
@@ -277,6 +316,8 @@ class Cluster:
             self.users[p].redo = True
         elif kind == "graph":
             self.graph = pickle.loads(blob) if blob else self._new_graph()
+        elif kind == "solvency":
+            self.books = pickle.loads(blob) if blob else self._new_books()
         else:
             q = int(number)
             self.entities[q] = pickle.loads(blob) if blob else self._new_entity(q)
@@ -285,6 +326,8 @@ class Cluster:
         names = [f"user-{p}" for p in self.users] + [f"entity-{q}" for q in self.entities]
         if self.with_graph:
             names.append(f"graph-{GRAPH_PARTITION}")
+        if self.with_books:
+            names.append(f"solvency-{SOLVENCY_PARTITION}")
         idle_steps = 0
         while idle_steps < 50:
             roll = self.rng.random()
@@ -295,11 +338,13 @@ class Cluster:
                 self.checkpoint(self.rng.choice(names))
                 continue
             n = self.rng.choice((1, 3, 20, 200))
-            action = self.rng.randrange(4 if self.with_graph else 3)
+            action = self.rng.randrange(4 if self.with_graph or self.with_books else 3)
             if action == 3:
-                moved = self.deliver_graph(n)
+                moved = self.deliver_graph(n) if self.with_graph else False
+                moved |= self.with_books and self.deliver_books(n)
             elif action == 0:
-                code = self.rng.choice(list(TOPIC_CODES.values()))
+                # The input topics this world has (a schedule does not depend on others).
+                code = self.rng.choice(sorted({c for _, c in self.inputs}))
                 moved = self.deliver_input(self.rng.randrange(self.n_user), code, n)
             elif action == 1:
                 moved = self.deliver_requests(self.rng.randrange(self.n_entity), n)
@@ -324,6 +369,7 @@ class Cluster:
             for p in self.users:
                 moved |= self.deliver_results(p, 10**6)
             moved |= self.with_graph and self.deliver_graph(10**6)
+            moved |= self.with_books and self.deliver_books(10**6)
 
 
 @pytest.fixture(scope="module")
@@ -354,14 +400,23 @@ def expected(
 
 
 def _cluster(
-    world: list[Event], n_user: int, n_entity: int, seed: int, with_graph: bool = False
+    world: list[Event],
+    n_user: int,
+    n_entity: int,
+    seed: int,
+    with_graph: bool = False,
+    with_books: bool = False,
 ) -> Cluster:
-    cluster = Cluster(n_user, n_entity, random.Random(seed), with_graph=with_graph)
+    cluster = Cluster(
+        n_user, n_entity, random.Random(seed), with_graph=with_graph, with_books=with_books
+    )
     for event in world:  # keyed as the contract says; each partition in ts order
         if isinstance(event, Transaction):
             key, topic = event.user_id, TRANSACTIONS
         elif isinstance(event, Signup):
             key, topic = event.user_id, SIGNUPS
+        elif isinstance(event, PlatformEvent):
+            key, topic = event.user_id or event.merchant_id or event.event_id, PLATFORM_EVENTS
         else:
             assert isinstance(event, Label)
             key, topic = event.tx_id or event.user_id or "", LABELS

@@ -57,7 +57,6 @@ def test_the_books_of_one_period_by_scope() -> None:
         ("platform", T0),
         ("region:east", T0),
         ("region:west", T0),
-        ("region:unknown", T0),
         ("merchant:m1", T0),
         ("merchant:m2", T0),
     }
@@ -92,8 +91,9 @@ def test_the_books_of_one_period_by_scope() -> None:
     assert west.new_money_share == 1.0  # no merchant funding covered the redemption
     assert west.growth_needed == 0.0  # nothing came in, and nothing is needed
 
-    unknown = got["region:unknown", T0]
-    assert (unknown.liability_cents, unknown.distributable_cents, unknown.level) == (0, 0, "ok")
+    # region:unknown held m1 only until the settlement named east: no merchant is left in
+    # it, so it is not read (in any order of the period's movements).
+    assert ("region:unknown", T0) not in got
 
 
 def test_merchant_scopes_are_read_only_in_periods_with_a_movement() -> None:

@@ -18,7 +18,7 @@ from streams.batch import BatchOutcome, Counters, RawEvent
 from streams.graph_status import GraphStatus
 from streams.payment_time import PaymentTimeDecider, in_flight_keys
 from streams.publisher import Publisher
-from streams.registry import ShardRegistry, entity_unit, graph_unit, user_unit
+from streams.registry import ShardRegistry, entity_unit, graph_unit, solvency_unit, user_unit
 from streams.retry import Retrying
 from streams.shard_reports import ShardReports
 from streams.shards import Completed
@@ -37,12 +37,19 @@ def test_the_registry_installs_releases_and_restores_shards_by_unit() -> None:
     shards = _registry()
     shards.own_all()
     assert sorted(shards.units()) == sorted(
-        [user_unit(0), user_unit(1), entity_unit(0), entity_unit(1), graph_unit(0)]
+        [
+            user_unit(0),
+            user_unit(1),
+            entity_unit(0),
+            entity_unit(1),
+            graph_unit(0),
+            solvency_unit(0),
+        ]
     )
-    assert shards.heard[(0, 0)] == 100.0  # a new user shard has just heard every input
-    assert shards.release([user_unit(1), entity_unit(0)]) == [1]
+    assert shards.heard[(0, 3)] == 100.0  # a new user shard has just heard every input
+    assert shards.release([user_unit(1), entity_unit(0), solvency_unit(0)]) == [1]
     assert sorted(shards.units()) == [entity_unit(1), graph_unit(0), user_unit(0)]
-    assert shards.user(1) is None  # with a broker, not owned means not here
+    assert shards.user(1) is None and shards.solvency(0) is None  # not owned: not here
 
     snapshots, written = shards.checkpoints()
     assert set(snapshots) == set(shards.units())
@@ -51,8 +58,15 @@ def test_the_registry_installs_releases_and_restores_shards_by_unit() -> None:
     assert restored.users[0].redo  # it may re-decide what came after its checkpoint
     with pytest.raises(TypeError, match="not an entity shard checkpoint"):
         restored.install(entity_unit(0), snapshots[user_unit(0)]())
+    with pytest.raises(TypeError, match="not a solvency checkpoint"):
+        restored.install(solvency_unit(0), snapshots[user_unit(0)]())
+    user = shards.users[0]
+    user.books.mark = 1_767_225_600_000  # where its books stood at the checkpoint
+    snapshots, written = shards.checkpoints()
+    user.books.mark += 60_000  # and moved on before the write was done
     written()
-    assert shards.users[0].durable_floor == shards.users[0].floor()
+    assert user.durable_floor == user.floor()
+    assert user.books.durable == 1_767_225_600_000  # the solvency shard may forget below it
 
 
 def test_without_a_broker_the_registry_owns_every_partition_looked_up() -> None:
@@ -78,9 +92,12 @@ def test_envelopes_carried_in_process_get_their_shards_next_offsets_in_order() -
 def test_a_new_policy_reaches_every_user_shard_and_those_installed_later() -> None:
     shards = _registry()
     shards.install(user_unit(0), None)
-    shards.set_policy(dataclasses.replace(shards.policy, version="next"))
+    shards.install(solvency_unit(0), None)
+    lines = dataclasses.replace(shards.policy.solvency, warning_ratio=2.0)
+    shards.set_policy(dataclasses.replace(shards.policy, version="next", solvency=lines))
     shards.install(user_unit(1), None)
     assert [s.decider.policy.version for s in shards.users.values()] == ["next", "next"]
+    assert shards.solvencies[0].monitor.terms.warning_ratio == 2.0  # the books' lines too
 
 
 def test_reports_read_the_shards_event_time_models_and_graph() -> None:
@@ -243,3 +260,29 @@ def test_the_loopback_returns_internal_envelopes_once_and_keeps_records() -> Non
     assert sink.take_returned("p.entity-requests") == []
     assert sink.to_partitions == {} and sink.sent["p.decisions"] == [(b"t1", b"{}")]
     assert sink.loopback and not MemorySink(loopback=False).loopback
+
+
+def test_the_publisher_keeps_each_alert_once_and_produces_it_as_it_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A period read again (a solvency shard restored from its checkpoint) produces its
+    readings again, but its alert is stored, listed and logged once; the topic carries the
+    alert as first stored."""
+    from rebate_guard.core.solvency import Movement, SolvencyMonitor
+
+    monitor = SolvencyMonitor()
+    outputs = monitor.apply(Movement("g1", 1_767_225_600_000, "m1", "east", liability_cents=5))
+    outputs += monitor.advance(1_767_225_600_000 + 3_600_000)
+    alerts = [o for o in outputs if o.__class__.__name__ == "PlatformAlert"]
+    assert alerts
+    publisher, store, sink, _ = _publisher()
+    with caplog.at_level("WARNING", logger="streams.publisher"):
+        asyncio.run(publisher.solvency(outputs, monitor.current()))
+        asyncio.run(publisher.solvency(outputs, monitor.current()))
+    logged = [r.getMessage() for r in caplog.records if "solvency alert" in r.getMessage()]
+    assert len(logged) == len(alerts) and alerts[0].message in logged[0]
+    assert [json.loads(a)["alert_id"] for a in store.alerts] == [a.alert_id for a in alerts]
+    produced = sink.sent["p.platform-alerts"]
+    assert len(produced) == 2 * len(alerts) and produced[: len(alerts)] == produced[len(alerts) :]
+    assert len(store.solvency_series["platform"]) == 1  # the period once
+    assert len(sink.sent["p.solvency"]) == 2 * sum(o not in alerts for o in outputs)

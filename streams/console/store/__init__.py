@@ -17,7 +17,8 @@ what, when; never trimmed below `AUDIT_KEEP` entries).
 `MemoryConsoleStore` keeps the same semantics in memory for broker-free tests.
 
 The modules: `index` (what is indexed per decision, and the Redis batch payload), `protocol`
-(`ConsoleStore`), `redis_store` (`RedisConsoleStore`) and `memory_store` (`MemoryConsoleStore`).
+(`ConsoleStore`), `redis_store` (`RedisConsoleStore`), `memory_store` (`MemoryConsoleStore`) and
+`solvency` (the solvency monitor's serving keys, which the console reads and the worker writes).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ from streams.console.store.index import (
 from streams.console.store.memory_store import MemoryConsoleStore
 from streams.console.store.protocol import ConsoleStore
 from streams.console.store.redis_store import ConsoleKeys, RedisConsoleStore
+from streams.console.store.solvency import (
+    ServedSolvency,
+    SolvencyBooks,
+    SolvencyLayout,
+)
 
 __all__ = [
     "AUDIT_KEEP",
@@ -51,6 +57,9 @@ __all__ = [
     "Indexed",
     "MemoryConsoleStore",
     "RedisConsoleStore",
+    "ServedSolvency",
+    "SolvencyBooks",
+    "SolvencyLayout",
     "held_cents",
     "resolved_holds",
 ]

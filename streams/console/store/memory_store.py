@@ -25,6 +25,13 @@ from streams.console.store.index import (
     parse_link,
     series_totals,
 )
+from streams.console.store.solvency import (
+    ServedSolvency,
+    SolvencyBooks,
+    SolvencyLayout,
+    books,
+    newest_readings,
+)
 
 
 @dataclass
@@ -42,6 +49,9 @@ class MemoryConsoleStore:
     draft_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     tx_links: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     rings: dict[str, list[bytes]] = field(default_factory=dict)
+    #: The solvency monitor's serving state as the worker writes it: the memory decision
+    #: store's, when the worker shares it (as the Redis store reads the worker's keys).
+    solvency: SolvencyLayout = field(default_factory=ServedSolvency)
 
     async def record(self, entries: Sequence[Indexed]) -> None:
         for start, totals in series_totals(entries).items():
@@ -145,3 +155,9 @@ class MemoryConsoleStore:
 
     async def delete_draft(self, name: str) -> None:
         self.draft_entries.pop(name, None)
+
+    async def solvency_books(self, alerts: int) -> SolvencyBooks:
+        return books(self.solvency, alerts)
+
+    async def solvency_series(self, scope: str, limit: int) -> list[bytes]:
+        return newest_readings(self.solvency, scope, limit=limit)

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from rebate_guard.contract.records import Label
 from streams.console.store.index import Indexed
+from streams.console.store.solvency import SolvencyBooks
 
 
 class ConsoleStore(Protocol):
@@ -68,3 +69,11 @@ class ConsoleStore(Protocol):
     async def put_draft(self, name: str, entry: dict[str, Any]) -> None: ...
     async def drafts(self) -> dict[str, dict[str, Any]]: ...
     async def delete_draft(self, name: str) -> None: ...
+    async def solvency_books(self, alerts: int) -> SolvencyBooks:
+        """The solvency monitor's figures now and at the last closed period, for the platform
+        and the regions, and the newest `alerts` platform alerts (as the worker stored them)."""
+        ...
+
+    async def solvency_series(self, scope: str, limit: int) -> list[bytes]:
+        """The newest `limit` closed readings of `scope` (platform or a region), oldest first."""
+        ...

@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from rebate_guard.contract.records import Label
+from rebate_guard.keys import Keys, as_bytes
 from streams.console.store.index import (
     AUDIT_KEEP,
     ENTITY_KEEP,
@@ -24,6 +25,7 @@ from streams.console.store.index import (
     parse_link,
     record_payload,
 )
+from streams.console.store.solvency import SolvencyBooks, shown_scopes
 
 _RECORD = """
 -- One call per batch. ARGV: the key prefix, ttl, entity_keep, history_keep, and the batch as
@@ -90,6 +92,7 @@ class RedisConsoleStore:
     ) -> None:
         self.client = client
         self.keys = ConsoleKeys(app_id)
+        self.worker_keys = Keys(app_id)  # what the worker writes
         self.ttl_s = ttl_s
         self.history_keep = history_keep
         script = _RECORD.replace("SERIES_TTL", str(SERIES_TTL_S))
@@ -246,6 +249,27 @@ class RedisConsoleStore:
 
     async def delete_draft(self, name: str) -> None:
         await self.client.hdel(self.keys.drafts, name)
+
+    async def solvency_books(self, alerts: int) -> SolvencyBooks:
+        keys = self.worker_keys
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.solvency_current)
+            pipe.lrange(keys.alerts, -max(alerts, 1), -1)
+            raw_current, raw_alerts = await pipe.execute()
+        current = {_text(k): as_bytes(v) for k, v in raw_current.items()}
+        # Only the scopes shown: the latest hash holds every merchant's too.
+        scopes = shown_scopes(current)
+        values = await self.client.hmget(keys.solvency_latest, scopes)
+        latest = {s: as_bytes(v) for s, v in zip(scopes, values, strict=True) if v is not None}
+        newest = [as_bytes(v) for v in reversed(raw_alerts)] if alerts > 0 else []
+        return SolvencyBooks(current, latest, newest)
+
+    async def solvency_series(self, scope: str, limit: int) -> list[bytes]:
+        if limit <= 0:
+            return []
+        series = self.worker_keys.solvency_series(scope)
+        raw: list[Any] = await self.client.lrange(series, -limit, -1)
+        return [as_bytes(v) for v in raw]
 
 
 def _text(value: bytes | str) -> str:
