@@ -61,7 +61,18 @@ DEFAULT_RULES = (
     Rule("device_shared_7d", "device_user_count_7d", threshold=5, log_odds=3.0),
     Rule("ip_shared_24h", "ip_user_count_24h", threshold=30, log_odds=0.8),
     Rule("refund", "is_refund", threshold=0.5, log_odds=0.7),
+    # The commission, coupon and points flows (issue #21; features/platform.py). Each line is
+    # where the legitimate look-alike stops: a family of four binding to its local shop on
+    # one phone, or claiming coupons on it; a user given points by a few relatives.
+    Rule("binding_before_big_payment", "binding_lead_amount_cents", threshold=50_000, log_odds=2.5),
+    Rule("binding_farm_device", "device_bound_user_count_7d", threshold=4, log_odds=3.0),
+    Rule("coupon_farm_device", "device_coupon_user_count_24h", threshold=4, log_odds=3.0),
+    Rule("points_collector", "points_givers_30d", threshold=5, log_odds=2.5),
 )
+
+#: How many of `DEFAULT_RULES` there were before the platform rules: a checkpoint whose
+#: rules are exactly those (the defaults of then) takes today's defaults on load.
+RULES_BEFORE_PLATFORM = 6
 
 BASE_LOG_ODDS = -3.5
 
@@ -107,6 +118,13 @@ class RuleScore:
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint; one holding the default rules of before the platform rules
+        takes today's defaults (a rule set of the risk team's own stays as it was)."""
+        self.__dict__.update(state)
+        if self.rules == DEFAULT_RULES[:RULES_BEFORE_PLATFORM]:
+            self.rules = DEFAULT_RULES
 
     def score_one(self, x: Features) -> float:
         """The risk of `x`.

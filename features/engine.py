@@ -1,10 +1,10 @@
 """The feature engine: everything known about a transaction's context, at its ts.
 
 Pure and synchronous: the same object serves the live worker and replay, so the models see
-identical features on both paths. Each family (user, merchant, category, device, IP, card,
-referral) keeps its own state keyed by one entity, which is what lets the stream split the
-families across partitions. `transaction()` returns the features *before* the transaction
-itself is added to state (score before learn).
+identical features on both paths. Each family (user, the user's platform events, merchant,
+category, device, IP, card, referral, binder) keeps its own state keyed by one entity, which
+is what lets the stream split the families across partitions. `transaction()` returns the
+features *before* the transaction itself is added to state (score before learn).
 
 Events must arrive in event-time order (`rebate_guard.contract.order`); a repeated signup
 for a user already signed up is ignored, so redelivery is harmless.
@@ -15,16 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from features.merchant import MerchantFamily
+from features.platform import UserPlatformFamily
 from features.referral import ReferralTree
 from features.stages import (
     EntityStage,
     SweepClock,
     TransactionFeatures,
     UserStage,
+    detached,
     family_names,
 )
 from features.user import UserFamily
-from rebate_guard.contract.records import Label, Signup, Transaction
+from rebate_guard.contract.records import Label, PlatformEvent, Signup, Transaction
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 Features = dict[str, float | None]
@@ -69,6 +71,23 @@ class FeatureEngine:
         self._maybe_sweep(event.ts)
         self.entities.label(event)
 
+    def platform_event(self, event: PlatformEvent) -> None:
+        """A platform event (`features.platform`): the user's, then its entity families'."""
+        self._maybe_sweep(event.ts)
+        context = self.users.platform_event(event)
+        if context is not None:
+            self.entities.platform_event(event, context)
+
+    def request_features(self, event: PlatformEvent) -> Features:
+        """The user's platform features at a points request (`event`, before it is learned),
+        changing nothing: what a points decision may weigh, as the rules weigh a payment's
+        (`points_collector` reads `points_givers_30d`). Empty for an event without a user."""
+        if event.user_id is None:
+            return {}
+        scratch = detached(self.users.platform, event.user_id)
+        values = scratch.features_at(event.user_id, event.ts, merchant_id=event.merchant_id)
+        return dict(zip(UserPlatformFamily.names, values, strict=True))
+
     def vector(self, tx: Transaction) -> list[float | None]:
         """The feature values of `tx` in `FEATURE_NAMES` order; then learns `tx`."""
         self._maybe_sweep(tx.ts)
@@ -111,11 +130,13 @@ class FeatureEngine:
             "cards": len(entities.card.state),
             "referrers": len(entities.referral.state),
             "referral_tree": len(self.tree.entries),
+            "user_platform": len(self.users.platform.state),
+            "binders": len(entities.binder.state),
         }
 
 
 def _names() -> tuple[str, ...]:
-    families = (UserFamily.names, *family_names())
+    families = (UserFamily.names, UserPlatformFamily.names, *family_names())
     return TransactionFeatures.names + tuple(name for names in families for name in names)
 
 

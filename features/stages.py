@@ -32,10 +32,26 @@ from typing import Any, TypeVar
 from features.changes import ChangedKeys, MarksChanges
 from features.identity import card_family, device_family, ip_family
 from features.merchant import CategoryFamily, MerchantFamily
+from features.platform import (
+    CYCLE_MS,
+    PLATFORM_NOTHING_KNOWN,
+    BinderFamily,
+    PlatformContext,
+    UserPlatformFamily,
+    device_claims_family,
+    ip_claims_family,
+)
 from features.referral import ReferralFamily
 from features.rows import FeatureRow, Value, feature_row
 from features.user import TxContext, UserFamily
-from rebate_guard.contract.records import PAYMENT, Label, Signup, Transaction
+from rebate_guard.contract.records import (
+    PAYMENT,
+    RETENTION_COMMISSION,
+    Label,
+    PlatformEvent,
+    Signup,
+    Transaction,
+)
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 F = TypeVar("F")
@@ -56,11 +72,29 @@ class TransactionFeatures(FeatureRow):
 
 
 #: The entity-stage families, in vector order, and the bit of each in a `families` mask.
-FAMILIES = ("merchant", "category", "device", "ip", "card", "referral")
-MERCHANT, CATEGORY, DEVICE, IP, CARD, REFERRAL = (1 << i for i in range(len(FAMILIES)))
+FAMILIES = (
+    "merchant",
+    "category",
+    "device",
+    "ip",
+    "card",
+    "referral",
+    "binder",
+    "device_claims",
+    "ip_claims",
+)
+MERCHANT, CATEGORY, DEVICE, IP, CARD, REFERRAL, BINDER, DEVICE_CLAIMS, IP_CLAIMS = (
+    1 << i for i in range(len(FAMILIES))
+)
 ALL_FAMILIES = (1 << len(FAMILIES)) - 1
 #: Families a first signup feeds (the referral family: the referrer's downline).
 SIGNUP_FAMILIES = DEVICE | IP | REFERRAL
+#: Families a platform event feeds (bindings and coupon claims: the device and IP they were
+#: made on; bindings and commissions: the binder).
+PLATFORM_FAMILIES = DEVICE_CLAIMS | IP_CLAIMS | BINDER
+#: A claims family's keys live where its identity family's do (the same device or IP), so a
+#: transaction reaches both in one message.
+_HASHED_AS = {DEVICE_CLAIMS: DEVICE, IP_CLAIMS: IP}
 
 
 def family_names() -> tuple[tuple[str, ...], ...]:
@@ -72,10 +106,26 @@ def family_names() -> tuple[tuple[str, ...], ...]:
         ip_family().names,
         card_family().names,
         ReferralFamily.names,
+        BinderFamily.names,
+        device_claims_family().names,
+        ip_claims_family().names,
     )
 
 
 FAMILY_WIDTHS = tuple(len(names) for names in family_names())
+#: How many values the user stage gives: the transaction's own, the user's, its platform's.
+_USER_STAGE_WIDTH = (
+    len(TransactionFeatures.names) + len(UserFamily.names) + len(UserPlatformFamily.names)
+)
+#: Families added after checkpoints were written, with their values for a transaction without
+#: their key. A transaction routed before such a family existed (in flight in a checkpoint
+#: from then) gets no part for it; it had no key for it either (nothing fed the family then),
+#: so `splice` fills in those values.
+ADDED_FAMILIES: dict[int, tuple[float | None, ...]] = {
+    BINDER: BinderFamily.unbound,
+    DEVICE_CLAIMS: (None, None),
+    IP_CLAIMS: (None, None),
+}
 
 
 class UserStage(MarksChanges):
@@ -83,9 +133,16 @@ class UserStage(MarksChanges):
 
     def __init__(self, utc_offset_minutes: int, user_ttl_ms: int) -> None:
         self.user = UserFamily(user_ttl_ms)
+        self.platform = UserPlatformFamily(user_ttl_ms)
         self._offset_ms = utc_offset_minutes * 60_000
         #: The users touched since a checkpoint last asked (None: not tracked).
         self.changes: ChangedKeys | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint; one from before platform events starts with none."""
+        super().__setstate__(state)
+        if "platform" not in state:
+            self.platform = UserPlatformFamily(self.user.ttl_ms)
 
     def signup(self, event: Signup) -> bool:
         """True for the user's first signup, which the other families then see; a repeated
@@ -105,8 +162,31 @@ class UserStage(MarksChanges):
         own.is_weekend = 1 if (local // DAY_MS + _EPOCH_WEEKDAY) % 7 >= 5 else 0
         if self.changes is not None:
             self.changes.users.add(tx.user_id)
+        platform = self.platform
         user, context = self.user.transaction(tx)
-        return [*own.values(), *user.values()], context
+        context.binder = platform.binder(tx.user_id, tx.ts)
+        return [*own.values(), *user.values(), *platform.transaction(tx)], context
+
+    def platform_event(self, event: PlatformEvent) -> PlatformContext | None:
+        """Learns a platform event of the user's; the context its entity families need,
+        or None when no feature reads it (no user, or a kind none learns)."""
+        user_id = event.user_id
+        if user_id is None:
+            return None
+        ts = event.ts
+        paid_at = None
+        if event.kind == RETENTION_COMMISSION and event.merchant_id is not None:
+            paid_at = self.user.last_paid_at(user_id, event.merchant_id)
+        signup = self.referral(user_id, ts)[1]
+        context = PlatformContext(
+            account_age_ms=None if signup is None else ts - signup,
+            cycled=paid_at is not None and paid_at > ts - CYCLE_MS,
+        )
+        if not self.platform.platform_event(event, context):
+            return None
+        if self.changes is not None:
+            self.changes.users.add(user_id)
+        return context
 
     def referral(self, user_id: str, ts: int) -> tuple[str | None, int | None]:
         """The user's (referrer, signup ts) as `transaction` at `ts` would see them (a
@@ -123,12 +203,13 @@ class UserStage(MarksChanges):
         the user's `earlier` transactions (not in the state yet) been applied first."""
         scratch = copy.copy(self)
         scratch.user = detached(self.user, tx.user_id, states=("profiles", "activity"))
+        scratch.platform = detached(self.platform, tx.user_id)
         for other in earlier:
             scratch.transaction(other)
         return scratch.transaction(tx)
 
     def sweep(self, now_ms: int) -> int:
-        return self.user.sweep(now_ms)
+        return self.user.sweep(now_ms) + self.platform.sweep(now_ms)
 
 
 class EntityStage(MarksChanges):
@@ -141,8 +222,19 @@ class EntityStage(MarksChanges):
         self.ip = ip_family()
         self.card = card_family()
         self.referral = ReferralFamily(user_ttl_ms)
+        self.binder = BinderFamily()
+        self.device_claims = device_claims_family()
+        self.ip_claims = ip_claims_family()
         #: The keys touched since a checkpoint last asked (None: not tracked).
         self.changes: ChangedKeys | None = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint; one from before platform events has none of their state."""
+        super().__setstate__(state)
+        if "binder" not in state:
+            self.binder = BinderFamily()
+            self.device_claims = device_claims_family()
+            self.ip_claims = ip_claims_family()
 
     def signup(self, event: Signup, families: int = SIGNUP_FAMILIES) -> None:
         """A user's first signup (the user stage filters repeats)."""
@@ -162,6 +254,18 @@ class EntityStage(MarksChanges):
             changes.ips.add(event.ip)
         if families & REFERRAL and event.referrer_id is not None:
             changes.referrers.add(event.referrer_id)
+
+    def platform_event(
+        self, event: PlatformEvent, context: PlatformContext, *, families: int = PLATFORM_FAMILIES
+    ) -> None:
+        """A platform event the user stage learned (`UserStage.platform_event`), for the
+        device, IP and binder families among `families`."""
+        if families & DEVICE_CLAIMS:
+            self.device_claims.platform_event(event)
+        if families & IP_CLAIMS:
+            self.ip_claims.platform_event(event)
+        if families & BINDER:
+            self.binder.platform_event(event, context)
 
     def label(self, event: Label) -> None:
         if self.changes is not None and event.tx_id is not None:
@@ -194,6 +298,12 @@ class EntityStage(MarksChanges):
             out += self.card.transaction(tx)
         if families & REFERRAL:
             out += self.referral.transaction(tx, context).values()
+        if families & BINDER:
+            out += self.binder.transaction(tx, context.binder)
+        if families & DEVICE_CLAIMS:
+            out += self.device_claims.transaction(tx)
+        if families & IP_CLAIMS:
+            out += self.ip_claims.transaction(tx)
 
     def _mark(
         self, changes: ChangedKeys, tx: Transaction, context: TxContext, families: int
@@ -229,6 +339,9 @@ class EntityStage(MarksChanges):
         scratch.ip = detached(self.ip, self.ip.read(tx))
         scratch.card = detached(self.card, self.card.read(tx))
         scratch.referral = detached(self.referral, context.referrer)
+        scratch.binder = detached(self.binder, context.binder)
+        scratch.device_claims = detached(self.device_claims, tx.device_id)
+        scratch.ip_claims = detached(self.ip_claims, tx.ip)
         for other, its_context in earlier:
             shared = families & self._shared(tx, context, other, its_context)
             if shared:
@@ -249,8 +362,14 @@ class EntityStage(MarksChanges):
             key = family.read(tx)
             if key is not None and family.read(other) == key:
                 mask |= bit
+        if mask & DEVICE:
+            mask |= DEVICE_CLAIMS
+        if mask & IP:
+            mask |= IP_CLAIMS
         if context.referrer is not None and its.referrer == context.referrer:
             mask |= REFERRAL
+        if context.binder is not None and its.binder == context.binder:
+            mask |= BINDER
         return mask
 
     def sweep(self, now_ms: int) -> int:
@@ -262,6 +381,9 @@ class EntityStage(MarksChanges):
             + self.ip.sweep(now_ms)
             + self.card.sweep(now_ms)
             + self.referral.sweep(now_ms)
+            + self.binder.sweep(now_ms)
+            + self.device_claims.sweep(now_ms)
+            + self.ip_claims.sweep(now_ms)
         )
 
 
@@ -374,8 +496,12 @@ def transaction_routes(
         (IP, tx.ip),
         (CARD, tx.card_id),
         (REFERRAL, context.referrer),
+        (BINDER, context.binder),
+        (DEVICE_CLAIMS, tx.device_id),
+        (IP_CLAIMS, tx.ip),
     ):
-        partition = home if key is None else partition_of(family, key, n_partitions=n_partitions)
+        hashed = _HASHED_AS.get(family, family)
+        partition = home if key is None else partition_of(hashed, key, n_partitions=n_partitions)
         routes[partition] = routes.get(partition, 0) | family
     return iter(routes.items())
 
@@ -395,9 +521,29 @@ def signup_routes(event: Signup, n_partitions: int) -> Iterator[tuple[int, int]]
     return iter(routes.items())
 
 
+def platform_routes(event: PlatformEvent, n_partitions: int) -> Iterator[tuple[int, int]]:
+    """(partition, families) pairs for a platform event the user stage learned: the device
+    and IP it was made on, and the merchant it binds to or pays commission to (families
+    a kind does not feed ignore it)."""
+    routes: dict[int, int] = {}
+    for family, key in (
+        (DEVICE_CLAIMS, event.device_id),
+        (IP_CLAIMS, event.ip),
+        (BINDER, event.merchant_id),
+    ):
+        if key is not None:
+            partition = partition_of(_HASHED_AS.get(family, family), key, n_partitions=n_partitions)
+            routes[partition] = routes.get(partition, 0) | family
+    return iter(routes.items())
+
+
 def splice(parts: dict[int, list[float | None]], out: list[float | None]) -> None:
-    """Appends partial results (families mask -> values in `FAMILIES` order) to `out` in
-    vector order."""
+    """Appends partial results (families mask -> values in `FAMILIES` order) to `out` (the
+    user stage's values) in vector order. A user stage's values from before the platform
+    family (a transaction in flight in a checkpoint from then) are completed with that
+    family's values for a user without platform events, as none existed then."""
+    if len(out) == _USER_STAGE_WIDTH - len(PLATFORM_NOTHING_KNOWN):
+        out.extend(PLATFORM_NOTHING_KNOWN)
     pending: list[list[float | None] | None] = [None] * len(FAMILIES)
     for families, values in parts.items():
         at = 0
@@ -406,6 +552,10 @@ def splice(parts: dict[int, list[float | None]], out: list[float | None]) -> Non
                 pending[index] = values[at : at + width]
                 at += width
     for index, part in enumerate(pending):
-        if part is None:
+        if part is not None:
+            out.extend(part)
+            continue
+        added = ADDED_FAMILIES.get(1 << index)
+        if added is None:
             raise ValueError(f"no values for the {FAMILIES[index]} family")
-        out.extend(part)
+        out.extend(added)

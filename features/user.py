@@ -113,7 +113,7 @@ class TxContext:
     """What the other families need to know about a transaction's user, as of its ts: the
     user stage works it out, and the entity stage (another partition, perhaps) receives it."""
 
-    __slots__ = ("account_age_ms", "depth", "referrer", "signup_ts")
+    __slots__ = ("account_age_ms", "binder", "depth", "referrer", "signup_ts")
 
     def __init__(
         self,
@@ -122,23 +122,36 @@ class TxContext:
         signup_ts: int | None,
         referrer: str | None,
         depth: int | None = None,
+        binder: str | None = None,
     ) -> None:
         self.account_age_ms = account_age_ms
         self.signup_ts = signup_ts
         self.referrer = referrer
         #: The user's referral depth; filled in from the referral tree by whoever holds it.
         self.depth = depth
+        #: The merchant the user is bound to (platform events: `features.platform`).
+        self.binder = binder
 
     def wire(self) -> list[Any]:
         """What crosses from the user stage to the entity stage: the depth is not known
-        yet there (the entity stage fills it in from the referral tree)."""
-        return [self.account_age_ms, self.signup_ts, self.referrer]
+        yet there (the entity stage fills it in from the referral tree). The binder rides
+        along only when there is one, so a context without is the three fields every reader
+        of the wire knows."""
+        fields = [self.account_age_ms, self.signup_ts, self.referrer]
+        if self.binder is not None:
+            fields.append(self.binder)
+        return fields
 
     @classmethod
     def of_wire(cls, fields: Sequence[Any]) -> TxContext:
-        """The context `wire` sent."""
-        account_age_ms, signup_ts, referrer = fields
-        return cls(account_age_ms=account_age_ms, signup_ts=signup_ts, referrer=referrer)
+        """The context `wire` sent (one sent before bindings existed has no binder)."""
+        account_age_ms, signup_ts, referrer, *binder = fields
+        return cls(
+            account_age_ms=account_age_ms,
+            signup_ts=signup_ts,
+            referrer=referrer,
+            binder=binder[0] if binder else None,
+        )
 
 
 class UserFamily:
@@ -265,6 +278,13 @@ class UserFamily:
             paid = recent.get(tx.ref_tx_id) if tx.ref_tx_id is not None else None
             row.refund_delay_s = None if paid is None else (ts - paid) / 1000
         return row, context
+
+    def last_paid_at(self, user_id: str, merchant_id: str) -> int | None:
+        """The ts of the user's latest payment at the merchant in the pair window (or
+        older, not yet expired: callers compare it to their own horizon); reads only."""
+        activity = self.activity.get(user_id)
+        pair = None if activity is None else activity.pairs_7d.get(merchant_id)
+        return pair[-1] if pair else None
 
     def sweep(self, now_ms: int) -> int:
         """Drop expired activity, and profiles of users idle past the TTL (whose lifetime

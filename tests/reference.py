@@ -12,9 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rebate_guard.contract.records import (
+    BINDING,
+    COUPON_ISSUE,
+    COUPON_REDEEM,
     FRAUD,
     PAYMENT,
+    POINTS_GRANT,
+    POINTS_REDEEM,
+    POINTS_WITHDRAW,
+    RETENTION_COMMISSION,
     Label,
+    PlatformEvent,
     Signup,
     Transaction,
     requested_rebate_cents,
@@ -29,6 +37,7 @@ YOUNG = 7 * DAY
 class Paid:
     tx: Transaction
     young: bool  # the payer's account was younger than 7 days at the payment
+    binder: str | None = None  # the merchant the payer was bound to at the payment
 
 
 @dataclass
@@ -39,8 +48,12 @@ class History:
     payments: list[Paid] = field(default_factory=list)
     refunds: list[Transaction] = field(default_factory=list)
     labels: dict[str, bool] = field(default_factory=dict)  # tx_id -> fraud, latest wins
+    platform: list[PlatformEvent] = field(default_factory=list)
 
-    def apply(self, event: Signup | Transaction | Label) -> dict[str, Any] | None:
+    def apply(self, event: Signup | Transaction | Label | PlatformEvent) -> dict[str, Any] | None:
+        if isinstance(event, PlatformEvent):
+            self.platform.append(event)
+            return None
         if isinstance(event, Signup):
             if event.user_id not in self.signups:
                 self.signups[event.user_id] = event
@@ -53,7 +66,10 @@ class History:
         x = self.features(event)
         if event.kind == PAYMENT:
             age = self._age(event.user_id, event.ts)
-            self.payments.append(Paid(event, age is not None and age < YOUNG))
+            binder = self._binding(event.user_id)
+            self.payments.append(
+                Paid(event, age is not None and age < YOUNG, None if binder is None else binder[1])
+            )
         else:
             self.refunds.append(event)
         return x
@@ -178,6 +194,122 @@ class History:
         )
 
         x.update(self._referral(u, t))
+        x.update(self._platform_user(tx))
+        x.update(self._platform_entities(tx))
+        return x
+
+    def _of(self, kind: str, **fields: Any) -> list[PlatformEvent]:
+        return [
+            e
+            for e in self.platform
+            if e.kind == kind and all(getattr(e, k) == v for k, v in fields.items())
+        ]
+
+    def _binding(self, user: str) -> tuple[int, str | None] | None:
+        """(ts, merchant) of the user's latest binding so far."""
+        mine = self._of(BINDING, user_id=user)
+        return (mine[-1].ts, mine[-1].merchant_id) if mine else None
+
+    def _transfers_to(self, user: str) -> list[PlatformEvent]:
+        grants = self._of(POINTS_GRANT, user_id=user)
+        return [g for g in grants if g.counterparty_id not in (None, user)]
+
+    def _platform_user(self, tx: Transaction) -> dict[str, Any]:
+        t, u, payment = tx.ts, tx.user_id, tx.kind == PAYMENT
+        x: dict[str, Any] = {}
+        bound = self._binding(u)
+        elsewhere = bound is not None and bound[1] != tx.merchant_id and bound[0] > t - DAY
+        x["bound_elsewhere_s"] = (t - bound[0]) / 1000 if elsewhere and bound else None
+        lead = elsewhere and payment and bound is not None and bound[0] > t - HOUR
+        x["binding_lead_amount_cents"] = tx.amount_cents if lead else None
+        issues = self._of(COUPON_ISSUE, user_id=u)
+        x["user_coupons_claimed_24h"] = sum(1 for e in issues if e.ts > t - DAY)
+        uses, leads, received = [], [], None
+        issued: dict[str | None, int] = {}  # coupon -> its latest issue to u so far
+        for e in self.platform:  # in processing order
+            if e.user_id != u:
+                continue
+            if e.kind == COUPON_ISSUE:
+                issued[e.coupon_id] = e.ts
+            elif e.kind == COUPON_REDEEM and e.tx_id == tx.tx_id and e.ts > t - DAY:
+                at = issued.get(e.coupon_id)
+                if at is not None and at > e.ts - 30 * DAY:
+                    uses.append((e.ts - at) / 1000)
+            elif e.kind == POINTS_GRANT and e.counterparty_id not in (None, u):
+                received = e.ts
+            elif (
+                e.kind in (POINTS_REDEEM, POINTS_WITHDRAW)
+                and e.ts > t - 30 * DAY
+                and received is not None
+                and received > e.ts - 30 * DAY
+            ):
+                leads.append((e.ts - received) / 1000)
+        x["coupon_claim_to_use_s"] = uses[-1] if payment and uses else None
+        transfers = [g for g in self._transfers_to(u) if g.ts > t - 30 * DAY]
+        x["points_givers_30d"] = len({g.counterparty_id for g in transfers})
+        x["points_received_30d"] = sum(g.amount_cents for g in transfers)
+        x["points_quick_redeem_s"] = min(leads) if leads else None
+        commissions = [c for c in self._of(RETENTION_COMMISSION, user_id=u) if c.ts > t - 30 * DAY]
+        total = sum(c.amount_cents for c in commissions)
+        cycled = sum(c.amount_cents for c in commissions if self._cycled(c))
+        x["user_commission_30d"] = total
+        x["user_commission_cycle_share_30d"] = cycled / total if total else None
+        return x
+
+    def _cycled(self, commission: PlatformEvent) -> bool:
+        """The commission's customer paid at the earning merchant in the 24 h before it
+        (processed before it: at equal ts a payment comes after a platform event)."""
+        c = commission
+        return any(
+            p.tx.user_id == c.user_id
+            and p.tx.merchant_id == c.merchant_id
+            and c.ts - DAY < p.tx.ts < c.ts
+            for p in self.payments
+        )
+
+    def _young_at(self, event: PlatformEvent) -> bool:
+        """The event's user had signed up (before it, in processing order) under 7 d ago."""
+        signup = self.signups.get(str(event.user_id))
+        return signup is not None and signup.ts <= event.ts and event.ts - signup.ts < YOUNG
+
+    def _platform_entities(self, tx: Transaction) -> dict[str, Any]:
+        t, x = tx.ts, {}
+        for name, attr in (("device", "device_id"), ("ip", "ip")):
+            key = getattr(tx, attr)
+            for feature, kind, width in (
+                (f"{name}_bound_user_count_7d", BINDING, 7 * DAY),
+                (f"{name}_coupon_user_count_24h", COUPON_ISSUE, DAY),
+            ):
+                made = [e for e in self._of(kind) if getattr(e, attr) == key and e.ts > t - width]
+                x[feature] = None if key is None else len({e.user_id for e in made}) or None
+        bound = self._binding(tx.user_id)
+        names = ("bindings_7d", "bindings_per_device_7d", "young_binding_share_7d")
+        names += ("spend_per_binding_30d", "commission_cycle_share_30d")
+        if bound is None:
+            return {**x, **{f"binder_{n}": None for n in names}}
+        binder = bound[1]
+        bindings = self._of(BINDING, merchant_id=binder)
+        week = [e for e in bindings if e.ts > t - 7 * DAY]
+        on_device = [e.device_id for e in week if e.device_id is not None]
+        young = [e for e in week if self._young_at(e)]
+        month = [e for e in bindings if e.ts > t - 30 * DAY]
+        spend = sum(
+            p.tx.amount_cents
+            for p in self.payments
+            if p.binder == binder and p.tx.ts > t - 30 * DAY
+        )
+        commissions = [
+            c for c in self._of(RETENTION_COMMISSION, merchant_id=binder) if c.ts > t - 30 * DAY
+        ]
+        total = sum(c.amount_cents for c in commissions)
+        cycled = sum(c.amount_cents for c in commissions if self._cycled(c))
+        x["binder_bindings_7d"] = len(week)
+        x["binder_bindings_per_device_7d"] = (
+            len(on_device) / len(set(on_device)) if on_device else None
+        )
+        x["binder_young_binding_share_7d"] = len(young) / len(week) if week else None
+        x["binder_spend_per_binding_30d"] = spend / len(month) if month else None
+        x["binder_commission_cycle_share_30d"] = cycled / total if total else None
         return x
 
     def _vs_category(self, tx: Transaction) -> float | None:

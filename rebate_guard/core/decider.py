@@ -678,6 +678,7 @@ class Scorer:
             if self.graph is not None:
                 self.ring_events += self.graph.signup(event)
         elif isinstance(event, PlatformEvent):
+            self.features.platform_event(event)
             decision = self.decider.platform_event(event, decided_at=decided_at)
             self._taken()
         else:

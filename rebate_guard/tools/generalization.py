@@ -140,6 +140,7 @@ def _run(
         labels=world_dir / "labels.parquet",
         scorer=scorer,
         progress=None,
+        platform_events=world_dir / "platform_events.parquet",
     )
     result = evaluate(out / "decisions.parquet", truth=world_dir / "truth")
     payments = _payments(out / "decisions.parquet", world_dir / "truth")

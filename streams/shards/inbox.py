@@ -12,12 +12,13 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.platform import PlatformContext
 from features.referral import DepthMemo
 from features.stages import REFERRAL, EntityStage, SweepClock
 from features.user import TxContext
 from graph.layer import MERCHANT_RINGS, GraphLayer, RingEvent, RingScore
 from rebate_guard.contract.order import Event
-from rebate_guard.contract.records import Label, Signup, Transaction, from_row
+from rebate_guard.contract.records import Label, PlatformEvent, Signup, Transaction, from_row
 from streams.alignment import Aligner, Released
 from streams.shards.deltas import ENTITY_STORES, Plan, delta_blob
 from streams.shards.wire import ITEM_KINDS, DepthKey, DepthRequest, Identity, drain
@@ -112,15 +113,14 @@ class EntityShard(Inbox):
             _, request = item.tag
             if request[0] != "t" or not request[4] & REFERRAL:
                 continue
-            _, signup_ts, referrer = request[5]
+            context = TxContext.of_wire(request[5])
+            referrer, signup_ts = context.referrer, context.signup_ts
             assert isinstance(item.event, Transaction)
             user = item.event.user_id
+            if referrer is None or signup_ts is None:
+                continue
             key = (user, signup_ts)
-            if (
-                referrer is not None
-                and key not in requests
-                and self.depths.get(user, signup_ts) is None
-            ):
+            if key not in requests and self.depths.get(user, signup_ts) is None:
                 requests[key] = (referrer, user, signup_ts)
         return requests
 
@@ -142,6 +142,11 @@ class EntityShard(Inbox):
             if kind == "s":
                 assert isinstance(event, Signup)
                 entities.signup(event, request[4])
+                continue
+            if kind == "p":
+                assert isinstance(event, PlatformEvent)
+                platform = PlatformContext.of_wire(request[5])
+                entities.platform_event(event, platform, families=request[4])
                 continue
             assert isinstance(event, Transaction)
             families = request[4]

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from features.referral import tree_entry
-from features.stages import SweepClock, UserStage, signup_routes, splice, transaction_routes
+from features.stages import (
+    SweepClock,
+    UserStage,
+    platform_routes,
+    signup_routes,
+    splice,
+    transaction_routes,
+)
 from features.windows import drop_oldest
 from graph.layer import RingScore
 from rebate_guard.contract.order import Event
@@ -177,13 +184,19 @@ class UserShard(UserCheckpoints):
                 entry.add(families, values)
 
     def _platform_event(self, event: PlatformEvent, identity: Identity) -> None:
-        """Decided in its turn (`complete`), after the payments before it: the user's
-        points book counts their rebates. A second message for an event_id is a repeat."""
+        """Learned by the features at release, as replay does (the user's family, then those
+        of its device, IP and merchant on their partitions); decided in its turn (`complete`),
+        after the payments before it, whose rebates the user's points book counts. A second
+        message for an event_id is a repeat."""
         entry = Entry(event, identity, self.partition)
         entry.repeat = event.event_id in self.seen_events
         if not entry.repeat:
             self.seen_events[event.event_id] = event.ts
             drop_oldest(self.seen_events, event.ts - self.decision_ttl_ms)
+            context = self.users.platform_event(event)
+            if context is not None:  # a kind some feature reads
+                for q, families in platform_routes(event, self.n_entity):
+                    self._send(q, ["p", *identity, to_row(event), families, context.wire()])
         self.queue.append(entry)
 
     def _send(self, q: int, item: list[Any]) -> None:

@@ -17,6 +17,7 @@ from rebate_guard.contract.records import (
     SIGNUPS,
     TRANSACTIONS,
     Label,
+    PlatformEvent,
     Signup,
     Transaction,
 )
@@ -36,10 +37,11 @@ DepthRequest = tuple[str, str, int]
 Mark = tuple[int, bool, tuple[int, ...]]
 
 #: The records items carry, by the kind an item names first.
-ITEM_KINDS: dict[str, type[Transaction] | type[Signup] | type[Label]] = {
+ITEM_KINDS: dict[str, type[Transaction] | type[Signup] | type[Label] | type[PlatformEvent]] = {
     "t": Transaction,
     "s": Signup,
     "l": Label,
+    "p": PlatformEvent,
 }
 
 #: Items per envelope: keeps messages far below Kafka's 1 MB default request size.

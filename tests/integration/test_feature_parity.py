@@ -1,6 +1,7 @@
 """Feature vectors from the live worker (real broker and Redis) equal those of replay: with one
 partition or four, across a kill -9 and restart mid-stream, and with two workers sharing the
-partitions (one of them killed, the other taking its shards over).
+partitions (one of them killed, the other taking its shards over). The worlds hold the
+platform's events (the simulator's default profile makes its economics), which both learn.
 
 The models too: every user shard's model ends having learned every transaction of its
 partition once and every label's examples once (what one process learns), so a model
@@ -13,6 +14,7 @@ import asyncio
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,13 @@ import pytest
 import redis
 
 from features.engine import FEATURE_NAMES
+from features.platform import PLATFORM_FEATURES
 from graph.layer import GraphLayer
+from rebate_guard.contract.records import Transaction
 from rebate_guard.core.decider import Scorer
 from rebate_guard.settings import Settings
 from rebate_guard.tools.producer import produce_world
-from rebate_guard.tools.replay import EventFiles, compute_features
+from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import World, WorldConfig, simulate_world, write_world
 from rebate_guard.tools.topics import ensure_topics
 from tests.integration.helpers import (
@@ -53,31 +57,43 @@ def _world(seed: int, transactions: int) -> World:
     )
 
 
-def _replay_features(world: World, tmp_path: Path) -> dict[str, dict[str, Any]]:
+@dataclass
+class Replayed:
+    """What one process makes of a world: every transaction's features, how many labelled
+    examples it learns, the ring events it announces (no end-of-input scan: a live stream
+    has no end) as published JSON, and how many decisions it makes (on payments and on
+    points requests: Redis counts both)."""
+
+    features: dict[str, dict[str, Any]]
+    examples: int
+    rings: list[dict[str, Any]]
+    decisions: int
+
+
+def _replay(world: World, tmp_path: Path) -> Replayed:
+    """`world` replayed with its platform events, which the worker's features learn as
+    replay's do (the world has some, and they move its features)."""
     paths = write_world(world, tmp_path / "world")
-    out = tmp_path / "replay.parquet"
-    compute_features(paths["transactions"], out, paths["signups"], paths["labels"], progress=None)
-    frame = pl.read_parquet(out)
-    return {row.pop("tx_id"): row for row in frame.to_dicts()}
-
-
-def _replay_reference(tmp_path: Path) -> tuple[int, list[dict[str, Any]]]:
-    """What one process makes of the world `_replay_features` wrote: how many labelled
-    examples it learns, and the ring events it announces (no end-of-input scan: a live
-    stream has no end), as published JSON."""
-    world = tmp_path / "world"
     scorer = Scorer(graph=GraphLayer())
+    features, points = {}, 0
     for event in EventFiles(
-        world / "transactions.parquet",
-        world / "signups.parquet",
-        world / "labels.parquet",
-        progress=None,
+        paths["transactions"],
+        paths["signups"],
+        paths["labels"],
+        None,
+        paths["platform_events"],
     ):
-        scorer.apply(event, decided_at=0)
+        if isinstance(event, Transaction):
+            features[event.tx_id] = scorer.decide(event, decided_at=0)[1]
+        else:
+            points += scorer.apply(event, decided_at=0) is not None
     learned = scorer.decider.model.classifier.n_learned
     assert learned > 0
     assert scorer.ring_events, "the world should hold rings"
-    return int(learned), [json.loads(e.dumps()) for e in scorer.ring_events]
+    moved = {n for x in features.values() for n, v in PLATFORM_FEATURES.items() if x[n] != v}
+    assert len(moved) > len(PLATFORM_FEATURES) / 2, f"platform features moved: {moved}"
+    rings = [json.loads(e.dumps()) for e in scorer.ring_events]
+    return Replayed(features, int(learned), rings, len(features) + points)
 
 
 def _assert_rings_as_replay(settings: Settings, want: list[dict[str, Any]]) -> None:
@@ -214,18 +230,17 @@ def test_the_worker_computes_exactly_the_features_of_replay(
 ) -> None:
     settings = stack_settings.replace(partitions=partitions, log_features=True)
     world = _world(seed=21, transactions=10_000)
-    replayed = _replay_features(world, tmp_path)
-    _, rings = _replay_reference(tmp_path)
+    replayed = _replay(world, tmp_path)
     asyncio.run(ensure_topics(settings))
     asyncio.run(produce_world(settings, world))
     n = world.transactions.height
     with running_worker(settings, tmp_path / "worker.log") as worker:
-        wait_for_decisions(settings, n, worker)
+        wait_for_decisions(settings, replayed.decisions, worker)
         live = _worker_features(settings, expect=n)
         assert worker.stop() == 0, worker.log()
     assert all(len(copies) == 1 for copies in live.values())
-    _assert_same(replayed, live, settings, world)
-    _assert_rings_as_replay(settings, rings)
+    _assert_same(replayed.features, live, settings, world)
+    _assert_rings_as_replay(settings, replayed.rings)
 
 
 def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
@@ -233,8 +248,7 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
 ) -> None:
     settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=4.0, log_features=True)
     world = _world(seed=22, transactions=20_000)
-    replayed = _replay_features(world, tmp_path)
-    examples, rings = _replay_reference(tmp_path)
+    replayed = _replay(world, tmp_path)
     asyncio.run(ensure_topics(settings))
     # Fed while the worker runs, at a pace: a world loaded beforehand is decided in one or
     # two batches once the quiet partitions count as idle, leaving no point between a
@@ -248,23 +262,23 @@ def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
         wait_for_decisions(settings, n // 10, first, timeout=120)
         _kill_past_a_checkpoint(settings, decisions=1500, worker=first)
     at_kill = redis_counters(settings).get("decisions", 0)
-    assert at_kill < n, "finished before the kill"
+    assert at_kill < replayed.decisions, "finished before the kill"
     with running_worker(settings, log) as second:
         feed.join()
-        wait_for_decisions(settings, n, second)
+        wait_for_decisions(settings, replayed.decisions, second)
         live = _worker_features(settings, expect=n)
         # The model came back from the checkpoint: what it learned before the kill is not
         # lost, and what it learned after is not learned twice.
-        _assert_models_learned_everything(second, settings.partitions, examples, n)
+        _assert_models_learned_everything(second, settings.partitions, replayed.examples, n)
         redone = _worker_counters(second)["redelivered"]
         assert second.stop() == 0, second.log()
     assert "from its checkpoint" in log.read_text()
     # Every vector (a redone transaction's copies too) equals the uninterrupted replay: no
     # input was lost or applied twice across the kill. Checked before the redo below, so a
     # run whose restart had nothing to redo still says whether the state was exact.
-    _assert_same(replayed, live, settings, world)
-    assert redis_counters(settings)["decisions"] == n
-    _assert_rings_as_replay(settings, rings)
+    _assert_same(replayed.features, live, settings, world)
+    assert redis_counters(settings)["decisions"] == replayed.decisions
+    _assert_rings_as_replay(settings, replayed.rings)
     # Work after the last checkpoint was redone: the restarted worker decided again
     # transactions whose decisions stood in Redis. (Not "published twice": a kill between
     # a batch's decisions stored and its vectors produced publishes them once, after the
@@ -292,8 +306,7 @@ def test_two_workers_split_the_partitions_and_survive_losing_one(
         partitions=4, batch_max=200, checkpoint_interval_s=4.0, log_features=True
     )
     world = _world(seed=23, transactions=20_000)
-    replayed = _replay_features(world, tmp_path)
-    examples, rings = _replay_reference(tmp_path)
+    replayed = _replay(world, tmp_path)
     asyncio.run(ensure_topics(settings))
     n = world.transactions.height
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
@@ -306,11 +319,11 @@ def test_two_workers_split_the_partitions_and_survive_losing_one(
         wait_for_decisions(settings, n // 3, b, timeout=120)
         a.kill9()
         # b takes over a's shards from their checkpoints and finishes the world.
-        wait_for_decisions(settings, n, b)
+        wait_for_decisions(settings, replayed.decisions, b)
         live = _worker_features(settings, expect=n)
-        _assert_models_learned_everything(b, 4, examples, n)
+        _assert_models_learned_everything(b, 4, replayed.examples, n)
         assert b.stop() == 0, b.log()
     assert "from its checkpoint" in log_b.read_text()
-    _assert_same(replayed, live, settings, world)
-    assert redis_counters(settings)["decisions"] == n
-    _assert_rings_as_replay(settings, rings)
+    _assert_same(replayed.features, live, settings, world)
+    assert redis_counters(settings)["decisions"] == replayed.decisions
+    _assert_rings_as_replay(settings, replayed.rings)

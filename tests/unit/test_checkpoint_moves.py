@@ -26,6 +26,7 @@ from typing import Any
 from pytest import MonkeyPatch
 
 from detectors.base import Features
+from features.platform import PLATFORM_FEATURES
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -198,13 +199,22 @@ class PlainCluster(Cluster):
         """What the run made, each part as (how many, a digest of them all): the feature
         vectors decided, the standing decisions, ring reasons and events, and the ledger."""
         parts: dict[str, Any] = {
-            "decided": self.decided,
+            "decided": {t: _without_platform(x) for t, x in self.decided.items()},
             "stood": {t: d.dumps() for t, d in self.stood.items()},
             "ring_reasons": self.ring_reasons,
             "ring_events": [e.dumps() for e in self.ring_events],
             "adjustments": sorted(a.dumps() for a in self.adjustments.values()),
         }
         return {name: (len(part), _digest(part)) for name, part in parts.items()}
+
+
+def _without_platform(x: dict[str, Any]) -> dict[str, Any]:
+    """A vector without the platform features, which a checkpoint from before them decides
+    at their values without platform events (docs/features.md, "Platform events"); those
+    decided before the restart are kept empty."""
+    if x:
+        assert {name: x[name] for name in PLATFORM_FEATURES} == PLATFORM_FEATURES
+    return {name: value for name, value in x.items() if name not in PLATFORM_FEATURES}
 
 
 def _digest(value: Any) -> str:

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 
-from features.engine import FeatureEngine
+from features.engine import FEATURE_NAMES, FeatureEngine
 from features.stages import EntityStage, UserStage
 from rebate_guard.contract.order import Event
-from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.records import PlatformEvent, Signup, Transaction
+from rebate_guard.core.decider import Scorer
 from rebate_guard.settings import Settings
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.simulator.profiles import FLOW_ABUSE
 from streams.batch import Counters, RawEvent
 from streams.checkpoint_writer import CheckpointWriter
 from streams.processor import BatchProcessor
@@ -34,15 +36,23 @@ from streams.store import CheckpointConflict, MemoryDecisionStore
 from streams.store.checkpoints import checkpoint_plan, chunk_keys, piece_keys
 from tests.unit.test_processor import Clock
 
-KINDS = ("signups", "transactions", "labels")
+KINDS = ("signups", "platform-events", "transactions", "labels")
 IDLE_S = 2.0
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
-    config = WorldConfig(seed=7, n_users=300, n_merchants=30, days=20, target_transactions=2_500)
+    """A small world with the platform's events and the abuse of their flows: their state
+    (the user's, the binder's, the claims per device and IP) is checkpointed too."""
+    config = WorldConfig(
+        seed=7, n_users=300, n_merchants=30, days=20, target_transactions=2_500, **FLOW_ABUSE
+    )
     paths = write_world(simulate_world(config), tmp_path_factory.mktemp("world"))
-    return list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
+    return list(
+        EventFiles(
+            paths["transactions"], paths["signups"], paths["labels"], None, paths["platform_events"]
+        )
+    )
 
 
 def _messages(world: list[Event], *, prefix: str = "d.") -> list[tuple[str, RawEvent]]:
@@ -54,6 +64,8 @@ def _messages(world: list[Event], *, prefix: str = "d.") -> list[tuple[str, RawE
             kind, key = "transactions", event.user_id
         elif isinstance(event, Signup):
             kind, key = "signups", event.user_id
+        elif isinstance(event, PlatformEvent):
+            kind, key = "platform-events", event.user_id or event.merchant_id or event.event_id
         else:
             kind, key = "labels", event.tx_id or event.user_id
         p = key_partition(key.encode(), 2)
@@ -89,17 +101,30 @@ def _writer(proc: BatchProcessor, store: Any) -> CheckpointWriter:
     )
 
 
-def _feed(proc: BatchProcessor, messages: list[tuple[str, RawEvent]], batch: int = 100) -> None:
-    """`messages` batch by batch; quiet inputs fall idle between batches."""
+def _feed(
+    proc: BatchProcessor,
+    messages: list[tuple[str, RawEvent]],
+    batch: int = 100,
+    *,
+    idle: bool = True,
+) -> None:
+    """`messages` batch by batch; quiet inputs fall idle between batches (`idle`: what
+    they send next may then come late, behind event time), else only when `_drain`ed."""
     for start in range(0, len(messages), batch):
         chunk = messages[start : start + batch]
         for kind in KINDS:
             items = [m for k, m in chunk if k == kind]
             if items:
                 asyncio.run(proc.handle(kind, items))
-        assert isinstance(proc.clock, Clock)
-        proc.clock.now += IDLE_S + 1
-        asyncio.run(proc.tick())
+        if idle:
+            _drain(proc)
+
+
+def _drain(proc: BatchProcessor) -> None:
+    """Every input falls idle: what the aligners hold is released."""
+    assert isinstance(proc.clock, Clock)
+    proc.clock.now += IDLE_S + 1
+    asyncio.run(proc.tick())
 
 
 def _flat(state: Any) -> bytes:
@@ -151,24 +176,41 @@ def test_a_worker_resumed_from_a_chain_decides_as_one_resumed_from_a_full_checkp
     writer = _writer(first, store)
     cut = len(messages) * 2 // 3
     for start in range(0, cut, 500):
-        _feed(first, messages[start : min(start + 500, cut)])
+        _feed(first, messages[start : min(start + 500, cut)], idle=False)
         whole, _ = first.shards.checkpoints()
         asyncio.run(writer.checkpoint())
     assert max(len(chain) for chain in store.chains.values()) > 1
     fulls = {unit: snapshot() for unit, snapshot in whole.items()}
-    _feed(first, messages[cut : cut + 300])  # processed, then lost in a crash
+    _feed(first, messages[cut : cut + 300], idle=False)  # processed, then lost in a crash
 
     runs = []
     for blobs in (store.checkpoints, fulls):
         resumed, sink = _worker(copy.deepcopy(store), full_every=5)
         for unit, blob in blobs.items():
             resumed.shards.install(unit, blob)
-        _feed(resumed, messages)  # everything re-read; what the checkpoint covers is skipped
+        _feed(resumed, messages, idle=False)  # all re-read; what the checkpoint has is skipped
+        _drain(resumed)
         decided = resumed.store.decisions  # type: ignore[attr-defined]
         runs.append((_features(sink), decided))
     (chain_features, chain_decided), (full_features, full_decided) = runs
     assert len(chain_features) > 300 and chain_features == full_features
     assert chain_decided == full_decided
+    # And they are replay's (nothing came late): the platform events' state came back too.
+    replayed = _replayed_vectors(world)
+    for tx_id, value in chain_features.items():
+        got = json.loads(value)["features"]
+        assert [got[n] for n in FEATURE_NAMES] == [replayed[tx_id][n] for n in FEATURE_NAMES]
+
+
+def _replayed_vectors(world: list[Event]) -> dict[str, dict[str, Any]]:
+    scorer = Scorer()
+    out = {}
+    for event in world:
+        if isinstance(event, Transaction):
+            out[event.tx_id] = scorer.decide(event, decided_at=0)[1]
+        else:
+            scorer.apply(event, decided_at=0)
+    return out
 
 
 class RefusingStore(MemoryDecisionStore):
@@ -238,10 +280,13 @@ def test_stages_mark_touched_keys_only_when_asked_and_never_checkpoint_them(
             engine.vector(event)
         elif isinstance(event, Signup):
             engine.signup(event)
+        elif isinstance(event, PlatformEvent):
+            engine.platform_event(event)
         else:
             engine.label(event)
     user_marks, entity_marks = marks[0].take(), marks[1].take()
-    assert user_marks["users"] == set(users.user.profiles) | set(users.user.activity)
+    held = set(users.user.profiles) | set(users.user.activity) | set(users.platform.state)
+    assert user_marks["users"] == held
     assert entity_marks["merchants"] == set(entities.merchant.state)
     assert entity_marks["devices"] >= set(entities.device.state)
     assert marks[0].take()["users"] == set()  # taken: a fresh start

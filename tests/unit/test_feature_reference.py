@@ -15,8 +15,13 @@ from hypothesis import strategies as st
 
 from features.engine import FEATURE_NAMES, FeatureEngine
 from rebate_guard.contract.order import Event, order_key
-from rebate_guard.contract.records import Label, Signup, Transaction
-from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
+from rebate_guard.contract.records import Label, PlatformEvent, Signup, Transaction
+from rebate_guard.contract.validation import (
+    parse_label,
+    parse_platform_event,
+    parse_signup,
+    parse_transaction,
+)
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
 from tests.factories import T0
@@ -29,7 +34,7 @@ def _same(a: Any, b: Any) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def _compare(events: list[Event]) -> int:
+def _compare(events: list[Event | PlatformEvent]) -> int:
     engine, history = FeatureEngine(), History()
     checked = 0
     for event in events:
@@ -44,6 +49,8 @@ def _compare(events: list[Event]) -> int:
             checked += 1
         elif isinstance(event, Signup):
             engine.signup(event)
+        elif isinstance(event, PlatformEvent):
+            engine.platform_event(event)
         else:
             engine.label(event)
     return checked
@@ -108,3 +115,61 @@ def test_window_edges_ties_and_repeats_match_the_reference(
     events += [parse_label(lb) for lb in labels]
     ordered = [e for _, e in sorted(((order_key(e, i), e) for i, e in enumerate(events)))]
     assert _compare(ordered) == len(txs)
+
+
+# Platform events on the same crowded timestamps: every kind a feature reads, on the users,
+# merchants, devices and IPs the transactions use, with coupons and transfers between them.
+_platform = st.fixed_dictionaries(
+    {
+        "ts": _ts,
+        "kind": _id(
+            [
+                "binding",
+                "binding",
+                "coupon_issue",
+                "coupon_redeem",
+                "points_grant",
+                "points_redeem",
+                "points_withdraw",
+                "retention_commission",
+                "pool_topup",
+            ]
+        ),
+        "user_id": _id(["u1", "u2", "u3"]),
+        "merchant_id": _id(["m1", "m2"]),
+        "amount_cents": st.sampled_from([100, 700]),
+        "tx_id": _id(["t0", "t1", "t2"]),
+        "coupon_id": _id(["c1", "c2"]),
+        "counterparty_id": st.none() | _id(["u1", "u2", "u4"]),
+        "device_id": st.none() | _id(["d1", "d2"]),
+        "ip": st.none() | _id(["ip1"]),
+    }
+)
+#: At equal ts: signups, labels, platform events, then transactions (docs/events.md).
+_RANK = {Signup: 0, Label: 1, PlatformEvent: 2, Transaction: 3}
+
+
+def _in_event_order(events: list[Event | PlatformEvent]) -> list[Event | PlatformEvent]:
+    def key(item: tuple[int, Event | PlatformEvent]) -> tuple[int, int, str, int]:
+        seq, e = item
+        ident = e.event_id if isinstance(e, PlatformEvent) else order_key(e, seq)[2]
+        return (e.ts, _RANK[type(e)], ident, seq)
+
+    return [e for _, e in sorted(enumerate(events), key=key)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(_txs, min_size=1, max_size=20),
+    st.lists(_signups, max_size=5),
+    st.lists(_platform, max_size=25),
+)
+def test_platform_features_on_window_edges_and_ties_match_the_reference(
+    txs: list[dict[str, Any]], signups: list[dict[str, Any]], platform: list[dict[str, Any]]
+) -> None:
+    events: list[Event | PlatformEvent] = [
+        parse_transaction({**t, "tx_id": f"t{i}"}) for i, t in enumerate(txs)
+    ]
+    events += [parse_signup(s) for s in signups]
+    events += [parse_platform_event({**e, "event_id": f"pe{i}"}) for i, e in enumerate(platform)]
+    assert _compare(_in_event_order(events)) == len(txs)

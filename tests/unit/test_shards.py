@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from features.engine import FEATURE_NAMES, EngineConfig, FeatureEngine
+from features.platform import PLATFORM_FEATURES
 from features.referral import depth_walk, run_walk
 from features.stages import EntityStage, UserStage
 from graph.layer import (
@@ -53,6 +54,7 @@ from rebate_guard.core.policy import Budget, default_policy
 from rebate_guard.core.solvency import SolvencyMonitor
 from rebate_guard.tools.replay import EventFiles
 from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
+from rebate_guard.tools.simulator.profiles import FLOW_ABUSE
 from streams.shards import (
     GRAPH_PARTITION,
     SOLVENCY_PARTITION,
@@ -61,8 +63,11 @@ from streams.shards import (
     GraphShard,
     SolvencyShard,
     UserShard,
+    load_checkpoint,
     ring_of,
 )
+from streams.shards.checkpoints import chain_blob
+from streams.shards.deltas import ENTITY_STORES, USER_STORES, DeltaChain
 from streams.shards.solvency import Output
 from tests import factories
 
@@ -131,12 +136,31 @@ class Cluster:
     movements: list[bytes] = field(default_factory=list)
     books_outputs: list[Output] = field(default_factory=list)
     points: dict[str, Decision] = field(default_factory=dict)
+    #: Every how many checkpoints of a user or entity shard one is full: 1, all of them;
+    #: more, deltas in between (`DeltaChain`), restored from the chain as the worker does.
+    full_every: int = 1
+    chains: dict[str, DeltaChain] = field(default_factory=dict)
+    pieces: dict[str, list[bytes]] = field(default_factory=dict)
+    #: Restores from a chain holding deltas.
+    delta_restores: int = 0
 
     def __post_init__(self) -> None:
         self.users = {p: self._new_user(p) for p in range(self.n_user)}
         self.entities = {q: self._new_entity(q) for q in range(self.n_entity)}
         self.graph = self._new_graph()
         self.books = self._new_books()
+        for p, shard in self.users.items():
+            self._track(f"user-{p}", shard)
+        for q, entity in self.entities.items():
+            self._track(f"entity-{q}", entity)
+
+    def _track(self, name: str, shard: UserShard | EntityShard) -> None:
+        """A new chain for a shard created or restored: its next checkpoint is full."""
+        if isinstance(shard, UserShard):
+            stores, changes = USER_STORES, shard.users.track_changes()
+        else:
+            stores, changes = ENTITY_STORES, shard.entities.track_changes()
+        self.chains[name] = DeltaChain(stores, changes, full_every=self.full_every)
 
     def _new_user(self, p: int) -> UserShard:
         stage = UserStage(CONFIG.utc_offset_minutes, CONFIG.user_ttl_ms)
@@ -292,17 +316,27 @@ class Cluster:
     # --- failures -------------------------------------------------------------------------
     def checkpoint(self, name: str) -> None:
         kind, number = name.split("-")
+        if kind == "graph":
+            self.checkpoints[name] = self.graph.snapshot()
+            return
+        if kind == "solvency":
+            self.checkpoints[name] = self.books.snapshot()
+            return
+        chain = self.chains[name]
         if kind == "user":
             shard = self.users[int(number)]
             floor, mark = shard.floor(), shard.books.mark
-            self.checkpoints[name] = shard.snapshot(floor)
+            plan = chain.plan(shard)
+            piece = shard.snapshot(floor, plan)
             shard.durable(floor, mark)  # the write succeeded
-        elif kind == "graph":
-            self.checkpoints[name] = self.graph.snapshot()
-        elif kind == "solvency":
-            self.checkpoints[name] = self.books.snapshot()
         else:
-            self.checkpoints[name] = self.entities[int(number)].snapshot()
+            entity = self.entities[int(number)]
+            plan = chain.plan(entity)
+            piece = entity.snapshot(plan)
+        pieces = self.pieces.get(name, []) if plan.extends is not None else []
+        self.pieces[name] = pieces = [*pieces, piece]
+        self.checkpoints[name] = chain_blob(pieces)
+        chain.written(plan)
 
     def crash(self, name: str) -> None:
         """Lose everything since the shard's newest checkpoint; its input is re-read from
@@ -312,15 +346,18 @@ class Cluster:
         blob = self.checkpoints.get(name)
         if kind == "user":
             p = int(number)
-            self.users[p] = pickle.loads(blob) if blob else self._new_user(p)
+            self.users[p] = load_checkpoint(blob) if blob else self._new_user(p)
             self.users[p].redo = True
+            self._track(name, self.users[p])
         elif kind == "graph":
             self.graph = pickle.loads(blob) if blob else self._new_graph()
         elif kind == "solvency":
             self.books = pickle.loads(blob) if blob else self._new_books()
         else:
             q = int(number)
-            self.entities[q] = pickle.loads(blob) if blob else self._new_entity(q)
+            self.entities[q] = load_checkpoint(blob) if blob else self._new_entity(q)
+            self._track(name, self.entities[q])
+        self.delta_restores += len(self.pieces.get(name, ())) > 1
 
     def run(self, crash_rate: float) -> None:
         names = [f"user-{p}" for p in self.users] + [f"entity-{q}" for q in self.entities]
@@ -380,16 +417,55 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
 
 
 @pytest.fixture(scope="module")
-def replayed(world: list[Event]) -> tuple[dict[str, dict[str, Any]], RecordingDecider]:
+def platform_world(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
+    """A small world with the platform's events (bindings, commissions, coupons, points)
+    and the abuse of those flows the random profile turns on (binding hijacks and farms,
+    coupon farms, points collectors)."""
+    config = WorldConfig(
+        seed=16, n_users=300, n_merchants=30, days=20, target_transactions=2_500, **FLOW_ABUSE
+    )
+    paths = write_world(simulate_world(config), tmp_path_factory.mktemp("platform_world"))
+    files = EventFiles(
+        paths["transactions"], paths["signups"], paths["labels"], None, paths["platform_events"]
+    )
+    return list(files)
+
+
+@dataclass
+class Replayed:
+    """What one process makes of a world: each transaction's features and decision, each
+    points request's decision, and the decider (what it learned)."""
+
+    vectors: dict[str, dict[str, Any]]
+    decisions: dict[str, Decision]
+    points: dict[str, Decision]
+    decider: RecordingDecider
+
+
+def _replay(world: list[Event]) -> Replayed:
     decider = RecordingDecider()
     scorer = Scorer(features=FeatureEngine(CONFIG), decider=decider)
-    out = {}
+    out = Replayed({}, {}, {}, decider)
     for event in world:
         if isinstance(event, Transaction):
-            out[event.tx_id] = scorer.decide(event, decided_at=0)[1]
+            decision, out.vectors[event.tx_id] = scorer.decide(event, decided_at=0)
+            out.decisions[event.tx_id] = decision
         else:
-            scorer.apply(event, decided_at=0)
-    return out, decider
+            points = scorer.apply(event, decided_at=0)
+            if points is not None:
+                out.points[points.tx_id] = points
+    return out
+
+
+@pytest.fixture(scope="module")
+def replayed(world: list[Event]) -> tuple[dict[str, dict[str, Any]], RecordingDecider]:
+    done = _replay(world)
+    return done.vectors, done.decider
+
+
+@pytest.fixture(scope="module")
+def platform_replayed(platform_world: list[Event]) -> Replayed:
+    return _replay(platform_world)
 
 
 @pytest.fixture(scope="module")
@@ -406,10 +482,21 @@ def _cluster(
     seed: int,
     with_graph: bool = False,
     with_books: bool = False,
+    *,
+    full_every: int = 1,
+    redelivered: float = 0.0,
 ) -> Cluster:
+    """A cluster with `world` in its input topics; a platform event is sent a second time
+    (a producer retry: the same event_id, the next offset) with odds `redelivered`."""
     cluster = Cluster(
-        n_user, n_entity, random.Random(seed), with_graph=with_graph, with_books=with_books
+        n_user,
+        n_entity,
+        random.Random(seed),
+        with_graph=with_graph,
+        with_books=with_books,
+        full_every=full_every,
     )
+    retries = random.Random(seed + 1)
     for event in world:  # keyed as the contract says; each partition in ts order
         if isinstance(event, Transaction):
             key, topic = event.user_id, TRANSACTIONS
@@ -422,26 +509,52 @@ def _cluster(
             key, topic = event.tx_id or event.user_id or "", LABELS
         partition = (_partition(key, n_user), TOPIC_CODES[topic])
         cluster.inputs.setdefault(partition, []).append(event)
+        if isinstance(event, PlatformEvent) and retries.random() < redelivered:
+            cluster.inputs[partition].append(event)
     return cluster
 
 
 @pytest.mark.parametrize(
-    ("n_user", "n_entity", "seed", "crash_rate", "envelope_items"),
-    [(1, 1, 1, 0.0, 256), (3, 4, 2, 0.0, 256), (4, 3, 3, 0.004, 256), (2, 5, 4, 0.01, 5)],
+    ("with_platform", "n_user", "n_entity", "seed", "crash_rate", "envelope_items", "full_every"),
+    [
+        (False, 1, 1, 1, 0.0, 256, 1),
+        (False, 3, 4, 2, 0.0, 256, 1),
+        (False, 4, 3, 3, 0.004, 256, 1),
+        (False, 2, 5, 4, 0.01, 5, 1),
+        (True, 1, 1, 16, 0.0, 256, 1),
+        (True, 1, 3, 17, 0.006, 256, 3),
+        (True, 3, 4, 18, 0.006, 256, 4),
+        (True, 2, 5, 19, 0.01, 5, 1),
+    ],
 )
 def test_every_schedule_gives_the_one_process_vectors(
-    world: list[Event],
-    expected: dict[str, dict[str, Any]],
+    request: pytest.FixtureRequest,
+    with_platform: bool,
     n_user: int,
     n_entity: int,
     seed: int,
     crash_rate: float,
     envelope_items: int,
+    full_every: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """With platform events too: learned by the user shard and the entity shards of their
+    device, IP and merchant in replay's order, once each (a redelivered event is a repeat),
+    across restores from full checkpoints and from chains of deltas."""
+    if with_platform:
+        world: list[Event] = request.getfixturevalue("platform_world")
+        expected: dict[str, dict[str, Any]] = request.getfixturevalue("platform_replayed").vectors
+        # Every platform feature says something here (none stuck at its no-event value).
+        live = {n for x in expected.values() for n, v in PLATFORM_FEATURES.items() if x[n] != v}
+        assert live == set(PLATFORM_FEATURES)
+    else:
+        world, expected = request.getfixturevalue("world"), request.getfixturevalue("expected")
     # Small envelopes split batches: only the last piece may move the watermark.
     monkeypatch.setattr("streams.shards.wire.ENVELOPE_ITEMS", envelope_items)
-    cluster = _cluster(world, n_user, n_entity, seed)
+    redelivered = 0.02 if with_platform else 0.0
+    cluster = _cluster(
+        world, n_user, n_entity, seed, full_every=full_every, redelivered=redelivered
+    )
     cluster.run(crash_rate)
     assert set(cluster.decided) == set(expected)  # nothing lost, nothing invented
     # Every engine feature is exact. The decision context (was the refunded payment's rebate
@@ -461,11 +574,45 @@ def test_every_schedule_gives_the_one_process_vectors(
         assert cluster.decided[tx_id]["refund_of_granted_rebate"] == float(granted)
     if crash_rate:
         assert cluster.crashes >= 3
+    if crash_rate and full_every > 1:
+        assert cluster.delta_restores > 0
     assert sum(s.late for s in cluster.users.values()) == 0
     assert sum(s.late for s in cluster.entities.values()) == 0
     assert cluster.duplicates > 0
     # Bounded bookkeeping: nothing left pending, and orphans only transiently.
     assert all(not s.pending and not s.queue and not s.peers.held for s in cluster.users.values())
+
+
+#: The rules on the platform features (detectors/rules.py).
+PLATFORM_RULES = ("binding_before_big_payment", "binding_farm_device", "coupon_farm_device")
+
+
+@pytest.mark.parametrize(("seed", "crash_rate", "full_every"), [(20, 0.0, 1), (21, 0.006, 3)])
+def test_one_partition_decides_a_world_with_platform_events_as_replay_does(
+    platform_world: list[Event],
+    platform_replayed: Replayed,
+    seed: int,
+    crash_rate: float,
+    full_every: int,
+) -> None:
+    """One user partition (its entity families split over three): every standing decision,
+    on payments and on points requests, is replay's, with platform events redelivered and
+    restores mid-way from full checkpoints and from chains of deltas; the rules on the
+    platform features fire in it."""
+    cluster = _cluster(platform_world, 1, 3, seed, full_every=full_every, redelivered=0.02)
+    cluster.run(crash_rate)
+    want = platform_replayed
+    assert {t: d.asdict() for t, d in cluster.stood.items()} == {
+        t: d.asdict() for t, d in want.decisions.items()
+    }
+    assert {t: d.asdict() for t, d in cluster.points.items()} == {
+        t: d.asdict() for t, d in want.points.items()
+    }
+    fired = {r for d in want.decisions.values() for r in d.reasons}
+    assert {r for r in fired if any(rule in r for rule in PLATFORM_RULES)}, sorted(fired)
+    assert want.points
+    if crash_rate:
+        assert cluster.crashes >= 3 and cluster.delta_restores > 0
 
 
 @pytest.mark.parametrize(("n_user", "seed", "crash_rate"), [(3, 6, 0.0), (4, 7, 0.006)])

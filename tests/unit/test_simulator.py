@@ -30,12 +30,14 @@ from rebate_guard.tools.simulator import (
 from rebate_guard.tools.simulator._legit import referral_depth
 from rebate_guard.tools.simulator.profiles import (
     ECONOMICS_RANGES,
+    FLOW_ABUSE,
     FRAUD_SHARE,
     PER_100K,
     RANDOM_RANGES,
 )
 
-SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14)
+#: With the abuse of the commission, coupon and points flows on (off in a bare config).
+SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14, **FLOW_ABUSE)
 #: Every new behaviour on (and strong enough to show in a small world).
 VARIED = replace(
     SMALL,

@@ -14,8 +14,21 @@ import numpy as np
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 
 # Scenario codes (tx_truth.scenario); 0 is legit.
-SCENARIOS = ("legit", "brushing", "referral_farm", "collusion_ring", "cash_out", "pyramid")
+SCENARIOS = (
+    "legit",
+    "brushing",
+    "referral_farm",
+    "collusion_ring",
+    "cash_out",
+    "pyramid",
+    # The commission, coupon and points flows (issue #21, `_abuse_economics`).
+    "binding_hijack",
+    "coupon_farm",
+    "points_collector",
+    "binding_farm",
+)
 LEGIT, BRUSHING, REFERRAL_FARM, COLLUSION_RING, CASH_OUT, PYRAMID = range(6)
+BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR, BINDING_FARM = range(6, 10)
 ABUSE_SCENARIOS = SCENARIOS[1:]
 
 # Legit look-alike codes (tx_truth.group / user_truth.role of legit users); -1 is none.

@@ -58,6 +58,12 @@ class WorldConfig:
     collusion_ring_per_100k: float = 3.0
     cash_out_per_100k: float = 3.5
     pyramid_per_100k: float = 1.5
+    # The commission, coupon and points flows (`_abuse_economics`): off in a bare config, so
+    # it generates the worlds it did; the profiles switch them on (`profiles.FLOW_ABUSE`).
+    binding_hijack_per_100k: float = 0.0
+    coupon_farm_per_100k: float = 0.0
+    points_collector_per_100k: float = 0.0
+    binding_farm_per_100k: float = 0.0
     min_groups_per_scenario: int = 1  # 0 lets a rare scenario round away (low fraud shares)
     # Legit pull of abuse-run merchants: their popularity is this x a log-normal(0, 0.5)
     # (legit merchants: log-normal(0, 1.1), mean ~1.8), so they get a little legit traffic.
@@ -194,6 +200,10 @@ class WorldConfig:
             "collusion_ring_per_100k",
             "cash_out_per_100k",
             "pyramid_per_100k",
+            "binding_hijack_per_100k",
+            "coupon_farm_per_100k",
+            "points_collector_per_100k",
+            "binding_farm_per_100k",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

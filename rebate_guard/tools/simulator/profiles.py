@@ -32,6 +32,16 @@ from rebate_guard.tools.simulator.config import (
 )
 
 PROFILES = ("default", "random")
+#: The abuse of the commission, coupon and points flows (issue #21), groups per 100k legit
+#: transactions in the random profile (the default one stays today's world): as frequent
+#: as the rarest older scenario's groups, and smaller (20-40 payments a group), so a
+#: realistic sliver of the fraud.
+FLOW_ABUSE: dict[str, Any] = {
+    "binding_hijack_per_100k": 1.5,
+    "coupon_farm_per_100k": 1.5,
+    "points_collector_per_100k": 1.5,
+    "binding_farm_per_100k": 1.5,
+}
 #: (days, transactions) a profile uses when the caller gives none.
 PROFILE_SIZE = {"default": (28, 100_000), "random": (45, 80_000)}
 RANDOM_SALT = 0x5EED
@@ -116,7 +126,7 @@ def world_config(
     if profile == "default":
         return WorldConfig(**size)
     rng = np.random.default_rng([seed, RANDOM_SALT])
-    return WorldConfig(**size, **_random_knobs(rng, size["days"]))
+    return WorldConfig(**size, **_random_knobs(rng, size["days"]), **FLOW_ABUSE)
 
 
 def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from rebate_guard.contract.records import (
     Transaction,
 )
 from rebate_guard.tools.io import record_schema
-from rebate_guard.tools.simulator import _abuse, _economics, _legit
+from rebate_guard.tools.simulator import _abuse, _abuse_economics, _economics, _legit
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
     BIG_PURCHASE,
@@ -183,6 +183,11 @@ def simulate_world(config: WorldConfig) -> World:
         scale = max(0.01, (cfg.target_transactions / (1.0 + fraud_ratio) - c) / a)
     groups = _group_counts(cfg, a * scale + c)
     _abuse.inject(rngs[3], b, groups, cfg)
+    # The commission, coupon and points abuse: its own stream, so the rest draws as before.
+    flows_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(10)[9])
+    flows = _abuse_economics.inject(
+        flows_rng, b, _abuse_economics.group_counts(cfg, a * scale + c), cfg
+    )
     _legit.legit_transactions(rngs[4], b, pop, cfg, scale)
     world = _assemble(rngs[5], rngs[6], b, pop, cfg)
     if not cfg.economics:
@@ -195,11 +200,10 @@ def simulate_world(config: WorldConfig) -> World:
     merchant_truth = world.merchant_truth.drop("region", "settlement").join(
         merchants, on="merchant_id", how="left", maintain_order="left"
     )
-    return replace(
-        world,
-        platform_events=events,
-        merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA),
-    )
+    world = replace(world, merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA))
+    abuse = _abuse_economics.platform_events(flows, b, world, cfg=cfg, schema=PLATFORM_EVENT_SCHEMA)
+    events = pl.concat([events, abuse]).sort("ts", maintain_order=True)
+    return replace(world, platform_events=events)
 
 
 def _perm(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -362,7 +366,9 @@ def _assemble(
         no_role = role == NO_LOOK
         members = np.unique(s["user"][legit_tx & their_tx])
         role[members[no_role[members]]] = code
-    role_code = np.where(users["scenario"] > 0, users["scenario"], np.where(role >= 0, 6 + role, 0))
+    role_code = np.where(
+        users["scenario"] > 0, users["scenario"], np.where(role >= 0, len(SCENARIOS) + role, 0)
+    )
     ring_of = users["ring"]
     user_truth = pl.DataFrame(
         {
