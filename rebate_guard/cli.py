@@ -112,14 +112,15 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--labels", type=Path)
         cmd.add_argument("--out", type=Path, required=True, help=out_help)
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+        cmd.add_argument(
+            "--platform-events",
+            type=Path,
+            help="the platform's money and points events (platform_events.*), which the "
+            "features learn as the worker's do; replay also decides the points requests and "
+            "writes the solvency monitor's solvency.parquet and platform_alerts.parquet "
+            "(docs/economics.md)",
+        )
         if name == "replay":
-            cmd.add_argument(
-                "--platform-events",
-                type=Path,
-                help="the platform's money and points events (platform_events.*): decides the "
-                "points requests and writes the solvency monitor's solvency.parquet and "
-                "platform_alerts.parquet (docs/economics.md)",
-            )
             cmd.add_argument(
                 "--policy",
                 type=Path,
@@ -280,7 +281,12 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from rebate_guard.core.policy import Policy
     from rebate_guard.tools.replay import compute_features, replay
 
-    inputs = {"transactions": args.transactions, "signups": args.signups, "labels": args.labels}
+    inputs = {
+        "transactions": args.transactions,
+        "signups": args.signups,
+        "labels": args.labels,
+        "platform_events": args.platform_events,
+    }
     progress = None if args.quiet else sys.stderr
     if args.command == "features":
         config = settings.engine_config()
@@ -297,7 +303,6 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             out_dir=args.out,
             progress=progress,
             scorer=scorer,
-            platform_events=args.platform_events,
         )
     rows = "feature rows" if args.command == "features" else "decisions"
     print(

@@ -470,14 +470,16 @@ def compute_features(
     labels: Path | None = None,
     progress: TextIO | None = sys.stderr,
     config: EngineConfig | None = None,
+    platform_events: Path | None = None,
 ) -> ReplaySummary:
     """One row per transaction: tx_id and every feature the detectors see, computed by the
     same `Scorer` as the worker and replay, in the same event-time order (decision-context
     features need the decisions, and the ring features the rings, so the scorer decides with
-    the graph layer too; only the features are written)."""
+    the graph layer too; only the features are written). The platform's events, when given,
+    are learned as the worker learns them (the binding, coupon and points features)."""
     started = time.perf_counter()
     scorer = Scorer(features=FeatureEngine(config), graph=GraphLayer())
-    files = EventFiles(transactions, signups, labels, progress)
+    files = EventFiles(transactions, signups, labels, progress, platform_events=platform_events)
     schema: Schema = {"tx_id": pl.String, **{name: pl.Float64 for name in ALL_FEATURE_NAMES}}
     rows = ChunkedRows(schema)
     with fewer_collections():

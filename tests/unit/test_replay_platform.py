@@ -178,3 +178,40 @@ def test_a_scorer_pickled_midway_decides_and_reads_the_same(tmp_path: Path) -> N
     assert whole[1]  # something was read
     for cut in range(1, len(events)):
         assert run(cut) == whole
+
+
+def test_offline_features_learn_the_platform_events_as_the_scorer_does(tmp_path: Path) -> None:
+    # `rebate-guard features` serves training: its vectors are the worker's (the scorer's)
+    # only if it learns the platform events too (the binding, coupon and points features).
+    from graph.layer import GraphLayer
+    from rebate_guard.contract.records import Transaction
+    from rebate_guard.core.decider import ALL_FEATURE_NAMES
+    from rebate_guard.tools.replay import EventFiles, compute_features
+    from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
+    from rebate_guard.tools.simulator.profiles import FLOW_ABUSE
+
+    config = WorldConfig(
+        seed=16, n_users=300, n_merchants=30, days=20, target_transactions=2_000, **FLOW_ABUSE
+    )
+    paths = write_world(simulate_world(config), tmp_path / "world")
+    inputs = {"signups": paths["signups"], "labels": paths["labels"], "progress": None}
+    scorer = Scorer(graph=GraphLayer())
+    want: dict[str, list[float | None]] = {}
+    events = EventFiles(paths["transactions"], **inputs, platform_events=paths["platform_events"])
+    for event in events:
+        if isinstance(event, Transaction):
+            x = scorer.decide(event, decided_at=0)[1]
+            values = (x[name] for name in ALL_FEATURE_NAMES)
+            want[event.tx_id] = [None if v is None else float(v) for v in values]
+        else:
+            scorer.apply(event, decided_at=0)
+
+    def offline(**platform: Path) -> dict[str, list[float | None]]:
+        out = tmp_path / f"features-{len(platform)}.parquet"
+        compute_features(paths["transactions"], out, **inputs, **platform)  # type: ignore[arg-type]
+        frame = pl.read_parquet(out)
+        return {row[0]: list(row[1:]) for row in frame.select("tx_id", *ALL_FEATURE_NAMES).rows()}
+
+    assert offline(platform_events=paths["platform_events"]) == want
+    # Without them the platform features stand still: the skew the option closes.
+    assert offline() != want
