@@ -338,8 +338,16 @@ class SolvencyTerms:
     warning_ratio: float = 3.0
     #: ...and `critical` (the industry's warning line, 5:1).
     critical_ratio: float = 5.0
+    #: Alert on merchants' scopes too. Off by default: a merchant's own funding rarely
+    #: covers the points its customers hold (settlements lag, new money is the platform's),
+    #: so thousands of merchants would alert at once; their readings are on `solvency`.
+    alert_merchants: bool = False
 
     def check(self) -> None:
+        if not isinstance(self.alert_merchants, bool):
+            raise PolicyError(
+                f"solvency.alert_merchants: expected true or false, got {self.alert_merchants!r}"
+            )
         for name in ("period_minutes", "warning_ratio", "critical_ratio"):
             value = getattr(self, name)
             if not _positive_number(value):

@@ -60,8 +60,11 @@ def region_scope(region: str) -> str:
     return f"region:{region}"
 
 
+MERCHANT_PREFIX = "merchant:"
+
+
 def merchant_scope(merchant_id: str) -> str:
-    return f"merchant:{merchant_id}"
+    return f"{MERCHANT_PREFIX}{merchant_id}"
 
 
 @record
@@ -376,7 +379,8 @@ class SolvencyMonitor:
             out.append(reading)
             if closing:
                 previous = self.levels.get(scope, SOLVENT)
-                if reading.level != previous:
+                alerting = terms.alert_merchants or not scope.startswith(MERCHANT_PREFIX)
+                if reading.level != previous and alerting:
                     out.append(alert_of(reading, previous=previous, terms=terms))
                 self.levels[scope] = reading.level
         return out

@@ -4,6 +4,7 @@ expected figure is worked out here from the movements and the definitions."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from fractions import Fraction
 
 from hypothesis import given, settings
@@ -245,5 +246,11 @@ def test_current_reads_the_open_period_without_closing_it() -> None:
     assert now["platform"].ratio == 9.0 and now["region:east"].level == "critical"
     assert monitor.current() == now  # changes nothing: no alert was recorded
     out = monitor.advance(T0 + HOUR)
-    assert [a.scope for a in alerts(out)] == ["platform", "region:east", "merchant:m1"]
+    # Merchants' scopes are read, and alert only when the policy asks (`alert_merchants`).
+    assert [a.scope for a in alerts(out)] == ["platform", "region:east"]
+    assert "merchant:m1" in {scope for scope, _ in readings(out)}
     assert monitor.current() == {r.scope: r for r in readings(out).values()}
+    asked = SolvencyMonitor(replace(TERMS, alert_merchants=True))
+    asked.apply(Movement("a", T0, "m1", "east", liability_cents=900, new_money_cents=100))
+    scopes = [a.scope for a in alerts(asked.advance(T0 + HOUR))]
+    assert scopes == ["platform", "region:east", "merchant:m1"]
