@@ -268,11 +268,13 @@ class BatchProcessor:
 
     async def handle_solvency(self, raw: Sequence[RawEvent]) -> None:
         """Movements from user shards for this worker's solvency shard: the books advance,
-        and the periods closed are published (solvency and alerts topics, Redis)."""
+        and the periods closed are published (solvency and alerts topics, Redis), with the
+        running figures that changed (the platform's and the regions': a batch that moved
+        nothing writes nothing)."""
         for b, released in sorted(self._offer(raw, self.shards.solvency).items()):
             shard = self.shards.solvencies[b]
             shard.apply(released)
-            await self.publisher.solvency(shard.take(), shard.current())
+            await self.publisher.solvency(shard.take(), shard.running())
 
     async def handle_results(self, raw: Sequence[RawEvent]) -> BatchOutcome:
         """Entity results coming back to this worker's user shards."""

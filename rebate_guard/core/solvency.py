@@ -327,13 +327,18 @@ class SolvencyMonitor:
         self.open_start, self.closed_until = None, start + self.terms.period_ms
         return out
 
-    def current(self) -> dict[str, SolvencyReading]:
+    def current(self, *, merchants: bool = True) -> dict[str, SolvencyReading]:
         """Every scope's running figures (the open period's so far, else the last period's
-        as closed): for dashboards; changes nothing."""
+        as closed): for dashboards; changes nothing. Without `merchants`, the platform's and
+        the regions' alone (the merchants' are a reading per merchant moved in the period)."""
         start = self.open_start
         if start is None:
-            return dict(self.last_readings)
-        readings = self._read(start, closing=False)
+            if merchants:
+                return dict(self.last_readings)
+            return {
+                s: r for s, r in self.last_readings.items() if not s.startswith(MERCHANT_PREFIX)
+            }
+        readings = self._read(start, closing=False, merchants=merchants)
         return {r.scope: r for r in readings if isinstance(r, SolvencyReading)}
 
     def region_of(self, merchant_id: str) -> str:
@@ -365,14 +370,16 @@ class SolvencyMonitor:
             books = self.regions[region] = Books()
         return books
 
-    def _read(self, start: int, *, closing: bool) -> list[Output]:
+    def _read(self, start: int, *, closing: bool, merchants: bool = True) -> list[Output]:
         """The readings of the period from `start`: platform, regions, the merchants that
-        moved in it; closing, with the alerts of the scopes whose level changed."""
+        moved in it (if `merchants`); closing, with the alerts of the scopes whose level
+        changed."""
         terms, end = self.terms, start + self.terms.period_ms
         scopes = [(PLATFORM, self.platform)]
         regions = sorted(r for r in self.regions if self.members[r] > 0)
         scopes += [(region_scope(r), self.regions[r]) for r in regions]
-        scopes += [(merchant_scope(m), self.merchants[m]) for m in sorted(self.moved)]
+        if merchants:
+            scopes += [(merchant_scope(m), self.merchants[m]) for m in sorted(self.moved)]
         out: list[Output] = []
         for scope, books in scopes:
             reading = reading_of(scope, books, start=start, end=end, terms=terms)

@@ -29,7 +29,7 @@ from typing import Any
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import PlatformAlert, SolvencyReading, from_row, to_row
 from rebate_guard.core.decider import Decider
-from rebate_guard.core.solvency import PLATFORM, Movement, SolvencyMonitor
+from rebate_guard.core.solvency import Movement, SolvencyMonitor
 from streams.alignment import START, Aligner, Released
 from streams.shards.inbox import Inbox
 from streams.shards.wire import Mark, marked_envelopes
@@ -112,6 +112,19 @@ class SolvencyShard(Inbox):
         #: Per user partition, movement_id -> (ts, late) of the movements applied and not
         #: yet below the sender's floor.
         self.movements: dict[int, dict[str, tuple[int, int]]] = {}
+        #: The running figures last given out (`running`); not checkpointed.
+        self.shown: dict[str, SolvencyReading] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # A restored shard gives all its running figures again: the store may hold newer
+        # ones, from work lost with the shard that made them.
+        state.pop("shown", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.shown = {}
 
     def _take(self, p: int, item: list[Any]) -> Event | None:
         row = item[2]
@@ -157,9 +170,13 @@ class SolvencyShard(Inbox):
         return out
 
     def current(self) -> dict[str, SolvencyReading]:
-        """The running figures of the platform and each region (not the merchants')."""
-        return {
-            scope: reading
-            for scope, reading in self.monitor.current().items()
-            if scope == PLATFORM or scope.startswith("region:")
-        }
+        """The running figures of the platform and each region (not the merchants': a
+        reading per merchant moved in the period, not shown)."""
+        return self.monitor.current(merchants=False)
+
+    def running(self) -> dict[str, SolvencyReading]:
+        """The running figures (`current`) that changed since the last call: what the
+        store is to be given after a batch (nothing, when it moved nothing)."""
+        changed = {s: r for s, r in self.current().items() if self.shown.get(s) != r}
+        self.shown.update(changed)
+        return changed
