@@ -489,8 +489,8 @@ def transaction_routes(
     merchant's partition, which every transaction visits, so its null values come from the
     same code as everywhere else."""
     home = partition_of(MERCHANT, tx.merchant_id, n_partitions=n_partitions)
-    routes = {home: MERCHANT}
-    for family, key in (
+    keys = (
+        (MERCHANT, tx.merchant_id),
         (CATEGORY, tx.merchant_category),
         (DEVICE, tx.device_id),
         (IP, tx.ip),
@@ -499,41 +499,44 @@ def transaction_routes(
         (BINDER, context.binder),
         (DEVICE_CLAIMS, tx.device_id),
         (IP_CLAIMS, tx.ip),
-    ):
-        hashed = _HASHED_AS.get(family, family)
-        partition = home if key is None else partition_of(hashed, key, n_partitions=n_partitions)
-        routes[partition] = routes.get(partition, 0) | family
-    return iter(routes.items())
+    )
+    return _routes(keys, n_partitions=n_partitions, home=home)
 
 
 def signup_routes(event: Signup, n_partitions: int) -> Iterator[tuple[int, int]]:
     """(partition, families) pairs for a first signup: its device, IP and referrer."""
-    routes: dict[int, int] = {}
     referrer = event.referrer_id
-    for family, key in (
+    keys = (
         (DEVICE, event.device_id),
         (IP, event.ip),
         (REFERRAL, None if referrer == event.user_id else referrer),
-    ):
-        if key is not None:
-            partition = partition_of(family, key, n_partitions=n_partitions)
-            routes[partition] = routes.get(partition, 0) | family
-    return iter(routes.items())
+    )
+    return _routes(keys, n_partitions=n_partitions)
 
 
 def platform_routes(event: PlatformEvent, n_partitions: int) -> Iterator[tuple[int, int]]:
     """(partition, families) pairs for a platform event the user stage learned: the device
     and IP it was made on, and the merchant it binds to or pays commission to (families
     a kind does not feed ignore it)."""
+    keys = ((DEVICE_CLAIMS, event.device_id), (IP_CLAIMS, event.ip), (BINDER, event.merchant_id))
+    return _routes(keys, n_partitions=n_partitions)
+
+
+def _routes(
+    keys: Iterable[tuple[int, str | None]], *, n_partitions: int, home: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """(partition, families) pairs: each family on its key's partition (the device's and
+    IP's claims hashed as the device and IP: they land together), a family without a key on
+    `home` (none: nowhere), in the order first reached."""
     routes: dict[int, int] = {}
-    for family, key in (
-        (DEVICE_CLAIMS, event.device_id),
-        (IP_CLAIMS, event.ip),
-        (BINDER, event.merchant_id),
-    ):
+    for family, key in keys:
         if key is not None:
             partition = partition_of(_HASHED_AS.get(family, family), key, n_partitions=n_partitions)
-            routes[partition] = routes.get(partition, 0) | family
+        elif home is not None:
+            partition = home
+        else:
+            continue
+        routes[partition] = routes.get(partition, 0) | family
     return iter(routes.items())
 
 
