@@ -81,9 +81,13 @@ class RecordingDecider(Decider):
     learned so far became known after the transaction's ts (no leakage)."""
 
     learned: list[tuple[str, int, bool]] = field(default_factory=list)
+    #: The newest ts learned (kept, not recomputed: a pass over `learned` per decision made
+    #: the cluster runs quadratic).
+    newest: int | None = None
 
     def learn(self, example: Example) -> None:
         self.learned.append((example.tx_id, example.ts, example.fraud))
+        self.newest = example.ts if self.newest is None else max(self.newest, example.ts)
         super().learn(example)
 
     def decide(
@@ -96,7 +100,7 @@ class RecordingDecider(Decider):
         ring: tuple[float, list[str]] | None = None,
         graph_down: bool = False,
     ) -> tuple[Decision, Features]:
-        newest = max((ts for _, ts, _ in self.learned), default=None)
+        newest = self.newest
         assert newest is None or newest <= tx.ts, f"{tx.tx_id} scored after a later label"
         return super().decide(
             tx, vector, decided_at=decided_at, standing=standing, ring=ring, graph_down=graph_down
@@ -475,6 +479,44 @@ def expected(
     return replayed[0]
 
 
+#: A cluster run: (world fixture, n_user, n_entity, seed, crash_rate, envelope_items,
+#: full_every, redelivered).
+RunKey = tuple[str, int, int, int, float, int, int, float]
+
+
+#: The runs two tests assert different things of (`_run` keeps these alone: a run holds
+#: every shard's state).
+SHARED_RUNS: set[RunKey] = {
+    ("platform_world", 1, 1, 16, 0.0, 256, 1, 0.02),
+    ("platform_world", 1, 3, 17, 0.006, 256, 3, 0.02),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_runs() -> dict[RunKey, Cluster]:
+    """The shared cluster runs made so far in this module (`SHARED_RUNS`, `_run`)."""
+    return {}
+
+
+def _run(request: pytest.FixtureRequest, key: RunKey) -> Cluster:
+    """The cluster run `key`; made once per module if shared (read it, never change it)."""
+    runs: dict[RunKey, Cluster] = request.getfixturevalue("cluster_runs")
+    if key not in runs:
+        world, n_user, n_entity, seed, crash_rate, envelope_items, full_every, redelivered = key
+        events: list[Event] = request.getfixturevalue(world)
+        cluster = _cluster(
+            events, n_user, n_entity, seed, full_every=full_every, redelivered=redelivered
+        )
+        # Small envelopes split batches: only the last piece may move the watermark.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("streams.shards.wire.ENVELOPE_ITEMS", envelope_items)
+            cluster.run(crash_rate)
+        if key not in SHARED_RUNS:
+            return cluster
+        runs[key] = cluster
+    return runs[key]
+
+
 def _cluster(
     world: list[Event],
     n_user: int,
@@ -521,7 +563,7 @@ def _cluster(
         (False, 3, 4, 2, 0.0, 256, 1),
         (False, 4, 3, 3, 0.004, 256, 1),
         (False, 2, 5, 4, 0.01, 5, 1),
-        (True, 1, 1, 16, 0.0, 256, 1),
+        (True, 1, 1, 16, 0.0, 256, 1),  # the runs of `test_one_partition_decides_...` too
         (True, 1, 3, 17, 0.006, 256, 3),
         (True, 3, 4, 18, 0.006, 256, 4),
         (True, 2, 5, 19, 0.01, 5, 1),
@@ -536,7 +578,6 @@ def test_every_schedule_gives_the_one_process_vectors(
     crash_rate: float,
     envelope_items: int,
     full_every: int,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With platform events too: learned by the user shard and the entity shards of their
     device, IP and merchant in replay's order, once each (a redelivered event is a repeat),
@@ -549,13 +590,10 @@ def test_every_schedule_gives_the_one_process_vectors(
         assert live == set(PLATFORM_FEATURES)
     else:
         world, expected = request.getfixturevalue("world"), request.getfixturevalue("expected")
-    # Small envelopes split batches: only the last piece may move the watermark.
-    monkeypatch.setattr("streams.shards.wire.ENVELOPE_ITEMS", envelope_items)
     redelivered = 0.02 if with_platform else 0.0
-    cluster = _cluster(
-        world, n_user, n_entity, seed, full_every=full_every, redelivered=redelivered
-    )
-    cluster.run(crash_rate)
+    name = "platform_world" if with_platform else "world"
+    key = (name, n_user, n_entity, seed, crash_rate, envelope_items, full_every, redelivered)
+    cluster = _run(request, key)
     assert set(cluster.decided) == set(expected)  # nothing lost, nothing invented
     # Every engine feature is exact. The decision context (was the refunded payment's rebate
     # granted?) reports the decisions this layout made: each user shard's models learn from
@@ -587,20 +625,25 @@ def test_every_schedule_gives_the_one_process_vectors(
 PLATFORM_RULES = ("binding_before_big_payment", "binding_farm_device", "coupon_farm_device")
 
 
-@pytest.mark.parametrize(("seed", "crash_rate", "full_every"), [(20, 0.0, 1), (21, 0.006, 3)])
+@pytest.mark.parametrize(
+    ("n_entity", "seed", "crash_rate", "full_every"), [(1, 16, 0.0, 1), (3, 17, 0.006, 3)]
+)
 def test_one_partition_decides_a_world_with_platform_events_as_replay_does(
-    platform_world: list[Event],
+    request: pytest.FixtureRequest,
     platform_replayed: Replayed,
+    n_entity: int,
     seed: int,
     crash_rate: float,
     full_every: int,
 ) -> None:
-    """One user partition (its entity families split over three): every standing decision,
-    on payments and on points requests, is replay's, with platform events redelivered and
-    restores mid-way from full checkpoints and from chains of deltas; the rules on the
-    platform features fire in it."""
-    cluster = _cluster(platform_world, 1, 3, seed, full_every=full_every, redelivered=0.02)
-    cluster.run(crash_rate)
+    """One user partition (its entity families on one entity shard, or split over three):
+    every standing decision, on payments and on points requests, is replay's, with platform
+    events redelivered and restores mid-way from full checkpoints and from chains of
+    deltas; the rules on the platform features fire in it. The very runs whose vectors
+    `test_every_schedule_gives_the_one_process_vectors` checks (made once: `_run`)."""
+    cluster = _run(
+        request, ("platform_world", 1, n_entity, seed, crash_rate, 256, full_every, 0.02)
+    )
     want = platform_replayed
     assert {t: d.asdict() for t, d in cluster.stood.items()} == {
         t: d.asdict() for t, d in want.decisions.items()
@@ -675,19 +718,29 @@ def ring_world(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
     return list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
 
 
+@pytest.fixture(scope="module")
+def ring_replayed(ring_world: list[Event]) -> list[RingEvent]:
+    """The ring events replay's one process announces on `ring_world`."""
+    scorer = Scorer(graph=GraphLayer())
+    for event in ring_world:
+        scorer.apply(event, decided_at=0)
+    return scorer.ring_events
+
+
 @pytest.mark.parametrize(
     ("n_user", "seed", "crash_rate"), [(1, 9, 0.0), (3, 10, 0.0), (4, 12, 0.006)]
 )
 def test_the_graph_shard_finds_exactly_the_rings_of_replay(
-    ring_world: list[Event], n_user: int, seed: int, crash_rate: float
+    ring_world: list[Event],
+    ring_replayed: list[RingEvent],
+    n_user: int,
+    seed: int,
+    crash_rate: float,
 ) -> None:
     """Fed by every user shard in event-time order, the graph shard announces the same
     ring events as replay's one process (repeats after a restore aside: at-least-once),
     and decisions made after a ring was published carry its reason code."""
-    scorer = Scorer(graph=GraphLayer())
-    for event in ring_world:
-        scorer.apply(event, decided_at=0)
-    want = scorer.ring_events
+    want = ring_replayed
     assert len({e.ring_id for e in want}) >= 3, "the world should hold rings"
     cluster = _cluster(ring_world, n_user, 2, seed, with_graph=True)
     cluster.run(crash_rate)
