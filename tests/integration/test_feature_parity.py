@@ -14,6 +14,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,24 @@ def _replay(world: World, tmp_path: Path) -> Replayed:
     assert len(moved) > len(PLATFORM_FEATURES) / 2, f"platform features moved: {moved}"
     rings = [json.loads(e.dumps()) for e in scorer.ring_events]
     return Replayed(features, int(learned), rings, len(features) + points)
+
+
+@pytest.fixture(scope="module")
+def worlds(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[int, int], tuple[World, Replayed]]:
+    """(world, its replay) by (seed, transactions), each simulated and replayed once for the
+    module: the tests feed the same worlds to workers in different ways."""
+    made: dict[tuple[int, int], tuple[World, Replayed]] = {}
+
+    def world_and_replay(seed: int, transactions: int) -> tuple[World, Replayed]:
+        if (seed, transactions) not in made:
+            world = _world(seed, transactions)
+            replayed = _replay(world, tmp_path_factory.mktemp(f"world-{seed}"))
+            made[(seed, transactions)] = (world, replayed)
+        return made[(seed, transactions)]
+
+    return world_and_replay
 
 
 def _assert_rings_as_replay(settings: Settings, want: list[dict[str, Any]]) -> None:
@@ -226,11 +245,13 @@ def _kill_past_a_checkpoint(settings: Settings, decisions: int, worker: WorkerPr
 
 @pytest.mark.parametrize("partitions", [1, 4])
 def test_the_worker_computes_exactly_the_features_of_replay(
-    stack_settings: Settings, tmp_path: Path, partitions: int
+    stack_settings: Settings,
+    tmp_path: Path,
+    partitions: int,
+    worlds: Callable[[int, int], tuple[World, Replayed]],
 ) -> None:
     settings = stack_settings.replace(partitions=partitions, log_features=True)
-    world = _world(seed=21, transactions=10_000)
-    replayed = _replay(world, tmp_path)
+    world, replayed = worlds(21, 10_000)
     asyncio.run(ensure_topics(settings))
     asyncio.run(produce_world(settings, world))
     n = world.transactions.height
@@ -244,11 +265,10 @@ def test_the_worker_computes_exactly_the_features_of_replay(
 
 
 def test_features_after_kill_9_and_restart_equal_an_uninterrupted_run(
-    stack_settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path, worlds: Callable[[int, int], tuple[World, Replayed]]
 ) -> None:
     settings = stack_settings.replace(batch_max=200, checkpoint_interval_s=4.0, log_features=True)
-    world = _world(seed=22, transactions=20_000)
-    replayed = _replay(world, tmp_path)
+    world, replayed = worlds(22, 20_000)
     asyncio.run(ensure_topics(settings))
     # Fed while the worker runs, at a pace: a world loaded beforehand is decided in one or
     # two batches once the quiet partitions count as idle, leaving no point between a
@@ -300,13 +320,12 @@ def _events_seen(worker: WorkerProcess) -> int:
 
 
 def test_two_workers_split_the_partitions_and_survive_losing_one(
-    stack_settings: Settings, tmp_path: Path
+    stack_settings: Settings, tmp_path: Path, worlds: Callable[[int, int], tuple[World, Replayed]]
 ) -> None:
     settings = stack_settings.replace(
         partitions=4, batch_max=200, checkpoint_interval_s=4.0, log_features=True
     )
-    world = _world(seed=23, transactions=20_000)
-    replayed = _replay(world, tmp_path)
+    world, replayed = worlds(22, 20_000)  # the kill -9 test's world, replayed once
     asyncio.run(ensure_topics(settings))
     n = world.transactions.height
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
