@@ -52,6 +52,9 @@ class Builder:
     n_devices: int = 0
     n_cards: int = 0
     n_phones: int = 0
+    #: Public number of each merchant (its id is `m<number>`), set when the world is
+    #: assembled: the flows' platform events name merchants after that.
+    merchant_numbers: np.ndarray | None = None
 
     @classmethod
     def create(
@@ -102,6 +105,53 @@ class Builder:
             scenario=scenario,
             ring=ring_index,
             look=-1,
+        )
+
+    def add_lookalike_users(
+        self,
+        look: int,
+        signup_ts: np.ndarray,
+        device: np.ndarray,
+        ip: np.ndarray,
+    ) -> np.ndarray:
+        """Legit users of a look-alike group (role `look`), each with a phone of their own."""
+        n = len(signup_ts)
+        return self.users.add(
+            signup_ts=signup_ts.astype(np.int64),
+            referrer=np.full(n, -1, dtype=np.int64),
+            device=device.astype(np.int64),
+            ip=ip.astype(np.int64),
+            phone=self.new_phones(n),
+            scenario=0,
+            ring=-1,
+            look=look,
+        )
+
+    def add_lookalike_tx(
+        self,
+        look: int,
+        ts: np.ndarray,
+        user: np.ndarray,
+        merchant: np.ndarray,
+        amount: np.ndarray,
+        device: np.ndarray,
+        ip: np.ndarray,
+        card: np.ndarray,
+    ) -> np.ndarray:
+        """Legit payments of a look-alike group (tx truth: legit, group `look`)."""
+        return self.tx.add(
+            ts=ts.astype(np.int64),
+            user=user.astype(np.int64),
+            merchant=merchant.astype(np.int64),
+            amount=amount.astype(np.int64),
+            refund=np.zeros(len(ts), dtype=bool),
+            ref=np.full(len(ts), -1, dtype=np.int64),
+            device=device.astype(np.int64),
+            ip=ip.astype(np.int64),
+            card=card.astype(np.int64),
+            scenario=0,
+            ring=-1,
+            look=look,
         )
 
     def add_abuse_tx(
