@@ -11,19 +11,14 @@ import pytest
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.contract.validation import parse_platform_event
-from rebate_guard.tools.simulator import World, WorldConfig, simulate_world
-from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKES, world_config
+from rebate_guard.tools.simulator import LOOKALIKES, SCENARIOS, World, WorldConfig, simulate_world
+from rebate_guard.tools.simulator._common import FLOW_LOOKALIKES, FLOW_SCENARIOS
+from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES, world_config
 
 #: Every look-alike often enough for a small world to have a few groups of each.
-LOOKALIKES_ON = dict.fromkeys(FLOW_LOOKALIKES, 25.0)
+LOOKALIKES_ON = dict.fromkeys(FLOW_LOOKALIKE_RATES, 25.0)
 SMALL = WorldConfig(seed=4, n_users=3_000, n_merchants=120, days=14, **FLOW_ABUSE, **LOOKALIKES_ON)
-FLOW_SCENARIOS = {
-    "binding_hijack",
-    "coupon_farm",
-    "points_collector",
-    "binding_farm",
-    "commission_cycle",
-}
+FLOW_SCENARIO_NAMES = {SCENARIOS[code] for code in FLOW_SCENARIOS}
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +61,10 @@ def test_the_groups_events_are_valid_platform_events(world: World) -> None:
 def test_platform_truth_names_the_group_that_made_each_event(world: World) -> None:
     truth = world.platform_truth
     assert truth["event_id"].equals(world.platform_events["event_id"])
-    assert truth.filter(pl.col("is_fraud"))["scenario"].is_in(FLOW_SCENARIOS).all()
+    assert truth.filter(pl.col("is_fraud"))["scenario"].is_in(FLOW_SCENARIO_NAMES).all()
     assert (truth.filter(~pl.col("is_fraud"))["scenario"] == "").all()
     assert (truth.filter(pl.col("is_fraud"))["group"] == "").all()
-    assert set(truth["scenario"]) == {"", *FLOW_SCENARIOS}
+    assert set(truth["scenario"]) == {"", *FLOW_SCENARIO_NAMES}
     assert set(truth["group"]) == {"", *FLOW_LOOKALIKE_NAMES}
     events = _with_truth(world)
     made = events.filter(pl.col("is_fraud") | (pl.col("group") != ""))
@@ -203,13 +198,7 @@ def test_a_commission_cycle_pays_its_merchant_and_earns_it_commission_elsewhere(
 
 
 #: The flows' legit look-alikes (`_flow_lookalikes`).
-FLOW_LOOKALIKE_NAMES = {
-    "family_binding",
-    "shop_binding_burst",
-    "family_points",
-    "coupon_hunters",
-    "bound_regulars",
-}
+FLOW_LOOKALIKE_NAMES = {LOOKALIKES[code] for code in FLOW_LOOKALIKES}
 
 
 def _bound_users_per_device(events: pl.DataFrame) -> pl.Series:

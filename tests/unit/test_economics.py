@@ -36,12 +36,12 @@ from rebate_guard.tools.simulator import (
     platform_books,
     simulate_world,
 )
-from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKES
+from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES
 
 #: The platform's own flows: the abuse of them and its look-alikes (`_abuse_economics`,
 #: `_flow_lookalikes`, their own tests) break what is checked here on purpose (bindings
 #: repeated, transfers past the redeemable share, coupons claimed without a payment before).
-NO_FLOW_ABUSE = dict.fromkeys([*FLOW_ABUSE, *FLOW_LOOKALIKES], 0.0)
+NO_FLOW_ABUSE = dict.fromkeys([*FLOW_ABUSE, *FLOW_LOOKALIKE_RATES], 0.0)
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14, **NO_FLOW_ABUSE)
 #: Worlds the books are measured on: a platform growing as the simulator's does (a fifth of
 #: its users join within its four weeks), and the same platform stalling on day 10.

@@ -27,6 +27,7 @@ from rebate_guard.tools.simulator import (
     world_config,
     write_world,
 )
+from rebate_guard.tools.simulator._common import FLOW_LOOKALIKES
 from rebate_guard.tools.simulator._legit import referral_depth
 from rebate_guard.tools.simulator.profiles import (
     ECONOMICS_RANGES,
@@ -283,13 +284,7 @@ def test_refunds_reference_an_earlier_payment_of_same_user_merchant_amount(world
 #: Look-alike groups only the family's knobs create (absent from default worlds; the flows'
 #: look-alikes are tested in test_abuse_economics).
 KNOB_ONLY = {"nat_pool", "big_purchase", "high_rate_merchant"}
-FLOW_LOOKALIKE_NAMES = {
-    "family_binding",
-    "shop_binding_burst",
-    "family_points",
-    "coupon_hunters",
-    "bound_regulars",
-}
+FLOW_LOOKALIKE_NAMES = {LOOKALIKES[code] for code in FLOW_LOOKALIKES}
 
 
 def test_every_scenario_and_lookalike_is_present_with_members(world: World, varied: World) -> None:

@@ -95,6 +95,8 @@ class Builder:
         device: np.ndarray,
         ip: np.ndarray,
         phone: np.ndarray,
+        *,
+        look: int = -1,
     ) -> np.ndarray:
         return self.users.add(
             signup_ts=signup_ts.astype(np.int64),
@@ -104,27 +106,16 @@ class Builder:
             phone=phone.astype(np.int64),
             scenario=scenario,
             ring=ring_index,
-            look=-1,
+            look=look,
         )
 
     def add_lookalike_users(
-        self,
-        look: int,
-        signup_ts: np.ndarray,
-        device: np.ndarray,
-        ip: np.ndarray,
+        self, look: int, signup_ts: np.ndarray, device: np.ndarray, ip: np.ndarray
     ) -> np.ndarray:
         """Legit users of a look-alike group (role `look`), each with a phone of their own."""
         n = len(signup_ts)
-        return self.users.add(
-            signup_ts=signup_ts.astype(np.int64),
-            referrer=np.full(n, -1, dtype=np.int64),
-            device=device.astype(np.int64),
-            ip=ip.astype(np.int64),
-            phone=self.new_phones(n),
-            scenario=0,
-            ring=-1,
-            look=look,
+        return self.add_abuse_users(
+            -1, 0, signup_ts, np.full(n, -1), device, ip, self.new_phones(n), look=look
         )
 
     def add_lookalike_tx(
@@ -139,20 +130,7 @@ class Builder:
         card: np.ndarray,
     ) -> np.ndarray:
         """Legit payments of a look-alike group (tx truth: legit, group `look`)."""
-        return self.tx.add(
-            ts=ts.astype(np.int64),
-            user=user.astype(np.int64),
-            merchant=merchant.astype(np.int64),
-            amount=amount.astype(np.int64),
-            refund=np.zeros(len(ts), dtype=bool),
-            ref=np.full(len(ts), -1, dtype=np.int64),
-            device=device.astype(np.int64),
-            ip=ip.astype(np.int64),
-            card=card.astype(np.int64),
-            scenario=0,
-            ring=-1,
-            look=look,
-        )
+        return self.add_abuse_tx(-1, 0, ts, user, merchant, amount, device, ip, card, look=look)
 
     def add_abuse_tx(
         self,
@@ -166,8 +144,11 @@ class Builder:
         ip: np.ndarray,
         card: np.ndarray,
         refund_of: np.ndarray | None = None,
+        *,
+        look: int = -1,
     ) -> np.ndarray:
-        """Payments, or refunds when refund_of (global tx indices) is given."""
+        """Payments, or refunds when refund_of (global tx indices) is given; `look`: the
+        look-alike group of legit ones (ring -1, scenario 0)."""
         n = len(ts)
         ref = np.full(n, -1, dtype=np.int64) if refund_of is None else refund_of
         return self.tx.add(
@@ -182,5 +163,5 @@ class Builder:
             card=card.astype(np.int64),
             scenario=scenario,
             ring=ring_index,
-            look=-1,
+            look=look,
         )

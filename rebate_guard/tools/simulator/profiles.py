@@ -43,7 +43,7 @@ FLOW_ABUSE: dict[str, Any] = {
     "commission_cycle_per_100k": 1.5,
 }
 #: ... and their legit look-alikes, likewise.
-FLOW_LOOKALIKES: dict[str, Any] = {
+FLOW_LOOKALIKE_RATES: dict[str, Any] = {
     "family_binding_per_100k": 8.0,
     "shop_binding_burst_per_100k": 3.0,
     "family_points_per_100k": 6.0,
