@@ -118,19 +118,10 @@ class Builder:
             -1, 0, signup_ts, np.full(n, -1), device, ip, self.new_phones(n), look=look
         )
 
-    def add_lookalike_tx(
-        self,
-        look: int,
-        ts: np.ndarray,
-        user: np.ndarray,
-        merchant: np.ndarray,
-        amount: np.ndarray,
-        device: np.ndarray,
-        ip: np.ndarray,
-        card: np.ndarray,
-    ) -> np.ndarray:
-        """Legit payments of a look-alike group (tx truth: legit, group `look`)."""
-        return self.add_abuse_tx(-1, 0, ts, user, merchant, amount, device, ip, card, look=look)
+    def add_lookalike_tx(self, look: int, *payments: np.ndarray) -> np.ndarray:
+        """Legit payments of a look-alike group (tx truth: legit, group `look`): ts, user,
+        merchant, amount, device, ip, card, as `add_abuse_tx`'s."""
+        return self.add_abuse_tx(-1, 0, *payments, look=look)
 
     def add_abuse_tx(
         self,

@@ -342,6 +342,7 @@ def coupon_hunters(
     ip = np.where(rng.random(m) < 0.7, network, b.mobile_ips(rng, m))
     used = rng.random(m) < 0.85
     paid = claimed + lognormal_delay(rng, m, 10 * MINUTE_MS, 1.0, MINUTE_MS, 2 * HOUR_MS)
+    used &= paid < b.end  # a coupon claimed just before the end lapses after it
     u = np.flatnonzero(used)
     amount = (value[u] * rng.uniform(1.1, 3.0, len(u))).astype(np.int64) // 10 * 10
     rows = people.pay(rng, b, who[u], paid[u], merchant[u], amount, ip=ip[u])
