@@ -243,6 +243,8 @@ def _numbered(
     legit = economics.with_columns(
         pl.lit(False).alias("is_fraud"), pl.lit("").alias("scenario"), pl.lit("").alias("group")
     )
+    if groups.is_empty():  # numbered already (the default world's millions of events)
+        return economics, legit.select(list(PLATFORM_TRUTH_SCHEMA))
     both = pl.concat([legit, pl.concat([groups, truth], how="horizontal")]).sort(
         "ts", maintain_order=True
     )
