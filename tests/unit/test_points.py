@@ -59,11 +59,13 @@ def test_redeeming_within_the_share_over_it_and_over_the_balance() -> None:
     )
     assert ok is not None
     assert ok.tx_id == "r3" and ok.merchant_id == "m7" and ok.user_id == "u1"
-    assert (ok.action, ok.reasons, ok.risk, ok.trust_weight) == ("allow", [], 0.0, 1.0)
+    # No feature known, no rule fires: the rules' base rate, allowed in full.
+    assert (ok.action, ok.reasons, ok.risk, ok.trust_weight) == ("allow", [], 0.029312, 0.970688)
     assert (ok.rebate_requested_cents, ok.rebate_granted_cents) == (allowed_now, allowed_now)
-    assert (ok.model_version, ok.threshold_version, ok.decided_at) == ("points-policy", "points", 9)
+    assert (ok.model_version, ok.threshold_version, ok.decided_at) == ("points-rules", "points", 9)
     assert ok.policy_version == d.policy.version
-    assert (over.risk, over.trust_weight, over.action) == (1.0, 0.0, "block")
+    # The policy blocks whatever the weight (a weight that would allow).
+    assert (over.risk, over.trust_weight, over.action) == (0.029312, 0.970688, "block")
     assert over.merchant_id == ""  # the request named no merchant
     assert redeemable(d.points.book("u1"), d.policy.points) == 0
     moved = d.take_movements()
@@ -143,7 +145,9 @@ def test_decider_movements_of_a_hold_and_its_release() -> None:
     assert now["merchant:m3"].liability_cents == requested
     assert now["platform"].period_start == T0 + HOUR
     assert balance(scorer.decider.points.book("u1")) == requested
-    # The user may redeem the share of it.
+    # The user may redeem the share of it (under thresholds a weight can reach: the
+    # request's weight goes through them as a payment's does).
+    scorer.decider.policy = fixed_policy()
     redeem = event("points_redeem", requested * 2 // 5, "r", merchant_id="m3")
     redeem = replace(redeem, ts=T0 + 2 * HOUR)
     decision = scorer.apply(redeem, 3)
