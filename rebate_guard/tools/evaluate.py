@@ -216,7 +216,9 @@ def _top_k_users(frame: pl.DataFrame, k: int) -> tuple[float | None, int]:
     by_user_day = frame.group_by(pl.col("ts") // DAY_MS, "user_id").agg(
         pl.col("risk").max(), pl.col("fraud").any()
     )
-    top = by_user_day.sort("risk", descending=True).group_by("ts").head(k)
+    # Ties in risk broken by user id: the figure must not depend on group_by's order.
+    ranked = by_user_day.sort(["risk", "user_id"], descending=[True, False])
+    top = ranked.group_by("ts", maintain_order=True).head(k)
     per_day = top.group_by("ts").agg(pl.col("fraud").mean())
     if per_day.is_empty():
         return None, 0
