@@ -82,14 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--format", choices=("parquet", "csv", "jsonl"), default="parquet")
     sim.add_argument(
         "--profile",
-        choices=("default", "random"),
+        choices=("default", "random", "survivor"),
         default="default",
-        help="the world family: today's world, or every knob randomised by the seed",
+        help="the world family: today's world, every knob randomised by the seed, or "
+        "today's world on a platform whose points the merchants' discount funds",
     )
     sim.add_argument(
-        "--transactions", type=int, help="about this many (default: the profile's, 100k / 80k)"
+        "--transactions",
+        type=int,
+        help="about this many (default: the profile's, 100k / 80k / 100k)",
     )
-    sim.add_argument("--days", type=int, help="window length (default: the profile's, 28 / 45)")
+    sim.add_argument(
+        "--days", type=int, help="window length (default: the profile's, 28 / 45 / 28)"
+    )
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument(
         "--stall-day",

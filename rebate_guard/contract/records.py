@@ -333,7 +333,8 @@ class PlatformEvent(Record):
     coupon_id: str | None = None
     #: The other user of a points transfer (who receives the points).
     counterparty_id: str | None = None
-    #: The merchant's region (the solvency monitor's per-region books).
+    #: The merchant's region (the solvency monitor's per-region books); on an event naming
+    #: no merchant, the region whose books it counts in (a member's deposit: theirs).
     region: str | None = None
     device_id: str | None = None
     ip: str | None = None

@@ -2,7 +2,8 @@
 
 Every movement of money or points (`Movement`: a rebate granted, released or clawed back, a
 points flow, a settlement, a top-up, a commission) counts in the `platform` scope, and in its
-merchant's and that merchant's region's scopes when it names a merchant. The monitor closes
+merchant's and that merchant's region's scopes when it names a merchant, or in the region's
+alone when it names a region and no merchant (a depositor's top-up). The monitor closes
 periods of event time (`SolvencyTerms.period_ms`, aligned to the epoch) and reads each scope
 at the end: a `SolvencyReading` per scope, and a `PlatformAlert` where a scope's level differs
 from its previous reading's.
@@ -75,9 +76,11 @@ class Movement(Record):
 
     movement_id: str
     ts: int
-    #: The merchant whose scope (and region's) it counts in; None: the platform's alone.
+    #: The merchant whose scope (and region's) it counts in; None: the platform's, and the
+    #: region's if it names one.
     merchant_id: str | None
-    #: The merchant's region, when the cause carried it (the monitor learns it).
+    #: With a merchant: the merchant's region, when the cause carried it (the monitor learns
+    #: it). Without: the region whose books it counts in (a depositor's), None: none.
     region: str | None
     liability_cents: int = 0
     merchant_funding_cents: int = 0
@@ -108,13 +111,15 @@ def platform_movement(event: PlatformEvent, *, points_moved: int) -> Movement | 
              payouts_cents=300)
     """
     kind, amount = event.kind, event.amount_cents
-    # A transfer's receiving side is the platform's points_grant to the receiver: no merchant.
-    merchant = None if kind == POINTS_TRANSFER else event.merchant_id
+    # A transfer's receiving side is the platform's points_grant to the receiver: no
+    # merchant, and no region either (the platform's books alone, as the grant's).
+    transfer = kind == POINTS_TRANSFER
+    merchant = None if transfer else event.merchant_id
     movement = Movement(
         event.event_id,
         event.ts,
         merchant,
-        event.region,
+        None if transfer else event.region,
         liability_cents=points_moved,
         merchant_funding_cents=amount if kind == MERCHANT_SETTLEMENT else 0,
         new_money_cents=amount if kind == POOL_TOPUP else 0,
@@ -286,6 +291,16 @@ class SolvencyMonitor:
     moved: set[str] = field(default_factory=set)
     #: scope -> its level at its last reading.
     levels: dict[str, str] = field(default_factory=dict)
+    #: Regions a movement without a merchant named (a depositor's top-up): their books hold
+    #: money of their own, which stays when merchants leave, so they are read from then on.
+    funded_regions: set[str] = field(default_factory=set)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Restores a checkpoint; one written before regions held money of their own has
+        none."""
+        self.__dict__.update(state)
+        if "funded_regions" not in state:
+            self.funded_regions = set()
 
     def apply(self, movement: Movement) -> list[Output]:
         """Takes `movement` into the books, after closing the period if it ends at or
@@ -308,6 +323,9 @@ class SolvencyMonitor:
             books.take(movement)
             self._region_books(self.region_of(merchant)).take(movement)
             self.moved.add(merchant)
+        elif movement.region is not None:  # the region's own: no merchant takes it along
+            self._region_books(movement.region).take(movement)
+            self.funded_regions.add(movement.region)
         return out
 
     def advance(self, now_ms: int) -> list[Output]:
@@ -376,7 +394,7 @@ class SolvencyMonitor:
         changed."""
         terms, end = self.terms, start + self.terms.period_ms
         scopes = [(PLATFORM, self.platform)]
-        regions = sorted(r for r in self.regions if self.members[r] > 0)
+        regions = sorted(r for r in self.regions if self.members[r] > 0 or r in self.funded_regions)
         scopes += [(region_scope(r), self.regions[r]) for r in regions]
         if merchants:
             scopes += [(merchant_scope(m), self.merchants[m]) for m in sorted(self.moved)]

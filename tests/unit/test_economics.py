@@ -35,8 +35,9 @@ from rebate_guard.tools.simulator import (
     event_stream,
     platform_books,
     simulate_world,
+    world_config,
 )
-from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES
+from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES, SURVIVOR
 
 #: The platform's own flows: the abuse of them and its look-alikes (`_abuse_economics`,
 #: `_flow_lookalikes`, their own tests) break what is checked here on purpose (bindings
@@ -320,3 +321,72 @@ def test_a_growing_platform_stays_below_the_warning_line_and_a_stall_crosses_it(
     crossed = stalled.filter(pl.col("ratio").is_null() | (pl.col("ratio") >= WARNING))["period_end"]
     assert crossed.len() > 0
     assert stall < crossed.min() <= stall + 5 * DAY_MS
+
+
+def test_new_money_names_the_depositors_region_and_capital_none(
+    world: World, events: pl.DataFrame
+) -> None:
+    """A deposit counts in its depositor's region (docs/economics.md): where they pay most,
+    or, without a payment, a region of the world's; a joining fee names its merchant's; the
+    platform's capital names none."""
+    topups = _of(events, POOL_TOPUP)
+    deposits = topups.filter(pl.col("user_id").is_not_null())
+    capital = topups.filter(pl.col("user_id").is_null() & pl.col("merchant_id").is_null())
+    assert deposits.height > 100 and capital.height >= 1
+    assert deposits["region"].null_count() == 0
+    assert capital["region"].is_null().all()
+    regions = set(world.merchant_truth["region"])
+    assert set(deposits["region"]) <= regions and len(set(deposits["region"])) >= 2
+    paid = (
+        world.transactions.filter(pl.col("kind") == "payment")
+        .join(world.merchant_truth.select("merchant_id", "region"), on="merchant_id")
+        .group_by("user_id", "region")
+        .len()
+    )
+    most = paid.group_by("user_id").agg(pl.col("len").max().alias("most"))
+    home = deposits.join(paid, on=["user_id", "region"], how="left").join(
+        most, on="user_id", how="left"
+    )
+    payers = home.filter(pl.col("most").is_not_null())
+    assert payers.height > 0.5 * deposits.height
+    assert (payers["len"] == payers["most"]).all()  # a region they pay most in
+
+
+def test_the_survivor_funds_its_points_from_the_discount() -> None:
+    """The survivor profile is the default world (same payments, signups, labels) whose
+    consumption points are half of each payment's discount, not of its bill."""
+    survivor = simulate_world(world_config("survivor", seed=4, transactions=5_000))
+    default = simulate_world(world_config("default", seed=4, transactions=5_000))
+    for name in ("transactions", "signups", "labels"):
+        assert_frame_equal(getattr(survivor, name), getattr(default, name))
+    payments = survivor.transactions.filter(pl.col("kind") == "payment")
+    discount = {
+        t: requested_rebate_cents(a, r)
+        for t, a, r in payments.select("tx_id", "amount_cents", "rebate_rate").iter_rows()
+    }
+    grants = _of(survivor.platform_events, POINTS_GRANT).filter(pl.col("tx_id").is_not_null())
+    assert grants.height == sum(1 for d in discount.values() if d >= 2)  # floor > 0
+    for tx_id, points in grants.select("tx_id", "amount_cents").iter_rows():
+        assert points == discount[tx_id] // 2
+    bill = _of(default.platform_events, POINTS_GRANT).filter(pl.col("tx_id").is_not_null())
+    assert grants["amount_cents"].sum() < 0.2 * bill["amount_cents"].sum()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_survivor_stays_below_the_warning_line_even_after_a_deep_stall(seed: int) -> None:
+    """Its points need no growth: the ratio (granted = requested, per day) stays under 3:1
+    growing, after a stall on day 10, and when nobody joins after day 3; a stall raises it
+    towards what the discount alone holds (at most 2.25, `profiles.SURVIVOR`)."""
+    config = replace(GROWING, seed=seed, **SURVIVOR)
+    warm = config.start_ts_ms + 3 * DAY_MS
+    ratios = {}
+    for name, stall in (
+        ("growing", {}),
+        ("stall", {"stall_day": STALL_DAY}),
+        ("deep", {"stall_day": 3, "stall_signup_share": 0.0}),
+    ):
+        books = platform_books(simulate_world(replace(config, **stall)))
+        ratio = books.filter(pl.col("period_end") >= warm)["ratio"]
+        assert ratio.null_count() == 0 and ratio.max() < WARNING, name
+        ratios[name] = ratio[-1]
+    assert ratios["growing"] < ratios["stall"] < ratios["deep"]

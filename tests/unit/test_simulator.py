@@ -537,7 +537,7 @@ def test_default_profile_is_todays_world() -> None:
 
 
 def test_random_profile_is_deterministic_varied_and_in_range() -> None:
-    assert PROFILES == ("default", "random")
+    assert PROFILES == ("default", "random", "survivor")
     configs = [world_config("random", seed=s) for s in range(12)]
     assert configs[0] == world_config("random", seed=0)
     assert len(set(configs)) == len(configs)

@@ -10,9 +10,21 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rebate_guard.contract.records import PlatformAlert, SolvencyReading
+from rebate_guard.contract.records import (
+    POINTS_TRANSFER,
+    POOL_TOPUP,
+    PlatformAlert,
+    PlatformEvent,
+    SolvencyReading,
+)
 from rebate_guard.core.policy import PolicyError, SolvencyTerms
-from rebate_guard.core.solvency import Movement, Output, SolvencyMonitor, level_of
+from rebate_guard.core.solvency import (
+    Movement,
+    Output,
+    SolvencyMonitor,
+    level_of,
+    platform_movement,
+)
 from tests.factories import HOUR, MINUTE, T0
 
 TERMS = SolvencyTerms()  # one hour, warning 3:1, critical 5:1
@@ -254,3 +266,89 @@ def test_current_reads_the_open_period_without_closing_it() -> None:
     asked.apply(Movement("a", T0, "m1", "east", liability_cents=900, new_money_cents=100))
     scopes = [a.scope for a in alerts(asked.advance(T0 + HOUR))]
     assert scopes == ["platform", "region:east", "merchant:m1"]
+
+
+def test_a_region_holds_money_of_its_own_that_its_merchants_do_not_take_along() -> None:
+    deposit, owed, settled = 6_000, 9_000, 1_000
+    out = run(
+        [
+            # A depositor's top-up names east and no merchant: east's books alone.
+            Movement("dep", T0, None, "east", new_money_cents=deposit),
+            Movement("g", T0 + MINUTE, "m1", "east", liability_cents=owed),
+            Movement("s", T0 + 2 * MINUTE, "m1", None, merchant_funding_cents=settled),
+            # Capital naming no region: the platform's alone.
+            Movement("cap", T0 + 3 * MINUTE, None, None, new_money_cents=50_000),
+            # Next period m1 moves to west, taking its books, not the deposit.
+            Movement("b", T0 + HOUR, "m1", "west"),
+            # A deposit naming a region no merchant is in: that region is read from then on.
+            Movement("dep2", T0 + HOUR + 1, None, "south", new_money_cents=700),
+        ]
+    )
+    got = readings(out)
+    east = got["region:east", T0]
+    assert (east.liability_cents, east.new_money_cents) == (owed, deposit)
+    assert east.distributable_cents == deposit + settled
+    assert east.ratio == round(owed / (deposit + settled), 6) and east.level == "ok"
+    assert got["platform", T0].new_money_cents == deposit + 50_000
+    assert ("merchant:m1", T0) in got and got["merchant:m1", T0].new_money_cents == 0
+
+    # m1 left east: east keeps its deposit, owes nothing, and is still read.
+    east = got["region:east", T0 + HOUR]
+    assert (east.liability_cents, east.distributable_cents) == (0, deposit)
+    west = got["region:west", T0 + HOUR]
+    assert (west.liability_cents, west.distributable_cents) == (owed, settled)
+    assert west.level == "critical"
+    south = got["region:south", T0 + HOUR]
+    assert (south.new_money_cents, south.liability_cents, south.level) == (700, 0, "ok")
+    assert ("region:south", T0) not in got
+    # East was never past a line; west's first reading is critical.
+    assert [a.scope for a in alerts(out)] == ["region:west"]
+
+
+def test_a_transfer_counts_in_the_platform_alone_whatever_it_names() -> None:
+    transfer = PlatformEvent(
+        "t", T0, POINTS_TRANSFER, 300, user_id="u1", merchant_id="m1", region="east"
+    )
+    moved = platform_movement(transfer, points_moved=-300)
+    assert moved is not None
+    assert (moved.merchant_id, moved.region, moved.liability_cents) == (None, None, -300)
+    scopes = {scope for scope, _ in readings(run([moved]))}
+    assert scopes == {"platform"}
+    # A top-up naming a region and no merchant counts in that region.
+    topup = PlatformEvent("p", T0, POOL_TOPUP, 500, user_id="u1", region="east")
+    moved = platform_movement(topup, points_moved=0)
+    assert moved is not None and (moved.merchant_id, moved.region) == (None, "east")
+    assert readings(run([moved]))["region:east", T0].new_money_cents == 500
+
+
+def test_a_monitor_checkpointed_before_regions_held_money_restores_with_none() -> None:
+    monitor = SolvencyMonitor(TERMS)
+    monitor.apply(Movement("a", T0, "m1", "east", liability_cents=900))
+    del monitor.__dict__["funded_regions"]  # as pickled before the field existed
+    restored = pickle.loads(pickle.dumps(monitor))
+    assert restored.funded_regions == set()
+    restored.apply(Movement("dep", T0 + 1, None, "west", new_money_cents=100))
+    assert set(restored.current()) == {"platform", "region:east", "region:west", "merchant:m1"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(movement, max_size=30, unique_by=lambda m: m.movement_id))
+def test_every_movement_naming_a_merchant_or_region_counts_in_one_read_region(
+    movements: list[Movement],
+) -> None:
+    """The regions read at the end add up to the platform, less the movements that name
+    neither a merchant nor a region (the platform's alone): none is lost or counted twice
+    as merchants move between regions."""
+    out = run(sorted(movements, key=lambda m: (m.ts, m.movement_id)))
+    got = readings(out)
+    if not got:
+        return
+    last = max(start for _, start in got)
+    figures = ("liability_cents", "merchant_funding_cents", "new_money_cents", "payouts_cents")
+    regional = [r for (scope, start), r in got.items() if start == last and scope != "platform"]
+    regional = [r for r in regional if r.scope.startswith("region:")]
+    alone = [m for m in movements if m.merchant_id is None and m.region is None]
+    for name in figures:
+        in_regions = sum(getattr(r, name) for r in regional)
+        platform_alone = sum(getattr(m, name) for m in alone)
+        assert in_regions == getattr(got["platform", last], name) - platform_alone, name

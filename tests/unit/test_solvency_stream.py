@@ -44,13 +44,15 @@ from tests.factories import T0
 from tests.unit.test_shards import _cluster
 
 REGIONS = ("east", "west", "north")
+#: Regions members deposit in: south has no merchant, its books are its deposits alone.
+DEPOSIT_REGIONS = ("east", "south")
 
 
 def platform_world(seed: int, *, users: list[str], days: int, start: int = T0) -> list[Event]:
     """Platform events for `users`: merchants paying in, points granted, asked for, moved
-    and expired, commissions and top-ups, over `days`; in the second half the merchants'
-    settlements all but stop after the first third (a growth stall), so the liability
-    outgrows what is there."""
+    and expired, commissions, top-ups (the platform's, and members' deposits naming their
+    region), over `days`; in the second half the merchants' settlements all but stop after
+    the first third (a growth stall), so the liability outgrows what is there."""
     rng = random.Random(seed)
     merchants = [f"m{i}" for i in range(6)]
     out: list[dict[str, Any]] = []
@@ -93,6 +95,10 @@ def platform_world(seed: int, *, users: list[str], days: int, start: int = T0) -
             add(ts, kind, 0 if kind == BINDING else amount, **fields)
         if hour % 24 == 0:
             add(at + 1, POOL_TOPUP, rng.randint(1_000, 4_000))
+        if hour % 6 == 3:  # a member's deposit: their region's books (no merchant's)
+            region = DEPOSIT_REGIONS[hour // 6 % len(DEPOSIT_REGIONS)]
+            user = users[hour // 6 % len(users)]
+            add(at + 2, POOL_TOPUP, 300 + 7 * hour, user_id=user, region=region)
     events = [parse_platform_event(e) for e in out]
     return sorted(events, key=lambda e: order_key(e, 0))
 
@@ -152,6 +158,10 @@ def test_the_books_read_the_same_on_any_number_of_partitions(
     levels = {o.level for o in got if isinstance(o, PlatformAlert) and o.scope == "platform"}
     assert levels >= {"warning", "critical"}  # the stall crosses both lines
     assert sum(isinstance(o, SolvencyReading) and o.scope.startswith("merchant:") for o in got)
+    # Deposits count in their region: south, where no merchant is, holds them alone.
+    south = [o for o in got if isinstance(o, SolvencyReading) and o.scope == "region:south"]
+    assert south and south[-1].new_money_cents == south[-1].distributable_cents > 0
+    assert all(o.liability_cents == 0 for o in south)
     assert {t: d.asdict() for t, d in cluster.points.items()} == {
         t: d.asdict() for t, d in points.items()
     }

@@ -42,6 +42,7 @@ REGIONS = ("north", "east", "south", "west", "central", "northeast", "southwest"
 ON_TIME, LATE, PARTIAL = "on_time", "late", "partial"
 PPM = 1_000_000
 _TS_BITS = 42  # (user, ts) packed in one int64: ts relative to the history's start
+HOME_REGION_SALT = 0x40E  # the users' home regions' own random stream
 _NONE = -1
 
 
@@ -59,6 +60,7 @@ class _Events:
     counterparty: np.ndarray | None = None  # signup row
     place_payment: np.ndarray | None = None  # device/ip: of this payment row ...
     place_signup: np.ndarray | None = None  # ... or of this signup row
+    region: np.ndarray | None = None  # region row, for events naming no merchant
 
 
 def _col(values: np.ndarray | None, n: int) -> np.ndarray:
@@ -114,6 +116,22 @@ class _Platform:
 
     def new_user(self) -> np.ndarray:
         return (self.signup_ts >= self.start) & (self.signup_ts < self.end)
+
+    def home_region(self) -> np.ndarray:
+        """Per user (signup row), their region: where they pay most often (ties: the
+        larger region), or, for users with no payment in the window, one drawn by the
+        regions' shares of the payments (where the platform's users pay). Where their
+        money goes, so where a deposit of theirs counts (docs/economics.md). Drawn from a
+        stream of its own: the other events are what they were without it."""
+        n_regions = self.cfg.regions
+        paid_in = self.region[self.merchant]
+        counts = np.bincount(
+            self.user * n_regions + paid_in, minlength=self.n_users * n_regions
+        ).reshape(self.n_users, n_regions)
+        rng = np.random.default_rng([self.cfg.seed, HOME_REGION_SALT])
+        trade = np.bincount(paid_in, minlength=n_regions).astype(np.float64) + 1.0
+        drawn = weighted_choice(rng, trade, self.n_users)
+        return np.where(counts.any(axis=1), counts.argmax(axis=1), drawn)
 
 
 def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platform:
@@ -228,7 +246,10 @@ def _new_money(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     )
     deposit = _round_units(tier / 0.9 * cfg.membership_user_days * unit)  # mean tier 0.9
     ok = deposit_ts < p.end
-    deposits = _Events(POOL_TOPUP, deposit_ts[ok], deposit[ok], user=new[ok])
+    # A deposit names its depositor's region (its books); a joining fee its merchant; the
+    # platform's capital neither (the platform's books alone).
+    home = p.home_region()[new[ok]]
+    deposits = _Events(POOL_TOPUP, deposit_ts[ok], deposit[ok], user=new[ok], region=home)
 
     first = np.full(p.n_merchants, np.iinfo(np.int64).max)
     np.minimum.at(first, p.merchant, p.ts)
@@ -275,7 +296,8 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     unredeemable part of unused bonuses lapsing."""
     cfg = p.cfg
     n = len(p.ts)
-    grant = _share(p.amount, cfg.consumption_points_share)
+    basis = p.amount if cfg.consumption_points_basis == "bill" else p.rebate
+    grant = _share(basis, cfg.consumption_points_share)
     has_grant = grant > 0
     grants = _Events(
         POINTS_GRANT,
@@ -535,7 +557,7 @@ def _frame(p: _Platform, parts: list[_Events], schema: dict[str, Any]) -> pl.Dat
         return values.gather(column(name))
 
     users = p.signups["user_id"]
-    regions = pl.Series(np.array(REGIONS)[p.region], dtype=pl.String)
+    regions = pl.Series(np.array(REGIONS)[p.region], dtype=pl.String)  # per merchant row
     prefix = p.cfg.id_prefix
     frame = pl.DataFrame(
         {
@@ -550,7 +572,10 @@ def _frame(p: _Platform, parts: list[_Events], schema: dict[str, Any]) -> pl.Dat
             "tx_id": pick(p.pay["tx_id"], "tx"),
             "coupon": column("coupon"),
             "counterparty_id": pick(users, "counterparty"),
-            "region": regions.gather(column("merchant")),
+            # The merchant's region; an event naming none, its own (a depositor's), if any.
+            "region": regions.gather(column("merchant")).fill_null(
+                pl.Series(REGIONS, dtype=pl.String).gather(column("region"))
+            ),
             "device_paid": pick(p.pay["device_id"], "place_payment"),
             "device_signup": pick(p.signups["device_id"], "place_signup"),
             "ip_paid": pick(p.pay["ip"], "place_payment"),

@@ -13,6 +13,9 @@ AGED_ACCOUNT_EXTRA_DAYS = 35
 BRUSHING_HOURS = ("any", "night", "day")
 COLLUSION_PATTERNS = ("steady", "rounds")
 FARM_DEVICES = ("few", "rotating")
+#: What a payment's consumption points are a share of: its bill, or the merchant's discount
+#: on it (its requested rebate, which the merchant settles): points the discount funds.
+POINTS_BASES = ("bill", "discount")
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ class WorldConfig:
     regions: int = 4  # merchants' regions (north, east, south, west, ...), uneven sizes
     late_settlement_share: float = 0.04  # merchants settling their daily batches days late
     partial_settlement_share: float = 0.03  # merchants paying in only part (50-90 %) of each
-    consumption_points_share: float = 0.5  # points granted on a payment, share of the bill
+    consumption_points_share: float = 0.5  # points granted on a payment, share of ...
+    consumption_points_basis: str = "bill"  # ... its bill, or its "discount" (POINTS_BASES)
     signup_bonus_user_days: float = 1.0  # a new user's sign-up bonus in points
     bonus_expiry_days: float = 7.0  # the bonus's unredeemable part lapses after this
     redeemable_share: float = 0.4  # of what a user earned, the share that may be redeemed
@@ -169,6 +173,7 @@ class WorldConfig:
             ("brushing_hours", BRUSHING_HOURS),
             ("collusion_pattern", COLLUSION_PATTERNS),
             ("farm_devices", FARM_DEVICES),
+            ("consumption_points_basis", POINTS_BASES),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}")

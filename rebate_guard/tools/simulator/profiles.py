@@ -1,6 +1,8 @@
 """A simulator family: named profiles that turn a seed into a `WorldConfig`.
 
 - ``"default"``: today's world, ``WorldConfig(seed=seed, days=days, target_transactions=...)``.
+- ``"survivor"``: the default world on a platform that funds its points from the merchants'
+  discount (`SURVIVOR`): its books need no growth (docs/simulator.md, "A survivor").
 - ``"random"``: domain randomisation. Every knob is drawn from its own generator seeded by the
   seed (`RANDOM_RANGES` lists the ranges), so tuning on some seeds and reporting on others
   measures how a pipeline does on platforms it never saw. The same profile and seed always
@@ -31,7 +33,7 @@ from rebate_guard.tools.simulator.config import (
     WorldConfig,
 )
 
-PROFILES = ("default", "random")
+PROFILES = ("default", "random", "survivor")
 #: The abuse of the commission, coupon and points flows (issue #21) at fixed rates, groups
 #: per 100k legit transactions: what a config switches on to have every one of them (the
 #: random profile draws its own, `FLOW_RATES`; the default one has none).
@@ -79,8 +81,20 @@ FLOW_TACTICS: dict[str, tuple[Any, ...]] = {
     "cycle_visit_days": (0.5, 5.0),
 }
 FLOW_SALT = 0xF10
+#: The survivor's economics (the rest is the default world's): consumption points are half
+#: the merchant's discount on a payment (its requested rebate, which the merchant settles),
+#: not half its bill, so of all it grants (the rebate and the points: 1.5x the discount) the
+#: redeemable 40 % is 0.6x the discount, which the discount pays for; with no new money at
+#: all the liability : distributable ratio then tends to at most 0.6 x 1.5 / (1 - 0.6) =
+#: 2.25, under the 3:1 warning line. Its members pay a fee, not an investment: a fifth of the
+#: default's deposit, so the discount, not new money, is most of what comes in.
+SURVIVOR: dict[str, Any] = {
+    "consumption_points_basis": "discount",
+    "consumption_points_share": 0.5,
+    "membership_user_days": 10.0,
+}
 #: (days, transactions) a profile uses when the caller gives none.
-PROFILE_SIZE = {"default": (28, 100_000), "random": (45, 80_000)}
+PROFILE_SIZE = {"default": (28, 100_000), "random": (45, 80_000), "survivor": (28, 100_000)}
 RANDOM_SALT = 0x5EED
 
 #: The random profile's knobs: (low, high) drawn uniformly (ints inclusive), or a tuple of
@@ -162,6 +176,8 @@ def world_config(
     }
     if profile == "default":
         return WorldConfig(**size)
+    if profile == "survivor":
+        return WorldConfig(**size, **SURVIVOR)
     rng = np.random.default_rng([seed, RANDOM_SALT])
     flows = _flow_knobs(np.random.default_rng([seed, RANDOM_SALT, FLOW_SALT]))
     return WorldConfig(**size, **_random_knobs(rng, size["days"]), **flows)
