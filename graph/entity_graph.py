@@ -53,7 +53,20 @@ def kind_of(node: str) -> str:
     return node[: node.index(":") + 1]
 
 
-class Edge:
+class _Slotted:
+    """Pickles as the tuple of its slots' values (small checkpoints)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+class Edge(_Slotted):
     """One user's relation to one other node, within the window."""
 
     __slots__ = (
@@ -81,15 +94,8 @@ class Edge:
         self.round_payments = 0  # amounts that are whole multiples of 10.00
         self.referral = False  # user -> referrer
 
-    def __getstate__(self) -> tuple[int | bool, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
 
-    def __setstate__(self, state: tuple[int | bool, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
-
-
-class Binding:
+class Binding(_Slotted):
     """A user's binding to a merchant (the merchant brought the user in), within the window:
     first and last bound (only a binding refreshes it), how often, where the last binding was
     made, the retention commission the merchant earned on the user since, and the user's
@@ -125,15 +131,8 @@ class Binding:
         merchant earns commission on a customer who does not buy from it."""
         return self.elsewhere > 0 and self.at_merchant == 0
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
-
-
-class Transfer:
+class Transfer(_Slotted):
     """Points a giver passed to a receiver, within the window (requests: allowed or not, the
     giver meant it)."""
 
@@ -144,13 +143,6 @@ class Transfer:
         self.last_ts = ts
         self.times = 0
         self.cents = 0
-
-    def __getstate__(self) -> tuple[int, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setstate__(self, state: tuple[int, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 
 from graph.candidates import Candidates
 from graph.entity_graph import EntityGraph
-from graph.layer import GraphLayer, RingEvent
+from graph.layer import GraphLayer
 from graph.rings import BINDING_RING, POINTS_COLLECTOR
 from rebate_guard.contract.order import order_key
 from rebate_guard.contract.records import (
@@ -20,14 +20,12 @@ from rebate_guard.contract.records import (
     POINTS_TRANSFER,
     RETENTION_COMMISSION,
     PlatformEvent,
-    Signup,
-    Transaction,
 )
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.core.decider import Scorer
 from tests.factories import HOUR, MINUTE, T0, tx
-from tests.unit.test_graph import World, _rings
+from tests.unit.test_graph import World, _rings, feed
 
 
 class FlowWorld(World):
@@ -52,20 +50,6 @@ class FlowWorld(World):
         self.platform(
             POINTS_TRANSFER, ts, user_id=giver, counterparty_id=receiver, amount_cents=points
         )
-
-    def run(self, layer: GraphLayer | None = None) -> tuple[GraphLayer, list[RingEvent]]:
-        layer = layer or GraphLayer()
-        out: list[RingEvent] = []
-        events = sorted(self.events, key=lambda e: order_key(e, 0))
-        for event in events:
-            if isinstance(event, Transaction):
-                out += layer.transaction(event)
-            elif isinstance(event, Signup):
-                out += layer.signup(event)
-            elif isinstance(event, PlatformEvent):
-                out += layer.platform_event(event)
-        out += layer.scan(events[-1].ts)
-        return layer, out
 
 
 def _shops(w: World, start: int) -> None:
@@ -284,18 +268,6 @@ def test_a_graph_checkpointed_before_bindings_and_transfers_were_kept_restores()
     assert {u for e in events if e.kind == POINTS_COLLECTOR for u in e.users} == members
 
 
-def _feed(layer: GraphLayer, events: list[Any]) -> list[RingEvent]:
-    out: list[RingEvent] = []
-    for event in events:
-        if isinstance(event, Transaction):
-            out += layer.transaction(event)
-        elif isinstance(event, Signup):
-            out += layer.signup(event)
-        else:
-            out += layer.platform_event(event)
-    return out
-
-
 def test_the_layer_with_flows_resumes_identically_from_a_pickle() -> None:
     world = FlowWorld()
     _shops(world, T0)
@@ -304,11 +276,11 @@ def test_the_layer_with_flows_resumes_identically_from_a_pickle() -> None:
     events = sorted(world.events, key=lambda e: order_key(e, 0))
     cut = len(events) // 2
     straight = GraphLayer()
-    expected = _feed(straight, events) + straight.scan(events[-1].ts)
+    expected = feed(straight, events) + straight.scan(events[-1].ts)
     resumed = GraphLayer()
-    got = _feed(resumed, events[:cut])
+    got = feed(resumed, events[:cut])
     restored = pickle.loads(pickle.dumps(resumed))
-    got += _feed(restored, events[cut:]) + restored.scan(events[-1].ts)
+    got += feed(restored, events[cut:]) + restored.scan(events[-1].ts)
     assert got == expected
     assert {BINDING_RING, POINTS_COLLECTOR} <= {e.kind for e in expected}
 
