@@ -70,6 +70,37 @@ DEFAULT_RULES = (
     Rule("points_collector", "points_givers_30d", threshold=5, log_odds=2.5),
 )
 
+#: What a points request adds to the log-odds when it gives points to another user: a
+#: transfer is the way points reach a buyer (the seeds forbid reselling them), as a refund
+#: is the way a rebate turns into cash (`refund`, 0.7). Set so that a transfer alone stays
+#: allowed (-3.5 + 1.0: w = 0.92, past `allow_at` 0.85: a relative's gift) and a transfer
+#: with one more signal is withheld (with `young_account`'s 1.5: w = 0.73, held): any value
+#: in about (0.61, 1.76) does both under the shipped thresholds; 1.0 sits inside, at no edge.
+POINTS_TRANSFER_LOG_ODDS = 1.0
+
+
+def _default(code: str) -> Rule:
+    return next(rule for rule in DEFAULT_RULES if rule.code == code)
+
+
+#: The rules a points request is scored with (`features.engine.request_vector`; the
+#: decider's `points_rules`): the payments' own `points_collector` and `young_account`,
+#: which mean the same on a request (points from more givers than a few relatives; an
+#: account younger than a day, whose points are its sign-up bonus and first rebate), and
+#: `points_transfer`. A request is not a payment: none of the payment rules' other features
+#: exist for it, so they could not fire anyway.
+REQUEST_RULES = (
+    _default("points_collector"),
+    _default("young_account"),
+    Rule("points_transfer", "is_points_transfer", threshold=0.5, log_odds=POINTS_TRANSFER_LOG_ODDS),
+)
+
+
+def request_rule_score() -> RuleScore:
+    """The score of points requests: `REQUEST_RULES` on the payments' base log-odds."""
+    return RuleScore(rules=REQUEST_RULES, name="request_rules")
+
+
 #: How many of `DEFAULT_RULES` there were before the platform rules: a checkpoint whose
 #: rules are exactly those (the defaults of then) takes today's defaults on load.
 RULES_BEFORE_PLATFORM = 6

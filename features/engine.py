@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from features.merchant import MerchantFamily
 from features.platform import UserPlatformFamily
 from features.referral import ReferralTree
+from features.rows import Value
 from features.stages import (
     EntityStage,
     SweepClock,
@@ -26,7 +27,13 @@ from features.stages import (
     family_names,
 )
 from features.user import UserFamily
-from rebate_guard.contract.records import Label, PlatformEvent, Signup, Transaction
+from rebate_guard.contract.records import (
+    POINTS_TRANSFER,
+    Label,
+    PlatformEvent,
+    Signup,
+    Transaction,
+)
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 Features = dict[str, float | None]
@@ -79,14 +86,12 @@ class FeatureEngine:
             self.entities.platform_event(event, context)
 
     def request_features(self, event: PlatformEvent) -> Features:
-        """The user's platform features at a points request (`event`, before it is learned),
-        changing nothing: what a points decision may weigh, as the rules weigh a payment's
-        (`points_collector` reads `points_givers_30d`). Empty for an event without a user."""
+        """The features of a points request (`event`, before it is learned), changing
+        nothing: what a points decision weighs (`request_vector`). Empty for an event
+        without a user."""
         if event.user_id is None:
             return {}
-        scratch = detached(self.users.platform, event.user_id)
-        values = scratch.features_at(event.user_id, event.ts, merchant_id=event.merchant_id)
-        return dict(zip(UserPlatformFamily.names, values, strict=True))
+        return dict(zip(REQUEST_FEATURE_NAMES, request_vector(self.users, event), strict=True))
 
     def vector(self, tx: Transaction) -> list[float | None]:
         """The feature values of `tx` in `FEATURE_NAMES` order; then learns `tx`."""
@@ -142,3 +147,23 @@ def _names() -> tuple[str, ...]:
 
 #: Every feature the detectors see, in the order of `FeatureEngine.vector`.
 FEATURE_NAMES = _names()
+
+#: The features of a points request (`request_vector`), in order: the user's platform
+#: features, the account's age, and whether the request gives points to someone else.
+REQUEST_FEATURE_NAMES = (*UserPlatformFamily.names, "user_account_age_s", "is_points_transfer")
+
+
+def request_vector(users: UserStage, event: PlatformEvent) -> list[Value]:
+    """The features of a points request of `event`'s user, in `REQUEST_FEATURE_NAMES`
+    order, from the user stage as it stands before the request is learned, changing
+    nothing: replay (`FeatureEngine.request_features`) and the worker's user shard (at the
+    request's release) read them from the same state. What the rules of a request weigh
+    (`detectors.rules.REQUEST_RULES`): who gave the user points (`points_givers_30d`), how
+    old the account is (as a payment's `user_account_age_s`), and whether the points leave
+    for another user (a transfer: the way points reach a buyer)."""
+    user_id, ts = event.user_id or "", event.ts
+    scratch = detached(users.platform, user_id)
+    platform = scratch.features_at(user_id, ts, merchant_id=event.merchant_id)
+    signup = users.referral(user_id, ts)[1]
+    age = None if signup is None else (ts - signup) / 1000
+    return [*platform, age, float(event.kind == POINTS_TRANSFER)]

@@ -172,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--truth", type=Path, help="the world's truth dir (overrides --world's)")
     report.add_argument("--labels", type=Path, help="labels file, used when there is no truth")
+    report.add_argument(
+        "--policy",
+        type=Path,
+        help="the policy replay ran with, for the solvency lines drawn (default: "
+        "RG_POLICY_FILE or the shipped one)",
+    )
     report.set_defaults(handler=_report)
 
     policy = sub.add_parser("policy", help="check, push (hot reload) or show the rebate policy")
@@ -357,6 +363,7 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from rebate_guard.core.policy import Policy
     from rebate_guard.tools.report import write_report
 
     shown = write_report(
@@ -366,6 +373,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         world=args.world,
         truth=args.truth,
         labels=args.labels,
+        policy=Policy.load(args.policy) if args.policy else settings.policy(),
     )
     print(f"report: {args.out} ({shown['transactions']} transactions, {len(shown['rings'])} rings)")
     print(shown["source_note"])

@@ -20,6 +20,7 @@ HOSTILE_DEVICE = '"><svg onload="window.__xss=2">'
 HOSTILE_CATEGORY = "<iframe srcdoc='<script>parent.__xss=3</script>'>"
 HOSTILE_RING = "<img src=x onerror=window.__xss=4>"
 HOSTILE_EVIDENCE = "</script><!--<script>window.__xss=5</script>"
+HOSTILE_REGION = "<script>window.__xss=6</script>"
 HOSTILE = (
     HOSTILE_USER,
     HOSTILE_MERCHANT,
@@ -27,6 +28,7 @@ HOSTILE = (
     HOSTILE_CATEGORY,
     HOSTILE_RING,
     HOSTILE_EVIDENCE,
+    HOSTILE_REGION,
 )
 
 
@@ -60,6 +62,7 @@ def replayed_world(
         labels=paths["labels"],
         out_dir=out,
         progress=None,
+        platform_events=paths["platform_events"],
     )
     if hostile:
         _poison_rings(out / "rings.parquet")
@@ -67,8 +70,8 @@ def replayed_world(
 
 
 def _poison_world(paths: dict[str, Path]) -> None:
-    """Rename the abusive account that requested most, the merchant it paid most, its device
-    and that merchant's category, in every file of the world (truth included)."""
+    """Rename the abusive account that requested most, the merchant it paid most, its device,
+    that merchant's category and its region, in every file of the world (truth included)."""
     txs = pl.read_parquet(paths["transactions"])
     roles = pl.read_parquet(paths["user_truth"])
     abusive = roles.filter(pl.col("role").is_in(ABUSE_SCENARIOS))["user_id"]
@@ -79,7 +82,10 @@ def _poison_world(paths: dict[str, Path]) -> None:
     merchant = paid.group_by("merchant_id").len().sort("len", "merchant_id")["merchant_id"][-1]
     device = paid["device_id"].drop_nulls()[0]
     category = paid.filter(pl.col("merchant_id") == merchant)["merchant_category"][0]
+    merchants = pl.read_parquet(paths["merchant_truth"])
+    region = merchants.filter(pl.col("merchant_id") == merchant)["region"][0]
     renames = {
+        region: HOSTILE_REGION,
         user: HOSTILE_USER,
         merchant: HOSTILE_MERCHANT,
         device: HOSTILE_DEVICE,

@@ -16,6 +16,7 @@ from typing import TypedDict
 from detectors.base import Features
 from detectors.drift import DriftWatch
 from detectors.risk import Assessment, RiskModel
+from detectors.rules import RuleScore, request_rule_score
 from features.engine import FEATURE_NAMES, FeatureEngine
 from features.user import REFUND_LOOKBACK_MS
 from features.windows import PaymentLog
@@ -28,6 +29,7 @@ from rebate_guard.contract.records import (
     FRAUD,
     HOLD,
     PAYMENT,
+    POINTS_REQUESTS,
     RELEASE,
     SCALE,
     Decision,
@@ -296,6 +298,8 @@ class Decider:
     #: What the decisions, adjustments and platform events moved in the platform's books,
     #: not yet taken by the caller (`take_movements`).
     movements: list[Movement] = field(default_factory=list)
+    #: The rules a points request is scored with (`detectors.rules.REQUEST_RULES`).
+    points_rules: RuleScore = field(default_factory=request_rule_score)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restores a checkpoint; one written before the friction budget existed starts
@@ -308,6 +312,8 @@ class Decider:
         if "points" not in state:  # before issue #21: the books start empty
             self.points = PointsBooks()
             self.movements = []
+        if "points_rules" not in state:  # points requests were decided by the policy alone
+            self.points_rules = request_rule_score()
         if not isinstance(self.granted, OrderedDict):  # a checkpoint from before it was
             self.granted = OrderedDict(self.granted)
         if not isinstance(self.remembered, RememberedVectors):  # vectors kept as dicts
@@ -329,19 +335,40 @@ class Decider:
         past their timeout by then resolve now, as they would first on the next event (a
         worker's books need every movement up to `now` before it says event time is there:
         streams/shards/solvency.py). Changes nothing the next event would not."""
-        self._adjusted(self.ledger.due(now, self.policy.ledger, decided_at=decided_at))
+        self._due(now, decided_at)
 
-    def platform_event(self, event: PlatformEvent, *, decided_at: int) -> Decision | None:
+    def platform_event(
+        self, event: PlatformEvent, *, decided_at: int, features: Features | None = None
+    ) -> Decision | None:
         """A platform event (docs/economics.md): the users' points books follow it, and a
-        points request (redeem, transfer, withdraw) is decided by the points policy (a
-        decision keyed by its event_id; None for the facts). Holds past their timeout are
-        resolved first, as on any event that reaches the ledger."""
-        self._adjusted(self.ledger.due(event.ts, self.policy.ledger, decided_at=decided_at))
-        decision, points_moved = self.points.take(event, self.policy, decided_at=decided_at)
+        points request (redeem, transfer, withdraw) is decided (a decision keyed by its
+        event_id; None for the facts): the policy's blocks first, then its rules' risk
+        (`points_rules` on `features`, the request's `features.engine.request_vector`;
+        None: nothing known, no rule fires) through the policy's fixed thresholds. Holds
+        past their timeout are resolved first, as on any event that reaches the ledger."""
+        self._due(event.ts, decided_at)
+        requested = event.kind in POINTS_REQUESTS
+        risk, codes = self.points_rules.assess(features or {}) if requested else (0.0, [])
+        decision, points_moved = self.points.take(
+            event, self.policy, decided_at=decided_at, risk=risk, codes=codes
+        )
         movement = platform_movement(event, points_moved=points_moved)
         if movement is not None:
             self.movements.append(movement)
         return decision
+
+    def _due(self, now: int, decided_at: int) -> None:
+        """Event time has reached `now`: the rebates and points requests held past their
+        timeout are resolved (in that order)."""
+        terms = self.policy.ledger
+        self._adjusted(self.ledger.due(now, terms, decided_at=decided_at))
+        self._points_resolved(self.points.due(now, terms, decided_at=decided_at))
+
+    def _points_resolved(self, adjustments: list[RebateAdjustment]) -> None:
+        """Held points requests resolved: for the caller, and what they moved."""
+        if adjustments:
+            self.adjustments += adjustments
+            self.movements += self.points.settle(adjustments)
 
     def _adjusted(self, adjustments: list[RebateAdjustment]) -> None:
         """The ledger's adjustments: for the caller, in the users' points (a release adds
@@ -390,8 +417,9 @@ class Decider:
         label's payments count as labelled fraud in the friction budget (from the next
         epoch on)."""
         terms = self.policy.ledger
-        self._adjusted(self.ledger.due(event.ts, terms, decided_at=decided_at))
+        self._due(event.ts, decided_at)
         self._adjusted(self.ledger.label(event, terms, decided_at=decided_at))
+        self._points_resolved(self.points.label(event, terms, decided_at=decided_at))
         if self.policy.budget is not None:
             self.budget.advance(event.ts, self.policy.budget)
         self._count_label(event)
@@ -435,7 +463,7 @@ class Decider:
         the user or merchant is in (`graph.layer`), if known. `graph_down`: the ring
         scores could not be had (the graph shard is not running): fail closed."""
         terms = self.policy.ledger
-        self._adjusted(self.ledger.due(tx.ts, terms, decided_at=decided_at))
+        self._due(tx.ts, decided_at)
         self._forget_old_payments(tx.ts)
         if self.policy.budget is not None:
             self.budget.advance(tx.ts, self.policy.budget)
@@ -678,8 +706,11 @@ class Scorer:
             if self.graph is not None:
                 self.ring_events += self.graph.signup(event)
         elif isinstance(event, PlatformEvent):
+            request = None
+            if event.kind in POINTS_REQUESTS:  # weighed on what was known before it is learned
+                request = self.features.request_features(event)
             self.features.platform_event(event)
-            decision = self.decider.platform_event(event, decided_at=decided_at)
+            decision = self.decider.platform_event(event, decided_at=decided_at, features=request)
             self._taken()
             if self.graph is not None:
                 self.ring_events += self.graph.platform_event(event)

@@ -21,6 +21,13 @@
   fraud rate| (0: risk is the fraud probability; a risk that ranks well can still be far
   off, which matters because the trust weight, 1 - risk, turns it into money).
 
+- with ground truth for the platform's events (`platform_truth.parquet` beside the
+  transactions' truth: event_id, is_fraud, scenario, group), the **points withheld on
+  points requests** (redeem, transfer, withdraw; decided by the points policy and the request
+  rules, docs/economics.md): the share of the points asked that was not allowed at decision
+  (held, blocked, or scaled away), for fraud and legit overall, per scenario and per
+  look-alike group. Without that file the figures are left out.
+
 With `--labels` only labelled transactions count (a tx-level label; the latest one wins), so
 the figures describe the labelled sample, not the whole traffic.
 """
@@ -86,6 +93,10 @@ class Evaluation:
     expected_calibration_error: float | None = None
     #: The policy's friction budget (legit_friction) the decisions were made under, if known.
     budget: float | None = None
+    #: Truth with `platform_truth.parquet`: share of the points asked by points requests
+    #: that was not allowed at decision, by slice as `money_withheld` ("fraud", "legit",
+    #: "fraud:<scenario>", "legit:<look-alike group>"); empty without that truth.
+    points_withheld: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +158,9 @@ class Evaluation:
                 f"best fraud money withheld by any weight cut at {CAPTURE_AT_FRICTION:.0%} "
                 f"legitimate friction: {self.fraud_capture_at_friction:.2%}",
             ]
+        if self.points_withheld:
+            lines += ["", "| points asked by points requests | withheld at decision |", "|---|---|"]
+            lines += [f"| {name} | {share:.2%} |" for name, share in self.points_withheld.items()]
         return "\n".join(lines)
 
 
@@ -202,7 +216,9 @@ def _top_k_users(frame: pl.DataFrame, k: int) -> tuple[float | None, int]:
     by_user_day = frame.group_by(pl.col("ts") // DAY_MS, "user_id").agg(
         pl.col("risk").max(), pl.col("fraud").any()
     )
-    top = by_user_day.sort("risk", descending=True).group_by("ts").head(k)
+    # Ties in risk broken by user id: the figure must not depend on group_by's order.
+    ranked = by_user_day.sort(["risk", "user_id"], descending=[True, False])
+    top = ranked.group_by("ts", maintain_order=True).head(k)
     per_day = top.group_by("ts").agg(pl.col("fraud").mean())
     if per_day.is_empty():
         return None, 0
@@ -238,7 +254,40 @@ def evaluate(
             result.fraud_capture_at_friction = capture_at_friction(frame, CAPTURE_AT_FRICTION)
         if adjustments is not None:
             result.money_withheld_final = money_withheld(_after_ledger(frame, adjustments))
+        requests = points_requests(decisions, truth) if truth is not None else None
+        if requests is not None and not requests.is_empty():
+            result.points_withheld = money_withheld(requests.rename({"is_fraud": "fraud"}))
     return result
+
+
+#: The truth of the platform's events, beside the transactions' (written by the simulator).
+PLATFORM_TRUTH = "platform_truth.parquet"
+
+
+def points_requests(decisions: Path, truth: Path) -> pl.DataFrame | None:
+    """The decisions on points requests joined with the platform events' truth: `tx_id`
+    (the request's event_id), the points asked and allowed (`rebate_requested_cents`,
+    `rebate_granted_cents`), `action`, `is_fraud`, `scenario` and `group` (null where the
+    truth says "": legitimate, or no look-alike). None when `truth` (a directory, or its
+    tx_truth.parquet) has no `platform_truth.parquet` beside it."""
+    path = (truth if truth.is_dir() else truth.parent) / PLATFORM_TRUTH
+    if not path.exists():
+        return None
+    decided = pl.read_parquet(decisions)
+    if "threshold_version" not in decided.columns:  # from before points were decided
+        return None
+    facts = pl.read_parquet(path).select(
+        pl.col("event_id").alias("tx_id"),
+        "is_fraud",
+        *(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in ("scenario", "group")),
+    )
+    return (
+        decided.filter(pl.col("threshold_version") == POINTS_THRESHOLDS)
+        .select(
+            "tx_id", "ts", "user_id", "action", "rebate_requested_cents", "rebate_granted_cents"
+        )
+        .join(facts, on="tx_id", how="inner")
+    )
 
 
 def payment_decisions(decided: pl.DataFrame) -> pl.DataFrame:

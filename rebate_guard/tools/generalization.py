@@ -5,7 +5,9 @@ every knob of the platform, its look-alikes, labels and abuse tactics drawn from
 is generated, replayed through the scoring path with a policy, and evaluated against its
 truth: ranking (AP, ROC AUC), money (fraud and legitimate rebate money withheld at
 decision, per look-alike group; the best capture any weight cut reaches at 1% friction),
-and rings (found, precision, look-alike users flagged, detection delay).
+rings (found, precision, look-alike users flagged, detection delay), and, where the world
+has the platform events' truth (`platform_truth.parquet`), the points withheld on points
+requests (fraud per scenario, legitimate per look-alike group and overall).
 
 Seeds are split once and for all: `TUNING_SEEDS` are the only worlds anything may be tuned
 on; `HELDOUT_SEEDS` are reported on and never used for tuning. `benchmarks/generalization.py`
@@ -77,6 +79,14 @@ class WorldResult:
     lookalike_flagged: float = 0.0
     ring_delay_min: float | None = None
     seconds: float = 0.0
+    #: Points requests (with the platform events' truth; None or empty without it): the
+    #: share of the points asked not allowed at decision, fraud and legit overall...
+    points_fraud_withheld: float | None = None
+    points_legit_withheld: float | None = None
+    #: ...per abuse scenario (fraud), and per look-alike group (legit, where it asked at
+    #: least `MIN_GROUP_CENTS` points).
+    points_scenario_withheld: dict[str, float] = field(default_factory=dict)
+    points_lookalike_withheld: dict[str, float] = field(default_factory=dict)
 
 
 def run_world(
@@ -115,7 +125,7 @@ def _run(
     from graph.layer import GraphLayer
     from rebate_guard.core.decider import Decider, Scorer
     from rebate_guard.core.policy import Policy, default_policy
-    from rebate_guard.tools.evaluate import evaluate
+    from rebate_guard.tools.evaluate import evaluate, points_requests
     from rebate_guard.tools.replay import replay
     from rebate_guard.tools.ring_quality import ring_quality
     from rebate_guard.tools.simulator import simulate_world, world_config, write_world
@@ -145,6 +155,7 @@ def _run(
     result = evaluate(out / "decisions.parquet", truth=world_dir / "truth")
     payments = _payments(out / "decisions.parquet", world_dir / "truth")
     rings = ring_quality(pl.read_parquet(out / "rings.parquet"), world_dir)
+    requests = points_requests(out / "decisions.parquet", world_dir / "truth")
     return WorldResult(
         profile=profile,
         seed=seed,
@@ -165,7 +176,29 @@ def _run(
         lookalike_flagged=rings.lookalike_share,
         ring_delay_min=rings.median_delay_min,
         seconds=time.perf_counter() - started,
+        **points_figures(requests),
     )
+
+
+def points_figures(requests: pl.DataFrame | None) -> dict[str, Any]:
+    """`WorldResult`'s points fields from a world's points requests with their truth
+    (`rebate_guard.tools.evaluate.points_requests`; None: no platform truth, left out)."""
+    if requests is None or requests.is_empty():
+        return {}
+    asked = requests.filter(pl.col("rebate_requested_cents") > 0)
+    return {
+        "points_fraud_withheld": _withheld(asked.filter(pl.col("is_fraud"))),
+        "points_legit_withheld": _withheld(asked.filter(~pl.col("is_fraud"))),
+        # Every scenario: a world holds one or two groups of a flow abuse, their points few.
+        "points_scenario_withheld": _withheld_by(asked, "scenario", fraud=True, min_cents=1),
+        "points_lookalike_withheld": _withheld_by(asked, "group", fraud=False),
+    }
+
+
+def _withheld(rows: pl.DataFrame) -> float | None:
+    """Share of the asked not granted (None: nothing asked)."""
+    asked = int(rows["rebate_requested_cents"].sum())
+    return 1.0 - int(rows["rebate_granted_cents"].sum()) / asked if asked else None
 
 
 def _payments(decisions: Path, truth: Path) -> pl.DataFrame:
@@ -206,9 +239,11 @@ def weekly_ap(decisions: Path, truth: Path) -> list[float | None]:
     ]
 
 
-def _withheld_by(paid: pl.DataFrame, column: str, *, fraud: bool) -> dict[str, float]:
+def _withheld_by(
+    paid: pl.DataFrame, column: str, *, fraud: bool, min_cents: int = MIN_GROUP_CENTS
+) -> dict[str, float]:
     """Money withheld at decision per value of `column` (the legitimate look-alike `group`,
-    or the fraud's `scenario`), where it has enough money."""
+    or the fraud's `scenario`), where it has at least `min_cents`."""
     rows = paid.filter((pl.col("is_fraud") == fraud) & pl.col(column).is_not_null())
     sums = rows.group_by(column).agg(
         pl.col("rebate_requested_cents").sum().alias("asked"),
@@ -217,7 +252,7 @@ def _withheld_by(paid: pl.DataFrame, column: str, *, fraud: bool) -> dict[str, f
     return {
         str(value): 1.0 - granted / asked
         for value, asked, granted in sums.sort(column).iter_rows()
-        if asked >= MIN_GROUP_CENTS
+        if asked >= min_cents
     }
 
 
@@ -242,6 +277,8 @@ METRICS: tuple[Metric, ...] = (
     ("flagged rings that are real", lambda r: r.ring_precision, False, "ring_precision_min"),
     ("look-alike users flagged", lambda r: r.lookalike_flagged, True, "lookalike_flagged_max"),
     ("median ring detection delay (min)", lambda r: r.ring_delay_min, True, "ring_delay_max_min"),
+    ("fraud points withheld on requests", lambda r: r.points_fraud_withheld, False, None),
+    ("legit points withheld on requests", lambda r: r.points_legit_withheld, True, None),
 )
 
 
@@ -285,14 +322,17 @@ def summarise(results: Sequence[WorldResult], targets: Targets | None = None) ->
 
 
 def breakdown_rows(
-    results: Sequence[WorldResult], *, scenarios: bool = False
+    results: Sequence[WorldResult], *, scenarios: bool = False, points: bool = False
 ) -> list[tuple[str, float, float, int, int]]:
     """Per look-alike group (legitimate money withheld; worst = most) or, with `scenarios`,
     per abuse scenario (fraud money withheld; worst = least): (name, mean, worst, worst
-    seed, worlds)."""
+    seed, worlds). With `points`: the points withheld on points requests instead."""
     by_name: dict[str, list[tuple[float, int]]] = {}
     for r in results:
-        shares = r.scenario_withheld if scenarios else r.lookalike_friction
+        if points:
+            shares = r.points_scenario_withheld if scenarios else r.points_lookalike_withheld
+        else:
+            shares = r.scenario_withheld if scenarios else r.lookalike_friction
         for name, share in shares.items():
             by_name.setdefault(name, []).append((share, r.seed))
     rows = []
@@ -339,6 +379,14 @@ def table(results: Sequence[WorldResult], targets: Targets | None = None) -> str
     ]
     for scenario, mean, worst, seed, n in breakdown_rows(results, scenarios=True):
         lines.append(f"| {scenario} | {mean:.2%} | {worst:.2%} ({seed}) | {n} |")
+    for scenarios, head in (
+        (True, "abuse scenario (fraud points withheld on requests)"),
+        (False, "look-alike group (legit points withheld on requests)"),
+    ):
+        rows = breakdown_rows(results, scenarios=scenarios, points=True)
+        if rows:  # worlds with the platform events' truth
+            lines += ["", f"| {head} | mean | worst world (seed) | worlds |", "|---|---|---|---|"]
+            lines += [f"| {n} | {m:.2%} | {w:.2%} ({s}) | {k} |" for n, m, w, s, k in rows]
     return "\n".join(lines)
 
 

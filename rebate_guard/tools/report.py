@@ -30,6 +30,8 @@ import polars as pl
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
+from rebate_guard.core.points import POINTS_THRESHOLDS
+from rebate_guard.core.policy import Policy, default_policy
 from rebate_guard.tools.evaluate import (
     CAPTURE_AT_FRICTION,
     Evaluation,
@@ -40,6 +42,7 @@ from rebate_guard.tools.evaluate import (
     payment_decisions,
 )
 from rebate_guard.tools.io import read_frame
+from rebate_guard.tools.report_solvency import Formats, points_view, read_if, solvency_view
 from rebate_guard.tools.simulator import ABUSE_SCENARIOS
 
 #: Periods up to this long are drawn per hour, longer ones per day.
@@ -638,9 +641,11 @@ def headline(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def build(sources: Sources, top_n: int = 10) -> dict[str, Any]:
-    """Everything the template shows: tables as escaped text, charts and graphs as data."""
-    decisions = payment_decisions(pl.read_parquet(sources.decisions))
+def build(sources: Sources, top_n: int = 10, policy: Policy | None = None) -> dict[str, Any]:
+    """Everything the template shows: tables as escaped text, charts and graphs as data.
+    `policy` gives the solvency lines drawn (default: the shipped policy's)."""
+    decided = pl.read_parquet(sources.decisions)
+    decisions = payment_decisions(decided)
     judged = judge(sources, decisions.height)
     evaluation, truth = judged.evaluation, judged.truth
     context = header(sources, decisions)
@@ -680,6 +685,17 @@ def build(sources: Sources, top_n: int = 10) -> dict[str, Any]:
 
     money = money_over_time(decisions, truth)
     context["bucket"] = money["bucket"]
+    fmt = Formats(cents=cents, share=share, number=number, utc=utc)
+    context["solvency"] = solvency = solvency_view(
+        read_if(sources.beside("solvency.parquet")),
+        read_if(sources.beside("platform_alerts.parquet")),
+        policy=policy or default_policy(),
+        fmt=fmt,
+    )
+    context["points"] = None
+    if "threshold_version" in decided.columns:  # decisions from before it was recorded: none
+        requests = decided.filter(pl.col("threshold_version") == POINTS_THRESHOLDS)
+        context["points"] = points_view(requests, fmt=fmt)
     blocks = {
         "money-data": money,
         "curve-data": curve,
@@ -688,6 +704,7 @@ def build(sources: Sources, top_n: int = 10) -> dict[str, Any]:
             for v in views
         ],
         "evaluation-data": evaluation.to_json() if evaluation is not None else None,
+        "solvency-data": solvency["chart"] if solvency is not None else None,
     }
     context["data_blocks"] = [(name, script_json(value)) for name, value in blocks.items()]
     return context
@@ -717,9 +734,11 @@ def write_report(
     world: Path | None = None,
     truth: Path | None = None,
     labels: Path | None = None,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
     """Write the report of `replay_dir` to `out`; returns what it shows."""
-    context = build(find_sources(replay_dir, world=world, truth=truth, labels=labels), top_n)
+    sources = find_sources(replay_dir, world=world, truth=truth, labels=labels)
+    context = build(sources, top_n, policy=policy)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(context), encoding="utf-8")
     return context

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.engine import REQUEST_FEATURE_NAMES, request_vector
 from features.referral import tree_entry
 from features.stages import (
     SweepClock,
@@ -187,13 +188,16 @@ class UserShard(UserCheckpoints):
     def _platform_event(self, event: PlatformEvent, identity: Identity) -> None:
         """Learned by the features at release, as replay does (the user's family, then those
         of its device, IP and merchant on their partitions); decided in its turn (`complete`),
-        after the payments before it, whose rebates the user's points book counts. A second
-        message for an event_id is a repeat."""
+        after the payments before it, whose rebates the user's points book counts. A points
+        request's features are read just before it is learned (its `head`), as replay reads
+        them. A second message for an event_id is a repeat."""
         entry = Entry(event, identity, self.partition)
         entry.repeat = event.event_id in self.seen_events
         if not entry.repeat:
             self.seen_events[event.event_id] = event.ts
             drop_oldest(self.seen_events, event.ts - self.decision_ttl_ms)
+            if event.kind in POINTS_REQUESTS:  # weighed on what was known before it
+                entry.head = request_vector(self.users, event)
             if self.feeds_graph and event.kind in GRAPH_EVENT_KINDS:  # as replay gives them
                 self.graph_outbox.setdefault(GRAPH_PARTITION, []).append(
                     ["p", *identity, to_row(event)]
@@ -296,7 +300,9 @@ class UserShard(UserCheckpoints):
                 if entry.repeat and event.kind in POINTS_REQUESTS:
                     done.points_repeats.append(event.event_id)  # answered as it stands
                 elif not entry.repeat:
-                    points = decider.platform_event(event, decided_at=decided_at)
+                    points = decider.platform_event(
+                        event, decided_at=decided_at, features=_request_features(entry)
+                    )
                     if points is not None:
                         done.points.append(points)
                 continue
@@ -410,3 +416,11 @@ class UserShard(UserCheckpoints):
     def take_tree_writes(self) -> list[TreeWrite]:
         writes, self.tree_writes = self.tree_writes, []
         return writes
+
+
+def _request_features(entry: Entry) -> dict[str, float | None] | None:
+    """A points request's features, read at its release (None: an entry of a checkpoint
+    from before they were, or not a request: nothing known)."""
+    if not entry.head:
+        return None
+    return dict(zip(REQUEST_FEATURE_NAMES, entry.head, strict=True))

@@ -36,16 +36,12 @@ from rebate_guard.tools.simulator import (
     platform_books,
     simulate_world,
 )
+from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES
 
-#: The platform's own flows: the abuse of them (`_abuse_economics`, its own tests) breaks
-#: what is checked here on purpose (bindings repeated, transfers past the redeemable share,
-#: coupons claimed without a payment before).
-NO_FLOW_ABUSE = {
-    "binding_hijack_per_100k": 0.0,
-    "coupon_farm_per_100k": 0.0,
-    "points_collector_per_100k": 0.0,
-    "binding_farm_per_100k": 0.0,
-}
+#: The platform's own flows: the abuse of them and its look-alikes (`_abuse_economics`,
+#: `_flow_lookalikes`, their own tests) break what is checked here on purpose (bindings
+#: repeated, transfers past the redeemable share, coupons claimed without a payment before).
+NO_FLOW_ABUSE = dict.fromkeys([*FLOW_ABUSE, *FLOW_LOOKALIKE_RATES], 0.0)
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14, **NO_FLOW_ABUSE)
 #: Worlds the books are measured on: a platform growing as the simulator's does (a fifth of
 #: its users join within its four weeks), and the same platform stalling on day 10.
@@ -97,10 +93,15 @@ def test_every_platform_event_is_a_contract_event_and_every_flow_is_there(
 def test_economics_are_deterministic_and_leave_the_contract_streams_alone(world: World) -> None:
     again = simulate_world(SMALL)
     assert_frame_equal(world.platform_events, again.platform_events)
+    assert_frame_equal(world.platform_truth, again.platform_truth)
+    # The platform's own events are legit, of no group.
+    assert world.platform_truth["event_id"].equals(world.platform_events["event_id"])
+    assert not world.platform_truth["is_fraud"].any()
+    assert set(world.platform_truth["scenario"]) == set(world.platform_truth["group"]) == {""}
     other = simulate_world(replace(SMALL, seed=12))
     assert not other.platform_events.equals(world.platform_events)
     without = simulate_world(replace(SMALL, economics=False))
-    assert without.platform_events.is_empty()
+    assert without.platform_events.is_empty() and without.platform_truth.is_empty()
     for name in ("transactions", "signups", "labels"):
         assert_frame_equal(getattr(without, name), getattr(world, name))
 

@@ -186,3 +186,137 @@ def test_evaluate_reports_capture_at_friction_when_decisions_carry_weights(
     # Fraud a (1,000 cents at 0.05) and d (2,000 at 0.1) are the two lowest weights.
     assert result.fraud_capture_at_friction == pytest.approx(1.0)
     assert "legitimate friction: 100.00%" in result.table()
+
+
+def _points_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Two payments and five points requests (threshold_version "points"): p1 and p2 a
+    collector's (fraud), p3 an ordinary user's, p4 a family's (legit look-alike), p5 one the
+    truth does not know."""
+    ids = ["a", "b", "p1", "p2", "p3", "p4", "p5"]
+    pl.DataFrame(
+        {
+            "tx_id": ids,
+            "ts": [T0] * 7,
+            "user_id": ["u1", "u2", "c", "c", "u3", "u4", "u5"],
+            "risk": [0.9, 0.1, 0.27, 0.03, 0.03, 0.27, 0.5],
+            "action": ["block", "allow", "hold", "allow", "allow", "hold", "block"],
+            "rebate_requested_cents": [1000, 500, 1000, 500, 2000, 400, 900],
+            "rebate_granted_cents": [0, 500, 0, 500, 2000, 0, 0],
+            "threshold_version": ["fixed", "fixed", *["points"] * 5],
+        }
+    ).write_parquet(tmp_path / "decisions.parquet")
+    pl.DataFrame(
+        {
+            "tx_id": ["a", "b"],
+            "is_fraud": [True, False],
+            "scenario": ["brushing", "legit"],
+            "group": [None, None],
+        }
+    ).write_parquet(tmp_path / "tx_truth.parquet")
+    pl.DataFrame(
+        {
+            "event_id": ["p1", "p2", "p3", "p4"],
+            "is_fraud": [True, True, False, False],
+            "scenario": ["points_collector", "points_collector", "", ""],
+            "group": ["", "", "", "family_device"],
+        }
+    ).write_parquet(tmp_path / "platform_truth.parquet")
+    return tmp_path / "decisions.parquet", tmp_path
+
+
+def test_points_withheld_on_requests_per_scenario_and_lookalike(tmp_path: Path) -> None:
+    decisions, truth = _points_files(tmp_path)
+    result = evaluate(decisions, truth=truth)
+    # Points asked: fraud p1 + p2 = 1,500, 1,000 held; legit p3 + p4 = 2,400, p4's 400 held.
+    assert result.points_withheld == {
+        "fraud": pytest.approx(1000 / 1500),
+        "legit": pytest.approx(400 / 2400),
+        "fraud:points_collector": pytest.approx(1000 / 1500),
+        "legit:family_device": 1.0,
+    }
+    # The payments' figures are the payments' alone.
+    assert result.overall.transactions == 2
+    assert result.money_withheld["fraud"] == 1.0 and result.money_withheld["legit"] == 0.0
+    assert "| fraud:points_collector | 66.67% |" in result.table()
+    # Without the platform events' truth the figures are left out.
+    (tmp_path / "platform_truth.parquet").unlink()
+    quiet = evaluate(decisions, truth=truth)
+    assert quiet.points_withheld == {} and "points requests" not in quiet.table()
+
+
+def platform_truth_of(world: Path) -> pl.DataFrame:
+    """The points requests' truth built from the world's user truth (until the simulator
+    writes platform_truth.parquet): a request is fraud when its user plays an abuse
+    scenario (scenario: the user's role), else legitimate (group: the user's look-alike
+    role, if any)."""
+    from rebate_guard.tools.simulator._common import ABUSE_SCENARIOS
+
+    roles = pl.read_parquet(world / "truth" / "user_truth.parquet").select("user_id", "role")
+    fraud = pl.col("role").is_in(list(ABUSE_SCENARIOS))
+    return (
+        pl.read_parquet(world / "platform_events.parquet")
+        .filter(pl.col("kind").is_in(["points_redeem", "points_transfer", "points_withdraw"]))
+        .join(roles, on="user_id", how="left")
+        .select(
+            "event_id",
+            fraud.alias("is_fraud"),
+            pl.when(fraud).then("role").otherwise(pl.lit("")).alias("scenario"),
+            pl.when(~fraud & (pl.col("role") != "legit")).then("role").otherwise(pl.lit(""))
+            .alias("group"),
+        )
+    )  # fmt: skip
+
+
+def test_points_withheld_on_a_replayed_random_world(tmp_path: Path) -> None:
+    """A random-profile world (seed 3, 20k payments, with more points collectors than the
+    profile's 1.5 groups per 100k, which at this size rounds to none), replayed: the
+    collectors' requests are withheld by the request rules, with their codes, and the
+    evaluation's figures are those of the decisions and the truth."""
+    from dataclasses import replace
+
+    from rebate_guard.core.decider import Scorer
+    from rebate_guard.tools.replay import replay
+    from rebate_guard.tools.simulator import simulate_world, world_config, write_world
+
+    config = replace(
+        world_config("random", seed=3, transactions=20_000), points_collector_per_100k=10.0
+    )
+    world = tmp_path / "world"
+    write_world(simulate_world(config), world)
+    platform_truth_of(world).write_parquet(world / "truth" / "platform_truth.parquet")
+    out = tmp_path / "replay"
+    replay(
+        world / "transactions.parquet",
+        out,
+        signups=world / "signups.parquet",
+        labels=world / "labels.parquet",
+        scorer=Scorer(),
+        progress=None,
+        platform_events=world / "platform_events.parquet",
+    )
+    result = evaluate(out / "decisions.parquet", truth=world / "truth")
+    requests = (
+        pl.read_parquet(out / "decisions.parquet")
+        .filter(pl.col("threshold_version") == "points")
+        .join(
+            pl.read_parquet(world / "truth" / "platform_truth.parquet").rename(
+                {"event_id": "tx_id"}
+            ),
+            on="tx_id",
+        )
+    )
+    collector = requests.filter(pl.col("scenario") == "points_collector")
+    asked, granted = (
+        collector["rebate_requested_cents"].sum(),
+        collector["rebate_granted_cents"].sum(),
+    )
+    assert result.points_withheld["fraud:points_collector"] == pytest.approx(1 - granted / asked)
+    legit = requests.filter(~pl.col("is_fraud"))
+    legit_share = 1 - legit["rebate_granted_cents"].sum() / legit["rebate_requested_cents"].sum()
+    assert result.points_withheld["legit"] == pytest.approx(legit_share)
+    # The rules withhold the collectors' points (beyond what the policy blocks), named.
+    by_rules = collector.filter(pl.col("action") == "hold")
+    assert by_rules.height and all(
+        {"points_collector", "young_account"} & set(r) for r in by_rules["reasons"]
+    )
+    assert result.points_withheld["fraud:points_collector"] > 10 * result.points_withheld["legit"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from rebate_guard.core.policy import default_policy
 from rebate_guard.tools.generalization import (
@@ -14,6 +15,7 @@ from rebate_guard.tools.generalization import (
     Targets,
     WorldResult,
     breakdown_rows,
+    points_figures,
     run_world,
     summarise,
     table,
@@ -100,3 +102,46 @@ def test_weekly_ap_ranks_each_full_week_apart(tmp_path: Path) -> None:
         tmp_path / "tx_truth.parquet"
     )
     assert weekly_ap(tmp_path / "decisions.parquet", tmp_path) == [1.0, 0.5, None]
+
+
+def test_points_figures_of_a_world_and_their_breakdowns() -> None:
+    requests = pl.DataFrame(
+        {
+            "tx_id": ["p1", "p2", "p3", "p4", "p5"],
+            "rebate_requested_cents": [1_000, 3_000, 20_000, 500, 30_000],
+            "rebate_granted_cents": [0, 3_000, 19_000, 0, 30_000],
+            "is_fraud": [True, True, False, False, False],
+            "scenario": ["points_collector", "coupon_farm", None, None, None],
+            "group": [None, None, "family_device", "office_ip", None],
+        }
+    )
+    got = points_figures(requests)
+    assert got["points_fraud_withheld"] == pytest.approx(1_000 / 4_000)
+    assert got["points_legit_withheld"] == pytest.approx(1_500 / 50_500)
+    # Every scenario; a look-alike group only with MIN_GROUP_CENTS asked (office_ip: 500).
+    assert got["points_scenario_withheld"] == {"coupon_farm": 0.0, "points_collector": 1.0}
+    assert got["points_lookalike_withheld"] == {"family_device": pytest.approx(0.05)}
+    assert points_figures(None) == {} and points_figures(requests.clear()) == {}
+
+    def world(seed: int, collector: float, family: float) -> WorldResult:
+        return WorldResult(
+            "random", seed, 1, 0.02, 0.1, 0.9, 0.9, 0.95, 0.01, 0.9,
+            points_fraud_withheld=collector, points_legit_withheld=family / 10,
+            points_scenario_withheld={"points_collector": collector},
+            points_lookalike_withheld={"family_device": family},
+        )  # fmt: skip
+
+    results = [world(1, 0.9, 0.02), world(2, 0.5, 0.04)]
+    assert breakdown_rows(results, scenarios=True, points=True) == [
+        ("points_collector", 0.7, 0.5, 2, 2)
+    ]
+    assert breakdown_rows(results, points=True) == [("family_device", 0.03, 0.04, 2, 2)]
+    rows = {row.label: row for row in summarise(results)}
+    assert rows["fraud points withheld on requests"].worst == 0.5
+    assert rows["legit points withheld on requests"].worst == pytest.approx(0.004)
+    printed = table(results)
+    assert "| points_collector | 70.00% | 50.00% (2) | 2 |" in printed
+    assert "legit points withheld on requests" in printed
+    # Worlds without the platform events' truth: no points rows.
+    bare = [WorldResult("random", 3, 1, 0.02, 0.1, 0.9, 0.9, 0.95, 0.01, 0.9)]
+    assert "points withheld on requests) |" not in table(bare)

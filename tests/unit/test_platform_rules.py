@@ -9,11 +9,18 @@ from typing import Any
 
 import pytest
 
-from detectors.rules import DEFAULT_RULES, RULES_BEFORE_PLATFORM, RuleScore
+from detectors.rules import (
+    DEFAULT_RULES,
+    REQUEST_RULES,
+    RULES_BEFORE_PLATFORM,
+    RuleScore,
+    request_rule_score,
+)
+from features.engine import REQUEST_FEATURE_NAMES, FeatureEngine
 from rebate_guard.contract.records import Decision, PlatformEvent
-from rebate_guard.contract.validation import parse_platform_event, parse_transaction
+from rebate_guard.contract.validation import parse_platform_event, parse_signup, parse_transaction
 from rebate_guard.core.decider import Scorer
-from tests.factories import HOUR, T0, tx
+from tests.factories import HOUR, T0, signup, tx
 
 MINUTE = 60_000
 
@@ -93,3 +100,34 @@ def test_a_checkpoint_with_the_old_default_rules_takes_the_platform_rules() -> N
     assert pickle.loads(pickle.dumps(old)).rules == DEFAULT_RULES
     own = RuleScore(rules=DEFAULT_RULES[:2])
     assert pickle.loads(pickle.dumps(own)).rules == DEFAULT_RULES[:2]
+
+
+def test_the_request_rules_read_the_request_vector() -> None:
+    """A points request's vector (features.engine.request_vector): the user's platform
+    features, the account's age and whether the points leave for someone else; the request
+    rules read it, and the payment rules that need a payment's features cannot fire on it."""
+    engine = FeatureEngine()
+    engine.signup(parse_signup(signup("u0", T0 - 2 * HOUR)))
+    for e in transfers(6):
+        engine.platform_event(e)
+    give = event("t", T0, "points_transfer", user_id="u0", counterparty_id="x", amount_cents=9)
+    x = engine.request_features(give)
+    assert list(x) == list(REQUEST_FEATURE_NAMES)
+    assert (x["points_givers_30d"], x["user_account_age_s"], x["is_points_transfer"]) == (
+        6,
+        2 * 3600.0,
+        1.0,
+    )
+    assert request_rule_score().assess(x)[1] == [
+        "points_collector",
+        "young_account",
+        "points_transfer",
+    ]
+    redeem = event("r", T0, "points_redeem", user_id="u0", amount_cents=9)
+    assert engine.request_features(redeem)["is_points_transfer"] == 0.0
+    # Read before the request is learned, and reading changes nothing.
+    assert engine.request_features(give) == x
+    # A rule set's codes are rules of the payments' own, where they mean the same.
+    shared = {r.code for r in REQUEST_RULES} & {r.code for r in DEFAULT_RULES}
+    assert shared == {"points_collector", "young_account"}
+    assert all(r in DEFAULT_RULES for r in REQUEST_RULES if r.code in shared)

@@ -15,7 +15,12 @@ import pytest
 from markupsafe import escape
 
 from rebate_guard.cli import main
-from rebate_guard.tools.evaluate import evaluate, evaluation_frame, friction_curve
+from rebate_guard.tools.evaluate import (
+    evaluate,
+    evaluation_frame,
+    friction_curve,
+    payment_decisions,
+)
 from rebate_guard.tools.report import (
     Sources,
     build,
@@ -24,7 +29,14 @@ from rebate_guard.tools.report import (
     script_json,
     write_report,
 )
-from tests.report_world import HOSTILE, HOSTILE_RING, HOSTILE_USER, ReplayedWorld, replayed_world
+from tests.report_world import (
+    HOSTILE,
+    HOSTILE_REGION,
+    HOSTILE_RING,
+    HOSTILE_USER,
+    ReplayedWorld,
+    replayed_world,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +127,7 @@ def test_the_figures_are_evaluates(world: ReplayedWorld, page: str) -> None:
     assert curve["capture_at_friction"] == expected.fraud_capture_at_friction
 
     money = parsed.blocks["money-data"]
-    decided = pl.read_parquet(decisions)
+    decided = payment_decisions(pl.read_parquet(decisions))  # not the points requests
     sums = {s["key"]: sum(s["cents"]) for s in money["series"]}
     assert money["bucket"] == "day" and len(money["x"]) == 10
     assert sums["requested"] == decided["rebate_requested_cents"].sum()
@@ -172,7 +184,7 @@ def test_hostile_ids_appear_only_escaped(page: str) -> None:
     assert str(escape(HOSTILE_RING)) in page  # the ring's heading
     parsed = Page(page)
     tags = [tag for tag, _ in parsed.tags]
-    assert tags.count("script") == 7  # four JSON blocks, uPlot, Cytoscape, the report's own
+    assert tags.count("script") == 8  # five JSON blocks, uPlot, Cytoscape, the report's own
     assert not {"img", "svg", "iframe"} & set(tags)
     scripts = [a for tag, a in parsed.tags if tag == "script"]
     assert all(not a.get("src") for a in scripts)  # nothing loaded from anywhere
@@ -204,6 +216,67 @@ def test_with_neither_truth_nor_labels_the_money_and_rings_are_shown(
     assert len(parsed.blocks["money-data"]["x"]) == 10
     assert len(parsed.blocks["rings-data"]) == 3
     assert "evaluation-table" not in parsed.tables
+
+
+def test_the_solvency_section_is_the_monitors_last_readings_and_alerts(
+    world: ReplayedWorld, page: str
+) -> None:
+    readings = pl.read_parquet(world.replay / "solvency.parquet")
+    alerts = pl.read_parquet(world.replay / "platform_alerts.parquet")
+    last = readings.sort("period_end").group_by("scope").last()
+    shown = last.filter(~pl.col("scope").str.starts_with("merchant:"))
+    parsed = Page(page)
+    table = parsed.tables["solvency-table"][1:]
+    # The platform first, then every region (the hostile one among them, as text).
+    regions = sorted(s for s in shown["scope"] if s != "platform")
+    assert [row[0] for row in table] == ["platform", *regions]
+    assert f"region:{HOSTILE_REGION}" in [row[0] for row in table]
+    for row in table:
+        expected = shown.filter(pl.col("scope") == row[0]).row(0, named=True)
+        assert row[2] == expected["level"]
+        assert row[4] == f"{expected['liability_cents'] / 100:,.2f}"
+        assert row[5] == f"{expected['distributable_cents'] / 100:,.2f}"
+    # The chart: the platform's ratio at each period's end, against the shipped lines.
+    chart = parsed.blocks["solvency-data"]
+    platform = readings.filter(pl.col("scope") == "platform").sort("period_end")
+    assert chart["x"] == [end // 1000 for end in platform["period_end"]]
+    assert chart["ratio"] == platform["ratio"].to_list()
+    assert set(chart["warning"]) == {3.0} and set(chart["critical"]) == {5.0}
+    # Alerts newest first; with none, the page says so.
+    if alerts.height:
+        rows = parsed.tables["alert-table"][1:]
+        assert len(rows) == min(alerts.height, 100)
+        newest = alerts.sort("ts", "alert_id", descending=True).row(0, named=True)
+        assert rows[0][1] == newest["scope"] and rows[0][5] == newest["message"]
+    else:
+        assert "No alert" in page
+    merchants = last.filter(pl.col("scope").str.starts_with("merchant:")).height
+    assert f"{merchants} merchants read" in page
+
+
+def test_the_points_requests_are_counted_by_action(world: ReplayedWorld, page: str) -> None:
+    decided = pl.read_parquet(world.replay / "decisions.parquet")
+    requests = decided.filter(pl.col("threshold_version") == "points")
+    assert requests.height > 0  # the simulated platform redeems and transfers points
+    table = Page(page).tables["points-table"][1:]
+    counts = dict(requests.group_by("action").len().iter_rows())
+    assert {row[0]: int(row[1]) for row in table} == counts
+
+
+def test_a_replay_without_platform_events_says_how_to_get_them(
+    world: ReplayedWorld, tmp_path: Path
+) -> None:
+    replay_dir = tmp_path / "replay"
+    replay_dir.mkdir()
+    decided = pl.read_parquet(world.replay / "decisions.parquet")
+    decided.filter(pl.col("threshold_version") != "points").write_parquet(
+        replay_dir / "decisions.parquet"
+    )
+    context = write_report(replay_dir, tmp_path / "r.html", world=world.world)
+    page = (tmp_path / "r.html").read_text()
+    assert context["solvency"] is None and context["points"] is None
+    assert 'id="no-solvency"' in page and "--platform-events" in page
+    assert Page(page).blocks["solvency-data"] is None
 
 
 def test_a_directory_that_is_no_replay_is_refused(tmp_path: Path) -> None:

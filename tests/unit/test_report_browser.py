@@ -20,7 +20,7 @@ import pytest
 
 from rebate_guard.tools.report import write_report
 from tests.browser import CHROMEDRIVER, CHROMIUM, MISSING, chromium
-from tests.report_world import HOSTILE_RING, replayed_world
+from tests.report_world import HOSTILE_REGION, HOSTILE_RING, replayed_world
 
 pytestmark = pytest.mark.browser
 
@@ -68,8 +68,9 @@ def test_the_report_draws_offline_and_no_script_from_the_data_runs(
     assert rings == 4
     driver.get(out.resolve().as_uri())
     wait = WebDriverWait(driver, 20)
-    wait.until(lambda d: _drawn(d, "#money-chart canvas") and _drawn(d, "#curve-chart canvas"))
-    for chart in ("money-chart", "curve-chart"):
+    charts = ("money-chart", "solvency-chart", "curve-chart")
+    wait.until(lambda d: all(_drawn(d, f"#{chart} canvas") for chart in charts))
+    for chart in charts:
         canvas = driver.find_element(By.CSS_SELECTOR, f"#{chart} .uplot canvas")
         assert canvas.size["width"] > 300 and canvas.size["height"] > 100
     for i in range(rings):
@@ -80,6 +81,11 @@ def test_the_report_draws_offline_and_no_script_from_the_data_runs(
     # The legend is uPlot's (text), the hostile ring's id its heading's text.
     legend = driver.find_element(By.CSS_SELECTOR, "#money-chart .u-legend").text
     assert "granted" in legend and "withheld" in legend
+    legend = driver.find_element(By.CSS_SELECTOR, "#solvency-chart .u-legend").text
+    assert "liability : distributable" in legend and "warning line" in legend
+    # The hostile region is a row heading's text in the solvency table.
+    regions = driver.find_elements(By.CSS_SELECTOR, "#solvency-table th")
+    assert f"region:{HOSTILE_REGION}" in [r.text for r in regions]
     heading = driver.find_element(By.CSS_SELECTOR, "#ring-0 h3").text
     assert heading.startswith(HOSTILE_RING)
 
@@ -88,7 +94,7 @@ def test_the_report_draws_offline_and_no_script_from_the_data_runs(
     assert driver.execute_script("return window.__xss === undefined") is True
     assert driver.find_elements(By.CSS_SELECTOR, "img, svg, iframe") == []
     scripts = driver.execute_script("return document.scripts.length")
-    assert scripts == 7  # four JSON blocks and the three inlined scripts, nothing injected
+    assert scripts == 8  # five JSON blocks and the three inlined scripts, nothing injected
     errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert errors == []
 

@@ -442,6 +442,8 @@ class Replayed:
     decisions: dict[str, Decision]
     points: dict[str, Decision]
     decider: RecordingDecider
+    #: The ledger's adjustments, by id (a held points request's resolution among them).
+    adjustments: dict[str, RebateAdjustment] = field(default_factory=dict)
 
 
 def _replay(world: list[Event]) -> Replayed:
@@ -456,6 +458,7 @@ def _replay(world: list[Event]) -> Replayed:
             points = scorer.apply(event, decided_at=0)
             if points is not None:
                 out.points[points.tx_id] = points
+    out.adjustments = {a.adjustment_id: a for a in scorer.adjustments}
     return out
 
 
@@ -613,6 +616,15 @@ def test_one_partition_decides_a_world_with_platform_events_as_replay_does(
     fired = {r for d in want.decisions.values() for r in d.reasons}
     assert {r for r in fired if any(rule in r for rule in PLATFORM_RULES)}, sorted(fired)
     assert want.points
+    # Points requests go through the weight path: the request rules hold some (a collector's
+    # redemptions, a day-old account's transfers), and the holds resolve as replay's do.
+    held = {t: d for t, d in want.points.items() if d.action == "hold"}
+    assert {r for d in held.values() for r in d.reasons} >= {"points_collector", "young_account"}
+    resolved = {i: a for i, a in want.adjustments.items() if a.tx_id in held}
+    assert resolved
+    assert {i: cluster.adjustments[i].asdict() for i in resolved} == {
+        i: a.asdict() for i, a in resolved.items()
+    }
     if crash_rate:
         assert cluster.crashes >= 3 and cluster.delta_restores > 0
 

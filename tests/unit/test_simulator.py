@@ -27,14 +27,18 @@ from rebate_guard.tools.simulator import (
     world_config,
     write_world,
 )
+from rebate_guard.tools.simulator._common import FLOW_LOOKALIKES
 from rebate_guard.tools.simulator._legit import referral_depth
 from rebate_guard.tools.simulator.profiles import (
     ECONOMICS_RANGES,
     FLOW_ABUSE,
+    FLOW_RATES,
+    FLOW_TACTICS,
     FRAUD_SHARE,
     PER_100K,
     RANDOM_RANGES,
 )
+from rebate_guard.tools.simulator.world import PLATFORM_TRUTH_SCHEMA
 
 #: With the abuse of the commission, coupon and points flows on (off in a bare config).
 SMALL = WorldConfig(seed=11, n_users=3_000, n_merchants=120, days=14, **FLOW_ABUSE)
@@ -66,6 +70,8 @@ VARIED = replace(
 #: sha256 of a small default world's contract frames (CSV), recorded on main before the
 #: simulator family: the defaults must keep generating exactly today's worlds.
 DEFAULT_WORLD_SHA256 = "cdf8514697a34bf53515b15f077a331a70ddf7517cf5126d28a811be63a666b4"
+#: ... and of its platform events (CSV), recorded on main before the flows' look-alikes.
+DEFAULT_PLATFORM_EVENTS_SHA256 = "ab17e88d325cae0d379c6c7cd90a46f94b04965bd19afe044353a8bf5218f98e"
 
 TX_SCHEMA = {
     "tx_id": pl.String,
@@ -166,6 +172,10 @@ def test_contract_and_truth_schemas_are_exact(world: World) -> None:
         }
     )
     assert world.tx_truth["tx_id"].equals(world.transactions["tx_id"])
+    assert world.platform_truth.schema == pl.Schema(
+        {"event_id": pl.String, "is_fraud": pl.Boolean, "scenario": pl.String, "group": pl.String}
+    )
+    assert world.platform_truth["event_id"].equals(world.platform_events["event_id"])
 
 
 def test_values_respect_the_contract(world: World) -> None:
@@ -271,14 +281,16 @@ def test_refunds_reference_an_earlier_payment_of_same_user_merchant_amount(world
 # --- abuse and look-alikes ----------------------------------------------------------------
 
 
-#: Look-alike groups only the family's knobs create (absent from default worlds).
+#: Look-alike groups only the family's knobs create (absent from default worlds; the flows'
+#: look-alikes are tested in test_abuse_economics).
 KNOB_ONLY = {"nat_pool", "big_purchase", "high_rate_merchant"}
+FLOW_LOOKALIKE_NAMES = {LOOKALIKES[code] for code in FLOW_LOOKALIKES}
 
 
 def test_every_scenario_and_lookalike_is_present_with_members(world: World, varied: World) -> None:
     for w, expected in (
-        (world, set(LOOKALIKES) - KNOB_ONLY - {"deep_referral"}),
-        (varied, set(LOOKALIKES)),
+        (world, set(LOOKALIKES) - KNOB_ONLY - FLOW_LOOKALIKE_NAMES - {"deep_referral"}),
+        (varied, set(LOOKALIKES) - FLOW_LOOKALIKE_NAMES),
     ):
         roles = w.user_truth.group_by("role").len()
         counts = dict(zip(roles["role"], roles["len"], strict=True))
@@ -508,6 +520,11 @@ def test_default_worlds_are_unchanged() -> None:
     for name in ("transactions", "signups", "labels"):
         digest.update(getattr(w, name).write_csv().encode())
     assert digest.hexdigest() == DEFAULT_WORLD_SHA256
+    events = hashlib.sha256(w.platform_events.write_csv().encode()).hexdigest()
+    assert events == DEFAULT_PLATFORM_EVENTS_SHA256
+    truth = w.platform_truth
+    assert truth["event_id"].equals(w.platform_events["event_id"])
+    assert not truth["is_fraud"].any() and set(truth["scenario"]) == set(truth["group"]) == {""}
 
 
 def test_default_profile_is_todays_world() -> None:
@@ -543,6 +560,36 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
         mixes.add(tuple(np.round(rates / rates.sum(), 3)))
     assert len(mixes) == len(configs)
     assert FRAUD_SHARE == (0.005, 0.05)
+
+
+def test_random_profile_draws_the_flows_abuse_and_look_alikes_per_world() -> None:
+    configs = [world_config("random", seed=s) for s in range(30)]
+    for name, (low, high) in FLOW_RATES.items():
+        values = [getattr(c, name) for c in configs]
+        assert all(v == 0 or low <= v <= high for v in values), name
+        assert 0 in values and len({v for v in values if v}) > 10, name  # off in some worlds
+        assert min(v for v in values if v) < low + (high - low) / 4 < max(values), name
+    for name, spec in FLOW_TACTICS.items():
+        values = {getattr(c, name) for c in configs}
+        assert min(values) >= spec[0] and max(values) <= spec[1] and len(values) > 3, name
+    assert world_config("default", seed=1).commission_cycle_per_100k == 0
+    assert world_config("default", seed=1).family_binding_per_100k == 0
+
+
+#: Random-profile worlds (40k tx) that together have every flow scenario and look-alike.
+FLOW_WORLD_SEEDS = (1, 2, 3)
+
+
+def test_every_flow_scenario_and_look_alike_appears_in_random_worlds() -> None:
+    scenarios: set[str] = set()
+    groups: set[str] = set()
+    for seed in FLOW_WORLD_SEEDS:
+        w = simulate_world(world_config("random", seed=seed, transactions=40_000))
+        scenarios |= set(w.tx_truth["scenario"]) & set(w.platform_truth["scenario"])
+        groups |= set(w.tx_truth["group"].drop_nulls()) & set(w.platform_truth["group"])
+    flows = {"binding_hijack", "coupon_farm", "points_collector", "binding_farm"}
+    assert {*flows, "commission_cycle"} <= scenarios
+    assert groups >= FLOW_LOOKALIKE_NAMES
 
 
 def test_random_world_fraud_share_is_in_a_plausible_range() -> None:
@@ -780,10 +827,14 @@ def test_a_world_dir_written_before_platform_events_reads_them_as_empty(
     world: World, tmp_path: Path
 ) -> None:
     paths = write_world(world, tmp_path, "parquet")
+    assert paths["platform_truth"] == tmp_path / "truth" / "platform_truth.parquet"
     paths["platform_events"].unlink()
+    paths["platform_truth"].unlink()
     back = read_world(tmp_path, "parquet")
     assert back.platform_events.is_empty()
     assert back.platform_events.schema == pl.Schema(PLATFORM_EVENT_SCHEMA)
+    assert back.platform_truth.is_empty()
+    assert back.platform_truth.schema == pl.Schema(PLATFORM_TRUTH_SCHEMA)
     assert_frame_equal(back.transactions, world.transactions)
 
 

@@ -52,6 +52,9 @@ class Builder:
     n_devices: int = 0
     n_cards: int = 0
     n_phones: int = 0
+    #: Public number of each merchant (its id is `m<number>`), set when the world is
+    #: assembled: the flows' platform events name merchants after that.
+    merchant_numbers: np.ndarray | None = None
 
     @classmethod
     def create(
@@ -92,6 +95,8 @@ class Builder:
         device: np.ndarray,
         ip: np.ndarray,
         phone: np.ndarray,
+        *,
+        look: int = -1,
     ) -> np.ndarray:
         return self.users.add(
             signup_ts=signup_ts.astype(np.int64),
@@ -101,8 +106,22 @@ class Builder:
             phone=phone.astype(np.int64),
             scenario=scenario,
             ring=ring_index,
-            look=-1,
+            look=look,
         )
+
+    def add_lookalike_users(
+        self, look: int, signup_ts: np.ndarray, device: np.ndarray, ip: np.ndarray
+    ) -> np.ndarray:
+        """Legit users of a look-alike group (role `look`), each with a phone of their own."""
+        n = len(signup_ts)
+        return self.add_abuse_users(
+            -1, 0, signup_ts, np.full(n, -1), device, ip, self.new_phones(n), look=look
+        )
+
+    def add_lookalike_tx(self, look: int, *payments: np.ndarray) -> np.ndarray:
+        """Legit payments of a look-alike group (tx truth: legit, group `look`): ts, user,
+        merchant, amount, device, ip, card, as `add_abuse_tx`'s."""
+        return self.add_abuse_tx(-1, 0, *payments, look=look)
 
     def add_abuse_tx(
         self,
@@ -116,8 +135,11 @@ class Builder:
         ip: np.ndarray,
         card: np.ndarray,
         refund_of: np.ndarray | None = None,
+        *,
+        look: int = -1,
     ) -> np.ndarray:
-        """Payments, or refunds when refund_of (global tx indices) is given."""
+        """Payments, or refunds when refund_of (global tx indices) is given; `look`: the
+        look-alike group of legit ones (ring -1, scenario 0)."""
         n = len(ts)
         ref = np.full(n, -1, dtype=np.int64) if refund_of is None else refund_of
         return self.tx.add(
@@ -132,5 +154,5 @@ class Builder:
             card=card.astype(np.int64),
             scenario=scenario,
             ring=ring_index,
-            look=-1,
+            look=look,
         )

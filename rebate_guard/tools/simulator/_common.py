@@ -26,9 +26,12 @@ SCENARIOS = (
     "coupon_farm",
     "points_collector",
     "binding_farm",
+    "commission_cycle",
 )
 LEGIT, BRUSHING, REFERRAL_FARM, COLLUSION_RING, CASH_OUT, PYRAMID = range(6)
-BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR, BINDING_FARM = range(6, 10)
+BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR, BINDING_FARM, COMMISSION_CYCLE = range(6, 11)
+#: The scenarios of the commission, coupon and points flows (`_abuse_economics`).
+FLOW_SCENARIOS = (BINDING_HIJACK, COUPON_FARM, POINTS_COLLECTOR, BINDING_FARM, COMMISSION_CYCLE)
 ABUSE_SCENARIOS = SCENARIOS[1:]
 
 # Legit look-alike codes (tx_truth.group / user_truth.role of legit users); -1 is none.
@@ -46,11 +49,26 @@ LOOKALIKES = (
     "deep_referral",
     "ring_merchant_customer",
     "high_rate_merchant",
+    # Look-alikes of the flows' abuse (issue #21, `_flow_lookalikes`).
+    "family_binding",
+    "shop_binding_burst",
+    "family_points",
+    "coupon_hunters",
+    "bound_regulars",
 )
 NO_LOOK = -1
 FAMILY_DEVICE, OFFICE_IP, VIRAL_REFERRER, LUNCH_RUSH, LOYAL_DAILY, ORDINARY_REFUND = range(6)
 NAT_POOL, BIG_PURCHASE, QUICK_REFUND, DEEP_REFERRAL, RING_MERCHANT_CUSTOMER = range(6, 11)
 HIGH_RATE_MERCHANT = 11
+FAMILY_BINDING, SHOP_BINDING_BURST, FAMILY_POINTS, COUPON_HUNTERS, BOUND_REGULARS = range(12, 17)
+#: The look-alikes of the flows' abuse (`_flow_lookalikes`).
+FLOW_LOOKALIKES = (
+    FAMILY_BINDING,
+    SHOP_BINDING_BURST,
+    FAMILY_POINTS,
+    COUPON_HUNTERS,
+    BOUND_REGULARS,
+)
 #: A legit user referred this many links deep is a `deep_referral` (if no other role).
 DEEP_REFERRAL_DEPTH = 4
 

@@ -64,6 +64,14 @@ class WorldConfig:
     coupon_farm_per_100k: float = 0.0
     points_collector_per_100k: float = 0.0
     binding_farm_per_100k: float = 0.0
+    commission_cycle_per_100k: float = 0.0
+    # Their legit look-alikes (`_flow_lookalikes`), groups per 100k expected legit
+    # transactions (not times fraud_scale: they are legit); off in a bare config too.
+    family_binding_per_100k: float = 0.0
+    shop_binding_burst_per_100k: float = 0.0
+    family_points_per_100k: float = 0.0
+    coupon_hunters_per_100k: float = 0.0
+    bound_regulars_per_100k: float = 0.0
     min_groups_per_scenario: int = 1  # 0 lets a rare scenario round away (low fraud shares)
     # Legit pull of abuse-run merchants: their popularity is this x a log-normal(0, 0.5)
     # (legit merchants: log-normal(0, 1.1), mean ~1.8), so they get a little legit traffic.
@@ -75,6 +83,14 @@ class WorldConfig:
     collusion_pattern: str = "steady"  # or "rounds": all members pay within minutes, pause
     cash_out_lone_share: float = 0.0  # cash-out groups that are one account on its own card
     farm_devices: str = "few"  # or "rotating": a new device per 1-3 farm accounts
+    # ... of the flows' abuse (the defaults are the tactics `_abuse_economics` always had).
+    flow_group_size: float = 1.0  # multiplies the accounts of a flow-abuse group
+    farm_phones: int = 3  # coupon, binding and points farms make their accounts on 1..this
+    hijack_lead_minutes: float = 45.0  # a hijacking binding comes 3 min..this before its payment
+    farm_spend_days: float = 4.0  # farmed accounts pay 1 h..this after signing up
+    points_transfer_units: int = 7  # a points giver passes 2..this whole units
+    coupon_use_minutes: float = 20.0  # a farmed coupon is used 1 min..this after its claim
+    cycle_visit_days: float = 2.0  # colluders pay at their earner about every this many days
 
     # Labels.
     user_label_share: float = 0.1  # share of abusive accounts labelled at the user level
@@ -204,9 +220,23 @@ class WorldConfig:
             "coupon_farm_per_100k",
             "points_collector_per_100k",
             "binding_farm_per_100k",
+            "commission_cycle_per_100k",
+            "family_binding_per_100k",
+            "shop_binding_burst_per_100k",
+            "family_points_per_100k",
+            "coupon_hunters_per_100k",
+            "bound_regulars_per_100k",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if not 0.25 <= self.flow_group_size <= 4 or not 1 <= self.farm_phones <= 20:
+            problems.append("flow_group_size must be within 0.25..4 and farm_phones 1..20")
+        if self.hijack_lead_minutes <= 3 or self.coupon_use_minutes <= 1:
+            problems.append("hijack_lead_minutes must be > 3 and coupon_use_minutes > 1")
+        if self.farm_spend_days < 0.1 or self.cycle_visit_days <= 0:
+            problems.append("farm_spend_days must be >= 0.1 and cycle_visit_days > 0")
+        if self.points_transfer_units < 3:
+            problems.append("points_transfer_units must be >= 3")
         if self.stall_day is not None and not 0 <= self.stall_day <= self.days:
             problems.append("stall_day must be within 0..days (or None)")
         if not 1 <= self.regions <= 8:

@@ -32,16 +32,53 @@ from rebate_guard.tools.simulator.config import (
 )
 
 PROFILES = ("default", "random")
-#: The abuse of the commission, coupon and points flows (issue #21), groups per 100k legit
-#: transactions in the random profile (the default one stays today's world): as frequent
-#: as the rarest older scenario's groups, and smaller (20-40 payments a group), so a
-#: realistic sliver of the fraud.
+#: The abuse of the commission, coupon and points flows (issue #21) at fixed rates, groups
+#: per 100k legit transactions: what a config switches on to have every one of them (the
+#: random profile draws its own, `FLOW_RATES`; the default one has none).
 FLOW_ABUSE: dict[str, Any] = {
     "binding_hijack_per_100k": 1.5,
     "coupon_farm_per_100k": 1.5,
     "points_collector_per_100k": 1.5,
     "binding_farm_per_100k": 1.5,
+    "commission_cycle_per_100k": 1.5,
 }
+#: ... and their legit look-alikes, likewise.
+FLOW_LOOKALIKE_RATES: dict[str, Any] = {
+    "family_binding_per_100k": 8.0,
+    "shop_binding_burst_per_100k": 3.0,
+    "family_points_per_100k": 6.0,
+    "coupon_hunters_per_100k": 5.0,
+    "bound_regulars_per_100k": 6.0,
+}
+#: The random profile's flows, from their own generator (`FLOW_SALT`, so the rest of a
+#: random world is what it was before them): each scenario's and look-alike's groups per
+#: 100k legit transactions are 0 with odds `FLOW_OFF` (platforms where nobody does it),
+#: else uniform in (low, high): the abuse as rare as the rarest older scenario or a few
+#: times as common, the look-alikes (legit habits) more common; then the abuse's tactics,
+#: drawn like `RANDOM_RANGES`.
+FLOW_OFF = 0.15
+FLOW_RATES: dict[str, tuple[float, float]] = {
+    "binding_hijack_per_100k": (0.5, 4.0),
+    "coupon_farm_per_100k": (0.5, 4.0),
+    "points_collector_per_100k": (0.5, 4.0),
+    "binding_farm_per_100k": (0.5, 4.0),
+    "commission_cycle_per_100k": (0.5, 3.0),
+    "family_binding_per_100k": (2.0, 20.0),
+    "shop_binding_burst_per_100k": (0.5, 5.0),
+    "family_points_per_100k": (1.0, 12.0),
+    "coupon_hunters_per_100k": (1.0, 10.0),
+    "bound_regulars_per_100k": (1.0, 12.0),
+}
+FLOW_TACTICS: dict[str, tuple[Any, ...]] = {
+    "flow_group_size": (0.5, 2.0),
+    "farm_phones": (1, 8),
+    "hijack_lead_minutes": (10.0, 360.0),
+    "farm_spend_days": (0.5, 10.0),
+    "points_transfer_units": (3, 30),
+    "coupon_use_minutes": (5.0, 180.0),
+    "cycle_visit_days": (0.5, 5.0),
+}
+FLOW_SALT = 0xF10
 #: (days, transactions) a profile uses when the caller gives none.
 PROFILE_SIZE = {"default": (28, 100_000), "random": (45, 80_000)}
 RANDOM_SALT = 0x5EED
@@ -126,7 +163,18 @@ def world_config(
     if profile == "default":
         return WorldConfig(**size)
     rng = np.random.default_rng([seed, RANDOM_SALT])
-    return WorldConfig(**size, **_random_knobs(rng, size["days"]), **FLOW_ABUSE)
+    flows = _flow_knobs(np.random.default_rng([seed, RANDOM_SALT, FLOW_SALT]))
+    return WorldConfig(**size, **_random_knobs(rng, size["days"]), **flows)
+
+
+def _flow_knobs(rng: np.random.Generator) -> dict[str, Any]:
+    """The flows' abuse and look-alike rates (`FLOW_RATES`, `FLOW_OFF`), then the tactics."""
+    off = rng.random(len(FLOW_RATES)) < FLOW_OFF
+    rates = {
+        name: 0.0 if none else float(rng.uniform(low, high))
+        for none, (name, (low, high)) in zip(off, FLOW_RATES.items(), strict=True)
+    }
+    return {**rates, **_drawn(rng, FLOW_TACTICS)}
 
 
 def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:

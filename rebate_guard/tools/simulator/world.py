@@ -1,10 +1,11 @@
 """A seeded, vectorised rebate-platform world: contract streams plus the ground truth.
 
-`simulate_world(WorldConfig(...))` returns a `World` with the three contract frames
-(transactions, signups, labels) and the truth frames (tx_truth, user_truth, rings_truth,
-merchant_truth). `write_world` / `read_world` move it to and from files, `event_stream`
-replays the contract frames as one event-time ordered stream. docs/simulator.md describes
-the population, every abuse scenario, the look-alikes and the labels.
+`simulate_world(WorldConfig(...))` returns a `World` with the contract frames
+(transactions, signups, labels, platform_events) and the truth frames (tx_truth, user_truth,
+rings_truth, merchant_truth, platform_truth). `write_world` / `read_world` move it to and
+from files, `event_stream` replays the contract frames as one event-time ordered stream.
+docs/simulator.md describes the population, every abuse scenario, the look-alikes and the
+labels.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from rebate_guard.contract.records import (
+    COUPON_ISSUE,
     LABELS,
     PLATFORM_EVENTS,
     SIGNUPS,
@@ -29,7 +31,14 @@ from rebate_guard.contract.records import (
     Transaction,
 )
 from rebate_guard.tools.io import record_schema
-from rebate_guard.tools.simulator import _abuse, _abuse_economics, _economics, _legit
+from rebate_guard.tools.simulator import (
+    _abuse,
+    _abuse_economics,
+    _economics,
+    _flow_lookalikes,
+    _legit,
+)
+from rebate_guard.tools.simulator._abuse_economics import PLATFORM_TRUTH_SCHEMA
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
     BIG_PURCHASE,
@@ -100,10 +109,11 @@ TRUTH_SCHEMAS = {
     "user_truth": USER_TRUTH_SCHEMA,
     "rings_truth": RINGS_TRUTH_SCHEMA,
     "merchant_truth": MERCHANT_TRUTH_SCHEMA,
+    "platform_truth": PLATFORM_TRUTH_SCHEMA,
 }
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 #: Frames a world directory may lack (written before they existed): read as empty.
-OPTIONAL_FRAMES = ("merchant_truth", "platform_events")
+OPTIONAL_FRAMES = ("merchant_truth", "platform_events", "platform_truth")
 LIST_SEPARATOR = "|"
 
 
@@ -124,6 +134,9 @@ class World:
     # The platform's economics (PlatformEvent columns), sorted by ts; empty for a world
     # simulated or written before them.
     platform_events: pl.DataFrame = field(default_factory=lambda: _empty(PLATFORM_EVENT_SCHEMA))
+    # event_id, is_fraud, scenario ("" for legit), group (look-alike, or ""): one row per
+    # platform event, in its order; empty without them.
+    platform_truth: pl.DataFrame = field(default_factory=lambda: _empty(PLATFORM_TRUTH_SCHEMA))
 
     def frames(self) -> dict[str, pl.DataFrame]:
         return {
@@ -135,6 +148,7 @@ class World:
             "user_truth": self.user_truth,
             "rings_truth": self.rings_truth,
             "merchant_truth": self.merchant_truth,
+            "platform_truth": self.platform_truth,
         }
 
 
@@ -183,11 +197,18 @@ def simulate_world(config: WorldConfig) -> World:
         scale = max(0.01, (cfg.target_transactions / (1.0 + fraud_ratio) - c) / a)
     groups = _group_counts(cfg, a * scale + c)
     _abuse.inject(rngs[3], b, groups, cfg)
-    # The commission, coupon and points abuse: its own stream, so the rest draws as before.
+    # The commission, coupon and points abuse, then its legit look-alikes: their own
+    # stream, so the rest draws as before.
     flows_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(10)[9])
+    expected = a * scale + c
     flows = _abuse_economics.inject(
-        flows_rng, b, _abuse_economics.group_counts(cfg, a * scale + c), cfg
+        flows_rng,
+        b,
+        _abuse_economics.group_counts(cfg, expected),
+        cfg,
+        activity=cfg.payments_per_user_day * scale,
     )
+    _flow_lookalikes.inject(flows_rng, b, _flow_lookalikes.group_counts(cfg, expected), cfg, flows)
     _legit.legit_transactions(rngs[4], b, pop, cfg, scale)
     world = _assemble(rngs[5], rngs[6], b, pop, cfg)
     if not cfg.economics:
@@ -201,9 +222,38 @@ def simulate_world(config: WorldConfig) -> World:
         merchants, on="merchant_id", how="left", maintain_order="left"
     )
     world = replace(world, merchant_truth=_cast(merchant_truth, MERCHANT_TRUTH_SCHEMA))
-    abuse = _abuse_economics.platform_events(flows, b, world, cfg=cfg, schema=PLATFORM_EVENT_SCHEMA)
-    events = pl.concat([events, abuse]).sort("ts", maintain_order=True)
-    return replace(world, platform_events=events)
+    made, truth = _abuse_economics.platform_events(
+        flows,
+        b,
+        world,
+        cfg=cfg,
+        schema=PLATFORM_EVENT_SCHEMA,
+        first_coupon=events.filter(pl.col("kind") == COUPON_ISSUE).height,
+    )
+    events, platform_truth = _numbered(events, made, truth, cfg.id_prefix)
+    return replace(world, platform_events=events, platform_truth=platform_truth)
+
+
+def _numbered(
+    economics: pl.DataFrame, groups: pl.DataFrame, truth: pl.DataFrame, prefix: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The economics' events and the groups' in one ts order (the economics' first at equal
+    ts), numbered `pe<n>` in that order (so an id says nothing of what made the event), and
+    their truth row for row: the economics' events are legit, of no group."""
+    legit = economics.with_columns(
+        pl.lit(False).alias("is_fraud"), pl.lit("").alias("scenario"), pl.lit("").alias("group")
+    )
+    if groups.is_empty():  # numbered already (the default world's millions of events)
+        return economics, legit.select(list(PLATFORM_TRUTH_SCHEMA))
+    both = pl.concat([legit, pl.concat([groups, truth], how="horizontal")]).sort(
+        "ts", maintain_order=True
+    )
+    both = both.with_columns(
+        pl.concat_str([pl.lit(prefix + "pe"), pl.int_range(pl.len()).cast(pl.String)]).alias(
+            "event_id"
+        )
+    )
+    return both.select(list(PLATFORM_EVENT_SCHEMA)), both.select(list(PLATFORM_TRUTH_SCHEMA))
 
 
 def _perm(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -284,6 +334,7 @@ def _assemble(
     u_num = np.empty(n_users, dtype=np.int64)
     u_num[u_order] = np.arange(n_users)
     m_num = _perm(id_rng, n_merch)
+    b.merchant_numbers = m_num  # the flows' platform events name merchants after this
     d_num = _perm(id_rng, b.n_devices)
     c_num = _perm(id_rng, b.n_cards)
 

@@ -39,6 +39,26 @@
     }, data, el);
   }
 
+  function solvencyChart() {
+    const d = block('solvency-data');
+    const el = document.getElementById('solvency-chart');
+    if (!d || !el) return;
+    if (d.x.length === 0) { say(el, 'No platform reading.'); return; }
+    const ratio = (u, v) => v == null ? '' : v.toFixed(2);
+    new uPlot({
+      width: widthOf(el), height: 300,
+      tzDate: ts => uPlot.tzDate(new Date(ts * 1000), 'Etc/UTC'),
+      scales: {y: {range: (u, lo, hi) => [0, Math.max(hi, d.critical[0] * 1.1)]}},
+      series: [
+        {label: 'period end (UTC)'},
+        {label: 'liability : distributable', stroke: '#1f77b4', width: 2, value: ratio},
+        {label: 'warning line', stroke: '#ff7f0e', width: 1, dash: [6, 4], value: ratio},
+        {label: 'critical line', stroke: '#d62728', width: 1, dash: [6, 4], value: ratio},
+      ],
+      axes: [{}, {size: 60}],
+    }, [d.x, d.ratio, d.warning, d.critical], el);
+  }
+
   function curveChart() {
     const d = block('curve-data');
     const el = document.getElementById('curve-chart');
@@ -111,7 +131,7 @@
     });
   }
 
-  for (const draw of [moneyChart, curveChart, ringGraphs]) {
+  for (const draw of [moneyChart, solvencyChart, curveChart, ringGraphs]) {
     try {
       draw();
     } catch (err) {
