@@ -42,6 +42,7 @@ have their own devices.
 from __future__ import annotations
 
 import heapq
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -166,10 +167,22 @@ class Group:
     def rebate_at_risk(self, users: Iterable[str]) -> int:
         return sum(edge.rebate for user in users for _, edge in self.paid(user))
 
-    def per_identifier(self, users: list[str], prefix: str) -> float:
-        """Accounts per distinct identifier of kind `prefix` among `users`."""
+    def per_identifier(self, users: list[str], prefix: str, *, known_only: bool = False) -> float:
+        """Accounts per distinct identifier of kind `prefix` among `users`; `known_only`:
+        among those of `users` seen with one in the window (an account whose identifiers
+        left the window shares none that the graph knows of)."""
         seen = {n for user in users for n in self.identifiers(user, prefix)}
+        if known_only:
+            users = [user for user in users if self.identifiers(user, prefix)]
         return len(users) / len(seen) if seen else 0.0
+
+    def shared_phones(self, users: list[str]) -> float:
+        """Accounts per device or phone among `users` seen with one in the window (the
+        busier of the two)."""
+        return max(
+            self.per_identifier(users, DEVICE, known_only=True),
+            self.per_identifier(users, PHONE, known_only=True),
+        )
 
 
 def analyse_identity_group(graph: EntityGraph, nodes: list[str], *, now: int) -> list[Finding]:
@@ -524,19 +537,12 @@ def binding_ring(graph: EntityGraph, merchant: str, *, now: int) -> Finding | No
     share = len(accounts) / len(bound)
     # A farm: fresh accounts on a few phones (their own identifiers, or where the bindings
     # were made: a merchant's phone binding account after account).
-    binding_devices = {b.device for b in mine if b.device}
+    binding_devices = [b.device for b in mine if b.device]
     concentration = max(
-        group.per_identifier(accounts, DEVICE),
-        group.per_identifier(accounts, PHONE),
-        len(accounts) / len(binding_devices) if binding_devices else 0.0,
+        group.shared_phones(accounts),
+        len(binding_devices) / len(set(binding_devices)) if binding_devices else 0.0,
     )
-    info = graph.users
-    delays = [
-        b.first_ts - signup
-        for u, b in zip(accounts, mine, strict=True)
-        if (signup := _signup_ts(info.get(u[2:]))) is not None
-    ]
-    to_binding = statistics.median(delays) if delays else float("inf")
+    to_binding = _median_age(graph, accounts, [b.first_ts for b in mine])
     farm = min(
         1.0 if len(accounts) >= FARM_ACCOUNTS else 0.0,
         ramp(concentration, none=1.2, full=2.5),
@@ -554,7 +560,7 @@ def binding_ring(graph: EntityGraph, merchant: str, *, now: int) -> Finding | No
         "bound_users": len(bound),
         "buying_elsewhere_only": len(accounts),
         "accounts_per_device_or_phone": round(concentration, 2),
-        "median_hours_signup_to_binding": round(to_binding / HOUR_MS, 1) if delays else None,
+        "median_hours_signup_to_binding": _hours(to_binding),
         "payments_elsewhere": elsewhere,
         "share_bound_within_an_hour_before": round(just_before, 3),
         "bindings_per_account": round(sum(b.times for b in mine) / len(mine), 2),
@@ -584,16 +590,8 @@ def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding 
         return None
     group = Group(graph, givers, [], now)
     transfers = [graph.transfers[(g, receiver)] for g in givers]
-    info = graph.users
-    delays = [
-        t.first_ts - signup
-        for g, t in zip(givers, transfers, strict=True)
-        if (signup := _signup_ts(info.get(g[2:]))) is not None
-    ]
-    if not delays:
-        return None
-    to_giving = statistics.median(delays)
-    concentration = max(group.per_identifier(givers, DEVICE), group.per_identifier(givers, PHONE))
+    to_giving = _median_age(graph, givers, [t.first_ts for t in transfers])
+    concentration = group.shared_phones(givers)
     traits = {
         "givers_give_soon_after_signup": ramp(to_giving, none=3 * DAY_MS, full=DAY_MS),
         "givers_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
@@ -601,7 +599,7 @@ def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding 
     evidence = {
         "receiver": receiver[2:],
         "givers": len(givers),
-        "median_hours_signup_to_giving": round(to_giving / HOUR_MS, 1),
+        "median_hours_signup_to_giving": _hours(to_giving),
         "givers_per_device_or_phone": round(concentration, 2),
         "transfers": sum(t.times for t in transfers),
         "points_cents": sum(t.cents for t in transfers),
@@ -611,6 +609,22 @@ def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding 
     return group.finding(
         POINTS_COLLECTOR, members, merchants=merchants, traits=traits, evidence=evidence
     )
+
+
+def _median_age(graph: EntityGraph, users: list[str], at: list[int]) -> float:
+    """The median age of `users`' accounts at `at` (each its own moment); an account whose
+    signup the window does not hold is older than the window (infinitely old, here)."""
+    info = graph.users
+    ages = []
+    for user, ts in zip(users, at, strict=True):
+        signup = _signup_ts(info.get(user[2:]))
+        ages.append(math.inf if signup is None else ts - signup)
+    return statistics.median(ages)
+
+
+def _hours(ms: float) -> float | None:
+    """`ms` in hours, for the evidence (None: infinite, JSON has no infinity)."""
+    return None if math.isinf(ms) else round(ms / HOUR_MS, 1)
 
 
 #: A signup batch is evidence of intent, not of abuse yet: its score stays below this.

@@ -129,6 +129,21 @@ def relatives_give_to_one(w: FlowWorld, start: int = T0) -> None:
         w.give(f"rel{i}", "grandma", start + i * DAY_MS + HOUR)
 
 
+def a_family_pools_its_points(w: FlowWorld, start: int = T0) -> None:
+    """Five relatives whose accounts are years old (nothing of them left in the window but
+    the gift) and two who just joined, on their own phones, pool their points with the one
+    who shops for the family: the window knows two signups and two phones, which are not
+    the givers' ages and phones."""
+    w.user("shopper", start - 900 * DAY_MS)
+    for i in range(5):
+        w.user(f"kin{i}", start - (400 + 30 * i) * DAY_MS)
+        w.give(f"kin{i}", "shopper", start + i * HOUR)
+    for i in range(2):
+        w.user(f"newkin{i}", start - 2 * HOUR)
+        w.pay(f"newkin{i}", "corner", start + HOUR)
+        w.give(f"newkin{i}", "shopper", start + 2 * HOUR)
+
+
 def fans_give_to_a_star(w: FlowWorld, start: int = T0) -> None:
     """Twelve new accounts a popular member referred, each on its own phone, give her
     points after their first payment."""
@@ -149,6 +164,7 @@ LOOKALIKES = [
     family_bound_to_its_shop,
     morning_bound_at_the_till,
     relatives_give_to_one,
+    a_family_pools_its_points,
     fans_give_to_a_star,
 ]
 
