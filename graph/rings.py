@@ -520,9 +520,9 @@ def binding_ring(graph: EntityGraph, merchant: str, *, now: int) -> Finding | No
 
     - a farm: `FARM_ACCOUNTS` or more, bound soon after signing up (median 3 d -> 1 d), on
       shared devices or phones or bound from a few devices (accounts per device 1.2 -> 2.5);
-    - or just in time: their payments elsewhere came within an hour of being bound (share
-      0.3 -> 0.6; a customer is brought in once, not again before each purchase), 2 -> 3
-      accounts.
+    - or just in time: 2 -> 3 accounts bound for their payments elsewhere: within an hour
+      before them (share of the payments 0.3 -> 0.6), or bound again and again (bindings
+      per account 1 -> 2; a customer is brought in once, not before each purchase).
 
     A shop's real bound customers buy from it, whether bound at the till or by a QR code at
     signup (a family on one phone, a morning's customers); relatives bound to the same shop
@@ -550,7 +550,11 @@ def binding_ring(graph: EntityGraph, merchant: str, *, now: int) -> Finding | No
     )
     elsewhere = sum(b.elsewhere for b in mine)
     just_before = sum(b.bound_just_before for b in mine) / elsewhere
-    in_time = min(ramp(len(accounts), none=2, full=3), ramp(just_before, none=0.3, full=0.6))
+    rebound = sum(b.times for b in mine) / len(mine)
+    # Bound for each payment: within the hour before it, or bound again and again however
+    # long before (a customer is brought in once).
+    for_each = max(ramp(just_before, none=0.3, full=0.6), ramp(rebound, none=1.0, full=2.0))
+    in_time = min(ramp(len(accounts), none=2, full=3), for_each)
     traits = {
         "bound_users_buying_elsewhere_only": ramp(share, none=0.3, full=0.6),
         "bound_for_the_commission": max(farm, in_time),
@@ -563,7 +567,7 @@ def binding_ring(graph: EntityGraph, merchant: str, *, now: int) -> Finding | No
         "median_hours_signup_to_binding": _hours(to_binding),
         "payments_elsewhere": elsewhere,
         "share_bound_within_an_hour_before": round(just_before, 3),
-        "bindings_per_account": round(sum(b.times for b in mine) / len(mine), 2),
+        "bindings_per_account": round(rebound, 2),
         "commission_cents": sum(b.commission for b in mine),
         "farm": round(farm, 3),
         "just_in_time": round(in_time, 3),
