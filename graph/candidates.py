@@ -24,6 +24,14 @@ farm or a brushing crew looks like before it buys anything: every IP with a sign
 last analysis is a candidate with the accounts registered there within `new_account_ms`
 (`take_signup_ips`); the detector then asks whether they are most of the address's users.
 
+**Binders and receivers.** Bindings and points transfers (`EntityGraph.bindings`,
+`transfers`) link nobody into identity groups: a shop binds its customers, relatives give
+each other points. Two more anchored candidates read them instead: a merchant bound to or
+whose bound users paid since the last analysis, when enough of its bound users buy
+elsewhere only (`take_dirty_binders`: the binding-ring detector's first trait is zero below
+that), and a user given points since then by enough givers (`take_dirty_receivers`). Each
+is analysed with its own bound users or givers, read from indices kept as events arrive.
+
 Union-find cannot forget, so when edges expire the groups are rebuilt from the live window
 (`rebuild`, once a tenth of the links expired); between rebuilds they only grow. A rebuild
 gives the groups that grouping every live link afresh would, but groups again only the
@@ -53,6 +61,12 @@ class Limits:
     repeat_payments: int = 3
     #: Such payers from which a merchant may be a brushing crew's (`rings.brushing`).
     brushing_accounts: int = 5
+    #: Bound users buying elsewhere only from which a merchant may anchor a binding ring
+    #: (`rings.binding_ring`), and the least share of its bound users they must be.
+    binding_accounts: int = 3
+    binding_share: float = 0.3
+    #: Givers from which a receiver of points may be a collector's (`rings.points_collector`).
+    givers: int = 5
     #: From this rebate rate a merchant is worth a look as a colluding ring's.
     money_ring_rate: float = 0.12
 
@@ -102,6 +116,10 @@ class Candidates:
     outgrown: set[str] = field(default_factory=set)
     #: The next rebuild regroups everything (a checkpoint written before `regroup` was kept).
     regroup_all: bool = False
+    #: Merchants bound to, or whose bound users paid, since the last `take_dirty_binders`;
+    #: users given points since the last `take_dirty_receivers`.
+    dirty_binders: set[str] = field(default_factory=set)
+    dirty_receivers: set[str] = field(default_factory=set)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint; one written before `joined` and `regroup` were kept has
@@ -110,6 +128,8 @@ class Candidates:
         if "regroup" not in state:
             self.joined, self.regroup, self.outgrown = set(), set(), set()
             self.regroup_all = True
+        if "dirty_binders" not in state:
+            self.dirty_binders, self.dirty_receivers = set(), set()
 
     def find(self, node: str) -> str:
         parent = self.parent
@@ -251,6 +271,30 @@ class Candidates:
             )
         payers = {p for m in merchants for p in regular_payers.get(m, ())}
         return sorted(merchants) + sorted(payers)
+
+    def take_dirty_binders(self, graph: EntityGraph) -> list[str]:
+        """The merchants bound to (or whose bound users paid) since the last call with at
+        least `Limits.binding_accounts` bound users buying elsewhere only, and at least
+        `Limits.binding_share` of its bound users: read from counts kept as events arrive,
+        so a shop binding thousands of customers who buy from it costs nothing."""
+        limits, elsewhere, bound = self.limits, graph.buying_elsewhere, graph.bound
+        out = []
+        for merchant in sorted(self.dirty_binders):
+            n = elsewhere.get(merchant, 0)
+            if n >= limits.binding_accounts and n >= limits.binding_share * len(
+                bound.get(merchant, ())
+            ):
+                out.append(merchant)
+        self.dirty_binders.clear()
+        return out
+
+    def take_dirty_receivers(self, graph: EntityGraph) -> list[str]:
+        """The users given points since the last call by at least `Limits.givers` givers
+        (in the window)."""
+        givers, least = graph.givers, self.limits.givers
+        out = sorted(r for r in self.dirty_receivers if len(givers.get(r, ())) >= least)
+        self.dirty_receivers.clear()
+        return out
 
     def take_dirty(self, min_users: int) -> list[str]:
         """Roots of the groups changed since the last call with at least `min_users`."""

@@ -7,6 +7,16 @@ Nodes are strings with a kind prefix: `u:` user, `m:` merchant, `d:` device, `ip
 - identifier edges user-device, user-IP, user-card, user-phone (seen together);
 - referral edges user-referrer (from first signups).
 
+Two relations of the platform's own events (`platform-events`) are kept beside them, in
+their own edge kinds, because they are not identity: they never link accounts into identity
+groups (`graph.candidates`), and nothing that reads `edges` sees them:
+
+- binding edges user-merchant (`Binding`): the merchant is recorded as having brought the user
+  in; it counts the times it was bound, the device and IP the binding was made on, the
+  retention commission the merchant earned on the user, and the user's payments since it was
+  bound, at the merchant and elsewhere;
+- points-transfer edges giver-receiver (`Transfer`): points the giver passed to the receiver.
+
 Each edge remembers when it was first and last seen; `expire(now)` drops edges not seen for
 `window_ms` (default 30 days), and nodes left without edges. Updates are incremental (a few
 dict operations per edge), so the graph follows the stream; what reads it (candidates,
@@ -20,20 +30,43 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from rebate_guard.contract.records import PAYMENT, Signup, Transaction, requested_rebate_cents
+from rebate_guard.contract.records import (
+    PAYMENT,
+    PlatformEvent,
+    Signup,
+    Transaction,
+    requested_rebate_cents,
+)
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 #: A refund this soon after its payment is the cash-out pattern (pay, take the rebate, refund).
 QUICK_REFUND_MS = 24 * HOUR_MS
 
 USER, MERCHANT, DEVICE, IP, CARD, PHONE = "u:", "m:", "d:", "ip:", "c:", "ph:"
+#: A payment elsewhere this soon after the user was (re)bound to a merchant: the binding was
+#: made for that payment (a merchant claiming a customer it did not bring, just in time for
+#: the commission), not by a merchant the customer came to.
+BOUND_JUST_BEFORE_MS = HOUR_MS
 
 
 def kind_of(node: str) -> str:
     return node[: node.index(":") + 1]
 
 
-class Edge:
+class _Slotted:
+    """Pickles as the tuple of its slots' values (small checkpoints)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+class Edge(_Slotted):
     """One user's relation to one other node, within the window."""
 
     __slots__ = (
@@ -61,12 +94,55 @@ class Edge:
         self.round_payments = 0  # amounts that are whole multiples of 10.00
         self.referral = False  # user -> referrer
 
-    def __getstate__(self) -> tuple[int | bool, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
 
-    def __setstate__(self, state: tuple[int | bool, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
+class Binding(_Slotted):
+    """A user's binding to a merchant (the merchant brought the user in), within the window:
+    first and last bound (only a binding refreshes it), how often, where the last binding was
+    made, the retention commission the merchant earned on the user since, and the user's
+    payments since it was first bound: at the merchant, elsewhere, and elsewhere within
+    `BOUND_JUST_BEFORE_MS` of a binding."""
+
+    __slots__ = (
+        "at_merchant",
+        "bound_just_before",
+        "commission",
+        "device",
+        "elsewhere",
+        "first_ts",
+        "ip",
+        "last_ts",
+        "times",
+    )
+
+    def __init__(self, ts: int) -> None:
+        self.first_ts = ts
+        self.last_ts = ts
+        self.times = 0
+        self.device: str | None = None
+        self.ip: str | None = None
+        self.commission = 0  # cents earned by the merchant on the user's payments
+        self.at_merchant = 0  # the user's payments at the merchant (also before it bound)
+        self.elsewhere = 0  # the user's payments at other merchants since it was bound
+        self.bound_just_before = 0  # of those, made within BOUND_JUST_BEFORE_MS of a binding
+
+    @property
+    def buys_elsewhere_only(self) -> bool:
+        """The user has paid other merchants since it was bound, and never this one: the
+        merchant earns commission on a customer who does not buy from it."""
+        return self.elsewhere > 0 and self.at_merchant == 0
+
+
+class Transfer(_Slotted):
+    """Points a giver passed to a receiver, within the window (requests: allowed or not, the
+    giver meant it)."""
+
+    __slots__ = ("cents", "first_ts", "last_ts", "times")
+
+    def __init__(self, ts: int) -> None:
+        self.first_ts = ts
+        self.last_ts = ts
+        self.times = 0
+        self.cents = 0
 
 
 @dataclass
@@ -109,6 +185,21 @@ class EntityGraph:
     #: 2: `touched_days` lists each edge once. Checkpoints written before (1) listed an edge
     #: again on every day it was touched; `__setstate__` converts them.
     touched_days_layout: int = 2
+    #: (user node, merchant node) -> the user's binding to the merchant.
+    bindings: dict[tuple[str, str], Binding] = field(default_factory=dict)
+    #: merchant node -> the users bound to it; user node -> the merchants it is bound to.
+    bound: dict[str, set[str]] = field(default_factory=dict)
+    binders: dict[str, set[str]] = field(default_factory=dict)
+    #: merchant node -> how many of its bound users buy elsewhere only
+    #: (`Binding.buys_elsewhere_only`), kept as bindings, payments and expiry change it.
+    buying_elsewhere: dict[str, int] = field(default_factory=dict)
+    #: (giver node, receiver node) -> the points the giver passed to the receiver.
+    transfers: dict[tuple[str, str], Transfer] = field(default_factory=dict)
+    #: receiver node -> its givers.
+    givers: dict[str, set[str]] = field(default_factory=dict)
+    #: Day -> the bindings and transfers listed on it (`touched_days`' scheme; True: a
+    #: binding's key, False: a transfer's).
+    flow_days: dict[int, list[tuple[bool, tuple[str, str]]]] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint. One written before the regular-payer index existed gets
@@ -116,8 +207,12 @@ class EntityGraph:
         whose `touched_days` listed an edge on every day it was touched gets each edge
         listed once, on the day it was last touched (the same edges expire at the same
         `expire` call). One written before `regular_merchants` existed gets it as
-        `regular_payers` inverted."""
+        `regular_payers` inverted. One written before bindings and transfers were kept
+        starts with none."""
         self.__dict__.update(state)
+        if "bindings" not in state:
+            self.bindings, self.bound, self.binders, self.buying_elsewhere = {}, {}, {}, {}
+            self.transfers, self.givers, self.flow_days = {}, {}, {}
         if state.get("touched_days_layout", 1) < EntityGraph.touched_days_layout:
             self.touched_days = {}
             for key, edge in self.edges.items():
@@ -180,6 +275,9 @@ class EntityGraph:
                 edge.round_payments += 1
             self.rebate_rates[tx.merchant_id] = tx.rebate_rate
             self.payments[tx.tx_id] = (user, merchant, tx.ts)
+            binders = self.binders.get(user)
+            if binders:
+                self._bound_user_paid(user, merchant, tx.ts, binders)
         else:
             edge.refunds += 1
             edge.refund_money += tx.amount_cents
@@ -193,6 +291,86 @@ class EntityGraph:
                 self._touch(key, tx.ts)
                 touched.append(key)
         return touched
+
+    def binding(self, event: PlatformEvent) -> str | None:
+        """A binding (`user_id` brought in by `merchant_id`); returns the merchant node."""
+        if not event.user_id or not event.merchant_id:
+            return None
+        user, merchant = USER + event.user_id, MERCHANT + event.merchant_id
+        key = (user, merchant)
+        binding = self.bindings.get(key)
+        if binding is None:
+            binding = self.bindings[key] = Binding(event.ts)
+            paid = self.edges.get(key)  # a customer it already had
+            binding.at_merchant = paid.payments if paid is not None else 0
+            self.bound.setdefault(merchant, set()).add(user)
+            self.binders.setdefault(user, set()).add(merchant)
+            self._list_flow(event.ts, True, key)
+        elif event.ts > binding.last_ts:
+            binding.last_ts = event.ts
+        binding.times += 1
+        binding.device = event.device_id or binding.device
+        binding.ip = event.ip or binding.ip
+        return merchant
+
+    def commission(self, event: PlatformEvent) -> str | None:
+        """A retention commission the merchant earned on its bound user's payment; returns
+        the merchant node, or None when no binding of theirs is in the window (a binding
+        older than the window says nothing the graph can weigh)."""
+        if not event.user_id or not event.merchant_id:
+            return None
+        merchant = MERCHANT + event.merchant_id
+        binding = self.bindings.get((USER + event.user_id, merchant))
+        if binding is None:
+            return None
+        binding.commission += event.amount_cents
+        return merchant
+
+    def transfer(self, event: PlatformEvent) -> str | None:
+        """A points transfer request from `user_id` to `counterparty_id`; returns the
+        receiver node."""
+        giver, receiver = event.user_id, event.counterparty_id
+        if not giver or not receiver or giver == receiver:
+            return None
+        key = (USER + giver, USER + receiver)
+        transfer = self.transfers.get(key)
+        if transfer is None:
+            transfer = self.transfers[key] = Transfer(event.ts)
+            self.givers.setdefault(key[1], set()).add(key[0])
+            self._list_flow(event.ts, False, key)
+        elif event.ts > transfer.last_ts:
+            transfer.last_ts = event.ts
+        transfer.times += 1
+        transfer.cents += event.amount_cents
+        return key[1]
+
+    def _bound_user_paid(self, user: str, merchant: str, ts: int, binders: set[str]) -> None:
+        """A payment by a bound user, counted on each of its bindings."""
+        for binder in binders:
+            binding = self.bindings[(user, binder)]
+            before = binding.buys_elsewhere_only
+            if binder == merchant:
+                binding.at_merchant += 1
+            else:
+                binding.elsewhere += 1
+                if ts - binding.last_ts <= BOUND_JUST_BEFORE_MS:
+                    binding.bound_just_before += 1
+            if binding.buys_elsewhere_only != before:
+                self._count_elsewhere(binder, 1 if binding.buys_elsewhere_only else -1)
+
+    def _count_elsewhere(self, merchant: str, change: int) -> None:
+        left = self.buying_elsewhere.get(merchant, 0) + change
+        if left > 0:
+            self.buying_elsewhere[merchant] = left
+        else:
+            self.buying_elsewhere.pop(merchant, None)
+
+    def _list_flow(self, ts: int, is_binding: bool, key: tuple[str, str]) -> None:
+        day = ts // DAY_MS
+        keys = self.flow_days.get(day)
+        if keys is None:
+            keys = self.flow_days[day] = []
+        keys.append((is_binding, key))
 
     def _touch(self, key: tuple[str, str], ts: int) -> Edge:
         """The edge `key` (user node, other node) seen at `ts`."""
@@ -263,7 +441,32 @@ class EntityGraph:
             old += 1
         for tx_id in list(islice(self.payments, old)):
             del self.payments[tx_id]
+        self._expire_flows(horizon_day)
         return stale
+
+    def _expire_flows(self, horizon_day: int) -> None:
+        """Drops the bindings and transfers last made before `horizon_day` (as `expire`
+        does edges: each listed once, moved on when touched since)."""
+        horizon = horizon_day * DAY_MS
+        flow_days = self.flow_days
+        for day in sorted(d for d in flow_days if d < horizon_day):
+            for is_binding, key in flow_days.pop(day):
+                flows: dict[tuple[str, str], Any] = self.bindings if is_binding else self.transfers
+                flow = flows.get(key)
+                if flow is None:
+                    continue
+                if flow.last_ts >= horizon:
+                    self._list_flow(flow.last_ts, is_binding, key)
+                    continue
+                del flows[key]
+                a, b = key
+                if is_binding:
+                    if flow.buys_elsewhere_only:
+                        self._count_elsewhere(b, -1)
+                    _discard(self.bound, b, a)
+                    _discard(self.binders, a, b)
+                else:
+                    _discard(self.givers, b, a)
 
     def _forget_payments(self, key: tuple[str, str], edge: Edge) -> None:
         user, merchant = key
@@ -289,3 +492,12 @@ class EntityGraph:
         user to something, so all its neighbours are users)."""
         near = self.adjacent.get(node)
         return len(near) if near else 0
+
+
+def _discard(index: dict[str, set[str]], node: str, member: str) -> None:
+    """`member` out of `index[node]`, and `node` out of `index` when none is left."""
+    members = index.get(node)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del index[node]

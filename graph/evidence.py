@@ -6,7 +6,10 @@ worker (`streams.shards.ring_of`): the same two facts in both, so the features a
 those alone. `ring_score` is the ring's score (0 when the transaction is in no ring) and
 `ring_<kind>` is 1 for the ring's kind and 0 for the others; the classifier learns from a
 label what each is worth, and `detectors.ring_say` calibrates each kind's say from the labels
-of the payments scored with it.
+of the payments scored with it. A ring's reason names its kind, and so what it was found in:
+`ring:binding_ring` a merchant's bindings (and its commission on customers buying elsewhere),
+`ring:points_collector` points transfers, the others payments, identifiers and referrals
+(docs/graph.md); the ring event's evidence has the figures.
 """
 
 from __future__ import annotations

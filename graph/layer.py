@@ -24,11 +24,20 @@ from graph.rings import (
     NEW_ACCOUNT_MS,
     SIGNUP_BATCH,
     Finding,
+    analyse_binder,
     analyse_identity_group,
     analyse_merchant_group,
+    analyse_receiver,
     analyse_signup_ip,
 )
-from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.records import (
+    BINDING,
+    POINTS_TRANSFER,
+    RETENTION_COMMISSION,
+    PlatformEvent,
+    Signup,
+    Transaction,
+)
 from rebate_guard.contract.time import DAY_MS, MINUTE_MS
 
 #: A ring is re-announced when its score moves by this much (or its members change).
@@ -43,6 +52,9 @@ LEFT_WINDOW = "left_window"
 #: farm's or a cash-out's purchases happen at ordinary merchants, whose other customers
 #: must not inherit the ring's score.
 MERCHANT_RINGS = frozenset({COLLUSION, BRUSHING})
+#: The platform events the graph reads (`GraphLayer.platform_event`); the worker sends the
+#: graph shard these alone.
+GRAPH_EVENT_KINDS = frozenset({BINDING, POINTS_TRANSFER, RETENTION_COMMISSION})
 
 
 #: What the scoring path reads about a user or merchant's strongest ring: (score, kind,
@@ -356,8 +368,36 @@ class GraphLayer:
 
     def transaction(self, tx: Transaction) -> list[RingEvent]:
         out = self.due(tx.ts)
-        self.candidates.observe(self.graph, self.graph.transaction(tx))
+        graph = self.graph
+        self.candidates.observe(graph, graph.transaction(tx))
+        binders = graph.binders.get(USER + tx.user_id)
+        if binders:  # what its binders earn on: they are worth another look
+            self.candidates.dirty_binders.update(binders)
         return out
+
+    def platform_event(self, event: PlatformEvent) -> list[RingEvent]:
+        """A platform event (`GRAPH_EVENT_KINDS`; the others are not the graph's): a binding
+        joins the user and the merchant that bound it, with the device and IP it was made
+        on; a retention commission counts on its binding; a points transfer joins the giver
+        and the receiver. Their own edge kinds (`EntityGraph.bindings`, `transfers`): they
+        link no identity group, and binders and receivers are candidates of their own.
+
+        Returns the ring events it caused: none, as scans keep the clock of the signups
+        and transactions (the scan due by now runs at the next of them, and sees this
+        event), so the platform's bookkeeping (a commission on every payment) does not
+        move when rings are looked for."""
+        kind, graph = event.kind, self.graph
+        if kind == BINDING:
+            binder = graph.binding(event)
+            if binder is not None:
+                self.candidates.dirty_binders.add(binder)
+        elif kind == RETENTION_COMMISSION:
+            graph.commission(event)
+        elif kind == POINTS_TRANSFER:
+            receiver = graph.transfer(event)
+            if receiver is not None:
+                self.candidates.dirty_receivers.add(receiver)
+        return []
 
     def ring_score(self, user_id: str, merchant_id: str | None) -> tuple[float, list[str]]:
         """The strongest ring the user or the merchant belongs to: its score, and a reason
@@ -396,7 +436,8 @@ class GraphLayer:
 
     def scan(self, now: int) -> list[RingEvent]:
         """Analyse every group that changed since the last scan: identity groups, merchant
-        groups, and IPs with new accounts (a new signup there is always worth a look)."""
+        groups, binders and receivers of points, and IPs with new accounts (a new signup
+        there is always worth a look)."""
         candidates, graph = self.candidates, self.graph
         keys = [(analyse_identity_group, root) for root in candidates.take_dirty(min_users=2)]
         keys += [(analyse_merchant_group, m) for m in candidates.take_dirty_merchants(graph)]
@@ -414,6 +455,13 @@ class GraphLayer:
                 continue
             self.analysed += 1
             out += self._record(analyse(graph, nodes, now=now), now)
+        # Bindings and points transfers, anchored at the merchant and at the receiver.
+        for anchor, analyse_anchor in (
+            *((m, analyse_binder) for m in candidates.take_dirty_binders(graph)),
+            *((r, analyse_receiver) for r in candidates.take_dirty_receivers(graph)),
+        ):
+            self.analysed += 1
+            out += self._record(analyse_anchor(graph, anchor, now=now), now)
         for ip in candidates.take_signup_ips(min_accounts=5):
             self.analysed += 1
             signups = candidates.signup_ips[ip]
@@ -443,4 +491,4 @@ class GraphLayer:
         return True
 
 
-__all__ = ["USER", "GraphConfig", "GraphLayer", "RingEvent"]
+__all__ = ["GRAPH_EVENT_KINDS", "USER", "GraphConfig", "GraphLayer", "RingEvent"]

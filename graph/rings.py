@@ -16,6 +16,13 @@ every trait and the evidence says which one was weakest. The traits, per kind:
 - brushing: a merchant paid almost only by accounts that share devices, each buying often;
 - cash-out cluster: accounts linked by a card or device, most payments refunded within a
   day, large amounts;
+- binding ring: a merchant most of whose bound users buy elsewhere only (it earns retention
+  commission on customers who never buy from it), and they are either a farm (five or more
+  accounts bound soon after signing up, on shared devices or phones, or bound from a few
+  devices) or bound just in time (bound again within an hour before their payments
+  elsewhere);
+- points collector: an account given points by five or more fresh accounts on shared
+  devices or phones;
 - signup batch: five or more accounts registered within a day or two on a few devices or
   phones, before they do anything: how farms, brushing crews and cash-out teams start. It is
   the earliest warning and the weakest (its score is capped at `SIGNUP_BATCH_MAX`, so the
@@ -26,12 +33,16 @@ Look-alikes stay below the thresholds by construction: a family on one device ha
 referrals and its own merchants (no farm, no brushing); an office IP links nobody (too
 common, `Limits`); a viral referrer's tree is wide but shallow and its referees have their
 own devices; a loyal daily customer pays one busy merchant (no block, no closed merchant);
-an ordinary refund is one account's, once in a while.
+an ordinary refund is one account's, once in a while; a shop's bound customers buy from it
+(a family on one phone bound to its local shop, a morning's customers bound at the till);
+relatives giving points to one member are a few old accounts, a popular member's givers
+have their own devices.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,9 +58,20 @@ PYRAMID = "pyramid"
 COLLUSION = "collusion"
 BRUSHING = "brushing"
 CASH_OUT = "cash_out"
+BINDING_RING = "binding_ring"
+POINTS_COLLECTOR = "points_collector"
 SIGNUP_BATCH = "signup_batch"
 #: In order of precedence at equal scores: the specific kinds first.
-KINDS = (REFERRAL_FARM, PYRAMID, COLLUSION, BRUSHING, CASH_OUT, SIGNUP_BATCH)
+KINDS = (
+    REFERRAL_FARM,
+    PYRAMID,
+    COLLUSION,
+    BRUSHING,
+    CASH_OUT,
+    BINDING_RING,
+    POINTS_COLLECTOR,
+    SIGNUP_BATCH,
+)
 
 #: Referral tiers a legitimate programme pays; deeper is the pyramid's shape.
 MAX_LEGIT_TIERS = 3
@@ -145,10 +167,22 @@ class Group:
     def rebate_at_risk(self, users: Iterable[str]) -> int:
         return sum(edge.rebate for user in users for _, edge in self.paid(user))
 
-    def per_identifier(self, users: list[str], prefix: str) -> float:
-        """Accounts per distinct identifier of kind `prefix` among `users`."""
+    def per_identifier(self, users: list[str], prefix: str, *, known_only: bool = False) -> float:
+        """Accounts per distinct identifier of kind `prefix` among `users`; `known_only`:
+        among those of `users` seen with one in the window (an account whose identifiers
+        left the window shares none that the graph knows of)."""
         seen = {n for user in users for n in self.identifiers(user, prefix)}
+        if known_only:
+            users = [user for user in users if self.identifiers(user, prefix)]
         return len(users) / len(seen) if seen else 0.0
+
+    def shared_phones(self, users: list[str]) -> float:
+        """Accounts per device or phone among `users` seen with one in the window (the
+        busier of the two)."""
+        return max(
+            self.per_identifier(users, DEVICE, known_only=True),
+            self.per_identifier(users, PHONE, known_only=True),
+        )
 
 
 def analyse_identity_group(graph: EntityGraph, nodes: list[str], *, now: int) -> list[Finding]:
@@ -467,6 +501,134 @@ def cash_out(group: Group, min_accounts: int = 2) -> list[Finding]:
     }
     found = group.finding(CASH_OUT, accounts, merchants=merchants, traits=traits, evidence=evidence)
     return [found] if found else []
+
+
+# --- bindings and points transfers -------------------------------------------------------
+#: Accounts from which a group is a farm (as `referral_farm`'s and `signup_batch`'s).
+FARM_ACCOUNTS = 5
+
+
+def analyse_binder(graph: EntityGraph, merchant: str, *, now: int) -> list[Finding]:
+    """The binding ring a merchant and its bound users may be (`Candidates.take_dirty_binders`)."""
+    found = binding_ring(graph, merchant, now=now)
+    return [found] if found else []
+
+
+def binding_ring(graph: EntityGraph, merchant: str, *, now: int) -> Finding | None:
+    """A merchant's bound users who buy elsewhere only (`Binding.buys_elsewhere_only`),
+    when they are most of its bound users and were bound for the commission, not brought in:
+
+    - a farm: `FARM_ACCOUNTS` or more, bound soon after signing up (median 3 d -> 1 d), on
+      shared devices or phones or bound from a few devices (accounts per device 1.2 -> 2.5);
+    - or just in time: 2 -> 3 accounts bound for their payments elsewhere: within an hour
+      before them (share of the payments 0.3 -> 0.6), or bound again and again (bindings
+      per account 1 -> 2; a customer is brought in once, not before each purchase).
+
+    A shop's real bound customers buy from it, whether bound at the till or by a QR code at
+    signup (a family on one phone, a morning's customers); relatives bound to the same shop
+    are not fresh accounts on shared phones unless they buy there too."""
+    bound = sorted(graph.bound.get(merchant, ()))
+    bindings = graph.bindings
+    accounts = [u for u in bound if bindings[(u, merchant)].buys_elsewhere_only]
+    if len(accounts) < 2:
+        return None
+    group = Group(graph, accounts, [merchant], now)
+    mine = [bindings[(u, merchant)] for u in accounts]
+    share = len(accounts) / len(bound)
+    # A farm: fresh accounts on a few phones (their own identifiers, or where the bindings
+    # were made: a merchant's phone binding account after account).
+    binding_devices = [b.device for b in mine if b.device]
+    concentration = max(
+        group.shared_phones(accounts),
+        len(binding_devices) / len(set(binding_devices)) if binding_devices else 0.0,
+    )
+    to_binding = _median_age(graph, accounts, [b.first_ts for b in mine])
+    farm = min(
+        1.0 if len(accounts) >= FARM_ACCOUNTS else 0.0,
+        ramp(concentration, none=1.2, full=2.5),
+        ramp(to_binding, none=3 * DAY_MS, full=DAY_MS),
+    )
+    elsewhere = sum(b.elsewhere for b in mine)
+    just_before = sum(b.bound_just_before for b in mine) / elsewhere
+    rebound = sum(b.times for b in mine) / len(mine)
+    # Bound for each payment: within the hour before it, or bound again and again however
+    # long before (a customer is brought in once).
+    for_each = max(ramp(just_before, none=0.3, full=0.6), ramp(rebound, none=1.0, full=2.0))
+    in_time = min(ramp(len(accounts), none=2, full=3), for_each)
+    traits = {
+        "bound_users_buying_elsewhere_only": ramp(share, none=0.3, full=0.6),
+        "bound_for_the_commission": max(farm, in_time),
+    }
+    evidence = {
+        "merchant": merchant[2:],
+        "bound_users": len(bound),
+        "buying_elsewhere_only": len(accounts),
+        "accounts_per_device_or_phone": round(concentration, 2),
+        "median_hours_signup_to_binding": _hours(to_binding),
+        "payments_elsewhere": elsewhere,
+        "share_bound_within_an_hour_before": round(just_before, 3),
+        "bindings_per_account": round(rebound, 2),
+        "commission_cents": sum(b.commission for b in mine),
+        "farm": round(farm, 3),
+        "just_in_time": round(in_time, 3),
+    }
+    return group.finding(
+        BINDING_RING, accounts, merchants=[merchant], traits=traits, evidence=evidence
+    )
+
+
+def analyse_receiver(graph: EntityGraph, receiver: str, *, now: int) -> list[Finding]:
+    """The points collector a receiver of points and its givers may be
+    (`Candidates.take_dirty_receivers`)."""
+    found = points_collector(graph, receiver, now=now)
+    return [found] if found else []
+
+
+def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding | None:
+    """An account given points by `FARM_ACCOUNTS` or more accounts that gave soon after
+    signing up (median 3 d -> 1 d) and share devices or phones (accounts per device or phone
+    1.2 -> 2.5). Relatives giving points to one member are a few old accounts; a popular
+    member's givers (a viral referrer's referees) have their own devices."""
+    givers = sorted(graph.givers.get(receiver, ()))
+    if len(givers) < FARM_ACCOUNTS:
+        return None
+    group = Group(graph, givers, [], now)
+    transfers = [graph.transfers[(g, receiver)] for g in givers]
+    to_giving = _median_age(graph, givers, [t.first_ts for t in transfers])
+    concentration = group.shared_phones(givers)
+    traits = {
+        "givers_give_soon_after_signup": ramp(to_giving, none=3 * DAY_MS, full=DAY_MS),
+        "givers_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
+    }
+    evidence = {
+        "receiver": receiver[2:],
+        "givers": len(givers),
+        "median_hours_signup_to_giving": _hours(to_giving),
+        "givers_per_device_or_phone": round(concentration, 2),
+        "transfers": sum(t.times for t in transfers),
+        "points_cents": sum(t.cents for t in transfers),
+    }
+    members = [receiver, *givers]
+    merchants = {m for user in members for m, e in group.paid(user) if e.payments}
+    return group.finding(
+        POINTS_COLLECTOR, members, merchants=merchants, traits=traits, evidence=evidence
+    )
+
+
+def _median_age(graph: EntityGraph, users: list[str], at: list[int]) -> float:
+    """The median age of `users`' accounts at `at` (each its own moment); an account whose
+    signup the window does not hold is older than the window (infinitely old, here)."""
+    info = graph.users
+    ages = []
+    for user, ts in zip(users, at, strict=True):
+        signup = _signup_ts(info.get(user[2:]))
+        ages.append(math.inf if signup is None else ts - signup)
+    return statistics.median(ages)
+
+
+def _hours(ms: float) -> float | None:
+    """`ms` in hours, for the evidence (None: infinite, JSON has no infinity)."""
+    return None if math.isinf(ms) else round(ms / HOUR_MS, 1)
 
 
 #: A signup batch is evidence of intent, not of abuse yet: its score stays below this.

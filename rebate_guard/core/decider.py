@@ -712,6 +712,8 @@ class Scorer:
             self.features.platform_event(event)
             decision = self.decider.platform_event(event, decided_at=decided_at, features=request)
             self._taken()
+            if self.graph is not None:
+                self.ring_events += self.graph.platform_event(event)
         else:
             self.features.label(event)
             self.decider.label(event, decided_at)

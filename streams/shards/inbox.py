@@ -174,8 +174,9 @@ class EntityShard(Inbox):
 @dataclass
 class GraphShard(Inbox):
     """The entity graph and the rings found in it, fed in event-time order by every user
-    shard. Outputs, drained by the driver: ring events, and the ring score of every user
-    and merchant whose strongest ring changed."""
+    shard (signups, transactions and the platform events the graph reads). Outputs, drained
+    by the driver: ring events, and the ring score of every user and merchant whose
+    strongest ring changed."""
 
     layer: GraphLayer
     ring_events: list[RingEvent] = field(default_factory=list)
@@ -189,6 +190,8 @@ class GraphShard(Inbox):
             self.late += item.late
             if isinstance(event, Transaction):
                 events = layer.transaction(event)
+            elif isinstance(event, PlatformEvent):
+                events = layer.platform_event(event)
             else:
                 assert isinstance(event, Signup)
                 events = layer.signup(event)

@@ -20,7 +20,7 @@ from features.stages import (
     transaction_routes,
 )
 from features.windows import drop_oldest
-from graph.layer import RingScore
+from graph.layer import GRAPH_EVENT_KINDS, RingScore
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     PAYMENT,
@@ -61,7 +61,8 @@ class UserShard(UserCheckpoints):
     lateness_ms: int
     #: User partitions in all (this one's peers share labels and examples with it).
     n_user: int = 1
-    #: Whether a graph shard takes this shard's signups and transactions.
+    #: Whether a graph shard takes this shard's signups, transactions and the platform
+    #: events it reads (`graph.layer.GRAPH_EVENT_KINDS`).
     feeds_graph: bool = True
     #: Whether to make each payment's history row (`Completed.history_rows`) for the console.
     keep_history: bool = False
@@ -197,6 +198,10 @@ class UserShard(UserCheckpoints):
             drop_oldest(self.seen_events, event.ts - self.decision_ttl_ms)
             if event.kind in POINTS_REQUESTS:  # weighed on what was known before it
                 entry.head = request_vector(self.users, event)
+            if self.feeds_graph and event.kind in GRAPH_EVENT_KINDS:  # as replay gives them
+                self.graph_outbox.setdefault(GRAPH_PARTITION, []).append(
+                    ["p", *identity, to_row(event)]
+                )
             context = self.users.platform_event(event)
             if context is not None:  # a kind some feature reads
                 for q, families in platform_routes(event, self.n_entity):
@@ -390,8 +395,9 @@ class UserShard(UserCheckpoints):
         return out
 
     def graph_envelopes(self) -> list[tuple[int, bytes]]:
-        """(graph partition, envelope) pairs: signups and transactions for the graph shard,
-        with this shard's event time (the same protocol as `envelopes`)."""
+        """(graph partition, envelope) pairs: signups, transactions and the platform events
+        it reads for the graph shard, with this shard's event time (the same protocol as
+        `envelopes`)."""
         if not self.feeds_graph:
             return []
         mark = self._mark()

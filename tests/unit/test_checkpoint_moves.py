@@ -27,6 +27,8 @@ from pytest import MonkeyPatch
 
 from detectors.base import Features
 from features.platform import PLATFORM_FEATURES
+from graph.evidence import kind_feature
+from graph.rings import BINDING_RING, POINTS_COLLECTOR
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -208,13 +210,23 @@ class PlainCluster(Cluster):
         return {name: (len(part), _digest(part)) for name, part in parts.items()}
 
 
+#: The ring kinds found in platform events (issue #21): never set in a world without them.
+_FLOW_RING_FEATURES = {kind_feature(BINDING_RING): 0.0, kind_feature(POINTS_COLLECTOR): 0.0}
+
+
 def _without_platform(x: dict[str, Any]) -> dict[str, Any]:
     """A vector without the platform features, which a checkpoint from before them decides
-    at their values without platform events (docs/features.md, "Platform events"); those
-    decided before the restart are kept empty."""
+    at their values without platform events (docs/features.md, "Platform events"), nor the
+    indicators of the ring kinds found in platform events (0 without them); those decided
+    before the restart are kept empty."""
     if x:
         assert {name: x[name] for name in PLATFORM_FEATURES} == PLATFORM_FEATURES
-    return {name: value for name, value in x.items() if name not in PLATFORM_FEATURES}
+        assert {name: x[name] for name in _FLOW_RING_FEATURES} == _FLOW_RING_FEATURES
+    return {
+        name: value
+        for name, value in x.items()
+        if name not in PLATFORM_FEATURES and name not in _FLOW_RING_FEATURES
+    }
 
 
 def _digest(value: Any) -> str:

@@ -7,6 +7,7 @@ import copy
 import pickle
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from graph.entity_graph import EntityGraph
 from graph.layer import GraphConfig, GraphLayer, RingEvent
 from graph.rings import NEW_ACCOUNT_MS, SIGNUP_BATCH, SIGNUP_BATCH_MAX, densest_block
 from rebate_guard.contract.order import Event, order_key
-from rebate_guard.contract.records import Signup, Transaction
+from rebate_guard.contract.records import PlatformEvent, Signup, Transaction
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.contract.validation import parse_signup, parse_transaction
 from rebate_guard.core.decider import Scorer
@@ -65,15 +66,23 @@ class World:
 
     def run(self, layer: GraphLayer | None = None) -> tuple[GraphLayer, list[RingEvent]]:
         layer = layer or GraphLayer()
-        out: list[RingEvent] = []
         events = sorted(self.events, key=lambda e: order_key(e, 0))
-        for event in events:
-            if isinstance(event, Transaction):
-                out += layer.transaction(event)
-            elif isinstance(event, Signup):
-                out += layer.signup(event)
+        out = feed(layer, events)
         out += layer.scan(events[-1].ts)
         return layer, out
+
+
+def feed(layer: GraphLayer, events: Sequence[Event]) -> list[RingEvent]:
+    """`events` (in order) into `layer`, as replay gives them; the ring events they cause."""
+    out: list[RingEvent] = []
+    for event in events:
+        if isinstance(event, Transaction):
+            out += layer.transaction(event)
+        elif isinstance(event, Signup):
+            out += layer.signup(event)
+        elif isinstance(event, PlatformEvent):
+            out += layer.platform_event(event)
+    return out
 
 
 def _rings(events: list[RingEvent]) -> dict[str, RingEvent]:
@@ -647,15 +656,6 @@ def test_the_layer_resumes_identically_from_a_pickle() -> None:
         make(world)
     events = sorted(world.events, key=lambda e: order_key(e, 0))
     cut = len(events) // 2
-
-    def feed(layer: GraphLayer, part: Stream) -> list[RingEvent]:
-        out: list[RingEvent] = []
-        for event in part:
-            if isinstance(event, Transaction):
-                out += layer.transaction(event)
-            elif isinstance(event, Signup):
-                out += layer.signup(event)
-        return out
 
     straight = GraphLayer(GraphConfig())
     expected = feed(straight, events)
