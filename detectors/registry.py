@@ -43,7 +43,7 @@ def all_detectors() -> list[type[Detector]]:
     --------
     >>> [cls.__name__ for cls in all_detectors()]  # doctest: +NORMALIZE_WHITESPACE
     ['AnomalyScore', 'GaussianAnomaly', 'ForestClassifier', 'OnlineClassifier', 'RingSay',
-     'RiskModel', 'RuleScore']
+     'RiskModel', 'RuleSay', 'RuleScore']
     """
     found: list[type[Detector]] = []
     for module_info in sorted(pkgutil.iter_modules(detectors.__path__), key=lambda m: m.name):

@@ -7,10 +7,10 @@ were scored with a ring of that kind (`ring_<kind>` = 1 in the vector they were 
 
     say(kind) = (f + 1) / (f + 1 + l x exp(-shift) + 1)
 
-a Beta(1, 1) posterior mean over f fraud and l legitimate labels. Beta(1, 1) (every
-precision equally likely) is the uninformative prior, not a tuned number: with no label a
-kind's say is 1/2, "a flag of this kind is as likely right as wrong", so ring scores count
-from the first minute at half their strength, and the first labels move it. Labels
+(`detectors.precision`), a Beta(1, 1) posterior mean over f fraud and l legitimate labels.
+Beta(1, 1) (every precision equally likely) is the uninformative prior, not a tuned number:
+with no label a kind's say is 1/2, "a flag of this kind is as likely right as wrong", so ring
+scores count from the first minute at half their strength, and the first labels move it. Labels
 over-represent fraud, so a labelled legitimate payment stands for exp(-shift) of them, with
 shift the log-odds prior shift the risk model estimates (`detectors.prior_shift`; 0 before
 it has an estimate): the same correction the classifier gets, so the say is a precision
@@ -22,12 +22,12 @@ The ring's contribution to risk is its score times its kind's say (`score`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.base import Features, Reading
+from detectors.precision import label_precision
 from graph.evidence import RING_REASON, RING_SCORE, kind_feature
 from graph.rings import KINDS
 
@@ -94,9 +94,13 @@ class RingSay:
     def precision(self, kind: str, log_odds_shift: float = 0.0) -> float:
         """P(fraud | a payment scored with a ring of `kind`), among all payments when
         `log_odds_shift` is the labels' prior shift (0: among the labelled ones)."""
-        fraud = self.fraud.get(kind, 0) + self.prior_fraud
-        legit = self.legit.get(kind, 0) * math.exp(-log_odds_shift) + self.prior_legit
-        return fraud / (fraud + legit)
+        return label_precision(
+            self.fraud.get(kind, 0),
+            self.legit.get(kind, 0),
+            prior_fraud=self.prior_fraud,
+            prior_legit=self.prior_legit,
+            log_odds_shift=log_odds_shift,
+        )
 
     def score(self, x: Features, log_odds_shift: float = 0.0) -> float:
         """The ring's contribution to risk: its score x its kind's say."""

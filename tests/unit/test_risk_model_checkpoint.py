@@ -3,6 +3,8 @@ and scores and learns exactly as it would have: `fixtures/risk-model-before-list
 pickled by the base commit's code (with the rules, the anomaly detector and the ring's say as
 named fields and `anomaly_weight`), and `.json` what that code assessed on 40 probe vectors
 before and after learning 200 more transactions (`fixtures/make_risk_model_before_list.py`).
+A checkpoint from before the rules' say (issue #21) loads without it, so it too scores as it
+did.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def test_the_fixture_is_the_old_shape() -> None:
 def test_an_old_risk_model_scores_and_learns_as_it_did(expected: dict[str, Any]) -> None:
     model = load_checkpoint(OLD.read_bytes())
     assert type(model) is RiskModel
+    assert model.calibrated_signals == []  # no rules' say (issue #21): it scores as it did
     # The fixture was made where every part counts: labels trusted only partly, the prior
     # shift fitted, reasons from the rules, the classifier and the anomaly detector.
     assert 0.0 < expected["before"]["confidence"] < 1.0
@@ -82,6 +85,7 @@ def test_an_old_risk_model_pickled_again_goes_on_identically(expected: dict[str,
     assert b"anomaly_weight" not in blob and b"signals" in blob  # the new shape
     assert b"_weights_cache" not in blob  # the classifier's old copy of its weights: dropped
     again = pickle.loads(blob)
+    assert again.calibrated_signals == []
     assert _seen(again, expected["probes"]) == _recorded(expected["before"])
     _learn(again, expected["more"])
     assert _seen(again, expected["probes"]) == _recorded(expected["after"])
