@@ -29,6 +29,7 @@ from rebate_guard.tools.report import (
     script_json,
     write_report,
 )
+from tests.approx import close
 from tests.report_world import (
     HOSTILE,
     HOSTILE_REGION,
@@ -94,23 +95,12 @@ class Page(HTMLParser):
             self._cell.append(data)
 
 
-def _close(got: Any, expected: Any) -> bool:
-    """Equal, floats to 1e-12 (evaluate's means over polars groups may sum in any order)."""
-    if isinstance(expected, dict):
-        return got.keys() == expected.keys() and all(_close(got[k], v) for k, v in expected.items())
-    if isinstance(expected, list | tuple):
-        return len(got) == len(expected) and all(map(_close, got, expected))
-    if isinstance(expected, float) and not isinstance(got, bool):
-        return got == pytest.approx(expected, rel=1e-12, abs=1e-15)
-    return bool(got == expected)
-
-
 def test_the_figures_are_evaluates(world: ReplayedWorld, page: str) -> None:
     parsed = Page(page)
     adjustments = world.replay / "adjustments.parquet"
     decisions = world.replay / "decisions.parquet"
     expected = evaluate(decisions, truth=world.truth, adjustments=adjustments)
-    assert _close(parsed.blocks["evaluation-data"], expected.to_json())
+    assert close(parsed.blocks["evaluation-data"], expected.to_json())
 
     curve = parsed.blocks["curve-data"]
     _, frame = evaluation_frame(decisions, truth=world.truth)
@@ -200,7 +190,7 @@ def test_without_truth_the_labels_are_used_and_said(world: ReplayedWorld) -> Non
     context = build(sources, top_n=2)
     parsed = Page(render(context))
     expected = evaluate(world.replay / "decisions.parquet", labels=world.world / "labels.parquet")
-    assert _close(parsed.blocks["evaluation-data"], expected.to_json())
+    assert close(parsed.blocks["evaluation-data"], expected.to_json())
     assert parsed.blocks["curve-data"] is None and "scenario-table" not in parsed.tables
     assert "labelled sample" in context["source_note"]
     assert len(parsed.blocks["rings-data"]) == 2

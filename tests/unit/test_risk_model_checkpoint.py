@@ -18,6 +18,7 @@ import pytest
 
 from detectors.risk import RiskModel
 from streams.shards import load_checkpoint
+from tests.approx import close
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 OLD = FIXTURES / "risk-model-before-list.pickle"
@@ -81,18 +82,7 @@ def test_an_old_risk_model_scores_and_learns_as_it_did(expected: dict[str, Any])
     # summation order (SIMD) moved the last digit of 9 values between the numpy the fixture
     # was made with and numpy 2.4.6, which a fresh install took on 2026-12-06. Loading and
     # scoring, above, stay bit for bit.
-    assert _close(_seen(model, expected["probes"]), _recorded(expected["after"]))
-
-
-def _close(got: Any, expected: Any) -> bool:
-    """Equal, floats to a relative 1e-12."""
-    if isinstance(expected, dict):
-        return got.keys() == expected.keys() and all(_close(got[k], v) for k, v in expected.items())
-    if isinstance(expected, list | tuple):
-        return len(got) == len(expected) and all(map(_close, got, expected))
-    if isinstance(expected, float) and not isinstance(got, bool):
-        return bool(got == pytest.approx(expected, rel=1e-12, abs=1e-15))
-    return bool(got == expected)
+    assert close(_seen(model, expected["probes"]), _recorded(expected["after"]))
 
 
 def test_an_old_risk_model_pickled_again_goes_on_identically(expected: dict[str, Any]) -> None:
@@ -103,4 +93,4 @@ def test_an_old_risk_model_pickled_again_goes_on_identically(expected: dict[str,
     assert again.calibrated_signals == []
     assert _seen(again, expected["probes"]) == _recorded(expected["before"])
     _learn(again, expected["more"])
-    assert _close(_seen(again, expected["probes"]), _recorded(expected["after"]))
+    assert close(_seen(again, expected["probes"]), _recorded(expected["after"]))
