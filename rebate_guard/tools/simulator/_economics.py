@@ -32,6 +32,8 @@ from rebate_guard.contract.records import (
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.tools.simulator._common import (
     ABUSE_SCENARIOS,
+    FAMILY_POINTS,
+    LOOKALIKES,
     lognormal_delay,
     weighted_choice,
 )
@@ -105,6 +107,9 @@ class _Platform:
     abuse_merchant: np.ndarray  # per merchant: run by an abuse group
     abuse_user: np.ndarray  # per user (signup row): an abusive account
     user_day_cents: float  # mean spending per user and day
+    #: per user (signup row): pools their points in a family (the `family_points` look-alike
+    #: gives and spends them in its own events), so has no vouchers of their own here.
+    pools_points: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -166,6 +171,7 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
         .fill_null(_NONE)
         .to_numpy()
     )
+    role = signups.join(world.user_truth, on="user_id", how="left", maintain_order="left")["role"]
     return _Platform(
         cfg=cfg,
         start=start,
@@ -182,11 +188,8 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
         referrer=referrer.astype(np.int64),
         merchant_ids=merchant_ids,
         region=weighted_choice(rng, weights, len(merchant_ids)),
-        abuse_user=signups.join(world.user_truth, on="user_id", how="left", maintain_order="left")[
-            "role"
-        ]
-        .is_in(ABUSE_SCENARIOS)
-        .to_numpy(),
+        abuse_user=role.is_in(ABUSE_SCENARIOS).to_numpy(),
+        pools_points=role.eq(LOOKALIKES[FAMILY_POINTS]).fill_null(False).to_numpy(),
         abuse_merchant=merchant_ids.is_in(
             world.merchant_truth.filter(pl.col("role") != "legit")["merchant_id"].implode()
         ).to_numpy(),
@@ -355,6 +358,12 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     use, amount = use[spend], amount[spend]
     giver_referrer = p.referrer[p.user[use]]
     gives = (giver_referrer >= 0) & (rng.random(len(use)) < cfg.transfer_share)
+    if p.pools_points is not None and p.pools_points.any():
+        # A family's pooled points leave in its own transfers and redemptions (within the
+        # same share): vouchers of their own too would ask for the same points twice. Left
+        # out after every draw (each user's vouchers are their own), so the rest is as drawn.
+        own = ~p.pools_points[p.user[use]]
+        use, amount, gives, giver_referrer = use[own], amount[own], gives[own], giver_referrer[own]
     redeem, gift = use[~gives], use[gives]
     redeems = _Events(
         POINTS_REDEEM,

@@ -69,6 +69,7 @@ from rebate_guard.tools.simulator._common import (
     sample_ts,
     weighted_choice,
 )
+from rebate_guard.tools.simulator._economics import _share
 from rebate_guard.tools.simulator.config import WorldConfig
 
 _NONE = -1
@@ -268,7 +269,14 @@ def family_points(
 ) -> None:
     """4-15 relatives (a few living with the collector, on its home network or phone; a
     few just joined) give their points to the one who does the family's shopping, within
-    hours to days, who spends them in 1-5 payments at groceries and shops soon after."""
+    hours to days, who spends them in 1-5 payments at groceries and shops soon after.
+
+    They do it in the platform's app, which offers only what the points policy lets leave
+    a book (docs/economics.md, "Points policy"): a relative gives at most the redeemable
+    share of the rebates of their payments so far, in whole units (one with less than a
+    unit has nothing to give, and gives nothing), and the shopper spends the redeemable
+    share of what was given. Their points go to the family this way, not as vouchers of
+    their own (`_economics._points` leaves them out)."""
     n = 1 + int(rng.integers(4, 16))  # the collector first
     pooled = _window(rng, b, left_ms=5 * DAY_MS)
     joined = rng.random(n) < 0.15
@@ -283,18 +291,22 @@ def family_points(
     home[household] = home[0]
     device[household[rng.random(len(household)) < 0.3]] = device[0]
     people = _people(rng, b, FAMILY_POINTS, signup, device, home, home)
-    people.everyday(rng, b, cfg, activity)
+    paid_by, paid_ts, _, paid_rows = people.everyday(rng, b, cfg, activity)
     givers = np.arange(1, n)
     given = np.maximum(
         pooled + (rng.random(n - 1) * int(rng.integers(HOUR_MS, 3 * DAY_MS))).astype(np.int64),
         signup[givers] + HOUR_MS,
     )
-    points = np.clip(np.round(rng.lognormal(np.log(800.0), 0.8, n - 1) / 100), 1, 200) * 100
+    meant = np.clip(np.round(rng.lognormal(np.log(800.0), 0.8, n - 1) / 100), 1, 200) * 100
+    offered = _redeemable_units(b, cfg, paid_by, paid_ts, paid_rows, givers, given)
+    points = np.minimum(meant, offered)
+    last = int(given.max())  # the shopper goes out after the day's gifts, given or not
+    gives = points > 0
+    givers, given, points = givers[gives], given[gives], points[gives]
     collector = people.users[0]
     plan.add(POINTS_TRANSFER, given, points, user=people.users[givers], counterparty=collector)
     plan.add(POINTS_GRANT, given + 1, points, user=collector, counterparty=people.users[givers])
     k = int(rng.integers(1, 6))
-    last = int(given.max())
     spend = np.sort(last + lognormal_delay(rng, k, 12 * HOUR_MS, 1.2, 10 * MINUTE_MS, 5 * DAY_MS))
     spend = spend[spend < b.end]
     k = len(spend)
@@ -302,8 +314,39 @@ def family_points(
         shops = _merchants_of(rng, b, cfg.n_merchants, (GROCERY, RETAIL, RESTAURANT), k)
         bill = lognormal_amounts(rng, b.merchants.col("median")[shops] * 1.5, np.full(k, 0.5))
         rows = people.pay(rng, b, np.zeros(k, dtype=np.int64), spend, shops, bill)
-        share = np.full(k, int(points.sum()) // k)
-        plan.add(POINTS_REDEEM, spend, share, user=collector, merchant_tx=rows)
+        share = _redeemable(np.array([points.sum()]), cfg)[0] // k
+        if share > 0:
+            plan.add(POINTS_REDEEM, spend, np.full(k, share), user=collector, merchant_tx=rows)
+
+
+def _redeemable(earned: np.ndarray, cfg: WorldConfig) -> np.ndarray:
+    """floor(redeemable_share x earned), exact to the millionth (as the policy's)."""
+    return _share(earned, cfg.redeemable_share)
+
+
+def _redeemable_units(
+    b: Builder,
+    cfg: WorldConfig,
+    paid_by: np.ndarray,
+    paid_ts: np.ndarray,
+    paid_rows: np.ndarray,
+    who: np.ndarray,
+    at: np.ndarray,
+) -> np.ndarray:
+    """What the app offers each of `who` (people positions) to give at `at`: the
+    redeemable share of what their payments before then earned in the platform's books
+    (each one's rebate and its consumption points, as `_economics._points` grants them),
+    in whole units of 100. Sign-up bonuses are left out: the offer never exceeds the book."""
+    amount = b.tx.col("amount")[paid_rows]
+    rebate = _share(amount, b.merchants.col("rate_pct")[b.tx.col("merchant")[paid_rows]] / 100)
+    basis = amount if cfg.consumption_points_basis == "bill" else rebate
+    points = rebate + _share(basis, cfg.consumption_points_share)
+    earned = np.array(
+        # the consumption points are granted 1 ms after their payment
+        [points[(paid_by == w) & (paid_ts + 1 < t)].sum() for w, t in zip(who, at, strict=True)],
+        dtype=np.int64,
+    )
+    return _redeemable(earned, cfg) // 100 * 100
 
 
 def coupon_hunters(
