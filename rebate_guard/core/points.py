@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rebate_guard.contract.records import (
+    ALLOW,
     BLOCK,
     HOLD,
     POINTS_EXPIRE,
@@ -36,6 +37,7 @@ from rebate_guard.contract.records import (
     POINTS_TRANSFER,
     POINTS_WITHDRAW,
     RELEASE,
+    SCALE,
     Decision,
     Label,
     PlatformEvent,
@@ -80,6 +82,26 @@ def redeemable(book: list[int], terms: PointsTerms) -> int:
     share = terms.share
     released = book[EARNED] * share.numerator // share.denominator
     return min(balance(book), released - book[REDEEMED] - book[TRANSFERRED] - book[HELD])
+
+
+def _redemption_cut(event: PlatformEvent, book: list[int], terms: PointsTerms) -> int | None:
+    """What a redemption past the book's limits may still take: its redeemable points
+    (None: not a redemption, or nothing redeemable, so it is refused whole). A transfer
+    names what it gives another user and a withdrawal is never allowed: neither is cut.
+
+    Examples
+    --------
+    >>> from rebate_guard.contract.records import PlatformEvent
+    >>> ask = PlatformEvent(event_id="e", ts=0, kind=POINTS_REDEEM, amount_cents=500, user_id="u")
+    >>> _redemption_cut(ask, [1_000, 0, 0, 0, 0], PointsTerms(redeemable_share=0.4))
+    400
+    >>> _redemption_cut(ask, [1_000, 400, 0, 0, 0], PointsTerms(redeemable_share=0.4)) is None
+    True
+    """
+    if event.kind != POINTS_REDEEM:
+        return None
+    room = redeemable(book, terms)
+    return room if room > 0 else None
 
 
 #: A held request: (kind, merchant, region), for what its release moves.
@@ -161,12 +183,24 @@ class PointsBooks:
         withdrawable, past the balance, past the redeemable share), then the trust weight
         1 - `risk` by the policy's fixed thresholds, as a payment's rebate (allow: all
         asked; scale: asked x w, rounded down; hold: set aside until resolved; block:
-        none). What is allowed leaves the book now."""
+        none). What is allowed leaves the book now.
+
+        A redemption past what the book lets leave is cut to it rather than refused: a
+        voucher at a checkout covers the bill as far as the user's redeemable points go
+        (`_redemption_cut`), so an ask a few cents past them (a rebate held or clawed back
+        since the app showed the figure) loses those cents, not the whole voucher."""
         weight = trust_weight(risk)
         asked = event.amount_cents
         book = self.book(event.user_id or "")
         blocked = self._policy_block(event, book, policy.points)
-        if blocked is not None:
+        cut = None if blocked is None else _redemption_cut(event, book, policy.points)
+        if cut is not None and blocked is not None:
+            action, allowed, reasons = policy.thresholds.decide(weight, cut)
+            if action in (ALLOW, SCALE):  # the rules let the redeemable part through
+                action, reasons = SCALE, [blocked, *reasons]
+            else:  # never held: a held ask past the share could not be released whole
+                action, allowed, reasons = BLOCK, 0, [blocked]
+        elif blocked is not None:
             action, allowed, reasons = BLOCK, 0, [blocked]
         else:
             action, allowed, reasons = policy.thresholds.decide(weight, asked)

@@ -53,15 +53,11 @@ def test_withdrawing_points_is_always_blocked() -> None:
     assert [m.movement_id for m in d.take_movements()] == ["g"]
 
 
-def test_redeeming_within_the_share_over_it_and_over_the_balance() -> None:
+def test_redeeming_within_the_share() -> None:
     earned, share = 1_000, 0.4
     d = decider(share)
     assert d.platform_event(event("points_grant", earned, "g"), decided_at=0) is None
     allowed_now = int(earned * share)  # floor(0.4 x 1000) - nothing redeemed yet
-    over = d.platform_event(event("points_redeem", allowed_now + 1, "r1"), decided_at=0)
-    assert over is not None and over.reasons == ["policy:over_redeemable_share"]
-    too_much = d.platform_event(event("points_redeem", earned + 1, "r2"), decided_at=0)
-    assert too_much is not None and too_much.reasons == ["policy:over_balance"]
     ok = d.platform_event(
         event("points_redeem", allowed_now, "r3", merchant_id="m7", region="east"), decided_at=9
     )
@@ -72,16 +68,52 @@ def test_redeeming_within_the_share_over_it_and_over_the_balance() -> None:
     assert (ok.rebate_requested_cents, ok.rebate_granted_cents) == (allowed_now, allowed_now)
     assert (ok.model_version, ok.threshold_version, ok.decided_at) == ("points-rules", "points", 9)
     assert ok.policy_version == d.policy.version
-    # The policy blocks whatever the weight (a weight that would allow).
+    assert redeemable(d.points.book("u1"), d.policy.points) == 0
+    # Nothing redeemable left: a redemption past the share or the balance is refused whole,
+    # whatever the weight (a weight that would allow).
+    over = d.platform_event(event("points_redeem", 1, "r1"), decided_at=0)
+    assert over is not None and over.reasons == ["policy:over_redeemable_share"]
     assert (over.risk, over.trust_weight, over.action) == (0.029312, 0.970688, "block")
     assert over.merchant_id == ""  # the request named no merchant
-    assert redeemable(d.points.book("u1"), d.policy.points) == 0
+    too_much = d.platform_event(event("points_redeem", earned, "r2"), decided_at=0)
+    assert too_much is not None and too_much.reasons == ["policy:over_balance"]
+    assert too_much.rebate_granted_cents == 0
     moved = d.take_movements()
     # The grant adds to the liability; the allowed redemption pays out at m7 (east).
     assert moved == [
         Movement("g", T0, None, None, liability_cents=earned),
         Movement("r3", T0, "m7", "east", liability_cents=-allowed_now, payouts_cents=allowed_now),
     ]
+
+
+def test_a_redemption_past_the_share_takes_the_redeemable_part_a_transfer_none() -> None:
+    """A voucher covers the bill as far as the redeemable points go: an ask a little past
+    them (the app's figure counted a rebate the book holds back) loses only what is past."""
+    d = decider(share=0.4)
+    d.platform_event(event("points_grant", 990, "g"), decided_at=0)  # 396 redeemable
+    asked = d.platform_event(event("points_redeem", 400, "r", merchant_id="m1"), decided_at=0)
+    assert asked is not None
+    assert (asked.action, asked.reasons) == ("scale", ["policy:over_redeemable_share"])
+    assert (asked.rebate_requested_cents, asked.rebate_granted_cents) == (400, 396)
+    assert d.points.book("u1")[REDEEMED] == 396
+    assert d.take_movements()[-1] == Movement(
+        "r", T0, "m1", None, liability_cents=-396, payouts_cents=396
+    )
+    # A transfer names what it gives another user: past the share, refused whole.
+    d2 = decider(share=0.4)
+    d2.platform_event(event("points_grant", 1_000, "g"), decided_at=0)
+    gift = d2.platform_event(event("points_transfer", 401, "t"), decided_at=0)
+    assert gift is not None and (gift.action, gift.rebate_granted_cents) == ("block", 0)
+    assert gift.reasons == ["policy:over_redeemable_share"]
+
+
+def test_a_redemption_past_the_share_that_the_rules_would_hold_is_blocked() -> None:
+    scorer = request_scorer()
+    gifts(scorer, "collector", givers=6)  # 6_000 received: 2_400 redeemable
+    over = scorer.apply(at("points_redeem", 5_000, "r", T0 + HOUR, "collector"), 1)
+    assert over is not None and (over.action, over.rebate_granted_cents) == ("block", 0)
+    book = scorer.decider.points.book("collector")
+    assert (book[REDEEMED], book[HELD]) == (0, 0)  # nothing set aside: refused whole
 
 
 def test_expiry_clamps_at_the_balance() -> None:
