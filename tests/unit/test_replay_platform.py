@@ -61,7 +61,8 @@ def write(tmp_path: Path, ext: str, with_platform: bool = True) -> dict[str, Pat
             platform("r1", T0 + HOUR + 5 * MINUTE, "points_redeem", 400, user_id="u1",
                      merchant_id="m1", region="east"),
             platform("w1", T0 + HOUR + 6 * MINUTE, "points_withdraw", 100, user_id="u2"),
-            platform("x1", T0 + HOUR + 7 * MINUTE, "points_redeem", 801, user_id="u2"),
+            platform("x1", T0 + HOUR + 7 * MINUTE, "points_transfer", 801, user_id="u2",
+                     counterparty_id="u1"),
             platform("bad", T0 + HOUR, "points_cashout", 100, user_id="u2"),
         ]  # fmt: skip
     paths = {}
@@ -86,10 +87,11 @@ def test_replay_decides_points_and_reads_the_books(tmp_path: Path, ext: str) -> 
     reasons = dict(zip(decisions["tx_id"], decisions["reasons"].to_list(), strict=True))
     g1, g2 = 10_000 // 10, 20_000 // 10  # allowed in full: floor(amount x 0.1)
     assert (granted["p1"], granted["p2"]) == (g1, g2)
-    # u1 may redeem 0.4 of what it earned; u2 may not withdraw, nor redeem past 0.4 x 2000.
+    # u1 may redeem 0.4 of what it earned; u2 may not withdraw, nor give past 0.4 x 2000.
     assert granted["r1"] == 400 == g1 * 2 // 5
     assert (granted["w1"], reasons["w1"]) == (0, ["policy:points_not_withdrawable"])
-    assert (granted["x1"], reasons["x1"]) == (0, ["policy:over_redeemable_share"])
+    assert granted["x1"] == 0
+    assert reasons["x1"] == ["policy:over_redeemable_share", "points_transfer"]
     assert payment_decisions(decisions)["tx_id"].sort().to_list() == ["p1", "p2"]
 
     solvency = pl.read_parquet(summary.outputs["solvency"])
