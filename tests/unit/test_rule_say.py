@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,11 @@ from detectors.prior_shift import PriorShift
 from detectors.risk import RiskModel
 from detectors.rule_say import RuleSay
 from detectors.rules import RuleScore
+from rebate_guard.contract.records import Transaction
+from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
+from streams.shards import load_checkpoint
 
 #: A rare abuse only a rule sees: points passed in from 6-8 users, where legitimate users get
 #: points from up to five relatives (the rule `points_collector` fires above five).
@@ -238,3 +244,35 @@ def test_no_legitimate_label_is_weak_evidence_where_few_are_labelled() -> None:
         > exact
         > traffic_precision(33, 1, prior_mean=0.119, prior_labels=2.0, log_odds_shift=-3.3)
     )
+
+
+def test_a_checkpointed_decider_decides_as_the_one_that_was_saved(tmp_path: Path) -> None:
+    """A decider pickled mid-world (as a user shard's checkpoint holds it) and loaded as a
+    worker loads a checkpoint keeps its rules' say, with its counts, and decides the rest of
+    the world exactly as the one that went on: the say's cache, not pickled, is rebuilt to
+    the same values."""
+    config = WorldConfig(seed=3, n_users=200, n_merchants=20, days=10, target_transactions=2_000)
+    paths = write_world(simulate_world(config), tmp_path)
+    events = list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
+    cut = len(events) * 2 // 3
+    # The prior shift refitted often enough to be fitted in a small world.
+    scorer = Scorer(decider=Decider(model=RiskModel(prior_shift=PriorShift(refit_every=200))))
+    for event in events[:cut]:
+        scorer.apply(event, decided_at=0)
+    model = scorer.decider.model
+    (say,) = model.calibrated_signals or []
+    assert isinstance(say, RuleSay) and model.prior_shift.fits > 0 and say.fraud and say._says
+    restored = load_checkpoint(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL))
+    (again,) = restored.decider.model.calibrated_signals or []
+    assert again == say and again.rules is restored.decider.model.signals[0].detector
+    said = 0
+    for event in events[cut:]:
+        if isinstance(event, Transaction):
+            (decision, x), again_decided = (
+                s.decide(event, decided_at=0) for s in (scorer, restored)
+            )
+            assert again_decided == (decision, x)
+            said += model.prior_shift.fits > 0 and say.score(x, model.prior_shift.shift) > 0
+        else:
+            assert restored.apply(event, decided_at=0) == scorer.apply(event, decided_at=0)
+    assert said > 0  # the say had its part in what was decided after the checkpoint
