@@ -7,15 +7,23 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from detectors import rule_say
 from detectors.base import Features
 from detectors.precision import label_precision, traffic_precision
 from detectors.prior_shift import PriorShift
 from detectors.risk import RiskModel
 from detectors.rule_say import RuleSay
 from detectors.rules import RuleScore
+from rebate_guard.contract.records import Transaction
+from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.tools.replay import EventFiles
+from rebate_guard.tools.simulator import WorldConfig, simulate_world, write_world
+from streams.shards import load_checkpoint
 
 #: A rare abuse only a rule sees: points passed in from 6-8 users, where legitimate users get
 #: points from up to five relatives (the rule `points_collector` fires above five).
@@ -132,10 +140,84 @@ def test_the_say_shares_the_models_rules_and_pickles_with_them() -> None:
 
 @pytest.mark.parametrize("code", [rule.code for rule in RuleScore().rules])
 def test_every_rule_states_its_score_alone(code: str) -> None:
+    """Before any label of its payments a rule says exactly what it states, at any shift
+    (the grid cut the prior's tail off: `refund`'s 0.0573 read 0.0580)."""
     rules = RuleScore()
     (rule,) = (r for r in rules.rules if r.code == code)
     stated = 1 / (1 + math.exp(-(rules.base_log_odds + rule.log_odds)))
-    assert RuleSay(rules=rules).precision(code) == pytest.approx(stated, abs=1e-3)  # the grid
+    say = RuleSay(rules=rules)
+    assert say.stated(code) == stated
+    for shift in (0.0, -3.0, 2.0):
+        assert say.precision(code, shift) == stated
+
+
+def _reference_precision(fraud: int, legit: int, prior_mean: float, shift: float) -> float:
+    """The posterior mean by brute force: a plain sum over log-odds from -1,500 to 1,500 in
+    steps of 0.01, wide enough that no tail is cut for these counts (the prior's thinnest,
+    e^(0.11 t), is 1e-72 at -1,500)."""
+    t = np.linspace(-1_500.0, 1_500.0, 300_001)
+    log_p, log_not_p = -np.logaddexp(0.0, -t), -np.logaddexp(0.0, t)
+    log_weight = (
+        2.0 * prior_mean * log_p
+        + 2.0 * (1.0 - prior_mean) * log_not_p
+        - fraud * np.logaddexp(0.0, shift - t)
+        - legit * np.logaddexp(0.0, t - shift)
+    )
+    weight = np.exp(log_weight - log_weight.max())
+    return float((weight * np.exp(log_p)).sum() / weight.sum())
+
+
+REFUND_STATED = 1 / (1 + math.exp(3.5 - 0.7))
+
+
+@pytest.mark.parametrize(("fraud", "legit"), [(0, 1), (0, 3), (0, 50), (0, 2_000), (1, 0), (7, 2)])
+def test_the_precision_is_exact_where_the_prior_has_a_heavy_tail(fraud: int, legit: int) -> None:
+    """A rule stating little (`refund`: a prior Beta(0.11, 1.89)) and no fraud label: the
+    posterior's tail on the log-odds is e^(0.11 t), which no finite grid holds. Without a
+    shift the posterior is the conjugate Beta's, whose mean is known; with one it is
+    checked against a sum over a grid 37 times as wide."""
+    exact = traffic_precision(
+        fraud, legit, prior_mean=REFUND_STATED, prior_labels=2.0, log_odds_shift=0.0
+    )
+    assert exact == pytest.approx((fraud + 2 * REFUND_STATED) / (fraud + legit + 2), rel=1e-12)
+    for shift in (-3.3, 1.5, -45.0):
+        got = traffic_precision(
+            fraud, legit, prior_mean=REFUND_STATED, prior_labels=2.0, log_odds_shift=shift
+        )
+        assert got == pytest.approx(
+            _reference_precision(fraud, legit, REFUND_STATED, shift), rel=1e-8
+        )
+
+
+def test_a_rules_say_is_computed_once_per_shift_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The posterior (a sum over a grid) is computed again only when the shift or the rule's
+    counts change, also counts changed from outside `learn_one`; what it says is what an
+    uncached say says."""
+    computed: list[tuple[int, int, float]] = []
+
+    def counting(fraud: int, legit: int, **kwargs: float) -> float:
+        computed.append((fraud, legit, kwargs["log_odds_shift"]))
+        return traffic_precision.__wrapped__(fraud, legit, **kwargs)
+
+    monkeypatch.setattr(rule_say, "traffic_precision", counting)
+    say, young = RuleSay(), {"user_account_age_s": 600.0}
+    say.learn_one(young, True)
+    first = [say.score(young, -2.0) for _ in range(5)]
+    assert computed == [(1, 0, -2.0)] and len(set(first)) == 1
+    say.learn_one(young, False)
+    say.score(young, -2.0)
+    say.fraud["young_account"] += 3
+    fresh = say.score(young, -2.0)
+    say.score(young, -1.0)
+    assert computed[1:] == [(1, 1, -2.0), (4, 1, -2.0), (4, 1, -1.0)]
+    uncached = traffic_precision.__wrapped__(
+        4, 1, prior_mean=say.stated("young_account"), prior_labels=2.0, log_odds_shift=-2.0
+    )
+    assert fresh == uncached
+    # The cache is not part of its state: a pickled say is its counts and rules.
+    again = pickle.loads(pickle.dumps(say))
+    assert again == say and "_says" not in pickle.dumps(say).decode("latin-1")
+    assert again.score(young, -2.0) == fresh
 
 
 def test_no_legitimate_label_is_weak_evidence_where_few_are_labelled() -> None:
@@ -162,3 +244,35 @@ def test_no_legitimate_label_is_weak_evidence_where_few_are_labelled() -> None:
         > exact
         > traffic_precision(33, 1, prior_mean=0.119, prior_labels=2.0, log_odds_shift=-3.3)
     )
+
+
+def test_a_checkpointed_decider_decides_as_the_one_that_was_saved(tmp_path: Path) -> None:
+    """A decider pickled mid-world (as a user shard's checkpoint holds it) and loaded as a
+    worker loads a checkpoint keeps its rules' say, with its counts, and decides the rest of
+    the world exactly as the one that went on: the say's cache, not pickled, is rebuilt to
+    the same values."""
+    config = WorldConfig(seed=3, n_users=200, n_merchants=20, days=10, target_transactions=2_000)
+    paths = write_world(simulate_world(config), tmp_path)
+    events = list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
+    cut = len(events) * 2 // 3
+    # The prior shift refitted often enough to be fitted in a small world.
+    scorer = Scorer(decider=Decider(model=RiskModel(prior_shift=PriorShift(refit_every=200))))
+    for event in events[:cut]:
+        scorer.apply(event, decided_at=0)
+    model = scorer.decider.model
+    (say,) = model.calibrated_signals or []
+    assert isinstance(say, RuleSay) and model.prior_shift.fits > 0 and say.fraud and say._says
+    restored = load_checkpoint(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL))
+    (again,) = restored.decider.model.calibrated_signals or []
+    assert again == say and again.rules is restored.decider.model.signals[0].detector
+    said = 0
+    for event in events[cut:]:
+        if isinstance(event, Transaction):
+            (decision, x), again_decided = (
+                s.decide(event, decided_at=0) for s in (scorer, restored)
+            )
+            assert again_decided == (decision, x)
+            said += model.prior_shift.fits > 0 and say.score(x, model.prior_shift.shift) > 0
+        else:
+            assert restored.apply(event, decided_at=0) == scorer.apply(event, decided_at=0)
+    assert said > 0  # the say had its part in what was decided after the checkpoint
