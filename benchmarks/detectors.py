@@ -154,8 +154,6 @@ class _Recorder:
         self.key_sets: dict[tuple[str, ...], int] = {}
         self.calls: list[tuple[Any, ...]] = []
         self.seen: list[tuple[Any, ...]] = []
-        #: The enriched vectors assessed, by identity: a label's `learn_one` names one.
-        self.assessed: dict[int, tuple[int, Features]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -164,7 +162,6 @@ class _Recorder:
         keys = self.key_sets.setdefault(tuple(x), len(self.key_sets))
         self.calls.append(("assess", keys, tuple(x.values())))
         assessment = self.model.assess(x)
-        self.assessed[id(assessment.enriched)] = (len(self.seen), assessment.enriched)
         self.seen.append(_what(assessment))
         return assessment
 
@@ -173,10 +170,12 @@ class _Recorder:
         self.model.learn_scored(assessment)
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
-        index, enriched = self.assessed.get(id(x), (None, None))
-        if enriched is not x or y is None:
-            raise ValueError("the decider learns labels only from vectors it assessed")
-        self.calls.append(("label", index, bool(y)))
+        # The vector as the decider kept it (its remembered store rebuilds the dict, so it
+        # is not the assessed object): the trace learns exactly what the replay learnt.
+        if y is None:
+            raise ValueError("the decider learns scored transactions through learn_scored")
+        keys = self.key_sets.setdefault(tuple(x), len(self.key_sets))
+        self.calls.append(("label", keys, tuple(x.values()), bool(y)))
         self.model.learn_one(x, y)
 
 
@@ -214,8 +213,6 @@ def _time_trace(path: Path, per_slice: int) -> None:
     trace = pickle.loads(path.read_bytes())
     model: RiskModel = pickle.loads(trace["start"])
     key_sets, seen = trace["key_sets"], trace["seen"]
-    labelled = {call[1] for call in trace["calls"] if call[0] == "label"}
-    kept: dict[int, Features] = {}
     clock = time.process_time
     rows: list[_Slice] = []
     row = _Slice()
@@ -228,8 +225,6 @@ def _time_trace(path: Path, per_slice: int) -> None:
             last = model.assess(x)
             spent = clock() - started
             differ += _what(last) != seen[assessed]
-            if assessed in labelled:
-                kept[assessed] = last.enriched
             assessed += 1
             row.assessed += 1
             row.assess_s += spent
@@ -245,9 +240,9 @@ def _time_trace(path: Path, per_slice: int) -> None:
             model.learn_scored(last)
             row.learn_scored_s += clock() - started
         else:
-            x = kept.pop(call[1])
+            x = dict(zip(key_sets[call[1]], call[2], strict=True))
             started = clock()
-            model.learn_one(x, call[2])
+            model.learn_one(x, call[3])
             row.labels += 1
             row.labels_s += clock() - started
     if row.assessed:
