@@ -19,7 +19,9 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,6 +92,8 @@ def main() -> None:
         findings += analyse_merchant_group(graph, candidates.merchant_group(graph, merchant), now=0)
     candidates.dirty_binders.update(graph.bound)
     candidates.dirty_receivers.update(graph.givers)
+    # One analysis per kind of anchor: a binding merchant's, a points receiver's.
+    anchors: list[tuple[str, Callable[..., list[Any]]]]
     anchors = [(m, analyse_binder) for m in candidates.take_dirty_binders(graph)]
     anchors += [(r, analyse_receiver) for r in candidates.take_dirty_receivers(graph)]
     for anchor, analyse in anchors:
