@@ -155,14 +155,32 @@ HISTORY_DAYS = 90
 USERS_PER_MERCHANT = 25
 #: The simulator's smallest world.
 MIN_USERS, MIN_MERCHANTS = 200, 20
-#: The demo platform's economics: its growth stalls at the start of the back-fill's last
-#: day, with this many days of rebates left as capital, so that its liability passes 3x
-#: what it can pay out (the solvency monitor's warning line) during the back-fill: when
-#: its local time is midday at the switch (`demo_utc_offset_minutes`), in the back-fill's
-#: evening (16-17 h before the switch on seeds 3, 5, 7 at 0.02, 0.05 and 0.2 payments/s),
-#: some nights back under it as the day's settlements come in, past it again by the first
-#: hour of live traffic.
+#: The demo platform's economics (docs/economics.md, "The `up` world"): a platform whose
+#: points promise more than its merchants' discount pays (the simulator's default points,
+#: half the bill on top of a 6-30 % rebate: the liability grows (r + 0.5) x the bill, r ~
+#: 0.12, while the merchants pay in r, a day late), kept under the warning line by its
+#: members' deposits while it grows. A deposit of this many user-days (the default world's
+#: members invest 50, the survivor's pay a fee of 10), by half the ~2.5 % of users joining a
+#: day, brings in ~0.3 user-days of money a day per user against ~0.6 of points promised:
+#: growing, with the merchants' settlements and its small opening capital, the ratio sits
+#: at ~1.5 (1.4-1.7 at the stall, seeds 3, 5, 7 at 0.05 and 0.2 payments/s), "ok". Its
+#: regions hold their members' deposits but not the capital (about as much again, early
+#: on), so they read higher: critical in their first hour or two (before deposits and
+#: settlements come in) and where few members live, warning most of the back-fill...
+UP_MEMBERSHIP_USER_DAYS = 25.0
+#: ...with this many days of rebates as opening capital (the platform's, no region's)...
 UP_OPENING_CAPITAL_DAYS = 0.6
+#: ...until, this many hours into the back-fill's last day, nobody joins any more
+#: (`stall_signup_share` 0: no deposit, no joining fee, no capital round). The liability
+#: then grows by (r + 0.5) of the bill while only r comes in: from a ratio rho at the
+#: stall, with T hours of trade behind it, it reaches 3 after about T x (3 / rho - 1) /
+#: (1 - 3r / (r + 0.5)) ~ 2 T hours of trade. When the switch is at the platform's midday
+#: (`demo_utc_offset_minutes`), the stall comes at 18:00 after six busy hours, and the
+#: evening and the morning (its nights are quiet) take it past the warning line at about
+#: the switch: in the back-fill's last hour or the first hour of live traffic (hours -1 to
+#: +1 on the six worlds above, critical 6-8 hours later), never before. A longer back-fill
+#: (`up --backfill-days`) grows for days first, so its crossing comes later in live traffic.
+UP_GROWTH_HOURS_BEFORE_STALL = 6
 
 
 def up_world_config(
@@ -171,9 +189,10 @@ def up_world_config(
     """The world `up` feeds: a platform whose legit users pay `live_rate` times a second in
     all (each the simulator's `payments_per_user_day` on average, so the users number
     `live_rate` x 86,400 / that), whose first `backfill_days` end at `switch_ms`, when the
-    feed is to have caught up with the wall clock (`switch_ms_for`). Its growth stalls at
-    the start of the back-fill's last day (`UP_OPENING_CAPITAL_DAYS`): the demo shows the
-    platform crossing the solvency warning line."""
+    feed is to have caught up with the wall clock (`switch_ms_for`). It grows, living on
+    its members' deposits (`UP_MEMBERSHIP_USER_DAYS`), until its growth stops
+    `UP_GROWTH_HOURS_BEFORE_STALL` hours into the back-fill's last day: the demo shows a
+    platform under the solvency warning line crossing it after the stall."""
     from rebate_guard.tools.simulator import WorldConfig
 
     per_user_day = WorldConfig().payments_per_user_day
@@ -185,7 +204,9 @@ def up_world_config(
         days=backfill_days + LIVE_DAYS,
         history_days=HISTORY_DAYS,
         start_ts_ms=switch_ms - backfill_days * DAY_MS,
-        stall_day=max(0, backfill_days - 1),
+        stall_day=max(0, backfill_days - 1) + UP_GROWTH_HOURS_BEFORE_STALL / 24,
+        stall_signup_share=0.0,
+        membership_user_days=UP_MEMBERSHIP_USER_DAYS,
         opening_capital_days=UP_OPENING_CAPITAL_DAYS,
     )
 
@@ -369,13 +390,14 @@ async def _feed(
     world, switch_ms = up_world(settings, seed, now_ms=now_ms, backfill_days=backfill_days)
     log.info(
         "feeding a simulated platform: %d users, %d transactions, %d platform events (its "
-        "growth stalls at its back-fill's last day); first %d day(s) of history (%d "
+        "growth stops %d h into its back-fill's last day); first %d day(s) of history (%d "
         "events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
         "stamped with the clock and decided at payment time (POST /score), then those "
         "days again, until stopped",
         world.signups.height,
         world.transactions.height,
         world.platform_events.height,
+        UP_GROWTH_HOURS_BEFORE_STALL,
         backfill_days,
         backfill_events(world, switch_ms),
         settings.simulate_rate,

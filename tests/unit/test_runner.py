@@ -14,6 +14,7 @@ from rebate_guard.tools.producer import FeedClock
 from rebate_guard.tools.runner import (
     BACKFILL_DAYS,
     LIVE_DAYS,
+    UP_GROWTH_HOURS_BEFORE_STALL,
     backfill_events,
     demo_utc_offset_minutes,
     live_spans,
@@ -40,18 +41,27 @@ def test_the_up_world_is_sized_so_its_payments_come_at_the_live_rate() -> None:
 
 
 @pytest.mark.parametrize("seed", [3, 7])
-def test_the_demo_platform_crosses_the_warning_line_in_its_back_fill(seed: int) -> None:
-    """Its growth has stalled: the liability : distributable ratio (hourly, granted =
-    requested) starts below 3:1, passes it during the back-fill, and is past it in the
-    first hour of live traffic (the switch at the platform's midday, as `up` places it)."""
+def test_the_demo_platform_is_healthy_until_its_stall_takes_it_past_the_warning_line(
+    seed: int,
+) -> None:
+    """The liability : distributable ratio (hourly, granted = requested; the switch at the
+    platform's midday, as `up` places it): well under 3:1 while the platform grows, under
+    it through the back-fill's evening and night after the stall, past it at about the
+    switch (the back-fill's last two hours or the first two of live traffic), and past it
+    from then on."""
     switch = NOW - NOW % DAY_MS + 12 * HOUR_MS
-    world = simulate_world(up_world_config(seed, switch_ms=switch, live_rate=0.05))
-    books = platform_books(world, period_ms=HOUR_MS)
-    first_hour = books["ratio"][0]
-    assert first_hour is not None and first_hour < 3
-    past = books.filter(pl.col("ratio").is_null() | (pl.col("ratio") >= 3))["period_end"]
-    assert world.transactions["ts"].min() < past.min() < switch
-    assert switch + HOUR_MS in past
+    config = up_world_config(seed, switch_ms=switch, live_rate=0.05)
+    stall = config.stall_ts_ms
+    assert stall == switch - DAY_MS + UP_GROWTH_HOURS_BEFORE_STALL * HOUR_MS
+    books = platform_books(simulate_world(config), period_ms=HOUR_MS)
+    ratio, end = pl.col("ratio"), pl.col("period_end")
+    growing = books.filter(end <= stall)
+    assert growing.height >= UP_GROWTH_HOURS_BEFORE_STALL and growing["ratio"].max() < 2
+    assert books.filter(end <= switch - 2 * HOUR_MS)["ratio"].max() < 3
+    crossed = books.filter(ratio.is_null() | (ratio >= 3))["period_end"].min()
+    assert switch - 2 * HOUR_MS < crossed <= switch + 2 * HOUR_MS
+    after = books.filter((end >= switch + 2 * HOUR_MS) & (end <= switch + DAY_MS))["ratio"]
+    assert after.len() == 23 and after.min() >= 3
 
 
 def test_the_switch_is_where_a_back_fill_at_the_rate_catches_up() -> None:
