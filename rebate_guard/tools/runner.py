@@ -163,10 +163,10 @@ MIN_USERS, MIN_MERCHANTS = 200, 20
 #: members invest 50, the survivor's pay a fee of 10), by half the ~2.5 % of users joining a
 #: day, brings in ~0.3 user-days of money a day per user against ~0.6 of points promised:
 #: growing, with the merchants' settlements and its small opening capital, the ratio sits
-#: at ~1.5 (1.4-1.7 at the stall, seeds 3, 5, 7 at 0.05 and 0.2 payments/s), "ok". Its
+#: at ~1.5 (rising to 1.5-2.2 by the stall: the settlements come a day late), "ok". Its
 #: regions hold their members' deposits but not the capital (about as much again, early
 #: on), so they read higher: critical in their first hour or two (before deposits and
-#: settlements come in) and where few members live, warning most of the back-fill...
+#: settlements come in) and where few members live, then mostly ok or warning...
 UP_MEMBERSHIP_USER_DAYS = 25.0
 #: ...with this many days of rebates as opening capital (the platform's, no region's)...
 UP_OPENING_CAPITAL_DAYS = 0.6
@@ -178,8 +178,8 @@ UP_OPENING_CAPITAL_DAYS = 0.6
 #: (`demo_utc_offset_minutes`), the stall comes at 20:00, after its afternoon's and most of
 #: its evening's trade; the night is quiet (settlements still come in), so it takes the
 #: morning and the first hours of live traffic: under the line through the whole
-#: back-fill (at most 1.6-2.3 after the stall), past it 3-8 hours after the switch,
-#: whatever the weekday (seeds 3, 5, 7 at 0.05 payments/s, the switch on each of 7 days;
+#: back-fill (its evening peak 1.6-2.7), past it 1-8 hours after the switch, whatever the
+#: weekday (seeds 3, 5, 7 at 0.05 payments/s and 3, 7 at 0.2, the switch on each of 7 days;
 #: `platform_books`). An earlier stall crosses sooner but not reliably after the night:
 #: 6 hours in, at the switch on Fridays but in the back-fill's evening on busier weekend
 #: evenings. A longer back-fill (`up --backfill-days`) grows for days first, so its
