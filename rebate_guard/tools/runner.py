@@ -155,14 +155,36 @@ HISTORY_DAYS = 90
 USERS_PER_MERCHANT = 25
 #: The simulator's smallest world.
 MIN_USERS, MIN_MERCHANTS = 200, 20
-#: The demo platform's economics: its growth stalls at the start of the back-fill's last
-#: day, with this many days of rebates left as capital, so that its liability passes 3x
-#: what it can pay out (the solvency monitor's warning line) during the back-fill: when
-#: its local time is midday at the switch (`demo_utc_offset_minutes`), in the back-fill's
-#: evening (16-17 h before the switch on seeds 3, 5, 7 at 0.02, 0.05 and 0.2 payments/s),
-#: some nights back under it as the day's settlements come in, past it again by the first
-#: hour of live traffic.
+#: The demo platform's economics (docs/economics.md, "The `up` world"): a platform whose
+#: points promise more than its merchants' discount pays (the simulator's default points,
+#: half the bill on top of a 6-30 % rebate: the liability grows (r + 0.5) x the bill, r ~
+#: 0.12, while the merchants pay in r, a day late), kept under the warning line by its
+#: members' deposits while it grows. A deposit of this many user-days (the default world's
+#: members invest 50, the survivor's pay a fee of 10), by half the ~2.5 % of users joining a
+#: day, brings in ~0.3 user-days of money a day per user against ~0.6 of points promised:
+#: growing, with the merchants' settlements and its small opening capital, the ratio sits
+#: at ~1.5 (rising to 1.5-2.2 by the stall: the settlements come a day late), "ok". Its
+#: regions hold their members' deposits but not the capital (about as much again, early
+#: on), so they read higher: critical in their first hour or two (before deposits and
+#: settlements come in) and where few members live, then mostly ok or warning...
+UP_MEMBERSHIP_USER_DAYS = 25.0
+#: ...with this many days of rebates as opening capital (the platform's, no region's)...
 UP_OPENING_CAPITAL_DAYS = 0.6
+#: ...until, this many hours into the back-fill's last day, nobody joins any more
+#: (`stall_signup_share` 0: no deposit, no joining fee, no capital round). The liability
+#: then grows by (r + 0.5) of the bill while only r comes in: from a ratio rho at the
+#: stall, with T busy hours of trade behind it, it reaches 3 after about T x (3 / rho - 1)
+#: / (1 - 3r / (r + 0.5)) ~ 2 T busy hours. When the switch is at the platform's midday
+#: (`demo_utc_offset_minutes`), the stall comes at 20:00, after its afternoon's and most of
+#: its evening's trade; the night is quiet (settlements still come in), so it takes the
+#: morning and the first hours of live traffic: under the line through the whole
+#: back-fill (its evening peak 1.6-2.7), past it 1-8 hours after the switch, whatever the
+#: weekday (seeds 3, 5, 7 at 0.05 payments/s and 3, 7 at 0.2, the switch on each of 7 days;
+#: `platform_books`). An earlier stall crosses sooner but not reliably after the night:
+#: 6 hours in, at the switch on Fridays but in the back-fill's evening on busier weekend
+#: evenings. A longer back-fill (`up --backfill-days`) grows for days first, so its
+#: crossing comes later in live traffic.
+UP_GROWTH_HOURS_BEFORE_STALL = 8
 
 
 def up_world_config(
@@ -171,9 +193,10 @@ def up_world_config(
     """The world `up` feeds: a platform whose legit users pay `live_rate` times a second in
     all (each the simulator's `payments_per_user_day` on average, so the users number
     `live_rate` x 86,400 / that), whose first `backfill_days` end at `switch_ms`, when the
-    feed is to have caught up with the wall clock (`switch_ms_for`). Its growth stalls at
-    the start of the back-fill's last day (`UP_OPENING_CAPITAL_DAYS`): the demo shows the
-    platform crossing the solvency warning line."""
+    feed is to have caught up with the wall clock (`switch_ms_for`). It grows, living on
+    its members' deposits (`UP_MEMBERSHIP_USER_DAYS`), until its growth stops
+    `UP_GROWTH_HOURS_BEFORE_STALL` hours into the back-fill's last day: the demo shows a
+    platform under the solvency warning line crossing it after the stall."""
     from rebate_guard.tools.simulator import WorldConfig
 
     per_user_day = WorldConfig().payments_per_user_day
@@ -185,7 +208,9 @@ def up_world_config(
         days=backfill_days + LIVE_DAYS,
         history_days=HISTORY_DAYS,
         start_ts_ms=switch_ms - backfill_days * DAY_MS,
-        stall_day=max(0, backfill_days - 1),
+        stall_day=max(0, backfill_days - 1) + UP_GROWTH_HOURS_BEFORE_STALL / 24,
+        stall_signup_share=0.0,
+        membership_user_days=UP_MEMBERSHIP_USER_DAYS,
         opening_capital_days=UP_OPENING_CAPITAL_DAYS,
     )
 
@@ -284,14 +309,17 @@ def span_again(world: World, *, from_ms: int, span_ms: int, repeat: int) -> Worl
         return frame.filter((pl.col("ts") >= from_ms) & (pl.col("ts") < from_ms + span_ms))
 
     transactions = within(world.transactions)
+    # Refunds of transactions before the span are left out, and so is what names them (a
+    # label on such a refund).
+    transactions = transactions.filter(
+        pl.col("ref_tx_id").is_null() | pl.col("ref_tx_id").is_in(transactions["tx_id"].implode())
+    )
     ids = transactions["tx_id"].to_list()
 
     def renamed(column: str) -> pl.Expr:
         return pl.when(pl.col(column).is_in(ids)).then(pl.lit(prefix) + pl.col(column))
 
-    transactions = transactions.filter(
-        pl.col("ref_tx_id").is_null() | pl.col("ref_tx_id").is_in(ids)
-    ).with_columns(
+    transactions = transactions.with_columns(
         shift,
         (pl.lit(prefix) + pl.col("tx_id")).alias("tx_id"),
         renamed("ref_tx_id").alias("ref_tx_id"),
@@ -369,13 +397,14 @@ async def _feed(
     world, switch_ms = up_world(settings, seed, now_ms=now_ms, backfill_days=backfill_days)
     log.info(
         "feeding a simulated platform: %d users, %d transactions, %d platform events (its "
-        "growth stalls at its back-fill's last day); first %d day(s) of history (%d "
+        "growth stops %d h into its back-fill's last day); first %d day(s) of history (%d "
         "events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
         "stamped with the clock and decided at payment time (POST /score), then those "
         "days again, until stopped",
         world.signups.height,
         world.transactions.height,
         world.platform_events.height,
+        UP_GROWTH_HOURS_BEFORE_STALL,
         backfill_days,
         backfill_events(world, switch_ms),
         settings.simulate_rate,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from rebate_guard.contract.records import BINDING
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.contract.validation import parse_platform_event
 from rebate_guard.tools.simulator import LOOKALIKES, SCENARIOS, World, WorldConfig, simulate_world
@@ -349,3 +350,16 @@ def test_a_shops_bound_regulars_come_back_and_earn_it_commission_elsewhere(
     assert on.height == commissions.height
     assert (on["merchant_id_paid"] != on["merchant_id"]).any()
     assert (on["merchant_id_paid"] == on["merchant_id"]).any()
+
+
+def test_a_user_a_group_binds_is_not_bound_again_by_the_platform(world: World) -> None:
+    """The platform's economics bind half the users to their first merchant; the users an
+    abuse group or a look-alike binds (at the group's own merchant) are not among them: no
+    user carries a group's binding and an ordinary one."""
+    bindings = _with_truth(world).filter(pl.col("kind") == BINDING)
+    by_group = (pl.col("scenario") != "") | (pl.col("group") != "")
+    grouped = set(bindings.filter(by_group)["user_id"])
+    ordinary = set(bindings.filter(~by_group)["user_id"])
+    assert len(grouped) > 100 and len(ordinary) > 500
+    assert not grouped & ordinary
+    assert bindings.filter(~by_group)["user_id"].is_unique().all()

@@ -352,6 +352,26 @@ def test_new_money_names_the_depositors_region_and_capital_none(
     assert (payers["len"] == payers["most"]).all()  # a region they pay most in
 
 
+def test_a_sign_up_bonus_names_its_users_region_as_a_deposit_does(
+    world: World, events: pl.DataFrame
+) -> None:
+    """A sign-up bonus names no merchant: it counts in its user's region (docs/events.md,
+    `region`), the one their deposit names if they made one, and so does its lapsing part;
+    a transfer's receiving grant stays the platform's alone (no region)."""
+    grants = _of(events, POINTS_GRANT).filter(pl.col("merchant_id").is_null())
+    bonuses = grants.filter(pl.col("counterparty_id").is_null())
+    received = grants.filter(pl.col("counterparty_id").is_not_null())
+    assert bonuses.height > 100 and received.height > 0
+    assert bonuses["region"].null_count() == 0 and received["region"].is_null().all()
+    assert set(bonuses["region"]) <= set(world.merchant_truth["region"])
+    deposits = _of(events, POOL_TOPUP).filter(pl.col("user_id").is_not_null())
+    both = bonuses.join(deposits, on="user_id", suffix="_deposit")
+    assert both.height > 0.3 * bonuses.height
+    assert (both["region"] == both["region_deposit"]).all()
+    lapsed = _of(events, POINTS_EXPIRE).join(bonuses, on="user_id", suffix="_bonus")
+    assert lapsed.height > 0 and (lapsed["region"] == lapsed["region_bonus"]).all()
+
+
 def test_the_survivor_funds_its_points_from_the_discount() -> None:
     """The survivor profile is the default world (same payments, signups, labels) whose
     consumption points are half of each payment's discount, not of its bill."""

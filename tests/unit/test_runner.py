@@ -14,6 +14,7 @@ from rebate_guard.tools.producer import FeedClock
 from rebate_guard.tools.runner import (
     BACKFILL_DAYS,
     LIVE_DAYS,
+    UP_GROWTH_HOURS_BEFORE_STALL,
     backfill_events,
     demo_utc_offset_minutes,
     live_spans,
@@ -39,19 +40,27 @@ def test_the_up_world_is_sized_so_its_payments_come_at_the_live_rate() -> None:
     assert up_world_config(3, switch_ms=NOW, live_rate=0.1).n_users == 2 * config.n_users
 
 
-@pytest.mark.parametrize("seed", [3, 7])
-def test_the_demo_platform_crosses_the_warning_line_in_its_back_fill(seed: int) -> None:
-    """Its growth has stalled: the liability : distributable ratio (hourly, granted =
-    requested) starts below 3:1, passes it during the back-fill, and is past it in the
-    first hour of live traffic (the switch at the platform's midday, as `up` places it)."""
-    switch = NOW - NOW % DAY_MS + 12 * HOUR_MS
-    world = simulate_world(up_world_config(seed, switch_ms=switch, live_rate=0.05))
-    books = platform_books(world, period_ms=HOUR_MS)
-    first_hour = books["ratio"][0]
-    assert first_hour is not None and first_hour < 3
-    past = books.filter(pl.col("ratio").is_null() | (pl.col("ratio") >= 3))["period_end"]
-    assert world.transactions["ts"].min() < past.min() < switch
-    assert switch + HOUR_MS in past
+@pytest.mark.parametrize(("seed", "weekday"), [(3, 0), (7, 2)])
+def test_the_demo_platform_is_healthy_until_its_stall_takes_it_past_the_warning_line(
+    seed: int, weekday: int
+) -> None:
+    """The liability : distributable ratio (hourly, granted = requested; the switch at the
+    platform's midday, as `up` places it, on two different weekdays): under 2.5:1 while
+    the platform grows, under it through the whole back-fill, past it within the first
+    hours of live traffic once its growth has stopped, and past it from then on."""
+    switch = NOW - NOW % DAY_MS + 12 * HOUR_MS + weekday * DAY_MS
+    config = up_world_config(seed, switch_ms=switch, live_rate=0.05)
+    stall = config.stall_ts_ms
+    assert stall == switch - DAY_MS + UP_GROWTH_HOURS_BEFORE_STALL * HOUR_MS
+    books = platform_books(simulate_world(config), period_ms=HOUR_MS)
+    ratio, end = pl.col("ratio"), pl.col("period_end")
+    growing = books.filter(end <= stall)
+    assert growing.height >= UP_GROWTH_HOURS_BEFORE_STALL and growing["ratio"].max() < 2.5
+    assert books.filter(end <= switch)["ratio"].max() < 3
+    crossed = books.filter(ratio.is_null() | (ratio >= 3))["period_end"].min()
+    assert switch < crossed <= switch + 10 * HOUR_MS
+    after = books.filter((end >= crossed) & (end <= switch + DAY_MS))["ratio"]
+    assert after.min() >= 3
 
 
 def test_the_switch_is_where_a_back_fill_at_the_rate_catches_up() -> None:

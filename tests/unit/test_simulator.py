@@ -72,8 +72,11 @@ VARIED = replace(
 DEFAULT_WORLD_SHA256 = "cdf8514697a34bf53515b15f077a331a70ddf7517cf5126d28a811be63a666b4"
 #: ... and of its platform events (CSV), recorded on main before the flows' look-alikes, then
 #: again when deposits came to name their depositor's region (issue #21: the 137 deposits'
-#: `region` is the only difference; every other column and event is as before).
-DEFAULT_PLATFORM_EVENTS_SHA256 = "040e5f8ca72b9535d07491d4cac673d659e6ea43f8a2cca3f4096306c688bf30"
+#: `region` is the only difference; every other column and event is as before), and when
+#: sign-up bonuses did too (the 471 merchantless, giverless `points_grant` rows' `region`,
+#: null before, now east 93, north 119, south 150, west 109, is the only difference; the
+#: world has no bonus expiry, and no group binding anyone, so its bindings are as before).
+DEFAULT_PLATFORM_EVENTS_SHA256 = "06ee6b41660d15bdf1281da8c63cb591004a08a878cc455532e0f7936f37efe3"
 
 TX_SCHEMA = {
     "tx_id": pl.String,

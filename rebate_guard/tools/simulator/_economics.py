@@ -313,12 +313,19 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     bonus = int(_round_units(np.array([cfg.signup_bonus_user_days * p.user_day_cents]))[0])
     new = np.flatnonzero(p.new_user()) if cfg.signup_bonus_user_days > 0 else np.arange(0)
     bonus_ts = p.signup_ts[new] + 1
-    bonuses = _Events(POINTS_GRANT, bonus_ts, np.full(len(new), bonus), user=new)
+    # A bonus names no merchant: it counts in its user's region (where a deposit of theirs
+    # would, docs/events.md), and so does the part of it that lapses.
+    home = p.home_region()[new]
+    bonuses = _Events(POINTS_GRANT, bonus_ts, np.full(len(new), bonus), user=new, region=home)
     lapse = int(bonus - _share(np.array([bonus]), cfg.redeemable_share)[0])
     expire_ts = bonus_ts + round(cfg.bonus_expiry_days * DAY_MS)
     lapsing = np.flatnonzero((expire_ts < p.end) & (lapse > 0))
     expiries = _Events(
-        POINTS_EXPIRE, expire_ts[lapsing], np.full(len(lapsing), lapse), user=new[lapsing]
+        POINTS_EXPIRE,
+        expire_ts[lapsing],
+        np.full(len(lapsing), lapse),
+        user=new[lapsing],
+        region=home[lapsing],
     )
 
     # What each user had earned before each payment: rebates + grants with an earlier ts.
@@ -393,17 +400,21 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
 # Bindings, commissions, coupons
 
 
-def _bindings(rng: np.random.Generator, p: _Platform) -> list[_Events]:
+def _bindings(rng: np.random.Generator, p: _Platform, bound_by_groups: np.ndarray) -> list[_Events]:
     """Half the users are bound to the merchant of their first payment (new ones often by
     its QR code at signup); the binding merchant earns its own 0.2-1 % on their later
-    payments anywhere on the platform."""
+    payments anywhere on the platform. Users an abuse group or a look-alike binds
+    (`bound_by_groups`, signup rows) have their binding already: none here (drawn as the
+    others, then dropped, so everyone else's binding is what it was)."""
     cfg = p.cfg
     n = len(p.ts)
     first = np.full(p.n_users, n, dtype=np.int64)
     np.minimum.at(first, p.user, np.arange(n))  # payments are in ts order
     bound = np.flatnonzero((first < n) & (rng.random(p.n_users) < cfg.bound_user_share))
-    pay0 = first[bound]
     by_qr = p.new_user()[bound] & (rng.random(len(bound)) < cfg.qr_binding_share)
+    free = ~np.isin(bound, bound_by_groups)
+    bound, by_qr = bound[free], by_qr[free]
+    pay0 = first[bound]
     ts = np.where(by_qr, p.signup_ts[bound] + 1, p.ts[pay0])
     bindings = _Events(
         BINDING,
@@ -527,17 +538,23 @@ _KINDS = (
 
 
 def simulate_economics(
-    rng: np.random.Generator, cfg: WorldConfig, world: Any, schema: dict[str, Any]
+    rng: np.random.Generator,
+    cfg: WorldConfig,
+    world: Any,
+    schema: dict[str, Any],
+    *,
+    bound_by_groups: np.ndarray | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(The platform events of `world`, sorted by ts with `schema`'s columns; per merchant
-    its `region` and `settlement` behaviour)."""
+    its `region` and `settlement` behaviour). `bound_by_groups`: the signup rows of the
+    users the abuse groups and look-alikes bind themselves (bound no second time)."""
     p = _platform(rng, cfg, world)
     settlements, behaviour = _settlements(rng, p)
     parts = [
         *settlements,
         *_new_money(rng, p),
         *_points(rng, p),
-        *_bindings(rng, p),
+        *_bindings(rng, p, np.arange(0) if bound_by_groups is None else bound_by_groups),
         *_coupons(rng, p),
     ]
     merchants = pl.DataFrame(

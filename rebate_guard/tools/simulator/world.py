@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from rebate_guard.contract.records import (
+    BINDING,
     COUPON_ISSUE,
     LABELS,
     PLATFORM_EVENTS,
@@ -215,8 +216,15 @@ def simulate_world(config: WorldConfig) -> World:
         return world
     # Its own stream (the 9th child): the contract frames stay what they were without it.
     economics_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(9)[8])
+    # The users an abuse group or a look-alike binds (its own `binding` events), by their
+    # row in the world's signups (numbered in signup order): the economics binds them no
+    # second time.
+    planned = flows.frame()
+    signup_row = np.empty(b.users.n, dtype=np.int64)
+    signup_row[np.argsort(b.users.col("signup_ts"), kind="stable")] = np.arange(b.users.n)
+    bound = planned["user"][(planned["kind"] == BINDING) & (planned["user"] >= 0)]
     events, merchants = _economics.simulate_economics(
-        economics_rng, cfg, world, PLATFORM_EVENT_SCHEMA
+        economics_rng, cfg, world, PLATFORM_EVENT_SCHEMA, bound_by_groups=signup_row[bound]
     )
     merchant_truth = world.merchant_truth.drop("region", "settlement").join(
         merchants, on="merchant_id", how="left", maintain_order="left"
