@@ -421,7 +421,8 @@ class RiskModel:
             detector.learn_scored(reading)
             # The rules' say learns what q already says on the payments each rule fires on.
             if assessment.q is not None and isinstance(detector, RuleSay) and reading.learnable:
-                detector.learn_beside(reading.learnable, assessment.q)
+                codes, cents = reading.learnable
+                detector.learn_beside(codes, assessment.q, rebate_cents=cents)
         self.n_scored += 1
         if assessment.log_odds is not None:
             self.prior_shift.observe(assessment.log_odds)

@@ -97,16 +97,18 @@ class RuleSay:
     >>> for _ in range(6):
     ...     say.learn_one(shared, True)
     >>> round(say.score_one(shared), 3), say.fraud
-    (0.844, {'device_shared_7d': 6})
+    (0.844, {'device_shared_7d': 6.0})
     """
 
     rules: RuleScore = field(default_factory=RuleScore)
     prior_labels: float = PRIOR_LABELS
-    #: rule code -> labelled fraud / legitimate payments it fired on.
-    fraud: dict[str, int] = field(default_factory=dict)
-    legit: dict[str, int] = field(default_factory=dict)
-    #: rule code -> its recent firings by the classifier's calibrated q (`Q_BINS` bins):
-    #: what its say adds to q (module docstring). Empty for a rule: its whole precision.
+    #: rule code -> labelled fraud / legitimate payments it fired on, each weighed by its
+    #: rebate against the mean rebate of the rule's recent firings (`label_weight`).
+    fraud: dict[str, float] = field(default_factory=dict)
+    legit: dict[str, float] = field(default_factory=dict)
+    #: rule code -> the rebate money of its recent firings by the classifier's calibrated q
+    #: (`Q_BINS` bins), then how many firings they were: what its say adds to q (module
+    #: docstring). None for a rule: its whole precision.
     beside: dict[str, list[float]] = field(default_factory=dict)
     memory: int = BESIDE_MEMORY
     name: str = "rule_say"
@@ -139,8 +141,8 @@ class RuleSay:
 
     def floor(self, code: str, precision: float) -> float:
         """The smallest s (to 1 / `Q_BINS`, at most `precision`) with the mean of max(q, s)
-        over the rule's recent firings at least `precision` (q at its bin's middle);
-        `precision` itself before any firing was seen with a q.
+        over the rule's recent firings, weighed by their rebate money, at least `precision`
+        (q at its bin's middle); `precision` itself before any firing was seen with a q.
 
         Examples
         --------
@@ -152,11 +154,12 @@ class RuleSay:
         >>> say.floor("young_account", 0.6)
         0.6
         >>> for q in (0.9, 0.1) * 10:
-        ...     say.learn_beside(["young_account"], q)
+        ...     say.learn_beside(["young_account"], q, rebate_cents=50.0)
         >>> say.floor("young_account", 0.5), say.floor("young_account", 0.6)
         (0.0, 0.3)
         """
-        counts = self.beside.get(code)
+        seen = self.beside.get(code)
+        counts = seen[:Q_BINS] if seen else None
         total = sum(counts) if counts else 0.0
         if not counts or total <= 0.0:
             return precision
@@ -211,19 +214,44 @@ class RuleSay:
             (self.floor(code, self.precision(code, log_odds_shift)) for code in codes),
             default=0.0,
         )
-        return Reading(score, [], codes)
+        return Reading(score, [], (codes, rebate_cents(x)) if codes else None)
 
-    def learn_beside(self, codes: list[str], q: float) -> None:
-        """A scored payment the rules `codes` fired on, and the classifier's calibrated q on
-        it (the risk model calls it once q is a probability among all payments)."""
+    def learn_beside(self, codes: list[str], q: float, *, rebate_cents: float | None) -> None:
+        """A scored payment the rules `codes` fired on, its rebate (None: unknown, counted
+        as 1) and the classifier's calibrated q on it (the risk model calls it once q is a
+        probability among all payments)."""
         b = min(Q_BINS - 1, max(0, int(q * Q_BINS)))
+        money = 1.0 if rebate_cents is None else rebate_cents
         for code in codes:
-            counts = self.beside.get(code)
-            if counts is None:
-                counts = self.beside[code] = [0.0] * Q_BINS
-            counts[b] += 1.0
-            if sum(counts) > 2 * self.memory:
-                counts[:] = [n / 2 for n in counts]
+            seen = self.beside.get(code)
+            if seen is None:
+                seen = self.beside[code] = [0.0] * (Q_BINS + 1)
+            seen[b] += money
+            seen[Q_BINS] += 1.0
+            if seen[Q_BINS] > 2 * self.memory:
+                seen[:] = [n / 2 for n in seen]
+
+    def label_weight(self, code: str, x: Features) -> float:
+        """What a label of `x` counts for the rule `code`: its rebate over the mean rebate of
+        the rule's recent firings (1 when either is unknown), so that its precision is one in
+        money, the share of the rebate money on its firings that is fraud: what the friction
+        budget counts.
+
+        Examples
+        --------
+        >>> say = RuleSay()
+        >>> for cents in (10.0, 30.0):
+        ...     say.learn_beside(["young_account"], 0.1, rebate_cents=cents)
+        >>> young = {"user_account_age_s": 600.0, "amount_cents": 1_000.0, "rebate_rate": 0.01}
+        >>> say.label_weight("young_account", young), say.label_weight("refund", young)
+        (0.5, 1.0)
+        """
+        seen = self.beside.get(code)
+        cents = rebate_cents(x)
+        if seen is None or cents is None or seen[Q_BINS] <= 0.0:
+            return 1.0
+        mean = sum(seen[:Q_BINS]) / seen[Q_BINS]
+        return cents / mean if mean > 0.0 else 1.0
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """A label of a payment counts for every rule that fired on it.
@@ -241,13 +269,13 @@ class RuleSay:
         >>> say.learn_one({"user_account_age_s": 600.0, "is_refund": 1.0}, False)
         >>> say.learn_one({}, True)  # no rule fires: nothing to count
         >>> say.fraud, say.legit
-        ({}, {'young_account': 1, 'refund': 1})
+        ({}, {'young_account': 1.0, 'refund': 1.0})
         """
         if y is None:
             return
         counts = self.fraud if y else self.legit
         for code in self.rules.assess(x)[1]:
-            counts[code] = counts.get(code, 0) + 1
+            counts[code] = counts.get(code, 0.0) + self.label_weight(code, x)
 
     def learn_scored(self, reading: Reading) -> None:
         """Scoring teaches it nothing: only labels do."""
@@ -257,3 +285,9 @@ class RuleSay:
 
     def explain_one(self, x: Features) -> list[str]:
         return self.rules.explain_one(x)
+
+
+def rebate_cents(x: Features) -> float | None:
+    """The rebate a payment's vector asks for (amount x rate; None when either is missing)."""
+    amount, rate = x.get("amount_cents"), x.get("rebate_rate")
+    return None if amount is None or rate is None else amount * rate

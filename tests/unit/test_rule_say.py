@@ -246,7 +246,7 @@ def test_a_say_from_before_the_floor_loads_and_says_its_whole_precision() -> Non
     young = {"user_account_age_s": 600.0}
     assert old.beside == {} and old.score(young) == say.precision("young_account")
     for _ in range(20):
-        old.learn_beside(["young_account"], 0.99)
+        old.learn_beside(["young_account"], 0.99, rebate_cents=40.0)
     assert old.score(young) == 0.0
 
 
@@ -255,5 +255,28 @@ def test_the_histogram_forgets_old_firings() -> None:
     from its recent q, at a bounded size."""
     say = RuleSay(memory=10)
     for _ in range(21):
-        say.learn_beside(["young_account"], 0.05)
-    assert sum(say.beside["young_account"]) == 10.5
+        say.learn_beside(["young_account"], 0.05, rebate_cents=4.0)
+    assert say.beside["young_account"][-1] == 10.5  # firings
+    assert sum(say.beside["young_account"][:-1]) == 42.0  # their money
+
+
+def test_a_rules_precision_is_one_in_money() -> None:
+    """A rule firing on many small fraudulent payments and fewer big legitimate ones (tiny
+    referral-farm purchases by young accounts, a new customer's first big basket): 60% of its
+    firings are fraud, 13% of their rebate money. Its say is the money's share: the friction
+    budget counts its firings' money as fraud in max(q, say), so a count's share would count
+    the new customers' money as 60% fraud (on tuning world 1 of the random profile, 40k,
+    `young_account` said 0.55 over payments 11% fraud in money: their money withheld, and
+    most of it not counted against the budget)."""
+    say = RuleSay()
+    young = {"user_account_age_s": 600.0, "rebate_rate": 0.01}
+    firings = [(True, 1_000.0)] * 60 + [(False, 10_000.0)] * 40
+    for _, amount in firings:
+        say.learn_beside(["young_account"], 0.01, rebate_cents=amount * 0.01)
+    for fraud, amount in firings:
+        say.learn_one({**young, "amount_cents": amount}, fraud)
+    money = 60 * 10.0 / (60 * 10.0 + 40 * 100.0)
+    assert sum(say.fraud.values()) + sum(say.legit.values()) == pytest.approx(100.0)
+    assert say.precision("young_account") == pytest.approx(money, abs=0.02)
+    # The floor under q, which is small on every firing: the whole (money) precision.
+    assert say.score({**young, "amount_cents": 5_000.0}) == say.precision("young_account")
