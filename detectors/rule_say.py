@@ -45,6 +45,15 @@ a rare precise rule drowned, its whole say kept), none where q's mean over its f
 already reaches the precision (the classifier has learnt it), in between otherwise. So
 the risk's mean over a rule's firings is its precision, as a calibrated probability's is.
 
+Both are in money, as the friction budget counts (it withholds rebate money and counts each
+payment's money as fraud in max(q, say)): each label counts as its rebate over the mean
+rebate of the rule's recent firings (`label_weight`), and q's mean over the firings is
+weighed by their rebate. On tuning world 1 `young_account` fired on a referral farm's
+hundreds of tiny payments and on new customers' fewer, bigger ones: 60% of its firings were
+fraud, 11% of their money; a say of 0.55 under every new customer's payment withheld it and
+let the budget count 55% of it as fraud. A rule with no amount in its vectors counts each
+label and firing as one.
+
 A payment's say is the largest say of the rules that fire on it (max, not noisy-OR: rules
 firing together are not independent evidence). The risk model counts it beside the
 classifier, not through it (`detectors.risk`, "calibrated signals").
