@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -40,11 +41,16 @@ def _world(rng: random.Random, n: int, *, rare: float = 0.006) -> list[tuple[Fea
     return out
 
 
-def _trained(model: RiskModel, seed: int = 5, n: int = 6_000) -> RiskModel:
-    """Every payment scored, then labelled if fraud or by a 5% chance (labels over-represent
-    fraud)."""
+World = Callable[[random.Random, int], list[tuple[Features, bool]]]
+
+
+def _trained(
+    model: RiskModel, seed: int = 5, n: int = 6_000, world: World | None = None
+) -> RiskModel:
+    """Every payment of `world` (`_world`) scored, then labelled if fraud or by a 5% chance
+    (labels over-represent fraud)."""
     rng = random.Random(seed)
-    for x, fraud in _world(rng, n):
+    for x, fraud in (world or _world)(rng, n):
         model.learn_scored(model.assess(x))
         if fraud or rng.random() < 0.05:
             model.learn_one(x, fraud)
@@ -181,13 +187,8 @@ def _young_world(rng: random.Random, n: int) -> list[tuple[Features, bool]]:
     return out
 
 
-def _trained_on_young(model: RiskModel, seed: int = 7, n: int = 6_000) -> RiskModel:
-    rng = random.Random(seed)
-    for x, fraud in _young_world(rng, n):
-        model.learn_scored(model.assess(x))
-        if fraud or rng.random() < 0.05:
-            model.learn_one(x, fraud)
-    return model
+def _trained_on_young(model: RiskModel) -> RiskModel:
+    return _trained(model, seed=7, world=_young_world)
 
 
 def test_a_rule_the_classifier_has_learnt_puts_no_floor_under_its_legitimate_firings() -> None:
