@@ -57,7 +57,7 @@ _LOG_P, _LOG_NOT_P = -np.logaddexp(0.0, -_LOG_ODDS), -np.logaddexp(0.0, _LOG_ODD
 
 @functools.lru_cache(maxsize=4_096)
 def traffic_precision(
-    fraud: int, legit: int, *, prior_mean: float, prior_labels: float, log_odds_shift: float
+    fraud: float, legit: float, *, prior_mean: float, prior_labels: float, log_odds_shift: float
 ) -> float:
     """The posterior mean of P(fraud | flagged) among all payments, under the labelling
     model itself rather than `label_precision`'s shortcut.

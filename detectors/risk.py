@@ -39,7 +39,12 @@ so once c = 1 its firings were drowned (issue #21: on tuning worlds 0-1 of the r
 profile, 40k transactions, `binding_hijack` payments the rule `binding_before_big_payment`
 fired on had a median q of 0.05-0.08 and 0-12% of their money withheld). A rule proven
 precise is never drowned; one whose firings turn out legitimate fades to its precision, which
-the classifier's q then exceeds. Max and not noisy-OR: q and u_j estimate the same probability
+the classifier's q then exceeds. And a rule's say is not its whole precision under every
+payment it fires on but the floor that lifts q's mean over its recent firings to that
+precision (`RuleSay.floor`): none for a rule the classifier has learnt, so that a broad rule
+(`young_account`) does not put every new user's payments at its precision when q tells its
+fraud apart (and the friction budget, counting max(q, u) as fraud, does not count their money
+as fraud). Max and not noisy-OR: q and u_j estimate the same probability
 (q may have learnt the rule too), and neither should add to the other. Before the first
 estimate of the shift (`PriorShift.fits` = 0) a precision is one among the fraud-heavy labels,
 not the traffic's, so the u_j do not count yet. What the friction budget counts as fraud
@@ -185,6 +190,9 @@ class Assessment:
     #: once that has been fitted; 0 before. What the friction budget may count as fraud:
     #: the rest of risk (the prior's signals) is not calibrated.
     calibrated_risk: float = 0.0
+    #: q alone, once the prior shift has been fitted (None before, or when the classifier
+    #: was not consulted): what the rules' say learns to add to (`RuleSay.learn_beside`).
+    q: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -327,12 +335,14 @@ class RiskModel:
         c = self.confidence()
         log_odds = None
         calibrated = 0.0
+        q_fitted = None
         if c > 0.0:
             p = self.classifier.predict_proba_one(enriched)
             log_odds = _log_odds(p)
             q = _logistic(self.prior_shift.adjusted(log_odds))
             risk = c * q + (1.0 - c) * risk
             calibrated = q if self.prior_shift.fits else 0.0
+            q_fitted = q if self.prior_shift.fits else None
             # The model's reasons once it is trusted, and only where it sees some risk: most
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:
@@ -354,6 +364,7 @@ class RiskModel:
             readings=readings,
             log_odds=log_odds,
             calibrated_risk=calibrated,
+            q=q_fitted,
         )
 
     def enrich(self, x: Features) -> Features:
@@ -408,6 +419,10 @@ class RiskModel:
         prior-shift estimate the classifier's log-odds."""
         for detector, reading in zip(self._detectors(), assessment.readings, strict=True):
             detector.learn_scored(reading)
+            # The rules' say learns what q already says on the payments each rule fires on.
+            if assessment.q is not None and isinstance(detector, RuleSay) and reading.learnable:
+                codes, cents = reading.learnable
+                detector.learn_beside(codes, assessment.q, rebate_cents=cents)
         self.n_scored += 1
         if assessment.log_odds is not None:
             self.prior_shift.observe(assessment.log_odds)

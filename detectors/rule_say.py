@@ -29,6 +29,31 @@ world's) the posterior says 0.61. A rule whose firings keep
 turning out fraud gets the say its labels show; one that keeps firing on legitimate payments
 loses it.
 
+A rule's precision is an average over all its firings, and the risk model counts the say as a
+floor under the classifier's q (risk = max(blend, say)): where the classifier already tells
+its firings apart (q near 1 on the fraud among them, near 0 on the rest), a floor at the
+whole precision adds fraud probability the rule's firings do not have. On the random
+profile's tuning world 0 (40k) `young_account` fired on 212 payments, 34% fraud; its say
+was 0.47-0.54 and the classifier's q already averaged about that over them (near 1 on
+brushing and coupon farming), yet every new user's first-day payment got risk >= 0.47,
+and the friction budget counted 47% of it as fraud: new customers' money was withheld and
+the budget's estimate of the legitimate money below its cut fell short. So the say of a
+rule is the floor that brings the mean of max(q, floor) over its recent firings (`memory`
+of them, q recorded as scored: `learn_beside`) up to its precision and no further: the
+precision itself where the classifier sees nothing in the rule (q small on every firing:
+a rare precise rule drowned, its whole say kept), none where q's mean over its firings
+already reaches the precision (the classifier has learnt it), in between otherwise. So
+the risk's mean over a rule's firings is its precision, as a calibrated probability's is.
+
+Both are in money, as the friction budget counts (it withholds rebate money and counts each
+payment's money as fraud in max(q, say)): each label counts as its rebate over the mean
+rebate of the rule's recent firings (`label_weight`), and q's mean over the firings is
+weighed by their rebate. On tuning world 1 `young_account` fired on a referral farm's
+hundreds of tiny payments and on new customers' fewer, bigger ones: 60% of its firings were
+fraud, 11% of their money; a say of 0.55 under every new customer's payment withheld it and
+let the budget count 55% of it as fraud. A rule with no amount in its vectors counts each
+label and firing as one.
+
 A payment's say is the largest say of the rules that fire on it (max, not noisy-OR: rules
 firing together are not independent evidence). The risk model counts it beside the
 classifier, not through it (`detectors.risk`, "calibrated signals").
@@ -37,6 +62,7 @@ classifier, not through it (`detectors.risk`, "calibrated signals").
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +73,16 @@ from detectors.rules import RuleScore
 
 #: The Beta prior's weight in labels: two, as Beta(1, 1)'s (the ring's say).
 PRIOR_LABELS = 2.0
-#: `RuleSay`'s caches: rebuilt from its counts and rules, never pickled.
-_CACHES = ("_says", "_says_shift", "_stated", "_stated_of")
+#: The classifier's q on a rule's firings is kept in this many bins of [0, 1] (its floor is
+#: found to 1 / Q_BINS).
+Q_BINS = 100
+#: A rule's histogram of q stands for about its last this many firings: past twice this
+#: many, every count is halved (the classifier moves as it learns).
+BESIDE_MEMORY = 1_000
+#: Each bin's q (its middle), as `floor` reads the histogram.
+_BIN_Q = tuple((b + 0.5) / Q_BINS for b in range(Q_BINS))
+#: `RuleSay`'s caches: rebuilt from its counts, histograms and rules, never pickled.
+_CACHES = ("_says", "_says_shift", "_floors", "_stated", "_stated_of")
 
 
 @dataclass(kw_only=True)
@@ -77,22 +111,34 @@ class RuleSay:
     >>> for _ in range(6):
     ...     say.learn_one(shared, True)
     >>> round(say.score_one(shared), 3), say.fraud
-    (0.844, {'device_shared_7d': 6})
+    (0.844, {'device_shared_7d': 6.0})
     """
 
     rules: RuleScore = field(default_factory=RuleScore)
     prior_labels: float = PRIOR_LABELS
-    #: rule code -> labelled fraud / legitimate payments it fired on.
-    fraud: dict[str, int] = field(default_factory=dict)
-    legit: dict[str, int] = field(default_factory=dict)
+    #: rule code -> labelled fraud / legitimate payments it fired on, each weighed by its
+    #: rebate against the mean rebate of the rule's recent firings (`label_weight`).
+    fraud: dict[str, float] = field(default_factory=dict)
+    legit: dict[str, float] = field(default_factory=dict)
+    #: rule code -> the rebate money of its recent firings by the classifier's calibrated q
+    #: (`Q_BINS` bins), then how many firings they were: what its say adds to q (module
+    #: docstring). None for a rule: its whole precision.
+    beside: dict[str, list[float]] = field(default_factory=dict)
+    memory: int = BESIDE_MEMORY
     name: str = "rule_say"
     #: Each rule's say at `_says_shift`, with the counts it was learnt from: a rule's say is
     #: computed once per shift and per label of its payments, not per payment (the posterior
     #: is a sum over a grid). Not pickled.
-    _says: dict[str, tuple[int, int, float]] = field(
+    _says: dict[str, tuple[float, float, float]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _says_shift: float = field(default=0.0, init=False, repr=False, compare=False)
+    #: Each rule's floor, with the precision and the histogram (`beside`'s list, None before
+    #: any) it was found for: dropped when the rule's histogram learns (`learn_beside`), so a
+    #: rule's floor is found once per firing that moved it, not once per payment. Not pickled.
+    _floors: dict[str, tuple[float, list[float] | None, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
     #: Each rule's stated score, for the rule set `_stated_of` (rules are frozen: a new set
     #: is a new tuple).
     _stated: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -108,8 +154,11 @@ class RuleSay:
         return {k: v for k, v in self.__dict__.items() if k not in _CACHES}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._says, self._says_shift, self._stated, self._stated_of = {}, 0.0, {}, None
+        """Restores a checkpoint; one from before `beside` has seen no q yet: each rule says
+        its whole precision until it has."""
+        self.__dict__.update({"beside": {}, "memory": BESIDE_MEMORY, **state})
+        self._says, self._says_shift, self._floors = {}, 0.0, {}
+        self._stated, self._stated_of = {}, None
 
     def stated(self, code: str) -> float:
         """What the rule `code` says alone: logistic(base + its log-odds)."""
@@ -142,21 +191,72 @@ class RuleSay:
         self._says[code] = (fraud, legit, say)
         return say
 
+    def floor(self, code: str, precision: float) -> float:
+        """The smallest s (to 1 / `Q_BINS`, at most `precision`) with the mean of max(q, s)
+        over the rule's recent firings, weighed by their rebate money, at least `precision`
+        (q at its bin's middle); `precision` itself before any firing was seen with a q.
+
+        Examples
+        --------
+        Half its firings at q = 0.9 (the classifier's fraud), half at q = 0.1: a precision
+        of 0.5 is already q's mean, so no floor; at 0.6 a floor of 0.3 lifts the half at 0.1
+        (0.5 x 0.9 + 0.5 x 0.3 = 0.6).
+
+        >>> say = RuleSay()
+        >>> say.floor("young_account", 0.6)
+        0.6
+        >>> for q in (0.9, 0.1) * 10:
+        ...     say.learn_beside(["young_account"], q, rebate_cents=50.0)
+        >>> say.floor("young_account", 0.5), say.floor("young_account", 0.6)
+        (0.0, 0.3)
+        """
+        seen = self.beside.get(code)
+        floored = self._floors.get(code)
+        if floored is not None and floored[0] == precision and floored[1] is seen:
+            return floored[2]
+        floor = precision
+        counts = seen[:Q_BINS] if seen else None
+        total = sum(counts) if counts else 0.0
+        if counts and total > 0.0:
+            wanted = precision * total
+            below, above = 0.0, sum(map(operator.mul, _BIN_Q, counts))
+            for k in range(Q_BINS + 1):
+                s = k / Q_BINS
+                if s * below + above >= wanted - 1e-9 * total:
+                    floor = min(s, precision)
+                    break
+                if k < Q_BINS:
+                    below += counts[k]
+                    above -= _BIN_Q[k] * counts[k]
+        self._floors[code] = (precision, seen, floor)
+        return floor
+
     def score(self, x: Features, log_odds_shift: float = 0.0) -> float:
-        """The largest say of the rules that fire on `x` (0: none fires)."""
-        codes = self.rules.assess(x)[1]
+        """The largest say of the rules that fire on `x` (0: none fires): each rule's floor
+        under q at its precision (`floor`)."""
+        return self._say_of(self.rules.assess(x)[1], log_odds_shift)
+
+    def _say_of(self, codes: list[str], log_odds_shift: float) -> float:
+        """The largest say of the rules `codes`: `precision` and `floor` inlined where both
+        are cached, as they are for most payments (once per payment)."""
         if not codes:
             return 0.0
         if log_odds_shift != self._says_shift:
             self._says, self._says_shift = {}, log_odds_shift
-        says, fraud, legit = self._says, self.fraud, self.legit
-        most = 0.0  # every say is above 0: the largest of them
-        for code in codes:  # `precision`, inlined where the say is cached: once per payment
+        says, floors, fraud, legit = self._says, self._floors, self.fraud, self.legit
+        beside = self.beside
+        most = 0.0  # every say is at least 0: the largest of them
+        for code in codes:
             said = says.get(code)
             if said is None or said[0] != fraud.get(code, 0) or said[1] != legit.get(code, 0):
-                say = self.precision(code, log_odds_shift)
+                precision = self.precision(code, log_odds_shift)
             else:
-                say = said[2]
+                precision = said[2]
+            floored = floors.get(code)
+            if floored is None or floored[0] != precision or floored[1] is not beside.get(code):
+                say = self.floor(code, precision)
+            else:
+                say = floored[2]
             if say > most:
                 most = say
         return most
@@ -186,8 +286,48 @@ class RuleSay:
 
     def read(self, x: Features, *, log_odds_shift: float = 0.0) -> Reading:
         """Its part in the risk model: `score` at the labels' prior shift. No reason: the
-        rules' own reading names the rules that fire."""
-        return Reading(self.score(x, log_odds_shift), [])
+        rules' own reading names the rules that fire (kept as what `learn_beside` learns)."""
+        codes = self.rules.assess(x)[1]
+        score = self._say_of(codes, log_odds_shift)
+        return Reading(score, [], (codes, rebate_cents(x)) if codes else None)
+
+    def learn_beside(self, codes: list[str], q: float, *, rebate_cents: float | None) -> None:
+        """A scored payment the rules `codes` fired on, its rebate (None: unknown, counted
+        as 1) and the classifier's calibrated q on it (the risk model calls it once q is a
+        probability among all payments)."""
+        b = min(Q_BINS - 1, max(0, int(q * Q_BINS)))
+        money = 1.0 if rebate_cents is None else rebate_cents
+        for code in codes:
+            self._floors.pop(code, None)  # its histogram moves: its floor is found anew
+            seen = self.beside.get(code)
+            if seen is None:
+                seen = self.beside[code] = [0.0] * (Q_BINS + 1)
+            seen[b] += money
+            seen[Q_BINS] += 1.0
+            if seen[Q_BINS] > 2 * self.memory:
+                seen[:] = [n / 2 for n in seen]
+
+    def label_weight(self, code: str, x: Features) -> float:
+        """What a label of `x` counts for the rule `code`: its rebate over the mean rebate of
+        the rule's recent firings (1 when either is unknown), so that its precision is one in
+        money, the share of the rebate money on its firings that is fraud: what the friction
+        budget counts.
+
+        Examples
+        --------
+        >>> say = RuleSay()
+        >>> for cents in (10.0, 30.0):
+        ...     say.learn_beside(["young_account"], 0.1, rebate_cents=cents)
+        >>> young = {"user_account_age_s": 600.0, "amount_cents": 1_000.0, "rebate_rate": 0.01}
+        >>> say.label_weight("young_account", young), say.label_weight("refund", young)
+        (0.5, 1.0)
+        """
+        seen = self.beside.get(code)
+        cents = rebate_cents(x)
+        if seen is None or cents is None or seen[Q_BINS] <= 0.0:
+            return 1.0
+        mean = sum(seen[:Q_BINS]) / seen[Q_BINS]
+        return cents / mean if mean > 0.0 else 1.0
 
     def learn_one(self, x: Features, y: bool | None = None) -> None:
         """A label of a payment counts for every rule that fired on it.
@@ -205,13 +345,13 @@ class RuleSay:
         >>> say.learn_one({"user_account_age_s": 600.0, "is_refund": 1.0}, False)
         >>> say.learn_one({}, True)  # no rule fires: nothing to count
         >>> say.fraud, say.legit
-        ({}, {'young_account': 1, 'refund': 1})
+        ({}, {'young_account': 1.0, 'refund': 1.0})
         """
         if y is None:
             return
         counts = self.fraud if y else self.legit
         for code in self.rules.assess(x)[1]:
-            counts[code] = counts.get(code, 0) + 1
+            counts[code] = counts.get(code, 0.0) + self.label_weight(code, x)
 
     def learn_scored(self, reading: Reading) -> None:
         """Scoring teaches it nothing: only labels do."""
@@ -221,3 +361,9 @@ class RuleSay:
 
     def explain_one(self, x: Features) -> list[str]:
         return self.rules.explain_one(x)
+
+
+def rebate_cents(x: Features) -> float | None:
+    """The rebate a payment's vector asks for (amount x rate; None when either is missing)."""
+    amount, rate = x.get("amount_cents"), x.get("rebate_rate")
+    return None if amount is None or rate is None else amount * rate
