@@ -29,7 +29,9 @@ last analysis is a candidate with the accounts registered there within `new_acco
 each other points. Two more anchored candidates read them instead: a merchant bound to or
 whose bound users paid since the last analysis, when enough of its bound users buy
 elsewhere only (`take_dirty_binders`: the binding-ring detector's first trait is zero below
-that), and a user given points since then by enough givers (`take_dirty_receivers`). Each
+that), the same merchants again when its bound regular payers bring most of its payments
+(`cycle_earners`: a commission cycle's), and a user given points since then by enough givers
+(`take_dirty_receivers`). Each
 is analysed with its own bound users or givers, read from indices kept as events arrive.
 
 Union-find cannot forget, so when edges expire the groups are rebuilt from the live window
@@ -67,6 +69,10 @@ class Limits:
     binding_share: float = 0.3
     #: Givers from which a receiver of points may be a collector's (`rings.points_collector`).
     givers: int = 5
+    #: Bound regular payers from which a merchant may be earning commission on a cycle
+    #: (`rings.commission_cycle`), and the least share of its payments they must bring.
+    cycle_accounts: int = 3
+    cycle_share: float = 0.5
     #: From this rebate rate a merchant is worth a look as a colluding ring's.
     money_ring_rate: float = 0.12
 
@@ -286,6 +292,27 @@ class Candidates:
             ):
                 out.append(merchant)
         self.dirty_binders.clear()
+        return out
+
+    def cycle_earners(self, graph: EntityGraph, merchants: list[str]) -> list[str]:
+        """Of `merchants` (the dirty binders, read before `take_dirty_binders` clears them:
+        bound to, or whose bound users paid, since the last scan), those that may be earning
+        commission on a cycle: at most `Limits.merchant` regular payers (a busy shop's trade
+        is not a few accounts' money), `Limits.cycle_accounts` or more of them bound to it,
+        bringing at least `Limits.cycle_share` of its payments (below that the detector's
+        first trait is zero). Read from the regular-payer index and the bindings."""
+        limits, edges, bindings = self.limits, graph.edges, graph.bindings
+        out = []
+        for merchant in merchants:
+            regulars = graph.regular_payers.get(merchant, ())
+            if len(regulars) > limits.merchant:
+                continue
+            bound = [u for u in regulars if (u, merchant) in bindings]
+            if len(bound) < limits.cycle_accounts:
+                continue
+            theirs = sum(edges[(u, merchant)].payments for u in bound)
+            if theirs >= limits.cycle_share * graph.merchant_payments.get(merchant, 0):
+                out.append(merchant)
         return out
 
     def take_dirty_receivers(self, graph: EntityGraph) -> list[str]:

@@ -25,6 +25,7 @@ from graph.rings import (
     SIGNUP_BATCH,
     Finding,
     analyse_binder,
+    analyse_earner,
     analyse_identity_group,
     analyse_merchant_group,
     analyse_receiver,
@@ -436,7 +437,8 @@ class GraphLayer:
 
     def scan(self, now: int) -> list[RingEvent]:
         """Analyse every group that changed since the last scan: identity groups, merchant
-        groups, binders and receivers of points, and IPs with new accounts (a new signup
+        groups, binders (as binding rings and as commission cycles) and receivers of points,
+        and IPs with new accounts (a new signup
         there is always worth a look)."""
         candidates, graph = self.candidates, self.graph
         keys = [(analyse_identity_group, root) for root in candidates.take_dirty(min_users=2)]
@@ -455,10 +457,16 @@ class GraphLayer:
                 continue
             self.analysed += 1
             out += self._record(analyse(graph, nodes, now=now), now)
-        # Bindings and points transfers, anchored at the merchant and at the receiver.
+        # Bindings and points transfers, anchored at the merchant and at the receiver; the
+        # binders again as earners of commission on a cycle, unless a money ring (brushing,
+        # collusion) already holds the merchant: its regular payers are that ring's, and two
+        # kinds taking the same accounts in turns would only churn ring ids.
+        book = self.book
+        binders = [m for m in sorted(candidates.dirty_binders) if m[2:] not in book.by_merchant]
         for anchor, analyse_anchor in (
             *((m, analyse_binder) for m in candidates.take_dirty_binders(graph)),
             *((r, analyse_receiver) for r in candidates.take_dirty_receivers(graph)),
+            *((m, analyse_earner) for m in candidates.cycle_earners(graph, binders)),
         ):
             self.analysed += 1
             out += self._record(analyse_anchor(graph, anchor, now=now), now)

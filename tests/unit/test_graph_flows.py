@@ -1,7 +1,8 @@
 """The graph layer on the platform's events (issue #21): bindings and points transfers in their
-own edge kinds, the binding-ring and points-collector detectors on small hand-built rings, and
-the look-alikes that must stay unflagged (a family bound to its local shop, a morning's
-customers bound at the till, relatives or fans giving points to one member)."""
+own edge kinds, the binding-ring, points-collector and commission-cycle detectors on small
+hand-built rings, and the look-alikes that must stay unflagged (a family bound to its local
+shop, a morning's customers bound at the till, a shop's regulars bound to it, relatives or fans
+giving points to one member)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from graph.candidates import Candidates
 from graph.entity_graph import EntityGraph
 from graph.layer import GraphLayer
-from graph.rings import BINDING_RING, POINTS_COLLECTOR
+from graph.rings import BINDING_RING, COMMISSION_CYCLE, POINTS_COLLECTOR
 from rebate_guard.contract.order import order_key
 from rebate_guard.contract.records import (
     BINDING,
@@ -101,6 +102,27 @@ def points_collector(w: FlowWorld, start: int = T0) -> set[str]:
     return givers | {"collector"}
 
 
+def commission_cycle(w: FlowWorld, start: int = T0) -> set[str]:
+    """Four old accounts (two phones between them, and each now and then on another's) bound
+    to the earner at a first payment there, then paying it every other day, big and round,
+    and spending at ordinary diners in between; a few passers-by pay it once."""
+    accounts = {f"cy{i}" for i in range(4)}
+    for i in range(4):
+        user, phone = f"cy{i}", f"cyphone{i % 2}"
+        w.user(user, start - 200 * DAY_MS, device_id=phone)
+        w.bind(user, "earner", start + i * HOUR, device=phone)
+        w.pay(user, "earner", start + i * HOUR, amount_cents=20_000, device_id=phone)
+        for day in range(1, 8):
+            ts = start + (2 * day * DAY_MS) + i * HOUR
+            lent = f"cyphone{(i + day) % 2}"
+            w.bought(user, "earner", ts, "earner", amount_cents=30_000, device_id=lent)
+            w.bought(user, f"diner{day % 3}", ts + DAY_MS, "earner", device_id=phone)
+    for i in range(3):
+        w.user(f"passer{i}", start - 300 * DAY_MS)
+        w.pay(f"passer{i}", "earner", start + (3 + 4 * i) * DAY_MS, amount_cents=6_000)
+    return accounts
+
+
 # --- look-alikes ----------------------------------------------------------------------------
 def family_bound_to_its_shop(w: FlowWorld, start: int = T0) -> None:
     """A family of four on one phone, bound to their corner shop at its till the first time
@@ -123,6 +145,20 @@ def morning_bound_at_the_till(w: FlowWorld, start: int = T0) -> None:
         w.bind(user, "bakery", ts + 1, device="bakery-till")
         w.bought(user, "bakery", ts + 10 * MINUTE, "bakery", amount_cents=800)
         w.bought(user, f"diner{i % 3}", ts + DAY_MS, "bakery")
+
+
+def regulars_bound_to_their_shop(w: FlowWorld, start: int = T0) -> None:
+    """A small shop's six regulars, each on their own phone, bound to it at a first visit:
+    they come back every other day and are most of its trade, and shop elsewhere too."""
+    for i in range(6):
+        user = f"reg{i}"
+        w.user(user, start - 300 * DAY_MS)
+        w.bind(user, "nook", start + i * HOUR)
+        w.pay(user, "nook", start + i * HOUR, amount_cents=4_000)
+        for day in range(1, 8):
+            ts = start + 2 * day * DAY_MS + i * HOUR
+            w.bought(user, "nook", ts, "nook", amount_cents=4_500)
+            w.bought(user, f"diner{day % 3}", ts + DAY_MS, "nook")
 
 
 def relatives_give_to_one(w: FlowWorld, start: int = T0) -> None:
@@ -164,6 +200,7 @@ RINGS = {
     "binding_farm": (binding_farm, BINDING_RING, {"farm-binder"}),
     "binding_hijack": (binding_hijack, BINDING_RING, {"fixer"}),
     "points_collector": (points_collector, POINTS_COLLECTOR, None),
+    "commission_cycle": (commission_cycle, COMMISSION_CYCLE, {"earner"}),
 }
 #: Other shapes of the same rings (the same accounts: not in one world with `RINGS`).
 VARIANTS = {
@@ -172,6 +209,7 @@ VARIANTS = {
 LOOKALIKES = [
     family_bound_to_its_shop,
     morning_bound_at_the_till,
+    regulars_bound_to_their_shop,
     relatives_give_to_one,
     a_family_pools_its_points,
     fans_give_to_a_star,
@@ -200,6 +238,10 @@ def test_each_flow_ring_is_found_and_its_evidence_names_the_edges(scenario: str)
         if scenario == "binding_hijack_hours_ahead":  # none within the hour: rebound
             assert evidence["share_bound_within_an_hour_before"] == 0.0
             assert evidence["bindings_per_account"] >= 2.0
+    elif kind == COMMISSION_CYCLE:  # its trade is theirs, they are linked, it earns on them
+        assert evidence["bound_regular_payers"] == len(members)
+        assert evidence["closed_share"] >= 0.8 and evidence["linked_share"] == 1.0
+        assert evidence["commission_cents"] > 0
     else:  # the givers and the points they passed
         assert evidence["givers"] == len(members) - 1 and evidence["points_cents"] > 0
 
@@ -225,7 +267,9 @@ def test_flow_rings_are_found_among_their_look_alikes() -> None:
     # (The farm's and the collector's accounts were a signup batch first: the early warning,
     # retired by the specific ring.)
     active = [r for r in _rings(events).values() if r.status == "active"]
-    assert sorted(r.kind for r in active) == [BINDING_RING, BINDING_RING, POINTS_COLLECTOR]
+    assert sorted(r.kind for r in active) == sorted(
+        [BINDING_RING, BINDING_RING, COMMISSION_CYCLE, POINTS_COLLECTOR]
+    )
 
 
 def test_a_bound_user_who_buys_from_the_binder_is_its_customer() -> None:
@@ -329,3 +373,22 @@ def test_replay_scores_a_bound_accounts_next_payment_with_its_ring() -> None:
     decision = scorer.apply(probe, decided_at=0)
     assert decision is not None and "ring:binding_ring" in decision.reasons
     assert any(e.kind == BINDING_RING for e in scorer.ring_events)
+
+
+def test_replay_scores_a_cycle_members_payment_elsewhere_with_its_ring_and_rule() -> None:
+    """A commission cycle's member's next payment, at an ordinary diner, is decided with the
+    cycle's ring reason and the rule on it (`commission_cycle_ring`): the everyday spending
+    earns the merchant its commission too."""
+    world = FlowWorld()
+    _shops(world, T0)
+    members = commission_cycle(world)
+    scorer = Scorer(graph=GraphLayer())
+    for event in sorted(world.events, key=lambda e: order_key(e, 0)):
+        scorer.apply(event, decided_at=0)
+    after = max(e.ts for e in world.events) + HOUR
+    probe = parse_transaction(
+        tx("probe", after, user_id=sorted(members)[0], merchant_id="diner0", amount_cents=3_000)
+    )
+    decision = scorer.apply(probe, decided_at=0)
+    assert decision is not None
+    assert {"ring:commission_cycle", "commission_cycle_ring"} <= set(decision.reasons)
