@@ -26,6 +26,8 @@ every trait and the evidence says which one was weakest. The traits, per kind:
 - commission cycle: a merchant whose payments come mostly from its own bound users, paying
   it again and again (the money it takes is theirs going round), who share devices, cards or
   phones with each other, and on whom it earns retention commission;
+- coupon farm: five or more young accounts using one merchant's coupons, soon after signing
+  up, on shared devices or phones;
 - signup batch: five or more accounts registered within a day or two on a few devices or
   phones, before they do anything: how farms, brushing crews and cash-out teams start. It is
   the earliest warning and the weakest (its score is capped at `SIGNUP_BATCH_MAX`, so the
@@ -74,6 +76,7 @@ CASH_OUT = "cash_out"
 BINDING_RING = "binding_ring"
 POINTS_COLLECTOR = "points_collector"
 COMMISSION_CYCLE = "commission_cycle"
+COUPON_FARM = "coupon_farm"
 SIGNUP_BATCH = "signup_batch"
 #: In order of precedence at equal scores: the specific kinds first.
 KINDS = (
@@ -85,6 +88,7 @@ KINDS = (
     BINDING_RING,
     POINTS_COLLECTOR,
     COMMISSION_CYCLE,
+    COUPON_FARM,
     SIGNUP_BATCH,
 )
 
@@ -704,6 +708,42 @@ def _linked_share(group: Group, accounts: list[str], merchant: str) -> float:
             for node in group.identifiers(user, prefix)
         )
     return linked / len(accounts)
+
+
+def analyse_coupon_merchant(graph: EntityGraph, merchant: str, *, now: int) -> list[Finding]:
+    """The coupon farm a merchant's young coupon users may be
+    (`Candidates.take_coupon_merchants`)."""
+    found = coupon_farm(graph, merchant, now=now)
+    return [found] if found else []
+
+
+def coupon_farm(graph: EntityGraph, merchant: str, *, now: int) -> Finding | None:
+    """`FARM_ACCOUNTS` or more young accounts (`EntityGraph.coupon_redeemed`) using the
+    merchant's coupons, soon after signing up (median 3 d -> 1 d to the first), on shared
+    devices or phones (accounts per device or phone 1.2 -> 2.5). Deal hunters on one campus
+    network are mostly old accounts on their own phones (an IP links nobody); a family
+    joining on one phone is a few accounts."""
+    accounts = sorted(graph.coupon_users.get(merchant, ()))
+    if len(accounts) < FARM_ACCOUNTS:
+        return None
+    group = Group(graph, accounts, [merchant], now)
+    uses = [graph.coupon_uses[(u, merchant)] for u in accounts]
+    to_use = statistics.median(use.age_ms for use in uses)
+    concentration = group.shared_phones(accounts)
+    traits = {
+        "used_soon_after_signup": ramp(to_use, none=3 * DAY_MS, full=DAY_MS),
+        "accounts_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
+    }
+    evidence = {
+        "merchant": merchant[2:],
+        "young_coupon_users": len(accounts),
+        "coupons_used": sum(use.times for use in uses),
+        "median_hours_signup_to_use": _hours(to_use),
+        "accounts_per_device_or_phone": round(concentration, 2),
+    }
+    return group.finding(
+        COUPON_FARM, accounts, merchants=[merchant], traits=traits, evidence=evidence
+    )
 
 
 def _median_age(graph: EntityGraph, users: list[str], at: list[int]) -> float:
