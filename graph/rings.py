@@ -615,10 +615,8 @@ def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding 
     transfers = [graph.transfers[(g, receiver)] for g in givers]
     to_giving = _median_age(graph, givers, [t.first_ts for t in transfers])
     concentration = group.shared_phones(givers)
-    traits = {
-        "givers_give_soon_after_signup": ramp(to_giving, none=3 * DAY_MS, full=DAY_MS),
-        "givers_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
-    }
+    soon, shared = _fresh_on_shared_phones(to_giving, concentration)
+    traits = {"givers_give_soon_after_signup": soon, "givers_per_device_or_phone": shared}
     evidence = {
         "receiver": receiver[2:],
         "givers": len(givers),
@@ -730,10 +728,8 @@ def coupon_farm(graph: EntityGraph, merchant: str, *, now: int) -> Finding | Non
     uses = [graph.coupon_uses[(u, merchant)] for u in accounts]
     to_use = statistics.median(use.age_ms for use in uses)
     concentration = group.shared_phones(accounts)
-    traits = {
-        "used_soon_after_signup": ramp(to_use, none=3 * DAY_MS, full=DAY_MS),
-        "accounts_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
-    }
+    soon, shared = _fresh_on_shared_phones(to_use, concentration)
+    traits = {"used_soon_after_signup": soon, "accounts_per_device_or_phone": shared}
     evidence = {
         "merchant": merchant[2:],
         "young_coupon_users": len(accounts),
@@ -744,6 +740,12 @@ def coupon_farm(graph: EntityGraph, merchant: str, *, now: int) -> Finding | Non
     return group.finding(
         COUPON_FARM, accounts, merchants=[merchant], traits=traits, evidence=evidence
     )
+
+
+def _fresh_on_shared_phones(age_ms: float, per_phone: float) -> tuple[float, float]:
+    """A farm's two traits: its accounts acted soon after signing up (median age 3 d -> 1 d)
+    on shared devices or phones (accounts per device or phone 1.2 -> 2.5)."""
+    return ramp(age_ms, none=3 * DAY_MS, full=DAY_MS), ramp(per_phone, none=1.2, full=2.5)
 
 
 def _median_age(graph: EntityGraph, users: list[str], at: list[int]) -> float:

@@ -414,34 +414,18 @@ def test_the_layer_with_flows_resumes_identically_from_a_pickle() -> None:
     restored = pickle.loads(pickle.dumps(resumed))
     got += feed(restored, events[cut:]) + restored.scan(events[-1].ts)
     assert got == expected
-    assert {BINDING_RING, POINTS_COLLECTOR} <= {e.kind for e in expected}
+    assert {BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR} <= {
+        e.kind for e in expected
+    }
 
 
-def test_replay_scores_a_bound_accounts_next_payment_with_its_ring() -> None:
-    """`Scorer.apply` gives the graph the platform events: a farm account's next payment is
-    decided with the binding ring's score and reason."""
+def _next_payment_of(make: Any) -> tuple[Any, Scorer]:
+    """Replay (`Scorer.apply`, which gives the graph the platform events) of the ring `make`
+    builds, then a member's next payment at an ordinary diner: its decision, and the
+    scorer."""
     world = FlowWorld()
     _shops(world, T0)
-    members = binding_farm(world)
-    scorer = Scorer(graph=GraphLayer())
-    for event in sorted(world.events, key=lambda e: order_key(e, 0)):
-        scorer.apply(event, decided_at=0)
-    after = max(e.ts for e in world.events) + HOUR
-    probe = parse_transaction(
-        tx("probe", after, user_id=sorted(members)[0], merchant_id="diner0", amount_cents=3_000)
-    )
-    decision = scorer.apply(probe, decided_at=0)
-    assert decision is not None and "ring:binding_ring" in decision.reasons
-    assert any(e.kind == BINDING_RING for e in scorer.ring_events)
-
-
-def test_replay_scores_a_cycle_members_payment_elsewhere_with_its_ring_and_rule() -> None:
-    """A commission cycle's member's next payment, at an ordinary diner, is decided with the
-    cycle's ring reason and the rule on it (`commission_cycle_ring`): the everyday spending
-    earns the merchant its commission too."""
-    world = FlowWorld()
-    _shops(world, T0)
-    members = commission_cycle(world)
+    members = make(world)
     scorer = Scorer(graph=GraphLayer())
     for event in sorted(world.events, key=lambda e: order_key(e, 0)):
         scorer.apply(event, decided_at=0)
@@ -451,4 +435,19 @@ def test_replay_scores_a_cycle_members_payment_elsewhere_with_its_ring_and_rule(
     )
     decision = scorer.apply(probe, decided_at=0)
     assert decision is not None
+    return decision, scorer
+
+
+def test_replay_scores_a_bound_accounts_next_payment_with_its_ring() -> None:
+    """A farm account's next payment is decided with the binding ring's score and reason."""
+    decision, scorer = _next_payment_of(binding_farm)
+    assert "ring:binding_ring" in decision.reasons
+    assert any(e.kind == BINDING_RING for e in scorer.ring_events)
+
+
+def test_replay_scores_a_cycle_members_payment_elsewhere_with_its_ring_and_rule() -> None:
+    """A commission cycle's member's next payment, at an ordinary diner, is decided with the
+    cycle's ring reason and the rule on it (`commission_cycle_ring`): the everyday spending
+    earns the merchant its commission too."""
+    decision, _ = _next_payment_of(commission_cycle)
     assert {"ring:commission_cycle", "commission_cycle_ring"} <= set(decision.reasons)
