@@ -68,6 +68,12 @@ DEFAULT_RULES = (
     Rule("binding_farm_device", "device_bound_user_count_7d", threshold=4, log_odds=3.0),
     Rule("coupon_farm_device", "device_coupon_user_count_24h", threshold=4, log_odds=3.0),
     Rule("points_collector", "points_givers_30d", threshold=5, log_odds=2.5),
+    # A member of a commission cycle the graph found (`graph.rings.commission_cycle`: a
+    # merchant whose trade is its own bound, linked payers'): every payment of theirs feeds
+    # the cycle, the everyday ones elsewhere too, each earning the merchant its commission.
+    # As strong as the farms' shared devices: the ring is a merchant's whole trade on linked
+    # accounts, which a shop's regulars or a family at its corner shop never are.
+    Rule("commission_cycle_ring", "ring_commission_cycle", threshold=0.5, log_odds=3.0),
 )
 
 #: What a points request adds to the log-odds when it gives points to another user: a
@@ -104,6 +110,8 @@ def request_rule_score() -> RuleScore:
 #: How many of `DEFAULT_RULES` there were before the platform rules: a checkpoint whose
 #: rules are exactly those (the defaults of then) takes today's defaults on load.
 RULES_BEFORE_PLATFORM = 6
+#: ... and before the commission-cycle rule: a checkpoint holding those takes them too.
+RULES_BEFORE_CYCLE = 10
 
 BASE_LOG_ODDS = -3.5
 
@@ -154,7 +162,10 @@ class RuleScore:
         """Restores a checkpoint; one holding the default rules of before the platform rules
         takes today's defaults (a rule set of the risk team's own stays as it was)."""
         self.__dict__.update(state)
-        if self.rules == DEFAULT_RULES[:RULES_BEFORE_PLATFORM]:
+        if self.rules in (
+            DEFAULT_RULES[:RULES_BEFORE_PLATFORM],
+            DEFAULT_RULES[:RULES_BEFORE_CYCLE],
+        ):
             self.rules = DEFAULT_RULES
 
     def score_one(self, x: Features) -> float:

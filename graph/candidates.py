@@ -29,7 +29,10 @@ last analysis is a candidate with the accounts registered there within `new_acco
 each other points. Two more anchored candidates read them instead: a merchant bound to or
 whose bound users paid since the last analysis, when enough of its bound users buy
 elsewhere only (`take_dirty_binders`: the binding-ring detector's first trait is zero below
-that), and a user given points since then by enough givers (`take_dirty_receivers`). Each
+that), the same merchants again when its bound regular payers bring most of its payments
+(`cycle_earners`: a commission cycle's), a user given points since then by enough givers
+(`take_dirty_receivers`), and a merchant whose coupons enough young accounts used
+(`take_coupon_merchants`). Each
 is analysed with its own bound users or givers, read from indices kept as events arrive.
 
 Union-find cannot forget, so when edges expire the groups are rebuilt from the live window
@@ -67,6 +70,13 @@ class Limits:
     binding_share: float = 0.3
     #: Givers from which a receiver of points may be a collector's (`rings.points_collector`).
     givers: int = 5
+    #: Bound regular payers from which a merchant may be earning commission on a cycle
+    #: (`rings.commission_cycle`), and the least share of its payments they must bring.
+    cycle_accounts: int = 3
+    cycle_share: float = 0.5
+    #: Young accounts using a merchant's coupons from which it may be a coupon farm's
+    #: (`rings.coupon_farm`).
+    coupon_accounts: int = 5
     #: From this rebate rate a merchant is worth a look as a colluding ring's.
     money_ring_rate: float = 0.12
 
@@ -120,6 +130,8 @@ class Candidates:
     #: users given points since the last `take_dirty_receivers`.
     dirty_binders: set[str] = field(default_factory=set)
     dirty_receivers: set[str] = field(default_factory=set)
+    #: Merchants whose coupons a young account used since the last `take_coupon_merchants`.
+    dirty_coupon_merchants: set[str] = field(default_factory=set)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint; one written before `joined` and `regroup` were kept has
@@ -130,6 +142,8 @@ class Candidates:
             self.regroup_all = True
         if "dirty_binders" not in state:
             self.dirty_binders, self.dirty_receivers = set(), set()
+        if "dirty_coupon_merchants" not in state:
+            self.dirty_coupon_merchants = set()
 
     def find(self, node: str) -> str:
         parent = self.parent
@@ -288,12 +302,41 @@ class Candidates:
         self.dirty_binders.clear()
         return out
 
+    def cycle_earners(self, graph: EntityGraph, merchants: list[str]) -> list[str]:
+        """Of `merchants` (the dirty binders, read before `take_dirty_binders` clears them:
+        bound to, or whose bound users paid, since the last scan), those that may be earning
+        commission on a cycle: at most `Limits.merchant` regular payers (a busy shop's trade
+        is not a few accounts' money), `Limits.cycle_accounts` or more of them bound to it,
+        bringing at least `Limits.cycle_share` of its payments (below that the detector's
+        first trait is zero). Read from the regular-payer index and the bindings."""
+        limits, edges, bindings = self.limits, graph.edges, graph.bindings
+        out = []
+        for merchant in merchants:
+            regulars = graph.regular_payers.get(merchant, ())
+            if len(regulars) > limits.merchant:
+                continue
+            bound = [u for u in regulars if (u, merchant) in bindings]
+            if len(bound) < limits.cycle_accounts:
+                continue
+            theirs = sum(edges[(u, merchant)].payments for u in bound)
+            if theirs >= limits.cycle_share * graph.merchant_payments.get(merchant, 0):
+                out.append(merchant)
+        return out
+
     def take_dirty_receivers(self, graph: EntityGraph) -> list[str]:
         """The users given points since the last call by at least `Limits.givers` givers
         (in the window)."""
         givers, least = graph.givers, self.limits.givers
         out = sorted(r for r in self.dirty_receivers if len(givers.get(r, ())) >= least)
         self.dirty_receivers.clear()
+        return out
+
+    def take_coupon_merchants(self, graph: EntityGraph) -> list[str]:
+        """The merchants whose coupons a young account used since the last call, with at
+        least `Limits.coupon_accounts` young accounts using them in the window."""
+        users, least = graph.coupon_users, self.limits.coupon_accounts
+        out = sorted(m for m in self.dirty_coupon_merchants if len(users.get(m, ())) >= least)
+        self.dirty_coupon_merchants.clear()
         return out
 
     def take_dirty(self, min_users: int) -> list[str]:

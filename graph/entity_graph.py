@@ -15,7 +15,9 @@ groups (`graph.candidates`), and nothing that reads `edges` sees them:
   in; it counts the times it was bound, the device and IP the binding was made on, the
   retention commission the merchant earned on the user, and the user's payments since it was
   bound, at the merchant and elsewhere;
-- points-transfer edges giver-receiver (`Transfer`): points the giver passed to the receiver.
+- points-transfer edges giver-receiver (`Transfer`): points the giver passed to the receiver;
+- coupon uses young account-merchant (`CouponUse`): a merchant's coupons used by an account
+  within a week of its signup.
 
 Each edge remembers when it was first and last seen; `expire(now)` drops edges not seen for
 `window_ms` (default 30 days), and nodes left without edges. Updates are incremental (a few
@@ -47,6 +49,9 @@ USER, MERCHANT, DEVICE, IP, CARD, PHONE = "u:", "m:", "d:", "ip:", "c:", "ph:"
 #: made for that payment (a merchant claiming a customer it did not bring, just in time for
 #: the commission), not by a merchant the customer came to.
 BOUND_JUST_BEFORE_MS = HOUR_MS
+#: A coupon used this soon after its account signed up is a young account's (a coupon farm's
+#: accounts claim and use theirs within hours of being made).
+YOUNG_COUPON_MS = 7 * DAY_MS
 
 
 def kind_of(node: str) -> str:
@@ -145,6 +150,19 @@ class Transfer(_Slotted):
         self.cents = 0
 
 
+class CouponUse(_Slotted):
+    """A young account's coupons of one merchant used in the window: when it first and last
+    used one, how many, and how old the account was at the first."""
+
+    __slots__ = ("age_ms", "first_ts", "last_ts", "times")
+
+    def __init__(self, ts: int, age_ms: int) -> None:
+        self.first_ts = ts
+        self.last_ts = ts
+        self.times = 0
+        self.age_ms = age_ms
+
+
 @dataclass
 class UserInfo:
     signup_ts: int | None = None
@@ -200,6 +218,12 @@ class EntityGraph:
     #: Day -> the bindings and transfers listed on it (`touched_days`' scheme; True: a
     #: binding's key, False: a transfer's).
     flow_days: dict[int, list[tuple[bool, tuple[str, str]]]] = field(default_factory=dict)
+    #: (user node, merchant node) -> the coupons of the merchant a young account used
+    #: (`coupon_redeemed`); merchant node -> those accounts; day -> the uses listed on it
+    #: (`touched_days`' scheme).
+    coupon_uses: dict[tuple[str, str], CouponUse] = field(default_factory=dict)
+    coupon_users: dict[str, set[str]] = field(default_factory=dict)
+    coupon_days: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint. One written before the regular-payer index existed gets
@@ -210,6 +234,8 @@ class EntityGraph:
         `regular_payers` inverted. One written before bindings and transfers were kept
         starts with none."""
         self.__dict__.update(state)
+        if "coupon_uses" not in state:
+            self.coupon_uses, self.coupon_users, self.coupon_days = {}, {}, {}
         if "bindings" not in state:
             self.bindings, self.bound, self.binders, self.buying_elsewhere = {}, {}, {}, {}
             self.transfers, self.givers, self.flow_days = {}, {}, {}
@@ -442,6 +468,7 @@ class EntityGraph:
         for tx_id in list(islice(self.payments, old)):
             del self.payments[tx_id]
         self._expire_flows(horizon_day)
+        self._expire_coupon_uses(horizon_day)
         return stale
 
     def _expire_flows(self, horizon_day: int) -> None:
@@ -467,6 +494,43 @@ class EntityGraph:
                     _discard(self.binders, a, b)
                 else:
                     _discard(self.givers, b, a)
+
+    def coupon_redeemed(self, event: PlatformEvent) -> str | None:
+        """A coupon of `merchant_id` used by `user_id`; kept (and the merchant node returned)
+        only for an account used within `YOUNG_COUPON_MS` of its signup in the window: what
+        a coupon farm is made of, and a busy merchant's thousands of established customers
+        using its coupons cost nothing."""
+        if not event.user_id or not event.merchant_id:
+            return None
+        info = self.users.get(event.user_id)
+        signup = None if info is None else info.signup_ts
+        if signup is None or event.ts - signup > YOUNG_COUPON_MS:
+            return None
+        key = (USER + event.user_id, MERCHANT + event.merchant_id)
+        use = self.coupon_uses.get(key)
+        if use is None:
+            use = self.coupon_uses[key] = CouponUse(event.ts, event.ts - signup)
+            self.coupon_users.setdefault(key[1], set()).add(key[0])
+            self.coupon_days.setdefault(event.ts // DAY_MS, []).append(key)
+        elif event.ts > use.last_ts:
+            use.last_ts = event.ts
+        use.times += 1
+        return key[1]
+
+    def _expire_coupon_uses(self, horizon_day: int) -> None:
+        """Drops the coupon uses last made before `horizon_day` (as `_expire_flows`)."""
+        horizon = horizon_day * DAY_MS
+        days = self.coupon_days
+        for day in sorted(d for d in days if d < horizon_day):
+            for key in days.pop(day):
+                use = self.coupon_uses.get(key)
+                if use is None:
+                    continue
+                if use.last_ts >= horizon:
+                    days.setdefault(use.last_ts // DAY_MS, []).append(key)
+                    continue
+                del self.coupon_uses[key]
+                _discard(self.coupon_users, key[1], key[0])
 
     def _forget_payments(self, key: tuple[str, str], edge: Edge) -> None:
         user, merchant = key

@@ -8,7 +8,9 @@ those alone. `ring_score` is the ring's score (0 when the transaction is in no r
 label what each is worth, and `detectors.ring_say` calibrates each kind's say from the labels
 of the payments scored with it. A ring's reason names its kind, and so what it was found in:
 `ring:binding_ring` a merchant's bindings (and its commission on customers buying elsewhere),
-`ring:points_collector` points transfers, the others payments, identifiers and referrals
+`ring:points_collector` points transfers, `ring:commission_cycle` a merchant's bindings with
+its payments and its bound payers' identifiers, `ring:coupon_farm` young accounts' coupon uses
+with their identifiers, the others payments, identifiers and referrals
 (docs/graph.md); the ring event's evidence has the figures.
 """
 

@@ -25,6 +25,8 @@ from graph.rings import (
     SIGNUP_BATCH,
     Finding,
     analyse_binder,
+    analyse_coupon_merchant,
+    analyse_earner,
     analyse_identity_group,
     analyse_merchant_group,
     analyse_receiver,
@@ -32,6 +34,7 @@ from graph.rings import (
 )
 from rebate_guard.contract.records import (
     BINDING,
+    COUPON_REDEEM,
     POINTS_TRANSFER,
     RETENTION_COMMISSION,
     PlatformEvent,
@@ -54,7 +57,7 @@ LEFT_WINDOW = "left_window"
 MERCHANT_RINGS = frozenset({COLLUSION, BRUSHING})
 #: The platform events the graph reads (`GraphLayer.platform_event`); the worker sends the
 #: graph shard these alone.
-GRAPH_EVENT_KINDS = frozenset({BINDING, POINTS_TRANSFER, RETENTION_COMMISSION})
+GRAPH_EVENT_KINDS = frozenset({BINDING, COUPON_REDEEM, POINTS_TRANSFER, RETENTION_COMMISSION})
 
 
 #: What the scoring path reads about a user or merchant's strongest ring: (score, kind,
@@ -379,8 +382,10 @@ class GraphLayer:
         """A platform event (`GRAPH_EVENT_KINDS`; the others are not the graph's): a binding
         joins the user and the merchant that bound it, with the device and IP it was made
         on; a retention commission counts on its binding; a points transfer joins the giver
-        and the receiver. Their own edge kinds (`EntityGraph.bindings`, `transfers`): they
-        link no identity group, and binders and receivers are candidates of their own.
+        and the receiver; a coupon used by a young account joins it and the merchant. Their
+        own edge kinds (`EntityGraph.bindings`, `transfers`, `coupon_uses`): they link no
+        identity group, and binders, receivers and coupon merchants are candidates of their
+        own.
 
         Returns the ring events it caused: none, as scans keep the clock of the signups
         and transactions (the scan due by now runs at the next of them, and sees this
@@ -397,6 +402,10 @@ class GraphLayer:
             receiver = graph.transfer(event)
             if receiver is not None:
                 self.candidates.dirty_receivers.add(receiver)
+        elif kind == COUPON_REDEEM:
+            merchant = graph.coupon_redeemed(event)
+            if merchant is not None:
+                self.candidates.dirty_coupon_merchants.add(merchant)
         return []
 
     def ring_score(self, user_id: str, merchant_id: str | None) -> tuple[float, list[str]]:
@@ -436,7 +445,8 @@ class GraphLayer:
 
     def scan(self, now: int) -> list[RingEvent]:
         """Analyse every group that changed since the last scan: identity groups, merchant
-        groups, binders and receivers of points, and IPs with new accounts (a new signup
+        groups, binders (as binding rings and as commission cycles) and receivers of points,
+        and IPs with new accounts (a new signup
         there is always worth a look)."""
         candidates, graph = self.candidates, self.graph
         keys = [(analyse_identity_group, root) for root in candidates.take_dirty(min_users=2)]
@@ -455,10 +465,17 @@ class GraphLayer:
                 continue
             self.analysed += 1
             out += self._record(analyse(graph, nodes, now=now), now)
-        # Bindings and points transfers, anchored at the merchant and at the receiver.
+        # Bindings and points transfers, anchored at the merchant and at the receiver; the
+        # binders again as earners of commission on a cycle, unless a money ring (brushing,
+        # collusion) already holds the merchant: its regular payers are that ring's, and two
+        # kinds taking the same accounts in turns would only churn ring ids.
+        book = self.book
+        binders = [m for m in sorted(candidates.dirty_binders) if m[2:] not in book.by_merchant]
         for anchor, analyse_anchor in (
             *((m, analyse_binder) for m in candidates.take_dirty_binders(graph)),
             *((r, analyse_receiver) for r in candidates.take_dirty_receivers(graph)),
+            *((m, analyse_earner) for m in candidates.cycle_earners(graph, binders)),
+            *((m, analyse_coupon_merchant) for m in candidates.take_coupon_merchants(graph)),
         ):
             self.analysed += 1
             out += self._record(analyse_anchor(graph, anchor, now=now), now)

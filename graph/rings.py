@@ -23,6 +23,11 @@ every trait and the evidence says which one was weakest. The traits, per kind:
   elsewhere);
 - points collector: an account given points by five or more fresh accounts on shared
   devices or phones;
+- commission cycle: a merchant whose payments come mostly from its own bound users, paying
+  it again and again (the money it takes is theirs going round), who share devices, cards or
+  phones with each other, and on whom it earns retention commission;
+- coupon farm: five or more young accounts using one merchant's coupons, soon after signing
+  up, on shared devices or phones;
 - signup batch: five or more accounts registered within a day or two on a few devices or
   phones, before they do anything: how farms, brushing crews and cash-out teams start. It is
   the earliest warning and the weakest (its score is capped at `SIGNUP_BATCH_MAX`, so the
@@ -34,7 +39,8 @@ referrals and its own merchants (no farm, no brushing); an office IP links nobod
 common, `Limits`); a viral referrer's tree is wide but shallow and its referees have their
 own devices; a loyal daily customer pays one busy merchant (no block, no closed merchant);
 an ordinary refund is one account's, once in a while; a shop's bound customers buy from it
-(a family on one phone bound to its local shop, a morning's customers bound at the till);
+(a family on one phone bound to its local shop, a morning's customers bound at the till),
+and its bound regulars are unrelated people on their own phones, or a small part of its trade;
 relatives giving points to one member are a few old accounts, a popular member's givers
 have their own devices.
 """
@@ -50,7 +56,16 @@ from typing import Any
 
 import networkx as nx
 
-from graph.entity_graph import CARD, DEVICE, MERCHANT, PHONE, USER, EntityGraph, UserInfo
+from graph.candidates import Limits
+from graph.entity_graph import (
+    CARD,
+    DEVICE,
+    MERCHANT,
+    PHONE,
+    USER,
+    EntityGraph,
+    UserInfo,
+)
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 REFERRAL_FARM = "referral_farm"
@@ -60,6 +75,8 @@ BRUSHING = "brushing"
 CASH_OUT = "cash_out"
 BINDING_RING = "binding_ring"
 POINTS_COLLECTOR = "points_collector"
+COMMISSION_CYCLE = "commission_cycle"
+COUPON_FARM = "coupon_farm"
 SIGNUP_BATCH = "signup_batch"
 #: In order of precedence at equal scores: the specific kinds first.
 KINDS = (
@@ -70,6 +87,8 @@ KINDS = (
     CASH_OUT,
     BINDING_RING,
     POINTS_COLLECTOR,
+    COMMISSION_CYCLE,
+    COUPON_FARM,
     SIGNUP_BATCH,
 )
 
@@ -596,10 +615,8 @@ def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding 
     transfers = [graph.transfers[(g, receiver)] for g in givers]
     to_giving = _median_age(graph, givers, [t.first_ts for t in transfers])
     concentration = group.shared_phones(givers)
-    traits = {
-        "givers_give_soon_after_signup": ramp(to_giving, none=3 * DAY_MS, full=DAY_MS),
-        "givers_per_device_or_phone": ramp(concentration, none=1.2, full=2.5),
-    }
+    soon, shared = _fresh_on_shared_phones(to_giving, concentration)
+    traits = {"givers_give_soon_after_signup": soon, "givers_per_device_or_phone": shared}
     evidence = {
         "receiver": receiver[2:],
         "givers": len(givers),
@@ -613,6 +630,122 @@ def points_collector(graph: EntityGraph, receiver: str, *, now: int) -> Finding 
     return group.finding(
         POINTS_COLLECTOR, members, merchants=merchants, traits=traits, evidence=evidence
     )
+
+
+def analyse_earner(graph: EntityGraph, merchant: str, *, now: int) -> list[Finding]:
+    """The commission cycle a merchant and its bound regular payers may be
+    (`Candidates.cycle_earners`)."""
+    found = commission_cycle(graph, merchant, now=now)
+    return [found] if found else []
+
+
+def commission_cycle(graph: EntityGraph, merchant: str, *, now: int) -> Finding | None:
+    """A merchant's bound users who are its regular payers (`EntityGraph.regular_payers`),
+    when the merchant earns retention commission on them and
+
+    - they bring most of its payments (share 0.5 -> 0.8): its trade is their money going
+      round, not customers it brought in;
+    - they are linked: most of them share a device, card or phone with another user bound to
+      it (share 0.3 -> 0.6; one seen with more accounts than `Limits` allows links nobody);
+    - three or more of them (two and a shop are a family's corner shop as often as not).
+
+    A shop's real regulars bound to it are unrelated people on their own phones, and a busy
+    shop's regulars are a small part of its trade; a family on one phone bound to its local
+    shop is a few of the shop's many customers."""
+    bindings, edges = graph.bindings, graph.edges
+    accounts = sorted(
+        u for u in graph.regular_payers.get(merchant, ()) if (u, merchant) in bindings
+    )
+    everyone = graph.merchant_payments.get(merchant, 0)
+    if len(accounts) < 3 or not everyone:
+        return None
+    group = Group(graph, accounts, [merchant], now)
+    theirs = sum(edges[(u, merchant)].payments for u in accounts)
+    closed = theirs / everyone
+    linked = _linked_share(group, accounts, merchant)
+    commission = sum(bindings[(u, merchant)].commission for u in accounts)
+    traits = {
+        "bound_payers_bring_its_payments": ramp(closed, none=0.5, full=0.8),
+        "bound_payers_share_devices": ramp(linked, none=0.3, full=0.6),
+        "bound_payers": ramp(len(accounts), none=2, full=3),
+        "earns_commission_on_them": 1.0 if commission > 0 else 0.0,
+    }
+    evidence = {
+        "merchant": merchant[2:],
+        "bound_users": len(graph.bound.get(merchant, ())),
+        "bound_regular_payers": len(accounts),
+        "their_payments": theirs,
+        "closed_share": round(closed, 3),
+        "linked_share": round(linked, 3),
+        "round_payments": sum(edges[(u, merchant)].round_payments for u in accounts),
+        "payments_elsewhere": sum(bindings[(u, merchant)].elsewhere for u in accounts),
+        "commission_cents": commission,
+    }
+    return group.finding(
+        COMMISSION_CYCLE, accounts, merchants=[merchant], traits=traits, evidence=evidence
+    )
+
+
+#: The identifiers that link accounts as `graph.candidates` links them, with its limits.
+_LIMITS = Limits()
+_LINKING = (DEVICE, CARD, PHONE)
+
+
+def _linked_share(group: Group, accounts: list[str], merchant: str) -> float:
+    """The share of `accounts` that share a device, card or phone with another user bound to
+    `merchant` (one seen with at most `Limits` accounts in the window: a shop's till tablet
+    links nobody); reads only the identifiers' few users."""
+    graph = group.graph
+    adjacent, bindings = graph.adjacent, graph.bindings
+    linked = 0
+    for user in accounts:
+        linked += any(
+            len(users := adjacent.get(node, ())) <= _LIMITS.of(prefix)
+            and any(other != user and (other, merchant) in bindings for other in users)
+            for prefix in _LINKING
+            for node in group.identifiers(user, prefix)
+        )
+    return linked / len(accounts)
+
+
+def analyse_coupon_merchant(graph: EntityGraph, merchant: str, *, now: int) -> list[Finding]:
+    """The coupon farm a merchant's young coupon users may be
+    (`Candidates.take_coupon_merchants`)."""
+    found = coupon_farm(graph, merchant, now=now)
+    return [found] if found else []
+
+
+def coupon_farm(graph: EntityGraph, merchant: str, *, now: int) -> Finding | None:
+    """`FARM_ACCOUNTS` or more young accounts (`EntityGraph.coupon_redeemed`) using the
+    merchant's coupons, soon after signing up (median 3 d -> 1 d to the first), on shared
+    devices or phones (accounts per device or phone 1.2 -> 2.5). Deal hunters on one campus
+    network are mostly old accounts on their own phones (an IP links nobody); a family
+    joining on one phone is a few accounts."""
+    accounts = sorted(graph.coupon_users.get(merchant, ()))
+    if len(accounts) < FARM_ACCOUNTS:
+        return None
+    group = Group(graph, accounts, [merchant], now)
+    uses = [graph.coupon_uses[(u, merchant)] for u in accounts]
+    to_use = statistics.median(use.age_ms for use in uses)
+    concentration = group.shared_phones(accounts)
+    soon, shared = _fresh_on_shared_phones(to_use, concentration)
+    traits = {"used_soon_after_signup": soon, "accounts_per_device_or_phone": shared}
+    evidence = {
+        "merchant": merchant[2:],
+        "young_coupon_users": len(accounts),
+        "coupons_used": sum(use.times for use in uses),
+        "median_hours_signup_to_use": _hours(to_use),
+        "accounts_per_device_or_phone": round(concentration, 2),
+    }
+    return group.finding(
+        COUPON_FARM, accounts, merchants=[merchant], traits=traits, evidence=evidence
+    )
+
+
+def _fresh_on_shared_phones(age_ms: float, per_phone: float) -> tuple[float, float]:
+    """A farm's two traits: its accounts acted soon after signing up (median age 3 d -> 1 d)
+    on shared devices or phones (accounts per device or phone 1.2 -> 2.5)."""
+    return ramp(age_ms, none=3 * DAY_MS, full=DAY_MS), ramp(per_phone, none=1.2, full=2.5)
 
 
 def _median_age(graph: EntityGraph, users: list[str], at: list[int]) -> float:

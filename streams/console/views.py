@@ -12,7 +12,7 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from graph.rings import BRUSHING, CASH_OUT, COLLUSION, PYRAMID, REFERRAL_FARM, SIGNUP_BATCH
+from graph.rings import KINDS
 from rebate_guard.contract.records import FRAUD, LEGIT
 from rebate_guard.core.solvency import PLATFORM
 from streams.auth import REVIEWER, VIEWER, Guard, Identity
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 #: Longest scope a solvency page is asked for (a region's name comes from events).
 MAX_SCOPE = 300
-RING_KINDS = (REFERRAL_FARM, PYRAMID, COLLUSION, BRUSHING, CASH_OUT, SIGNUP_BATCH)
+#: The rings page's kind filter: every kind the graph finds (`graph.rings.KINDS`).
+RING_KINDS = KINDS
 QUEUE_SHOWN = 100
 
 

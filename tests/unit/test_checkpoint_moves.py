@@ -28,7 +28,7 @@ from pytest import MonkeyPatch
 from detectors.base import Features
 from features.platform import PLATFORM_FEATURES
 from graph.evidence import kind_feature
-from graph.rings import BINDING_RING, POINTS_COLLECTOR
+from graph.rings import BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -211,7 +211,10 @@ class PlainCluster(Cluster):
 
 
 #: The ring kinds found in platform events (issue #21): never set in a world without them.
-_FLOW_RING_FEATURES = {kind_feature(BINDING_RING): 0.0, kind_feature(POINTS_COLLECTOR): 0.0}
+_FLOW_RING_FEATURES = {
+    kind_feature(kind): 0.0
+    for kind in (BINDING_RING, POINTS_COLLECTOR, COMMISSION_CYCLE, COUPON_FARM)
+}
 
 
 def _without_platform(x: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The graph layer on the platform's events (issue #21): bindings and points transfers in their
-own edge kinds, the binding-ring and points-collector detectors on small hand-built rings, and
-the look-alikes that must stay unflagged (a family bound to its local shop, a morning's
-customers bound at the till, relatives or fans giving points to one member)."""
+own edge kinds, the binding-ring, points-collector and commission-cycle detectors on small
+hand-built rings, and the look-alikes that must stay unflagged (a family bound to its local
+shop, a morning's customers bound at the till, a shop's regulars bound to it, relatives or fans
+giving points to one member)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from graph.candidates import Candidates
 from graph.entity_graph import EntityGraph
 from graph.layer import GraphLayer
-from graph.rings import BINDING_RING, POINTS_COLLECTOR
+from graph.rings import BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR
 from rebate_guard.contract.order import order_key
 from rebate_guard.contract.records import (
     BINDING,
+    COUPON_REDEEM,
     POINTS_TRANSFER,
     RETENTION_COMMISSION,
     PlatformEvent,
@@ -44,6 +46,14 @@ class FlowWorld(World):
         self.platform(
             RETENTION_COMMISSION, ts + 1, user_id=user, merchant_id=binder, tx_id=tx_id,
             amount_cents=50,
+        )  # fmt: skip
+
+    def redeem(self, user: str, merchant: str, ts: int, device: str | None = None) -> None:
+        """A coupon of `merchant` used on a payment there."""
+        tx_id = self.pay(user, merchant, ts, amount_cents=1_500, device_id=device)
+        self.platform(
+            COUPON_REDEEM, ts, user_id=user, merchant_id=merchant, tx_id=tx_id,
+            coupon_id=f"cp{self.n}", amount_cents=800, device_id=device,
         )  # fmt: skip
 
     def give(self, giver: str, receiver: str, ts: int, points: int = 500) -> None:
@@ -101,6 +111,38 @@ def points_collector(w: FlowWorld, start: int = T0) -> set[str]:
     return givers | {"collector"}
 
 
+def commission_cycle(w: FlowWorld, start: int = T0) -> set[str]:
+    """Four old accounts (two phones between them, and each now and then on another's) bound
+    to the earner at a first payment there, then paying it every other day, big and round,
+    and spending at ordinary diners in between; a few passers-by pay it once."""
+    accounts = {f"cy{i}" for i in range(4)}
+    for i in range(4):
+        user, phone = f"cy{i}", f"cyphone{i % 2}"
+        w.user(user, start - 200 * DAY_MS, device_id=phone)
+        w.bind(user, "earner", start + i * HOUR, device=phone)
+        w.pay(user, "earner", start + i * HOUR, amount_cents=20_000, device_id=phone)
+        for day in range(1, 8):
+            ts = start + (2 * day * DAY_MS) + i * HOUR
+            lent = f"cyphone{(i + day) % 2}"
+            w.bought(user, "earner", ts, "earner", amount_cents=30_000, device_id=lent)
+            w.bought(user, f"diner{day % 3}", ts + DAY_MS, "earner", device_id=phone)
+    for i in range(3):
+        w.user(f"passer{i}", start - 300 * DAY_MS)
+        w.pay(f"passer{i}", "earner", start + (3 + 4 * i) * DAY_MS, amount_cents=6_000)
+    return accounts
+
+
+def coupon_farm(w: FlowWorld, start: int = T0) -> set[str]:
+    """Eight accounts made on two phones, each using the noodle bar's coupon half an hour
+    after signing up."""
+    accounts = {f"cf{i}" for i in range(8)}
+    for i in range(8):
+        ts, device = start + i * 15 * MINUTE, f"cfdev{i % 2}"
+        w.user(f"cf{i}", ts, device_id=device)
+        w.redeem(f"cf{i}", "noodles", ts + 30 * MINUTE, device=device)
+    return accounts
+
+
 # --- look-alikes ----------------------------------------------------------------------------
 def family_bound_to_its_shop(w: FlowWorld, start: int = T0) -> None:
     """A family of four on one phone, bound to their corner shop at its till the first time
@@ -123,6 +165,30 @@ def morning_bound_at_the_till(w: FlowWorld, start: int = T0) -> None:
         w.bind(user, "bakery", ts + 1, device="bakery-till")
         w.bought(user, "bakery", ts + 10 * MINUTE, "bakery", amount_cents=800)
         w.bought(user, f"diner{i % 3}", ts + DAY_MS, "bakery")
+
+
+def regulars_bound_to_their_shop(w: FlowWorld, start: int = T0) -> None:
+    """A small shop's six regulars, each on their own phone, bound to it at a first visit:
+    they come back every other day and are most of its trade, and shop elsewhere too."""
+    for i in range(6):
+        user = f"reg{i}"
+        w.user(user, start - 300 * DAY_MS)
+        w.bind(user, "nook", start + i * HOUR)
+        w.pay(user, "nook", start + i * HOUR, amount_cents=4_000)
+        for day in range(1, 8):
+            ts = start + 2 * day * DAY_MS + i * HOUR
+            w.bought(user, "nook", ts, "nook", amount_cents=4_500)
+            w.bought(user, f"diner{day % 3}", ts + DAY_MS, "nook")
+
+
+def deal_hunters_on_one_campus(w: FlowWorld, start: int = T0) -> None:
+    """Eight students, each on their own phone, use the dumpling shop's coupons on its deal
+    day: three old accounts, five who joined for the deals that morning (young coupon users
+    enough for a look, but not on shared phones)."""
+    for i in range(8):
+        user = f"dh{i}"
+        w.user(user, start - HOUR * (1 + i) if i < 5 else start - 200 * DAY_MS)
+        w.redeem(user, "dumplings", start + i * 10 * MINUTE, device=f"dev-{user}")
 
 
 def relatives_give_to_one(w: FlowWorld, start: int = T0) -> None:
@@ -164,6 +230,8 @@ RINGS = {
     "binding_farm": (binding_farm, BINDING_RING, {"farm-binder"}),
     "binding_hijack": (binding_hijack, BINDING_RING, {"fixer"}),
     "points_collector": (points_collector, POINTS_COLLECTOR, None),
+    "commission_cycle": (commission_cycle, COMMISSION_CYCLE, {"earner"}),
+    "coupon_farm": (coupon_farm, COUPON_FARM, {"noodles"}),
 }
 #: Other shapes of the same rings (the same accounts: not in one world with `RINGS`).
 VARIANTS = {
@@ -172,6 +240,8 @@ VARIANTS = {
 LOOKALIKES = [
     family_bound_to_its_shop,
     morning_bound_at_the_till,
+    regulars_bound_to_their_shop,
+    deal_hunters_on_one_campus,
     relatives_give_to_one,
     a_family_pools_its_points,
     fans_give_to_a_star,
@@ -200,6 +270,13 @@ def test_each_flow_ring_is_found_and_its_evidence_names_the_edges(scenario: str)
         if scenario == "binding_hijack_hours_ahead":  # none within the hour: rebound
             assert evidence["share_bound_within_an_hour_before"] == 0.0
             assert evidence["bindings_per_account"] >= 2.0
+    elif kind == COMMISSION_CYCLE:  # its trade is theirs, they are linked, it earns on them
+        assert evidence["bound_regular_payers"] == len(members)
+        assert evidence["closed_share"] >= 0.8 and evidence["linked_share"] == 1.0
+        assert evidence["commission_cents"] > 0
+    elif kind == COUPON_FARM:  # young accounts on two phones, each using a coupon
+        assert evidence["young_coupon_users"] == len(members) == evidence["coupons_used"]
+        assert evidence["accounts_per_device_or_phone"] == 4.0
     else:  # the givers and the points they passed
         assert evidence["givers"] == len(members) - 1 and evidence["points_cents"] > 0
 
@@ -211,7 +288,8 @@ def test_flow_look_alikes_stay_unflagged(lookalike: Any) -> None:
     lookalike(world)
     layer, events = world.run()
     assert events == []
-    assert layer.graph.bindings or layer.graph.transfers  # the graph did see them
+    graph = layer.graph
+    assert graph.bindings or graph.transfers or graph.coupon_uses  # the graph did see them
 
 
 def test_flow_rings_are_found_among_their_look_alikes() -> None:
@@ -225,7 +303,9 @@ def test_flow_rings_are_found_among_their_look_alikes() -> None:
     # (The farm's and the collector's accounts were a signup batch first: the early warning,
     # retired by the specific ring.)
     active = [r for r in _rings(events).values() if r.status == "active"]
-    assert sorted(r.kind for r in active) == [BINDING_RING, BINDING_RING, POINTS_COLLECTOR]
+    assert sorted(r.kind for r in active) == sorted(
+        [BINDING_RING, BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR]
+    )
 
 
 def test_a_bound_user_who_buys_from_the_binder_is_its_customer() -> None:
@@ -250,16 +330,19 @@ def test_bindings_and_transfers_expire_with_the_window() -> None:
     world = FlowWorld()
     binding_farm(world)
     points_collector(world)
+    coupon_farm(world)
     layer, _ = world.run()
     graph = layer.graph
     assert graph.buying_elsewhere["m:farm-binder"] == 10
     assert len(graph.givers["u:collector"]) == 8
+    assert len(graph.coupon_users["m:noodles"]) == 8
     late = parse_transaction(tx("late", T0 + 40 * DAY_MS, user_id="someone-else"))
     layer.transaction(late)
     layer.transaction(parse_transaction(tx("later", T0 + 41 * DAY_MS, user_id="someone-else")))
     assert not graph.bindings and not graph.bound and not graph.binders
     assert not graph.buying_elsewhere and not graph.transfers and not graph.givers
     assert all(day >= (T0 + 11 * DAY_MS) // DAY_MS for day in graph.flow_days)
+    assert not graph.coupon_uses and not graph.coupon_users and not graph.coupon_days
 
 
 def test_a_rebinding_keeps_the_binding_alive() -> None:
@@ -296,6 +379,27 @@ def test_a_graph_checkpointed_before_bindings_and_transfers_were_kept_restores()
     assert {u for e in events if e.kind == POINTS_COLLECTOR for u in e.users} == members
 
 
+def test_a_graph_checkpointed_before_coupon_uses_were_kept_restores() -> None:
+    """A checkpoint of the release before coupon uses loads with none, and finds a farm."""
+    layer = GraphLayer()
+    layer.transaction(parse_transaction(tx("t1", T0, user_id="a")))
+    graph_state = dict(layer.graph.__dict__)
+    for name in ("coupon_uses", "coupon_users", "coupon_days"):
+        del graph_state[name]
+    candidates_state = dict(layer.candidates.__dict__)
+    del candidates_state["dirty_coupon_merchants"]
+    graph = EntityGraph.__new__(EntityGraph)
+    graph.__setstate__(graph_state)
+    candidates = Candidates.__new__(Candidates)
+    candidates.__setstate__(candidates_state)
+    assert graph.coupon_uses == {} and candidates.dirty_coupon_merchants == set()
+    layer.graph, layer.candidates = graph, candidates
+    world = FlowWorld()
+    members = coupon_farm(world, T0 + HOUR)
+    _, events = world.run(layer)
+    assert {u for e in events if e.kind == COUPON_FARM for u in e.users} == members
+
+
 def test_the_layer_with_flows_resumes_identically_from_a_pickle() -> None:
     world = FlowWorld()
     _shops(world, T0)
@@ -310,15 +414,18 @@ def test_the_layer_with_flows_resumes_identically_from_a_pickle() -> None:
     restored = pickle.loads(pickle.dumps(resumed))
     got += feed(restored, events[cut:]) + restored.scan(events[-1].ts)
     assert got == expected
-    assert {BINDING_RING, POINTS_COLLECTOR} <= {e.kind for e in expected}
+    assert {BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR} <= {
+        e.kind for e in expected
+    }
 
 
-def test_replay_scores_a_bound_accounts_next_payment_with_its_ring() -> None:
-    """`Scorer.apply` gives the graph the platform events: a farm account's next payment is
-    decided with the binding ring's score and reason."""
+def _next_payment_of(make: Any) -> tuple[Any, Scorer]:
+    """Replay (`Scorer.apply`, which gives the graph the platform events) of the ring `make`
+    builds, then a member's next payment at an ordinary diner: its decision, and the
+    scorer."""
     world = FlowWorld()
     _shops(world, T0)
-    members = binding_farm(world)
+    members = make(world)
     scorer = Scorer(graph=GraphLayer())
     for event in sorted(world.events, key=lambda e: order_key(e, 0)):
         scorer.apply(event, decided_at=0)
@@ -327,5 +434,20 @@ def test_replay_scores_a_bound_accounts_next_payment_with_its_ring() -> None:
         tx("probe", after, user_id=sorted(members)[0], merchant_id="diner0", amount_cents=3_000)
     )
     decision = scorer.apply(probe, decided_at=0)
-    assert decision is not None and "ring:binding_ring" in decision.reasons
+    assert decision is not None
+    return decision, scorer
+
+
+def test_replay_scores_a_bound_accounts_next_payment_with_its_ring() -> None:
+    """A farm account's next payment is decided with the binding ring's score and reason."""
+    decision, scorer = _next_payment_of(binding_farm)
+    assert "ring:binding_ring" in decision.reasons
     assert any(e.kind == BINDING_RING for e in scorer.ring_events)
+
+
+def test_replay_scores_a_cycle_members_payment_elsewhere_with_its_ring_and_rule() -> None:
+    """A commission cycle's member's next payment, at an ordinary diner, is decided with the
+    cycle's ring reason and the rule on it (`commission_cycle_ring`): the everyday spending
+    earns the merchant its commission too."""
+    decision, _ = _next_payment_of(commission_cycle)
+    assert {"ring:commission_cycle", "commission_cycle_ring"} <= set(decision.reasons)

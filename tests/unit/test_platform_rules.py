@@ -12,11 +12,13 @@ import pytest
 from detectors.rules import (
     DEFAULT_RULES,
     REQUEST_RULES,
+    RULES_BEFORE_CYCLE,
     RULES_BEFORE_PLATFORM,
     RuleScore,
     request_rule_score,
 )
 from features.engine import REQUEST_FEATURE_NAMES, FeatureEngine
+from graph.evidence import ring_features
 from rebate_guard.contract.records import Decision, PlatformEvent
 from rebate_guard.contract.validation import parse_platform_event, parse_signup, parse_transaction
 from rebate_guard.core.decider import Scorer
@@ -98,6 +100,8 @@ def test_a_binding_right_before_a_big_payment_elsewhere_is_named() -> None:
 def test_a_checkpoint_with_the_old_default_rules_takes_the_platform_rules() -> None:
     old = RuleScore(rules=DEFAULT_RULES[:RULES_BEFORE_PLATFORM])
     assert pickle.loads(pickle.dumps(old)).rules == DEFAULT_RULES
+    before_cycle = RuleScore(rules=DEFAULT_RULES[:RULES_BEFORE_CYCLE])
+    assert pickle.loads(pickle.dumps(before_cycle)).rules == DEFAULT_RULES
     own = RuleScore(rules=DEFAULT_RULES[:2])
     assert pickle.loads(pickle.dumps(own)).rules == DEFAULT_RULES[:2]
 
@@ -131,3 +135,14 @@ def test_the_request_rules_read_the_request_vector() -> None:
     shared = {r.code for r in REQUEST_RULES} & {r.code for r in DEFAULT_RULES}
     assert shared == {"points_collector", "young_account"}
     assert all(r in DEFAULT_RULES for r in REQUEST_RULES if r.code in shared)
+
+
+def test_a_commission_cycle_members_payments_fire_the_cycle_rule() -> None:
+    """Scored with a commission cycle's ring (the graph's indicator of its kind), every
+    payment of a member fires `commission_cycle_ring`; another kind's ring does not."""
+    rules = RuleScore()
+    cycle = ring_features((0.9, ["ring:commission_cycle"]))
+    other = ring_features((0.9, ["ring:binding_ring"]))
+    assert "commission_cycle_ring" in rules.explain_one(cycle)
+    assert "commission_cycle_ring" not in rules.explain_one(other)
+    assert rules.score_one(cycle) > rules.score_one(other)

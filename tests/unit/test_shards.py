@@ -35,7 +35,7 @@ from graph.layer import (
     RingScore,
     merchant_ring_counts,
 )
-from graph.rings import BINDING_RING, POINTS_COLLECTOR
+from graph.rings import BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -773,14 +773,16 @@ def test_the_graph_shard_finds_exactly_the_rings_of_replay(
     assert named and named <= flagged | _merchant_ring_customers(ring_world, want)
 
 
+@pytest.mark.parametrize("n_user", [1, 2])
 def test_the_graph_shard_finds_the_rings_of_bindings_and_transfers_as_replay_does(
-    platform_world: list[Event],
+    platform_world: list[Event], n_user: int
 ) -> None:
-    """With platform events (some redelivered) the user shards send the graph shard the
-    bindings, commissions and points transfers it reads, in event-time order with the
-    signups and transactions: its ring events, binding rings and points collectors among
-    them, are replay's, across crashes. (Only the platform events the graph reads: the
-    others go nowhere near it, and would only slow the test down.)"""
+    """With platform events (some redelivered) the user shards (one, or two) send the graph
+    shard the bindings, commissions, coupon uses and points transfers it reads, in
+    event-time order with the signups and transactions: its ring events, binding rings,
+    points collectors, commission cycles and coupon farms among them, are replay's, across
+    crashes. (Only the platform events
+    the graph reads: the others go nowhere near it, and would only slow the test down.)"""
     world = [
         e for e in platform_world if not isinstance(e, PlatformEvent) or e.kind in GRAPH_EVENT_KINDS
     ]
@@ -788,8 +790,8 @@ def test_the_graph_shard_finds_the_rings_of_bindings_and_transfers_as_replay_doe
     for event in world:
         scorer.apply(event, decided_at=0)
     want = scorer.ring_events
-    assert {BINDING_RING, POINTS_COLLECTOR} <= {e.kind for e in want}
-    cluster = _cluster(world, 2, 1, seed=17, with_graph=True, redelivered=0.02)
+    assert {BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR} <= {e.kind for e in want}
+    cluster = _cluster(world, n_user, 1, seed=17, with_graph=True, redelivered=0.02)
     cluster.run(crash_rate=0.006)
     got = list({(e.ring_id, e.version): e for e in cluster.ring_events}.values())
     assert got == want
