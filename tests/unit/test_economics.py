@@ -107,6 +107,21 @@ def test_economics_are_deterministic_and_leave_the_contract_streams_alone(world:
         assert_frame_equal(getattr(without, name), getattr(world, name))
 
 
+def test_what_users_ask_for_leaves_the_other_flows_alone(events: pl.DataFrame) -> None:
+    """Every draw of the points is made before the vouchers' amounts are known: users
+    asking for other amounts (here, under a tiny redeemable share: many uses then have
+    nothing to ask) bind, earn commissions and get coupons exactly as before."""
+    fewer = simulate_world(replace(SMALL, redeemable_share=0.001)).platform_events
+    points = (POINTS_REDEEM, POINTS_TRANSFER, POINTS_EXPIRE, POINTS_GRANT)
+    assert not _of(fewer, POINTS_REDEEM).equals(_of(events, POINTS_REDEEM))
+
+    def others(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.filter(~pl.col("kind").is_in(points)).drop("event_id")
+
+    assert others(events).height > 1_000
+    assert_frame_equal(others(fewer), others(events))
+
+
 def test_events_naming_a_merchant_carry_its_one_region(world: World, events: pl.DataFrame) -> None:
     named = events.filter(pl.col("merchant_id").is_not_null())
     assert named["region"].null_count() == 0

@@ -72,8 +72,12 @@ VARIED = replace(
 DEFAULT_WORLD_SHA256 = "cdf8514697a34bf53515b15f077a331a70ddf7517cf5126d28a811be63a666b4"
 #: ... and of its platform events (CSV), recorded on main before the flows' look-alikes, then
 #: again when deposits came to name their depositor's region (issue #21: the 137 deposits'
-#: `region` is the only difference; every other column and event is as before).
-DEFAULT_PLATFORM_EVENTS_SHA256 = "040e5f8ca72b9535d07491d4cac673d659e6ea43f8a2cca3f4096306c688bf30"
+#: `region` is the only difference; every other column and event is as before), then when
+#: the vouchers' gifts to referrers came to be drawn before their amounts (issue #21: the
+#: rng's later draws moved once, so the bindings, retention commissions, coupons and which
+#: vouchers are gifts differ; the payments, settlements, money in, grants and expiries are
+#: as before).
+DEFAULT_PLATFORM_EVENTS_SHA256 = "4374b3671fa0036a138eb7f69ed4c1df2ffed7100cc6ed7c9190b53a7d889fb7"
 
 TX_SCHEMA = {
     "tx_id": pl.String,

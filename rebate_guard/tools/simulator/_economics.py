@@ -350,14 +350,17 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
         chance = np.where(p.ts >= p.stall, np.maximum(chance, cfg.stall_redeem_propensity), chance)
     use = np.flatnonzero(rng.random(n) < chance)
     use = use[np.lexsort((p.ts[use], p.user[use]))]
+    # Which uses give to the referrer is drawn for all of them before their amounts are
+    # known: the later draws (bindings, coupons) do not depend on what anyone asks.
+    to_referrer = rng.random(len(use)) < cfg.transfer_share
     cap = _share(earned[use], cfg.redeemable_share)
     same_user = np.concatenate([[False], p.user[use][1:] == p.user[use][:-1]])
     previous = np.where(same_user, np.concatenate([[0], cap[:-1]]), 0)
     amount = cap - previous
     spend = amount > 0
-    use, amount = use[spend], amount[spend]
+    use, amount, to_referrer = use[spend], amount[spend], to_referrer[spend]
     giver_referrer = p.referrer[p.user[use]]
-    gives = (giver_referrer >= 0) & (rng.random(len(use)) < cfg.transfer_share)
+    gives = (giver_referrer >= 0) & to_referrer
     if p.pools_points is not None and p.pools_points.any():
         # A family's pooled points leave in its own transfers and redemptions (within the
         # same share): vouchers of their own too would ask for the same points twice. Left
