@@ -29,6 +29,7 @@ from rebate_guard.contract.records import (
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 from rebate_guard.contract.validation import parse_platform_event
+from rebate_guard.core.policy import default_policy
 from rebate_guard.tools.simulator import (
     World,
     WorldConfig,
@@ -37,6 +38,7 @@ from rebate_guard.tools.simulator import (
     simulate_world,
     world_config,
 )
+from rebate_guard.tools.simulator._economics import _NEVER, REFUND_VOIDS_REBATE_MS, _rebate_voided
 from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES, SURVIVOR
 
 #: The platform's own flows: the abuse of them and its look-alikes (`_abuse_economics`,
@@ -107,6 +109,21 @@ def test_economics_are_deterministic_and_leave_the_contract_streams_alone(world:
         assert_frame_equal(getattr(without, name), getattr(world, name))
 
 
+def test_what_users_ask_for_leaves_the_other_flows_alone(events: pl.DataFrame) -> None:
+    """Every draw of the points is made before the vouchers' amounts are known: users
+    asking for other amounts (here, under a tiny redeemable share: many uses then have
+    nothing to ask) bind, earn commissions and get coupons exactly as before."""
+    fewer = simulate_world(replace(SMALL, redeemable_share=0.001)).platform_events
+    points = (POINTS_REDEEM, POINTS_TRANSFER, POINTS_EXPIRE, POINTS_GRANT)
+    assert not _of(fewer, POINTS_REDEEM).equals(_of(events, POINTS_REDEEM))
+
+    def others(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.filter(~pl.col("kind").is_in(points)).drop("event_id")
+
+    assert others(events).height > 1_000
+    assert_frame_equal(others(fewer), others(events))
+
+
 def test_events_naming_a_merchant_carry_its_one_region(world: World, events: pl.DataFrame) -> None:
     named = events.filter(pl.col("merchant_id").is_not_null())
     assert named["region"].null_count() == 0
@@ -165,17 +182,28 @@ def test_merchants_settle_the_discount_they_owe_less_the_late_and_partial_ones(
 
 
 def test_points_move_within_what_users_earned_and_may_redeem(world: World) -> None:
-    """Each user's points book in event order (payments' requested rebates and grants earn;
-    redemptions and transfers stay within floor(share x earned); expiry within the balance)."""
+    """Each user's points book in event order, as the platform keeps it (payments' requested
+    rebates and grants earn, a refund within the refund window claws its payment's rebate
+    back); redemptions and transfers stay within floor(share x earned), so within what the
+    app shows; expiry within the balance."""
     share_ppm = round(SMALL.redeemable_share * 1_000_000)
+    window = default_policy().ledger.refund_window_ms
     earned: dict[str, int] = defaultdict(int)
     spent: dict[str, int] = defaultdict(int)  # redeemed + transferred out
     lapsed: dict[str, int] = defaultdict(int)
-    moves = 0
+    paid: dict[str, tuple[int, int]] = {}  # tx_id -> (ts, rebate)
+    moves = after_clawback = 0
+    clawed_back: set[str] = set()
     for topic, _, event in event_stream(world):
-        if topic == "transactions" and event["kind"] == "payment":
+        if topic == "transactions":
             user = event["user_id"]
-            earned[user] += requested_rebate_cents(event["amount_cents"], event["rebate_rate"])
+            if event["kind"] == "payment":
+                rebate = requested_rebate_cents(event["amount_cents"], event["rebate_rate"])
+                earned[user] += rebate
+                paid[event["tx_id"]] = (event["ts"], rebate)
+            elif event["ts"] - paid[event["ref_tx_id"]][0] <= window:
+                earned[user] -= paid[event["ref_tx_id"]][1]
+                clawed_back.add(user)
         elif topic == "platform-events":
             user, kind, amount = event["user_id"], event["kind"], event["amount_cents"]
             if kind == POINTS_GRANT:
@@ -183,12 +211,34 @@ def test_points_move_within_what_users_earned_and_may_redeem(world: World) -> No
             elif kind in (POINTS_REDEEM, POINTS_TRANSFER):
                 spent[user] += amount
                 moves += 1
+                after_clawback += user in clawed_back
                 assert spent[user] <= earned[user] * share_ppm // 1_000_000, event
             elif kind == POINTS_EXPIRE:
                 lapsed[user] += amount
             if kind in (POINTS_REDEEM, POINTS_TRANSFER, POINTS_EXPIRE):
                 assert spent[user] + lapsed[user] <= earned[user], event
     assert moves > 1_000
+    assert after_clawback > 20  # the refunds' clawbacks are in play
+
+
+def test_the_refund_window_is_the_platforms() -> None:
+    """The app shows the book the shipped policy keeps: a refund voids its payment's
+    rebate within the policy's window, the simulator's mirror of it."""
+    assert default_policy().ledger.refund_window_ms == REFUND_VOIDS_REBATE_MS
+
+
+def test_a_rebate_is_voided_by_a_refund_within_the_window_only() -> None:
+    pay = pl.DataFrame({"tx_id": ["a", "b", "c"], "ts": [0, 0, 0]})
+    transactions = pl.DataFrame(
+        {
+            "kind": ["payment", "payment", "payment", "refund", "refund"],
+            "tx_id": ["a", "b", "c", "ra", "rb"],
+            "ref_tx_id": [None, None, None, "a", "b"],
+            "ts": [0, 0, 0, REFUND_VOIDS_REBATE_MS, REFUND_VOIDS_REBATE_MS + 1],
+        }
+    )
+    voided = _rebate_voided(transactions, pay).tolist()
+    assert voided == [REFUND_VOIDS_REBATE_MS, _NEVER, _NEVER]
 
 
 def test_a_transfer_is_followed_by_the_receivers_grant(events: pl.DataFrame) -> None:

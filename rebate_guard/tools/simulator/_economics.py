@@ -44,6 +44,10 @@ REGIONS = ("north", "east", "south", "west", "central", "northeast", "southwest"
 ON_TIME, LATE, PARTIAL = "on_time", "late", "partial"
 PPM = 1_000_000
 _TS_BITS = 42  # (user, ts) packed in one int64: ts relative to the history's start
+#: The platform's terms the app's points book follows: a refund this soon after its payment
+#: voids the payment's rebate (the shipped policy's `ledger.refund_voids_within_hours`).
+REFUND_VOIDS_REBATE_MS = 72 * HOUR_MS
+_NEVER = np.iinfo(np.int64).max
 HOME_REGION_SALT = 0x40E  # the users' home regions' own random stream
 _NONE = -1
 
@@ -110,6 +114,9 @@ class _Platform:
     #: per user (signup row): pools their points in a family (the `family_points` look-alike
     #: gives and spends them in its own events), so has no vouchers of their own here.
     pools_points: np.ndarray | None = None
+    #: per payment: when a refund voided its rebate in the platform's books (`_rebate_voided`;
+    #: _NEVER: it stands). None: none is voided.
+    rebate_voided_ts: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -194,7 +201,28 @@ def _platform(rng: np.random.Generator, cfg: WorldConfig, world: Any) -> _Platfo
             world.merchant_truth.filter(pl.col("role") != "legit")["merchant_id"].implode()
         ).to_numpy(),
         user_day_cents=float(amount.sum()) / max(1.0, float(active_days)),
+        rebate_voided_ts=_rebate_voided(world.transactions, pay),
     )
+
+
+def _rebate_voided(transactions: pl.DataFrame, pay: pl.DataFrame) -> np.ndarray:
+    """Per payment of `pay` (its rows), the ts of the refund that voids its rebate in the
+    platform's books (one within REFUND_VOIDS_REBATE_MS of it, as the ledger's), else
+    _NEVER: the world's truth of refunds, not any detector's output."""
+    refunds = transactions.filter(pl.col("kind") == "refund").select(
+        pl.col("ref_tx_id").alias("tx_id"), pl.col("ts").alias("refund_ts")
+    )
+    refunds = refunds.group_by("tx_id").agg(pl.col("refund_ts").min())
+    voided = (
+        pay.select("tx_id", "ts")
+        .join(refunds, on="tx_id", how="left", maintain_order="left")
+        .select(
+            pl.when(pl.col("refund_ts") - pl.col("ts") <= REFUND_VOIDS_REBATE_MS)
+            .then(pl.col("refund_ts"))
+            .otherwise(_NEVER)
+        )
+    )
+    return voided.to_series().to_numpy().astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------
@@ -295,8 +323,9 @@ def _new_money(rng: np.random.Generator, p: _Platform) -> list[_Events]:
 def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     """Consumption points on each payment and sign-up bonuses (the platform's promotion, on
     top of the rebates), vouchers redeemed at payments within the redeemable share of what
-    was earned (rebates requested + grants before), a few given to the referrer, and the
-    unredeemable part of unused bonuses lapsing."""
+    the user's book shows earned (rebates requested, less those refunds voided, + grants
+    before), a few given to the referrer, and the unredeemable part of unused bonuses
+    lapsing."""
     cfg = p.cfg
     n = len(p.ts)
     basis = p.amount if cfg.consumption_points_basis == "bill" else p.rebate
@@ -328,11 +357,17 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
         region=home[lapsing],
     )
 
-    # What each user had earned before each payment: rebates + grants with an earlier ts.
+    # What each user's book showed earned before each payment: rebates + grants with an
+    # earlier ts, less the rebates refunds voided before it (the app shows the platform's
+    # book). A rebate the platform holds (pending in the app), scales or blocks is not in
+    # the book either, but the world cannot know the detector's decisions: an ask may pass
+    # the book by those, and the policy cuts it to the redeemable part (real friction).
     base = int(min(p.signup_ts.min(initial=p.start), p.start)) - 1
-    e_user = np.concatenate([p.user, p.user[has_grant], new])
-    e_ts = np.concatenate([p.ts, grants.ts, bonuses.ts])
-    e_amount = np.concatenate([p.rebate, grants.amount, bonuses.amount])
+    voided_ts = np.full(n, _NEVER) if p.rebate_voided_ts is None else p.rebate_voided_ts
+    voided = np.flatnonzero((voided_ts < p.end) & (p.rebate > 0))
+    e_user = np.concatenate([p.user, p.user[has_grant], new, p.user[voided]])
+    e_ts = np.concatenate([p.ts, grants.ts, bonuses.ts, voided_ts[voided]])
+    e_amount = np.concatenate([p.rebate, grants.amount, bonuses.amount, -p.rebate[voided]])
     e_key = (e_user << _TS_BITS) + (e_ts - base)
     order = np.argsort(e_key, kind="stable")
     e_key = e_key[order]
@@ -350,21 +385,23 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
     earned = cum[same_key[own]] - cum[same_user[own]]
 
     # Vouchers: at a share of their payments (a per-user habit) users spend all that is
-    # redeemable then, so what they redeemed stays floor(share x earned) at their last use.
+    # redeemable then, so what they redeemed is the highest floor(share x earned) any of
+    # their uses saw (a refund since may have taken earned below it: nothing to spend).
     propensity = rng.beta(2.0, 2.0 * (1 - cfg.redeem_propensity) / cfg.redeem_propensity, p.n_users)
     chance = propensity[p.user]
     if p.stall is not None:  # the run after the stall
         chance = np.where(p.ts >= p.stall, np.maximum(chance, cfg.stall_redeem_propensity), chance)
     use = np.flatnonzero(rng.random(n) < chance)
     use = use[np.lexsort((p.ts[use], p.user[use]))]
+    # Which uses give to the referrer is drawn for all of them before their amounts are
+    # known: the later draws (bindings, coupons) do not depend on what anyone asks.
+    to_referrer = rng.random(len(use)) < cfg.transfer_share
     cap = _share(earned[use], cfg.redeemable_share)
-    same_user = np.concatenate([[False], p.user[use][1:] == p.user[use][:-1]])
-    previous = np.where(same_user, np.concatenate([[0], cap[:-1]]), 0)
-    amount = cap - previous
+    amount = cap - _redeemed_before(p.user[use], cap)
     spend = amount > 0
-    use, amount = use[spend], amount[spend]
+    use, amount, to_referrer = use[spend], amount[spend], to_referrer[spend]
     giver_referrer = p.referrer[p.user[use]]
-    gives = (giver_referrer >= 0) & (rng.random(len(use)) < cfg.transfer_share)
+    gives = (giver_referrer >= 0) & to_referrer
     if p.pools_points is not None and p.pools_points.any():
         # A family's pooled points leave in its own transfers and redemptions (within the
         # same share): vouchers of their own too would ask for the same points twice. Left
@@ -394,6 +431,23 @@ def _points(rng: np.random.Generator, p: _Platform) -> list[_Events]:
         counterparty=p.user[gift],
     )
     return [grants, bonuses, expiries, redeems, transfers, received]
+
+
+def _redeemed_before(user: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Per voucher use (sorted by user, then ts; `cap`: floor(share x earned) at it, >= 0),
+    what its user had redeemed by then: the highest cap of their earlier uses (0 at the first).
+
+    Examples
+    --------
+    >>> _redeemed_before(np.array([0, 0, 0, 0, 1]), np.array([40, 30, 50, 45, 10])).tolist()
+    [0, 40, 40, 50, 0]
+    """
+    if len(cap) == 0:
+        return cap
+    width = int(cap.max()) + 1  # each user's caps in a band of their own: one running max
+    reached = np.maximum.accumulate(user.astype(np.int64) * width + cap) - user * width
+    same_user = np.concatenate([[False], user[1:] == user[:-1]])
+    return np.where(same_user, np.concatenate([[0], reached[:-1]]), 0)
 
 
 # --------------------------------------------------------------------------------------
