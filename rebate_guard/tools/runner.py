@@ -182,16 +182,17 @@ UP_OPENING_CAPITAL_DAYS = 0.6
 #: line grows with the growth behind the stall, so the stall comes early and the back-fill
 #: holds a day after it: 8 busy hours of growth (the afternoon and evening; the ratio at
 #: most 1.4-2.6 by then, "ok") need ~16 more; the night is quiet (settlements still come
-#: in), so the second day's morning and midday take it over the line, 17-24 hours before
-#: the switch, whatever the weekday (seeds 3, 5, 7 at 0.05 and 0.2 payments/s, the switch
-#: on each of 7 days: `platform_books`). Placed otherwise it misses the back-fill or the
-#: demo: with one day (`--backfill-days 1`, the stall 8 h into it) the night comes between
-#: and it crosses 1-8 hours into live traffic; a stall at a second day's start, after a
-#: day's growth (~17 busy hours), needs ~34 more and crosses in live traffic too; a stall 3
-#: hours into a single day crosses that evening, but with so little trade behind it the
-#: opening capital carries the ratio (1.0-1.4 at the stall), and the regions, which do not
-#: hold it, read critical nearly all day. A longer back-fill grows for days first (the stall
-#: 8 h into its second-to-last day), so its crossing comes later, in live traffic.
+#: in), so the second day's morning and afternoon take it over the line (at 12:00-19:00),
+#: 17-24 hours before the switch, whatever the weekday (seeds 3, 5, 7 at 0.05 and 0.2
+#: payments/s, the switch on each of 7 days: `platform_books`). Placed otherwise it misses
+#: the back-fill or the demo: with one day (`--backfill-days 1`, the stall 8 h into it) the
+#: night comes between and it crosses 1-8 hours into live traffic; a stall at a second day's
+#: start, after a day's growth (~17 busy hours), needs ~34 more and crosses in live traffic
+#: too; a stall 3 hours into a single day crosses that evening, but with so little trade
+#: behind it the opening capital carries the ratio (1.0-1.4 at the stall), and the regions,
+#: which do not hold it, read critical nearly all day. A longer back-fill grows for days
+#: first (the stall 8 h into its second-to-last day), so its crossing comes later, in live
+#: traffic.
 UP_GROWTH_HOURS_BEFORE_STALL = 8
 
 
