@@ -143,9 +143,13 @@ def _spawn_worker(settings: Settings, index: int) -> subprocess.Popen[bytes]:
 
 
 #: Days of the `up` world the feed back-fills, compressed, before the wall clock, by
-#: default (`up --backfill-days`): reviews label payments 2-9 days after them, so a day's
-#: history brings the classifier no label, and ten ~700 (~7 minutes at 500 events/s)...
-BACKFILL_DAYS = 1
+#: default (`up --backfill-days`): two, the first for its platform to grow and stall in, the
+#: second for the stall to take it past the solvency warning line, so that `up` shows the
+#: alert in its first minutes (`UP_GROWTH_HOURS_BEFORE_STALL`). At the default 0.2
+#: payments/s that is ~170k events, ~6 minutes at 500 events/s (one day: ~112k, ~4).
+#: Reviews label payments 2-9 days after them, so two days' history brings the classifier
+#: no label, and ten ~700...
+BACKFILL_DAYS = 2
 #: ...and days of live traffic after them, in real time: a week, so that when it is over
 #: and the platform pays again as it did (`live_spans`), weekdays and hours still match.
 LIVE_DAYS = 7
@@ -170,21 +174,33 @@ MIN_USERS, MIN_MERCHANTS = 200, 20
 UP_MEMBERSHIP_USER_DAYS = 25.0
 #: ...with this many days of rebates as opening capital (the platform's, no region's)...
 UP_OPENING_CAPITAL_DAYS = 0.6
-#: ...until, this many hours into the back-fill's last day, nobody joins any more
-#: (`stall_signup_share` 0: no deposit, no joining fee, no capital round). The liability
-#: then grows by (r + 0.5) of the bill while only r comes in: from a ratio rho at the
-#: stall, with T busy hours of trade behind it, it reaches 3 after about T x (3 / rho - 1)
-#: / (1 - 3r / (r + 0.5)) ~ 2 T busy hours. When the switch is at the platform's midday
-#: (`demo_utc_offset_minutes`), the stall comes at 20:00, after its afternoon's and most of
-#: its evening's trade; the night is quiet (settlements still come in), so it takes the
-#: morning and the first hours of live traffic: under the line through the whole
-#: back-fill (its evening peak 1.6-2.7), past it 1-8 hours after the switch, whatever the
-#: weekday (seeds 3, 5, 7 at 0.05 payments/s and 3, 7 at 0.2, the switch on each of 7 days;
-#: `platform_books`). An earlier stall crosses sooner but not reliably after the night:
-#: 6 hours in, at the switch on Fridays but in the back-fill's evening on busier weekend
-#: evenings. A longer back-fill (`up --backfill-days`) grows for days first, so its
-#: crossing comes later in live traffic.
+#: ...until, this many hours into the back-fill (its first day's evening: 20:00 at the
+#: midday switch), nobody joins any more (`stall_signup_share` 0: no deposit, no joining
+#: fee, no capital round). The liability then grows by (r + 0.5) of the bill while only r
+#: comes in: from a ratio rho at the stall, with T busy hours of trade behind it, it reaches
+#: 3 after about T x (3 / rho - 1) / (1 - 3r / (r + 0.5)) ~ 2 T busy hours. The time to the
+#: line grows with the growth behind the stall, so the stall comes early and the back-fill
+#: holds a day after it: 8 busy hours of growth (the afternoon and evening; the ratio at
+#: most 1.4-2.6 by then, "ok") need ~16 more; the night is quiet (settlements still come
+#: in), so the second day's morning and afternoon take it over the line (at 12:00-19:00),
+#: 17-24 hours before the switch, whatever the weekday (seeds 3, 5, 7 at 0.05 and 0.2
+#: payments/s, the switch on each of 7 days: `platform_books`). Placed otherwise it misses
+#: the back-fill or the demo: with one day (`--backfill-days 1`, the stall 8 h into it) the
+#: night comes between and it crosses 1-8 hours into live traffic; a stall at a second day's
+#: start, after a day's growth (~17 busy hours), needs ~34 more and crosses in live traffic
+#: too; a stall 3 hours into a single day crosses that evening, but with so little trade
+#: behind it the opening capital carries the ratio (1.0-1.4 at the stall), and the regions,
+#: which do not hold it, read critical nearly all day. A longer back-fill grows for days
+#: first (the stall 8 h into its second-to-last day), so its crossing comes later, in live
+#: traffic.
 UP_GROWTH_HOURS_BEFORE_STALL = 8
+
+
+def up_stall_hour(backfill_days: int) -> int:
+    """Hours into a back-fill of `backfill_days` at which the `up` platform stops growing:
+    `UP_GROWTH_HOURS_BEFORE_STALL` into its second-to-last day (its only one if it has one),
+    leaving a day for the stall to take it past the warning line."""
+    return max(0, backfill_days - 2) * 24 + UP_GROWTH_HOURS_BEFORE_STALL
 
 
 def up_world_config(
@@ -195,8 +211,8 @@ def up_world_config(
     `live_rate` x 86,400 / that), whose first `backfill_days` end at `switch_ms`, when the
     feed is to have caught up with the wall clock (`switch_ms_for`). It grows, living on
     its members' deposits (`UP_MEMBERSHIP_USER_DAYS`), until its growth stops
-    `UP_GROWTH_HOURS_BEFORE_STALL` hours into the back-fill's last day: the demo shows a
-    platform under the solvency warning line crossing it after the stall."""
+    `up_stall_hour` hours into the back-fill: the demo shows a platform under the solvency
+    warning line crossing it after the stall."""
     from rebate_guard.tools.simulator import WorldConfig
 
     per_user_day = WorldConfig().payments_per_user_day
@@ -208,7 +224,7 @@ def up_world_config(
         days=backfill_days + LIVE_DAYS,
         history_days=HISTORY_DAYS,
         start_ts_ms=switch_ms - backfill_days * DAY_MS,
-        stall_day=max(0, backfill_days - 1) + UP_GROWTH_HOURS_BEFORE_STALL / 24,
+        stall_day=up_stall_hour(backfill_days) / 24,
         stall_signup_share=0.0,
         membership_user_days=UP_MEMBERSHIP_USER_DAYS,
         opening_capital_days=UP_OPENING_CAPITAL_DAYS,
@@ -397,14 +413,14 @@ async def _feed(
     world, switch_ms = up_world(settings, seed, now_ms=now_ms, backfill_days=backfill_days)
     log.info(
         "feeding a simulated platform: %d users, %d transactions, %d platform events (its "
-        "growth stops %d h into its back-fill's last day); first %d day(s) of history (%d "
+        "growth stops %d h into its back-fill); first %d day(s) of history (%d "
         "events) at up to %.0f events/s, then %d days of live payments at ~%.2f/s, "
         "stamped with the clock and decided at payment time (POST /score), then those "
         "days again, until stopped",
         world.signups.height,
         world.transactions.height,
         world.platform_events.height,
-        UP_GROWTH_HOURS_BEFORE_STALL,
+        up_stall_hour(backfill_days),
         backfill_days,
         backfill_events(world, switch_ms),
         settings.simulate_rate,
