@@ -143,14 +143,19 @@ def test_kill_9_mid_stream_loses_no_decision_and_grants_nothing_twice(
         verdict = "fraud" if i % 2 else "legit"
         traffic.append(("labels", p["user_id"], label(p["tx_id"], p["ts"] + DAY, label=verdict)))
     total = sum(1 for topic, _, _ in traffic if topic == "transactions")
-    asyncio.run(produce_events(settings, traffic))
+    # The first worker sees only the first hours' traffic, so the kill lands before the
+    # stream's end however fast it runs; the rest arrives while no worker is up.
+    cut = T0 + 8_000 * 1000
+    before = [event for event in traffic if event[2]["ts"] < cut]
+    asyncio.run(produce_events(settings, before))
     log = tmp_path / "worker.log"
 
     with running_worker(settings, log) as first:
         wait_for_decisions(settings, 2000, first, timeout=120)
         first.kill9()
     at_kill = redis_counters(settings).get("decisions", 0)
-    assert at_kill < total, "the worker finished before it was killed; kill earlier"
+    assert 2000 <= at_kill < total
+    asyncio.run(produce_events(settings, [event for event in traffic if event[2]["ts"] >= cut]))
 
     with running_worker(settings, log) as second:
         wait_for_decisions(settings, total, second)
