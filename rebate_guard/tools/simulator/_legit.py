@@ -404,7 +404,8 @@ def _signups_at_checkout(
     """`signup_at_checkout_share` of the `eligible` users (new, not referred by a user) sign
     up at a till: at their main shop (`shop`), on mobile data there, and pay there minutes
     later (`COUNTER_DELAY`, `TABLE_DELAY`). Their sign-up times stay as drawn, so every
-    referral keeps its order. Own random stream: the rest of the world draws as without."""
+    referral keeps its order. Own random stream: the population draws as it would without
+    (their payments then change the legit ones' draws)."""
     rng = np.random.default_rng([cfg.seed, CHECKOUT_STREAM])
     at_till = eligible & (rng.random(len(eligible)) < cfg.signup_at_checkout_share)
     user = np.flatnonzero(at_till)

@@ -146,8 +146,8 @@ ECONOMICS_RANGES: dict[str, tuple[Any, ...]] = {
     "membership_share": (0.3, 0.7),
     "membership_user_days": (30.0, 80.0),
 }
-#: The legit population's knobs added since, drawn after everything else (so the rest of a
-#: random world is what it was before them). `signup_at_checkout_share`: of the new users
+#: The legit population's knobs added since, drawn after everything else (so a random
+#: world's other knobs are what they were before them). `signup_at_checkout_share`: of the new users
 #: no friend invited, those who sign up at a merchant's till (its QR code, to pay) and pay
 #: there minutes later: a few on an app-first platform that grows through app stores and
 #: ads, most on one that grows through its merchants (mini-program sign-up at the till, the
