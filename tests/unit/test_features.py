@@ -58,6 +58,33 @@ def test_account_age_from_signup() -> None:
     assert x["user_account_age_s"] == 3600
 
 
+def test_a_user_who_signed_up_at_the_till_is_told_from_a_referred_or_late_one() -> None:
+    engine = FeatureEngine()
+    minutes = 5 * 60_000
+    engine.signup(parse_signup(signup("till", T0 - minutes, device_id="phone")))
+    engine.signup(parse_signup(signup("referred", T0 - minutes, referrer_id="farmer")))
+    engine.signup(parse_signup(signup("other_phone", T0 - minutes, device_id="phone")))
+    engine.signup(parse_signup(signup("late", T0 - 3 * HOUR, device_id="phone")))
+    engine.signup(parse_signup(signup("no_device", T0 - minutes, device_id=None, ip="1.2.3.4")))
+
+    def first(user: str, **overrides: object) -> object:
+        payment = tx(f"{user}-1", T0, user_id=user, **{"device_id": "phone", **overrides})
+        return engine.transaction(parse_transaction(payment))["signed_up_at_till"]
+
+    assert first("till") == 1.0
+    assert first("referred") == 0.0  # a farm's accounts come with their referrer
+    assert first("other_phone", device_id="another") == 0.0
+    assert first("late") == 0.0
+    assert first("no_device", device_id=None, ip="1.2.3.4") == 1.0
+    # It is the user's: settled at the first payment, kept on the later ones.
+    later = engine.transaction(parse_transaction(tx("till-2", T0 + DAY, user_id="till")))
+    assert later["signed_up_at_till"] == 1.0
+    assert (
+        engine.transaction(parse_transaction(tx("x", T0, user_id="nobody")))["signed_up_at_till"]
+        is None
+    )
+
+
 def test_distinct_window_expires_by_last_sighting_not_first() -> None:
     from features.windows import WindowDistinct
 
