@@ -300,3 +300,23 @@ def test_a_feature_row_names_its_fields_and_refuses_a_value_left_unset() -> None
     single = CategoryFeatures()
     single.rebate_rate_vs_category = None
     assert single.values() == (None,)
+
+
+def test_a_profile_from_before_the_till_feature_restores_as_not_at_a_till() -> None:
+    import pickle
+
+    from features.user import UserProfile
+
+    profile = UserProfile()
+    profile.signup_ts, profile.first_payment_ts = T0 - 60_000, T0
+    reduced = profile.__reduce_ex__(2)
+    state = dict(reduced[2][1])  # (None, slots) for a class with __slots__
+    for name in ("signup_device", "signup_ip", "till_signup"):
+        del state[name]
+    old = reduced[0](*reduced[1])
+    old.__setstate__((None, state))
+    assert old.till_signup is False and old.signup_device is None
+    fresh = UserProfile()
+    fresh.signup_ts, fresh.signup_device = T0, "phone"
+    restored = pickle.loads(pickle.dumps(fresh))
+    assert restored.till_signup is None and restored.signup_device == "phone"  # not settled yet
