@@ -134,6 +134,14 @@ TELLING_FEATURES = (
 )
 
 
+#: A payer who signed up at a merchant's till (`features.user`): its account is minutes old
+#: by the way it joined, so on a platform that grows through its merchants its age is not
+#: unusual however few payers are that young, and the detector leaves the age features out
+#: of its view of those payments (it neither scores nor learns them there).
+TILL_SIGNUP = "signed_up_at_till"
+TILL_SIGNUP_EXCUSES = frozenset({"user_account_age_s"})
+
+
 #: The score above which the Gaussian detector names the features that made it unusual (in
 #: the risk model's reasons): below, the transaction is not far out on several at once.
 EXPLAIN_ABOVE = 0.5
@@ -204,8 +212,18 @@ class GaussianAnomaly:
         yield {}
 
     def view(self, x: Features) -> View:
-        """The watched features on their signed log scale (compute once, score and learn)."""
-        return signed_logs(map(x.get, self.features))
+        """The watched features on their signed log scale (compute once, score and learn);
+        the account age left out (missing) for a user who signed up at a merchant's till
+        (`TILL_SIGNUP`)."""
+        view = signed_logs(map(x.get, self.features))
+        excuse = x.get(TILL_SIGNUP)
+        if excuse is not None and excuse > 0.5:
+            for index in self._excused_indices():
+                view[index] = None
+        return view
+
+    def _excused_indices(self) -> tuple[int, ...]:
+        return tuple(i for i, name in enumerate(self.features) if name in TILL_SIGNUP_EXCUSES)
 
     def score_one(self, x: Features) -> float:
         """How far `x` sits from the usual (class docstring).

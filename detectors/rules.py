@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any
 
 from detectors.base import Features, Reading
@@ -29,6 +29,9 @@ class Rule:
         What firing adds to the log-odds of fraud.
     direction : {"above", "below"}
         Fires when x > threshold ("above") or x < threshold ("below").
+    unless : str or None
+        A feature that, when above 0.5, keeps it from firing: what tells the look-alike
+        the threshold alone cannot.
 
     Examples
     --------
@@ -36,6 +39,10 @@ class Rule:
     ...              direction="below")
     >>> young.fires({"user_account_age_s": 3_600}), young.fires({"user_account_age_s": None})
     (True, False)
+    >>> till = Rule("young_account", "user_account_age_s", threshold=86_400, log_odds=1.5,
+    ...             direction="below", unless="signed_up_at_till")
+    >>> till.fires({"user_account_age_s": 300, "signed_up_at_till": 1.0})
+    False
     """
 
     code: str
@@ -44,19 +51,35 @@ class Rule:
     threshold: float
     log_odds: float
     direction: str = "above"
+    unless: str | None = None
 
     def fires(self, x: Features) -> bool:
         value = x.get(self.feature)
-        if value is None:
+        if value is None or self._excused(x):
             return False
         return value > self.threshold if self.direction == "above" else value < self.threshold
+
+    def _excused(self, x: Features) -> bool:
+        if self.unless is None:
+            return False
+        excuse = x.get(self.unless)
+        return excuse is not None and excuse > 0.5
 
 
 DEFAULT_RULES = (
     Rule("velocity_user_24h", "user_tx_count_24h", threshold=12, log_odds=1.6),
     Rule("burst_user", "seconds_since_prev_payment", threshold=60, log_odds=1.2, direction="below"),
+    # Not on a user who signed up at a merchant's till (`features.user`: no referrer, first
+    # payment there minutes later on the sign-up's phone): on a platform that grows through
+    # its merchants most new users start that way, and a referral farm's accounts, which
+    # exist for the referral bonus, never have no referrer.
     Rule(
-        "young_account", "user_account_age_s", threshold=24 * 3600, log_odds=1.5, direction="below"
+        "young_account",
+        "user_account_age_s",
+        threshold=24 * 3600,
+        log_odds=1.5,
+        direction="below",
+        unless="signed_up_at_till",
     ),
     Rule("device_shared_7d", "device_user_count_7d", threshold=5, log_odds=3.0),
     Rule("ip_shared_24h", "ip_user_count_24h", threshold=30, log_odds=0.8),
@@ -112,11 +135,14 @@ def request_rule_score() -> RuleScore:
 RULES_BEFORE_PLATFORM = 6
 #: ... and before the commission-cycle rule: a checkpoint holding those takes them too.
 RULES_BEFORE_CYCLE = 10
+#: The default rules of before `young_account` spared till sign-ups (no rule had an
+#: `unless`): a checkpoint holding any of those default sets takes today's.
+RULES_BEFORE_TILL = tuple(replace(rule, unless=None) for rule in DEFAULT_RULES)
 
 BASE_LOG_ODDS = -3.5
 
 #: Rule sets in evaluation form, by rule set (rules are frozen, so the tuple is the key).
-_COMPILED: dict[tuple[Rule, ...], tuple[tuple[str, float, bool, float, str], ...]] = {}
+_COMPILED: dict[tuple[Rule, ...], tuple[tuple[str, float, bool, float, str, str | None], ...]] = {}
 #: The rule set last evaluated, and its evaluation form.
 _LAST: list[Any] = [None, ()]
 
@@ -159,12 +185,14 @@ class RuleScore:
         yield {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restores a checkpoint; one holding the default rules of before the platform rules
-        takes today's defaults (a rule set of the risk team's own stays as it was)."""
+        """Restores a checkpoint; one holding the default rules of before the platform rules,
+        the cycle rule or the till sign-ups' exemption takes today's defaults (a rule set of
+        the risk team's own stays as it was)."""
         self.__dict__.update(state)
         if self.rules in (
-            DEFAULT_RULES[:RULES_BEFORE_PLATFORM],
-            DEFAULT_RULES[:RULES_BEFORE_CYCLE],
+            *(defaults[:RULES_BEFORE_PLATFORM] for defaults in (DEFAULT_RULES, RULES_BEFORE_TILL)),
+            *(defaults[:RULES_BEFORE_CYCLE] for defaults in (DEFAULT_RULES, RULES_BEFORE_TILL)),
+            RULES_BEFORE_TILL,
         ):
             self.rules = DEFAULT_RULES
 
@@ -193,9 +221,13 @@ class RuleScore:
         # `Rule.fires`, inlined: this runs for every transaction.
         z = self.base_log_odds
         codes = []
-        for feature, threshold, above, log_odds, code in self._strongest_first():
+        for feature, threshold, above, log_odds, code, unless in self._strongest_first():
             value = x.get(feature)
             if value is not None and (value > threshold if above else value < threshold):
+                if unless is not None:
+                    excuse = x.get(unless)
+                    if excuse is not None and excuse > 0.5:
+                        continue
                 z += log_odds
                 codes.append(code)
         return 1.0 / (1.0 + math.exp(-z)), codes
@@ -205,7 +237,7 @@ class RuleScore:
         score, codes = self.assess(x)
         return Reading(score, codes)
 
-    def _strongest_first(self) -> tuple[tuple[str, float, bool, float, str], ...]:
+    def _strongest_first(self) -> tuple[tuple[str, float, bool, float, str, str | None], ...]:
         # Looked up by the rule set's identity first: hashing it (every frozen rule's fields)
         # on every transaction cost as much as evaluating the rules.
         rules = self.rules
@@ -215,7 +247,7 @@ class RuleScore:
         if cached is None:
             ordered = sorted(self.rules, key=lambda r: -r.log_odds)  # stable: ties keep order
             cached = _COMPILED[self.rules] = tuple(
-                (r.feature, r.threshold, r.direction == "above", r.log_odds, r.code)
+                (r.feature, r.threshold, r.direction == "above", r.log_odds, r.code, r.unless)
                 for r in ordered
             )
         _LAST[:] = [rules, cached]

@@ -117,6 +117,9 @@ FAMILY_WIDTHS = tuple(len(names) for names in family_names())
 _USER_STAGE_WIDTH = (
     len(TransactionFeatures.names) + len(UserFamily.names) + len(UserPlatformFamily.names)
 )
+#: Where the user family's account age and `signed_up_at_till` sit in the user stage's values.
+_ACCOUNT_AGE_AT = len(TransactionFeatures.names) + UserFamily.names.index("user_account_age_s")
+_TILL_AT = len(TransactionFeatures.names) + UserFamily.names.index("signed_up_at_till")
 #: Families added after checkpoints were written, with their values for a transaction without
 #: their key. A transaction routed before such a family existed (in flight in a checkpoint
 #: from then) gets no part for it; it had no key for it either (nothing fed the family then),
@@ -544,7 +547,13 @@ def splice(parts: dict[int, list[float | None]], out: list[float | None]) -> Non
     """Appends partial results (families mask -> values in `FAMILIES` order) to `out` (the
     user stage's values) in vector order. A user stage's values from before the platform
     family (a transaction in flight in a checkpoint from then) are completed with that
-    family's values for a user without platform events, as none existed then."""
+    family's values for a user without platform events, as none existed then; and values
+    from before `signed_up_at_till` get it: not at a till (0) where the account age is
+    known, as the user's restored profile says (`UserProfile.__setstate__`: the payment in
+    flight was learnt), else none."""
+    if len(out) in (_USER_STAGE_WIDTH - 1, _USER_STAGE_WIDTH - 1 - len(PLATFORM_NOTHING_KNOWN)):
+        age = out[_ACCOUNT_AGE_AT]
+        out.insert(_TILL_AT, None if age is None else 0.0)
     if len(out) == _USER_STAGE_WIDTH - len(PLATFORM_NOTHING_KNOWN):
         out.extend(PLATFORM_NOTHING_KNOWN)
     pending: list[list[float | None] | None] = [None] * len(FAMILIES)

@@ -22,6 +22,10 @@ from rebate_guard.contract.time import DAY_MS, HOUR_MS
 USER_HORIZONS = (30 * DAY_MS, 7 * DAY_MS, DAY_MS, HOUR_MS)
 PAIR_WINDOW_MS = 7 * DAY_MS
 REFUND_LOOKBACK_MS = 30 * DAY_MS
+#: How soon after signing up a first payment at the till is paid: a counter's in minutes, a
+#: restaurant table's after the meal (scan to order, eat, pay: up to about an hour and a
+#: half), so two hours hold both and a sign-up the user came back to later is not one.
+TILL_SIGNUP_MS = 2 * HOUR_MS
 
 
 @feature_row
@@ -47,6 +51,12 @@ class UserFeatures(FeatureRow):
     user_account_age_s: Value
     #: Until the first payment (this one, if it is the first).
     signup_to_first_payment_s: Value
+    #: 1 if the user signed up at a merchant's till: no referrer, and the first payment
+    #: (this one, if it is the first) within `TILL_SIGNUP_MS` of the sign-up, on the device
+    #: (or, without one, the IP) it signed up with; else 0; None without a known sign-up.
+    #: A referral farm's accounts have a referrer (the bonus is why they exist), so a
+    #: minutes-old account that pays at once is not, by its age alone, a farm's.
+    signed_up_at_till: Value
     #: Payments to this merchant over 7 d.
     user_merchant_tx_count_7d: Value
     #: A refund: seconds since the payment it refunds, if known.
@@ -64,13 +74,21 @@ class UserProfile:
         "mean",
         "n",
         "referrer",
+        "signup_device",
+        "signup_ip",
         "signup_ts",
+        "till_signup",
     )
 
     def __init__(self) -> None:
         self.signup_ts: int | None = None
         #: Who referred the user (None for none, or for a self-referral), from the signup.
         self.referrer: str | None = None
+        #: Where the user signed up from (the signup's device and IP, if it said).
+        self.signup_device: str | None = None
+        self.signup_ip: str | None = None
+        #: `signed_up_at_till`, settled at the first payment (None before it).
+        self.till_signup: bool | None = None
         self.first_payment_ts: int | None = None
         self.last_payment_ts: int | None = None
         # Welford's running mean and spread of payment amounts.
@@ -78,6 +96,25 @@ class UserProfile:
         self.mean = 0.0
         self.m2 = 0.0
         self.last_ts = 0
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restores a checkpoint; one from before the sign-up's device and IP were kept has
+        none (its users' first payments are settled as not at a till)."""
+        self.signup_device = self.signup_ip = None
+        self.till_signup = None
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        if self.till_signup is None and self.first_payment_ts is not None:
+            self.till_signup = False
+
+    def at_till(self, tx: Transaction) -> bool:
+        """Whether `tx`, as the user's first payment, is one at the till it signed up at."""
+        signup = self.signup_ts
+        if signup is None or self.referrer is not None or tx.ts - signup > TILL_SIGNUP_MS:
+            return False
+        if tx.device_id is not None and self.signup_device is not None:
+            return tx.device_id == self.signup_device
+        return tx.ip is not None and tx.ip == self.signup_ip
 
 
 class UserActivity:
@@ -180,6 +217,8 @@ class UserFamily:
         profile.signup_ts = event.ts
         referrer = event.referrer_id
         profile.referrer = None if referrer == event.user_id else referrer
+        profile.signup_device = event.device_id
+        profile.signup_ip = event.ip
         return True
 
     def transaction(self, tx: Transaction) -> tuple[UserFeatures, TxContext]:
@@ -229,9 +268,14 @@ class UserFamily:
         first = profile.first_payment_ts
         if signup is None:
             row.user_account_age_s = row.signup_to_first_payment_s = None
+            row.signed_up_at_till = None
         else:
             row.user_account_age_s = (ts - signup) / 1000
             row.signup_to_first_payment_s = ((ts if first is None else first) - signup) / 1000
+            till = profile.till_signup
+            if till is None:
+                till = profile.at_till(tx)
+            row.signed_up_at_till = float(till)
         pairs = user.pairs_7d
         horizon = ts - PAIR_WINDOW_MS
         # Pairs are kept in last-payment order: merchants not paid for a week leave first.
@@ -269,6 +313,7 @@ class UserFamily:
             profile.last_payment_ts = ts
             if first is None:
                 profile.first_payment_ts = ts
+                profile.till_signup = row.signed_up_at_till == 1.0
             n += 1
             delta = amount - profile.mean
             profile.mean += delta / n

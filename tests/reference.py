@@ -33,6 +33,19 @@ HOUR, DAY = HOUR_MS, DAY_MS
 YOUNG = 7 * DAY
 
 
+def at_till(signup: Signup, first: Transaction) -> bool:
+    """Signed up at a till: no referrer (a self-referral is none), the first payment within
+    2 h after the sign-up (a payment before it is not), on its device (both known), else
+    on its IP."""
+    if signup.referrer_id not in (None, signup.user_id) or first.ts - signup.ts > 2 * HOUR:
+        return False
+    if first.ts < signup.ts:
+        return False
+    if first.device_id is not None and signup.device_id is not None:
+        return first.device_id == signup.device_id
+    return first.ip is not None and first.ip == signup.ip
+
+
 @dataclass
 class Paid:
     tx: Transaction
@@ -117,6 +130,8 @@ class History:
             x["signup_to_first_payment_s"] = None
         else:
             x["signup_to_first_payment_s"] = ((mine[0].ts if mine else t) - signup.ts) / 1000
+        first = mine[0] if mine else tx
+        x["signed_up_at_till"] = None if signup is None else float(at_till(signup, first))
         x["user_merchant_tx_count_7d"] = sum(
             1 for p in mine if p.merchant_id == m and p.ts > t - 7 * DAY
         )

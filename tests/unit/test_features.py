@@ -58,6 +58,33 @@ def test_account_age_from_signup() -> None:
     assert x["user_account_age_s"] == 3600
 
 
+def test_a_user_who_signed_up_at_the_till_is_told_from_a_referred_or_late_one() -> None:
+    engine = FeatureEngine()
+    minutes = 5 * 60_000
+    engine.signup(parse_signup(signup("till", T0 - minutes, device_id="phone")))
+    engine.signup(parse_signup(signup("referred", T0 - minutes, referrer_id="farmer")))
+    engine.signup(parse_signup(signup("other_phone", T0 - minutes, device_id="phone")))
+    engine.signup(parse_signup(signup("late", T0 - 3 * HOUR, device_id="phone")))
+    engine.signup(parse_signup(signup("no_device", T0 - minutes, device_id=None, ip="1.2.3.4")))
+
+    def first(user: str, **overrides: object) -> object:
+        payment = tx(f"{user}-1", T0, user_id=user, **{"device_id": "phone", **overrides})
+        return engine.transaction(parse_transaction(payment))["signed_up_at_till"]
+
+    assert first("till") == 1.0
+    assert first("referred") == 0.0  # a farm's accounts come with their referrer
+    assert first("other_phone", device_id="another") == 0.0
+    assert first("late") == 0.0
+    assert first("no_device", device_id=None, ip="1.2.3.4") == 1.0
+    # It is the user's: settled at the first payment, kept on the later ones.
+    later = engine.transaction(parse_transaction(tx("till-2", T0 + DAY, user_id="till")))
+    assert later["signed_up_at_till"] == 1.0
+    assert (
+        engine.transaction(parse_transaction(tx("x", T0, user_id="nobody")))["signed_up_at_till"]
+        is None
+    )
+
+
 def test_distinct_window_expires_by_last_sighting_not_first() -> None:
     from features.windows import WindowDistinct
 
@@ -273,3 +300,23 @@ def test_a_feature_row_names_its_fields_and_refuses_a_value_left_unset() -> None
     single = CategoryFeatures()
     single.rebate_rate_vs_category = None
     assert single.values() == (None,)
+
+
+def test_a_profile_from_before_the_till_feature_restores_as_not_at_a_till() -> None:
+    import pickle
+
+    from features.user import UserProfile
+
+    profile = UserProfile()
+    profile.signup_ts, profile.first_payment_ts = T0 - 60_000, T0
+    reduced = profile.__reduce_ex__(2)
+    state = dict(reduced[2][1])  # (None, slots) for a class with __slots__
+    for name in ("signup_device", "signup_ip", "till_signup"):
+        del state[name]
+    old = reduced[0](*reduced[1])
+    old.__setstate__((None, state))
+    assert old.till_signup is False and old.signup_device is None
+    fresh = UserProfile()
+    fresh.signup_ts, fresh.signup_device = T0, "phone"
+    restored = pickle.loads(pickle.dumps(fresh))
+    assert restored.till_signup is None and restored.signup_device == "phone"  # not settled yet

@@ -14,6 +14,7 @@ from detectors.rules import (
     REQUEST_RULES,
     RULES_BEFORE_CYCLE,
     RULES_BEFORE_PLATFORM,
+    RULES_BEFORE_TILL,
     RuleScore,
     request_rule_score,
 )
@@ -95,6 +96,16 @@ def test_a_binding_right_before_a_big_payment_elsewhere_is_named() -> None:
     home = decide(Scorer(), bound, merchant_id="m-binder", amount_cents=80_000)
     small = decide(Scorer(), bound, merchant_id="m-far", amount_cents=3_000)
     assert "binding_before_big_payment" not in home.reasons + small.reasons
+
+
+def test_a_checkpoint_with_the_rules_of_before_the_till_exemption_takes_todays() -> None:
+    before_till = RuleScore(rules=RULES_BEFORE_TILL)
+    restored = pickle.loads(pickle.dumps(before_till))
+    assert restored.rules == DEFAULT_RULES
+    young_at_till = {"user_account_age_s": 300.0, "signed_up_at_till": 1.0}
+    assert "young_account" in before_till.explain_one(young_at_till)
+    assert "young_account" not in restored.explain_one(young_at_till)
+    assert "young_account" in restored.explain_one({**young_at_till, "signed_up_at_till": 0.0})
 
 
 def test_a_checkpoint_with_the_old_default_rules_takes_the_platform_rules() -> None:

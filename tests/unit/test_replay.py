@@ -61,7 +61,9 @@ def test_iso_timestamps_in_files_are_accepted(tmp_path: Path) -> None:
 
 def test_a_signup_at_the_same_instant_counts_before_the_payment(tmp_path: Path) -> None:
     txs = write_frame(pl.DataFrame([tx("a", T0, user_id="n", device_id="x")]), tmp_path / "t.jsonl")
-    sig = write_frame(pl.DataFrame([signup("n", T0, device_id="x")]), tmp_path / "s.jsonl")
+    # Referred, so not a sign-up at the till (which `young_account` spares).
+    referred = signup("n", T0, device_id="x", referrer_id="r")
+    sig = write_frame(pl.DataFrame([referred]), tmp_path / "s.jsonl")
     summary = replay(transactions=txs, signups=sig, out_dir=tmp_path / "out", progress=None)
     out = pl.read_parquet(summary.outputs["decisions"])
     assert "young_account" in out["reasons"][0].to_list()

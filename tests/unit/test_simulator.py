@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from rebate_guard.contract.time import DAY_MS, HOUR_MS
+from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.tools.simulator import (
     ABUSE_SCENARIOS,
     LOOKALIKES,
@@ -36,6 +36,7 @@ from rebate_guard.tools.simulator.profiles import (
     FLOW_TACTICS,
     FRAUD_SHARE,
     PER_100K,
+    POPULATION_RANGES,
     RANDOM_RANGES,
 )
 from rebate_guard.tools.simulator.world import PLATFORM_TRUTH_SCHEMA
@@ -518,6 +519,8 @@ def test_invalid_config_is_rejected() -> None:
         WorldConfig(brushing_hours="noon")
     with pytest.raises(ValueError, match="nat_pool_share"):
         WorldConfig(nat_pool_share=-0.1)
+    with pytest.raises(ValueError, match="signup_at_checkout_share"):
+        WorldConfig(signup_at_checkout_share=1.2)
     with pytest.raises(ValueError, match="review delays"):
         WorldConfig(review_delay_min_days=5, review_delay_max_days=2)
     with pytest.raises(ValueError, match="unknown profile"):
@@ -557,7 +560,7 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
     for cfg in configs:
         assert (cfg.days, cfg.target_transactions) == (45, 80_000)
         assert cfg.referred_referrer_weight > 1  # referred users refer: deep chains
-        for name, spec in {**RANDOM_RANGES, **ECONOMICS_RANGES}.items():
+        for name, spec in {**RANDOM_RANGES, **ECONOMICS_RANGES, **POPULATION_RANGES}.items():
             value = getattr(cfg, name)
             if isinstance(spec[0], str):
                 assert value in spec, name
@@ -565,7 +568,7 @@ def test_random_profile_is_deterministic_varied_and_in_range() -> None:
                 assert spec[0] <= value <= spec[1], name
         per_100k = [getattr(cfg, name) for name in PER_100K.values()]
         assert min(per_100k) >= 0 and sum(per_100k) > 0
-    for name in {**RANDOM_RANGES, **ECONOMICS_RANGES}:  # every knob actually varies
+    for name in {**RANDOM_RANGES, **ECONOMICS_RANGES, **POPULATION_RANGES}:  # every knob varies
         assert len({getattr(c, name) for c in configs}) > 1, name
     mixes = set()
     for cfg in configs:  # and so does the mix of abuse kinds
@@ -603,6 +606,67 @@ def test_every_flow_scenario_and_look_alike_appears_in_random_worlds() -> None:
     flows = {"binding_hijack", "coupon_farm", "points_collector", "binding_farm"}
     assert {*flows, "commission_cycle"} <= scenarios
     assert groups >= FLOW_LOOKALIKE_NAMES
+
+
+AT_CHECKOUT = 0.5
+AT_CHECKOUT_MS = 90 * MINUTE_MS  # the longest sign-up-to-payment at a till (a meal)
+
+
+def _first_payments_of_new_unreferred(w: World, start_ts_ms: int) -> pl.DataFrame:
+    """Every ordinary legit user who signed up inside the window with no referrer (those
+    `signup_at_checkout_share` is of), with their first payment (null: none) and its gap."""
+    ordinary = w.user_truth.filter(
+        ~pl.col("role").is_in([*ABUSE_SCENARIOS, *FLOW_LOOKALIKE_NAMES])
+    )["user_id"]
+    users = w.signups.filter(
+        pl.col("user_id").is_in(ordinary.implode())
+        & (pl.col("ts") >= start_ts_ms)
+        & pl.col("referrer_id").is_null()
+    )
+    first = (
+        w.transactions.filter(pl.col("kind") == "payment")
+        .sort("ts")
+        .group_by("user_id", maintain_order=True)
+        .first()
+        .select(
+            "user_id",
+            pl.col("ts").alias("paid"),
+            pl.col("device_id").alias("paid_device"),
+            pl.col("ip").alias("paid_ip"),
+        )
+    )
+    return users.join(first, on="user_id", how="left").with_columns(
+        (pl.col("paid") - pl.col("ts")).alias("gap")
+    )
+
+
+def test_signup_at_checkout_share_is_the_share_paying_there_minutes_later() -> None:
+    cfg = replace(SMALL, signup_at_checkout_share=AT_CHECKOUT)
+    w = simulate_world(cfg)
+    users = _first_payments_of_new_unreferred(w, cfg.start_ts_ms)
+    at_till = users.filter(pl.col("gap") <= AT_CHECKOUT_MS)
+    assert users.height > 300
+    assert abs(at_till.height / users.height - AT_CHECKOUT) < 0.08
+    gap_min = at_till["gap"] / MINUTE_MS
+    # Minutes at a counter, up to a meal at a restaurant's table: a spread, not one delay.
+    assert gap_min.min() >= 1 and gap_min.median() < 15 and gap_min.quantile(0.9) > 20
+    # Signed up on the phone, on its connection at the till, and paid on them.
+    assert (at_till["device_id"] == at_till["paid_device"]).all()
+    assert (at_till["ip"] == at_till["paid_ip"]).mean() > 0.95
+    # Everyone still signs up before paying, referrers before their referees.
+    first = w.transactions.group_by("user_id").agg(pl.col("ts").min().alias("first_ts"))
+    joined = first.join(w.signups, on="user_id", how="left")
+    assert (joined["ts"] < joined["first_ts"]).all()
+    refs = w.signups.filter(pl.col("referrer_id").is_not_null()).join(
+        w.signups.select(pl.col("user_id").alias("referrer_id"), pl.col("ts").alias("r_ts")),
+        on="referrer_id",
+    )
+    assert (refs["r_ts"] < refs["ts"]).all()
+    # Off (the default): almost nobody new pays within the hour and a half of signing up.
+    off = _first_payments_of_new_unreferred(simulate_world(SMALL), SMALL.start_ts_ms)
+    assert (off["gap"] <= AT_CHECKOUT_MS).sum() / off.height < 0.02
+    assert world_config("default", seed=1).signup_at_checkout_share == 0
+    assert world_config("survivor", seed=1).signup_at_checkout_share == 0
 
 
 def test_random_world_fraud_share_is_in_a_plausible_range() -> None:

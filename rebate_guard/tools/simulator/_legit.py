@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,23 @@ REFERRAL_BATCHES = 64  # preferential attachment: referees placed in this many s
 BIG_PURCHASE_TAIL = 1.2  # Pareto index of a big purchase's multiple (5x upwards, capped 50x)
 RUSH_SHARE = 0.08  # share of a rush restaurant's regulars in its weekday lunch burst (x activity)
 MIN_CROWD = 20
+CHECKOUT_STREAM = 0xC4EC  # sign-ups at the till: their own random stream (with the seed)
+#: Sign-up at a till to paying there, (median, log-normal sigma, min, max) ms. At a counter:
+#: scan the merchant's QR code, register in its mini-program (phone number, SMS code), pay:
+#: a few minutes. At a restaurant's table `TABLE_ORDER_SHARE` scan to order, eat, then pay.
+COUNTER_DELAY = (3 * MINUTE_MS, 0.7, MINUTE_MS, 30 * MINUTE_MS)
+TABLE_DELAY = (35 * MINUTE_MS, 0.4, 10 * MINUTE_MS, 90 * MINUTE_MS)
+TABLE_ORDER_SHARE = 0.5
+
+
+@dataclass
+class Checkout:
+    """Legit users who signed up at a merchant's till, and the first payment they made there."""
+
+    user: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    ts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    merchant: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    ip: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass
@@ -86,6 +103,7 @@ class Population:
     loyal_price: np.ndarray
     nat_ip: np.ndarray | None = None  # per user, their carrier-NAT public IP (None: no NAT)
     nat_share: float = 0.0  # share of their mobile traffic leaving through it
+    checkout: Checkout = field(default_factory=Checkout)  # who signed up at a till
 
 
 def build_merchants(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> None:
@@ -335,6 +353,13 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
         via &= look != FAMILY_DEVICE
         signup_ip[via] = nat_ip[via]
         b.users.set("ip", np.arange(b.users.n - n, b.users.n), signup_ip)
+    checkout = Checkout()
+    if cfg.signup_at_checkout_share > 0:
+        eligible = new & (referrer < 0) & (look != VIRAL_REFERRER)
+        checkout = _signups_at_checkout(cfg, b, eligible, signup, homes[:, 0], nat_ip)
+        signup_ip[checkout.user] = checkout.ip
+        b.users.set("ip", np.arange(b.users.n - n, b.users.n), signup_ip)
+        lo[checkout.user] = checkout.ts + MINUTE_MS  # the till payment is their first
     return Population(
         n=n,
         n_legit_merchants=n_m,
@@ -364,7 +389,39 @@ def build_population(rng: np.random.Generator, b: Builder, cfg: WorldConfig) -> 
         loyal_price=loyal_price,
         nat_ip=nat_ip,
         nat_share=cfg.nat_pool_share,
+        checkout=checkout,
     )
+
+
+def _signups_at_checkout(
+    cfg: WorldConfig,
+    b: Builder,
+    eligible: np.ndarray,
+    signup: np.ndarray,
+    shop: np.ndarray,
+    nat_ip: np.ndarray | None,
+) -> Checkout:
+    """`signup_at_checkout_share` of the `eligible` users (new, not referred by a user) sign
+    up at a till: at their main shop (`shop`), on mobile data there, and pay there minutes
+    later (`COUNTER_DELAY`, `TABLE_DELAY`). Their sign-up times stay as drawn, so every
+    referral keeps its order. Own random stream: the population draws as it would without
+    (their payments then change the legit ones' draws)."""
+    rng = np.random.default_rng([cfg.seed, CHECKOUT_STREAM])
+    at_till = eligible & (rng.random(len(eligible)) < cfg.signup_at_checkout_share)
+    user = np.flatnonzero(at_till)
+    merchant = shop[user]
+    k = len(user)
+    table = (b.merchants.col("category")[merchant] == RESTAURANT) & (
+        rng.random(k) < TABLE_ORDER_SHARE
+    )
+    delay = np.where(
+        table, lognormal_delay(rng, k, *TABLE_DELAY), lognormal_delay(rng, k, *COUNTER_DELAY)
+    )
+    ip = b.mobile_ips(rng, k)
+    if nat_ip is not None:  # carrier NAT, as the rest of their mobile traffic
+        via = rng.random(k) < cfg.nat_pool_share
+        ip[via] = nat_ip[user[via]]
+    return Checkout(user=user, ts=signup[user] + delay, merchant=merchant, ip=ip)
 
 
 def _ordinary_referrals(
@@ -437,7 +494,8 @@ def expected_legit(
     loyal_days = np.maximum(0, end - pop.lo[pop.loyal]) / DAY_MS
     loyal = float(loyal_days.sum()) * (5 * 0.92 + 2 * 0.55) / 7
     office = float(pop.office_lunch.sum()) * len(_weekdays(start, end))
-    return (regular + rush) * (1 + refund_rate), (loyal + office) * (1 + refund_rate)
+    till = len(pop.checkout.user)
+    return (regular + rush) * (1 + refund_rate), (loyal + office + till) * (1 + refund_rate)
 
 
 def _context(
@@ -562,16 +620,24 @@ def legit_transactions(
     set_meal = rng.random(len(r_amount)) < 0.5
     r_amount[set_meal] = np.maximum(100, np.round(r_amount[set_meal] / 100) * 100)
 
-    user = np.concatenate([user, l_user, o_user, r_user])
-    ts = np.concatenate([ts, l_ts, o_ts, r_ts])
-    merchant = np.concatenate([merchant, l_merchant, o_merchant, r_merchant])
-    amount = np.concatenate([amount, l_amount, o_amount, r_amount]).astype(np.int64)
+    # Sign-ups at the till: the first payment, at the shop, minutes after signing up there.
+    till = pop.checkout
+    t_amount = np.empty(0, dtype=np.int64)
+    if len(till.user):  # drawn only when on: default worlds keep their streams
+        t_cat = m_cat[till.merchant]
+        t_amount = lognormal_amounts(rng, m_median[till.merchant], AMOUNT_SIGMA[t_cat])
+
+    user = np.concatenate([user, l_user, o_user, r_user, till.user])
+    ts = np.concatenate([ts, l_ts, o_ts, r_ts, till.ts])
+    merchant = np.concatenate([merchant, l_merchant, o_merchant, r_merchant, till.merchant])
+    amount = np.concatenate([amount, l_amount, o_amount, r_amount, t_amount]).astype(np.int64)
     flag = np.concatenate(
         [
             flag,
             np.full(len(l_user), LOYAL_DAILY),
             np.full(len(o_user), NO_LOOK),
             np.full(len(r_user), LUNCH_RUSH),
+            np.full(len(till.user), NO_LOOK),
         ]
     ).astype(np.int64)
     big = np.zeros(len(amount), dtype=bool)
@@ -580,6 +646,8 @@ def legit_transactions(
         multiple = np.minimum(50.0, 5.0 * (1.0 + rng.pareto(BIG_PURCHASE_TAIL, int(big.sum()))))
         amount[big] = np.minimum(5_000_000, np.round(amount[big] * multiple)).astype(np.int64)
     device, ip, card = _context(rng, b, pop, user, ts)
+    at_till = slice(len(user) - len(till.user), len(user))  # on the phone they signed up on,
+    device[at_till], ip[at_till] = pop.dev1[till.user], till.ip  # on its connection there
 
     # Ordinary refunds: hours to days later (some quick cancellations), same card.
     k = len(user)

@@ -33,6 +33,9 @@ class WorldConfig:
     # Legit population.
     payments_per_user_day: float = 0.3  # mean legit payments per user-day before scaling
     new_user_fraction: float = 0.2  # legit users who sign up inside the window
+    # Of those not referred by another user, the share who sign up at a merchant's till (its
+    # QR code, to pay): their first payment is there, minutes later (0: nobody does).
+    signup_at_checkout_share: float = 0.0
     history_days: int = 365  # the others signed up up to this many days before the start
     referral_fraction: float = 0.25  # legit users who signed up through a referrer
     # Propensity to refer of a user who was referred, relative to one who was not (0.1:
@@ -180,6 +183,7 @@ class WorldConfig:
         for name in (
             "label_fraction",
             "new_user_fraction",
+            "signup_at_checkout_share",
             "referral_fraction",
             "refund_rate",
             "family_fraction",

@@ -146,6 +146,15 @@ ECONOMICS_RANGES: dict[str, tuple[Any, ...]] = {
     "membership_share": (0.3, 0.7),
     "membership_user_days": (30.0, 80.0),
 }
+#: The legit population's knobs added since, drawn after everything else (so a random
+#: world's other knobs are what they were before them). `signup_at_checkout_share`: of the new users
+#: no friend invited, those who sign up at a merchant's till (its QR code, to pay) and pay
+#: there minutes later: a few on an app-first platform that grows through app stores and
+#: ads, most on one that grows through its merchants (mini-program sign-up at the till, the
+#: merchant binding the customers it brings in): docs/simulator.md, "Sign-up at the till".
+POPULATION_RANGES: dict[str, tuple[Any, ...]] = {
+    "signup_at_checkout_share": (0.05, 0.75),
+}
 #: Chance that a referrer is itself a referred user; `referred_referrer_weight` is derived
 #: from it and the drawn `referral_fraction`, so chains run 5-9 deep at any referral share.
 REFERRED_REFERRER = (0.5, 0.7)
@@ -210,7 +219,8 @@ def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:
         knobs[name] = float(groups * w)
     knobs["fraud_scale"] = 1.0
     knobs["min_groups_per_scenario"] = 0
-    return {**knobs, **_drawn(rng, ECONOMICS_RANGES)}
+    economics = _drawn(rng, ECONOMICS_RANGES)
+    return {**knobs, **economics, **_drawn(rng, POPULATION_RANGES)}
 
 
 def _drawn(rng: np.random.Generator, ranges: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
