@@ -15,7 +15,7 @@ from typing import Any
 
 from river import anomaly, compose, preprocessing
 
-from detectors.base import Features, Reading
+from detectors.base import Features, Reading, signed_up_at_till
 from detectors.encoding import encode, signed_logs
 
 
@@ -138,7 +138,6 @@ TELLING_FEATURES = (
 #: by the way it joined, so on a platform that grows through its merchants its age is not
 #: unusual however few payers are that young, and the detector leaves the age features out
 #: of its view of those payments (it neither scores nor learns them there).
-TILL_SIGNUP = "signed_up_at_till"
 TILL_SIGNUP_EXCUSES = frozenset({"user_account_age_s"})
 
 
@@ -214,10 +213,9 @@ class GaussianAnomaly:
     def view(self, x: Features) -> View:
         """The watched features on their signed log scale (compute once, score and learn);
         the account age left out (missing) for a user who signed up at a merchant's till
-        (`TILL_SIGNUP`)."""
+        (`detectors.base.signed_up_at_till`)."""
         view = signed_logs(map(x.get, self.features))
-        excuse = x.get(TILL_SIGNUP)
-        if excuse is not None and excuse > 0.5:
+        if signed_up_at_till(x):
             for index in self._excused_indices():
                 view[index] = None
         return view

@@ -20,6 +20,37 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 Features = dict[str, float | None]
 
 #: The supervised classifiers a deployment may choose (`detectors.online.make_classifier`).
+#: How many users a till sign-up's phone may have carried over 7 days (`device_user_count_7d`,
+#: the payer included): its own, or a couple's. A phone a few accounts signed up on is a
+#: farm's, however much each one looks like a shopper who joined at the counter.
+TILL_DEVICE_USERS = 2
+
+
+def signed_up_at_till(x: Features) -> bool:
+    """Whether `x` is the payment of a user who signed up at a merchant's till
+    (`features.user`, `signed_up_at_till`) on a phone of its own: the detectors' one test of
+    it (`young_account`'s excuse, the classifier's and the anomaly detector's view of age).
+
+    Examples
+    --------
+    >>> signed_up_at_till({"signed_up_at_till": 1.0, "device_user_count_7d": 1.0})
+    True
+    >>> signed_up_at_till({"signed_up_at_till": 1.0, "device_user_count_7d": 8.0})
+    False
+    >>> signed_up_at_till({"signed_up_at_till": 0.0}), signed_up_at_till({})
+    (False, False)
+    """
+    till = x.get("signed_up_at_till")
+    if till is None or till <= 0.5:
+        return False
+    users = x.get("device_user_count_7d")
+    return users is None or users <= TILL_DEVICE_USERS
+
+
+#: The excuses a rule may name (`detectors.rules.Rule.unless`): tests of the whole vector.
+EXCUSES = {"signed_up_at_till": signed_up_at_till}
+
+
 LEARNERS = ("logreg", "arf", "arf+logreg")
 
 

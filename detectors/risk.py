@@ -81,7 +81,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from detectors.anomaly import GaussianAnomaly
-from detectors.base import Features, PriorDetector, Reading
+from detectors.base import Features, PriorDetector, Reading, signed_up_at_till
 from detectors.online import Classifier, ForestClassifier, OnlineClassifier
 from detectors.prior_shift import PriorShift
 from detectors.ring_say import RingSay
@@ -442,8 +442,9 @@ TILL_SPLIT_FEATURES = ("user_account_age_s", "signup_to_first_payment_s")
 
 
 def classifier_view(x: Features) -> Features:
-    """`x` as the classifier reads it: the age features of a till sign-up renamed
-    (`TILL_SPLIT_FEATURES`); `x` itself for anyone else (not copied).
+    """`x` as the classifier reads it: the age features of a till sign-up
+    (`detectors.base.signed_up_at_till`) renamed (`TILL_SPLIT_FEATURES`); `x` itself for
+    anyone else (not copied).
 
     Examples
     --------
@@ -452,8 +453,7 @@ def classifier_view(x: Features) -> Features:
     >>> classifier_view({"user_account_age_s": 300.0, "signed_up_at_till": 0.0})
     {'user_account_age_s': 300.0, 'signed_up_at_till': 0.0}
     """
-    till = x.get("signed_up_at_till")
-    if till is None or till <= 0.5:
+    if not signed_up_at_till(x):
         return x
     view = dict(x)
     for name in TILL_SPLIT_FEATURES:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any
 
-from detectors.base import Features, Reading
+from detectors.base import EXCUSES, Features, Reading
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Rule:
     direction : {"above", "below"}
         Fires when x > threshold ("above") or x < threshold ("below").
     unless : str or None
-        A feature that, when above 0.5, keeps it from firing: what tells the look-alike
-        the threshold alone cannot.
+        An excuse (`detectors.base.EXCUSES`) that, when it holds, keeps it from firing:
+        what tells the look-alike the threshold alone cannot.
 
     Examples
     --------
@@ -43,6 +43,9 @@ class Rule:
     ...             direction="below", unless="signed_up_at_till")
     >>> till.fires({"user_account_age_s": 300, "signed_up_at_till": 1.0})
     False
+    >>> till.fires({"user_account_age_s": 300, "signed_up_at_till": 1.0,
+    ...             "device_user_count_7d": 8.0})
+    True
     """
 
     code: str
@@ -60,10 +63,7 @@ class Rule:
         return value > self.threshold if self.direction == "above" else value < self.threshold
 
     def _excused(self, x: Features) -> bool:
-        if self.unless is None:
-            return False
-        excuse = x.get(self.unless)
-        return excuse is not None and excuse > 0.5
+        return self.unless is not None and EXCUSES[self.unless](x)
 
 
 DEFAULT_RULES = (
@@ -224,10 +224,8 @@ class RuleScore:
         for feature, threshold, above, log_odds, code, unless in self._strongest_first():
             value = x.get(feature)
             if value is not None and (value > threshold if above else value < threshold):
-                if unless is not None:
-                    excuse = x.get(unless)
-                    if excuse is not None and excuse > 0.5:
-                        continue
+                if unless is not None and EXCUSES[unless](x):
+                    continue
                 z += log_odds
                 codes.append(code)
         return 1.0 / (1.0 + math.exp(-z)), codes
