@@ -45,13 +45,15 @@ from rebate_guard.contract.records import (
     build,
 )
 from rebate_guard.core.ledger import Ledger
-from rebate_guard.core.policy import LedgerTerms, PointsTerms, Policy, trust_weight
+from rebate_guard.core.policy import EXPECTED_LOSS, LedgerTerms, PointsTerms, Policy, trust_weight
 from rebate_guard.core.solvency import Movement
 
 #: The reasons a points request is blocked.
 NOT_WITHDRAWABLE = "policy:points_not_withdrawable"
 OVER_REDEEMABLE_SHARE = "policy:over_redeemable_share"
 OVER_BALANCE = "policy:over_balance"
+#: The reasons a request asked past the user's book (its balance or redeemable share then).
+PAST_THE_BOOK = frozenset({OVER_BALANCE, OVER_REDEEMABLE_SHARE})
 #: What a points decision records as its model (the request rules: they learn nothing, so
 #: one version) and thresholds (the policy's fixed ones, as a points decision).
 POINTS_MODEL = "points-rules"
@@ -102,6 +104,31 @@ def _redemption_cut(event: PlatformEvent, book: list[int], terms: PointsTerms) -
         return None
     room = redeemable(book, terms)
     return room if room > 0 else None
+
+
+def withheld_for_the_book(reasons: Sequence[str], weight: float, allow_at: float) -> bool:
+    """Whether a request's decision withheld points only because it asked past the user's
+    book: the policy cut or refused it for that, and its rules' trust `weight` would have
+    let it through whole (at least `allow_at`, the thresholds it was decided with, and no
+    expected-loss limit stepped it down).
+
+    A legitimate user's book falls short of what they ask when the detector held, scaled or
+    blocked rebates of their payments (withheld there, and counted there) or a refund
+    clawed one back: what the request loses is that money again, not the request's own
+    friction (docs/economics.md, "Points policy").
+
+    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE], 0.97, 0.85)
+    True
+    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE, "points_transfer"], 0.92, 0.85)
+    True
+    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE, "points_collector"], 0.73, 0.85)
+    False
+    >>> withheld_for_the_book(["young_account"], 0.82, 0.85)
+    False
+    """
+    if weight < allow_at or EXPECTED_LOSS in reasons:
+        return False
+    return any(reason in PAST_THE_BOOK for reason in reasons)
 
 
 #: A held request: (kind, merchant, region), for what its release moves.

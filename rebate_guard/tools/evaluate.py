@@ -267,7 +267,8 @@ PLATFORM_TRUTH = "platform_truth.parquet"
 def points_requests(decisions: Path, truth: Path) -> pl.DataFrame | None:
     """The decisions on points requests joined with the platform events' truth: `tx_id`
     (the request's event_id), the points asked and allowed (`rebate_requested_cents`,
-    `rebate_granted_cents`), `action`, `is_fraud`, `scenario` and `group` (null where the
+    `rebate_granted_cents`), `action`, `trust_weight`, `reasons`, `is_fraud`, `scenario`
+    and `group` (null where the
     truth says "": legitimate, or no look-alike). None when `truth` (a directory, or its
     tx_truth.parquet) has no `platform_truth.parquet` beside it."""
     path = (truth if truth.is_dir() else truth.parent) / PLATFORM_TRUTH
@@ -284,7 +285,14 @@ def points_requests(decisions: Path, truth: Path) -> pl.DataFrame | None:
     return (
         decided.filter(pl.col("threshold_version") == POINTS_THRESHOLDS)
         .select(
-            "tx_id", "ts", "user_id", "action", "rebate_requested_cents", "rebate_granted_cents"
+            "tx_id",
+            "ts",
+            "user_id",
+            "action",
+            "rebate_requested_cents",
+            "rebate_granted_cents",
+            "trust_weight",
+            "reasons",
         )
         .join(facts, on="tx_id", how="inner")
     )

@@ -83,6 +83,11 @@ class WorldResult:
     #: share of the points asked not allowed at decision, fraud and legit overall...
     points_fraud_withheld: float | None = None
     points_legit_withheld: float | None = None
+    #: ...of which the share of the legit points asked that were withheld only for asking
+    #: past the user's book (`core.points.withheld_for_the_book`: rebates the detector
+    #: withheld on their payments, counted there, or a refund clawed back; not the
+    #: request's own friction)...
+    points_legit_past_book: float | None = None
     #: ...per abuse scenario (fraud), and per look-alike group (legit, where it asked at
     #: least `MIN_GROUP_CENTS` points).
     points_scenario_withheld: dict[str, float] = field(default_factory=dict)
@@ -156,6 +161,7 @@ def _run(
     payments = _payments(out / "decisions.parquet", world_dir / "truth")
     rings = ring_quality(pl.read_parquet(out / "rings.parquet"), world_dir)
     requests = points_requests(out / "decisions.parquet", world_dir / "truth")
+    allow_at = scorer.decider.policy.thresholds.allow_at
     return WorldResult(
         profile=profile,
         seed=seed,
@@ -176,19 +182,31 @@ def _run(
         lookalike_flagged=rings.lookalike_share,
         ring_delay_min=rings.median_delay_min,
         seconds=time.perf_counter() - started,
-        **points_figures(requests),
+        **points_figures(requests, allow_at=allow_at),
     )
 
 
-def points_figures(requests: pl.DataFrame | None) -> dict[str, Any]:
+def points_figures(requests: pl.DataFrame | None, *, allow_at: float) -> dict[str, Any]:
     """`WorldResult`'s points fields from a world's points requests with their truth
-    (`rebate_guard.tools.evaluate.points_requests`; None: no platform truth, left out)."""
+    (`rebate_guard.tools.evaluate.points_requests`; None: no platform truth, left out),
+    decided with `allow_at` (the policy's)."""
     if requests is None or requests.is_empty():
         return {}
+    from rebate_guard.core.points import withheld_for_the_book
+
     asked = requests.filter(pl.col("rebate_requested_cents") > 0)
+    legit = asked.filter(~pl.col("is_fraud"))
+    book = [
+        withheld_for_the_book(reasons, weight, allow_at)
+        for reasons, weight in zip(legit["reasons"], legit["trust_weight"], strict=True)
+    ]
+    past_book = legit.filter(pl.Series(book, dtype=pl.Boolean))
+    withheld = int((past_book["rebate_requested_cents"] - past_book["rebate_granted_cents"]).sum())
+    legit_asked = int(legit["rebate_requested_cents"].sum())
     return {
         "points_fraud_withheld": _withheld(asked.filter(pl.col("is_fraud"))),
-        "points_legit_withheld": _withheld(asked.filter(~pl.col("is_fraud"))),
+        "points_legit_withheld": _withheld(legit),
+        "points_legit_past_book": withheld / legit_asked if legit_asked else None,
         # Every scenario: a world holds one or two groups of a flow abuse, their points few.
         "points_scenario_withheld": _withheld_by(asked, "scenario", fraud=True, min_cents=1),
         "points_lookalike_withheld": _withheld_by(asked, "group", fraud=False),

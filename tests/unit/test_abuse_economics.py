@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from rebate_guard.contract.records import BINDING
+from rebate_guard.contract.records import BINDING, POINTS_REQUESTS
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
 from rebate_guard.contract.validation import parse_platform_event
 from rebate_guard.tools.simulator import LOOKALIKES, SCENARIOS, World, WorldConfig, simulate_world
@@ -62,13 +62,21 @@ def test_the_groups_events_are_valid_platform_events(world: World) -> None:
 def test_platform_truth_names_the_group_that_made_each_event(world: World) -> None:
     truth = world.platform_truth
     assert truth["event_id"].equals(world.platform_events["event_id"])
-    assert truth.filter(pl.col("is_fraud"))["scenario"].is_in(FLOW_SCENARIO_NAMES).all()
+    events = _with_truth(world)
+    # The flows' scenarios name the events their groups made; any scenario's accounts'
+    # points requests (their vouchers and gifts) are fraud of it too.
+    requests = pl.col("kind").is_in(list(POINTS_REQUESTS))
+    fraud = events.filter(pl.col("is_fraud"))
+    assert fraud.filter(~requests)["scenario"].is_in(FLOW_SCENARIO_NAMES).all()
+    assert fraud["scenario"].is_in(list(SCENARIOS[1:])).all()
     assert (truth.filter(~pl.col("is_fraud"))["scenario"] == "").all()
     assert (truth.filter(pl.col("is_fraud"))["group"] == "").all()
-    assert set(truth["scenario"]) == {"", *FLOW_SCENARIO_NAMES}
+    assert set(truth["scenario"]) - {""} >= FLOW_SCENARIO_NAMES
     assert set(truth["group"]) == {"", *FLOW_LOOKALIKE_NAMES}
-    events = _with_truth(world)
-    made = events.filter(pl.col("is_fraud") | (pl.col("group") != ""))
+    spent = fraud.filter(requests).join(world.user_truth, on="user_id")
+    assert spent.height == fraud.filter(requests).height > 0
+    assert (spent["role"] == spent["scenario"]).all()
+    made = events.filter((pl.col("is_fraud") & ~requests) | (pl.col("group") != ""))
     # A fraud event's user is an account of its scenario, a look-alike's one of its group ...
     roles = made.join(world.user_truth, on="user_id")
     assert roles.height == made.height
@@ -132,7 +140,10 @@ def test_points_collected_from_fresh_accounts_are_spent_by_the_collector(world: 
         >= 8
     )
     spent = events.filter(pl.col("kind") == "points_redeem")
-    assert set(spent["user_id"]) <= collectors
+    # The collector spends them; its fresh givers' own vouchers are the ring's too.
+    assert collectors <= set(spent["user_id"])
+    roles = spent.join(world.user_truth, on="user_id")
+    assert roles.height == spent.height and (roles["role"] == "points_collector").all()
     paid = _fraud_of(world, "points_collector")
     assert collectors <= set(paid["user_id"])
 
@@ -140,7 +151,9 @@ def test_points_collected_from_fresh_accounts_are_spent_by_the_collector(world: 
 def test_only_the_random_profile_and_configs_asking_for_them_have_these_groups() -> None:
     bare = simulate_world(WorldConfig(seed=4, n_users=1_000, n_merchants=60, days=7))
     assert bare.platform_truth.height == bare.platform_events.height > 0
-    assert not bare.platform_truth["is_fraud"].any()
+    # No flow abuse: the only fraud is the other scenarios' accounts spending their points.
+    flows = {"binding_hijack", "coupon_farm", "points_collector", "binding_farm"}
+    assert not set(bare.platform_truth.filter(pl.col("is_fraud"))["scenario"]) & flows
     assert (bare.platform_truth["group"] == "").all()
     assert world_config("random", seed=1).coupon_farm_per_100k > 0
     assert world_config("default", seed=1).coupon_farm_per_100k == 0

@@ -22,6 +22,7 @@ from rebate_guard.contract.records import (
     POINTS_EXPIRE,
     POINTS_GRANT,
     POINTS_REDEEM,
+    POINTS_REQUESTS,
     POINTS_TRANSFER,
     POOL_TOPUP,
     RETENTION_COMMISSION,
@@ -38,6 +39,7 @@ from rebate_guard.tools.simulator import (
     simulate_world,
     world_config,
 )
+from rebate_guard.tools.simulator._common import ABUSE_SCENARIOS
 from rebate_guard.tools.simulator._economics import _NEVER, REFUND_VOIDS_REBATE_MS, _rebate_voided
 from rebate_guard.tools.simulator.profiles import FLOW_ABUSE, FLOW_LOOKALIKE_RATES, SURVIVOR
 
@@ -97,10 +99,21 @@ def test_economics_are_deterministic_and_leave_the_contract_streams_alone(world:
     again = simulate_world(SMALL)
     assert_frame_equal(world.platform_events, again.platform_events)
     assert_frame_equal(world.platform_truth, again.platform_truth)
-    # The platform's own events are legit, of no group.
+    # The platform's own events are legit, of no group, but for the points requests of
+    # abusive accounts: fraud, of the account's scenario.
     assert world.platform_truth["event_id"].equals(world.platform_events["event_id"])
-    assert not world.platform_truth["is_fraud"].any()
-    assert set(world.platform_truth["scenario"]) == set(world.platform_truth["group"]) == {""}
+    truth = world.platform_truth.join(world.platform_events, on="event_id").join(
+        world.user_truth, on="user_id", how="left"
+    )
+    abusive = pl.col("role").is_in(list(ABUSE_SCENARIOS)) & pl.col("kind").is_in(
+        list(POINTS_REQUESTS)
+    )
+    fraud = truth.filter(abusive.fill_null(False))
+    assert fraud.height > 0 and fraud["is_fraud"].all()
+    assert fraud["scenario"].equals(fraud["role"], check_names=False)
+    rest = truth.filter(~abusive.fill_null(False))
+    assert not rest["is_fraud"].any() and set(rest["scenario"]) == {""}
+    assert set(world.platform_truth["group"]) == {""}
     other = simulate_world(replace(SMALL, seed=12))
     assert not other.platform_events.equals(world.platform_events)
     without = simulate_world(replace(SMALL, economics=False))

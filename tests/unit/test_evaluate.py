@@ -203,6 +203,8 @@ def _points_files(tmp_path: Path) -> tuple[Path, Path]:
             "rebate_requested_cents": [1000, 500, 1000, 500, 2000, 400, 900],
             "rebate_granted_cents": [0, 500, 0, 500, 2000, 0, 0],
             "threshold_version": ["fixed", "fixed", *["points"] * 5],
+            "trust_weight": [0.1, 0.9, 0.73, 0.97, 0.97, 0.73, 0.5],
+            "reasons": [["r"], [], ["points_collector"], [], [], ["points_collector"], ["x"]],
         }
     ).write_parquet(tmp_path / "decisions.parquet")
     pl.DataFrame(

@@ -110,18 +110,30 @@ def test_points_figures_of_a_world_and_their_breakdowns() -> None:
             "tx_id": ["p1", "p2", "p3", "p4", "p5"],
             "rebate_requested_cents": [1_000, 3_000, 20_000, 500, 30_000],
             "rebate_granted_cents": [0, 3_000, 19_000, 0, 30_000],
+            "trust_weight": [0.5, 0.97, 0.97, 0.73, 0.97],
+            "reasons": [
+                ["points_collector"],
+                [],
+                ["policy:over_redeemable_share"],
+                ["young_account"],
+                [],
+            ],
             "is_fraud": [True, True, False, False, False],
             "scenario": ["points_collector", "coupon_farm", None, None, None],
             "group": [None, None, "family_device", "office_ip", None],
         }
     )
-    got = points_figures(requests)
+    got = points_figures(requests, allow_at=0.85)
     assert got["points_fraud_withheld"] == pytest.approx(1_000 / 4_000)
     assert got["points_legit_withheld"] == pytest.approx(1_500 / 50_500)
+    # p3 was cut to the user's book, which rules that weigh 0.97 let through: of the legit
+    # points withheld, its 1,000 are the book's, p4's 500 the rules'.
+    assert got["points_legit_past_book"] == pytest.approx(1_000 / 50_500)
     # Every scenario; a look-alike group only with MIN_GROUP_CENTS asked (office_ip: 500).
     assert got["points_scenario_withheld"] == {"coupon_farm": 0.0, "points_collector": 1.0}
     assert got["points_lookalike_withheld"] == {"family_device": pytest.approx(0.05)}
-    assert points_figures(None) == {} and points_figures(requests.clear()) == {}
+    assert points_figures(None, allow_at=0.85) == {}
+    assert points_figures(requests.clear(), allow_at=0.85) == {}
 
     def world(seed: int, collector: float, family: float) -> WorldResult:
         return WorldResult(

@@ -540,7 +540,12 @@ def test_default_worlds_are_unchanged() -> None:
     assert events == DEFAULT_PLATFORM_EVENTS_SHA256
     truth = w.platform_truth
     assert truth["event_id"].equals(w.platform_events["event_id"])
-    assert not truth["is_fraud"].any() and set(truth["scenario"]) == set(truth["group"]) == {""}
+    # No flow groups: the only fraud is abusive accounts' points requests, of their scenario.
+    fraud = truth.join(w.platform_events, on="event_id").filter(pl.col("is_fraud"))
+    roles = fraud.join(w.user_truth, on="user_id")
+    assert roles.height == fraud.height and (roles["role"] == roles["scenario"]).all()
+    assert fraud["kind"].is_in(["points_redeem", "points_transfer", "points_withdraw"]).all()
+    assert set(truth.filter(~pl.col("is_fraud"))["scenario"]) == set(truth["group"]) == {""}
 
 
 def test_default_profile_is_todays_world() -> None:

@@ -25,6 +25,7 @@ from rebate_guard.contract.records import (
     COUPON_ISSUE,
     LABELS,
     PLATFORM_EVENTS,
+    POINTS_REQUESTS,
     SIGNUPS,
     TRANSACTIONS,
     PlatformEvent,
@@ -42,6 +43,7 @@ from rebate_guard.tools.simulator import (
 from rebate_guard.tools.simulator._abuse_economics import PLATFORM_TRUTH_SCHEMA
 from rebate_guard.tools.simulator._builder import Builder
 from rebate_guard.tools.simulator._common import (
+    ABUSE_SCENARIOS,
     BIG_PURCHASE,
     BRUSHING,
     CASH_OUT,
@@ -238,18 +240,34 @@ def simulate_world(config: WorldConfig) -> World:
         schema=PLATFORM_EVENT_SCHEMA,
         first_coupon=events.filter(pl.col("kind") == COUPON_ISSUE).height,
     )
-    events, platform_truth = _numbered(events, made, truth, cfg.id_prefix)
+    events, platform_truth = _numbered(events, made, truth, cfg.id_prefix, world.user_truth)
     return replace(world, platform_events=events, platform_truth=platform_truth)
 
 
 def _numbered(
-    economics: pl.DataFrame, groups: pl.DataFrame, truth: pl.DataFrame, prefix: str
+    economics: pl.DataFrame,
+    groups: pl.DataFrame,
+    truth: pl.DataFrame,
+    prefix: str,
+    user_truth: pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The economics' events and the groups' in one ts order (the economics' first at equal
     ts), numbered `pe<n>` in that order (so an id says nothing of what made the event), and
-    their truth row for row: the economics' events are legit, of no group."""
+    their truth row for row: the economics' events are legit, of no group, but for the
+    points requests of an abusive account (`user_truth`'s role an abuse scenario): a ring
+    member's vouchers and gifts spend the points its scheme earned, so they are fraud of
+    its scenario (the detector withholding them, or the rebates behind them, is no
+    friction of a legitimate user)."""
+    role = economics.select("user_id").join(
+        user_truth.select("user_id", "role"), on="user_id", how="left", maintain_order="left"
+    )["role"]
+    abusive = role.is_in(list(ABUSE_SCENARIOS)).fill_null(False) & economics["kind"].is_in(
+        list(POINTS_REQUESTS)
+    )
     legit = economics.with_columns(
-        pl.lit(False).alias("is_fraud"), pl.lit("").alias("scenario"), pl.lit("").alias("group")
+        abusive.alias("is_fraud"),
+        pl.when(abusive).then(role).otherwise(pl.lit("")).alias("scenario"),
+        pl.lit("").alias("group"),
     )
     if groups.is_empty():  # numbered already (the default world's millions of events)
         return economics, legit.select(list(PLATFORM_TRUTH_SCHEMA))
