@@ -94,9 +94,16 @@ DEFAULT_RULES = (
     # A member of a commission cycle the graph found (`graph.rings.commission_cycle`: a
     # merchant whose trade is its own bound, linked payers'): every payment of theirs feeds
     # the cycle, the everyday ones elsewhere too, each earning the merchant its commission.
-    # As strong as the farms' shared devices: the ring is a merchant's whole trade on linked
-    # accounts, which a shop's regulars or a family at its corner shop never are.
-    Rule("commission_cycle_ring", "ring_commission_cycle", threshold=0.5, log_odds=3.0),
+    # Stronger than the farms' shared devices (4.0: a stated score of 0.62, not 0.38): the
+    # ring is a conclusion, every trait of it at once (a merchant's whole trade on linked
+    # accounts, which a shop's regulars or a family at its corner shop never are), and its
+    # members are established accounts on which no other rule fires, so until their labels
+    # come this is all that speaks (the say then follows the labels, `rule_say`). At 3.0
+    # the flagged members' payments sat at risk 0.26-0.38 and were granted: on tuning
+    # worlds 2 and 8 (random profile, 40k) 87% and 61% of the cycle's money came after
+    # the flag and 35% and 21% was withheld; at 4.0, 63% and 55%, with no other world's
+    # legitimate money moved (worlds 0-9).
+    Rule("commission_cycle_ring", "ring_commission_cycle", threshold=0.5, log_odds=4.0),
 )
 
 #: What a points request adds to the log-odds when it gives points to another user: a

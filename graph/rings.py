@@ -651,7 +651,13 @@ def commission_cycle(graph: EntityGraph, merchant: str, *, now: int) -> Finding 
 
     A shop's real regulars bound to it are unrelated people on their own phones, and a busy
     shop's regulars are a small part of its trade; a family on one phone bound to its local
-    shop is a few of the shop's many customers."""
+    shop is a few of the shop's many customers.
+
+    Not traits, measured on the random profile's tuning worlds (docs/detectors.md): bills
+    bigger than the shop's other customers' do not tell two colluders from a small shop's
+    bound customers, who often pay more than its passers-by; and counting every bound payer
+    (not only the regular ones) by its share of the money draws legitimate customers bound
+    to the same shop into rings of a few linked accounts."""
     bindings, edges = graph.bindings, graph.edges
     accounts = sorted(
         u for u in graph.regular_payers.get(merchant, ()) if (u, merchant) in bindings

@@ -157,3 +157,14 @@ def test_a_commission_cycle_members_payments_fire_the_cycle_rule() -> None:
     assert "commission_cycle_ring" in rules.explain_one(cycle)
     assert "commission_cycle_ring" not in rules.explain_one(other)
     assert rules.score_one(cycle) > rules.score_one(other)
+
+
+def test_a_cycle_members_payment_alone_is_stated_more_likely_fraud_than_not() -> None:
+    """What the cycle rule says before any label (`rule_say` starts from the stated score):
+    a member's payment on which nothing else fires is more likely fraud than not. Its members
+    are established accounts that no other rule fires on, and at even odds or under their
+    payments were granted until labels came (docs/detectors.md, "Commission cycles")."""
+    rules = RuleScore()
+    cycle = ring_features((0.9, ["ring:commission_cycle"]))
+    assert rules.explain_one(cycle) == ["commission_cycle_ring"]
+    assert rules.score_one(cycle) > 0.6
