@@ -5,7 +5,8 @@ The flows the platform pays through besides rebates are abused the way rebates a
 
 - a merchant binds a customer it did not bring in right before the customer's big payment
   elsewhere, and earns retention commission on it (`bound_elsewhere_s`,
-  `binding_lead_amount_cents`);
+  `binding_lead_amount_cents`), binding it again before each one: a customer is brought in
+  once;
 - binding farms bind many accounts from a few devices, accounts that then spend little
   (`binder_*`, and the device and IP families' `*_bound_user_count_7d`);
 - a merchant's retention commission comes from colluding customers who also pay at it, in
@@ -51,6 +52,11 @@ BOUND_ELSEWHERE_MS = DAY_MS
 #: ... and this recent its `binding_lead_amount_cents`: the commission a binding right before
 #: a big payment elsewhere earns is the fraud, so the amount is what matters.
 BINDING_LEAD_MS = HOUR_MS
+#: A binding to the merchant the user was already bound to this recently is a re-binding,
+#: whose lead lasts as long as the binding is recent (`BOUND_ELSEWHERE_MS`), not an hour: a
+#: merchant brings a customer in once, so one binding the customer again and again is
+#: claiming each of its payments elsewhere, however long before it binds.
+REBOUND_MS = 30 * DAY_MS
 COUPON_CLAIM_WINDOW_MS = DAY_MS
 #: A coupon's issue is looked up this far back from its use; a use is matched to its payment
 #: this long after.
@@ -71,7 +77,8 @@ class PlatformUserFeatures(FeatureRow):
 
     #: Seconds since the user's latest binding, when it was to another merchant within 24 h.
     bound_elsewhere_s: Value
-    #: A payment's amount when its user was bound to another merchant in the hour before it.
+    #: A payment's amount when its user was bound to another merchant in the hour before it,
+    #: or re-bound to it (bound to it again within 30 d) in the 24 h before it.
     binding_lead_amount_cents: Value
     user_coupons_claimed_24h: Value
     #: For a payment a coupon was used on: seconds from the coupon's issue to its use.
@@ -131,14 +138,17 @@ class UserPlatform:
         "issued",
         "last_received_ts",
         "last_ts",
+        "rebound",
         "received",
         "requests",
     )
 
     def __init__(self) -> None:
-        #: The merchant of the user's latest binding, and when.
+        #: The merchant of the user's latest binding, and when; whether that binding was a
+        #: re-binding (to the merchant it was bound to before, within `REBOUND_MS`).
         self.binder: str | None = None
         self.bound_ts = 0
+        self.rebound = False
         self.claims = WindowCount(COUPON_CLAIM_WINDOW_MS)
         #: coupon_id -> ts of its latest issue to the user (30 d), in issue order.
         self.issued: dict[str, int] = {}
@@ -152,6 +162,12 @@ class UserPlatform:
         #: The commissions the user's payments earned.
         self.commissions = CommissionWindow()
         self.last_ts = 0
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Restores a checkpoint; one from before re-bindings were told apart has none."""
+        self.rebound = False
+        for name, value in state[1].items():
+            setattr(self, name, value)
 
 
 class PlatformContext:
@@ -209,6 +225,7 @@ class UserPlatformFamily:
         self._state(user_id, ts)
         state = touch(self.state, user_id, ts=ts, new=UserPlatform)
         if kind == BINDING:
+            state.rebound = state.binder == event.merchant_id and state.bound_ts > ts - REBOUND_MS
             state.binder, state.bound_ts = event.merchant_id, ts
         elif kind == COUPON_ISSUE:
             state.claims.expire(ts)
@@ -267,7 +284,11 @@ class UserPlatformFamily:
             and state.bound_ts > ts - BOUND_ELSEWHERE_MS
         )
         row.bound_elsewhere_s = (ts - state.bound_ts) / 1000 if elsewhere else None
-        lead = elsewhere and payment is not None and state.bound_ts > ts - BINDING_LEAD_MS
+        lead = (
+            elsewhere
+            and payment is not None
+            and (state.rebound or state.bound_ts > ts - BINDING_LEAD_MS)
+        )
         row.binding_lead_amount_cents = payment.amount_cents if lead and payment else None
         state.claims.expire(ts)
         row.user_coupons_claimed_24h = len(state.claims)

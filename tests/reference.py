@@ -220,10 +220,19 @@ class History:
             if e.kind == kind and all(getattr(e, k) == v for k, v in fields.items())
         ]
 
-    def _binding(self, user: str) -> tuple[int, str | None] | None:
-        """(ts, merchant) of the user's latest binding so far."""
+    def _binding(self, user: str) -> tuple[int, str | None, bool] | None:
+        """(ts, merchant, re-bound) of the user's latest binding so far: re-bound when the
+        binding before it was to the same merchant within 30 d."""
         mine = self._of(BINDING, user_id=user)
-        return (mine[-1].ts, mine[-1].merchant_id) if mine else None
+        if not mine:
+            return None
+        last = mine[-1]
+        rebound = (
+            len(mine) > 1
+            and mine[-2].merchant_id == last.merchant_id
+            and mine[-2].ts > last.ts - 30 * DAY
+        )
+        return (last.ts, last.merchant_id, rebound)
 
     def _transfers_to(self, user: str) -> list[PlatformEvent]:
         grants = self._of(POINTS_GRANT, user_id=user)
@@ -235,7 +244,7 @@ class History:
         bound = self._binding(u)
         elsewhere = bound is not None and bound[1] != tx.merchant_id and bound[0] > t - DAY
         x["bound_elsewhere_s"] = (t - bound[0]) / 1000 if elsewhere and bound else None
-        lead = elsewhere and payment and bound is not None and bound[0] > t - HOUR
+        lead = elsewhere and payment and bound is not None and (bound[2] or bound[0] > t - HOUR)
         x["binding_lead_amount_cents"] = tx.amount_cents if lead else None
         issues = self._of(COUPON_ISSUE, user_id=u)
         x["user_coupons_claimed_24h"] = sum(1 for e in issues if e.ts > t - DAY)

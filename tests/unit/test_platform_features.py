@@ -42,6 +42,39 @@ def test_a_binding_right_before_a_big_payment_elsewhere_shows_its_amount() -> No
     assert gone["bound_elsewhere_s"] is None
 
 
+def test_a_customer_bound_again_to_the_same_merchant_leads_its_payments_for_a_day() -> None:
+    engine = FeatureEngine()
+    bind = lambda i, ts, m: engine.platform_event(  # noqa: E731
+        event(f"b{i}", ts, "binding", user_id="u1", merchant_id=m)
+    )
+    bind(1, T0 - 3 * DAY, "mb")
+    bind(2, T0 - 5 * HOUR, "mb")
+    # Bound again by the merchant it was bound to: five hours on, the lead still holds.
+    again = features(engine, tx_id="t1", merchant_id="m-far", amount_cents=80_000)
+    assert again["binding_lead_amount_cents"] == 80_000
+    # ... for as long as the binding is recent, as `bound_elsewhere_s` (a day, half-open).
+    late = features(engine, tx_id="t2", merchant_id="m-far", ts=T0 - 5 * HOUR + DAY)
+    assert late["binding_lead_amount_cents"] is None and late["bound_elsewhere_s"] is None
+    # A first binding to another merchant is no re-binding: an hour's lead again.
+    bind(3, T0 + DAY, "mc")
+    first = features(engine, tx_id="t3", merchant_id="m-far", ts=T0 + DAY + 2 * HOUR)
+    assert first["binding_lead_amount_cents"] is None and first["bound_elsewhere_s"] == 7_200
+    # Nor is a binding to the same merchant more than 30 days after the one before.
+    bind(4, T0 + 32 * DAY, "mc")
+    stale = features(engine, tx_id="t4", merchant_id="m-far", ts=T0 + 32 * DAY + 2 * HOUR)
+    assert stale["binding_lead_amount_cents"] is None
+
+
+def test_a_user_checkpointed_before_re_bindings_were_told_apart_restores_as_not_re_bound() -> None:
+    engine = FeatureEngine()
+    engine.platform_event(event("b1", T0 - 10 * MINUTE, "binding", user_id="u1", merchant_id="mb"))
+    [state] = engine.users.platform.state.values()
+    old_state = {n: getattr(state, n) for n in type(state).__slots__ if n != "rebound"}
+    restored = type(state).__new__(type(state))
+    restored.__setstate__((None, old_state))
+    assert restored.rebound is False and restored.binder == "mb"
+
+
 def test_a_binding_farm_shows_on_the_device_and_at_the_binder() -> None:
     engine = FeatureEngine()
     for i in range(6):
