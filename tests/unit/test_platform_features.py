@@ -44,9 +44,10 @@ def test_a_binding_right_before_a_big_payment_elsewhere_shows_its_amount() -> No
 
 def test_a_customer_bound_again_to_the_same_merchant_leads_its_payments_for_a_day() -> None:
     engine = FeatureEngine()
-    bind = lambda i, ts, m: engine.platform_event(  # noqa: E731
-        event(f"b{i}", ts, "binding", user_id="u1", merchant_id=m)
-    )
+
+    def bind(i: int, ts: int, merchant: str) -> None:
+        engine.platform_event(event(f"b{i}", ts, "binding", user_id="u1", merchant_id=merchant))
+
     bind(1, T0 - 3 * DAY, "mb")
     bind(2, T0 - 5 * HOUR, "mb")
     # Bound again by the merchant it was bound to: five hours on, the lead still holds.

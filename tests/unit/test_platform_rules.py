@@ -23,7 +23,7 @@ from graph.evidence import ring_features
 from rebate_guard.contract.records import Decision, PlatformEvent
 from rebate_guard.contract.validation import parse_platform_event, parse_signup, parse_transaction
 from rebate_guard.core.decider import Scorer
-from tests.factories import HOUR, T0, signup, tx
+from tests.factories import DAY, HOUR, T0, signup, tx
 
 MINUTE = 60_000
 
@@ -96,6 +96,16 @@ def test_a_binding_right_before_a_big_payment_elsewhere_is_named() -> None:
     home = decide(Scorer(), bound, merchant_id="m-binder", amount_cents=80_000)
     small = decide(Scorer(), bound, merchant_id="m-far", amount_cents=3_000)
     assert "binding_before_big_payment" not in home.reasons + small.reasons
+
+
+def test_a_customer_bound_again_hours_before_a_big_payment_elsewhere_is_named() -> None:
+    first = event("b1", T0 - 5 * DAY, "binding", user_id="u1", merchant_id="m-binder")
+    again = event("b2", T0 - 5 * HOUR, "binding", user_id="u1", merchant_id="m-binder")
+    rebound = decide(Scorer(), [first, again], merchant_id="m-far", amount_cents=80_000)
+    assert "binding_before_big_payment" in rebound.reasons
+    # Bound once, five hours before (a shop's customer shopping on later): not named.
+    once = decide(Scorer(), [again], merchant_id="m-far", amount_cents=80_000)
+    assert "binding_before_big_payment" not in once.reasons
 
 
 def test_a_checkpoint_with_the_rules_of_before_the_till_exemption_takes_todays() -> None:
