@@ -12,6 +12,7 @@ import pytest
 from detectors.rules import (
     DEFAULT_RULES,
     REQUEST_RULES,
+    RULES_BEFORE_BINDING_RING,
     RULES_BEFORE_CYCLE,
     RULES_BEFORE_PLATFORM,
     RULES_BEFORE_TILL,
@@ -123,6 +124,8 @@ def test_a_checkpoint_with_the_old_default_rules_takes_the_platform_rules() -> N
     assert pickle.loads(pickle.dumps(old)).rules == DEFAULT_RULES
     before_cycle = RuleScore(rules=DEFAULT_RULES[:RULES_BEFORE_CYCLE])
     assert pickle.loads(pickle.dumps(before_cycle)).rules == DEFAULT_RULES
+    before_binding_ring = RuleScore(rules=DEFAULT_RULES[:RULES_BEFORE_BINDING_RING])
+    assert pickle.loads(pickle.dumps(before_binding_ring)).rules == DEFAULT_RULES
     own = RuleScore(rules=DEFAULT_RULES[:2])
     assert pickle.loads(pickle.dumps(own)).rules == DEFAULT_RULES[:2]
 
