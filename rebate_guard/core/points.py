@@ -106,7 +106,7 @@ def _redemption_cut(event: PlatformEvent, book: list[int], terms: PointsTerms) -
     return room if room > 0 else None
 
 
-def withheld_for_the_book(reasons: Sequence[str], weight: float, allow_at: float) -> bool:
+def withheld_for_the_book(reasons: Sequence[str], weight: float, *, allow_at: float) -> bool:
     """Whether a request's decision withheld points only because it asked past the user's
     book: the policy cut or refused it for that, and its rules' trust `weight` would have
     let it through whole (at least `allow_at`, the thresholds it was decided with, and no
@@ -117,13 +117,13 @@ def withheld_for_the_book(reasons: Sequence[str], weight: float, allow_at: float
     clawed one back: what the request loses is that money again, not the request's own
     friction (docs/economics.md, "Points policy").
 
-    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE], 0.97, 0.85)
+    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE], 0.97, allow_at=0.85)
     True
-    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE, "points_transfer"], 0.92, 0.85)
+    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE, "points_transfer"], 0.92, allow_at=0.85)
     True
-    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE, "points_collector"], 0.73, 0.85)
+    >>> withheld_for_the_book([OVER_REDEEMABLE_SHARE, "points_collector"], 0.73, allow_at=0.85)
     False
-    >>> withheld_for_the_book(["young_account"], 0.82, 0.85)
+    >>> withheld_for_the_book(["young_account"], 0.82, allow_at=0.85)
     False
     """
     if weight < allow_at or EXPECTED_LOSS in reasons:

@@ -197,7 +197,7 @@ def points_figures(requests: pl.DataFrame | None, *, allow_at: float) -> dict[st
     asked = requests.filter(pl.col("rebate_requested_cents") > 0)
     legit = asked.filter(~pl.col("is_fraud"))
     book = [
-        withheld_for_the_book(reasons, weight, allow_at)
+        withheld_for_the_book(reasons, weight, allow_at=allow_at)
         for reasons, weight in zip(legit["reasons"], legit["trust_weight"], strict=True)
     ]
     past_book = legit.filter(pl.Series(book, dtype=pl.Boolean))
