@@ -226,13 +226,23 @@ def _logistic(z: np.ndarray) -> np.ndarray:
 
 def _platt(labels: deque[tuple[float, bool]], iterations: int = 50) -> tuple[float, float]:
     """(a, b) maximising the likelihood of logistic(a l + b) for Platt's smoothed targets
-    (Newton's method); (1, 0) when the problem is degenerate (one distinct log-odds)."""
+    (Newton's method, each step halved until it does not lower the likelihood: from (1, 0)
+    a full step overshoots where the classifier's log-odds are far from the labels' scale,
+    e.g. all near -10 once it learns the matured payments, and Newton alone ran off to
+    non-finite values); (1, 0) when the problem is degenerate (one distinct log-odds)."""
     scores = np.array([score for score, _ in labels], dtype=np.float64)
     fraud = np.array([y for _, y in labels], dtype=bool)
     positives = int(fraud.sum())
     negatives = len(fraud) - positives
     target = np.where(fraud, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+    def loss(a: float, b: float) -> float:
+        z = a * scores + b
+        # -sum(t log p + (1 - t) log(1 - p)) = sum(log(1 + e^z) - t z), without overflow.
+        return float(np.sum(np.logaddexp(0.0, z) - target * z))
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         p = _logistic(a * scores + b)
         w = p * (1.0 - p)
@@ -246,7 +256,14 @@ def _platt(labels: deque[tuple[float, bool]], iterations: int = 50) -> tuple[flo
             return 1.0, 0.0
         if not np.all(np.isfinite(step)):
             return 1.0, 0.0
-        a, b = a - float(step[0]), b - float(step[1])
+        for _ in range(60):
+            trial = loss(a - float(step[0]), b - float(step[1]))
+            if trial <= current:
+                break
+            step = step / 2.0
+        else:
+            break  # no step lowers it: as good as it gets
+        a, b, current = a - float(step[0]), b - float(step[1]), trial
         if float(np.max(np.abs(step))) < 1e-9:
             break
     return a, b

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 
 import pytest
 
-from detectors.prior_shift import PriorShift
+from detectors.prior_shift import PriorShift, _platt
 from detectors.ring_say import RingSay
 from detectors.risk import RiskModel
 from graph.evidence import RING_FEATURES, ring_features
@@ -100,6 +101,22 @@ def test_the_prior_never_rises_above_the_share_not_labelled_legit() -> None:
             shift.labelled(rng.gauss(0.0, 1.0), False)
     shift.fit()
     assert shift.prior is not None and shift.prior == pytest.approx(0.02)
+
+
+def test_platt_finds_the_calibration_when_the_log_odds_are_far_from_the_labels_scale() -> None:
+    """A classifier whose log-odds sit far below 0 even on the labelled fraud: Newton's full
+    step from (1, 0) overshoots there, and undamped it ran off to non-finite values and the
+    fit fell back to (1, 0), the calibration unused."""
+    rng = random.Random(0)
+    labels: deque[tuple[float, bool]] = deque()
+    for _ in range(1_000):
+        fraud = rng.random() < 0.55
+        labels.append((rng.gauss(-8.0 if fraud else -14.0, 2.0), fraud))
+    slope, intercept = _platt(labels)
+    assert (slope, intercept) != (1.0, 0.0)
+    calibrated = [1.0 / (1.0 + math.exp(-(slope * score + intercept))) for score, _ in labels]
+    share = sum(fraud for _, fraud in labels) / len(labels)
+    assert sum(calibrated) / len(calibrated) == pytest.approx(share, abs=0.01)
 
 
 def test_pickled_prior_shift_goes_on_identically() -> None:
