@@ -337,7 +337,8 @@ class RiskModel:
         calibrated = 0.0
         q_fitted = None
         if c > 0.0:
-            p = self.classifier.predict_proba_one(classifier_view(enriched))
+            view = classifier_view(enriched)
+            p = self.classifier.predict_proba_one(view)
             log_odds = _log_odds(p)
             q = _logistic(self.prior_shift.adjusted(log_odds))
             risk = c * q + (1.0 - c) * risk
@@ -346,7 +347,7 @@ class RiskModel:
             # The model's reasons once it is trusted, and only where it sees some risk: most
             # transactions are plainly fine, and naming contributors costs a pass over all.
             if c >= 0.5 and p >= EXPLAIN_FROM:
-                reasons += self.classifier.explain_one(classifier_view(enriched))
+                reasons += self.classifier.explain_one(view)
         reasons += reasons_after
         for detector in self.calibrated_signals or ():
             reading = detector.read(x, log_odds_shift=shift)
