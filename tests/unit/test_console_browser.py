@@ -90,6 +90,19 @@ def _login(driver: Any, server: Served, user: str) -> WebDriverWait:
     return wait
 
 
+def _follow(driver: Any, wait: WebDriverWait, link_text: str) -> None:
+    """Click a link and wait until its page has loaded: a click need not wait for the
+    navigation it starts, and an element looked up meanwhile is the old page's, or none."""
+    link = driver.find_element(By.LINK_TEXT, link_text)
+    target = link.get_attribute("href")
+    link.click()
+    wait.until(
+        lambda d: (
+            d.current_url == target and d.execute_script("return document.readyState") == "complete"
+        )
+    )
+
+
 def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
     driver: Any, tmp_path: Path
 ) -> None:
@@ -103,7 +116,7 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         _no_script_ran(driver)
 
         # Rings: the costliest ring opens as a graph of its members and what links them.
-        driver.find_element(By.LINK_TEXT, "Rings").click()
+        _follow(driver, wait, "Rings")
         driver.find_elements(By.CSS_SELECTOR, "a.ring-link")[0].click()
         wait.until(lambda d: d.find_element(By.ID, "ring-graph").get_attribute("data-nodes"))
         graph = driver.find_element(By.ID, "ring-graph")
@@ -115,7 +128,7 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         _shot(driver, "ring")
 
         # Review: the hostile payment is held, shown as text; a legit label releases it.
-        driver.find_element(By.LINK_TEXT, "Review").click()
+        _follow(driver, wait, "Review")
         rows = driver.find_elements(By.CSS_SELECTOR, "#queue tr[data-tx]")
         assert rows
         ids = [r.get_attribute("data-tx") for r in rows]
@@ -136,7 +149,7 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         driver.refresh()
         rows = driver.find_elements(By.CSS_SELECTOR, "#queue tr[data-tx]")
         assert HOSTILE_TX not in [r.get_attribute("data-tx") for r in rows]
-        driver.find_element(By.LINK_TEXT, "Search").click()
+        _follow(driver, wait, "Search")
         box = driver.find_element(By.NAME, "q")
         box.send_keys(HOSTILE_TX)
         box.submit()
@@ -147,7 +160,7 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         _no_script_ran(driver)
 
         # Policy: a stricter draft, saved, backtested, then published.
-        driver.find_element(By.LINK_TEXT, "Policy").click()
+        _follow(driver, wait, "Policy")
         assert driver.find_element(By.ID, "live-version").text == "console-test-1"
         draft = POLICY.replace("console-test-1", "console-test-2")
         draft = draft.replace("allow_at = 0.9", "allow_at = 0.97").replace("0.8", "0.95")
@@ -172,7 +185,7 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         assert server.worker.runtime.processor.policy.version == "console-test-2"
         assert "console-test-1 → console-test-2" in driver.find_element(By.ID, "history").text
 
-        driver.find_element(By.LINK_TEXT, "Audit").click()
+        _follow(driver, wait, "Audit")
         audit = driver.find_element(By.ID, "audit").text
         for action in ("label", "draft", "backtest", "publish"):
             assert f"adam {action}" in audit
@@ -210,7 +223,7 @@ def test_a_viewer_sees_the_ratio_climb_past_the_lines_and_the_alerts_as_text(
         wait = _login(driver, server, "vera")
         card = driver.find_element(By.ID, "solvency-card").text
         assert running["platform"].level in card and HOSTILE_MESSAGE in card
-        driver.find_element(By.LINK_TEXT, "Solvency").click()
+        _follow(driver, wait, "Solvency")
         wait.until(lambda d: d.find_elements(By.ID, "ratio-chart"))
         chart = driver.find_element(By.ID, "ratio-chart")
         points = chart.find_elements(By.CSS_SELECTOR, "circle.point")

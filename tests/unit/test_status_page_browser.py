@@ -21,6 +21,7 @@ from tests.web import TOKEN, Served, served
 pytestmark = pytest.mark.browser
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: pip install -e '.[dev]'")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -85,7 +86,8 @@ def test_hostile_ids_are_shown_as_text_after_login_and_no_script_runs(browser) -
         driver.find_element(By.NAME, "user").send_keys("admin")
         driver.find_element(By.NAME, "password").send_keys(TOKEN)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait = WebDriverWait(driver, 20)
+        # The page redraws its tables every refresh: a cell read mid-redraw is stale.
+        wait = WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: d.current_url == f"{server.base}/console/")  # where a login lands
         driver.get(f"{server.base}/")  # the status page, with the session
         wait.until(lambda d: _cells(d, "recent") and _cells(d, "rings"))
@@ -94,9 +96,9 @@ def test_hostile_ids_are_shown_as_text_after_login_and_no_script_runs(browser) -
         # injected element has had its load and error events.
         wait.until(lambda d: "decisions/s" in d.find_element(By.ID, "rate").text)
 
-        recent = _cells(driver, "recent")
+        recent = wait.until(lambda d: _cells(d, "recent"))
         assert len(recent) == 1 and recent[0][:3] == [HOSTILE_TX, HOSTILE_USER, HOSTILE_MERCHANT]
-        rings = _cells(driver, "rings")
+        rings = wait.until(lambda d: _cells(d, "rings"))
         assert rings[0][:2] == [f"{HOSTILE_RING} v2", "farm"]
         assert rings[0][3:5] == ["2", "1"]  # users, merchants
         assert f"shared_device={HOSTILE_DEVICE}" in rings[0][6]
