@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate
+from math import isqrt
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -117,20 +119,37 @@ class Tally:
     payments: dict[str, int] = field(default_factory=dict)
     withheld: dict[str, int] = field(default_factory=dict)
     fraud_withheld: dict[str, int] = field(default_factory=dict)
+    #: Sum of squares of the payments' expected legitimate cents per weight bin, in cents²:
+    #: how uncertain the money below a cut is (`largest_cuts`).
+    legit_sq: dict[str, Bins] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A checkpoint from before `legit_sq`: its epochs count as certain until they leave
+        # the window.
+        state.setdefault("legit_sq", {})
+        self.__dict__.update(state)
 
     def add_payment(self, mark: Mark, sign: int = 1) -> None:
         _bump(self.money.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
         _bump(self.legit.setdefault(mark.category, {}), mark.bin, sign * mark.legit)
+        _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, sign * _squared(mark))
         _bump(self.payments, mark.category, sign)
         _bump(self.withheld, mark.category, sign * mark.withheld)
 
     def add_fraud(self, mark: Mark, sign: int = 1) -> None:
         _bump(self.fraud.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
         _bump(self.fraud_withheld, mark.category, sign * mark.withheld)
+        # Labelled fraud is no longer legitimate money that may or may not be there.
+        _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, -sign * _squared(mark))
 
     def add(self, other: Tally, sign: int = 1) -> None:
         """Adds (sign -1: subtracts) `other`."""
-        pairs = ((self.money, other.money), (self.fraud, other.fraud), (self.legit, other.legit))
+        pairs = (
+            (self.money, other.money),
+            (self.fraud, other.fraud),
+            (self.legit, other.legit),
+            (self.legit_sq, other.legit_sq),
+        )
         for mine, theirs in pairs:
             for category, bins in theirs.items():
                 target = mine.setdefault(category, {})
@@ -156,6 +175,7 @@ class Tally:
             dict(self.payments),
             dict(self.withheld),
             dict(self.fraud_withheld),
+            {c: dict(b) for c, b in self.legit_sq.items()},
         )
 
     def prune(self) -> None:
@@ -164,6 +184,7 @@ class Tally:
             del self.money[category]
             self.fraud.pop(category, None)
             self.legit.pop(category, None)
+            self.legit_sq.pop(category, None)
 
     def of(self, categories: list[str]) -> Tally:
         """The categories' sums as one (category `SHARED`); of one category, a view."""
@@ -183,7 +204,13 @@ class Tally:
             {SHARED: self.payments.get(category, 0)},
             {SHARED: self.withheld.get(category, 0)},
             {SHARED: self.fraud_withheld.get(category, 0)},
+            {SHARED: self.legit_sq.get(category, {})},
         )
+
+
+def _squared(mark: Mark) -> int:
+    """A payment's expected legitimate cents, squared (cents²)."""
+    return (mark.legit // PPM) ** 2
 
 
 def _bump(table: dict[Any, int], key: Any, by: int) -> None:
@@ -201,26 +228,74 @@ def legit_money(money: Bins, fraud: Bins, *, legit: Bins) -> Bins:
     return {k: min(legit.get(k, 0), (cents - fraud.get(k, 0)) * PPM) for k, cents in money.items()}
 
 
-def largest_cut(money: Bins, fraud: Bins, *, legit: Bins, share_ppm: int) -> int:
+def largest_cut(
+    money: Bins,
+    fraud: Bins,
+    *,
+    legit: Bins,
+    share_ppm: int,
+    legit_sq: Bins | None = None,
+    z_milli: int = 0,
+) -> int:
     """The largest k (0..BINS) with the expected legitimate money in bins < k at most share x
     the expected legitimate money of all bins (`legit_money`), in integers (share in
-    millionths)."""
-    return largest_cuts(money, fraud, legit=legit, shares_ppm=(share_ppm,))[0]
+    millionths); with `legit_sq` and `z_milli` (z x 1000), that money plus z standard
+    errors (`confident_z`)."""
+    return largest_cuts(
+        money, fraud, legit=legit, shares_ppm=(share_ppm,), legit_sq=legit_sq, z_milli=z_milli
+    )[0]
 
 
-def largest_cuts(money: Bins, fraud: Bins, *, legit: Bins, shares_ppm: Sequence[int]) -> list[int]:
+def largest_cuts(
+    money: Bins,
+    fraud: Bins,
+    *,
+    legit: Bins,
+    shares_ppm: Sequence[int],
+    legit_sq: Bins | None = None,
+    z_milli: int = 0,
+) -> list[int]:
     """`largest_cut` for each share, the histograms read once (a group's hold and block
-    cuts are computed together at each epoch)."""
+    cuts are computed together at each epoch).
+
+    The money below a cut is a sum over a sample of payments; when a few big payments make
+    it, the next epoch's (unseen) payments below the same cut vary as much, and a cut right
+    under the budget overspends it whenever one more big one falls below. So the cut keeps
+    the money below plus `z_milli`/1000 of its standard error (the root of the sum of the
+    payments' squared legitimate cents, `Tally.legit_sq`) within the budget: money spread
+    over many small payments is nearly certain, one big payment's is not."""
     expected = legit_money(money, fraud, legit=legit)
     total = sum(expected.values())
     bins = sorted(expected)
     up_to = list(accumulate(expected[k] for k in bins))  # in bins <= k
+    squares = legit_sq or {}
+    sq_up_to = list(accumulate(max(0, squares.get(k, 0)) for k in bins))
+    # In the units of `allowed` (share ppm x ppm-cents): below x PPM + z x sd x PPM².
+    spread = [z_milli * isqrt(v) * PPM * PPM // 1000 for v in sq_up_to] if z_milli else None
     cuts = []
     for share in shares_ppm:
         allowed = share * total
-        found = (k for k, below in zip(bins, up_to, strict=True) if below * PPM > allowed)
+        if spread is None:
+            found = (k for k, below in zip(bins, up_to, strict=True) if below * PPM > allowed)
+        else:
+            found = (
+                k
+                for k, below, sd in zip(bins, up_to, spread, strict=True)
+                if below * PPM + sd > allowed
+            )
         cuts.append(next(found, BINS))
     return cuts
+
+
+def confident_z(confidence: float) -> int:
+    """The normal quantile of `confidence`, x 1000 and rounded (integer arithmetic keeps the
+    cut the same in replay and the worker): 0.5 -> 0 (the expected money alone), 0.95 ->
+    1645.
+
+    >>> confident_z(0.5), confident_z(0.95)
+    (0, 1645)
+    """
+    return round(NormalDist().inv_cdf(confidence) * 1000)
 
 
 @dataclass
@@ -396,5 +471,12 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
     legit = tally.legit.get(SHARED, {})
     share = terms.share_of(group)
     shares = (round(share * PPM), round(share * terms.block_share * PPM))
-    hold, block = largest_cuts(money, fraud, legit=legit, shares_ppm=shares)
+    hold, block = largest_cuts(
+        money,
+        fraud,
+        legit=legit,
+        shares_ppm=shares,
+        legit_sq=tally.legit_sq.get(SHARED, {}),
+        z_milli=confident_z(terms.confidence),
+    )
     return Cut(group, epoch, hold, min(block, hold))

@@ -407,6 +407,10 @@ class Budget:
     #: Within the withheld band, the lowest-weight part (this share of the budget) is
     #: blocked rather than held, once the model is trusted.
     block_share: float = 0.5
+    #: The cut keeps the budget with this confidence, the window's payments read as a
+    #: sample of the next epoch's (0.5: the expected money alone): a few big payments below
+    #: a cut are far less certain than many small ones.
+    confidence: float = 0.95
     #: merchant_category -> its own legit_friction (its own distribution and cut).
     categories: Mapping[str, float] = field(default_factory=dict)
 
@@ -426,6 +430,9 @@ class Budget:
         share = self.block_share
         if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
             raise PolicyError(f"budget.block_share: expected a number in [0, 1], got {share!r}")
+        level = self.confidence
+        if not isinstance(level, int | float) or isinstance(level, bool) or not 0.5 <= level < 1:
+            raise PolicyError(f"budget.confidence: expected a number in [0.5, 1), got {level!r}")
 
     @property
     def window_ms(self) -> int:

@@ -19,6 +19,8 @@ from rebate_guard.core.budget import (
     SHARED,
     Cut,
     FrictionBudget,
+    Tally,
+    confident_z,
     largest_cut,
     largest_cuts,
     legit_money,
@@ -180,6 +182,74 @@ def test_legit_friction_stays_within_the_budget_and_fixed_thresholds_overshoot_o
     # weights it overshoots a little: tolerance 30%).
     assert _fixed(shifted) > 3 * BUDGET
     assert legit <= BUDGET * 1.3
+
+
+def _big_purchases(seed: int) -> list[tuple[str, int, float, int, bool]]:
+    """12 days of 60 legitimate payments an hour before any fraud: 1 in 200 a big purchase
+    (200-1,000 x a bill's rebate; its amount alone looks doubtful, w 0.3-0.9), the rest
+    trusted (w 0.9-1). The big ones carry ~10% of the money, a few of them any budget's."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(12 * 24 * 60):
+        ts = T0 + i * HOUR // 60
+        u = rng.random()
+        if rng.random() < 0.005:
+            out.append((f"t{i}", ts, round(0.3 + 0.6 * u, 6), rng.randint(20_000, 100_000), False))
+        else:
+            out.append((f"t{i}", ts, round(1 - 0.1 * u**3, 6), rng.randint(100, 5_000), False))
+    # One fraud payment, so that `_run` has fraud money to divide by.
+    return [*out, ("fraud", T0 + 3 * DAY, 0.1, 100, True)]
+
+
+@pytest.mark.parametrize("seed", [1, 4, 5])
+def test_a_few_big_purchases_below_the_cut_do_not_overspend_the_budget(seed: int) -> None:
+    """Heavy-tailed money: the window's money below the cut is a handful of big payments,
+    and the next epoch's varies as much. In expectation alone (confidence 0.5) the cut
+    overspends the budget; kept with 95% confidence it does not."""
+    stream = _big_purchases(seed)
+    expected, _, _ = _run(stream, terms=replace(TERMS, confidence=0.5), calibrated=False)
+    confident, _, _ = _run(stream, terms=replace(TERMS, confidence=0.95), calibrated=False)
+    assert expected > BUDGET * 1.1
+    assert confident <= BUDGET * 1.1
+
+
+def test_money_below_a_cut_in_many_small_payments_is_certain_and_in_one_big_one_is_not() -> None:
+    """The same 900 cents below bin 100, of a 100,000-cent window, 1% budget: in 900
+    payments of a cent (standard error 30 cents) they fit at 95% confidence; in one payment
+    (standard error 900 cents) they do not, and the cut stops under it."""
+    money = {100: 900, 900: 99_100}
+    legit = _legit(money, 1.0)
+    many, one = {100: 900, 900: 99_100 * 20}, {100: 900**2, 900: 99_100 * 20}
+    z = confident_z(0.95)
+    assert largest_cut(money, {}, legit=legit, share_ppm=10_000) == 900
+    assert largest_cut(money, {}, legit=legit, share_ppm=10_000, legit_sq=many, z_milli=z) == 900
+    assert largest_cut(money, {}, legit=legit, share_ppm=10_000, legit_sq=one, z_milli=z) == 100
+    # Labelled fraud takes its payment's square out with its money (`Tally.add_fraud`).
+    terms = Budget(min_payments=1, confidence=0.95)
+    budget = FrictionBudget()
+    budget.advance(T0, terms)
+    budget.record("big", None, weight=0.1, cents=900, withheld=900, keep=1_000)
+    for i in range(991):
+        budget.record(f"small-{i}", None, weight=0.95, cents=100, withheld=0, keep=1_000)
+    budget.fraud("big")
+    budget.advance(T0 + HOUR, terms)
+    assert budget.window.legit_sq[""] == {950: 991 * 100**2}
+    # No legitimate money is left below bin 950, nor any doubt about it: the cut passes the
+    # labelled payment's bin (its square left in, the cut would stop under bin 100).
+    assert budget.cuts[SHARED] == Cut(SHARED, T0 + HOUR, 950, 950)
+
+
+def test_a_tally_from_before_the_squares_loads_and_counts_as_certain() -> None:
+    budget = FrictionBudget()
+    budget.advance(T0, Budget(min_payments=1))
+    budget.record("t", None, weight=0.5, cents=100, withheld=0, keep=10)
+    state = budget.current.__dict__.copy()
+    del state["legit_sq"]
+    old = Tally.__new__(Tally)
+    old.__setstate__(state)  # as pickle restores a checkpoint's
+    assert old.legit_sq == {} and old.money == budget.current.money
+    old.add(budget.current)  # and it sums with the new ones
+    assert old.legit_sq == {"": {500: 100**2}}
 
 
 def test_fraud_labels_loosen_the_cut_more_fraud_withheld_at_the_same_legit_friction() -> None:
