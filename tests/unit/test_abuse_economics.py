@@ -365,6 +365,34 @@ def test_a_shops_bound_regulars_come_back_and_earn_it_commission_elsewhere(
     assert (on["merchant_id_paid"] == on["merchant_id"]).any()
 
 
+def test_a_shops_regulars_re_scan_its_code_pay_there_and_some_days_big_elsewhere(
+    world: World,
+) -> None:
+    """`rescan_regulars`: bound again and again to the shop they belong to, mostly paying
+    there minutes after the scan; on some of those days a big payment elsewhere follows
+    within hours (a re-binding right before a big payment elsewhere, as a hijacker's)."""
+    events = _group_events(world, "rescan_regulars")
+    payments = _group_payments(world, "rescan_regulars")
+    bindings = events.filter(pl.col("kind") == "binding").sort("ts")
+    shops = bindings.group_by("user_id").agg(pl.col("merchant_id").n_unique(), pl.len())
+    assert (shops["merchant_id"] == 1).all() and (shops["len"] > 1).any()
+    scans = bindings.with_columns(pl.col("merchant_id").alias("shop")).select(
+        "user_id", "shop", pl.col("ts").alias("scanned")
+    )
+    after = scans.join(payments, on="user_id").filter(
+        (pl.col("ts") >= pl.col("scanned")) & (pl.col("ts") < pl.col("scanned") + DAY_MS)
+    )
+    soon = pl.col("ts") < pl.col("scanned") + 15 * MINUTE_MS
+    at_shop = after.filter((pl.col("merchant_id") == pl.col("shop")) & soon)
+    # Most bindings (the first, made at a payment, and the scans after): paid at the counter.
+    assert at_shop.select("user_id", "scanned").n_unique() > bindings.height / 2
+    big_elsewhere = after.filter(
+        (pl.col("merchant_id") != pl.col("shop")) & (pl.col("amount_cents") > 50_000)
+    )
+    assert big_elsewhere.height > 0
+    assert len(set(big_elsewhere["user_id"]) & set(at_shop["user_id"])) > 0
+
+
 def test_a_user_a_group_binds_is_not_bound_again_by_the_platform(world: World) -> None:
     """The platform's economics bind half the users to their first merchant; the users an
     abuse group or a look-alike binds (at the group's own merchant) are not among them: no

@@ -33,11 +33,17 @@ from rebate_guard.tools.simulator.profiles import (
     ECONOMICS_RANGES,
     FLOW_ABUSE,
     FLOW_RATES,
+    FLOW_SALT,
     FLOW_TACTICS,
     FRAUD_SHARE,
+    LATER_FLOW_RATES,
+    LATER_FLOW_TACTICS,
     PER_100K,
     POPULATION_RANGES,
     RANDOM_RANGES,
+    RANDOM_SALT,
+    _drawn,
+    _flow_rates,
 )
 from rebate_guard.tools.simulator.world import PLATFORM_TRUTH_SCHEMA
 
@@ -593,8 +599,29 @@ def test_random_profile_draws_the_flows_abuse_and_look_alikes_per_world() -> Non
     for name, spec in FLOW_TACTICS.items():
         values = {getattr(c, name) for c in configs}
         assert min(values) >= spec[0] and max(values) <= spec[1] and len(values) > 3, name
+    for name, (low, high) in LATER_FLOW_RATES.items():
+        values = [getattr(c, name) for c in configs]
+        assert all(v == 0 or low <= v <= high for v in values), name
+        assert 0 in values and len({v for v in values if v}) > 10, name
+    for name, spec in LATER_FLOW_TACTICS.items():
+        values = {getattr(c, name) for c in configs}
+        assert min(values) >= spec[0] and max(values) <= spec[1] and len(values) > 3, name
     assert world_config("default", seed=1).commission_cycle_per_100k == 0
     assert world_config("default", seed=1).family_binding_per_100k == 0
+    assert world_config("default", seed=1).rescan_regulars_per_100k == 0
+
+
+def test_the_later_look_alikes_draw_after_the_flows_so_the_rest_of_a_world_stays() -> None:
+    """Look-alikes added since (`LATER_FLOW_RATES`) are drawn after the flows' rates and
+    tactics: every knob drawn before them is what it was without them."""
+    for seed in range(5):
+        cfg = world_config("random", seed=seed)
+        alone = np.random.default_rng([seed, RANDOM_SALT, FLOW_SALT])
+        before = {**_flow_rates(alone, FLOW_RATES), **_drawn(alone, FLOW_TACTICS)}
+        assert {name: getattr(cfg, name) for name in before} == before
+        assert cfg.rescan_regulars_per_100k == _flow_rates(alone, LATER_FLOW_RATES)[
+            "rescan_regulars_per_100k"
+        ]  # fmt: skip
 
 
 #: Random-profile worlds (40k tx) that together have every flow scenario and look-alike.

@@ -55,12 +55,14 @@ LOOKALIKES = (
     "family_points",
     "coupon_hunters",
     "bound_regulars",
+    "rescan_regulars",
 )
 NO_LOOK = -1
 FAMILY_DEVICE, OFFICE_IP, VIRAL_REFERRER, LUNCH_RUSH, LOYAL_DAILY, ORDINARY_REFUND = range(6)
 NAT_POOL, BIG_PURCHASE, QUICK_REFUND, DEEP_REFERRAL, RING_MERCHANT_CUSTOMER = range(6, 11)
 HIGH_RATE_MERCHANT = 11
 FAMILY_BINDING, SHOP_BINDING_BURST, FAMILY_POINTS, COUPON_HUNTERS, BOUND_REGULARS = range(12, 17)
+RESCAN_REGULARS = 17
 #: The look-alikes of the flows' abuse (`_flow_lookalikes`).
 FLOW_LOOKALIKES = (
     FAMILY_BINDING,
@@ -68,6 +70,7 @@ FLOW_LOOKALIKES = (
     FAMILY_POINTS,
     COUPON_HUNTERS,
     BOUND_REGULARS,
+    RESCAN_REGULARS,
 )
 #: A legit user referred this many links deep is a `deep_referral` (if no other role).
 DEEP_REFERRAL_DEPTH = 4

@@ -16,7 +16,11 @@ Each does what the abuse does on the features the rules read, for a reason of it
 - `coupon_hunters` (coupon_farm): deal hunters on one campus or office network claim the
   same merchants' coupons on deal days, several a day, and use them minutes later;
 - `bound_regulars` (commission_cycle): a shop's regulars, bound to it, come back every few
-  days and spend elsewhere too, each payment earning it retention commission.
+  days and spend elsewhere too, each payment earning it retention commission;
+- `rescan_regulars` (binding_hijack): a shop's regulars re-scan its QR code at their visits,
+  each scan a binding again to the merchant they already belong to, and most then pay
+  there; on some of those days they pay big elsewhere hours later (a re-binding right
+  before a big payment elsewhere, as a hijacker's).
 
 Everyone in these groups also lives an ordinary life: payments at popular merchants at the
 world's activity (payments per user-day), so the group's behaviour is a part of theirs.
@@ -58,6 +62,7 @@ from rebate_guard.tools.simulator._common import (
     FAMILY_POINTS,
     GROCERY,
     OFFICE_A,
+    RESCAN_REGULARS,
     RESIDENTIAL_A,
     RESTAURANT,
     RETAIL,
@@ -449,12 +454,70 @@ def bound_regulars(
     )
 
 
+def rescan_regulars(
+    rng: np.random.Generator, b: Builder, plan: Plan, cfg: WorldConfig, activity: float
+) -> None:
+    """5-20 regulars of a popular shop, bound to it at a visit in the group's first days,
+    come back every 2-8 days (each their own pace) and scan its QR code at the door each
+    time: the platform records a binding to the shop again. After a scan most pay there
+    (`rescan_pay_share`; the others claimed an offer or read the menu); on a quarter of
+    those days they go on to a big purchase elsewhere 20 min-8 h later. They live their
+    lives around it, and the shop earns its commission on every later payment."""
+    categories = (RESTAURANT, GROCERY, BEAUTY, SERVICES, RETAIL)
+    shop = int(_merchants_of(rng, b, cfg.n_merchants, categories, 1)[0])
+    category = int(b.merchants.col("category")[shop])
+    median = float(b.merchants.col("median")[shop])
+    n = int(rng.integers(5, 21))
+    a = _window(rng, b, left_ms=10 * DAY_MS)
+    signup = np.where(
+        rng.random(n) < 0.9, _established(rng, b, n), a - rng.integers(HOUR_MS, 20 * DAY_MS, n)
+    )
+    signup = np.maximum(signup, b.history_start)
+    home = random_ips(rng, n, RESIDENTIAL_A)
+    people = _people(rng, b, RESCAN_REGULARS, signup, b.new_devices(n), home, home)
+    lo = np.maximum(a, signup + HOUR_MS)
+    first = sample_ts(rng, lo, np.minimum(lo + 5 * DAY_MS, b.end - HOUR_MS), category)
+    f_amount = lognormal_amounts(rng, np.full(n, median), np.full(n, 0.45))
+    f_rows = people.pay(rng, b, np.arange(n), first, np.full(n, shop), f_amount)
+    plan.add(BINDING, first, np.zeros(n), user=people.users, merchant=shop, place_tx=f_rows)
+    gap = DAY_MS * rng.uniform(2.0, 8.0, n) * rng.lognormal(0.0, 0.3, n)
+    v_who, scanned = visits(rng, b, shop, first, b.end - HOUR_MS, gap)
+    # The scan, then (mostly) the payment at the counter minutes later, on the same phone.
+    pays = rng.random(len(v_who)) < cfg.rescan_pay_share
+    p_who = v_who[pays]
+    p_ts = scanned[pays] + rng.integers(MINUTE_MS, 15 * MINUTE_MS, len(p_who))
+    p_amount = lognormal_amounts(rng, np.full(len(p_who), median), np.full(len(p_who), 0.45))
+    p_rows = people.pay(rng, b, p_who, p_ts, np.full(len(p_who), shop), p_amount)
+    place_tx = np.full(len(v_who), _NONE, dtype=np.int64)
+    place_tx[pays] = p_rows
+    plan.add(
+        BINDING, scanned, np.zeros(len(v_who)), user=people.users[v_who], merchant=shop,
+        place=np.where(pays, _NONE, people.users[v_who]), place_tx=place_tx,
+    )  # fmt: skip
+    # A big purchase elsewhere the same day, after the visit.
+    big = np.flatnonzero(rng.random(len(v_who)) < 0.25)
+    b_ts = scanned[big] + rng.integers(20 * MINUTE_MS, 8 * HOUR_MS, len(big))
+    keep = b_ts < b.end
+    big, b_ts = big[keep], b_ts[keep]
+    elsewhere = _merchants_of(rng, b, cfg.n_merchants, (RETAIL, ENTERTAINMENT, BEAUTY), len(big))
+    b_median = b.merchants.col("median")[elsewhere] * rng.uniform(2.0, 10.0, len(big))
+    b_amount = lognormal_amounts(rng, b_median, np.full(len(big), 0.6))
+    b_rows = people.pay(rng, b, v_who[big], b_ts, elsewhere, b_amount)
+    who, ts, e_amount, e_rows = people.everyday(rng, b, cfg, activity)
+    _bound_commissions(
+        rng, plan, cfg, shop, people, first,
+        [(np.arange(n), first, f_amount, f_rows), (p_who, p_ts, p_amount, p_rows),
+         (v_who[big], b_ts, b_amount, b_rows), (who, ts, e_amount, e_rows)],
+    )  # fmt: skip
+
+
 LOOKALIKE_GROUPS = {
     FAMILY_BINDING: family_binding,
     SHOP_BINDING_BURST: shop_binding_burst,
     FAMILY_POINTS: family_points,
     COUPON_HUNTERS: coupon_hunters,
     BOUND_REGULARS: bound_regulars,
+    RESCAN_REGULARS: rescan_regulars,
 }
 
 
@@ -466,6 +529,7 @@ def per_100k(cfg: WorldConfig) -> dict[int, float]:
         FAMILY_POINTS: cfg.family_points_per_100k,
         COUPON_HUNTERS: cfg.coupon_hunters_per_100k,
         BOUND_REGULARS: cfg.bound_regulars_per_100k,
+        RESCAN_REGULARS: cfg.rescan_regulars_per_100k,
     }
 
 

@@ -78,6 +78,7 @@ class WorldConfig:
     family_points_per_100k: float = 0.0
     coupon_hunters_per_100k: float = 0.0
     bound_regulars_per_100k: float = 0.0
+    rescan_regulars_per_100k: float = 0.0
     min_groups_per_scenario: int = 1  # 0 lets a rare scenario round away (low fraud shares)
     # Legit pull of abuse-run merchants: their popularity is this x a log-normal(0, 0.5)
     # (legit merchants: log-normal(0, 1.1), mean ~1.8), so they get a little legit traffic.
@@ -97,6 +98,9 @@ class WorldConfig:
     points_transfer_units: int = 7  # a points giver passes 2..this whole units
     coupon_use_minutes: float = 20.0  # a farmed coupon is used 1 min..this after its claim
     cycle_visit_days: float = 2.0  # colluders pay at their earner about every this many days
+    # ... and of their look-alikes: of a bound regular's re-scans of its shop's QR code, the
+    # share it then pays at the shop (the others claim an offer, look at the menu).
+    rescan_pay_share: float = 0.8
 
     # Labels.
     user_label_share: float = 0.1  # share of abusive accounts labelled at the user level
@@ -214,6 +218,7 @@ class WorldConfig:
             "coupon_targeting",
             "membership_share",
             "capital_round_share",
+            "rescan_pay_share",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be within 0..1")
@@ -235,6 +240,7 @@ class WorldConfig:
             "family_points_per_100k",
             "coupon_hunters_per_100k",
             "bound_regulars_per_100k",
+            "rescan_regulars_per_100k",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

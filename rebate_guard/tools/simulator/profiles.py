@@ -51,6 +51,7 @@ FLOW_LOOKALIKE_RATES: dict[str, Any] = {
     "family_points_per_100k": 6.0,
     "coupon_hunters_per_100k": 5.0,
     "bound_regulars_per_100k": 6.0,
+    "rescan_regulars_per_100k": 6.0,
 }
 #: The random profile's flows, from their own generator (`FLOW_SALT`, so the rest of a
 #: random world is what it was before them): each scenario's and look-alike's groups per
@@ -79,6 +80,14 @@ FLOW_TACTICS: dict[str, tuple[Any, ...]] = {
     "points_transfer_units": (3, 30),
     "coupon_use_minutes": (5.0, 180.0),
     "cycle_visit_days": (0.5, 5.0),
+}
+#: Look-alikes added since, drawn after the tactics (so the rest of a random world is what
+#: it was before them), 0 with odds `FLOW_OFF` as the others; then their own knobs.
+LATER_FLOW_RATES: dict[str, tuple[float, float]] = {
+    "rescan_regulars_per_100k": (1.0, 12.0),
+}
+LATER_FLOW_TACTICS: dict[str, tuple[Any, ...]] = {
+    "rescan_pay_share": (0.5, 0.95),
 }
 FLOW_SALT = 0xF10
 #: The survivor's economics (the rest is the default world's): consumption points are half
@@ -193,13 +202,21 @@ def world_config(
 
 
 def _flow_knobs(rng: np.random.Generator) -> dict[str, Any]:
-    """The flows' abuse and look-alike rates (`FLOW_RATES`, `FLOW_OFF`), then the tactics."""
-    off = rng.random(len(FLOW_RATES)) < FLOW_OFF
-    rates = {
+    """The flows' abuse and look-alike rates (`FLOW_RATES`, `FLOW_OFF`), then the tactics,
+    then the later look-alikes' rates and knobs."""
+    knobs = {**_flow_rates(rng, FLOW_RATES), **_drawn(rng, FLOW_TACTICS)}
+    return {**knobs, **_flow_rates(rng, LATER_FLOW_RATES), **_drawn(rng, LATER_FLOW_TACTICS)}
+
+
+def _flow_rates(
+    rng: np.random.Generator, ranges: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Groups per 100k legit transactions: 0 with odds `FLOW_OFF`, else uniform in the range."""
+    off = rng.random(len(ranges)) < FLOW_OFF
+    return {
         name: 0.0 if none else float(rng.uniform(low, high))
-        for none, (name, (low, high)) in zip(off, FLOW_RATES.items(), strict=True)
+        for none, (name, (low, high)) in zip(off, ranges.items(), strict=True)
     }
-    return {**rates, **_drawn(rng, FLOW_TACTICS)}
 
 
 def _random_knobs(rng: np.random.Generator, days: int) -> dict[str, Any]:
