@@ -55,7 +55,11 @@ BINDING_LEAD_MS = HOUR_MS
 #: A binding to the merchant the user was already bound to this recently is a re-binding,
 #: whose lead lasts as long as the binding is recent (`BOUND_ELSEWHERE_MS`), not an hour: a
 #: merchant brings a customer in once, so one binding the customer again and again is
-#: claiming each of its payments elsewhere, however long before it binds.
+#: claiming each of its payments elsewhere, however long before it binds. Either lead ends
+#: once the user pays at the binder after the binding: then it was a visit (a regular
+#: re-scanning its shop's QR code at the door, a new customer bound at the counter), which a
+#: hijacker's accomplice does not make; to fake it, it would pay at the binder before each
+#: big payment, and the commission would be cycled (`user_commission_cycle_share_30d`).
 REBOUND_MS = 30 * DAY_MS
 COUPON_CLAIM_WINDOW_MS = DAY_MS
 #: A coupon's issue is looked up this far back from its use; a use is matched to its payment
@@ -78,7 +82,8 @@ class PlatformUserFeatures(FeatureRow):
     #: Seconds since the user's latest binding, when it was to another merchant within 24 h.
     bound_elsewhere_s: Value
     #: A payment's amount when its user was bound to another merchant in the hour before it,
-    #: or re-bound to it (bound to it again within 30 d) in the 24 h before it.
+    #: or re-bound to it (bound to it again within 30 d) in the 24 h before it, and has not
+    #: paid at that merchant since the binding.
     binding_lead_amount_cents: Value
     user_coupons_claimed_24h: Value
     #: For a payment a coupon was used on: seconds from the coupon's issue to its use.
@@ -141,14 +146,17 @@ class UserPlatform:
         "rebound",
         "received",
         "requests",
+        "visited",
     )
 
     def __init__(self) -> None:
         #: The merchant of the user's latest binding, and when; whether that binding was a
-        #: re-binding (to the merchant it was bound to before, within `REBOUND_MS`).
+        #: re-binding (to the merchant it was bound to before, within `REBOUND_MS`), and
+        #: whether the user has paid at the merchant since.
         self.binder: str | None = None
         self.bound_ts = 0
         self.rebound = False
+        self.visited = False
         self.claims = WindowCount(COUPON_CLAIM_WINDOW_MS)
         #: coupon_id -> ts of its latest issue to the user (30 d), in issue order.
         self.issued: dict[str, int] = {}
@@ -164,8 +172,9 @@ class UserPlatform:
         self.last_ts = 0
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
-        """Restores a checkpoint; one from before re-bindings were told apart has none."""
-        self.rebound = False
+        """Restores a checkpoint; one from before re-bindings were told apart has none,
+        and one from before visits were seen none of those."""
+        self.rebound = self.visited = False
         for name, value in state[1].items():
             setattr(self, name, value)
 
@@ -226,7 +235,7 @@ class UserPlatformFamily:
         state = touch(self.state, user_id, ts=ts, new=UserPlatform)
         if kind == BINDING:
             state.rebound = state.binder == event.merchant_id and state.bound_ts > ts - REBOUND_MS
-            state.binder, state.bound_ts = event.merchant_id, ts
+            state.binder, state.bound_ts, state.visited = event.merchant_id, ts, False
         elif kind == COUPON_ISSUE:
             state.claims.expire(ts)
             state.claims.add(ts)
@@ -260,9 +269,15 @@ class UserPlatformFamily:
             uses[event.tx_id] = (ts, (ts - issued) / 1000)
 
     def transaction(self, tx: Transaction) -> tuple[Value, ...]:
-        """The platform features of `tx` (a transaction changes no platform state)."""
+        """The platform features of `tx`; then a payment at its user's binder marks the
+        binding visited (the only platform state a transaction changes)."""
         payment = tx if tx.kind == PAYMENT else None
-        return self.features_at(tx.user_id, tx.ts, merchant_id=tx.merchant_id, payment=payment)
+        values = self.features_at(tx.user_id, tx.ts, merchant_id=tx.merchant_id, payment=payment)
+        if payment is not None:
+            state = self.state.get(tx.user_id)
+            if state is not None and state.binder == tx.merchant_id:
+                state.visited = True
+        return values
 
     def features_at(
         self,
@@ -287,6 +302,7 @@ class UserPlatformFamily:
         lead = (
             elsewhere
             and payment is not None
+            and not state.visited
             and (state.rebound or state.bound_ts > ts - BINDING_LEAD_MS)
         )
         row.binding_lead_amount_cents = payment.amount_cents if lead and payment else None

@@ -245,6 +245,11 @@ class History:
         elsewhere = bound is not None and bound[1] != tx.merchant_id and bound[0] > t - DAY
         x["bound_elsewhere_s"] = (t - bound[0]) / 1000 if elsewhere and bound else None
         lead = elsewhere and payment and bound is not None and (bound[2] or bound[0] > t - HOUR)
+        if lead and bound is not None:  # not once the user paid at the binder since
+            lead = not any(
+                p.tx.user_id == u and p.tx.merchant_id == bound[1] and p.tx.ts >= bound[0]
+                for p in self.payments
+            )
         x["binding_lead_amount_cents"] = tx.amount_cents if lead else None
         issues = self._of(COUPON_ISSUE, user_id=u)
         x["user_coupons_claimed_24h"] = sum(1 for e in issues if e.ts > t - DAY)

@@ -66,6 +66,32 @@ def test_a_customer_bound_again_to_the_same_merchant_leads_its_payments_for_a_da
     assert stale["binding_lead_amount_cents"] is None
 
 
+def test_a_binding_the_customer_then_pays_at_is_a_visit_and_leads_nothing() -> None:
+    """A regular re-scanning its shop's QR code at the door, then paying at the counter and
+    shopping big elsewhere later that day: a visit, not a hijack's lead; a new customer
+    bound at a shop's counter likewise within the hour."""
+    engine = FeatureEngine()
+
+    def bind(i: int, ts: int, merchant: str) -> None:
+        engine.platform_event(event(f"b{i}", ts, "binding", user_id="u1", merchant_id=merchant))
+
+    bind(1, T0 - 3 * DAY, "mb")
+    bind(2, T0 - 5 * HOUR, "mb")
+    features(engine, tx_id="t1", merchant_id="mb", ts=T0 - 5 * HOUR + 5 * MINUTE)
+    visited = features(engine, tx_id="t2", merchant_id="m-far", amount_cents=80_000)
+    assert visited["binding_lead_amount_cents"] is None
+    assert visited["bound_elsewhere_s"] == 5 * 3_600  # still bound elsewhere, recently
+    # The next re-binding starts over: without a visit after it, the lead holds again.
+    bind(3, T0 + HOUR, "mb")
+    again = features(engine, tx_id="t3", merchant_id="m-far", ts=T0 + 3 * HOUR, amount_cents=80_000)
+    assert again["binding_lead_amount_cents"] == 80_000
+    # A first binding, then a payment at the binder: the hour's lead is over too.
+    bind(4, T0 + 2 * DAY, "mc")
+    features(engine, tx_id="t4", merchant_id="mc", ts=T0 + 2 * DAY + MINUTE)
+    first = features(engine, tx_id="t5", merchant_id="m-far", ts=T0 + 2 * DAY + 20 * MINUTE)
+    assert first["binding_lead_amount_cents"] is None
+
+
 def test_a_user_checkpointed_before_re_bindings_were_told_apart_restores_as_not_re_bound() -> None:
     engine = FeatureEngine()
     engine.platform_event(event("b1", T0 - 10 * MINUTE, "binding", user_id="u1", merchant_id="mb"))
@@ -74,6 +100,10 @@ def test_a_user_checkpointed_before_re_bindings_were_told_apart_restores_as_not_
     restored = type(state).__new__(type(state))
     restored.__setstate__((None, old_state))
     assert restored.rebound is False and restored.binder == "mb"
+    before_visits = {n: getattr(state, n) for n in type(state).__slots__ if n != "visited"}
+    restored = type(state).__new__(type(state))
+    restored.__setstate__((None, before_visits))
+    assert restored.visited is False and restored.binder == "mb"
 
 
 def test_a_binding_farm_shows_on_the_device_and_at_the_binder() -> None:
