@@ -410,12 +410,12 @@ def coupon_hunters(
     )  # fmt: skip
 
 
-def bound_regulars(
-    rng: np.random.Generator, b: Builder, plan: Plan, cfg: WorldConfig, activity: float
-) -> None:
-    """5-20 regulars of a popular shop, bound to it at a visit in the group's first days,
-    come back every 1-6 days (each their own pace) and live their lives elsewhere; the shop
-    earns its retention commission on every later payment."""
+def _regulars(
+    rng: np.random.Generator, b: Builder, cfg: WorldConfig, look: int
+) -> tuple[int, People, np.ndarray]:
+    """5-20 regulars of a popular shop (most established accounts, a few joined in the 20
+    days before the group's window): (the shop, them, their first visit, in the window's
+    first 5 days)."""
     categories = (RESTAURANT, GROCERY, BEAUTY, SERVICES, RETAIL)
     shop = int(_merchants_of(rng, b, cfg.n_merchants, categories, 1)[0])
     category = int(b.merchants.col("category")[shop])
@@ -426,9 +426,20 @@ def bound_regulars(
     )
     signup = np.maximum(signup, b.history_start)
     home = random_ips(rng, n, RESIDENTIAL_A)
-    people = _people(rng, b, BOUND_REGULARS, signup, b.new_devices(n), home, home)
+    people = _people(rng, b, look, signup, b.new_devices(n), home, home)
     lo = np.maximum(a, signup + HOUR_MS)
     first = sample_ts(rng, lo, np.minimum(lo + 5 * DAY_MS, b.end - HOUR_MS), category)
+    return shop, people, first
+
+
+def bound_regulars(
+    rng: np.random.Generator, b: Builder, plan: Plan, cfg: WorldConfig, activity: float
+) -> None:
+    """5-20 regulars of a popular shop, bound to it at a visit in the group's first days,
+    come back every 1-6 days (each their own pace) and live their lives elsewhere; the shop
+    earns its retention commission on every later payment."""
+    shop, people, first = _regulars(rng, b, cfg, BOUND_REGULARS)
+    n = len(people.users)
     gap = DAY_MS * rng.uniform(1.0, 6.0, n) * rng.lognormal(0.0, 0.3, n)
     v_who, v_ts = visits(rng, b, shop, first, b.end, gap)
     who = np.concatenate([np.arange(n), v_who])
@@ -438,7 +449,7 @@ def bound_regulars(
     rows = people.pay(rng, b, who, ts, np.full(len(who), shop), amount)
     plan.add(BINDING, first, np.zeros(n), user=people.users, merchant=shop, place_tx=rows[:n])
     rate = activity * rng.uniform(1.0, 4.0)
-    lo_e = np.maximum(b.start, signup + HOUR_MS)
+    lo_e = np.maximum(b.start, people.signup + HOUR_MS)
     e_who, e_ts, e_merchant, e_amount = spending(
         rng, b, cfg.n_merchants, np.full(n, rate), lo_e, b.end
     )
@@ -463,20 +474,9 @@ def rescan_regulars(
     (`rescan_pay_share`; the others claimed an offer or read the menu); on a quarter of
     those days they go on to a big purchase elsewhere 20 min-8 h later. They live their
     lives around it, and the shop earns its commission on every later payment."""
-    categories = (RESTAURANT, GROCERY, BEAUTY, SERVICES, RETAIL)
-    shop = int(_merchants_of(rng, b, cfg.n_merchants, categories, 1)[0])
-    category = int(b.merchants.col("category")[shop])
+    shop, people, first = _regulars(rng, b, cfg, RESCAN_REGULARS)
+    n = len(people.users)
     median = float(b.merchants.col("median")[shop])
-    n = int(rng.integers(5, 21))
-    a = _window(rng, b, left_ms=10 * DAY_MS)
-    signup = np.where(
-        rng.random(n) < 0.9, _established(rng, b, n), a - rng.integers(HOUR_MS, 20 * DAY_MS, n)
-    )
-    signup = np.maximum(signup, b.history_start)
-    home = random_ips(rng, n, RESIDENTIAL_A)
-    people = _people(rng, b, RESCAN_REGULARS, signup, b.new_devices(n), home, home)
-    lo = np.maximum(a, signup + HOUR_MS)
-    first = sample_ts(rng, lo, np.minimum(lo + 5 * DAY_MS, b.end - HOUR_MS), category)
     f_amount = lognormal_amounts(rng, np.full(n, median), np.full(n, 0.45))
     f_rows = people.pay(rng, b, np.arange(n), first, np.full(n, shop), f_amount)
     plan.add(BINDING, first, np.zeros(n), user=people.users, merchant=shop, place_tx=f_rows)
