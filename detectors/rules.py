@@ -128,17 +128,57 @@ def _default(code: str) -> Rule:
     return next(rule for rule in DEFAULT_RULES if rule.code == code)
 
 
-#: The rules a points request is scored with (`features.engine.request_vector`; the
-#: decider's `points_rules`): the payments' own `points_collector` and `young_account`,
-#: which mean the same on a request (points from more givers than a few relatives; an
-#: account younger than a day, whose points are its sign-up bonus and first rebate), and
-#: `points_transfer`. A request is not a payment: none of the payment rules' other features
-#: exist for it, so they could not fire anyway.
+#: What a points request adds to the log-odds for each thing the platform already concluded
+#: about its requester (`requester_in_ring`, `requester_risky_payment`): the points of an
+#: account the graph put in a ring, or whose own payments the model scored as fraud, are
+#: what its scheme earned. One of them alone holds a redemption (-3.5 + 3.0: w = 0.62, in
+#: the hold band [0.5, 0.8): a legitimate label or the hold timeout releases it), and with a
+#: second signal (a transfer's 1.0, or the other) it is blocked: any value in about
+#: (2.11, 3.5) does both under the shipped thresholds, and 3.0 (the payments'
+#: `binding_ring_member`) sits inside, at no edge.
+REQUESTER_LOG_ODDS = 3.0
+#: The risk past which a payment counts as one the model scored as fraud, for
+#: `requester_risky_payment`: on tuning worlds 0-3 (random profile, 20k) no legitimate
+#: requester's payments reached 0.8 in the month before a request (0.7: 0.23% of world 3's
+#: legitimate points asked), while abusive requesters' had, behind 27-64% of their points
+#: (0.6-13% beyond the rings': world 2's collusion ring not yet flagged among them).
+RISKY_PAYMENT = 0.8
+
+
+#: The rules a points request is scored with (`features.engine.request_vector`, and the
+#: requester's context from the decider: `Decider.platform_event`; the decider's
+#: `points_rules`): the payments' own `points_collector` and `young_account`, which mean the
+#: same on a request (points from more givers than a few relatives; an account younger than
+#: a day, whose points are its sign-up bonus and first rebate), and `points_transfer`. A
+#: request is not a payment: none of the payment rules' other features exist for it, so
+#: they could not fire anyway.
+#:
+#: Then what the platform already knows of the requester (issue #21): before them a ring
+#: member's or a fraudulent payer's vouchers and gifts were granted like anyone's (fraud
+#: points withheld on requests 9-20% on tuning worlds 0-3, random profile, 20k), since a
+#: request reads neither the user's ring nor its payments' risk.
 REQUEST_RULES = (
     _default("points_collector"),
     _default("young_account"),
     Rule("points_transfer", "is_points_transfer", threshold=0.5, log_odds=POINTS_TRANSFER_LOG_ODDS),
+    # The requester is in a ring the graph flagged (`graph.evidence.RING_SCORE`: its strongest
+    # ring's score, 0 in none; as a payment's user ring, `GraphLayer.ring_score`): any kind,
+    # since every kind's members' points come from the scheme. On tuning worlds 0-3 the
+    # rings held 65-99.8% of the abusive requesters' points and 0.00-0.05% of the legitimate.
+    Rule("requester_in_ring", "ring_score", threshold=0.0, log_odds=REQUESTER_LOG_ODDS),
+    # One of the requester's payments in the 30 days before the request was scored past
+    # `RISKY_PAYMENT` (`Decider.payment_risks`): what the payments' model concluded about
+    # the account, read where the account spends what it earned.
+    Rule(
+        "requester_risky_payment",
+        "requester_max_payment_risk_30d",
+        threshold=RISKY_PAYMENT,
+        log_odds=REQUESTER_LOG_ODDS,
+    ),
 )
+#: The request rules of before the requester's context: a checkpoint holding them takes
+#: today's.
+REQUEST_RULES_BEFORE_REQUESTER = REQUEST_RULES[:3]
 
 
 def request_rule_score() -> RuleScore:
@@ -207,7 +247,8 @@ class RuleScore:
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restores a checkpoint; one holding the default rules of before the platform rules,
         the cycle rule, the till sign-ups' exemption or the binding-ring rule takes today's
-        defaults (a rule set of the risk team's own stays as it was)."""
+        defaults, and one holding the request rules of before the requester's context takes
+        today's `REQUEST_RULES` (a rule set of the risk team's own stays as it was)."""
         self.__dict__.update(state)
         if self.rules in (
             *(defaults[:RULES_BEFORE_PLATFORM] for defaults in (DEFAULT_RULES, RULES_BEFORE_TILL)),
@@ -216,6 +257,8 @@ class RuleScore:
             DEFAULT_RULES[:RULES_BEFORE_BINDING_RING],
         ):
             self.rules = DEFAULT_RULES
+        elif self.rules == REQUEST_RULES_BEFORE_REQUESTER:
+            self.rules = REQUEST_RULES
 
     def score_one(self, x: Features) -> float:
         """The risk of `x`.

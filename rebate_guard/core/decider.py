@@ -44,6 +44,7 @@ from rebate_guard.contract.records import (
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.core.budget import Cut, FrictionBudget
 from rebate_guard.core.ledger import Ledger
+from rebate_guard.core.payment_risks import PaymentRisks
 from rebate_guard.core.points import PointsBooks
 from rebate_guard.core.policy import (
     FAILED_CLOSED,
@@ -61,11 +62,14 @@ log = logging.getLogger(__name__)
 
 
 # --- failing closed: what a transaction gets when what deciding it needs cannot be had ---
+FAIL_CLOSED_PREFIX = "fail_closed:"
+
+
 def fail_closed_reason(part: str) -> str:
     """The reason code of a decision that failed closed because `part` could not be had:
     the model or the graph here; at payment time also Redis, the broker, the time allowed
     or the worker's capacity (`fail_closed_decision`)."""
-    return f"fail_closed:{part}"
+    return f"{FAIL_CLOSED_PREFIX}{part}"
 
 
 #: The reason codes of a decision the model could not score, or made while the graph
@@ -79,6 +83,12 @@ def failing_closed(action: str) -> tuple[str, int, list[str], str]:
     `action` (the deployment's `fail_closed_action`), nothing granted, no policy reasons,
     the `FAILED_CLOSED` thresholds."""
     return action, 0, [], FAILED_CLOSED
+
+
+def failed_closed(decision: Decision) -> bool:
+    """Whether `decision` failed closed (`fail_closed_reason`): its risk says that something
+    could not be had, not what the payment looked like."""
+    return any(reason.startswith(FAIL_CLOSED_PREFIX) for reason in decision.reasons)
 
 
 def requested_cents(tx: Transaction) -> int:
@@ -125,6 +135,12 @@ MAX_LABELLED_USERS = 200_000
 #: Every feature the detectors see, in order: the engine's, the decision context, then the
 #: ring the transaction is scored with (`graph.evidence`).
 ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES + RING_FEATURES
+#: What a points request is weighed with beside its `features.engine.request_vector`: what
+#: the platform already concluded about its requester (`Decider.platform_event`): the
+#: requester's ring (`RING_FEATURES`, as a payment's user ring) and the highest risk its own
+#: payments got in the month before (`PaymentRisks`; None: none).
+REQUESTER_MAX_PAYMENT_RISK = "requester_max_payment_risk_30d"
+REQUESTER_FEATURES = (REQUESTER_MAX_PAYMENT_RISK, *RING_FEATURES)
 #: Where the user's previous payments at this merchant (7 d) sit in an engine vector.
 REPEAT_AT_MERCHANT = FEATURE_NAMES.index("user_merchant_tx_count_7d")
 
@@ -300,6 +316,8 @@ class Decider:
     movements: list[Movement] = field(default_factory=list)
     #: The rules a points request is scored with (`detectors.rules.REQUEST_RULES`).
     points_rules: RuleScore = field(default_factory=request_rule_score)
+    #: The highest risk each user's payments got in the last month, for their requests.
+    payment_risks: PaymentRisks = field(default_factory=PaymentRisks)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restores a checkpoint; one written before the friction budget existed starts
@@ -314,6 +332,8 @@ class Decider:
             self.movements = []
         if "points_rules" not in state:  # points requests were decided by the policy alone
             self.points_rules = request_rule_score()
+        if "payment_risks" not in state:  # requests did not read their payments: from now on
+            self.payment_risks = PaymentRisks()
         if not isinstance(self.granted, OrderedDict):  # a checkpoint from before it was
             self.granted = OrderedDict(self.granted)
         if not isinstance(self.remembered, RememberedVectors):  # vectors kept as dicts
@@ -338,17 +358,27 @@ class Decider:
         self._due(now, decided_at)
 
     def platform_event(
-        self, event: PlatformEvent, *, decided_at: int, features: Features | None = None
+        self,
+        event: PlatformEvent,
+        *,
+        decided_at: int,
+        features: Features | None = None,
+        ring: tuple[float, list[str]] | None = None,
     ) -> Decision | None:
         """A platform event (docs/economics.md): the users' points books follow it, and a
         points request (redeem, transfer, withdraw) is decided (a decision keyed by its
         event_id; None for the facts): the policy's blocks first, then its rules' risk
-        (`points_rules` on `features`, the request's `features.engine.request_vector`;
-        None: nothing known, no rule fires) through the policy's fixed thresholds. Holds
-        past their timeout are resolved first, as on any event that reaches the ledger."""
+        (`points_rules` on `features`, the request's `features.engine.request_vector`, None:
+        nothing known; and on its requester's context, `requester_features`) through the
+        policy's fixed thresholds. `ring`: the score and reason of the requester's strongest
+        ring (`graph.layer`; None: in none, or no graph). Holds past their timeout are
+        resolved first, as on any event that reaches the ledger."""
         self._due(event.ts, decided_at)
         requested = event.kind in POINTS_REQUESTS
-        risk, codes = self.points_rules.assess(features or {}) if requested else (0.0, [])
+        risk, codes = 0.0, []
+        if requested:
+            x = {**(features or {}), **self.requester_features(event, ring)}
+            risk, codes = self.points_rules.assess(x)
         decision, points_moved = self.points.take(
             event, self.policy, decided_at=decided_at, risk=risk, codes=codes
         )
@@ -356,6 +386,16 @@ class Decider:
         if movement is not None:
             self.movements.append(movement)
         return decision
+
+    def requester_features(
+        self, event: PlatformEvent, ring: tuple[float, list[str]] | None
+    ) -> Features:
+        """What the platform already concluded about a points request's requester
+        (`REQUESTER_FEATURES`): its ring's features (`graph.evidence.ring_features`), and the
+        highest risk its payments got in the month before the request. Changes nothing."""
+        x: Features = dict(ring_features(ring))
+        x[REQUESTER_MAX_PAYMENT_RISK] = self.payment_risks.highest(event.user_id or "", event.ts)
+        return x
 
     def _due(self, now: int, decided_at: int) -> None:
         """Event time has reached `now`: the rebates and points requests held past their
@@ -486,6 +526,8 @@ class Decider:
         stands = decision if standing is None else standing
         if tx.kind == PAYMENT:
             self.granted[tx.tx_id] = (tx.ts, stands.rebate_granted_cents > 0)
+            if not failed_closed(stands):  # its risk is the payment's, not a failure's
+                self.payment_risks.add(tx.user_id, tx.ts, stands.risk)
             self.ledger.record(stands, terms)
             if stands.rebate_granted_cents:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)
@@ -706,11 +748,14 @@ class Scorer:
             if self.graph is not None:
                 self.ring_events += self.graph.signup(event)
         elif isinstance(event, PlatformEvent):
-            request = None
+            request, ring = None, None
             if event.kind in POINTS_REQUESTS:  # weighed on what was known before it is learned
                 request = self.features.request_features(event)
+                ring = self.requester_ring(event)
             self.features.platform_event(event)
-            decision = self.decider.platform_event(event, decided_at=decided_at, features=request)
+            decision = self.decider.platform_event(
+                event, decided_at=decided_at, features=request, ring=ring
+            )
             self._taken()
             if self.graph is not None:
                 self.ring_events += self.graph.platform_event(event)
@@ -736,6 +781,16 @@ class Scorer:
             self.ring_events += graph.transaction(tx)
         self._taken()
         return out
+
+    def requester_ring(self, event: PlatformEvent) -> tuple[float, list[str]] | None:
+        """The strongest ring of a points request's requester in the ring book as it stands
+        (the rings the last scan found: a request moves no scan's clock, see
+        `GraphLayer.platform_event`); None without a graph layer or a user. Its merchant's
+        rings do not count: a request is no repeat payment there. The worker reads the
+        user's ring score the graph shard published (`streams.shards.requester_ring`)."""
+        if self.graph is None or event.user_id is None:
+            return None
+        return self.graph.ring_score(event.user_id, None)
 
     def _taken(self) -> None:
         """Takes the decider's adjustments, and its movements into the solvency monitor
