@@ -375,10 +375,7 @@ class Decider:
         resolved first, as on any event that reaches the ledger."""
         self._due(event.ts, decided_at)
         requested = event.kind in POINTS_REQUESTS
-        risk, codes = 0.0, []
-        if requested:
-            x = {**(features or {}), **self.requester_features(event, ring)}
-            risk, codes = self.points_rules.assess(x)
+        risk, codes = self._request_risk(event, features, ring) if requested else (0.0, [])
         decision, points_moved = self.points.take(
             event, self.policy, decided_at=decided_at, risk=risk, codes=codes
         )
@@ -386,6 +383,13 @@ class Decider:
         if movement is not None:
             self.movements.append(movement)
         return decision
+
+    def _request_risk(
+        self, event: PlatformEvent, features: Features | None, ring: tuple[float, list[str]] | None
+    ) -> tuple[float, list[str]]:
+        """A points request's risk and the codes of the rules that fired (`points_rules`)."""
+        x = {**(features or {}), **self.requester_features(event, ring)}
+        return self.points_rules.assess(x)
 
     def requester_features(
         self, event: PlatformEvent, ring: tuple[float, list[str]] | None

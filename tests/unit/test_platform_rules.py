@@ -12,6 +12,8 @@ import pytest
 from detectors.rules import (
     DEFAULT_RULES,
     REQUEST_RULES,
+    REQUEST_RULES_BEFORE_REQUESTER,
+    RISKY_PAYMENT,
     RULES_BEFORE_BINDING_RING,
     RULES_BEFORE_CYCLE,
     RULES_BEFORE_PLATFORM,
@@ -23,7 +25,7 @@ from features.engine import REQUEST_FEATURE_NAMES, FeatureEngine
 from graph.evidence import ring_features
 from rebate_guard.contract.records import Decision, PlatformEvent
 from rebate_guard.contract.validation import parse_platform_event, parse_signup, parse_transaction
-from rebate_guard.core.decider import Scorer
+from rebate_guard.core.decider import REQUESTER_MAX_PAYMENT_RISK, Scorer
 from tests.factories import DAY, HOUR, T0, signup, tx
 
 MINUTE = 60_000
@@ -181,3 +183,40 @@ def test_a_cycle_members_payment_alone_is_stated_more_likely_fraud_than_not() ->
     cycle = ring_features((0.9, ["ring:commission_cycle"]))
     assert rules.explain_one(cycle) == ["commission_cycle_ring"]
     assert rules.score_one(cycle) > 0.6
+
+
+@pytest.mark.parametrize(
+    ("ring", "payment_risk", "codes"),
+    [
+        (None, None, []),
+        ((0.7, ["ring:signup_batch"]), None, ["requester_in_ring"]),
+        ((1.0, ["ring:brushing"]), 0.3, ["requester_in_ring"]),
+        (None, RISKY_PAYMENT, []),  # at the line: not past it
+        (None, 0.95, ["requester_risky_payment"]),
+        ((0.9, ["ring:collusion"]), 0.95, ["requester_in_ring", "requester_risky_payment"]),
+    ],
+)
+def test_the_request_rules_read_what_is_known_of_the_requester(
+    ring: tuple[float, list[str]] | None, payment_risk: float | None, codes: list[str]
+) -> None:
+    """A request is weighed with its requester's ring (any kind: `ring_score`) and the
+    highest risk its payments got in the month before; either alone holds a plain
+    redemption (w in [0.5, 0.8)), both block it (w < 0.5)."""
+    x = {**ring_features(ring), REQUESTER_MAX_PAYMENT_RISK: payment_risk}
+    risk, fired = request_rule_score().assess(x)
+    assert fired == codes
+    weight = 1.0 - risk
+    if len(codes) == 1:
+        assert 0.5 <= weight < 0.8
+    elif len(codes) == 2:
+        assert weight < 0.5
+    else:
+        assert weight >= 0.85
+
+
+def test_a_checkpoint_with_the_request_rules_of_before_the_requester_takes_todays() -> None:
+    old = RuleScore(rules=REQUEST_RULES_BEFORE_REQUESTER, name="request_rules")
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.rules == REQUEST_RULES
+    member = ring_features((0.9, ["ring:brushing"]))
+    assert old.explain_one(member) == [] and restored.explain_one(member) == ["requester_in_ring"]
