@@ -189,8 +189,10 @@ def test_a_cycle_members_payment_alone_is_stated_more_likely_fraud_than_not() ->
     ("ring", "payment_risk", "codes"),
     [
         (None, None, []),
-        ((0.7, ["ring:signup_batch"]), None, ["requester_in_ring"]),
+        ((0.71, ["ring:referral_farm"]), None, ["requester_in_ring"]),
         ((1.0, ["ring:brushing"]), 0.3, ["requester_in_ring"]),
+        ((0.7, ["ring:signup_batch"]), None, []),  # made together: intent, not abuse yet
+        ((0.7, ["ring:signup_batch"]), 0.95, ["requester_risky_payment"]),
         (None, RISKY_PAYMENT, []),  # at the line: not past it
         (None, 0.95, ["requester_risky_payment"]),
         ((0.9, ["ring:collusion"]), 0.95, ["requester_in_ring", "requester_risky_payment"]),
@@ -199,7 +201,7 @@ def test_a_cycle_members_payment_alone_is_stated_more_likely_fraud_than_not() ->
 def test_the_request_rules_read_what_is_known_of_the_requester(
     ring: tuple[float, list[str]] | None, payment_risk: float | None, codes: list[str]
 ) -> None:
-    """A request is weighed with its requester's ring (any kind: `ring_score`) and the
+    """A request is weighed with its requester's ring (any kind but a signup batch) and the
     highest risk its payments got in the month before; either alone holds a plain
     redemption (w in [0.5, 0.8)), both block it (w < 0.5)."""
     x = {**ring_features(ring), REQUESTER_MAX_PAYMENT_RISK: payment_risk}

@@ -397,7 +397,8 @@ def test_held_requests_and_their_books_survive_a_checkpoint() -> None:
 
 def in_ring(layer: GraphLayer, user: str, kind: str = "brushing", score: float = 0.9) -> None:
     """The graph's ring book holds a ring of `kind` with `user` in it (as a scan records it)."""
-    ring = Ring("r1", kind, frozenset({user}), frozenset({"m1"}), score, T0 - DAY, T0 - DAY, {}, 0)
+    members, at_ts = frozenset({user}), T0 - DAY
+    ring = Ring(f"r-{user}", kind, members, frozenset({"m1"}), score, at_ts, at_ts, {}, 0)
     layer.book.rings[ring.ring_id] = ring
     layer.book.by_user.setdefault(user, set()).add(ring.ring_id)
 
@@ -435,6 +436,10 @@ def test_a_ring_members_voucher_is_held_and_a_shoppers_allowed() -> None:
     )
     assert gift is not None
     assert (gift.action, gift.reasons) == ("block", ["requester_in_ring", "points_transfer"])
+    # A signup batch (accounts made together: a shop's sign-up drive too) holds nothing.
+    in_ring(layer, "shopper", kind="signup_batch", score=0.7)
+    batched = scorer.apply(at("points_redeem", 1_000, "v3", T0 + 3 * HOUR, "shopper"), 3)
+    assert batched is not None and (batched.action, batched.reasons) == ("allow", [])
     # Without a graph layer nothing is known of rings: the same voucher is allowed.
     alone = Scorer(decider=Decider(policy=fixed_policy()))
     earned(alone, "member")
