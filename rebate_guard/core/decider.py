@@ -44,7 +44,6 @@ from rebate_guard.contract.records import (
 from rebate_guard.contract.time import DAY_MS
 from rebate_guard.core.budget import Cut, FrictionBudget
 from rebate_guard.core.ledger import Ledger
-from rebate_guard.core.payment_risks import PaymentRisks
 from rebate_guard.core.points import PointsBooks
 from rebate_guard.core.policy import (
     FAILED_CLOSED,
@@ -62,14 +61,11 @@ log = logging.getLogger(__name__)
 
 
 # --- failing closed: what a transaction gets when what deciding it needs cannot be had ---
-FAIL_CLOSED_PREFIX = "fail_closed:"
-
-
 def fail_closed_reason(part: str) -> str:
     """The reason code of a decision that failed closed because `part` could not be had:
     the model or the graph here; at payment time also Redis, the broker, the time allowed
     or the worker's capacity (`fail_closed_decision`)."""
-    return f"{FAIL_CLOSED_PREFIX}{part}"
+    return f"fail_closed:{part}"
 
 
 #: The reason codes of a decision the model could not score, or made while the graph
@@ -83,12 +79,6 @@ def failing_closed(action: str) -> tuple[str, int, list[str], str]:
     `action` (the deployment's `fail_closed_action`), nothing granted, no policy reasons,
     the `FAILED_CLOSED` thresholds."""
     return action, 0, [], FAILED_CLOSED
-
-
-def failed_closed(decision: Decision) -> bool:
-    """Whether `decision` failed closed (`fail_closed_reason`): its risk says that something
-    could not be had, not what the payment looked like."""
-    return any(reason.startswith(FAIL_CLOSED_PREFIX) for reason in decision.reasons)
 
 
 def requested_cents(tx: Transaction) -> int:
@@ -135,12 +125,6 @@ MAX_LABELLED_USERS = 200_000
 #: Every feature the detectors see, in order: the engine's, the decision context, then the
 #: ring the transaction is scored with (`graph.evidence`).
 ALL_FEATURE_NAMES = FEATURE_NAMES + DECISION_FEATURES + RING_FEATURES
-#: What a points request is weighed with beside its `features.engine.request_vector`: what
-#: the platform already concluded about its requester (`Decider.platform_event`): the
-#: requester's ring (`RING_FEATURES`, as a payment's user ring) and the highest risk its own
-#: payments got in the month before (`PaymentRisks`; None: none).
-REQUESTER_MAX_PAYMENT_RISK = "requester_max_payment_risk_30d"
-REQUESTER_FEATURES = (REQUESTER_MAX_PAYMENT_RISK, *RING_FEATURES)
 #: Where the user's previous payments at this merchant (7 d) sit in an engine vector.
 REPEAT_AT_MERCHANT = FEATURE_NAMES.index("user_merchant_tx_count_7d")
 
@@ -316,8 +300,6 @@ class Decider:
     movements: list[Movement] = field(default_factory=list)
     #: The rules a points request is scored with (`detectors.rules.REQUEST_RULES`).
     points_rules: RuleScore = field(default_factory=request_rule_score)
-    #: The highest risk each user's payments got in the last month, for their requests.
-    payment_risks: PaymentRisks = field(default_factory=PaymentRisks)
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """Restores a checkpoint; one written before the friction budget existed starts
@@ -332,8 +314,6 @@ class Decider:
             self.movements = []
         if "points_rules" not in state:  # points requests were decided by the policy alone
             self.points_rules = request_rule_score()
-        if "payment_risks" not in state:  # requests did not read their payments: from now on
-            self.payment_risks = PaymentRisks()
         if not isinstance(self.granted, OrderedDict):  # a checkpoint from before it was
             self.granted = OrderedDict(self.granted)
         if not isinstance(self.remembered, RememberedVectors):  # vectors kept as dicts
@@ -369,13 +349,13 @@ class Decider:
         points request (redeem, transfer, withdraw) is decided (a decision keyed by its
         event_id; None for the facts): the policy's blocks first, then its rules' risk
         (`points_rules` on `features`, the request's `features.engine.request_vector`, None:
-        nothing known; and on its requester's context, `requester_features`) through the
-        policy's fixed thresholds. `ring`: the score and reason of the requester's strongest
-        ring (`graph.layer`; None: in none, or no graph). Holds past their timeout are
-        resolved first, as on any event that reaches the ledger."""
+        nothing known; and on what the graph concluded about its requester: `ring`, the
+        score and reason of its strongest ring, None: in none, or no graph) through the
+        policy's fixed thresholds. Holds past their timeout are resolved first, as on any
+        event that reaches the ledger."""
         self._due(event.ts, decided_at)
         requested = event.kind in POINTS_REQUESTS
-        risk, codes = self._request_risk(event, features, ring) if requested else (0.0, [])
+        risk, codes = self._request_risk(features, ring) if requested else (0.0, [])
         decision, points_moved = self.points.take(
             event, self.policy, decided_at=decided_at, risk=risk, codes=codes
         )
@@ -385,21 +365,12 @@ class Decider:
         return decision
 
     def _request_risk(
-        self, event: PlatformEvent, features: Features | None, ring: tuple[float, list[str]] | None
+        self, features: Features | None, ring: tuple[float, list[str]] | None
     ) -> tuple[float, list[str]]:
-        """A points request's risk and the codes of the rules that fired (`points_rules`)."""
-        x = {**(features or {}), **self.requester_features(event, ring)}
-        return self.points_rules.assess(x)
-
-    def requester_features(
-        self, event: PlatformEvent, ring: tuple[float, list[str]] | None
-    ) -> Features:
-        """What the platform already concluded about a points request's requester
-        (`REQUESTER_FEATURES`): its ring's features (`graph.evidence.ring_features`), and the
-        highest risk its payments got in the month before the request. Changes nothing."""
-        x: Features = dict(ring_features(ring))
-        x[REQUESTER_MAX_PAYMENT_RISK] = self.payment_risks.highest(event.user_id or "", event.ts)
-        return x
+        """A points request's risk and the codes of the rules that fired (`points_rules`): on
+        its features and its requester's ring's (`graph.evidence.ring_features`, as a
+        payment's user ring)."""
+        return self.points_rules.assess({**(features or {}), **ring_features(ring)})
 
     def _due(self, now: int, decided_at: int) -> None:
         """Event time has reached `now`: the rebates and points requests held past their
@@ -530,8 +501,6 @@ class Decider:
         stands = decision if standing is None else standing
         if tx.kind == PAYMENT:
             self.granted[tx.tx_id] = (tx.ts, stands.rebate_granted_cents > 0)
-            if not failed_closed(stands):  # its risk is the payment's, not a failure's
-                self.payment_risks.add(tx.user_id, tx.ts, stands.risk)
             self.ledger.record(stands, terms)
             if stands.rebate_granted_cents:
                 self._granted_today(tx.user_id, tx.ts).add(tx.ts, stands.rebate_granted_cents)

@@ -13,7 +13,6 @@ from detectors.rules import (
     DEFAULT_RULES,
     REQUEST_RULES,
     REQUEST_RULES_BEFORE_REQUESTER,
-    RISKY_PAYMENT,
     RULES_BEFORE_BINDING_RING,
     RULES_BEFORE_CYCLE,
     RULES_BEFORE_PLATFORM,
@@ -25,7 +24,7 @@ from features.engine import REQUEST_FEATURE_NAMES, FeatureEngine
 from graph.evidence import ring_features
 from rebate_guard.contract.records import Decision, PlatformEvent
 from rebate_guard.contract.validation import parse_platform_event, parse_signup, parse_transaction
-from rebate_guard.core.decider import REQUESTER_MAX_PAYMENT_RISK, Scorer
+from rebate_guard.core.decider import Scorer
 from tests.factories import DAY, HOUR, T0, signup, tx
 
 MINUTE = 60_000
@@ -186,29 +185,26 @@ def test_a_cycle_members_payment_alone_is_stated_more_likely_fraud_than_not() ->
 
 
 @pytest.mark.parametrize(
-    ("ring", "payment_risk", "codes"),
+    ("ring", "transfer", "codes"),
     [
-        (None, None, []),
-        ((0.71, ["ring:referral_farm"]), None, ["requester_in_ring"]),
-        ((1.0, ["ring:brushing"]), 0.3, ["requester_in_ring"]),
-        ((0.7, ["ring:signup_batch"]), None, []),  # made together: intent, not abuse yet
-        ((0.7, ["ring:signup_batch"]), 0.95, ["requester_risky_payment"]),
-        (None, RISKY_PAYMENT, []),  # at the line: not past it
-        (None, 0.95, ["requester_risky_payment"]),
-        ((0.9, ["ring:collusion"]), 0.95, ["requester_in_ring", "requester_risky_payment"]),
+        (None, 0.0, []),
+        ((0.71, ["ring:referral_farm"]), 0.0, ["requester_in_ring"]),
+        ((1.0, ["ring:brushing"]), 0.0, ["requester_in_ring"]),
+        ((0.7, ["ring:signup_batch"]), 0.0, []),  # made together: intent, not abuse yet
+        ((0.9, ["ring:collusion"]), 1.0, ["requester_in_ring", "points_transfer"]),
     ],
 )
-def test_the_request_rules_read_what_is_known_of_the_requester(
-    ring: tuple[float, list[str]] | None, payment_risk: float | None, codes: list[str]
+def test_the_request_rules_read_the_requesters_ring(
+    ring: tuple[float, list[str]] | None, transfer: float, codes: list[str]
 ) -> None:
-    """A request is weighed with its requester's ring (any kind but a signup batch) and the
-    highest risk its payments got in the month before; either alone holds a plain
-    redemption (w in [0.5, 0.8)), both block it (w < 0.5)."""
-    x = {**ring_features(ring), REQUESTER_MAX_PAYMENT_RISK: payment_risk}
+    """A request is weighed with its requester's ring (any kind but a signup batch): a ring
+    alone holds a plain redemption (w in [0.5, 0.8)); passing the points on as well blocks
+    it (w < 0.5)."""
+    x = {**ring_features(ring), "is_points_transfer": transfer}
     risk, fired = request_rule_score().assess(x)
     assert fired == codes
     weight = 1.0 - risk
-    if len(codes) == 1:
+    if codes == ["requester_in_ring"]:
         assert 0.5 <= weight < 0.8
     elif len(codes) == 2:
         assert weight < 0.5

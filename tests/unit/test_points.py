@@ -16,13 +16,12 @@ from rebate_guard.contract.validation import (
     parse_signup,
     parse_transaction,
 )
-from rebate_guard.core.decider import FAIL_CLOSED_MODEL, REQUESTER_MAX_PAYMENT_RISK, Decider, Scorer
+from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.ledger import reconcile
-from rebate_guard.core.payment_risks import PAYMENT_RISK_WINDOW_MS, PaymentRisks
 from rebate_guard.core.points import HELD, REDEEMED, TRANSFERRED, PointsBooks, balance, redeemable
 from rebate_guard.core.policy import Lists, PointsTerms, Policy, Thresholds
 from rebate_guard.core.solvency import Movement, SolvencyMonitor
-from tests.factories import DAY, HOUR, MINUTE, T0, decision, fixed_policy, label, signup, tx
+from tests.factories import DAY, HOUR, MINUTE, T0, fixed_policy, label, signup, tx
 
 
 def event(kind: str, amount: int, event_id: str = "e-1", **fields: Any) -> PlatformEvent:
@@ -443,72 +442,14 @@ def test_a_ring_members_voucher_is_held_and_a_shoppers_allowed() -> None:
     assert allowed is not None and allowed.action == "allow"
 
 
-def paid(scorer: Scorer, user: str, tx_id: str, ts: int, **stood: Any) -> None:
-    """A payment of `user` decided as `stood` says (a standing decision: the risk it got)."""
-    payment = parse_transaction(tx(tx_id, ts, user_id=user))
-    vector = scorer.features.vector(payment)
-    standing = decision(tx_id, "block", ts=ts, user_id=user, **stood)
-    scorer.decider.decide(payment, vector, decided_at=0, standing=standing)
-
-
-def test_a_requester_whose_payment_was_scored_as_fraud_has_its_voucher_held_for_a_month() -> None:
-    scorer = request_scorer()
-    earned(scorer, "relative", "collector")
-    paid(scorer, "relative", "p1", T0, risk=0.93)
-    paid(scorer, "collector", "p2", T0, risk=0.6)  # risky, not past the line
-    soon = scorer.apply(at("points_redeem", 300, "r1", T0 + DAY, "relative"), 1)
-    assert soon is not None
-    assert (soon.action, soon.reasons) == ("hold", ["requester_risky_payment"])
-    other = scorer.apply(at("points_redeem", 300, "r2", T0 + DAY, "collector"), 1)
-    assert other is not None and (other.action, other.reasons) == ("allow", [])
-    later = T0 + PAYMENT_RISK_WINDOW_MS + 1
-    scorer.apply(at("points_grant", 5_000, "more", later - 1, "relative"), 1)
-    month_on = scorer.apply(at("points_redeem", 300, "r3", later, "relative"), 2)
-    assert month_on is not None and (month_on.action, month_on.reasons) == ("allow", [])
-
-
-def test_a_payment_that_failed_closed_says_nothing_of_its_payer() -> None:
-    """A decision that failed closed (risk 1.0: the model could not score) is no judgment of
-    the payment: the payer's requests do not read it."""
-    scorer = request_scorer()
-    earned(scorer, "relative")
-    paid(scorer, "relative", "p1", T0, risk=1.0, reasons=[FAIL_CLOSED_MODEL])
-    asked = at("points_redeem", 300, "r1", T0 + HOUR, "relative")
-    assert scorer.decider.requester_features(asked, None)[REQUESTER_MAX_PAYMENT_RISK] is None
-    redeem = scorer.apply(asked, 1)
-    assert redeem is not None and redeem.action == "allow"
-
-
-def test_payment_risks_keep_the_windows_highest_and_forget_idle_payers() -> None:
-    risks, window = PaymentRisks(), PAYMENT_RISK_WINDOW_MS
-    risks.add("u", T0, 0.5)
-    risks.add("u", T0 + DAY, 0.9)  # the 0.5 can never be the highest again
-    risks.add("u", T0 + 2 * DAY, 0.7)
-    risks.add("u", T0 + 3 * DAY, 0.2)
-    assert risks.by_user["u"] == [(T0 + DAY, 0.9), (T0 + 2 * DAY, 0.7), (T0 + 3 * DAY, 0.2)]
-    assert risks.highest("u", T0 + 3 * DAY) == 0.9
-    assert risks.highest("u", T0 + DAY + window) == 0.7  # the 0.9 left the window
-    assert risks.highest("u", T0 + 3 * DAY + window) is None
-    risks.add("v", T0 + 4 * DAY + window, 0.1)  # u's latest payment left the window: forgotten
-    assert list(risks.by_user) == ["v"]
-
-
-def test_what_is_known_of_requesters_survives_a_checkpoint_and_old_ones_load() -> None:
-    scorer = request_scorer()
-    earned(scorer, "relative")
-    paid(scorer, "relative", "p1", T0, risk=0.93)
-    restored = pickle.loads(pickle.dumps(scorer.decider))
-    redeem = restored.platform_event(
-        at("points_redeem", 300, "r1", T0 + DAY, "relative"), decided_at=1
-    )
-    assert redeem is not None and redeem.reasons == ["requester_risky_payment"]
-    # A decider pickled before requests read their requester: no payment risks, and the
-    # request rules of then, which take today's.
-    state = Decider().__dict__ | {
-        "points_rules": RuleScore(rules=REQUEST_RULES_BEFORE_REQUESTER, name="request_rules")
-    }
-    del state["payment_risks"]
-    upgraded = Decider.__new__(Decider)
-    upgraded.__setstate__(pickle.loads(pickle.dumps(state)))
-    assert upgraded.points_rules.rules == REQUEST_RULES
-    assert len(upgraded.payment_risks) == 0
+def test_a_checkpoint_with_the_request_rules_of_before_the_ring_takes_todays() -> None:
+    """A decider pickled before requests read their requester's ring holds the three request
+    rules of then: it loads with today's, and holds a ring member's voucher."""
+    old = Decider(policy=fixed_policy())
+    old.points_rules = RuleScore(rules=REQUEST_RULES_BEFORE_REQUESTER, name="request_rules")
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.points_rules.rules == REQUEST_RULES
+    restored.points.earn("member", 5_000)
+    asked = at("points_redeem", 300, "r1", T0 + DAY, "member")
+    voucher = restored.platform_event(asked, decided_at=1, ring=(0.9, ["ring:brushing"]))
+    assert voucher is not None and voucher.reasons == ["requester_in_ring"]
