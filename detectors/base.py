@@ -47,8 +47,19 @@ def signed_up_at_till(x: Features) -> bool:
     return users is None or users <= TILL_DEVICE_USERS
 
 
+def in_signup_batch(x: Features) -> bool:
+    """Whether the ring `x` is scored with (its strongest: `graph.evidence`) is a signup
+    batch: accounts registered together, which the graph calls evidence of intent, not of
+    abuse yet (`graph.rings.SIGNUP_BATCH_MAX`); a shop's sign-up drive makes one too.
+
+    >>> in_signup_batch({"ring_score": 0.7, "ring_signup_batch": 1.0}), in_signup_batch({})
+    (True, False)
+    """
+    return (x.get("ring_signup_batch") or 0.0) > 0.5
+
+
 #: The excuses a rule may name (`detectors.rules.Rule.unless`): tests of the whole vector.
-EXCUSES = {"signed_up_at_till": signed_up_at_till}
+EXCUSES = {"signed_up_at_till": signed_up_at_till, "in_signup_batch": in_signup_batch}
 
 
 LEARNERS = ("logreg", "arf", "arf+logreg")

@@ -160,7 +160,9 @@ def request_vector(users: UserStage, event: PlatformEvent) -> list[Value]:
     request's release) read them from the same state. What the rules of a request weigh
     (`detectors.rules.REQUEST_RULES`): who gave the user points (`points_givers_30d`), how
     old the account is (as a payment's `user_account_age_s`), and whether the points leave
-    for another user (a transfer: the way points reach a buyer)."""
+    for another user (a transfer: the way points reach a buyer). The requester's ring is
+    not the feature engine's: the decider adds it (`rebate_guard.core.decider.Decider.
+    platform_event`, as a payment's)."""
     user_id, ts = event.user_id or "", event.ts
     scratch = detached(users.platform, user_id)
     platform = scratch.features_at(user_id, ts, merchant_id=event.merchant_id)

@@ -51,16 +51,23 @@ class GraphStatus:
         beat = partial(self.store.put_graph_heartbeat, int(now * 1000))
         await self.retry("write the graph heartbeat", beat)
 
-    async def ring_scores(self, ready: list[Transaction]) -> dict[RingKey, RingScore] | None:
-        """The strongest rings of the users and merchants about to be decided, as the graph
-        shard last published them (one round trip for the batch)."""
-        if not ready:
+    async def ring_scores(
+        self, ready: list[Transaction], requesters: Sequence[str] = ()
+    ) -> dict[RingKey, RingScore] | None:
+        """The strongest rings of the users and merchants about to be decided, and of the
+        users of the points requests about to be (`requesters`), as the graph shard last
+        published them (one round trip for the batch)."""
+        if not ready and not requesters:
             return None
-        keys = self.ring_keys(ready)
+        keys = self.ring_keys(ready, requesters)
         return await self.retry("read ring scores", lambda: self.store.get_ring_scores(keys))
 
-    def ring_keys(self, ready: Sequence[Transaction]) -> list[RingKey]:
-        """Whose ring scores deciding `ready` reads: their users' and merchants'."""
+    def ring_keys(
+        self, ready: Sequence[Transaction], requesters: Sequence[str] = ()
+    ) -> list[RingKey]:
+        """Whose ring scores deciding `ready` and the requests of `requesters` reads: their
+        users' and the transactions' merchants'."""
         if not self.settings.graph:
             return []
-        return sorted({("u", tx.user_id) for tx in ready} | {("m", tx.merchant_id) for tx in ready})
+        users = {tx.user_id for tx in ready} | set(requesters)
+        return sorted({("u", u) for u in users} | {("m", tx.merchant_id) for tx in ready})

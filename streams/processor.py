@@ -335,6 +335,8 @@ class BatchProcessor:
         payment time) and those made here at payment time; and which of these the
         console's views have already (`Publisher.decisions`)."""
         readies = [(shard, shard.ready()) for shard in shards]
+        # The users of the points requests about to be decided: their rings weigh on them.
+        requesters = {s.partition: s.requesters() if s.feeds_graph else [] for s in shards}
         # Decisions made at payment time stand too, and may precede the stream's (here, or
         # before a restart or a rebalance): then every batch asks Redis.
         asks = {s.partition for s in shards if s.redo or self.settings.score_at_payment}
@@ -342,7 +344,7 @@ class BatchProcessor:
         # The reads from Redis go out together: one round trip's wait per batch, not three.
         stored, rings, graph_up = await asyncio.gather(
             self._standing([tx for s, r in readies if s.partition in asks for tx in r]),
-            self.graph.ring_scores(graphed),
+            self.graph.ring_scores(graphed, [u for us in requesters.values() for u in us]),
             self.graph.running() if graphed else _true(),
         )
         paid = await self.payment_time.decided_among([tx for _, r in readies for tx in r])
@@ -357,7 +359,8 @@ class BatchProcessor:
             mine = {tx.tx_id: paid[tx.tx_id] for tx in ready if tx.tx_id in paid}
             if mine:
                 standing = {**(standing or {}), **mine}
-            shard_rings = rings if ready and shard.feeds_graph else None
+            asked = ready or requesters[shard.partition]
+            shard_rings = rings if asked and shard.feeds_graph else None
             now_ms = int(self.clock() * 1000)
             done = shard.complete(
                 now_ms, standing, shard_rings, shard_rings is not None and graph_down

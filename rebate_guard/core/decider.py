@@ -338,17 +338,24 @@ class Decider:
         self._due(now, decided_at)
 
     def platform_event(
-        self, event: PlatformEvent, *, decided_at: int, features: Features | None = None
+        self,
+        event: PlatformEvent,
+        *,
+        decided_at: int,
+        features: Features | None = None,
+        ring: tuple[float, list[str]] | None = None,
     ) -> Decision | None:
         """A platform event (docs/economics.md): the users' points books follow it, and a
         points request (redeem, transfer, withdraw) is decided (a decision keyed by its
         event_id; None for the facts): the policy's blocks first, then its rules' risk
-        (`points_rules` on `features`, the request's `features.engine.request_vector`;
-        None: nothing known, no rule fires) through the policy's fixed thresholds. Holds
-        past their timeout are resolved first, as on any event that reaches the ledger."""
+        (`points_rules` on `features`, the request's `features.engine.request_vector`, None:
+        nothing known; and on what the graph concluded about its requester: `ring`, the
+        score and reason of its strongest ring, None: in none, or no graph) through the
+        policy's fixed thresholds. Holds past their timeout are resolved first, as on any
+        event that reaches the ledger."""
         self._due(event.ts, decided_at)
         requested = event.kind in POINTS_REQUESTS
-        risk, codes = self.points_rules.assess(features or {}) if requested else (0.0, [])
+        risk, codes = self._request_risk(features, ring) if requested else (0.0, [])
         decision, points_moved = self.points.take(
             event, self.policy, decided_at=decided_at, risk=risk, codes=codes
         )
@@ -356,6 +363,14 @@ class Decider:
         if movement is not None:
             self.movements.append(movement)
         return decision
+
+    def _request_risk(
+        self, features: Features | None, ring: tuple[float, list[str]] | None
+    ) -> tuple[float, list[str]]:
+        """A points request's risk and the codes of the rules that fired (`points_rules`): on
+        its features and its requester's ring's (`graph.evidence.ring_features`, as a
+        payment's user ring)."""
+        return self.points_rules.assess({**(features or {}), **ring_features(ring)})
 
     def _due(self, now: int, decided_at: int) -> None:
         """Event time has reached `now`: the rebates and points requests held past their
@@ -706,11 +721,14 @@ class Scorer:
             if self.graph is not None:
                 self.ring_events += self.graph.signup(event)
         elif isinstance(event, PlatformEvent):
-            request = None
+            request, ring = None, None
             if event.kind in POINTS_REQUESTS:  # weighed on what was known before it is learned
                 request = self.features.request_features(event)
+                ring = self.requester_ring(event)
             self.features.platform_event(event)
-            decision = self.decider.platform_event(event, decided_at=decided_at, features=request)
+            decision = self.decider.platform_event(
+                event, decided_at=decided_at, features=request, ring=ring
+            )
             self._taken()
             if self.graph is not None:
                 self.ring_events += self.graph.platform_event(event)
@@ -736,6 +754,16 @@ class Scorer:
             self.ring_events += graph.transaction(tx)
         self._taken()
         return out
+
+    def requester_ring(self, event: PlatformEvent) -> tuple[float, list[str]] | None:
+        """The strongest ring of a points request's requester in the ring book as it stands
+        (the rings the last scan found: a request moves no scan's clock, see
+        `GraphLayer.platform_event`); None without a graph layer or a user. Its merchant's
+        rings do not count: a request is no repeat payment there. The worker reads the
+        user's ring score the graph shard published (`streams.shards.requester_ring`)."""
+        if self.graph is None or event.user_id is None:
+            return None
+        return self.graph.ring_score(event.user_id, None)
 
     def _taken(self) -> None:
         """Takes the decider's adjustments, and its movements into the solvency monitor

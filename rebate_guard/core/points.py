@@ -5,8 +5,9 @@ and the platform's `points_grant`s. Points never turn into cash: a `points_withd
 always blocked. Of what a user has earned, only the policy's `redeemable_share` may leave the
 book as redemptions or transfers, and never more than the balance. Within those limits a
 request is weighed as a payment is: its rules' risk (`detectors.rules.REQUEST_RULES`, scored
-by the decider) gives a trust weight, which the policy's fixed thresholds turn into allow,
-scale (part of the points), hold or block; only the allowed part leaves the book.
+by the decider on the request's features and on the requester's ring in the graph) gives a
+trust weight, which the policy's fixed thresholds turn into allow, scale (part of the
+points), hold or block; only the allowed part leaves the book.
 
 A held request keeps its points aside (out of the balance, so they cannot be asked for
 twice) and is resolved as a held rebate is, by the same `Ledger`: a legitimate label on the

@@ -53,7 +53,7 @@ movements and the solvency shard), `wire` (identities, envelopes, marks) and `ch
 from __future__ import annotations
 
 from streams.shards.checkpoints import MOVED_CLASSES, MOVED_MODULES, load_checkpoint
-from streams.shards.completion import Completed, Entry, ring_of
+from streams.shards.completion import Completed, Entry, requester_ring, ring_of
 from streams.shards.inbox import EntityShard, GraphShard, Inbox
 from streams.shards.peers import PeerExchange
 from streams.shards.solvency import SOLVENCY_PARTITION, MovementFeed, SolvencyShard
@@ -93,5 +93,6 @@ __all__ = [
     "TreeWrite",
     "UserShard",
     "load_checkpoint",
+    "requester_ring",
     "ring_of",
 ]

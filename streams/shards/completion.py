@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from graph.layer import RingScore, merchant_ring_counts, ring_score_of
 from rebate_guard.contract.order import Event, order_key
-from rebate_guard.contract.records import Decision, Label, RebateAdjustment, Transaction
+from rebate_guard.contract.records import (
+    Decision,
+    Label,
+    PlatformEvent,
+    RebateAdjustment,
+    Transaction,
+)
 from rebate_guard.core.decider import REPEAT_AT_MERCHANT, Example, Features
 from streams.shards.wire import Identity, OrderKey
 
@@ -83,3 +89,14 @@ def ring_of(
     if merchant_ring_counts(vector[REPEAT_AT_MERCHANT]):
         at_merchant = ring_scores.get(("m", tx.merchant_id))
     return ring_score_of(ring_scores.get(("u", tx.user_id)), at_merchant)
+
+
+def requester_ring(
+    event: PlatformEvent, ring_scores: Mapping[tuple[str, str], RingScore]
+) -> tuple[float, list[str]] | None:
+    """The ring score and reason a points request is decided with: its requester's strongest
+    ring as the graph shard published it (`graph.layer.ring_score_of`), as replay reads it
+    from its ring book (`rebate_guard.core.decider.Scorer.requester_ring`)."""
+    if event.user_id is None:
+        return None
+    return ring_score_of(ring_scores.get(("u", event.user_id)))

@@ -36,7 +36,7 @@ from rebate_guard.core.backtest import history_row_json
 from rebate_guard.core.decider import Decider, Example
 from streams.alignment import Aligner, Released
 from streams.shards.checkpoints import upgraded_user_state
-from streams.shards.completion import Completed, Entry, ring_of
+from streams.shards.completion import Completed, Entry, requester_ring, ring_of
 from streams.shards.peers import PeerExchange
 from streams.shards.solvency import MovementFeed
 from streams.shards.user_checkpoints import UserCheckpoints
@@ -260,6 +260,23 @@ class UserShard(UserCheckpoints):
                 out.append(event)
         return out
 
+    def requesters(self) -> list[str]:
+        """The users of the points requests `complete` would decide now (whose ring scores
+        deciding them reads)."""
+        out = []
+        for entry in self.queue:
+            if entry.missing:
+                break
+            event = entry.event
+            if (
+                isinstance(event, PlatformEvent)
+                and event.kind in POINTS_REQUESTS
+                and event.user_id is not None
+                and not entry.repeat
+            ):
+                out.append(event.user_id)
+        return out
+
     def complete(
         self,
         decided_at: int,
@@ -279,9 +296,10 @@ class UserShard(UserCheckpoints):
         none after it was: `redo` ends.
 
         `ring_scores`: the strongest ring of each user ("u", id) and merchant ("m", id) of
-        `ready()` that is in one, as the graph shard last published (`GraphShard.take`);
-        `graph_down`: that graph shard is not running, so those scores may be stale and
-        the decisions fail closed."""
+        `ready()`, and of each of `requesters()`, that is in one, as the graph shard last
+        published (`GraphShard.take`); `graph_down`: that graph shard is not running, so
+        those scores may be stale and the payments' decisions fail closed (a points request
+        is weighed with the scores as they stand: its ring can only hold it)."""
         done = Completed()
         rings = ring_scores or {}
         stood = standing or {}
@@ -301,7 +319,10 @@ class UserShard(UserCheckpoints):
                     done.points_repeats.append(event.event_id)  # answered as it stands
                 elif not entry.repeat:
                     points = decider.platform_event(
-                        event, decided_at=decided_at, features=_request_features(entry)
+                        event,
+                        decided_at=decided_at,
+                        features=_request_features(entry),
+                        ring=requester_ring(event, rings),
                     )
                     if points is not None:
                         done.points.append(points)

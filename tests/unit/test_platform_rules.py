@@ -12,6 +12,7 @@ import pytest
 from detectors.rules import (
     DEFAULT_RULES,
     REQUEST_RULES,
+    REQUEST_RULES_BEFORE_REQUESTER,
     RULES_BEFORE_BINDING_RING,
     RULES_BEFORE_CYCLE,
     RULES_BEFORE_PLATFORM,
@@ -181,3 +182,39 @@ def test_a_cycle_members_payment_alone_is_stated_more_likely_fraud_than_not() ->
     cycle = ring_features((0.9, ["ring:commission_cycle"]))
     assert rules.explain_one(cycle) == ["commission_cycle_ring"]
     assert rules.score_one(cycle) > 0.6
+
+
+@pytest.mark.parametrize(
+    ("ring", "transfer", "codes"),
+    [
+        (None, 0.0, []),
+        ((0.71, ["ring:referral_farm"]), 0.0, ["requester_in_ring"]),
+        ((1.0, ["ring:brushing"]), 0.0, ["requester_in_ring"]),
+        ((0.7, ["ring:signup_batch"]), 0.0, []),  # made together: intent, not abuse yet
+        ((0.9, ["ring:collusion"]), 1.0, ["requester_in_ring", "points_transfer"]),
+    ],
+)
+def test_the_request_rules_read_the_requesters_ring(
+    ring: tuple[float, list[str]] | None, transfer: float, codes: list[str]
+) -> None:
+    """A request is weighed with its requester's ring (any kind but a signup batch): a ring
+    alone holds a plain redemption (w in [0.5, 0.8)); passing the points on as well blocks
+    it (w < 0.5)."""
+    x = {**ring_features(ring), "is_points_transfer": transfer}
+    risk, fired = request_rule_score().assess(x)
+    assert fired == codes
+    weight = 1.0 - risk
+    if codes == ["requester_in_ring"]:
+        assert 0.5 <= weight < 0.8
+    elif len(codes) == 2:
+        assert weight < 0.5
+    else:
+        assert weight >= 0.85
+
+
+def test_a_checkpoint_with_the_request_rules_of_before_the_requester_takes_todays() -> None:
+    old = RuleScore(rules=REQUEST_RULES_BEFORE_REQUESTER, name="request_rules")
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.rules == REQUEST_RULES
+    member = ring_features((0.9, ["ring:brushing"]))
+    assert old.explain_one(member) == [] and restored.explain_one(member) == ["requester_in_ring"]

@@ -7,7 +7,8 @@ import pickle
 from dataclasses import replace
 from typing import Any
 
-from detectors.rules import REQUEST_RULES
+from detectors.rules import REQUEST_RULES, REQUEST_RULES_BEFORE_REQUESTER, RuleScore
+from graph.layer import GraphLayer, Ring
 from rebate_guard.contract.records import Decision, PlatformEvent, SolvencyReading
 from rebate_guard.contract.validation import (
     parse_label,
@@ -388,3 +389,67 @@ def test_held_requests_and_their_books_survive_a_checkpoint() -> None:
     upgraded.__setstate__(back)
     assert upgraded.points.book("u") == [1_000, 10, 0, 0, 0]
     assert upgraded.points_rules.rules == REQUEST_RULES
+
+
+# --- what is known of the requester -------------------------------------------------------
+
+
+def in_ring(layer: GraphLayer, user: str, kind: str = "brushing", score: float = 0.9) -> None:
+    """The graph's ring book holds a ring of `kind` with `user` in it (as a scan records it)."""
+    members, at_ts = frozenset({user}), T0 - DAY
+    ring = Ring(f"r-{user}", kind, members, frozenset({"m1"}), score, at_ts, at_ts, {}, 0)
+    layer.book.rings[ring.ring_id] = ring
+    layer.book.by_user.setdefault(user, set()).add(ring.ring_id)
+
+
+def earned(scorer: Scorer, *users: str) -> None:
+    for user in users:
+        scorer.apply(at("points_grant", 5_000, f"earned-{user}", T0, user), 0)
+
+
+def test_a_ring_members_voucher_is_held_and_a_shoppers_allowed() -> None:
+    """A points request reads its requester's ring in the graph's book, as a payment reads its
+    user's: a ring member's voucher is held (`requester_in_ring`; a legitimate label or the
+    timeout releases it), a shopper's beside it allowed, and the member's transfer blocked."""
+    layer = GraphLayer()
+    scorer = Scorer(decider=Decider(policy=fixed_policy()), graph=layer)
+    for user in ("member", "shopper"):
+        scorer.apply(parse_signup(signup(user, T0 - 90 * DAY)), 0)
+    earned(scorer, "member", "shopper")
+    in_ring(layer, "member")
+    voucher = scorer.apply(at("points_redeem", 1_000, "v1", T0 + HOUR, "member"), 1)
+    assert voucher is not None
+    assert (voucher.action, voucher.reasons) == ("hold", ["requester_in_ring"])
+    assert voucher.trust_weight == 0.622459  # -3.5 + 3.0: 1 - logistic(-0.5), in the hold band
+    assert scorer.decider.points.book("member")[HELD] == 1_000
+    shoppers = scorer.apply(at("points_redeem", 1_000, "v2", T0 + HOUR, "shopper"), 1)
+    assert shoppers is not None
+    assert (shoppers.action, shoppers.reasons) == ("allow", [])
+    assert shoppers.rebate_granted_cents == 1_000
+    gift = scorer.apply(
+        at("points_transfer", 500, "t1", T0 + 2 * HOUR, "member", counterparty_id="buyer"), 2
+    )
+    assert gift is not None
+    assert (gift.action, gift.reasons) == ("block", ["requester_in_ring", "points_transfer"])
+    # A signup batch (accounts made together: a shop's sign-up drive too) holds nothing.
+    in_ring(layer, "shopper", kind="signup_batch", score=0.7)
+    batched = scorer.apply(at("points_redeem", 1_000, "v3", T0 + 3 * HOUR, "shopper"), 3)
+    assert batched is not None and (batched.action, batched.reasons) == ("allow", [])
+    # Without a graph layer nothing is known of rings: the same voucher is allowed.
+    alone = Scorer(decider=Decider(policy=fixed_policy()))
+    earned(alone, "member")
+    allowed = alone.apply(at("points_redeem", 1_000, "v1", T0 + HOUR, "member"), 1)
+    assert allowed is not None and allowed.action == "allow"
+
+
+def test_a_checkpoint_with_the_request_rules_of_before_the_ring_takes_todays() -> None:
+    """A decider pickled before requests read their requester's ring holds the three request
+    rules of then: it loads with today's, and holds a ring member's voucher."""
+    old = Decider(policy=fixed_policy())
+    old.points_rules = RuleScore(rules=REQUEST_RULES_BEFORE_REQUESTER, name="request_rules")
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.points_rules.rules == REQUEST_RULES
+    restored.points.earn("member", 5_000)
+    asked = at("points_redeem", 300, "r1", T0 + DAY, "member")
+    voucher = restored.platform_event(asked, decided_at=1, ring=(0.9, ["ring:brushing"]))
+    assert voucher is not None and voucher.reasons == ["requester_in_ring"]

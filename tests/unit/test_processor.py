@@ -410,6 +410,24 @@ def _platform(event_id: str, ts: int, kind: str, cents: int, **fields: Any) -> d
     return {"event_id": event_id, "ts": ts, "kind": kind, "amount_cents": cents} | fields
 
 
+def test_a_points_request_is_weighed_with_its_requesters_published_ring() -> None:
+    """The worker reads the ring score the graph shard published for each points request's
+    user, as for a payment's: a ring member's voucher is held, another user's allowed."""
+    proc, store, _ = make(partitions=1)
+    store.ring_scores[("u", "u1")] = (0.9, "brushing", "r-1")  # as the graph shard put it
+    events = [
+        points_grant("g1", T0, "u1", 10_000),
+        points_grant("g2", T0 + 1, "u2", 10_000),
+        _platform("r1", T0 + 2, "points_redeem", 300, user_id="u1", merchant_id="m1"),
+        _platform("r2", T0 + 3, "points_redeem", 300, user_id="u2", merchant_id="m1"),
+    ]
+    handle(proc, "platform-events", [raw("p.platform-events", i, e) for i, e in enumerate(events)])
+    drain(proc)
+    member, other = Decision.loads(store.decisions["r1"]), Decision.loads(store.decisions["r2"])
+    assert (member.action, member.reasons) == ("hold", ["requester_in_ring"])
+    assert (other.action, other.rebate_granted_cents) == ("allow", 300)
+
+
 def test_platform_events_are_validated_decided_once_and_move_the_books() -> None:
     """Bad platform events are dead letters; points requests get one stored decision each
     (a withdrawal is always blocked), a redelivered one is answered with it, and every event

@@ -49,7 +49,7 @@ from rebate_guard.contract.records import (
     Signup,
     Transaction,
 )
-from rebate_guard.contract.validation import parse_transaction
+from rebate_guard.contract.validation import parse_platform_event, parse_signup, parse_transaction
 from rebate_guard.core.decider import REPEAT_AT_MERCHANT, Decider, Example, Features, Scorer
 from rebate_guard.core.ledger import reconcile
 from rebate_guard.core.policy import Budget, default_policy
@@ -66,6 +66,7 @@ from streams.shards import (
     SolvencyShard,
     UserShard,
     load_checkpoint,
+    requester_ring,
     ring_of,
 )
 from streams.shards.checkpoints import chain_blob
@@ -211,6 +212,7 @@ class Cluster:
         if shard.redo:  # as the worker does: look up which are decided already
             standing = {t.tx_id: self.stood[t.tx_id] for t in ready if t.tx_id in self.stood}
         keys = {("u", t.user_id) for t in ready} | {("m", t.merchant_id) for t in ready}
+        keys |= {("u", user) for user in shard.requesters()}  # as the worker reads them
         rings = {k: self.ring_scores[k] for k in keys if k in self.ring_scores}
         done = shard.complete(0, standing, rings)
         for decision, x in done.decisions:
@@ -796,6 +798,47 @@ def test_the_graph_shard_finds_the_rings_of_bindings_and_transfers_as_replay_doe
     got = list({(e.ring_id, e.version): e for e in cluster.ring_events}.values())
     assert got == want
     assert cluster.graph.late == 0 and cluster.crashes >= 3
+
+
+def test_the_worker_weighs_a_points_request_with_its_requesters_ring_as_replay_does() -> None:
+    """A points request is weighed with its requester's ring: the worker's user shard reads
+    the ring score the graph shard published for the user (`requester_ring`), replay its
+    ring book (`Scorer.requester_ring`): a ring member's voucher is held in both, the same
+    decision, and a shopper's allowed."""
+    events: list[Event] = []
+    users = ("member", "shopper")
+    for user in users:
+        events.append(parse_signup(factories.signup(user, factories.T0 - 90 * factories.DAY)))
+    asks = [(kind, user) for kind in ("points_grant", "points_redeem") for user in users]
+    for i, (kind, user) in enumerate(asks):
+        fields = {"event_id": f"{kind}-{user}", "ts": factories.T0 + i * factories.HOUR}
+        amount = 5_000 if kind == "points_grant" else 1_000
+        events.append(
+            parse_platform_event({**fields, "kind": kind, "user_id": user, "amount_cents": amount})
+        )
+    layer = GraphLayer()
+    ring = Ring("r1", "brushing", frozenset({"member"}), frozenset({"m1"}), 0.9, 0, 0, {}, 0)
+    layer.book.rings["r1"] = ring
+    layer.book.by_user["member"] = {"r1"}
+    scorer = Scorer(features=FeatureEngine(CONFIG), decider=RecordingDecider(), graph=layer)
+    want = {}
+    for event in events:
+        decided = scorer.apply(event, decided_at=0)
+        if decided is not None:
+            want[decided.tx_id] = decided
+    cluster = _cluster(events, 1, 1, seed=5)
+    cluster.ring_scores[("u", "member")] = layer.book.best({"r1"})  # as the graph shard put it
+    cluster.run(crash_rate=0.0)
+    assert {t: d.asdict() for t, d in cluster.points.items()} == {
+        t: d.asdict() for t, d in want.items()
+    }
+    held, allowed = want["points_redeem-member"], want["points_redeem-shopper"]
+    assert (held.action, held.reasons) == ("hold", ["requester_in_ring"])
+    assert (allowed.action, allowed.reasons) == ("allow", [])
+    assert cluster.users[0].requesters() == []  # all decided
+    asked = events[-2]
+    assert isinstance(asked, PlatformEvent)
+    assert requester_ring(asked, {}) is None
 
 
 def test_the_worker_and_replay_give_a_transaction_the_same_ring() -> None:

@@ -194,6 +194,8 @@ def test_the_graph_runs_elsewhere_while_its_heartbeat_is_recent() -> None:
     assert store.graph_beat_ms == 1_004_000
     payment = parse_transaction(tx("t1", user_id="u1", merchant_id="m1"))
     assert status.ring_keys([payment]) == [("m", "m1"), ("u", "u1")]
+    # With the users of the points requests about to be decided (their rings weigh on them).
+    assert status.ring_keys([payment], ["u9", "u1"]) == [("m", "m1"), ("u", "u1"), ("u", "u9")]
 
 
 # --- the payment-time decider's bookkeeping -------------------------------------------------
