@@ -268,21 +268,19 @@ def largest_cuts(
     total = sum(expected.values())
     bins = sorted(expected)
     up_to = list(accumulate(expected[k] for k in bins))  # in bins <= k
-    squares = legit_sq or {}
-    sq_up_to = list(accumulate(max(0, squares.get(k, 0)) for k in bins))
-    # In the units of `allowed` (share ppm x ppm-cents): below x PPM + z x sd x PPM².
-    spread = [z_milli * isqrt(v) * PPM * PPM // 1000 for v in sq_up_to] if z_milli else None
+    # The margin in the units of `allowed` (share ppm x ppm-cents): z x sd x PPM².
+    margin = [0] * len(bins)
+    if z_milli and legit_sq:
+        sq_up_to = accumulate(max(0, legit_sq.get(k, 0)) for k in bins)
+        margin = [z_milli * isqrt(v) * PPM * PPM // 1000 for v in sq_up_to]
     cuts = []
     for share in shares_ppm:
         allowed = share * total
-        if spread is None:
-            found = (k for k, below in zip(bins, up_to, strict=True) if below * PPM > allowed)
-        else:
-            found = (
-                k
-                for k, below, sd in zip(bins, up_to, spread, strict=True)
-                if below * PPM + sd > allowed
-            )
+        found = (
+            k
+            for k, below, sd in zip(bins, up_to, margin, strict=True)
+            if below * PPM + sd > allowed
+        )
         cuts.append(next(found, BINS))
     return cuts
 
