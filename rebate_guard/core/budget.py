@@ -102,6 +102,11 @@ class Mark(NamedTuple):
     withheld: int
     #: The cents expected to be legitimate, in millionths of a cent.
     legit: int
+    #: What the payment added to `Tally.legit_sq` (cents²): E[X²] of its legitimate cents
+    #: X, which are its cents with probability 1 - q and none with q: cents² x (1 - q).
+    #: 0 in marks pickled before the squares: their payments added none, so a fraud label
+    #: takes none out.
+    squared: int = 0
 
 
 Bins = dict[int, int]  # weight bin -> cents (sparse: an epoch uses few bins)
@@ -119,8 +124,8 @@ class Tally:
     payments: dict[str, int] = field(default_factory=dict)
     withheld: dict[str, int] = field(default_factory=dict)
     fraud_withheld: dict[str, int] = field(default_factory=dict)
-    #: Sum of squares of the payments' expected legitimate cents per weight bin, in cents²:
-    #: how uncertain the money below a cut is (`largest_cuts`).
+    #: Sum of the payments' expected squared legitimate cents per weight bin (`Mark.squared`,
+    #: cents²): how uncertain the money below a cut is (`largest_cuts`).
     legit_sq: dict[str, Bins] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -132,7 +137,7 @@ class Tally:
     def add_payment(self, mark: Mark, sign: int = 1) -> None:
         _bump(self.money.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
         _bump(self.legit.setdefault(mark.category, {}), mark.bin, sign * mark.legit)
-        _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, sign * _squared(mark))
+        _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
         _bump(self.payments, mark.category, sign)
         _bump(self.withheld, mark.category, sign * mark.withheld)
 
@@ -140,7 +145,7 @@ class Tally:
         _bump(self.fraud.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
         _bump(self.fraud_withheld, mark.category, sign * mark.withheld)
         # Labelled fraud is no longer legitimate money that may or may not be there.
-        _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, -sign * _squared(mark))
+        _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, -sign * mark.squared)
 
     def add(self, other: Tally, sign: int = 1) -> None:
         """Adds (sign -1: subtracts) `other`."""
@@ -208,11 +213,6 @@ class Tally:
         )
 
 
-def _squared(mark: Mark) -> int:
-    """A payment's expected legitimate cents, squared (cents²)."""
-    return (mark.legit // PPM) ** 2
-
-
 def _bump(table: dict[Any, int], key: Any, by: int) -> None:
     value = table.get(key, 0) + by
     if value:
@@ -262,7 +262,7 @@ def largest_cuts(
     it, the next epoch's (unseen) payments below the same cut vary as much, and a cut right
     under the budget overspends it whenever one more big one falls below. So the cut keeps
     the money below plus `z_milli`/1000 of its standard error (the root of the sum of the
-    payments' squared legitimate cents, `Tally.legit_sq`) within the budget: money spread
+    payments' expected squared legitimate cents, `Tally.legit_sq`) within the budget: money spread
     over many small payments is nearly certain, one big payment's is not."""
     expected = legit_money(money, fraud, legit=legit)
     total = sum(expected.values())
@@ -393,7 +393,8 @@ class FrictionBudget:
         calibrated model yet, so its money counts as legitimate: the label-free bound)."""
         assert self.epoch is not None, "advance() before record()"
         legit = round(cents * min(1.0, max(0.0, legit_share)) * PPM)
-        mark = Mark(self.epoch, category or "", weight_bin(weight), cents, withheld, legit)
+        squared = cents * legit // PPM
+        mark = Mark(self.epoch, category or "", weight_bin(weight), cents, withheld, legit, squared)
         self.current.add_payment(mark)
         self.recorded[tx_id] = mark
         while len(self.recorded) > keep:

@@ -19,6 +19,7 @@ from rebate_guard.core.budget import (
     SHARED,
     Cut,
     FrictionBudget,
+    Mark,
     Tally,
     confident_z,
     largest_cut,
@@ -250,6 +251,36 @@ def test_a_tally_from_before_the_squares_loads_and_counts_as_certain() -> None:
     assert old.legit_sq == {} and old.money == budget.current.money
     old.add(budget.current)  # and it sums with the new ones
     assert old.legit_sq == {"": {500: 100**2}}
+
+
+def test_a_payments_spread_is_its_expected_squared_legitimate_cents() -> None:
+    """Legitimate with probability 1 - q, a payment of c cents adds c² x (1 - q) to the
+    squares (E[X²]), not (c x (1 - q))², which would take a half-doubtful payment's spread
+    for a quarter of a certain one's; before calibration (q = 0) the two are the same."""
+    budget = FrictionBudget()
+    budget.advance(T0, Budget(min_payments=1))
+    budget.record("doubtful", None, weight=0.5, cents=1_000, withheld=0, keep=10, legit_share=0.5)
+    budget.record("certain", None, weight=0.9, cents=1_000, withheld=0, keep=10)
+    assert budget.current.legit_sq[""] == {500: 500_000, 900: 1_000_000}
+    assert budget.current.legit[""] == {500: 500 * PPM, 900: 1_000 * PPM}
+
+
+def test_a_fraud_label_on_a_payment_recorded_before_the_squares_takes_none_out() -> None:
+    """A checkpoint from before the squares: its marks added no square, so a fraud label on
+    one must not subtract the square its payment would add today; the squares of payments
+    recorded after the restore stay whole."""
+    terms = Budget(min_payments=1)
+    budget = FrictionBudget()
+    budget.advance(T0, terms)
+    budget.record("old", None, weight=0.5, cents=1_000, withheld=0, keep=10)
+    budget.record("new", None, weight=0.5, cents=300, withheld=0, keep=10)
+    # As an old checkpoint restores: the tally without squares, the mark as a 6-tuple.
+    budget.current.legit_sq[""] = {500: 300**2}  # "new" was recorded after the restore
+    budget.recorded["old"] = pickle.loads(pickle.dumps(Mark(*budget.recorded["old"][:6])))
+    assert budget.recorded["old"].squared == 0
+    budget.fraud("old")
+    budget.advance(T0 + HOUR, terms)
+    assert budget.window.legit_sq[""] == {500: 300**2}
 
 
 def test_fraud_labels_loosen_the_cut_more_fraud_withheld_at_the_same_legit_friction() -> None:
