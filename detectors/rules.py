@@ -152,10 +152,11 @@ REQUEST_RULES = (
     _default("points_collector"),
     _default("young_account"),
     Rule("points_transfer", "is_points_transfer", threshold=0.5, log_odds=POINTS_TRANSFER_LOG_ODDS),
-    # The requester is in a ring the graph flagged (`graph.evidence.RING_SCORE`: its strongest
-    # ring's score, 0 in none; as a payment's user ring, `GraphLayer.ring_score`), of a kind
-    # concluded from the abuse itself, whose members' points come from the scheme; not a
-    # signup batch (`in_signup_batch`), accounts made together, which is what held
+    # The requester is in a ring the graph flagged (`graph.evidence.RING_SCORE`: the score of
+    # its strongest ring that is not a signup batch, `GraphLayer.requester_ring`, 0 in none),
+    # of a kind concluded from the abuse itself, whose members' points come from the scheme.
+    # Not a signup batch (`in_signup_batch`: for ring scores published before the requests'
+    # own, a user's strongest ring), accounts made together, which is what held
     # legitimate requests: on tuning worlds 0-3 (random profile, 20k) the rings held 65-99.8%
     # of the abusive requesters' points and 0.00-0.05% of the legitimate, all of these in
     # signup batches (with them held, world 2's legitimate points withheld went 0.034% ->

@@ -303,6 +303,19 @@ class RingBook:
         found = [self.rings[ring_id] for ring_id in ring_ids]
         return strongest((ring.score, ring.kind, ring.ring_id) for ring in found)
 
+    def best_for_request(self, ring_ids: set[str] | None) -> RingScore:
+        """The `strongest` of `ring_ids` that is not a signup batch: what a points request
+        reads (`GraphLayer.requester_ring`). A batch is accounts made together, intent and not
+        abuse yet, so a request excuses it (`detectors.base.in_signup_batch`); read as the
+        user's strongest ring, a bigger, stronger batch would hide the scheme a member of
+        both is in (a points collectors' ring among the accounts of one sign-up drive)."""
+        if not ring_ids:
+            return None
+        found = [self.rings[ring_id] for ring_id in ring_ids]
+        return strongest(
+            (ring.score, ring.kind, ring.ring_id) for ring in found if ring.kind != SIGNUP_BATCH
+        )
+
 
 def strongest(rings: Iterable[RingScore]) -> RingScore:
     """The strongest of `rings` (None: no ring): the highest score, ties to the first ring id;
@@ -415,6 +428,13 @@ class GraphLayer:
         book = self.book
         merchant = None if merchant_id is None else book.best(book.by_merchant.get(merchant_id))
         return ring_score_of(book.best(book.by_user.get(user_id)), merchant) or (0.0, [])
+
+    def requester_ring(self, user_id: str) -> tuple[float, list[str]]:
+        """The ring a points request of the user is weighed with: its strongest ring that is
+        not a signup batch (`RingBook.best_for_request`), its score and reason code (none
+        when there is none). A request is no repeat payment, so no merchant's ring counts."""
+        book = self.book
+        return ring_score_of(book.best_for_request(book.by_user.get(user_id))) or (0.0, [])
 
     def due(self, now: int) -> list[RingEvent]:
         """Event time has reached `now`: the scan (and rebuild) due by then, if any."""

@@ -12,6 +12,7 @@ from rebate_guard.contract.records import Transaction
 from rebate_guard.settings import Settings
 from streams.registry import ShardRegistry
 from streams.retry import Retrying
+from streams.shards.wire import REQUESTER
 from streams.store import DecisionStore, RingKey
 
 
@@ -66,8 +67,11 @@ class GraphStatus:
         self, ready: Sequence[Transaction], requesters: Sequence[str] = ()
     ) -> list[RingKey]:
         """Whose ring scores deciding `ready` and the requests of `requesters` reads: their
-        users' and the transactions' merchants'."""
+        users' and the transactions' merchants', and the rings the requesters' requests read
+        (`REQUESTER`; their users' too, for a user not republished since that key existed:
+        `streams.shards.requester_ring`)."""
         if not self.settings.graph:
             return []
         users = {tx.user_id for tx in ready} | set(requesters)
-        return sorted({("u", u) for u in users} | {("m", tx.merchant_id) for tx in ready})
+        asking = {(REQUESTER, u) for u in requesters}
+        return sorted({("u", u) for u in users} | asking | {("m", tx.merchant_id) for tx in ready})

@@ -756,14 +756,14 @@ class Scorer:
         return out
 
     def requester_ring(self, event: PlatformEvent) -> tuple[float, list[str]] | None:
-        """The strongest ring of a points request's requester in the ring book as it stands
-        (the rings the last scan found: a request moves no scan's clock, see
-        `GraphLayer.platform_event`); None without a graph layer or a user. Its merchant's
-        rings do not count: a request is no repeat payment there. The worker reads the
-        user's ring score the graph shard published (`streams.shards.requester_ring`)."""
+        """The ring a points request's requester is weighed with, in the ring book as it
+        stands (the rings the last scan found: a request moves no scan's clock, see
+        `GraphLayer.platform_event`): its strongest that is not a signup batch
+        (`GraphLayer.requester_ring`); None without a graph layer or a user. The worker reads
+        the one the graph shard published (`streams.shards.requester_ring`)."""
         if self.graph is None or event.user_id is None:
             return None
-        return self.graph.ring_score(event.user_id, None)
+        return self.graph.requester_ring(event.user_id)
 
     def _taken(self) -> None:
         """Takes the decider's adjustments, and its movements into the solvency monitor

@@ -20,7 +20,7 @@ from rebate_guard.contract.records import (
     Transaction,
 )
 from rebate_guard.core.decider import REPEAT_AT_MERCHANT, Example, Features
-from streams.shards.wire import Identity, OrderKey
+from streams.shards.wire import REQUESTER, Identity, OrderKey
 
 
 class Entry:
@@ -95,8 +95,15 @@ def requester_ring(
     event: PlatformEvent, ring_scores: Mapping[tuple[str, str], RingScore]
 ) -> tuple[float, list[str]] | None:
     """The ring score and reason a points request is decided with: its requester's strongest
-    ring as the graph shard published it (`graph.layer.ring_score_of`), as replay reads it
-    from its ring book (`rebate_guard.core.decider.Scorer.requester_ring`)."""
-    if event.user_id is None:
+    ring that is not a signup batch, as the graph shard published it (`REQUESTER`), as replay
+    reads it from its ring book (`rebate_guard.core.decider.Scorer.requester_ring`).
+
+    A user whose rings the graph shard has not republished since that key existed has none
+    of it: then its strongest ring, which a request rule excuses if it is a batch
+    (`detectors.rules.REQUEST_RULES`), as before."""
+    user = event.user_id
+    if user is None:
         return None
-    return ring_score_of(ring_scores.get(("u", event.user_id)))
+    key = (REQUESTER, user)
+    ring = ring_scores[key] if key in ring_scores else ring_scores.get(("u", user))
+    return ring_score_of(ring)

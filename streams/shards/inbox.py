@@ -21,7 +21,7 @@ from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, PlatformEvent, Signup, Transaction, from_row
 from streams.alignment import Aligner, Released
 from streams.shards.deltas import ENTITY_STORES, Plan, delta_blob
-from streams.shards.wire import ITEM_KINDS, DepthKey, DepthRequest, Identity, drain
+from streams.shards.wire import ITEM_KINDS, REQUESTER, DepthKey, DepthRequest, Identity, drain
 
 
 @dataclass
@@ -180,7 +180,8 @@ class GraphShard(Inbox):
 
     layer: GraphLayer
     ring_events: list[RingEvent] = field(default_factory=list)
-    #: ("u" or "m", id) -> its strongest ring now, for those that changed.
+    #: ("u" or "m", id) -> its strongest ring now, and (`REQUESTER`, user id) -> the one its
+    #: points requests read, for those that changed.
     scores: dict[tuple[str, str], RingScore] = field(default_factory=dict)
 
     def apply(self, released: list[Released]) -> None:
@@ -203,7 +204,9 @@ class GraphShard(Inbox):
         book = self.layer.book
         for event in events:
             for user in event.users:
-                self.scores[("u", user)] = book.best(book.by_user.get(user))
+                rings = book.by_user.get(user)
+                self.scores[("u", user)] = book.best(rings)
+                self.scores[(REQUESTER, user)] = book.best_for_request(rings)
             if event.kind in MERCHANT_RINGS:
                 for merchant in event.merchants:
                     self.scores[("m", merchant)] = book.best(book.by_merchant.get(merchant))

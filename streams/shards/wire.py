@@ -28,6 +28,10 @@ TOPIC_CODES = {TRANSACTIONS: 0, SIGNUPS: 1, LABELS: 2, PLATFORM_EVENTS: 3}
 Identity = tuple[int, int]  # (topic code, offset): one input message of a user partition
 #: Where an event sits in event-time order: `order_key` without the input order.
 OrderKey = tuple[int, int, str]
+#: The ring scores' key kind of the ring a user's points requests read (`REQUESTER`, user id):
+#: its strongest that is not a signup batch (`graph.layer.GraphLayer.requester_ring`), beside
+#: its strongest ("u", user id) and a merchant's ("m", merchant id).
+REQUESTER = "r"
 #: What a referral-tree write is: (user, referrer, signup ts).
 TreeWrite = tuple[str, str, int]
 #: A referral depth to find: keyed by (user, signup ts), asked as (referrer, user, signup ts).

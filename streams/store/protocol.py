@@ -17,7 +17,8 @@ from graph.layer import RingScore
 RECENT_KEEP = 100
 #: How many of them `stats` returns (the status page's table).
 RECENT_SHOWN = 20
-#: A user ("u", id) or a merchant ("m", id), as ring scores are keyed.
+#: A user ("u", id) or a merchant ("m", id), as ring scores are keyed; or the ring a user's
+#: points requests read (`streams.shards.wire.REQUESTER`, id).
 RingKey = tuple[str, str]
 #: The solvency readings kept per scope (the platform's and the regions'), oldest dropped.
 SOLVENCY_SERIES_KEEP = 2_000

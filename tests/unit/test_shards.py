@@ -35,7 +35,13 @@ from graph.layer import (
     RingScore,
     merchant_ring_counts,
 )
-from graph.rings import BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR
+from graph.rings import (
+    BINDING_RING,
+    COMMISSION_CYCLE,
+    COUPON_FARM,
+    POINTS_COLLECTOR,
+    SIGNUP_BATCH,
+)
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import (
     LABELS,
@@ -72,6 +78,7 @@ from streams.shards import (
 from streams.shards.checkpoints import chain_blob
 from streams.shards.deltas import ENTITY_STORES, USER_STORES, DeltaChain
 from streams.shards.solvency import Output
+from streams.shards.wire import REQUESTER
 from tests import factories
 
 CONFIG = EngineConfig()
@@ -212,7 +219,8 @@ class Cluster:
         if shard.redo:  # as the worker does: look up which are decided already
             standing = {t.tx_id: self.stood[t.tx_id] for t in ready if t.tx_id in self.stood}
         keys = {("u", t.user_id) for t in ready} | {("m", t.merchant_id) for t in ready}
-        keys |= {("u", user) for user in shard.requesters()}  # as the worker reads them
+        for user in shard.requesters():  # as the worker reads them (`GraphStatus.ring_keys`)
+            keys |= {("u", user), (REQUESTER, user)}
         rings = {k: self.ring_scores[k] for k in keys if k in self.ring_scores}
         done = shard.complete(0, standing, rings)
         for decision, x in done.decisions:
@@ -798,17 +806,20 @@ def test_the_graph_shard_finds_the_rings_of_bindings_and_transfers_as_replay_doe
     got = list({(e.ring_id, e.version): e for e in cluster.ring_events}.values())
     assert got == want
     assert cluster.graph.late == 0 and cluster.crashes >= 3
+    # What it published for the scoring path is replay's ring book: each member's strongest
+    # ring, and the one its points requests read (none of them a signup batch).
+    assert scorer.graph is not None
+    book = scorer.graph.book
+    for user, rings in book.by_user.items():
+        assert cluster.ring_scores.get(("u", user)) == book.best(rings)
+        assert cluster.ring_scores.get((REQUESTER, user)) == book.best_for_request(rings)
 
 
-def test_the_worker_weighs_a_points_request_with_its_requesters_ring_as_replay_does() -> None:
-    """A points request is weighed with its requester's ring: the worker's user shard reads
-    the ring score the graph shard published for the user (`requester_ring`), replay its
-    ring book (`Scorer.requester_ring`): a ring member's voucher is held in both, the same
-    decision, and a shopper's allowed."""
-    events: list[Event] = []
-    users = ("member", "shopper")
-    for user in users:
-        events.append(parse_signup(factories.signup(user, factories.T0 - 90 * factories.DAY)))
+def _points_asked(users: tuple[str, ...]) -> list[Event]:
+    """Old accounts, each given points, then each asking to redeem some, an hour apart."""
+    events: list[Event] = [
+        parse_signup(factories.signup(user, factories.T0 - 90 * factories.DAY)) for user in users
+    ]
     asks = [(kind, user) for kind in ("points_grant", "points_redeem") for user in users]
     for i, (kind, user) in enumerate(asks):
         fields = {"event_id": f"{kind}-{user}", "ts": factories.T0 + i * factories.HOUR}
@@ -816,18 +827,30 @@ def test_the_worker_weighs_a_points_request_with_its_requesters_ring_as_replay_d
         events.append(
             parse_platform_event({**fields, "kind": kind, "user_id": user, "amount_cents": amount})
         )
+    return events
+
+
+def _replayed(events: list[Event], layer: GraphLayer) -> dict[str, Any]:
+    """Replay's decisions on `events` by id, with the ring book of `layer`."""
+    scorer = Scorer(features=FeatureEngine(CONFIG), decider=RecordingDecider(), graph=layer)
+    decided = (scorer.apply(event, decided_at=0) for event in events)
+    return {d.tx_id: d for d in decided if d is not None}
+
+
+def test_the_worker_weighs_a_points_request_with_its_requesters_ring_as_replay_does() -> None:
+    """A points request is weighed with its requester's ring: the worker's user shard reads
+    the ring score the graph shard published for the user (`requester_ring`), replay its
+    ring book (`Scorer.requester_ring`): a ring member's voucher is held in both, the same
+    decision, and a shopper's allowed."""
+    events = _points_asked(("member", "shopper"))
     layer = GraphLayer()
     ring = Ring("r1", "brushing", frozenset({"member"}), frozenset({"m1"}), 0.9, 0, 0, {}, 0)
     layer.book.rings["r1"] = ring
     layer.book.by_user["member"] = {"r1"}
-    scorer = Scorer(features=FeatureEngine(CONFIG), decider=RecordingDecider(), graph=layer)
-    want = {}
-    for event in events:
-        decided = scorer.apply(event, decided_at=0)
-        if decided is not None:
-            want[decided.tx_id] = decided
+    want = _replayed(events, layer)
     cluster = _cluster(events, 1, 1, seed=5)
-    cluster.ring_scores[("u", "member")] = layer.book.best({"r1"})  # as the graph shard put it
+    for key in (("u", "member"), (REQUESTER, "member")):  # as the graph shard puts them
+        cluster.ring_scores[key] = layer.book.best({"r1"})
     cluster.run(crash_rate=0.0)
     assert {t: d.asdict() for t, d in cluster.points.items()} == {
         t: d.asdict() for t, d in want.items()
@@ -839,6 +862,48 @@ def test_the_worker_weighs_a_points_request_with_its_requesters_ring_as_replay_d
     asked = events[-2]
     assert isinstance(asked, PlatformEvent)
     assert requester_ring(asked, {}) is None
+
+
+def test_a_points_request_reads_the_scheme_a_stronger_signup_batch_would_hide() -> None:
+    """A member of a signup batch (0.95) and of a points collectors' ring (0.6): its points
+    request reads its strongest ring that is not a batch, and `requester_in_ring` holds it,
+    in the worker (the graph shard's `REQUESTER` score) and in replay (the ring book) alike.
+    Read as its strongest ring, the batch's excuse let the scheme's voucher through. A user in
+    the batch alone is excused. A worker reading scores published before the requests' own
+    key weighs the user's strongest ring, as before."""
+    users = ("member", "batchmate")
+    events = _points_asked(users)
+    layer = GraphLayer()
+    book = layer.book
+    for ring in (
+        Ring("r0", SIGNUP_BATCH, frozenset(users), frozenset(), 0.95, 0, 0, {}, 0),
+        Ring("r1", POINTS_COLLECTOR, frozenset({"member"}), frozenset(), 0.6, 0, 0, {}, 0),
+    ):
+        book.rings[ring.ring_id] = ring
+        for user in ring.users:
+            book.by_user.setdefault(user, set()).add(ring.ring_id)
+    assert layer.ring_score("member", None) == (0.95, ["ring:signup_batch"])
+    assert layer.requester_ring("member") == (0.6, ["ring:points_collector"])
+    assert layer.requester_ring("batchmate") == (0.0, [])
+    want = _replayed(events, layer)
+    held, excused = want["points_redeem-member"], want["points_redeem-batchmate"]
+    assert (held.action, held.reasons) == ("hold", ["requester_in_ring"])
+    assert (excused.action, excused.reasons) == ("allow", [])
+    for published_for_requests in (True, False):
+        cluster = _cluster(events, 1, 1, seed=5)
+        for user in users:  # as the graph shard puts them (`GraphInbox`)
+            rings = book.by_user[user]
+            cluster.ring_scores[("u", user)] = book.best(rings)
+            if published_for_requests:
+                cluster.ring_scores[(REQUESTER, user)] = book.best_for_request(rings)
+        cluster.run(crash_rate=0.0)
+        got = cluster.points["points_redeem-member"]
+        if published_for_requests:
+            assert {t: d.asdict() for t, d in cluster.points.items()} == {
+                t: d.asdict() for t, d in want.items()
+            }
+        else:
+            assert (got.action, got.reasons) == ("allow", [])
 
 
 def test_the_worker_and_replay_give_a_transaction_the_same_ring() -> None:
