@@ -62,7 +62,8 @@ class Keys:
         return f"{self.prefix}alert:{alert_id}"
 
     def ring_score(self, key: tuple[str, str]) -> str:
-        """A user's ("u", id) or merchant's ("m", id) strongest ring."""
+        """A user's ("u", id) or merchant's ("m", id) strongest ring, or the ring a user's
+        points requests read ("r", id: `streams.shards.wire.REQUESTER`)."""
         return f"{self.prefix}ring:{key[0]}:{key[1]}"
 
 
