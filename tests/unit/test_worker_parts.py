@@ -22,6 +22,7 @@ from streams.registry import ShardRegistry, entity_unit, graph_unit, solvency_un
 from streams.retry import Retrying
 from streams.shard_reports import ShardReports
 from streams.shards import Completed
+from streams.shards.wire import REQUESTER
 from streams.sink import MemorySink, key_partition
 from streams.store import MemoryDecisionStore
 from tests.factories import decision, tx
@@ -194,8 +195,15 @@ def test_the_graph_runs_elsewhere_while_its_heartbeat_is_recent() -> None:
     assert store.graph_beat_ms == 1_004_000
     payment = parse_transaction(tx("t1", user_id="u1", merchant_id="m1"))
     assert status.ring_keys([payment]) == [("m", "m1"), ("u", "u1")]
-    # With the users of the points requests about to be decided (their rings weigh on them).
-    assert status.ring_keys([payment], ["u9", "u1"]) == [("m", "m1"), ("u", "u1"), ("u", "u9")]
+    # With the users of the points requests about to be decided: the ring their requests
+    # read, and their strongest, for scores published before that key existed.
+    assert status.ring_keys([payment], ["u9", "u1"]) == [
+        ("m", "m1"),
+        (REQUESTER, "u1"),
+        (REQUESTER, "u9"),
+        ("u", "u1"),
+        ("u", "u9"),
+    ]
 
 
 # --- the payment-time decider's bookkeeping -------------------------------------------------
