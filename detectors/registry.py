@@ -27,8 +27,13 @@ DETECTOR_MEMBERS = tuple(
 
 def is_detector(cls: type) -> TypeGuard[type[Detector]]:
     """`cls` implements `Detector`: it has every member in `DETECTOR_MEMBERS`, and is not
-    itself a protocol (a class is one when `Protocol` is among its bases)."""
-    return Protocol not in cls.__bases__ and all(hasattr(cls, m) for m in DETECTOR_MEMBERS)
+    itself a protocol (a class is one when `Protocol` is among its bases) nor abstract (a
+    base whose subclasses are the detectors, `detectors.rule_say.FiringSay`)."""
+    return (
+        Protocol not in cls.__bases__
+        and not inspect.isabstract(cls)
+        and all(hasattr(cls, m) for m in DETECTOR_MEMBERS)
+    )
 
 
 def all_detectors() -> list[type[Detector]]:
@@ -42,8 +47,8 @@ def all_detectors() -> list[type[Detector]]:
     Examples
     --------
     >>> [cls.__name__ for cls in all_detectors()]  # doctest: +NORMALIZE_WHITESPACE
-    ['AnomalyScore', 'GaussianAnomaly', 'ForestClassifier', 'OnlineClassifier', 'RingSay',
-     'RiskModel', 'RuleSay', 'RuleScore']
+    ['AnomalyScore', 'GaussianAnomaly', 'ForestClassifier', 'OnlineClassifier',
+     'RingKindSay', 'RingSay', 'RiskModel', 'RuleSay', 'RuleScore']
     """
     found: list[type[Detector]] = []
     for module_info in sorted(pkgutil.iter_modules(detectors.__path__), key=lambda m: m.name):

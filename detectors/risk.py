@@ -30,9 +30,12 @@ features the classifier sees as it takes over.
 
 The u_j are the calibrated signals (`RiskModel.calibrated_signals`): detectors whose score is
 a fraud probability among all payments learned from labels, a precision at the labels' prior
-shift. By default (`default_calibrated`) there is one, the rules' say
+shift. By default (`default_calibrated`) there are two. The rules' say
 (`detectors.rule_say`): the precision of the most precise rule that fires, learned from the
-labels of the payments each rule fired on, starting from what the rule states. They count
+labels of the payments each rule fired on, starting from what the rule states. The ring
+kinds' say (`detectors.ring_say.RingKindSay`), the same for the kind of the ring a payment
+was scored with, starting from 1/2: the trusted classifier sees a ring only through its
+features and drowns a kind found late as it drowns a rare rule. They count
 whatever c is, because the classifier learns the rules only through one input, r: a rare
 rule (a few dozen payments a world) whose firings are nearly all fraud moves its fit little,
 so once c = 1 its firings were drowned (issue #21: on tuning worlds 0-1 of the random
@@ -84,8 +87,8 @@ from detectors.anomaly import GaussianAnomaly
 from detectors.base import Features, PriorDetector, Reading, signed_up_at_till
 from detectors.online import Classifier, ForestClassifier, OnlineClassifier
 from detectors.prior_shift import PriorShift
-from detectors.ring_say import RingSay
-from detectors.rule_say import RuleSay
+from detectors.ring_say import RingKindSay, RingSay
+from detectors.rule_say import FiringSay, RuleSay
 from detectors.rules import RuleScore
 
 RULE_RISK = "rule_risk"
@@ -153,14 +156,21 @@ def default_signals() -> list[Signal]:
 
 def default_calibrated(signals: list[Signal]) -> list[PriorDetector]:
     """The calibrated signals (`RiskModel.calibrated_signals`): the say of the rules among
-    `signals` (`detectors.rule_say`), sharing their rule set; none without rules.
+    `signals` (`detectors.rule_say`), sharing their rule set, and of the ring kinds when the
+    ring's say is among them (`detectors.ring_say.RingKindSay`); none without either.
 
     Examples
     --------
     >>> [d.name for d in default_calibrated(default_signals())], default_calibrated([])
-    (['rule_say'], [])
+    (['rule_say', 'ring_kind_say'], [])
     """
-    return [RuleSay(rules=s.detector) for s in signals if isinstance(s.detector, RuleScore)]
+    says: list[PriorDetector] = []
+    for signal in signals:
+        if isinstance(signal.detector, RuleScore):
+            says.append(RuleSay(rules=signal.detector))
+        elif isinstance(signal.detector, RingSay):
+            says.append(RingKindSay())
+    return says
 
 
 def _signals(
@@ -422,7 +432,7 @@ class RiskModel:
         for detector, reading in zip(self._detectors(), assessment.readings, strict=True):
             detector.learn_scored(reading)
             # The rules' say learns what q already says on the payments each rule fires on.
-            if assessment.q is not None and isinstance(detector, RuleSay) and reading.learnable:
+            if assessment.q is not None and isinstance(detector, FiringSay) and reading.learnable:
                 codes, cents = reading.learnable
                 detector.learn_beside(codes, assessment.q, rebate_cents=cents)
         self.n_scored += 1

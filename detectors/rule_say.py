@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 import operator
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,100 +82,71 @@ Q_BINS = 100
 BESIDE_MEMORY = 1_000
 #: Each bin's q (its middle), as `floor` reads the histogram.
 _BIN_Q = tuple((b + 0.5) / Q_BINS for b in range(Q_BINS))
-#: `RuleSay`'s caches: rebuilt from its counts, histograms and rules, never pickled.
+#: `FiringSay`'s caches (and `RuleSay`'s): rebuilt from its counts, histograms and rules,
+#: never pickled.
 _CACHES = ("_says", "_says_shift", "_floors", "_stated", "_stated_of")
 
 
 @dataclass(kw_only=True)
-class RuleSay:
-    """Each rule's precision, learned from the labels of payments it fired on (module
-    docstring).
+class FiringSay(ABC):
+    """The say of whatever fires on a payment (a rule, a ring's kind: each a `code`), learned
+    from the labels of payments it fired on, as a floor under the classifier's q (module
+    docstring). A subclass says what fires (`codes`) and what a code says before its labels
+    (`stated`).
 
     Parameters
     ----------
-    rules : RuleScore
-        The rules whose say it learns (the risk model's own, shared: the same rule set).
     prior_labels : float
-        The weight of each rule's stated score, in labels.
+        The weight of each code's stated score, in labels.
     name : str
         Its name in reason codes and reports.
-
-    Examples
-    --------
-    Before any label a firing rule says what it says alone: a shared device
-    logistic(-3.5 + 3.0). Labels of the payments it fires on move its say.
-
-    >>> say = RuleSay()
-    >>> shared = {"device_user_count_7d": 8.0}
-    >>> round(say.score_one(shared), 3), say.score_one({})
-    (0.378, 0.0)
-    >>> for _ in range(6):
-    ...     say.learn_one(shared, True)
-    >>> round(say.score_one(shared), 3), say.fraud
-    (0.844, {'device_shared_7d': 6.0})
     """
 
-    rules: RuleScore = field(default_factory=RuleScore)
     prior_labels: float = PRIOR_LABELS
-    #: rule code -> labelled fraud / legitimate payments it fired on, each weighed by its
-    #: rebate against the mean rebate of the rule's recent firings (`label_weight`).
+    #: code -> labelled fraud / legitimate payments it fired on, each weighed by its
+    #: rebate against the mean rebate of the code's recent firings (`label_weight`).
     fraud: dict[str, float] = field(default_factory=dict)
     legit: dict[str, float] = field(default_factory=dict)
-    #: rule code -> the rebate money of its recent firings by the classifier's calibrated q
+    #: code -> the rebate money of its recent firings by the classifier's calibrated q
     #: (`Q_BINS` bins), then how many firings they were: what its say adds to q (module
-    #: docstring). None for a rule: its whole precision.
+    #: docstring). None for a code: its whole precision.
     beside: dict[str, list[float]] = field(default_factory=dict)
     memory: int = BESIDE_MEMORY
-    name: str = "rule_say"
-    #: Each rule's say at `_says_shift`, with the counts it was learnt from: a rule's say is
+    name: str = "firing_say"
+    #: Each code's say at `_says_shift`, with the counts it was learnt from: a code's say is
     #: computed once per shift and per label of its payments, not per payment (the posterior
     #: is a sum over a grid). Not pickled.
     _says: dict[str, tuple[float, float, float]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _says_shift: float = field(default=0.0, init=False, repr=False, compare=False)
-    #: Each rule's floor, with the precision and the histogram (`beside`'s list, None before
-    #: any) it was found for: dropped when the rule's histogram learns (`learn_beside`), so a
-    #: rule's floor is found once per firing that moved it, not once per payment. Not pickled.
+    #: Each code's floor, with the precision and the histogram (`beside`'s list, None before
+    #: any) it was found for: dropped when the code's histogram learns (`learn_beside`), so a
+    #: code's floor is found once per firing that moved it, not once per payment. Not pickled.
     _floors: dict[str, tuple[float, list[float] | None, float]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    #: Each rule's stated score, for the rule set `_stated_of` (rules are frozen: a new set
-    #: is a new tuple).
-    _stated: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _stated_of: tuple[Any, float] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
 
-    @classmethod
-    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
-        yield {}
+    @abstractmethod
+    def codes(self, x: Features) -> list[str]:
+        """What fires on `x` (each a code with a say of its own)."""
+
+    @abstractmethod
+    def stated(self, code: str) -> float:
+        """What `code` says before any label: its prior precision."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in _CACHES}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restores a checkpoint; one from before `beside` has seen no q yet: each rule says
+        """Restores a checkpoint; one from before `beside` has seen no q yet: each code says
         its whole precision until it has."""
         self.__dict__.update({"beside": {}, "memory": BESIDE_MEMORY, **state})
         self._says, self._says_shift, self._floors = {}, 0.0, {}
-        self._stated, self._stated_of = {}, None
-
-    def stated(self, code: str) -> float:
-        """What the rule `code` says alone: logistic(base + its log-odds)."""
-        rules = self.rules
-        of = (rules.rules, rules.base_log_odds)
-        if self._stated_of != of:  # rules compared by identity first: a tuple's way
-            self._stated = {
-                r.code: 1.0 / (1.0 + math.exp(-(rules.base_log_odds + r.log_odds)))
-                for r in rules.rules
-            }
-            self._stated_of = of
-        return self._stated[code]
 
     def precision(self, code: str, log_odds_shift: float = 0.0) -> float:
-        """P(fraud | the rule `code` fires), among all payments when `log_odds_shift` is the
-        labels' prior shift (0: among the labelled ones)."""
+        """P(fraud | `code` fires), among all payments when `log_odds_shift` is the labels'
+        prior shift (0: among the labelled ones)."""
         if log_odds_shift != self._says_shift:
             self._says, self._says_shift = {}, log_odds_shift
         fraud, legit = self.fraud.get(code, 0), self.legit.get(code, 0)
@@ -234,7 +206,7 @@ class RuleSay:
     def score(self, x: Features, log_odds_shift: float = 0.0) -> float:
         """The largest say of the rules that fire on `x` (0: none fires): each rule's floor
         under q at its precision (`floor`)."""
-        return self._say_of(self.rules.assess(x)[1], log_odds_shift)
+        return self._say_of(self.codes(x), log_odds_shift)
 
     def _say_of(self, codes: list[str], log_odds_shift: float) -> float:
         """The largest say of the rules `codes`: `precision` and `floor` inlined where both
@@ -287,7 +259,7 @@ class RuleSay:
     def read(self, x: Features, *, log_odds_shift: float = 0.0) -> Reading:
         """Its part in the risk model: `score` at the labels' prior shift. No reason: the
         rules' own reading names the rules that fire (kept as what `learn_beside` learns)."""
-        codes = self.rules.assess(x)[1]
+        codes = self.codes(x)
         score = self._say_of(codes, log_odds_shift)
         return Reading(score, [], (codes, rebate_cents(x)) if codes else None)
 
@@ -350,14 +322,77 @@ class RuleSay:
         if y is None:
             return
         counts = self.fraud if y else self.legit
-        for code in self.rules.assess(x)[1]:
+        for code in self.codes(x):
             counts[code] = counts.get(code, 0.0) + self.label_weight(code, x)
 
-    def learn_scored(self, reading: Reading) -> None:
-        """Scoring teaches it nothing: only labels do."""
+    def learn_scored(self, reading: Reading) -> None:  # noqa: B027 (a no-op, not abstract)
+        """Scoring teaches it nothing: only labels do (and q, through `learn_beside`)."""
 
     def learn_label(self, x: Features, fraud: bool) -> None:
         self.learn_one(x, fraud)
+
+
+@dataclass(kw_only=True)
+class RuleSay(FiringSay):
+    """Each rule's precision, learned from the labels of payments it fired on (module
+    docstring).
+
+    Parameters
+    ----------
+    rules : RuleScore
+        The rules whose say it learns (the risk model's own, shared: the same rule set).
+    prior_labels : float
+        The weight of each rule's stated score, in labels.
+    name : str
+        Its name in reason codes and reports.
+
+    Examples
+    --------
+    Before any label a firing rule says what it says alone: a shared device
+    logistic(-3.5 + 3.0). Labels of the payments it fires on move its say.
+
+    >>> say = RuleSay()
+    >>> shared = {"device_user_count_7d": 8.0}
+    >>> round(say.score_one(shared), 3), say.score_one({})
+    (0.378, 0.0)
+    >>> for _ in range(6):
+    ...     say.learn_one(shared, True)
+    >>> round(say.score_one(shared), 3), say.fraud
+    (0.844, {'device_shared_7d': 6.0})
+    """
+
+    rules: RuleScore = field(default_factory=RuleScore)
+    name: str = "rule_say"
+    #: Each rule's stated score, for the rule set `_stated_of` (rules are frozen: a new set
+    #: is a new tuple).
+    _stated: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _stated_of: tuple[Any, float] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
+        yield {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._stated, self._stated_of = {}, None
+
+    def codes(self, x: Features) -> list[str]:
+        """The rules that fire on `x`."""
+        return self.rules.assess(x)[1]
+
+    def stated(self, code: str) -> float:
+        """What the rule `code` says alone: logistic(base + its log-odds)."""
+        rules = self.rules
+        of = (rules.rules, rules.base_log_odds)
+        if self._stated_of != of:  # rules compared by identity first: a tuple's way
+            self._stated = {
+                r.code: 1.0 / (1.0 + math.exp(-(rules.base_log_odds + r.log_odds)))
+                for r in rules.rules
+            }
+            self._stated_of = of
+        return self._stated[code]
 
     def explain_one(self, x: Features) -> list[str]:
         return self.rules.explain_one(x)

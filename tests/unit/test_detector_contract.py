@@ -108,15 +108,16 @@ def test_every_detector_declares_the_parameters_it_is_tested_with() -> None:
 
 def _scoring_classes() -> set[str]:
     """The classes in detectors/*.py that define `score_one`, read from the source (the
-    protocols that declare it aside): a check on the registry that does not go through it."""
+    protocols that declare it and the abstract bases that share it aside): a check on the
+    registry that does not go through it."""
     found = set()
     for path in Path(detectors.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.ClassDef):
                 continue
-            protocol = any(isinstance(b, ast.Name) and b.id == "Protocol" for b in node.bases)
+            base = any(isinstance(b, ast.Name) and b.id in ("Protocol", "ABC") for b in node.bases)
             methods = {item.name for item in node.body if isinstance(item, ast.FunctionDef)}
-            if "score_one" in methods and not protocol:
+            if "score_one" in methods and not base:
                 found.add(f"detectors.{path.stem}.{node.name}")
     return found
 

@@ -203,7 +203,7 @@ def test_the_default_prior_is_the_documented_noisy_or_of_rules_anomaly_and_ring(
     odd = {"amount_cents": 900_000.0, "user_tx_count_24h": 30.0}
     x = {**odd, **ring_features((0.8, ["ring:cash_out"]))}
     assessment = model.assess(x)
-    r, a, g, _rule_say = (reading.score for reading in assessment.readings)
+    r, a, g, _rule_say, _kind_say = (reading.score for reading in assessment.readings)
     assert r > 0.0 and a > 0.5 and g == pytest.approx(0.4)
     assert assessment.risk == 1.0 - (1.0 - r) * (1.0 - 0.5 * a) * (1.0 - g)  # bit for bit
     assert assessment.enriched == {**x, RULE_RISK: r, ANOMALY_SCORE: a}

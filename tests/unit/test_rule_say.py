@@ -52,6 +52,12 @@ def _world(rng: random.Random, n: int, *, rare: float = 0.006) -> list[tuple[Fea
 World = Callable[[random.Random, int], list[tuple[Features, bool]]]
 
 
+def _rules_say(model: RiskModel) -> RuleSay:
+    """The rules' say among the model's calibrated signals (beside the ring kinds')."""
+    (say,) = [d for d in model.calibrated_signals or () if isinstance(d, RuleSay)]
+    return say
+
+
 def _trained(
     model: RiskModel, seed: int = 5, n: int = 6_000, world: World | None = None
 ) -> RiskModel:
@@ -72,7 +78,7 @@ def test_a_rare_precise_rule_keeps_its_say_once_the_classifier_is_trusted() -> N
     twentieth of legitimate payments is labelled) put well above q."""
     model, plain = _trained(RiskModel()), _trained(RiskModel(calibrated_signals=[]))
     assert model.confidence() == 1.0 and model.prior_shift.fits > 0
-    (say,) = model.calibrated_signals or []
+    say = _rules_say(model)
     assert isinstance(say, RuleSay) and say.legit == {} and say.fraud["points_collector"] > 20
     precision = say.precision("points_collector", model.prior_shift.shift)
     assert precision > 0.6
@@ -122,7 +128,7 @@ def test_the_say_is_the_strongest_firing_rules_and_never_lowers_risk() -> None:
     """Monotone: risk is the largest of the blend and the say, so a stronger say never
     lowers it; the say of a payment is its most precise firing rule's."""
     model = _trained(RiskModel())
-    (say,) = model.calibrated_signals or []
+    say = _rules_say(model)
     assert isinstance(say, RuleSay)
     both = {"a": 0.0, "b": 0.0, "points_givers_30d": COLLECTED, "user_account_age_s": 600.0}
     shift = model.prior_shift.shift
@@ -137,7 +143,7 @@ def test_the_say_is_the_strongest_firing_rules_and_never_lowers_risk() -> None:
 def test_the_say_shares_the_models_rules_and_pickles_with_them() -> None:
     model = _trained(RiskModel(), n=1_000)
     again = pickle.loads(pickle.dumps(model))
-    (say,) = again.calibrated_signals or []
+    say = _rules_say(again)
     assert isinstance(say, RuleSay) and isinstance(again.signals[0].detector, RuleScore)
     assert say.rules is again.signals[0].detector  # one rule set: the team's edits reach both
     probe = {"a": 0.0, "b": 0.0, "points_givers_30d": COLLECTED}
@@ -266,10 +272,10 @@ def test_a_checkpointed_decider_decides_as_the_one_that_was_saved(tmp_path: Path
     for event in events[:cut]:
         scorer.apply(event, decided_at=0)
     model = scorer.decider.model
-    (say,) = model.calibrated_signals or []
+    say = _rules_say(model)
     assert isinstance(say, RuleSay) and model.prior_shift.fits > 0 and say.fraud and say._says
     restored = load_checkpoint(pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL))
-    (again,) = restored.decider.model.calibrated_signals or []
+    again = _rules_say(restored.decider.model)
     assert again == say and again.rules is restored.decider.model.signals[0].detector
     said = 0
     for event in events[cut:]:
@@ -314,7 +320,7 @@ def test_a_rule_the_classifier_has_learnt_puts_no_floor_under_its_legitimate_fir
     budget). Without the q seen on the rule's firings the say is the whole precision."""
     model = _trained_on_young(RiskModel())
     assert model.confidence() == 1.0 and model.prior_shift.fits > 0
-    (say,) = model.calibrated_signals or []
+    say = _rules_say(model)
     assert isinstance(say, RuleSay)
     shift = model.prior_shift.shift
     precision = say.precision("young_account", shift)
@@ -327,7 +333,7 @@ def test_a_rule_the_classifier_has_learnt_puts_no_floor_under_its_legitimate_fir
     assert model.assess(fake).risk > precision
     # The old say: the whole precision under every firing.
     forgetful = pickle.loads(pickle.dumps(model))
-    (blind,) = forgetful.calibrated_signals or []
+    blind = _rules_say(forgetful)
     assert isinstance(blind, RuleSay)
     blind.beside.clear()
     assert forgetful.assess(newcomer).risk == precision
@@ -339,7 +345,7 @@ def test_the_risk_over_a_rules_firings_averages_its_precision() -> None:
     precision to within a bin and the sampling; with the whole precision as the floor it
     was well above it."""
     model = _trained_on_young(RiskModel())
-    (say,) = model.calibrated_signals or []
+    say = _rules_say(model)
     assert isinstance(say, RuleSay)
     precision = say.precision("young_account", model.prior_shift.shift)
     firings = [x for x, _ in _young_world(random.Random(11), 6_000) if "user_account_age_s" in x]
