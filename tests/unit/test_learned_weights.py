@@ -90,8 +90,9 @@ def test_the_prior_never_falls_below_the_share_labelled_fraud() -> None:
 def test_the_prior_never_rises_above_the_share_not_labelled_legit() -> None:
     """Nearly every payment labelled, two frauds among the last labels: Platt's fit hardly
     separates and the traffic scores high, so the EM alone runs to a prior near 1. Legit
-    labels arrived with 98% of the window's transactions, so at most 2% of it is fraud."""
-    shift = PriorShift(window=1_000, label_window=1_000, refit_every=10**9)
+    labels arrived with 98% of the window's transactions, so at most 2% of it is fraud.
+    (Fitted from two fraud labels on, below the floor of twenty, to reach the bound.)"""
+    shift = PriorShift(window=1_000, label_window=1_000, refit_every=10**9, min_class_labels=1)
     rng = random.Random(5)
     for i in range(1_000):
         shift.observe(3.0)
@@ -101,6 +102,35 @@ def test_the_prior_never_rises_above_the_share_not_labelled_legit() -> None:
             shift.labelled(rng.gauss(0.0, 1.0), False)
     shift.fit()
     assert shift.prior is not None and shift.prior == pytest.approx(0.02)
+
+
+def test_no_fit_before_twenty_labels_of_each_class() -> None:
+    """One mistaken fraud label and twenty legitimate ones, a classifier that has learnt
+    nothing (the same log-odds everywhere): fitted, the EM runs to the legit labels' ceiling
+    and calls nearly all traffic fraud. Below twenty labels of a class there is no fit; from
+    twenty of each, the calibration is fitted."""
+
+    def labelled(shift: PriorShift, frauds: int, legits: int) -> PriorShift:
+        for i in range(2_000):
+            shift.observe(0.0)
+            if i < frauds:
+                shift.labelled(0.0, True)
+            if i < legits:
+                shift.labelled(0.0, False)
+        shift.fit()
+        return shift
+
+    eager = labelled(PriorShift(window=2_000, refit_every=10**9, min_class_labels=1), 1, 20)
+    assert eager.fits == 1 and eager.prior is not None and eager.prior > 0.98
+    assert labelled(PriorShift(window=2_000, refit_every=10**9), 1, 20).fits == 0
+    assert labelled(PriorShift(window=2_000, refit_every=10**9), 20, 19).fits == 0
+    assert labelled(PriorShift(window=2_000, refit_every=10**9), 20, 20).fits == 1
+    # A checkpoint from before the floor goes on fitting as it did.
+    state = dict(PriorShift().__dict__)
+    del state["min_class_labels"]
+    old = PriorShift.__new__(PriorShift)
+    old.__setstate__(state)
+    assert old.min_class_labels == 1
 
 
 def test_platt_finds_the_calibration_when_the_log_odds_are_far_from_the_labels_scale() -> None:

@@ -267,8 +267,10 @@ def test_a_checkpointed_decider_decides_as_the_one_that_was_saved(tmp_path: Path
     paths = write_world(simulate_world(config), tmp_path)
     events = list(EventFiles(paths["transactions"], paths["signups"], paths["labels"], None))
     cut = len(events) * 2 // 3
-    # The prior shift refitted often enough to be fitted in a small world.
-    scorer = Scorer(decider=Decider(model=RiskModel(prior_shift=PriorShift(refit_every=200))))
+    # The prior shift refitted often enough, and from a label of each class on, to be fitted
+    # in a small world (one legitimate label).
+    shift = PriorShift(refit_every=200, min_class_labels=1)
+    scorer = Scorer(decider=Decider(model=RiskModel(prior_shift=shift)))
     for event in events[:cut]:
         scorer.apply(event, decided_at=0)
     model = scorer.decider.model
