@@ -56,11 +56,30 @@ BINDING_LEAD_MS = HOUR_MS
 #: whose lead lasts as long as the binding is recent (`BOUND_ELSEWHERE_MS`), not an hour: a
 #: merchant brings a customer in once, so one binding the customer again and again is
 #: claiming each of its payments elsewhere, however long before it binds. Either lead ends
-#: once the user pays at the binder after the binding: then it was a visit (a regular
-#: re-scanning its shop's QR code at the door, a new customer bound at the counter), which a
-#: hijacker's accomplice does not make; to fake it, it would pay at the binder before each
-#: big payment, and the commission would be cycled (`user_commission_cycle_share_30d`).
+#: once the user makes a purchase at the binder after the binding (`VISIT_SHARE`): then it
+#: was a visit (a regular re-scanning its shop's QR code at the door, a new customer bound at
+#: the counter), which a hijacker's accomplice does not make.
 REBOUND_MS = 30 * DAY_MS
+#: A payment at the binder is a purchase, and ends the lead, when it is at least this share
+#: of what the user pays on average (its payments so far, the led one included, so that an
+#: account with nothing else, a token then the big payment, is weighed against that). A
+#: regular's visit is one of its own purchases, and a person's prices spread log-normally
+#: (within a category about x2 either way, category medians within x5): its visit is seldom
+#: more than ten times under its average, and tens of times only when that average is a big
+#: purchase and little else (a new customer bound at a cheap shop's counter, shopping big in
+#: the mall next). A token paid to fake a visit (an accomplice paying a cent at the binder
+#: before each big payment elsewhere; the money goes to its own merchant anyway) is as small
+#: as it can be, its average being its big payments: hundreds to thousands of times under.
+#: On tuning worlds 0, 1, 4, 6, 8 and 9 (random profile, 20k) the legit visits before a big
+#: payment elsewhere were 1/19 of their user's average or more, the tokens 1/45 or less:
+#: 1/30 is between them in orders of magnitude. To pass, an accomplice would pay at the
+#: binder a sizeable share of its big payments each time, which cycles the commission
+#: (`user_commission_cycle_share_30d`). Relative to the user, not to the binder's ticket:
+#: the user stage knows the user's payments, not the merchant's.
+VISIT_SHARE = 1 / 30
+#: A checkpoint from before visits were weighed knows that the user paid at the binder, not
+#: how much: it restores as a purchase (as it counted then).
+UNWEIGHED_VISIT_CENTS = 2**62
 COUPON_CLAIM_WINDOW_MS = DAY_MS
 #: A coupon's issue is looked up this far back from its use; a use is matched to its payment
 #: this long after.
@@ -82,8 +101,8 @@ class PlatformUserFeatures(FeatureRow):
     #: Seconds since the user's latest binding, when it was to another merchant within 24 h.
     bound_elsewhere_s: Value
     #: A payment's amount when its user was bound to another merchant in the hour before it,
-    #: or re-bound to it (bound to it again within 30 d) in the 24 h before it, and has not
-    #: paid at that merchant since the binding.
+    #: or re-bound to it (bound to it again within 30 d) in the 24 h before it, and has made
+    #: no purchase at that merchant since the binding (a token payment is none: `VISIT_SHARE`).
     binding_lead_amount_cents: Value
     user_coupons_claimed_24h: Value
     #: For a payment a coupon was used on: seconds from the coupon's issue to its use.
@@ -146,17 +165,17 @@ class UserPlatform:
         "rebound",
         "received",
         "requests",
-        "visited",
+        "visit_cents",
     )
 
     def __init__(self) -> None:
         #: The merchant of the user's latest binding, and when; whether that binding was a
         #: re-binding (to the merchant it was bound to before, within `REBOUND_MS`), and
-        #: whether the user has paid at the merchant since.
+        #: the largest payment the user has made at the merchant since (None: none).
         self.binder: str | None = None
         self.bound_ts = 0
         self.rebound = False
-        self.visited = False
+        self.visit_cents: int | None = None
         self.claims = WindowCount(COUPON_CLAIM_WINDOW_MS)
         #: coupon_id -> ts of its latest issue to the user (30 d), in issue order.
         self.issued: dict[str, int] = {}
@@ -172,10 +191,15 @@ class UserPlatform:
         self.last_ts = 0
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
-        """Restores a checkpoint; one from before re-bindings were told apart has none,
-        and one from before visits were seen none of those."""
-        self.rebound = self.visited = False
-        for name, value in state[1].items():
+        """Restores a checkpoint; one from before re-bindings were told apart has none, one
+        from before visits were seen none of those, and one from before visits were weighed
+        whether the user paid at the binder (`UNWEIGHED_VISIT_CENTS`)."""
+        self.rebound = False
+        self.visit_cents = None
+        values = dict(state[1])
+        if values.pop("visited", False):
+            self.visit_cents = UNWEIGHED_VISIT_CENTS
+        for name, value in values.items():
             setattr(self, name, value)
 
 
@@ -235,7 +259,7 @@ class UserPlatformFamily:
         state = touch(self.state, user_id, ts=ts, new=UserPlatform)
         if kind == BINDING:
             state.rebound = state.binder == event.merchant_id and state.bound_ts > ts - REBOUND_MS
-            state.binder, state.bound_ts, state.visited = event.merchant_id, ts, False
+            state.binder, state.bound_ts, state.visit_cents = event.merchant_id, ts, None
         elif kind == COUPON_ISSUE:
             state.claims.expire(ts)
             state.claims.add(ts)
@@ -268,15 +292,19 @@ class UserPlatformFamily:
             uses.pop(event.tx_id, None)
             uses[event.tx_id] = (ts, (ts - issued) / 1000)
 
-    def transaction(self, tx: Transaction) -> tuple[Value, ...]:
-        """The platform features of `tx`; then a payment at its user's binder marks the
-        binding visited (the only platform state a transaction changes)."""
+    def transaction(self, tx: Transaction, *, typical_cents: float | None) -> tuple[Value, ...]:
+        """The platform features of `tx` (`typical_cents`: its user's mean payment, this one
+        included); then a payment at its user's binder is a visit to the binding (the only
+        platform state a transaction changes), the largest one kept."""
         payment = tx if tx.kind == PAYMENT else None
-        values = self.features_at(tx.user_id, tx.ts, merchant_id=tx.merchant_id, payment=payment)
+        values = self.features_at(
+            tx.user_id, tx.ts, merchant_id=tx.merchant_id, payment=payment,
+            typical_cents=typical_cents,
+        )  # fmt: skip
         if payment is not None:
             state = self.state.get(tx.user_id)
             if state is not None and state.binder == tx.merchant_id:
-                state.visited = True
+                state.visit_cents = max(state.visit_cents or 0, payment.amount_cents)
         return values
 
     def features_at(
@@ -286,9 +314,12 @@ class UserPlatformFamily:
         *,
         merchant_id: str | None,
         payment: Transaction | None = None,
+        typical_cents: float | None = None,
     ) -> tuple[Value, ...]:
         """The user's platform features at `ts`, at `merchant_id`, for `payment` (None: not
-        a payment, so no binding lead and no coupon use); reading expires windows."""
+        a payment, so no binding lead and no coupon use), whose user pays `typical_cents` on
+        average, the payment included (None: not known, the payment's own amount stands in);
+        reading expires windows."""
         state = self._state(user_id, ts)
         if state is None:
             return PLATFORM_NOTHING_KNOWN
@@ -302,9 +333,11 @@ class UserPlatformFamily:
         lead = (
             elsewhere
             and payment is not None
-            and not state.visited
             and (state.rebound or state.bound_ts > ts - BINDING_LEAD_MS)
         )
+        if lead and payment is not None and state.visit_cents is not None:
+            typical = payment.amount_cents if typical_cents is None else typical_cents
+            lead = state.visit_cents < VISIT_SHARE * typical  # a token is no visit
         row.binding_lead_amount_cents = payment.amount_cents if lead and payment else None
         state.claims.expire(ts)
         row.user_coupons_claimed_24h = len(state.claims)

@@ -168,7 +168,10 @@ class UserStage(MarksChanges):
         platform = self.platform
         user, context = self.user.transaction(tx)
         context.binder = platform.binder(tx.user_id, tx.ts)
-        return [*own.values(), *user.values(), *platform.transaction(tx)], context
+        profile = self.user.profiles[tx.user_id]  # the user's, with `tx` learnt
+        typical = profile.mean if profile.n else None
+        values = platform.transaction(tx, typical_cents=typical)
+        return [*own.values(), *user.values(), *values], context
 
     def platform_event(self, event: PlatformEvent) -> PlatformContext | None:
         """Learns a platform event of the user's; the context its entity families need,

@@ -31,6 +31,8 @@ from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
 HOUR, DAY = HOUR_MS, DAY_MS
 YOUNG = 7 * DAY
+#: A payment at the binder this share of the user's mean payment is a visit (a token is not).
+VISIT_SHARE = 1 / 30
 
 
 def at_till(signup: Signup, first: Transaction) -> bool:
@@ -245,11 +247,13 @@ class History:
         elsewhere = bound is not None and bound[1] != tx.merchant_id and bound[0] > t - DAY
         x["bound_elsewhere_s"] = (t - bound[0]) / 1000 if elsewhere and bound else None
         lead = elsewhere and payment and bound is not None and (bound[2] or bound[0] > t - HOUR)
-        if lead and bound is not None:  # not once the user paid at the binder since
-            lead = not any(
-                p.tx.user_id == u and p.tx.merchant_id == bound[1] and p.tx.ts >= bound[0]
-                for p in self.payments
-            )
+        if lead and bound is not None:  # not once the user made a purchase at the binder since
+            mine = [p.tx for p in self.payments if p.tx.user_id == u]
+            visits = [
+                p.amount_cents for p in mine if p.merchant_id == bound[1] and p.ts >= bound[0]
+            ]
+            typical = (sum(p.amount_cents for p in mine) + tx.amount_cents) / (len(mine) + 1)
+            lead = not visits or max(visits) < VISIT_SHARE * typical
         x["binding_lead_amount_cents"] = tx.amount_cents if lead else None
         issues = self._of(COUPON_ISSUE, user_id=u)
         x["user_coupons_claimed_24h"] = sum(1 for e in issues if e.ts > t - DAY)

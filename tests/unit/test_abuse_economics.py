@@ -6,6 +6,8 @@ the truth, its platform events are valid contract records that make it what it i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 import pytest
 
@@ -404,3 +406,51 @@ def test_a_user_a_group_binds_is_not_bound_again_by_the_platform(world: World) -
     assert len(grouped) > 100 and len(ordinary) > 500
     assert not grouped & ordinary
     assert bindings.filter(~by_group)["user_id"].is_unique().all()
+
+
+#: Hijack groups only, often enough for a few in a small world; their accomplices adapted.
+HIJACKS = WorldConfig(seed=5, n_users=1_500, n_merchants=80, days=10, binding_hijack_per_100k=40.0)
+
+
+def test_adapted_hijackers_pay_a_token_at_the_binder_before_their_big_payments() -> None:
+    """`hijack_token_share`: between a hijacking binding and its big payment elsewhere, the
+    accomplice pays the binder a token (a cent to a fifth of its ticket) so that the binding
+    looks visited; the tokens are fraud of the scenario, and the rest of the world is what it
+    was without them (their own random stream)."""
+    plain = simulate_world(HIJACKS)
+    adapted = simulate_world(replace(HIJACKS, hijack_token_share=0.5))
+    bindings = _abuse_events(adapted).filter(pl.col("kind") == "binding")
+    assert set(bindings["scenario"]) == {"binding_hijack"}
+    binders = bindings.select("user_id", pl.col("merchant_id").alias("binder")).unique()
+    paid = adapted.transactions.join(adapted.tx_truth, on="tx_id").join(binders, on="user_id")
+    tokens = paid.filter(pl.col("merchant_id") == pl.col("binder"))
+    big = paid.filter(pl.col("merchant_id") != pl.col("binder"))
+    assert tokens.height > 0 and big.height > 0
+    assert tokens["is_fraud"].all() and set(tokens["scenario"]) == {"binding_hijack"}
+    # A services shop's ticket is about 9,000 (its median, within x2 for most shops).
+    assert tokens["amount_cents"].min() >= 1 and tokens["amount_cents"].max() < 9_000 * 2 // 5
+    # Each token lies between a binding and the accomplice's next big payment.
+    bound = bindings.select("user_id", pl.col("ts").alias("bound"))
+    inside = (
+        tokens.join(bound, on="user_id")
+        .join(big.select("user_id", pl.col("ts").alias("big_ts")), on="user_id")
+        .filter((pl.col("bound") < pl.col("ts")) & (pl.col("ts") < pl.col("big_ts")))
+        .filter(pl.col("big_ts") - pl.col("bound") < round(HIJACKS.hijack_lead_minutes * MINUTE_MS))
+    )
+    assert set(inside["tx_id"]) == set(tokens["tx_id"])
+    assert 0.2 < tokens.height / big.height < 0.8
+    # The commission on a token is the platform's: none on a few cents.
+    earned = _abuse_events(adapted).filter(pl.col("kind") == "retention_commission")
+    assert set(earned["tx_id"]) & set(tokens["tx_id"]) <= set(
+        tokens.filter(pl.col("amount_cents") >= 100)["tx_id"]
+    )
+    # Without them, the same world but for the tokens (ids aside: they are numbered in time).
+    key = ["ts", "user_id", "merchant_id", "amount_cents"]
+    assert plain.signups.equals(adapted.signups)
+    rest = adapted.transactions.join(tokens.select("tx_id"), on="tx_id", how="anti")
+    assert rest.select(key).equals(plain.transactions.select(key))
+    assert (
+        not plain.transactions.join(binders, on="user_id")
+        .filter(pl.col("merchant_id") == pl.col("binder"))
+        .height
+    )

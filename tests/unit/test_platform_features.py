@@ -7,6 +7,9 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import pytest
+
+from features import platform
 from features.engine import FeatureEngine
 from features.stages import PLATFORM_FAMILIES, EntityStage, UserStage, platform_routes
 from rebate_guard.contract.records import PlatformEvent
@@ -100,10 +103,100 @@ def test_a_user_checkpointed_before_re_bindings_were_told_apart_restores_as_not_
     restored = type(state).__new__(type(state))
     restored.__setstate__((None, old_state))
     assert restored.rebound is False and restored.binder == "mb"
-    before_visits = {n: getattr(state, n) for n in type(state).__slots__ if n != "visited"}
+    before_visits = {n: getattr(state, n) for n in type(state).__slots__ if n != "visit_cents"}
     restored = type(state).__new__(type(state))
     restored.__setstate__((None, before_visits))
-    assert restored.visited is False and restored.binder == "mb"
+    assert restored.visit_cents is None and restored.binder == "mb"
+
+
+def test_a_token_paid_at_the_binder_is_no_visit_and_the_lead_holds() -> None:
+    """An accomplice paying a cent at the binder between the binding and each big payment
+    elsewhere: no purchase, so the lead holds; a purchase at the binder (an ordinary one
+    for the user) ends it, the largest payment there since the binding counting."""
+    engine = FeatureEngine()
+
+    def bind(i: int, ts: int) -> None:
+        engine.platform_event(event(f"b{i}", ts, "binding", user_id="u1", merchant_id="mb"))
+
+    bind(1, T0 - HOUR)
+    # A fresh account: the token is its first payment, weighed against the big one.
+    features(engine, tx_id="t1", merchant_id="mb", ts=T0 - 30 * MINUTE, amount_cents=1)
+    big = features(
+        engine, tx_id="t2", merchant_id="m-far", ts=T0 - 20 * MINUTE, amount_cents=90_000
+    )
+    assert big["binding_lead_amount_cents"] == 90_000
+    bind(2, T0 + HOUR)  # a re-binding: a day's lead
+    features(engine, tx_id="t3", merchant_id="mb", ts=T0 + 2 * HOUR, amount_cents=1_000)
+    again = features(engine, tx_id="t4", merchant_id="m-far", ts=T0 + 3 * HOUR, amount_cents=90_000)
+    # 1,000 is under a thirtieth of its mean payment, (1 + 90,000 + 1,000 + 90,000) / 4.
+    assert again["binding_lead_amount_cents"] == 90_000
+    features(engine, tx_id="t5", merchant_id="mb", ts=T0 + 4 * HOUR, amount_cents=9_000)
+    bought = features(
+        engine, tx_id="t6", merchant_id="m-far", ts=T0 + 5 * HOUR, amount_cents=90_000
+    )
+    assert bought["binding_lead_amount_cents"] is None
+    # A token after the purchase takes nothing back: the largest visit counts.
+    features(engine, tx_id="t7", merchant_id="mb", ts=T0 + 6 * HOUR, amount_cents=1)
+    still = features(engine, tx_id="t8", merchant_id="m-far", ts=T0 + 7 * HOUR, amount_cents=90_000)
+    assert still["binding_lead_amount_cents"] is None
+    # The next re-binding starts over, and a token after it is no visit again.
+    bind(3, T0 + 8 * HOUR)
+    features(engine, tx_id="t9", merchant_id="mb", ts=T0 + 9 * HOUR, amount_cents=5)
+    token = features(
+        engine, tx_id="t10", merchant_id="m-far", ts=T0 + 10 * HOUR, amount_cents=90_000
+    )
+    assert token["binding_lead_amount_cents"] == 90_000
+
+
+def test_a_regular_with_a_cheap_shop_still_visits_before_a_big_payment_elsewhere() -> None:
+    """A regular of a cheap cafe (4,000 a visit, 10,000 a payment elsewhere) re-scans its
+    code, has a coffee and buys a television in the afternoon: its coffee is one of its
+    ordinary purchases, whatever the television costs next to it."""
+    engine = FeatureEngine()
+    for i in range(10):
+        features(engine, tx_id=f"e{i}", merchant_id="m-shop", ts=T0 - (20 - i) * DAY)
+    engine.platform_event(event("b1", T0 - 3 * DAY, "binding", user_id="u1", merchant_id="mb"))
+    engine.platform_event(event("b2", T0 - 5 * HOUR, "binding", user_id="u1", merchant_id="mb"))
+    features(
+        engine, tx_id="t1", merchant_id="mb", ts=T0 - 5 * HOUR + 5 * MINUTE, amount_cents=4_000
+    )
+    tv = features(engine, tx_id="t2", merchant_id="m-far", amount_cents=300_000)
+    assert tv["binding_lead_amount_cents"] is None
+
+
+def test_a_checkpoint_from_before_visits_were_weighed_restores_its_visits_as_purchases(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pickle of a user's platform state as it was (`visited`, no amount): a visit it
+    recorded counts as a purchase, as it did then; none recorded, none restored."""
+    engine = FeatureEngine()
+    engine.platform_event(event("b1", T0 - 10 * MINUTE, "binding", user_id="u1", merchant_id="mb"))
+    [state] = engine.users.platform.state.values()
+    fields = {n: getattr(state, n) for n in type(state).__slots__ if n != "visit_cents"}
+
+    class UserPlatform:  # the layout before visits were weighed
+        __slots__ = (*fields, "visited")
+
+    UserPlatform.__module__ = platform.UserPlatform.__module__
+    UserPlatform.__qualname__ = platform.UserPlatform.__qualname__
+    pickles = []
+    for visited in (True, False):
+        old = UserPlatform()
+        for name, value in {**fields, "visited": visited}.items():
+            setattr(old, name, value)
+        with monkeypatch.context() as patched:
+            patched.setattr(platform, "UserPlatform", UserPlatform)
+            pickles.append(pickle.dumps(old))
+    visited, not_visited = (pickle.loads(p) for p in pickles)
+    assert type(visited) is platform.UserPlatform and visited.binder == "mb"
+    assert visited.visit_cents == platform.UNWEIGHED_VISIT_CENTS
+    assert not_visited.visit_cents is None
+    engine.users.platform.state["u1"] = visited
+    big = features(engine, tx_id="t1", merchant_id="m-far", amount_cents=80_000)
+    assert big["binding_lead_amount_cents"] is None
+    engine.users.platform.state["u1"] = not_visited
+    big = features(engine, tx_id="t2", merchant_id="m-far", amount_cents=80_000)
+    assert big["binding_lead_amount_cents"] == 80_000
 
 
 def test_a_binding_farm_shows_on_the_device_and_at_the_binder() -> None:

@@ -30,6 +30,7 @@ from rebate_guard.tools.simulator import (
 from rebate_guard.tools.simulator._common import FLOW_LOOKALIKES
 from rebate_guard.tools.simulator._legit import referral_depth
 from rebate_guard.tools.simulator.profiles import (
+    ADAPTED_TACTICS,
     ECONOMICS_RANGES,
     FLOW_ABUSE,
     FLOW_RATES,
@@ -603,9 +604,10 @@ def test_random_profile_draws_the_flows_abuse_and_look_alikes_per_world() -> Non
         values = [getattr(c, name) for c in configs]
         assert all(v == 0 or low <= v <= high for v in values), name
         assert 0 in values and len({v for v in values if v}) > 10, name
-    for name, spec in LATER_FLOW_TACTICS.items():
+    for name, spec in {**LATER_FLOW_TACTICS, **ADAPTED_TACTICS}.items():
         values = {getattr(c, name) for c in configs}
         assert min(values) >= spec[0] and max(values) <= spec[1] and len(values) > 3, name
+    assert world_config("default", seed=1).hijack_token_share == 0
     assert world_config("default", seed=1).commission_cycle_per_100k == 0
     assert world_config("default", seed=1).family_binding_per_100k == 0
     assert world_config("default", seed=1).rescan_regulars_per_100k == 0
@@ -619,9 +621,19 @@ def test_the_later_look_alikes_draw_after_the_flows_so_the_rest_of_a_world_stays
         alone = np.random.default_rng([seed, RANDOM_SALT, FLOW_SALT])
         before = {**_flow_rates(alone, FLOW_RATES), **_drawn(alone, FLOW_TACTICS)}
         assert {name: getattr(cfg, name) for name in before} == before
-        assert cfg.rescan_regulars_per_100k == _flow_rates(alone, LATER_FLOW_RATES)[
-            "rescan_regulars_per_100k"
-        ]  # fmt: skip
+        later = {**_flow_rates(alone, LATER_FLOW_RATES), **_drawn(alone, LATER_FLOW_TACTICS)}
+        assert {name: getattr(cfg, name) for name in later} == later
+
+
+def test_the_abuse_s_adapted_tactics_draw_last_so_the_rest_of_a_world_stays() -> None:
+    """`ADAPTED_TACTICS` (hijackers paying a token at the binder) are drawn after every
+    other flow knob: a random world's other knobs are what they were without them."""
+    for seed in range(5):
+        cfg = world_config("random", seed=seed)
+        alone = np.random.default_rng([seed, RANDOM_SALT, FLOW_SALT])
+        _flow_rates(alone, FLOW_RATES), _drawn(alone, FLOW_TACTICS)
+        _flow_rates(alone, LATER_FLOW_RATES), _drawn(alone, LATER_FLOW_TACTICS)
+        assert cfg.hijack_token_share == _drawn(alone, ADAPTED_TACTICS)["hijack_token_share"]
 
 
 #: Random-profile worlds (40k tx) that together have every flow scenario and look-alike.

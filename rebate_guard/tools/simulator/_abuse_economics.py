@@ -3,7 +3,8 @@ scenario, each adding one group of users and payments (their truth: fraud, with 
 and the group, as `_abuse`'s) and the platform events that make it abuse.
 
 - `binding_hijack`: a merchant binds its accomplices right before each of their big payments
-  at other merchants, and earns retention commission on them;
+  at other merchants, and earns retention commission on them (some accomplices first pay a
+  token at the binder, `hijack_token_share`, so the binding looks visited);
 - `coupon_farm`: fresh accounts on a few phones claim a merchant's coupons and use them at
   once on small payments there;
 - `points_collector`: fresh accounts on a few phones pass their points to one account, which
@@ -286,7 +287,53 @@ def binding_hijack(
     rate = rng.uniform(0.002, 0.01)
     commission = np.maximum(1, (amount * rate).astype(np.int64))
     plan.add(RETENTION_COMMISSION, ts + 1, commission, user=users[acc], tx=tx, merchant_ring=ring)
+    if cfg.hijack_token_share > 0:
+        token_visits(b, ring, plan, cfg, int(binder[0]), big=tx, bound=bound, rate=rate)
     b.new_ring(BINDING_HIJACK, users, binder)
+
+
+#: The token visits' own random stream (with the seed and the ring): a world's other draws
+#: are what they were without them.
+TOKEN_STREAM = 0x70CE
+
+
+def token_visits(
+    b: Builder,
+    ring: int,
+    plan: Plan,
+    cfg: WorldConfig,
+    binder: int,
+    *,
+    big: np.ndarray,
+    bound: np.ndarray,
+    rate: float,
+) -> None:
+    """A hijack adapted to a detector that lets a visit to the binder end the binding's lead:
+    before `hijack_token_share` of its big payments (rows `big`, each bound at `bound`) the
+    accomplice pays a token at the binder in between, on the phone, IP and card of the big
+    payment: 1 cent to a fifth of the binder's usual ticket (log-uniform), as little as it
+    can, the money going to its own merchant anyway. Its commission as on the others', where
+    there is any (`rate`)."""
+    rng = np.random.default_rng([cfg.seed, TOKEN_STREAM, ring])
+    paid = b.tx.col("ts")[big]
+    chosen = np.flatnonzero(rng.random(len(big)) < cfg.hijack_token_share)
+    n = len(chosen)
+    gap = paid[chosen] - bound[chosen]
+    ts = bound[chosen] + 1 + (rng.random(n) * (gap - 1)).astype(np.int64)
+    top = 0.2 * float(b.merchants.col("median")[binder])
+    amount = np.exp(rng.uniform(0.0, np.log(top), n)).astype(np.int64)
+    rows = big[chosen]
+    user = b.tx.col("user")[rows]
+    tx = b.add_abuse_tx(
+        ring, BINDING_HIJACK, ts, user, np.full(n, binder), amount, b.tx.col("device")[rows],
+        b.tx.col("ip")[rows], b.tx.col("card")[rows],
+    )  # fmt: skip
+    commission = (amount * rate).astype(np.int64)
+    earned = commission > 0
+    plan.add(
+        RETENTION_COMMISSION, ts[earned] + 1, commission[earned], user=user[earned],
+        tx=tx[earned], merchant_ring=ring,
+    )  # fmt: skip
 
 
 def coupon_farm(

@@ -94,6 +94,9 @@ class WorldConfig:
     flow_group_size: float = 1.0  # multiplies the accounts of a flow-abuse group
     farm_phones: int = 3  # coupon, binding and points farms make their accounts on 1..this
     hijack_lead_minutes: float = 45.0  # a hijacking binding comes 3 min..this before its payment
+    # Of a hijack's big payments, the share whose accomplice first pays a token at the binder
+    # (after the binding): hijackers who learnt that a visit to the binder ends the lead.
+    hijack_token_share: float = 0.0
     farm_spend_days: float = 4.0  # farmed accounts pay 1 h..this after signing up
     points_transfer_units: int = 7  # a points giver passes 2..this whole units
     coupon_use_minutes: float = 20.0  # a farmed coupon is used 1 min..this after its claim
@@ -219,6 +222,7 @@ class WorldConfig:
             "membership_share",
             "capital_round_share",
             "rescan_pay_share",
+            "hijack_token_share",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be within 0..1")

@@ -89,6 +89,12 @@ LATER_FLOW_RATES: dict[str, tuple[float, float]] = {
 LATER_FLOW_TACTICS: dict[str, tuple[Any, ...]] = {
     "rescan_pay_share": (0.5, 0.95),
 }
+#: The abuse's answers to the detector, drawn after those (so the rest of a random world is
+#: what it was before them): from none of a hijack's accomplices paying a token at the binder
+#: before their big payments (a visit ends the lead) to all of them.
+ADAPTED_TACTICS: dict[str, tuple[Any, ...]] = {
+    "hijack_token_share": (0.0, 1.0),
+}
 FLOW_SALT = 0xF10
 #: The survivor's economics (the rest is the default world's): consumption points are half
 #: the merchant's discount on a payment (its requested rebate, which the merchant settles),
@@ -203,9 +209,10 @@ def world_config(
 
 def _flow_knobs(rng: np.random.Generator) -> dict[str, Any]:
     """The flows' abuse and look-alike rates (`FLOW_RATES`, `FLOW_OFF`), then the tactics,
-    then the later look-alikes' rates and knobs."""
+    then the later look-alikes' rates and knobs, then the abuse's adapted tactics."""
     knobs = {**_flow_rates(rng, FLOW_RATES), **_drawn(rng, FLOW_TACTICS)}
-    return {**knobs, **_flow_rates(rng, LATER_FLOW_RATES), **_drawn(rng, LATER_FLOW_TACTICS)}
+    later = {**_flow_rates(rng, LATER_FLOW_RATES), **_drawn(rng, LATER_FLOW_TACTICS)}
+    return {**knobs, **later, **_drawn(rng, ADAPTED_TACTICS)}
 
 
 def _flow_rates(
