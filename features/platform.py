@@ -297,10 +297,10 @@ class UserPlatformFamily:
         included); then a payment at its user's binder is a visit to the binding (the only
         platform state a transaction changes), the largest one kept."""
         payment = tx if tx.kind == PAYMENT else None
+        at = tx.merchant_id
         values = self.features_at(
-            tx.user_id, tx.ts, merchant_id=tx.merchant_id, payment=payment,
-            typical_cents=typical_cents,
-        )  # fmt: skip
+            tx.user_id, tx.ts, merchant_id=at, payment=payment, typical_cents=typical_cents
+        )
         if payment is not None:
             state = self.state.get(tx.user_id)
             if state is not None and state.binder == tx.merchant_id:
