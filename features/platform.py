@@ -44,6 +44,7 @@ from rebate_guard.contract.records import (
     RETENTION_COMMISSION,
     PlatformEvent,
     Transaction,
+    is_visit,
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
 
@@ -56,27 +57,10 @@ BINDING_LEAD_MS = HOUR_MS
 #: whose lead lasts as long as the binding is recent (`BOUND_ELSEWHERE_MS`), not an hour: a
 #: merchant brings a customer in once, so one binding the customer again and again is
 #: claiming each of its payments elsewhere, however long before it binds. Either lead ends
-#: once the user makes a purchase at the binder after the binding (`VISIT_SHARE`): then it
+#: once the user makes a purchase at the binder after the binding (`is_visit`): then it
 #: was a visit (a regular re-scanning its shop's QR code at the door, a new customer bound at
 #: the counter), which a hijacker's accomplice does not make.
 REBOUND_MS = 30 * DAY_MS
-#: A payment at the binder is a purchase, and ends the lead, when it is at least this share
-#: of what the user pays on average (its payments so far, the led one included, so that an
-#: account with nothing else, a token then the big payment, is weighed against that). A
-#: regular's visit is one of its own purchases, and a person's prices spread log-normally
-#: (within a category about x2 either way, category medians within x5): its visit is seldom
-#: more than ten times under its average, and tens of times only when that average is a big
-#: purchase and little else (a new customer bound at a cheap shop's counter, shopping big in
-#: the mall next). A token paid to fake a visit (an accomplice paying a cent at the binder
-#: before each big payment elsewhere; the money goes to its own merchant anyway) is as small
-#: as it can be, its average being its big payments: hundreds to thousands of times under.
-#: On tuning worlds 0, 1, 4, 6, 8 and 9 (random profile, 20k) the legit visits before a big
-#: payment elsewhere were 1/19 of their user's average or more, the tokens 1/45 or less:
-#: 1/30 is between them in orders of magnitude. To pass, an accomplice would pay at the
-#: binder a sizeable share of its big payments each time, which cycles the commission
-#: (`user_commission_cycle_share_30d`). Relative to the user, not to the binder's ticket:
-#: the user stage knows the user's payments, not the merchant's.
-VISIT_SHARE = 1 / 30
 #: A checkpoint from before visits were weighed knows that the user paid at the binder, not
 #: how much: it restores as a purchase (as it counted then).
 UNWEIGHED_VISIT_CENTS = 2**62
@@ -102,7 +86,7 @@ class PlatformUserFeatures(FeatureRow):
     bound_elsewhere_s: Value
     #: A payment's amount when its user was bound to another merchant in the hour before it,
     #: or re-bound to it (bound to it again within 30 d) in the 24 h before it, and has made
-    #: no purchase at that merchant since the binding (a token payment is none: `VISIT_SHARE`).
+    #: no purchase at that merchant since the binding (a token payment is none: `is_visit`).
     binding_lead_amount_cents: Value
     user_coupons_claimed_24h: Value
     #: For a payment a coupon was used on: seconds from the coupon's issue to its use.
@@ -337,7 +321,7 @@ class UserPlatformFamily:
         )
         if lead and payment is not None and state.visit_cents is not None:
             typical = payment.amount_cents if typical_cents is None else typical_cents
-            lead = state.visit_cents < VISIT_SHARE * typical  # a token is no visit
+            lead = not is_visit(state.visit_cents, typical)  # a token is no visit
         row.binding_lead_amount_cents = payment.amount_cents if lead and payment else None
         state.claims.expire(ts)
         row.user_coupons_claimed_24h = len(state.claims)

@@ -37,6 +37,7 @@ from rebate_guard.contract.records import (
     PlatformEvent,
     Signup,
     Transaction,
+    is_visit,
     requested_rebate_cents,
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS
@@ -117,6 +118,8 @@ class Binding(_Slotted):
         "ip",
         "last_ts",
         "times",
+        "visit_cents",
+        "visited",
     )
 
     def __init__(self, ts: int) -> None:
@@ -126,15 +129,27 @@ class Binding(_Slotted):
         self.device: str | None = None
         self.ip: str | None = None
         self.commission = 0  # cents earned by the merchant on the user's payments
-        self.at_merchant = 0  # the user's payments at the merchant (also before it bound)
+        self.at_merchant = 0  # the user's payments at the merchant before it bound
         self.elsewhere = 0  # the user's payments at other merchants since it was bound
         self.bound_just_before = 0  # of those, made within BOUND_JUST_BEFORE_MS of a binding
+        #: The user's largest payment at the merchant since it was bound (0: none), and
+        #: whether it is a purchase against the user's mean payment as of its latest payment
+        #: (`is_visit`): a token paid to fake a visit is none once its big payments come.
+        self.visit_cents = 0
+        self.visited = False
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        """Restores a checkpoint; one from before visits were weighed counted every payment
+        at the merchant in `at_merchant` and has neither."""
+        if len(state) == len(self.__slots__) - 2:
+            state = (*state, 0, False)
+        super().__setstate__(state)
 
     @property
     def buys_elsewhere_only(self) -> bool:
-        """The user has paid other merchants since it was bound, and never this one: the
-        merchant earns commission on a customer who does not buy from it."""
-        return self.elsewhere > 0 and self.at_merchant == 0
+        """The user has paid other merchants since it was bound, and never bought from this
+        one: the merchant earns commission on a customer who does not buy from it."""
+        return self.elsewhere > 0 and self.at_merchant == 0 and not self.visited
 
 
 class Transfer(_Slotted):
@@ -303,7 +318,7 @@ class EntityGraph:
             self.payments[tx.tx_id] = (user, merchant, tx.ts)
             binders = self.binders.get(user)
             if binders:
-                self._bound_user_paid(user, merchant, tx.ts, binders)
+                self._bound_user_paid(user, merchant, tx, binders)
         else:
             edge.refunds += 1
             edge.refund_money += tx.amount_cents
@@ -370,19 +385,39 @@ class EntityGraph:
         transfer.cents += event.amount_cents
         return key[1]
 
-    def _bound_user_paid(self, user: str, merchant: str, ts: int, binders: set[str]) -> None:
-        """A payment by a bound user, counted on each of its bindings."""
+    def _bound_user_paid(
+        self, user: str, merchant: str, tx: Transaction, binders: set[str]
+    ) -> None:
+        """A payment by a bound user, counted on each of its bindings: at its binder, a visit
+        that is a purchase only while it is one against the user's mean payment in the window,
+        this one included (`is_visit`, as the binding lead's feature judges it at the led
+        payment), so that a hijacker's accomplice paying a token does not pass for a customer
+        who buys from its binder."""
+        ts, mean = tx.ts, None
         for binder in binders:
             binding = self.bindings[(user, binder)]
             before = binding.buys_elsewhere_only
             if binder == merchant:
-                binding.at_merchant += 1
+                binding.visit_cents = max(binding.visit_cents, tx.amount_cents)
             else:
                 binding.elsewhere += 1
                 if ts - binding.last_ts <= BOUND_JUST_BEFORE_MS:
                     binding.bound_just_before += 1
+            if binding.visit_cents:  # judged anew: the mean moves with the user's payments
+                mean = self._mean_payment(user) if mean is None else mean
+                binding.visited = is_visit(binding.visit_cents, mean)
             if binding.buys_elsewhere_only != before:
                 self._count_elsewhere(binder, 1 if binding.buys_elsewhere_only else -1)
+
+    def _mean_payment(self, user: str) -> float:
+        """The user's mean payment over its merchant edges in the window (cents; 0 without
+        one)."""
+        money = payments = 0
+        for node in self.adjacent.get(user, ()):
+            if node.startswith(MERCHANT):
+                edge = self.edges[(user, node)]
+                money, payments = money + edge.money, payments + edge.payments
+        return money / payments if payments else 0.0
 
     def _count_elsewhere(self, merchant: str, change: int) -> None:
         left = self.buying_elsewhere.get(merchant, 0) + change

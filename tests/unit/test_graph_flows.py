@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from graph.candidates import Candidates
-from graph.entity_graph import EntityGraph
+from graph.entity_graph import Binding, EntityGraph
 from graph.layer import GraphLayer
 from graph.rings import BINDING_RING, COMMISSION_CYCLE, COUPON_FARM, POINTS_COLLECTOR
 from rebate_guard.contract.order import order_key
@@ -323,7 +323,30 @@ def test_a_bound_user_who_buys_from_the_binder_is_its_customer() -> None:
     world.pay("b", "shop", T0 + 3 * HOUR)
     layer, _ = world.run()
     assert layer.graph.buying_elsewhere == {}
-    assert layer.graph.bindings[("u:b", "m:shop")].at_merchant == 1
+    assert layer.graph.bindings[("u:b", "m:shop")].visited
+
+
+def test_a_token_paid_at_the_binder_is_no_purchase() -> None:
+    """A hijacker's accomplice pays its binder a cent between the binding and its big
+    payments elsewhere, to pass for a customer: it still buys elsewhere only
+    (`rebate_guard.contract.records.is_visit`, as the binding lead's feature reads it); a
+    purchase of its own size makes it the binder's customer."""
+    world = FlowWorld()
+    world.bind("accomplice", "shop", T0)
+    world.pay("accomplice", "shop", T0 + MINUTE, amount_cents=1)
+    world.pay("accomplice", "mall", T0 + HOUR, amount_cents=80_000)
+    layer, _ = world.run()
+    binding = layer.graph.bindings[("u:accomplice", "m:shop")]
+    assert not binding.visited and layer.graph.buying_elsewhere == {"m:shop": 1}
+    world.pay("accomplice", "shop", T0 + 2 * HOUR, amount_cents=9_000)
+    layer, _ = world.run()
+    assert layer.graph.bindings[("u:accomplice", "m:shop")].visited
+    assert layer.graph.buying_elsewhere == {}
+    # A binding pickled before visits were weighed (its payments at the merchant all in
+    # `at_merchant`) restores with no visit of its own.
+    old = Binding.__new__(Binding)
+    old.__setstate__(binding.__getstate__()[:-2])
+    assert (old.visit_cents, old.visited, old.at_merchant) == (0, False, binding.at_merchant)
 
 
 def test_bindings_and_transfers_expire_with_the_window() -> None:
