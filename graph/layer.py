@@ -296,12 +296,13 @@ class RingBook:
                     if not ids:
                         del index[key]
 
-    def best(self, ring_ids: set[str] | None) -> RingScore:
-        """The `strongest` of `ring_ids`, as the scoring path reads it."""
+    def best(self, ring_ids: set[str] | None, *, skip: str | None = None) -> RingScore:
+        """The `strongest` of `ring_ids` (of a kind other than `skip`), as the scoring path
+        reads it."""
         if not ring_ids:
             return None
-        found = [self.rings[ring_id] for ring_id in ring_ids]
-        return strongest((ring.score, ring.kind, ring.ring_id) for ring in found)
+        found = (self.rings[ring_id] for ring_id in ring_ids)
+        return strongest((r.score, r.kind, r.ring_id) for r in found if r.kind != skip)
 
     def best_for_request(self, ring_ids: set[str] | None) -> RingScore:
         """The `strongest` of `ring_ids` that is not a signup batch: what a points request
@@ -309,12 +310,7 @@ class RingBook:
         abuse yet, so a request excuses it (`detectors.base.in_signup_batch`); read as the
         user's strongest ring, a bigger, stronger batch would hide the scheme a member of
         both is in (a points collectors' ring among the accounts of one sign-up drive)."""
-        if not ring_ids:
-            return None
-        found = [self.rings[ring_id] for ring_id in ring_ids]
-        return strongest(
-            (ring.score, ring.kind, ring.ring_id) for ring in found if ring.kind != SIGNUP_BATCH
-        )
+        return self.best(ring_ids, skip=SIGNUP_BATCH)
 
 
 def strongest(rings: Iterable[RingScore]) -> RingScore:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from graph.layer import RingScore, merchant_ring_counts, ring_score_of
+from graph.rings import SIGNUP_BATCH
 from rebate_guard.contract.order import Event, order_key
 from rebate_guard.contract.records import (
     Decision,
@@ -98,12 +99,15 @@ def requester_ring(
     ring that is not a signup batch, as the graph shard published it (`REQUESTER`), as replay
     reads it from its ring book (`rebate_guard.core.decider.Scorer.requester_ring`).
 
-    A user whose rings the graph shard has not republished since that key existed has none
-    of it: then its strongest ring, which a request rule excuses if it is a batch
-    (`detectors.rules.REQUEST_RULES`), as before."""
+    Without that key (a user in no ring but signup batches, whose key the graph shard
+    deletes, or one not republished since the key existed) its strongest ring stands in,
+    unless it is a batch: the same ring as replay's in the first case, and in the second
+    the strongest ring, as before."""
     user = event.user_id
     if user is None:
         return None
     key = (REQUESTER, user)
     ring = ring_scores[key] if key in ring_scores else ring_scores.get(("u", user))
+    if key not in ring_scores and ring is not None and ring[1] == SIGNUP_BATCH:
+        ring = None
     return ring_score_of(ring)

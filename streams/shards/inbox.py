@@ -183,6 +183,20 @@ class GraphShard(Inbox):
     #: ("u" or "m", id) -> its strongest ring now, and (`REQUESTER`, user id) -> the one its
     #: points requests read, for those that changed.
     scores: dict[tuple[str, str], RingScore] = field(default_factory=dict)
+    #: Whether the rings points requests read were published for every user in one (False:
+    #: restored from before that key, until `__setstate__` queues them).
+    requesters_published: bool = True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restores a checkpoint; one from before the requests' ring key queues it for every
+        user in a ring, so that no member of a ring that stands reads its strongest ring
+        until its next ring event."""
+        self.__dict__.update(state)
+        if not state.get("requesters_published", False):
+            book = self.layer.book
+            for user, rings in book.by_user.items():
+                self.scores[(REQUESTER, user)] = book.best_for_request(rings)
+            self.requesters_published = True
 
     def apply(self, released: list[Released]) -> None:
         layer = self.layer

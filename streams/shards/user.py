@@ -296,7 +296,8 @@ class UserShard(UserCheckpoints):
         none after it was: `redo` ends.
 
         `ring_scores`: the strongest ring of each user ("u", id) and merchant ("m", id) of
-        `ready()`, and of each of `requesters()`, that is in one, as the graph shard last
+        `ready()`, and of each of `requesters()` the strongest and the one its requests
+        read (`streams.shards.wire.REQUESTER`), that is in one, as the graph shard last
         published (`GraphShard.take`); `graph_down`: that graph shard is not running, so
         those scores may be stale and the payments' decisions fail closed (a points request
         is weighed with the scores as they stand: its ring can only hold it)."""

@@ -891,11 +891,12 @@ def test_a_points_request_reads_the_scheme_a_stronger_signup_batch_would_hide() 
     assert (excused.action, excused.reasons) == ("allow", [])
     for published_for_requests in (True, False):
         cluster = _cluster(events, 1, 1, seed=5)
-        for user in users:  # as the graph shard puts them (`GraphInbox`)
+        for user in users:  # as the graph shard puts them (`GraphInbox`; None: deleted)
             rings = book.by_user[user]
             cluster.ring_scores[("u", user)] = book.best(rings)
-            if published_for_requests:
-                cluster.ring_scores[(REQUESTER, user)] = book.best_for_request(rings)
+            asked = book.best_for_request(rings)
+            if published_for_requests and asked is not None:
+                cluster.ring_scores[(REQUESTER, user)] = asked
         cluster.run(crash_rate=0.0)
         got = cluster.points["points_redeem-member"]
         if published_for_requests:
@@ -904,6 +905,32 @@ def test_a_points_request_reads_the_scheme_a_stronger_signup_batch_would_hide() 
             }
         else:
             assert (got.action, got.reasons) == ("allow", [])
+    # A user in batches alone has no request key (deleted): its batch does not stand in.
+    redeem = next(e for e in events if getattr(e, "event_id", "") == "points_redeem-batchmate")
+    assert isinstance(redeem, PlatformEvent)
+    assert requester_ring(redeem, {("u", "batchmate"): book.best({"r0"})}) is None
+
+
+def test_a_graph_shard_from_before_the_requests_ring_key_publishes_it_for_every_member() -> None:
+    """Restored from a checkpoint from before the requests' ring key, the graph shard queues
+    that key for every user in a ring (None: in batches alone, deleted), so that members of
+    rings that stand do not read their strongest ring until their next ring event."""
+    shard = GraphShard(0, 1, GraphLayer())
+    book = shard.layer.book
+    for ring in (
+        Ring("r0", SIGNUP_BATCH, frozenset({"member", "mate"}), frozenset(), 0.95, 0, 0, {}, 0),
+        Ring("r1", POINTS_COLLECTOR, frozenset({"member"}), frozenset(), 0.6, 0, 0, {}, 0),
+    ):
+        book.rings[ring.ring_id] = ring
+        for user in ring.users:
+            book.by_user.setdefault(user, set()).add(ring.ring_id)
+    state = dict(shard.__dict__)
+    del state["requesters_published"]
+    old = GraphShard.__new__(GraphShard)
+    old.__setstate__(state)
+    assert old.take()[1] == {(REQUESTER, "member"): book.best({"r1"}), (REQUESTER, "mate"): None}
+    again = pickle.loads(pickle.dumps(old))  # and once only
+    assert again.take()[1] == {}
 
 
 def test_the_worker_and_replay_give_a_transaction_the_same_ring() -> None:
