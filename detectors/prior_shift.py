@@ -40,7 +40,8 @@ day 5 (a loyal customer's payment; no fraud until day 20) and some twenty legiti
 an uninformative classifier, whose log-odds are about equal on every payment, and the EM,
 whose every step then adds the labels' log-odds prior, ran to the legit labels' ceiling,
 0.99: every payment's q was 0.88-0.999 for two weeks, so the friction budget counted the
-legitimate money as fraud and withheld 3.8% of it in days 10-15.
+legitimate money as fraud and withheld 3.8% of it in days 10-15. The floor holds at every
+refit: where the last labels fall under it later, the last fit stands until they come back.
 
 Parameters, all generic statistical choices rather than fits to a world: `window` (10,000
 transactions: a fraud share of 3% then has a standard error of about 6% of itself),

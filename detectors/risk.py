@@ -431,7 +431,7 @@ class RiskModel:
         prior-shift estimate the classifier's log-odds."""
         for detector, reading in zip(self._detectors(), assessment.readings, strict=True):
             detector.learn_scored(reading)
-            # The rules' say learns what q already says on the payments each rule fires on.
+            # A say beside q (rules', ring kinds') learns what q already says where it fires.
             if assessment.q is not None and isinstance(detector, FiringSay) and reading.learnable:
                 codes, cents = reading.learnable
                 detector.learn_beside(codes, assessment.q, rebate_cents=cents)

@@ -112,7 +112,7 @@ class FiringSay(ABC):
     #: docstring). None for a code: its whole precision.
     beside: dict[str, list[float]] = field(default_factory=dict)
     memory: int = BESIDE_MEMORY
-    name: str = "firing_say"
+    name: str = "firing_say"  # each subclass names itself
     #: Each code's say at `_says_shift`, with the counts it was learnt from: a code's say is
     #: computed once per shift and per label of its payments, not per payment (the posterior
     #: is a sum over a grid). Not pickled.
@@ -134,6 +134,11 @@ class FiringSay(ABC):
     @abstractmethod
     def stated(self, code: str) -> float:
         """What `code` says before any label: its prior precision."""
+
+    @abstractmethod
+    def explain_one(self, x: Features) -> list[str]:
+        """The reason codes of what fires on `x` (a detector's member: without it a subclass
+        would drop out of the registry, untested)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in _CACHES}
@@ -204,12 +209,12 @@ class FiringSay(ABC):
         return floor
 
     def score(self, x: Features, log_odds_shift: float = 0.0) -> float:
-        """The largest say of the rules that fire on `x` (0: none fires): each rule's floor
+        """The largest say of the codes that fire on `x` (0: none fires): each code's floor
         under q at its precision (`floor`)."""
         return self._say_of(self.codes(x), log_odds_shift)
 
     def _say_of(self, codes: list[str], log_odds_shift: float) -> float:
-        """The largest say of the rules `codes`: `precision` and `floor` inlined where both
+        """The largest say of `codes`: `precision` and `floor` inlined where both
         are cached, as they are for most payments (once per payment)."""
         if not codes:
             return 0.0
@@ -244,7 +249,7 @@ class FiringSay(ABC):
         Returns
         -------
         float
-            The largest precision of the rules that fire; 0 when none does.
+            The largest say of the codes that fire; 0 when none does.
 
         Examples
         --------
@@ -264,7 +269,7 @@ class FiringSay(ABC):
         return Reading(score, [], (codes, rebate_cents(x)) if codes else None)
 
     def learn_beside(self, codes: list[str], q: float, *, rebate_cents: float | None) -> None:
-        """A scored payment the rules `codes` fired on, its rebate (None: unknown, counted
+        """A scored payment `codes` fired on, its rebate (None: unknown, counted
         as 1) and the classifier's calibrated q on it (the risk model calls it once q is a
         probability among all payments)."""
         b = min(Q_BINS - 1, max(0, int(q * Q_BINS)))

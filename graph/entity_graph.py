@@ -105,7 +105,8 @@ class Binding(_Slotted):
     """A user's binding to a merchant (the merchant brought the user in), within the window:
     first and last bound (only a binding refreshes it), how often, where the last binding was
     made, the retention commission the merchant earned on the user since, and the user's
-    payments since it was first bound: at the merchant, elsewhere, and elsewhere within
+    payments: at the merchant before it was first bound, its largest one there since (a
+    purchase or a token: `visited`), and elsewhere since, and elsewhere within
     `BOUND_JUST_BEFORE_MS` of a binding."""
 
     __slots__ = (

@@ -591,7 +591,9 @@ def scale_cents(cents: int, weight: float) -> int:
 #: binder a sizeable share of its big payments each time, which cycles the commission
 #: (`user_commission_cycle_share_30d`). Relative to the user, not to the binder's ticket:
 #: the user stage knows the user's payments, not the merchant's. Where the graph asks whether
-#: a bound user buys from its binder (`graph.entity_graph.Binding`) it is the same test.
+#: a bound user buys from its binder (`graph.entity_graph.Binding`) the share is the same, on
+#: its own inputs: the largest payment there since the first binding, against the user's mean
+#: over the graph's window (the feature: since the latest binding, against the profile's mean).
 VISIT_SHARE = 1 / 30
 
 

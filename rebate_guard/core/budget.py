@@ -104,8 +104,10 @@ class Mark(NamedTuple):
     legit: int
     #: What the payment added to `Tally.legit_sq` (cents²): E[X²] of its legitimate cents
     #: X, which are its cents with probability 1 - q and none with q: cents² x (1 - q).
-    #: 0 in marks pickled before the squares: their payments added none, so a fraud label
-    #: takes none out.
+    #: 0 in marks pickled before this field: a fraud label on one takes no square out. Right
+    #: for a checkpoint from before the squares (its payments added none); one from session
+    #: 21 (47164ab..c754b5a) added (legit cents)², which then stays in the window until its
+    #: epoch leaves it: a larger margin, a lower cut, for at most `window_days`.
     squared: int = 0
 
 
