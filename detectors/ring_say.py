@@ -30,7 +30,7 @@ from detectors.base import Features, Reading
 from detectors.precision import label_precision
 from detectors.rule_say import FiringSay
 from graph.evidence import RING_REASON, RING_SCORE, kind_feature
-from graph.rings import KINDS
+from graph.rings import KINDS, SIGNUP_BATCH
 
 #: (kind, its indicator feature), in the graph's order of precedence.
 _KIND_FEATURES = tuple((kind, kind_feature(kind)) for kind in KINDS)
@@ -218,9 +218,13 @@ class RingKindSay(FiringSay):
         yield {}
 
     def codes(self, x: Features) -> list[str]:
-        """The kind of the ring `x` was scored with, if its score is above 0."""
+        """The kind of the ring `x` was scored with, unless a signup batch: accounts made
+        together, which the graph calls evidence of intent, not of abuse yet
+        (`detectors.base.in_signup_batch`; a shop's sign-up drive makes one), so its 1/2
+        before labels would hold every new customer of such a drive until legitimate
+        labels, which are rare, taught it otherwise."""
         kind = RingSay.kind(x)
-        return [] if kind is None or not RingSay.ring_score(x) else [kind]
+        return [] if kind is None or kind == SIGNUP_BATCH else [kind]
 
     def stated(self, code: str) -> float:
         return KIND_STATED
