@@ -155,8 +155,8 @@ REQUEST_RULES = (
     # The requester is in a ring the graph flagged (`graph.evidence.RING_SCORE`: the score of
     # its strongest ring that is not a signup batch, `GraphLayer.requester_ring`, 0 in none),
     # of a kind concluded from the abuse itself, whose members' points come from the scheme.
-    # Not a signup batch (`in_signup_batch`: for ring scores published before the requests'
-    # own, a user's strongest ring), accounts made together, which is what held
+    # Not a signup batch (`in_signup_batch`; a request reads none now, the excuse stays for a
+    # ring score given whole), accounts made together, which is what held
     # legitimate requests: on tuning worlds 0-3 (random profile, 20k) the rings held 65-99.8%
     # of the abusive requesters' points and 0.00-0.05% of the legitimate, all of these in
     # signup batches (with them held, world 2's legitimate points withheld went 0.034% ->

@@ -68,10 +68,10 @@ class GraphStatus:
     ) -> list[RingKey]:
         """Whose ring scores deciding `ready` and the requests of `requesters` reads: their
         users' and the transactions' merchants', and the rings the requesters' requests read
-        (`REQUESTER`; their users' too, for a user not republished since that key existed:
-        `streams.shards.requester_ring`)."""
+        (`REQUESTER`)."""
         if not self.settings.graph:
             return []
-        users = {tx.user_id for tx in ready} | set(requesters)
         asking = {(REQUESTER, u) for u in requesters}
-        return sorted({("u", u) for u in users} | asking | {("m", tx.merchant_id) for tx in ready})
+        return sorted(
+            {("u", tx.user_id) for tx in ready} | asking | {("m", tx.merchant_id) for tx in ready}
+        )

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from graph.layer import RingScore, merchant_ring_counts, ring_score_of
-from graph.rings import SIGNUP_BATCH
 from rebate_guard.contract.order import Event, order_key
 from rebate_guard.contract.records import (
     Decision,
@@ -99,15 +98,9 @@ def requester_ring(
     ring that is not a signup batch, as the graph shard published it (`REQUESTER`), as replay
     reads it from its ring book (`rebate_guard.core.decider.Scorer.requester_ring`).
 
-    Without that key (a user in no ring but signup batches, whose key the graph shard
-    deletes, or one not republished since the key existed) its strongest ring stands in,
-    unless it is a batch: the same ring as replay's in the first case, and in the second
-    the strongest ring, as before."""
-    user = event.user_id
-    if user is None:
+    No key: no such ring (the graph shard deletes it for a user in batches alone, and a
+    graph shard restored from before the key publishes it for every member of a ring:
+    `GraphShard.__setstate__`)."""
+    if event.user_id is None:
         return None
-    key = (REQUESTER, user)
-    ring = ring_scores[key] if key in ring_scores else ring_scores.get(("u", user))
-    if key not in ring_scores and ring is not None and ring[1] == SIGNUP_BATCH:
-        ring = None
-    return ring_score_of(ring)
+    return ring_score_of(ring_scores.get((REQUESTER, event.user_id)))

@@ -15,6 +15,7 @@ from streams.batch import BatchOutcome, RawEvent
 from streams.console.store import ConsoleStore
 from streams.processor import BatchProcessor
 from streams.registry import entity_unit, user_unit
+from streams.shards.wire import REQUESTER
 from streams.sink import MemorySink
 from streams.store import MemoryDecisionStore
 from tests.factories import HOUR, T0, label, signup, tx
@@ -414,7 +415,8 @@ def test_a_points_request_is_weighed_with_its_requesters_published_ring() -> Non
     """The worker reads the ring score the graph shard published for each points request's
     user, as for a payment's: a ring member's voucher is held, another user's allowed."""
     proc, store, _ = make(partitions=1)
-    store.ring_scores[("u", "u1")] = (0.9, "brushing", "r-1")  # as the graph shard put it
+    for key in (("u", "u1"), (REQUESTER, "u1")):  # as the graph shard puts them
+        store.ring_scores[key] = (0.9, "brushing", "r-1")
     events = [
         points_grant("g1", T0, "u1", 10_000),
         points_grant("g2", T0 + 1, "u2", 10_000),

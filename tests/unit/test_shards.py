@@ -220,7 +220,7 @@ class Cluster:
             standing = {t.tx_id: self.stood[t.tx_id] for t in ready if t.tx_id in self.stood}
         keys = {("u", t.user_id) for t in ready} | {("m", t.merchant_id) for t in ready}
         for user in shard.requesters():  # as the worker reads them (`GraphStatus.ring_keys`)
-            keys |= {("u", user), (REQUESTER, user)}
+            keys.add((REQUESTER, user))
         rings = {k: self.ring_scores[k] for k in keys if k in self.ring_scores}
         done = shard.complete(0, standing, rings)
         for decision, x in done.decisions:
@@ -869,8 +869,8 @@ def test_a_points_request_reads_the_scheme_a_stronger_signup_batch_would_hide() 
     request reads its strongest ring that is not a batch, and `requester_in_ring` holds it,
     in the worker (the graph shard's `REQUESTER` score) and in replay (the ring book) alike.
     Read as its strongest ring, the batch's excuse let the scheme's voucher through. A user in
-    the batch alone is excused. A worker reading scores published before the requests' own
-    key weighs the user's strongest ring, as before."""
+    the batch alone is excused. Without the requests' own key a request reads no ring (a graph
+    shard restored from before the key publishes it for every member: the next test)."""
     users = ("member", "batchmate")
     events = _points_asked(users)
     layer = GraphLayer()
@@ -905,7 +905,7 @@ def test_a_points_request_reads_the_scheme_a_stronger_signup_batch_would_hide() 
             }
         else:
             assert (got.action, got.reasons) == ("allow", [])
-    # A user in batches alone has no request key (deleted): its batch does not stand in.
+    # A user in batches alone has no request key (deleted): its batch is not read.
     redeem = next(e for e in events if getattr(e, "event_id", "") == "points_redeem-batchmate")
     assert isinstance(redeem, PlatformEvent)
     assert requester_ring(redeem, {("u", "batchmate"): book.best({"r0"})}) is None
