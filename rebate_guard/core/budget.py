@@ -33,6 +33,7 @@ decisions use it on the live state); `advance` and `record` change the state. No
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,21 @@ BIN_PPM = 1_000
 BINS = PPM // BIN_PPM + 1
 #: The group of payments whose category has no budget of its own.
 SHARED = "*"
+
+
+def sampled_for_review(tx_id: str, share: float) -> bool:
+    """Whether a withheld payment is in the risk team's review sample (`[budget]
+    review_share`): drawn by a stable hash of its id, so the sample is random with respect
+    to its risk and weight (which is what makes the reviewed share of legitimate money an
+    unbiased estimate) and the same in replay and in every worker.
+
+    >>> sampled_for_review("tx-1", 0.0), sampled_for_review("tx-1", 1.0)
+    (False, True)
+    """
+    if share <= 0:
+        return False
+    digest = hashlib.blake2b(tx_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < round(share * 2**64)
 
 
 def weight_bin(weight: float) -> int:

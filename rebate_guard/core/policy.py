@@ -411,6 +411,10 @@ class Budget:
     #: sample of the next epoch's (0.5: the expected money alone): a few big payments below
     #: a cut are far less certain than many small ones.
     confidence: float = 0.95
+    #: Share of withheld payments the risk team reviews, a random sample by transaction id
+    #: (`budget.sampled_for_review`); their labels measure how much of the withheld money
+    #: is legitimate, where the model's estimate is least certain. 0: no review sample.
+    review_share: float = 0.0
     #: merchant_category -> its own legit_friction (its own distribution and cut).
     categories: Mapping[str, float] = field(default_factory=dict)
 
@@ -433,6 +437,9 @@ class Budget:
         level = self.confidence
         if not isinstance(level, int | float) or isinstance(level, bool) or not 0.5 <= level < 1:
             raise PolicyError(f"budget.confidence: expected a number in [0.5, 1), got {level!r}")
+        share = self.review_share
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise PolicyError(f"budget.review_share: expected a number in [0, 1], got {share!r}")
 
     @property
     def window_ms(self) -> int:

@@ -25,6 +25,7 @@ from rebate_guard.core.budget import (
     largest_cut,
     largest_cuts,
     legit_money,
+    sampled_for_review,
     weight_bin,
 )
 from rebate_guard.core.decider import Decider, Scorer
@@ -57,6 +58,8 @@ BUDGET = 0.01
         ({"min_payments": -1}, "budget.min_payments"),
         ({"min_payments": 2.5}, "budget.min_payments"),
         ({"block_share": 1.5}, "budget.block_share"),
+        ({"review_share": -0.1}, "budget.review_share"),
+        ({"review_share": True}, "budget.review_share"),
         ({"categories": {"beauty": 0.7}}, "budget.categories.beauty"),
         ({"categories": []}, "budget.categories"),
         ({"legit_fiction": 0.01}, "budget: unknown key 'legit_fiction'"),
@@ -65,6 +68,19 @@ BUDGET = 0.01
 def test_budget_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(PolicyError, match=key):
         Policy.from_document({"version": "v", "budget": table})
+
+
+def test_the_review_sample_is_the_share_asked_stable_and_nested() -> None:
+    ids = [f"tx-{i}" for i in range(20_000)]
+    tenth = {tx for tx in ids if sampled_for_review(tx, 0.1)}
+    fifth = {tx for tx in ids if sampled_for_review(tx, 0.2)}
+    assert 1_800 < len(tenth) < 2_200 and 3_700 < len(fifth) < 4_300
+    # A larger share keeps the smaller one's payments (raising it only adds reviews), and
+    # the same id is drawn alike every time (replay and every worker agree).
+    assert tenth < fifth
+    assert tenth == {tx for tx in ids if sampled_for_review(tx, 0.1)}
+    assert not any(sampled_for_review(tx, 0.0) for tx in ids)
+    assert all(sampled_for_review(tx, 1.0) for tx in ids)
 
 
 def test_a_budget_reads_back_from_its_document_and_absent_means_fixed_thresholds() -> None:
