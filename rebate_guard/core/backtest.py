@@ -402,7 +402,8 @@ class _Redecider:
     regranted: dict[str, PaymentLog] = field(default_factory=dict)
 
     def label(self, row: HistoryRow, ts: int) -> None:
-        """`Decider.label`'s part in the budget: event time moves on; fraud counts."""
+        """`Decider.label`'s part in the budget: event time moves on; fraud counts, and
+        the review sample's labels."""
         terms = self.policy.budget
         if terms is None:
             return
@@ -410,6 +411,8 @@ class _Redecider:
         budget.advance(ts, terms)
         if row.label == FRAUD:
             budget.fraud(row.tx_id)
+        else:
+            budget.legit(row.tx_id)
 
     def decide(self, row: HistoryRow, tx: Transaction) -> tuple[str, int]:
         terms, budget, cut = self.policy.budget, None, None

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import accumulate
 from math import isqrt
@@ -125,9 +125,63 @@ class Mark(NamedTuple):
     #: 21 (47164ab..c754b5a) added (legit cents)², which then stays in the window until its
     #: epoch leaves it: a larger margin, a lower cut, for at most `window_days`.
     squared: int = 0
+    #: In the review sample (withheld, and drawn by `sampled_for_review`): its first label
+    #: counts in the window's review tally. False in marks pickled before the sample.
+    sampled: bool = False
+
+    @property
+    def legit_share_ppm(self) -> int:
+        """The model's probability that it is legitimate, in millionths (1 - q)."""
+        return self.legit // self.cents if self.cents else 0
 
 
 Bins = dict[int, int]  # weight bin -> cents (sparse: an epoch uses few bins)
+
+#: The review ratio's prior, in payments: as if one payment the model expected to be
+#: legitimate had been reviewed and found so (a ratio of 1, weakly held), so that a few
+#: reviews move it only a little.
+REVIEW_PRIOR = 1
+
+
+@dataclass
+class ReviewTally:
+    """The review sample's labels: how many sampled withheld payments were labelled, how
+    many of them legitimate, and how many the model expected to be (the sum of their
+    1 - q, in millionths)."""
+
+    reviewed: int = 0
+    legit: int = 0
+    expected_ppm: int = 0
+
+    def add(self, legit_share_ppm: int, *, legit: bool, sign: int = 1) -> None:
+        self.reviewed += sign
+        self.legit += sign * legit
+        self.expected_ppm += sign * legit_share_ppm
+
+    def merge(self, other: ReviewTally, sign: int = 1) -> None:
+        self.reviewed += sign * other.reviewed
+        self.legit += sign * other.legit
+        self.expected_ppm += sign * other.expected_ppm
+
+    def scale(self) -> tuple[int, int]:
+        """How far the model's legitimate money among withheld payments is to be scaled,
+        and that factor's standard error, both in millionths: the ratio of legitimate
+        payments found to those the model expected, (k + a) / (e + a), with a Gamma-Poisson
+        posterior (prior `REVIEW_PRIOR` = a), whose sd is sqrt(k + a) / (e + a). The review
+        sample is random, so the ratio measures the model's bias where it withholds; the
+        payments are counted, not their money, so one big payment does not swing it (the
+        money's spread is the margin's other part).
+
+        >>> ReviewTally(reviewed=40, legit=0, expected_ppm=9_000_000).scale()
+        (100000, 100000)
+        >>> ReviewTally().scale()
+        (1000000, 0)
+        """
+        if self.reviewed <= 0:
+            return PPM, 0
+        found = self.legit + REVIEW_PRIOR
+        expected = self.expected_ppm + REVIEW_PRIOR * PPM
+        return found * PPM * PPM // expected, isqrt(found * PPM * PPM) * PPM // expected
 
 
 @dataclass
@@ -145,11 +199,18 @@ class Tally:
     #: Sum of the payments' expected squared legitimate cents per weight bin (`Mark.squared`,
     #: cents²): how uncertain the money below a cut is (`largest_cuts`).
     legit_sq: dict[str, Bins] = field(default_factory=dict)
+    #: The part of `legit` and `legit_sq` that payments withheld at decision added: the money
+    #: the review sample speaks for (`ReviewTally.scale`).
+    held_legit: dict[str, Bins] = field(default_factory=dict)
+    held_sq: dict[str, Bins] = field(default_factory=dict)
+    #: The review sample's labels by category.
+    reviews: dict[str, ReviewTally] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A checkpoint from before `legit_sq`: its epochs count as certain until they leave
-        # the window.
-        state.setdefault("legit_sq", {})
+        # the window. One from before the review sample has none in its epochs.
+        for name in ("legit_sq", "held_legit", "held_sq", "reviews"):
+            state.setdefault(name, {})
         self.__dict__.update(state)
 
     def add_payment(self, mark: Mark, sign: int = 1) -> None:
@@ -158,12 +219,24 @@ class Tally:
         _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
         _bump(self.payments, mark.category, sign)
         _bump(self.withheld, mark.category, sign * mark.withheld)
+        if mark.withheld:
+            _bump(self.held_legit.setdefault(mark.category, {}), mark.bin, sign * mark.legit)
+            _bump(self.held_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
 
     def add_fraud(self, mark: Mark, sign: int = 1) -> None:
         _bump(self.fraud.setdefault(mark.category, {}), mark.bin, sign * mark.cents)
         _bump(self.fraud_withheld, mark.category, sign * mark.withheld)
         # Labelled fraud is no longer legitimate money that may or may not be there.
         _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, -sign * mark.squared)
+        if mark.withheld:
+            _bump(self.held_sq.setdefault(mark.category, {}), mark.bin, -sign * mark.squared)
+
+    def add_review(self, mark: Mark, *, legit: bool, sign: int = 1) -> None:
+        """The review sample's label on a sampled payment."""
+        tally = self.reviews.setdefault(mark.category, ReviewTally())
+        tally.add(mark.legit_share_ppm, legit=legit, sign=sign)
+        if not tally.reviewed:
+            del self.reviews[mark.category]
 
     def add(self, other: Tally, sign: int = 1) -> None:
         """Adds (sign -1: subtracts) `other`."""
@@ -172,6 +245,8 @@ class Tally:
             (self.fraud, other.fraud),
             (self.legit, other.legit),
             (self.legit_sq, other.legit_sq),
+            (self.held_legit, other.held_legit),
+            (self.held_sq, other.held_sq),
         )
         for mine, theirs in pairs:
             for category, bins in theirs.items():
@@ -189,6 +264,11 @@ class Tally:
         ):
             for category, n in theirs_n.items():
                 _bump(mine_n, category, sign * n)
+        for category, review in other.reviews.items():
+            mine_r = self.reviews.setdefault(category, ReviewTally())
+            mine_r.merge(review, sign)
+            if not mine_r.reviewed:
+                del self.reviews[category]
 
     def copy(self) -> Tally:
         return Tally(
@@ -199,6 +279,9 @@ class Tally:
             dict(self.withheld),
             dict(self.fraud_withheld),
             {c: dict(b) for c, b in self.legit_sq.items()},
+            {c: dict(b) for c, b in self.held_legit.items()},
+            {c: dict(b) for c, b in self.held_sq.items()},
+            {c: replace(r) for c, r in self.reviews.items()},
         )
 
     def prune(self) -> None:
@@ -208,6 +291,9 @@ class Tally:
             self.fraud.pop(category, None)
             self.legit.pop(category, None)
             self.legit_sq.pop(category, None)
+            self.held_legit.pop(category, None)
+            self.held_sq.pop(category, None)
+            self.reviews.pop(category, None)
 
     def of(self, categories: list[str]) -> Tally:
         """The categories' sums as one (category `SHARED`); of one category, a view."""
@@ -228,6 +314,9 @@ class Tally:
             {SHARED: self.withheld.get(category, 0)},
             {SHARED: self.fraud_withheld.get(category, 0)},
             {SHARED: self.legit_sq.get(category, {})},
+            {SHARED: self.held_legit.get(category, {})},
+            {SHARED: self.held_sq.get(category, {})},
+            {SHARED: self.reviews[category]} if category in self.reviews else {},
         )
 
 
@@ -272,6 +361,7 @@ def largest_cuts(
     shares_ppm: Sequence[int],
     legit_sq: Bins | None = None,
     z_milli: int = 0,
+    unsure: Bins | None = None,
 ) -> list[int]:
     """`largest_cut` for each share, the histograms read once (a group's hold and block
     cuts are computed together at each epoch).
@@ -281,7 +371,10 @@ def largest_cuts(
     under the budget overspends it whenever one more big one falls below. So the cut keeps
     the money below plus `z_milli`/1000 of its standard error (the root of the sum of the
     payments' expected squared legitimate cents, `Tally.legit_sq`) within the budget: money spread
-    over many small payments is nearly certain, one big payment's is not."""
+    over many small payments is nearly certain, one big payment's is not. `unsure`: per bin,
+    expected legitimate money (millionths of a cent) known only up to a common factor, one
+    standard error of it; its sum below the cut adds to the variance (`_cut`: the review
+    ratio's uncertainty)."""
     expected = legit_money(money, fraud, legit=legit)
     total = sum(expected.values())
     bins = sorted(expected)
@@ -289,7 +382,10 @@ def largest_cuts(
     # The margin in the units of `allowed` (share ppm x ppm-cents): z x sd x PPM².
     margin = [0] * len(bins)
     if z_milli and legit_sq:
-        sq_up_to = accumulate(max(0, legit_sq.get(k, 0)) for k in bins)
+        sq_up_to = list(accumulate(max(0, legit_sq.get(k, 0)) for k in bins))
+        if unsure:
+            unsure_up_to = accumulate(unsure.get(k, 0) for k in bins)
+            sq_up_to = [v + (u // PPM) ** 2 for v, u in zip(sq_up_to, unsure_up_to, strict=True)]
         margin = [z_milli * isqrt(v) * PPM * PPM // 1000 for v in sq_up_to]
     cuts = []
     for share in shares_ppm:
@@ -334,6 +430,13 @@ class FrictionBudget:
     #: and the budget terms they were computed with.
     cuts: dict[str, Cut | None] = field(default_factory=dict)
     cuts_for: Budget | None = None
+    #: The review sample's labels taken in during the current epoch (the payment's mark,
+    #: and whether it was found legitimate): they count from the next one, as fraud labels.
+    pending_reviews: list[tuple[Mark, bool]] = field(default_factory=list)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("pending_reviews", [])  # a checkpoint from before the sample
+        self.__dict__.update(state)
 
     # --- reading --------------------------------------------------------------------------
     def epoch_of(self, ts: int, terms: Budget) -> int:
@@ -360,6 +463,9 @@ class FrictionBudget:
         for mark in self.pending:
             if mark.epoch >= horizon:
                 out.add_fraud(mark)
+        for mark, legit in self.pending_reviews:
+            if mark.epoch >= horizon:
+                out.add_review(mark, legit=legit)
         for begun, tally in self.epochs.items():
             if begun >= horizon:
                 break
@@ -381,12 +487,17 @@ class FrictionBudget:
                 tally = self.epochs.get(mark.epoch)
                 if tally is not None:
                     tally.add_fraud(mark)
+            for mark, legit in self.pending_reviews:
+                tally = self.epochs.get(mark.epoch)
+                if tally is not None:
+                    tally.add_review(mark, legit=legit)
             horizon = start - terms.window_ms
             while self.epochs and next(iter(self.epochs)) < horizon:
                 self.epochs.popitem(last=False)
             while self.recorded and next(iter(self.recorded.values())).epoch < horizon:
                 self.recorded.popitem(last=False)
             self.epoch, self.current, self.pending = start, Tally(), []
+            self.pending_reviews = []
             self.cuts_for = None
         if terms is not self.cuts_for and terms != self.cuts_for:
             groups = [SHARED, *terms.categories]
@@ -403,23 +514,29 @@ class FrictionBudget:
         withheld: int,
         keep: int,
         legit_share: float = 1.0,
+        sampled: bool = False,
     ) -> None:
         """A payment decided in the current epoch (after `advance`): its requested cents at
         its weight, and the cents withheld at decision. `keep`: how many payments to
         remember for fraud labels (the oldest are forgotten first). `legit_share`: the
         probability that it is legitimate as far as a calibrated model can say (1: no
-        calibrated model yet, so its money counts as legitimate: the label-free bound)."""
+        calibrated model yet, so its money counts as legitimate: the label-free bound).
+        `sampled`: a withheld payment in the review sample (`sampled_for_review`)."""
         assert self.epoch is not None, "advance() before record()"
         legit = round(cents * min(1.0, max(0.0, legit_share)) * PPM)
         squared = cents * legit // PPM
-        mark = Mark(self.epoch, category or "", weight_bin(weight), cents, withheld, legit, squared)
+        sampled = sampled and withheld > 0 and cents > 0
+        mark = Mark(
+            self.epoch, category or "", weight_bin(weight), cents, withheld, legit, squared, sampled
+        )
         self.current.add_payment(mark)
         self.recorded[tx_id] = mark
         while len(self.recorded) > keep:
             self.recorded.popitem(last=False)
 
     def fraud(self, tx_id: str) -> None:
-        """A fraud label on a recorded payment: counted once, from the next epoch on."""
+        """A fraud label on a recorded payment: counted once, from the next epoch on (and,
+        on a payment in the review sample, as its review)."""
         mark = self.recorded.pop(tx_id, None)
         if mark is None:
             return
@@ -427,6 +544,23 @@ class FrictionBudget:
             self.current.add_fraud(mark)  # joins the window with its epoch
         else:
             self.pending.append(mark)
+        if mark.sampled:
+            self._reviewed(mark, legit=False)
+
+    def legit(self, tx_id: str) -> None:
+        """A legitimate label: on a payment in the review sample, its review (the first
+        label counts); on others, nothing (the model's share stands)."""
+        mark = self.recorded.get(tx_id)
+        if mark is None or not mark.sampled:
+            return
+        del self.recorded[tx_id]
+        self._reviewed(mark, legit=True)
+
+    def _reviewed(self, mark: Mark, *, legit: bool) -> None:
+        if mark.epoch == self.epoch:
+            self.current.add_review(mark, legit=legit)
+        else:
+            self.pending_reviews.append((mark, legit))
 
     # --- reporting ------------------------------------------------------------------------
     def report(self, terms: Budget) -> dict[str, Any]:
@@ -454,6 +588,7 @@ class FrictionBudget:
             expected = None
             if cut is not None and legit_total:
                 expected = sum(v for k, v in legit.items() if k < cut.hold_below) / legit_total
+            review = tally.reviews.get(SHARED, ReviewTally())
             groups[group] = {
                 "legit_friction": terms.share_of(group),
                 "cut": None if cut is None else cut.at,
@@ -467,6 +602,12 @@ class FrictionBudget:
                     (withheld - fraud_withheld) / (money - fraud) if money > fraud else None
                 ),
                 "expected_legit_friction": expected,
+                "review_sample": {
+                    "reviewed": review.reviewed,
+                    "legit": review.legit,
+                    "expected_legit": review.expected_ppm / PPM,
+                    "scale": review.scale()[0] / PPM,
+                },
             }
         epoch = None
         if self.epoch is not None:
@@ -485,7 +626,7 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
     if tally.payments.get(SHARED, 0) < max(1, terms.min_payments):
         return None
     money, fraud = tally.money.get(SHARED, {}), tally.fraud.get(SHARED, {})
-    legit = tally.legit.get(SHARED, {})
+    legit, legit_sq, unsure = reviewed_legit(tally)
     share = terms.share_of(group)
     shares = (round(share * PPM), round(share * terms.block_share * PPM))
     hold, block = largest_cuts(
@@ -493,7 +634,29 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
         fraud,
         legit=legit,
         shares_ppm=shares,
-        legit_sq=tally.legit_sq.get(SHARED, {}),
+        legit_sq=legit_sq,
         z_milli=confident_z(terms.confidence),
+        unsure=unsure,
     )
     return Cut(group, epoch, hold, min(block, hold))
+
+
+def reviewed_legit(tally: Tally) -> tuple[Bins, Bins, Bins]:
+    """A group's expected legitimate money and its squares per bin (category `SHARED`),
+    the withheld payments' part scaled by the review sample's ratio (`ReviewTally.scale`),
+    and per bin that part's standard error from the ratio's: the model's legitimate share
+    where it is least sure, corrected by what the team found there. Without reviews, the
+    model's alone."""
+    legit, legit_sq = tally.legit.get(SHARED, {}), tally.legit_sq.get(SHARED, {})
+    review = tally.reviews.get(SHARED)
+    if review is None or review.reviewed <= 0:
+        return legit, legit_sq, {}
+    scale, sd = review.scale()
+    held, held_sq = tally.held_legit.get(SHARED, {}), tally.held_sq.get(SHARED, {})
+    scaled = dict(legit)
+    for k, part in held.items():
+        scaled[k] = scaled.get(k, 0) - part + part * scale // PPM
+    scaled_sq = dict(legit_sq)
+    for k, part in held_sq.items():
+        scaled_sq[k] = scaled_sq.get(k, 0) - part + part * scale // PPM
+    return scaled, scaled_sq, {k: part * sd // PPM for k, part in held.items()}

@@ -42,7 +42,7 @@ from rebate_guard.contract.records import (
     requested_rebate_cents,
 )
 from rebate_guard.contract.time import DAY_MS
-from rebate_guard.core.budget import Cut, FrictionBudget
+from rebate_guard.core.budget import Cut, FrictionBudget, sampled_for_review
 from rebate_guard.core.ledger import Ledger
 from rebate_guard.core.points import PointsBooks
 from rebate_guard.core.policy import (
@@ -239,6 +239,7 @@ def record_in_budget(
         withheld=requested - granted,
         keep=keep,
         legit_share=1.0 - calibrated_risk,
+        sampled=sampled_for_review(tx.tx_id, terms.review_share),
     )
 
 
@@ -430,7 +431,7 @@ class Decider:
         examples learned (for other deciders to learn too). The ledger releases, voids or
         claws back what the label settles among the payments decided here, and a fraud
         label's payments count as labelled fraud in the friction budget (from the next
-        epoch on)."""
+        epoch on); on payments in the review sample, any label counts as their review."""
         terms = self.policy.ledger
         self._due(event.ts, decided_at)
         self._adjusted(self.ledger.label(event, terms, decided_at=decided_at))
@@ -443,6 +444,8 @@ class Decider:
             self.learn(example)
             if example.fraud:
                 self.budget.fraud(example.tx_id)
+            else:
+                self.budget.legit(example.tx_id)
         return found
 
     def cut(self, tx: Transaction) -> Cut | None:

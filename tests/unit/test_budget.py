@@ -3,6 +3,7 @@
 import json
 import pickle
 import random
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from rebate_guard.core.budget import (
     Cut,
     FrictionBudget,
     Mark,
+    ReviewTally,
     Tally,
     confident_z,
     largest_cut,
@@ -324,6 +326,109 @@ def test_a_fraud_label_counts_once_and_a_later_legit_label_changes_nothing() -> 
     assert budget.window.fraud_withheld == {"": 1000}
 
 
+# --- the review sample --------------------------------------------------------------------
+REVIEWED = Budget(min_payments=1, update_minutes=60, review_share=0.5)
+
+
+def _withheld_band(
+    *, sampled: bool, labels: dict[str, bool] | None = None
+) -> tuple[FrictionBudget, Cut]:
+    """An hour of payments: 4000 paid ones the model is sure of (weights 0.1-1), and 40
+    withheld at weights 0.05-0.09 the model calls half legitimate, every other one in the
+    review sample when `sampled`; `labels` (tx -> legit?) arrive in the hour; the next
+    hour's cut."""
+    budget = FrictionBudget()
+    budget.advance(T0, REVIEWED)
+    rng = random.Random(7)
+    for i in range(4000):
+        w = 0.1 + 0.9 * rng.random()
+        budget.record(
+            f"p{i}", None, weight=w, cents=1_000, withheld=0, keep=10**5, legit_share=0.99
+        )
+    for i in range(40):
+        budget.record(
+            f"h{i}",
+            None,
+            weight=0.05 + i / 1000,
+            cents=1_000,
+            withheld=1_000,
+            keep=10**5,
+            legit_share=0.5,
+            sampled=sampled and i % 2 == 0,
+        )
+    for tx_id, legit in (labels or {}).items():
+        (budget.legit if legit else budget.fraud)(tx_id)
+    budget.advance(T0 + HOUR, REVIEWED)
+    cut = budget.cuts[SHARED]
+    assert cut is not None
+    return budget, cut
+
+
+def test_the_review_sample_scales_the_withheld_moneys_legitimate_share_by_what_it_found() -> None:
+    """The team reviews a random half of the withheld payments. Found all fraud, the other
+    half (unlabelled) is likely fraud too, which the model called half legitimate: the cut
+    rises above where the same fraud labels outside the sample put it. Found all
+    legitimate, the model's half was too low: the cut falls below the label-free one."""
+    reviewed = {f"h{i}": False for i in range(0, 40, 2)}
+    _, plain = _withheld_band(sampled=False)
+    _, fraud_labels = _withheld_band(sampled=False, labels=reviewed)
+    found_fraud, fraud_review = _withheld_band(sampled=True, labels=reviewed)
+    _, legit_review = _withheld_band(sampled=True, labels=dict.fromkeys(reviewed, True))
+    assert legit_review.hold_below < plain.hold_below <= fraud_labels.hold_below
+    assert fraud_labels.hold_below < fraud_review.hold_below
+    sample = found_fraud.report(REVIEWED)["groups"][SHARED]["review_sample"]
+    assert sample["reviewed"] == 20 and sample["legit"] == 0
+    assert sample["expected_legit"] == 10.0 and sample["scale"] == pytest.approx(1 / 11, abs=1e-6)
+
+
+def test_only_the_sample_first_label_counts_and_a_legit_label_outside_it_changes_nothing() -> None:
+    budget, _ = _withheld_band(
+        sampled=True, labels={"h1": True, "p3": True, "h2": True, "h4": False}
+    )
+    budget.fraud("h2")  # a later label on a reviewed payment: the first one stood
+    budget.advance(T0 + 2 * HOUR, REVIEWED)
+    assert budget.window.reviews == {"": ReviewTally(2, 1, 1_000_000)}
+    # A payment allowed is never in the sample, whatever its id draws.
+    budget.record("paid", None, weight=0.9, cents=100, withheld=0, keep=10**5, sampled=True)
+    assert not budget.recorded["paid"].sampled
+
+
+def test_reviews_count_from_the_next_epoch_and_leave_the_window_with_their_payments() -> None:
+    terms = replace(REVIEWED, window_days=1)
+    budget = FrictionBudget()
+    budget.advance(T0, terms)
+    budget.record("h", None, weight=0.1, cents=500, withheld=500, keep=10, sampled=True)
+    budget.advance(T0 + HOUR, terms)
+    budget.legit("h")
+    assert budget.window.reviews == {}  # taken in during this epoch
+    assert budget.cut(T0 + 2 * HOUR, SHARED, terms=terms) is not None
+    budget.advance(T0 + 2 * HOUR, terms)
+    assert budget.window.reviews == {"": ReviewTally(1, 1, PPM)}
+    budget.advance(T0 + DAY + HOUR, terms)  # the payment's epoch has left the window
+    assert budget.window.reviews == {}
+
+
+def test_a_budget_checkpointed_before_the_review_sample_restores_and_reviews_nothing() -> None:
+    budget = FrictionBudget()
+    budget.advance(T0, REVIEWED)
+    budget.record("h", None, weight=0.1, cents=500, withheld=500, keep=10, sampled=True)
+    state = budget.__dict__.copy()
+    del state["pending_reviews"]
+    tally = budget.current.__dict__.copy()
+    for name in ("held_legit", "held_sq", "reviews"):
+        del tally[name]
+    old_tally = Tally.__new__(Tally)
+    old_tally.__setstate__(tally)
+    state["current"] = old_tally
+    state["recorded"] = OrderedDict(h=pickle.loads(pickle.dumps(Mark(*budget.recorded["h"][:7]))))
+    old = FrictionBudget.__new__(FrictionBudget)
+    old.__setstate__(state)  # as pickle restores a checkpoint's
+    old.legit("h")  # its mark was never sampled
+    old.advance(T0 + HOUR, REVIEWED)
+    assert old.window.reviews == {} and old.pending_reviews == []
+    assert old.window.money == {"": {100: 500}}
+
+
 def _legit(money: dict[int, int], share: float | None = None) -> dict[int, int]:
     """Expected legitimate millionths of cents per bin: each bin's money x `share`, or x the
     bin's middle weight (k + 0.5) / 1000 (a calibrated model)."""
@@ -529,6 +634,18 @@ def test_a_fraud_label_reaching_the_decider_counts_in_its_budget() -> None:
     scorer.apply(parse_transaction(tx("y", T0 + 4 * HOUR, user_id="u1", device_id="d1")), 0)
     report = decider.budget_report()["groups"][SHARED]  # type: ignore[index]
     assert report["fraud_labelled_cents"] == (1000 + 37 * 5) // 10  # w5's rebate, once
+
+
+def test_a_review_of_a_sampled_withheld_payment_reaching_the_decider_counts_in_its_budget() -> None:
+    decider = Decider(policy=_budget_policy(min_payments=20, review_share=1.0))
+    scorer = _warm(decider, hours=6)
+    sampled = [tx_id for tx_id, mark in decider.budget.recorded.items() if mark.sampled]
+    withheld = [tx_id for tx_id, mark in decider.budget.recorded.items() if mark.withheld]
+    assert sampled and sampled == withheld  # every withheld payment, and only those
+    scorer.apply(parse_label(label(sampled[0], T0 + 6 * HOUR, label="legit")), 0)
+    scorer.apply(parse_transaction(tx("y", T0 + 7 * HOUR, user_id="u1", device_id="d1")), 0)
+    report = decider.budget_report()["groups"][SHARED]  # type: ignore[index]
+    assert report["review_sample"]["reviewed"] == 1 and report["review_sample"]["legit"] == 1
 
 
 def test_replay_with_the_default_policy_records_the_threshold_version(tmp_path: Path) -> None:
