@@ -1,14 +1,22 @@
-"""The simulated risk team reviewing the sample of withheld payments (`ReviewDesk`) (issue
-#21)."""
+"""The simulated risk team reviewing the sample of withheld payments (`ReviewDesk`), and
+replay applying its labels (issue #21)."""
+
+from dataclasses import replace
+from pathlib import Path
 
 import polars as pl
 import pytest
 
+from detectors.base import Features
+from detectors.risk import Assessment, RiskModel
 from rebate_guard.contract.records import Decision, Label
 from rebate_guard.core.budget import sampled_for_review
+from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.points import POINTS_THRESHOLDS
+from rebate_guard.core.policy import Policy, default_policy
+from rebate_guard.tools.replay import replay
 from rebate_guard.tools.simulator import ReviewDesk, WorldConfig
-from tests.factories import HOUR, T0, decision
+from tests.factories import HOUR, T0, decision, signup, tx
 
 END = 2**62
 
@@ -143,3 +151,93 @@ def test_the_desk_of_a_world_reads_its_truth_frame() -> None:
         ("a", "fraud"),
         ("b", "legit"),
     }
+
+
+# --- in replay ------------------------------------------------------------------------------
+
+
+class _Risky(RiskModel):
+    """Scores every transaction at risk 0.9, never trusted: held in the cold start."""
+
+    def assess(self, x: Features) -> Assessment:
+        assessment = super().assess(x)
+        assessment.risk = 0.9
+        return assessment
+
+    def confidence(self) -> float:
+        return 0.0
+
+
+def _reviewing_policy(share: float) -> Policy:
+    policy = default_policy()
+    assert policy.budget is not None
+    return replace(policy, budget=replace(policy.budget, review_share=share))
+
+
+def _world(tmp_path: Path) -> dict[str, Path]:
+    """u0 pays at T0 (held), then nothing until u1 pays 60 h later (before the 72 h
+    timeout, after any review: 4-48 h)."""
+    rows = [tx("t0", T0, user_id="u0", device_id="d0")]
+    rows.append(tx("t1", T0 + 60 * HOUR, user_id="u1", device_id="d1"))
+    sig = [signup(f"u{i}", T0 - 30 * 24 * HOUR, device_id=f"d{i}") for i in range(2)]
+    paths = {"transactions": tmp_path / "tx.parquet", "signups": tmp_path / "sg.parquet"}
+    pl.DataFrame(rows).write_parquet(paths["transactions"])
+    pl.DataFrame(sig).write_parquet(paths["signups"])
+    return paths
+
+
+def _replay(tmp_path: Path, reviews: ReviewDesk | None, name: str) -> pl.DataFrame:
+    scorer = Scorer(decider=Decider(model=_Risky(), policy=_reviewing_policy(1.0)))
+    summary = replay(
+        out_dir=tmp_path / name, progress=None, scorer=scorer, reviews=reviews, **_world(tmp_path)
+    )
+    decisions = pl.read_parquet(summary.outputs["decisions"])
+    assert decisions["action"].to_list() == ["hold", "hold"]
+    return pl.read_parquet(summary.outputs["adjustments"])
+
+
+def test_replay_applies_the_review_of_a_held_legit_payment_and_the_ledger_releases_it(
+    tmp_path: Path,
+) -> None:
+    desk = _desk({"t0": False, "t1": False})
+    adjustments = _replay(tmp_path, desk, "reviewed")
+    released = adjustments.filter(pl.col("tx_id") == "t0")
+    assert released["kind"].to_list() == ["release"]
+    assert released["cause"].to_list() == ["label:legit"]
+    assert T0 + 4 * HOUR <= released["ts"][0] <= T0 + 48 * HOUR
+    assert desk.delivered == 1  # t1's review would land after the input ends
+    assert _replay(tmp_path, None, "unreviewed").is_empty()  # nobody reviews: still held
+
+
+class _Recording:
+    """A `Feedback` that answers nothing and records what replay asked of it."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+        self.told: list[str] = []
+
+    def decided(self, decision: Decision) -> None:
+        self.told.append(decision.tx_id)
+
+    def due(self, ts: int) -> list[Label]:
+        self.asked.append(ts)
+        return []
+
+
+def test_replay_asks_for_labels_before_each_event_and_a_signup_keeps_its_ts_first(
+    tmp_path: Path,
+) -> None:
+    recording = _Recording()
+    paths = _world(tmp_path)
+    replay(
+        paths["transactions"],
+        tmp_path / "out",
+        signups=paths["signups"],
+        progress=None,
+        reviews=recording,
+    )
+    # Two signups (asked up to just before their ts: at an equal ts a signup goes first),
+    # then the payments (up to their ts: a label goes before a payment at its ts).
+    signed = T0 - 30 * 24 * HOUR
+    assert recording.asked == [signed - 1, signed - 1, T0, T0 + 60 * HOUR]
+    assert recording.told == ["t0", "t1"]
