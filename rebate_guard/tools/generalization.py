@@ -92,6 +92,9 @@ class WorldResult:
     #: least `MIN_GROUP_CENTS` points).
     points_scenario_withheld: dict[str, float] = field(default_factory=dict)
     points_lookalike_withheld: dict[str, float] = field(default_factory=dict)
+    #: Labels the simulated risk team gave on the review sample of withheld payments
+    #: (`[budget] review_share`; 0 without one): the sample the budget could read.
+    review_labels: int = 0
 
 
 def run_world(
@@ -133,7 +136,12 @@ def _run(
     from rebate_guard.tools.evaluate import evaluate, points_requests
     from rebate_guard.tools.replay import replay
     from rebate_guard.tools.ring_quality import ring_quality
-    from rebate_guard.tools.simulator import simulate_world, world_config, write_world
+    from rebate_guard.tools.simulator import (
+        ReviewDesk,
+        simulate_world,
+        world_config,
+        write_world,
+    )
 
     started = time.perf_counter()
     world_dir, out = workdir / "world", workdir / "replay"
@@ -148,6 +156,10 @@ def _run(
         ),
         graph=GraphLayer(),
     )
+    terms = scorer.decider.policy.budget
+    reviews = None
+    if terms is not None and terms.review_share > 0:  # the risk team reviews its sample
+        reviews = ReviewDesk.of(world.tx_truth, share=terms.review_share, config=config)
     replay(
         world_dir / "transactions.parquet",
         out,
@@ -156,6 +168,7 @@ def _run(
         scorer=scorer,
         progress=None,
         platform_events=world_dir / "platform_events.parquet",
+        reviews=reviews,
     )
     result = evaluate(out / "decisions.parquet", truth=world_dir / "truth")
     payments = _payments(out / "decisions.parquet", world_dir / "truth")
@@ -182,6 +195,7 @@ def _run(
         lookalike_flagged=rings.lookalike_share,
         ring_delay_min=rings.median_delay_min,
         seconds=time.perf_counter() - started,
+        review_labels=0 if reviews is None else reviews.delivered,
         **points_figures(requests, allow_at=allow_at),
     )
 

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import polars as pl
 
@@ -32,9 +32,11 @@ from rebate_guard.contract.records import (
     SIGNUPS,
     TRANSACTIONS,
     Decision,
+    Label,
     PlatformAlert,
     PlatformEvent,
     RebateAdjustment,
+    Signup,
     SolvencyReading,
     Transaction,
 )
@@ -65,6 +67,19 @@ END_OF_TIME = 2**62
 #: Merged positions whose rows become Python values at a time: the files stay in Polars
 #: columns, so replay's memory for its inputs does not grow with them.
 ROWS_PER_BATCH = 65_536
+
+
+class Feedback(Protocol):
+    """Labels that answer replay's decisions: told each decision, it has labels due by an
+    event time (the simulated risk team reviewing the sample of withheld payments,
+    `rebate_guard.tools.simulator.ReviewDesk`; in production they come from the console's
+    review queue)."""
+
+    def decided(self, decision: Decision) -> None: ...
+
+    def due(self, ts: int) -> list[Label]:
+        """The labels with ts <= `ts` not handed out yet, in ts order."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -411,11 +426,14 @@ def replay(
     scorer: Scorer | None = None,
     progress: TextIO | None = sys.stderr,
     platform_events: Path | None = None,
+    reviews: Feedback | None = None,
 ) -> ReplaySummary:
     """Replays the contract files into `out_dir`: decisions (the points requests' among
     them), adjustments, rings, dead letters, the friction budget; with `platform_events`,
     the solvency monitor's readings and alerts too (`solvency.parquet`,
-    `platform_alerts.parquet`), its last period closed at the end of the input."""
+    `platform_alerts.parquet`), its last period closed at the end of the input. With
+    `reviews`, every decision is told to it and the labels it has due are applied in
+    event-time order with the files' events (those due after the last event never are)."""
     started = time.perf_counter()
     scorer = scorer or Scorer(graph=GraphLayer())
     if platform_events is not None and scorer.solvency is None:
@@ -432,9 +450,13 @@ def replay(
         last_ts = None
         with fewer_collections():
             for event in files:
+                if reviews is not None:
+                    _reviewed(reviews, event, scorer, out)
                 decision = scorer.apply(event, decided_at=int(time.time() * 1000))
                 last_ts = event.ts
                 out.collect(decision, scorer)
+                if reviews is not None and decision is not None:
+                    reviews.decided(decision)
         if scorer.graph is not None and last_ts is not None:  # changed since the last scan
             scorer.ring_events += scorer.graph.scan(last_ts)
         if scorer.solvency is not None:  # the last period: closed, as the input ends
@@ -461,6 +483,14 @@ def replay(
     outputs["budget"] = out_dir / "budget.json"
     outputs["budget"].write_text(json.dumps(budget, indent=2) + "\n")
     return ReplaySummary.of(files, len(out.decisions), started, outputs, budget)
+
+
+def _reviewed(reviews: Feedback, event: Event, scorer: Scorer, out: ReplayOutputs) -> None:
+    """Applies the review labels due before `event`: at an equal ts a label comes after a
+    signup and before the other kinds (`contract.order.EVENT_KINDS`)."""
+    due = reviews.due(event.ts - 1 if isinstance(event, Signup) else event.ts)
+    for label in due:
+        out.collect(scorer.apply(label, decided_at=int(time.time() * 1000)), scorer)
 
 
 def compute_features(

@@ -6,12 +6,14 @@ See docs/simulator.md. The public API::
     world = simulate_world(world_config("random", seed=3))  # a randomised platform
     write_world(world, Path("out/world"), fmt="parquet")
     for topic, key, payload in event_stream(world): ...
+    reviews = ReviewDesk.of(world.tx_truth, share=0.2, config=config)  # replay(reviews=...)
 """
 
 from rebate_guard.tools.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS
 from rebate_guard.tools.simulator._economics import REGIONS, platform_books
 from rebate_guard.tools.simulator.config import WorldConfig
 from rebate_guard.tools.simulator.profiles import PROFILES, config_json, world_config
+from rebate_guard.tools.simulator.review_desk import ReviewDesk
 from rebate_guard.tools.simulator.world import (
     CONTRACT_SCHEMAS,
     LABEL_SCHEMA,
@@ -38,6 +40,7 @@ __all__ = [
     "SIGNUP_SCHEMA",
     "TRANSACTION_SCHEMA",
     "TRUTH_SCHEMAS",
+    "ReviewDesk",
     "World",
     "WorldConfig",
     "config_json",

@@ -112,6 +112,11 @@ class WorldConfig:
     review_delay_max_days: float = 9.0  # ... up to this many
     legit_mislabel_rate: float = 0.0  # reviews of legit tx that wrongly say "fraud"
     fraud_mislabel_rate: float = 0.0  # reviews of fraud tx that wrongly say "legit"
+    # The risk team reviewing the sample of withheld payments (`review_desk.ReviewDesk`,
+    # the policy's `[budget] review_share`) decides a held payment within its hold: this
+    # many hours after the payment, up to this many (holds time out after 72 h by default).
+    hold_review_delay_min_hours: float = 4.0
+    hold_review_delay_max_hours: float = 48.0
 
     # Growth: from `stall_day` (days after the start) new signups fall to `stall_signup_share`
     # of the growth curve's (the others had joined before the window: existing users, who keep
@@ -179,6 +184,8 @@ class WorldConfig:
             problems.append("nat_pool_users must be >= 2")
         if not 0 < self.review_delay_min_days <= self.review_delay_max_days:
             problems.append("review delays need 0 < min <= max days")
+        if not 0 < self.hold_review_delay_min_hours <= self.hold_review_delay_max_hours:
+            problems.append("hold review delays need 0 < min <= max hours")
         for name, allowed in (
             ("brushing_hours", BRUSHING_HOURS),
             ("collusion_pattern", COLLUSION_PATTERNS),
