@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rebate_guard.contract.records import Decision
+from rebate_guard.core.budget import sampled_for_review
 from streams.console.render import mask
 from streams.console.store import held_cents
 
@@ -158,9 +159,21 @@ async def search(runtime: Runtime, query: str) -> dict[str, Any]:
     return found
 
 
+def review_share(runtime: Runtime) -> float:
+    """The share of withheld payments the live policy puts in the review sample (0: none)."""
+    terms = runtime.processor.policy.budget
+    return terms.review_share if terms is not None else 0.0
+
+
 async def review_queue(runtime: Runtime, limit: int) -> dict[str, Any]:
+    """The `limit` held payments with the most money, those in the live policy's review
+    sample first (each part still most money first): the sample's labels measure how much
+    of the withheld money is legitimate (`rebate_guard.core.budget`), which only a review of
+    the drawn payments, not of the biggest, measures without bias."""
     queue = await runtime.console.review_queue(limit)
+    share = review_share(runtime)
     tx_ids = [tx_id for tx_id, _ in queue]
+    sampled = {tx_id for tx_id in tx_ids if sampled_for_review(tx_id, share)}
     found = {d.tx_id: d for d in await decisions(runtime, tx_ids)}
     claims = await runtime.console.claims(tx_ids)
     items = [
@@ -169,8 +182,16 @@ async def review_queue(runtime: Runtime, limit: int) -> dict[str, Any]:
             "held_cents": cents,
             "decision": found.get(tx_id),
             "claim": claims.get(tx_id),
+            "sampled": tx_id in sampled,
         }
         for tx_id, cents in queue
     ]
+    items.sort(key=lambda item: item["tx_id"] not in sampled)  # stable: money order in each
+    sample = {"share": share, "in_sample": len(sampled)} if share > 0 else None
     flagged = await rings(runtime, None, 0)
-    return {"items": items, "size": await runtime.console.queue_size(), "rings": flagged[:20]}
+    return {
+        "items": items,
+        "size": await runtime.console.queue_size(),
+        "rings": flagged[:20],
+        "sample": sample,
+    }

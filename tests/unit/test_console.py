@@ -16,6 +16,7 @@ from markupsafe import escape
 from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Transaction
 from rebate_guard.core.backtest import HistoryRow
+from rebate_guard.core.budget import sampled_for_review
 from rebate_guard.core.policy import Policy
 from tests.console_world import POLICY, Session, console_world, world_events
 from tests.factories import tx
@@ -223,3 +224,52 @@ def test_pii_is_masked_unless_an_admin_asks_and_hostile_ids_stay_text(
         assert not re.search(r"<img[^>]*onerror", page)
         audit = server.run(server.worker.runtime.console.audit_log(10))
         assert [e["who"] for e in audit if e["action"] == "unmask"] == ["adam"]
+
+
+def _live_policy(server: Served, version: str, budget: str) -> None:
+    """Publishes `POLICY` with a `[budget]` table as the live policy (Redis, hot reload)."""
+    text = POLICY.replace("console-test-1", version) + f"[budget]\n{budget}\n"
+    policy = Policy.from_text(text, "toml")
+    server.run(server.store.push_policy(policy.version, policy.to_json()))
+    server.run(server.worker.runtime.refresh_policy())
+    assert server.worker.runtime.processor.policy.version == version
+
+
+def _queue_rows(page: str) -> list[tuple[str, bool]]:
+    """The review queue's rows, in order: (tx_id, whether it carries the sample badge)."""
+    table = page[page.index('<table id="queue">') :].split("</table>")[0]
+    rows = table.split('<tr data-tx="')[1:]
+    return [(r.split('"')[0], "in the review sample" in r) for r in rows]
+
+
+def test_the_review_queue_marks_and_lists_first_the_payments_in_the_review_sample(
+    tmp_path: Path, events: list[Event]
+) -> None:
+    with console_world(tmp_path, events) as (server, _):
+        held = _queue(server)[:100]  # the page shows the first 100 (QUEUE_SHOWN)
+        vera = Session(server, "vera")
+        # No budget: nothing marked, and the page says there is no sample.
+        page = vera.get("/console/review")[1]
+        assert [t for t, _ in _queue_rows(page)] == [t for t, _ in held]
+        assert not any(badge for _, badge in _queue_rows(page))
+        assert "No review sample in the policy in force." in page
+        # A budget (too few payments for its cut: the fixed thresholds still decide, so the
+        # queue stays) with a review sample of 30%.
+        _live_policy(server, "console-test-sample", "review_share = 0.3")
+        sampled = [t for t, _ in held if sampled_for_review(t, 0.3)]
+        assert 0 < len(sampled) < len(held), "the world holds sampled and unsampled payments"
+        page = vera.get("/console/review")[1]
+        rows = _queue_rows(page)
+        # The badge on exactly the sampled ones; they come first, each part by money.
+        assert rows == [(t, True) for t in sampled] + [
+            (t, False) for t, _ in held if t not in sampled
+        ]
+        assert (
+            f"Review sample: 30.00% of withheld payments, drawn by transaction id; "
+            f"{len(sampled)} of the {len(held)} shown, listed first." in page
+        )
+        # review_share 0: nothing marked.
+        _live_policy(server, "console-test-no-sample", "review_share = 0")
+        page = vera.get("/console/review")[1]
+        assert not any(badge for _, badge in _queue_rows(page))
+        assert "No review sample in the policy in force." in page
