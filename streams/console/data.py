@@ -36,10 +36,15 @@ async def overview(runtime: Runtime) -> dict[str, Any]:
     budgets = reports.budgets()
     event_time = reports.event_time()
     groups: dict[str, dict[str, Any]] = {}
-    for unit in budgets.values():
-        for name, group in (unit.get("groups") or {}).items():
+    # The review sample's labels in each shard's window, by group and shard (those with any).
+    reviews: list[dict[str, Any]] = []
+    for unit, report in budgets.items():
+        for name, group in (report.get("groups") or {}).items():
             into = groups.setdefault(name, {"budget": group["legit_friction"], "units": []})
             into["units"].append(group.get("achieved_legit_friction"))
+            sample = group.get("review_sample") or {}
+            if sample.get("reviewed"):
+                reviews.append({"group": name, "unit": unit, **sample})
     return {
         "counters": counters,
         "actions": {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("action:")},
@@ -54,6 +59,8 @@ async def overview(runtime: Runtime) -> dict[str, Any]:
         "rings_at_risk": sum(r["rebate_at_risk_cents"] for r in rings),
         "queue": await runtime.console.queue_size(),
         "friction": groups,
+        "reviews": sorted(reviews, key=lambda r: str(r["group"])),  # stable: shard order
+        "review_share": review_share(runtime),
     }
 
 

@@ -18,9 +18,9 @@ from rebate_guard.contract.records import Label, Transaction
 from rebate_guard.core.backtest import HistoryRow
 from rebate_guard.core.budget import sampled_for_review
 from rebate_guard.core.policy import Policy
-from tests.console_world import POLICY, Session, console_world, world_events
+from tests.console_world import POLICY, Feed, Session, console_settings, console_world, world_events
 from tests.factories import tx
-from tests.web import Served
+from tests.web import Served, served
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +273,29 @@ def test_the_review_queue_marks_and_lists_first_the_payments_in_the_review_sampl
         page = vera.get("/console/review")[1]
         assert not any(badge for _, badge in _queue_rows(page))
         assert "No review sample in the policy in force." in page
+
+
+def test_the_overview_shows_the_review_samples_figures_per_group_and_shard(
+    tmp_path: Path, events: list[Event]
+) -> None:
+    with served(console_settings(tmp_path)) as server:
+        # Every withheld payment in the sample: the world's labels on them are its reviews.
+        _live_policy(server, "console-test-review", "review_share = 1.0")
+        Feed(server).put(events)
+        reports = server.worker.runtime.processor.reports.budgets()
+        expected = [
+            (unit, r["review_sample"])
+            for unit, report in reports.items()
+            for group, r in report["groups"].items()
+            if group == "*" and r["review_sample"]["reviewed"]
+        ]
+        assert expected, "the world labels some withheld payments"
+        page = Session(server, "vera").get("/console/")[1]
+        assert "<h3>Review sample: 100.00% of withheld payments</h3>" in page
+        figures = page[page.index('id="review-figures"') :].split("</table>")[0]
+        for unit, r in expected:
+            row = (
+                f"<tr><td>*</td><td>{unit}</td><td>{r['reviewed']}</td><td>{r['legit']}</td>"
+                f"<td>{r['expected_legit']:.1f}</td><td>{r['scale']:.3f}</td></tr>"
+            )
+            assert row in figures
