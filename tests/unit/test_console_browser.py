@@ -136,6 +136,7 @@ def test_an_analyst_reviews_a_ring_labels_a_held_payment_and_publishes_a_policy(
         row = rows[ids.index(HOSTILE_TX)]
         assert row.find_element(By.CSS_SELECTOR, "td").text == HOSTILE_TX
         assert HOSTILE_USER in row.text
+        assert driver.find_element(By.ID, "review-sample").text.startswith("No review sample")
         _shot(driver, "review")
         _no_script_ran(driver)
         row.find_element(By.CSS_SELECTOR, "button.legit").click()
