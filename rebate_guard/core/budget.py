@@ -525,7 +525,7 @@ class FrictionBudget:
         assert self.epoch is not None, "advance() before record()"
         legit = round(cents * min(1.0, max(0.0, legit_share)) * PPM)
         squared = cents * legit // PPM
-        sampled = sampled and withheld > 0 and cents > 0
+        sampled = sampled and withheld == cents > 0  # held (the policy holds what it samples)
         mark = Mark(
             self.epoch, category or "", weight_bin(weight), cents, withheld, legit, squared, sampled
         )

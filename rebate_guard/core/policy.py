@@ -47,7 +47,7 @@ from rebate_guard.contract.records import (
     scale_cents,
 )
 from rebate_guard.contract.time import DAY_MS, HOUR_MS, MINUTE_MS
-from rebate_guard.core.budget import SHARED, Cut
+from rebate_guard.core.budget import SHARED, Cut, sampled_for_review
 
 PPM = 1_000_000
 #: Reason codes of the policy's own rules.
@@ -57,6 +57,10 @@ BELOW_CUT = "budget:below_cut"
 BELOW_BLOCK_CUT = "budget:below_block_cut"
 #: Budget mode, before the classifier is trusted: held where the weight alone would block.
 COLD_START = "cold_start:hold"
+#: A payment in the review sample (`[budget] review_share`) that the weight would block is
+#: held instead: the team reviews what it holds (the console's queue), and a label then
+#: releases or voids it.
+REVIEW_SAMPLE = "review_sample:hold"
 #: What a decision's `threshold_version` says when no cut decided it: the fixed thresholds
 #: (of the policy or its category), a block or allow list, a campaign (`campaign:<name>`).
 FIXED = "fixed"
@@ -652,7 +656,8 @@ class Policy:
             (`rebate_guard.core.budget`); None: the fixed thresholds.
         trusted : bool, default True
             The classifier is trusted (its confidence is 1); in budget mode, before that, a
-            weight that would block holds instead (`COLD_START`).
+            weight that would block holds instead (`COLD_START`), as it does after it for a
+            payment in the review sample (`REVIEW_SAMPLE`).
 
         Returns
         -------
@@ -698,8 +703,11 @@ class Policy:
         else:
             action, granted, reasons = self.thresholds_for(tx).decide(weight, requested_cents)
             version = FIXED
-        if action == BLOCK and self.budget is not None and not trusted:
-            action, reasons = HOLD, [*reasons, COLD_START]
+        if action == BLOCK and self.budget is not None:
+            if not trusted:
+                action, reasons = HOLD, [*reasons, COLD_START]
+            elif sampled_for_review(tx.tx_id, self.budget.review_share):
+                action, reasons = HOLD, [*reasons, REVIEW_SAMPLE]
         return action, granted, reasons, version
 
     # --- documents ------------------------------------------------------------------------

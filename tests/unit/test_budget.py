@@ -36,6 +36,7 @@ from rebate_guard.core.policy import (
     BELOW_CUT,
     COLD_START,
     FIXED,
+    REVIEW_SAMPLE,
     Budget,
     Policy,
     PolicyError,
@@ -624,6 +625,32 @@ def test_cold_start_holds_what_the_weight_alone_would_block_and_says_so() -> Non
     # Block lists still block.
     listed = replace(policy, lists=replace(policy.lists, block_users=frozenset({"u1"})))
     assert listed.rule(event, 0.9, requested_cents=1000, cut=cut, trusted=False)[0] == "block"
+
+
+def test_a_payment_in_the_review_sample_that_the_weight_would_block_is_held_for_review() -> None:
+    """The team reviews what is held (the console's queue), so the policy holds a sampled
+    payment rather than block it; the others under the block cut still block, and block
+    lists still block the sampled too."""
+    cut = Cut(SHARED, T0, hold_below=600, block_below=300)
+    policy = _budget_policy(review_share=0.5)
+    ids = [f"t{i}" for i in range(40)]
+    sampled = [t for t in ids if sampled_for_review(t, 0.5)]
+    for tx_id in ids:
+        event = parse_transaction(tx(tx_id))
+        decided = policy.rule(event, 0.2, requested_cents=1000, cut=cut, trusted=True)[:3]
+        if tx_id in sampled:
+            assert decided == ("hold", 0, [BELOW_BLOCK_CUT, REVIEW_SAMPLE])
+        else:
+            assert decided == ("block", 0, [BELOW_BLOCK_CUT])
+    assert 5 < len(sampled) < 35
+    event = parse_transaction(tx(sampled[0]))
+    listed = replace(policy, lists=replace(policy.lists, block_users=frozenset({"u1"})))
+    assert listed.rule(event, 0.9, requested_cents=1000, cut=cut)[0] == "block"
+    # A scaled rebate (part withheld) is not held, so not in the budget's sample.
+    budget = FrictionBudget()
+    budget.advance(T0, REVIEWED)
+    budget.record("scaled", None, weight=0.5, cents=100, withheld=40, keep=10, sampled=True)
+    assert not budget.recorded["scaled"].sampled
 
 
 def test_a_fraud_label_reaching_the_decider_counts_in_its_budget() -> None:

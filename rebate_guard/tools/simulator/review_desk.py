@@ -23,15 +23,13 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from rebate_guard.contract.records import BLOCK, FRAUD, HOLD, LEGIT, Decision, Label
+from rebate_guard.contract.records import FRAUD, HOLD, LEGIT, Decision, Label
 from rebate_guard.contract.time import HOUR_MS
 from rebate_guard.core.budget import sampled_for_review
 from rebate_guard.core.points import POINTS_THRESHOLDS
 from rebate_guard.tools.simulator._labels import REVIEW, SOURCES
 from rebate_guard.tools.simulator.config import WorldConfig
 
-#: The actions that withhold a payment's rebate at decision (`tools.evaluate.WITHHELD`).
-WITHHELD_ACTIONS = (HOLD, BLOCK)
 #: The labels' source: the risk team's review.
 REVIEW_SOURCE = SOURCES[REVIEW]
 _UNIT = 2.0**-64
@@ -90,9 +88,10 @@ class ReviewDesk:
 
     def decided(self, decision: Decision) -> None:
         """Schedules the review of `decision`'s payment if it is in the sample: a payment
-        (not a points request) whose rebate was withheld at decision."""
+        (not a points request) whose rebate was held at decision (the policy holds, rather
+        than blocks, what it samples: the team reviews the console's queue of holds)."""
         if (
-            decision.action not in WITHHELD_ACTIONS
+            decision.action != HOLD
             or decision.rebate_granted_cents >= decision.rebate_requested_cents
             or decision.threshold_version == POINTS_THRESHOLDS
             or not sampled_for_review(decision.tx_id, self.share)
