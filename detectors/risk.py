@@ -264,6 +264,9 @@ class RiskModel:
     name: str = "risk"
     #: Transactions learnt after scoring (`learn_scored`).
     n_scored: int = 0
+    #: Fraud labels of the review sample the classifier learned (`learn_reviewed`): not
+    #: counted towards its trust.
+    reviewed_fraud: int = 0
 
     def __post_init__(self) -> None:
         if self.calibrated_signals is None:
@@ -287,6 +290,7 @@ class RiskModel:
                 anomaly_weight=state.pop("anomaly_weight"),
             )
             state["n_scored"] = anomaly.n_learned  # it learnt every scored transaction
+        state.setdefault("reviewed_fraud", 0)  # pickled before the review sample
         if "calibrated_signals" not in state:  # pickled before the rules' say (issue #21)
             # It scores and learns as it did: a say learnt from now on would move its
             # scores at once (a rule's stated score counts before its labels do).
@@ -299,7 +303,8 @@ class RiskModel:
         return f"{self.name}.l{self.classifier.n_learned}.t{self.n_scored}"
 
     def confidence(self) -> float:
-        return min(1.0, self.classifier.n_fraud / self.trust_after_fraud_labels)
+        learned = self.classifier.n_fraud - self.reviewed_fraud
+        return min(1.0, learned / self.trust_after_fraud_labels)
 
     def assess(self, x: Features) -> Assessment:
         """Everything about one transaction in one pass (each detector's work done once).
@@ -417,6 +422,21 @@ class RiskModel:
             self.classifier.learn_one(view, y)
             for detector in self._detectors():
                 detector.learn_label(x, bool(y))
+
+    def learn_reviewed(self, x: Features, y: bool) -> None:
+        """A label of the review sample (`rebate_guard.core.budget.sampled_for_review`): the
+        classifier learns it, but it counts neither towards the classifier's trust nor in
+        the estimates that read the labels as the platform's label process (the prior
+        shift's labelled share, the signals' precisions). Its payments were drawn from what
+        the weights already withheld, at `review_share`: a fraud label among them is fraud
+        the prior found, not evidence that the classifier has seen enough fraud to take
+        over from it (counted, they handed the decision to the classifier early: AP on
+        the random profile's worlds 10-29, docs/policy.md); and a legitimate one stands for
+        1 / review_share withheld payments, not for exp(-shift) of all payments, as the
+        rules' and ring kinds' precisions weigh legitimate labels."""
+        enriched = x if self._enriched(x) else self.enrich(x)
+        self.classifier.learn_one(classifier_view(enriched), y)
+        self.reviewed_fraud += bool(y)
 
     def _detectors(self) -> list[PriorDetector]:
         """The prior's detectors, then the calibrated signals: the readings' order."""

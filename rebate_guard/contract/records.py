@@ -64,6 +64,8 @@ TX_KINDS = (PAYMENT, REFUND)
 
 FRAUD = "fraud"
 LEGIT = "legit"
+#: The label source of the risk team's reviews (the console's review queue).
+REVIEW_SOURCE = "review"
 LABEL_VALUES = (FRAUD, LEGIT)
 
 ALLOW = "allow"

@@ -547,6 +547,11 @@ class FrictionBudget:
         if mark.sampled:
             self._reviewed(mark, legit=False)
 
+    def in_sample(self, tx_id: str | None) -> bool:
+        """Whether `tx_id` is a recorded payment of the review sample not yet labelled."""
+        mark = None if tx_id is None else self.recorded.get(tx_id)
+        return mark is not None and mark.sampled
+
     def legit(self, tx_id: str) -> None:
         """A legitimate label: on a payment in the review sample, its review (the first
         label counts); on others, nothing (the model's share stands)."""

@@ -31,6 +31,7 @@ from rebate_guard.contract.records import (
     PAYMENT,
     POINTS_REQUESTS,
     RELEASE,
+    REVIEW_SOURCE,
     SCALE,
     Decision,
     Label,
@@ -253,6 +254,9 @@ class Example:
     fraud: bool
     risk: float
     ts: int
+    #: The review of a payment in the review sample (`Decider.label`): the classifier learns
+    #: it, and nothing else does.
+    sampled: bool = False
 
 
 @dataclass
@@ -403,10 +407,11 @@ class Decider:
     def model_version(self) -> str:
         return self.model.version
 
-    def examples(self, event: Label) -> list[Example]:
+    def examples(self, event: Label, *, sampled: bool = False) -> list[Example]:
         """What a label teaches, joined to the vectors its transactions were scored with: a
         tx-level label's transaction, or each of a user-level label's user's remembered ones.
-        Empty where none of them is remembered here (decided elsewhere, or forgotten)."""
+        Empty where none of them is remembered here (decided elsewhere, or forgotten).
+        `sampled`: the label is the review of a payment in the review sample."""
         if event.tx_id is not None:
             tx_ids: Iterable[str] = (event.tx_id,)
         elif event.user_id is not None:
@@ -418,11 +423,15 @@ class Decider:
         for tx_id in tx_ids:
             kept = self.remembered.get(tx_id)
             if kept is not None:
-                found.append(Example(tx_id, kept[1], fraud, kept[2], event.ts))
+                found.append(Example(tx_id, kept[1], fraud, kept[2], event.ts, sampled))
         return found
 
     def learn(self, example: Example) -> None:
-        """The classifier learns one labelled transaction (this decider's or another's)."""
+        """The classifier learns one labelled transaction (this decider's or another's); a
+        review of the sample teaches the classifier alone (`RiskModel.learn_reviewed`)."""
+        if example.sampled:
+            self.model.learn_reviewed(example.x, example.fraud)
+            return
         self.drift.labelled(example.risk, example.fraud, ts=example.ts)
         self.model.learn_one(example.x, example.fraud)
 
@@ -439,7 +448,8 @@ class Decider:
         if self.policy.budget is not None:
             self.budget.advance(event.ts, self.policy.budget)
         self._count_label(event)
-        found = self.examples(event)
+        sampled = event.source == REVIEW_SOURCE and self.budget.in_sample(event.tx_id)
+        found = self.examples(event, sampled=sampled)
         for example in found:
             self.learn(example)
             if example.fraud:

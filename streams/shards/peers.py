@@ -57,13 +57,15 @@ class PeerExchange:
                 label = from_row(Label, item[3])
                 self.seen[identity] = label.ts
                 self._hold(Entry(label, (item[1], item[2]), peer))
-            else:  # ["x", origin, code, offset, label id, tx_id, fraud, risk, ts, x]
-                _, origin, code, offset, label_id, tx_id, fraud, risk, ts, x = item
+            else:  # ["x", origin, code, offset, label id, tx_id, fraud, risk, ts, x, sampled]
+                _, origin, code, offset, label_id, tx_id, fraud, risk, ts, x = item[:10]
                 identity = ("x", origin, code, offset, tx_id)
                 if identity in self.seen:
                     continue
                 self.seen[identity] = ts
-                example = Example(tx_id, x, fraud, risk, ts)
+                # A peer from before the review sample sends ten fields: not sampled.
+                sampled = bool(item[10]) if len(item) > 10 else False
+                example = Example(tx_id, x, fraud, risk, ts, sampled)
                 key = (ts, KIND_RANK[Label], label_id)  # where its label sits
                 self._hold(Entry(example, (code, offset), origin, key))
 

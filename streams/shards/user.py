@@ -386,7 +386,19 @@ class UserShard(UserCheckpoints):
             # Examples carry the identity of the label's input message, as sent by its
             # origin: a peer that hears of it twice (after a restore) takes it once.
             self.peers.tell(
-                ["x", entry.origin, code, offset, label_id, e.tx_id, e.fraud, e.risk, e.ts, e.x]
+                [
+                    "x",
+                    entry.origin,
+                    code,
+                    offset,
+                    label_id,
+                    e.tx_id,
+                    e.fraud,
+                    e.risk,
+                    e.ts,
+                    e.x,
+                    e.sampled,
+                ]
             )
 
     def peer_envelopes(self) -> list[tuple[int, bytes]]:

@@ -675,6 +675,41 @@ def test_a_review_of_a_sampled_withheld_payment_reaching_the_decider_counts_in_i
     assert report["review_sample"]["reviewed"] == 1 and report["review_sample"]["legit"] == 1
 
 
+def test_a_review_of_the_sample_teaches_the_classifier_alone_and_not_its_trust() -> None:
+    """The sample's payments were drawn from what the weights withheld: their labels train
+    the classifier, but do not hand it the decision (its trust counts the fraud labels of the
+    platform's label process) nor enter the estimates that read labels as that process (the
+    prior shift's labelled share, the signals' precisions, the drift monitor)."""
+    decider = Decider(policy=_budget_policy(min_payments=20, review_share=1.0))
+    _warm(decider, hours=6)
+    model = decider.model
+    sampled = [t for t, mark in decider.budget.recorded.items() if mark.sampled]
+    paid = [t for t, mark in decider.budget.recorded.items() if not mark.withheld]
+    assert len(sampled) >= 2 and paid
+
+    def state() -> tuple[int, float, int, object]:
+        shift = len(model.prior_shift.labels)
+        return model.classifier.n_learned, model.confidence(), shift, pickle.dumps(decider.drift)
+
+    learned, trust, shift, drift = state()
+    found = decider.label(parse_label(label(sampled[0], T0 + 6 * HOUR)), 0)
+    assert [e.sampled for e in found] == [True]
+    assert state() == (learned + 1, trust, shift, drift)
+    # Outside the sample, or from another source, a label teaches everything.
+    found = decider.label(parse_label(label(sampled[1], T0 + 6 * HOUR, source="chargeback")), 0)
+    assert [e.sampled for e in found] == [False]
+    after = state()
+    assert after[0] == learned + 2 and after[1] > trust and after[2] == shift + 1
+    assert after[3] != drift
+    found = decider.label(parse_label(label(paid[0], T0 + 6 * HOUR, label="legit")), 0)
+    assert [e.sampled for e in found] == [False] and state()[2] == shift + 2
+    # A checkpoint from before the sample restores with none reviewed.
+    restored = pickle.loads(pickle.dumps(model))
+    del restored.__dict__["reviewed_fraud"]
+    restored.__setstate__(dict(restored.__dict__))
+    assert restored.reviewed_fraud == 0
+
+
 def test_replay_with_the_default_policy_records_the_threshold_version(tmp_path: Path) -> None:
     rows = [
         tx(f"t{i}", T0 + i * 5 * 60_000, user_id=f"u{i % 7}", device_id=f"d{i % 7}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from dataclasses import replace
 
 import pytest
 
@@ -15,7 +16,8 @@ from detectors.ring_say import RingSay
 from detectors.risk import RiskModel
 from graph.evidence import RING_FEATURES, ring_features
 from rebate_guard.contract.validation import parse_label, parse_signup, parse_transaction
-from rebate_guard.core.decider import ALL_FEATURE_NAMES, Scorer
+from rebate_guard.core.decider import ALL_FEATURE_NAMES, Decider, Scorer
+from rebate_guard.core.policy import default_policy
 from tests.factories import DAY, T0, label, signup, tx
 from tests.unit.test_detectors import _logistic_world
 
@@ -184,8 +186,13 @@ def test_a_ring_kind_that_flags_legit_users_loses_its_say_and_another_keeps_it()
 
 def _labelled_rings(model: RiskModel) -> Scorer:
     """A scorer whose labels say collusion-ring payments are legitimate and cash-out-ring
-    payments fraud (rings as the graph would report them)."""
-    scorer = Scorer()
+    payments fraud (rings as the graph would report them), from the platform's label
+    process: no review sample (its reviews teach the classifier alone)."""
+    policy = default_policy()
+    assert policy.budget is not None
+    scorer = Scorer(
+        decider=Decider(policy=replace(policy, budget=replace(policy.budget, review_share=0.0)))
+    )
     scorer.decider.model = model
     rings = {"c": (0.9, ["ring:collusion"]), "k": (0.9, ["ring:cash_out"])}
     for n in range(40):

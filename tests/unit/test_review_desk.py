@@ -248,7 +248,9 @@ def test_replay_asks_for_labels_before_each_event_and_a_signup_keeps_its_ts_firs
 def test_a_world_run_with_a_review_share_counts_the_labels_its_desk_delivered(
     tmp_path: Path,
 ) -> None:
-    text = DEFAULT_POLICY.read_text().replace("[budget]\n", "[budget]\nreview_share = 0.5\n")
+    shipped = DEFAULT_POLICY.read_text()
+    assert "\nreview_share = 0.5\n" in shipped
+    text = shipped.replace("\nreview_share = 0.5\n", "\nreview_share = 0.3\n")
     policy = tmp_path / "review.toml"
     policy.write_text(text)
     result = run_world(
@@ -260,7 +262,7 @@ def test_a_world_run_with_a_review_share_counts_the_labels_its_desk_delivered(
         pl.col("action").is_in(["hold", "block"]) & (pl.col("rebate_requested_cents") > 0)
     )
     sampled = withheld.filter(
-        pl.col("tx_id").map_elements(lambda t: sampled_for_review(t, 0.5), pl.Boolean)
+        pl.col("tx_id").map_elements(lambda t: sampled_for_review(t, 0.3), pl.Boolean)
     )
     last = int(pl.read_parquet(tmp_path / "world" / "transactions.parquet")["ts"].max())  # type: ignore[arg-type]
     surely_due = sampled.filter(pl.col("ts") + 48 * HOUR <= last)

@@ -77,6 +77,7 @@ from streams.shards import (
 )
 from streams.shards.checkpoints import chain_blob
 from streams.shards.deltas import ENTITY_STORES, USER_STORES, DeltaChain
+from streams.shards.peers import PeerExchange
 from streams.shards.solvency import Output
 from streams.shards.wire import REQUESTER
 from tests import factories
@@ -1018,3 +1019,18 @@ def test_one_partition_decides_with_the_friction_budget_as_replay_does(
     got = {t: (d.action, d.threshold_version) for t, d in cluster.stood.items()}
     assert got == want
     assert sum(v.startswith("budget:") for _, v in want.values()) > len(want) / 2
+
+
+def test_a_peers_example_says_whether_it_is_a_review_of_the_sample() -> None:
+    """The classifier alone learns a review of the sample, on every shard: the flag travels
+    with the example; a peer from before the sample sends ten fields (not sampled)."""
+    exchange = PeerExchange(partition=1, n_user=2)
+    sent = ["x", 0, "code", 5, "label-1", "t1", True, 0.9, factories.T0, {"f": 1.0}]
+    old = ["x", 0, "code", 6, "label-2", "t2", True, 0.9, factories.T0, {"f": 1.0}]
+    exchange.hear(0, [[*sent, True], old])
+    heard = [entry.event for entry in exchange.due(factories.T0 + 1, drained=True)]
+    assert all(isinstance(example, Example) for example in heard)
+    assert {(e.tx_id, e.sampled) for e in heard if isinstance(e, Example)} == {
+        ("t1", True),
+        ("t2", False),
+    }
