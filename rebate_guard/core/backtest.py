@@ -445,6 +445,7 @@ class _Redecider:
                 terms,
                 tx=tx,
                 weight=row.trust_weight,
+                action=action,
                 requested=row.requested_cents,
                 granted=granted,
                 threshold_version=version,

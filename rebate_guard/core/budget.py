@@ -219,7 +219,7 @@ class Tally:
         _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
         _bump(self.payments, mark.category, sign)
         _bump(self.withheld, mark.category, sign * mark.withheld)
-        if mark.withheld:
+        if mark.withheld == mark.cents:  # held or blocked, as the sample's payments
             _bump(self.held_legit.setdefault(mark.category, {}), mark.bin, sign * mark.legit)
             _bump(self.held_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
 
@@ -228,7 +228,7 @@ class Tally:
         _bump(self.fraud_withheld, mark.category, sign * mark.withheld)
         # Labelled fraud is no longer legitimate money that may or may not be there.
         _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, -sign * mark.squared)
-        if mark.withheld:
+        if mark.withheld == mark.cents:
             _bump(self.held_sq.setdefault(mark.category, {}), mark.bin, -sign * mark.squared)
 
     def add_review(self, mark: Mark, *, legit: bool, sign: int = 1) -> None:
@@ -558,7 +558,9 @@ class FrictionBudget:
         mark = self.recorded.get(tx_id)
         if mark is None or not mark.sampled:
             return
-        del self.recorded[tx_id]
+        # Reviewed: out of the sample, but a later fraud label (a chargeback on a payment a
+        # review cleared) still counts as fraud.
+        self.recorded[tx_id] = mark._replace(sampled=False)
         self._reviewed(mark, legit=True)
 
     def _reviewed(self, mark: Mark, *, legit: bool) -> None:
@@ -587,7 +589,7 @@ class FrictionBudget:
             legit = legit_money(
                 tally.money.get(SHARED, {}),
                 tally.fraud.get(SHARED, {}),
-                legit=tally.legit.get(SHARED, {}),
+                legit=reviewed_legit(tally)[0],  # as the cut reads it
             )
             legit_total = sum(legit.values())
             expected = None

@@ -216,12 +216,21 @@ def budgeted(threshold_version: str) -> bool:
     return threshold_version == FIXED or threshold_version.startswith("budget:")
 
 
+def in_review_sample(tx_id: str, action: str, threshold_version: str, share: float) -> bool:
+    """Whether a decided payment is in the friction budget's review sample: held (the team
+    reviews the queue of holds; the policy holds what the sample would block), decided by
+    the budget's thresholds or cut (`budgeted`), and drawn (`sampled_for_review`). A daily
+    cap's block, a campaign's or a fail-closed hold are not: the budget never counts them."""
+    return action == HOLD and budgeted(threshold_version) and sampled_for_review(tx_id, share)
+
+
 def record_in_budget(
     budget: FrictionBudget,
     terms: Budget | None,
     *,
     tx: Transaction,
     weight: float,
+    action: str,
     requested: int,
     granted: int,
     threshold_version: str,
@@ -240,7 +249,7 @@ def record_in_budget(
         withheld=requested - granted,
         keep=keep,
         legit_share=1.0 - calibrated_risk,
-        sampled=sampled_for_review(tx.tx_id, terms.review_share),
+        sampled=in_review_sample(tx.tx_id, action, threshold_version, terms.review_share),
     )
 
 
@@ -641,6 +650,7 @@ class Decider:
             self.policy.budget,
             tx=tx,
             weight=stands.trust_weight,
+            action=stands.action,
             requested=stands.rebate_requested_cents,
             granted=stands.rebate_granted_cents,
             threshold_version=stands.threshold_version,

@@ -706,7 +706,7 @@ class Policy:
         if action == BLOCK and self.budget is not None:
             if not trusted:
                 action, reasons = HOLD, [*reasons, COLD_START]
-            elif sampled_for_review(tx.tx_id, self.budget.review_share):
+            elif campaign is None and sampled_for_review(tx.tx_id, self.budget.review_share):
                 action, reasons = HOLD, [*reasons, REVIEW_SAMPLE]
         return action, granted, reasons, version
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from rebate_guard.contract.records import LABEL_VALUES, LABELS, Label
+from rebate_guard.contract.records import LABEL_VALUES, LABELS, REVIEW_SOURCE, Label
 
 if TYPE_CHECKING:
     from streams.app import Runtime
 
-REVIEW = "review"
+REVIEW = REVIEW_SOURCE
 
 
 class ActionError(ValueError):

@@ -30,7 +30,7 @@ from rebate_guard.core.budget import (
     sampled_for_review,
     weight_bin,
 )
-from rebate_guard.core.decider import Decider, Scorer
+from rebate_guard.core.decider import Decider, Scorer, in_review_sample
 from rebate_guard.core.policy import (
     BELOW_BLOCK_CUT,
     BELOW_CUT,
@@ -386,12 +386,38 @@ def test_only_the_sample_first_label_counts_and_a_legit_label_outside_it_changes
     budget, _ = _withheld_band(
         sampled=True, labels={"h1": True, "p3": True, "h2": True, "h4": False}
     )
-    budget.fraud("h2")  # a later label on a reviewed payment: the first one stood
+    # A chargeback on a payment the review cleared: the review stands (the first label),
+    # and the payment counts as labelled fraud all the same.
+    budget.fraud("h2")
     budget.advance(T0 + 2 * HOUR, REVIEWED)
     assert budget.window.reviews == {"": ReviewTally(2, 1, 1_000_000)}
+    assert budget.window.fraud == {"": {52: 1_000, 54: 1_000}}  # h2's and h4's
     # A payment allowed is never in the sample, whatever its id draws.
     budget.record("paid", None, weight=0.9, cents=100, withheld=0, keep=10**5, sampled=True)
     assert not budget.recorded["paid"].sampled
+
+
+def test_the_sample_is_the_budgets_own_holds() -> None:
+    """Held by the budget's thresholds or cut and drawn: a daily cap's block, a campaign's,
+    a list's or a fail-closed hold are not in it (the budget never counts them)."""
+    drawn = next(f"t{i}" for i in range(100) if sampled_for_review(f"t{i}", 0.5))
+    assert in_review_sample(drawn, "hold", "fixed", 0.5)
+    assert in_review_sample(drawn, "hold", "budget:*:0:0.400:0.200", 0.5)
+    assert not in_review_sample(drawn, "hold", "fixed", 0.0)
+    for action, version in [
+        ("block", "fixed"),
+        ("scale", "fixed"),
+        ("hold", "campaign:spring"),
+        ("hold", "fail_closed"),
+        ("hold", "lists"),
+    ]:
+        assert not in_review_sample(drawn, action, version, 0.5)
+    # The cut's block band holds a drawn payment for review.
+    policy = _budget_policy(review_share=1.0)
+    assert policy.budget is not None
+    event = parse_transaction(tx(drawn))
+    cut = Cut(SHARED, T0, hold_below=600, block_below=300)
+    assert policy.rule(event, 0.2, requested_cents=1000, cut=cut)[0] == "hold"
 
 
 def test_reviews_count_from_the_next_epoch_and_leave_the_window_with_their_payments() -> None:

@@ -30,7 +30,8 @@ def _desk(truth: dict[str, bool], share: float = 1.0, **config: float) -> Review
 
 def test_the_desk_labels_exactly_the_sampled_held_payments() -> None:
     ids = [f"t{i}" for i in range(400)]
-    desk = _desk(dict.fromkeys(ids, False), share=0.3)
+    campaign = [f"c-{tx_id}" for tx_id in ids[:40]]
+    desk = _desk(dict.fromkeys(ids + campaign, False), share=0.3)
     withheld = set()
     for i, tx_id in enumerate(ids):
         kind = i % 6
@@ -48,6 +49,8 @@ def test_the_desk_labels_exactly_the_sampled_held_payments() -> None:
         else:  # a refund: no rebate asked, none withheld
             desk.decided(decision(tx_id, "hold", requested=0))
     desk.decided(decision("not-in-truth", "hold"))
+    for tx_id in campaign:  # a campaign's holds are not the budget's: not in the sample
+        desk.decided(decision(tx_id, "hold", threshold_version="campaign:spring"))
     labelled = {label.tx_id for label in desk.due(END)}
     sampled = {tx_id for tx_id in withheld if sampled_for_review(tx_id, 0.3)}
     assert labelled == sampled

@@ -23,10 +23,9 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from rebate_guard.contract.records import FRAUD, HOLD, LEGIT, Decision, Label
+from rebate_guard.contract.records import FRAUD, LEGIT, Decision, Label
 from rebate_guard.contract.time import HOUR_MS
-from rebate_guard.core.budget import sampled_for_review
-from rebate_guard.core.points import POINTS_THRESHOLDS
+from rebate_guard.core.decider import in_review_sample
 from rebate_guard.tools.simulator._labels import REVIEW, SOURCES
 from rebate_guard.tools.simulator.config import WorldConfig
 
@@ -87,14 +86,12 @@ class ReviewDesk:
         return cls(truth, share=share, config=config)
 
     def decided(self, decision: Decision) -> None:
-        """Schedules the review of `decision`'s payment if it is in the sample: a payment
-        (not a points request) whose rebate was held at decision (the policy holds, rather
-        than blocks, what it samples: the team reviews the console's queue of holds)."""
-        if (
-            decision.action != HOLD
-            or decision.rebate_granted_cents >= decision.rebate_requested_cents
-            or decision.threshold_version == POINTS_THRESHOLDS
-            or not sampled_for_review(decision.tx_id, self.share)
+        """Schedules the review of `decision`'s payment if it is in the sample
+        (`core.decider.in_review_sample`: held by the budget's thresholds or cut, and drawn;
+        not a points request, a campaign's or a fail-closed hold) and a rebate was asked."""
+        version = decision.threshold_version
+        if decision.rebate_granted_cents >= decision.rebate_requested_cents or not (
+            in_review_sample(decision.tx_id, decision.action, version, self.share)
         ):
             return
         fraud = self.truth.get(decision.tx_id)
