@@ -216,7 +216,7 @@ def budgeted(threshold_version: str) -> bool:
     return threshold_version == FIXED or threshold_version.startswith("budget:")
 
 
-def in_review_sample(tx_id: str, action: str, threshold_version: str, share: float) -> bool:
+def in_review_sample(tx_id: str, action: str, *, threshold_version: str, share: float) -> bool:
     """Whether a decided payment is in the friction budget's review sample: held (the team
     reviews the queue of holds; the policy holds what the sample would block), decided by
     the budget's thresholds or cut (`budgeted`), and drawn (`sampled_for_review`). A daily
@@ -249,7 +249,9 @@ def record_in_budget(
         withheld=requested - granted,
         keep=keep,
         legit_share=1.0 - calibrated_risk,
-        sampled=in_review_sample(tx.tx_id, action, threshold_version, terms.review_share),
+        sampled=in_review_sample(
+            tx.tx_id, action, threshold_version=threshold_version, share=terms.review_share
+        ),
     )
 
 

@@ -401,9 +401,9 @@ def test_the_sample_is_the_budgets_own_holds() -> None:
     """Held by the budget's thresholds or cut and drawn: a daily cap's block, a campaign's,
     a list's or a fail-closed hold are not in it (the budget never counts them)."""
     drawn = next(f"t{i}" for i in range(100) if sampled_for_review(f"t{i}", 0.5))
-    assert in_review_sample(drawn, "hold", "fixed", 0.5)
-    assert in_review_sample(drawn, "hold", "budget:*:0:0.400:0.200", 0.5)
-    assert not in_review_sample(drawn, "hold", "fixed", 0.0)
+    assert in_review_sample(drawn, "hold", threshold_version="fixed", share=0.5)
+    assert in_review_sample(drawn, "hold", threshold_version="budget:*:0:0.400:0.200", share=0.5)
+    assert not in_review_sample(drawn, "hold", threshold_version="fixed", share=0.0)
     for action, version in [
         ("block", "fixed"),
         ("scale", "fixed"),
@@ -411,7 +411,7 @@ def test_the_sample_is_the_budgets_own_holds() -> None:
         ("hold", "fail_closed"),
         ("hold", "lists"),
     ]:
-        assert not in_review_sample(drawn, action, version, 0.5)
+        assert not in_review_sample(drawn, action, threshold_version=version, share=0.5)
     # The cut's block band holds a drawn payment for review.
     policy = _budget_policy(review_share=1.0)
     assert policy.budget is not None

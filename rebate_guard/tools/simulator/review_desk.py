@@ -91,7 +91,9 @@ class ReviewDesk:
         not a points request, a campaign's or a fail-closed hold) and a rebate was asked."""
         version = decision.threshold_version
         if decision.rebate_granted_cents >= decision.rebate_requested_cents or not (
-            in_review_sample(decision.tx_id, decision.action, version, self.share)
+            in_review_sample(
+                decision.tx_id, decision.action, threshold_version=version, share=self.share
+            )
         ):
             return
         fraud = self.truth.get(decision.tx_id)
