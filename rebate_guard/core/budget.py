@@ -125,7 +125,7 @@ class Mark(NamedTuple):
     #: 21 (47164ab..c754b5a) added (legit cents)², which then stays in the window until its
     #: epoch leaves it: a larger margin, a lower cut, for at most `window_days`.
     squared: int = 0
-    #: In the review sample (withheld, and drawn by `sampled_for_review`): its first label
+    #: In the review sample (held, `decider.in_review_sample`): its first label
     #: counts in the window's review tally. False in marks pickled before the sample.
     sampled: bool = False
 
@@ -152,11 +152,6 @@ class ReviewTally:
     reviewed: int = 0
     legit: int = 0
     expected_ppm: int = 0
-
-    def add(self, legit_share_ppm: int, *, legit: bool, sign: int = 1) -> None:
-        self.reviewed += sign
-        self.legit += sign * legit
-        self.expected_ppm += sign * legit_share_ppm
 
     def merge(self, other: ReviewTally, sign: int = 1) -> None:
         self.reviewed += sign * other.reviewed
@@ -233,10 +228,8 @@ class Tally:
 
     def add_review(self, mark: Mark, *, legit: bool, sign: int = 1) -> None:
         """The review sample's label on a sampled payment."""
-        tally = self.reviews.setdefault(mark.category, ReviewTally())
-        tally.add(mark.legit_share_ppm, legit=legit, sign=sign)
-        if not tally.reviewed:
-            del self.reviews[mark.category]
+        review = ReviewTally(1, int(legit), mark.legit_share_ppm)
+        self.add(Tally(reviews={mark.category: review}), sign)
 
     def add(self, other: Tally, sign: int = 1) -> None:
         """Adds (sign -1: subtracts) `other`."""
