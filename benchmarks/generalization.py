@@ -4,7 +4,8 @@ Generates worlds of the simulator family (profile "random": every platform knob,
 label process and abuse tactic drawn from the seed), replays each through the scoring path
 with the shipped policy (or `--policy`), and prints per-world figures and the summary against
 issue #17's targets (mean over the worlds; worst world within 1.5x). Tune only on
-`--split tuning` (seeds 0-9); report `--split heldout` (seeds 100-119), never used for tuning.
+worlds below seed 100 (`--split tuning`: seeds 0-9; others with `--seeds`); report
+`--split heldout` (seeds 100-119), never used for tuning.
 
     .venv/bin/python benchmarks/generalization.py --split heldout --jobs 2 \\
         --json benchmarks/results/generalization-heldout.json

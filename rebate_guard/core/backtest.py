@@ -433,6 +433,7 @@ class _Redecider:
             fail_closed_action=row.fail_closed_action,
             user_granted_24h=row.user_granted_24h + more,
             device_rebate_requested_24h=row.device_rebate_requested_24h,
+            calibrated_risk=row.calibrated_risk,
         )
         if granted != row.granted_cents:
             if log is None:

@@ -86,6 +86,11 @@ class Cut:
     epoch: int
     hold_below: int
     block_below: int
+    #: The window's whole budget (its share of the window's expected legitimate money, in
+    #: cents) and its largest payment (cents): what bounds the cut's withholding from a
+    #: payment larger than any in the window (`withheld_of`). None: no bound.
+    allowance: int | None = None
+    largest: int = 0
 
     @property
     def at(self) -> float:
@@ -106,6 +111,22 @@ class Cut:
 
     def blocks(self, weight: float) -> bool:
         return weight_bin(weight) < self.block_below
+
+    def withheld_of(self, requested_cents: int, legit_share: float) -> int:
+        """The cents the cut withholds from a payment below it: all of them, unless the
+        payment is larger than any in the window and its expected legitimate rebate
+        (`legit_share` x cents) exceeds the window's whole budget (`allowance`); then what
+        keeps within both. The cut's margin reads the next payments as a sample like the
+        window's; a payment beyond the window's largest (a heavy-tailed legitimate
+        purchase) is outside that sample, and alone would spend weeks of the budget.
+
+        >>> cut = Cut("*", 0, hold_below=500, block_below=200, allowance=10_000, largest=8_000)
+        >>> cut.withheld_of(5_000, 0.9), cut.withheld_of(100_000, 0.5), cut.withheld_of(10**6, 0.0)
+        (5000, 20000, 1000000)
+        """
+        if self.allowance is None or legit_share <= 0 or requested_cents <= self.largest:
+            return requested_cents
+        return min(requested_cents, max(self.largest, int(self.allowance / legit_share)))
 
 
 class Mark(NamedTuple):
@@ -200,11 +221,14 @@ class Tally:
     held_sq: dict[str, Bins] = field(default_factory=dict)
     #: The review sample's labels by category.
     reviews: dict[str, ReviewTally] = field(default_factory=dict)
+    #: The largest payment (cents) by category, of an epoch's tally (a window's is read
+    #: from its epochs: a maximum cannot be subtracted).
+    largest: dict[str, int] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A checkpoint from before `legit_sq`: its epochs count as certain until they leave
         # the window. One from before the review sample has none in its epochs.
-        for name in ("legit_sq", "held_legit", "held_sq", "reviews"):
+        for name in ("legit_sq", "held_legit", "held_sq", "reviews", "largest"):
             state.setdefault(name, {})
         self.__dict__.update(state)
 
@@ -214,6 +238,8 @@ class Tally:
         _bump(self.legit_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
         _bump(self.payments, mark.category, sign)
         _bump(self.withheld, mark.category, sign * mark.withheld)
+        if sign > 0 and mark.cents > self.largest.get(mark.category, 0):
+            self.largest[mark.category] = mark.cents
         if mark.withheld == mark.cents:  # held or blocked, as the sample's payments
             _bump(self.held_legit.setdefault(mark.category, {}), mark.bin, sign * mark.legit)
             _bump(self.held_sq.setdefault(mark.category, {}), mark.bin, sign * mark.squared)
@@ -443,7 +469,22 @@ class FrictionBudget:
         same = terms is self.cuts_for or terms == self.cuts_for
         if start == self.epoch and same and group in self.cuts:
             return self.cuts[group]
-        return _cut(self._window_at(start, terms), group, start, terms)
+        return _cut(
+            self._window_at(start, terms), group, start, terms, self._largest_at(start, terms)
+        )
+
+    def _largest_at(self, start: int, terms: Budget) -> dict[str, int]:
+        """The largest payment by category over the window as of epoch `start`."""
+        horizon = start - terms.window_ms
+        tallies = [t for begun, t in self.epochs.items() if begun >= horizon]
+        if self.epoch is not None and start != self.epoch and self.epoch >= horizon:
+            tallies.append(self.current)
+        out: dict[str, int] = {}
+        for tally in tallies:
+            for category, cents in tally.largest.items():
+                if cents > out.get(category, 0):
+                    out[category] = cents
+        return out
 
     def _window_at(self, start: int, terms: Budget) -> Tally:
         """The window's sums as of the start of epoch `start` (>= the current one)."""
@@ -494,7 +535,8 @@ class FrictionBudget:
             self.cuts_for = None
         if terms is not self.cuts_for and terms != self.cuts_for:
             groups = [SHARED, *terms.categories]
-            self.cuts = {g: _cut(self.window, g, start, terms) for g in groups}
+            largest = self._largest_at(start, terms)
+            self.cuts = {g: _cut(self.window, g, start, terms, largest) for g in groups}
             self.cuts_for = terms
 
     def record(
@@ -621,7 +663,9 @@ def _of_group(window: Tally, group: str, terms: Budget) -> Tally:
     return window.of([c for c in window.payments if c not in terms.categories])
 
 
-def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
+def _cut(
+    window: Tally, group: str, epoch: int, terms: Budget, largest: dict[str, int]
+) -> Cut | None:
     tally = _of_group(window, group, terms)
     if tally.payments.get(SHARED, 0) < max(1, terms.min_payments):
         return None
@@ -638,7 +682,13 @@ def _cut(window: Tally, group: str, epoch: int, terms: Budget) -> Cut | None:
         z_milli=confident_z(terms.confidence),
         unsure=unsure,
     )
-    return Cut(group, epoch, hold, min(block, hold))
+    total = sum(legit_money(money, fraud, legit=legit).values())  # millionths of a cent
+    allowance = shares[0] * total // PPM // PPM
+    if group == SHARED:
+        biggest = max((v for c, v in largest.items() if c not in terms.categories), default=0)
+    else:
+        biggest = largest.get(group, 0)
+    return Cut(group, epoch, hold, min(block, hold), allowance, biggest)
 
 
 def reviewed_legit(tally: Tally) -> tuple[Bins, Bins, Bins]:

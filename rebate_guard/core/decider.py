@@ -159,13 +159,22 @@ def apply_policy(
     user_granted_24h: int,
     device_rebate_requested_24h: int | None,
     reasons: list[str] | None = None,
+    calibrated_risk: float = 0.0,
 ) -> tuple[str, int, list[str], str]:
     """The action, cents granted, the policy's reasons and `threshold_version` of a payment:
     `Policy.rule`, then failing closed (`failed`: the model or the graph could not score it;
-    a block list still blocks), then the daily caps (`cap`). Pure: the live path
-    (`Decider.assess`) and the backtest (`rebate_guard.core.backtest`) both decide by it."""
+    a block list still blocks), then the daily caps (`cap`). `calibrated_risk`: the
+    payment's fraud probability as the budget counts it (`Assessment.calibrated_risk`),
+    which bounds what the cut withholds from a payment beyond its window's sizes
+    (`Cut.withheld_of`). Pure: the live path (`Decider.assess`) and the backtest
+    (`rebate_guard.core.backtest`) both decide by it."""
     action, granted, policy_reasons, thresholds = policy.rule(
-        tx, weight, requested_cents=requested, cut=cut, trusted=trusted
+        tx,
+        weight,
+        requested_cents=requested,
+        cut=cut,
+        trusted=trusted,
+        legit_share=1.0 - calibrated_risk,
     )
     if failed and not policy.lists.hits(tx, "block"):
         return failing_closed(fail_closed_action)
@@ -615,6 +624,7 @@ class Decider:
             fail_closed_action=self.fail_closed_action,
             user_granted_24h=inputs["user_granted_24h"],
             device_rebate_requested_24h=inputs["device_rebate_requested_24h"],
+            calibrated_risk=inputs["calibrated_risk"],
         )
         depth = x["referral_depth"]
         tiers = self.policy.limits.max_commission_tiers

@@ -61,6 +61,9 @@ COLD_START = "cold_start:hold"
 #: held instead: the team reviews what it holds (the console's queue), and a label then
 #: releases or voids it.
 REVIEW_SAMPLE = "review_sample:hold"
+#: A payment below the cut that would alone withhold more expected legitimate rebate than
+#: the window's budget: scaled, withholding only that much (`Cut.withheld_of`).
+PAYMENT_ALLOWANCE = "budget:payment_allowance"
 #: What a decision's `threshold_version` says when no cut decided it: the fixed thresholds
 #: (of the policy or its category), a block or allow list, a campaign (`campaign:<name>`).
 FIXED = "fixed"
@@ -168,10 +171,16 @@ class Thresholds:
 
 
 def _by_cut(
-    cut: Cut, limit: Thresholds, weight: float, requested_cents: int
+    cut: Cut, limit: Thresholds, weight: float, requested_cents: int, *, legit_share: float
 ) -> tuple[str, int, list[str]]:
     """Budget mode: withheld below the cut (blocked below the block cut), else allowed in
-    full if the expected loss is within `limit`'s `max_expected_loss_cents` (else held)."""
+    full if the expected loss is within `limit`'s `max_expected_loss_cents` (else held).
+    Below the cut, a payment whose expected legitimate rebate exceeds the window's budget
+    is scaled instead: only what the budget allows is withheld (`Cut.withheld_of`)."""
+    if cut.withholds(weight):
+        withheld = cut.withheld_of(requested_cents, legit_share)
+        if withheld < requested_cents:
+            return SCALE, requested_cents - withheld, [PAYMENT_ALLOWANCE]
     if cut.blocks(weight):
         return BLOCK, 0, [BELOW_BLOCK_CUT]
     if cut.withholds(weight):
@@ -636,6 +645,7 @@ class Policy:
         requested_cents: int,
         cut: Cut | None = None,
         trusted: bool = True,
+        legit_share: float = 1.0,
     ) -> tuple[str, int, list[str], str]:
         """`decide`, and which thresholds decided.
 
@@ -658,6 +668,10 @@ class Policy:
             The classifier is trusted (its confidence is 1); in budget mode, before that, a
             weight that would block holds instead (`COLD_START`), as it does after it for a
             payment in the review sample (`REVIEW_SAMPLE`).
+        legit_share : float, default 1.0
+            Budget mode: the probability that the payment is legitimate as far as the
+            calibrated model can say (1 - its calibrated risk); bounds what the cut
+            withholds from one payment (`Cut.withheld_of`).
 
         Returns
         -------
@@ -698,7 +712,9 @@ class Policy:
             version = f"campaign:{campaign.name}"
         elif cut is not None and self.budget is not None:
             limit = self.thresholds_for(tx)
-            action, granted, reasons = _by_cut(cut, limit, weight, requested_cents)
+            action, granted, reasons = _by_cut(
+                cut, limit, weight, requested_cents, legit_share=legit_share
+            )
             version = cut.version
         else:
             action, granted, reasons = self.thresholds_for(tx).decide(weight, requested_cents)

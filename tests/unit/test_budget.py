@@ -36,6 +36,7 @@ from rebate_guard.core.policy import (
     BELOW_CUT,
     COLD_START,
     FIXED,
+    PAYMENT_ALLOWANCE,
     REVIEW_SAMPLE,
     Budget,
     Policy,
@@ -256,7 +257,8 @@ def test_money_below_a_cut_in_many_small_payments_is_certain_and_in_one_big_one_
     assert budget.window.legit_sq[""] == {950: 991 * 100**2}
     # No legitimate money is left below bin 950, nor any doubt about it: the cut passes the
     # labelled payment's bin (its square left in, the cut would stop under bin 100).
-    assert budget.cuts[SHARED] == Cut(SHARED, T0 + HOUR, 950, 950)
+    cut = budget.cuts[SHARED]
+    assert cut is not None and (cut.hold_below, cut.block_below) == (950, 950)
 
 
 def test_a_tally_from_before_the_squares_loads_and_counts_as_certain() -> None:
@@ -768,3 +770,72 @@ def test_the_threshold_version_survives_the_json_and_older_decisions_read_as_emp
     older = json.loads(made.dumps())
     del older["threshold_version"]  # stored before the field existed
     assert Decision.loads(json.dumps(older).encode()).threshold_version == ""
+
+
+# --- a payment larger than any in the window ----------------------------------------------
+def _window_of_small_payments() -> Cut:
+    """A week of 2000 payments of 10-1000 cents, the model sure of them; the next hour's cut."""
+    terms = Budget(min_payments=1, update_minutes=60)
+    budget = FrictionBudget()
+    budget.advance(T0, terms)
+    rng = random.Random(3)
+    for i in range(2000):
+        cents = rng.randint(10, 1_000)
+        budget.record(
+            f"p{i}",
+            None,
+            weight=rng.random(),
+            cents=cents,
+            withheld=0,
+            keep=10**5,
+            legit_share=0.99,
+        )
+    budget.advance(T0 + HOUR, terms)
+    cut = budget.cuts[SHARED]
+    assert cut is not None
+    return cut
+
+
+def test_a_payment_beyond_the_windows_largest_is_withheld_only_up_to_the_windows_budget() -> None:
+    """The cut's margin reads the next payments as a sample like the window's: one far larger
+    than any of them (a heavy-tailed legitimate purchase) would alone spend weeks of the
+    budget. Below the cut it is scaled, withholding what keeps its expected legitimate
+    rebate within the window's budget (never less than the window's largest payment)."""
+    cut = _window_of_small_payments()
+    assert 990 <= cut.largest <= 1_000
+    assert cut.allowance is not None and cut.allowance > cut.largest
+    weight = cut.at / 2  # below the cut
+    policy, event = _budget_policy(), parse_transaction(tx())
+    # Within the window's sizes: held in full, whatever the model says.
+    assert policy.rule(event, weight, requested_cents=cut.largest, cut=cut, legit_share=1.0)[
+        :3
+    ] == ("hold", 0, [BELOW_CUT])
+    # Beyond them, the model half sure it is legitimate: twice the budget withheld.
+    giant = 100 * cut.allowance
+    action, granted, reasons, _ = policy.rule(
+        event, weight, requested_cents=giant, cut=cut, legit_share=0.5
+    )
+    assert (action, reasons) == ("scale", [PAYMENT_ALLOWANCE])
+    assert giant - granted == 2 * cut.allowance
+    # Certain fraud as far as the model can say: withheld in full.
+    assert policy.rule(event, weight, requested_cents=giant, cut=cut, legit_share=0.0)[1] == 0
+    # Above the cut nothing changes.
+    assert policy.rule(event, cut.at, requested_cents=giant, cut=cut, legit_share=0.5)[:2] == (
+        "allow",
+        giant,
+    )
+
+
+def test_the_windows_largest_payment_leaves_with_its_epoch() -> None:
+    terms = Budget(min_payments=1, update_minutes=60, window_days=1)
+    budget = FrictionBudget()
+    budget.advance(T0, terms)
+    budget.record("big", None, weight=0.9, cents=50_000, withheld=0, keep=10)
+    budget.advance(T0 + HOUR, terms)
+    budget.record("small", None, weight=0.9, cents=700, withheld=0, keep=10)
+    assert budget.cut(T0 + HOUR, SHARED, terms=terms).largest == 50_000  # type: ignore[union-attr]
+    # Read ahead (the epoch not begun) and at its start alike; the big one's epoch has left.
+    later = T0 + DAY + HOUR
+    assert budget.cut(later, SHARED, terms=terms).largest == 700  # type: ignore[union-attr]
+    budget.advance(later, terms)
+    assert budget.cuts[SHARED] is not None and budget.cuts[SHARED].largest == 700
