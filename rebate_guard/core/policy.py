@@ -57,9 +57,9 @@ BELOW_CUT = "budget:below_cut"
 BELOW_BLOCK_CUT = "budget:below_block_cut"
 #: Budget mode, before the classifier is trusted: held where the weight alone would block.
 COLD_START = "cold_start:hold"
-#: A payment in the review sample (`[budget] review_share`) that the weight would block is
-#: held instead: the team reviews what it holds (the console's queue), and a label then
-#: releases or voids it.
+#: A payment in the review sample (`[budget] review_share`): held (where the weight would
+#: block, held instead), as the team reviews what it holds (the console's queue, which
+#: lists these first), and a label then releases or voids it.
 REVIEW_SAMPLE = "review_sample:hold"
 #: A payment below the cut that would alone withhold more expected legitimate rebate than
 #: the window's budget: scaled, withholding only that much (`Cut.withheld_of`).
@@ -667,7 +667,8 @@ class Policy:
         trusted : bool, default True
             The classifier is trusted (its confidence is 1); in budget mode, before that, a
             weight that would block holds instead (`COLD_START`), as it does after it for a
-            payment in the review sample (`REVIEW_SAMPLE`).
+            payment in the review sample; every hold in the sample says so
+            (`REVIEW_SAMPLE`: the console's queue lists those first).
         legit_share : float, default 1.0
             Budget mode: the probability that the payment is legitimate as far as the
             calibrated model can say (1 - its calibrated risk); bounds what the cut
@@ -719,11 +720,19 @@ class Policy:
         else:
             action, granted, reasons = self.thresholds_for(tx).decide(weight, requested_cents)
             version = FIXED
-        if action == BLOCK and self.budget is not None:
-            if not trusted:
-                action, reasons = HOLD, [*reasons, COLD_START]
-            elif campaign is None and sampled_for_review(tx.tx_id, self.budget.review_share):
-                action, reasons = HOLD, [*reasons, REVIEW_SAMPLE]
+        if self.budget is None:
+            return action, granted, reasons, version
+        drawn = (
+            action in (BLOCK, HOLD)
+            and campaign is None
+            and sampled_for_review(tx.tx_id, self.budget.review_share)
+        )
+        if action == BLOCK and not trusted:
+            action, reasons = HOLD, [*reasons, COLD_START]
+        elif action == BLOCK and drawn:
+            action = HOLD
+        if action == HOLD and drawn:  # the budget's own hold, in the sample: it says so
+            reasons = [*reasons, REVIEW_SAMPLE]
         return action, granted, reasons, version
 
     # --- documents ------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rebate_guard.contract.records import Decision
-from rebate_guard.core.budget import sampled_for_review
 from streams.console.render import mask
 from streams.console.store import held_cents
 
@@ -173,14 +172,14 @@ def review_share(runtime: Runtime) -> float:
 
 
 async def review_queue(runtime: Runtime, limit: int) -> dict[str, Any]:
-    """The `limit` held payments with the most money, those in the live policy's review
-    sample first (each part still most money first): the sample's labels measure how much
-    of the withheld money is legitimate (`rebate_guard.core.budget`), which only a review of
-    the drawn payments, not of the biggest, measures without bias."""
+    """The first `limit` held payments of the queue: those in the review sample first (as
+    their decisions say, `REVIEW_SAMPLE`), then the others, each part most money first. The
+    sample's labels measure how much of the withheld money is legitimate
+    (`rebate_guard.core.budget`), which only a review of the drawn payments, not of the
+    biggest, measures without bias; so the whole sample comes before any other hold."""
     queue = await runtime.console.review_queue(limit)
     share = review_share(runtime)
-    tx_ids = [tx_id for tx_id, _ in queue]
-    sampled = {tx_id for tx_id in tx_ids if sampled_for_review(tx_id, share)}
+    tx_ids = [tx_id for tx_id, _, _ in queue]
     found = {d.tx_id: d for d in await decisions(runtime, tx_ids)}
     claims = await runtime.console.claims(tx_ids)
     items = [
@@ -189,12 +188,12 @@ async def review_queue(runtime: Runtime, limit: int) -> dict[str, Any]:
             "held_cents": cents,
             "decision": found.get(tx_id),
             "claim": claims.get(tx_id),
-            "sampled": tx_id in sampled,
+            "sampled": in_sample,
         }
-        for tx_id, cents in queue
+        for tx_id, cents, in_sample in queue
     ]
-    items.sort(key=lambda item: item["tx_id"] not in sampled)  # stable: money order in each
-    sample = {"share": share, "in_sample": len(sampled)} if share > 0 else None
+    shown = sum(in_sample for _, _, in_sample in queue)
+    sample = {"share": share, "in_sample": shown} if share > 0 else None
     flagged = await rings(runtime, None, 0)
     return {
         "items": items,

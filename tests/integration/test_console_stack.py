@@ -55,7 +55,9 @@ def _console(settings: Settings, use: Callable[[RedisConsoleStore], Coroutine[An
 
 
 def _queue(settings: Settings) -> list[tuple[str, int]]:
-    return _console(settings, lambda store: store.review_queue(10_000))
+    """The review queue's (tx_id, cents held), in its order."""
+    queue = _console(settings, lambda store: store.review_queue(10_000))
+    return [(tx_id, cents) for tx_id, cents, _ in queue]
 
 
 def _rebate(worker: WorkerProcess, tx_id: str) -> dict[str, Any]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 
 from rebate_guard.contract.records import ALLOW, BLOCK, HOLD, Decision, Label, Transaction
+from rebate_guard.core.policy import REVIEW_SAMPLE
 from rebate_guard.settings import Settings
 from streams.console.store import (
     ENTITY_KEEP,
@@ -82,7 +84,7 @@ def test_views_of_new_decisions(console: tuple[ConsoleStore, Any]) -> None:
     ]
     run(store.record(entries))
     # The review queue: only the hold, by its cents.
-    assert run(store.review_queue(10)) == [("b", 200)]
+    assert run(store.review_queue(10)) == [("b", 200, False)]
     assert run(store.queue_size()) == 1
     # Claims: the first claimer keeps it.
     assert run(store.claim("b", "ann")) == "ann"
@@ -148,7 +150,7 @@ def test_history_rows_of_decisions_already_in_the_views(console: tuple[ConsoleSt
     run(store.record_history(rows))
     run(store.record_history(rows[:1]))  # again (a redelivery): kept once
     assert run(store.history(0, 10)) == [b"pa"]
-    assert run(store.review_queue(10)) == [("pa", 100)]
+    assert run(store.review_queue(10)) == [("pa", 100, False)]
     assert sum(x["decisions"] for x in run(store.series(0, 10))) == 1
     assert run(store.by_entity("user", a.user_id, 10)) == ["pa"]
 
@@ -209,3 +211,31 @@ def test_ring_versions_newest_first_each_once(console: tuple[ConsoleStore, Any])
     versions = [(v["version"], v["status"]) for v in run(store.ring_versions("r1"))]
     assert versions == [(2, "retired"), (2, "active"), (1, "active")]
     assert run(store.ring_versions("nobody")) == []
+
+
+def test_the_review_queue_lists_the_review_sample_first(console: tuple[ConsoleStore, Any]) -> None:
+    """A hold whose decision is in the review sample (`review_sample:hold`) comes before
+    every other hold, whatever its money; each part most money first."""
+    store, run = console
+    big, mid, small = (
+        tx(tx_id=t, ts=T0 + i, amount_cents=c)
+        for i, (t, c) in enumerate([("big", 90_000), ("mid", 5_000), ("small", 1_000)])
+    )
+    sampled = [REVIEW_SAMPLE]
+    run(
+        store.record(
+            [
+                Indexed(decided(big, HOLD, 0, 1_000), big),
+                Indexed(replace(decided(mid, HOLD, 0, 1_000), reasons=sampled), mid),
+                Indexed(replace(decided(small, HOLD, 0, 1_000), reasons=sampled), small),
+            ]
+        )
+    )
+    assert run(store.review_queue(10)) == [
+        ("mid", 500, True),
+        ("small", 100, True),
+        ("big", 9_000, False),
+    ]
+    assert run(store.review_queue(1)) == [("mid", 500, True)]
+    run(store.resolve_holds(["mid"]))
+    assert [t for t, _, _ in run(store.review_queue(10))] == ["small", "big"]

@@ -17,7 +17,8 @@ from rebate_guard.contract.order import Event
 from rebate_guard.contract.records import Label, Transaction
 from rebate_guard.core.backtest import HistoryRow
 from rebate_guard.core.budget import sampled_for_review
-from rebate_guard.core.policy import Policy
+from rebate_guard.core.policy import REVIEW_SAMPLE, Policy
+from streams.console import data
 from tests.console_world import POLICY, Feed, Session, console_settings, console_world, world_events
 from tests.factories import tx
 from tests.web import Served, served
@@ -33,7 +34,9 @@ def _last_ts(events: list[Event]) -> int:
 
 
 def _queue(server: Served) -> list[tuple[str, int]]:
-    return server.run(server.worker.runtime.console.review_queue(1000))
+    """The review queue's (tx_id, cents held), in its order."""
+    queue = server.run(server.worker.runtime.console.review_queue(1000))
+    return [(tx_id, cents) for tx_id, cents, _ in queue]
 
 
 def _labels_sent(server: Served) -> list[Label]:
@@ -245,32 +248,51 @@ def _queue_rows(page: str) -> list[tuple[str, bool]]:
 def test_the_review_queue_marks_and_lists_first_the_payments_in_the_review_sample(
     tmp_path: Path, events: list[Event]
 ) -> None:
-    with console_world(tmp_path, events) as (server, _):
-        held = _queue(server)[:100]  # the page shows the first 100 (QUEUE_SHOWN)
+    """The decisions say which holds are in the sample (`review_sample:hold`), and the queue
+    keeps them first, each part by money: a small sampled hold comes before every bigger
+    unsampled one, so the whole sample is shown before the rest (the page shows 100)."""
+    with served(console_settings(tmp_path)) as server:
         vera = Session(server, "vera")
-        # No budget: nothing marked, and the page says there is no sample.
-        page = vera.get("/console/review")[1]
-        assert [t for t, _ in _queue_rows(page)] == [t for t, _ in held]
-        assert not any(badge for _, badge in _queue_rows(page))
-        assert "No review sample in the policy in force." in page
-        # A budget (too few payments for its cut: the fixed thresholds still decide, so the
-        # queue stays) with a review sample of 30%.
+        # A budget (too few payments for its cut: the fixed thresholds decide, and their
+        # holds are the budget's) with a review sample of 30%, live before the payments.
         _live_policy(server, "console-test-sample", "review_share = 0.3")
-        sampled = [t for t, _ in held if sampled_for_review(t, 0.3)]
-        assert 0 < len(sampled) < len(held), "the world holds sampled and unsampled payments"
+        Feed(server).put(events)
+        queue = server.run(server.worker.runtime.console.review_queue(1000))
+        decided = {
+            d.tx_id: d
+            for d in server.run(data.decisions(server.worker.runtime, [t for t, _, _ in queue]))
+        }
+        sampled = [t for t, _, in_sample in queue if in_sample]
+        rest = [t for t, _, in_sample in queue if not in_sample]
+        assert 0 < len(sampled) < len(queue), "the world holds sampled and unsampled payments"
+        assert [t for t, _, _ in queue] == sampled + rest
+        for tx_id, cents, in_sample in queue:
+            reasons = decided[tx_id].reasons
+            assert in_sample == (REVIEW_SAMPLE in reasons) == sampled_for_review(tx_id, 0.3)
+            assert cents == decided[tx_id].rebate_requested_cents
+        money = {t: c for t, c, _ in queue}
+        for part in (sampled, rest):
+            assert [money[t] for t in part] == sorted((money[t] for t in part), reverse=True)
+        assert money[sampled[-1]] < max(money[t] for t in rest), "the sample first, not money"
         page = vera.get("/console/review")[1]
-        rows = _queue_rows(page)
-        # The badge on exactly the sampled ones; they come first, each part by money.
-        assert rows == [(t, True) for t in sampled] + [
-            (t, False) for t, _ in held if t not in sampled
-        ]
+        shown = [(t, True) for t in sampled] + [(t, False) for t in rest]
+        assert _queue_rows(page) == shown[:100]
+        in_sample = sum(badge for _, badge in shown[:100])
         assert (
             f"Review sample: 30.00% of withheld payments, drawn by transaction id; "
-            f"{len(sampled)} of the {len(held)} shown, listed first." in page
+            f"{in_sample} of the {min(100, len(shown))} shown, listed first." in page
         )
-        # review_share 0: nothing marked.
+        # review_share 0: the page says there is no sample (holds keep what they were).
         _live_policy(server, "console-test-no-sample", "review_share = 0")
-        page = vera.get("/console/review")[1]
+        assert "No review sample in the policy in force." in vera.get("/console/review")[1]
+
+
+def test_without_a_budget_no_hold_is_in_a_review_sample(
+    tmp_path: Path, events: list[Event]
+) -> None:
+    with console_world(tmp_path, events) as (server, _):
+        page = Session(server, "vera").get("/console/review")[1]
+        assert [t for t, _ in _queue_rows(page)] == [t for t, _ in _queue(server)[:100]]
         assert not any(badge for _, badge in _queue_rows(page))
         assert "No review sample in the policy in force." in page
 

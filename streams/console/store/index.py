@@ -21,6 +21,7 @@ from rebate_guard.contract.records import (
     RebateAdjustment,
     Transaction,
 )
+from rebate_guard.core.policy import REVIEW_SAMPLE
 
 #: Seconds per bucket of the overview's time series.
 SERIES_STEP_S = 10
@@ -41,6 +42,23 @@ class Indexed:
     decision: Decision
     tx: Transaction
     history_row: bytes | None = None
+
+
+#: Added to the review queue's score of a hold in the review sample (`REVIEW_SAMPLE`), so
+#: the sorted queue lists the sample first, most money first in each part; a score below
+#: it is cents held (float-exact: 2^50 + cents stays below 2^53).
+SAMPLE_OFFSET = 2**50
+
+
+def queue_score(decision: Decision) -> int:
+    """A hold's score in the review queue (0: not a hold)."""
+    held = held_cents(decision)
+    return held + SAMPLE_OFFSET if held and REVIEW_SAMPLE in decision.reasons else held
+
+
+def queue_entry(tx_id: str, score: int) -> tuple[str, int, bool]:
+    """(tx_id, cents held, in the review sample) from a queue score."""
+    return (tx_id, score - SAMPLE_OFFSET, True) if score >= SAMPLE_OFFSET else (tx_id, score, False)
 
 
 def held_cents(decision: Decision) -> int:
@@ -103,7 +121,7 @@ MEMBER_SEP = "\x1e"
 def record_payload(entries: Sequence[Indexed], keep_history: bool) -> str:
     """A batch for `RedisConsoleStore`'s Lua script (`_RECORD`), as one JSON argument."""
     series = [[start, list(totals.items())] for start, totals in series_totals(entries).items()]
-    holds = [[e.decision.tx_id, cents] for e in entries if (cents := held_cents(e.decision))]
+    holds = [[e.decision.tx_id, score] for e in entries if (score := queue_score(e.decision))]
     rows = [
         [e.tx.ts, e.history_row.decode()]
         for e in entries

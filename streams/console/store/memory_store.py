@@ -18,11 +18,12 @@ from streams.console.store.index import (
     Indexed,
     audit_entry,
     distinct_versions,
-    held_cents,
     indexed_entities,
     label_json,
     link_fields,
     parse_link,
+    queue_entry,
+    queue_score,
     series_totals,
 )
 from streams.console.store.solvency import (
@@ -59,8 +60,8 @@ class MemoryConsoleStore:
             for name, value in totals.items():
                 bucket[name] = bucket.get(name, 0) + value
         for e in entries:
-            if held_cents(e.decision) > 0:
-                self.queue[e.decision.tx_id] = held_cents(e.decision)
+            if score := queue_score(e.decision):
+                self.queue[e.decision.tx_id] = score
             for kind, entity_id in indexed_entities(e):
                 newest = self.entities.setdefault((kind, entity_id), {})
                 newest[e.decision.tx_id] = e.tx.ts
@@ -93,9 +94,10 @@ class MemoryConsoleStore:
         start = since_s // SERIES_STEP_S * SERIES_STEP_S
         return [{"t": t, **self.buckets[t]} for t in sorted(self.buckets) if start <= t <= until_s]
 
-    async def review_queue(self, limit: int) -> list[tuple[str, int]]:
-        # As ZREVRANGE: most cents first, equal cents by tx_id descending.
-        return sorted(self.queue.items(), key=lambda item: (item[1], item[0]), reverse=True)[:limit]
+    async def review_queue(self, limit: int) -> list[tuple[str, int, bool]]:
+        # As ZREVRANGE: highest score first, equal scores by tx_id descending.
+        ranked = sorted(self.queue.items(), key=lambda item: (item[1], item[0]), reverse=True)
+        return [queue_entry(tx_id, score) for tx_id, score in ranked[:limit]]
 
     async def queue_size(self) -> int:
         return len(self.queue)

@@ -24,8 +24,9 @@ class ConsoleStore(Protocol):
         (its start, s)."""
         ...
 
-    async def review_queue(self, limit: int) -> list[tuple[str, int]]:
-        """(tx_id, cents held), most money first."""
+    async def review_queue(self, limit: int) -> list[tuple[str, int, bool]]:
+        """(tx_id, cents held, in the review sample): the sample first, most money first in
+        each part (`index.queue_score`)."""
         ...
 
     async def queue_size(self) -> int: ...

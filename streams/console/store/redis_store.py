@@ -23,13 +23,14 @@ from streams.console.store.index import (
     distinct_versions,
     label_json,
     parse_link,
+    queue_entry,
     record_payload,
 )
 from streams.console.store.solvency import SolvencyBooks, shown_scopes
 
 _RECORD = """
 -- One call per batch. ARGV: the key prefix, ttl, entity_keep, history_keep, and the batch as
--- JSON (`record_payload`): {"s": [[bucket, [[field, n]...]]...], "h": [[tx_id, cents]...],
+-- JSON (`record_payload`): {"s": [[bucket, [[field, n]...]]...], "h": [[tx_id, queue score]...],
 -- "r": [[ts, row]...], "x": [[kind, id, ts, member, trim]...]}.
 -- One argument instead of ~15 per decision: packing them was most of the worker's cost.
 -- The keys are made here from the prefix, so this needs one Redis (not a cluster), as the
@@ -167,11 +168,11 @@ class RedisConsoleStore:
             if values
         ]
 
-    async def review_queue(self, limit: int) -> list[tuple[str, int]]:
+    async def review_queue(self, limit: int) -> list[tuple[str, int, bool]]:
         raw: list[Any] = await self.client.zrevrange(
             self.keys.review, 0, limit - 1, withscores=True
         )
-        return [(_text(tx_id), int(score)) for tx_id, score in raw]
+        return [queue_entry(_text(tx_id), int(score)) for tx_id, score in raw]
 
     async def queue_size(self) -> int:
         return int(await self.client.zcard(self.keys.review))
