@@ -635,6 +635,9 @@ class FrictionBudget:
                 "legit_friction": terms.share_of(group),
                 "cut": None if cut is None else cut.at,
                 "block_cut": None if cut is None else cut.block_at,
+                # What bounds the cut's withholding from one payment (`Cut.withheld_of`).
+                "payment_allowance_cents": None if cut is None else cut.allowance,
+                "window_largest_cents": None if cut is None else cut.largest,
                 "payments": tally.payments.get(SHARED, 0),
                 "money_cents": money,
                 "fraud_labelled_cents": fraud,

@@ -773,9 +773,12 @@ def test_the_threshold_version_survives_the_json_and_older_decisions_read_as_emp
 
 
 # --- a payment larger than any in the window ----------------------------------------------
-def _window_of_small_payments() -> Cut:
+SMALL_PAYMENTS = Budget(min_payments=1, update_minutes=60)
+
+
+def _window_of_small_payments() -> tuple[FrictionBudget, Cut]:
     """A week of 2000 payments of 10-1000 cents, the model sure of them; the next hour's cut."""
-    terms = Budget(min_payments=1, update_minutes=60)
+    terms = SMALL_PAYMENTS
     budget = FrictionBudget()
     budget.advance(T0, terms)
     rng = random.Random(3)
@@ -793,7 +796,7 @@ def _window_of_small_payments() -> Cut:
     budget.advance(T0 + HOUR, terms)
     cut = budget.cuts[SHARED]
     assert cut is not None
-    return cut
+    return budget, cut
 
 
 def test_a_payment_beyond_the_windows_largest_is_withheld_only_up_to_the_windows_budget() -> None:
@@ -801,7 +804,7 @@ def test_a_payment_beyond_the_windows_largest_is_withheld_only_up_to_the_windows
     than any of them (a heavy-tailed legitimate purchase) would alone spend weeks of the
     budget. Below the cut it is scaled, withholding what keeps its expected legitimate
     rebate within the window's budget (never less than the window's largest payment)."""
-    cut = _window_of_small_payments()
+    budget, cut = _window_of_small_payments()
     assert 990 <= cut.largest <= 1_000
     assert cut.allowance is not None and cut.allowance > cut.largest
     weight = cut.at / 2  # below the cut
@@ -819,6 +822,12 @@ def test_a_payment_beyond_the_windows_largest_is_withheld_only_up_to_the_windows
     assert giant - granted == 2 * cut.allowance
     # Certain fraud as far as the model can say: withheld in full.
     assert policy.rule(event, weight, requested_cents=giant, cut=cut, legit_share=0.0)[1] == 0
+    # The report says what bounds it.
+    report = budget.report(SMALL_PAYMENTS)["groups"][SHARED]
+    assert (report["payment_allowance_cents"], report["window_largest_cents"]) == (
+        cut.allowance,
+        cut.largest,
+    )
     # Above the cut nothing changes.
     assert policy.rule(event, cut.at, requested_cents=giant, cut=cut, legit_share=0.5)[:2] == (
         "allow",
