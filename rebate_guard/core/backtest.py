@@ -422,7 +422,7 @@ class _Redecider:
             cut = budget.cut(row.ts, terms.group_of(row.merchant_category), terms=terms)
         log = self.regranted.get(row.user_id)
         more = 0 if log is None else log.total_at(row.ts)
-        action, granted, _, version = apply_policy(
+        action, granted, reasons, version = apply_policy(
             self.policy,
             tx,
             weight=row.trust_weight,
@@ -449,6 +449,7 @@ class _Redecider:
                 action=action,
                 requested=row.requested_cents,
                 granted=granted,
+                reasons=reasons,
                 threshold_version=version,
                 calibrated_risk=row.calibrated_risk,
                 keep=self.keep,

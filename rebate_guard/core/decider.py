@@ -43,7 +43,7 @@ from rebate_guard.contract.records import (
     requested_rebate_cents,
 )
 from rebate_guard.contract.time import DAY_MS
-from rebate_guard.core.budget import Cut, FrictionBudget, sampled_for_review
+from rebate_guard.core.budget import Cut, FrictionBudget
 from rebate_guard.core.ledger import Ledger
 from rebate_guard.core.points import PointsBooks
 from rebate_guard.core.policy import (
@@ -53,6 +53,7 @@ from rebate_guard.core.policy import (
     Limits,
     Policy,
     default_policy,
+    in_review_sample,
     trust_weight,
 )
 from rebate_guard.core.remembered import RememberedVectors
@@ -225,14 +226,6 @@ def budgeted(threshold_version: str) -> bool:
     return threshold_version == FIXED or threshold_version.startswith("budget:")
 
 
-def in_review_sample(tx_id: str, action: str, *, threshold_version: str, share: float) -> bool:
-    """Whether a decided payment is in the friction budget's review sample: held (the team
-    reviews the queue of holds; the policy holds what the sample would block), decided by
-    the budget's thresholds or cut (`budgeted`), and drawn (`sampled_for_review`). A daily
-    cap's block, a campaign's or a fail-closed hold are not: the budget never counts them."""
-    return action == HOLD and budgeted(threshold_version) and sampled_for_review(tx_id, share)
-
-
 def record_in_budget(
     budget: FrictionBudget,
     terms: Budget | None,
@@ -242,6 +235,7 @@ def record_in_budget(
     action: str,
     requested: int,
     granted: int,
+    reasons: Sequence[str],
     threshold_version: str,
     calibrated_risk: float,
     keep: int,
@@ -258,9 +252,7 @@ def record_in_budget(
         withheld=requested - granted,
         keep=keep,
         legit_share=1.0 - calibrated_risk,
-        sampled=in_review_sample(
-            tx.tx_id, action, threshold_version=threshold_version, share=terms.review_share
-        ),
+        sampled=in_review_sample(action, reasons),
     )
 
 
@@ -665,6 +657,7 @@ class Decider:
             action=stands.action,
             requested=stands.rebate_requested_cents,
             granted=stands.rebate_granted_cents,
+            reasons=stands.reasons,
             threshold_version=stands.threshold_version,
             calibrated_risk=calibrated_risk,
             keep=self.remember_limit,

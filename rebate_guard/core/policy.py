@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from fractions import Fraction
@@ -73,6 +73,14 @@ FAILED_CLOSED = "fail_closed"
 LIST_KINDS = ("users", "devices", "cards", "merchants")
 #: Reason code and threshold version of a payment allowed by a false-positive suppression.
 SUPPRESSED = "suppressed"
+
+
+def in_review_sample(action: str, reasons: Sequence[str]) -> bool:
+    """Whether a decided payment is in the friction budget's review sample: a hold whose
+    reasons say so (`REVIEW_SAMPLE`, which `Policy.rule` adds to the budget's own holds,
+    by the thresholds or the cut, that are drawn; a campaign's, a list's or a fail-closed
+    hold never carry it, and a daily cap never touches a hold, which grants nothing)."""
+    return action == HOLD and REVIEW_SAMPLE in reasons
 
 
 class PolicyError(ValueError):

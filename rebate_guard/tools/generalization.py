@@ -162,7 +162,7 @@ def _run(
     terms = scorer.decider.policy.budget
     reviews = None
     if terms is not None and terms.review_share > 0:  # the risk team reviews its sample
-        reviews = ReviewDesk.of(world.tx_truth, share=terms.review_share, config=config)
+        reviews = ReviewDesk.of(world.tx_truth, config=config)
     replay(
         world_dir / "transactions.parquet",
         out,

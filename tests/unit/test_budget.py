@@ -6,6 +6,7 @@ import random
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -30,7 +31,7 @@ from rebate_guard.core.budget import (
     sampled_for_review,
     weight_bin,
 )
-from rebate_guard.core.decider import Decider, Scorer, in_review_sample
+from rebate_guard.core.decider import Decider, Scorer, apply_policy
 from rebate_guard.core.policy import (
     BELOW_BLOCK_CUT,
     BELOW_CUT,
@@ -39,9 +40,11 @@ from rebate_guard.core.policy import (
     PAYMENT_ALLOWANCE,
     REVIEW_SAMPLE,
     Budget,
+    Campaign,
     Policy,
     PolicyError,
     default_policy,
+    in_review_sample,
 )
 from rebate_guard.tools.replay import replay
 from tests.factories import DAY, HOUR, T0, decision, label, signup, tx
@@ -400,26 +403,42 @@ def test_only_the_sample_first_label_counts_and_a_legit_label_outside_it_changes
 
 
 def test_the_sample_is_the_budgets_own_holds() -> None:
-    """Held by the budget's thresholds or cut and drawn: a daily cap's block, a campaign's,
-    a list's or a fail-closed hold are not in it (the budget never counts them)."""
+    """Held by the budget's thresholds or cut and drawn, as the decision's reasons say: a
+    campaign's, a list's or a fail-closed hold, a daily cap's block and an undrawn hold are
+    not in it (the budget never counts them)."""
+    policy = _budget_policy(review_share=0.5)
     drawn = next(f"t{i}" for i in range(100) if sampled_for_review(f"t{i}", 0.5))
-    assert in_review_sample(drawn, "hold", threshold_version="fixed", share=0.5)
-    assert in_review_sample(drawn, "hold", threshold_version="budget:*:0:0.400:0.200", share=0.5)
-    assert not in_review_sample(drawn, "hold", threshold_version="fixed", share=0.0)
-    for action, version in [
-        ("block", "fixed"),
-        ("scale", "fixed"),
-        ("hold", "campaign:spring"),
-        ("hold", "fail_closed"),
-        ("hold", "lists"),
-    ]:
-        assert not in_review_sample(drawn, action, threshold_version=version, share=0.5)
-    # The cut's block band holds a drawn payment for review.
-    policy = _budget_policy(review_share=1.0)
-    assert policy.budget is not None
-    event = parse_transaction(tx(drawn))
+    undrawn = next(f"t{i}" for i in range(100) if not sampled_for_review(f"t{i}", 0.5))
     cut = Cut(SHARED, T0, hold_below=600, block_below=300)
-    assert policy.rule(event, 0.2, requested_cents=1000, cut=cut)[0] == "hold"
+
+    def sampled(chosen: Policy, tx_id: str, weight: float, **how: Any) -> bool:
+        settings: dict[str, Any] = {
+            "weight": weight,
+            "requested": 1_000,
+            "cut": None,
+            "trusted": True,
+            "failed": False,
+            "fail_closed_action": "hold",
+            "user_granted_24h": 0,
+            "device_rebate_requested_24h": None,
+        }
+        settings.update(how)
+        action, _, reasons, _ = apply_policy(chosen, parse_transaction(tx(tx_id)), **settings)
+        return in_review_sample(action, reasons)
+
+    hold_weight = (policy.thresholds.hold_at + policy.thresholds.scale_at) / 2
+    assert sampled(policy, drawn, hold_weight)  # the fixed thresholds' hold
+    assert sampled(policy, drawn, 0.0)  # their block, held for review
+    assert sampled(policy, drawn, 0.4, cut=cut) and sampled(policy, drawn, 0.2, cut=cut)
+    assert not sampled(policy, undrawn, hold_weight) and not sampled(policy, drawn, 0.9)
+    assert not sampled(_budget_policy(review_share=0.0), drawn, hold_weight)
+    assert not sampled(policy, drawn, hold_weight, failed=True)
+    spring = Campaign("spring", frozenset({"m1"}), policy.thresholds)
+    assert not sampled(replace(policy, campaigns=(spring,)), drawn, hold_weight)
+    listed = replace(policy, lists=replace(policy.lists, block_users=frozenset({"u1"})))
+    assert not sampled(listed, drawn, hold_weight)
+    capped = replace(policy, limits=replace(policy.limits, user_daily_rebate_cents=500))
+    assert not sampled(capped, drawn, 0.9, user_granted_24h=500)  # the cap's block
 
 
 def test_reviews_count_from_the_next_epoch_and_leave_the_window_with_their_payments() -> None:

@@ -3,6 +3,7 @@ replay applying its labels (issue #21)."""
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -10,10 +11,17 @@ import pytest
 from detectors.base import Features
 from detectors.risk import Assessment, RiskModel
 from rebate_guard.contract.records import Decision, Label
+from rebate_guard.contract.validation import parse_transaction
 from rebate_guard.core.budget import sampled_for_review
 from rebate_guard.core.decider import Decider, Scorer
 from rebate_guard.core.points import POINTS_THRESHOLDS
-from rebate_guard.core.policy import DEFAULT_POLICY, Policy, default_policy
+from rebate_guard.core.policy import (
+    BELOW_CUT,
+    DEFAULT_POLICY,
+    REVIEW_SAMPLE,
+    Policy,
+    default_policy,
+)
 from rebate_guard.tools.generalization import run_world
 from rebate_guard.tools.replay import replay
 from rebate_guard.tools.simulator import ReviewDesk, WorldConfig
@@ -24,44 +32,61 @@ END = 2**62
 TEST_SEED = 900
 
 
-def _desk(truth: dict[str, bool], share: float = 1.0, **config: float) -> ReviewDesk:
-    return ReviewDesk(truth, share=share, config=WorldConfig(**config))  # type: ignore[arg-type]
+def _desk(truth: dict[str, bool], **config: float) -> ReviewDesk:
+    return ReviewDesk(truth, config=WorldConfig(**config))  # type: ignore[arg-type]
 
 
-def test_the_desk_labels_exactly_the_sampled_held_payments() -> None:
-    ids = [f"t{i}" for i in range(400)]
-    campaign = [f"c-{tx_id}" for tx_id in ids[:40]]
-    desk = _desk(dict.fromkeys(ids + campaign, False), share=0.3)
-    withheld = set()
+def _sampled(tx_id: str, **overrides: Any) -> Decision:
+    """A hold of the budget's review sample, as the policy decides it (`REVIEW_SAMPLE`)."""
+    return decision(tx_id, "hold", reasons=[BELOW_CUT, REVIEW_SAMPLE], **overrides)
+
+
+def _decided(policy: Policy, tx_id: str) -> Decision:
+    """`tx_id`'s decision by `policy`'s fixed thresholds at a weight they block."""
+    action, granted, reasons, version = policy.rule(
+        parse_transaction(tx(tx_id)), 0.05, requested_cents=1_000, cut=None, trusted=True
+    )
+    return decision(tx_id, action, granted=granted, reasons=reasons, threshold_version=version)
+
+
+def test_the_desk_labels_exactly_the_holds_whose_decision_says_they_are_in_the_sample() -> None:
+    ids = [f"t{i}" for i in range(60)]
+    desk = _desk(dict.fromkeys(ids, False))
+    sampled = set()
     for i, tx_id in enumerate(ids):
         kind = i % 6
         if kind == 0:
-            desk.decided(decision(tx_id, "hold"))
-            withheld.add(tx_id)
-        elif kind == 1:  # blocked (a block list: the policy holds what it samples)
-            desk.decided(decision(tx_id, "block"))
+            desk.decided(_sampled(tx_id))
+            sampled.add(tx_id)
+        elif kind == 1:  # held by the cut, not drawn
+            desk.decided(decision(tx_id, "hold", reasons=[BELOW_CUT]))
         elif kind == 2:
             desk.decided(decision(tx_id, "allow"))
-        elif kind == 3:
-            desk.decided(decision(tx_id, "scale"))
+        elif kind == 3:  # a block that names the sample is no hold: nobody reviews it
+            desk.decided(decision(tx_id, "block", reasons=[REVIEW_SAMPLE]))
         elif kind == 4:  # a points request, withheld by the points policy
             desk.decided(decision(tx_id, "hold", threshold_version=POINTS_THRESHOLDS))
         else:  # a refund: no rebate asked, none withheld
-            desk.decided(decision(tx_id, "hold", requested=0))
-    desk.decided(decision("not-in-truth", "hold"))
-    for tx_id in campaign:  # a campaign's holds are not the budget's: not in the sample
-        desk.decided(decision(tx_id, "hold", threshold_version="campaign:spring"))
+            desk.decided(_sampled(tx_id, requested=0))
+    desk.decided(_sampled("not-in-truth"))
+    assert {label.tx_id for label in desk.due(END)} == sampled
+    assert desk.delivered == len(sampled) == 10 and desk.due(END) == []
+
+
+def test_the_desk_reviews_what_the_policy_draws_at_its_review_share() -> None:
+    """The policy's sample is the desk's: at share 0.3 the holds `sampled_for_review`
+    draws are reviewed, the others not; at share 0 the weight blocks and nobody reviews."""
+    ids = [f"t{i}" for i in range(300)]
+    desk = _desk(dict.fromkeys(ids, False))
+    for tx_id in ids:
+        desk.decided(_decided(_reviewing_policy(0.3), tx_id))
     labelled = {label.tx_id for label in desk.due(END)}
-    sampled = {tx_id for tx_id in withheld if sampled_for_review(tx_id, 0.3)}
-    assert labelled == sampled
-    assert 10 < len(sampled) < len(withheld) - 10  # some of the held are left out
-    assert desk.delivered == len(sampled) and desk.due(END) == []
-
-
-def test_nothing_is_reviewed_at_share_zero() -> None:
-    desk = _desk({"t1": True}, share=0.0)
-    desk.decided(decision("t1", "hold"))
-    assert desk.due(END) == []
+    assert labelled == {tx_id for tx_id in ids if sampled_for_review(tx_id, 0.3)}
+    assert 60 < len(labelled) < 120
+    nobody = _desk({"t1": True})
+    unsampled = _decided(_reviewing_policy(0.0), "t1")
+    nobody.decided(unsampled)
+    assert unsampled.action == "block" and nobody.due(END) == []
 
 
 @pytest.mark.parametrize(
@@ -79,7 +104,7 @@ def test_reviews_say_the_truth_but_at_the_worlds_mislabel_rates(
     truth = {f"t{i}": i % 2 == 1 for i in range(40)}
     desk = _desk(truth, legit_mislabel_rate=legit_rate, fraud_mislabel_rate=fraud_rate)
     for tx_id in truth:
-        desk.decided(decision(tx_id, "hold", user_id=f"u-{tx_id}"))
+        desk.decided(_sampled(tx_id, user_id=f"u-{tx_id}"))
     labels = desk.due(END)
     assert len(labels) == 40
     for label in labels:
@@ -92,7 +117,7 @@ def test_a_mislabel_rate_between_errs_on_about_that_share() -> None:
     truth = {f"t{i}": False for i in range(2000)}
     desk = _desk(truth, legit_mislabel_rate=0.25)
     for tx_id in truth:
-        desk.decided(decision(tx_id, "hold"))
+        desk.decided(_sampled(tx_id))
     wrong = sum(label.label == "fraud" for label in desk.due(END))
     assert 400 < wrong < 600
 
@@ -105,7 +130,7 @@ def test_reviews_land_within_the_configured_hours_after_the_payment() -> None:
     )
     paid = {f"t{i}": T0 + i * 7 * HOUR for i in range(300)}
     for tx_id, ts in paid.items():
-        desk.decided(decision(tx_id, "hold", ts=ts))
+        desk.decided(_sampled(tx_id, ts=ts))
     delays = [label.ts - paid[label.tx_id or ""] for label in desk.due(END)]
     assert len(delays) == 300
     assert all(2 * HOUR <= d <= 5 * HOUR for d in delays)
@@ -115,7 +140,7 @@ def test_reviews_land_within_the_configured_hours_after_the_payment() -> None:
 def test_due_hands_out_what_is_due_once_in_ts_order() -> None:
     desk = _desk({f"t{i}": False for i in range(50)})
     for i in reversed(range(50)):  # told out of order
-        desk.decided(decision(f"t{i}", "hold", ts=T0 + (i % 10) * HOUR))
+        desk.decided(_sampled(f"t{i}", ts=T0 + (i % 10) * HOUR))
     cutoff = T0 + 30 * HOUR
     first = desk.due(cutoff)
     assert first and all(label.ts <= cutoff for label in first)
@@ -128,10 +153,10 @@ def test_due_hands_out_what_is_due_once_in_ts_order() -> None:
 
 def test_the_labels_depend_on_the_seed_not_on_the_order_decisions_come_in() -> None:
     truth = {f"t{i}": i % 3 == 0 for i in range(100)}
-    decisions = [decision(tx_id, "hold") for tx_id in truth]
+    decisions = [_sampled(tx_id) for tx_id in truth]
 
     def labels(order: list[Decision], seed: int) -> list[Label]:
-        desk = ReviewDesk(truth, share=1.0, config=WorldConfig(seed=seed, legit_mislabel_rate=0.3))
+        desk = ReviewDesk(truth, config=WorldConfig(seed=seed, legit_mislabel_rate=0.3))
         for d in order:
             desk.decided(d)
         return desk.due(END)
@@ -149,9 +174,9 @@ def test_the_hold_review_delays_are_validated() -> None:
 
 def test_the_desk_of_a_world_reads_its_truth_frame() -> None:
     frame = pl.DataFrame({"tx_id": ["a", "b"], "is_fraud": [True, False]})
-    desk = ReviewDesk.of(frame, share=1.0, config=WorldConfig())
-    desk.decided(decision("a", "hold"))
-    desk.decided(decision("b", "hold"))
+    desk = ReviewDesk.of(frame, config=WorldConfig())
+    desk.decided(_sampled("a"))
+    desk.decided(_sampled("b"))
     assert {(label.tx_id, label.label) for label in desk.due(END)} == {
         ("a", "fraud"),
         ("b", "legit"),

@@ -6,7 +6,7 @@ See docs/simulator.md. The public API::
     world = simulate_world(world_config("random", seed=3))  # a randomised platform
     write_world(world, Path("out/world"), fmt="parquet")
     for topic, key, payload in event_stream(world): ...
-    reviews = ReviewDesk.of(world.tx_truth, share=0.2, config=config)  # replay(reviews=...)
+    reviews = ReviewDesk.of(world.tx_truth, config=config)  # replay(reviews=...)
 """
 
 from rebate_guard.tools.simulator._common import ABUSE_SCENARIOS, LOOKALIKES, SCENARIOS

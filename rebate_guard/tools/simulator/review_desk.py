@@ -25,7 +25,7 @@ import polars as pl
 
 from rebate_guard.contract.records import FRAUD, LEGIT, Decision, Label
 from rebate_guard.contract.time import HOUR_MS
-from rebate_guard.core.decider import in_review_sample
+from rebate_guard.core.policy import in_review_sample
 from rebate_guard.tools.simulator._labels import REVIEW, SOURCES
 from rebate_guard.tools.simulator.config import WorldConfig
 
@@ -42,8 +42,6 @@ class ReviewDesk:
     ----------
     truth : Mapping[str, bool]
         tx_id -> is_fraud (the world's `tx_truth`); a payment not in it is not reviewed.
-    share : float
-        The policy's `[budget] review_share`.
     config : WorldConfig
         The world's: its mislabel rates and hold review delays; its seed keys the draws.
     seed : int, optional
@@ -51,10 +49,12 @@ class ReviewDesk:
 
     Examples
     --------
-    A held legitimate payment, reviewed (share 1.0) 4-48 hours later:
+    A held legitimate payment in the review sample, reviewed 4-48 hours later:
 
-    >>> desk = ReviewDesk({"t1": False}, share=1.0, config=WorldConfig())
-    >>> desk.decided(Decision("t1", 0, "u1", "m1", 0.9, 0.1, "hold", 1_000, 0, [], "m", 0))
+    >>> desk = ReviewDesk({"t1": False}, config=WorldConfig())
+    >>> from rebate_guard.core.policy import REVIEW_SAMPLE
+    >>> reasons = [REVIEW_SAMPLE]
+    >>> desk.decided(Decision("t1", 0, "u1", "m1", 0.9, 0.1, "hold", 1_000, 0, reasons, "m", 0))
     >>> desk.due(0), [label.label for label in desk.due(2**62)], desk.delivered
     ([], ['legit'], 1)
     """
@@ -63,12 +63,10 @@ class ReviewDesk:
         self,
         truth: Mapping[str, bool],
         *,
-        share: float,
         config: WorldConfig,
         seed: int | None = None,
     ) -> None:
         self.truth = truth
-        self.share = share
         self.legit_mislabel_rate = config.legit_mislabel_rate
         self.fraud_mislabel_rate = config.fraud_mislabel_rate
         self.delay_min_ms = round(config.hold_review_delay_min_hours * HOUR_MS)
@@ -80,20 +78,17 @@ class ReviewDesk:
         self.delivered = 0
 
     @classmethod
-    def of(cls, tx_truth: pl.DataFrame, *, share: float, config: WorldConfig) -> ReviewDesk:
+    def of(cls, tx_truth: pl.DataFrame, *, config: WorldConfig) -> ReviewDesk:
         """The desk of a world, from its `tx_truth` (tx_id, is_fraud)."""
         truth = dict(zip(tx_truth["tx_id"], tx_truth["is_fraud"], strict=True))
-        return cls(truth, share=share, config=config)
+        return cls(truth, config=config)
 
     def decided(self, decision: Decision) -> None:
         """Schedules the review of `decision`'s payment if it is in the sample
-        (`core.decider.in_review_sample`: held by the budget's thresholds or cut, and drawn;
+        (`core.policy.in_review_sample`: held by the budget's thresholds or cut, and drawn;
         not a points request, a campaign's or a fail-closed hold) and a rebate was asked."""
-        version = decision.threshold_version
         if decision.rebate_granted_cents >= decision.rebate_requested_cents or not (
-            in_review_sample(
-                decision.tx_id, decision.action, threshold_version=version, share=self.share
-            )
+            in_review_sample(decision.action, decision.reasons)
         ):
             return
         fraud = self.truth.get(decision.tx_id)

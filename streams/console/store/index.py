@@ -21,7 +21,7 @@ from rebate_guard.contract.records import (
     RebateAdjustment,
     Transaction,
 )
-from rebate_guard.core.policy import REVIEW_SAMPLE
+from rebate_guard.core.policy import in_review_sample
 
 #: Seconds per bucket of the overview's time series.
 SERIES_STEP_S = 10
@@ -53,7 +53,8 @@ SAMPLE_OFFSET = 2**50
 def queue_score(decision: Decision) -> int:
     """A hold's score in the review queue (0: not a hold)."""
     held = held_cents(decision)
-    return held + SAMPLE_OFFSET if held and REVIEW_SAMPLE in decision.reasons else held
+    sampled = held and in_review_sample(decision.action, decision.reasons)
+    return held + SAMPLE_OFFSET if sampled else held
 
 
 def queue_entry(tx_id: str, score: int) -> tuple[str, int, bool]:
