@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from detectors.base import Features, Reading
 from detectors.precision import label_precision
@@ -212,6 +212,15 @@ class RingKindSay(FiringSay):
     """
 
     name: str = "ring_kind_say"
+    #: The reviews of a kind's withheld payments say its precision there: a kind fires on
+    #: the members of the rings of that kind the graph found, and the rings whose payments
+    #: are withheld are proved fraud (or not) by the review sample sooner than by the label
+    #: process, which labels the legitimate e^shift times less often (on tuning worlds
+    #: 0-59 of the random profile, 20k, the payments scored with a pyramid, collusion or
+    #: cash-out ring were mostly fraud and half their money let through under kinds' says
+    #: near 0.5-0.6). They speak only for the withheld share of the kind's money
+    #: (`with_reviews`): a kind's other rings may be look-alikes.
+    learns_reviews: ClassVar[bool] = True
 
     @classmethod
     def _unit_test_params(cls) -> Iterator[dict[str, Any]]:

@@ -425,18 +425,33 @@ class RiskModel:
 
     def learn_reviewed(self, x: Features, y: bool) -> None:
         """A label of the review sample (`rebate_guard.core.budget.sampled_for_review`): the
-        classifier learns it, but it counts neither towards the classifier's trust nor in
-        the estimates that read the labels as the platform's label process (the prior
-        shift's labelled share, the signals' precisions). Its payments were drawn from what
-        the weights already withheld, at `review_share`: a fraud label among them is fraud
-        the prior found, not evidence that the classifier has seen enough fraud to take
-        over from it (counted, they handed the decision to the classifier early: AP on
-        the random profile's worlds 10-29, docs/policy.md); and a legitimate one stands for
-        1 / review_share withheld payments, not for exp(-shift) of all payments, as the
-        rules' and ring kinds' precisions weigh legitimate labels."""
+        classifier learns it, and the ring kinds' say as a review (`FiringSay.learn_reviewed`:
+        a draw of a kind's precision, not of the label process), but it counts neither
+        towards the classifier's trust nor in the estimates that read the labels as the
+        platform's label process (the prior shift's labelled share, the precisions' labels).
+        Its payments were drawn from what the weights already withheld, at `review_share`:
+        a fraud label among them is fraud the prior found, not evidence that the classifier
+        has seen enough fraud to take over from it (counted, they handed the decision to the
+        classifier early: AP on the random profile's worlds 10-29, docs/policy.md); and a
+        legitimate one stands for withheld payments like it, not for exp(-shift) of all
+        payments, as the precisions weigh legitimate labels."""
         enriched = x if self._enriched(x) else self.enrich(x)
         self.classifier.learn_one(classifier_view(enriched), y)
         self.reviewed_fraud += bool(y)
+        for detector in self.calibrated_signals or ():
+            if isinstance(detector, FiringSay):
+                detector.learn_reviewed(x, y)
+
+    def learn_withheld(self, assessment: Assessment, share: float) -> None:
+        """`share` of the assessed payment's rebate was withheld at decision: each say
+        beside q that counted its firing (`learn_scored`) learns how much of its money the
+        review sample, drawn from what is withheld, speaks for (`FiringSay.learn_withheld`)."""
+        if assessment.q is None or share <= 0.0:
+            return
+        for detector, reading in zip(self._detectors(), assessment.readings, strict=True):
+            if isinstance(detector, FiringSay) and reading.learnable:
+                codes, cents = reading.learnable
+                detector.learn_withheld(codes, share, rebate_cents=cents)
 
     def _detectors(self) -> list[PriorDetector]:
         """The prior's detectors, then the calibrated signals: the readings' order."""

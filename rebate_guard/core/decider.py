@@ -512,6 +512,11 @@ class Decider:
             self.model_failures += 1
         else:
             self.model.learn_scored(assessment)  # unsupervised, after scoring
+            requested = decision.rebate_requested_cents
+            if requested > 0:  # the review sample draws from what is withheld
+                self.model.learn_withheld(
+                    assessment, (requested - decision.rebate_granted_cents) / requested
+                )
             self.drift.scored(assessment.risk, tx.ts)
             # A label can teach only what was scored.
             self.remembered.add(

@@ -430,3 +430,14 @@ def test_the_cached_floor_is_the_floor_found_anew() -> None:
     assert say.score(young) == say.precision("young_account")
     say.beside["young_account"] = [0.0] * 99 + [5.0, 1.0]  # every firing at q ~ 1
     assert say.score(young) == 0.0
+
+
+def test_a_rules_say_learns_no_review() -> None:
+    """The withheld among a rule's firings are those something else found risky: reviews of
+    them do not say its precision among all it fires on, so a rule leaves them out."""
+    say = RuleSay()
+    shared = {"device_user_count_7d": 8.0}
+    before = say.precision("device_shared_7d", -3.0)
+    for _ in range(20):
+        say.learn_reviewed(shared, True)
+    assert say.reviewed_fraud == {} and say.precision("device_shared_7d", -3.0) == before
