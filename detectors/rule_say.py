@@ -392,9 +392,11 @@ class FiringSay(ABC):
         >>> say.fraud, say.legit
         ({}, {'young_account': 1.0, 'refund': 1.0})
         """
-        if y is None:
-            return
-        counts = self.fraud if y else self.legit
+        if y is not None:
+            self._count(self.fraud if y else self.legit, x)
+
+    def _count(self, counts: dict[str, float], x: Features) -> None:
+        """A label of `x` in `counts`, for every code that fired on it (`label_weight`)."""
         for code in self.codes(x):
             counts[code] = counts.get(code, 0.0) + self.label_weight(code, x)
 
@@ -409,11 +411,8 @@ class FiringSay(ABC):
         (`learns_reviews`): drawn at random from the withheld payments and labelled whatever
         its truth, a draw of the precision among a code's withheld firings (`with_reviews`),
         not of the label process."""
-        if not self.learns_reviews:
-            return
-        counts = self.reviewed_fraud if fraud else self.reviewed_legit
-        for code in self.codes(x):
-            counts[code] = counts.get(code, 0.0) + self.label_weight(code, x)
+        if self.learns_reviews:
+            self._count(self.reviewed_fraud if fraud else self.reviewed_legit, x)
 
 
 @dataclass(kw_only=True)

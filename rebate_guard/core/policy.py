@@ -185,13 +185,12 @@ def _by_cut(
     full if the expected loss is within `limit`'s `max_expected_loss_cents` (else held).
     Below the cut, a payment whose expected legitimate rebate exceeds the window's budget
     is scaled instead: only what the budget allows is withheld (`Cut.withheld_of`)."""
-    if cut.withholds(weight):
+    if cut.withholds(weight):  # the block cut is never above it (`budget._cut`)
         withheld = cut.withheld_of(requested_cents, legit_share)
         if withheld < requested_cents:
             return SCALE, requested_cents - withheld, [PAYMENT_ALLOWANCE]
-    if cut.blocks(weight):
-        return BLOCK, 0, [BELOW_BLOCK_CUT]
-    if cut.withholds(weight):
+        if cut.blocks(weight):
+            return BLOCK, 0, [BELOW_BLOCK_CUT]
         return HOLD, 0, [BELOW_CUT]
     if limit._affordable(round(weight * PPM), requested_cents):
         return ALLOW, requested_cents, []

@@ -12,9 +12,10 @@ requests (fraud per scenario, legitimate per look-alike group and overall).
 Seeds are split once and for all: worlds below 100 are the only ones anything may be tuned
 on (`TUNING_SEEDS`, 0-9, the quick set `--split tuning` runs; 10-29 and 30-59 have served
 as further tuning sets since sessions 23 and 24, run with `--seeds`); `HELDOUT_SEEDS` are
-reported on and never used for tuning. `benchmarks/generalization.py`
-runs the split and prints the table; `tests/unit/test_generalization.py` runs a small
-version.
+reported on and never used for tuning. Seeds 120-139 were run once in session 25, as worlds
+never run before, to confirm a change the held-out worlds had seen twice (benchmarks/README).
+`benchmarks/generalization.py` runs the split and prints the table;
+`tests/unit/test_generalization.py` runs a small version.
 """
 
 from __future__ import annotations
