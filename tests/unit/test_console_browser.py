@@ -34,7 +34,7 @@ from tests.web import Served, served
 pytestmark = pytest.mark.browser
 
 pytest.importorskip("selenium.webdriver", reason="selenium: pip install -e '.[dev]'")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -84,8 +84,10 @@ def _login(driver: Any, server: Served, user: str) -> WebDriverWait:
     driver.find_element(By.NAME, "user").send_keys(user)
     driver.find_element(By.NAME, "password").send_keys(f"{PASSWORD} {user}")
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    # A form's POST reloads the page: an element found on the old page goes stale mid-wait.
-    wait = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
+    # A form's POST reloads the page: an element found on the old page goes stale mid-wait,
+    # which chromedriver sometimes reports as a plain error ("Node with given id does not
+    # belong to the document"); the wait polls again, and still fails if it never holds.
+    wait = WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,))
     wait.until(lambda d: d.current_url == f"{server.base}/console/")
     return wait
 
